@@ -1,0 +1,361 @@
+//! The `Store` handle: URL parsing, backend dispatch, wake-ups.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use futures::Stream;
+use sqlx::postgres::PgConnectOptions;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+
+use crate::backend::{self, OpOutcome};
+use crate::error::StoreError;
+use crate::listener;
+use crate::types::{Change, ListPage, ListQuery, ResourceKey, StoredResource, WriteOp, WriteResource};
+use crate::watcher;
+
+/// A handle on a resource store. Cheap to clone; clones share one
+/// connection pool and one change-notification listener.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+enum Backend {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+struct Inner {
+    /// The pool of the backend chosen by the URL.
+    backend: Backend,
+    /// Serializes this process's SQLite write transactions, so concurrent
+    /// tasks queue here instead of spinning on SQLITE_BUSY. Unused for
+    /// PostgreSQL, where the meta row lock orders writers.
+    write_lock: Mutex<()>,
+    /// Wake-up counter for watchers: bumped after each commit made through
+    /// this handle and, for PostgreSQL, on each `meridian_changes`
+    /// notification or listener reconnect. A watch channel holds one value,
+    /// so any burst of wake-ups costs a watcher one re-query.
+    wake: Arc<watch::Sender<u64>>,
+    /// The PostgreSQL LISTEN task, stopped when the last handle goes.
+    listener: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = &self.listener {
+            task.abort();
+        }
+    }
+}
+
+/// Where a URL points.
+#[derive(Debug)]
+enum Location {
+    Sqlite(PathBuf),
+    Postgres(Box<PgConnectOptions>),
+}
+
+/// Hides the password of a `scheme://user:password@host/...` URL.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+fn parse_url(url: &str) -> Result<Location, StoreError> {
+    let invalid = |reason: &str| StoreError::InvalidUrl {
+        url: redact(url),
+        reason: reason.to_owned(),
+    };
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        if path.is_empty() {
+            return Err(invalid("no database file path"));
+        }
+        if path.contains(":memory:") || path.starts_with("file:") {
+            return Err(invalid(
+                "in-memory SQLite is not supported (each pooled connection would see its own \
+                 database); use a file, e.g. in a temporary directory",
+            ));
+        }
+        if path.contains('?') {
+            return Err(invalid("query parameters are not supported; give a plain file path"));
+        }
+        return Ok(Location::Sqlite(PathBuf::from(path)));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return PgConnectOptions::from_str(url)
+            .map(|o| Location::Postgres(Box::new(o)))
+            .map_err(|e| invalid(&e.to_string()));
+    }
+    Err(invalid(
+        "unknown scheme; expected sqlite:PATH, sqlite://PATH, postgres://... or postgresql://...",
+    ))
+}
+
+/// Runs `$call` on the backend module matching the pool, passing the pool first.
+macro_rules! dispatch {
+    ($self:expr, $f:ident ( $($arg:expr),* )) => {
+        match &$self.inner.backend {
+            Backend::Sqlite(pool) => backend::sqlite::$f(pool, $($arg),*).await,
+            Backend::Postgres(pool) => backend::postgres::$f(pool, $($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the store at `url` and brings its schema up to date.
+    ///
+    /// `sqlite:PATH` or `sqlite://PATH` (`sqlite:///abs/path` for an absolute
+    /// path) creates the file and its directories if missing;
+    /// `postgres://...` / `postgresql://...` takes a database that exists.
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let (wake, _) = watch::channel(0u64);
+        let wake = Arc::new(wake);
+        let (backend, listener) = match parse_url(url)? {
+            Location::Sqlite(path) => (Backend::Sqlite(backend::sqlite::connect(&path).await?), None),
+            Location::Postgres(options) => {
+                let pool = backend::postgres::connect((*options).clone()).await?;
+                let task = listener::spawn(*options, Arc::clone(&wake));
+                (Backend::Postgres(pool), Some(task))
+            }
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                backend,
+                write_lock: Mutex::new(()),
+                wake,
+                listener,
+            }),
+        })
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.inner.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Reads one resource; `Ok(None)` if absent.
+    pub async fn get(&self, key: &ResourceKey) -> Result<Option<StoredResource>, StoreError> {
+        dispatch!(self, get(key))
+    }
+
+    /// Lists one type, filtered by mesh and labels, ordered by (mesh, name),
+    /// with the total count and the revision, all from one snapshot.
+    pub async fn list(&self, q: &ListQuery) -> Result<ListPage, StoreError> {
+        dispatch!(self, list(q))
+    }
+
+    /// Inserts; `AlreadyExists` if the key is present.
+    pub async fn create(&self, r: WriteResource) -> Result<StoredResource, StoreError> {
+        match self.apply_one(WriteOp::Create(r)).await? {
+            OpOutcome::Written { res, .. } | OpOutcome::Unchanged(res) | OpOutcome::Deleted(res) => {
+                Ok(res)
+            }
+        }
+    }
+
+    /// Replaces; `NotFound` if absent, `Conflict` if `expected_revision` is
+    /// given and stale. Identical content is a no-op returning the stored record.
+    pub async fn update(
+        &self,
+        r: WriteResource,
+        expected_revision: Option<i64>,
+    ) -> Result<StoredResource, StoreError> {
+        let op = WriteOp::Update {
+            res: r,
+            expected_revision,
+        };
+        match self.apply_one(op).await? {
+            OpOutcome::Written { res, .. } | OpOutcome::Unchanged(res) | OpOutcome::Deleted(res) => {
+                Ok(res)
+            }
+        }
+    }
+
+    /// Inserts or replaces; the flag is true when the resource was created.
+    /// Identical content is a no-op returning the stored record and `false`.
+    pub async fn upsert(&self, r: WriteResource) -> Result<(StoredResource, bool), StoreError> {
+        match self.apply_one(WriteOp::Upsert(r)).await? {
+            OpOutcome::Written { res, created } => Ok((res, created)),
+            OpOutcome::Unchanged(res) | OpOutcome::Deleted(res) => Ok((res, false)),
+        }
+    }
+
+    /// Deletes and returns the last state; `NotFound` if absent, `Conflict`
+    /// if `expected_revision` is given and stale.
+    pub async fn delete(
+        &self,
+        key: &ResourceKey,
+        expected_revision: Option<i64>,
+    ) -> Result<StoredResource, StoreError> {
+        let op = WriteOp::Delete {
+            key: key.clone(),
+            expected_revision,
+        };
+        match self.apply_one(op).await? {
+            OpOutcome::Written { res, .. } | OpOutcome::Unchanged(res) | OpOutcome::Deleted(res) => {
+                Ok(res)
+            }
+        }
+    }
+
+    /// Applies `ops` in order in one transaction: all or nothing. Each
+    /// effective op takes the next revision and emits one change; no-op
+    /// writes take none. Result per op: `Some(state after)` for writes,
+    /// `None` for deletes.
+    pub async fn apply_batch(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> Result<Vec<Option<StoredResource>>, StoreError> {
+        let outcomes = self.apply(ops).await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| match o {
+                OpOutcome::Written { res, .. } | OpOutcome::Unchanged(res) => Some(res),
+                OpOutcome::Deleted(_) => None,
+            })
+            .collect())
+    }
+
+    /// The store revision: that of the last committed change (0 when empty).
+    pub async fn current_revision(&self) -> Result<i64, StoreError> {
+        dispatch!(self, current_revision())
+    }
+
+    /// Every change with revision > `from_revision`, in order and without
+    /// gaps, then live ones as they commit, forever. A negative
+    /// `from_revision` counts as 0.
+    ///
+    /// Yields `Err(Compacted)` and ends if the log no longer reaches back to
+    /// `from_revision` (see [`Store::compact`]); re-list and watch from the
+    /// list's revision. Database errors are yielded and the stream retries
+    /// from where it was, with backoff; other errors end it.
+    pub fn watch(
+        &self,
+        from_revision: i64,
+    ) -> impl Stream<Item = Result<Change, StoreError>> + Send + Unpin + 'static {
+        watcher::watch(self.clone(), from_revision)
+    }
+
+    /// Drops change-log rows with revision <= `keep_after_revision` (clamped
+    /// to the current revision); watches from below it then fail with
+    /// `Compacted`. Returns the number of rows dropped.
+    pub async fn compact(&self, keep_after_revision: i64) -> Result<u64, StoreError> {
+        let _serial = self.sqlite_write_guard().await;
+        dispatch!(self, compact(keep_after_revision))
+    }
+
+    async fn sqlite_write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.inner.backend {
+            Backend::Sqlite(_) => Some(self.inner.write_lock.lock().await),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    async fn apply_one(&self, op: WriteOp) -> Result<OpOutcome, StoreError> {
+        self.apply(vec![op])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("write produced no outcome".into()))
+    }
+
+    async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<OpOutcome>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcomes = {
+            let _serial = self.sqlite_write_guard().await;
+            dispatch!(self, apply(ops))?
+        };
+        if outcomes
+            .iter()
+            .any(|o| !matches!(o, OpOutcome::Unchanged(_)))
+        {
+            self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(outcomes)
+    }
+
+    /// Changes after `after`, at most `limit`, for the watcher.
+    pub(crate) async fn read_changes(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
+        dispatch!(self, read_changes(after, limit))
+    }
+
+    /// A receiver of the wake-up counter, for the watcher.
+    pub(crate) fn subscribe_wake(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend_name())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls() {
+        for (url, path) in [
+            ("sqlite:data/x.db", "data/x.db"),
+            ("sqlite://data/x.db", "data/x.db"),
+            ("sqlite:///var/lib/m.db", "/var/lib/m.db"),
+        ] {
+            match parse_url(url) {
+                Ok(Location::Sqlite(p)) => assert_eq!(p, PathBuf::from(path), "{url}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        for url in ["", "sqlite:", "sqlite::memory:", "mysql://x/y", "sqlite:a.db?mode=rwc", "x"] {
+            assert!(
+                matches!(parse_url(url), Err(StoreError::InvalidUrl { .. })),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn postgres_urls() {
+        assert!(matches!(
+            parse_url("postgres://u:pw@127.0.0.1:5432/db"),
+            Ok(Location::Postgres(_))
+        ));
+        assert!(matches!(
+            parse_url("postgresql://127.0.0.1/db"),
+            Ok(Location::Postgres(_))
+        ));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h:1/db"), "postgres://u:***@h:1/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite:x.db"), "sqlite:x.db");
+    }
+}

@@ -1,0 +1,363 @@
+//! The typed resource model: which types exist, how they are scoped and synced,
+//! and a resource as `meta` + typed `spec`.
+
+use std::{collections::BTreeMap, fmt};
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::pb;
+
+/// Where a type's resources are authored and which way they travel over KDS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncDirection {
+    /// Authored at the global, streamed down to every zone.
+    GlobalToZone,
+    /// Authored in a zone, streamed up to the global.
+    ZoneToGlobal,
+    /// Never synced (global bookkeeping).
+    None,
+}
+
+/// Every resource type Meridian knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceType {
+    Mesh,
+    MeshGateway,
+    MeshGatewayRoute,
+    Dataplane,
+    DataplaneInsight,
+    Secret,
+    Zone,
+    ZoneInsight,
+    ZoneIngress,
+}
+
+impl ResourceType {
+    /// All types, in the order they are applied (a mesh before what lives in it).
+    pub const ALL: [ResourceType; 9] = [
+        ResourceType::Mesh,
+        ResourceType::Secret,
+        ResourceType::MeshGateway,
+        ResourceType::MeshGatewayRoute,
+        ResourceType::Dataplane,
+        ResourceType::DataplaneInsight,
+        ResourceType::Zone,
+        ResourceType::ZoneInsight,
+        ResourceType::ZoneIngress,
+    ];
+
+    /// The type name used in YAML `type:`, in the store and as KDS `type_url`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResourceType::Mesh => "Mesh",
+            ResourceType::MeshGateway => "MeshGateway",
+            ResourceType::MeshGatewayRoute => "MeshGatewayRoute",
+            ResourceType::Dataplane => "Dataplane",
+            ResourceType::DataplaneInsight => "DataplaneInsight",
+            ResourceType::Secret => "Secret",
+            ResourceType::Zone => "Zone",
+            ResourceType::ZoneInsight => "ZoneInsight",
+            ResourceType::ZoneIngress => "ZoneIngress",
+        }
+    }
+
+    /// The REST path segment (`/meshes/{mesh}/<plural>/{name}`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            ResourceType::Mesh => "meshes",
+            ResourceType::MeshGateway => "meshgateways",
+            ResourceType::MeshGatewayRoute => "meshgatewayroutes",
+            ResourceType::Dataplane => "dataplanes",
+            ResourceType::DataplaneInsight => "dataplane-insights",
+            ResourceType::Secret => "secrets",
+            ResourceType::Zone => "zones",
+            ResourceType::ZoneInsight => "zoneinsights",
+            ResourceType::ZoneIngress => "zoneingresses",
+        }
+    }
+
+    /// Whether resources of this type live inside a mesh.
+    pub fn is_mesh_scoped(self) -> bool {
+        !matches!(
+            self,
+            ResourceType::Mesh | ResourceType::Zone | ResourceType::ZoneInsight | ResourceType::ZoneIngress
+        )
+    }
+
+    pub fn sync_direction(self) -> SyncDirection {
+        match self {
+            ResourceType::Mesh
+            | ResourceType::MeshGateway
+            | ResourceType::MeshGatewayRoute
+            | ResourceType::Secret => SyncDirection::GlobalToZone,
+            ResourceType::Dataplane | ResourceType::DataplaneInsight | ResourceType::ZoneIngress => {
+                SyncDirection::ZoneToGlobal
+            }
+            ResourceType::Zone | ResourceType::ZoneInsight => SyncDirection::None,
+        }
+    }
+
+    /// The fully qualified protobuf message name of the spec.
+    pub fn proto_name(self) -> &'static str {
+        match self {
+            ResourceType::Secret => "kuma.system.v1alpha1.Secret",
+            ResourceType::Zone => "kuma.system.v1alpha1.Zone",
+            ResourceType::ZoneInsight => "kuma.system.v1alpha1.ZoneInsight",
+            ResourceType::Mesh => "kuma.mesh.v1alpha1.Mesh",
+            ResourceType::MeshGateway => "kuma.mesh.v1alpha1.MeshGateway",
+            ResourceType::MeshGatewayRoute => "kuma.mesh.v1alpha1.MeshGatewayRoute",
+            ResourceType::Dataplane => "kuma.mesh.v1alpha1.Dataplane",
+            ResourceType::DataplaneInsight => "kuma.mesh.v1alpha1.DataplaneInsight",
+            ResourceType::ZoneIngress => "kuma.mesh.v1alpha1.ZoneIngress",
+        }
+    }
+
+    /// The `google.protobuf.Any` type URL of the spec.
+    pub fn type_url(self) -> String {
+        format!("type.googleapis.com/{}", self.proto_name())
+    }
+
+    pub fn from_name(name: &str) -> Option<ResourceType> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Accepts the type name, its plural path segment, or a lower-case form
+    /// (`meshgateway`, `meshgateways`, `MeshGateway`), as the CLI does.
+    pub fn parse_loose(s: &str) -> Option<ResourceType> {
+        let lower = s.to_ascii_lowercase();
+        Self::ALL.into_iter().find(|t| {
+            t.name().eq_ignore_ascii_case(s) || t.plural() == lower || t.plural().replace('-', "") == lower
+        })
+    }
+
+    pub fn from_plural(plural: &str) -> Option<ResourceType> {
+        Self::ALL.into_iter().find(|t| t.plural() == plural)
+    }
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A typed spec: exactly one protobuf message per resource type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    Mesh(pb::mesh::Mesh),
+    MeshGateway(pb::mesh::MeshGateway),
+    MeshGatewayRoute(pb::mesh::MeshGatewayRoute),
+    Dataplane(pb::mesh::Dataplane),
+    DataplaneInsight(pb::mesh::DataplaneInsight),
+    Secret(pb::system::Secret),
+    Zone(pb::system::Zone),
+    ZoneInsight(pb::system::ZoneInsight),
+    ZoneIngress(pb::mesh::ZoneIngress),
+}
+
+/// Runs `$body` with `$v` bound to the inner message of a [`Spec`].
+macro_rules! with_spec {
+    ($spec:expr, $v:ident => $body:expr) => {
+        match $spec {
+            Spec::Mesh($v) => $body,
+            Spec::MeshGateway($v) => $body,
+            Spec::MeshGatewayRoute($v) => $body,
+            Spec::Dataplane($v) => $body,
+            Spec::DataplaneInsight($v) => $body,
+            Spec::Secret($v) => $body,
+            Spec::Zone($v) => $body,
+            Spec::ZoneInsight($v) => $body,
+            Spec::ZoneIngress($v) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$T` naming the message type of a [`ResourceType`], and
+/// `$wrap` the matching [`Spec`] constructor.
+macro_rules! with_type {
+    ($ty:expr, $T:ident, $wrap:ident => $body:expr) => {
+        match $ty {
+            ResourceType::Mesh => {
+                type $T = $crate::pb::mesh::Mesh;
+                let $wrap = Spec::Mesh;
+                $body
+            }
+            ResourceType::MeshGateway => {
+                type $T = $crate::pb::mesh::MeshGateway;
+                let $wrap = Spec::MeshGateway;
+                $body
+            }
+            ResourceType::MeshGatewayRoute => {
+                type $T = $crate::pb::mesh::MeshGatewayRoute;
+                let $wrap = Spec::MeshGatewayRoute;
+                $body
+            }
+            ResourceType::Dataplane => {
+                type $T = $crate::pb::mesh::Dataplane;
+                let $wrap = Spec::Dataplane;
+                $body
+            }
+            ResourceType::DataplaneInsight => {
+                type $T = $crate::pb::mesh::DataplaneInsight;
+                let $wrap = Spec::DataplaneInsight;
+                $body
+            }
+            ResourceType::Secret => {
+                type $T = $crate::pb::system::Secret;
+                let $wrap = Spec::Secret;
+                $body
+            }
+            ResourceType::Zone => {
+                type $T = $crate::pb::system::Zone;
+                let $wrap = Spec::Zone;
+                $body
+            }
+            ResourceType::ZoneInsight => {
+                type $T = $crate::pb::system::ZoneInsight;
+                let $wrap = Spec::ZoneInsight;
+                $body
+            }
+            ResourceType::ZoneIngress => {
+                type $T = $crate::pb::mesh::ZoneIngress;
+                let $wrap = Spec::ZoneIngress;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_type;
+
+impl Spec {
+    pub fn resource_type(&self) -> ResourceType {
+        match self {
+            Spec::Mesh(_) => ResourceType::Mesh,
+            Spec::MeshGateway(_) => ResourceType::MeshGateway,
+            Spec::MeshGatewayRoute(_) => ResourceType::MeshGatewayRoute,
+            Spec::Dataplane(_) => ResourceType::Dataplane,
+            Spec::DataplaneInsight(_) => ResourceType::DataplaneInsight,
+            Spec::Secret(_) => ResourceType::Secret,
+            Spec::Zone(_) => ResourceType::Zone,
+            Spec::ZoneInsight(_) => ResourceType::ZoneInsight,
+            Spec::ZoneIngress(_) => ResourceType::ZoneIngress,
+        }
+    }
+
+    /// An empty spec of the given type.
+    pub fn default_for(ty: ResourceType) -> Spec {
+        with_type!(ty, T, wrap => wrap(T::default()))
+    }
+
+    /// The protobuf encoding. Deterministic: maps are ordered (BTreeMap).
+    pub fn encode(&self) -> Vec<u8> {
+        with_spec!(self, v => v.encode_to_vec())
+    }
+
+    /// Decodes the protobuf encoding of a spec of type `ty`.
+    pub fn decode(ty: ResourceType, bytes: &[u8]) -> Result<Spec, prost::DecodeError> {
+        with_type!(ty, T, wrap => T::decode(bytes).map(wrap))
+    }
+
+    /// The spec as a universal JSON object (camelCase names, enums by name,
+    /// default values omitted).
+    pub fn to_json(&self) -> serde_json::Value {
+        let value = with_spec!(self, v => serde_json::to_value(v));
+        // pbjson serialises into plain JSON values; failure is impossible for
+        // these types, but never panic: fall back to an empty object.
+        value.unwrap_or_else(|_| serde_json::Value::Object(Default::default()))
+    }
+}
+
+/// Identity and labels of a resource.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// Empty for global-scoped types.
+    pub mesh: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Unix milliseconds, set by the store; 0 when not stored yet.
+    pub creation_time: i64,
+    pub modification_time: i64,
+}
+
+/// A resource: identity plus a typed spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub meta: Meta,
+    pub spec: Spec,
+}
+
+impl Resource {
+    pub fn new(mesh: impl Into<String>, name: impl Into<String>, spec: Spec) -> Resource {
+        Resource {
+            meta: Meta { mesh: mesh.into(), name: name.into(), ..Meta::default() },
+            spec,
+        }
+    }
+
+    pub fn resource_type(&self) -> ResourceType {
+        self.spec.resource_type()
+    }
+
+    /// The content hash used as this resource's version on every stream:
+    /// the first 16 bytes of sha256 over type, mesh, name, labels and the
+    /// deterministic protobuf encoding of the spec, in hex. Stable across
+    /// restarts, processes and upgrades that do not change the content.
+    pub fn version(&self) -> String {
+        content_version(self.resource_type(), &self.meta.mesh, &self.meta.name, &self.meta.labels, &self.spec.encode())
+    }
+}
+
+/// See [`Resource::version`]; usable on already-encoded specs.
+pub fn content_version(
+    ty: ResourceType,
+    mesh: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    spec: &[u8],
+) -> String {
+    let mut h = Sha256::new();
+    for part in [ty.name(), mesh, name] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update((labels.len() as u64).to_be_bytes());
+    for (k, v) in labels {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(v.as_bytes());
+    }
+    h.update((spec.len() as u64).to_be_bytes());
+    h.update(spec);
+    hex::encode(&h.finalize()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_round_trip() {
+        for t in ResourceType::ALL {
+            assert_eq!(ResourceType::from_name(t.name()), Some(t));
+            assert_eq!(ResourceType::from_plural(t.plural()), Some(t));
+            assert_eq!(ResourceType::parse_loose(&t.name().to_lowercase()), Some(t));
+        }
+        assert_eq!(ResourceType::parse_loose("dataplaneinsights"), Some(ResourceType::DataplaneInsight));
+        assert_eq!(ResourceType::parse_loose("nope"), None);
+    }
+
+    #[test]
+    fn version_depends_on_content_only() {
+        let a = Resource::new("default", "gw", Spec::default_for(ResourceType::MeshGateway));
+        let mut b = a.clone();
+        b.meta.creation_time = 42;
+        assert_eq!(a.version(), b.version());
+        b.meta.labels.insert("k".into(), "v".into());
+        assert_ne!(a.version(), b.version());
+        let c = Resource::new("default", "gw2", Spec::default_for(ResourceType::MeshGateway));
+        assert_ne!(a.version(), c.version());
+        assert_eq!(a.version().len(), 32);
+    }
+}
