@@ -32,8 +32,6 @@ pub(crate) mod sqlite {
         SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
     };
 
-    use crate::error::StoreError;
-
     type Db = sqlx::Sqlite;
 
     /// Connections in the pool. Under WAL readers run in parallel with the
@@ -102,8 +100,6 @@ pub(crate) mod sqlite {
 
 pub(crate) mod postgres {
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-
-    use crate::error::StoreError;
 
     type Db = sqlx::Postgres;
 

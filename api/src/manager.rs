@@ -1,0 +1,335 @@
+//! Typed access to the store: encode/decode, validation, origin rules and
+//! optimistic concurrency, the same for the global and for zones.
+
+use std::collections::BTreeMap;
+
+use meridian_store::{ListQuery, ResourceKey, Store, StoreError, StoredResource, WriteOp, WriteResource};
+use meridian_sync_proto::{
+    Meta, Resource, ResourceType, Spec, SyncDirection, universal, universal::InvalidResource, validate,
+};
+
+/// `global` or `zone`: where a resource was authored.
+pub const LABEL_ORIGIN: &str = "kuma.io/origin";
+/// The zone that owns a zone-origin resource.
+pub const LABEL_ZONE: &str = "kuma.io/zone";
+/// The name the user gave, when the stored name differs.
+pub const LABEL_DISPLAY_NAME: &str = "kuma.io/display-name";
+
+/// Default cap on one resource's encoded size: KDS messages are capped at
+/// 4 MiB, so one resource must leave room for its envelope.
+pub const DEFAULT_MAX_RESOURCE_BYTES: usize = 1024 * 1024;
+
+/// Which control plane this is; decides what users may write here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Global,
+    /// A zone; `federated` when it syncs with a global (then global types
+    /// are read-only here).
+    Zone { federated: bool },
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Global => "global",
+            Role::Zone { .. } => "zone",
+        }
+    }
+}
+
+/// A decoded stored resource with its concurrency token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub resource: Resource,
+    /// Store revision of the last write: the optimistic-concurrency token.
+    pub revision: i64,
+    /// Content hash.
+    pub version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("{ty} {name:?} not found{}", mesh_suffix(mesh))]
+    NotFound { ty: ResourceType, mesh: String, name: String },
+    #[error("mesh {0:?} does not exist")]
+    MeshNotFound(String),
+    #[error("{0}")]
+    Invalid(InvalidResource),
+    #[error("{ty} {name:?} was changed concurrently: expected revision {expected}, current is {actual}; read it again and retry")]
+    Conflict { ty: ResourceType, name: String, expected: i64, actual: i64 },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{ty} {name:?} is {size} bytes encoded; the limit is {limit} bytes")]
+    TooLarge { ty: ResourceType, name: String, size: usize, limit: usize },
+    #[error("stored {0} cannot be decoded: {1}")]
+    Corrupt(ResourceKey, String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+fn mesh_suffix(mesh: &str) -> String {
+    if mesh.is_empty() { String::new() } else { format!(" in mesh {mesh:?}") }
+}
+
+impl ManagerError {
+    fn from_store(e: StoreError, ty: ResourceType) -> ManagerError {
+        match e {
+            StoreError::NotFound(k) => ManagerError::NotFound { ty, mesh: k.mesh, name: k.name },
+            StoreError::Conflict { key, expected, actual } => {
+                ManagerError::Conflict { ty, name: key.name, expected, actual }
+            }
+            other => ManagerError::Store(other),
+        }
+    }
+}
+
+/// Typed resource access for one control plane.
+#[derive(Clone)]
+pub struct Manager {
+    store: Store,
+    role: Role,
+    max_resource_bytes: usize,
+}
+
+impl Manager {
+    pub fn new(store: Store, role: Role) -> Manager {
+        Manager { store, role, max_resource_bytes: DEFAULT_MAX_RESOURCE_BYTES }
+    }
+
+    pub fn with_max_resource_bytes(mut self, limit: usize) -> Manager {
+        self.max_resource_bytes = limit;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn key(ty: ResourceType, mesh: &str, name: &str) -> ResourceKey {
+        ResourceKey::new(ty.name(), if ty.is_mesh_scoped() { mesh } else { "" }, name)
+    }
+
+    /// Decodes a stored record.
+    pub fn decode(stored: &StoredResource) -> Result<Entry, ManagerError> {
+        let corrupt = |m: String| ManagerError::Corrupt(stored.key.clone(), m);
+        let ty = ResourceType::from_name(&stored.key.type_name)
+            .ok_or_else(|| corrupt(format!("unknown type {:?}", stored.key.type_name)))?;
+        let spec = Spec::decode(ty, &stored.spec).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Entry {
+            resource: Resource {
+                meta: Meta {
+                    mesh: stored.key.mesh.clone(),
+                    name: stored.key.name.clone(),
+                    labels: stored.labels.clone(),
+                    creation_time: stored.create_time,
+                    modification_time: stored.modify_time,
+                },
+                spec,
+            },
+            revision: stored.revision,
+            version: stored.version.clone(),
+        })
+    }
+
+    /// The store record for a resource.
+    pub fn encode(r: &Resource) -> WriteResource {
+        let ty = r.resource_type();
+        WriteResource {
+            key: Self::key(ty, &r.meta.mesh, &r.meta.name),
+            labels: r.meta.labels.clone(),
+            spec: r.spec.encode(),
+            version: r.version(),
+        }
+    }
+
+    pub async fn get(&self, ty: ResourceType, mesh: &str, name: &str) -> Result<Option<Entry>, ManagerError> {
+        match self.store.get(&Self::key(ty, mesh, name)).await.map_err(ManagerError::Store)? {
+            Some(s) => Self::decode(&s).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// One page of `ty` (in `mesh`, or every mesh when `None`), with the total.
+    pub async fn list(
+        &self,
+        ty: ResourceType,
+        mesh: Option<&str>,
+        labels: BTreeMap<String, String>,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> Result<(Vec<Entry>, u64), ManagerError> {
+        let page = self
+            .store
+            .list(&ListQuery {
+                type_name: ty.name().to_string(),
+                mesh: mesh.map(str::to_string),
+                labels,
+                offset,
+                limit,
+            })
+            .await
+            .map_err(ManagerError::Store)?;
+        let items = page.items.iter().map(Self::decode).collect::<Result<Vec<_>, _>>()?;
+        Ok((items, page.total))
+    }
+
+    pub async fn mesh_exists(&self, mesh: &str) -> Result<bool, ManagerError> {
+        Ok(self.get(ResourceType::Mesh, "", mesh).await?.is_some())
+    }
+
+    /// Checks a resource as a user write would: structure, semantics, size,
+    /// the mesh it lives in. Changes nothing.
+    pub async fn check(&self, r: &Resource) -> Result<(), ManagerError> {
+        let ty = r.resource_type();
+        let mut violations = universal::meta_violations(ty, &r.meta.mesh, &r.meta.name);
+        if let Err(e) = validate::resource(r) {
+            violations.extend(e.violations);
+        }
+        if !violations.is_empty() {
+            return Err(ManagerError::Invalid(InvalidResource {
+                type_name: ty.name().to_string(),
+                mesh: r.meta.mesh.clone(),
+                name: r.meta.name.clone(),
+                violations,
+            }));
+        }
+        let size = r.spec.encode().len();
+        if size > self.max_resource_bytes {
+            return Err(ManagerError::TooLarge {
+                ty,
+                name: r.meta.name.clone(),
+                size,
+                limit: self.max_resource_bytes,
+            });
+        }
+        if ty.is_mesh_scoped() && !self.mesh_exists(&r.meta.mesh).await? {
+            return Err(ManagerError::MeshNotFound(r.meta.mesh.clone()));
+        }
+        Ok(())
+    }
+
+    /// Whether a user (REST/CLI) may write `ty` here, given the current state.
+    fn check_user_write(&self, ty: ResourceType, existing: Option<&Entry>) -> Result<(), ManagerError> {
+        if matches!(ty, ResourceType::ZoneInsight | ResourceType::DataplaneInsight) {
+            return Err(ManagerError::Forbidden(format!(
+                "{ty} is read-only: the control plane maintains it"
+            )));
+        }
+        match self.role {
+            Role::Global => {
+                if ty.sync_direction() == SyncDirection::ZoneToGlobal {
+                    return Err(ManagerError::Forbidden(format!(
+                        "{ty} resources are created in zones and synced to the global; register them through the zone's API"
+                    )));
+                }
+                if existing.is_some_and(|e| origin(&e.resource) == Some("zone")) {
+                    return Err(ManagerError::Forbidden(format!(
+                        "{ty} was synced from a zone; change it in its zone"
+                    )));
+                }
+            }
+            Role::Zone { federated } => {
+                if ty == ResourceType::Zone {
+                    return Err(ManagerError::Forbidden("Zone resources are managed on the global".into()));
+                }
+                if federated && ty.sync_direction() == SyncDirection::GlobalToZone {
+                    return Err(ManagerError::Forbidden(format!(
+                        "{ty} resources are managed by the global control plane in a multi-zone deployment; apply them there"
+                    )));
+                }
+                if existing.is_some_and(|e| origin(&e.resource) == Some("global")) {
+                    return Err(ManagerError::Forbidden(format!(
+                        "{ty} was synced from the global; change it on the global"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates or updates a resource on behalf of a user. With
+    /// `expected_revision`, refuses to overwrite a newer write (Conflict).
+    /// With `dry_run`, checks everything and writes nothing. Returns the
+    /// entry and whether it was created.
+    pub async fn apply(
+        &self,
+        r: Resource,
+        expected_revision: Option<i64>,
+        dry_run: bool,
+    ) -> Result<(Entry, bool), ManagerError> {
+        let ty = r.resource_type();
+        let existing = self.get(ty, &r.meta.mesh, &r.meta.name).await?;
+        self.check_user_write(ty, existing.as_ref())?;
+        self.check(&r).await?;
+        if let (Some(expected), Some(e)) = (expected_revision, existing.as_ref()) {
+            if e.revision != expected {
+                return Err(ManagerError::Conflict {
+                    ty,
+                    name: r.meta.name.clone(),
+                    expected,
+                    actual: e.revision,
+                });
+            }
+        }
+        if existing.is_none() && expected_revision.is_some_and(|rev| rev > 0) {
+            return Err(ManagerError::NotFound { ty, mesh: r.meta.mesh.clone(), name: r.meta.name.clone() });
+        }
+        if dry_run {
+            let created = existing.is_none();
+            let version = r.version();
+            return Ok((Entry { resource: r, revision: existing.map_or(0, |e| e.revision), version }, created));
+        }
+        let write = Self::encode(&r);
+        let (stored, created) = match expected_revision {
+            Some(rev) if existing.is_some() => (
+                self.store.update(write, Some(rev)).await.map_err(|e| ManagerError::from_store(e, ty))?,
+                false,
+            ),
+            _ => self.store.upsert(write).await.map_err(|e| ManagerError::from_store(e, ty))?,
+        };
+        Ok((Self::decode(&stored)?, created))
+    }
+
+    /// Deletes a resource on behalf of a user. Deleting a Mesh deletes
+    /// everything inside it in the same transaction.
+    pub async fn delete(
+        &self,
+        ty: ResourceType,
+        mesh: &str,
+        name: &str,
+        expected_revision: Option<i64>,
+    ) -> Result<(), ManagerError> {
+        let existing = self
+            .get(ty, mesh, name)
+            .await?
+            .ok_or_else(|| ManagerError::NotFound { ty, mesh: mesh.to_string(), name: name.to_string() })?;
+        self.check_user_write(ty, Some(&existing))?;
+        let mut ops = Vec::new();
+        if ty == ResourceType::Mesh {
+            for inner in ResourceType::ALL.into_iter().filter(|t| t.is_mesh_scoped()) {
+                let (items, _) = self.list(inner, Some(name), BTreeMap::new(), 0, None).await?;
+                for e in items {
+                    if self.role == Role::Global && origin(&e.resource) == Some("zone") {
+                        continue; // owned by a zone; it goes when the zone removes it
+                    }
+                    ops.push(WriteOp::Delete {
+                        key: Self::key(inner, &e.resource.meta.mesh, &e.resource.meta.name),
+                        expected_revision: None,
+                    });
+                }
+            }
+        }
+        ops.push(WriteOp::Delete { key: Self::key(ty, mesh, name), expected_revision });
+        self.store.apply_batch(ops).await.map_err(|e| ManagerError::from_store(e, ty))?;
+        Ok(())
+    }
+}
+
+/// The `kuma.io/origin` label of a resource, if any.
+pub fn origin(r: &Resource) -> Option<&str> {
+    r.meta.labels.get(LABEL_ORIGIN).map(String::as_str)
+}

@@ -1,0 +1,116 @@
+//! `_overview` endpoints: a resource joined with its insight.
+
+use std::collections::BTreeMap;
+
+use axum::{Json, response::IntoResponse, response::Response};
+use meridian_sync_proto::{ResourceType, Spec, pb, universal};
+use serde_json::{Value, json};
+
+use crate::{error::ApiError, rest::ApiState};
+
+/// A subscription whose status was refreshed longer ago than this is stale:
+/// its global instance died without closing it. Streams refresh their status
+/// every few seconds while open.
+pub const SUBSCRIPTION_STALE_MILLIS: i64 = 20_000;
+
+/// Whether a zone has an open, fresh subscription.
+pub fn zone_online(insight: &pb::system::ZoneInsight, now_millis: i64) -> bool {
+    let Some(last) = insight.subscriptions.last() else { return false };
+    if last.disconnect_time.is_some() {
+        return false;
+    }
+    let seen = last
+        .status
+        .as_ref()
+        .and_then(|s| s.last_update_time.as_ref())
+        .or(last.connect_time.as_ref())
+        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+    now_millis - seen <= SUBSCRIPTION_STALE_MILLIS
+}
+
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn insights_by_name(
+    entries: Vec<crate::manager::Entry>,
+) -> BTreeMap<(String, String), crate::manager::Entry> {
+    entries
+        .into_iter()
+        .map(|e| ((e.resource.meta.mesh.clone(), e.resource.meta.name.clone()), e))
+        .collect()
+}
+
+/// `GET /zones/_overview`.
+pub async fn zones(s: &ApiState, offset: Option<&str>, size: Option<&str>) -> Result<Response, ApiError> {
+    let (offset, size) = crate::rest::page(offset, size)?;
+    let (zones, total) = s.manager.list(ResourceType::Zone, None, BTreeMap::new(), offset, Some(size)).await?;
+    let (insights, _) = s.manager.list(ResourceType::ZoneInsight, None, BTreeMap::new(), 0, None).await?;
+    let insights = insights_by_name(insights);
+    let now = now_millis();
+    let items: Vec<Value> = zones
+        .iter()
+        .map(|z| {
+            let insight = insights.get(&(String::new(), z.resource.meta.name.clone()));
+            let online = insight.is_some_and(|i| match &i.resource.spec {
+                Spec::ZoneInsight(zi) => zone_online(zi, now),
+                _ => false,
+            });
+            let enabled = match &z.resource.spec {
+                Spec::Zone(spec) => spec.enabled.as_ref().is_none_or(|b| b.value),
+                _ => true,
+            };
+            json!({
+                "type": "ZoneOverview",
+                "name": z.resource.meta.name,
+                "creationTime": universal::rfc3339_millis(z.resource.meta.creation_time),
+                "modificationTime": universal::rfc3339_millis(z.resource.meta.modification_time),
+                "zone": { "enabled": enabled },
+                "zoneInsight": insight.map_or(json!({}), |i| universal::spec_to_json(&i.resource.spec)),
+                "online": online,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "total": total, "items": items, "next": Value::Null })).into_response())
+}
+
+/// `GET /meshes/{mesh}/dataplanes/_overview`.
+pub async fn dataplanes(
+    s: &ApiState,
+    mesh: &str,
+    offset: Option<&str>,
+    size: Option<&str>,
+) -> Result<Response, ApiError> {
+    let (offset, size) = crate::rest::page(offset, size)?;
+    if !s.manager.mesh_exists(mesh).await? {
+        return Err(ApiError::not_found(format!("mesh {mesh:?} does not exist")));
+    }
+    let (dps, total) =
+        s.manager.list(ResourceType::Dataplane, Some(mesh), BTreeMap::new(), offset, Some(size)).await?;
+    let (insights, _) =
+        s.manager.list(ResourceType::DataplaneInsight, Some(mesh), BTreeMap::new(), 0, None).await?;
+    let insights = insights_by_name(insights);
+    let items: Vec<Value> = dps
+        .iter()
+        .map(|d| {
+            let meta = &d.resource.meta;
+            let insight = insights.get(&(meta.mesh.clone(), meta.name.clone()));
+            let mut item = json!({
+                "type": "DataplaneOverview",
+                "mesh": meta.mesh,
+                "name": meta.name,
+                "creationTime": universal::rfc3339_millis(meta.creation_time),
+                "modificationTime": universal::rfc3339_millis(meta.modification_time),
+                "dataplane": universal::spec_to_json(&d.resource.spec),
+                "dataplaneInsight": insight.map_or(json!({}), |i| universal::spec_to_json(&i.resource.spec)),
+            });
+            if !meta.labels.is_empty() {
+                item["labels"] = json!(meta.labels);
+            }
+            item
+        })
+        .collect();
+    Ok(Json(json!({ "total": total, "items": items, "next": Value::Null })).into_response())
+}

@@ -1,0 +1,431 @@
+//! The REST API, on the incumbent's paths (`/meshes/{mesh}/meshgateways/{name}`
+//! and friends) and shapes (`{"total", "items", "next"}` lists, the
+//! `title`/`details`/`invalid_parameters` error body).
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use meridian_sync_proto::{Resource, ResourceType, universal};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    auth::Auth,
+    error::ApiError,
+    manager::{Entry, Manager},
+    metrics::{ApiMetrics, HttpLabels},
+};
+
+/// Largest accepted request body. Resources are capped well below this; the
+/// margin covers JSON overhead (base64 Secrets grow by a third).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// Default and largest page size of list endpoints.
+pub const DEFAULT_PAGE_SIZE: u64 = 100;
+pub const MAX_PAGE_SIZE: u64 = 1000;
+
+/// What `GET /` reports.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub version: String,
+    pub instance_id: String,
+    pub hostname: String,
+    /// The zone name, for a zone.
+    pub zone: Option<String>,
+}
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct ApiState {
+    pub manager: Manager,
+    pub auth: Auth,
+    pub info: Arc<ServerInfo>,
+    pub metrics: ApiMetrics,
+    pub registry: Arc<Registry>,
+}
+
+/// The API router; serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+pub fn router(state: ApiState) -> Router {
+    let metrics = state.metrics.clone();
+    Router::new()
+        .route("/", get(index))
+        .route("/ready", get(ready))
+        .route("/healthy", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_text))
+        .route("/{plural}", get(list_top))
+        .route("/{plural}/{name}", get(get_top).put(put_top).delete(delete_top))
+        .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
+        .route(
+            "/meshes/{mesh}/{plural}/{name}",
+            get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
+        )
+        .fallback(|| async { ApiError::not_found("no such endpoint; see GET / for the API") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(metrics, observe))
+        .with_state(state)
+}
+
+async fn observe(State(m): State<ApiMetrics>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let labels = HttpLabels { method, route, status: resp.status().as_u16() };
+    m.requests.get_or_create(&labels).inc();
+    m.latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn index(State(s): State<ApiState>) -> Json<Value> {
+    let mut v = json!({
+        "product": "Meridian",
+        "tagline": "Meridian",
+        "version": s.info.version,
+        "hostname": s.info.hostname,
+        "instanceId": s.info.instance_id,
+        "mode": s.manager.role().name(),
+        "store": s.manager.store().backend_name(),
+    });
+    if let Some(z) = &s.info.zone {
+        v["zone"] = json!(z);
+    }
+    Json(v)
+}
+
+async fn ready(State(s): State<ApiState>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), s.manager.store().current_revision()).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store did not answer within 2s").into_response(),
+    }
+}
+
+async fn metrics_text(State(s): State<ApiState>) -> Response {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            out,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ListParams {
+    size: Option<String>,
+    offset: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct WriteParams {
+    #[serde(rename = "dryRun", alias = "dry_run")]
+    dry_run: Option<bool>,
+}
+
+fn resource_type(plural: &str) -> Result<ResourceType, ApiError> {
+    ResourceType::from_plural(plural).ok_or_else(|| {
+        let known: Vec<&str> = ResourceType::ALL.iter().map(|t| t.plural()).collect();
+        ApiError::not_found(format!("unknown resource type {plural:?}; known: {}", known.join(", ")))
+    })
+}
+
+fn peer(ci: &ConnectInfo<SocketAddr>) -> Option<std::net::IpAddr> {
+    Some(ci.0.ip())
+}
+
+fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<SocketAddr>) -> Result<(), ApiError> {
+    if s.auth.is_admin(headers, peer(ci)) {
+        return Ok(());
+    }
+    Err(ApiError::unauthorized(if Auth::presented(headers) {
+        "the admin token is not valid"
+    } else {
+        "this operation needs the admin token: send 'Authorization: Bearer <token>' (meridianctl --token)"
+    }))
+}
+
+/// The universal JSON of an entry; Secrets' data only when `reveal`.
+fn entry_json(e: &Entry, reveal: bool) -> Value {
+    let mut v = universal::to_value(&e.resource);
+    if e.resource.resource_type() == ResourceType::Secret && !reveal {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("data");
+        }
+    }
+    v
+}
+
+async fn list(
+    s: &ApiState,
+    ty: ResourceType,
+    mesh: Option<&str>,
+    params: ListParams,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Json<Value>, ApiError> {
+    let (offset, size) = page(params.offset.as_deref(), params.size.as_deref())?;
+    if let Some(m) = mesh {
+        if !s.manager.mesh_exists(m).await? {
+            return Err(ApiError::not_found(format!("mesh {m:?} does not exist")));
+        }
+    }
+    let (items, total) = s.manager.list(ty, mesh, BTreeMap::new(), offset, Some(size)).await?;
+    let next = (offset + size < total).then(|| {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+        format!("http://{host}{path}?offset={}&size={size}", offset + size)
+    });
+    Ok(Json(json!({
+        "total": total,
+        "items": items.iter().map(|e| entry_json(e, false)).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+async fn get_one(
+    s: &ApiState,
+    ty: ResourceType,
+    mesh: &str,
+    name: &str,
+    headers: &HeaderMap,
+    ci: &ConnectInfo<SocketAddr>,
+) -> Result<Response, ApiError> {
+    if ty == ResourceType::Secret {
+        require_admin(s, headers, ci)?;
+    }
+    if ty.is_mesh_scoped() && !s.manager.mesh_exists(mesh).await? {
+        return Err(ApiError::not_found(format!("mesh {mesh:?} does not exist")));
+    }
+    let e = s
+        .manager
+        .get(ty, mesh, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("{ty} {name:?} not found")))?;
+    let mut resp = Json(entry_json(&e, true)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", e.revision)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+/// `If-Match: "<revision>"` (quotes optional) -> the expected revision.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let s = v.to_str().unwrap_or("").trim().trim_start_matches("W/").trim_matches('"');
+    s.parse::<i64>()
+        .map(Some)
+        .map_err(|_| ApiError::bad_request(format!("If-Match must be a revision from an ETag, got {s:?}")))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn put_one(
+    s: &ApiState,
+    ty: ResourceType,
+    mesh: &str,
+    name: &str,
+    headers: &HeaderMap,
+    ci: &ConnectInfo<SocketAddr>,
+    params: WriteParams,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(s, headers, ci)?;
+    let mut value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
+    let Some(obj) = value.as_object_mut() else {
+        return Err(ApiError::bad_request("request body must be a JSON object (a resource in universal format)"));
+    };
+    for (field, expected) in [("type", ty.name()), ("name", name), ("mesh", mesh)] {
+        if field == "mesh" && !ty.is_mesh_scoped() {
+            continue;
+        }
+        match obj.get(field) {
+            None | Some(Value::Null) => {
+                obj.insert(field.to_string(), Value::String(expected.to_string()));
+            }
+            Some(Value::String(got)) if got == expected => {}
+            Some(got) => {
+                return Err(ApiError::field(
+                    field,
+                    format!("{got} does not match the {field} in the path ({expected:?})"),
+                ));
+            }
+        }
+    }
+    let resource: Resource = universal::from_value(value).map_err(|e| {
+        ApiError::invalid(
+            e.to_string(),
+            e.violations
+                .into_iter()
+                .map(|v| crate::error::InvalidParameter { field: v.field, reason: v.message })
+                .collect(),
+        )
+    })?;
+    let expected = if_match(headers)?;
+    let dry_run = params.dry_run.unwrap_or(false);
+    let (entry, created) = s.manager.apply(resource, expected, dry_run).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let mut resp = (status, Json(entry_json(&entry, false))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", entry.revision)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+async fn delete_one(
+    s: &ApiState,
+    ty: ResourceType,
+    mesh: &str,
+    name: &str,
+    headers: &HeaderMap,
+    ci: &ConnectInfo<SocketAddr>,
+) -> Result<Response, ApiError> {
+    require_admin(s, headers, ci)?;
+    let expected = if_match(headers)?;
+    s.manager.delete(ty, mesh, name, expected).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+// ---- top-level paths: /meshes, /zones, /meshgateways (every mesh), ...
+
+async fn list_top(
+    State(s): State<ApiState>,
+    Path(plural): Path<String>,
+    Query(p): Query<ListParams>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let ty = resource_type(&plural)?;
+    list(&s, ty, None, p, &headers, &format!("/{plural}")).await
+}
+
+async fn get_top(
+    State(s): State<ApiState>,
+    Path((plural, name)): Path<(String, String)>,
+    Query(p): Query<ListParams>,
+    headers: HeaderMap,
+    ci: ConnectInfo<SocketAddr>,
+) -> Result<Response, ApiError> {
+    if plural == "zones" && name == "_overview" {
+        return crate::overview::zones(&s, p.offset.as_deref(), p.size.as_deref()).await;
+    }
+    let ty = resource_type(&plural)?;
+    if ty.is_mesh_scoped() {
+        return Err(ApiError::not_found(format!("{ty} lives in a mesh: use /meshes/{{mesh}}/{plural}/{name}")));
+    }
+    get_one(&s, ty, "", &name, &headers, &ci).await
+}
+
+async fn put_top(
+    State(s): State<ApiState>,
+    Path((plural, name)): Path<(String, String)>,
+    Query(p): Query<WriteParams>,
+    headers: HeaderMap,
+    ci: ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ty = resource_type(&plural)?;
+    if ty.is_mesh_scoped() {
+        return Err(ApiError::not_found(format!("{ty} lives in a mesh: use /meshes/{{mesh}}/{plural}/{name}")));
+    }
+    put_one(&s, ty, "", &name, &headers, &ci, p, body).await
+}
+
+async fn delete_top(
+    State(s): State<ApiState>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    ci: ConnectInfo<SocketAddr>,
+) -> Result<Response, ApiError> {
+    let ty = resource_type(&plural)?;
+    if ty.is_mesh_scoped() {
+        return Err(ApiError::not_found(format!("{ty} lives in a mesh: use /meshes/{{mesh}}/{plural}/{name}")));
+    }
+    delete_one(&s, ty, "", &name, &headers, &ci).await
+}
+
+// ---- mesh-scoped paths: /meshes/{mesh}/{plural}[/{name}]
+
+fn mesh_type(plural: &str) -> Result<ResourceType, ApiError> {
+    let ty = resource_type(plural)?;
+    if !ty.is_mesh_scoped() {
+        return Err(ApiError::not_found(format!("{ty} is not inside a mesh: use /{plural}")));
+    }
+    Ok(ty)
+}
+
+async fn list_in_mesh(
+    State(s): State<ApiState>,
+    Path((mesh, plural)): Path<(String, String)>,
+    Query(p): Query<ListParams>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let ty = mesh_type(&plural)?;
+    list(&s, ty, Some(&mesh), p, &headers, &format!("/meshes/{mesh}/{plural}")).await
+}
+
+async fn get_in_mesh(
+    State(s): State<ApiState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    Query(p): Query<ListParams>,
+    headers: HeaderMap,
+    ci: ConnectInfo<SocketAddr>,
+) -> Result<Response, ApiError> {
+    if plural == "dataplanes" && name == "_overview" {
+        return crate::overview::dataplanes(&s, &mesh, p.offset.as_deref(), p.size.as_deref()).await;
+    }
+    let ty = mesh_type(&plural)?;
+    get_one(&s, ty, &mesh, &name, &headers, &ci).await
+}
+
+async fn put_in_mesh(
+    State(s): State<ApiState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    Query(p): Query<WriteParams>,
+    headers: HeaderMap,
+    ci: ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ty = mesh_type(&plural)?;
+    put_one(&s, ty, &mesh, &name, &headers, &ci, p, body).await
+}
+
+async fn delete_in_mesh(
+    State(s): State<ApiState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    ci: ConnectInfo<SocketAddr>,
+) -> Result<Response, ApiError> {
+    let ty = mesh_type(&plural)?;
+    delete_one(&s, ty, &mesh, &name, &headers, &ci).await
+}
+
+/// Parses the `size`/`offset` query values shared by every list.
+pub(crate) fn page(offset: Option<&str>, size: Option<&str>) -> Result<(u64, u64), ApiError> {
+    let parse = |name: &str, v: Option<&str>, d: u64| -> Result<u64, ApiError> {
+        v.map_or(Ok(d), |x| {
+            x.parse::<u64>()
+                .map_err(|_| ApiError::field(name, format!("must be a non-negative integer, got {x:?}")))
+        })
+    };
+    let size = parse("size", size, DEFAULT_PAGE_SIZE)?;
+    if size == 0 || size > MAX_PAGE_SIZE {
+        return Err(ApiError::field("size", format!("must be between 1 and {MAX_PAGE_SIZE}")));
+    }
+    Ok((parse("offset", offset, 0)?, size))
+}
