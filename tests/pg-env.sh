@@ -20,7 +20,9 @@ _pgenv_log() { echo "pg-env: $*" >&2; }
 _pgenv_find_bin() {
     local d
     if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
-        dirname "$(command -v initdb)"
+        # Resolve symlinks (e.g. /usr/local/bin/initdb): pg_isready and
+        # postgres live beside the real binary.
+        dirname "$(readlink -f "$(command -v initdb)")"
         return 0
     fi
     # Newest installed major version first.
@@ -119,7 +121,7 @@ _pgenv_start() {
 
     export MERIDIAN_PG_ENV_DIR="$dir" MERIDIAN_PG_ENV_BIN="$bin"
     export MERIDIAN_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
-    _pgenv_log "PostgreSQL $("$bin/postgres" --version | awk '{print $NF}') up: $MERIDIAN_TEST_POSTGRES_URL"
+    _pgenv_log "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') up: $MERIDIAN_TEST_POSTGRES_URL"
     _pgenv_reused=0
 }
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use sqlx::postgres::PgConnectOptions;
@@ -14,6 +15,24 @@ use crate::error::StoreError;
 use crate::listener;
 use crate::types::{Change, ListPage, ListQuery, ResourceKey, StoredResource, WriteOp, WriteResource};
 use crate::watcher;
+
+/// Tuning for [`Store::connect_with`]; `StoreOptions::default()` is what
+/// [`Store::connect`] uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How often an idle watcher re-queries the change log without any
+    /// wake-up. A backstop only (SQLite writers in other processes, a lost
+    /// notification); wake-ups are the primary mechanism. Default 5 s.
+    pub requery_interval: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            requery_interval: Duration::from_secs(5),
+        }
+    }
+}
 
 /// A handle on a resource store. Cheap to clone; clones share one
 /// connection pool and one change-notification listener.
@@ -41,6 +60,8 @@ struct Inner {
     wake: Arc<watch::Sender<u64>>,
     /// The PostgreSQL LISTEN task, stopped when the last handle goes.
     listener: Option<JoinHandle<()>>,
+    /// Watchers' backstop re-query interval.
+    requery_interval: Duration,
 }
 
 impl Drop for Inner {
@@ -123,13 +144,18 @@ impl Store {
     /// path) creates the file and its directories if missing;
     /// `postgres://...` / `postgresql://...` takes a database that exists.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Self::connect_with(url, StoreOptions::default()).await
+    }
+
+    /// [`Store::connect`] with explicit options.
+    pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
         let (wake, _) = watch::channel(0u64);
         let wake = Arc::new(wake);
         let (backend, listener) = match parse_url(url)? {
             Location::Sqlite(path) => (Backend::Sqlite(backend::sqlite::connect(&path).await?), None),
-            Location::Postgres(options) => {
-                let pool = backend::postgres::connect((*options).clone()).await?;
-                let task = listener::spawn(*options, Arc::clone(&wake));
+            Location::Postgres(pg) => {
+                let pool = backend::postgres::connect((*pg).clone()).await?;
+                let task = listener::spawn(*pg, Arc::clone(&wake));
                 (Backend::Postgres(pool), Some(task))
             }
         };
@@ -139,6 +165,7 @@ impl Store {
                 write_lock: Mutex::new(()),
                 wake,
                 listener,
+                requery_interval: options.requery_interval,
             }),
         })
     }
@@ -296,6 +323,11 @@ impl Store {
     /// Changes after `after`, at most `limit`, for the watcher.
     pub(crate) async fn read_changes(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
         dispatch!(self, read_changes(after, limit))
+    }
+
+    /// The watchers' backstop re-query interval.
+    pub(crate) fn requery_interval(&self) -> Duration {
+        self.inner.requery_interval
     }
 
     /// A receiver of the wake-up counter, for the watcher.

@@ -4,7 +4,7 @@
 //! empty it queries the change log for revisions after the last one it
 //! yielded, one bounded page at a time; when the log has nothing newer it
 //! waits for a wake-up (a commit in this process, a PostgreSQL
-//! notification) or the periodic safety re-query, then queries again.
+//! notification) or the periodic backstop re-query ([`crate::StoreOptions`]), then queries again.
 //! Because every query starts from the last yielded revision and the log is
 //! gap-free, a missed wake-up can only delay a change, never lose it.
 
@@ -21,9 +21,6 @@ use crate::types::Change;
 /// Changes fetched per query: bounds a watcher's buffer (and its memory)
 /// while it catches up on a long log.
 const PAGE_SIZE: i64 = 500;
-/// Backstop only: re-query this often even without a wake-up (covers
-/// SQLite writers in other processes and any notification lost in transit).
-const SAFETY_REQUERY: Duration = Duration::from_secs(5);
 /// Delay before retrying after a database error; doubles up to the max.
 const MIN_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(10);
@@ -98,15 +95,18 @@ impl Watcher {
         }
     }
 
+    /// Waits for a wake-up or, as a backstop only (SQLite writers in other
+    /// processes, a notification lost in transit), the re-query interval.
     async fn wait(&mut self) {
+        let backstop = self.store.requery_interval();
         tokio::select! {
             changed = self.wake.changed() => {
                 if changed.is_err() {
                     // Sender gone (cannot happen while we hold the store): poll.
-                    tokio::time::sleep(SAFETY_REQUERY).await;
+                    tokio::time::sleep(backstop).await;
                 }
             }
-            () = tokio::time::sleep(SAFETY_REQUERY) => {}
+            () = tokio::time::sleep(backstop) => {}
         }
     }
 }

@@ -14,7 +14,9 @@
 //! - [`model`]: the type registry ([`ResourceType`]) and [`Resource`].
 //! - [`universal`]: the universal YAML/JSON format users write.
 //! - [`validate`]: per-type validation with field paths.
+//! - [`delta`]: the delta-discovery state machine shared by KDS and xDS.
 
+pub mod delta;
 pub mod model;
 pub mod pb;
 pub mod universal;

@@ -280,3 +280,20 @@ fn quote(s: &str) -> String {
     out.push('"');
     out
 }
+
+/// Validates a resource's spec by its type. Identity fields (name, mesh) are
+/// checked by [`crate::universal::meta_violations`].
+pub fn resource(r: &crate::Resource) -> Result<(), ValidationError> {
+    use crate::Spec;
+    let violations = match &r.spec {
+        Spec::Mesh(s) => mesh(s),
+        Spec::MeshGateway(s) => mesh_gateway(s),
+        Spec::MeshGatewayRoute(s) => mesh_gateway_route(s),
+        Spec::Dataplane(s) => dataplane(s),
+        Spec::Secret(s) => secret(s),
+        Spec::ZoneIngress(s) => zone_ingress(s),
+        // Written by the control plane itself, never by users.
+        Spec::DataplaneInsight(_) | Spec::Zone(_) | Spec::ZoneInsight(_) => Vec::new(),
+    };
+    if violations.is_empty() { Ok(()) } else { Err(ValidationError { violations }) }
+}

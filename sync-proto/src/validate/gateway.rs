@@ -150,8 +150,6 @@ fn shared_ports(r: &mut Report, at: &FieldPath, listeners: &[Listener]) {
             limits.entry(l.port).or_default().insert(limit);
         }
     }
-    let conflicting = |map: &BTreeMap<u32, BTreeSet<_>>, port: u32| map.get(&port).is_some_and(|s| s.len() > 1);
-
     for (i, l) in listeners.iter().enumerate() {
         if conflicting(&protocols, l.port) {
             r.add(&at.index(i), "protocol conflicts with other listeners on this port");
@@ -170,6 +168,11 @@ fn shared_ports(r: &mut Report, at: &FieldPath, listeners: &[Listener]) {
             );
         }
     }
+}
+
+/// Whether the listeners on `port` hold more than one distinct value.
+fn conflicting<T>(values_by_port: &BTreeMap<u32, BTreeSet<T>>, port: u32) -> bool {
+    values_by_port.get(&port).is_some_and(|values| values.len() > 1)
 }
 
 fn effective_hostname(l: &Listener) -> &str {
