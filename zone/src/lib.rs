@@ -1,1 +1,222 @@
-//! placeholder
+//! `meridian-zone`: one per zone. It keeps a persisted copy of what the
+//! global sent, registers the zone's Dataplanes, and serves xDS to the
+//! zone's gateway Envoys.
+//!
+//! ```text
+//!   global ◀══ KDS (one gRPC connection) ══▶ kds client ──▶ store ◀── api::rest (Dataplanes)
+//!                                                             │ watch
+//!                                                             ▼
+//!                                  Envoy ◀══ ADS ══ xds server ◀── gateway generator
+//! ```
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use meridian_api::{
+    Manager, Role,
+    auth::Auth,
+    metrics::ApiMetrics,
+    rest::{self, ApiState, ServerInfo},
+};
+use meridian_store::Store;
+use tokio::net::TcpListener;
+
+/// Meridian zone control plane.
+#[derive(Debug, Parser)]
+#[command(name = "meridian-zone", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the zone control plane until SIGTERM or SIGINT.
+    Run(RunArgs),
+}
+
+/// Flags of `meridian-zone run`; each has a MERIDIAN_* environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// This zone's name, unique among the global's zones.
+    #[arg(long, env = "MERIDIAN_ZONE", default_value = "zone-1")]
+    pub zone: String,
+
+    /// Where the zone keeps its state (the SQLite file unless --store says
+    /// otherwise, and the admin token).
+    #[arg(long, env = "MERIDIAN_DATA_DIR", default_value_os_t = default_data_dir())]
+    pub data_dir: PathBuf,
+
+    /// Store URL: `sqlite:PATH` or `postgres://...`. Default: `sqlite:<data-dir>/zone.db`.
+    #[arg(long, env = "MERIDIAN_STORE")]
+    pub store: Option<String>,
+
+    /// Address of the zone's REST API (Dataplanes are registered here).
+    #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "127.0.0.1:5681")]
+    pub api_addr: SocketAddr,
+
+    /// Address of the xDS server the zone's Envoys connect to.
+    #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:5678")]
+    pub xds_addr: SocketAddr,
+
+    /// Admin token for writes. Default: read from, or generated into, `<data-dir>/admin-token`.
+    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Treat requests from loopback addresses as admin without a token.
+    #[arg(long, env = "MERIDIAN_API_TRUST_LOOPBACK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub api_trust_loopback: bool,
+
+    /// Log filter (`info`, `debug`, ...).
+    #[arg(long, env = "MERIDIAN_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".meridian").join("zone"))
+        .unwrap_or_else(|| PathBuf::from(".meridian/zone"))
+}
+
+/// Entry point: runs the command and turns failures into an exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let Command::Run(args) = cli.command;
+    init_logging(&args.log_level);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meridian-zone: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meridian-zone: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// Runs the zone until `shutdown` resolves.
+pub async fn run(
+    args: RunArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    let store_url = args
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("sqlite:{}", args.data_dir.join("zone.db").display()));
+    let store = Store::connect(&store_url).await.with_context(|| format!("cannot open store {store_url}"))?;
+    tracing::info!(backend = store.backend_name(), zone = %args.zone, "store ready");
+
+    let token = match &args.admin_token {
+        Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => Auth::load_or_create_token(&args.data_dir)
+            .with_context(|| format!("cannot read or create the admin token in {}", args.data_dir.display()))?
+            .0,
+    };
+
+    let federated = false;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ApiMetrics::register(&mut registry);
+    let manager = Manager::new(store.clone(), Role::Zone { federated });
+    let instance_id = instance_id();
+    let state = ApiState {
+        manager: manager.clone(),
+        auth: Auth::new(token, args.api_trust_loopback),
+        info: Arc::new(ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            instance_id: instance_id.clone(),
+            hostname: hostname(),
+            zone: Some(args.zone.clone()),
+        }),
+        metrics,
+        registry: Arc::new(registry),
+    };
+
+    // One shutdown signal for every task: the first to see it tells the rest.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let api_listener = TcpListener::bind(args.api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for the API", args.api_addr))?;
+    let api_addr = api_listener.local_addr()?;
+    println!("meridian-zone: API on http://{api_addr}");
+    tracing::info!(%api_addr, "API listening");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn({
+        let stop = stopped(stop_rx.clone());
+        async move {
+            meridian_api::server::serve(api_listener, rest::router(state), stop)
+                .await
+                .context("API server failed")
+        }
+    });
+    // XDS-WIRING: the xDS server task is spawned here.
+
+    // A critical task that ends takes the process down with it.
+    let mut result = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        let outcome = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            tracing::error!(error = %format!("{e:#}"), "task failed; stopping");
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+        // Whatever ended, stop the others.
+        tasks.abort_all();
+    }
+    drop(manager);
+    tracing::info!("stopped");
+    result
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// `<zone>-<hostname>-<random>`: identifies this process.
+pub fn instance_id() -> String {
+    format!("{}-{:08x}", hostname(), rand::random::<u32>())
+}
