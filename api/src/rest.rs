@@ -165,7 +165,7 @@ fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<SocketAddr>
 /// The universal JSON of an entry; Secrets' data only when `reveal`.
 fn entry_json(e: &Entry, reveal: bool) -> Value {
     let mut v = universal::to_value(&e.resource);
-    if e.resource.resource_type() == ResourceType::Secret && !reveal {
+    if matches!(e.resource.resource_type(), ResourceType::Secret | ResourceType::GlobalSecret) && !reveal {
         if let Some(o) = v.as_object_mut() {
             o.remove("data");
         }
@@ -207,7 +207,7 @@ async fn get_one(
     headers: &HeaderMap,
     ci: &ConnectInfo<SocketAddr>,
 ) -> Result<Response, ApiError> {
-    if ty == ResourceType::Secret {
+    if matches!(ty, ResourceType::Secret | ResourceType::GlobalSecret) {
         require_admin(s, headers, ci)?;
     }
     if ty.is_mesh_scoped() && !s.manager.mesh_exists(mesh).await? {

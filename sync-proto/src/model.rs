@@ -28,6 +28,9 @@ pub enum ResourceType {
     Dataplane,
     DataplaneInsight,
     Secret,
+    /// A secret outside any mesh, for the control plane itself (zone-token
+    /// signing key, revocations).
+    GlobalSecret,
     Zone,
     ZoneInsight,
     ZoneIngress,
@@ -35,7 +38,7 @@ pub enum ResourceType {
 
 impl ResourceType {
     /// All types, in the order they are applied (a mesh before what lives in it).
-    pub const ALL: [ResourceType; 9] = [
+    pub const ALL: [ResourceType; 10] = [
         ResourceType::Mesh,
         ResourceType::Secret,
         ResourceType::MeshGateway,
@@ -45,6 +48,7 @@ impl ResourceType {
         ResourceType::Zone,
         ResourceType::ZoneInsight,
         ResourceType::ZoneIngress,
+        ResourceType::GlobalSecret,
     ];
 
     /// The type name used in YAML `type:`, in the store and as KDS `type_url`.
@@ -56,6 +60,7 @@ impl ResourceType {
             ResourceType::Dataplane => "Dataplane",
             ResourceType::DataplaneInsight => "DataplaneInsight",
             ResourceType::Secret => "Secret",
+            ResourceType::GlobalSecret => "GlobalSecret",
             ResourceType::Zone => "Zone",
             ResourceType::ZoneInsight => "ZoneInsight",
             ResourceType::ZoneIngress => "ZoneIngress",
@@ -71,6 +76,7 @@ impl ResourceType {
             ResourceType::Dataplane => "dataplanes",
             ResourceType::DataplaneInsight => "dataplane-insights",
             ResourceType::Secret => "secrets",
+            ResourceType::GlobalSecret => "global-secrets",
             ResourceType::Zone => "zones",
             ResourceType::ZoneInsight => "zoneinsights",
             ResourceType::ZoneIngress => "zoneingresses",
@@ -81,7 +87,11 @@ impl ResourceType {
     pub fn is_mesh_scoped(self) -> bool {
         !matches!(
             self,
-            ResourceType::Mesh | ResourceType::Zone | ResourceType::ZoneInsight | ResourceType::ZoneIngress
+            ResourceType::Mesh
+                | ResourceType::GlobalSecret
+                | ResourceType::Zone
+                | ResourceType::ZoneInsight
+                | ResourceType::ZoneIngress
         )
     }
 
@@ -94,14 +104,14 @@ impl ResourceType {
             ResourceType::Dataplane | ResourceType::DataplaneInsight | ResourceType::ZoneIngress => {
                 SyncDirection::ZoneToGlobal
             }
-            ResourceType::Zone | ResourceType::ZoneInsight => SyncDirection::None,
+            ResourceType::GlobalSecret | ResourceType::Zone | ResourceType::ZoneInsight => SyncDirection::None,
         }
     }
 
     /// The fully qualified protobuf message name of the spec.
     pub fn proto_name(self) -> &'static str {
         match self {
-            ResourceType::Secret => "kuma.system.v1alpha1.Secret",
+            ResourceType::Secret | ResourceType::GlobalSecret => "kuma.system.v1alpha1.Secret",
             ResourceType::Zone => "kuma.system.v1alpha1.Zone",
             ResourceType::ZoneInsight => "kuma.system.v1alpha1.ZoneInsight",
             ResourceType::Mesh => "kuma.mesh.v1alpha1.Mesh",
@@ -151,6 +161,7 @@ pub enum Spec {
     Dataplane(pb::mesh::Dataplane),
     DataplaneInsight(pb::mesh::DataplaneInsight),
     Secret(pb::system::Secret),
+    GlobalSecret(pb::system::Secret),
     Zone(pb::system::Zone),
     ZoneInsight(pb::system::ZoneInsight),
     ZoneIngress(pb::mesh::ZoneIngress),
@@ -166,6 +177,7 @@ macro_rules! with_spec {
             Spec::Dataplane($v) => $body,
             Spec::DataplaneInsight($v) => $body,
             Spec::Secret($v) => $body,
+            Spec::GlobalSecret($v) => $body,
             Spec::Zone($v) => $body,
             Spec::ZoneInsight($v) => $body,
             Spec::ZoneIngress($v) => $body,
@@ -208,6 +220,11 @@ macro_rules! with_type {
                 let $wrap = Spec::Secret;
                 $body
             }
+            ResourceType::GlobalSecret => {
+                type $T = $crate::pb::system::Secret;
+                let $wrap = Spec::GlobalSecret;
+                $body
+            }
             ResourceType::Zone => {
                 type $T = $crate::pb::system::Zone;
                 let $wrap = Spec::Zone;
@@ -237,6 +254,7 @@ impl Spec {
             Spec::Dataplane(_) => ResourceType::Dataplane,
             Spec::DataplaneInsight(_) => ResourceType::DataplaneInsight,
             Spec::Secret(_) => ResourceType::Secret,
+            Spec::GlobalSecret(_) => ResourceType::GlobalSecret,
             Spec::Zone(_) => ResourceType::Zone,
             Spec::ZoneInsight(_) => ResourceType::ZoneInsight,
             Spec::ZoneIngress(_) => ResourceType::ZoneIngress,

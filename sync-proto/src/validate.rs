@@ -238,9 +238,7 @@ fn is_dns_name(s: &str) -> bool {
     name.split('.').all(|label| {
         let b = label.as_bytes();
         let first_ok = b.first().is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
-        first_ok
-            && b.len() <= MAX_LABEL_LEN
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+        first_ok && b.len() <= MAX_LABEL_LEN && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
     })
 }
 
@@ -290,7 +288,7 @@ pub fn resource(r: &crate::Resource) -> Result<(), ValidationError> {
         Spec::MeshGateway(s) => mesh_gateway(s),
         Spec::MeshGatewayRoute(s) => mesh_gateway_route(s),
         Spec::Dataplane(s) => dataplane(s),
-        Spec::Secret(s) => secret(s),
+        Spec::Secret(s) | Spec::GlobalSecret(s) => secret(s),
         Spec::ZoneIngress(s) => zone_ingress(s),
         // Written by the control plane itself, never by users.
         Spec::DataplaneInsight(_) | Spec::Zone(_) | Spec::ZoneInsight(_) => Vec::new(),

@@ -307,7 +307,7 @@ fn mesh_gateway_route() {
             ("conf.http.rules[0].backends", "cannot be empty"),
         ]),
         c("backends without the service", http_rule(json!([]), json!([
-            {"destination": {"version": "v1"}}, {"destination": {}}
+            {"weight": 1, "destination": {"version": "v1"}}, {"weight": 1, "destination": {}}
         ])), &[
             ("conf.http.rules[0].backends[0]", "mandatory tag \"kuma.io/service\" is missing"),
             ("conf.http.rules[0].backends[1]", "must have at least one tag"),
@@ -714,7 +714,12 @@ fn tls_secret() {
         (
             "unterminated block",
             format!("{EC_KEY}-----BEGIN CERTIFICATE-----\nMIIB\n"),
-            Err("invalid PEM: missing section end marker: \"-----END CERTIFICATE-----\""),
+            Err("invalid PEM: missing \"-----END CERTIFICATE-----\""),
+        ),
+        (
+            "bad base64",
+            format!("-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n{EC_KEY}"),
+            Err("invalid PEM: base64 decode error: InvalidCharacter(33)"),
         ),
         (
             "a certificate that is not one",

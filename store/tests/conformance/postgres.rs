@@ -8,7 +8,11 @@ use std::time::Duration;
 use meridian_store::{LISTENER_APPLICATION_NAME, StoreOptions, WriteOp};
 use sqlx::Connection;
 
-use crate::harness::{Harness, key, next_change, res};
+use crate::harness::{Harness, assert_quiet, key, next_change, res};
+
+/// How long a watcher is polled to bring it to its waiting state (not a
+/// timing assertion: a longer or shorter time only changes what is tested).
+const SETTLE: Duration = Duration::from_millis(200);
 
 /// Options that leave wake-ups as the only way a watcher learns of a change.
 pub fn no_backstop() -> StoreOptions {
@@ -24,6 +28,9 @@ async fn write_through_one_handle_wakes_watcher_on_another() {
     let watcher = h.open_with(no_backstop()).await;
     let mut watch = watcher.watch(watcher.current_revision().await.expect("rev"));
     for i in 1..=3 {
+        // Drive the watcher until it waits at the head, so only a wake-up
+        // can deliver the write below.
+        assert_quiet(&mut watch, SETTLE).await;
         writer
             .create(res(key("Mesh", "", &format!("m{i}")), "x"))
             .await
@@ -31,6 +38,7 @@ async fn write_through_one_handle_wakes_watcher_on_another() {
         let ch = next_change(&mut watch).await;
         assert_eq!((ch.revision, ch.resource.key.name), (i, format!("m{i}")));
     }
+    assert_quiet(&mut watch, SETTLE).await;
     writer
         .apply_batch(vec![
             WriteOp::Create(res(key("Mesh", "", "b1"), "x")),
@@ -52,6 +60,7 @@ async fn watcher_survives_listener_connection_loss() {
     let mut watch = watcher.watch(0);
     writer.create(res(key("Mesh", "", "before"), "x")).await.expect("create");
     assert_eq!(next_change(&mut watch).await.revision, 1);
+    assert_quiet(&mut watch, SETTLE).await;
 
     // Kill the listener connections on this database (the watcher's handle's
     // and the writer's), as a server restart or a network cut would.
@@ -73,7 +82,7 @@ async fn watcher_survives_listener_connection_loss() {
 
     // And notifications flow again afterwards.
     for i in 0..3 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_quiet(&mut watch, SETTLE).await;
         writer
             .create(res(key("Mesh", "", &format!("after{i}")), "x"))
             .await

@@ -26,13 +26,7 @@ const LISTENER_TAGS: TagRules = TagRules {
 
 pub(super) fn check(r: &mut Report, spec: &MeshGateway) {
     let cross_mesh = spec.conf.iter().flat_map(|c| &c.listeners).any(|l| l.cross_mesh);
-    selectors::selectors(
-        r,
-        &FieldPath::new("selectors"),
-        &spec.selectors,
-        cross_mesh,
-        TagRules::SERVICE_SELECTOR,
-    );
+    selectors::selectors(r, &FieldPath::new("selectors"), &spec.selectors, cross_mesh, TagRules::SERVICE_SELECTOR);
     selectors::tags(r, &FieldPath::new("tags"), &spec.tags, LISTENER_TAGS);
     conf(r, &FieldPath::new("conf"), spec.conf.as_ref());
 }
@@ -162,10 +156,7 @@ fn shared_ports(r: &mut Report, at: &FieldPath, listeners: &[Listener]) {
     }
     for (i, l) in listeners.iter().enumerate() {
         if connection_limit(l).is_some() && conflicting(&limits, l.port) {
-            r.add(
-                &at.index(i).field("resources").field("connectionLimit"),
-                "conflicting values for this port",
-            );
+            r.add(&at.index(i).field("resources").field("connectionLimit"), "conflicting values for this port");
         }
     }
 }

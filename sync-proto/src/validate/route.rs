@@ -249,14 +249,7 @@ fn header_filter(r: &mut Report, at: &FieldPath, h: &HeaderFilter, side: Side, c
     }
 }
 
-fn header_mutation(
-    r: &mut Report,
-    at: &FieldPath,
-    h: &header_filter::Header,
-    op: Op,
-    side: Side,
-    ctx: RuleContext,
-) {
+fn header_mutation(r: &mut Report, at: &FieldPath, h: &header_filter::Header, op: Op, side: Side, ctx: RuleContext) {
     let name_at = at.field("name");
     let name = h.name.as_str();
     if name.is_empty() {
@@ -265,9 +258,7 @@ fn header_mutation(
         if side == Side::Request && ctx.host_to_backend {
             r.add(
                 at,
-                format!(
-                    "cannot modify '{name}' header, when route has set 'rewrite.host_to_backend_hostname' option"
-                ),
+                format!("cannot modify '{name}' header, when route has set 'rewrite.host_to_backend_hostname' option"),
             );
         } else if side == Side::Response {
             // Ours, from here on: what Envoy would NACK.
@@ -310,7 +301,8 @@ fn redirect(r: &mut Report, at: &FieldPath, rd: &Redirect, ctx: RuleContext) {
         r.add(&at.field("scheme"), "must be \"http\" or \"https\"");
     }
     if !rd.hostname.is_empty() {
-        let outcome = if rd.hostname.starts_with('*') { Err("cannot be a wildcard".to_owned()) } else { hostname(&rd.hostname) };
+        let outcome =
+            if rd.hostname.starts_with('*') { Err("cannot be a wildcard".to_owned()) } else { hostname(&rd.hostname) };
         if let Err(message) = outcome {
             r.add(&at.field("hostname"), message);
         }
@@ -368,6 +360,5 @@ fn is_host(name: &str) -> bool {
 
 /// An RFC 9110 token: the characters a header name may use.
 fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+    !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }

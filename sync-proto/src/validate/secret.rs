@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rustls::SignatureAlgorithm;
 use rustls::crypto::ring::sign::any_supported_type;
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::pem::{PemObject, SectionKind};
+use rustls_pki_types::pem::{self, PemObject, SectionKind};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{FieldPath, Report, quote};
@@ -37,7 +37,7 @@ pub fn tls_secret(data: &[u8]) -> Result<(), String> {
     let mut certificates: Vec<CertificateDer<'static>> = Vec::new();
     let mut keys: Vec<PrivateKeyDer<'static>> = Vec::new();
     for section in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(data) {
-        let (kind, der) = section.map_err(|e| format!("invalid PEM: {e}"))?;
+        let (kind, der) = section.map_err(|e| format!("invalid PEM: {}", pem_error(&e)))?;
         match kind {
             SectionKind::Certificate => certificates.push(CertificateDer::from(der)),
             SectionKind::RsaPrivateKey => keys.push(PrivateKeyDer::Pkcs1(der.into())),
@@ -69,6 +69,19 @@ pub fn tls_secret(data: &[u8]) -> Result<(), String> {
         // The key cannot tell its public half: nothing to compare.
         Err(rustls::Error::InconsistentKeys(_)) => Ok(()),
         Err(e) => Err(format!("invalid certificate: {e}")),
+    }
+}
+
+/// The parser's error, with its byte strings as text.
+fn pem_error(e: &pem::Error) -> String {
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => {
+            format!("missing \"-----END {}-----\"", String::from_utf8_lossy(end_marker))
+        }
+        pem::Error::IllegalSectionStart { line } => {
+            format!("malformed line {}", quote(&String::from_utf8_lossy(line)))
+        }
+        other => other.to_string(),
     }
 }
 
