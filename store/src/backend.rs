@@ -121,8 +121,7 @@ pub(crate) mod postgres {
     /// "revision > X" never misses one that commits later. (Not a SEQUENCE:
     /// sequence values commit out of order.) A no-op write releases the lock
     /// without bumping anything.
-    const LOCK_META: &str =
-        "SELECT revision, compacted_revision FROM meta WHERE id = 1 FOR UPDATE";
+    const LOCK_META: &str = "SELECT revision, compacted_revision FROM meta WHERE id = 1 FOR UPDATE";
     /// Sent inside the write transaction: delivered on commit, dropped on rollback.
     const NOTIFY_SQL: Option<&str> = Some("SELECT pg_notify('meridian_changes', $1)");
 

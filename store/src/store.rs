@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 use crate::backend::{self, OpOutcome};
 use crate::error::StoreError;
 use crate::listener;
-use crate::types::{Change, ListPage, ListQuery, ResourceKey, StoredResource, WriteOp, WriteResource};
+use crate::types::{
+    Change, ListPage, ListQuery, ResourceKey, StoredResource, WriteOp, WriteResource,
+};
 use crate::watcher;
 
 /// Tuning for [`Store::connect_with`]; `StoreOptions::default()` is what
@@ -113,7 +115,9 @@ fn parse_url(url: &str) -> Result<Location, StoreError> {
             ));
         }
         if path.contains('?') {
-            return Err(invalid("query parameters are not supported; give a plain file path"));
+            return Err(invalid(
+                "query parameters are not supported; give a plain file path",
+            ));
         }
         return Ok(Location::Sqlite(PathBuf::from(path)));
     }
@@ -152,7 +156,10 @@ impl Store {
         let (wake, _) = watch::channel(0u64);
         let wake = Arc::new(wake);
         let (backend, listener) = match parse_url(url)? {
-            Location::Sqlite(path) => (Backend::Sqlite(backend::sqlite::connect(&path).await?), None),
+            Location::Sqlite(path) => (
+                Backend::Sqlite(backend::sqlite::connect(&path).await?),
+                None,
+            ),
             Location::Postgres(pg) => {
                 let pool = backend::postgres::connect((*pg).clone()).await?;
                 let task = listener::spawn(*pg, Arc::clone(&wake));
@@ -192,9 +199,9 @@ impl Store {
     /// Inserts; `AlreadyExists` if the key is present.
     pub async fn create(&self, r: WriteResource) -> Result<StoredResource, StoreError> {
         match self.apply_one(WriteOp::Create(r)).await? {
-            OpOutcome::Written { res, .. } | OpOutcome::Unchanged(res) | OpOutcome::Deleted(res) => {
-                Ok(res)
-            }
+            OpOutcome::Written { res, .. }
+            | OpOutcome::Unchanged(res)
+            | OpOutcome::Deleted(res) => Ok(res),
         }
     }
 
@@ -210,9 +217,9 @@ impl Store {
             expected_revision,
         };
         match self.apply_one(op).await? {
-            OpOutcome::Written { res, .. } | OpOutcome::Unchanged(res) | OpOutcome::Deleted(res) => {
-                Ok(res)
-            }
+            OpOutcome::Written { res, .. }
+            | OpOutcome::Unchanged(res)
+            | OpOutcome::Deleted(res) => Ok(res),
         }
     }
 
@@ -237,9 +244,9 @@ impl Store {
             expected_revision,
         };
         match self.apply_one(op).await? {
-            OpOutcome::Written { res, .. } | OpOutcome::Unchanged(res) | OpOutcome::Deleted(res) => {
-                Ok(res)
-            }
+            OpOutcome::Written { res, .. }
+            | OpOutcome::Unchanged(res)
+            | OpOutcome::Deleted(res) => Ok(res),
         }
     }
 
@@ -321,7 +328,11 @@ impl Store {
     }
 
     /// Changes after `after`, at most `limit`, for the watcher.
-    pub(crate) async fn read_changes(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
+    pub(crate) async fn read_changes(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Change>, StoreError> {
         dispatch!(self, read_changes(after, limit))
     }
 
@@ -364,7 +375,14 @@ mod tests {
 
     #[test]
     fn bad_urls_are_refused() {
-        for url in ["", "sqlite:", "sqlite::memory:", "mysql://x/y", "sqlite:a.db?mode=rwc", "x"] {
+        for url in [
+            "",
+            "sqlite:",
+            "sqlite::memory:",
+            "mysql://x/y",
+            "sqlite:a.db?mode=rwc",
+            "x",
+        ] {
             assert!(
                 matches!(parse_url(url), Err(StoreError::InvalidUrl { .. })),
                 "{url}"
@@ -386,7 +404,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("postgres://u:secret@h:1/db"), "postgres://u:***@h:1/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:1/db"),
+            "postgres://u:***@h:1/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite:x.db"), "sqlite:x.db");
     }

@@ -77,7 +77,9 @@ pub struct WriteResource {
 impl WriteResource {
     /// True when writing `self` over `current` would change nothing.
     pub(crate) fn same_content(&self, current: &StoredResource) -> bool {
-        self.labels == current.labels && self.spec == current.spec && self.version == current.version
+        self.labels == current.labels
+            && self.spec == current.spec
+            && self.version == current.version
     }
 }
 

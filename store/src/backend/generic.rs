@@ -94,7 +94,9 @@ pub(crate) async fn get(
         .bind(key.name.as_str())
         .fetch_optional(pool)
         .await?;
-    row.as_ref().map(|r| resource_from_row(r, "revision")).transpose()
+    row.as_ref()
+        .map(|r| resource_from_row(r, "revision"))
+        .transpose()
 }
 
 /// Reads a page and the total count from one snapshot.
@@ -136,7 +138,10 @@ pub(crate) async fn current_revision(pool: &Pool<Db>) -> Result<i64, StoreError>
 }
 
 /// Applies `ops` in one write transaction: all of them or none.
-pub(crate) async fn apply(pool: &Pool<Db>, ops: Vec<WriteOp>) -> Result<Vec<OpOutcome>, StoreError> {
+pub(crate) async fn apply(
+    pool: &Pool<Db>,
+    ops: Vec<WriteOp>,
+) -> Result<Vec<OpOutcome>, StoreError> {
     let mut tx = pool.begin_with(BEGIN_WRITE).await?;
     match apply_in_tx(&mut tx, ops).await {
         Ok(outcomes) => {
@@ -174,7 +179,10 @@ async fn apply_in_tx(tx: &mut Tx, ops: Vec<WriteOp>) -> Result<Vec<OpOutcome>, S
             .await?;
         if let Some(notify) = NOTIFY_SQL {
             // Delivered to listeners only when (and if) the transaction commits.
-            sqlx::query(notify).bind(rev.to_string()).execute(&mut **tx).await?;
+            sqlx::query(notify)
+                .bind(rev.to_string())
+                .execute(&mut **tx)
+                .await?;
         }
     }
     Ok(out)
@@ -264,14 +272,19 @@ async fn apply_op(
     }
 }
 
-async fn fetch_current(tx: &mut Tx, key: &ResourceKey) -> Result<Option<StoredResource>, StoreError> {
+async fn fetch_current(
+    tx: &mut Tx,
+    key: &ResourceKey,
+) -> Result<Option<StoredResource>, StoreError> {
     let row = sqlx::query(GET_SQL)
         .bind(key.type_name.as_str())
         .bind(key.mesh.as_str())
         .bind(key.name.as_str())
         .fetch_optional(&mut **tx)
         .await?;
-    row.as_ref().map(|r| resource_from_row(r, "revision")).transpose()
+    row.as_ref()
+        .map(|r| resource_from_row(r, "revision"))
+        .transpose()
 }
 
 async fn insert(

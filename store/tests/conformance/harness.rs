@@ -85,12 +85,14 @@ impl Harness {
 
     /// Drops the PostgreSQL database (the SQLite temp dir goes with `self`).
     pub async fn cleanup(self) {
-        if let Place::Postgres { admin_url, db } = &self.place {
-            if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
-                let sql = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
-                let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
-                let _ = admin.close().await;
-            }
+        if let Place::Postgres { admin_url, db } = &self.place
+            && let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await
+        {
+            let sql = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
+            let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await;
+            let _ = admin.close().await;
         }
     }
 }

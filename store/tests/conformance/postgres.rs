@@ -58,7 +58,10 @@ async fn watcher_survives_listener_connection_loss() {
     let writer = h.open().await;
     let watcher = h.open_with(no_backstop()).await;
     let mut watch = watcher.watch(0);
-    writer.create(res(key("Mesh", "", "before"), "x")).await.expect("create");
+    writer
+        .create(res(key("Mesh", "", "before"), "x"))
+        .await
+        .expect("create");
     assert_eq!(next_change(&mut watch).await.revision, 1);
     assert_quiet(&mut watch, SETTLE).await;
 
@@ -77,7 +80,10 @@ async fn watcher_survives_listener_connection_loss() {
 
     // Written while the listener may be down: found by the re-query that
     // follows its resubscription.
-    writer.create(res(key("Mesh", "", "during"), "x")).await.expect("create");
+    writer
+        .create(res(key("Mesh", "", "during"), "x"))
+        .await
+        .expect("create");
     assert_eq!(next_change(&mut watch).await.resource.key.name, "during");
 
     // And notifications flow again afterwards.
@@ -98,8 +104,16 @@ async fn watcher_survives_listener_connection_loss() {
 async fn two_handles_migrate_the_same_database() {
     let h = Harness::postgres().await;
     let (a, b) = tokio::join!(h.open(), h.open());
-    a.create(res(key("Mesh", "", "x"), "x")).await.expect("create");
-    assert_eq!(b.get(&key("Mesh", "", "x")).await.expect("get").map(|r| r.revision), Some(1));
+    a.create(res(key("Mesh", "", "x"), "x"))
+        .await
+        .expect("create");
+    assert_eq!(
+        b.get(&key("Mesh", "", "x"))
+            .await
+            .expect("get")
+            .map(|r| r.revision),
+        Some(1)
+    );
     h.cleanup().await;
 }
 
