@@ -10,6 +10,9 @@ use meridian_sync_proto::{
 
 /// `global` or `zone`: where a resource was authored.
 pub const LABEL_ORIGIN: &str = "kuma.io/origin";
+/// Values of [`LABEL_ORIGIN`].
+pub const ORIGIN_GLOBAL: &str = "global";
+pub const ORIGIN_ZONE: &str = "zone";
 /// The zone that owns a zone-origin resource.
 pub const LABEL_ZONE: &str = "kuma.io/zone";
 /// The name the user gave, when the stored name differs.
@@ -226,7 +229,7 @@ impl Manager {
                         "{ty} resources are created in zones and synced to the global; register them through the zone's API"
                     )));
                 }
-                if existing.is_some_and(|e| origin(&e.resource) == Some("zone")) {
+                if existing.is_some_and(|e| origin(&e.resource) == Some(ORIGIN_ZONE)) {
                     return Err(ManagerError::Forbidden(format!(
                         "{ty} was synced from a zone; change it in its zone"
                     )));
@@ -241,7 +244,7 @@ impl Manager {
                         "{ty} resources are managed by the global control plane in a multi-zone deployment; apply them there"
                     )));
                 }
-                if existing.is_some_and(|e| origin(&e.resource) == Some("global")) {
+                if existing.is_some_and(|e| origin(&e.resource) == Some(ORIGIN_GLOBAL)) {
                     return Err(ManagerError::Forbidden(format!(
                         "{ty} was synced from the global; change it on the global"
                     )));
@@ -313,7 +316,7 @@ impl Manager {
             for inner in ResourceType::ALL.into_iter().filter(|t| t.is_mesh_scoped()) {
                 let (items, _) = self.list(inner, Some(name), BTreeMap::new(), 0, None).await?;
                 for e in items {
-                    if self.role == Role::Global && origin(&e.resource) == Some("zone") {
+                    if self.role == Role::Global && origin(&e.resource) == Some(ORIGIN_ZONE) {
                         continue; // owned by a zone; it goes when the zone removes it
                     }
                     ops.push(WriteOp::Delete {

@@ -151,7 +151,8 @@ fn peer(ci: &ConnectInfo<SocketAddr>) -> Option<std::net::IpAddr> {
     Some(ci.0.ip())
 }
 
-fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<SocketAddr>) -> Result<(), ApiError> {
+/// Refuses callers without admin rights (401 with what to do).
+pub fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<SocketAddr>) -> Result<(), ApiError> {
     if s.auth.is_admin(headers, peer(ci)) {
         return Ok(());
     }

@@ -4,7 +4,14 @@
 //!
 //! ```text
 //!   meridianctl / HTTP ──▶ api::rest ──▶ api::Manager ──▶ store (sqlite | postgres)
+//!                                                          │ change feed
+//!                                                          ▼
+//!   zones ◀══ KDS (gRPC, TLS, zone tokens) ══ kds::{cache, stream} ──▶ ZoneInsight
 //! ```
+
+pub mod kds;
+pub mod tls;
+pub mod tokens;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -49,6 +56,32 @@ pub struct RunArgs {
     /// Address of the REST API.
     #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "127.0.0.1:5681")]
     pub api_addr: SocketAddr,
+
+    /// Address of the KDS server zones connect to.
+    #[arg(long, env = "MERIDIAN_KDS_ADDR", default_value = "0.0.0.0:5685")]
+    pub kds_addr: SocketAddr,
+
+    /// Serve KDS without TLS (zones then use grpc://). Only for trusted networks.
+    #[arg(long, env = "MERIDIAN_KDS_PLAINTEXT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub kds_plaintext: bool,
+
+    /// PEM certificate (chain) for KDS. Default: a CA and certificate generated
+    /// into the data directory on first start (`kds-ca.crt` is what zones trust).
+    #[arg(long, env = "MERIDIAN_KDS_TLS_CERT", requires = "kds_tls_key")]
+    pub kds_tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --kds-tls-cert.
+    #[arg(long, env = "MERIDIAN_KDS_TLS_KEY", requires = "kds_tls_cert")]
+    pub kds_tls_key: Option<PathBuf>,
+
+    /// Extra names or IPs for the generated KDS certificate (repeatable,
+    /// comma-separated in the environment variable).
+    #[arg(long, env = "MERIDIAN_KDS_TLS_SAN", value_delimiter = ',')]
+    pub kds_tls_san: Vec<String>,
+
+    /// Largest KDS message, in bytes; larger updates are split.
+    #[arg(long, env = "MERIDIAN_KDS_MAX_MESSAGE_BYTES", default_value_t = kds::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub kds_max_message_bytes: usize,
 
     /// Admin token for writes and Secrets. Default: read from, or generated
     /// into, `<data-dir>/admin-token`.
@@ -147,15 +180,19 @@ pub async fn run(
         }
     };
 
+    let instance_id = instance_id();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
-    let manager = Manager::new(store, Role::Global).with_max_resource_bytes(args.max_resource_bytes);
+    // One resource must fit in one KDS message with room for its envelope.
+    let resource_limit = args.max_resource_bytes.min(args.kds_max_message_bytes.saturating_sub(64 * 1024));
+    let manager = Manager::new(store.clone(), Role::Global).with_max_resource_bytes(resource_limit);
+    let tokens = tokens::ZoneTokens::new(manager.clone());
     let state = ApiState {
-        manager,
+        manager: manager.clone(),
         auth: Auth::new(token, args.api_trust_loopback),
         info: Arc::new(ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            instance_id: instance_id(),
+            instance_id: instance_id.clone(),
             hostname: hostname(),
             zone: None,
         }),
@@ -163,15 +200,131 @@ pub async fn run(
         registry: Arc::new(registry),
     };
 
-    let listener = TcpListener::bind(args.api_addr)
+    let tls = if args.kds_plaintext {
+        None
+    } else {
+        let (cfg, ca) = tls::server_config(
+            &args.data_dir,
+            args.kds_tls_cert.as_deref(),
+            args.kds_tls_key.as_deref(),
+            &args.kds_tls_san,
+        )?;
+        if let Some(ca) = ca {
+            println!("meridian-global: KDS CA at {}", ca.display());
+        }
+        Some(cfg)
+    };
+
+    let api_listener = TcpListener::bind(args.api_addr)
         .await
         .with_context(|| format!("cannot listen on {} for the API", args.api_addr))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "API listening");
-    println!("meridian-global: API on http://{addr}");
-    meridian_api::server::serve(listener, rest::router(state), shutdown).await?;
+    let kds_listener = TcpListener::bind(args.kds_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for KDS", args.kds_addr))?;
+    let api_addr = api_listener.local_addr()?;
+    let kds_addr = kds_listener.local_addr()?;
+
+    let (cache, follower) = kds::cache::start(store.clone()).await.context("cannot load resources for KDS")?;
+    let kds_server =
+        kds::KdsServer::new(manager, cache, tokens.clone(), instance_id, args.kds_max_message_bytes);
+
+    // One shutdown signal for every task.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let router = rest::router(state.clone()).merge(token_routes(state, tokens));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        follower.await.context("KDS cache follower stopped")
+    });
+    tasks.spawn({
+        let stop = stopped(stop_rx.clone());
+        async move { meridian_api::server::serve(api_listener, router, stop).await.context("API server failed") }
+    });
+    tasks.spawn({
+        let stop = stopped(stop_rx.clone());
+        async move { kds::serve(kds_listener, kds_server, tls, stop).await.context("KDS server failed") }
+    });
+    tracing::info!(%api_addr, %kds_addr, tls = !args.kds_plaintext, "listening");
+    println!("meridian-global: API on http://{api_addr}");
+    println!("meridian-global: KDS on {}://{kds_addr}", if args.kds_plaintext { "grpc" } else { "grpcs" });
+
+    let result = supervise(tasks, stop_rx).await;
     tracing::info!("stopped");
-    Ok(())
+    result
+}
+
+/// Waits for the tasks: on shutdown they all end; if one ends on its own
+/// (a critical failure), the others are stopped and its error returned.
+async fn supervise(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut result = Ok(());
+    if let Some(done) = tasks.join_next().await {
+        let outcome = done.map_err(anyhow::Error::from).and_then(|r| r);
+        if !*stop_rx.borrow() {
+            let e = outcome.err().unwrap_or_else(|| anyhow::anyhow!("a critical task ended unexpectedly"));
+            tracing::error!(error = %format!("{e:#}"), "critical task ended; stopping");
+            result = Err(e);
+        }
+    }
+    // Give the servers a moment to drain, then stop what is left.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(_done) = tasks.join_next().await {
+            if tasks.len() == 1 {
+                break; // only the endless cache follower remains
+            }
+        }
+    })
+    .await;
+    tasks.abort_all();
+    result
+}
+
+#[derive(serde::Deserialize)]
+struct ZoneTokenRequest {
+    zone: Option<String>,
+    #[serde(rename = "validFor", alias = "valid_for")]
+    valid_for: Option<String>,
+}
+
+/// `POST /tokens/zone {"zone": "zone-1", "validFor": "8760h"}` → the token,
+/// as plain text (admin only).
+fn token_routes(state: ApiState, tokens: tokens::ZoneTokens) -> axum::Router {
+    use axum::{
+        extract::{ConnectInfo, State},
+        http::HeaderMap,
+        response::IntoResponse,
+    };
+    use meridian_api::error::ApiError;
+    async fn issue(
+        State((state, tokens)): State<(ApiState, tokens::ZoneTokens)>,
+        headers: HeaderMap,
+        ci: ConnectInfo<SocketAddr>,
+        body: axum::body::Bytes,
+    ) -> Result<axum::response::Response, ApiError> {
+        rest::require_admin(&state, &headers, &ci)?;
+        let req: ZoneTokenRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("request body must be {{\"zone\": NAME, \"validFor\": DURATION}}: {e}")))?;
+        let zone = req.zone.unwrap_or_default();
+        kds::check_zone_name(&zone).map_err(|r| ApiError::field("zone", r))?;
+        let valid_for = match req.valid_for.as_deref() {
+            None | Some("") => std::time::Duration::from_secs(365 * 24 * 3600),
+            Some(v) => humantime::parse_duration(v)
+                .map_err(|e| ApiError::field("validFor", format!("{v:?} is not a duration like 24h or 30d: {e}")))?,
+        };
+        let (token, claims) = tokens.issue(&zone, valid_for).await?;
+        tracing::info!(zone = %zone, jti = %claims.jti, exp = claims.exp, "issued zone token");
+        Ok(token.into_response())
+    }
+    axum::Router::new().route("/tokens/zone", axum::routing::post(issue)).with_state((state, tokens))
 }
 
 fn hostname() -> String {

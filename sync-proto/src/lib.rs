@@ -15,8 +15,10 @@
 //! - [`universal`]: the universal YAML/JSON format users write.
 //! - [`validate`]: per-type validation with field paths.
 //! - [`delta`]: the delta-discovery state machine shared by KDS and xDS.
+//! - [`kds`]: the KDS wire shape (names, envelope, metadata).
 
 pub mod delta;
+pub mod kds;
 pub mod model;
 pub mod pb;
 pub mod universal;

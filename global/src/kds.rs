@@ -1,0 +1,205 @@
+//! The global's KDS server: `kuma.mesh.v1alpha1.KDSSyncService` over gRPC.
+//!
+//! ```text
+//!   store ──watch──▶ cache (per type) ──▶ GlobalToZoneSync: DeltaSender per type ──▶ zone
+//!   store ◀─ apply_batch ◀─ ZoneToGlobalSync: DeltaReceiver per type ◀── zone responses
+//! ```
+//!
+//! Every call is authenticated with the zone's token ([`crate::tokens`]); the
+//! zone's identity is the token's, never the self-asserted `client-id` alone.
+
+pub mod cache;
+pub mod insight;
+mod stream;
+
+use std::{collections::BTreeMap, future::Future, time::Duration};
+
+use meridian_api::{
+    Manager,
+    manager::{LABEL_ORIGIN, ORIGIN_GLOBAL},
+};
+use meridian_store::StoreError;
+use meridian_sync_proto::{
+    ResourceType, Spec,
+    kds::{MD_AUTHORIZATION, MD_CLIENT_ID, MD_KDS_VERSION, MD_VERSION},
+    pb::{
+        self,
+        kds::kds_sync_service_server::{KdsSyncService, KdsSyncServiceServer},
+    },
+};
+use tokio::net::TcpListener;
+use tonic::{
+    Request, Response, Status, Streaming,
+    metadata::MetadataMap,
+    transport::{Server, ServerTlsConfig, server::TcpIncoming},
+};
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+
+use crate::tokens::ZoneTokens;
+
+/// Default cap on one KDS message; larger updates are split across
+/// responses, and a single resource above it is refused when written.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// HTTP/2 PING interval and timeout: a peer that stops answering is dropped
+/// within their sum (10 s), inside the 15 s users are promised.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Responses queued per stream before the sender waits for the zone to read.
+const OUTBOUND_QUEUE: usize = 16;
+
+/// Shared state of every KDS stream of this global instance.
+#[derive(Clone)]
+pub struct KdsServer {
+    pub(crate) manager: Manager,
+    pub(crate) cache: cache::Cache,
+    pub(crate) tokens: ZoneTokens,
+    pub(crate) insights: insight::Insights,
+    pub(crate) max_message_bytes: usize,
+}
+
+impl KdsServer {
+    pub fn new(
+        manager: Manager,
+        cache: cache::Cache,
+        tokens: ZoneTokens,
+        instance_id: String,
+        max_message_bytes: usize,
+    ) -> KdsServer {
+        KdsServer {
+            insights: insight::Insights::new(manager.clone(), instance_id),
+            manager,
+            cache,
+            tokens,
+            max_message_bytes,
+        }
+    }
+
+    /// Checks who is calling. Returns the zone name and the zone's version.
+    async fn authenticate(&self, md: &MetadataMap) -> Result<(String, String), Status> {
+        let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let zone = text(MD_CLIENT_ID);
+        if let Err(reason) = check_zone_name(&zone) {
+            tracing::warn!(zone = %zone, reason = %reason, "KDS call refused: bad client-id");
+            return Err(Status::invalid_argument(format!("client-id: {reason}")));
+        }
+        let kds_version = text(MD_KDS_VERSION);
+        if !kds_version.is_empty() && kds_version != meridian_sync_proto::kds::KDS_VERSION {
+            return Err(Status::failed_precondition(format!("unsupported kds-version {kds_version:?}; this global speaks v3")));
+        }
+        let auth = text(MD_AUTHORIZATION);
+        let token = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).unwrap_or(&auth);
+        let token = (!token.is_empty()).then_some(token);
+        if let Err(e) = self.tokens.verify(token, &zone).await {
+            tracing::warn!(zone = %zone, reason = %e, "KDS call refused: zone token");
+            return Err(Status::unauthenticated(e.to_string()));
+        }
+        self.ensure_zone_enabled(&zone).await?;
+        Ok((zone, text(MD_VERSION)))
+    }
+
+    /// Creates the Zone record on the first authenticated connect; refuses a
+    /// zone whose record says `enabled: false`.
+    async fn ensure_zone_enabled(&self, zone: &str) -> Result<(), Status> {
+        let store_err = |e: meridian_api::ManagerError| Status::unavailable(format!("store: {e}"));
+        match self.manager.get(ResourceType::Zone, "", zone).await.map_err(store_err)? {
+            Some(e) => {
+                if let Spec::Zone(z) = &e.resource.spec {
+                    if z.enabled.as_ref().is_some_and(|b| !b.value) {
+                        tracing::warn!(zone, "KDS call refused: zone is disabled");
+                        return Err(Status::permission_denied(format!(
+                            "zone {zone:?} is disabled on the global (enabled: false)"
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            None => {
+                let spec = Spec::Zone(pb::system::Zone { enabled: Some(pbjson_types::BoolValue { value: true }) });
+                let r = meridian_sync_proto::Resource::new("", zone, spec);
+                match self.manager.store().create(Manager::encode(&r)).await {
+                    Ok(_) => {
+                        tracing::info!(zone, "zone registered on first connect");
+                        Ok(())
+                    }
+                    Err(StoreError::AlreadyExists(_)) => Ok(()),
+                    Err(e) => Err(Status::unavailable(format!("store: {e}"))),
+                }
+            }
+        }
+    }
+}
+
+/// Zone names are DNS labels: they prefix zone resources' stored names
+/// (`<zone>.<name>`), so they must not contain dots.
+pub fn check_zone_name(zone: &str) -> Result<(), String> {
+    let ok = !zone.is_empty()
+        && zone.len() <= 63
+        && zone.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !zone.starts_with('-')
+        && !zone.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("zone name {zone:?} must be 1-63 lower-case letters, digits and '-'"))
+    }
+}
+
+type ResponseStream<T> = tokio_stream::wrappers::ReceiverStream<Result<T, Status>>;
+
+#[tonic::async_trait]
+impl KdsSyncService for KdsServer {
+    type GlobalToZoneSyncStream = ResponseStream<DeltaDiscoveryResponse>;
+    type ZoneToGlobalSyncStream = ResponseStream<DeltaDiscoveryRequest>;
+
+    async fn global_to_zone_sync(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::GlobalToZoneSyncStream>, Status> {
+        let (zone, version) = self.authenticate(request.metadata()).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
+        let server = self.clone();
+        tokio::spawn(async move { stream::global_to_zone(server, zone, version, request.into_inner(), tx).await });
+        Ok(Response::new(ResponseStream::new(rx)))
+    }
+
+    async fn zone_to_global_sync(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryResponse>>,
+    ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
+        let (zone, _) = self.authenticate(request.metadata()).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
+        let server = self.clone();
+        tokio::spawn(async move { stream::zone_to_global(server, zone, request.into_inner(), tx).await });
+        Ok(Response::new(ResponseStream::new(rx)))
+    }
+}
+
+/// Serves KDS on `listener` until `shutdown`, with TLS when given.
+pub async fn serve(
+    listener: TcpListener,
+    server: KdsServer,
+    tls: Option<ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let max = server.max_message_bytes;
+    let svc = KdsSyncServiceServer::new(server)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    builder.add_service(svc).serve_with_incoming_shutdown(incoming, shutdown).await?;
+    Ok(())
+}
+
+/// Labels a global-origin resource carries on the wire.
+pub(crate) fn wire_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut l = labels.clone();
+    l.entry(LABEL_ORIGIN.to_string()).or_insert_with(|| ORIGIN_GLOBAL.to_string());
+    l
+}
