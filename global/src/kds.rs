@@ -21,7 +21,7 @@ use meridian_api::{
 use meridian_store::StoreError;
 use meridian_sync_proto::{
     ResourceType, Spec,
-    kds::{MD_AUTHORIZATION, MD_CLIENT_ID, MD_KDS_VERSION, MD_VERSION},
+    kds::{check_zone_name, MD_AUTHORIZATION, MD_CLIENT_ID, MD_KDS_VERSION, MD_VERSION},
     pb::{
         self,
         kds::kds_sync_service_server::{KdsSyncService, KdsSyncServiceServer},
@@ -127,21 +127,6 @@ impl KdsServer {
                 }
             }
         }
-    }
-}
-
-/// Zone names are DNS labels: they prefix zone resources' stored names
-/// (`<zone>.<name>`), so they must not contain dots.
-pub fn check_zone_name(zone: &str) -> Result<(), String> {
-    let ok = !zone.is_empty()
-        && zone.len() <= 63
-        && zone.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !zone.starts_with('-')
-        && !zone.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("zone name {zone:?} must be 1-63 lower-case letters, digits and '-'"))
     }
 }
 

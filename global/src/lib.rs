@@ -314,7 +314,7 @@ fn token_routes(state: ApiState, tokens: tokens::ZoneTokens) -> axum::Router {
         let req: ZoneTokenRequest = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("request body must be {{\"zone\": NAME, \"validFor\": DURATION}}: {e}")))?;
         let zone = req.zone.unwrap_or_default();
-        kds::check_zone_name(&zone).map_err(|r| ApiError::field("zone", r))?;
+        meridian_sync_proto::kds::check_zone_name(&zone).map_err(|r| ApiError::field("zone", r))?;
         let valid_for = match req.valid_for.as_deref() {
             None | Some("") => std::time::Duration::from_secs(365 * 24 * 3600),
             Some(v) => humantime::parse_duration(v)

@@ -42,6 +42,17 @@ pub const GLOBAL_TO_ZONE: &[ResourceType] = &[
 pub const ZONE_TO_GLOBAL: &[ResourceType] =
     &[ResourceType::Dataplane, ResourceType::DataplaneInsight, ResourceType::ZoneIngress];
 
+/// Zone names are DNS labels: they prefix zone resources' stored names on
+/// the global (`<zone>.<name>`), so they must not contain dots.
+pub fn check_zone_name(zone: &str) -> Result<(), String> {
+    let ok = !zone.is_empty()
+        && zone.len() <= 63
+        && zone.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !zone.starts_with('-')
+        && !zone.ends_with('-');
+    if ok { Ok(()) } else { Err(format!("zone name {zone:?} must be 1-63 lower-case letters, digits and '-'")) }
+}
+
 /// `<name>.<mesh>`, or `<name>.` for global types.
 pub fn wire_name(mesh: &str, name: &str) -> String {
     format!("{name}.{mesh}")

@@ -9,6 +9,8 @@
 //!                                  Envoy ◀══ ADS ══ xds server ◀── gateway generator
 //! ```
 
+pub mod kds;
+
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
@@ -59,6 +61,24 @@ pub struct RunArgs {
     /// Address of the xDS server the zone's Envoys connect to.
     #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:5678")]
     pub xds_addr: SocketAddr,
+
+    /// The global's KDS address: `grpcs://host:5685` (TLS) or `grpc://host:5685`
+    /// (plaintext, only when asked for explicitly). Without it the zone runs
+    /// standalone and accepts every resource type through its own API.
+    #[arg(long, env = "MERIDIAN_GLOBAL_ADDRESS")]
+    pub global_address: Option<String>,
+
+    /// File holding this zone's token (`meridianctl generate zone-token --zone NAME`).
+    #[arg(long, env = "MERIDIAN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// CA certificate (PEM) of the global's KDS server, for grpcs://.
+    #[arg(long, env = "MERIDIAN_GLOBAL_CA")]
+    pub global_ca: Option<PathBuf>,
+
+    /// Largest KDS message, in bytes.
+    #[arg(long, env = "MERIDIAN_KDS_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub kds_max_message_bytes: usize,
 
     /// Admin token for writes. Default: read from, or generated into, `<data-dir>/admin-token`.
     #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
@@ -146,7 +166,29 @@ pub async fn run(
             .0,
     };
 
-    let federated = false;
+    let kds_config = match &args.global_address {
+        None => None,
+        Some(address) => {
+            if let Err(reason) = meridian_sync_proto::kds::check_zone_name(&args.zone) {
+                anyhow::bail!("--zone: {reason}");
+            }
+            let token_file = args.token_file.as_ref().context(
+                "--global-address needs --token-file (generate one on the global: meridianctl generate zone-token --zone NAME)",
+            )?;
+            let token = std::fs::read_to_string(token_file)
+                .with_context(|| format!("cannot read --token-file {}", token_file.display()))?;
+            let cfg = kds::KdsClientConfig {
+                zone: args.zone.clone(),
+                global_address: address.clone(),
+                token: token.trim().to_string(),
+                global_ca: args.global_ca.clone(),
+                max_message_bytes: args.kds_max_message_bytes,
+            };
+            kds::endpoint(&cfg)?; // fail at start on a bad address or missing CA
+            Some(cfg)
+        }
+    };
+    let federated = kds_config.is_some();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
     let manager = Manager::new(store.clone(), Role::Zone { federated });
@@ -190,6 +232,11 @@ pub async fn run(
                 .context("API server failed")
         }
     });
+    if let Some(cfg) = kds_config {
+        let stop = stopped(stop_rx.clone());
+        let manager = manager.clone();
+        tasks.spawn(async move { kds::run(cfg, manager, stop).await.context("KDS client failed") });
+    }
     // XDS-WIRING: the xDS server task is spawned here.
 
     // A critical task that ends takes the process down with it.
