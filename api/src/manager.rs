@@ -312,6 +312,9 @@ impl Manager {
             .ok_or_else(|| ManagerError::NotFound { ty, mesh: mesh.to_string(), name: name.to_string() })?;
         self.check_user_write(ty, Some(&existing))?;
         let mut ops = Vec::new();
+        if ty == ResourceType::Zone && self.role == Role::Global {
+            ops = self.zone_removal(name).await?;
+        }
         if ty == ResourceType::Mesh {
             for inner in ResourceType::ALL.into_iter().filter(|t| t.is_mesh_scoped()) {
                 let (items, _) = self.list(inner, Some(name), BTreeMap::new(), 0, None).await?;
@@ -329,6 +332,37 @@ impl Manager {
         ops.push(WriteOp::Delete { key: Self::key(ty, mesh, name), expected_revision });
         self.store.apply_batch(ops).await.map_err(|e| ManagerError::from_store(e, ty))?;
         Ok(())
+    }
+}
+
+impl Manager {
+    /// Deleting a zone: refused while it is online; otherwise everything it
+    /// synced up (and its insight) goes with it.
+    async fn zone_removal(&self, zone: &str) -> Result<Vec<WriteOp>, ManagerError> {
+        let mut ops = Vec::new();
+        if let Some(insight) = self.get(ResourceType::ZoneInsight, "", zone).await? {
+            if let Spec::ZoneInsight(zi) = &insight.resource.spec {
+                if crate::overview::zone_online(zi, crate::overview::now_millis()) {
+                    return Err(ManagerError::Forbidden(format!(
+                        "zone {zone:?} is online; stop its control plane (or disable it with enabled: false and wait until it is offline) before deleting it"
+                    )));
+                }
+            }
+            ops.push(WriteOp::Delete { key: Self::key(ResourceType::ZoneInsight, "", zone), expected_revision: None });
+        }
+        let mut labels = BTreeMap::new();
+        labels.insert(LABEL_ZONE.to_string(), zone.to_string());
+        labels.insert(LABEL_ORIGIN.to_string(), ORIGIN_ZONE.to_string());
+        for ty in ResourceType::ALL.into_iter().filter(|t| t.sync_direction() == SyncDirection::ZoneToGlobal) {
+            let (items, _) = self.list(ty, None, labels.clone(), 0, None).await?;
+            for e in items {
+                ops.push(WriteOp::Delete {
+                    key: Self::key(ty, &e.resource.meta.mesh, &e.resource.meta.name),
+                    expected_revision: None,
+                });
+            }
+        }
+        Ok(ops)
     }
 }
 

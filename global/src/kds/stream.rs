@@ -135,7 +135,17 @@ pub(super) async fn global_to_zone(
                 latest.insert(ty, map);
                 if !flush!(ty, false) { break; }
             }
-            _ = refresh.tick() => server.insights.write(&session, false).await,
+            _ = refresh.tick() => {
+                server.insights.write(&session, false).await;
+                // A zone disabled while connected is cut off.
+                if let Err(status) = server.ensure_zone_enabled(&zone).await {
+                    if status.code() == tonic::Code::PermissionDenied {
+                        tracing::warn!(zone = %zone, "zone was disabled; closing its stream");
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                }
+            }
             () = tx.closed() => {
                 tracing::info!(zone = %zone, "zone went away");
                 break;
