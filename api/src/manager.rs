@@ -92,11 +92,23 @@ pub struct Manager {
     store: Store,
     role: Role,
     max_resource_bytes: usize,
+    metrics: Option<crate::metrics::StoreMetrics>,
 }
 
 impl Manager {
     pub fn new(store: Store, role: Role) -> Manager {
-        Manager { store, role, max_resource_bytes: DEFAULT_MAX_RESOURCE_BYTES }
+        Manager {
+            store,
+            role,
+            max_resource_bytes: DEFAULT_MAX_RESOURCE_BYTES,
+            metrics: None,
+        }
+    }
+
+    /// Counts store operations into `metrics` (registered by the caller).
+    pub fn with_metrics(mut self, metrics: crate::metrics::StoreMetrics) -> Manager {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn with_max_resource_bytes(mut self, limit: usize) -> Manager {
@@ -150,6 +162,15 @@ impl Manager {
     }
 
     pub async fn get(&self, ty: ResourceType, mesh: &str, name: &str) -> Result<Option<Entry>, ManagerError> {
+        let started = std::time::Instant::now();
+        let r = self.get_inner(ty, mesh, name).await;
+        if let Some(m) = &self.metrics {
+            m.observe("get", started, &r);
+        }
+        r
+    }
+
+    async fn get_inner(&self, ty: ResourceType, mesh: &str, name: &str) -> Result<Option<Entry>, ManagerError> {
         match self.store.get(&Self::key(ty, mesh, name)).await.map_err(ManagerError::Store)? {
             Some(s) => Self::decode(&s).map(Some),
             None => Ok(None),
@@ -158,6 +179,22 @@ impl Manager {
 
     /// One page of `ty` (in `mesh`, or every mesh when `None`), with the total.
     pub async fn list(
+        &self,
+        ty: ResourceType,
+        mesh: Option<&str>,
+        labels: BTreeMap<String, String>,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> Result<(Vec<Entry>, u64), ManagerError> {
+        let started = std::time::Instant::now();
+        let r = self.list_inner(ty, mesh, labels, offset, limit).await;
+        if let Some(m) = &self.metrics {
+            m.observe("list", started, &r);
+        }
+        r
+    }
+
+    async fn list_inner(
         &self,
         ty: ResourceType,
         mesh: Option<&str>,
@@ -287,13 +324,15 @@ impl Manager {
             return Ok((Entry { resource: r, revision: existing.map_or(0, |e| e.revision), version }, created));
         }
         let write = Self::encode(&r);
-        let (stored, created) = match expected_revision {
-            Some(rev) if existing.is_some() => (
-                self.store.update(write, Some(rev)).await.map_err(|e| ManagerError::from_store(e, ty))?,
-                false,
-            ),
-            _ => self.store.upsert(write).await.map_err(|e| ManagerError::from_store(e, ty))?,
+        let started = std::time::Instant::now();
+        let written = match expected_revision {
+            Some(rev) if existing.is_some() => self.store.update(write, Some(rev)).await.map(|s| (s, false)),
+            _ => self.store.upsert(write).await,
         };
+        if let Some(m) = &self.metrics {
+            m.observe("write", started, &written);
+        }
+        let (stored, created) = written.map_err(|e| ManagerError::from_store(e, ty))?;
         Ok((Self::decode(&stored)?, created))
     }
 
@@ -330,7 +369,12 @@ impl Manager {
             }
         }
         ops.push(WriteOp::Delete { key: Self::key(ty, mesh, name), expected_revision });
-        self.store.apply_batch(ops).await.map_err(|e| ManagerError::from_store(e, ty))?;
+        let started = std::time::Instant::now();
+        let written = self.store.apply_batch(ops).await;
+        if let Some(m) = &self.metrics {
+            m.observe("delete", started, &written);
+        }
+        written.map_err(|e| ManagerError::from_store(e, ty))?;
         Ok(())
     }
 }

@@ -183,9 +183,12 @@ pub async fn run(
     let instance_id = instance_id();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
+    let store_metrics = meridian_api::metrics::StoreMetrics::register(&mut registry);
     // One resource must fit in one KDS message with room for its envelope.
     let resource_limit = args.max_resource_bytes.min(args.kds_max_message_bytes.saturating_sub(64 * 1024));
-    let manager = Manager::new(store.clone(), Role::Global).with_max_resource_bytes(resource_limit);
+    let manager = Manager::new(store.clone(), Role::Global)
+        .with_max_resource_bytes(resource_limit)
+        .with_metrics(store_metrics);
     let tokens = tokens::ZoneTokens::new(manager.clone());
     let state = ApiState {
         manager: manager.clone(),

@@ -11,6 +11,8 @@
 
 pub mod kds;
 
+pub mod gateway;
+
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
@@ -191,7 +193,8 @@ pub async fn run(
     let federated = kds_config.is_some();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
-    let manager = Manager::new(store.clone(), Role::Zone { federated });
+    let store_metrics = meridian_api::metrics::StoreMetrics::register(&mut registry);
+    let manager = Manager::new(store.clone(), Role::Zone { federated }).with_metrics(store_metrics);
     let instance_id = instance_id();
     let state = ApiState {
         manager: manager.clone(),
