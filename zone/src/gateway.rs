@@ -1,0 +1,328 @@
+//! The builtin-gateway generator: a pure function from a snapshot of one
+//! mesh's resources to the Envoy configuration of one gateway Dataplane.
+//!
+//! ```text
+//!   MeshSnapshot { gateways, routes, secrets, dataplanes }
+//!        │  select: the best MeshGateway for the Dataplane's gateway tags
+//!        │  listeners: group by port; merge tags; attach routes by selectors
+//!        ▼
+//!   per port ─▶ Listener "<gateway>:<PROTOCOL>:<port>"
+//!                 HTTP  ─ one chain ─▶ RDS "<listener>:*" (a virtual host per hostname)
+//!                 HTTPS ─ one SNI chain per hostname ─▶ RDS "<listener>:<hostname>"
+//!                 TCP   ─ one chain ─▶ tcp_proxy
+//!                 TLS   ─ one SNI chain per hostname (terminate or pass through) ─▶ tcp_proxy
+//!   every backend destination (tag set) ─▶ Cluster (EDS) + ClusterLoadAssignment
+//!        ▼
+//!   check: drop what Envoy would reject (and say why) ─▶ ProxyConfig
+//! ```
+//!
+//! Delegated gateway Dataplanes get one TCP listener per `outbound`
+//! instead ([`delegated`]). Nothing here does I/O or reads the clock: the
+//! same snapshot always yields the same resources, byte for byte, which is
+//! what makes content-hash versions stable across restarts, and golden files
+//! possible (`zone/testdata/golden`).
+
+mod check;
+mod clusters;
+mod delegated;
+pub mod dump;
+mod http;
+mod listeners;
+mod select;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::{
+    cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
+    route::v3::RouteConfiguration,
+};
+use meridian_sync_proto::{
+    Resource, ResourceType, Spec,
+    delta::{Desired, DesiredSet, any_version},
+    pb::{mesh, system},
+};
+use prost::Name;
+
+pub use select::{selector_matches, tags_match};
+
+/// Tag naming a Dataplane's service.
+pub const SERVICE_TAG: &str = "kuma.io/service";
+
+/// Type URLs of the Envoy resources a gateway receives, in the order a
+/// change is pushed (clusters and their endpoints before the listeners and
+/// routes that use them).
+pub fn type_urls() -> [String; 4] {
+    [CLUSTER_TYPE(), ENDPOINT_TYPE(), LISTENER_TYPE(), ROUTE_TYPE()]
+}
+
+#[allow(non_snake_case)]
+pub fn CLUSTER_TYPE() -> String {
+    Cluster::type_url()
+}
+#[allow(non_snake_case)]
+pub fn ENDPOINT_TYPE() -> String {
+    ClusterLoadAssignment::type_url()
+}
+#[allow(non_snake_case)]
+pub fn LISTENER_TYPE() -> String {
+    Listener::type_url()
+}
+#[allow(non_snake_case)]
+pub fn ROUTE_TYPE() -> String {
+    RouteConfiguration::type_url()
+}
+
+/// A resource as the generator sees it: name, creation time (for "newer
+/// wins" ties) and spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item<T> {
+    pub name: String,
+    /// Unix milliseconds; the newer of two equally ranked gateways wins.
+    pub creation_time: i64,
+    pub spec: T,
+}
+
+/// Everything of one mesh the generator reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeshSnapshot {
+    pub mesh: String,
+    pub gateways: BTreeMap<String, Item<mesh::MeshGateway>>,
+    pub routes: BTreeMap<String, Item<mesh::MeshGatewayRoute>>,
+    pub secrets: BTreeMap<String, Item<system::Secret>>,
+    pub dataplanes: BTreeMap<String, Item<mesh::Dataplane>>,
+}
+
+impl MeshSnapshot {
+    pub fn new(mesh: impl Into<String>) -> MeshSnapshot {
+        MeshSnapshot { mesh: mesh.into(), ..MeshSnapshot::default() }
+    }
+
+    /// Builds a snapshot from resources (other meshes and types are ignored).
+    pub fn from_resources<'a>(mesh: &str, resources: impl IntoIterator<Item = &'a Resource>) -> MeshSnapshot {
+        let mut s = MeshSnapshot::new(mesh);
+        for r in resources {
+            if r.meta.mesh == mesh {
+                s.upsert(r);
+            }
+        }
+        s
+    }
+
+    /// Inserts or replaces a resource of a type the generator reads; returns
+    /// whether it was one.
+    pub fn upsert(&mut self, r: &Resource) -> bool {
+        let name = r.meta.name.clone();
+        let at = r.meta.creation_time;
+        fn item<T>(name: &str, at: i64, spec: &T) -> Item<T>
+        where
+            T: Clone,
+        {
+            Item { name: name.to_string(), creation_time: at, spec: spec.clone() }
+        }
+        match &r.spec {
+            Spec::MeshGateway(s) => {
+                self.gateways.insert(name.clone(), item(&name, at, s));
+                true
+            },
+            Spec::MeshGatewayRoute(s) => {
+                self.routes.insert(name.clone(), item(&name, at, s));
+                true
+            },
+            Spec::Secret(s) => {
+                self.secrets.insert(name.clone(), item(&name, at, s));
+                true
+            },
+            Spec::Dataplane(s) => {
+                self.dataplanes.insert(name.clone(), item(&name, at, s));
+                true
+            },
+            _ => false,
+        }
+    }
+
+    /// Removes a resource; returns whether it was one the generator reads.
+    pub fn remove(&mut self, ty: ResourceType, name: &str) -> bool {
+        match ty {
+            ResourceType::MeshGateway => self.gateways.remove(name).is_some(),
+            ResourceType::MeshGatewayRoute => self.routes.remove(name).is_some(),
+            ResourceType::Secret => self.secrets.remove(name).is_some(),
+            ResourceType::Dataplane => self.dataplanes.remove(name).is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// Why a Dataplane gets no configuration at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GenError {
+    #[error("Dataplane {name:?} is not registered in mesh {mesh:?}; register it with PUT /meshes/{mesh}/dataplanes/{name} on the zone API (or `meridian-zone dataplane run -f`)")]
+    UnknownDataplane { mesh: String, name: String },
+    #[error("Dataplane {name:?} in mesh {mesh:?} is not a gateway (networking.gateway is missing); this control plane serves gateway Dataplanes only")]
+    NotAGateway { mesh: String, name: String },
+}
+
+/// What a generated configuration was built from: decides which changes
+/// make it stale (see `xds::cache`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deps {
+    /// The Dataplane's own gateway tags (selectors of new gateways match these).
+    pub dataplane_tags: BTreeMap<String, String>,
+    /// The MeshGateway in use.
+    pub gateway: Option<String>,
+    /// Routes attached to some listener.
+    pub routes: BTreeSet<String>,
+    /// Secrets referenced by TLS listeners (present or not).
+    pub secrets: BTreeSet<String>,
+    /// Merged tags of every listener (selectors of new routes match these).
+    pub listener_tags: Vec<BTreeMap<String, String>>,
+    /// Every backend destination (whether it resolved to endpoints or not).
+    pub destinations: BTreeSet<BTreeMap<String, String>>,
+}
+
+/// The Envoy configuration of one gateway Dataplane.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyConfig {
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<RouteConfiguration>,
+    pub clusters: Vec<Cluster>,
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    pub deps: Deps,
+    /// What was left out and why (missing secrets, invalid values...).
+    pub warnings: Vec<String>,
+}
+
+impl ProxyConfig {
+    /// The desired set of each type (keyed by type URL), versions being
+    /// content hashes of the encoded resources.
+    pub fn desired(&self) -> BTreeMap<String, DesiredSet> {
+        fn set<M: prost::Message + Name + Clone>(items: &[M], name: impl Fn(&M) -> String) -> DesiredSet {
+            items
+                .iter()
+                .map(|m| {
+                    let any = envoy_types::util::pack_any(m.clone());
+                    (name(m), Desired { version: any_version(&any), resource: any })
+                })
+                .collect()
+        }
+        let mut out = BTreeMap::new();
+        out.insert(CLUSTER_TYPE(), set(&self.clusters, |c| c.name.clone()));
+        out.insert(ENDPOINT_TYPE(), set(&self.endpoints, |c| c.cluster_name.clone()));
+        out.insert(LISTENER_TYPE(), set(&self.listeners, |l| l.name.clone()));
+        out.insert(ROUTE_TYPE(), set(&self.routes, |r| r.name.clone()));
+        out
+    }
+}
+
+/// Shared state while generating one proxy: the clusters asked for, the
+/// dependencies seen and the warnings.
+#[derive(Debug, Default)]
+struct Ctx {
+    /// Cluster name → destination tags.
+    clusters: BTreeMap<String, BTreeMap<String, String>>,
+    deps: Deps,
+    warnings: Vec<String>,
+}
+
+impl Ctx {
+    /// Registers a destination and returns its cluster name.
+    fn cluster_for(&mut self, destination: &BTreeMap<String, String>) -> String {
+        let name = clusters::cluster_name(destination);
+        self.deps.destinations.insert(destination.clone());
+        self.clusters.entry(name.clone()).or_insert_with(|| destination.clone());
+        name
+    }
+
+    fn warn(&mut self, w: impl Into<String>) {
+        self.warnings.push(w.into());
+    }
+}
+
+/// Generates the configuration of Dataplane `name` of `snapshot`'s mesh.
+pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenError> {
+    let dp = snapshot
+        .dataplanes
+        .get(name)
+        .ok_or_else(|| GenError::UnknownDataplane { mesh: snapshot.mesh.clone(), name: name.to_string() })?;
+    let networking = dp.spec.networking.as_ref();
+    let Some(gw) = networking.and_then(|n| n.gateway.as_ref()) else {
+        return Err(GenError::NotAGateway { mesh: snapshot.mesh.clone(), name: name.to_string() });
+    };
+    let mut ctx = Ctx::default();
+    ctx.deps.dataplane_tags = gw.tags.clone();
+    let mut listeners = Vec::new();
+    let mut routes = Vec::new();
+    let builtin = gw.r#type == mesh::dataplane::networking::gateway::GatewayType::Builtin as i32;
+    if builtin {
+        let address = networking.map(|n| n.address.as_str()).unwrap_or_default();
+        match select::select_gateway(snapshot, &gw.tags) {
+            Some(gateway) => {
+                ctx.deps.gateway = Some(gateway.name.clone());
+                let (l, r) = listeners::generate(snapshot, gateway, &gw.tags, address, &mut ctx);
+                listeners = l;
+                routes = r;
+            }
+            None => ctx.warn(format!("no MeshGateway selects the gateway tags {:?}", gw.tags)),
+        }
+    } else if let Some(n) = networking {
+        listeners = delegated::outbound_listeners(n, &mut ctx);
+    }
+    let (clusters, endpoints) = clusters::generate(snapshot, &ctx.clusters, &mut ctx.warnings);
+    let mut config = ProxyConfig { listeners, routes, clusters, endpoints, deps: ctx.deps, warnings: ctx.warnings };
+    check::prune(&mut config);
+    Ok(config)
+}
+
+/// A listener or SNI hostname as written (`""` means `*`).
+fn norm_host(h: &str) -> String {
+    if h.is_empty() { "*".to_string() } else { h.to_string() }
+}
+
+/// Whether hostname `pattern` (exact, `*.suffix` or `*`) covers `host`,
+/// equal names included.
+fn host_covers(pattern: &str, host: &str) -> bool {
+    if pattern == host || pattern == "*" {
+        return true;
+    }
+    match pattern.strip_prefix("*.") {
+        // `*.example.com` covers `a.example.com`, `a.b.example.com` and `*.a.example.com`.
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.'),
+        None => false,
+    }
+}
+
+/// Whether two hostnames match: equal, or one is a wildcard covering the other.
+fn hosts_match(a: &str, b: &str) -> bool {
+    host_covers(a, b) || host_covers(b, a)
+}
+
+/// Sort key for hostnames: exact names first, then wildcards with more
+/// labels first, `*` last; then by name.
+fn host_order(h: &str) -> (u8, std::cmp::Reverse<usize>, String) {
+    let class = if h == "*" {
+        2
+    } else if h.starts_with("*.") {
+        1
+    } else {
+        0
+    };
+    (class, std::cmp::Reverse(h.split('.').count()), h.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_coverage() {
+        assert!(host_covers("*", "a.example.com"));
+        assert!(host_covers("*.example.com", "a.example.com"));
+        assert!(host_covers("*.example.com", "*.a.example.com"));
+        assert!(!host_covers("*.example.com", "example.com"));
+        assert!(!host_covers("*.example.com", "aexample.com"));
+        assert!(!host_covers("a.example.com", "*.example.com"));
+        assert!(hosts_match("a.example.com", "*.example.com"));
+        let mut hs = vec!["*", "*.example.com", "a.example.com", "*.a.example.com", "b.com"];
+        hs.sort_by_key(|h| host_order(h));
+        assert_eq!(hs, ["a.example.com", "b.com", "*.a.example.com", "*.example.com", "*"]);
+    }
+}

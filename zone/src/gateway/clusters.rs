@@ -1,0 +1,153 @@
+//! Clusters, one per distinct destination tag set, with EDS endpoints from
+//! the healthy inbounds of the mesh's Dataplanes.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::{
+    cluster::v3::{Cluster, cluster},
+    core::v3::{
+        Address, AggregatedConfigSource, ApiVersion, ConfigSource, SocketAddress, address, config_source,
+        socket_address,
+    },
+    endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint},
+};
+use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+use meridian_sync_proto::pb::mesh::dataplane::networking::inbound::State;
+use sha2::{Digest, Sha256};
+
+use super::{MeshSnapshot, SERVICE_TAG, select::tags_match};
+
+/// How long Envoy waits to connect to a backend.
+const CONNECT_TIMEOUT_SECS: i64 = 5;
+
+/// The cluster name of a destination: its service when that is the only
+/// tag, else `<service>-<hash of the tags>` (same service, other tags =
+/// another cluster).
+pub(super) fn cluster_name(destination: &BTreeMap<String, String>) -> String {
+    let service = destination.get(SERVICE_TAG).map(String::as_str).unwrap_or("unknown");
+    if destination.len() == 1 && destination.contains_key(SERVICE_TAG) {
+        return service.to_string();
+    }
+    let mut h = Sha256::new();
+    for (k, v) in destination {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    format!("{service}-{}", hex::encode(&h.finalize()[..4]))
+}
+
+/// ADS as the config source of RDS and EDS.
+pub(super) fn ads_source() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource::default())),
+        ..Default::default()
+    }
+}
+
+pub(super) fn socket_address(ip: &str, port: u32) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The (address, port) of every healthy inbound matching `destination`;
+/// `None` when no inbound matches at all (healthy or not): the destination
+/// resolves to no service and gets no cluster.
+fn endpoints(snapshot: &MeshSnapshot, destination: &BTreeMap<String, String>, warnings: &mut Vec<String>) -> Option<Vec<(String, u32)>> {
+    let mut found = false;
+    let mut out = Vec::new();
+    for dp in snapshot.dataplanes.values() {
+        let Some(n) = dp.spec.networking.as_ref() else { continue };
+        for inbound in &n.inbound {
+            if !tags_match(destination, &inbound.tags) {
+                continue;
+            }
+            found = true;
+            let ready = inbound.state == State::Ready as i32 && inbound.health.as_ref().is_none_or(|h| h.ready);
+            if !ready {
+                continue;
+            }
+            let ip = [n.advertised_address.as_str(), inbound.address.as_str(), n.address.as_str()]
+                .into_iter()
+                .find(|a| !a.is_empty())
+                .unwrap_or_default();
+            if ip.parse::<std::net::IpAddr>().is_err() || inbound.port == 0 || inbound.port > u32::from(u16::MAX) {
+                warnings.push(format!("Dataplane {:?}: inbound {ip}:{} is not an IP endpoint; skipped", dp.name, inbound.port));
+                continue;
+            }
+            out.push((ip.to_string(), inbound.port));
+        }
+    }
+    out.sort();
+    out.dedup();
+    found.then_some(out)
+}
+
+/// Clusters and load assignments for the destinations asked for.
+pub(super) fn generate(
+    snapshot: &MeshSnapshot,
+    wanted: &BTreeMap<String, BTreeMap<String, String>>,
+    warnings: &mut Vec<String>,
+) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+    let mut clusters = Vec::new();
+    let mut assignments = Vec::new();
+    for (name, destination) in wanted {
+        let Some(eps) = endpoints(snapshot, destination, warnings) else {
+            warnings.push(format!("destination {destination:?} matches no Dataplane inbound: no cluster {name} (requests get 500)"));
+            continue;
+        };
+        clusters.push(Cluster {
+            name: name.clone(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                eds_config: Some(ads_source()),
+                ..Default::default()
+            }),
+            connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
+            lb_policy: cluster::LbPolicy::RoundRobin as i32,
+            ..Default::default()
+        });
+        let lb_endpoints = eps
+            .into_iter()
+            .map(|(ip, port)| LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(socket_address(&ip, port)),
+                    ..Default::default()
+                })),
+                load_balancing_weight: Some(UInt32Value { value: 1 }),
+                ..Default::default()
+            })
+            .collect();
+        assignments.push(ClusterLoadAssignment {
+            cluster_name: name.clone(),
+            endpoints: vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }],
+            ..Default::default()
+        });
+    }
+    (clusters, assignments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_names_are_readable_and_distinct() {
+        let one: BTreeMap<String, String> = [(SERVICE_TAG.to_string(), "web".to_string())].into();
+        assert_eq!(cluster_name(&one), "web");
+        let mut v2 = one.clone();
+        v2.insert("version".into(), "v2".into());
+        let n = cluster_name(&v2);
+        assert!(n.starts_with("web-") && n.len() == "web-".len() + 8, "{n}");
+        let mut v3 = one;
+        v3.insert("version".into(), "v3".into());
+        assert_ne!(cluster_name(&v3), n);
+    }
+}

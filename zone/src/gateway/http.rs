@@ -1,0 +1,490 @@
+//! HTTP route tables: virtual hosts per hostname (with the wildcard
+//! redistribution), one Envoy route per match, ordered most specific first.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::{
+    config::{
+        core::v3::{DataSource, HeaderValue, HeaderValueOption, RuntimeFractionalPercent, data_source, header_value_option::HeaderAppendAction},
+        route::v3::{
+            DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, Route, RouteAction,
+            RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher, query_parameter_matcher,
+            redirect_action, route, route_action, route_match, weighted_cluster,
+        },
+    },
+    r#type::{
+        matcher::v3::{RegexMatchAndSubstitute, RegexMatcher, StringMatcher, string_matcher},
+        v3::{FractionalPercent, fractional_percent::DenominatorType},
+    },
+};
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use meridian_sync_proto::pb::mesh::{
+    HttpMethod,
+    mesh_gateway_route::{
+        Backend, conf::Route as RouteKind,
+        http_route::{Match, Rule, filter::Filter as F, filter::HeaderFilter, filter::Rewrite, filter::rewrite::Path as RewritePath,
+            r#match::{header, path, query}},
+    },
+};
+
+use super::{Ctx, host_covers, host_order, hosts_match, listeners::ListenerCtx};
+
+/// Body of a virtual host no route attaches to.
+pub const NO_ROUTE_BODY: &str = "This is a Meridian MeshGateway. No routes match this MeshGateway!\n";
+/// Sent on every HTTPS response.
+const HSTS: &str = "max-age=31536000; includeSubDomains";
+
+/// One rule of one route, as it applies to a virtual host.
+#[derive(Clone, Copy)]
+struct RuleRef<'a> {
+    route: &'a str,
+    index: usize,
+    rule: &'a Rule,
+}
+
+/// The route configuration `name` for `listeners` (all on `port`).
+pub(super) fn route_configuration(
+    name: &str,
+    port: u32,
+    listeners: &[&ListenerCtx<'_>],
+    https: bool,
+    ctx: &mut Ctx,
+) -> RouteConfiguration {
+    // Virtual host names: every listener hostname, plus route hostnames that
+    // narrow a wildcard listener.
+    let mut hosts: BTreeSet<String> = listeners.iter().map(|l| l.hostname.clone()).collect();
+    for l in listeners {
+        for (_, h) in http_routes(l) {
+            for rh in &h.hostnames {
+                if host_covers(&l.hostname, rh) {
+                    hosts.insert(rh.clone());
+                }
+            }
+        }
+    }
+    let mut hosts: Vec<String> = hosts.into_iter().collect();
+    hosts.sort_by_key(|h| host_order(h));
+
+    let mut virtual_hosts = Vec::new();
+    for host in &hosts {
+        // The listener a host belongs to: the one named so, else the most
+        // specific wildcard listener covering it (its plain routes are copied).
+        let owner = listeners
+            .iter()
+            .filter(|l| host_covers(&l.hostname, host))
+            .min_by_key(|l| host_order(&l.hostname))
+            .map(|l| l.hostname.as_str());
+        let mut seen = BTreeSet::new();
+        let mut rules = Vec::new();
+        for l in listeners.iter().filter(|l| host_covers(&l.hostname, host)) {
+            for (route, h) in http_routes(l) {
+                let applies = if h.hostnames.is_empty() {
+                    owner == Some(l.hostname.as_str())
+                } else {
+                    h.hostnames.iter().any(|rh| host_covers(rh, host))
+                };
+                if applies && seen.insert(route) {
+                    rules.extend(h.rules.iter().enumerate().map(|(index, rule)| RuleRef { route, index, rule }));
+                }
+            }
+        }
+        virtual_hosts.push(virtual_host(host, port, &rules, https, ctx));
+    }
+    RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts,
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+/// The HTTP routes attached to a listener, by name.
+fn http_routes<'a>(
+    l: &'a ListenerCtx<'a>,
+) -> impl Iterator<Item = (&'a str, &'a meridian_sync_proto::pb::mesh::mesh_gateway_route::HttpRoute)> + 'a {
+    l.routes.iter().filter_map(|r| match r.spec.conf.as_ref().and_then(|c| c.route.as_ref()) {
+        Some(RouteKind::Http(h)) if h.hostnames.is_empty() || h.hostnames.iter().any(|rh| hosts_match(rh, &l.hostname)) => {
+            Some((r.name.as_str(), h))
+        }
+        _ => None,
+    })
+}
+
+fn virtual_host(host: &str, port: u32, rules: &[RuleRef<'_>], https: bool, ctx: &mut Ctx) -> VirtualHost {
+    let mut routes: Vec<(SortKey, Route)> = Vec::new();
+    for r in rules {
+        for (mi, m) in r.rule.matches.iter().enumerate() {
+            for (key, route_match, prefix) in expand_match(m) {
+                let name = format!("{}:rules[{}].matches[{mi}]", r.route, r.index);
+                if let Some(route) = build_route(name, route_match, prefix, r.rule, port, ctx) {
+                    routes.push((key, route));
+                }
+            }
+        }
+    }
+    routes.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut routes: Vec<Route> = routes.into_iter().map(|(_, r)| r).collect();
+    if rules.is_empty() {
+        routes.push(Route {
+            name: "no-route".into(),
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            action: Some(route::Action::DirectResponse(DirectResponseAction {
+                status: 404,
+                body: Some(DataSource {
+                    specifier: Some(data_source::Specifier::InlineString(NO_ROUTE_BODY.into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+    }
+    VirtualHost {
+        name: host.to_string(),
+        domains: vec![host.to_string()],
+        routes,
+        response_headers_to_add: if https { vec![header_option("strict-transport-security", HSTS, true)] } else { Vec::new() },
+        ..Default::default()
+    }
+}
+
+/// Ordering of routes, most specific first: exact paths, then prefixes,
+/// then regexes (longer first within each); then with a method; then more
+/// header matches; then more query matches; then by path.
+type SortKey = (u8, std::cmp::Reverse<usize>, bool, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>, String);
+
+/// The path match of an Envoy route for a MeshGatewayRoute match, and
+/// whether it is the `/p/` half of an element-wise prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PrefixPart {
+    /// Not a prefix match.
+    None,
+    /// The exact `/p` half of the prefix `/p`.
+    Exact,
+    /// The prefix `/p/` half (or the prefix `/`).
+    Slash,
+}
+
+/// One match becomes one Envoy route, or two for an element-wise prefix
+/// (`/p` exact plus `/p/` prefix; `/` alone stays a prefix).
+fn expand_match(m: &Match) -> Vec<(SortKey, RouteMatch, PrefixPart)> {
+    let mut paths: Vec<(u8, String, route_match::PathSpecifier, PrefixPart)> = Vec::new();
+    match m.path.as_ref() {
+        None => paths.push((1, "/".into(), route_match::PathSpecifier::Prefix("/".into()), PrefixPart::Slash)),
+        Some(p) => match path::MatchType::try_from(p.r#match).unwrap_or(path::MatchType::Exact) {
+            path::MatchType::Exact => paths.push((0, p.value.clone(), route_match::PathSpecifier::Path(p.value.clone()), PrefixPart::None)),
+            path::MatchType::Prefix => {
+                let trimmed = p.value.trim_end_matches('/');
+                if trimmed.is_empty() {
+                    paths.push((1, "/".into(), route_match::PathSpecifier::Prefix("/".into()), PrefixPart::Slash));
+                } else {
+                    paths.push((0, trimmed.into(), route_match::PathSpecifier::Path(trimmed.into()), PrefixPart::Exact));
+                    let slash = format!("{trimmed}/");
+                    paths.push((1, slash.clone(), route_match::PathSpecifier::Prefix(slash), PrefixPart::Slash));
+                }
+            }
+            path::MatchType::Regex => paths.push((
+                2,
+                p.value.clone(),
+                route_match::PathSpecifier::SafeRegex(regex(&p.value)),
+                PrefixPart::None,
+            )),
+        },
+    }
+    let mut headers = Vec::new();
+    let method = HttpMethod::try_from(m.method).ok().filter(|x| *x != HttpMethod::None);
+    if let Some(method) = method {
+        headers.push(HeaderMatcher {
+            name: ":method".into(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(exact(method.as_str_name()))),
+            ..Default::default()
+        });
+    }
+    for h in &m.headers {
+        let (spec, invert) = match header::MatchType::try_from(h.r#match).unwrap_or(header::MatchType::Exact) {
+            header::MatchType::Exact => (header_matcher::HeaderMatchSpecifier::StringMatch(exact(&h.value)), false),
+            header::MatchType::Regex => (header_matcher::HeaderMatchSpecifier::StringMatch(safe_regex(&h.value)), false),
+            header::MatchType::Present => (header_matcher::HeaderMatchSpecifier::PresentMatch(true), false),
+            header::MatchType::Absent => (header_matcher::HeaderMatchSpecifier::PresentMatch(true), true),
+        };
+        headers.push(HeaderMatcher {
+            name: h.name.to_ascii_lowercase(),
+            header_match_specifier: Some(spec),
+            invert_match: invert,
+            ..Default::default()
+        });
+    }
+    let query_parameters: Vec<QueryParameterMatcher> = m
+        .query_parameters
+        .iter()
+        .map(|q| QueryParameterMatcher {
+            name: q.name.clone(),
+            query_parameter_match_specifier: Some(query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
+                match query::MatchType::try_from(q.r#match).unwrap_or(query::MatchType::Exact) {
+                    query::MatchType::Exact => exact(&q.value),
+                    query::MatchType::Regex => safe_regex(&q.value),
+                },
+            )),
+        })
+        .collect();
+    paths
+        .into_iter()
+        .map(|(class, value, spec, part)| {
+            let key = (
+                class,
+                std::cmp::Reverse(value.len()),
+                method.is_none(),
+                std::cmp::Reverse(m.headers.len()),
+                std::cmp::Reverse(query_parameters.len()),
+                value,
+            );
+            let rm = RouteMatch {
+                path_specifier: Some(spec),
+                headers: headers.clone(),
+                query_parameters: query_parameters.clone(),
+                ..Default::default()
+            };
+            (key, rm, part)
+        })
+        .collect()
+}
+
+fn regex(pattern: &str) -> RegexMatcher {
+    RegexMatcher { regex: pattern.to_string(), ..Default::default() }
+}
+
+fn exact(value: &str) -> StringMatcher {
+    StringMatcher { match_pattern: Some(string_matcher::MatchPattern::Exact(value.to_string())), ..Default::default() }
+}
+
+fn safe_regex(pattern: &str) -> StringMatcher {
+    StringMatcher { match_pattern: Some(string_matcher::MatchPattern::SafeRegex(regex(pattern))), ..Default::default() }
+}
+
+fn header_option(name: &str, value: &str, overwrite: bool) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: name.to_string(), value: value.to_string(), ..Default::default() }),
+        append_action: if overwrite {
+            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+        } else {
+            HeaderAppendAction::AppendIfExistsOrAdd as i32
+        },
+        ..Default::default()
+    }
+}
+
+/// Header set/add/remove, as Envoy route fields; `Host` (set or added)
+/// becomes a host rewrite, other pseudo-headers are refused.
+struct Headers {
+    add: Vec<HeaderValueOption>,
+    remove: Vec<String>,
+    host: Option<String>,
+}
+
+fn headers(f: &HeaderFilter, request: bool, ctx: &mut Ctx, route: &str) -> Headers {
+    let mut out = Headers { add: Vec::new(), remove: Vec::new(), host: None };
+    let sets = f.set.iter().map(|h| (h, true)).chain(f.add.iter().map(|h| (h, false)));
+    for (h, overwrite) in sets {
+        let name = h.name.to_ascii_lowercase();
+        if request && (name == "host" || name == ":authority") {
+            out.host = Some(h.value.clone());
+        } else if name.starts_with(':') || (request && name == "host") {
+            ctx.warn(format!("{route}: header {name:?} cannot be modified; ignored"));
+        } else {
+            out.add.push(header_option(&name, &h.value, overwrite));
+        }
+    }
+    for name in &f.remove {
+        let name = name.to_ascii_lowercase();
+        if name.starts_with(':') || name == "host" {
+            ctx.warn(format!("{route}: header {name:?} cannot be removed; ignored"));
+        } else {
+            out.remove.push(name);
+        }
+    }
+    out
+}
+
+/// `/p` → `/p/` (the `/p/` half of an element-wise prefix rewrites with a slash).
+fn with_slash(s: &str) -> String {
+    if s.ends_with('/') { s.to_string() } else { format!("{s}/") }
+}
+
+fn build_route(name: String, m: RouteMatch, part: PrefixPart, rule: &Rule, port: u32, ctx: &mut Ctx) -> Option<Route> {
+    let mut route = Route { name: name.clone(), r#match: Some(m), ..Default::default() };
+    let mut redirect = None;
+    let mut rewrite: Option<&Rewrite> = None;
+    let mut mirrors = Vec::new();
+    let mut host = None;
+    for f in rule.filters.iter().filter_map(|f| f.filter.as_ref()) {
+        match f {
+            F::RequestHeader(h) => {
+                let h = headers(h, true, ctx, &name);
+                route.request_headers_to_add.extend(h.add);
+                route.request_headers_to_remove.extend(h.remove);
+                host = h.host.or(host);
+            }
+            F::ResponseHeader(h) => {
+                let h = headers(h, false, ctx, &name);
+                route.response_headers_to_add.extend(h.add);
+                route.response_headers_to_remove.extend(h.remove);
+            }
+            F::Redirect(r) => redirect = Some(r),
+            F::Rewrite(r) => rewrite = Some(r),
+            F::Mirror(m) => {
+                let Some(b) = m.backend.as_ref() else { continue };
+                let percent = m.percentage.as_ref().map_or(100.0, |p| p.value).clamp(0.0, 100.0);
+                mirrors.push(route_action::RequestMirrorPolicy {
+                    cluster: ctx.cluster_for(&b.destination),
+                    runtime_fraction: Some(RuntimeFractionalPercent {
+                        default_value: Some(FractionalPercent {
+                            numerator: (percent * 10_000.0).round() as u32,
+                            denominator: DenominatorType::Million as i32,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    let path_rewrite = |p: &Option<RewritePath>| -> Option<(bool, String)> {
+        match p {
+            Some(RewritePath::ReplaceFull(v)) => Some((true, v.clone())),
+            Some(RewritePath::ReplacePrefixMatch(v)) => {
+                Some((false, if part == PrefixPart::Slash { with_slash(v) } else { v.clone() }))
+            }
+            None => None,
+        }
+    };
+    if let Some(r) = redirect {
+        let code = match r.status_code {
+            301 => redirect_action::RedirectResponseCode::MovedPermanently,
+            303 => redirect_action::RedirectResponseCode::SeeOther,
+            307 => redirect_action::RedirectResponseCode::TemporaryRedirect,
+            308 => redirect_action::RedirectResponseCode::PermanentRedirect,
+            _ => redirect_action::RedirectResponseCode::Found,
+        };
+        let mut action = RedirectAction {
+            host_redirect: r.hostname.clone(),
+            port_redirect: if r.port == 0 { port } else { r.port },
+            response_code: code as i32,
+            strip_query: true,
+            scheme_rewrite_specifier: (!r.scheme.is_empty())
+                .then(|| redirect_action::SchemeRewriteSpecifier::SchemeRedirect(r.scheme.clone())),
+            ..Default::default()
+        };
+        if let Some(p) = r.path.as_ref() {
+            match path_rewrite(&p.path) {
+                Some((true, v)) => action.path_rewrite_specifier = Some(redirect_action::PathRewriteSpecifier::PathRedirect(v)),
+                Some((false, v)) if part != PrefixPart::None => {
+                    action.path_rewrite_specifier = Some(redirect_action::PathRewriteSpecifier::PrefixRewrite(v))
+                }
+                Some((false, _)) => ctx.warn(format!("{name}: replacePrefixMatch needs a prefix path match; ignored")),
+                None => {}
+            }
+        }
+        route.action = Some(route::Action::Redirect(action));
+        return Some(route);
+    }
+    let clusters = weighted(&rule.backends, ctx);
+    if clusters.is_empty() {
+        ctx.warn(format!("{name}: no backends; route skipped"));
+        return None;
+    }
+    let mut action = RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters,
+            ..Default::default()
+        })),
+        // A backend that resolves to nothing has no cluster: answer 500.
+        cluster_not_found_response_code: route_action::ClusterNotFoundResponseCode::InternalServerError as i32,
+        request_mirror_policies: mirrors,
+        ..Default::default()
+    };
+    if let Some(h) = host {
+        action.host_rewrite_specifier = Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h));
+    }
+    if let Some(r) = rewrite {
+        if r.host_to_backend_hostname && action.host_rewrite_specifier.is_none() {
+            action.host_rewrite_specifier = Some(route_action::HostRewriteSpecifier::AutoHostRewrite(BoolValue { value: true }));
+        }
+        match path_rewrite(&r.path) {
+            Some((true, v)) => {
+                action.regex_rewrite = Some(RegexMatchAndSubstitute { pattern: Some(regex("^/.*$")), substitution: v })
+            }
+            Some((false, v)) if part != PrefixPart::None => action.prefix_rewrite = v,
+            Some((false, _)) => ctx.warn(format!("{name}: replacePrefixMatch needs a prefix path match; ignored")),
+            None => {}
+        }
+    }
+    route.action = Some(route::Action::Route(action));
+    Some(route)
+}
+
+/// Weighted clusters of a rule's backends, by cluster name; equal
+/// destinations merge; all-zero weights become equal.
+fn weighted(backends: &[Backend], ctx: &mut Ctx) -> Vec<weighted_cluster::ClusterWeight> {
+    let mut weights: BTreeMap<String, u32> = BTreeMap::new();
+    for b in backends {
+        let name = ctx.cluster_for(&b.destination);
+        let w = weights.entry(name).or_default();
+        *w = w.saturating_add(b.weight);
+    }
+    if weights.values().all(|w| *w == 0) {
+        weights.values_mut().for_each(|w| *w = 1);
+    }
+    weights
+        .into_iter()
+        .map(|(name, weight)| weighted_cluster::ClusterWeight {
+            name,
+            weight: Some(UInt32Value { value: weight }),
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_sync_proto::pb::mesh::mesh_gateway_route::http_route::r#match::Path;
+
+    fn path(kind: path::MatchType, v: &str) -> Match {
+        Match { path: Some(Path { r#match: kind as i32, value: v.into() }), ..Default::default() }
+    }
+
+    #[test]
+    fn prefixes_are_element_wise() {
+        let parts = expand_match(&path(path::MatchType::Prefix, "/api"));
+        let specs: Vec<_> = parts.iter().map(|(_, m, p)| (m.path_specifier.clone(), *p)).collect();
+        assert_eq!(
+            specs,
+            [
+                (Some(route_match::PathSpecifier::Path("/api".into())), PrefixPart::Exact),
+                (Some(route_match::PathSpecifier::Prefix("/api/".into())), PrefixPart::Slash),
+            ]
+        );
+        assert_eq!(expand_match(&path(path::MatchType::Prefix, "/")).len(), 1);
+        assert_eq!(expand_match(&Match::default())[0].1.path_specifier, Some(route_match::PathSpecifier::Prefix("/".into())));
+    }
+
+    #[test]
+    fn ordering_is_most_specific_first() {
+        let mut keys: Vec<(SortKey, &str)> = [
+            (path(path::MatchType::Regex, "/a.*"), "regex"),
+            (path(path::MatchType::Prefix, "/"), "root"),
+            (path(path::MatchType::Exact, "/a"), "exact-short"),
+            (path(path::MatchType::Exact, "/abc"), "exact-long"),
+            (Match { method: HttpMethod::Get as i32, ..path(path::MatchType::Prefix, "/") }, "root-get"),
+        ]
+        .iter()
+        .map(|(m, n)| (expand_match(m).remove(0).0, *n))
+        .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<&str> = keys.iter().map(|k| k.1).collect();
+        assert_eq!(names, ["exact-long", "exact-short", "root-get", "root", "regex"]);
+    }
+}

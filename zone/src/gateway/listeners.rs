@@ -1,0 +1,403 @@
+//! One Envoy listener per port of the selected MeshGateway: HTTP and TCP
+//! ports share one filter chain, HTTPS and TLS ports get one SNI filter
+//! chain per hostname.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::{
+    config::{
+        core::v3::{DataSource, TransportSocket, data_source, transport_socket},
+        listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter},
+        route::v3::RouteConfiguration,
+    },
+    extensions::{
+        filters::{
+            http::router::v3::Router,
+            listener::tls_inspector::v3::TlsInspector,
+            network::{
+                http_connection_manager::v3::{
+                    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+                },
+                tcp_proxy::v3::{TcpProxy, tcp_proxy},
+            },
+        },
+        transport_sockets::tls::v3::{
+            CommonTlsContext, DownstreamTlsContext, TlsCertificate, TlsParameters, tls_parameters::TlsProtocol,
+        },
+    },
+};
+use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::util::pack_any;
+use meridian_sync_proto::{
+    pb::mesh::{
+        MeshGateway, MeshGatewayRoute,
+        mesh_gateway::{listener::Protocol, tls::Mode},
+        mesh_gateway_route,
+    },
+    pb::system::data_source::Type as SourceType,
+    validate,
+};
+
+use super::{Ctx, Item, MeshSnapshot, clusters, host_order, hosts_match, http, norm_host, select::selector_matches};
+
+/// One MeshGateway listener with what attaches to it.
+pub(super) struct ListenerCtx<'a> {
+    /// The listener hostname, `*` when none.
+    pub hostname: String,
+    pub port: u32,
+    pub protocol: Protocol,
+    pub spec: &'a meridian_sync_proto::pb::mesh::mesh_gateway::Listener,
+    /// HTTP routes (on HTTP/HTTPS) or TCP routes (on TCP/TLS), by name.
+    pub routes: Vec<&'a Item<MeshGatewayRoute>>,
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http => "HTTP",
+        Protocol::Https => "HTTPS",
+        Protocol::Tcp => "TCP",
+        Protocol::Tls => "TLS",
+        Protocol::None => "NONE",
+    }
+}
+
+/// The listeners and route configurations of `gateway` on a Dataplane
+/// with gateway tags `dp_tags` at `address`.
+pub(super) fn generate(
+    snapshot: &MeshSnapshot,
+    gateway: &Item<MeshGateway>,
+    dp_tags: &BTreeMap<String, String>,
+    address: &str,
+    ctx: &mut Ctx,
+) -> (Vec<Listener>, Vec<RouteConfiguration>) {
+    let mut by_port: BTreeMap<u32, Vec<ListenerCtx<'_>>> = BTreeMap::new();
+    let specs = gateway.spec.conf.as_ref().map(|c| c.listeners.as_slice()).unwrap_or_default();
+    for (i, spec) in specs.iter().enumerate() {
+        let Ok(protocol) = Protocol::try_from(spec.protocol) else {
+            ctx.warn(format!("listener {i}: unknown protocol {}", spec.protocol));
+            continue;
+        };
+        if protocol == Protocol::None || spec.port == 0 || spec.port > u32::from(u16::MAX) {
+            ctx.warn(format!("listener {i}: no protocol or invalid port; skipped"));
+            continue;
+        }
+        let mut tags = dp_tags.clone();
+        tags.extend(gateway.spec.tags.clone());
+        tags.extend(spec.tags.clone());
+        let hostname = norm_host(&spec.hostname);
+        let http = matches!(protocol, Protocol::Http | Protocol::Https);
+        let routes: Vec<_> = snapshot
+            .routes
+            .values()
+            .filter(|r| selector_matches(&r.spec.selectors, &tags))
+            .filter(|r| match r.spec.conf.as_ref().and_then(|c| c.route.as_ref()) {
+                Some(mesh_gateway_route::conf::Route::Http(h)) => {
+                    http && (h.hostnames.is_empty() || h.hostnames.iter().any(|rh| hosts_match(rh, &hostname)))
+                }
+                Some(mesh_gateway_route::conf::Route::Tcp(_)) => !http,
+                None => false,
+            })
+            .collect();
+        ctx.deps.listener_tags.push(tags);
+        ctx.deps.routes.extend(routes.iter().map(|r| r.name.clone()));
+        let group = by_port.entry(spec.port).or_default();
+        if let Some(first) = group.first() {
+            if first.protocol != protocol {
+                ctx.warn(format!(
+                    "listener {i}: protocol {} conflicts with {} on port {}; skipped",
+                    protocol_name(protocol),
+                    protocol_name(first.protocol),
+                    spec.port
+                ));
+                continue;
+            }
+            if group.iter().any(|l| l.hostname == hostname) {
+                ctx.warn(format!("listener {i}: hostname {hostname} is already served on port {}; skipped", spec.port));
+                continue;
+            }
+        }
+        group.push(ListenerCtx { hostname, port: spec.port, protocol, spec, routes });
+    }
+
+    let mut listeners = Vec::new();
+    let mut route_configs = Vec::new();
+    for (port, mut group) in by_port {
+        group.sort_by_key(|l| host_order(&l.hostname));
+        let protocol = group[0].protocol;
+        let name = format!("{}:{}:{port}", gateway.name, protocol_name(protocol));
+        let stat = stat_name(&name);
+        let mut chains = Vec::new();
+        match protocol {
+            Protocol::Http => {
+                let rds = format!("{name}:*");
+                let refs: Vec<&ListenerCtx<'_>> = group.iter().collect();
+                route_configs.push(http::route_configuration(&rds, port, &refs, false, ctx));
+                chains.push(FilterChain { filters: vec![hcm(&stat, &rds)], ..Default::default() });
+            }
+            Protocol::Https => {
+                for l in &group {
+                    let Some(certs) = certificates(snapshot, l, ctx) else { continue };
+                    let rds = format!("{name}:{}", l.hostname);
+                    route_configs.push(http::route_configuration(&rds, port, &[l], true, ctx));
+                    chains.push(FilterChain {
+                        filter_chain_match: sni_match(&l.hostname),
+                        transport_socket: Some(tls_socket(certs, true)),
+                        filters: vec![hcm(&stat, &rds)],
+                        ..Default::default()
+                    });
+                }
+            }
+            Protocol::Tcp => {
+                let routes: Vec<_> = group.iter().flat_map(|l| l.routes.iter().copied()).collect();
+                match tcp_proxy(&stat, &routes, ctx) {
+                    Some(f) => chains.push(FilterChain { filters: vec![f], ..Default::default() }),
+                    None => ctx.warn(format!("{name}: no TCP route attaches; listener skipped")),
+                }
+            }
+            Protocol::Tls => {
+                for l in &group {
+                    let mode = l.spec.tls.as_ref().map_or(Mode::Passthrough, |t| {
+                        Mode::try_from(t.mode).unwrap_or(Mode::Passthrough)
+                    });
+                    let transport_socket = if mode == Mode::Terminate {
+                        let Some(certs) = certificates(snapshot, l, ctx) else { continue };
+                        Some(tls_socket(certs, false))
+                    } else {
+                        None
+                    };
+                    let Some(f) = tcp_proxy(&stat, &l.routes, ctx) else {
+                        ctx.warn(format!("{name}: no TCP route attaches to hostname {}; skipped", l.hostname));
+                        continue;
+                    };
+                    chains.push(FilterChain {
+                        filter_chain_match: sni_match(&l.hostname),
+                        transport_socket,
+                        filters: vec![f],
+                        ..Default::default()
+                    });
+                }
+            }
+            Protocol::None => {}
+        }
+        if chains.is_empty() {
+            continue;
+        }
+        let listener_filters = if matches!(protocol, Protocol::Https | Protocol::Tls) {
+            vec![ListenerFilter {
+                name: "envoy.filters.listener.tls_inspector".into(),
+                config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(TlsInspector::default()))),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        };
+        let bind = if address.parse::<std::net::IpAddr>().is_ok() {
+            address.to_string()
+        } else {
+            ctx.warn(format!("networking.address {address:?} is not an IP address; {name} binds 0.0.0.0"));
+            "0.0.0.0".to_string()
+        };
+        listeners.push(Listener {
+            name: name.clone(),
+            stat_prefix: stat.clone(),
+            address: Some(clusters::socket_address(&bind, port)),
+            filter_chains: chains,
+            listener_filters,
+            // A port held by a stale process must fail loudly, not be shared.
+            enable_reuse_port: Some(BoolValue { value: false }),
+            ..Default::default()
+        });
+    }
+    (listeners, route_configs)
+}
+
+/// Envoy stat prefixes: no `:` (it is a tag separator in some sinks).
+pub(super) fn stat_name(name: &str) -> String {
+    name.replace([':', '*'], "_")
+}
+
+fn sni_match(hostname: &str) -> Option<FilterChainMatch> {
+    if hostname == "*" {
+        return None;
+    }
+    Some(FilterChainMatch { server_names: vec![hostname.to_string()], ..Default::default() })
+}
+
+fn hcm(stat: &str, rds: &str) -> Filter {
+    let hcm = HttpConnectionManager {
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        stat_prefix: stat.to_string(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(clusters::ads_source()),
+            route_config_name: rds.to_string(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+            ..Default::default()
+        }],
+        // `Host: foo.example.com:8080` matches the virtual host `foo.example.com`.
+        strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(true)),
+        normalize_path: Some(BoolValue { value: true }),
+        merge_slashes: true,
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+    }
+}
+
+/// A `tcp_proxy` over the backends of every rule of `routes` (TCP routes
+/// have no matches, so their rules' backends are merged); `None` when there
+/// is no backend. Envoy rejects zero weights here: zero-weight backends are
+/// dropped, and all-zero weights become equal.
+fn tcp_proxy(stat: &str, routes: &[&Item<MeshGatewayRoute>], ctx: &mut Ctx) -> Option<Filter> {
+    let mut weights: BTreeMap<String, u32> = BTreeMap::new();
+    for r in routes {
+        let Some(mesh_gateway_route::conf::Route::Tcp(tcp)) = r.spec.conf.as_ref().and_then(|c| c.route.as_ref()) else {
+            continue;
+        };
+        for rule in &tcp.rules {
+            for b in &rule.backends {
+                let name = ctx.cluster_for(&b.destination);
+                let w = weights.entry(name).or_default();
+                *w = w.saturating_add(b.weight);
+            }
+        }
+    }
+    if weights.is_empty() {
+        return None;
+    }
+    if weights.values().all(|w| *w == 0) {
+        weights.values_mut().for_each(|w| *w = 1);
+    }
+    weights.retain(|_, w| *w > 0);
+    let specifier = if weights.len() == 1 {
+        tcp_proxy::ClusterSpecifier::Cluster(weights.into_keys().next().unwrap_or_default())
+    } else {
+        tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+            clusters: weights
+                .into_iter()
+                .map(|(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight { name, weight, ..Default::default() })
+                .collect(),
+        })
+    };
+    let proxy = TcpProxy { stat_prefix: stat.to_string(), cluster_specifier: Some(specifier), ..Default::default() };
+    Some(Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
+    })
+}
+
+/// The certificates of a TLS-terminating listener, each checked as Envoy
+/// will; `None` (with a warning) when one is missing or unusable, so the
+/// hostname is left out rather than the whole listener NACKed.
+fn certificates(snapshot: &MeshSnapshot, l: &ListenerCtx<'_>, ctx: &mut Ctx) -> Option<Vec<TlsCertificate>> {
+    let sources = l.spec.tls.as_ref().map(|t| t.certificates.as_slice()).unwrap_or_default();
+    if sources.is_empty() {
+        ctx.warn(format!("port {} hostname {}: TLS termination without certificates; skipped", l.port, l.hostname));
+        return None;
+    }
+    let mut out = Vec::new();
+    for (i, source) in sources.iter().enumerate() {
+        let pem: Vec<u8> = match &source.r#type {
+            Some(SourceType::Secret(name)) => {
+                ctx.deps.secrets.insert(name.clone());
+                match snapshot.secrets.get(name).and_then(|s| s.spec.data.as_ref()) {
+                    Some(data) => data.value.to_vec(),
+                    None => {
+                        ctx.warn(format!("port {} hostname {}: Secret {name:?} not found; skipped", l.port, l.hostname));
+                        return None;
+                    }
+                }
+            }
+            Some(SourceType::Inline(b)) => b.value.to_vec(),
+            Some(SourceType::InlineString(s)) => s.clone().into_bytes(),
+            Some(SourceType::File(path)) => {
+                // Envoy reads the file; the same PEM holds the chain and the key.
+                let file = DataSource { specifier: Some(data_source::Specifier::Filename(path.clone())), ..Default::default() };
+                out.push(TlsCertificate {
+                    certificate_chain: Some(file.clone()),
+                    private_key: Some(file),
+                    ..Default::default()
+                });
+                continue;
+            }
+            None => {
+                ctx.warn(format!("port {} hostname {}: certificates[{i}] is empty; skipped", l.port, l.hostname));
+                return None;
+            }
+        };
+        if let Err(e) = validate::tls_secret(&pem) {
+            ctx.warn(format!("port {} hostname {}: certificates[{i}]: {e}; skipped", l.port, l.hostname));
+            return None;
+        }
+        let (chain, key) = split_pem(&String::from_utf8_lossy(&pem));
+        out.push(TlsCertificate {
+            certificate_chain: Some(inline(chain)),
+            private_key: Some(inline(key)),
+            ..Default::default()
+        });
+    }
+    Some(out)
+}
+
+fn inline(s: String) -> DataSource {
+    DataSource { specifier: Some(data_source::Specifier::InlineString(s)), ..Default::default() }
+}
+
+/// Splits a PEM bundle into (certificate blocks, key block).
+fn split_pem(pem: &str) -> (String, String) {
+    let (mut chain, mut key) = (String::new(), String::new());
+    let mut current: Option<(bool, String)> = None;
+    for line in pem.lines() {
+        let line = line.trim();
+        if let Some(label) = line.strip_prefix("-----BEGIN ") {
+            current = Some((label.starts_with("CERTIFICATE"), String::new()));
+        }
+        if let Some((_, block)) = current.as_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+        if line.starts_with("-----END ") {
+            if let Some((is_cert, block)) = current.take() {
+                if is_cert { chain.push_str(&block) } else { key.push_str(&block) }
+            }
+        }
+    }
+    (chain, key)
+}
+
+fn tls_socket(certs: Vec<TlsCertificate>, http: bool) -> TransportSocket {
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_params: Some(TlsParameters {
+                tls_minimum_protocol_version: TlsProtocol::TlSv12 as i32,
+                ..Default::default()
+            }),
+            tls_certificates: certs,
+            alpn_protocols: if http { vec!["h2".into(), "http/1.1".into()] } else { Vec::new() },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_bundles_split_into_chain_and_key() {
+        let pem = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nBBB\n-----END PRIVATE KEY-----\n-----BEGIN CERTIFICATE-----\nCCC\n-----END CERTIFICATE-----\n";
+        let (chain, key) = split_pem(pem);
+        assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2);
+        assert!(chain.contains("CCC") && !chain.contains("BBB"));
+        assert_eq!(key, "-----BEGIN PRIVATE KEY-----\nBBB\n-----END PRIVATE KEY-----\n");
+    }
+}

@@ -1,0 +1,84 @@
+//! Golden files for the gateway generator: every `testdata/golden/<case>.yaml`
+//! (universal resources, document order = creation order) is turned into
+//! the configuration of each gateway Dataplane in it, dumped as text and
+//! compared with `<case>.golden`. Review a golden diff like code.
+//!
+//! `MERIDIAN_BLESS=1 cargo test -p meridian-zone --test golden` rewrites them.
+
+use std::path::{Path, PathBuf};
+
+use meridian_sync_proto::{Spec, universal, validate};
+use meridian_zone::gateway::{self, MeshSnapshot, dump};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join("golden")
+}
+
+/// Reads a case: a snapshot of mesh `default` and the gateway Dataplanes.
+pub fn load_case(path: &Path) -> (MeshSnapshot, Vec<String>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut snapshot = MeshSnapshot::new("default");
+    let mut gateways = Vec::new();
+    let parsed = universal::parse_resources(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (i, r) in parsed.into_iter().enumerate() {
+        let mut r = r.unwrap_or_else(|e| panic!("{} document {i}: {e}", path.display()));
+        if let Err(e) = validate::resource(&r) {
+            panic!("{} document {i} ({}): invalid: {e}", path.display(), r.meta.name);
+        }
+        r.meta.creation_time = i as i64;
+        if let Spec::Dataplane(dp) = &r.spec {
+            if dp.networking.as_ref().is_some_and(|n| n.gateway.is_some()) {
+                gateways.push(r.meta.name.clone());
+            }
+        }
+        snapshot.upsert(&r);
+    }
+    gateways.sort();
+    (snapshot, gateways)
+}
+
+fn render(snapshot: &MeshSnapshot, gateways: &[String]) -> String {
+    let mut out = String::new();
+    for name in gateways {
+        let config = gateway::generate(snapshot, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        out.push_str(&format!("## Dataplane {name}\n"));
+        out.push_str(&dump::dump(&config));
+    }
+    out
+}
+
+#[test]
+fn golden_files() {
+    let bless = std::env::var("MERIDIAN_BLESS").is_ok_and(|v| v == "1");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .expect("testdata/golden")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 8, "golden cases missing: {cases:?}");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let (snapshot, gateways) = load_case(case);
+        assert!(!gateways.is_empty(), "{}: no gateway Dataplane", case.display());
+        let got = render(&snapshot, &gateways);
+        // Generation is a pure function: the same input gives the same bytes.
+        assert_eq!(got, render(&snapshot, &gateways), "{}: not deterministic", case.display());
+        let golden = case.with_extension("golden");
+        if bless {
+            std::fs::write(&golden, &got).expect("write golden");
+            continue;
+        }
+        let want = std::fs::read_to_string(&golden).unwrap_or_default();
+        if want != got {
+            failures.push(format!("{}: differs from {}", case.display(), golden.display()));
+            let tmp = golden.with_extension("golden.actual");
+            let _ = std::fs::write(&tmp, &got);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n(see the .golden.actual files; MERIDIAN_BLESS=1 rewrites the golden files)",
+        failures.join("\n")
+    );
+}
