@@ -11,7 +11,7 @@ use crate::{error::ApiError, rest::ApiState};
 /// A subscription whose status was refreshed longer ago than this is stale:
 /// its global instance died without closing it. Streams refresh their status
 /// every few seconds while open.
-pub const SUBSCRIPTION_STALE_MILLIS: i64 = 20_000;
+pub const SUBSCRIPTION_STALE_MILLIS: i64 = 12_000;
 
 /// Whether a zone has an open, fresh subscription.
 pub fn zone_online(insight: &pb::system::ZoneInsight, now_millis: i64) -> bool {
