@@ -44,7 +44,12 @@ fn insights_by_name(
 }
 
 /// `GET /zones/_overview`.
-pub async fn zones(s: &ApiState, offset: Option<&str>, size: Option<&str>) -> Result<Response, ApiError> {
+pub async fn zones(
+    s: &ApiState,
+    offset: Option<&str>,
+    size: Option<&str>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
     let (offset, size) = crate::rest::page(offset, size)?;
     let (zones, total) = s.manager.list(ResourceType::Zone, None, BTreeMap::new(), offset, Some(size)).await?;
     let (insights, _) = s.manager.list(ResourceType::ZoneInsight, None, BTreeMap::new(), 0, None).await?;
@@ -73,7 +78,8 @@ pub async fn zones(s: &ApiState, offset: Option<&str>, size: Option<&str>) -> Re
             })
         })
         .collect();
-    Ok(Json(json!({ "total": total, "items": items, "next": Value::Null })).into_response())
+    let next = crate::rest::next_url(headers, "/zones/_overview", offset, size, total);
+    Ok(Json(json!({ "total": total, "items": items, "next": next })).into_response())
 }
 
 /// `GET /meshes/{mesh}/dataplanes/_overview`.
@@ -82,6 +88,7 @@ pub async fn dataplanes(
     mesh: &str,
     offset: Option<&str>,
     size: Option<&str>,
+    headers: &axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let (offset, size) = crate::rest::page(offset, size)?;
     if !s.manager.mesh_exists(mesh).await? {
@@ -112,5 +119,6 @@ pub async fn dataplanes(
             item
         })
         .collect();
-    Ok(Json(json!({ "total": total, "items": items, "next": Value::Null })).into_response())
+    let next = crate::rest::next_url(headers, &format!("/meshes/{mesh}/dataplanes/_overview"), offset, size, total);
+    Ok(Json(json!({ "total": total, "items": items, "next": next })).into_response())
 }

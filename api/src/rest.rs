@@ -12,7 +12,7 @@ use std::{
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State},
+    extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -189,10 +189,7 @@ async fn list(
         }
     }
     let (items, total) = s.manager.list(ty, mesh, BTreeMap::new(), offset, Some(size)).await?;
-    let next = (offset + size < total).then(|| {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-        format!("http://{host}{path}?offset={}&size={size}", offset + size)
-    });
+    let next = next_url(headers, path, offset, size, total);
     Ok(Json(json!({
         "total": total,
         "items": items.iter().map(|e| entry_json(e, false)).collect::<Vec<_>>(),
@@ -244,9 +241,20 @@ async fn put_one(
     headers: &HeaderMap,
     ci: &ConnectInfo<SocketAddr>,
     params: WriteParams,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     require_admin(s, headers, ci)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request too large",
+                format!("request body exceeds the limit of {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {rejection}"))
+        }
+    })?;
     let mut value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
     let Some(obj) = value.as_object_mut() else {
@@ -323,7 +331,7 @@ async fn get_top(
     ci: ConnectInfo<SocketAddr>,
 ) -> Result<Response, ApiError> {
     if plural == "zones" && name == "_overview" {
-        return crate::overview::zones(&s, p.offset.as_deref(), p.size.as_deref()).await;
+        return crate::overview::zones(&s, p.offset.as_deref(), p.size.as_deref(), &headers).await;
     }
     let ty = resource_type(&plural)?;
     if ty.is_mesh_scoped() {
@@ -338,7 +346,7 @@ async fn put_top(
     Query(p): Query<WriteParams>,
     headers: HeaderMap,
     ci: ConnectInfo<SocketAddr>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ty = resource_type(&plural)?;
     if ty.is_mesh_scoped() {
@@ -388,7 +396,7 @@ async fn get_in_mesh(
     ci: ConnectInfo<SocketAddr>,
 ) -> Result<Response, ApiError> {
     if plural == "dataplanes" && name == "_overview" {
-        return crate::overview::dataplanes(&s, &mesh, p.offset.as_deref(), p.size.as_deref()).await;
+        return crate::overview::dataplanes(&s, &mesh, p.offset.as_deref(), p.size.as_deref(), &headers).await;
     }
     let ty = mesh_type(&plural)?;
     get_one(&s, ty, &mesh, &name, &headers, &ci).await
@@ -400,7 +408,7 @@ async fn put_in_mesh(
     Query(p): Query<WriteParams>,
     headers: HeaderMap,
     ci: ConnectInfo<SocketAddr>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ty = mesh_type(&plural)?;
     put_one(&s, ty, &mesh, &name, &headers, &ci, p, body).await
@@ -429,4 +437,12 @@ pub(crate) fn page(offset: Option<&str>, size: Option<&str>) -> Result<(u64, u64
         return Err(ApiError::field("size", format!("must be between 1 and {MAX_PAGE_SIZE}")));
     }
     Ok((parse("offset", offset, 0)?, size))
+}
+
+/// The `next` link of a list page, or null on the last page.
+pub(crate) fn next_url(headers: &HeaderMap, path: &str, offset: u64, size: u64, total: u64) -> Option<String> {
+    (offset + size < total).then(|| {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+        format!("http://{host}{path}?offset={}&size={size}", offset + size)
+    })
 }

@@ -34,7 +34,10 @@ use error::{CtlError, EXIT_OK, EXIT_UNAVAILABLE};
 pub fn main(cli: Cli) -> ExitCode {
     // reqwest is built without a crypto provider of its own: use ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             out::err(&format!("error: cannot start the runtime: {e}"));
@@ -60,7 +63,9 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
         Command::Apply(args) => apply::apply(&client(&cli.conn)?, &args).await,
         Command::Get(args) => get::get(&client(&cli.conn)?, &args).await,
         Command::Delete(args) => get::delete(&client(&cli.conn)?, &args).await,
-        Command::Inspect(InspectCommand::Zones(args)) => inspect::zones(&client(&cli.conn)?, &args).await,
+        Command::Inspect(InspectCommand::Zones(args)) => {
+            inspect::zones(&client(&cli.conn)?, &args).await
+        }
         Command::Inspect(InspectCommand::Dataplanes(args)) => {
             inspect::dataplanes(&client(&cli.conn)?, &args).await
         }
@@ -70,7 +75,11 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
 
 fn client(conn: &ConnArgs) -> Result<client::Client, CtlError> {
     let target = config::resolve(conn)?;
-    client::Client::new(&target.api_url, target.token, Duration::from_secs(conn.timeout.max(1)))
+    client::Client::new(
+        &target.api_url,
+        target.token,
+        Duration::from_secs(conn.timeout.max(1)),
+    )
 }
 
 fn configure(conn: &ConnArgs, cmd: ConfigCommand) -> Result<u8, CtlError> {
@@ -84,11 +93,22 @@ fn configure(conn: &ConnArgs, cmd: ConfigCommand) -> Result<u8, CtlError> {
                 .filter(|u| !u.trim().is_empty())
                 .ok_or_else(|| CtlError::input("add-context needs --api-url URL"))?;
             // Check the URL now rather than on first use.
-            reqwest::Url::parse(&api_url).map_err(|e| CtlError::input(format!("invalid --api-url {api_url:?}: {e}")))?;
+            reqwest::Url::parse(&api_url)
+                .map_err(|e| CtlError::input(format!("invalid --api-url {api_url:?}: {e}")))?;
             let name = args.name.clone();
-            file.add(Context { name: args.name, api_url, token: conn.token.clone() }, args.overwrite)?;
+            file.add(
+                Context {
+                    name: args.name,
+                    api_url,
+                    token: conn.token.clone(),
+                },
+                args.overwrite,
+            )?;
             file.save(&path)?;
-            out::line(&format!("added context {name:?} and made it current ({})", path.display()));
+            out::line(&format!(
+                "added context {name:?} and made it current ({})",
+                path.display()
+            ));
         }
         ConfigCommand::UseContext { name } => {
             file.use_context(&name)?;
@@ -104,7 +124,10 @@ fn configure(conn: &ConnArgs, cmd: ConfigCommand) -> Result<u8, CtlError> {
 }
 
 async fn version(client: &client::Client) -> Result<u8, CtlError> {
-    out::line(&format!("client: meridianctl {}", env!("CARGO_PKG_VERSION")));
+    out::line(&format!(
+        "client: meridianctl {}",
+        env!("CARGO_PKG_VERSION")
+    ));
     let reply = client.get(&[]).await?;
     let field = |k: &str| table::str_field(&reply.body, k).to_string();
     out::line(&format!(

@@ -14,12 +14,15 @@
 //! first (the documented test command does); a missing binary fails the test
 //! with that instruction. PostgreSQL tests need `MERIDIAN_TEST_POSTGRES_URL`
 //! (set by `tests/pg-env.sh`) and fail, never skip, without it.
+//!
+//! [`multizone`] is the harness of the global + zones topology (KDS).
 
 pub mod api;
 pub mod bins;
 pub mod ctl;
 pub mod db;
 pub mod global;
+pub mod multizone;
 
 pub use api::{Api, Reply};
 pub use ctl::{Ctl, CtlOutput};

@@ -1,0 +1,300 @@
+//! The command line: every flag has a `MERIDIAN_*` environment variable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const LONG_ABOUT: &str = "\
+meridianctl talks to the REST API of a Meridian control plane (the global, or a zone).
+
+Where to connect, first match wins:
+  1. --api-url / MERIDIAN_API_URL and --token / MERIDIAN_TOKEN
+  2. the current context of the config file (--config / MERIDIAN_CONFIG,
+     default ~/.meridian/meridianctl.yaml)
+  3. http://127.0.0.1:5681, no token
+
+Exit codes:
+  0  success
+  1  invalid input, or the server refused the request (HTTP 4xx: invalid resource,
+     not found, conflict, unauthorized, forbidden, too large)
+  2  the server could not be reached (connection refused, DNS, timeout) or failed
+     (HTTP 5xx, e.g. its store is unavailable): retrying later may help
+
+Examples:
+  meridianctl config add-context prod --api-url https://global.example.com:5681 --token \"$TOKEN\"
+  meridianctl apply -f gateway.yaml
+  cat gateway.yaml | meridianctl apply -f - --dry-run
+  meridianctl get meshgateways -m default
+  meridianctl get meshgateway edge-gateway -o yaml
+  meridianctl delete meshgatewayroute edge-gateway-route
+  meridianctl inspect zones
+  meridianctl validate -f gateway.yaml";
+
+/// Command-line client for Meridian's global and zone control planes.
+#[derive(Debug, Parser)]
+#[command(name = "meridianctl", version, about, long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to reach the API; flags override the config file's current context.
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    /// URL of the control plane's REST API [default: the current context's, else http://127.0.0.1:5681].
+    #[arg(long, global = true, env = "MERIDIAN_API_URL")]
+    pub api_url: Option<String>,
+
+    /// Admin token, sent as `Authorization: Bearer <token>` (needed for writes
+    /// and Secrets unless you are on the control plane's host).
+    #[arg(long, global = true, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// Config file with named contexts [default: ~/.meridian/meridianctl.yaml].
+    #[arg(long, global = true, env = "MERIDIAN_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Seconds to wait for the server on each request.
+    #[arg(long, global = true, env = "MERIDIAN_TIMEOUT", default_value_t = 30)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update resources from universal YAML or JSON.
+    #[command(long_about = APPLY_ABOUT)]
+    Apply(ApplyArgs),
+
+    /// List resources of a type, or show one.
+    #[command(long_about = GET_ABOUT)]
+    Get(GetArgs),
+
+    /// Delete one resource.
+    #[command(long_about = DELETE_ABOUT)]
+    Delete(DeleteArgs),
+
+    /// Show resources together with their live status.
+    #[command(subcommand)]
+    Inspect(InspectCommand),
+
+    /// Check resources offline (no server): structure and every validation rule.
+    #[command(long_about = VALIDATE_ABOUT)]
+    Validate(ValidateArgs),
+
+    /// Manage the contexts of the config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+
+    /// Print the client's version and the server's (GET /).
+    Version,
+}
+
+const APPLY_ABOUT: &str = "\
+Create or update resources from universal YAML or JSON.
+
+The file may hold several documents separated by `---`. Every document is checked
+locally first (structure and validation rules, as `meridianctl validate` does); if
+any is invalid nothing is sent and the exit code is 1. Then Meshes are applied
+first, and each result is reported:
+
+  created MeshGateway default/edge-gateway
+  updated MeshGatewayRoute default/edge-gateway-route
+  unchanged Mesh default
+
+A mesh-scoped document without `mesh` goes to the mesh `default`. With --dry-run the
+server checks everything (including that the mesh exists and what it would refuse)
+and writes nothing.
+
+Examples:
+  meridianctl apply -f gateway.yaml
+  meridianctl apply -f mesh.yaml -f gateways.yaml
+  render-config | meridianctl apply -f -
+  meridianctl apply -f gateway.yaml --dry-run";
+
+const GET_ABOUT: &str = "\
+List resources of a type, or show one.
+
+TYPE may be written as a plural path segment, a singular or the type name:
+`meshgateways`, `meshgateway` and `MeshGateway` are the same. Known types: meshes,
+meshgateways, meshgatewayroutes, dataplanes, dataplane-insights, secrets, zones,
+zoneinsights, zoneingresses, global-secrets.
+
+Output: `table` (default), `yaml` (one document per resource, separated by `---`,
+so it can be fed back to `meridianctl apply -f -`) or `json` (one object, or
+{\"total\", \"items\"} for a list). Lists fetch every page.
+
+Examples:
+  meridianctl get meshes
+  meridianctl get meshgateways -m default
+  meridianctl get meshgateways --all-meshes
+  meridianctl get meshgateway edge-gateway -o yaml
+  meridianctl get zones -o json";
+
+const DELETE_ABOUT: &str = "\
+Delete one resource. Deleting a Mesh deletes everything in it.
+
+Examples:
+  meridianctl delete meshgateway edge-gateway
+  meridianctl delete meshgatewayroute edge-route -m payments
+  meridianctl delete zone zone-1";
+
+const VALIDATE_ABOUT: &str = "\
+Check resources offline, without a server: structure (known type, known fields,
+enum names) and every validation rule the control plane applies. Whether the mesh
+exists is not checked (use `apply --dry-run` for that).
+
+Prints one line per valid resource:
+  OK MeshGateway default/edge-gateway
+  OK Mesh default
+and one line per problem:
+  MeshGateway edge-gateway: conf.listeners[0].port: port must be in the range [1, 65535]
+Exit code 1 if any resource is invalid.
+
+Examples:
+  meridianctl validate -f gateway.yaml
+  cat *.yaml | meridianctl validate -f -";
+
+const ADD_CONTEXT_ABOUT: &str = "\
+Add (or with --overwrite, replace) a context and make it current.
+
+The context takes its URL and token from the --api-url and --token flags.
+
+Examples:
+  meridianctl config add-context prod --api-url https://global.example.com:5681 --token \"$TOKEN\"
+  meridianctl config add-context local --api-url http://127.0.0.1:5681
+  meridianctl config use-context prod";
+
+/// Output format of `get` and `inspect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// File to read (`-` for standard input); repeatable.
+    #[arg(
+        short = 'f',
+        long = "file",
+        required = true,
+        env = "MERIDIAN_APPLY_FILE"
+    )]
+    pub files: Vec<PathBuf>,
+
+    /// Let the server check everything, without writing anything.
+    #[arg(long, env = "MERIDIAN_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Resource type: `meshgateways`, `meshgateway` or `MeshGateway`.
+    pub resource_type: String,
+
+    /// Name of one resource; without it, list them.
+    pub name: Option<String>,
+
+    /// Mesh of mesh-scoped types.
+    #[arg(short, long, env = "MERIDIAN_MESH", default_value = "default")]
+    pub mesh: String,
+
+    /// List a mesh-scoped type across every mesh.
+    #[arg(
+        short = 'A',
+        long,
+        env = "MERIDIAN_ALL_MESHES",
+        conflicts_with = "name"
+    )]
+    pub all_meshes: bool,
+
+    /// Output format.
+    #[arg(short, long, env = "MERIDIAN_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+
+    /// Items per request when listing (every page is fetched).
+    #[arg(long, env = "MERIDIAN_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub page_size: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Resource type: `meshgateways`, `meshgateway` or `MeshGateway`.
+    pub resource_type: String,
+
+    /// Name of the resource.
+    pub name: String,
+
+    /// Mesh of mesh-scoped types.
+    #[arg(short, long, env = "MERIDIAN_MESH", default_value = "default")]
+    pub mesh: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InspectCommand {
+    /// Zones with their connection status (GET /zones/_overview).
+    Zones(InspectArgs),
+    /// Dataplanes of a mesh with their status (GET /meshes/{mesh}/dataplanes/_overview).
+    Dataplanes(InspectMeshArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Output format.
+    #[arg(short, long, env = "MERIDIAN_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectMeshArgs {
+    /// The mesh.
+    #[arg(short, long, env = "MERIDIAN_MESH", default_value = "default")]
+    pub mesh: String,
+
+    #[command(flatten)]
+    pub out: InspectArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// File to read (`-` for standard input); repeatable.
+    #[arg(
+        short = 'f',
+        long = "file",
+        required = true,
+        env = "MERIDIAN_VALIDATE_FILE"
+    )]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Add (or with --overwrite, replace) a context and make it current.
+    #[command(long_about = ADD_CONTEXT_ABOUT)]
+    AddContext(AddContextArgs),
+    /// Make a context the current one.
+    UseContext {
+        /// Name of the context.
+        name: String,
+    },
+    /// Print the config file (tokens redacted unless --raw).
+    View {
+        /// Show tokens.
+        #[arg(long, env = "MERIDIAN_CONFIG_RAW")]
+        raw: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AddContextArgs {
+    /// Name of the context.
+    pub name: String,
+
+    /// Replace a context of the same name.
+    #[arg(long, env = "MERIDIAN_CONFIG_OVERWRITE")]
+    pub overwrite: bool,
+}
