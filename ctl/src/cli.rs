@@ -88,8 +88,41 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
 
+    /// Generate credentials on the global (zone tokens).
+    #[command(subcommand)]
+    Generate(GenerateCommand),
+
     /// Print the client's version and the server's (GET /).
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// A token a zone control plane presents to the global (admin only).
+    #[command(long_about = ZONE_TOKEN_ABOUT)]
+    ZoneToken(ZoneTokenArgs),
+}
+
+const ZONE_TOKEN_ABOUT: &str = "\
+Ask the global for a signed token bound to one zone name, and print it.
+
+The zone sends it on every sync call (meridian-zone run --token-file FILE); the
+global refuses a missing, forged, expired or revoked token, and a token for one
+zone used by another. To revoke tokens, list their ids (the `jti` claim) in the
+GlobalSecret `zone-token-revocations`.
+
+Example:
+  meridianctl generate zone-token --zone zone-1 --valid-for 8760h > zone-1.token";
+
+#[derive(Debug, clap::Args)]
+pub struct ZoneTokenArgs {
+    /// The zone's name (lower-case letters, digits and '-').
+    #[arg(long, env = "MERIDIAN_ZONE")]
+    pub zone: String,
+
+    /// How long the token is valid: 24h, 30d, 8760h...
+    #[arg(long, default_value = "8760h")]
+    pub valid_for: String,
 }
 
 const APPLY_ABOUT: &str = "\

@@ -23,6 +23,8 @@ pub struct Reply {
     pub etag: Option<String>,
     /// The JSON body (`Null` when empty or not JSON).
     pub body: Value,
+    /// The body as text (for plain-text answers such as tokens).
+    pub text: String,
 }
 
 /// A client for one control plane's API.
@@ -132,6 +134,7 @@ impl Client {
                 status: status.as_u16(),
                 etag,
                 body,
+                text: String::from_utf8_lossy(&bytes).into_owned(),
             });
         }
         let (details, fields) = error_body(status, &body, &bytes);
@@ -173,6 +176,10 @@ impl Client {
             url.set_query(Some("dryRun=true"));
         }
         self.send(Method::PUT, url, Some(body)).await
+    }
+
+    pub async fn post(&self, segments: &[&str], body: &Value) -> Result<Reply, CtlError> {
+        self.send(Method::POST, self.url(segments), Some(body)).await
     }
 
     pub async fn delete(&self, segments: &[&str]) -> Result<Reply, CtlError> {

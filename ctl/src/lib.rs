@@ -26,7 +26,7 @@ pub mod table;
 
 use std::{process::ExitCode, time::Duration};
 
-use cli::{Cli, Command, ConfigCommand, ConnArgs, InspectCommand};
+use cli::{Cli, Command, ConfigCommand, ConnArgs, GenerateCommand, InspectCommand};
 use config::{ConfigFile, Context};
 use error::{CtlError, EXIT_OK, EXIT_UNAVAILABLE};
 
@@ -70,6 +70,12 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
             inspect::dataplanes(&client(&cli.conn)?, &args).await
         }
         Command::Version => version(&client(&cli.conn)?).await,
+        Command::Generate(GenerateCommand::ZoneToken(args)) => {
+            let body = serde_json::json!({ "zone": args.zone, "validFor": args.valid_for });
+            let reply = client(&cli.conn)?.post(&["tokens", "zone"], &body).await?;
+            println!("{}", reply.text.trim());
+            Ok(EXIT_OK)
+        }
     }
 }
 
