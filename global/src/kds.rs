@@ -142,9 +142,12 @@ impl KdsSyncService for KdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::GlobalToZoneSyncStream>, Status> {
         let (zone, version) = self.authenticate(request.metadata()).await?;
+        let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();
-        tokio::spawn(async move { stream::global_to_zone(server, zone, version, request.into_inner(), tx).await });
+        tokio::spawn(async move {
+            stream::global_to_zone(server, zone, version, connection, request.into_inner(), tx).await
+        });
         Ok(Response::new(ResponseStream::new(rx)))
     }
 
@@ -153,9 +156,10 @@ impl KdsSyncService for KdsServer {
         request: Request<Streaming<DeltaDiscoveryResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
         let (zone, _) = self.authenticate(request.metadata()).await?;
+        let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();
-        tokio::spawn(async move { stream::zone_to_global(server, zone, request.into_inner(), tx).await });
+        tokio::spawn(async move { stream::zone_to_global(server, zone, connection, request.into_inner(), tx).await });
         Ok(Response::new(ResponseStream::new(rx)))
     }
 }

@@ -190,8 +190,10 @@ mod tests {
 
     #[tokio::test]
     async fn issue_verify_and_refuse() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::connect(&format!("sqlite:{}", dir.path().join("t.db").display())).await.expect("store");
+        // (no tempfile dev-dependency in this crate: a unique directory, removed at the end)
+        let dir = std::env::temp_dir().join(format!("meridian-tokens-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let store = Store::connect(&format!("sqlite:{}", dir.join("t.db").display())).await.expect("store");
         let tokens = ZoneTokens::new(Manager::new(store.clone(), Role::Global));
         let (t, claims) = tokens.issue("zone-1", Duration::from_secs(3600)).await.expect("issue");
         assert_eq!(tokens.verify(Some(&t), "zone-1").await, Ok(claims.clone()));
@@ -211,5 +213,6 @@ mod tests {
         let other = ZoneTokens::new(Manager::new(store, Role::Global));
         let (t2, _) = tokens.issue("zone-3", Duration::from_secs(60)).await.expect("issue");
         assert!(other.verify(Some(&t2), "zone-3").await.is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

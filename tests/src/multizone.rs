@@ -36,16 +36,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of stderr printed per part when a test fails.
 const LOG_TAIL_LINES: usize = 40;
 
-/// Path of a workspace binary, built by `cargo build --workspace --bins`.
+/// Path of a workspace binary (built by `cargo build --workspace --bins`;
+/// panics with that instruction when missing).
 pub fn binary(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` before these tests",
-        path.display()
-    );
-    path
+    crate::bins::path(name)
 }
 
 /// The directory of one test: data directories and logs of every part. Kept
@@ -73,11 +67,10 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Some(d) = self.dir.take() {
-                let kept = d.keep();
-                eprintln!("test directory kept: {}", kept.display());
-            }
+        if std::thread::panicking()
+            && let Some(d) = self.dir.take()
+        {
+            eprintln!("test directory kept: {}", d.keep().display());
         }
     }
 }

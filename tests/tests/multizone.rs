@@ -6,18 +6,21 @@
 //! Run: `cargo build --workspace --bins && bash tests/pg-env.sh cargo test -p meridian-tests --test multizone`
 //! (the PostgreSQL tests fail without tests/pg-env.sh).
 //!
-//! | test                                              | "done when" |
-//! |---------------------------------------------------|-------------|
-//! | global_resources_follow_to_both_zones             | 1           |
-//! | zone_dataplanes_reach_the_global_under_their_zone | 2           |
-//! | global_restart_* / zone_restart_*                 | 3           |
-//! | paused_zone_goes_offline_and_converges_on_resume  | 4           |
-//! | invalid_dataplane_from_a_zone_is_nacked_alone     | 5a, 8       |
-//! | invalid_gateway_in_the_global_store_*             | 5b          |
-//! | zones_are_authenticated                           | 6           |
-//! | two_globals_on_one_postgres_reach_every_zone      | 7           |
-//! | reference_client_subscribes_to_mesh_gateways      | 8           |
-//! | zone_deletion_*                                   | zones       |
+//! | test                                                  | proves |
+//! |-------------------------------------------------------|--------|
+//! | sync::global_resources_follow_to_both_zones           | 1 |
+//! | sync::zone_dataplanes_reach_the_global_under_their_zone | 2 |
+//! | resume::global_restart_resends_only_differences_*     | 3 (global; SQLite and PostgreSQL) |
+//! | resume::zone_restart_receives_only_changes            | 3 (zone) |
+//! | resume::paused_zone_goes_offline_and_converges_on_resume | 4 |
+//! | resume::paused_global_is_noticed_and_both_sides_catch_up | §4: hung streams are noticed |
+//! | nack::invalid_dataplane_from_a_zone_is_nacked_alone   | 5a (and 8 upwards) |
+//! | nack::invalid_gateway_in_the_global_store_is_nacked_alone | 5b (PostgreSQL) |
+//! | auth::zones_are_authenticated                         | 6 |
+//! | sync::two_globals_on_one_postgres_reach_every_zone    | 7 |
+//! | nack::reference_client_subscribes_to_mesh_gateways    | 8 |
+//! | sync::zone_deletion_is_refused_online_and_cascades_offline | zone deletion |
+//! | sync::zone_ingress_is_rebroadcast_to_other_zones      | §4: ZoneIngress relay; plaintext KDS |
 
 mod multizone {
     pub mod auth;

@@ -5,6 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -46,14 +47,24 @@ impl From<&SendStats> for Counters {
     }
 }
 
+/// Counters of one zone-to-global stream, by stat key (`<type> (zone to global)`).
+pub type Upward = Arc<Mutex<BTreeMap<String, Counters>>>;
+
+/// Which zone connection a stream belongs to: the zone's name and its
+/// address, which both streams of one HTTP/2 connection share.
+type ConnectionKey = (String, Option<SocketAddr>);
+
 /// One zone connection as it is being recorded.
 #[derive(Debug)]
 pub struct Session {
     pub zone: String,
+    /// The zone's address on this connection (joins the zone-to-global
+    /// stream's counters to this session).
+    pub connection: Option<SocketAddr>,
     pub id: String,
     pub connect_time: i64,
     pub zone_version: String,
-    /// Stat key (type name, or `<type> (zone to global)`) → counters.
+    /// Global-to-zone stat key (type name) → counters.
     pub stats: BTreeMap<String, Counters>,
 }
 
@@ -63,17 +74,28 @@ pub struct Insights {
     manager: Manager,
     instance_id: String,
     open: Arc<Mutex<HashMap<String, Arc<Mutex<Session>>>>>,
+    /// Zone-to-global counters per connection. Either stream of a
+    /// connection may open first; the session reads them whenever it is
+    /// written, so none are lost to that race.
+    upward: Arc<Mutex<HashMap<ConnectionKey, Upward>>>,
 }
 
 impl Insights {
     pub fn new(manager: Manager, instance_id: String) -> Insights {
-        Insights { manager, instance_id, open: Arc::new(Mutex::new(HashMap::new())) }
+        Insights {
+            manager,
+            instance_id,
+            open: Arc::new(Mutex::new(HashMap::new())),
+            upward: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
-    /// Opens the session of a new global-to-zone stream and records it.
-    pub async fn open(&self, zone: &str, zone_version: &str) -> Arc<Mutex<Session>> {
+    /// Opens the session of a new global-to-zone stream on `connection`
+    /// and records it.
+    pub async fn open(&self, zone: &str, zone_version: &str, connection: Option<SocketAddr>) -> Arc<Mutex<Session>> {
         let session = Arc::new(Mutex::new(Session {
             zone: zone.to_string(),
+            connection,
             id: format!("{}-{:08x}", self.instance_id, rand::random::<u32>()),
             connect_time: now_millis(),
             zone_version: zone_version.to_string(),
@@ -91,15 +113,39 @@ impl Insights {
         self.open.lock().ok()?.get(zone).cloned()
     }
 
+    /// The counters of the zone-to-global stream of `zone` on `connection`
+    /// (created by whichever stream of the connection asks first).
+    pub fn upward(&self, zone: &str, connection: Option<SocketAddr>) -> Upward {
+        match self.upward.lock() {
+            Ok(mut m) => m.entry((zone.to_string(), connection)).or_default().clone(),
+            Err(_) => Upward::default(),
+        }
+    }
+
+    /// The zone-to-global stream of `zone` on `connection` ended: its
+    /// counters go unless that connection's session still has to record them.
+    pub fn close_upward(&self, zone: &str, connection: Option<SocketAddr>) {
+        let session_open = self
+            .current(zone)
+            .is_some_and(|s| s.lock().is_ok_and(|s| s.connection == connection));
+        if !session_open && let Ok(mut m) = self.upward.lock() {
+            m.remove(&(zone.to_string(), connection));
+        }
+    }
+
     /// Records the end of a session.
     pub async fn close(&self, session: &Arc<Mutex<Session>>) {
-        let zone = session.lock().map(|s| s.zone.clone()).unwrap_or_default();
+        let (zone, connection) =
+            session.lock().map(|s| (s.zone.clone(), s.connection)).unwrap_or_default();
         if let Ok(mut open) = self.open.lock() {
             if open.get(&zone).is_some_and(|s| Arc::ptr_eq(s, session)) {
                 open.remove(&zone);
             }
         }
         self.write(session, true).await;
+        if let Ok(mut m) = self.upward.lock() {
+            m.remove(&(zone, connection));
+        }
     }
 
     /// Writes the session into the zone's ZoneInsight (read-modify-write with
@@ -122,9 +168,16 @@ impl Insights {
     fn subscription(&self, session: &Arc<Mutex<Session>>, closed: bool) -> Option<(String, sys::KdsSubscription)> {
         let s = session.lock().ok()?;
         let now = now_millis();
+        let upward: BTreeMap<String, Counters> = self
+            .upward
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(s.zone.clone(), s.connection)).cloned())
+            .and_then(|u| u.lock().ok().map(|u| u.clone()))
+            .unwrap_or_default();
         let mut total = sys::KdsServiceStats::default();
         let mut stat = BTreeMap::new();
-        for (k, c) in &s.stats {
+        for (k, c) in s.stats.iter().chain(&upward) {
             total.responses_sent += c.sent;
             total.responses_acknowledged += c.acked;
             total.responses_rejected += c.nacked;
@@ -182,5 +235,41 @@ impl Insights {
             Some(c) => self.manager.store().update(write, Some(c.revision)).await.map(|_| ()),
             None => self.manager.store().create(write).await.map(|_| ()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_api::Role;
+    use meridian_store::Store;
+
+    #[tokio::test]
+    async fn upward_counters_join_the_session_of_their_connection_whichever_opens_first() {
+        let dir = std::env::temp_dir().join(format!("meridian-insight-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let store = Store::connect(&format!("sqlite:{}", dir.join("t.db").display())).await.expect("store");
+        let insights = Insights::new(Manager::new(store, Role::Global), "g-1".into());
+        let conn: Option<SocketAddr> = Some(([127, 0, 0, 1], 4000).into());
+        let other: Option<SocketAddr> = Some(([127, 0, 0, 1], 4001).into());
+        let key = "Dataplane (zone to global)";
+
+        // The zone-to-global stream counts before the session exists.
+        let up = insights.upward("zone-1", conn);
+        up.lock().expect("lock").insert(key.into(), Counters { sent: 1, nacked: 1, resources: 3, ..Counters::default() });
+        // Another connection's counters are not this session's.
+        insights.upward("zone-1", other).lock().expect("lock").insert(key.into(), Counters { sent: 9, ..Counters::default() });
+        let session = insights.open("zone-1", "0.1.0", conn).await;
+        let (_, sub) = insights.subscription(&session, false).expect("subscription");
+        let stat = &sub.status.as_ref().expect("status").stat[key];
+        assert_eq!((stat.responses_sent, stat.responses_rejected, stat.resources_sent), (1, 1, 3));
+
+        // The upward stream ending first keeps its counters for the session's last record.
+        insights.close_upward("zone-1", conn);
+        let (_, sub) = insights.subscription(&session, true).expect("subscription");
+        assert_eq!(sub.status.as_ref().expect("status").stat[key].responses_sent, 1);
+        insights.close(&session).await;
+        assert!(!insights.upward.lock().expect("lock").contains_key(&("zone-1".to_string(), conn)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

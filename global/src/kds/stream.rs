@@ -1,6 +1,6 @@
 //! One zone's two KDS streams, each driven by the shared delta engine.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use futures::StreamExt;
@@ -22,7 +22,7 @@ use tonic::{Status, Streaming};
 use super::{
     KdsServer,
     cache::TypeMap,
-    insight::{Counters, REFRESH},
+    insight::{Counters, REFRESH, Upward},
     wire_labels,
 };
 
@@ -53,10 +53,11 @@ pub(super) async fn global_to_zone(
     server: KdsServer,
     zone: String,
     zone_version: String,
+    connection: Option<SocketAddr>,
     mut inbound: Streaming<DeltaDiscoveryRequest>,
     tx: Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
-    let session = server.insights.open(&zone, &zone_version).await;
+    let session = server.insights.open(&zone, &zone_version, connection).await;
     tracing::info!(zone = %zone, "zone connected: global-to-zone stream open");
     let budget = server.max_message_bytes.saturating_sub(ENVELOPE_MARGIN).max(1024);
     let nonce_prefix = format!("{:08x}", rand::random::<u32>());
@@ -187,12 +188,26 @@ async fn held_from_zone(server: &KdsServer, ty: ResourceType, zone: &str) -> Res
 pub(super) async fn zone_to_global(
     server: KdsServer,
     zone: String,
+    connection: Option<SocketAddr>,
+    inbound: Streaming<DeltaDiscoveryResponse>,
+    tx: Sender<Result<DeltaDiscoveryRequest, Status>>,
+) {
+    let upward = server.insights.upward(&zone, connection);
+    zone_to_global_stream(&server, &zone, &upward, inbound, tx).await;
+    server.insights.close_upward(&zone, connection);
+    tracing::info!(zone = %zone, "zone-to-global stream closed");
+}
+
+async fn zone_to_global_stream(
+    server: &KdsServer,
+    zone: &str,
+    upward: &Upward,
     mut inbound: Streaming<DeltaDiscoveryResponse>,
     tx: Sender<Result<DeltaDiscoveryRequest, Status>>,
 ) {
     let mut receivers = BTreeMap::new();
     for ty in ZONE_TO_GLOBAL {
-        let held = match held_from_zone(&server, *ty, &zone).await {
+        let held = match held_from_zone(server, *ty, zone).await {
             Ok(h) => h,
             Err(status) => {
                 let _ = tx.send(Err(status)).await;
@@ -229,7 +244,7 @@ pub(super) async fn zone_to_global(
             let _ = tx.send(Err(Status::invalid_argument(format!("type {:?} does not flow from zone to global", resp.type_url)))).await;
             break;
         };
-        let reply = match apply_from_zone(&server, &zone, ty, rcv, &resp).await {
+        let reply = match apply_from_zone(server, zone, ty, rcv, &resp).await {
             Ok(r) => r,
             Err(status) => {
                 tracing::warn!(zone = %zone, %ty, error = %status, "cannot apply zone resources; ending the stream so the zone resends");
@@ -248,16 +263,13 @@ pub(super) async fn zone_to_global(
             }
             None => c.acked += 1,
         }
-        if let Some(session) = server.insights.current(&zone) {
-            if let Ok(mut s) = session.lock() {
-                s.stats.insert(format!("{ty} (zone to global)"), c.clone());
-            }
+        if let Ok(mut u) = upward.lock() {
+            u.insert(format!("{ty} (zone to global)"), c.clone());
         }
         if tx.send(Ok(reply)).await.is_err() {
             break;
         }
     }
-    tracing::info!(zone = %zone, "zone-to-global stream closed");
 }
 
 /// Applies one response from a zone in one transaction; returns the ACK or

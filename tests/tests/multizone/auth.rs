@@ -74,9 +74,10 @@ async fn zones_are_authenticated() {
 
     // No token at all (no authorization metadata), from a raw client.
     let raw = RawKds::connect(&g.kds_url(), g.ca(), "zone-7", None).await;
-    let status = raw.global_to_zone().await.err().expect("refused without a token");
+    let Err(status) = raw.global_to_zone().await else { panic!("a call without a token was accepted") };
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
     assert!(status.message().contains("no zone token presented"), "{status}");
+    g.wait_log(&["KDS call refused", "zone-7", "no zone token presented"], REFUSAL).await;
 
     // Disabling a connected zone cuts it off.
     g.api().apply(&json!({"type": "Zone", "name": "zone-6", "enabled": false})).await;

@@ -7,7 +7,7 @@ use meridian_api::Manager;
 use meridian_store::{Store, WriteOp};
 use meridian_sync_proto::universal;
 use meridian_tests::multizone::{
-    Global, GlobalConfig, TestDir,
+    GlobalConfig, TestDir,
     api::{CONVERGE, eventually, last_nack_reason, stat, subscriptions},
     postgres,
     raw_kds::{self, DeltaDiscoveryRequest, DeltaDiscoveryResponse, RawKds},
@@ -187,7 +187,3 @@ async fn reference_client_subscribes_to_mesh_gateways() {
     assert!(resp.resources.is_empty() && resp.removed_resources.is_empty(), "{resp:?}");
     assert!(!resp.nonce.is_empty());
 }
-
-/// Unused-warning guard: the harness's Global type is part of this module's API.
-#[allow(dead_code)]
-fn _uses(_: &Global) {}

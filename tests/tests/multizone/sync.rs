@@ -47,6 +47,7 @@ async fn global_resources_follow_to_both_zones() {
     // A federated zone does not let users change what the global owns.
     let (status, body) = zones[0].api().put(GW, &gateway("gw-1", 7070)).await;
     assert_eq!(status, 403, "zone accepted a local write to a global resource: {body}");
+    assert_eq!(zones[0].api().delete(GW).await.0, 403, "zone deleted a global resource");
 
     assert_eq!(g.api().delete(ROUTE).await.0, 200);
     assert_eq!(g.api().delete(GW).await.0, 200);
@@ -206,11 +207,12 @@ async fn zone_deletion_is_refused_online_and_cascades_offline() {
 
 /// REFERENCE §4: a zone's ZoneIngress goes up to the global and is
 /// re-broadcast to the other zones (never back to its own, and never sent
-/// up again by the zones that received it).
+/// up again by the zones that received it). KDS in plaintext (grpc://) here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_ingress_is_rebroadcast_to_other_zones() {
     let dir = TestDir::new("ingress");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalConfig { plaintext: true, ..GlobalConfig::default() }).await;
+    assert!(g.kds_url().starts_with("grpc://") && g.ca().is_none());
     let z1 = synced_zone(&dir, &g, "zone-1").await;
     let z2 = synced_zone(&dir, &g, "zone-2").await;
     let ingress = serde_json::json!({
