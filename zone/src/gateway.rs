@@ -33,8 +33,7 @@ mod select;
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::{
-    cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
-    route::v3::RouteConfiguration,
+    cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener, route::v3::RouteConfiguration,
 };
 use meridian_sync_proto::{
     Resource, ResourceType, Spec,
@@ -123,19 +122,19 @@ impl MeshSnapshot {
             Spec::MeshGateway(s) => {
                 self.gateways.insert(name.clone(), item(&name, at, s));
                 true
-            },
+            }
             Spec::MeshGatewayRoute(s) => {
                 self.routes.insert(name.clone(), item(&name, at, s));
                 true
-            },
+            }
             Spec::Secret(s) => {
                 self.secrets.insert(name.clone(), item(&name, at, s));
                 true
-            },
+            }
             Spec::Dataplane(s) => {
                 self.dataplanes.insert(name.clone(), item(&name, at, s));
                 true
-            },
+            }
             _ => false,
         }
     }
@@ -155,9 +154,13 @@ impl MeshSnapshot {
 /// Why a Dataplane gets no configuration at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GenError {
-    #[error("Dataplane {name:?} is not registered in mesh {mesh:?}; register it with PUT /meshes/{mesh}/dataplanes/{name} on the zone API (or `meridian-zone dataplane run -f`)")]
+    #[error(
+        "Dataplane {name:?} is not registered in mesh {mesh:?}; register it with PUT /meshes/{mesh}/dataplanes/{name} on the zone API (or `meridian-zone dataplane run -f`)"
+    )]
     UnknownDataplane { mesh: String, name: String },
-    #[error("Dataplane {name:?} in mesh {mesh:?} is not a gateway (networking.gateway is missing); this control plane serves gateway Dataplanes only")]
+    #[error(
+        "Dataplane {name:?} in mesh {mesh:?} is not a gateway (networking.gateway is missing); this control plane serves gateway Dataplanes only"
+    )]
     NotAGateway { mesh: String, name: String },
 }
 
@@ -285,7 +288,9 @@ fn host_covers(pattern: &str, host: &str) -> bool {
     }
     match pattern.strip_prefix("*.") {
         // `*.example.com` covers `a.example.com`, `a.b.example.com` and `*.a.example.com`.
-        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.'),
+        Some(suffix) => {
+            host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.')
+        }
         None => false,
     }
 }

@@ -11,7 +11,9 @@
 
 pub mod kds;
 
+pub mod dataplane;
 pub mod gateway;
+pub mod xds;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -38,6 +40,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the zone control plane until SIGTERM or SIGINT.
     Run(RunArgs),
+    /// Envoy for a gateway Dataplane: print its bootstrap, or register it and run Envoy.
+    Dataplane(dataplane::DataplaneArgs),
 }
 
 /// Flags of `meridian-zone run`; each has a MERIDIAN_* environment variable.
@@ -103,7 +107,10 @@ fn default_data_dir() -> PathBuf {
 
 /// Entry point: runs the command and turns failures into an exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Dataplane(dp) => return dataplane::main(dp),
+    };
     init_logging(&args.log_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -241,6 +248,18 @@ pub async fn run(
         tasks.spawn(async move { kds::run(cfg, manager, stop).await.context("KDS client failed") });
     }
     // XDS-WIRING: the xDS server task is spawned here.
+    let xds_listener = TcpListener::bind(args.xds_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for xDS", args.xds_addr))?;
+    let xds_addr = xds_listener.local_addr()?;
+    println!("meridian-zone: xDS on {xds_addr}");
+    tracing::info!(%xds_addr, "xDS listening");
+    tasks.spawn({
+        let stop = stopped(stop_rx.clone());
+        let config = xds::XdsConfig { zone: args.zone.clone(), instance_id: instance_id.clone() };
+        let store = store.clone();
+        async move { xds::serve(xds_listener, store, config, stop).await.context("xDS server failed") }
+    });
 
     // A critical task that ends takes the process down with it.
     let mut result = Ok(());

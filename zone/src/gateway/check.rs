@@ -107,7 +107,9 @@ fn route_problem(r: &Route) -> Option<String> {
 fn check_regex(pattern: &str) -> Option<String> {
     match regex::Regex::new(pattern) {
         Ok(_) => None,
-        Err(e) => Some(format!("invalid regular expression {pattern:?}: {}", e.to_string().lines().last().unwrap_or("error"))),
+        Err(e) => {
+            Some(format!("invalid regular expression {pattern:?}: {}", e.to_string().lines().last().unwrap_or("error")))
+        }
     }
 }
 

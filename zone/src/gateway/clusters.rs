@@ -12,7 +12,10 @@ use envoy_types::pb::envoy::config::{
     endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint},
 };
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
-use meridian_sync_proto::pb::mesh::dataplane::networking::inbound::State;
+use meridian_sync_proto::pb::mesh::dataplane::{
+    Networking,
+    networking::{Inbound, inbound::State},
+};
 use sha2::{Digest, Sha256};
 
 use super::{MeshSnapshot, SERVICE_TAG, select::tags_match};
@@ -57,33 +60,56 @@ pub(super) fn socket_address(ip: &str, port: u32) -> Address {
     }
 }
 
-/// The (address, port) of every healthy inbound matching `destination`;
-/// `None` when no inbound matches at all (healthy or not): the destination
-/// resolves to no service and gets no cluster.
-fn endpoints(snapshot: &MeshSnapshot, destination: &BTreeMap<String, String>, warnings: &mut Vec<String>) -> Option<Vec<(String, u32)>> {
-    let mut found = false;
-    let mut out = Vec::new();
+/// Every inbound of the mesh by its service tag (built once per generation,
+/// so resolving N destinations costs N lookups, not N scans).
+type Inbounds<'a> = BTreeMap<&'a str, Vec<(&'a str, &'a Networking, &'a Inbound)>>;
+
+fn index(snapshot: &MeshSnapshot) -> Inbounds<'_> {
+    let mut out: Inbounds<'_> = BTreeMap::new();
     for dp in snapshot.dataplanes.values() {
         let Some(n) = dp.spec.networking.as_ref() else { continue };
         for inbound in &n.inbound {
-            if !tags_match(destination, &inbound.tags) {
-                continue;
-            }
-            found = true;
-            let ready = inbound.state == State::Ready as i32 && inbound.health.as_ref().is_none_or(|h| h.ready);
-            if !ready {
-                continue;
-            }
-            let ip = [n.advertised_address.as_str(), inbound.address.as_str(), n.address.as_str()]
-                .into_iter()
-                .find(|a| !a.is_empty())
-                .unwrap_or_default();
-            if ip.parse::<std::net::IpAddr>().is_err() || inbound.port == 0 || inbound.port > u32::from(u16::MAX) {
-                warnings.push(format!("Dataplane {:?}: inbound {ip}:{} is not an IP endpoint; skipped", dp.name, inbound.port));
-                continue;
-            }
-            out.push((ip.to_string(), inbound.port));
+            let service = inbound.tags.get(SERVICE_TAG).map(String::as_str).unwrap_or("");
+            out.entry(service).or_default().push((dp.name.as_str(), n, inbound));
         }
+    }
+    out
+}
+
+/// The (address, port) of every healthy inbound matching `destination`;
+/// `None` when no inbound matches at all (healthy or not): the destination
+/// resolves to no service and gets no cluster.
+fn endpoints(
+    inbounds: &Inbounds<'_>,
+    destination: &BTreeMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> Option<Vec<(String, u32)>> {
+    let candidates: Vec<&(&str, &Networking, &Inbound)> = match destination.get(SERVICE_TAG) {
+        Some(service) if service != "*" => {
+            inbounds.get(service.as_str()).map(|v| v.iter().collect()).unwrap_or_default()
+        }
+        _ => inbounds.values().flatten().collect(),
+    };
+    let mut found = false;
+    let mut out = Vec::new();
+    for (dp, n, inbound) in candidates {
+        if !tags_match(destination, &inbound.tags) {
+            continue;
+        }
+        found = true;
+        let ready = inbound.state == State::Ready as i32 && inbound.health.as_ref().is_none_or(|h| h.ready);
+        if !ready {
+            continue;
+        }
+        let ip = [n.advertised_address.as_str(), inbound.address.as_str(), n.address.as_str()]
+            .into_iter()
+            .find(|a| !a.is_empty())
+            .unwrap_or_default();
+        if ip.parse::<std::net::IpAddr>().is_err() || inbound.port == 0 || inbound.port > u32::from(u16::MAX) {
+            warnings.push(format!("Dataplane {dp:?}: inbound {ip}:{} is not an IP endpoint; skipped", inbound.port));
+            continue;
+        }
+        out.push((ip.to_string(), inbound.port));
     }
     out.sort();
     out.dedup();
@@ -96,11 +122,14 @@ pub(super) fn generate(
     wanted: &BTreeMap<String, BTreeMap<String, String>>,
     warnings: &mut Vec<String>,
 ) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
+    let inbounds = index(snapshot);
     let mut clusters = Vec::new();
     let mut assignments = Vec::new();
     for (name, destination) in wanted {
-        let Some(eps) = endpoints(snapshot, destination, warnings) else {
-            warnings.push(format!("destination {destination:?} matches no Dataplane inbound: no cluster {name} (requests get 500)"));
+        let Some(eps) = endpoints(&inbounds, destination, warnings) else {
+            warnings.push(format!(
+                "destination {destination:?} matches no Dataplane inbound: no cluster {name} (requests get 500)"
+            ));
             continue;
         };
         clusters.push(Cluster {

@@ -9,7 +9,10 @@ use envoy_types::pb::envoy::extensions::{
     filters::{
         http::router::v3::Router,
         listener::tls_inspector::v3::TlsInspector,
-        network::{http_connection_manager::v3::HttpConnectionManager, tcp_proxy::v3::TcpProxy},
+        network::{
+            connection_limit::v3::ConnectionLimit, http_connection_manager::v3::HttpConnectionManager,
+            tcp_proxy::v3::TcpProxy,
+        },
     },
     transport_sockets::tls::v3::DownstreamTlsContext,
 };
@@ -61,6 +64,8 @@ fn decode_any(type_url: &str, bytes: &[u8]) -> Option<String> {
         decode::<TcpProxy>(bytes)
     } else if t == Router::type_url() {
         decode::<Router>(bytes)
+    } else if t == ConnectionLimit::type_url() {
+        decode::<ConnectionLimit>(bytes)
     } else if t == TlsInspector::type_url() {
         decode::<TlsInspector>(bytes)
     } else if t == DownstreamTlsContext::type_url() {

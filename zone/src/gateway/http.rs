@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::{
     config::{
-        core::v3::{DataSource, HeaderValue, HeaderValueOption, RuntimeFractionalPercent, data_source, header_value_option::HeaderAppendAction},
+        core::v3::{
+            DataSource, HeaderValue, HeaderValueOption, RuntimeFractionalPercent, data_source,
+            header_value_option::HeaderAppendAction,
+        },
         route::v3::{
             DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, Route, RouteAction,
             RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster, header_matcher, query_parameter_matcher,
@@ -21,9 +24,16 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use meridian_sync_proto::pb::mesh::{
     HttpMethod,
     mesh_gateway_route::{
-        Backend, conf::Route as RouteKind,
-        http_route::{Match, Rule, filter::Filter as F, filter::HeaderFilter, filter::Rewrite, filter::rewrite::Path as RewritePath,
-            r#match::{header, path, query}},
+        Backend,
+        conf::Route as RouteKind,
+        http_route::{
+            Match, Rule,
+            filter::Filter as F,
+            filter::HeaderFilter,
+            filter::Rewrite,
+            filter::rewrite::Path as RewritePath,
+            r#match::{header, path, query},
+        },
     },
 };
 
@@ -103,7 +113,9 @@ fn http_routes<'a>(
     l: &'a ListenerCtx<'a>,
 ) -> impl Iterator<Item = (&'a str, &'a meridian_sync_proto::pb::mesh::mesh_gateway_route::HttpRoute)> + 'a {
     l.routes.iter().filter_map(|r| match r.spec.conf.as_ref().and_then(|c| c.route.as_ref()) {
-        Some(RouteKind::Http(h)) if h.hostnames.is_empty() || h.hostnames.iter().any(|rh| hosts_match(rh, &l.hostname)) => {
+        Some(RouteKind::Http(h))
+            if h.hostnames.is_empty() || h.hostnames.iter().any(|rh| hosts_match(rh, &l.hostname)) =>
+        {
             Some((r.name.as_str(), h))
         }
         _ => None,
@@ -146,7 +158,11 @@ fn virtual_host(host: &str, port: u32, rules: &[RuleRef<'_>], https: bool, ctx: 
         name: host.to_string(),
         domains: vec![host.to_string()],
         routes,
-        response_headers_to_add: if https { vec![header_option("strict-transport-security", HSTS, true)] } else { Vec::new() },
+        response_headers_to_add: if https {
+            vec![header_option("strict-transport-security", HSTS, true)]
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     }
 }
@@ -175,13 +191,20 @@ fn expand_match(m: &Match) -> Vec<(SortKey, RouteMatch, PrefixPart)> {
     match m.path.as_ref() {
         None => paths.push((1, "/".into(), route_match::PathSpecifier::Prefix("/".into()), PrefixPart::Slash)),
         Some(p) => match path::MatchType::try_from(p.r#match).unwrap_or(path::MatchType::Exact) {
-            path::MatchType::Exact => paths.push((0, p.value.clone(), route_match::PathSpecifier::Path(p.value.clone()), PrefixPart::None)),
+            path::MatchType::Exact => {
+                paths.push((0, p.value.clone(), route_match::PathSpecifier::Path(p.value.clone()), PrefixPart::None))
+            }
             path::MatchType::Prefix => {
                 let trimmed = p.value.trim_end_matches('/');
                 if trimmed.is_empty() {
                     paths.push((1, "/".into(), route_match::PathSpecifier::Prefix("/".into()), PrefixPart::Slash));
                 } else {
-                    paths.push((0, trimmed.into(), route_match::PathSpecifier::Path(trimmed.into()), PrefixPart::Exact));
+                    paths.push((
+                        0,
+                        trimmed.into(),
+                        route_match::PathSpecifier::Path(trimmed.into()),
+                        PrefixPart::Exact,
+                    ));
                     let slash = format!("{trimmed}/");
                     paths.push((1, slash.clone(), route_match::PathSpecifier::Prefix(slash), PrefixPart::Slash));
                 }
@@ -199,14 +222,18 @@ fn expand_match(m: &Match) -> Vec<(SortKey, RouteMatch, PrefixPart)> {
     if let Some(method) = method {
         headers.push(HeaderMatcher {
             name: ":method".into(),
-            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(exact(method.as_str_name()))),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(exact(
+                method.as_str_name(),
+            ))),
             ..Default::default()
         });
     }
     for h in &m.headers {
         let (spec, invert) = match header::MatchType::try_from(h.r#match).unwrap_or(header::MatchType::Exact) {
             header::MatchType::Exact => (header_matcher::HeaderMatchSpecifier::StringMatch(exact(&h.value)), false),
-            header::MatchType::Regex => (header_matcher::HeaderMatchSpecifier::StringMatch(safe_regex(&h.value)), false),
+            header::MatchType::Regex => {
+                (header_matcher::HeaderMatchSpecifier::StringMatch(safe_regex(&h.value)), false)
+            }
             header::MatchType::Present => (header_matcher::HeaderMatchSpecifier::PresentMatch(true), false),
             header::MatchType::Absent => (header_matcher::HeaderMatchSpecifier::PresentMatch(true), true),
         };
@@ -379,7 +406,9 @@ fn build_route(name: String, m: RouteMatch, part: PrefixPart, rule: &Rule, port:
         };
         if let Some(p) = r.path.as_ref() {
             match path_rewrite(&p.path) {
-                Some((true, v)) => action.path_rewrite_specifier = Some(redirect_action::PathRewriteSpecifier::PathRedirect(v)),
+                Some((true, v)) => {
+                    action.path_rewrite_specifier = Some(redirect_action::PathRewriteSpecifier::PathRedirect(v))
+                }
                 Some((false, v)) if part != PrefixPart::None => {
                     action.path_rewrite_specifier = Some(redirect_action::PathRewriteSpecifier::PrefixRewrite(v))
                 }
@@ -410,7 +439,8 @@ fn build_route(name: String, m: RouteMatch, part: PrefixPart, rule: &Rule, port:
     }
     if let Some(r) = rewrite {
         if r.host_to_backend_hostname && action.host_rewrite_specifier.is_none() {
-            action.host_rewrite_specifier = Some(route_action::HostRewriteSpecifier::AutoHostRewrite(BoolValue { value: true }));
+            action.host_rewrite_specifier =
+                Some(route_action::HostRewriteSpecifier::AutoHostRewrite(BoolValue { value: true }));
         }
         match path_rewrite(&r.path) {
             Some((true, v)) => {
@@ -468,7 +498,10 @@ mod tests {
             ]
         );
         assert_eq!(expand_match(&path(path::MatchType::Prefix, "/")).len(), 1);
-        assert_eq!(expand_match(&Match::default())[0].1.path_specifier, Some(route_match::PathSpecifier::Prefix("/".into())));
+        assert_eq!(
+            expand_match(&Match::default())[0].1.path_specifier,
+            Some(route_match::PathSpecifier::Prefix("/".into()))
+        );
     }
 
     #[test]

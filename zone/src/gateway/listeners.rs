@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::{
             http::router::v3::Router,
             listener::tls_inspector::v3::TlsInspector,
             network::{
+                connection_limit::v3::ConnectionLimit,
                 http_connection_manager::v3::{
                     HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
                 },
@@ -26,7 +27,7 @@ use envoy_types::pb::envoy::{
         },
     },
 };
-use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::google::protobuf::{BoolValue, UInt64Value};
 use envoy_types::util::pack_any;
 use meridian_sync_proto::{
     pb::mesh::{
@@ -132,7 +133,8 @@ pub(super) fn generate(
                 let rds = format!("{name}:*");
                 let refs: Vec<&ListenerCtx<'_>> = group.iter().collect();
                 route_configs.push(http::route_configuration(&rds, port, &refs, false, ctx));
-                chains.push(FilterChain { filters: vec![hcm(&stat, &rds)], ..Default::default() });
+                let limit = group.iter().filter_map(|l| connection_limit(l)).min();
+                chains.push(FilterChain { filters: limited(&stat, limit, hcm(&stat, &rds)), ..Default::default() });
             }
             Protocol::Https => {
                 for l in &group {
@@ -142,23 +144,26 @@ pub(super) fn generate(
                     chains.push(FilterChain {
                         filter_chain_match: sni_match(&l.hostname),
                         transport_socket: Some(tls_socket(certs, true)),
-                        filters: vec![hcm(&stat, &rds)],
+                        filters: limited(&stat, connection_limit(l), hcm(&stat, &rds)),
                         ..Default::default()
                     });
                 }
             }
             Protocol::Tcp => {
                 let routes: Vec<_> = group.iter().flat_map(|l| l.routes.iter().copied()).collect();
+                let limit = group.iter().filter_map(|l| connection_limit(l)).min();
                 match tcp_proxy(&stat, &routes, ctx) {
-                    Some(f) => chains.push(FilterChain { filters: vec![f], ..Default::default() }),
+                    Some(f) => chains.push(FilterChain { filters: limited(&stat, limit, f), ..Default::default() }),
                     None => ctx.warn(format!("{name}: no TCP route attaches; listener skipped")),
                 }
             }
             Protocol::Tls => {
                 for l in &group {
-                    let mode = l.spec.tls.as_ref().map_or(Mode::Passthrough, |t| {
-                        Mode::try_from(t.mode).unwrap_or(Mode::Passthrough)
-                    });
+                    let mode = l
+                        .spec
+                        .tls
+                        .as_ref()
+                        .map_or(Mode::Passthrough, |t| Mode::try_from(t.mode).unwrap_or(Mode::Passthrough));
                     let transport_socket = if mode == Mode::Terminate {
                         let Some(certs) = certificates(snapshot, l, ctx) else { continue };
                         Some(tls_socket(certs, false))
@@ -172,7 +177,7 @@ pub(super) fn generate(
                     chains.push(FilterChain {
                         filter_chain_match: sni_match(&l.hostname),
                         transport_socket,
-                        filters: vec![f],
+                        filters: limited(&stat, connection_limit(l), f),
                         ..Default::default()
                     });
                 }
@@ -216,6 +221,26 @@ pub(super) fn stat_name(name: &str) -> String {
     name.replace([':', '*'], "_")
 }
 
+/// `resources.connectionLimit` of a listener, when set.
+fn connection_limit(l: &ListenerCtx<'_>) -> Option<u32> {
+    l.spec.resources.as_ref().map(|r| r.connection_limit).filter(|n| *n > 0)
+}
+
+/// `filter`, behind a connection limit when there is one.
+fn limited(stat: &str, limit: Option<u32>, filter: Filter) -> Vec<Filter> {
+    let Some(max) = limit else { return vec![filter] };
+    let cl = ConnectionLimit {
+        stat_prefix: stat.to_string(),
+        max_connections: Some(UInt64Value { value: u64::from(max) }),
+        ..Default::default()
+    };
+    let limit = Filter {
+        name: "envoy.filters.network.connection_limit".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(cl))),
+    };
+    vec![limit, filter]
+}
+
 fn sni_match(hostname: &str) -> Option<FilterChainMatch> {
     if hostname == "*" {
         return None;
@@ -255,7 +280,8 @@ fn hcm(stat: &str, rds: &str) -> Filter {
 fn tcp_proxy(stat: &str, routes: &[&Item<MeshGatewayRoute>], ctx: &mut Ctx) -> Option<Filter> {
     let mut weights: BTreeMap<String, u32> = BTreeMap::new();
     for r in routes {
-        let Some(mesh_gateway_route::conf::Route::Tcp(tcp)) = r.spec.conf.as_ref().and_then(|c| c.route.as_ref()) else {
+        let Some(mesh_gateway_route::conf::Route::Tcp(tcp)) = r.spec.conf.as_ref().and_then(|c| c.route.as_ref())
+        else {
             continue;
         };
         for rule in &tcp.rules {
@@ -307,7 +333,10 @@ fn certificates(snapshot: &MeshSnapshot, l: &ListenerCtx<'_>, ctx: &mut Ctx) -> 
                 match snapshot.secrets.get(name).and_then(|s| s.spec.data.as_ref()) {
                     Some(data) => data.value.to_vec(),
                     None => {
-                        ctx.warn(format!("port {} hostname {}: Secret {name:?} not found; skipped", l.port, l.hostname));
+                        ctx.warn(format!(
+                            "port {} hostname {}: Secret {name:?} not found; skipped",
+                            l.port, l.hostname
+                        ));
                         return None;
                     }
                 }
@@ -316,7 +345,10 @@ fn certificates(snapshot: &MeshSnapshot, l: &ListenerCtx<'_>, ctx: &mut Ctx) -> 
             Some(SourceType::InlineString(s)) => s.clone().into_bytes(),
             Some(SourceType::File(path)) => {
                 // Envoy reads the file; the same PEM holds the chain and the key.
-                let file = DataSource { specifier: Some(data_source::Specifier::Filename(path.clone())), ..Default::default() };
+                let file = DataSource {
+                    specifier: Some(data_source::Specifier::Filename(path.clone())),
+                    ..Default::default()
+                };
                 out.push(TlsCertificate {
                     certificate_chain: Some(file.clone()),
                     private_key: Some(file),
@@ -360,10 +392,10 @@ fn split_pem(pem: &str) -> (String, String) {
             block.push_str(line);
             block.push('\n');
         }
-        if line.starts_with("-----END ") {
-            if let Some((is_cert, block)) = current.take() {
-                if is_cert { chain.push_str(&block) } else { key.push_str(&block) }
-            }
+        if line.starts_with("-----END ")
+            && let Some((is_cert, block)) = current.take()
+        {
+            if is_cert { chain.push_str(&block) } else { key.push_str(&block) }
         }
     }
     (chain, key)

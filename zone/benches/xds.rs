@@ -1,0 +1,131 @@
+//! Figures for the gateway generator and for push latency; prints, never
+//! asserts. `cargo bench -p meridian-zone --bench xds`.
+//!
+//! - generator: `generate` + `desired` (encode and hash) for one gateway
+//!   with N routes, each to its own backend service.
+//! - push latency: a route applied to the zone API until a real Envoy
+//!   serves it (delta ADS), and an endpoint added until it answers.
+
+#[path = "../tests/e2e/support.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use meridian_sync_proto::universal;
+use meridian_zone::gateway::{self, MeshSnapshot};
+
+fn world(n: usize) -> MeshSnapshot {
+    let mut docs = vec![String::from(
+        "type: MeshGateway\nmesh: default\nname: gw\nselectors: [{match: {kuma.io/service: gw}}]\nconf: {listeners: [{port: 8080, protocol: HTTP}]}\n---\ntype: Dataplane\nmesh: default\nname: gw-1\nnetworking: {address: 127.0.0.1, gateway: {type: BUILTIN, tags: {kuma.io/service: gw}}}\n",
+    )];
+    for i in 0..n {
+        docs.push(format!(
+            "---\ntype: MeshGatewayRoute\nmesh: default\nname: r{i}\nselectors: [{{match: {{kuma.io/service: gw}}}}]\nconf: {{http: {{rules: [{{matches: [{{path: {{match: PREFIX, value: /r{i}}}}}, {{path: {{match: EXACT, value: /e{i}}}, method: GET}}], backends: [{{destination: {{kuma.io/service: s{i}}}}}]}}]}}}}\n---\ntype: Dataplane\nmesh: default\nname: b{i}\nnetworking: {{address: 10.0.{}.{}, inbound: [{{port: 8000, tags: {{kuma.io/service: s{i}}}}}]}}\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    // One parse per document: the YAML reader caps documents per text.
+    let resources: Vec<_> =
+        docs.iter().flat_map(|d| universal::parse_resources(d).expect("yaml")).map(|r| r.expect("resource")).collect();
+    MeshSnapshot::from_resources("default", &resources)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn generator() {
+    println!("generator (generate + encode + hash, one gateway, N routes / N services):");
+    for n in [10, 100, 1000] {
+        let snapshot = world(n);
+        let runs = if n >= 1000 { 10 } else { 50 };
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..runs {
+            let start = Instant::now();
+            let config = gateway::generate(&snapshot, "gw-1").expect("generate");
+            let desired = config.desired();
+            times.push(start.elapsed());
+            bytes = desired.values().flat_map(|s| s.values()).map(|d| d.resource.value.len()).sum();
+        }
+        times.sort();
+        println!(
+            "  N={n:>5}: median {:>9.3?}  p90 {:>9.3?}  ({} bytes of Envoy resources)",
+            percentile(&times, 0.5),
+            percentile(&times, 0.9),
+            bytes
+        );
+    }
+}
+
+async fn push_latency() {
+    support::envoy_binary();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let backend = support::http_backend("b").await;
+    let second = support::http_backend("b2").await;
+    let zone = support::Zone::start(&tmp.path().join("zone"), None).await;
+    zone.apply(support::MESH).await;
+    zone.apply(&support::backend_dataplane("b-1", &[(backend.port, "b")])).await;
+    let port = support::free_port();
+    let gw = format!(
+        "type: MeshGateway\nmesh: default\nname: gw\nselectors: [{{match: {{kuma.io/service: gw}}}}]\nconf: {{listeners: [{{port: {port}, protocol: HTTP}}]}}"
+    );
+    zone.apply(&gw).await;
+    zone.apply(&support::gateway_dataplane("gw-1", "gw")).await;
+    let envoy = support::Envoy::start(zone.xds, &tmp.path().join("envoy"), "gw-1", false).await;
+    envoy.wait_ready().await;
+
+    let serves = |path: String, want: &'static str| async move {
+        let start = Instant::now();
+        loop {
+            if support::get(port, "h", &path).await.map(|r| r.backend()).unwrap_or_default() == want {
+                return start.elapsed();
+            }
+            if start.elapsed() > support::WAIT {
+                panic!("{path} never reached {want}");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let mut times = Vec::new();
+    for i in 0..30 {
+        let route = format!(
+            "type: MeshGatewayRoute\nmesh: default\nname: r{i}\nselectors: [{{match: {{kuma.io/service: gw}}}}]\nconf: {{http: {{rules: [{{matches: [{{path: {{match: PREFIX, value: /p{i}}}}}], backends: [{{destination: {{kuma.io/service: b}}}}]}}]}}}}"
+        );
+        let start = Instant::now();
+        zone.apply(&route).await;
+        let applied = start.elapsed();
+        let _ = serves(format!("/p{i}"), "b").await;
+        times.push(start.elapsed());
+        if i < 3 {
+            println!("  route {i}: PUT answered after {applied:.1?}, served after {:.1?}", start.elapsed());
+        }
+    }
+    times.sort();
+    println!(
+        "push latency, route PUT → Envoy serves it (30 routes, delta ADS): median {:.1?}  p90 {:.1?}  max {:.1?}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.9),
+        percentile(&times, 1.0)
+    );
+    // A new endpoint: until the new backend answers.
+    let start = Instant::now();
+    zone.apply(&support::backend_dataplane("b-2", &[(second.port, "b")])).await;
+    let mut seen = false;
+    while !seen && start.elapsed() < support::WAIT {
+        seen = support::get(port, "h", "/p0").await.map(|r| r.backend()).unwrap_or_default() == "b2";
+    }
+    println!("push latency, endpoint PUT → Envoy routes to it: {:.1?}", start.elapsed());
+    drop(envoy);
+    zone.stop().await;
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
+    // of interest: both just run the figures.
+    generator();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(push_latency());
+}

@@ -1,0 +1,475 @@
+//! The zone's view of gateway resources and the generated configuration of
+//! every connected Dataplane, kept current from the store's change feed.
+//!
+//! ```text
+//!   store.watch(rev) ──▶ batch of changes ──▶ MeshSnapshot (per mesh)
+//!                                │ which proxies does it touch? (their Deps)
+//!                                ▼
+//!              generate(snapshot, dataplane) for those only
+//!                                │ send_if_modified (unchanged output wakes nobody)
+//!                                ▼
+//!   watch::Sender<Arc<ProxyState>> per connected Dataplane ──▶ its ADS streams
+//! ```
+//!
+//! A Dataplane is generated only while some stream is subscribed to it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use futures::{FutureExt, StreamExt};
+use meridian_api::Manager;
+use meridian_store::{ChangeKind, ListQuery, Store, StoreError};
+use meridian_sync_proto::{Resource, ResourceType, Spec, delta::DesiredSet, pb::mesh::Dataplane};
+use tokio::sync::watch;
+
+use crate::gateway::{self, Deps, MeshSnapshot, selector_matches, tags_match};
+
+/// Changes applied before regenerating (a Mesh deletion cascades into many).
+const MAX_BATCH: usize = 1000;
+
+/// A Dataplane's identity: mesh and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProxyId {
+    pub mesh: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ProxyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.mesh, self.name)
+    }
+}
+
+/// What one Dataplane should hold: per type URL, the desired resources; or
+/// why it gets nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyState {
+    pub config: Result<BTreeMap<String, DesiredSet>, String>,
+    pub warnings: Vec<String>,
+}
+
+impl ProxyState {
+    fn same_versions(&self, other: &ProxyState) -> bool {
+        match (&self.config, &other.config) {
+            (Ok(a), Ok(b)) => {
+                a.len() == b.len()
+                    && a.iter().zip(b).all(|((ta, sa), (tb, sb))| {
+                        ta == tb
+                            && sa.len() == sb.len()
+                            && sa.iter().zip(sb).all(|((na, da), (nb, db))| na == nb && da.version == db.version)
+                    })
+            }
+            (Err(a), Err(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+struct Proxy {
+    tx: watch::Sender<Arc<ProxyState>>,
+    deps: Deps,
+    subscribers: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    meshes: BTreeMap<String, MeshSnapshot>,
+    proxies: HashMap<ProxyId, Proxy>,
+    /// Generations run since start (for tests and metrics).
+    generations: u64,
+}
+
+/// Shared handle on the cache.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Mutex<Inner>>,
+    /// The last store revision applied (streams wait for it to reach the
+    /// revision they saw, so a Dataplane registered just before its Envoy
+    /// connects is known).
+    applied: Arc<watch::Sender<i64>>,
+}
+
+impl Default for Cache {
+    fn default() -> Cache {
+        Cache { inner: Arc::default(), applied: Arc::new(watch::channel(0).0) }
+    }
+}
+
+/// A stream's hold on one Dataplane's configuration; dropping it lets the
+/// cache forget the Dataplane once nobody else watches it.
+pub struct Subscription {
+    pub rx: watch::Receiver<Arc<ProxyState>>,
+    id: ProxyId,
+    cache: Cache,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut inner = self.cache.lock();
+        let gone = inner.proxies.get_mut(&self.id).is_some_and(|p| {
+            p.subscribers = p.subscribers.saturating_sub(1);
+            p.subscribers == 0
+        });
+        if gone {
+            inner.proxies.remove(&self.id);
+        }
+    }
+}
+
+/// The types the generator reads.
+const WATCHED: [ResourceType; 4] =
+    [ResourceType::MeshGateway, ResourceType::MeshGatewayRoute, ResourceType::Secret, ResourceType::Dataplane];
+
+impl Cache {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads every watched resource; returns the revision to watch from.
+    pub async fn load(&self, store: &Store) -> Result<i64, StoreError> {
+        // Revision first: changes after it are replayed by the watch, and
+        // replaying an upsert or delete already seen is harmless.
+        let revision = store.current_revision().await?;
+        let mut meshes: BTreeMap<String, MeshSnapshot> = BTreeMap::new();
+        for ty in WATCHED {
+            let page = store.list(&ListQuery { type_name: ty.name().to_string(), ..Default::default() }).await?;
+            for stored in &page.items {
+                match Manager::decode(stored) {
+                    Ok(e) => {
+                        let mesh = e.resource.meta.mesh.clone();
+                        meshes.entry(mesh.clone()).or_insert_with(|| MeshSnapshot::new(mesh)).upsert(&e.resource);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "skipping undecodable resource"),
+                }
+            }
+        }
+        let mut inner = self.lock();
+        inner.meshes = meshes;
+        let ids: Vec<ProxyId> = inner.proxies.keys().cloned().collect();
+        for id in ids {
+            regenerate(&mut inner, &id);
+        }
+        drop(inner);
+        self.applied.send_replace(revision);
+        Ok(revision)
+    }
+
+    /// Waits (at most `limit`) until the cache has applied `revision`;
+    /// `false` if it did not in time.
+    pub async fn caught_up(&self, revision: i64, limit: std::time::Duration) -> bool {
+        let mut rx = self.applied.subscribe();
+        let wait = async {
+            let _ = rx.wait_for(|r| *r >= revision).await;
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    /// Follows the change feed until the store fails for good.
+    pub async fn follow(&self, store: Store, mut revision: i64) -> Result<(), StoreError> {
+        loop {
+            let mut feed = store.watch(revision);
+            while let Some(first) = feed.next().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match feed.next().now_or_never() {
+                        Some(Some(item)) => batch.push(item),
+                        _ => break,
+                    }
+                }
+                let mut changes = Vec::with_capacity(batch.len());
+                let mut compacted = false;
+                for item in batch {
+                    match item {
+                        Ok(c) => {
+                            revision = c.revision;
+                            changes.push(c);
+                        }
+                        Err(StoreError::Compacted { .. }) => compacted = true,
+                        Err(e) if e.is_transient() => tracing::warn!(error = %e, "store watch: retrying"),
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.apply(&changes);
+                self.applied.send_replace(revision);
+                if compacted {
+                    tracing::warn!("store change log compacted under the xDS cache; reloading");
+                    revision = self.load(&store).await?;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Applies store changes and regenerates the proxies they touch.
+    fn apply(&self, changes: &[meridian_store::Change]) {
+        let mut inner = self.lock();
+        let mut touched: Vec<ProxyId> = Vec::new();
+        for c in changes {
+            let Some(ty) = ResourceType::from_name(&c.resource.key.type_name) else { continue };
+            if !WATCHED.contains(&ty) && ty != ResourceType::Mesh {
+                continue;
+            }
+            let key = &c.resource.key;
+            if ty == ResourceType::Mesh {
+                touched.extend(inner.proxies.keys().filter(|p| p.mesh == key.name).cloned());
+                continue;
+            }
+            let new = match c.kind {
+                ChangeKind::Upsert => match Manager::decode(&c.resource) {
+                    Ok(e) => Some(e.resource),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping undecodable change");
+                        continue;
+                    }
+                },
+                ChangeKind::Delete => None,
+            };
+            touched.extend(affected(&inner, ty, &key.mesh, &key.name, new.as_ref()));
+            let snapshot = inner.meshes.entry(key.mesh.clone()).or_insert_with(|| MeshSnapshot::new(key.mesh.clone()));
+            match &new {
+                Some(r) => {
+                    snapshot.upsert(r);
+                }
+                None => {
+                    snapshot.remove(ty, &key.name);
+                }
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        for id in touched {
+            regenerate(&mut inner, &id);
+        }
+    }
+
+    /// Subscribes to a Dataplane's configuration (generated now if nobody
+    /// watched it yet).
+    pub fn subscribe(&self, id: &ProxyId) -> Subscription {
+        let mut inner = self.lock();
+        if !inner.proxies.contains_key(id) {
+            let (state, deps) = generate(&mut inner, id);
+            let (tx, _) = watch::channel(Arc::new(state));
+            inner.proxies.insert(id.clone(), Proxy { tx, deps, subscribers: 0 });
+        }
+        let rx = match inner.proxies.get_mut(id) {
+            Some(p) => {
+                p.subscribers += 1;
+                p.tx.subscribe()
+            }
+            // Inserted just above, under the same lock.
+            None => {
+                watch::channel(Arc::new(ProxyState { config: Err("internal error".into()), warnings: Vec::new() })).1
+            }
+        };
+        Subscription { rx, id: id.clone(), cache: self.clone() }
+    }
+
+    /// How many generations ran (tests use it to prove a change touched
+    /// only the gateways it concerns).
+    pub fn generations(&self) -> u64 {
+        self.lock().generations
+    }
+
+    /// Applies a resource directly (unit tests, without a store).
+    #[cfg(test)]
+    fn upsert_for_test(&self, r: &Resource) {
+        let change = meridian_store::Change {
+            revision: 0,
+            kind: ChangeKind::Upsert,
+            resource: meridian_store::StoredResource {
+                key: Manager::key(r.resource_type(), &r.meta.mesh, &r.meta.name),
+                labels: r.meta.labels.clone(),
+                spec: r.spec.encode(),
+                version: r.version(),
+                revision: 0,
+                create_time: r.meta.creation_time,
+                modify_time: r.meta.modification_time,
+            },
+        };
+        self.apply(&[change]);
+    }
+}
+
+fn generate(inner: &mut Inner, id: &ProxyId) -> (ProxyState, Deps) {
+    inner.generations += 1;
+    let empty = MeshSnapshot::new(id.mesh.clone());
+    let snapshot = inner.meshes.get(&id.mesh).unwrap_or(&empty);
+    match gateway::generate(snapshot, &id.name) {
+        Ok(config) => {
+            let state = ProxyState { config: Ok(config.desired()), warnings: config.warnings };
+            (state, config.deps)
+        }
+        Err(e) => (ProxyState { config: Err(e.to_string()), warnings: Vec::new() }, Deps::default()),
+    }
+}
+
+fn regenerate(inner: &mut Inner, id: &ProxyId) {
+    if !inner.proxies.contains_key(id) {
+        return;
+    }
+    let (state, deps) = generate(inner, id);
+    let Some(p) = inner.proxies.get_mut(id) else { return };
+    p.deps = deps;
+    p.tx.send_if_modified(|current| {
+        if current.same_versions(&state) {
+            return false;
+        }
+        for w in state.warnings.iter().filter(|w| !current.warnings.contains(w)) {
+            tracing::warn!(dataplane = %id, "{w}");
+        }
+        *current = Arc::new(state);
+        true
+    });
+}
+
+/// The connected proxies a change to (`ty`, `mesh`, `name`) can alter:
+/// judged on both the stored (old) and the `new` version.
+fn affected(inner: &Inner, ty: ResourceType, mesh: &str, name: &str, new: Option<&Resource>) -> Vec<ProxyId> {
+    let snapshot = inner.meshes.get(mesh);
+    let in_mesh = inner.proxies.iter().filter(|(id, _)| id.mesh == mesh);
+    let mut out = Vec::new();
+    for (id, p) in in_mesh {
+        let hit = match ty {
+            ResourceType::MeshGateway => {
+                let selects = |spec: &meridian_sync_proto::pb::mesh::MeshGateway| {
+                    selector_matches(&spec.selectors, &p.deps.dataplane_tags)
+                };
+                p.deps.gateway.as_deref() == Some(name)
+                    || matches!(new.map(|r| &r.spec), Some(Spec::MeshGateway(g)) if selects(g))
+            }
+            ResourceType::MeshGatewayRoute => {
+                let attaches = |spec: &meridian_sync_proto::pb::mesh::MeshGatewayRoute| {
+                    p.deps.listener_tags.iter().any(|t| selector_matches(&spec.selectors, t))
+                };
+                p.deps.routes.contains(name)
+                    || matches!(new.map(|r| &r.spec), Some(Spec::MeshGatewayRoute(g)) if attaches(g))
+            }
+            ResourceType::Secret => p.deps.secrets.contains(name),
+            ResourceType::Dataplane => {
+                let old = snapshot.and_then(|s| s.dataplanes.get(name)).map(|d| &d.spec);
+                let new = match new.map(|r| &r.spec) {
+                    Some(Spec::Dataplane(d)) => Some(d),
+                    _ => None,
+                };
+                id.name == name || [old, new].into_iter().flatten().any(|d| serves(d, &p.deps))
+            }
+            _ => false,
+        };
+        if hit {
+            out.push(id.clone());
+        }
+    }
+    out
+}
+
+/// Whether a Dataplane has an inbound some destination of `deps` selects.
+fn serves(dp: &Dataplane, deps: &Deps) -> bool {
+    let inbounds = dp.networking.as_ref().map(|n| n.inbound.as_slice()).unwrap_or_default();
+    inbounds.iter().any(|i| deps.destinations.iter().any(|d| tags_match(d, &i.tags)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_sync_proto::universal;
+
+    fn resources(yaml: &str) -> Vec<Resource> {
+        universal::parse_resources(yaml).expect("yaml").into_iter().map(|r| r.expect("resource")).collect()
+    }
+
+    const WORLD: &str = r#"
+type: MeshGateway
+mesh: default
+name: gw-a
+selectors: [{match: {kuma.io/service: a}}]
+conf: {listeners: [{port: 8080, protocol: HTTP}]}
+---
+type: MeshGateway
+mesh: default
+name: gw-b
+selectors: [{match: {kuma.io/service: b}}]
+conf: {listeners: [{port: 8080, protocol: HTTP}]}
+---
+type: Dataplane
+mesh: default
+name: a-1
+networking: {address: 127.0.0.1, gateway: {type: BUILTIN, tags: {kuma.io/service: a}}}
+---
+type: Dataplane
+mesh: default
+name: b-1
+networking: {address: 127.0.0.1, gateway: {type: BUILTIN, tags: {kuma.io/service: b}}}
+---
+type: MeshGatewayRoute
+mesh: default
+name: to-web
+selectors: [{match: {kuma.io/service: a}}]
+conf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [{destination: {kuma.io/service: web}}]}]}}
+"#;
+
+    fn id(name: &str) -> ProxyId {
+        ProxyId { mesh: "default".into(), name: name.into() }
+    }
+
+    #[test]
+    fn changes_regenerate_only_the_gateways_they_touch() {
+        let cache = Cache::default();
+        for r in resources(WORLD) {
+            cache.upsert_for_test(&r);
+        }
+        let mut a = cache.subscribe(&id("a-1"));
+        let mut b = cache.subscribe(&id("b-1"));
+        a.rx.borrow_and_update();
+        b.rx.borrow_and_update();
+        let base = cache.generations();
+
+        // A backend for gateway a's route: only a regenerates, and changes.
+        for r in resources(
+            "type: Dataplane\nmesh: default\nname: web-1\nnetworking: {address: 10.0.0.1, inbound: [{port: 80, tags: {kuma.io/service: web}}]}",
+        ) {
+            cache.upsert_for_test(&r);
+        }
+        assert_eq!(cache.generations(), base + 1);
+        assert!(a.rx.has_changed().unwrap_or(false));
+        assert!(!b.rx.has_changed().unwrap_or(true));
+        a.rx.borrow_and_update();
+
+        // A Dataplane nobody routes to: nothing regenerates.
+        for r in resources(
+            "type: Dataplane\nmesh: default\nname: other\nnetworking: {address: 10.0.0.2, inbound: [{port: 80, tags: {kuma.io/service: other}}]}",
+        ) {
+            cache.upsert_for_test(&r);
+        }
+        assert_eq!(cache.generations(), base + 1);
+
+        // A new route for gateway b: only b.
+        for r in resources(
+            "type: MeshGatewayRoute\nmesh: default\nname: to-other\nselectors: [{match: {kuma.io/service: b}}]\nconf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [{destination: {kuma.io/service: other}}]}]}}",
+        ) {
+            cache.upsert_for_test(&r);
+        }
+        assert_eq!(cache.generations(), base + 2);
+        assert!(b.rx.has_changed().unwrap_or(false));
+        assert!(!a.rx.has_changed().unwrap_or(true));
+
+        // Unsubscribed Dataplanes are forgotten.
+        drop(a);
+        drop(b);
+        assert!(cache.lock().proxies.is_empty());
+    }
+
+    #[test]
+    fn unknown_dataplanes_get_an_error_until_registered() {
+        let cache = Cache::default();
+        let mut s = cache.subscribe(&id("a-1"));
+        let err = s.rx.borrow_and_update().config.clone().expect_err("unknown");
+        assert!(err.contains("not registered"), "{err}");
+        for r in resources(WORLD) {
+            cache.upsert_for_test(&r);
+        }
+        assert!(s.rx.borrow_and_update().config.is_ok());
+    }
+}

@@ -1,0 +1,135 @@
+//! DataplaneInsight: what each Envoy stream did, written to the zone's
+//! store (the KDS client syncs it to the global).
+//!
+//! A stream only replaces the latest value of its subscription in a
+//! `watch` channel; one writer task per stream stores the latest value, so
+//! a burst of ACKs costs one write and never blocks the stream.
+
+use std::{
+    collections::BTreeMap,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use meridian_api::{
+    Manager,
+    manager::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE},
+};
+use meridian_store::{Store, StoreError};
+use meridian_sync_proto::{
+    Resource, ResourceType, Spec,
+    pb::mesh::{DataplaneInsight, DiscoverySubscription},
+};
+use tokio::sync::watch;
+
+use super::cache::ProxyId;
+
+/// Subscriptions kept per Dataplane (the current ones and the latest
+/// disconnected ones).
+const MAX_SUBSCRIPTIONS: usize = 5;
+/// Attempts at a read-modify-write that races with another stream.
+const MAX_ATTEMPTS: usize = 5;
+
+pub fn now() -> pbjson_types::Timestamp {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    pbjson_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+/// The stream's side: replace the latest subscription state.
+pub struct InsightHandle {
+    tx: watch::Sender<Option<DiscoverySubscription>>,
+}
+
+impl InsightHandle {
+    /// Starts the writer task for one stream of `id`.
+    pub fn spawn(store: Store, zone: String, id: ProxyId) -> InsightHandle {
+        let (tx, mut rx) = watch::channel::<Option<DiscoverySubscription>>(None);
+        tokio::spawn(async move {
+            // Ends once the stream dropped its handle and the last value is written.
+            while rx.changed().await.is_ok() {
+                let Some(sub) = rx.borrow_and_update().clone() else { continue };
+                if let Err(e) = write(&store, &zone, &id, sub).await {
+                    tracing::warn!(dataplane = %id, error = %e, "cannot write DataplaneInsight");
+                }
+            }
+        });
+        InsightHandle { tx }
+    }
+
+    pub fn update(&self, sub: DiscoverySubscription) {
+        self.tx.send_replace(Some(sub));
+    }
+}
+
+async fn write(store: &Store, zone: &str, id: &ProxyId, sub: DiscoverySubscription) -> Result<(), StoreError> {
+    let key = Manager::key(ResourceType::DataplaneInsight, &id.mesh, &id.name);
+    for _ in 0..MAX_ATTEMPTS {
+        let stored = store.get(&key).await?;
+        let mut insight = stored
+            .as_ref()
+            .and_then(|s| Manager::decode(s).ok())
+            .and_then(|e| match e.resource.spec {
+                Spec::DataplaneInsight(i) => Some(i),
+                _ => None,
+            })
+            .unwrap_or_default();
+        merge(&mut insight, sub.clone());
+        let mut r = Resource::new(&id.mesh, &id.name, Spec::DataplaneInsight(insight));
+        r.meta.labels = BTreeMap::from([
+            (LABEL_ORIGIN.to_string(), ORIGIN_ZONE.to_string()),
+            (LABEL_ZONE.to_string(), zone.to_string()),
+        ]);
+        let write = Manager::encode(&r);
+        let outcome = match stored {
+            Some(s) => store.update(write, Some(s.revision)).await.map(|_| ()),
+            None => store.create(write).await.map(|_| ()),
+        };
+        match outcome {
+            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_) | StoreError::NotFound(_)) => continue,
+            other => return other,
+        }
+    }
+    Ok(())
+}
+
+/// Puts `sub` in place of the subscription with its id (or adds it), then
+/// keeps the newest few, connected ones first.
+fn merge(insight: &mut DataplaneInsight, sub: DiscoverySubscription) {
+    match insight.subscriptions.iter_mut().find(|s| s.id == sub.id) {
+        Some(s) => *s = sub,
+        None => insight.subscriptions.push(sub),
+    }
+    if insight.subscriptions.len() > MAX_SUBSCRIPTIONS {
+        let key = |s: &DiscoverySubscription| {
+            (s.disconnect_time.is_none(), s.connect_time.as_ref().map(|t| (t.seconds, t.nanos)))
+        };
+        insight.subscriptions.sort_by_key(|s| std::cmp::Reverse(key(s)));
+        insight.subscriptions.truncate(MAX_SUBSCRIPTIONS);
+        insight.subscriptions.sort_by_key(|s| s.connect_time.as_ref().map(|t| (t.seconds, t.nanos)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: &str, at: i64, open: bool) -> DiscoverySubscription {
+        DiscoverySubscription {
+            id: id.into(),
+            connect_time: Some(pbjson_types::Timestamp { seconds: at, nanos: 0 }),
+            disconnect_time: (!open).then(|| pbjson_types::Timestamp { seconds: at + 1, nanos: 0 }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn merge_replaces_by_id_and_keeps_the_newest() {
+        let mut i = DataplaneInsight::default();
+        for n in 0..8 {
+            merge(&mut i, sub(&format!("s{n}"), n, n == 0));
+        }
+        assert_eq!(i.subscriptions.len(), MAX_SUBSCRIPTIONS);
+        assert!(i.subscriptions.iter().any(|s| s.id == "s0"), "open subscriptions are kept");
+        merge(&mut i, sub("s7", 7, false));
+        assert!(i.subscriptions.iter().find(|s| s.id == "s7").is_some_and(|s| s.disconnect_time.is_some()));
+    }
+}

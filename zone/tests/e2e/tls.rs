@@ -1,0 +1,101 @@
+//! HTTPS termination with Secrets (SNI picks the certificate and the
+//! routes), HSTS, and TLS listeners that terminate or pass through.
+
+use crate::support::{self, Zone, eventually, free_port};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_termination_sni_and_tls_passthrough() {
+    support::envoy_binary();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (foo, bar, pass, term) = (
+        support::cert("foo.example.com"),
+        support::cert("bar.example.com"),
+        support::cert("pass.example.com"),
+        support::cert("term.example.com"),
+    );
+    let foo_web = support::http_backend("foo-web").await;
+    let bar_web = support::http_backend("bar-web").await;
+    let tls_backend = support::tls_backend("tls-backend", &pass).await;
+    let plain = support::tcp_backend("plain").await;
+    let zone = Zone::start(&tmp.path().join("zone"), None).await;
+    zone.apply(support::MESH).await;
+    for (name, c) in [("foo-cert", &foo), ("bar-cert", &bar), ("term-cert", &term)] {
+        zone.apply(&support::secret(name, c)).await;
+    }
+    zone.apply(&support::backend_dataplane(
+        "backends",
+        &[(foo_web.port, "foo-web"), (bar_web.port, "bar-web"), (tls_backend, "tls-backend"), (plain, "plain")],
+    ))
+    .await;
+    let (https, tls) = (free_port(), free_port());
+    zone.apply(&format!(
+        r#"
+type: MeshGateway
+mesh: default
+name: gw
+selectors: [{{match: {{kuma.io/service: gw}}}}]
+conf:
+  listeners:
+  - {{port: {https}, protocol: HTTPS, hostname: foo.example.com, tags: {{host: foo}}, tls: {{mode: TERMINATE, certificates: [{{secret: foo-cert}}]}}}}
+  - {{port: {https}, protocol: HTTPS, hostname: bar.example.com, tags: {{host: bar}}, tls: {{mode: TERMINATE, certificates: [{{secret: bar-cert}}]}}}}
+  - {{port: {tls}, protocol: TLS, hostname: pass.example.com, tags: {{host: pass}}, tls: {{mode: PASSTHROUGH}}}}
+  - {{port: {tls}, protocol: TLS, hostname: term.example.com, tags: {{host: term}}, tls: {{mode: TERMINATE, certificates: [{{secret: term-cert}}]}}}}
+---
+type: MeshGatewayRoute
+mesh: default
+name: foo
+selectors: [{{match: {{kuma.io/service: gw, host: foo}}}}]
+conf: {{http: {{rules: [{{matches: [{{path: {{match: PREFIX, value: /}}}}], backends: [{{destination: {{kuma.io/service: foo-web}}}}]}}]}}}}
+---
+type: MeshGatewayRoute
+mesh: default
+name: bar
+selectors: [{{match: {{kuma.io/service: gw, host: bar}}}}]
+conf: {{http: {{rules: [{{matches: [{{path: {{match: PREFIX, value: /}}}}], backends: [{{destination: {{kuma.io/service: bar-web}}}}]}}]}}}}
+---
+type: MeshGatewayRoute
+mesh: default
+name: pass
+selectors: [{{match: {{kuma.io/service: gw, host: pass}}}}]
+conf: {{tcp: {{rules: [{{backends: [{{destination: {{kuma.io/service: tls-backend}}}}]}}]}}}}
+---
+type: MeshGatewayRoute
+mesh: default
+name: term
+selectors: [{{match: {{kuma.io/service: gw, host: term}}}}]
+conf: {{tcp: {{rules: [{{backends: [{{destination: {{kuma.io/service: plain}}}}]}}]}}}}
+"#
+    ))
+    .await;
+    zone.apply(&support::gateway_dataplane("gw-1", "gw")).await;
+    let envoy = support::Envoy::start(zone.xds, &tmp.path().join("envoy"), "gw-1", false).await;
+    envoy.wait_ready().await;
+
+    // Each hostname gets its own certificate (the client trusts only that
+    // one) and its own routes; responses carry HSTS.
+    for (host, cert, want) in [("foo.example.com", &foo, "foo-web"), ("bar.example.com", &bar, "bar-web")] {
+        let client = support::https_client(host, https, cert);
+        let url = format!("https://{host}:{https}/hello");
+        let (name, hsts) = eventually(&format!("HTTPS to {host}"), || async {
+            let r = client.get(&url).send().await.map_err(|e| format!("{e:?}"))?;
+            let hsts = r.headers().get("strict-transport-security").map(|v| v.to_str().unwrap_or("").to_string());
+            let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+            Ok((v["name"].as_str().unwrap_or("").to_string(), hsts))
+        })
+        .await;
+        assert_eq!(name, want);
+        assert!(hsts.is_some_and(|h| h.contains("max-age=")), "HSTS on {host}");
+    }
+    // The wrong certificate for a name fails the handshake.
+    let wrong = support::https_client("foo.example.com", https, &bar);
+    assert!(wrong.get(format!("https://foo.example.com:{https}/")).send().await.is_err());
+
+    // TLS passthrough: the backend's own certificate reaches the client.
+    let answer = eventually("TLS passthrough", || support::tls_talk(tls, "pass.example.com", &pass, "hello")).await;
+    assert_eq!(answer, "tls-backend: hello");
+    // TLS termination at the gateway, plain TCP to the backend.
+    let answer = eventually("TLS termination", || support::tls_talk(tls, "term.example.com", &term, "hi")).await;
+    assert_eq!(answer, "plain: hi");
+    drop(envoy);
+    zone.stop().await;
+}
