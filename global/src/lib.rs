@@ -213,7 +213,7 @@ pub async fn run(
             &args.kds_tls_san,
         )?;
         if let Some(ca) = ca {
-            println!("meridian-global: KDS CA at {}", ca.display());
+            meridian_api::server::announce(&format!("meridian-global: KDS CA at {}", ca.display()));
         }
         Some(cfg)
     };
@@ -255,8 +255,8 @@ pub async fn run(
         async move { kds::serve(kds_listener, kds_server, tls, stop).await.context("KDS server failed") }
     });
     tracing::info!(%api_addr, %kds_addr, tls = !args.kds_plaintext, "listening");
-    println!("meridian-global: API on http://{api_addr}");
-    println!("meridian-global: KDS on {}://{kds_addr}", if args.kds_plaintext { "grpc" } else { "grpcs" });
+    meridian_api::server::announce(&format!("meridian-global: API on http://{api_addr}"));
+    meridian_api::server::announce(&format!("meridian-global: KDS on {}://{kds_addr}", if args.kds_plaintext { "grpc" } else { "grpcs" }));
 
     let result = supervise(tasks, stop_rx).await;
     tracing::info!("stopped");

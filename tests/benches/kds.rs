@@ -42,7 +42,8 @@ fn start(mut cmd: Command) -> Proc {
     let stdout = child.stdout.take().expect("stdout");
     let mut api = None;
     let mut kds = None;
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.expect("line");
         if let Some(a) = line.split("API on ").nth(1) {
             api = Some(a.trim().to_string());
@@ -54,6 +55,8 @@ fn start(mut cmd: Command) -> Proc {
             break;
         }
     }
+    // Keep reading, so the process never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
     Proc { child, api: api.expect("API address"), kds }
 }
 

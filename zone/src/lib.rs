@@ -230,7 +230,7 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {} for the API", args.api_addr))?;
     let api_addr = api_listener.local_addr()?;
-    println!("meridian-zone: API on http://{api_addr}");
+    meridian_api::server::announce(&format!("meridian-zone: API on http://{api_addr}"));
     tracing::info!(%api_addr, "API listening");
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -252,7 +252,7 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {} for xDS", args.xds_addr))?;
     let xds_addr = xds_listener.local_addr()?;
-    println!("meridian-zone: xDS on {xds_addr}");
+    meridian_api::server::announce(&format!("meridian-zone: xDS on {xds_addr}"));
     tracing::info!(%xds_addr, "xDS listening");
     tasks.spawn({
         let stop = stopped(stop_rx.clone());
