@@ -75,8 +75,9 @@ impl KdsServer {
         }
     }
 
-    /// Checks who is calling. Returns the zone name and the zone's version.
-    async fn authenticate(&self, md: &MetadataMap) -> Result<(String, String), Status> {
+    /// Checks who is calling. Returns the zone name, the zone's version and
+    /// the token it presented (re-checked while the stream lives).
+    async fn authenticate(&self, md: &MetadataMap) -> Result<(String, String, String), Status> {
         let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let zone = text(MD_CLIENT_ID);
         if let Err(reason) = check_zone_name(&zone) {
@@ -95,7 +96,8 @@ impl KdsServer {
             return Err(Status::unauthenticated(e.to_string()));
         }
         self.ensure_zone_enabled(&zone).await?;
-        Ok((zone, text(MD_VERSION)))
+        let token = token.unwrap_or_default().to_string();
+        Ok((zone, text(MD_VERSION), token))
     }
 
     /// Creates the Zone record on the first authenticated connect; refuses a
@@ -141,12 +143,12 @@ impl KdsSyncService for KdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::GlobalToZoneSyncStream>, Status> {
-        let (zone, version) = self.authenticate(request.metadata()).await?;
+        let (zone, version, token) = self.authenticate(request.metadata()).await?;
         let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();
         tokio::spawn(async move {
-            stream::global_to_zone(server, zone, version, connection, request.into_inner(), tx).await
+            stream::global_to_zone(server, zone, version, token, connection, request.into_inner(), tx).await
         });
         Ok(Response::new(ResponseStream::new(rx)))
     }
@@ -155,7 +157,7 @@ impl KdsSyncService for KdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
-        let (zone, _) = self.authenticate(request.metadata()).await?;
+        let (zone, _, _) = self.authenticate(request.metadata()).await?;
         let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();

@@ -12,7 +12,7 @@
 //!   bootstrap.yaml ──▶ envoy -c bootstrap.yaml ══ADS══▶ zone xDS (--xds-address)
 //! ```
 
-mod bootstrap;
+pub mod bootstrap;
 
 use std::{path::PathBuf, process::ExitCode};
 

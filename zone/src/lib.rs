@@ -9,6 +9,7 @@
 //!                                  Envoy ◀══ ADS ══ xds server ◀── gateway generator
 //! ```
 
+pub mod http;
 pub mod kds;
 
 pub mod dataplane;
@@ -226,18 +227,25 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    let xds_listener = TcpListener::bind(args.xds_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for xDS", args.xds_addr))?;
+    let xds_addr = xds_listener.local_addr()?;
     let api_listener = TcpListener::bind(args.api_addr)
         .await
         .with_context(|| format!("cannot listen on {} for the API", args.api_addr))?;
     let api_addr = api_listener.local_addr()?;
     meridian_api::server::announce(&format!("meridian-zone: API on http://{api_addr}"));
     tracing::info!(%api_addr, "API listening");
+    meridian_api::server::announce(&format!("meridian-zone: xDS on {xds_addr}"));
+    tracing::info!(%xds_addr, "xDS listening");
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn({
         let stop = stopped(stop_rx.clone());
         async move {
-            meridian_api::server::serve(api_listener, rest::router(state), stop)
+            let router = rest::router(state.clone()).merge(http::routes(state, xds_addr));
+            meridian_api::server::serve(api_listener, router, stop)
                 .await
                 .context("API server failed")
         }
@@ -248,12 +256,6 @@ pub async fn run(
         tasks.spawn(async move { kds::run(cfg, manager, stop).await.context("KDS client failed") });
     }
     // XDS-WIRING: the xDS server task is spawned here.
-    let xds_listener = TcpListener::bind(args.xds_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} for xDS", args.xds_addr))?;
-    let xds_addr = xds_listener.local_addr()?;
-    meridian_api::server::announce(&format!("meridian-zone: xDS on {xds_addr}"));
-    tracing::info!(%xds_addr, "xDS listening");
     tasks.spawn({
         let stop = stopped(stop_rx.clone());
         let config = xds::XdsConfig { zone: args.zone.clone(), instance_id: instance_id.clone() };

@@ -53,6 +53,7 @@ pub(super) async fn global_to_zone(
     server: KdsServer,
     zone: String,
     zone_version: String,
+    token: String,
     connection: Option<SocketAddr>,
     mut inbound: Streaming<DeltaDiscoveryRequest>,
     tx: Sender<Result<DeltaDiscoveryResponse, Status>>,
@@ -139,6 +140,15 @@ pub(super) async fn global_to_zone(
             _ = refresh.tick() => {
                 server.insights.write(&session, false).await;
                 // A zone disabled while connected is cut off.
+                // A token revoked (or expired) while connected cuts the zone off.
+                match server.tokens.verify(Some(&token), &zone).await {
+                    Ok(_) | Err(crate::tokens::TokenError::Store(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(zone = %zone, reason = %e, "zone token no longer valid; closing its stream");
+                        let _ = tx.send(Err(Status::unauthenticated(e.to_string()))).await;
+                        break;
+                    }
+                }
                 if let Err(status) = server.ensure_zone_enabled(&zone).await {
                     if status.code() == tonic::Code::PermissionDenied {
                         tracing::warn!(zone = %zone, "zone was disabled; closing its stream");

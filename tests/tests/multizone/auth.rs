@@ -85,3 +85,21 @@ async fn zones_are_authenticated() {
     good.wait_log(&["is disabled"], REFUSAL).await;
     g.wait_log(&["zone was disabled; closing its stream", "zone-6"], REFUSAL).await;
 }
+
+/// Revoking the token of a connected zone cuts it off; it cannot come back
+/// with that token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_connected_zones_token_cuts_it_off() {
+    let dir = TestDir::new("revoke-live");
+    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let token = g.zone_token("zone-1").await;
+    let z = Zone::start(&dir, "zone-1", "zone-1", &g, Some(&token)).await;
+    g.wait_log(&["zone connected", "zone-1"], std::time::Duration::from_secs(30)).await;
+    let revocations = json!({
+        "type": "GlobalSecret", "name": "zone-token-revocations",
+        "data": STANDARD.encode(jti(&token)),
+    });
+    g.api().apply(&revocations).await;
+    g.wait_log(&["zone token no longer valid", "zone-1"], std::time::Duration::from_secs(30)).await;
+    z.wait_log(&["zone token was revoked"], std::time::Duration::from_secs(30)).await;
+}

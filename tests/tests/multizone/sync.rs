@@ -7,7 +7,7 @@ use meridian_tests::multizone::{
     Global, GlobalConfig, TestDir, Zone,
     api::{CONVERGE, eventually, stat, subscriptions},
     postgres, raw_kds,
-    resources::{dataplane, gateway, label, listener_port, route},
+    resources::{dataplane, gateway, gateway_dataplane, label, listener_port, route},
 };
 use serde_json::Value;
 
@@ -236,4 +236,26 @@ async fn zone_ingress_is_rebroadcast_to_other_zones() {
     assert_eq!(z1.api().delete("/zoneingresses/ingress-1").await.0, 200);
     g.api().wait_gone("/zoneingresses/zone-1.ingress-1").await;
     z2.api().wait_gone("/zoneingresses/zone-1.ingress-1").await;
+}
+
+/// The zone serves Envoy bootstraps for its registered Dataplanes over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_serves_bootstrap_for_registered_dataplanes() {
+    let dir = TestDir::new("bootstrap");
+    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let z = synced_zone(&dir, &g, "zone-1").await;
+    z.api().apply(&gateway_dataplane("gw-dp", "127.0.0.1", "edge-gateway")).await;
+    let http = reqwest::Client::new();
+    let url = |name: &str, query: &str| format!("{}/meshes/default/dataplanes/{name}/_bootstrap{query}", z.api_url());
+    let resp = http.get(url("gw-dp", "")).send().await.expect("GET _bootstrap");
+    assert_eq!(resp.status().as_u16(), 200);
+    let yaml = resp.text().await.expect("body");
+    assert!(yaml.contains("default.gw-dp"), "node id names the Dataplane:\n{yaml}");
+    assert!(yaml.contains("DELTA_GRPC"), "delta ADS by default:\n{yaml}");
+    let sotw = http.get(url("gw-dp", "?xdsMode=sotw")).send().await.expect("GET").text().await.expect("body");
+    assert!(sotw.contains("api_type: GRPC"), "{sotw}");
+    let missing = http.get(url("nope", "")).send().await.expect("GET");
+    assert_eq!(missing.status().as_u16(), 404);
+    let bad = http.get(url("gw-dp", "?xdsMode=carrier-pigeon")).send().await.expect("GET");
+    assert_eq!(bad.status().as_u16(), 400);
 }
