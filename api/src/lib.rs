@@ -12,12 +12,14 @@
 //! - [`overview`]: `_overview` endpoints joining resources with insights.
 //! - [`metrics`]: Prometheus figures, registered into an injected registry.
 //! - [`server`]: serving a router on an already-bound listener until shutdown.
+//! - [`process`]: logging, signals, task supervision shared by the server binaries.
 
 pub mod auth;
 pub mod error;
 pub mod manager;
 pub mod metrics;
 pub mod overview;
+pub mod process;
 pub mod rest;
 pub mod server;
 

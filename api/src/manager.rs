@@ -305,8 +305,8 @@ impl Manager {
         let existing = self.get(ty, &r.meta.mesh, &r.meta.name).await?;
         self.check_user_write(ty, existing.as_ref())?;
         self.check(&r).await?;
-        if let (Some(expected), Some(e)) = (expected_revision, existing.as_ref()) {
-            if e.revision != expected {
+        if let (Some(expected), Some(e)) = (expected_revision, existing.as_ref())
+            && e.revision != expected {
                 return Err(ManagerError::Conflict {
                     ty,
                     name: r.meta.name.clone(),
@@ -314,7 +314,6 @@ impl Manager {
                     actual: e.revision,
                 });
             }
-        }
         if existing.is_none() && expected_revision.is_some_and(|rev| rev > 0) {
             return Err(ManagerError::NotFound { ty, mesh: r.meta.mesh.clone(), name: r.meta.name.clone() });
         }
@@ -385,13 +384,12 @@ impl Manager {
     async fn zone_removal(&self, zone: &str) -> Result<Vec<WriteOp>, ManagerError> {
         let mut ops = Vec::new();
         if let Some(insight) = self.get(ResourceType::ZoneInsight, "", zone).await? {
-            if let Spec::ZoneInsight(zi) = &insight.resource.spec {
-                if crate::overview::zone_online(zi, crate::overview::now_millis()) {
+            if let Spec::ZoneInsight(zi) = &insight.resource.spec
+                && crate::overview::zone_online(zi, crate::overview::now_millis()) {
                     return Err(ManagerError::Forbidden(format!(
                         "zone {zone:?} is online; stop its control plane (or disable it with enabled: false and wait until it is offline) before deleting it"
                     )));
                 }
-            }
             ops.push(WriteOp::Delete { key: Self::key(ResourceType::ZoneInsight, "", zone), expected_revision: None });
         }
         let mut labels = BTreeMap::new();

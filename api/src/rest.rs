@@ -166,11 +166,10 @@ pub fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<SocketA
 /// The universal JSON of an entry; Secrets' data only when `reveal`.
 fn entry_json(e: &Entry, reveal: bool) -> Value {
     let mut v = universal::to_value(&e.resource);
-    if matches!(e.resource.resource_type(), ResourceType::Secret | ResourceType::GlobalSecret) && !reveal {
-        if let Some(o) = v.as_object_mut() {
+    if matches!(e.resource.resource_type(), ResourceType::Secret | ResourceType::GlobalSecret) && !reveal
+        && let Some(o) = v.as_object_mut() {
             o.remove("data");
         }
-    }
     v
 }
 
@@ -183,11 +182,10 @@ async fn list(
     path: &str,
 ) -> Result<Json<Value>, ApiError> {
     let (offset, size) = page(params.offset.as_deref(), params.size.as_deref())?;
-    if let Some(m) = mesh {
-        if !s.manager.mesh_exists(m).await? {
+    if let Some(m) = mesh
+        && !s.manager.mesh_exists(m).await? {
             return Err(ApiError::not_found(format!("mesh {m:?} does not exist")));
         }
-    }
     let (items, total) = s.manager.list(ty, mesh, BTreeMap::new(), offset, Some(size)).await?;
     let next = next_url(headers, path, offset, size, total);
     Ok(Json(json!({
@@ -333,10 +331,7 @@ async fn get_top(
     if plural == "zones" && name == "_overview" {
         return crate::overview::zones(&s, p.offset.as_deref(), p.size.as_deref(), &headers).await;
     }
-    let ty = resource_type(&plural)?;
-    if ty.is_mesh_scoped() {
-        return Err(ApiError::not_found(format!("{ty} lives in a mesh: use /meshes/{{mesh}}/{plural}/{name}")));
-    }
+    let ty = top_type(&plural, &name)?;
     get_one(&s, ty, "", &name, &headers, &ci).await
 }
 
@@ -348,10 +343,7 @@ async fn put_top(
     ci: ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let ty = resource_type(&plural)?;
-    if ty.is_mesh_scoped() {
-        return Err(ApiError::not_found(format!("{ty} lives in a mesh: use /meshes/{{mesh}}/{plural}/{name}")));
-    }
+    let ty = top_type(&plural, &name)?;
     put_one(&s, ty, "", &name, &headers, &ci, p, body).await
 }
 
@@ -361,11 +353,17 @@ async fn delete_top(
     headers: HeaderMap,
     ci: ConnectInfo<SocketAddr>,
 ) -> Result<Response, ApiError> {
-    let ty = resource_type(&plural)?;
+    let ty = top_type(&plural, &name)?;
+    delete_one(&s, ty, "", &name, &headers, &ci).await
+}
+
+/// The type of a `/{plural}/{name}` path: only types outside meshes.
+fn top_type(plural: &str, name: &str) -> Result<ResourceType, ApiError> {
+    let ty = resource_type(plural)?;
     if ty.is_mesh_scoped() {
         return Err(ApiError::not_found(format!("{ty} lives in a mesh: use /meshes/{{mesh}}/{plural}/{name}")));
     }
-    delete_one(&s, ty, "", &name, &headers, &ci).await
+    Ok(ty)
 }
 
 // ---- mesh-scoped paths: /meshes/{mesh}/{plural}[/{name}]

@@ -106,14 +106,13 @@ impl KdsServer {
         let store_err = |e: meridian_api::ManagerError| Status::unavailable(format!("store: {e}"));
         match self.manager.get(ResourceType::Zone, "", zone).await.map_err(store_err)? {
             Some(e) => {
-                if let Spec::Zone(z) = &e.resource.spec {
-                    if z.enabled.as_ref().is_some_and(|b| !b.value) {
+                if let Spec::Zone(z) = &e.resource.spec
+                    && z.enabled.as_ref().is_some_and(|b| !b.value) {
                         tracing::warn!(zone, "KDS call refused: zone is disabled");
                         return Err(Status::permission_denied(format!(
                             "zone {zone:?} is disabled on the global (enabled: false)"
                         )));
                     }
-                }
                 Ok(())
             }
             None => {

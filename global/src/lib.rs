@@ -18,7 +18,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use meridian_api::{
-    Manager, Role,
+    Manager, Role, process,
     auth::Auth,
     metrics::ApiMetrics,
     rest::{self, ApiState, ServerInfo},
@@ -110,50 +110,8 @@ fn default_data_dir() -> PathBuf {
 /// Entry point: runs the command and turns failures into an exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let Command::Run(args) = cli.command;
-    init_logging(&args.log_level);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("meridian-global: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("meridian-global: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown requested");
+    let log_level = args.log_level.clone();
+    process::run_until_signal("meridian-global", &log_level, |shutdown| run(args, shutdown))
 }
 
 /// Runs the global until `shutdown` resolves.
@@ -180,7 +138,7 @@ pub async fn run(
         }
     };
 
-    let instance_id = instance_id();
+    let instance_id = process::instance_id();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
     let store_metrics = meridian_api::metrics::StoreMetrics::register(&mut registry);
@@ -196,7 +154,7 @@ pub async fn run(
         info: Arc::new(ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             instance_id: instance_id.clone(),
-            hostname: hostname(),
+            hostname: process::hostname(),
             zone: None,
         }),
         metrics,
@@ -231,20 +189,19 @@ pub async fn run(
     let kds_server =
         kds::KdsServer::new(manager, cache, tokens.clone(), instance_id, args.kds_max_message_bytes);
 
-    // One shutdown signal for every task.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let stop_rx = process::stop_channel(shutdown);
+    let stopped = process::stopped;
 
     let router = rest::router(state.clone()).merge(token_routes(state, tokens));
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(async move {
-        follower.await.context("KDS cache follower stopped")
+    tasks.spawn({
+        let stop = stopped(stop_rx.clone());
+        async move {
+            tokio::select! {
+                r = follower => r.context("KDS cache follower stopped"),
+                () = stop => Ok(()),
+            }
+        }
     });
     tasks.spawn({
         let stop = stopped(stop_rx.clone());
@@ -258,36 +215,8 @@ pub async fn run(
     meridian_api::server::announce(&format!("meridian-global: API on http://{api_addr}"));
     meridian_api::server::announce(&format!("meridian-global: KDS on {}://{kds_addr}", if args.kds_plaintext { "grpc" } else { "grpcs" }));
 
-    let result = supervise(tasks, stop_rx).await;
+    let result = process::supervise(tasks, stop_rx).await;
     tracing::info!("stopped");
-    result
-}
-
-/// Waits for the tasks: on shutdown they all end; if one ends on its own
-/// (a critical failure), the others are stopped and its error returned.
-async fn supervise(
-    mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
-    stop_rx: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let mut result = Ok(());
-    if let Some(done) = tasks.join_next().await {
-        let outcome = done.map_err(anyhow::Error::from).and_then(|r| r);
-        if !*stop_rx.borrow() {
-            let e = outcome.err().unwrap_or_else(|| anyhow::anyhow!("a critical task ended unexpectedly"));
-            tracing::error!(error = %format!("{e:#}"), "critical task ended; stopping");
-            result = Err(e);
-        }
-    }
-    // Give the servers a moment to drain, then stop what is left.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while let Some(_done) = tasks.join_next().await {
-            if tasks.len() == 1 {
-                break; // only the endless cache follower remains
-            }
-        }
-    })
-    .await;
-    tasks.abort_all();
     result
 }
 
@@ -328,15 +257,4 @@ fn token_routes(state: ApiState, tokens: tokens::ZoneTokens) -> axum::Router {
         Ok(token.into_response())
     }
     axum::Router::new().route("/tokens/zone", axum::routing::post(issue)).with_state((state, tokens))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// `<hostname>-<random>`: identifies this process among replicas.
-pub fn instance_id() -> String {
-    format!("{}-{:08x}", hostname(), rand::random::<u32>())
 }

@@ -123,6 +123,22 @@ pub fn from_any(ty: ResourceType, wire: &str, version: &str, any: &Any) -> Resul
     })
 }
 
+/// Opens and checks one received resource: the envelope, its identity and
+/// the spec's rules. The error is the NACK reason for this resource alone.
+pub fn receive(ty: ResourceType, wire: &str, version: &str, any: &Any) -> Result<WireResource, String> {
+    let w = from_any(ty, wire, version, any)?;
+    let r = &w.resource;
+    let mut violations = crate::universal::meta_violations(ty, &r.meta.mesh, &r.meta.name);
+    if let Err(e) = crate::validate::resource(r) {
+        violations.extend(e.violations);
+    }
+    if violations.is_empty() {
+        Ok(w)
+    } else {
+        Err(format!("{wire}: {}", crate::validate::ValidationError { violations }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

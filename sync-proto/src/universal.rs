@@ -176,11 +176,10 @@ pub fn meta_violations(ty: ResourceType, mesh: &str, name: &str) -> Vec<Violatio
         if !mesh.is_empty() {
             out.push(Violation::new("mesh", format!("must not be set: {ty} is not inside a mesh")));
         }
-        if ty == ResourceType::Mesh {
-            if let Err(m) = check_mesh_name(name) {
+        if ty == ResourceType::Mesh
+            && let Err(m) = check_mesh_name(name) {
                 out.push(Violation::new("name", m));
             }
-        }
     }
     out
 }
@@ -271,13 +270,12 @@ pub fn to_value(r: &Resource) -> Value {
 /// gateway type, a match type), it is written out.
 pub fn spec_to_json(spec: &Spec) -> Value {
     let mut v = spec.to_json();
-    if let Spec::Dataplane(_) = spec {
-        if let Some(gw) = v.pointer_mut("/networking/gateway").and_then(Value::as_object_mut) {
+    if let Spec::Dataplane(_) = spec
+        && let Some(gw) = v.pointer_mut("/networking/gateway").and_then(Value::as_object_mut) {
             gw.entry("type").or_insert_with(|| Value::String("DELEGATED".into()));
         }
-    }
-    if let Spec::MeshGatewayRoute(_) = spec {
-        if let Some(rules) = v.pointer_mut("/conf/http/rules").and_then(Value::as_array_mut) {
+    if let Spec::MeshGatewayRoute(_) = spec
+        && let Some(rules) = v.pointer_mut("/conf/http/rules").and_then(Value::as_array_mut) {
             for m in rules.iter_mut().filter_map(|r| r.get_mut("matches")).filter_map(Value::as_array_mut) {
                 for m in m.iter_mut() {
                     if let Some(p) = m.get_mut("path").and_then(Value::as_object_mut) {
@@ -293,7 +291,6 @@ pub fn spec_to_json(spec: &Spec) -> Value {
                 }
             }
         }
-    }
     v
 }
 
@@ -345,14 +342,14 @@ mod tests {
     #[test]
     fn unknown_type_and_field_are_reported_with_paths() {
         let docs = parse_resources("type: Nope\nname: x\n").unwrap_or_default();
-        let err = docs[0].clone().unwrap_err();
+        let err = docs[0].clone().expect_err("unknown type");
         assert_eq!(err.violations[0].field, "type");
 
         let docs = parse_resources(
             "type: MeshGateway\nmesh: default\nname: gw\nconf:\n  listeners:\n  - port: 80\n    protocol: HTTPX\n",
         )
         .unwrap_or_default();
-        let err = docs[0].clone().unwrap_err();
+        let err = docs[0].clone().expect_err("unknown enum value");
         assert_eq!(err.violations.len(), 1);
         assert_eq!(err.violations[0].field, "conf.listeners[0].protocol");
         assert!(err.violations[0].message.contains("HTTPX"), "{}", err.violations[0].message);

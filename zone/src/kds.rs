@@ -25,7 +25,6 @@ use meridian_sync_proto::{
     delta::{DeltaReceiver, DeltaSender, Desired, DesiredSet, RequestKind},
     kds::{self, GLOBAL_TO_ZONE, ZONE_TO_GLOBAL},
     pb::kds::kds_sync_service_client::KdsSyncServiceClient,
-    universal, validate,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -174,7 +173,7 @@ async fn local_versions(manager: &Manager, zone: &str, ty: ResourceType, from_gl
     Ok(page
         .items
         .into_iter()
-        .filter(|r| !is_local(&r.labels, zone) == from_global)
+        .filter(|r| is_local(&r.labels, zone) != from_global)
         .map(|r| (kds::wire_name(&r.key.mesh, &r.key.name), r.version))
         .collect())
 }
@@ -215,7 +214,7 @@ async fn apply_from_global(
     let mut applied = Vec::new();
     let mut removed = Vec::new();
     for (wire, version, any) in &changes.upserts {
-        let w = match kds::from_any(ty, wire, version, any) {
+        let w = match kds::receive(ty, wire, version, any) {
             Ok(w) => w,
             Err(e) => {
                 errors.push(e);
@@ -223,14 +222,6 @@ async fn apply_from_global(
             }
         };
         let r = &w.resource;
-        let mut violations = universal::meta_violations(ty, &r.meta.mesh, &r.meta.name);
-        if let Err(e) = validate::resource(r) {
-            violations.extend(e.violations);
-        }
-        if !violations.is_empty() {
-            errors.push(format!("{wire}: {}", validate::ValidationError { violations }));
-            continue;
-        }
         let mut labels = r.meta.labels.clone();
         labels.entry(LABEL_ORIGIN.to_string()).or_insert_with(|| ORIGIN_GLOBAL.to_string());
         ops.push(WriteOp::Upsert(WriteResource {
@@ -324,11 +315,10 @@ async fn upstream(cfg: &KdsClientConfig, mut client: KdsSyncServiceClient<Channe
                     changes.push(c?);
                 }
                 for c in changes {
-                    if let Some(ty) = ResourceType::from_name(&c.resource.key.type_name) {
-                        if senders.contains_key(&ty) && !dirty.contains(&ty) {
+                    if let Some(ty) = ResourceType::from_name(&c.resource.key.type_name)
+                        && senders.contains_key(&ty) && !dirty.contains(&ty) {
                             dirty.push(ty);
                         }
-                    }
                 }
             }
         }

@@ -21,7 +21,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use meridian_api::{
-    Manager, Role,
+    Manager, Role, process,
     auth::Auth,
     metrics::ApiMetrics,
     rest::{self, ApiState, ServerInfo},
@@ -112,47 +112,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => args,
         Command::Dataplane(dp) => return dataplane::main(dp),
     };
-    init_logging(&args.log_level);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("meridian-zone: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("meridian-zone: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown requested");
+    let log_level = args.log_level.clone();
+    process::run_until_signal("meridian-zone", &log_level, |shutdown| run(args, shutdown))
 }
 
 /// Runs the zone until `shutdown` resolves.
@@ -203,29 +164,22 @@ pub async fn run(
     let metrics = ApiMetrics::register(&mut registry);
     let store_metrics = meridian_api::metrics::StoreMetrics::register(&mut registry);
     let manager = Manager::new(store.clone(), Role::Zone { federated }).with_metrics(store_metrics);
-    let instance_id = instance_id();
+    let instance_id = process::instance_id();
     let state = ApiState {
         manager: manager.clone(),
         auth: Auth::new(token, args.api_trust_loopback),
         info: Arc::new(ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             instance_id: instance_id.clone(),
-            hostname: hostname(),
+            hostname: process::hostname(),
             zone: Some(args.zone.clone()),
         }),
         metrics,
         registry: Arc::new(registry),
     };
 
-    // One shutdown signal for every task: the first to see it tells the rest.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let stop_rx = process::stop_channel(shutdown);
+    let stopped = process::stopped;
 
     let xds_listener = TcpListener::bind(args.xds_addr)
         .await
@@ -264,30 +218,7 @@ pub async fn run(
     });
 
     // A critical task that ends takes the process down with it.
-    let mut result = Ok(());
-    while let Some(done) = tasks.join_next().await {
-        let outcome = done.map_err(anyhow::Error::from).and_then(|r| r);
-        if let Err(e) = outcome {
-            tracing::error!(error = %format!("{e:#}"), "task failed; stopping");
-            if result.is_ok() {
-                result = Err(e);
-            }
-        }
-        // Whatever ended, stop the others.
-        tasks.abort_all();
-    }
-    drop(manager);
+    let result = process::supervise(tasks, stop_rx).await;
     tracing::info!("stopped");
     result
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// `<zone>-<hostname>-<random>`: identifies this process.
-pub fn instance_id() -> String {
-    format!("{}-{:08x}", hostname(), rand::random::<u32>())
 }

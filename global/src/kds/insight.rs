@@ -137,11 +137,10 @@ impl Insights {
     pub async fn close(&self, session: &Arc<Mutex<Session>>) {
         let (zone, connection) =
             session.lock().map(|s| (s.zone.clone(), s.connection)).unwrap_or_default();
-        if let Ok(mut open) = self.open.lock() {
-            if open.get(&zone).is_some_and(|s| Arc::ptr_eq(s, session)) {
+        if let Ok(mut open) = self.open.lock()
+            && open.get(&zone).is_some_and(|s| Arc::ptr_eq(s, session)) {
                 open.remove(&zone);
             }
-        }
         self.write(session, true).await;
         if let Ok(mut m) = self.upward.lock() {
             m.remove(&(zone, connection));

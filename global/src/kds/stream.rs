@@ -13,7 +13,6 @@ use meridian_sync_proto::{
     ResourceType,
     delta::{DeltaReceiver, DeltaSender, Desired, DesiredSet, RequestKind},
     kds::{self, GLOBAL_TO_ZONE, ZONE_TO_GLOBAL},
-    universal, validate,
 };
 use tokio::sync::mpsc::Sender;
 use tokio_stream::wrappers::WatchStream;
@@ -149,13 +148,12 @@ pub(super) async fn global_to_zone(
                         break;
                     }
                 }
-                if let Err(status) = server.ensure_zone_enabled(&zone).await {
-                    if status.code() == tonic::Code::PermissionDenied {
+                if let Err(status) = server.ensure_zone_enabled(&zone).await
+                    && status.code() == tonic::Code::PermissionDenied {
                         tracing::warn!(zone = %zone, "zone was disabled; closing its stream");
                         let _ = tx.send(Err(status)).await;
                         break;
                     }
-                }
             }
             () = tx.closed() => {
                 tracing::info!(zone = %zone, "zone went away");
@@ -296,7 +294,7 @@ async fn apply_from_zone(
     let mut applied = Vec::new();
     let mut removed = Vec::new();
     for (wire, version, any) in &changes.upserts {
-        let w = match kds::from_any(ty, wire, version, any) {
+        let w = match kds::receive(ty, wire, version, any) {
             Ok(w) => w,
             Err(e) => {
                 errors.push(e);
@@ -304,14 +302,6 @@ async fn apply_from_zone(
             }
         };
         let r = &w.resource;
-        let mut violations = universal::meta_violations(ty, &r.meta.mesh, &r.meta.name);
-        if let Err(e) = validate::resource(r) {
-            violations.extend(e.violations);
-        }
-        if !violations.is_empty() {
-            errors.push(format!("{wire}: {}", validate::ValidationError { violations }));
-            continue;
-        }
         let mut labels = r.meta.labels.clone();
         labels.insert(LABEL_ORIGIN.to_string(), ORIGIN_ZONE.to_string());
         labels.insert(LABEL_ZONE.to_string(), zone.to_string());
