@@ -259,3 +259,28 @@ async fn zone_serves_bootstrap_for_registered_dataplanes() {
     let bad = http.get(url("gw-dp", "?xdsMode=carrier-pigeon")).send().await.expect("GET");
     assert_eq!(bad.status().as_u16(), 400);
 }
+
+/// Secrets flow down with their data (zones need it for TLS listeners) and
+/// follow updates and deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_reach_zones_with_their_data() {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    const SECRET: &str = "/meshes/default/secrets/tls-1";
+    let dir = TestDir::new("secrets");
+    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let z = synced_zone(&dir, &g, "zone-1").await;
+    let secret = |data: &str| {
+        serde_json::json!({"type": "Secret", "mesh": "default", "name": "tls-1", "data": STANDARD.encode(data)})
+    };
+    g.api().apply(&secret("first")).await;
+    let first = STANDARD.encode("first");
+    z.api().wait_for(SECRET, "the first data", |v| v["data"].as_str() == Some(first.as_str())).await;
+    g.api().apply(&secret("second")).await;
+    let second = STANDARD.encode("second");
+    z.api().wait_for(SECRET, "the second data", |v| v["data"].as_str() == Some(second.as_str())).await;
+    // Lists never carry the data.
+    let list = z.api().get("/meshes/default/secrets").await;
+    assert!(list["items"][0].get("data").is_none(), "secret data in a list: {list}");
+    assert_eq!(g.api().delete(SECRET).await.0, 200);
+    z.api().wait_gone(SECRET).await;
+}
