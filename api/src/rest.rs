@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -24,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
+    server::PeerAddr,
     auth::Auth,
     error::ApiError,
     manager::{Entry, Manager},
@@ -57,7 +57,7 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
 }
 
-/// The API router; serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+/// The API router; serve it with [`crate::server::serve`].
 pub fn router(state: ApiState) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
@@ -147,12 +147,12 @@ fn resource_type(plural: &str) -> Result<ResourceType, ApiError> {
     })
 }
 
-fn peer(ci: &ConnectInfo<SocketAddr>) -> Option<std::net::IpAddr> {
-    Some(ci.0.ip())
+fn peer(ci: &ConnectInfo<PeerAddr>) -> Option<std::net::IpAddr> {
+    Some(ci.0.0.ip())
 }
 
 /// Refuses callers without admin rights (401 with what to do).
-pub fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<SocketAddr>) -> Result<(), ApiError> {
+pub fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<PeerAddr>) -> Result<(), ApiError> {
     if s.auth.is_admin(headers, peer(ci)) {
         return Ok(());
     }
@@ -201,7 +201,7 @@ async fn get_one(
     mesh: &str,
     name: &str,
     headers: &HeaderMap,
-    ci: &ConnectInfo<SocketAddr>,
+    ci: &ConnectInfo<PeerAddr>,
 ) -> Result<Response, ApiError> {
     if matches!(ty, ResourceType::Secret | ResourceType::GlobalSecret) {
         require_admin(s, headers, ci)?;
@@ -237,7 +237,7 @@ async fn put_one(
     mesh: &str,
     name: &str,
     headers: &HeaderMap,
-    ci: &ConnectInfo<SocketAddr>,
+    ci: &ConnectInfo<PeerAddr>,
     params: WriteParams,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -301,7 +301,7 @@ async fn delete_one(
     mesh: &str,
     name: &str,
     headers: &HeaderMap,
-    ci: &ConnectInfo<SocketAddr>,
+    ci: &ConnectInfo<PeerAddr>,
 ) -> Result<Response, ApiError> {
     require_admin(s, headers, ci)?;
     let expected = if_match(headers)?;
@@ -326,7 +326,7 @@ async fn get_top(
     Path((plural, name)): Path<(String, String)>,
     Query(p): Query<ListParams>,
     headers: HeaderMap,
-    ci: ConnectInfo<SocketAddr>,
+    ci: ConnectInfo<PeerAddr>,
 ) -> Result<Response, ApiError> {
     if plural == "zones" && name == "_overview" {
         return crate::overview::zones(&s, p.offset.as_deref(), p.size.as_deref(), &headers).await;
@@ -340,7 +340,7 @@ async fn put_top(
     Path((plural, name)): Path<(String, String)>,
     Query(p): Query<WriteParams>,
     headers: HeaderMap,
-    ci: ConnectInfo<SocketAddr>,
+    ci: ConnectInfo<PeerAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ty = top_type(&plural, &name)?;
@@ -351,7 +351,7 @@ async fn delete_top(
     State(s): State<ApiState>,
     Path((plural, name)): Path<(String, String)>,
     headers: HeaderMap,
-    ci: ConnectInfo<SocketAddr>,
+    ci: ConnectInfo<PeerAddr>,
 ) -> Result<Response, ApiError> {
     let ty = top_type(&plural, &name)?;
     delete_one(&s, ty, "", &name, &headers, &ci).await
@@ -391,7 +391,7 @@ async fn get_in_mesh(
     Path((mesh, plural, name)): Path<(String, String, String)>,
     Query(p): Query<ListParams>,
     headers: HeaderMap,
-    ci: ConnectInfo<SocketAddr>,
+    ci: ConnectInfo<PeerAddr>,
 ) -> Result<Response, ApiError> {
     if plural == "dataplanes" && name == "_overview" {
         return crate::overview::dataplanes(&s, &mesh, p.offset.as_deref(), p.size.as_deref(), &headers).await;
@@ -405,7 +405,7 @@ async fn put_in_mesh(
     Path((mesh, plural, name)): Path<(String, String, String)>,
     Query(p): Query<WriteParams>,
     headers: HeaderMap,
-    ci: ConnectInfo<SocketAddr>,
+    ci: ConnectInfo<PeerAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ty = mesh_type(&plural)?;
@@ -416,7 +416,7 @@ async fn delete_in_mesh(
     State(s): State<ApiState>,
     Path((mesh, plural, name)): Path<(String, String, String)>,
     headers: HeaderMap,
-    ci: ConnectInfo<SocketAddr>,
+    ci: ConnectInfo<PeerAddr>,
 ) -> Result<Response, ApiError> {
     let ty = mesh_type(&plural)?;
     delete_one(&s, ty, &mesh, &name, &headers, &ci).await

@@ -57,6 +57,11 @@ pub struct ConnArgs {
     #[arg(long, global = true, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// PEM file of a CA to trust for https:// API URLs (e.g. a private CA
+    /// that signed the global's --api-tls-cert).
+    #[arg(long, global = true, env = "MERIDIAN_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+
     /// Seconds to wait for the server on each request.
     #[arg(long, global = true, env = "MERIDIAN_TIMEOUT", default_value_t = 30)]
     pub timeout: u64,

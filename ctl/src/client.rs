@@ -27,6 +27,18 @@ pub struct Reply {
     pub text: String,
 }
 
+fn http_client(timeout: Duration, ca: Option<reqwest::Certificate>) -> Result<reqwest::Client, CtlError> {
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .timeout(timeout)
+        .user_agent(concat!("meridianctl/", env!("CARGO_PKG_VERSION")));
+    if let Some(cert) = ca {
+        b = b.add_root_certificate(cert);
+    }
+    b.build()
+        .map_err(|e| CtlError::input(format!("cannot set up the HTTP client: {}", chain(&e))))
+}
+
 /// A client for one control plane's API.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -34,6 +46,7 @@ pub struct Client {
     /// The API's base URL; request paths are appended to its path.
     base: Url,
     token: Option<String>,
+    timeout: Duration,
 }
 
 impl Client {
@@ -52,18 +65,20 @@ impl Client {
         // reqwest is built without a crypto provider of its own: use ring
         // (a no-op when the process already installed one).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .timeout(timeout)
-            .user_agent(concat!("meridianctl/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                CtlError::input(format!("cannot set up the HTTP client: {}", chain(&e)))
-            })?;
+        let http = http_client(timeout, None)?;
         let token = token
             .filter(|t| !t.trim().is_empty())
             .map(|t| t.trim().to_string());
-        Ok(Client { http, base, token })
+        Ok(Client { http, base, token, timeout })
+    }
+
+    /// Also trusts the CA in `pem` (for private certificates).
+    pub fn with_ca(mut self, pem: Option<&[u8]>) -> Result<Client, CtlError> {
+        let Some(pem) = pem else { return Ok(self) };
+        let cert = reqwest::Certificate::from_pem(pem)
+            .map_err(|e| CtlError::input(format!("--ca-cert is not a PEM certificate: {}", chain(&e))))?;
+        self.http = http_client(self.timeout, Some(cert))?;
+        Ok(self)
     }
 
     /// The base URL as given.

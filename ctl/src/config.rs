@@ -193,6 +193,7 @@ mod tests {
             api_url: api_url.map(Into::into),
             token: token.map(Into::into),
             config: None,
+            ca_cert: None,
             timeout: 30,
         }
     }

@@ -81,11 +81,18 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
 
 fn client(conn: &ConnArgs) -> Result<client::Client, CtlError> {
     let target = config::resolve(conn)?;
+    let ca = match &conn.ca_cert {
+        None => None,
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            CtlError::input(format!("cannot read --ca-cert {}: {e}", path.display()))
+        })?),
+    };
     client::Client::new(
         &target.api_url,
         target.token,
         Duration::from_secs(conn.timeout.max(1)),
-    )
+    )?
+    .with_ca(ca.as_deref())
 }
 
 fn configure(conn: &ConnArgs, cmd: ConfigCommand) -> Result<u8, CtlError> {

@@ -83,6 +83,15 @@ pub struct RunArgs {
     #[arg(long, env = "MERIDIAN_KDS_MAX_MESSAGE_BYTES", default_value_t = kds::DEFAULT_MAX_MESSAGE_BYTES)]
     pub kds_max_message_bytes: usize,
 
+    /// PEM certificate (chain) for the REST API; with --api-tls-key the API
+    /// speaks HTTPS (meridianctl --ca-cert to trust a private CA).
+    #[arg(long, env = "MERIDIAN_API_TLS_CERT", requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --api-tls-cert.
+    #[arg(long, env = "MERIDIAN_API_TLS_KEY", requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
+
     /// Admin token for writes and Secrets. Default: read from, or generated
     /// into, `<data-dir>/admin-token`.
     #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
@@ -176,6 +185,11 @@ pub async fn run(
         Some(cfg)
     };
 
+    let api_tls = match (&args.api_tls_cert, &args.api_tls_key) {
+        (Some(cert), Some(key)) => Some(meridian_api::server::tls_config(cert, key).context("--api-tls-cert/--api-tls-key")?),
+        _ => None,
+    };
+    let api_scheme = if api_tls.is_some() { "https" } else { "http" };
     let api_listener = TcpListener::bind(args.api_addr)
         .await
         .with_context(|| format!("cannot listen on {} for the API", args.api_addr))?;
@@ -205,14 +219,14 @@ pub async fn run(
     });
     tasks.spawn({
         let stop = stopped(stop_rx.clone());
-        async move { meridian_api::server::serve(api_listener, router, stop).await.context("API server failed") }
+        async move { meridian_api::server::serve(api_listener, api_tls, router, stop).await.context("API server failed") }
     });
     tasks.spawn({
         let stop = stopped(stop_rx.clone());
         async move { kds::serve(kds_listener, kds_server, tls, stop).await.context("KDS server failed") }
     });
     tracing::info!(%api_addr, %kds_addr, tls = !args.kds_plaintext, "listening");
-    meridian_api::server::announce(&format!("meridian-global: API on http://{api_addr}"));
+    meridian_api::server::announce(&format!("meridian-global: API on {api_scheme}://{api_addr}"));
     meridian_api::server::announce(&format!("meridian-global: KDS on {}://{kds_addr}", if args.kds_plaintext { "grpc" } else { "grpcs" }));
 
     let result = process::supervise(tasks, stop_rx).await;
@@ -239,7 +253,7 @@ fn token_routes(state: ApiState, tokens: tokens::ZoneTokens) -> axum::Router {
     async fn issue(
         State((state, tokens)): State<(ApiState, tokens::ZoneTokens)>,
         headers: HeaderMap,
-        ci: ConnectInfo<SocketAddr>,
+        ci: ConnectInfo<meridian_api::server::PeerAddr>,
         body: axum::body::Bytes,
     ) -> Result<axum::response::Response, ApiError> {
         rest::require_admin(&state, &headers, &ci)?;

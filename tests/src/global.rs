@@ -31,12 +31,15 @@ const API_LINE_PREFIX: &str = "meridian-global: API on ";
 pub struct GlobalOptions {
     /// `--api-trust-loopback`: with `false`, even loopback callers need the token.
     pub trust_loopback: bool,
+    /// `--api-tls-cert` and `--api-tls-key`: serve the API over HTTPS.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for GlobalOptions {
     fn default() -> Self {
         GlobalOptions {
             trust_loopback: true,
+            tls: None,
         }
     }
 }
@@ -176,6 +179,9 @@ impl Global {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
+        if let Some((cert, key)) = &self.options.tls {
+            cmd.arg("--api-tls-cert").arg(cert).arg("--api-tls-key").arg(key);
+        }
         // Only the flags above configure it, never the test runner's environment.
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("MERIDIAN_") {

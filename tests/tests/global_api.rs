@@ -9,6 +9,7 @@
 //! - [`refusals`]: malformed, unknown, mismatched, oversized and
 //!   unauthenticated requests get the right status and change nothing.
 //! - [`cli`]: exit codes, contexts, offline validation.
+//! - [`tls`]: the API over HTTPS and `meridianctl --ca-cert`.
 //!
 //! Run: `cargo build --workspace --bins && bash tests/pg-env.sh cargo test -p meridian-tests`.
 
@@ -20,6 +21,8 @@ mod lifecycle;
 mod refusals;
 #[path = "global_api/seeds.rs"]
 mod seeds;
+#[path = "global_api/tls.rs"]
+mod tls;
 
 use meridian_tests::Api;
 use serde_json::{Value, json};

@@ -199,7 +199,7 @@ pub async fn run(
         let stop = stopped(stop_rx.clone());
         async move {
             let router = rest::router(state.clone()).merge(http::routes(state, xds_addr));
-            meridian_api::server::serve(api_listener, router, stop)
+            meridian_api::server::serve(api_listener, None, router, stop)
                 .await
                 .context("API server failed")
         }

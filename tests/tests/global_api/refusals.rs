@@ -197,6 +197,7 @@ async fn missing_token(backend: Backend) {
         backend,
         GlobalOptions {
             trust_loopback: false,
+            ..GlobalOptions::default()
         },
     )
     .await;
