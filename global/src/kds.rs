@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod insight;
+pub mod metrics;
 mod stream;
 
 use std::{collections::BTreeMap, future::Future, time::Duration};
@@ -56,6 +57,7 @@ pub struct KdsServer {
     pub(crate) tokens: ZoneTokens,
     pub(crate) insights: insight::Insights,
     pub(crate) max_message_bytes: usize,
+    pub(crate) metrics: metrics::KdsMetrics,
 }
 
 impl KdsServer {
@@ -65,6 +67,7 @@ impl KdsServer {
         tokens: ZoneTokens,
         instance_id: String,
         max_message_bytes: usize,
+        metrics: metrics::KdsMetrics,
     ) -> KdsServer {
         KdsServer {
             insights: insight::Insights::new(manager.clone(), instance_id),
@@ -72,6 +75,7 @@ impl KdsServer {
             cache,
             tokens,
             max_message_bytes,
+            metrics,
         }
     }
 

@@ -151,6 +151,7 @@ pub async fn run(
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
     let store_metrics = meridian_api::metrics::StoreMetrics::register(&mut registry);
+    let kds_metrics = kds::metrics::KdsMetrics::register(&mut registry);
     // One resource must fit in one KDS message with room for its envelope.
     let resource_limit = args.max_resource_bytes.min(args.kds_max_message_bytes.saturating_sub(64 * 1024));
     let manager = Manager::new(store.clone(), Role::Global)
@@ -201,7 +202,7 @@ pub async fn run(
 
     let (cache, follower) = kds::cache::start(store.clone()).await.context("cannot load resources for KDS")?;
     let kds_server =
-        kds::KdsServer::new(manager, cache, tokens.clone(), instance_id, args.kds_max_message_bytes);
+        kds::KdsServer::new(manager, cache, tokens.clone(), instance_id, args.kds_max_message_bytes, kds_metrics);
 
     let stop_rx = process::stop_channel(shutdown);
     let stopped = process::stopped;

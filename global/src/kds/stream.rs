@@ -25,6 +25,10 @@ use super::{
     wire_labels,
 };
 
+/// Metric label values of the two directions.
+const DOWN: &str = "global_to_zone";
+const UP: &str = "zone_to_global";
+
 /// Room left in each message for the envelope around the resources.
 const ENVELOPE_MARGIN: usize = 64 * 1024;
 
@@ -58,6 +62,7 @@ pub(super) async fn global_to_zone(
     tx: Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
     let session = server.insights.open(&zone, &zone_version, connection).await;
+    server.metrics.zones_connected.inc();
     tracing::info!(zone = %zone, "zone connected: global-to-zone stream open");
     let budget = server.max_message_bytes.saturating_sub(ENVELOPE_MARGIN).max(1024);
     let nonce_prefix = format!("{:08x}", rand::random::<u32>());
@@ -84,6 +89,8 @@ pub(super) async fn global_to_zone(
                 while let Some(resp) = sender.next_response(&desired, budget, force) {
                     force = false;
                     tracing::debug!(zone = %zone, %ty, resources = resp.resources.len(), removed = resp.removed_resources.len(), "sending");
+                    server.metrics.count(DOWN, ty.name(), "sent", 1);
+                    server.metrics.count(DOWN, ty.name(), "resources", resp.resources.len() as u64);
                     if tx.send(Ok(resp)).await.is_err() {
                         ok = false;
                         break;
@@ -114,9 +121,10 @@ pub(super) async fn global_to_zone(
                         }
                         RequestKind::Subscribe => { if !flush!(ty, false) { break; } }
                         RequestKind::Nack { nonce, reason } => {
+                            server.metrics.count(DOWN, ty.name(), "nacked", 1);
                             tracing::warn!(zone = %zone, %ty, %nonce, %reason, "zone rejected resources");
                         }
-                        RequestKind::Ack { .. } => {}
+                        RequestKind::Ack { .. } => server.metrics.count(DOWN, ty.name(), "acked", 1),
                         RequestKind::Stale { nonce } => tracing::debug!(zone = %zone, %ty, %nonce, "stale nonce"),
                     }
                     if let (Ok(mut s), Some(sender)) = (session.lock(), senders.get(&ty)) {
@@ -161,6 +169,7 @@ pub(super) async fn global_to_zone(
             }
         }
     }
+    server.metrics.zones_connected.dec();
     server.insights.close(&session).await;
     tracing::info!(zone = %zone, "zone disconnected: global-to-zone stream closed");
 }
@@ -263,13 +272,19 @@ async fn zone_to_global_stream(
         let c = counters.entry(ty).or_default();
         c.sent += 1;
         c.resources += resp.resources.len() as u64;
+        server.metrics.count(UP, ty.name(), "sent", 1);
+        server.metrics.count(UP, ty.name(), "resources", resp.resources.len() as u64);
         match &reply.error_detail {
             Some(status) => {
                 c.nacked += 1;
+                server.metrics.count(UP, ty.name(), "nacked", 1);
                 c.last_nack = Some(status.message.clone());
                 tracing::warn!(zone = %zone, %ty, reason = %status.message, "rejected resources from zone");
             }
-            None => c.acked += 1,
+            None => {
+                c.acked += 1;
+                server.metrics.count(UP, ty.name(), "acked", 1);
+            }
         }
         if let Ok(mut u) = upward.lock() {
             u.insert(format!("{ty} (zone to global)"), c.clone());

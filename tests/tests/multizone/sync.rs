@@ -283,4 +283,11 @@ async fn secrets_reach_zones_with_their_data() {
     assert!(list["items"][0].get("data").is_none(), "secret data in a list: {list}");
     assert_eq!(g.api().delete(SECRET).await.0, 200);
     z.api().wait_gone(SECRET).await;
+
+    // The same traffic shows in the global's Prometheus figures.
+    let metrics = reqwest::get(format!("{}/metrics", g.api_url())).await.expect("GET /metrics").text().await.expect("body");
+    let line = |needle: &str| metrics.lines().find(|l| l.starts_with(needle) && l.contains("resource_type=\"Secret\"")).map(str::to_string);
+    let sent = line("meridian_kds_events_total{direction=\"global_to_zone\"").expect("Secret events in /metrics");
+    assert!(!sent.ends_with(" 0"), "{sent}");
+    assert!(metrics.lines().any(|l| l == "meridian_kds_zones_connected 1"), "{metrics}");
 }
