@@ -10,6 +10,7 @@
 //! - [`rest`]: the REST API on the incumbent's paths and shapes.
 //! - [`auth`]: the admin token.
 //! - [`overview`]: `_overview` endpoints joining resources with insights.
+//! - [`received`]: applying resources received over KDS, for both directions.
 //! - [`metrics`]: Prometheus figures, registered into an injected registry.
 //! - [`server`]: serving a router on an already-bound listener until shutdown.
 //! - [`process`]: logging, signals, task supervision shared by the server binaries.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod manager;
 pub mod metrics;
 pub mod overview;
+pub mod received;
 pub mod process;
 pub mod rest;
 pub mod server;

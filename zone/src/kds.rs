@@ -19,7 +19,7 @@ use meridian_api::{
     Manager,
     manager::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_GLOBAL, ORIGIN_ZONE},
 };
-use meridian_store::{ListQuery, WriteOp, WriteResource};
+use meridian_store::ListQuery;
 use meridian_sync_proto::{
     ResourceType,
     delta::{DeltaReceiver, DeltaSender, Desired, DesiredSet, RequestKind},
@@ -194,7 +194,9 @@ async fn downstream(cfg: &KdsClientConfig, mut client: KdsSyncServiceClient<Chan
             tracing::warn!(type_url = %resp.type_url, "global sent a type this zone did not ask for");
             continue;
         };
-        let reply = apply_from_global(manager, ty, rcv, &resp).await?;
+        let reply = meridian_api::received::apply(manager, ty, rcv, &resp, &FromGlobal)
+            .await
+            .context("cannot store resources from the global")?;
         if let Some(e) = &reply.error_detail {
             tracing::warn!(%ty, reason = %e.message, "rejected resources from the global");
         }
@@ -203,54 +205,19 @@ async fn downstream(cfg: &KdsClientConfig, mut client: KdsSyncServiceClient<Chan
     Ok(())
 }
 
-async fn apply_from_global(
-    manager: &Manager,
-    ty: ResourceType,
-    rcv: &mut DeltaReceiver,
-    resp: &DeltaDiscoveryResponse,
-) -> anyhow::Result<DeltaDiscoveryRequest> {
-    let (changes, mut errors) = rcv.on_response(resp);
-    let mut ops = Vec::new();
-    let mut applied = Vec::new();
-    let mut removed = Vec::new();
-    for (wire, version, any) in &changes.upserts {
-        let w = match kds::receive(ty, wire, version, any) {
-            Ok(w) => w,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
-        let r = &w.resource;
-        let mut labels = r.meta.labels.clone();
+/// Global resources keep their names in the zone, labelled with their origin.
+struct FromGlobal;
+
+impl meridian_api::received::Placement for FromGlobal {
+    fn key(&self, ty: ResourceType, mesh: &str, name: &str) -> meridian_store::ResourceKey {
+        Manager::key(ty, mesh, name)
+    }
+
+    fn labels(&self, w: &kds::WireResource) -> BTreeMap<String, String> {
+        let mut labels = w.resource.meta.labels.clone();
         labels.entry(LABEL_ORIGIN.to_string()).or_insert_with(|| ORIGIN_GLOBAL.to_string());
-        ops.push(WriteOp::Upsert(WriteResource {
-            key: Manager::key(ty, &r.meta.mesh, &r.meta.name),
-            labels,
-            spec: w.spec_bytes.clone(),
-            version: w.version.clone(),
-        }));
-        applied.push((wire.clone(), w.version.clone()));
+        labels
     }
-    for wire in &changes.removals {
-        if !rcv.held().contains_key(wire) {
-            continue;
-        }
-        if let Some((name, mesh)) = kds::split_wire_name(wire) {
-            ops.push(WriteOp::Delete { key: Manager::key(ty, mesh, name), expected_revision: None });
-            removed.push(wire.clone());
-        }
-    }
-    if !ops.is_empty() {
-        manager.store().apply_batch(ops).await.context("cannot store resources from the global")?;
-    }
-    for (w, v) in applied {
-        rcv.applied(&w, &v);
-    }
-    for w in removed {
-        rcv.removed(&w);
-    }
-    Ok(if errors.is_empty() { rcv.ack(&changes.nonce) } else { rcv.nack(&changes.nonce, &errors.join("; ")) })
 }
 
 /// The zone's own resources of `ty`, as the global should hold them.

@@ -8,7 +8,7 @@ use meridian_api::{
     Manager,
     manager::{LABEL_DISPLAY_NAME, LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE},
 };
-use meridian_store::{ListQuery, WriteOp, WriteResource};
+use meridian_store::ListQuery;
 use meridian_sync_proto::{
     ResourceType,
     delta::{DeltaReceiver, DeltaSender, Desired, DesiredSet, RequestKind},
@@ -261,7 +261,8 @@ async fn zone_to_global_stream(
             let _ = tx.send(Err(Status::invalid_argument(format!("type {:?} does not flow from zone to global", resp.type_url)))).await;
             break;
         };
-        let reply = match apply_from_zone(server, zone, ty, rcv, &resp).await {
+        let applied = meridian_api::received::apply(&server.manager, ty, rcv, &resp, &FromZone(zone)).await;
+        let reply = match applied.map_err(|e| Status::unavailable(format!("store: {e}"))) {
             Ok(r) => r,
             Err(status) => {
                 tracing::warn!(zone = %zone, %ty, error = %status, "cannot apply zone resources; ending the stream so the zone resends");
@@ -295,60 +296,20 @@ async fn zone_to_global_stream(
     }
 }
 
-/// Applies one response from a zone in one transaction; returns the ACK or
-/// the NACK naming what was refused.
-async fn apply_from_zone(
-    server: &KdsServer,
-    zone: &str,
-    ty: ResourceType,
-    rcv: &mut DeltaReceiver,
-    resp: &DeltaDiscoveryResponse,
-) -> Result<DeltaDiscoveryRequest, Status> {
-    let (changes, mut errors) = rcv.on_response(resp);
-    let mut ops = Vec::new();
-    let mut applied = Vec::new();
-    let mut removed = Vec::new();
-    for (wire, version, any) in &changes.upserts {
-        let w = match kds::receive(ty, wire, version, any) {
-            Ok(w) => w,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
-        let r = &w.resource;
-        let mut labels = r.meta.labels.clone();
+/// Zone resources live at the global as `<zone>.<name>`, labelled with
+/// their origin, zone and the name the user gave.
+struct FromZone<'a>(&'a str);
+
+impl meridian_api::received::Placement for FromZone<'_> {
+    fn key(&self, ty: ResourceType, mesh: &str, name: &str) -> meridian_store::ResourceKey {
+        Manager::key(ty, mesh, &format!("{}.{name}", self.0))
+    }
+
+    fn labels(&self, w: &kds::WireResource) -> BTreeMap<String, String> {
+        let mut labels = w.resource.meta.labels.clone();
         labels.insert(LABEL_ORIGIN.to_string(), ORIGIN_ZONE.to_string());
-        labels.insert(LABEL_ZONE.to_string(), zone.to_string());
-        labels.insert(LABEL_DISPLAY_NAME.to_string(), r.meta.name.clone());
-        ops.push(WriteOp::Upsert(WriteResource {
-            key: Manager::key(ty, &r.meta.mesh, &format!("{zone}.{}", r.meta.name)),
-            labels,
-            spec: w.spec_bytes.clone(),
-            version: w.version.clone(),
-        }));
-        applied.push((wire.clone(), w.version.clone()));
+        labels.insert(LABEL_ZONE.to_string(), self.0.to_string());
+        labels.insert(LABEL_DISPLAY_NAME.to_string(), w.resource.meta.name.clone());
+        labels
     }
-    for wire in &changes.removals {
-        if !rcv.held().contains_key(wire) {
-            continue;
-        }
-        if let Some((name, mesh)) = kds::split_wire_name(wire) {
-            ops.push(WriteOp::Delete {
-                key: Manager::key(ty, mesh, &format!("{zone}.{name}")),
-                expected_revision: None,
-            });
-            removed.push(wire.clone());
-        }
-    }
-    if !ops.is_empty() {
-        server.manager.store().apply_batch(ops).await.map_err(|e| Status::unavailable(format!("store: {e}")))?;
-    }
-    for (w, v) in applied {
-        rcv.applied(&w, &v);
-    }
-    for w in removed {
-        rcv.removed(&w);
-    }
-    Ok(if errors.is_empty() { rcv.ack(&changes.nonce) } else { rcv.nack(&changes.nonce, &errors.join("; ")) })
 }

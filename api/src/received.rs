@@ -1,0 +1,68 @@
+//! Applying what arrives over KDS, the same way in both directions (zone
+//! resources at the global, global resources in a zone).
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use meridian_store::{ResourceKey, StoreError, WriteOp, WriteResource};
+use meridian_sync_proto::{
+    ResourceType,
+    delta::DeltaReceiver,
+    kds::{self, WireResource},
+};
+
+use crate::Manager;
+
+/// How the receiving side stores what it receives.
+pub trait Placement {
+    /// The local key of the resource named `name` in `mesh` on the wire.
+    fn key(&self, ty: ResourceType, mesh: &str, name: &str) -> ResourceKey;
+    /// The labels stored with a received resource.
+    fn labels(&self, w: &WireResource) -> std::collections::BTreeMap<String, String>;
+}
+
+/// Applies one response in one store transaction: every upsert that opens
+/// and validates ([`kds::receive`]) is written; removals of what is held are
+/// deleted; the rest are named in the NACK while their siblings apply.
+/// Returns the ACK or NACK to send; a store failure is returned as such
+/// (the stream should end, so the peer resends on reconnect).
+pub async fn apply(
+    manager: &Manager,
+    ty: ResourceType,
+    rcv: &mut DeltaReceiver,
+    resp: &DeltaDiscoveryResponse,
+    place: &impl Placement,
+) -> Result<DeltaDiscoveryRequest, StoreError> {
+    let (changes, mut errors) = rcv.on_response(resp);
+    let mut ops = Vec::new();
+    let mut applied = Vec::new();
+    let mut removed = Vec::new();
+    for (wire, version, any) in &changes.upserts {
+        match kds::receive(ty, wire, version, any) {
+            Ok(w) => {
+                ops.push(WriteOp::Upsert(WriteResource {
+                    key: place.key(ty, &w.resource.meta.mesh, &w.resource.meta.name),
+                    labels: place.labels(&w),
+                    spec: w.spec_bytes.clone(),
+                    version: w.version.clone(),
+                }));
+                applied.push((wire.clone(), w.version));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    for wire in changes.removals.iter().filter(|w| rcv.held().contains_key(*w)) {
+        if let Some((name, mesh)) = kds::split_wire_name(wire) {
+            ops.push(WriteOp::Delete { key: place.key(ty, mesh, name), expected_revision: None });
+            removed.push(wire.clone());
+        }
+    }
+    if !ops.is_empty() {
+        manager.store().apply_batch(ops).await?;
+    }
+    for (w, v) in applied {
+        rcv.applied(&w, &v);
+    }
+    for w in removed {
+        rcv.removed(&w);
+    }
+    Ok(if errors.is_empty() { rcv.ack(&changes.nonce) } else { rcv.nack(&changes.nonce, &errors.join("; ")) })
+}
