@@ -116,6 +116,12 @@ impl Manager {
         self
     }
 
+    fn observe<T, E>(&self, op: &'static str, started: std::time::Instant, r: &Result<T, E>) {
+        if let Some(m) = &self.metrics {
+            m.observe(op, started, r);
+        }
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -164,9 +170,7 @@ impl Manager {
     pub async fn get(&self, ty: ResourceType, mesh: &str, name: &str) -> Result<Option<Entry>, ManagerError> {
         let started = std::time::Instant::now();
         let r = self.get_inner(ty, mesh, name).await;
-        if let Some(m) = &self.metrics {
-            m.observe("get", started, &r);
-        }
+        self.observe("get", started, &r);
         r
     }
 
@@ -188,9 +192,7 @@ impl Manager {
     ) -> Result<(Vec<Entry>, u64), ManagerError> {
         let started = std::time::Instant::now();
         let r = self.list_inner(ty, mesh, labels, offset, limit).await;
-        if let Some(m) = &self.metrics {
-            m.observe("list", started, &r);
-        }
+        self.observe("list", started, &r);
         r
     }
 
@@ -328,9 +330,7 @@ impl Manager {
             Some(rev) if existing.is_some() => self.store.update(write, Some(rev)).await.map(|s| (s, false)),
             _ => self.store.upsert(write).await,
         };
-        if let Some(m) = &self.metrics {
-            m.observe("write", started, &written);
-        }
+        self.observe("write", started, &written);
         let (stored, created) = written.map_err(|e| ManagerError::from_store(e, ty))?;
         Ok((Self::decode(&stored)?, created))
     }
@@ -370,9 +370,7 @@ impl Manager {
         ops.push(WriteOp::Delete { key: Self::key(ty, mesh, name), expected_revision });
         let started = std::time::Instant::now();
         let written = self.store.apply_batch(ops).await;
-        if let Some(m) = &self.metrics {
-            m.observe("delete", started, &written);
-        }
+        self.observe("delete", started, &written);
         written.map_err(|e| ManagerError::from_store(e, ty))?;
         Ok(())
     }

@@ -98,6 +98,35 @@ pub async fn supervise(mut tasks: JoinSet<anyhow::Result<()>>, stop: watch::Rece
     result
 }
 
+/// Creates the data directory and opens the store: `store` when given,
+/// else `sqlite:<data_dir>/<default_file>`.
+pub async fn open_store(
+    data_dir: &std::path::Path,
+    store: Option<&str>,
+    default_file: &str,
+) -> anyhow::Result<meridian_store::Store> {
+    use anyhow::Context;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let url = store.map_or_else(|| format!("sqlite:{}", data_dir.join(default_file).display()), str::to_string);
+    let store = meridian_store::Store::connect(&url).await.with_context(|| format!("cannot open store {url}"))?;
+    tracing::info!(backend = store.backend_name(), "store ready");
+    Ok(store)
+}
+
+/// The admin token: `flag` when set, else read from (or generated into)
+/// `<data_dir>/admin-token`.
+pub fn admin_token(flag: Option<&str>, data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if let Some(t) = flag.map(str::trim).filter(|t| !t.is_empty()) {
+        return Ok(t.to_string());
+    }
+    let (token, path) = crate::auth::Auth::load_or_create_token(data_dir)
+        .with_context(|| format!("cannot read or create the admin token in {}", data_dir.display()))?;
+    tracing::info!(path = %path.display(), "admin token");
+    Ok(token)
+}
+
 /// This host's name.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -215,10 +215,15 @@ async fn get_one(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("{ty} {name:?} not found")))?;
     let mut resp = Json(entry_json(&e, true)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", e.revision)) {
+    set_etag(&mut resp, e.revision);
+    Ok(resp)
+}
+
+/// `ETag: "<revision>"`: what a later `If-Match` must send.
+fn set_etag(resp: &mut Response, revision: i64) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{revision}\"")) {
         resp.headers_mut().insert(header::ETAG, v);
     }
-    Ok(resp)
 }
 
 /// `If-Match: "<revision>"` (quotes optional) -> the expected revision.
@@ -289,9 +294,7 @@ async fn put_one(
     let (entry, created) = s.manager.apply(resource, expected, dry_run).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let mut resp = (status, Json(entry_json(&entry, false))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", entry.revision)) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
+    set_etag(&mut resp, entry.revision);
     Ok(resp)
 }
 

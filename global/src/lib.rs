@@ -23,7 +23,6 @@ use meridian_api::{
     metrics::ApiMetrics,
     rest::{self, ApiState, ServerInfo},
 };
-use meridian_store::Store;
 use tokio::net::TcpListener;
 
 /// Meridian global control plane.
@@ -128,24 +127,8 @@ pub async fn run(
     args: RunArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
-    let store_url = args
-        .store
-        .clone()
-        .unwrap_or_else(|| format!("sqlite:{}", args.data_dir.join("global.db").display()));
-    let store = Store::connect(&store_url).await.with_context(|| format!("cannot open store {store_url}"))?;
-    tracing::info!(backend = store.backend_name(), "store ready");
-
-    let token = match &args.admin_token {
-        Some(t) if !t.trim().is_empty() => t.trim().to_string(),
-        _ => {
-            let (t, path) = Auth::load_or_create_token(&args.data_dir)
-                .with_context(|| format!("cannot read or create the admin token in {}", args.data_dir.display()))?;
-            tracing::info!(path = %path.display(), "admin token");
-            t
-        }
-    };
+    let store = process::open_store(&args.data_dir, args.store.as_deref(), "global.db").await?;
+    let token = process::admin_token(args.admin_token.as_deref(), &args.data_dir)?;
 
     let instance_id = process::instance_id();
     let mut registry = prometheus_client::registry::Registry::default();

@@ -26,7 +26,6 @@ use meridian_api::{
     metrics::ApiMetrics,
     rest::{self, ApiState, ServerInfo},
 };
-use meridian_store::Store;
 use tokio::net::TcpListener;
 
 /// Meridian zone control plane.
@@ -121,21 +120,9 @@ pub async fn run(
     args: RunArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
-    let store_url = args
-        .store
-        .clone()
-        .unwrap_or_else(|| format!("sqlite:{}", args.data_dir.join("zone.db").display()));
-    let store = Store::connect(&store_url).await.with_context(|| format!("cannot open store {store_url}"))?;
-    tracing::info!(backend = store.backend_name(), zone = %args.zone, "store ready");
-
-    let token = match &args.admin_token {
-        Some(t) if !t.trim().is_empty() => t.trim().to_string(),
-        _ => Auth::load_or_create_token(&args.data_dir)
-            .with_context(|| format!("cannot read or create the admin token in {}", args.data_dir.display()))?
-            .0,
-    };
+    let store = process::open_store(&args.data_dir, args.store.as_deref(), "zone.db").await?;
+    tracing::info!(zone = %args.zone, "zone starting");
+    let token = process::admin_token(args.admin_token.as_deref(), &args.data_dir)?;
 
     let kds_config = match &args.global_address {
         None => None,
