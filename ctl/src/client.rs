@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::error::{CtlError, FieldReason};
 
-/// The largest request body the API reads (`meridian_api::rest::MAX_BODY_BYTES`).
+/// The largest request body the API reads (`meridian_rest::MAX_BODY_BYTES`).
 /// Larger bodies are refused here: the server would answer 413 before
 /// reading them all and close the connection, which a client still writing
 /// sees as a broken pipe rather than the answer.

@@ -15,10 +15,12 @@ mod stream;
 
 use std::{collections::BTreeMap, future::Future, time::Duration};
 
-use meridian_api::{
+use meridian_core::{
     Manager,
-    manager::{LABEL_ORIGIN, ORIGIN_GLOBAL},
+    origin::{LABEL_ORIGIN, ORIGIN_GLOBAL},
 };
+use meridian_runtime::CancellationToken;
+use tokio_util::task::TaskTracker;
 use meridian_store::StoreError;
 use meridian_sync_proto::{
     ResourceType, Spec,
@@ -58,6 +60,11 @@ pub struct KdsServer {
     pub(crate) insights: insight::Insights,
     pub(crate) max_message_bytes: usize,
     pub(crate) metrics: metrics::KdsMetrics,
+    /// The process's shutdown token: every stream ends when it is cancelled.
+    pub(crate) shutdown: CancellationToken,
+    /// The stream tasks, so that shutdown waits until each has closed its
+    /// ZoneInsight subscription (with a disconnect time).
+    streams: TaskTracker,
 }
 
 impl KdsServer {
@@ -68,6 +75,7 @@ impl KdsServer {
         instance_id: String,
         max_message_bytes: usize,
         metrics: metrics::KdsMetrics,
+        shutdown: CancellationToken,
     ) -> KdsServer {
         KdsServer {
             insights: insight::Insights::new(manager.clone(), instance_id),
@@ -76,6 +84,8 @@ impl KdsServer {
             tokens,
             max_message_bytes,
             metrics,
+            shutdown,
+            streams: TaskTracker::new(),
         }
     }
 
@@ -107,7 +117,7 @@ impl KdsServer {
     /// Creates the Zone record on the first authenticated connect; refuses a
     /// zone whose record says `enabled: false`.
     async fn ensure_zone_enabled(&self, zone: &str) -> Result<(), Status> {
-        let store_err = |e: meridian_api::ManagerError| Status::unavailable(format!("store: {e}"));
+        let store_err = |e: meridian_core::ManagerError| Status::unavailable(format!("store: {e}"));
         match self.manager.get(ResourceType::Zone, "", zone).await.map_err(store_err)? {
             Some(e) => {
                 if let Spec::Zone(z) = &e.resource.spec
@@ -150,7 +160,7 @@ impl KdsSyncService for KdsServer {
         let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();
-        tokio::spawn(async move {
+        self.streams.spawn(async move {
             stream::global_to_zone(server, zone, version, token, connection, request.into_inner(), tx).await
         });
         Ok(Response::new(ResponseStream::new(rx)))
@@ -164,12 +174,13 @@ impl KdsSyncService for KdsServer {
         let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();
-        tokio::spawn(async move { stream::zone_to_global(server, zone, connection, request.into_inner(), tx).await });
+        self.streams.spawn(async move { stream::zone_to_global(server, zone, connection, request.into_inner(), tx).await });
         Ok(Response::new(ResponseStream::new(rx)))
     }
 }
 
-/// Serves KDS on `listener` until `shutdown`, with TLS when given.
+/// Serves KDS on `listener` until `shutdown`, with TLS when given; then
+/// waits for every stream to close its ZoneInsight subscription.
 pub async fn serve(
     listener: TcpListener,
     server: KdsServer,
@@ -177,6 +188,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let max = server.max_message_bytes;
+    let streams = server.streams.clone();
     let svc = KdsSyncServiceServer::new(server)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -188,6 +200,8 @@ pub async fn serve(
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     builder.add_service(svc).serve_with_incoming_shutdown(incoming, shutdown).await?;
+    streams.close();
+    streams.wait().await;
     Ok(())
 }
 

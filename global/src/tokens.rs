@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
-use meridian_api::{Manager, ManagerError};
+use meridian_core::{Manager, ManagerError};
 use meridian_store::{StoreError, WriteResource};
 use meridian_sync_proto::{Resource, ResourceType, Spec, pb};
 use serde::{Deserialize, Serialize};
@@ -78,7 +78,7 @@ impl ZoneTokens {
                 if let Some(k) = self.read_key().await? {
                     return Ok(k);
                 }
-                let key = meridian_api::auth::random_token().into_bytes();
+                let key = meridian_rest::auth::random_token().into_bytes();
                 let spec = Spec::GlobalSecret(pb::system::Secret {
                     data: Some(pbjson_types::BytesValue { value: key.clone().into() }),
                 });
@@ -113,7 +113,7 @@ impl ZoneTokens {
             zone: zone.to_string(),
             iat,
             exp: iat.saturating_add(i64::try_from(valid_for.as_secs()).unwrap_or(i64::MAX)),
-            jti: meridian_api::auth::random_token()[..22].to_string(),
+            jti: meridian_rest::auth::random_token()[..22].to_string(),
         };
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signed = format!("{PREFIX}.{payload}");
@@ -185,7 +185,7 @@ pub fn revocations_resource(jtis: &[&str]) -> WriteResource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meridian_api::Role;
+    use meridian_core::Role;
     use meridian_store::Store;
 
     #[tokio::test]

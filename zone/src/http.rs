@@ -9,7 +9,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use meridian_api::{error::ApiError, rest::ApiState};
+use meridian_rest::{ApiState, error::ApiError};
 use meridian_sync_proto::ResourceType;
 use serde::Deserialize;
 

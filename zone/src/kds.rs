@@ -15,9 +15,9 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use anyhow::Context;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use futures::{FutureExt, StreamExt};
-use meridian_api::{
+use meridian_core::{
     Manager,
-    manager::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_GLOBAL, ORIGIN_ZONE},
+    origin::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_GLOBAL, ORIGIN_ZONE},
 };
 use meridian_store::ListQuery;
 use meridian_sync_proto::{
@@ -194,7 +194,7 @@ async fn downstream(cfg: &KdsClientConfig, mut client: KdsSyncServiceClient<Chan
             tracing::warn!(type_url = %resp.type_url, "global sent a type this zone did not ask for");
             continue;
         };
-        let reply = meridian_api::received::apply(manager, ty, rcv, &resp, &FromGlobal)
+        let reply = meridian_core::received::apply(manager, ty, rcv, &resp, &FromGlobal)
             .await
             .context("cannot store resources from the global")?;
         if let Some(e) = &reply.error_detail {
@@ -208,7 +208,7 @@ async fn downstream(cfg: &KdsClientConfig, mut client: KdsSyncServiceClient<Chan
 /// Global resources keep their names in the zone, labelled with their origin.
 struct FromGlobal;
 
-impl meridian_api::received::Placement for FromGlobal {
+impl meridian_core::received::Placement for FromGlobal {
     fn key(&self, ty: ResourceType, mesh: &str, name: &str) -> meridian_store::ResourceKey {
         Manager::key(ty, mesh, name)
     }

@@ -3,7 +3,7 @@
 //! zone's gateway Envoys.
 //!
 //! ```text
-//!   global ◀══ KDS (one gRPC connection) ══▶ kds client ──▶ store ◀── api::rest (Dataplanes)
+//!   global ◀══ KDS (one gRPC connection) ══▶ kds client ──▶ store ◀── rest (Dataplanes)
 //!                                                             │ watch
 //!                                                             ▼
 //!                                  Envoy ◀══ ADS ══ xds server ◀── gateway generator
@@ -20,11 +20,12 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use meridian_api::{
-    Manager, Role, process,
-    auth::Auth,
-    metrics::ApiMetrics,
-    rest::{self, ApiState, ServerInfo},
+use meridian_core::{Manager, Role, metrics::StoreMetrics};
+use meridian_rest::{ApiState, ServerInfo, auth::Auth, metrics::ApiMetrics};
+use meridian_runtime::{
+    CancellationToken, Tasks, announce,
+    args::{ApiArgs, LogArgs, StateArgs},
+    state,
 };
 use tokio::net::TcpListener;
 
@@ -51,18 +52,11 @@ pub struct RunArgs {
     #[arg(long, env = "MERIDIAN_ZONE", default_value = "zone-1")]
     pub zone: String,
 
-    /// Where the zone keeps its state (the SQLite file unless --store says
-    /// otherwise, and the admin token).
-    #[arg(long, env = "MERIDIAN_DATA_DIR", default_value_os_t = default_data_dir())]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub state: StateArgs,
 
-    /// Store URL: `sqlite:PATH` or `postgres://...`. Default: `sqlite:<data-dir>/zone.db`.
-    #[arg(long, env = "MERIDIAN_STORE")]
-    pub store: Option<String>,
-
-    /// Address of the zone's REST API (Dataplanes are registered here).
-    #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "127.0.0.1:5681")]
-    pub api_addr: SocketAddr,
+    #[command(flatten)]
+    pub api: ApiArgs,
 
     /// Address of the xDS server the zone's Envoys connect to.
     #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:5678")]
@@ -86,23 +80,8 @@ pub struct RunArgs {
     #[arg(long, env = "MERIDIAN_KDS_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub kds_max_message_bytes: usize,
 
-    /// Admin token for writes. Default: read from, or generated into, `<data-dir>/admin-token`.
-    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-
-    /// Treat requests from loopback addresses as admin without a token.
-    #[arg(long, env = "MERIDIAN_API_TRUST_LOOPBACK", default_value_t = true, action = clap::ArgAction::Set)]
-    pub api_trust_loopback: bool,
-
-    /// Log filter (`info`, `debug`, ...).
-    #[arg(long, env = "MERIDIAN_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
-}
-
-fn default_data_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".meridian").join("zone"))
-        .unwrap_or_else(|| PathBuf::from(".meridian/zone"))
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Entry point: runs the command and turns failures into an exit code.
@@ -111,18 +90,17 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => args,
         Command::Dataplane(dp) => return dataplane::main(dp),
     };
-    let log_level = args.log_level.clone();
-    process::run_until_signal("meridian-zone", &log_level, |shutdown| run(args, shutdown))
+    let log_level = args.log.log_level.clone();
+    meridian_runtime::run_until_signal("meridian-zone", &log_level, |shutdown| run(args, shutdown))
 }
 
-/// Runs the zone until `shutdown` resolves.
-pub async fn run(
-    args: RunArgs,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let store = process::open_store(&args.data_dir, args.store.as_deref(), "zone.db").await?;
+/// Runs the zone until `shutdown` is cancelled (or one of its critical
+/// tasks fails, which cancels it).
+pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let data_dir = args.state.data_dir("zone");
+    let store = state::open_store(&data_dir, args.state.store.as_deref(), "zone.db").await?;
     tracing::info!(zone = %args.zone, "zone starting");
-    let token = process::admin_token(args.admin_token.as_deref(), &args.data_dir)?;
+    let token = state::admin_token(args.api.admin_token.as_deref(), &data_dir)?;
 
     let kds_config = match &args.global_address {
         None => None,
@@ -149,63 +127,58 @@ pub async fn run(
     let federated = kds_config.is_some();
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
-    let store_metrics = meridian_api::metrics::StoreMetrics::register(&mut registry);
-    let manager = Manager::new(store.clone(), Role::Zone { federated }).with_metrics(store_metrics);
-    let instance_id = process::instance_id();
+    let store_metrics = StoreMetrics::register(&mut registry);
+    // One resource must fit in one KDS message with room for its envelope.
+    let resource_limit = args.api.max_resource_bytes.min(args.kds_max_message_bytes.saturating_sub(64 * 1024));
+    let manager = Manager::new(store.clone(), Role::Zone { federated })
+        .with_max_resource_bytes(resource_limit)
+        .with_metrics(store_metrics);
+    let instance_id = state::instance_id();
     let state = ApiState {
         manager: manager.clone(),
-        auth: Auth::new(token, args.api_trust_loopback),
+        auth: Auth::new(token, args.api.api_trust_loopback),
         info: Arc::new(ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             instance_id: instance_id.clone(),
-            hostname: process::hostname(),
+            hostname: state::hostname(),
             zone: Some(args.zone.clone()),
         }),
         metrics,
         registry: Arc::new(registry),
     };
 
-    let stop_rx = process::stop_channel(shutdown);
-    let stopped = process::stopped;
-
+    let api_tls = args.api.tls()?;
+    let api_scheme = if api_tls.is_some() { "https" } else { "http" };
     let xds_listener = TcpListener::bind(args.xds_addr)
         .await
         .with_context(|| format!("cannot listen on {} for xDS", args.xds_addr))?;
     let xds_addr = xds_listener.local_addr()?;
-    let api_listener = TcpListener::bind(args.api_addr)
+    let api_listener = TcpListener::bind(args.api.api_addr)
         .await
-        .with_context(|| format!("cannot listen on {} for the API", args.api_addr))?;
+        .with_context(|| format!("cannot listen on {} for the API", args.api.api_addr))?;
     let api_addr = api_listener.local_addr()?;
-    meridian_api::server::announce(&format!("meridian-zone: API on http://{api_addr}"));
+    announce(&format!("meridian-zone: API on {api_scheme}://{api_addr}"));
     tracing::info!(%api_addr, "API listening");
-    meridian_api::server::announce(&format!("meridian-zone: xDS on {xds_addr}"));
+    announce(&format!("meridian-zone: xDS on {xds_addr}"));
     tracing::info!(%xds_addr, "xDS listening");
 
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn({
-        let stop = stopped(stop_rx.clone());
-        async move {
-            let router = rest::router(state.clone()).merge(http::routes(state, xds_addr));
-            meridian_api::server::serve(api_listener, None, router, stop)
-                .await
-                .context("API server failed")
-        }
+    let mut tasks = Tasks::new(shutdown.clone());
+    tasks.spawn("API server", {
+        let stop = shutdown.clone().cancelled_owned();
+        let router = meridian_rest::router(state.clone()).merge(http::routes(state, xds_addr));
+        async move { Ok(meridian_rest::server::serve(api_listener, api_tls, router, stop).await?) }
     });
     if let Some(cfg) = kds_config {
-        let stop = stopped(stop_rx.clone());
+        let stop = shutdown.clone().cancelled_owned();
         let manager = manager.clone();
-        tasks.spawn(async move { kds::run(cfg, manager, stop).await.context("KDS client failed") });
+        tasks.spawn("KDS client", async move { kds::run(cfg, manager, stop).await });
     }
-    // XDS-WIRING: the xDS server task is spawned here.
-    tasks.spawn({
-        let stop = stopped(stop_rx.clone());
+    tasks.spawn("xDS server", {
         let config = xds::XdsConfig { zone: args.zone.clone(), instance_id: instance_id.clone() };
         let store = store.clone();
-        async move { xds::serve(xds_listener, store, config, stop).await.context("xDS server failed") }
+        let stop = shutdown.clone().cancelled_owned();
+        async move { Ok(xds::serve(xds_listener, store, config, stop).await?) }
     });
 
-    // A critical task that ends takes the process down with it.
-    let result = process::supervise(tasks, stop_rx).await;
-    tracing::info!("stopped");
-    result
+    tasks.wait().await
 }

@@ -10,12 +10,12 @@ use std::{
     time::Duration,
 };
 
-use meridian_api::{Manager, overview::now_millis};
+use meridian_core::{Manager, liveness::now_millis};
 use meridian_store::{StoreError, WriteResource};
 use meridian_sync_proto::{Resource, ResourceType, Spec, delta::SendStats, pb::system as sys};
 
 /// How often an open subscription's status is refreshed in the store. With
-/// `meridian_api::overview::SUBSCRIPTION_STALE_MILLIS` this bounds how long a
+/// `meridian_core::liveness::SUBSCRIPTION_STALE_MILLIS` this bounds how long a
 /// zone whose global died still looks online.
 pub const REFRESH: Duration = Duration::from_secs(3);
 /// Subscriptions kept per zone (newest last).
@@ -240,7 +240,7 @@ impl Insights {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meridian_api::Role;
+    use meridian_core::Role;
     use meridian_store::Store;
 
     #[tokio::test]

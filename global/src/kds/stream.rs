@@ -4,9 +4,9 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use futures::StreamExt;
-use meridian_api::{
+use meridian_core::{
     Manager,
-    manager::{LABEL_DISPLAY_NAME, LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE},
+    origin::{LABEL_DISPLAY_NAME, LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE},
 };
 use meridian_store::ListQuery;
 use meridian_sync_proto::{
@@ -167,6 +167,10 @@ pub(super) async fn global_to_zone(
                 tracing::info!(zone = %zone, "zone went away");
                 break;
             }
+            () = server.shutdown.cancelled() => {
+                tracing::info!(zone = %zone, "shutting down: closing the global-to-zone stream");
+                break;
+            }
         }
     }
     server.metrics.zones_connected.dec();
@@ -243,6 +247,7 @@ async fn zone_to_global_stream(
         let msg = tokio::select! {
             m = inbound.message() => m,
             () = tx.closed() => break,
+            () = server.shutdown.cancelled() => break,
         };
         let resp = match msg {
             Ok(Some(r)) => r,
@@ -261,7 +266,7 @@ async fn zone_to_global_stream(
             let _ = tx.send(Err(Status::invalid_argument(format!("type {:?} does not flow from zone to global", resp.type_url)))).await;
             break;
         };
-        let applied = meridian_api::received::apply(&server.manager, ty, rcv, &resp, &FromZone(zone)).await;
+        let applied = meridian_core::received::apply(&server.manager, ty, rcv, &resp, &FromZone(zone)).await;
         let reply = match applied.map_err(|e| Status::unavailable(format!("store: {e}"))) {
             Ok(r) => r,
             Err(status) => {
@@ -300,7 +305,7 @@ async fn zone_to_global_stream(
 /// their origin, zone and the name the user gave.
 struct FromZone<'a>(&'a str);
 
-impl meridian_api::received::Placement for FromZone<'_> {
+impl meridian_core::received::Placement for FromZone<'_> {
     fn key(&self, ty: ResourceType, mesh: &str, name: &str) -> meridian_store::ResourceKey {
         Manager::key(ty, mesh, &format!("{}.{name}", self.0))
     }

@@ -2,7 +2,7 @@
 //! create/update/conflict/invalid/delete, paging, overviews, and a SIGKILL
 //! restart on the same store that loses nothing.
 
-use meridian_api::Manager;
+use meridian_core::Manager;
 use meridian_store::Store;
 use meridian_sync_proto::universal;
 use meridian_tests::{Backend, Global};

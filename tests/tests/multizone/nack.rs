@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use meridian_api::Manager;
+use meridian_core::Manager;
 use meridian_store::{Store, WriteOp};
 use meridian_sync_proto::universal;
 use meridian_tests::multizone::{

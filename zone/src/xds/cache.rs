@@ -19,7 +19,7 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt};
-use meridian_api::Manager;
+use meridian_core::Manager;
 use meridian_store::{ChangeKind, ListQuery, Store, StoreError};
 use meridian_sync_proto::{Resource, ResourceType, Spec, delta::DesiredSet, pb::mesh::Dataplane};
 use tokio::sync::watch;

@@ -10,9 +10,9 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use meridian_api::{
+use meridian_core::{
     Manager,
-    manager::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE},
+    origin::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE},
 };
 use meridian_store::{Store, StoreError};
 use meridian_sync_proto::{

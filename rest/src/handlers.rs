@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,45 +16,23 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use meridian_core::Entry;
 use meridian_sync_proto::{Resource, ResourceType, universal};
-use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    server::PeerAddr,
     auth::Auth,
     error::ApiError,
-    manager::{Entry, Manager},
     metrics::{ApiMetrics, HttpLabels},
+    paging::{next_url, page},
+    server::PeerAddr,
+    state::ApiState,
 };
 
 /// Largest accepted request body. Resources are capped well below this; the
 /// margin covers JSON overhead (base64 Secrets grow by a third).
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
-/// Default and largest page size of list endpoints.
-pub const DEFAULT_PAGE_SIZE: u64 = 100;
-pub const MAX_PAGE_SIZE: u64 = 1000;
-
-/// What `GET /` reports.
-#[derive(Debug, Clone)]
-pub struct ServerInfo {
-    pub version: String,
-    pub instance_id: String,
-    pub hostname: String,
-    /// The zone name, for a zone.
-    pub zone: Option<String>,
-}
-
-/// Everything a handler needs.
-#[derive(Clone)]
-pub struct ApiState {
-    pub manager: Manager,
-    pub auth: Auth,
-    pub info: Arc<ServerInfo>,
-    pub metrics: ApiMetrics,
-    pub registry: Arc<Registry>,
-}
 
 /// The API router; serve it with [`crate::server::serve`].
 pub fn router(state: ApiState) -> Router {
@@ -423,27 +400,4 @@ async fn delete_in_mesh(
 ) -> Result<Response, ApiError> {
     let ty = mesh_type(&plural)?;
     delete_one(&s, ty, &mesh, &name, &headers, &ci).await
-}
-
-/// Parses the `size`/`offset` query values shared by every list.
-pub(crate) fn page(offset: Option<&str>, size: Option<&str>) -> Result<(u64, u64), ApiError> {
-    let parse = |name: &str, v: Option<&str>, d: u64| -> Result<u64, ApiError> {
-        v.map_or(Ok(d), |x| {
-            x.parse::<u64>()
-                .map_err(|_| ApiError::field(name, format!("must be a non-negative integer, got {x:?}")))
-        })
-    };
-    let size = parse("size", size, DEFAULT_PAGE_SIZE)?;
-    if size == 0 || size > MAX_PAGE_SIZE {
-        return Err(ApiError::field("size", format!("must be between 1 and {MAX_PAGE_SIZE}")));
-    }
-    Ok((parse("offset", offset, 0)?, size))
-}
-
-/// The `next` link of a list page, or null on the last page.
-pub(crate) fn next_url(headers: &HeaderMap, path: &str, offset: u64, size: u64, total: u64) -> Option<String> {
-    (offset + size < total).then(|| {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-        format!("http://{host}{path}?offset={}&size={size}", offset + size)
-    })
 }

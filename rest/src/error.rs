@@ -7,7 +7,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use crate::manager::ManagerError;
+use meridian_core::ManagerError;
 
 /// One field-level reason in an error body.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

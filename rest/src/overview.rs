@@ -3,40 +3,23 @@
 use std::collections::BTreeMap;
 
 use axum::{Json, response::IntoResponse, response::Response};
-use meridian_sync_proto::{ResourceType, Spec, pb, universal};
+use meridian_sync_proto::{ResourceType, Spec, universal};
 use serde_json::{Value, json};
 
-use crate::{error::ApiError, rest::ApiState};
+use meridian_core::{
+    Entry,
+    liveness::{now_millis, zone_online},
+};
 
-/// A subscription whose status was refreshed longer ago than this is stale:
-/// its global instance died without closing it. Streams refresh their status
-/// every few seconds while open.
-pub const SUBSCRIPTION_STALE_MILLIS: i64 = 12_000;
-
-/// Whether a zone has an open, fresh subscription.
-pub fn zone_online(insight: &pb::system::ZoneInsight, now_millis: i64) -> bool {
-    let Some(last) = insight.subscriptions.last() else { return false };
-    if last.disconnect_time.is_some() {
-        return false;
-    }
-    let seen = last
-        .status
-        .as_ref()
-        .and_then(|s| s.last_update_time.as_ref())
-        .or(last.connect_time.as_ref())
-        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
-    now_millis - seen <= SUBSCRIPTION_STALE_MILLIS
-}
-
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+use crate::{
+    error::ApiError,
+    paging::{next_url, page},
+    state::ApiState,
+};
 
 fn insights_by_name(
-    entries: Vec<crate::manager::Entry>,
-) -> BTreeMap<(String, String), crate::manager::Entry> {
+    entries: Vec<Entry>,
+) -> BTreeMap<(String, String), Entry> {
     entries
         .into_iter()
         .map(|e| ((e.resource.meta.mesh.clone(), e.resource.meta.name.clone()), e))
@@ -50,7 +33,7 @@ pub async fn zones(
     size: Option<&str>,
     headers: &axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (offset, size) = crate::rest::page(offset, size)?;
+    let (offset, size) = page(offset, size)?;
     let (zones, total) = s.manager.list(ResourceType::Zone, None, BTreeMap::new(), offset, Some(size)).await?;
     let (insights, _) = s.manager.list(ResourceType::ZoneInsight, None, BTreeMap::new(), 0, None).await?;
     let insights = insights_by_name(insights);
@@ -78,7 +61,7 @@ pub async fn zones(
             })
         })
         .collect();
-    let next = crate::rest::next_url(headers, "/zones/_overview", offset, size, total);
+    let next = next_url(headers, "/zones/_overview", offset, size, total);
     Ok(Json(json!({ "total": total, "items": items, "next": next })).into_response())
 }
 
@@ -90,7 +73,7 @@ pub async fn dataplanes(
     size: Option<&str>,
     headers: &axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (offset, size) = crate::rest::page(offset, size)?;
+    let (offset, size) = page(offset, size)?;
     if !s.manager.mesh_exists(mesh).await? {
         return Err(ApiError::not_found(format!("mesh {mesh:?} does not exist")));
     }
@@ -119,6 +102,6 @@ pub async fn dataplanes(
             item
         })
         .collect();
-    let next = crate::rest::next_url(headers, &format!("/meshes/{mesh}/dataplanes/_overview"), offset, size, total);
+    let next = next_url(headers, &format!("/meshes/{mesh}/dataplanes/_overview"), offset, size, total);
     Ok(Json(json!({ "total": total, "items": items, "next": next })).into_response())
 }

@@ -8,15 +8,11 @@ use meridian_sync_proto::{
     Meta, Resource, ResourceType, Spec, SyncDirection, universal, universal::InvalidResource, validate,
 };
 
-/// `global` or `zone`: where a resource was authored.
-pub const LABEL_ORIGIN: &str = "kuma.io/origin";
-/// Values of [`LABEL_ORIGIN`].
-pub const ORIGIN_GLOBAL: &str = "global";
-pub const ORIGIN_ZONE: &str = "zone";
-/// The zone that owns a zone-origin resource.
-pub const LABEL_ZONE: &str = "kuma.io/zone";
-/// The name the user gave, when the stored name differs.
-pub const LABEL_DISPLAY_NAME: &str = "kuma.io/display-name";
+use crate::{
+    liveness::{now_millis, zone_online},
+    metrics::StoreMetrics,
+    origin::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_GLOBAL, ORIGIN_ZONE, origin},
+};
 
 /// Default cap on one resource's encoded size: KDS messages are capped at
 /// 4 MiB, so one resource must leave room for its envelope.
@@ -92,7 +88,7 @@ pub struct Manager {
     store: Store,
     role: Role,
     max_resource_bytes: usize,
-    metrics: Option<crate::metrics::StoreMetrics>,
+    metrics: Option<StoreMetrics>,
 }
 
 impl Manager {
@@ -106,7 +102,7 @@ impl Manager {
     }
 
     /// Counts store operations into `metrics` (registered by the caller).
-    pub fn with_metrics(mut self, metrics: crate::metrics::StoreMetrics) -> Manager {
+    pub fn with_metrics(mut self, metrics: StoreMetrics) -> Manager {
         self.metrics = Some(metrics);
         self
     }
@@ -383,7 +379,7 @@ impl Manager {
         let mut ops = Vec::new();
         if let Some(insight) = self.get(ResourceType::ZoneInsight, "", zone).await? {
             if let Spec::ZoneInsight(zi) = &insight.resource.spec
-                && crate::overview::zone_online(zi, crate::overview::now_millis()) {
+                && zone_online(zi, now_millis()) {
                     return Err(ManagerError::Forbidden(format!(
                         "zone {zone:?} is online; stop its control plane (or disable it with enabled: false and wait until it is offline) before deleting it"
                     )));
@@ -404,9 +400,4 @@ impl Manager {
         }
         Ok(ops)
     }
-}
-
-/// The `kuma.io/origin` label of a resource, if any.
-pub fn origin(r: &Resource) -> Option<&str> {
-    r.meta.labels.get(LABEL_ORIGIN).map(String::as_str)
 }

@@ -1,0 +1,29 @@
+//! The REST API that the global and every zone serve, on the incumbent's
+//! paths (`/meshes/{mesh}/meshgateways/{name}`) and shapes.
+//!
+//! ```text
+//!   listener (TCP | TLS) ──▶ server::serve ──▶ router ──▶ handlers ──▶ meridian_core::Manager
+//!                                               │            └─▶ overview (resource + insight)
+//!                                               └─ auth (admin token), metrics, paging
+//! ```
+//!
+//! - [`handlers`]: the router and its CRUD handlers.
+//! - [`overview`]: `_overview` endpoints joining resources with insights.
+//! - [`paging`]: `offset`/`size` in, `next` out.
+//! - [`auth`]: the admin token.
+//! - [`error`]: the incumbent's error body and status mapping.
+//! - [`state`]: what every handler gets.
+//! - [`metrics`]: request figures, registered into an injected registry.
+//! - [`server`]: serving a router on an already-bound listener until shutdown.
+
+pub mod auth;
+pub mod error;
+pub mod handlers;
+pub mod metrics;
+pub mod overview;
+pub mod paging;
+pub mod server;
+pub mod state;
+
+pub use handlers::{MAX_BODY_BYTES, require_admin, router};
+pub use state::{ApiState, ServerInfo};

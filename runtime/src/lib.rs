@@ -1,0 +1,19 @@
+//! What every Meridian server process does the same way, so that
+//! `meridian-global` and `meridian-zone` only wire their own parts.
+//!
+//! ```text
+//!   main ─▶ process::run_until_signal ─▶ run(shutdown: CancellationToken)
+//!              │ SIGTERM/SIGINT ─▶ shutdown.cancel()
+//!              └ runtime ─▶ Tasks (critical tasks; the first to end on its own cancels the token)
+//! ```
+//!
+//! - [`process`]: the runtime, signals, the one shutdown token, task supervision, logging.
+//! - [`args`]: the flag groups both server binaries flatten into their `run` command.
+//! - [`state`]: the data directory, the store and the admin token; this process's identity.
+
+pub mod args;
+pub mod process;
+pub mod state;
+
+pub use process::{Tasks, announce, run_until_signal};
+pub use tokio_util::sync::CancellationToken;

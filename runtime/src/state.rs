@@ -1,0 +1,42 @@
+//! Where a server keeps its state and who it is: the data directory, the
+//! store, the admin token, the host name and the instance id.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+/// Creates the data directory and opens the store: `store` when given,
+/// else `sqlite:<data_dir>/<default_file>`.
+///
+/// Errors: the directory cannot be created, or the store cannot be opened
+/// (the message names the URL).
+pub async fn open_store(data_dir: &Path, store: Option<&str>, default_file: &str) -> anyhow::Result<meridian_store::Store> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let url = store.map_or_else(|| format!("sqlite:{}", data_dir.join(default_file).display()), str::to_string);
+    let store = meridian_store::Store::connect(&url).await.with_context(|| format!("cannot open store {url}"))?;
+    tracing::info!(backend = store.backend_name(), "store ready");
+    Ok(store)
+}
+
+/// The admin token: `flag` when set, else read from (or generated into)
+/// `<data_dir>/admin-token`.
+pub fn admin_token(flag: Option<&str>, data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(t) = flag.map(str::trim).filter(|t| !t.is_empty()) {
+        return Ok(t.to_string());
+    }
+    let (token, path) = meridian_rest::auth::Auth::load_or_create_token(data_dir)
+        .with_context(|| format!("cannot read or create the admin token in {}", data_dir.display()))?;
+    tracing::info!(path = %path.display(), "admin token");
+    Ok(token)
+}
+
+/// This host's name (`unknown` when it cannot be read).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// `<hostname>-<8 hex digits>`: identifies this process among replicas.
+pub fn instance_id() -> String {
+    format!("{}-{:08x}", hostname(), rand::random::<u32>())
+}
