@@ -313,6 +313,18 @@ fn host_order(h: &str) -> (u8, std::cmp::Reverse<usize>, String) {
     (class, std::cmp::Reverse(h.split('.').count()), h.to_string())
 }
 
+
+/// One MeshGateway listener with what attaches to it.
+struct ListenerCtx<'a> {
+    /// The listener hostname, `*` when none.
+    pub hostname: String,
+    pub port: u32,
+    pub protocol: mesh::mesh_gateway::listener::Protocol,
+    pub spec: &'a meridian_sync_proto::pb::mesh::mesh_gateway::Listener,
+    /// HTTP routes (on HTTP/HTTPS) or TCP routes (on TCP/TLS), by name.
+    pub routes: Vec<&'a Item<mesh::MeshGatewayRoute>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,7 +37,7 @@ use meridian_sync_proto::pb::mesh::{
     },
 };
 
-use super::{Ctx, host_covers, host_order, hosts_match, listeners::ListenerCtx};
+use super::{Ctx, ListenerCtx, host_covers, host_order, hosts_match};
 
 /// Body of a virtual host no route attaches to.
 pub const NO_ROUTE_BODY: &str = "This is a Meridian MeshGateway. No routes match this MeshGateway!\n";

@@ -39,18 +39,7 @@ use meridian_sync_proto::{
     validate,
 };
 
-use super::{Ctx, Item, MeshSnapshot, clusters, host_order, hosts_match, http, norm_host, select::selector_matches};
-
-/// One MeshGateway listener with what attaches to it.
-pub(super) struct ListenerCtx<'a> {
-    /// The listener hostname, `*` when none.
-    pub hostname: String,
-    pub port: u32,
-    pub protocol: Protocol,
-    pub spec: &'a meridian_sync_proto::pb::mesh::mesh_gateway::Listener,
-    /// HTTP routes (on HTTP/HTTPS) or TCP routes (on TCP/TLS), by name.
-    pub routes: Vec<&'a Item<MeshGatewayRoute>>,
-}
+use super::{Ctx, Item, ListenerCtx, MeshSnapshot, clusters, host_order, hosts_match, http, norm_host, select::selector_matches};
 
 fn protocol_name(p: Protocol) -> &'static str {
     match p {
