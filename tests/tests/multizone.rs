@@ -29,11 +29,11 @@ mod multizone {
     pub mod sync;
 }
 
-use meridian_tests::multizone::{Global, GlobalConfig, TestDir, Zone, resources};
+use meridian_tests::{Global, GlobalSpec, TestDir, Zone, resources};
 
 /// A global with mesh `default`.
-async fn global_with_mesh(dir: &TestDir, label: &str, config: GlobalConfig) -> Global {
-    let g = Global::start(dir, label, config).await;
+async fn global_with_mesh(dir: &TestDir, label: &str, spec: GlobalSpec) -> Global {
+    let g = Global::start(dir, label, spec).await;
     g.api().apply(&resources::mesh("default")).await;
     g
 }

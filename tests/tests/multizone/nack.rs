@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use meridian_api::Manager;
 use meridian_store::{Store, WriteOp};
 use meridian_sync_proto::universal;
-use meridian_tests::multizone::{
-    GlobalConfig, TestDir,
-    api::{CONVERGE, eventually, last_nack_reason, stat, subscriptions},
-    postgres,
+use meridian_tests::{
+    Backend, GlobalSpec, TestDir,
+    json_api::{CONVERGE, eventually, last_nack_reason, stat, subscriptions},
     raw_kds::{self, DeltaDiscoveryRequest, DeltaDiscoveryResponse, RawKds},
     resources::{dataplane, gateway, gateway_dataplane, listener_port},
 };
@@ -23,7 +22,7 @@ use crate::{global_with_mesh, spec_bytes, synced_zone};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_dataplane_from_a_zone_is_nacked_alone() {
     let dir = TestDir::new("nack-up");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     let token = g.zone_token("zone-1").await;
     let raw = RawKds::connect(&g.kds_url(), g.ca(), "zone-1", Some(&token)).await;
     let (tx, mut rx) = raw.zone_to_global().await.expect("zone-to-global stream");
@@ -86,8 +85,8 @@ async fn invalid_dataplane_from_a_zone_is_nacked_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_gateway_in_the_global_store_is_nacked_alone() {
     let dir = TestDir::new("nack-down");
-    let url = postgres::fresh_database().await;
-    let g = global_with_mesh(&dir, "g", GlobalConfig { store: Some(url.clone()), ..GlobalConfig::default() }).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::on(Backend::Postgres)).await;
+    let url = g.store_url().to_string();
     let z = synced_zone(&dir, &g, "zone-1").await;
     g.api().wait_online("zone-1", true, CONVERGE).await;
 
@@ -132,7 +131,7 @@ fn open_gateway(r: &raw_kds::Resource) -> (String, String, BTreeMap<String, Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_client_subscribes_to_mesh_gateways() {
     let dir = TestDir::new("reference-client");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     g.api().apply(&gateway("gw-1", 8080)).await;
     let token = g.zone_token("zone-raw").await;
     let raw = RawKds::connect(&g.kds_url(), g.ca(), "zone-raw", Some(&token)).await;

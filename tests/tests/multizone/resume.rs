@@ -4,10 +4,9 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use meridian_tests::multizone::{
-    Global, GlobalConfig, TestDir,
-    api::{CONVERGE, eventually, stat, subscriptions},
-    postgres,
+use meridian_tests::{
+    Backend, Global, GlobalSpec, TestDir,
+    json_api::{CONVERGE, eventually, stat, subscriptions},
     resources::{dataplane, gateway, listener_port},
 };
 use serde_json::Value;
@@ -41,10 +40,10 @@ async fn new_subscription(g: &Global, zone: &str, old: &BTreeSet<String>, ready:
 /// change one and delete another in the zone, restart the global from the
 /// same store: it converges and the new subscription carried one resource,
 /// not N.
-async fn global_restart_resends_only_differences(name: &str, store: Option<String>) {
+async fn global_restart_resends_only_differences(name: &str, backend: Backend) {
     const N: usize = 5;
     let dir = TestDir::new(name);
-    let mut g = global_with_mesh(&dir, "g", GlobalConfig { store, ..GlobalConfig::default() }).await;
+    let mut g = global_with_mesh(&dir, "g", GlobalSpec::on(backend)).await;
     let z = synced_zone(&dir, &g, "zone-1").await;
     for i in 0..N {
         z.api().apply(&dataplane(&format!("dp-{i}"), &format!("10.0.0.{i}"), "web")).await;
@@ -78,13 +77,12 @@ async fn global_restart_resends_only_differences(name: &str, store: Option<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_restart_resends_only_differences_sqlite() {
-    global_restart_resends_only_differences("restart-global-sqlite", None).await;
+    global_restart_resends_only_differences("restart-global-sqlite", Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_restart_resends_only_differences_postgres() {
-    let store = postgres::fresh_database().await;
-    global_restart_resends_only_differences("restart-global-pg", Some(store)).await;
+    global_restart_resends_only_differences("restart-global-pg", Backend::Postgres).await;
 }
 
 /// Done when 3, zone side: SIGKILL a zone, change one gateway and delete
@@ -93,7 +91,7 @@ async fn global_restart_resends_only_differences_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_restart_receives_only_changes() {
     let dir = TestDir::new("restart-zone");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     for (i, port) in [(1, 8081), (2, 8082), (3, 8083)] {
         g.api().apply(&gateway(&format!("gw-{i}"), port)).await;
     }
@@ -121,7 +119,7 @@ async fn zone_restart_receives_only_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_zone_goes_offline_and_converges_on_resume() {
     let dir = TestDir::new("pause");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     let z = synced_zone(&dir, &g, "zone-1").await;
     g.api().wait_online("zone-1", true, CONVERGE).await;
 
@@ -140,7 +138,7 @@ async fn paused_zone_goes_offline_and_converges_on_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_global_is_noticed_and_both_sides_catch_up() {
     let dir = TestDir::new("pause-global");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     let z = synced_zone(&dir, &g, "zone-1").await;
     g.api().wait_online("zone-1", true, CONVERGE).await;
 

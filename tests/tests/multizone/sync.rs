@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use meridian_tests::multizone::{
-    Global, GlobalConfig, TestDir, Zone,
-    api::{CONVERGE, eventually, stat, subscriptions},
-    postgres, raw_kds,
+use meridian_tests::{
+    Backend, Global, GlobalSpec, TestDir, Zone,
+    json_api::{CONVERGE, eventually, stat, subscriptions},
+    raw_kds,
     resources::{dataplane, gateway, gateway_dataplane, label, listener_port, route},
 };
 use serde_json::Value;
@@ -28,7 +28,7 @@ fn from_global(v: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_resources_follow_to_both_zones() {
     let dir = TestDir::new("follow");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     let zones = [synced_zone(&dir, &g, "zone-1").await, synced_zone(&dir, &g, "zone-2").await];
 
     g.api().apply(&gateway("gw-1", 8080)).await;
@@ -78,7 +78,7 @@ fn owned_by<'a>(zone: &'a str, addr: &'a str) -> impl Fn(&Value) -> bool + 'a {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_dataplanes_reach_the_global_under_their_zone() {
     let dir = TestDir::new("upward");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     let token_1 = g.zone_token("zone-1").await;
     let mut z1 = Zone::start(&dir, "zone-1", "zone-1", &g, Some(&token_1)).await;
     let z2 = synced_zone(&dir, &g, "zone-2").await;
@@ -148,10 +148,9 @@ async fn zone_dataplanes_reach_the_global_under_their_zone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_globals_on_one_postgres_reach_every_zone() {
     let dir = TestDir::new("two-globals");
-    let store = postgres::fresh_database().await;
-    let config = GlobalConfig { store: Some(store), ..GlobalConfig::default() };
-    let ga = global_with_mesh(&dir, "global-a", config.clone()).await;
-    let gb = Global::start(&dir, "global-b", config).await;
+    let ga = global_with_mesh(&dir, "global-a", GlobalSpec::on(Backend::Postgres)).await;
+    let shared = GlobalSpec { shared_store: Some(ga.store_url().to_string()), ..GlobalSpec::default() };
+    let gb = Global::start(&dir, "global-b", shared).await;
     let z1 = synced_zone(&dir, &ga, "zone-1").await;
     let z2 = synced_zone(&dir, &gb, "zone-2").await;
 
@@ -183,7 +182,7 @@ async fn two_globals_on_one_postgres_reach_every_zone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_deletion_is_refused_online_and_cascades_offline() {
     let dir = TestDir::new("delete-zone");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     let mut z1 = synced_zone(&dir, &g, "zone-1").await;
     let z2 = synced_zone(&dir, &g, "zone-2").await;
     z1.api().apply(&dataplane("dp-1", "10.0.0.1", "web")).await;
@@ -211,7 +210,7 @@ async fn zone_deletion_is_refused_online_and_cascades_offline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_ingress_is_rebroadcast_to_other_zones() {
     let dir = TestDir::new("ingress");
-    let g = global_with_mesh(&dir, "g", GlobalConfig { plaintext: true, ..GlobalConfig::default() }).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec { plaintext_kds: true, ..GlobalSpec::default() }).await;
     assert!(g.kds_url().starts_with("grpc://") && g.ca().is_none());
     let z1 = synced_zone(&dir, &g, "zone-1").await;
     let z2 = synced_zone(&dir, &g, "zone-2").await;
@@ -242,7 +241,7 @@ async fn zone_ingress_is_rebroadcast_to_other_zones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_serves_bootstrap_for_registered_dataplanes() {
     let dir = TestDir::new("bootstrap");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     let z = synced_zone(&dir, &g, "zone-1").await;
     z.api().apply(&gateway_dataplane("gw-dp", "127.0.0.1", "edge-gateway")).await;
     let http = reqwest::Client::new();
@@ -267,7 +266,7 @@ async fn secrets_reach_zones_with_their_data() {
     use base64::{Engine, engine::general_purpose::STANDARD};
     const SECRET: &str = "/meshes/default/secrets/tls-1";
     let dir = TestDir::new("secrets");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     let z = synced_zone(&dir, &g, "zone-1").await;
     let secret = |data: &str| {
         serde_json::json!({"type": "Secret", "mesh": "default", "name": "tls-1", "data": STANDARD.encode(data)})
