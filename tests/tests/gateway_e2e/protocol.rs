@@ -109,7 +109,7 @@ async fn delta_sends_only_what_changed_and_refuses_unknown_dataplanes() {
 
     // An unknown Dataplane: a clear error, no configuration.
     let mut unknown = match DeltaClient::open(
-        &zone,
+        zone,
         DeltaDiscoveryRequest { node: node("default.nope"), type_url: CLUSTER_TYPE(), ..Default::default() },
     )
     .await
@@ -123,7 +123,7 @@ async fn delta_sends_only_what_changed_and_refuses_unknown_dataplanes() {
 
     // Subscribe to everything, ACK everything.
     let first = DeltaDiscoveryRequest { node: node("default.gw-1"), ..request(CLUSTER_TYPE(), &[]) };
-    let mut c = DeltaClient::open(&zone, first).await.expect("open");
+    let mut c = DeltaClient::open(zone, first).await.expect("open");
     let mut held: HashMap<String, HashMap<String, String>> = HashMap::new();
     let mut remember = |r: &DeltaDiscoveryResponse| {
         let h = held.entry(r.type_url.clone()).or_default();
@@ -193,7 +193,7 @@ async fn delta_sends_only_what_changed_and_refuses_unknown_dataplanes() {
     // A reconnect that names what it holds gets only the differences.
     let mut initial = DeltaDiscoveryRequest { node: node("default.gw-1"), ..request(LISTENER_TYPE(), &[]) };
     initial.initial_resource_versions = held.get(&LISTENER_TYPE()).cloned().unwrap_or_default();
-    let mut c = DeltaClient::open(&zone, initial).await.expect("reopen");
+    let mut c = DeltaClient::open(zone, initial).await.expect("reopen");
     let lds = c.next().await.expect("lds");
     assert!(lds.resources.is_empty() && lds.removed_resources.is_empty(), "{lds:?}");
     let mut rds_init = request(ROUTE_TYPE(), &["gw:HTTP:18001:*", "gw:HTTP:18002:*"]);

@@ -113,7 +113,7 @@ async fn run(backend: Backend) {
         out.stderr
     );
 
-    contexts(&g, &dead).await;
+    contexts(g, &dead).await;
     offline_validation(&dead).await;
     help_texts().await;
     topo.cleanup().await;

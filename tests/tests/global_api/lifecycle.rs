@@ -15,7 +15,7 @@ crate::on_both_stores!(run);
 async fn run(backend: Backend) {
     let mut topo = Topology::builder("global-api-lifecycle").global(backend).start().await;
     let g = topo.global_mut();
-    service_endpoints(&g, backend).await;
+    service_endpoints(g, backend).await;
     let api = g.http();
 
     // A mesh through meridianctl, from stdin.
@@ -108,10 +108,10 @@ async fn run(backend: Backend) {
         .ok();
     assert_eq!(out.lines(), ["updated MeshGateway default/gw"]);
 
-    invalid_writes(&g).await;
-    dry_runs(&g).await;
-    paging(&g).await;
-    zones_and_secrets(&g).await;
+    invalid_writes(g).await;
+    dry_runs(g).await;
+    paging(g).await;
+    zones_and_secrets(g).await;
 
     // get -o json / yaml of one resource: what the API returns.
     let out = ctl
@@ -453,7 +453,7 @@ async fn restart_loses_nothing(g: &mut Global) {
     let etag_before = api.get("/meshes/default/meshgateways/gw").await.etag;
 
     g.kill();
-    write_zone_dataplane(&g.store_url()).await;
+    write_zone_dataplane(g.store_url()).await;
     g.restart().await;
 
     let api = g.http();
