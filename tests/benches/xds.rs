@@ -64,7 +64,7 @@ async fn push_latency() {
     envoy_binary();
     let backend = traffic::http_backend("b").await;
     let second = traffic::http_backend("b2").await;
-    let mut topo = Topology::builder("bench-xds").zone("zone").start().await;
+    let topo = Topology::builder("bench-xds").zone("zone").start().await;
     let zone = topo.zone("zone");
     zone.api().apply_yaml(traffic::MESH).await;
     zone.api().apply_yaml(&traffic::backend_dataplane("b-1", &[(backend.port, "b")])).await;
@@ -119,7 +119,7 @@ async fn push_latency() {
     }
     println!("push latency, endpoint PUT → Envoy routes to it: {:.1?}", start.elapsed());
     drop(envoy);
-    let _ = topo.zone_mut("zone").sigterm().await;
+    let _ = zone.sigterm().await;
 }
 
 fn main() {

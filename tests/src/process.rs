@@ -14,6 +14,7 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
+    sync::{Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -125,11 +126,23 @@ impl Announce {
 /// A named process of a test, started any number of times; its binary,
 /// log directory and start count survive restarts. Killed (SIGKILL) on drop;
 /// prints the tail of every start's stderr when the test is panicking.
+///
+/// Every method takes `&self` (the running child sits behind a mutex that
+/// is never held across an `.await`), so a test can hold several parts of a
+/// topology at once and still kill, pause or restart any of them.
 pub struct Process {
     label: String,
     bin: PathBuf,
     logs: PathBuf,
+    state: Mutex<State>,
+}
+
+/// What changes from start to start.
+#[derive(Default)]
+struct State {
+    /// How many times the process was started (names its log files).
     starts: u32,
+    /// The running process, until killed or reaped.
     child: Option<Child>,
 }
 
@@ -137,7 +150,7 @@ impl Process {
     /// A process named `label` running `bin`, logging into `logs/<label>-<n>.*`.
     pub fn new(label: &str, bin: PathBuf, logs: &Path) -> Process {
         std::fs::create_dir_all(logs).unwrap_or_else(|e| panic!("create {}: {e}", logs.display()));
-        Process { label: label.to_string(), bin, logs: logs.to_path_buf(), starts: 0, child: None }
+        Process { label: label.to_string(), bin, logs: logs.to_path_buf(), state: Mutex::default() }
     }
 
     pub fn label(&self) -> &str {
@@ -156,10 +169,14 @@ impl Process {
     /// it announced. `MERIDIAN_*` variables of the test runner are removed
     /// (only the flags configure it); `MERIDIAN_TEST_LOG`, when set, becomes
     /// `MERIDIAN_LOG_LEVEL`. Panics if the process exits or stays silent.
-    pub async fn start(&mut self, args: &[OsString], announce: &Announce) -> Vec<String> {
-        assert!(self.child.is_none(), "{} is already running", self.label);
-        self.starts += 1;
-        let (stdout, stderr) = (self.stdout_path(self.starts), self.stderr_path(self.starts));
+    pub async fn start(&self, args: &[OsString], announce: &Announce) -> Vec<String> {
+        let start = {
+            let mut state = self.state();
+            assert!(state.child.is_none(), "{} is already running", self.label);
+            state.starts += 1;
+            state.starts
+        };
+        let (stdout, stderr) = (self.stdout_path(start), self.stderr_path(start));
         let out = File::create(&stdout).unwrap_or_else(|e| panic!("create {}: {e}", stdout.display()));
         let err = File::create(&stderr).unwrap_or_else(|e| panic!("create {}: {e}", stderr.display()));
         let mut cmd = Command::new(&self.bin);
@@ -173,11 +190,26 @@ impl Process {
             cmd.env("MERIDIAN_LOG_LEVEL", level);
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        self.child = Some(child);
+        self.state().child = Some(child);
         self.wait_announce(announce, &stdout).await
     }
 
-    async fn wait_announce(&mut self, announce: &Announce, stdout: &Path) -> Vec<String> {
+    /// The state, even if a panicking test poisoned the lock.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The exit status if the process has exited (then it is forgotten).
+    fn try_reap(&self) -> Option<ExitStatus> {
+        let mut state = self.state();
+        let status = state.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        if status.is_some() {
+            state.child = None;
+        }
+        status
+    }
+
+    async fn wait_announce(&self, announce: &Announce, stdout: &Path) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             let found = match announce {
@@ -199,8 +231,7 @@ impl Process {
             if let Some(found) = found {
                 return found;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                self.child = None;
+            if let Some(status) = self.try_reap() {
                 panic!("{} exited ({status}) before it announced {announce:?}; stderr:\n{}", self.label, self.stderr());
             }
             if tokio::time::Instant::now() > deadline {
@@ -216,16 +247,12 @@ impl Process {
 
     /// Whether a started process is still held (not killed, not reaped).
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.state().child.is_some()
     }
 
     /// The process id of the running process.
     pub fn pid(&self) -> u32 {
-        self.running().id()
-    }
-
-    fn running(&self) -> &Child {
-        self.child.as_ref().unwrap_or_else(|| panic!("{} is not running", self.label))
+        self.state().child.as_ref().map(Child::id).unwrap_or_else(|| panic!("{} is not running", self.label))
     }
 
     fn signal(&self, sig: rustix::process::Signal) {
@@ -237,8 +264,9 @@ impl Process {
     }
 
     /// SIGKILL (no graceful shutdown), then reap. Nothing when not running.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+    pub fn kill(&self) {
+        let child = self.state().child.take();
+        if let Some(mut child) = child {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -256,35 +284,32 @@ impl Process {
 
     /// Sends SIGTERM and waits for the exit; returns its status. Panics if
     /// the process is still alive after [`EXIT_TIMEOUT`] (then kills it).
-    pub async fn sigterm(&mut self) -> ExitStatus {
+    pub async fn sigterm(&self) -> ExitStatus {
         self.signal(rustix::process::Signal::TERM);
         self.wait_exit(EXIT_TIMEOUT).await
     }
 
     /// Waits up to `timeout` for the process to exit by itself; returns its
     /// status. Panics (and kills it) when it does not.
-    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+    pub async fn wait_exit(&self, timeout: Duration) -> ExitStatus {
+        assert!(self.is_running(), "{} is not running", self.label);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let child = self.child.as_mut().unwrap_or_else(|| panic!("{} is not running", self.label));
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    self.child = None;
-                    return status;
-                }
-                Ok(None) if tokio::time::Instant::now() > deadline => {
-                    self.kill();
-                    panic!("{} did not exit within {timeout:?}", self.label);
-                }
-                Ok(None) => tokio::time::sleep(POLL).await,
-                Err(e) => panic!("waiting for {}: {e}", self.label),
+            if let Some(status) = self.try_reap() {
+                return status;
             }
+            if tokio::time::Instant::now() > deadline {
+                self.kill();
+                panic!("{} did not exit within {timeout:?}", self.label);
+            }
+            tokio::time::sleep(POLL).await;
         }
     }
 
     /// Everything every start wrote to stderr, without colours.
     pub fn stderr(&self) -> String {
-        (1..=self.starts)
+        let starts = self.state().starts;
+        (1..=starts)
             .map(|n| std::fs::read_to_string(self.stderr_path(n)).unwrap_or_default())
             .map(|s| strip_ansi(&s))
             .collect::<Vec<_>>()
@@ -293,7 +318,8 @@ impl Process {
 
     /// Everything every start wrote to stdout.
     pub fn stdout(&self) -> String {
-        (1..=self.starts)
+        let starts = self.state().starts;
+        (1..=starts)
             .map(|n| std::fs::read_to_string(self.stdout_path(n)).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("")
@@ -315,7 +341,7 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
-        if std::thread::panicking() && self.starts > 0 {
+        if std::thread::panicking() && self.state().starts > 0 {
             let log = tail(&self.stderr(), LOG_TAIL_LINES);
             eprintln!("----- {} stderr (last {LOG_TAIL_LINES} lines) -----\n{log}", self.label);
         }

@@ -226,7 +226,9 @@ impl TopologyBuilder {
 }
 
 /// A running topology. Parts are dropped (killed) envoys first, then zones,
-/// then the global; the test directory last.
+/// then the global; the test directory last. Every part's controls (kill,
+/// pause, resume, restart, sigterm) take `&self`, so a test can hold the
+/// global and its zones at once.
 pub struct Topology {
     envoys: BTreeMap<String, Envoy>,
     zones: BTreeMap<String, Zone>,
@@ -260,26 +262,14 @@ impl Topology {
         self.global.as_ref().expect("this topology has no global")
     }
 
-    pub fn global_mut(&mut self) -> &mut Global {
-        self.global.as_mut().expect("this topology has no global")
-    }
-
     /// Zone `name`; panics when there is none.
     pub fn zone(&self, name: &str) -> &Zone {
         self.zones.get(name).unwrap_or_else(|| panic!("no zone {name:?} in this topology"))
     }
 
-    pub fn zone_mut(&mut self, name: &str) -> &mut Zone {
-        self.zones.get_mut(name).unwrap_or_else(|| panic!("no zone {name:?} in this topology"))
-    }
-
     /// The Envoy of gateway `name`; panics when there is none.
     pub fn envoy(&self, name: &str) -> &Envoy {
         self.envoys.get(name).unwrap_or_else(|| panic!("no Envoy {name:?} in this topology"))
-    }
-
-    pub fn envoy_mut(&mut self, name: &str) -> &mut Envoy {
-        self.envoys.get_mut(name).unwrap_or_else(|| panic!("no Envoy {name:?} in this topology"))
     }
 
     /// HTTP backend `name`.
@@ -294,10 +284,10 @@ impl Topology {
 
     /// Starts an Envoy for Dataplane `name` of `zone` (registered by the
     /// caller) and keeps it as part `name`.
-    pub async fn add_envoy(&mut self, zone: &str, name: &str, mode: XdsMode) -> &mut Envoy {
+    pub async fn add_envoy(&mut self, zone: &str, name: &str, mode: XdsMode) -> &Envoy {
         let envoy = Envoy::start(&self.dir, self.zone(zone), name, mode).await;
         self.envoys.insert(name.to_string(), envoy);
-        self.envoy_mut(name)
+        self.envoy(name)
     }
 
     /// Stops and forgets Envoy `name` (SIGKILL).
@@ -310,7 +300,7 @@ impl Topology {
     pub async fn cleanup(mut self) {
         self.envoys.clear();
         self.zones.clear();
-        if let Some(g) = &mut self.global {
+        if let Some(g) = &self.global {
             g.cleanup().await;
         }
     }

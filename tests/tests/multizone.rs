@@ -29,9 +29,16 @@ mod multizone {
     pub mod sync;
 }
 
-use meridian_tests::{Global, GlobalSpec, TestDir, Zone, resources};
+use meridian_tests::{Global, GlobalSpec, TestDir, Topology, Zone, resources};
 
-/// A global with mesh `default`.
+/// A global run as `spec` says, holding mesh `default`, and `zones`
+/// connected to it, each holding the mesh: the usual topology of these tests.
+async fn global_and_zones(test: &str, spec: GlobalSpec, zones: &[&str]) -> Topology {
+    let builder = Topology::builder(test).global_spec(spec).mesh("default");
+    zones.iter().fold(builder, |b, z| b.zone(z)).start().await
+}
+
+/// A global with mesh `default` (for tests that build step by step).
 async fn global_with_mesh(dir: &TestDir, label: &str, spec: GlobalSpec) -> Global {
     let g = Global::start(dir, label, spec).await;
     g.api().apply(&resources::mesh("default")).await;

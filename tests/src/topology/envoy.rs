@@ -2,7 +2,7 @@
 //! it: `meridian-zone dataplane bootstrap --mesh M --name N` (node id
 //! `<mesh>.<name>`), then `envoy -c bootstrap.yaml`.
 
-use std::{ffi::OsString, path::PathBuf, process::ExitStatus};
+use std::{ffi::OsString, path::PathBuf, process::ExitStatus, sync::Mutex};
 
 use crate::{
     traffic::{self, Reply},
@@ -26,7 +26,8 @@ pub struct Envoy {
     name: String,
     args: Vec<OsString>,
     admin_file: PathBuf,
-    admin: String,
+    /// `127.0.0.1:PORT` of the admin listener of the current start.
+    admin: Mutex<String>,
 }
 
 impl Envoy {
@@ -53,36 +54,37 @@ impl Envoy {
         // Several Envoys on one machine: no shared memory for hot restart.
         args.extend(["--disable-hot-restart", "--concurrency", "1", "-l", "info", "--drain-time-s", "1"].map(OsString::from));
         args.extend(["--admin-address-path".into(), admin_file.clone().into()]);
-        let mut envoy = Envoy {
+        let envoy = Envoy {
             process: Process::new(name, envoy_binary(), &dir.logs()),
             name: name.to_string(),
             args,
             admin_file,
-            admin: String::new(),
+            admin: Mutex::new(String::new()),
         };
         envoy.launch().await;
         envoy
     }
 
-    async fn launch(&mut self) {
+    async fn launch(&self) {
         let _ = std::fs::remove_file(&self.admin_file);
         let found = self.process.start(&self.args, &Announce::File(self.admin_file.clone())).await;
-        self.admin = found[0].clone();
+        *self.admin.lock().unwrap_or_else(|p| p.into_inner()) = found[0].clone();
     }
 
-    /// Kills Envoy (SIGKILL) and starts it again on the same bootstrap.
-    pub async fn restart(&mut self) {
+    /// Kills Envoy (SIGKILL) and starts it again on the same bootstrap (its
+    /// admin port may change).
+    pub async fn restart(&self) {
         self.process.kill();
         self.launch().await;
     }
 
     /// SIGKILL.
-    pub fn kill(&mut self) {
+    pub fn kill(&self) {
         self.process.kill();
     }
 
     /// SIGTERM, then waits for the exit; returns its status.
-    pub async fn sigterm(&mut self) -> ExitStatus {
+    pub async fn sigterm(&self) -> ExitStatus {
         self.process.sigterm().await
     }
 
@@ -92,8 +94,8 @@ impl Envoy {
     }
 
     /// `127.0.0.1:PORT` of the admin listener.
-    pub fn admin(&self) -> &str {
-        &self.admin
+    pub fn admin(&self) -> String {
+        self.admin.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Envoy's log so far.
@@ -103,7 +105,7 @@ impl Envoy {
 
     /// Waits for `/ready` to say LIVE (listeners and clusters arrived).
     pub async fn wait_ready(&self) {
-        let url = format!("http://{}/ready", self.admin);
+        let url = format!("http://{}/ready", self.admin());
         eventually(&format!("Envoy {} ready", self.name), WAIT, || async {
             let r = reqwest::get(&url).await.map_err(|e| e.to_string())?;
             let body = r.text().await.map_err(|e| e.to_string())?;
@@ -114,7 +116,7 @@ impl Envoy {
 
     /// An admin endpoint's text.
     pub async fn admin_get(&self, path: &str) -> Result<String, String> {
-        let r = reqwest::get(format!("http://{}{path}", self.admin)).await.map_err(|e| e.to_string())?;
+        let r = reqwest::get(format!("http://{}{path}", self.admin())).await.map_err(|e| e.to_string())?;
         r.text().await.map_err(|e| e.to_string())
     }
 

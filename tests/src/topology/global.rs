@@ -64,6 +64,14 @@ pub struct Global {
     ca: Option<PathBuf>,
 }
 
+/// What a start announced.
+struct Announced {
+    api_url: String,
+    api_addr: SocketAddr,
+    kds_addr: SocketAddr,
+    ca: Option<PathBuf>,
+}
+
 /// The lines `meridian-global run` prints once it listens.
 const API_LINE: &str = "meridian-global: API on ";
 const KDS_TLS_LINE: &str = "meridian-global: KDS on grpcs://";
@@ -93,12 +101,15 @@ impl Global {
             kds_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ca: None,
         };
-        g.launch().await;
+        let first = g.launch().await;
+        g.api = JsonApi::new(&first.api_url);
+        (g.api_url, g.api_addr, g.kds_addr, g.ca) = (first.api_url, first.api_addr, first.kds_addr, first.ca);
         g
     }
 
-    /// Starts the process on the remembered ports (port 0 the first time).
-    async fn launch(&mut self) {
+    /// Starts the process on the remembered ports (port 0 the first time);
+    /// returns what it announced.
+    async fn launch(&self) -> Announced {
         let mut args: Vec<OsString> = vec!["run".into(), "--data-dir".into(), self.data_dir.clone().into()];
         let mut flag = |k: &str, v: String| args.extend([OsString::from(k), OsString::from(v)]);
         flag("--store", self.store_url.clone());
@@ -127,31 +138,32 @@ impl Global {
             .and_then(|(_, a)| a.trim_end_matches('/').parse().ok())
             .unwrap_or_else(|| panic!("bad API line {api_url:?}"));
         let kds_addr: SocketAddr = found[1].parse().unwrap_or_else(|e| panic!("bad KDS address {:?}: {e}", found[1]));
-        if self.api_addr.port() != 0 {
-            assert_eq!((api_addr, kds_addr), (self.api_addr, self.kds_addr), "a restart keeps the ports");
-        }
-        self.ca = found.get(2).map(|p| {
+        let ca = found.get(2).map(|p| {
             let p = PathBuf::from(p);
             if p.is_absolute() { p } else { self.data_dir.join(p) }
         });
-        self.api = JsonApi::new(&api_url);
-        (self.api_url, self.api_addr, self.kds_addr) = (api_url, api_addr, kds_addr);
+        Announced { api_url, api_addr, kds_addr, ca }
     }
 
     /// Starts the global again on the same ports, data directory and
     /// store; kills the running process first (SIGKILL) if there is one.
-    pub async fn restart(&mut self) {
+    pub async fn restart(&self) {
         self.process.kill();
-        self.launch().await;
+        let again = self.launch().await;
+        assert_eq!(
+            (again.api_addr, again.kds_addr, again.ca.as_deref()),
+            (self.api_addr, self.kds_addr, self.ca.as_deref()),
+            "a restart keeps the ports and the CA"
+        );
     }
 
     /// SIGKILL: no goodbye to zones, no insight closed.
-    pub fn kill(&mut self) {
+    pub fn kill(&self) {
         self.process.kill();
     }
 
     /// SIGTERM, then waits for the exit; returns its status.
-    pub async fn sigterm(&mut self) -> ExitStatus {
+    pub async fn sigterm(&self) -> ExitStatus {
         self.process.sigterm().await
     }
 
@@ -243,7 +255,7 @@ impl Global {
     }
 
     /// Stops the process and drops the PostgreSQL database made for it.
-    pub async fn cleanup(&mut self) {
+    pub async fn cleanup(&self) {
         self.process.kill();
         if let Some(store) = &self.store {
             store.drop_database().await;

@@ -94,11 +94,15 @@ impl Zone {
             api_addr: any,
             xds_addr: any,
         };
-        z.launch().await;
+        let (api_addr, xds_addr) = z.launch().await;
+        z.api = JsonApi::new(&format!("http://{api_addr}"));
+        (z.api_addr, z.xds_addr) = (api_addr, xds_addr);
         z
     }
 
-    async fn launch(&mut self) {
+    /// Starts the process on the remembered ports (port 0 the first time);
+    /// returns its API and xDS addresses.
+    async fn launch(&self) -> (SocketAddr, SocketAddr) {
         let mut args: Vec<OsString> = ["run", "--zone", &self.name].map(OsString::from).to_vec();
         args.extend(["--data-dir".into(), self.data_dir.clone().into()]);
         args.extend(["--api-addr".into(), self.api_addr.to_string().into()]);
@@ -119,27 +123,24 @@ impl Zone {
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("bad API line {:?}", found[0]));
         let xds_addr: SocketAddr = found[1].parse().unwrap_or_else(|e| panic!("bad xDS address {:?}: {e}", found[1]));
-        if self.api_addr.port() != 0 {
-            assert_eq!((api_addr, xds_addr), (self.api_addr, self.xds_addr), "a restart keeps the ports");
-        }
-        self.api = JsonApi::new(&found[0]);
-        (self.api_addr, self.xds_addr) = (api_addr, xds_addr);
+        (api_addr, xds_addr)
     }
 
     /// Starts the zone again on the same ports and data directory; kills
     /// the running process first (SIGKILL) if there is one.
-    pub async fn restart(&mut self) {
+    pub async fn restart(&self) {
         self.process.kill();
-        self.launch().await;
+        let again = self.launch().await;
+        assert_eq!(again, (self.api_addr, self.xds_addr), "a restart keeps the ports");
     }
 
     /// SIGKILL.
-    pub fn kill(&mut self) {
+    pub fn kill(&self) {
         self.process.kill();
     }
 
     /// SIGTERM, then waits for the exit; returns its status.
-    pub async fn sigterm(&mut self) -> ExitStatus {
+    pub async fn sigterm(&self) -> ExitStatus {
         self.process.sigterm().await
     }
 

@@ -27,7 +27,7 @@ async fn seed_examples_serve_http_tcp_and_delegated_traffic() {
     let demo = traffic::http_backend("demo-app").await;
     let redis = traffic::tcp_backend("redis").await;
     let backend = traffic::http_backend("backend").await;
-    let mut topo = Topology::builder("e2e-seeds").zone("zone").start().await;
+    let topo = Topology::builder("e2e-seeds").zone("zone").start().await;
     let zone = topo.zone("zone");
 
     let (http_port, tcp_port, outbound_port) = (free_port(), free_port(), free_port());
@@ -51,7 +51,7 @@ async fn seed_examples_serve_http_tcp_and_delegated_traffic() {
     let dp_file = dir.join("gateway.yaml");
     std::fs::write(&dp_file, yaml(&["gateway-instance-1"])).expect("dp file");
     let admin_file = dir.join("admin");
-    let mut run = Process::new("dataplane-run", binary("meridian-zone"), &topo.dir().logs());
+    let run = Process::new("dataplane-run", binary("meridian-zone"), &topo.dir().logs());
     let mut args: Vec<std::ffi::OsString> = ["dataplane", "run", "--api-url", zone.api_url(), "--xds-address"]
         .map(Into::into)
         .to_vec();
@@ -95,5 +95,5 @@ async fn seed_examples_serve_http_tcp_and_delegated_traffic() {
     assert!(status.success(), "dataplane run: {status:?}");
     let gone = reqwest::Client::new().get(format!("http://{admin}/ready")).timeout(Duration::from_secs(2)).send().await;
     assert!(gone.is_err(), "Envoy still answers after dataplane run exited");
-    let _ = topo.zone_mut("zone").sigterm().await;
+    let _ = zone.sigterm().await;
 }

@@ -79,7 +79,7 @@ async fn route_and_endpoint_changes_and_zone_restart() {
     let a1 = traffic::http_backend("a1").await;
     let a2 = traffic::http_backend("a2").await;
     let b = traffic::http_backend("b").await;
-    let mut topo = Topology::builder("e2e-dynamics").zone("zone").start().await;
+    let topo = Topology::builder("e2e-dynamics").zone("zone").start().await;
     let zone = topo.zone("zone");
     zone.api().apply_yaml(traffic::MESH).await;
     zone.api().apply_yaml(&app_dataplane("app-1", a1.port, true)).await;
@@ -116,11 +116,10 @@ async fn route_and_endpoint_changes_and_zone_restart() {
 
     // Restart the zone: Envoy keeps serving meanwhile, reconnects, and
     // serves the same afterwards; later changes still arrive.
-    let _ = topo.zone_mut("zone").sigterm().await;
+    let _ = zone.sigterm().await;
     until_answering(port, &["a1"]).await;
     until_path(port, "/v2/x", "b").await;
-    topo.zone_mut("zone").restart().await; // same xDS port and data directory
-    let zone = topo.zone("zone");
+    zone.restart().await; // the same xDS port and data directory
     let old_instance = first["controlPlaneInstanceId"].clone();
     eventually("Envoy reconnected to the new zone", WAIT, || async {
         let i = zone.api().fetch("/meshes/default/dataplane-insights/gw-1").await?;
@@ -136,5 +135,5 @@ async fn route_and_endpoint_changes_and_zone_restart() {
     until_path(port, "/v3/x", "b").await;
     assert_eq!(get(port, "h", "/v2/x").await.map(|r| r.backend()).unwrap_or_default(), "a1", "the /v2 rule is gone");
     drop(envoy);
-    let _ = topo.zone_mut("zone").sigterm().await;
+    let _ = zone.sigterm().await;
 }

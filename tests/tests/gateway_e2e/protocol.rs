@@ -100,7 +100,7 @@ conf: {{http: {{rules: [{{matches: [{{path: {{match: PREFIX, value: /}}}}], back
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_sends_only_what_changed_and_refuses_unknown_dataplanes() {
-    let mut topo = Topology::builder("e2e-protocol").zone("zone").start().await;
+    let topo = Topology::builder("e2e-protocol").zone("zone").start().await;
     let zone = topo.zone("zone");
     zone.api().apply_yaml(traffic::MESH).await;
     zone.api().apply_yaml(&traffic::backend_dataplane("web-1", &[(19001, "web")])).await;
@@ -204,7 +204,7 @@ async fn delta_sends_only_what_changed_and_refuses_unknown_dataplanes() {
     let rds = c.next().await.expect("rds");
     assert_eq!(rds.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["gw:HTTP:18001:*"]);
     drop(c);
-    let _ = topo.zone_mut("zone").sigterm().await;
+    let _ = zone.sigterm().await;
 }
 
 async fn next(rx: &mut Streaming<DiscoveryResponse>) -> DiscoveryResponse {
@@ -216,7 +216,7 @@ async fn next(rx: &mut Streaming<DiscoveryResponse>) -> DiscoveryResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sotw_answers_changes_not_acks() {
-    let mut topo = Topology::builder("e2e-protocol").zone("zone").start().await;
+    let topo = Topology::builder("e2e-protocol").zone("zone").start().await;
     let zone = topo.zone("zone");
     zone.api().apply_yaml(traffic::MESH).await;
     zone.api().apply_yaml(&two_ports("/", false)).await;
@@ -258,5 +258,5 @@ async fn sotw_answers_changes_not_acks() {
     assert_eq!(rds2.resources.len(), 1);
     assert_ne!(rds2.version_info, rds.version_info);
     drop(tx);
-    let _ = topo.zone_mut("zone").sigterm().await;
+    let _ = zone.sigterm().await;
 }

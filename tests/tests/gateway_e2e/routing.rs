@@ -117,7 +117,7 @@ async fn http_matches_weights_and_filters_over_sotw() {
     }
     let v1 = traffic::http_backend("v1").await;
     let v2 = traffic::http_backend("v2").await;
-    let mut topo = Topology::builder("e2e-routing").zone("zone").start().await;
+    let topo = Topology::builder("e2e-routing").zone("zone").start().await;
     let zone = topo.zone("zone");
     zone.api().apply_yaml(traffic::MESH).await;
     let inbounds: Vec<(u16, &str)> = backends.iter().map(|(n, b)| (b.port, *n)).collect();
@@ -223,5 +223,5 @@ async fn http_matches_weights_and_filters_over_sotw() {
     let status = &insight["subscriptions"][0]["status"];
     assert!(status.get("lastNackReason").is_none(), "{insight}");
     drop(envoy);
-    let _ = topo.zone_mut("zone").sigterm().await;
+    let _ = zone.sigterm().await;
 }

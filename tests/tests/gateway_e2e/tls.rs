@@ -20,7 +20,7 @@ async fn https_termination_sni_and_tls_passthrough() {
     let bar_web = traffic::http_backend("bar-web").await;
     let tls_backend = traffic::tls_backend("tls-backend", &pass).await;
     let plain = traffic::tcp_backend("plain").await;
-    let mut topo = Topology::builder("e2e-tls").zone("zone").start().await;
+    let topo = Topology::builder("e2e-tls").zone("zone").start().await;
     let zone = topo.zone("zone");
     zone.api().apply_yaml(traffic::MESH).await;
     for (name, c) in [("foo-cert", &foo), ("bar-cert", &bar), ("term-cert", &term)] {
@@ -101,5 +101,5 @@ conf: {{tcp: {{rules: [{{backends: [{{destination: {{kuma.io/service: plain}}}}]
     let answer = eventually("TLS termination", WAIT, || traffic::tls_talk(tls, "term.example.com", &term, "hi")).await;
     assert_eq!(answer, "plain: hi");
     drop(envoy);
-    let _ = topo.zone_mut("zone").sigterm().await;
+    let _ = zone.sigterm().await;
 }

@@ -13,8 +13,8 @@ use crate::{gateway, gateway_yaml, snapshot, without_times, yaml_docs};
 crate::on_both_stores!(run);
 
 async fn run(backend: Backend) {
-    let mut topo = Topology::builder("global-api-lifecycle").global(backend).start().await;
-    let g = topo.global_mut();
+    let topo = Topology::builder("global-api-lifecycle").global(backend).start().await;
+    let g = topo.global();
     service_endpoints(g, backend).await;
     let api = g.http();
 
@@ -447,7 +447,7 @@ async fn zones_and_secrets(g: &Global) {
 /// and time is still there, and writes continue. While it is down, a
 /// zone-synced Dataplane and its insight are written to the store (as KDS
 /// would) to check the dataplane overview.
-async fn restart_loses_nothing(g: &mut Global) {
+async fn restart_loses_nothing(g: &Global) {
     let api = g.http();
     let before = snapshot(&api).await;
     let etag_before = api.get("/meshes/default/meshgateways/gw").await.etag;

@@ -14,7 +14,7 @@ use meridian_tests::{
 };
 use serde_json::json;
 
-use crate::{global_with_mesh, spec_bytes, synced_zone};
+use crate::{global_and_zones, global_with_mesh, spec_bytes};
 
 /// Done when 5a (and 8, upwards): a client with a valid zone token sends one
 /// invalid Dataplane between valid ones; the global stores the valid ones
@@ -84,10 +84,9 @@ async fn invalid_dataplane_from_a_zone_is_nacked_alone() {
 /// its NACK shows in its insight on the global. Fixing it heals the zone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_gateway_in_the_global_store_is_nacked_alone() {
-    let dir = TestDir::new("nack-down");
-    let g = global_with_mesh(&dir, "g", GlobalSpec::on(Backend::Postgres)).await;
+    let topo = global_and_zones("nack-down", GlobalSpec::on(Backend::Postgres), &["zone-1"]).await;
+    let (g, z) = (topo.global(), topo.zone("zone-1"));
     let url = g.store_url().to_string();
-    let z = synced_zone(&dir, &g, "zone-1").await;
     g.api().wait_online("zone-1", true, CONVERGE).await;
 
     let store = Store::connect(&url).await.expect("open the global's store");

@@ -11,7 +11,7 @@ use meridian_tests::{
 };
 use serde_json::Value;
 
-use crate::{global_with_mesh, synced_zone};
+use crate::{global_and_zones, global_with_mesh, synced_zone};
 
 const UP: &str = "Dataplane (zone to global)";
 /// Bound on "the global marks a cut-off zone offline" (promised: 15 s).
@@ -42,9 +42,8 @@ async fn new_subscription(g: &Global, zone: &str, old: &BTreeSet<String>, ready:
 /// not N.
 async fn global_restart_resends_only_differences(name: &str, backend: Backend) {
     const N: usize = 5;
-    let dir = TestDir::new(name);
-    let mut g = global_with_mesh(&dir, "g", GlobalSpec::on(backend)).await;
-    let z = synced_zone(&dir, &g, "zone-1").await;
+    let topo = global_and_zones(name, GlobalSpec::on(backend), &["zone-1"]).await;
+    let (g, z) = (topo.global(), topo.zone("zone-1"));
     for i in 0..N {
         z.api().apply(&dataplane(&format!("dp-{i}"), &format!("10.0.0.{i}"), "web")).await;
     }
@@ -68,7 +67,7 @@ async fn global_restart_resends_only_differences(name: &str, backend: Backend) {
         .await;
     g.api().wait_gone("/meshes/default/dataplanes/zone-1.dp-4").await;
     assert_eq!(g.api().names("/meshes/default/dataplanes").await.expect("list"), want[..N - 1]);
-    let sub = new_subscription(&g, "zone-1", &before, |s| stat(s, UP, "responsesAcknowledged") >= 1).await;
+    let sub = new_subscription(g, "zone-1", &before, |s| stat(s, UP, "responsesAcknowledged") >= 1).await;
     assert_eq!(stat(&sub, UP, "resourcesSent"), 1, "only the changed Dataplane travels: {}", sub["status"]);
     assert_eq!(stat(&sub, UP, "responsesRejected"), 0);
     // Downwards too: the zone already held the mesh, so nothing was resent.
@@ -95,7 +94,7 @@ async fn zone_restart_receives_only_changes() {
     for (i, port) in [(1, 8081), (2, 8082), (3, 8083)] {
         g.api().apply(&gateway(&format!("gw-{i}"), port)).await;
     }
-    let mut z = synced_zone(&dir, &g, "zone-1").await;
+    let z = synced_zone(&dir, &g, "zone-1").await;
     for i in 1..=3 {
         z.api().wait_for(&format!("/meshes/default/meshgateways/gw-{i}"), "synced", |_| true).await;
     }
@@ -118,9 +117,8 @@ async fn zone_restart_receives_only_changes() {
 /// global applies meanwhile reaches it after SIGCONT, and it is online again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_zone_goes_offline_and_converges_on_resume() {
-    let dir = TestDir::new("pause");
-    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
-    let z = synced_zone(&dir, &g, "zone-1").await;
+    let topo = global_and_zones("pause", GlobalSpec::default(), &["zone-1"]).await;
+    let (g, z) = (topo.global(), topo.zone("zone-1"));
     g.api().wait_online("zone-1", true, CONVERGE).await;
 
     z.pause();
@@ -137,9 +135,8 @@ async fn paused_zone_goes_offline_and_converges_on_resume() {
 /// catch up with what changed meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_global_is_noticed_and_both_sides_catch_up() {
-    let dir = TestDir::new("pause-global");
-    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
-    let z = synced_zone(&dir, &g, "zone-1").await;
+    let topo = global_and_zones("pause-global", GlobalSpec::default(), &["zone-1"]).await;
+    let (g, z) = (topo.global(), topo.zone("zone-1"));
     g.api().wait_online("zone-1", true, CONVERGE).await;
 
     g.pause();
