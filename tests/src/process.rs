@@ -347,3 +347,45 @@ impl Drop for Process {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shell that announces itself, says goodbye on stderr and exits 3 on
+    /// SIGTERM.
+    fn shell(dir: &Path) -> (Process, Vec<OsString>) {
+        let p = Process::new("sh", PathBuf::from("/bin/sh"), &dir.join("logs"));
+        let script = "trap 'echo bye >&2; exit 3' TERM; echo ready at 42; while :; do sleep 0.05; done";
+        (p, vec!["-c".into(), script.into()])
+    }
+
+    #[tokio::test]
+    async fn sigterm_returns_the_exit_status_and_keeps_the_logs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (p, args) = shell(dir.path());
+        assert_eq!(p.start(&args, &Announce::lines(&["ready at "])).await, ["42"]);
+        assert!(p.is_running());
+        p.pause();
+        p.resume();
+        let status = p.sigterm().await;
+        assert_eq!(status.code(), Some(3), "{status}");
+        assert!(!p.is_running());
+        assert!(p.stderr().contains("bye"), "{}", p.stderr());
+
+        // A second start logs into its own files; kill (SIGKILL) gives no goodbye.
+        p.start(&args, &Announce::lines(&["ready at "])).await;
+        p.kill();
+        assert!(!p.is_running());
+        assert_eq!(p.stdout().matches("ready at 42").count(), 2);
+        assert_eq!(p.stderr().matches("bye").count(), 1);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "exited")]
+    async fn a_process_that_exits_before_announcing_fails_the_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = Process::new("sh", PathBuf::from("/bin/sh"), &dir.path().join("logs"));
+        p.start(&["-c".into(), "echo broken >&2; exit 1".into()], &Announce::lines(&["ready"])).await;
+    }
+}

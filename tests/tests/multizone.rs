@@ -1,7 +1,8 @@
 //! Multi-zone sync (issue 4), proven against the real binaries: a global
 //! and zones as separate processes on loopback sockets, SQLite and (where it
 //! matters for the global) PostgreSQL. Every wait is a bounded poll; no test
-//! asserts how long something took.
+//! asserts how long something took. Topologies come from
+//! [`meridian_tests::Topology`] (or its parts, for tests that build step by step).
 //!
 //! Run: `cargo build --workspace --bins && bash tests/pg-env.sh cargo test -p meridian-tests --test multizone`
 //! (the PostgreSQL tests fail without tests/pg-env.sh).
