@@ -285,8 +285,15 @@ impl Process {
     /// Sends SIGTERM and waits for the exit; returns its status. Panics if
     /// the process is still alive after [`EXIT_TIMEOUT`] (then kills it).
     pub async fn sigterm(&self) -> ExitStatus {
+        self.sigterm_within(EXIT_TIMEOUT).await
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit; returns its
+    /// status. Panics (and kills the process) when it is still alive then:
+    /// for shutdown tests with a promised bound.
+    pub async fn sigterm_within(&self, timeout: Duration) -> ExitStatus {
         self.signal(rustix::process::Signal::TERM);
-        self.wait_exit(EXIT_TIMEOUT).await
+        self.wait_exit(timeout).await
     }
 
     /// Waits up to `timeout` for the process to exit by itself; returns its

@@ -88,6 +88,11 @@ impl Envoy {
         self.process.sigterm().await
     }
 
+    /// The process itself: pid, stdout, `sigterm_within`, `wait_exit`.
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
     /// The Dataplane name (node id `default.<name>`).
     pub fn name(&self) -> &str {
         &self.name

@@ -167,6 +167,11 @@ impl Global {
         self.process.sigterm().await
     }
 
+    /// The process itself: pid, stdout, `sigterm_within`, `wait_exit`.
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
     /// SIGSTOP: the process stays, but answers nothing.
     pub fn pause(&self) {
         self.process.pause();
