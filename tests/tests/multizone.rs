@@ -1,7 +1,8 @@
 //! Multi-zone sync (issue 4), proven against the real binaries: a global
 //! and zones as separate processes on loopback sockets, SQLite and (where it
 //! matters for the global) PostgreSQL. Every wait is a bounded poll; no test
-//! asserts how long something took.
+//! asserts how long something took. Topologies come from
+//! [`meridian_tests::Topology`] (or its parts, for tests that build step by step).
 //!
 //! Run: `cargo build --workspace --bins && bash tests/pg-env.sh cargo test -p meridian-tests --test multizone`
 //! (the PostgreSQL tests fail without tests/pg-env.sh).
@@ -29,11 +30,18 @@ mod multizone {
     pub mod sync;
 }
 
-use meridian_tests::multizone::{Global, GlobalConfig, TestDir, Zone, resources};
+use meridian_tests::{Global, GlobalSpec, TestDir, Topology, Zone, resources};
 
-/// A global with mesh `default`.
-async fn global_with_mesh(dir: &TestDir, label: &str, config: GlobalConfig) -> Global {
-    let g = Global::start(dir, label, config).await;
+/// A global run as `spec` says, holding mesh `default`, and `zones`
+/// connected to it, each holding the mesh: the usual topology of these tests.
+async fn global_and_zones(test: &str, spec: GlobalSpec, zones: &[&str]) -> Topology {
+    let builder = Topology::builder(test).global_spec(spec).mesh("default");
+    zones.iter().fold(builder, |b, z| b.zone(z)).start().await
+}
+
+/// A global with mesh `default` (for tests that build step by step).
+async fn global_with_mesh(dir: &TestDir, label: &str, spec: GlobalSpec) -> Global {
+    let g = Global::start(dir, label, spec).await;
     g.api().apply(&resources::mesh("default")).await;
     g
 }

@@ -2,7 +2,7 @@
 //! refused, 2 unreachable or server failure), named contexts, offline
 //! validation, help texts.
 
-use meridian_tests::{Backend, Ctl, Global};
+use meridian_tests::{Backend, Ctl, Global, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::gateway_yaml;
@@ -10,7 +10,8 @@ use crate::gateway_yaml;
 crate::on_both_stores!(run);
 
 async fn run(backend: Backend) {
-    let g = Global::start(backend).await;
+    let topo = Topology::builder("global-api-cli").global(backend).start().await;
+    let g = topo.global();
     let ctl = g.ctl();
 
     // 0: success.
@@ -112,10 +113,10 @@ async fn run(backend: Backend) {
         out.stderr
     );
 
-    contexts(&g, &dead).await;
+    contexts(g, &dead).await;
     offline_validation(&dead).await;
     help_texts().await;
-    g.cleanup().await;
+    topo.cleanup().await;
 }
 
 /// A URL on which nothing listens: a port bound and released.
@@ -172,7 +173,7 @@ async fn contexts(g: &Global, dead: &str) {
         "add-context",
         "local",
         "--api-url",
-        &g.api_url,
+        g.api_url(),
         "--token",
         "s3cret",
     ])
@@ -238,7 +239,7 @@ async fn contexts(g: &Global, dead: &str) {
             "add-context",
             "x",
             "--api-url",
-            &g.api_url,
+            g.api_url(),
         ])
         .run()
         .await

@@ -5,7 +5,7 @@
 use meridian_core::Manager;
 use meridian_store::Store;
 use meridian_sync_proto::universal;
-use meridian_tests::{Backend, Global};
+use meridian_tests::{Backend, Global, Topology};
 use serde_json::{Value, json};
 
 use crate::{gateway, gateway_yaml, snapshot, without_times, yaml_docs};
@@ -13,9 +13,10 @@ use crate::{gateway, gateway_yaml, snapshot, without_times, yaml_docs};
 crate::on_both_stores!(run);
 
 async fn run(backend: Backend) {
-    let mut g = Global::start(backend).await;
-    service_endpoints(&g, backend).await;
-    let api = g.api();
+    let topo = Topology::builder("global-api-lifecycle").global(backend).start().await;
+    let g = topo.global();
+    service_endpoints(g, backend).await;
+    let api = g.http();
 
     // A mesh through meridianctl, from stdin.
     let out = g
@@ -107,10 +108,10 @@ async fn run(backend: Backend) {
         .ok();
     assert_eq!(out.lines(), ["updated MeshGateway default/gw"]);
 
-    invalid_writes(&g).await;
-    dry_runs(&g).await;
-    paging(&g).await;
-    zones_and_secrets(&g).await;
+    invalid_writes(g).await;
+    dry_runs(g).await;
+    paging(g).await;
+    zones_and_secrets(g).await;
 
     // get -o json / yaml of one resource: what the API returns.
     let out = ctl
@@ -148,13 +149,13 @@ async fn run(backend: Backend) {
         404
     );
 
-    restart_loses_nothing(&mut g).await;
-    g.cleanup().await;
+    restart_loses_nothing(g).await;
+    topo.cleanup().await;
 }
 
 /// `GET /`, `/ready`, `/healthy`, `/metrics`.
 async fn service_endpoints(g: &Global, backend: Backend) {
-    let api = g.api();
+    let api = g.http();
     let index = api.get("/").await;
     assert_eq!(index.status, 200, "{}", index.text);
     assert_eq!(index.json["mode"], "global");
@@ -187,7 +188,7 @@ async fn service_endpoints(g: &Global, backend: Backend) {
 /// Invalid resources: 400 with the field path, over HTTP and through
 /// meridianctl (which refuses the whole file before sending anything).
 async fn invalid_writes(g: &Global) {
-    let api = g.api();
+    let api = g.http();
     let before = snapshot(&api).await;
 
     let bad = api
@@ -256,7 +257,7 @@ async fn invalid_writes(g: &Global) {
 
 /// `?dryRun=true` and `apply --dry-run` check everything and write nothing.
 async fn dry_runs(g: &Global) {
-    let api = g.api();
+    let api = g.http();
     let before = snapshot(&api).await;
     let r = api
         .put(
@@ -309,7 +310,7 @@ async fn dry_runs(g: &Global) {
 
 /// `size`/`offset` pages with `next` links, over HTTP and in meridianctl.
 async fn paging(g: &Global) {
-    let api = g.api();
+    let api = g.http();
     let file: Vec<String> = (0..5)
         .map(|i| gateway_yaml("default", &format!("gw-{i}"), 9000 + i))
         .collect();
@@ -393,7 +394,7 @@ async fn paging(g: &Global) {
 
 /// Zones (global type) and Secrets (data only to admins, never in lists).
 async fn zones_and_secrets(g: &Global) {
-    let api = g.api();
+    let api = g.http();
     let out = g
         .ctl()
         .with(["apply", "-f", "-"])
@@ -446,16 +447,16 @@ async fn zones_and_secrets(g: &Global) {
 /// and time is still there, and writes continue. While it is down, a
 /// zone-synced Dataplane and its insight are written to the store (as KDS
 /// would) to check the dataplane overview.
-async fn restart_loses_nothing(g: &mut Global) {
-    let api = g.api();
+async fn restart_loses_nothing(g: &Global) {
+    let api = g.http();
     let before = snapshot(&api).await;
     let etag_before = api.get("/meshes/default/meshgateways/gw").await.etag;
 
     g.kill();
-    write_zone_dataplane(&g.store.url).await;
-    g.start_again();
+    write_zone_dataplane(g.store_url()).await;
+    g.restart().await;
 
-    let api = g.api();
+    let api = g.http();
     let mut after = snapshot(&api).await;
     let dataplanes = after
         .as_object_mut()

@@ -2,7 +2,7 @@
 //! message, and the lists before and after are equal.
 
 use base64::Engine;
-use meridian_tests::{Backend, Global, GlobalOptions};
+use meridian_tests::{Backend, GlobalSpec, Topology};
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -14,8 +14,9 @@ use crate::{gateway, gateway_yaml, snapshot};
 crate::on_both_stores!(run);
 
 async fn run(backend: Backend) {
-    let g = Global::start(backend).await;
-    let api = g.api();
+    let topo = Topology::builder("global-api-refusals").global(backend).start().await;
+    let g = topo.global();
+    let api = g.http();
     g.ctl()
         .with(["apply", "-f", "-"])
         .run_stdin(&format!(
@@ -117,7 +118,7 @@ async fn run(backend: Backend) {
     // under that but over the 1 MiB resource limit (413 with the sizes).
     let huge = json!({"type": "Secret", "mesh": "default", "name": "big",
         "data": base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 3 * 1024 * 1024])});
-    let (status, text) = put_oversized(&g.api_url, "/meshes/default/secrets/big").await;
+    let (status, text) = put_oversized(g.api_url(), "/meshes/default/secrets/big").await;
     assert_eq!(status, 413, "{text}");
     assert!(text.contains("limit"), "unclear 413 message: {text}");
     let large = json!({"type": "Secret", "mesh": "default", "name": "big",
@@ -151,7 +152,7 @@ async fn run(backend: Backend) {
         before,
         "a refused request changed something"
     );
-    g.cleanup().await;
+    topo.cleanup().await;
 
     missing_token(backend).await;
 }
@@ -193,16 +194,16 @@ async fn put_oversized(api_url: &str, path: &str) -> (u16, String) {
 
 /// With `--api-trust-loopback=false`, writes and Secrets need the token.
 async fn missing_token(backend: Backend) {
-    let g = Global::start_with(
-        backend,
-        GlobalOptions {
+    let topo = Topology::builder("global-api-token")
+        .global_spec(GlobalSpec {
             trust_loopback: false,
-            ..GlobalOptions::default()
-        },
-    )
-    .await;
-    let anon = g.api();
-    let admin = g.admin_api();
+            ..GlobalSpec::on(backend)
+        })
+        .start()
+        .await;
+    let g = topo.global();
+    let anon = g.http();
+    let admin = g.admin_http();
     let r = admin
         .put(
             "/meshes/default",
@@ -272,17 +273,17 @@ async fn missing_token(backend: Backend) {
 
     // With the token (flag or environment) it works.
     let out = ctl
-        .with(["--token", &g.admin_token, "apply", "-f", "-"])
+        .with(["--token", g.admin_token(), "apply", "-f", "-"])
         .run_stdin(&gateway_yaml("default", "gw", 80))
         .await
         .ok();
     assert_eq!(out.lines(), ["created MeshGateway default/gw"]);
     let out = ctl
         .with(["get", "secret", "s", "-o", "json"])
-        .env("MERIDIAN_TOKEN", &g.admin_token)
+        .env("MERIDIAN_TOKEN", g.admin_token())
         .run()
         .await
         .ok();
     assert!(out.stdout.contains("\"aGk=\""), "{}", out.stdout);
-    g.cleanup().await;
+    topo.cleanup().await;
 }

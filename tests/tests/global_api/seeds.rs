@@ -2,7 +2,7 @@
 //! from `meridianctl get -o yaml` equal to what was applied; the global
 //! refuses their Dataplanes (403) and changes nothing for them.
 
-use meridian_tests::{Backend, Global};
+use meridian_tests::{Backend, Topology};
 use serde_json::Value;
 
 use crate::{snapshot, without_times, yaml_docs};
@@ -33,8 +33,9 @@ fn is_dataplane(doc: &str) -> bool {
 }
 
 async fn run(backend: Backend) {
-    let g = Global::start(backend).await;
-    let api = g.api();
+    let topo = Topology::builder("global-api-seeds").global(backend).start().await;
+    let g = topo.global();
+    let api = g.http();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let docs = seed_documents();
     let (dataplanes, others): (Vec<String>, Vec<String>) =
@@ -165,5 +166,5 @@ async fn run(backend: Backend) {
     assert_eq!(snapshot(&api).await, before);
     assert_eq!(api.get("/meshes/default/dataplanes").await.json["total"], 0);
 
-    g.cleanup().await;
+    topo.cleanup().await;
 }

@@ -1,7 +1,7 @@
 //! The REST API over HTTPS (`--api-tls-cert`/`--api-tls-key`), and
 //! meridianctl trusting a private CA with `--ca-cert`.
 
-use meridian_tests::{Backend, Global, GlobalOptions};
+use meridian_tests::{Backend, GlobalSpec, Topology};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 #[tokio::test]
@@ -20,12 +20,12 @@ async fn api_over_tls() {
     std::fs::write(&cert_path, cert.pem()).expect("write");
     std::fs::write(&key_path, key.serialize_pem()).expect("write");
 
-    let g = Global::start_with(
-        Backend::Sqlite,
-        GlobalOptions { tls: Some((cert_path, key_path)), ..GlobalOptions::default() },
-    )
-    .await;
-    assert!(g.api_url.starts_with("https://"), "{}", g.api_url);
+    let topo = Topology::builder("global-api-tls")
+        .global_spec(GlobalSpec { api_tls: Some((cert_path, key_path)), ..GlobalSpec::on(Backend::Sqlite) })
+        .start()
+        .await;
+    let g = topo.global();
+    assert!(g.api_url().starts_with("https://"), "{}", g.api_url());
     let ca = ca_path.to_string_lossy().to_string();
     g.ctl().args(["--ca-cert", &ca, "apply", "-f", "-"]).run_stdin("type: Mesh\nname: default\n").await.ok();
     let out = g.ctl().args(["--ca-cert", &ca, "get", "meshes", "-o", "json"]).run().await.ok();
@@ -34,7 +34,7 @@ async fn api_over_tls() {
     let refused = g.ctl().args(["get", "meshes"]).run().await.expect_code(2);
     assert!(!refused.stderr.is_empty());
     // Plain HTTP to the TLS port gets no API answer either.
-    let plain = g.api_url.replacen("https://", "http://", 1);
+    let plain = g.api_url().replacen("https://", "http://", 1);
     let out = g.ctl().args(["--api-url", &plain, "get", "meshes"]).run().await;
     assert_ne!(out.code, 0, "plain HTTP answered on the TLS port: {}", out.stdout);
 }

@@ -7,7 +7,7 @@ use base64::{
     Engine,
     engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
 };
-use meridian_tests::multizone::{GlobalConfig, TestDir, Zone, api::CONVERGE, raw_kds::RawKds};
+use meridian_tests::{GlobalSpec, TestDir, Zone, json_api::CONVERGE, raw_kds::RawKds};
 use serde_json::json;
 
 use crate::{global_with_mesh, synced_zone};
@@ -32,7 +32,7 @@ fn forge(token: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zones_are_authenticated() {
     let dir = TestDir::new("auth");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     let token_1 = g.zone_token("zone-1").await;
     let token_2 = g.zone_token("zone-2").await;
     let token_4 = g.zone_token("zone-4").await;
@@ -91,7 +91,7 @@ async fn zones_are_authenticated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_connected_zones_token_cuts_it_off() {
     let dir = TestDir::new("revoke-live");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     let token = g.zone_token("zone-1").await;
     let z = Zone::start(&dir, "zone-1", "zone-1", &g, Some(&token)).await;
     g.wait_log(&["zone connected", "zone-1"], std::time::Duration::from_secs(30)).await;

@@ -6,16 +6,15 @@ use std::collections::BTreeMap;
 use meridian_core::Manager;
 use meridian_store::{Store, WriteOp};
 use meridian_sync_proto::universal;
-use meridian_tests::multizone::{
-    GlobalConfig, TestDir,
-    api::{CONVERGE, eventually, last_nack_reason, stat, subscriptions},
-    postgres,
+use meridian_tests::{
+    Backend, GlobalSpec, TestDir,
+    json_api::{CONVERGE, eventually, last_nack_reason, stat, subscriptions},
     raw_kds::{self, DeltaDiscoveryRequest, DeltaDiscoveryResponse, RawKds},
     resources::{dataplane, gateway, gateway_dataplane, listener_port},
 };
 use serde_json::json;
 
-use crate::{global_with_mesh, spec_bytes, synced_zone};
+use crate::{global_and_zones, global_with_mesh, spec_bytes};
 
 /// Done when 5a (and 8, upwards): a client with a valid zone token sends one
 /// invalid Dataplane between valid ones; the global stores the valid ones
@@ -23,7 +22,7 @@ use crate::{global_with_mesh, spec_bytes, synced_zone};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_dataplane_from_a_zone_is_nacked_alone() {
     let dir = TestDir::new("nack-up");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     let token = g.zone_token("zone-1").await;
     let raw = RawKds::connect(&g.kds_url(), g.ca(), "zone-1", Some(&token)).await;
     let (tx, mut rx) = raw.zone_to_global().await.expect("zone-to-global stream");
@@ -85,10 +84,9 @@ async fn invalid_dataplane_from_a_zone_is_nacked_alone() {
 /// its NACK shows in its insight on the global. Fixing it heals the zone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_gateway_in_the_global_store_is_nacked_alone() {
-    let dir = TestDir::new("nack-down");
-    let url = postgres::fresh_database().await;
-    let g = global_with_mesh(&dir, "g", GlobalConfig { store: Some(url.clone()), ..GlobalConfig::default() }).await;
-    let z = synced_zone(&dir, &g, "zone-1").await;
+    let topo = global_and_zones("nack-down", GlobalSpec::on(Backend::Postgres), &["zone-1"]).await;
+    let (g, z) = (topo.global(), topo.zone("zone-1"));
+    let url = g.store_url().to_string();
     g.api().wait_online("zone-1", true, CONVERGE).await;
 
     let store = Store::connect(&url).await.expect("open the global's store");
@@ -132,7 +130,7 @@ fn open_gateway(r: &raw_kds::Resource) -> (String, String, BTreeMap<String, Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_client_subscribes_to_mesh_gateways() {
     let dir = TestDir::new("reference-client");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     g.api().apply(&gateway("gw-1", 8080)).await;
     let token = g.zone_token("zone-raw").await;
     let raw = RawKds::connect(&g.kds_url(), g.ca(), "zone-raw", Some(&token)).await;

@@ -4,15 +4,14 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use meridian_tests::multizone::{
-    Global, GlobalConfig, TestDir,
-    api::{CONVERGE, eventually, stat, subscriptions},
-    postgres,
+use meridian_tests::{
+    Backend, Global, GlobalSpec, TestDir,
+    json_api::{CONVERGE, eventually, stat, subscriptions},
     resources::{dataplane, gateway, listener_port},
 };
 use serde_json::Value;
 
-use crate::{global_with_mesh, synced_zone};
+use crate::{global_and_zones, global_with_mesh, synced_zone};
 
 const UP: &str = "Dataplane (zone to global)";
 /// Bound on "the global marks a cut-off zone offline" (promised: 15 s).
@@ -41,11 +40,10 @@ async fn new_subscription(g: &Global, zone: &str, old: &BTreeSet<String>, ready:
 /// change one and delete another in the zone, restart the global from the
 /// same store: it converges and the new subscription carried one resource,
 /// not N.
-async fn global_restart_resends_only_differences(name: &str, store: Option<String>) {
+async fn global_restart_resends_only_differences(name: &str, backend: Backend) {
     const N: usize = 5;
-    let dir = TestDir::new(name);
-    let mut g = global_with_mesh(&dir, "g", GlobalConfig { store, ..GlobalConfig::default() }).await;
-    let z = synced_zone(&dir, &g, "zone-1").await;
+    let topo = global_and_zones(name, GlobalSpec::on(backend), &["zone-1"]).await;
+    let (g, z) = (topo.global(), topo.zone("zone-1"));
     for i in 0..N {
         z.api().apply(&dataplane(&format!("dp-{i}"), &format!("10.0.0.{i}"), "web")).await;
     }
@@ -69,7 +67,7 @@ async fn global_restart_resends_only_differences(name: &str, store: Option<Strin
         .await;
     g.api().wait_gone("/meshes/default/dataplanes/zone-1.dp-4").await;
     assert_eq!(g.api().names("/meshes/default/dataplanes").await.expect("list"), want[..N - 1]);
-    let sub = new_subscription(&g, "zone-1", &before, |s| stat(s, UP, "responsesAcknowledged") >= 1).await;
+    let sub = new_subscription(g, "zone-1", &before, |s| stat(s, UP, "responsesAcknowledged") >= 1).await;
     assert_eq!(stat(&sub, UP, "resourcesSent"), 1, "only the changed Dataplane travels: {}", sub["status"]);
     assert_eq!(stat(&sub, UP, "responsesRejected"), 0);
     // Downwards too: the zone already held the mesh, so nothing was resent.
@@ -78,13 +76,12 @@ async fn global_restart_resends_only_differences(name: &str, store: Option<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_restart_resends_only_differences_sqlite() {
-    global_restart_resends_only_differences("restart-global-sqlite", None).await;
+    global_restart_resends_only_differences("restart-global-sqlite", Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_restart_resends_only_differences_postgres() {
-    let store = postgres::fresh_database().await;
-    global_restart_resends_only_differences("restart-global-pg", Some(store)).await;
+    global_restart_resends_only_differences("restart-global-pg", Backend::Postgres).await;
 }
 
 /// Done when 3, zone side: SIGKILL a zone, change one gateway and delete
@@ -93,11 +90,11 @@ async fn global_restart_resends_only_differences_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_restart_receives_only_changes() {
     let dir = TestDir::new("restart-zone");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     for (i, port) in [(1, 8081), (2, 8082), (3, 8083)] {
         g.api().apply(&gateway(&format!("gw-{i}"), port)).await;
     }
-    let mut z = synced_zone(&dir, &g, "zone-1").await;
+    let z = synced_zone(&dir, &g, "zone-1").await;
     for i in 1..=3 {
         z.api().wait_for(&format!("/meshes/default/meshgateways/gw-{i}"), "synced", |_| true).await;
     }
@@ -120,9 +117,8 @@ async fn zone_restart_receives_only_changes() {
 /// global applies meanwhile reaches it after SIGCONT, and it is online again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_zone_goes_offline_and_converges_on_resume() {
-    let dir = TestDir::new("pause");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
-    let z = synced_zone(&dir, &g, "zone-1").await;
+    let topo = global_and_zones("pause", GlobalSpec::default(), &["zone-1"]).await;
+    let (g, z) = (topo.global(), topo.zone("zone-1"));
     g.api().wait_online("zone-1", true, CONVERGE).await;
 
     z.pause();
@@ -139,9 +135,8 @@ async fn paused_zone_goes_offline_and_converges_on_resume() {
 /// catch up with what changed meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_global_is_noticed_and_both_sides_catch_up() {
-    let dir = TestDir::new("pause-global");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
-    let z = synced_zone(&dir, &g, "zone-1").await;
+    let topo = global_and_zones("pause-global", GlobalSpec::default(), &["zone-1"]).await;
+    let (g, z) = (topo.global(), topo.zone("zone-1"));
     g.api().wait_online("zone-1", true, CONVERGE).await;
 
     g.pause();

@@ -3,15 +3,15 @@
 
 use std::time::Duration;
 
-use meridian_tests::multizone::{
-    Global, GlobalConfig, TestDir, Zone,
-    api::{CONVERGE, eventually, stat, subscriptions},
-    postgres, raw_kds,
+use meridian_tests::{
+    Backend, Global, GlobalSpec, TestDir, Zone,
+    json_api::{CONVERGE, eventually, stat, subscriptions},
+    raw_kds,
     resources::{dataplane, gateway, gateway_dataplane, label, listener_port, route},
 };
 use serde_json::Value;
 
-use crate::{global_with_mesh, spec_bytes, synced_zone};
+use crate::{global_and_zones, global_with_mesh, spec_bytes, synced_zone};
 
 const GW: &str = "/meshes/default/meshgateways/gw-1";
 const ROUTE: &str = "/meshes/default/meshgatewayroutes/route-1";
@@ -27,9 +27,8 @@ fn from_global(v: &Value) -> bool {
 /// Done when 1: apply, update and delete at the global; both zones follow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_resources_follow_to_both_zones() {
-    let dir = TestDir::new("follow");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
-    let zones = [synced_zone(&dir, &g, "zone-1").await, synced_zone(&dir, &g, "zone-2").await];
+    let topo = global_and_zones("follow", GlobalSpec::default(), &["zone-1", "zone-2"]).await;
+    let (g, zones) = (topo.global(), [topo.zone("zone-1"), topo.zone("zone-2")]);
 
     g.api().apply(&gateway("gw-1", 8080)).await;
     g.api().apply(&route("route-1", "gw-1", "backend-a")).await;
@@ -78,9 +77,9 @@ fn owned_by<'a>(zone: &'a str, addr: &'a str) -> impl Fn(&Value) -> bool + 'a {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_dataplanes_reach_the_global_under_their_zone() {
     let dir = TestDir::new("upward");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     let token_1 = g.zone_token("zone-1").await;
-    let mut z1 = Zone::start(&dir, "zone-1", "zone-1", &g, Some(&token_1)).await;
+    let z1 = Zone::start(&dir, "zone-1", "zone-1", &g, Some(&token_1)).await;
     let z2 = synced_zone(&dir, &g, "zone-2").await;
     z1.api().wait_for("/meshes/default", "synced", |_| true).await;
 
@@ -148,10 +147,9 @@ async fn zone_dataplanes_reach_the_global_under_their_zone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_globals_on_one_postgres_reach_every_zone() {
     let dir = TestDir::new("two-globals");
-    let store = postgres::fresh_database().await;
-    let config = GlobalConfig { store: Some(store), ..GlobalConfig::default() };
-    let ga = global_with_mesh(&dir, "global-a", config.clone()).await;
-    let gb = Global::start(&dir, "global-b", config).await;
+    let ga = global_with_mesh(&dir, "global-a", GlobalSpec::on(Backend::Postgres)).await;
+    let shared = GlobalSpec { shared_store: Some(ga.store_url().to_string()), ..GlobalSpec::default() };
+    let gb = Global::start(&dir, "global-b", shared).await;
     let z1 = synced_zone(&dir, &ga, "zone-1").await;
     let z2 = synced_zone(&dir, &gb, "zone-2").await;
 
@@ -182,10 +180,8 @@ async fn two_globals_on_one_postgres_reach_every_zone() {
 /// its Dataplanes go with it and other zones' stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_deletion_is_refused_online_and_cascades_offline() {
-    let dir = TestDir::new("delete-zone");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
-    let mut z1 = synced_zone(&dir, &g, "zone-1").await;
-    let z2 = synced_zone(&dir, &g, "zone-2").await;
+    let topo = global_and_zones("delete-zone", GlobalSpec::default(), &["zone-1", "zone-2"]).await;
+    let (g, z1, z2) = (topo.global(), topo.zone("zone-1"), topo.zone("zone-2"));
     z1.api().apply(&dataplane("dp-1", "10.0.0.1", "web")).await;
     z2.api().apply(&dataplane("dp-1", "10.0.0.2", "web")).await;
     g.api().wait_for("/meshes/default/dataplanes/zone-1.dp-1", "from zone-1", |_| true).await;
@@ -210,11 +206,10 @@ async fn zone_deletion_is_refused_online_and_cascades_offline() {
 /// up again by the zones that received it). KDS in plaintext (grpc://) here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_ingress_is_rebroadcast_to_other_zones() {
-    let dir = TestDir::new("ingress");
-    let g = global_with_mesh(&dir, "g", GlobalConfig { plaintext: true, ..GlobalConfig::default() }).await;
+    let plaintext = GlobalSpec { plaintext_kds: true, ..GlobalSpec::default() };
+    let topo = global_and_zones("ingress", plaintext, &["zone-1", "zone-2"]).await;
+    let (g, z1, z2) = (topo.global(), topo.zone("zone-1"), topo.zone("zone-2"));
     assert!(g.kds_url().starts_with("grpc://") && g.ca().is_none());
-    let z1 = synced_zone(&dir, &g, "zone-1").await;
-    let z2 = synced_zone(&dir, &g, "zone-2").await;
     let ingress = serde_json::json!({
         "type": "ZoneIngress", "name": "ingress-1",
         "networking": {"address": "10.0.0.5", "port": 10001, "advertisedAddress": "192.0.2.1", "advertisedPort": 10001}
@@ -241,9 +236,8 @@ async fn zone_ingress_is_rebroadcast_to_other_zones() {
 /// The zone serves Envoy bootstraps for its registered Dataplanes over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_serves_bootstrap_for_registered_dataplanes() {
-    let dir = TestDir::new("bootstrap");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
-    let z = synced_zone(&dir, &g, "zone-1").await;
+    let topo = global_and_zones("bootstrap", GlobalSpec::default(), &["zone-1"]).await;
+    let z = topo.zone("zone-1");
     z.api().apply(&gateway_dataplane("gw-dp", "127.0.0.1", "edge-gateway")).await;
     let http = reqwest::Client::new();
     let url = |name: &str, query: &str| format!("{}/meshes/default/dataplanes/{name}/_bootstrap{query}", z.api_url());
@@ -266,9 +260,8 @@ async fn zone_serves_bootstrap_for_registered_dataplanes() {
 async fn secrets_reach_zones_with_their_data() {
     use base64::{Engine, engine::general_purpose::STANDARD};
     const SECRET: &str = "/meshes/default/secrets/tls-1";
-    let dir = TestDir::new("secrets");
-    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
-    let z = synced_zone(&dir, &g, "zone-1").await;
+    let topo = global_and_zones("secrets", GlobalSpec::default(), &["zone-1"]).await;
+    let (g, z) = (topo.global(), topo.zone("zone-1"));
     let secret = |data: &str| {
         serde_json::json!({"type": "Secret", "mesh": "default", "name": "tls-1", "data": STANDARD.encode(data)})
     };

@@ -6,7 +6,11 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use crate::support::{self, Zone, eventually, free_port, get};
+use meridian_tests::{
+    Envoy, Topology, WAIT, XdsMode, eventually,
+    process::envoy_binary,
+    traffic::{self, free_port, get},
+};
 
 fn gateway(port: u16, extra_rule: &str) -> String {
     format!(
@@ -54,7 +58,7 @@ async fn answering(port: u16) -> BTreeSet<String> {
 
 async fn until_answering(port: u16, want: &[&str]) {
     let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
-    eventually(&format!("backends {want:?}"), || async {
+    eventually(&format!("backends {want:?}"), WAIT, || async {
         let got = answering(port).await;
         if got == want { Ok(()) } else { Err(format!("{got:?}")) }
     })
@@ -62,7 +66,7 @@ async fn until_answering(port: u16, want: &[&str]) {
 }
 
 async fn until_path(port: u16, path: &str, want: &str) {
-    eventually(&format!("{path} reaches {want}"), || async {
+    eventually(&format!("{path} reaches {want}"), WAIT, || async {
         let b = get(port, "h", path).await.map(|r| r.backend())?;
         if b == want { Ok(()) } else { Err(b) }
     })
@@ -71,38 +75,37 @@ async fn until_path(port: u16, path: &str, want: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_and_endpoint_changes_and_zone_restart() {
-    support::envoy_binary();
-    let tmp = tempfile::tempdir().expect("tmp");
-    let a1 = support::http_backend("a1").await;
-    let a2 = support::http_backend("a2").await;
-    let b = support::http_backend("b").await;
-    let zone_dir = tmp.path().join("zone");
-    let zone = Zone::start(&zone_dir, None).await;
-    zone.apply(support::MESH).await;
-    zone.apply(&app_dataplane("app-1", a1.port, true)).await;
-    zone.apply(&support::backend_dataplane("b-1", &[(b.port, "b-svc")])).await;
+    envoy_binary();
+    let a1 = traffic::http_backend("a1").await;
+    let a2 = traffic::http_backend("a2").await;
+    let b = traffic::http_backend("b").await;
+    let topo = Topology::builder("e2e-dynamics").zone("zone").start().await;
+    let zone = topo.zone("zone");
+    zone.api().apply_yaml(traffic::MESH).await;
+    zone.api().apply_yaml(&app_dataplane("app-1", a1.port, true)).await;
+    zone.api().apply_yaml(&traffic::backend_dataplane("b-1", &[(b.port, "b-svc")])).await;
     let port = free_port();
-    zone.apply(&gateway(port, "")).await;
-    zone.apply(&support::gateway_dataplane("gw-1", "gw")).await;
-    let envoy = support::Envoy::start(zone.xds, &tmp.path().join("envoy"), "gw-1", false).await;
+    zone.api().apply_yaml(&gateway(port, "")).await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("gw-1", "gw")).await;
+    let envoy = Envoy::start(topo.dir(), zone, "gw-1", XdsMode::Delta).await;
     envoy.wait_ready().await;
     until_answering(port, &["a1"]).await;
 
     // A route update.
-    zone.apply(&gateway(port, &rule_to_b("/v2"))).await;
+    zone.api().apply_yaml(&gateway(port, &rule_to_b("/v2"))).await;
     until_path(port, "/v2/x", "b").await;
     // A new endpoint, then an unhealthy one, then a removed one.
-    zone.apply(&app_dataplane("app-2", a2.port, true)).await;
+    zone.api().apply_yaml(&app_dataplane("app-2", a2.port, true)).await;
     until_answering(port, &["a1", "a2"]).await;
-    zone.apply(&app_dataplane("app-1", a1.port, false)).await;
+    zone.api().apply_yaml(&app_dataplane("app-1", a1.port, false)).await;
     until_answering(port, &["a2"]).await;
-    zone.apply(&app_dataplane("app-1", a1.port, true)).await;
-    zone.delete("dataplanes", "app-2").await;
+    zone.api().apply_yaml(&app_dataplane("app-1", a1.port, true)).await;
+    assert_eq!(zone.api().delete("/meshes/default/dataplanes/app-2").await.0, 200);
     until_answering(port, &["a1"]).await;
 
     // The insight shows ACKs for every type and no NACK.
-    let insight = eventually("DataplaneInsight with ACKs", || async {
-        let i = zone.get("/meshes/default/dataplane-insights/gw-1").await?;
+    let insight = eventually("DataplaneInsight with ACKs", WAIT, || async {
+        let i = zone.api().fetch("/meshes/default/dataplane-insights/gw-1").await?;
         let acked = &i["subscriptions"][0]["status"]["ackedVersions"];
         if ["cds", "eds", "lds", "rds"].iter().all(|t| acked.get(t).is_some()) { Ok(i) } else { Err(i.to_string()) }
     })
@@ -113,14 +116,13 @@ async fn route_and_endpoint_changes_and_zone_restart() {
 
     // Restart the zone: Envoy keeps serving meanwhile, reconnects, and
     // serves the same afterwards; later changes still arrive.
-    let xds = zone.xds;
-    zone.stop().await;
+    let _ = zone.sigterm().await;
     until_answering(port, &["a1"]).await;
     until_path(port, "/v2/x", "b").await;
-    let zone = Zone::start(&zone_dir, Some(xds)).await;
+    zone.restart().await; // the same xDS port and data directory
     let old_instance = first["controlPlaneInstanceId"].clone();
-    eventually("Envoy reconnected to the new zone", || async {
-        let i = zone.get("/meshes/default/dataplane-insights/gw-1").await?;
+    eventually("Envoy reconnected to the new zone", WAIT, || async {
+        let i = zone.api().fetch("/meshes/default/dataplane-insights/gw-1").await?;
         let subs = i["subscriptions"].as_array().cloned().unwrap_or_default();
         let live =
             subs.iter().any(|s| s["controlPlaneInstanceId"] != old_instance && s.get("disconnectTime").is_none());
@@ -129,9 +131,9 @@ async fn route_and_endpoint_changes_and_zone_restart() {
     .await;
     until_answering(port, &["a1"]).await;
     until_path(port, "/v2/x", "b").await;
-    zone.apply(&gateway(port, &rule_to_b("/v3"))).await;
+    zone.api().apply_yaml(&gateway(port, &rule_to_b("/v3"))).await;
     until_path(port, "/v3/x", "b").await;
     assert_eq!(get(port, "h", "/v2/x").await.map(|r| r.backend()).unwrap_or_default(), "a1", "the /v2 rule is gone");
     drop(envoy);
-    zone.stop().await;
+    let _ = zone.sigterm().await;
 }

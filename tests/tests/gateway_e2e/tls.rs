@@ -1,34 +1,38 @@
 //! HTTPS termination with Secrets (SNI picks the certificate and the
 //! routes), HSTS, and TLS listeners that terminate or pass through.
 
-use crate::support::{self, Zone, eventually, free_port};
+use meridian_tests::{
+    Envoy, Topology, WAIT, XdsMode, eventually,
+    process::envoy_binary,
+    traffic::{self, free_port},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_termination_sni_and_tls_passthrough() {
-    support::envoy_binary();
-    let tmp = tempfile::tempdir().expect("tmp");
+    envoy_binary();
     let (foo, bar, pass, term) = (
-        support::cert("foo.example.com"),
-        support::cert("bar.example.com"),
-        support::cert("pass.example.com"),
-        support::cert("term.example.com"),
+        traffic::cert("foo.example.com"),
+        traffic::cert("bar.example.com"),
+        traffic::cert("pass.example.com"),
+        traffic::cert("term.example.com"),
     );
-    let foo_web = support::http_backend("foo-web").await;
-    let bar_web = support::http_backend("bar-web").await;
-    let tls_backend = support::tls_backend("tls-backend", &pass).await;
-    let plain = support::tcp_backend("plain").await;
-    let zone = Zone::start(&tmp.path().join("zone"), None).await;
-    zone.apply(support::MESH).await;
+    let foo_web = traffic::http_backend("foo-web").await;
+    let bar_web = traffic::http_backend("bar-web").await;
+    let tls_backend = traffic::tls_backend("tls-backend", &pass).await;
+    let plain = traffic::tcp_backend("plain").await;
+    let topo = Topology::builder("e2e-tls").zone("zone").start().await;
+    let zone = topo.zone("zone");
+    zone.api().apply_yaml(traffic::MESH).await;
     for (name, c) in [("foo-cert", &foo), ("bar-cert", &bar), ("term-cert", &term)] {
-        zone.apply(&support::secret(name, c)).await;
+        zone.api().apply_yaml(&traffic::secret(name, c)).await;
     }
-    zone.apply(&support::backend_dataplane(
+    zone.api().apply_yaml(&traffic::backend_dataplane(
         "backends",
         &[(foo_web.port, "foo-web"), (bar_web.port, "bar-web"), (tls_backend, "tls-backend"), (plain, "plain")],
     ))
     .await;
     let (https, tls) = (free_port(), free_port());
-    zone.apply(&format!(
+    zone.api().apply_yaml(&format!(
         r#"
 type: MeshGateway
 mesh: default
@@ -67,16 +71,16 @@ conf: {{tcp: {{rules: [{{backends: [{{destination: {{kuma.io/service: plain}}}}]
 "#
     ))
     .await;
-    zone.apply(&support::gateway_dataplane("gw-1", "gw")).await;
-    let envoy = support::Envoy::start(zone.xds, &tmp.path().join("envoy"), "gw-1", false).await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("gw-1", "gw")).await;
+    let envoy = Envoy::start(topo.dir(), zone, "gw-1", XdsMode::Delta).await;
     envoy.wait_ready().await;
 
     // Each hostname gets its own certificate (the client trusts only that
     // one) and its own routes; responses carry HSTS.
     for (host, cert, want) in [("foo.example.com", &foo, "foo-web"), ("bar.example.com", &bar, "bar-web")] {
-        let client = support::https_client(host, https, cert);
+        let client = traffic::https_client(host, https, cert);
         let url = format!("https://{host}:{https}/hello");
-        let (name, hsts) = eventually(&format!("HTTPS to {host}"), || async {
+        let (name, hsts) = eventually(&format!("HTTPS to {host}"), WAIT, || async {
             let r = client.get(&url).send().await.map_err(|e| format!("{e:?}"))?;
             let hsts = r.headers().get("strict-transport-security").map(|v| v.to_str().unwrap_or("").to_string());
             let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
@@ -87,15 +91,15 @@ conf: {{tcp: {{rules: [{{backends: [{{destination: {{kuma.io/service: plain}}}}]
         assert!(hsts.is_some_and(|h| h.contains("max-age=")), "HSTS on {host}");
     }
     // The wrong certificate for a name fails the handshake.
-    let wrong = support::https_client("foo.example.com", https, &bar);
+    let wrong = traffic::https_client("foo.example.com", https, &bar);
     assert!(wrong.get(format!("https://foo.example.com:{https}/")).send().await.is_err());
 
     // TLS passthrough: the backend's own certificate reaches the client.
-    let answer = eventually("TLS passthrough", || support::tls_talk(tls, "pass.example.com", &pass, "hello")).await;
+    let answer = eventually("TLS passthrough", WAIT, || traffic::tls_talk(tls, "pass.example.com", &pass, "hello")).await;
     assert_eq!(answer, "tls-backend: hello");
     // TLS termination at the gateway, plain TCP to the backend.
-    let answer = eventually("TLS termination", || support::tls_talk(tls, "term.example.com", &term, "hi")).await;
+    let answer = eventually("TLS termination", WAIT, || traffic::tls_talk(tls, "term.example.com", &term, "hi")).await;
     assert_eq!(answer, "plain: hi");
     drop(envoy);
-    zone.stop().await;
+    let _ = zone.sigterm().await;
 }

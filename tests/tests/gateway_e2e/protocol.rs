@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::Streaming;
 
-use crate::support::{self, Zone};
+use meridian_tests::{Topology, WAIT, Zone, traffic};
 
 fn node(id: &str) -> Option<Node> {
     Some(Node { id: id.to_string(), ..Default::default() })
@@ -30,7 +30,7 @@ struct DeltaClient {
 impl DeltaClient {
     async fn open(zone: &Zone, first: DeltaDiscoveryRequest) -> Result<DeltaClient, tonic::Status> {
         let mut client =
-            AggregatedDiscoveryServiceClient::connect(format!("http://{}", zone.xds)).await.expect("connect");
+            AggregatedDiscoveryServiceClient::connect(format!("http://{}", zone.xds())).await.expect("connect");
         // Requests queued by the test: a handful at a time.
         let (tx, rx) = mpsc::channel(16);
         tx.send(first).await.expect("queue");
@@ -39,7 +39,7 @@ impl DeltaClient {
     }
 
     async fn next(&mut self) -> Result<DeltaDiscoveryResponse, tonic::Status> {
-        match tokio::time::timeout(support::WAIT, self.rx.next()).await {
+        match tokio::time::timeout(WAIT, self.rx.next()).await {
             Ok(Some(r)) => r,
             Ok(None) => Err(tonic::Status::unavailable("stream ended")),
             Err(_) => Err(tonic::Status::deadline_exceeded("no response")),
@@ -100,16 +100,16 @@ conf: {{http: {{rules: [{{matches: [{{path: {{match: PREFIX, value: /}}}}], back
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delta_sends_only_what_changed_and_refuses_unknown_dataplanes() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let zone = Zone::start(&tmp.path().join("zone"), None).await;
-    zone.apply(support::MESH).await;
-    zone.apply(&support::backend_dataplane("web-1", &[(19001, "web")])).await;
-    zone.apply(&two_ports("/", false)).await;
-    zone.apply(&support::gateway_dataplane("gw-1", "gw")).await;
+    let topo = Topology::builder("e2e-protocol").zone("zone").start().await;
+    let zone = topo.zone("zone");
+    zone.api().apply_yaml(traffic::MESH).await;
+    zone.api().apply_yaml(&traffic::backend_dataplane("web-1", &[(19001, "web")])).await;
+    zone.api().apply_yaml(&two_ports("/", false)).await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("gw-1", "gw")).await;
 
     // An unknown Dataplane: a clear error, no configuration.
     let mut unknown = match DeltaClient::open(
-        &zone,
+        zone,
         DeltaDiscoveryRequest { node: node("default.nope"), type_url: CLUSTER_TYPE(), ..Default::default() },
     )
     .await
@@ -123,7 +123,7 @@ async fn delta_sends_only_what_changed_and_refuses_unknown_dataplanes() {
 
     // Subscribe to everything, ACK everything.
     let first = DeltaDiscoveryRequest { node: node("default.gw-1"), ..request(CLUSTER_TYPE(), &[]) };
-    let mut c = DeltaClient::open(&zone, first).await.expect("open");
+    let mut c = DeltaClient::open(zone, first).await.expect("open");
     let mut held: HashMap<String, HashMap<String, String>> = HashMap::new();
     let mut remember = |r: &DeltaDiscoveryResponse| {
         let h = held.entry(r.type_url.clone()).or_default();
@@ -151,7 +151,7 @@ async fn delta_sends_only_what_changed_and_refuses_unknown_dataplanes() {
     c.ack(&rds).await;
 
     // Change the route of port 18001 only: one RDS response, one resource.
-    zone.apply(&two_ports("/one", false)).await;
+    zone.api().apply_yaml(&two_ports("/one", false)).await;
     let r = c.next().await.expect("rds update");
     assert_eq!(r.type_url, ROUTE_TYPE(), "only routes changed: {r:?}");
     assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["gw:HTTP:18001:*"]);
@@ -168,8 +168,8 @@ async fn delta_sends_only_what_changed_and_refuses_unknown_dataplanes() {
         ..Default::default()
     })
     .await;
-    support::eventually("the NACK in the DataplaneInsight", || async {
-        let i = zone.get("/meshes/default/dataplane-insights/gw-1").await?;
+    meridian_tests::eventually("the NACK in the DataplaneInsight", WAIT, || async {
+        let i = zone.api().fetch("/meshes/default/dataplane-insights/gw-1").await?;
         let status = &i["subscriptions"][0]["status"];
         let rejected = status["rds"]["responsesRejected"].as_str() == Some("1");
         if rejected && status["lastNackReason"].as_str().is_some_and(|r| r.contains("bad route")) {
@@ -181,8 +181,8 @@ async fn delta_sends_only_what_changed_and_refuses_unknown_dataplanes() {
     .await;
     // Re-applying identical resources changes nothing; the next response is
     // the endpoint change that follows (nothing stray in between).
-    zone.apply(&two_ports("/one", false)).await;
-    zone.apply(&support::backend_dataplane("web-2", &[(19002, "web")])).await;
+    zone.api().apply_yaml(&two_ports("/one", false)).await;
+    zone.api().apply_yaml(&traffic::backend_dataplane("web-2", &[(19002, "web")])).await;
     let r = c.next().await.expect("eds update");
     assert_eq!(r.type_url, ENDPOINT_TYPE(), "{r:?}");
     assert_eq!(r.resources.len(), 1);
@@ -193,7 +193,7 @@ async fn delta_sends_only_what_changed_and_refuses_unknown_dataplanes() {
     // A reconnect that names what it holds gets only the differences.
     let mut initial = DeltaDiscoveryRequest { node: node("default.gw-1"), ..request(LISTENER_TYPE(), &[]) };
     initial.initial_resource_versions = held.get(&LISTENER_TYPE()).cloned().unwrap_or_default();
-    let mut c = DeltaClient::open(&zone, initial).await.expect("reopen");
+    let mut c = DeltaClient::open(zone, initial).await.expect("reopen");
     let lds = c.next().await.expect("lds");
     assert!(lds.resources.is_empty() && lds.removed_resources.is_empty(), "{lds:?}");
     let mut rds_init = request(ROUTE_TYPE(), &["gw:HTTP:18001:*", "gw:HTTP:18002:*"]);
@@ -204,7 +204,7 @@ async fn delta_sends_only_what_changed_and_refuses_unknown_dataplanes() {
     let rds = c.next().await.expect("rds");
     assert_eq!(rds.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["gw:HTTP:18001:*"]);
     drop(c);
-    zone.stop().await;
+    let _ = zone.sigterm().await;
 }
 
 async fn next(rx: &mut Streaming<DiscoveryResponse>) -> DiscoveryResponse {
@@ -216,12 +216,12 @@ async fn next(rx: &mut Streaming<DiscoveryResponse>) -> DiscoveryResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sotw_answers_changes_not_acks() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let zone = Zone::start(&tmp.path().join("zone"), None).await;
-    zone.apply(support::MESH).await;
-    zone.apply(&two_ports("/", false)).await;
-    zone.apply(&support::gateway_dataplane("gw-1", "gw")).await;
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", zone.xds)).await.expect("connect");
+    let topo = Topology::builder("e2e-protocol").zone("zone").start().await;
+    let zone = topo.zone("zone");
+    zone.api().apply_yaml(traffic::MESH).await;
+    zone.api().apply_yaml(&two_ports("/", false)).await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("gw-1", "gw")).await;
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", zone.xds())).await.expect("connect");
     // Requests queued by the test: a handful at a time.
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
     tx.send(DiscoveryRequest { node: node("default.gw-1"), type_url: LISTENER_TYPE(), ..Default::default() })
@@ -252,11 +252,11 @@ async fn sotw_answers_changes_not_acks() {
     assert_eq!(rds.resources.len(), 1);
     tx.send(ack(&rds, &["gw:HTTP:18001:*"])).await.expect("ack");
     // A change: the whole subscribed set again, under a new version.
-    zone.apply(&two_ports("/", true)).await;
+    zone.api().apply_yaml(&two_ports("/", true)).await;
     let rds2 = next(&mut rx).await;
     assert_eq!(rds2.type_url, ROUTE_TYPE());
     assert_eq!(rds2.resources.len(), 1);
     assert_ne!(rds2.version_info, rds.version_info);
     drop(tx);
-    zone.stop().await;
+    let _ = zone.sigterm().await;
 }

@@ -4,7 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::support::{self, Reply, Zone, eventually, free_port, get, request};
+use meridian_tests::{
+    Envoy, Topology, WAIT, XdsMode, eventually,
+    process::envoy_binary,
+    traffic::{self, Reply, free_port, get, request},
+};
 
 fn routes(port: u16, regex_port: u16) -> String {
     format!(
@@ -105,30 +109,30 @@ async fn backend_of(port: u16, method: &str, path: &str, headers: &[(&str, &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_matches_weights_and_filters_over_sotw() {
-    support::envoy_binary();
-    let tmp = tempfile::tempdir().expect("tmp");
+    envoy_binary();
     let names = ["root", "api", "exact", "regex", "method", "headers", "query", "echo", "mirror"];
     let mut backends = BTreeMap::new();
     for n in names {
-        backends.insert(n, support::http_backend(n).await);
+        backends.insert(n, traffic::http_backend(n).await);
     }
-    let v1 = support::http_backend("v1").await;
-    let v2 = support::http_backend("v2").await;
-    let zone = Zone::start(&tmp.path().join("zone"), None).await;
-    zone.apply(support::MESH).await;
+    let v1 = traffic::http_backend("v1").await;
+    let v2 = traffic::http_backend("v2").await;
+    let topo = Topology::builder("e2e-routing").zone("zone").start().await;
+    let zone = topo.zone("zone");
+    zone.api().apply_yaml(traffic::MESH).await;
     let inbounds: Vec<(u16, &str)> = backends.iter().map(|(n, b)| (b.port, *n)).collect();
-    zone.apply(&support::backend_dataplane("backends", &inbounds)).await;
+    zone.api().apply_yaml(&traffic::backend_dataplane("backends", &inbounds)).await;
     let versions = serde_json::json!({"type": "Dataplane", "mesh": "default", "name": "web",
         "networking": {"address": "127.0.0.1", "inbound": [
             {"port": v1.port, "tags": {"kuma.io/service": "web", "version": "v1"}},
             {"port": v2.port, "tags": {"kuma.io/service": "web", "version": "v2"}}]}});
-    zone.apply(&versions.to_string()).await;
+    zone.api().apply_yaml(&versions.to_string()).await;
     let (port, regex_port) = (free_port(), free_port());
-    zone.apply(&routes(port, regex_port)).await;
-    zone.apply(&support::gateway_dataplane("gw-1", "gw")).await;
-    let envoy = support::Envoy::start(zone.xds, &tmp.path().join("envoy"), "gw-1", true).await;
+    zone.api().apply_yaml(&routes(port, regex_port)).await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("gw-1", "gw")).await;
+    let envoy = Envoy::start(topo.dir(), zone, "gw-1", XdsMode::Sotw).await;
     envoy.wait_ready().await;
-    eventually("the route table is served", || async {
+    eventually("the route table is served", WAIT, || async {
         let b = backend_of(port, "GET", "/api/x", &[]).await;
         if b == "api" { Ok(()) } else { Err(b) }
     })
@@ -205,7 +209,7 @@ async fn http_matches_weights_and_filters_over_sotw() {
     // Mirror: the echo answers, the mirror backend gets a copy.
     assert_eq!(backend_of(port, "GET", "/mirror/1", &[]).await, "echo");
     let mirror = backends["mirror"].seen.clone();
-    eventually("the mirror backend sees the request", || async {
+    eventually("the mirror backend sees the request", WAIT, || async {
         let seen = mirror.lock().map(|s| s.clone()).unwrap_or_default();
         if seen.iter().any(|e| e["path"] == "/mirror/1") { Ok(()) } else { Err(format!("{seen:?}")) }
     })
@@ -215,9 +219,9 @@ async fn http_matches_weights_and_filters_over_sotw() {
     assert_eq!(get(port, "h", "/nothing").await.expect("nothing").status, 500);
 
     // Every response was accepted: no NACK in the insight.
-    let insight = zone.get("/meshes/default/dataplane-insights/gw-1").await.expect("insight");
+    let insight = zone.api().fetch("/meshes/default/dataplane-insights/gw-1").await.expect("insight");
     let status = &insight["subscriptions"][0]["status"];
     assert!(status.get("lastNackReason").is_none(), "{insight}");
     drop(envoy);
-    zone.stop().await;
+    let _ = zone.sigterm().await;
 }

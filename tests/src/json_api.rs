@@ -1,5 +1,6 @@
-//! HTTP access to a control plane's REST API, bounded polling, and readers
-//! of `/zones/_overview`.
+//! JSON access to a control plane's REST API with convergence waits,
+//! bounded polling, and readers of `/zones/_overview`. (For exact answers,
+//! status, ETag and text, see [`crate::api`].)
 
 use std::{future::Future, time::Duration};
 
@@ -30,9 +31,9 @@ where
     }
 }
 
-/// REST client of one control plane (loopback callers are admin).
+/// JSON REST client of one control plane (loopback callers are admin).
 #[derive(Clone)]
-pub struct Api {
+pub struct JsonApi {
     base: String,
     http: reqwest::Client,
 }
@@ -50,15 +51,15 @@ pub fn path_of(resource: &Value) -> String {
     }
 }
 
-impl Api {
-    pub fn new(base: &str) -> Api {
+impl JsonApi {
+    pub fn new(base: &str) -> JsonApi {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))
             .build()
             .expect("build the HTTP client");
-        Api { base: base.trim_end_matches('/').to_string(), http }
+        JsonApi { base: base.trim_end_matches('/').to_string(), http }
     }
 
     pub fn base(&self) -> &str {
@@ -103,6 +104,23 @@ impl Api {
         let path = path_of(resource);
         let (status, body) = self.put(&path, resource).await;
         assert!(status == 200 || status == 201, "PUT {}{path} answered {status}: {body}", self.base);
+    }
+
+    /// GET answering 2xx with JSON; `Err` with the status otherwise.
+    pub async fn fetch(&self, path: &str) -> Result<Value, String> {
+        match self.try_get(path).await? {
+            (s, v) if (200..300).contains(&s) => Ok(v),
+            (s, v) => Err(format!("GET {path}: {s} {v}")),
+        }
+    }
+
+    /// PUTs every document of a YAML text at its path; panics on any refusal.
+    pub async fn apply_yaml(&self, yaml: &str) {
+        let docs = meridian_sync_proto::universal::parse_documents(yaml)
+            .unwrap_or_else(|e| panic!("not YAML: {e}\n{yaml}"));
+        for doc in docs {
+            self.apply(&doc).await;
+        }
     }
 
     /// POST answering text (zone tokens).

