@@ -189,6 +189,23 @@ mod tests {
     }
 
     #[test]
+    fn both_spellings_name_a_type_and_the_incumbents_goes_on_the_wire() {
+        for (spellings, ty, wire) in [
+            (["zone-insights", "zoneinsights"], ResourceType::ZoneInsight, "zone-insights"),
+            (["dataplane-insights", "dataplaneinsights"], ResourceType::DataplaneInsight, "dataplane-insights"),
+            (["zoneingresses", "zone-ingresses"], ResourceType::ZoneIngress, "zoneingresses"),
+            (["global-secrets", "globalsecrets"], ResourceType::GlobalSecret, "global-secrets"),
+        ] {
+            for s in spellings {
+                let got = resource_type(s).ok();
+                assert_eq!(got, Some(ty), "{s}");
+                assert_eq!(got.map(ResourceType::plural), Some(wire), "{s}");
+            }
+        }
+        assert_eq!(segments(ResourceType::ZoneInsight, "default", "zone-1"), ["zone-insights", "zone-1"]);
+    }
+
+    #[test]
     fn tables() {
         let now = 1_795_000_060_000;
         let gw = json!({"type": "MeshGateway", "mesh": "default", "name": "edge", "creationTime": "2026-11-18T11:06:40.000Z"});
