@@ -40,6 +40,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ready", get(ready))
         .route("/healthy", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
+        .route("/config", get(config))
         .route("/{plural}", get(list_top))
         .route("/{plural}/{name}", get(get_top).put(put_top).delete(delete_top))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
@@ -81,6 +82,19 @@ async fn index(State(s): State<ApiState>) -> Json<Value> {
         v["zone"] = json!(z);
     }
     Json(v)
+}
+
+/// `GET /config`: the running configuration (flags and environment as
+/// resolved, secrets redacted). The incumbent serves its `/config` too; as
+/// it reveals the topology (addresses, store, data directory), Meridian
+/// answers only admins.
+async fn config(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    ci: ConnectInfo<PeerAddr>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, &ci)?;
+    Ok(Json(s.config.as_ref().clone()))
 }
 
 async fn ready(State(s): State<ApiState>) -> Response {

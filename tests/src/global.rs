@@ -33,6 +33,10 @@ pub struct GlobalOptions {
     pub trust_loopback: bool,
     /// `--api-tls-cert` and `--api-tls-key`: serve the API over HTTPS.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Let the global create the `default` Mesh at start. `false` (the
+    /// default) passes `--skip-default-mesh`: most scenarios start from an
+    /// empty store and create the Meshes they use.
+    pub default_mesh: bool,
 }
 
 impl Default for GlobalOptions {
@@ -40,6 +44,7 @@ impl Default for GlobalOptions {
         GlobalOptions {
             trust_loopback: true,
             tls: None,
+            default_mesh: false,
         }
     }
 }
@@ -181,6 +186,9 @@ impl Global {
             .stderr(Stdio::from(log));
         if let Some((cert, key)) = &self.options.tls {
             cmd.arg("--api-tls-cert").arg(cert).arg("--api-tls-key").arg(key);
+        }
+        if !self.options.default_mesh {
+            cmd.arg("--skip-default-mesh");
         }
         // Only the flags above configure it, never the test runner's environment.
         for (k, _) in std::env::vars_os() {

@@ -245,6 +245,9 @@ pub struct GlobalConfig {
     pub store: Option<String>,
     /// `--kds-plaintext true` (zones then dial grpc://).
     pub plaintext: bool,
+    /// Let the global create the `default` Mesh at start; by default the
+    /// harness passes `--skip-default-mesh` and tests create what they use.
+    pub default_mesh: bool,
 }
 
 /// A `meridian-global` process.
@@ -279,6 +282,9 @@ impl Global {
         }
         if config.plaintext {
             args.extend(["--kds-plaintext".into(), "true".into()]);
+        }
+        if !config.default_mesh {
+            args.push("--skip-default-mesh".into());
         }
         let kds_prefix =
             if config.plaintext { "meridian-global: KDS on grpc://" } else { "meridian-global: KDS on grpcs://" };

@@ -94,6 +94,8 @@ impl Zone {
                 &xds_addr,
                 "--log-level",
                 "info,meridian_zone=debug",
+                // The tests create the Meshes they use.
+                "--skip-default-mesh",
             ])
             .arg("--data-dir")
             .arg(dir.join("data"))
