@@ -6,6 +6,7 @@
 
 mod support;
 
+mod defaults;
 mod delegated_and_seeds;
 mod dynamics;
 mod protocol;

@@ -80,7 +80,13 @@ pub struct Zone {
 
 impl Zone {
     /// Starts a zone keeping its state in `dir`; `xds` = `None` picks a port.
+    /// The tests create the Meshes they use: `--skip-default-mesh`.
     pub async fn start(dir: &Path, xds: Option<SocketAddr>) -> Zone {
+        Self::start_with(dir, xds, &["--skip-default-mesh"]).await
+    }
+
+    /// [`Zone::start`] with `extra` flags instead of `--skip-default-mesh`.
+    pub async fn start_with(dir: &Path, xds: Option<SocketAddr>, extra: &[&str]) -> Zone {
         let _ = rustls::crypto::ring::default_provider().install_default();
         std::fs::create_dir_all(dir).expect("zone dir");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("zone.log")).expect("zone log");
@@ -94,9 +100,8 @@ impl Zone {
                 &xds_addr,
                 "--log-level",
                 "info,meridian_zone=debug",
-                // The tests create the Meshes they use.
-                "--skip-default-mesh",
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .env("NO_COLOR", "1")
