@@ -225,7 +225,7 @@ mod tests {
         let synced = serde_json::json!({"name": "edge-1-bcdd994zxbvwfv24",
             "labels": {"kuma.io/display-name": "edge-1", "kuma.io/zone": "zone-1", "kuma.io/origin": "zone"}});
         let row = |n: &str| vec![n.to_string(), "1s".to_string()];
-        assert_eq!(render_named(&["NAME", "AGE"], vec![row("edge")], &[local.clone()]), "NAME   AGE\nedge   1s\n");
+        assert_eq!(render_named(&["NAME", "AGE"], vec![row("edge")], std::slice::from_ref(&local)), "NAME   AGE\nedge   1s\n");
         assert_eq!(
             render_named(&["NAME", "AGE"], vec![row("edge"), row("edge-1-bcdd994zxbvwfv24")], &[local, synced]),
             "NAME                      DISPLAY NAME   ZONE     AGE\n\
