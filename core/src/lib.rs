@@ -10,11 +10,13 @@
 //!
 //! - [`manager`]: typed resource access over [`meridian_store::Store`]; what a
 //!   user may write depends on the [`manager::Role`].
+//! - [`defaults`]: the `default` Mesh created at start, as the incumbent does.
 //! - [`origin`]: the `kuma.io/origin`/`kuma.io/zone` labels and what they allow.
 //! - [`received`]: applying resources received over KDS, for both directions.
 //! - [`liveness`]: whether a zone is online, from its ZoneInsight.
 //! - [`metrics`]: store-operation figures, registered into an injected registry.
 
+pub mod defaults;
 pub mod liveness;
 pub mod manager;
 pub mod metrics;

@@ -156,9 +156,11 @@ const GET_ABOUT: &str = "\
 List resources of a type, or show one.
 
 TYPE may be written as a plural path segment, a singular or the type name:
-`meshgateways`, `meshgateway` and `MeshGateway` are the same. Known types: meshes,
-meshgateways, meshgatewayroutes, dataplanes, dataplane-insights, secrets, zones,
-zoneinsights, zoneingresses, global-secrets.
+`meshgateways`, `meshgateway` and `MeshGateway` are the same. Known types (the
+incumbent's path segments, which meridianctl sends): meshes, meshgateways,
+meshgatewayroutes, dataplanes, dataplane-insights, secrets, zones, zone-insights,
+zoneingresses, global-secrets. Also accepted: zoneinsights, dataplaneinsights,
+zone-ingresses, globalsecrets.
 
 Output: `table` (default), `yaml` (one document per resource, separated by `---`,
 so it can be fed back to `meridianctl apply -f -`) or `json` (one object, or

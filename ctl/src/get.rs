@@ -74,62 +74,42 @@ pub fn yaml_stream(items: &[Value]) -> String {
         .join("---\n")
 }
 
-/// The `kumactl get` table of a type.
+/// The `kumactl get` table of a type; zone resources also show their
+/// display name and zone ([`table::render_named`]).
 pub fn table_of(ty: ResourceType, items: &[Value], now: i64) -> String {
     let created = |v: &Value| age(v.get("creationTime").and_then(Value::as_str), now);
-    match ty {
-        ResourceType::Mesh => {
-            let rows: Vec<Vec<String>> = items
+    let (headers, rows): (&[&str], Vec<Vec<String>>) = match ty {
+        ResourceType::Mesh => (
+            &["NAME", "mTLS", "AGE"],
+            items.iter().map(|v| vec![str_field(v, "name").into(), mtls(v), created(v)]).collect(),
+        ),
+        ResourceType::Dataplane => (
+            &["MESH", "NAME", "TAGS", "AGE"],
+            items
                 .iter()
-                .map(|v| vec![str_field(v, "name").into(), mtls(v), created(v)])
-                .collect();
-            table::render(&["NAME", "mTLS", "AGE"], &rows)
-        }
-        ResourceType::Dataplane => {
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|v| {
-                    vec![
-                        str_field(v, "mesh").into(),
-                        str_field(v, "name").into(),
-                        dataplane_tags(v),
-                        created(v),
-                    ]
-                })
-                .collect();
-            table::render(&["MESH", "NAME", "TAGS", "AGE"], &rows)
-        }
-        ResourceType::Zone => {
-            let rows: Vec<Vec<String>> = items
+                .map(|v| vec![str_field(v, "mesh").into(), str_field(v, "name").into(), dataplane_tags(v), created(v)])
+                .collect(),
+        ),
+        ResourceType::Zone => (
+            &["NAME", "ENABLED", "AGE"],
+            items
                 .iter()
                 .map(|v| {
                     let enabled = v.get("enabled").and_then(Value::as_bool).unwrap_or(true);
                     vec![str_field(v, "name").into(), enabled.to_string(), created(v)]
                 })
-                .collect();
-            table::render(&["NAME", "ENABLED", "AGE"], &rows)
-        }
-        t if t.is_mesh_scoped() => {
-            let rows: Vec<Vec<String>> = items
+                .collect(),
+        ),
+        t if t.is_mesh_scoped() => (
+            &["MESH", "NAME", "AGE"],
+            items
                 .iter()
-                .map(|v| {
-                    vec![
-                        str_field(v, "mesh").into(),
-                        str_field(v, "name").into(),
-                        created(v),
-                    ]
-                })
-                .collect();
-            table::render(&["MESH", "NAME", "AGE"], &rows)
-        }
-        _ => {
-            let rows: Vec<Vec<String>> = items
-                .iter()
-                .map(|v| vec![str_field(v, "name").into(), created(v)])
-                .collect();
-            table::render(&["NAME", "AGE"], &rows)
-        }
-    }
+                .map(|v| vec![str_field(v, "mesh").into(), str_field(v, "name").into(), created(v)])
+                .collect(),
+        ),
+        _ => (&["NAME", "AGE"], items.iter().map(|v| vec![str_field(v, "name").into(), created(v)]).collect()),
+    };
+    table::render_named(headers, rows, items)
 }
 
 /// `builtin/ca-1` for the enabled mTLS backend, `off` without one.
@@ -189,6 +169,23 @@ mod tests {
     }
 
     #[test]
+    fn both_spellings_name_a_type_and_the_incumbents_goes_on_the_wire() {
+        for (spellings, ty, wire) in [
+            (["zone-insights", "zoneinsights"], ResourceType::ZoneInsight, "zone-insights"),
+            (["dataplane-insights", "dataplaneinsights"], ResourceType::DataplaneInsight, "dataplane-insights"),
+            (["zoneingresses", "zone-ingresses"], ResourceType::ZoneIngress, "zoneingresses"),
+            (["global-secrets", "globalsecrets"], ResourceType::GlobalSecret, "global-secrets"),
+        ] {
+            for s in spellings {
+                let got = resource_type(s).ok();
+                assert_eq!(got, Some(ty), "{s}");
+                assert_eq!(got.map(ResourceType::plural), Some(wire), "{s}");
+            }
+        }
+        assert_eq!(segments(ResourceType::ZoneInsight, "default", "zone-1"), ["zone-insights", "zone-1"]);
+    }
+
+    #[test]
     fn tables() {
         let now = 1_795_000_060_000;
         let gw = json!({"type": "MeshGateway", "mesh": "default", "name": "edge", "creationTime": "2026-11-18T11:06:40.000Z"});
@@ -202,6 +199,16 @@ mod tests {
         let dp = json!({"type": "Dataplane", "mesh": "default", "name": "gw-1",
             "networking": {"address": "10.0.0.1", "gateway": {"tags": {"kuma.io/service": "edge"}}}});
         assert!(table_of(ResourceType::Dataplane, &[dp], now).contains("kuma.io/service=edge"));
+        let synced = json!({"type": "Dataplane", "mesh": "default", "name": "gateway-instance-1-bcdd994zxbvwfv24",
+            "labels": {"kuma.io/display-name": "gateway-instance-1", "kuma.io/zone": "zone-1", "kuma.io/origin": "zone"},
+            "networking": {"address": "10.0.0.1", "gateway": {"tags": {"kuma.io/service": "edge"}}}});
+        let t = table_of(ResourceType::Dataplane, &[synced], now);
+        let lines: Vec<Vec<&str>> = t.lines().map(|l| l.split("   ").map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
+        assert_eq!(lines[0], ["MESH", "NAME", "DISPLAY NAME", "ZONE", "TAGS", "AGE"]);
+        assert_eq!(
+            lines[1],
+            ["default", "gateway-instance-1-bcdd994zxbvwfv24", "gateway-instance-1", "zone-1", "kuma.io/service=edge", "-"]
+        );
     }
 
     #[test]

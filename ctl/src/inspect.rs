@@ -108,8 +108,9 @@ pub fn zones_table(items: &[Value], now: i64) -> String {
     )
 }
 
-/// MESH, NAME, TAGS, STATUS (connected without disconnecting), ages and
-/// counters of the xDS subscriptions, and versions.
+/// MESH, NAME (with DISPLAY NAME and ZONE for zone resources,
+/// [`table::render_named`]), TAGS, STATUS (connected without
+/// disconnecting), ages and counters of the xDS subscriptions, and versions.
 pub fn dataplanes_table(items: &[Value], now: i64) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -142,7 +143,7 @@ pub fn dataplanes_table(items: &[Value], now: i64) -> String {
             ]
         })
         .collect();
-    table::render(
+    table::render_named(
         &[
             "MESH",
             "NAME",
@@ -155,7 +156,8 @@ pub fn dataplanes_table(items: &[Value], now: i64) -> String {
             "KUMA-DP",
             "ENVOY",
         ],
-        &rows,
+        rows,
+        items,
     )
 }
 

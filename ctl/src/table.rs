@@ -38,6 +38,54 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The label the incumbent puts the user's own name in when the stored name
+/// differs (zone resources at the global: `<name>-<hash>` or `<zone>.<name>`).
+pub const DISPLAY_NAME_LABEL: &str = "kuma.io/display-name";
+/// The label naming the zone a resource came from.
+pub const ZONE_LABEL: &str = "kuma.io/zone";
+
+/// A label of a resource (or of an `_overview` item, which carries its
+/// resource's labels), or `""`.
+pub fn label<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get("labels").and_then(|l| l.get(key)).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// [`render`], with the origin of zone resources beside NAME, as the
+/// incumbent's users find it at the global: a `DISPLAY NAME` column (the
+/// `kuma.io/display-name` label, `-` when the stored name is the user's)
+/// when any item's display name differs from its stored name, and a `ZONE`
+/// column (`kuma.io/zone`) when any item came from a zone. Stored names stay
+/// in NAME, since the API addresses resources by them. `items` and `rows`
+/// are parallel; without a NAME header the table is rendered as is.
+pub fn render_named(headers: &[&str], mut rows: Vec<Vec<String>>, items: &[Value]) -> String {
+    let Some(at) = headers.iter().position(|h| *h == "NAME") else {
+        return render(headers, &rows);
+    };
+    let display = |v: &Value| {
+        let d = label(v, DISPLAY_NAME_LABEL);
+        if d.is_empty() || d == str_field(v, "name") { "-".to_string() } else { d.to_string() }
+    };
+    let show_display = items.iter().any(|v| display(v) != "-");
+    let show_zone = items.iter().any(|v| !label(v, ZONE_LABEL).is_empty());
+    let mut headers: Vec<&str> = headers.to_vec();
+    let mut insert = at + 1;
+    if show_display {
+        headers.insert(insert, "DISPLAY NAME");
+        for (row, v) in rows.iter_mut().zip(items) {
+            row.insert(insert.min(row.len()), display(v));
+        }
+        insert += 1;
+    }
+    if show_zone {
+        headers.insert(insert, "ZONE");
+        for (row, v) in rows.iter_mut().zip(items) {
+            let z = label(v, ZONE_LABEL);
+            row.insert(insert.min(row.len()), if z.is_empty() { "-".into() } else { z.into() });
+        }
+    }
+    render(&headers, &rows)
+}
+
 /// A string field of a JSON object, or `""`.
 pub fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or_default()
@@ -170,6 +218,27 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origin_columns_only_when_some_item_has_them() {
+        let local = serde_json::json!({"name": "edge"});
+        let synced = serde_json::json!({"name": "edge-1-bcdd994zxbvwfv24",
+            "labels": {"kuma.io/display-name": "edge-1", "kuma.io/zone": "zone-1", "kuma.io/origin": "zone"}});
+        let row = |n: &str| vec![n.to_string(), "1s".to_string()];
+        assert_eq!(render_named(&["NAME", "AGE"], vec![row("edge")], std::slice::from_ref(&local)), "NAME   AGE\nedge   1s\n");
+        assert_eq!(
+            render_named(&["NAME", "AGE"], vec![row("edge"), row("edge-1-bcdd994zxbvwfv24")], &[local, synced]),
+            "NAME                      DISPLAY NAME   ZONE     AGE\n\
+             edge                      -              -        1s\n\
+             edge-1-bcdd994zxbvwfv24   edge-1         zone-1   1s\n"
+        );
+        let same = serde_json::json!({"name": "ingress-1", "labels": {"kuma.io/display-name": "ingress-1", "kuma.io/zone": "z"}});
+        assert_eq!(
+            render_named(&["NAME", "AGE"], vec![row("ingress-1")], &[same]),
+            "NAME        ZONE   AGE\ningress-1   z      1s\n",
+            "no DISPLAY NAME column when every display name is the stored name"
+        );
+    }
 
     #[test]
     fn timestamps() {

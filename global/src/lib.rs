@@ -21,7 +21,7 @@ use meridian_core::{Manager, Role, metrics::StoreMetrics};
 use meridian_rest::{ApiState, ServerInfo, auth::Auth, metrics::ApiMetrics};
 use meridian_runtime::{
     CancellationToken, Tasks, announce,
-    args::{ApiArgs, LogArgs, StateArgs},
+    args::{ApiArgs, DefaultsArgs, LogArgs, StateArgs},
     state,
 };
 use tokio::net::TcpListener;
@@ -41,13 +41,20 @@ pub enum Command {
 }
 
 /// Flags of `meridian-global run`; each has a MERIDIAN_* environment variable.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RunArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     pub state: StateArgs,
 
     #[command(flatten)]
+    #[serde(flatten)]
     pub api: ApiArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub defaults: DefaultsArgs,
 
     /// Address of the KDS server zones connect to.
     #[arg(long, env = "MERIDIAN_KDS_ADDR", default_value = "0.0.0.0:5685")]
@@ -76,6 +83,7 @@ pub struct RunArgs {
     pub kds_max_message_bytes: usize,
 
     #[command(flatten)]
+    #[serde(flatten)]
     pub log: LogArgs,
 }
 
@@ -103,6 +111,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let manager = Manager::new(store.clone(), Role::Global)
         .with_max_resource_bytes(resource_limit)
         .with_metrics(store_metrics);
+    state::default_mesh(&manager, args.defaults.skip_default_mesh).await?;
+    let config = meridian_runtime::config::document(
+        "global",
+        &args,
+        &data_dir,
+        &state::store_url(&data_dir, args.state.store.as_deref(), "global.db"),
+    );
     let tokens = tokens::ZoneTokens::new(manager.clone());
     let state = ApiState {
         manager: manager.clone(),
@@ -115,6 +130,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         }),
         metrics,
         registry: Arc::new(registry),
+        config: Arc::new(config),
     };
 
     let tls = if args.kds_plaintext {

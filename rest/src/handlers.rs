@@ -2,10 +2,7 @@
 //! and friends) and shapes (`{"total", "items", "next"}` lists, the
 //! `title`/`details`/`invalid_parameters` error body).
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use axum::{
     Json, Router,
@@ -25,6 +22,7 @@ use crate::{
     auth::Auth,
     error::ApiError,
     metrics::{ApiMetrics, HttpLabels},
+    filters::{ListFilter, filtered_page},
     paging::{next_url, page},
     server::PeerAddr,
     state::ApiState,
@@ -42,6 +40,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ready", get(ready))
         .route("/healthy", get(|| async { "ok" }))
         .route("/metrics", get(metrics_text))
+        .route("/config", get(config))
         .route("/{plural}", get(list_top))
         .route("/{plural}/{name}", get(get_top).put(put_top).delete(delete_top))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
@@ -83,6 +82,19 @@ async fn index(State(s): State<ApiState>) -> Json<Value> {
         v["zone"] = json!(z);
     }
     Json(v)
+}
+
+/// `GET /config`: the running configuration (flags and environment as
+/// resolved, secrets redacted). The incumbent serves its `/config` too; as
+/// it reveals the topology (addresses, store, data directory), Meridian
+/// answers only admins.
+async fn config(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    ci: ConnectInfo<PeerAddr>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&s, &headers, &ci)?;
+    Ok(Json(s.config.as_ref().clone()))
 }
 
 async fn ready(State(s): State<ApiState>) -> Response {
@@ -150,21 +162,25 @@ fn entry_json(e: &Entry, reveal: bool) -> Value {
     v
 }
 
+/// A list page; `pairs` are the query's pairs, for the filters (`?name=`
+/// everywhere; `?tag=`, `?gateway=` on Dataplanes).
 async fn list(
     s: &ApiState,
     ty: ResourceType,
     mesh: Option<&str>,
     params: ListParams,
+    pairs: &[(String, String)],
     headers: &HeaderMap,
     path: &str,
 ) -> Result<Json<Value>, ApiError> {
     let (offset, size) = page(params.offset.as_deref(), params.size.as_deref())?;
+    let filter = ListFilter::parse(pairs, ty == ResourceType::Dataplane)?;
     if let Some(m) = mesh
         && !s.manager.mesh_exists(m).await? {
             return Err(ApiError::not_found(format!("mesh {m:?} does not exist")));
         }
-    let (items, total) = s.manager.list(ty, mesh, BTreeMap::new(), offset, Some(size)).await?;
-    let next = next_url(headers, path, offset, size, total);
+    let (items, total) = filtered_page(s, ty, mesh, &filter, offset, size).await?;
+    let next = next_url(headers, path, &filter.query_suffix(), offset, size, total);
     Ok(Json(json!({
         "total": total,
         "items": items.iter().map(|e| entry_json(e, false)).collect::<Vec<_>>(),
@@ -295,21 +311,23 @@ async fn list_top(
     State(s): State<ApiState>,
     Path(plural): Path<String>,
     Query(p): Query<ListParams>,
+    Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let ty = resource_type(&plural)?;
-    list(&s, ty, None, p, &headers, &format!("/{plural}")).await
+    list(&s, ty, None, p, &pairs, &headers, &format!("/{plural}")).await
 }
 
 async fn get_top(
     State(s): State<ApiState>,
     Path((plural, name)): Path<(String, String)>,
     Query(p): Query<ListParams>,
+    Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     ci: ConnectInfo<PeerAddr>,
 ) -> Result<Response, ApiError> {
     if plural == "zones" && name == "_overview" {
-        return crate::overview::zones(&s, p.offset.as_deref(), p.size.as_deref(), &headers).await;
+        return crate::overview::zones(&s, p.offset.as_deref(), p.size.as_deref(), &pairs, &headers).await;
     }
     let ty = top_type(&plural, &name)?;
     get_one(&s, ty, "", &name, &headers, &ci).await
@@ -360,21 +378,24 @@ async fn list_in_mesh(
     State(s): State<ApiState>,
     Path((mesh, plural)): Path<(String, String)>,
     Query(p): Query<ListParams>,
+    Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let ty = mesh_type(&plural)?;
-    list(&s, ty, Some(&mesh), p, &headers, &format!("/meshes/{mesh}/{plural}")).await
+    list(&s, ty, Some(&mesh), p, &pairs, &headers, &format!("/meshes/{mesh}/{plural}")).await
 }
 
 async fn get_in_mesh(
     State(s): State<ApiState>,
     Path((mesh, plural, name)): Path<(String, String, String)>,
     Query(p): Query<ListParams>,
+    Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     ci: ConnectInfo<PeerAddr>,
 ) -> Result<Response, ApiError> {
     if plural == "dataplanes" && name == "_overview" {
-        return crate::overview::dataplanes(&s, &mesh, p.offset.as_deref(), p.size.as_deref(), &headers).await;
+        return crate::overview::dataplanes(&s, &mesh, p.offset.as_deref(), p.size.as_deref(), &pairs, &headers)
+            .await;
     }
     let ty = mesh_type(&plural)?;
     get_one(&s, ty, &mesh, &name, &headers, &ci).await

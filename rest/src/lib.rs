@@ -9,6 +9,7 @@
 //!
 //! - [`handlers`]: the router and its CRUD handlers.
 //! - [`overview`]: `_overview` endpoints joining resources with insights.
+//! - [`filters`]: `?name=`, `?tag=`, `?gateway=` on lists and `_overview`s.
 //! - [`paging`]: `offset`/`size` in, `next` out.
 //! - [`auth`]: the admin token.
 //! - [`error`]: the incumbent's error body and status mapping.
@@ -18,6 +19,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod filters;
 pub mod handlers;
 pub mod metrics;
 pub mod overview;

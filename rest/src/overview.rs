@@ -13,6 +13,7 @@ use meridian_core::{
 
 use crate::{
     error::ApiError,
+    filters::{ListFilter, filtered_page},
     paging::{next_url, page},
     state::ApiState,
 };
@@ -26,15 +27,17 @@ fn insights_by_name(
         .collect()
 }
 
-/// `GET /zones/_overview`.
+/// `GET /zones/_overview`, with `?name=` (substring), as the incumbent.
 pub async fn zones(
     s: &ApiState,
     offset: Option<&str>,
     size: Option<&str>,
+    pairs: &[(String, String)],
     headers: &axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let (offset, size) = page(offset, size)?;
-    let (zones, total) = s.manager.list(ResourceType::Zone, None, BTreeMap::new(), offset, Some(size)).await?;
+    let filter = ListFilter::parse(pairs, false)?;
+    let (zones, total) = filtered_page(s, ResourceType::Zone, None, &filter, offset, size).await?;
     let (insights, _) = s.manager.list(ResourceType::ZoneInsight, None, BTreeMap::new(), 0, None).await?;
     let insights = insights_by_name(insights);
     let now = now_millis();
@@ -61,24 +64,26 @@ pub async fn zones(
             })
         })
         .collect();
-    let next = next_url(headers, "/zones/_overview", offset, size, total);
+    let next = next_url(headers, "/zones/_overview", &filter.query_suffix(), offset, size, total);
     Ok(Json(json!({ "total": total, "items": items, "next": next })).into_response())
 }
 
-/// `GET /meshes/{mesh}/dataplanes/_overview`.
+/// `GET /meshes/{mesh}/dataplanes/_overview`, with the incumbent's filters
+/// `?name=`, `?tag=k:v` (repeatable) and `?gateway=` ([`ListFilter`]).
 pub async fn dataplanes(
     s: &ApiState,
     mesh: &str,
     offset: Option<&str>,
     size: Option<&str>,
+    pairs: &[(String, String)],
     headers: &axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let (offset, size) = page(offset, size)?;
+    let filter = ListFilter::parse(pairs, true)?;
     if !s.manager.mesh_exists(mesh).await? {
         return Err(ApiError::not_found(format!("mesh {mesh:?} does not exist")));
     }
-    let (dps, total) =
-        s.manager.list(ResourceType::Dataplane, Some(mesh), BTreeMap::new(), offset, Some(size)).await?;
+    let (dps, total) = filtered_page(s, ResourceType::Dataplane, Some(mesh), &filter, offset, size).await?;
     let (insights, _) =
         s.manager.list(ResourceType::DataplaneInsight, Some(mesh), BTreeMap::new(), 0, None).await?;
     let insights = insights_by_name(insights);
@@ -102,6 +107,13 @@ pub async fn dataplanes(
             item
         })
         .collect();
-    let next = next_url(headers, &format!("/meshes/{mesh}/dataplanes/_overview"), offset, size, total);
+    let next = next_url(
+        headers,
+        &format!("/meshes/{mesh}/dataplanes/_overview"),
+        &filter.query_suffix(),
+        offset,
+        size,
+        total,
+    );
     Ok(Json(json!({ "total": total, "items": items, "next": next })).into_response())
 }

@@ -24,10 +24,12 @@ pub fn page(offset: Option<&str>, size: Option<&str>) -> Result<(u64, u64), ApiE
     Ok((parse("offset", offset, 0)?, size))
 }
 
-/// The `next` link of a list page, or null on the last page.
-pub fn next_url(headers: &HeaderMap, path: &str, offset: u64, size: u64, total: u64) -> Option<String> {
+/// The `next` link of a list page, or null on the last page. `filters` is
+/// appended to the query as is (`&name=..`, see
+/// [`crate::filters::ListFilter::query_suffix`]), so the next page keeps them.
+pub fn next_url(headers: &HeaderMap, path: &str, filters: &str, offset: u64, size: u64, total: u64) -> Option<String> {
     (offset + size < total).then(|| {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-        format!("http://{host}{path}?offset={}&size={size}", offset + size)
+        format!("http://{host}{path}?offset={}&size={size}{filters}", offset + size)
     })
 }

@@ -25,4 +25,7 @@ pub struct ApiState {
     pub info: Arc<ServerInfo>,
     pub metrics: ApiMetrics,
     pub registry: Arc<Registry>,
+    /// What `GET /config` answers: the running configuration, secrets
+    /// already redacted by the process that built it.
+    pub config: Arc<serde_json::Value>,
 }

@@ -6,9 +6,13 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Args;
 use meridian_core::manager::DEFAULT_MAX_RESOURCE_BYTES;
+use serde::Serialize;
+
+use crate::config::{redact_secret, redact_store};
 
 /// Where the process keeps its state.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StateArgs {
     /// Where the process keeps its state: the SQLite file (unless --store
     /// says otherwise) and the admin token. Default: ~/.meridian/global for
@@ -19,6 +23,7 @@ pub struct StateArgs {
     /// Store URL: `sqlite:PATH` or `postgres://user:pass@host/db`.
     /// Default: `sqlite:<data-dir>/<role>.db`.
     #[arg(long, env = "MERIDIAN_STORE")]
+    #[serde(serialize_with = "redact_store")]
     pub store: Option<String>,
 }
 
@@ -34,7 +39,8 @@ impl StateArgs {
 }
 
 /// The REST API: where it listens, TLS, and who may write.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ApiArgs {
     /// Address of the REST API.
     #[arg(long, env = "MERIDIAN_API_ADDR", default_value = "127.0.0.1:5681")]
@@ -52,6 +58,7 @@ pub struct ApiArgs {
     /// Admin token for writes and Secrets. Default: read from, or generated
     /// into, `<data-dir>/admin-token`.
     #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
+    #[serde(serialize_with = "redact_secret")]
     pub admin_token: Option<String>,
 
     /// Treat requests from loopback addresses as admin without a token.
@@ -78,8 +85,23 @@ impl ApiArgs {
     }
 }
 
+/// What a global or a standalone zone creates by itself at start.
+#[derive(Debug, Clone, Args, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefaultsArgs {
+    /// Do not create the `default` Mesh at start. Without this flag a global
+    /// or a standalone zone creates it whenever the store holds no Mesh named
+    /// `default`: on first start, and again at the next start after a user
+    /// deleted it, as the incumbent does (KUMA_DEFAULTS_SKIP_MESH_CREATION).
+    /// A zone connected to a global never creates it: Meshes come from the
+    /// global.
+    #[arg(long, env = "MERIDIAN_SKIP_DEFAULT_MESH", action = clap::ArgAction::SetTrue)]
+    pub skip_default_mesh: bool,
+}
+
 /// Logging.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LogArgs {
     /// Log filter (`info`, `debug`, `meridian_core=debug,info`, ...).
     #[arg(long, env = "MERIDIAN_LOG_LEVEL", default_value = "info")]

@@ -9,9 +9,11 @@
 //!
 //! - [`process`]: the runtime, signals, the one shutdown token, task supervision, logging.
 //! - [`args`]: the flag groups both server binaries flatten into their `run` command.
+//! - [`config`]: the running configuration for `GET /config`, secrets redacted.
 //! - [`state`]: the data directory, the store and the admin token; this process's identity.
 
 pub mod args;
+pub mod config;
 pub mod process;
 pub mod state;
 

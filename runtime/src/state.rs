@@ -5,16 +5,23 @@ use std::path::Path;
 
 use anyhow::Context;
 
-/// Creates the data directory and opens the store: `store` when given,
-/// else `sqlite:<data_dir>/<default_file>`.
+/// The store URL a process opens: `store` when given, else
+/// `sqlite:<data_dir>/<default_file>`.
+pub fn store_url(data_dir: &Path, store: Option<&str>, default_file: &str) -> String {
+    store.map_or_else(|| format!("sqlite:{}", data_dir.join(default_file).display()), str::to_string)
+}
+
+/// Creates the data directory and opens the store at [`store_url`].
 ///
 /// Errors: the directory cannot be created, or the store cannot be opened
-/// (the message names the URL).
+/// (the message names the URL, its password redacted).
 pub async fn open_store(data_dir: &Path, store: Option<&str>, default_file: &str) -> anyhow::Result<meridian_store::Store> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let url = store.map_or_else(|| format!("sqlite:{}", data_dir.join(default_file).display()), str::to_string);
-    let store = meridian_store::Store::connect(&url).await.with_context(|| format!("cannot open store {url}"))?;
+    let url = store_url(data_dir, store, default_file);
+    let store = meridian_store::Store::connect(&url)
+        .await
+        .with_context(|| format!("cannot open store {}", crate::config::redact_url(&url)))?;
     tracing::info!(backend = store.backend_name(), "store ready");
     Ok(store)
 }
@@ -39,4 +46,22 @@ pub fn hostname() -> String {
 /// `<hostname>-<8 hex digits>`: identifies this process among replicas.
 pub fn instance_id() -> String {
     format!("{}-{:08x}", hostname(), rand::random::<u32>())
+}
+
+/// Creates the `default` Mesh unless `skip` ([`meridian_core::defaults`]:
+/// when missing, on a global or a standalone zone) and logs what happened.
+///
+/// Errors: the store's.
+pub async fn default_mesh(manager: &meridian_core::Manager, skip: bool) -> anyhow::Result<()> {
+    use meridian_core::defaults::{DEFAULT_MESH, DefaultMesh, ensure_default_mesh};
+    if skip {
+        tracing::info!("not creating the {DEFAULT_MESH:?} Mesh (--skip-default-mesh)");
+        return Ok(());
+    }
+    match ensure_default_mesh(manager).await.context("cannot create the default Mesh")? {
+        DefaultMesh::Created => tracing::info!("created the {DEFAULT_MESH:?} Mesh (--skip-default-mesh to opt out)"),
+        DefaultMesh::Exists => tracing::debug!("the {DEFAULT_MESH:?} Mesh exists"),
+        DefaultMesh::Federated => tracing::debug!("federated zone: Meshes come from the global"),
+    }
+    Ok(())
 }

@@ -67,7 +67,10 @@ impl ResourceType {
         }
     }
 
-    /// The REST path segment (`/meshes/{mesh}/<plural>/{name}`).
+    /// The REST path segment (`/meshes/{mesh}/<plural>/{name}`): the
+    /// incumbent's `WsPath` name (Kuma 2.14 `zz_generated.resources.go`), the
+    /// one clients send on the wire. [`ResourceType::plural_aliases`] lists
+    /// the other spellings the API also serves.
     pub fn plural(self) -> &'static str {
         match self {
             ResourceType::Mesh => "meshes",
@@ -78,8 +81,22 @@ impl ResourceType {
             ResourceType::Secret => "secrets",
             ResourceType::GlobalSecret => "global-secrets",
             ResourceType::Zone => "zones",
-            ResourceType::ZoneInsight => "zoneinsights",
+            ResourceType::ZoneInsight => "zone-insights",
             ResourceType::ZoneIngress => "zoneingresses",
+        }
+    }
+
+    /// Other path segments accepted for this type: the incumbent's
+    /// alternative `WsPath` names (`zone-ingresses`, `globalsecrets`) and
+    /// Meridian's earlier spellings (`zoneinsights`, `dataplaneinsights`),
+    /// kept so existing scripts keep working.
+    pub fn plural_aliases(self) -> &'static [&'static str] {
+        match self {
+            ResourceType::DataplaneInsight => &["dataplaneinsights"],
+            ResourceType::GlobalSecret => &["globalsecrets"],
+            ResourceType::ZoneInsight => &["zoneinsights"],
+            ResourceType::ZoneIngress => &["zone-ingresses"],
+            _ => &[],
         }
     }
 
@@ -137,12 +154,18 @@ impl ResourceType {
     pub fn parse_loose(s: &str) -> Option<ResourceType> {
         let lower = s.to_ascii_lowercase();
         Self::ALL.into_iter().find(|t| {
-            t.name().eq_ignore_ascii_case(s) || t.plural() == lower || t.plural().replace('-', "") == lower
+            t.name().eq_ignore_ascii_case(s)
+                || t.plural() == lower
+                || t.plural().replace('-', "") == lower
+                || t.plural_aliases().contains(&lower.as_str())
         })
     }
 
+    /// The type of a REST path segment: its [`ResourceType::plural`] or one
+    /// of its [`ResourceType::plural_aliases`] (exact, case-sensitive, as the
+    /// incumbent's router).
     pub fn from_plural(plural: &str) -> Option<ResourceType> {
-        Self::ALL.into_iter().find(|t| t.plural() == plural)
+        Self::ALL.into_iter().find(|t| t.plural() == plural || t.plural_aliases().contains(&plural))
     }
 }
 
@@ -364,6 +387,26 @@ mod tests {
         }
         assert_eq!(ResourceType::parse_loose("dataplaneinsights"), Some(ResourceType::DataplaneInsight));
         assert_eq!(ResourceType::parse_loose("nope"), None);
+    }
+
+    #[test]
+    fn incumbent_path_segments_and_aliases() {
+        for (segment, ty) in [
+            ("zone-insights", ResourceType::ZoneInsight),
+            ("zoneinsights", ResourceType::ZoneInsight),
+            ("dataplane-insights", ResourceType::DataplaneInsight),
+            ("dataplaneinsights", ResourceType::DataplaneInsight),
+            ("zoneingresses", ResourceType::ZoneIngress),
+            ("zone-ingresses", ResourceType::ZoneIngress),
+            ("global-secrets", ResourceType::GlobalSecret),
+            ("globalsecrets", ResourceType::GlobalSecret),
+        ] {
+            assert_eq!(ResourceType::from_plural(segment), Some(ty), "{segment}");
+            assert_eq!(ResourceType::parse_loose(segment), Some(ty), "{segment}");
+        }
+        assert_eq!(ResourceType::ZoneInsight.plural(), "zone-insights");
+        assert_eq!(ResourceType::DataplaneInsight.plural(), "dataplane-insights");
+        assert_eq!(ResourceType::from_plural("Zone-Insights"), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`dynamics`]: route and endpoint changes, a zone restart under Envoy.
 //! - [`protocol`]: ADS as a client sees it (delta and SotW).
 //! - [`delegated_and_seeds`]: the seed examples, `dataplane run`.
+//! - [`defaults`]: a standalone zone's `default` Mesh and `GET /config`.
 //! - [`from_global`]: MeshGateway + MeshGatewayRoute applied at the global
 //!   reach a zone's Envoy and its backend; a change at the global re-routes.
 //!
@@ -15,6 +16,8 @@
 //! binaries (`cargo build --workspace --bins`); without them every test fails
 //! and says so.
 
+#[path = "gateway_e2e/defaults.rs"]
+mod defaults;
 #[path = "gateway_e2e/delegated_and_seeds.rs"]
 mod delegated_and_seeds;
 #[path = "gateway_e2e/dynamics.rs"]

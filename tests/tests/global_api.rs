@@ -9,12 +9,16 @@
 //! - [`refusals`]: malformed, unknown, mismatched, oversized and
 //!   unauthenticated requests get the right status and change nothing.
 //! - [`cli`]: exit codes, contexts, offline validation.
+//! - [`conformance`]: the incumbent's path segments, `_overview` filters,
+//!   the `default` Mesh at start, `GET /config`, display names in meridianctl.
 //! - [`tls`]: the API over HTTPS and `meridianctl --ca-cert`.
 //!
 //! Run: `cargo build --workspace --bins && bash tests/pg-env.sh cargo test -p meridian-tests`.
 
 #[path = "global_api/cli.rs"]
 mod cli;
+#[path = "global_api/conformance.rs"]
+mod conformance;
 #[path = "global_api/lifecycle.rs"]
 mod lifecycle;
 #[path = "global_api/refusals.rs"]

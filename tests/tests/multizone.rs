@@ -22,9 +22,11 @@
 //! | nack::reference_client_subscribes_to_mesh_gateways    | 8 |
 //! | sync::zone_deletion_is_refused_online_and_cascades_offline | zone deletion |
 //! | sync::zone_ingress_is_rebroadcast_to_other_zones      | §4: ZoneIngress relay; plaintext KDS |
+//! | defaults::zones_receive_the_globals_default_mesh_and_never_create_one | issue 9 item 12 |
 
 mod multizone {
     pub mod auth;
+    pub mod defaults;
     pub mod nack;
     pub mod resume;
     pub mod sync;

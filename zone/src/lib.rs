@@ -24,7 +24,7 @@ use meridian_core::{Manager, Role, metrics::StoreMetrics};
 use meridian_rest::{ApiState, ServerInfo, auth::Auth, metrics::ApiMetrics};
 use meridian_runtime::{
     CancellationToken, Tasks, announce,
-    args::{ApiArgs, LogArgs, StateArgs},
+    args::{ApiArgs, DefaultsArgs, LogArgs, StateArgs},
     state,
 };
 use tokio::net::TcpListener;
@@ -46,17 +46,24 @@ pub enum Command {
 }
 
 /// Flags of `meridian-zone run`; each has a MERIDIAN_* environment variable.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RunArgs {
     /// This zone's name, unique among the global's zones.
     #[arg(long, env = "MERIDIAN_ZONE", default_value = "zone-1")]
     pub zone: String,
 
     #[command(flatten)]
+    #[serde(flatten)]
     pub state: StateArgs,
 
     #[command(flatten)]
+    #[serde(flatten)]
     pub api: ApiArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub defaults: DefaultsArgs,
 
     /// Address of the xDS server the zone's Envoys connect to.
     #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:5678")]
@@ -81,6 +88,7 @@ pub struct RunArgs {
     pub kds_max_message_bytes: usize,
 
     #[command(flatten)]
+    #[serde(flatten)]
     pub log: LogArgs,
 }
 
@@ -133,6 +141,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let manager = Manager::new(store.clone(), Role::Zone { federated })
         .with_max_resource_bytes(resource_limit)
         .with_metrics(store_metrics);
+    state::default_mesh(&manager, args.defaults.skip_default_mesh).await?;
+    let config = meridian_runtime::config::document(
+        "zone",
+        &args,
+        &data_dir,
+        &state::store_url(&data_dir, args.state.store.as_deref(), "zone.db"),
+    );
     let instance_id = state::instance_id();
     let state = ApiState {
         manager: manager.clone(),
@@ -145,6 +160,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         }),
         metrics,
         registry: Arc::new(registry),
+        config: Arc::new(config),
     };
 
     let api_tls = args.api.tls()?;

@@ -32,11 +32,22 @@ pub struct GlobalSpec {
     pub trust_loopback: bool,
     /// `--api-tls-cert` and `--api-tls-key`: serve the API over HTTPS.
     pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// Let the global create the `default` Mesh at start. `false` (the
+    /// default) passes `--skip-default-mesh`: most scenarios start from an
+    /// empty store and create the Meshes they use.
+    pub default_mesh: bool,
 }
 
 impl Default for GlobalSpec {
     fn default() -> Self {
-        GlobalSpec { backend: Backend::Sqlite, shared_store: None, plaintext_kds: false, trust_loopback: true, api_tls: None }
+        GlobalSpec {
+            backend: Backend::Sqlite,
+            shared_store: None,
+            plaintext_kds: false,
+            trust_loopback: true,
+            api_tls: None,
+            default_mesh: false,
+        }
     }
 }
 
@@ -124,6 +135,9 @@ impl Global {
         if let Some((cert, key)) = &self.spec.api_tls {
             flag("--api-tls-cert", cert.display().to_string());
             flag("--api-tls-key", key.display().to_string());
+        }
+        if !self.spec.default_mesh {
+            args.push("--skip-default-mesh".into());
         }
         let mut prefixes = vec![API_LINE];
         if self.spec.plaintext_kds {

@@ -39,6 +39,9 @@ pub struct Zone {
     api: JsonApi,
     api_addr: SocketAddr,
     xds_addr: SocketAddr,
+    /// Flags added to every start; `--skip-default-mesh` unless the zone
+    /// was started with [`Zone::standalone_with`].
+    extra_args: Vec<String>,
 }
 
 impl Zone {
@@ -82,7 +85,25 @@ impl Zone {
         Zone::launch_new(dir, name, name, None).await
     }
 
+    /// A standalone zone started with `extra` flags and WITHOUT
+    /// `--skip-default-mesh` (so it creates the `default` Mesh, as the
+    /// incumbent does, unless `extra` says otherwise).
+    pub async fn standalone_with(dir: &TestDir, name: &str, extra: &[&str]) -> Zone {
+        Zone::launch_with(dir, name, name, None, extra.iter().map(|s| s.to_string()).collect()).await
+    }
+
+    /// The tests create the Meshes they use: `--skip-default-mesh`.
     async fn launch_new(dir: &TestDir, label: &str, name: &str, federation: Option<Federation>) -> Zone {
+        Zone::launch_with(dir, label, name, federation, vec!["--skip-default-mesh".to_string()]).await
+    }
+
+    async fn launch_with(
+        dir: &TestDir,
+        label: &str,
+        name: &str,
+        federation: Option<Federation>,
+        extra_args: Vec<String>,
+    ) -> Zone {
         crate::init_crypto();
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut z = Zone {
@@ -93,6 +114,7 @@ impl Zone {
             api: JsonApi::new("http://127.0.0.1:0"),
             api_addr: any,
             xds_addr: any,
+            extra_args,
         };
         let (api_addr, xds_addr) = z.launch().await;
         z.api = JsonApi::new(&format!("http://{api_addr}"));
@@ -108,6 +130,7 @@ impl Zone {
         args.extend(["--api-addr".into(), self.api_addr.to_string().into()]);
         args.extend(["--xds-addr".into(), self.xds_addr.to_string().into()]);
         args.extend(["--log-level".into(), "info,meridian_zone=debug".into()]);
+        args.extend(self.extra_args.iter().map(OsString::from));
         if let Some(f) = &self.federation {
             let token_file = self.data_dir.join("zone-token");
             std::fs::write(&token_file, f.token.as_deref().unwrap_or("")).expect("write the token file");
