@@ -45,6 +45,38 @@ pub struct Desired {
 /// The desired state of one type: resource name → resource.
 pub type DesiredSet = BTreeMap<String, Desired>;
 
+/// The desired state of one type as a persistent map: cloning it is O(1)
+/// and an insert or removal O(log n), sharing every untouched entry (and
+/// its encoded payload) with the previous version. Fan-out caches publish
+/// these so that one change costs O(log n), not a copy of the whole type.
+pub type SharedSet = imbl::OrdMap<String, Desired>;
+
+/// Read access to a desired set, whatever map holds it.
+pub trait DesiredView {
+    /// The resource named `name`, if desired.
+    fn get_desired(&self, name: &str) -> Option<&Desired>;
+    /// Every desired resource, in name order.
+    fn entries(&self) -> Box<dyn Iterator<Item = (&String, &Desired)> + '_>;
+}
+
+impl DesiredView for DesiredSet {
+    fn get_desired(&self, name: &str) -> Option<&Desired> {
+        self.get(name)
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = (&String, &Desired)> + '_> {
+        Box::new(self.iter())
+    }
+}
+
+impl DesiredView for SharedSet {
+    fn get_desired(&self, name: &str) -> Option<&Desired> {
+        self.get(name)
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = (&String, &Desired)> + '_> {
+        Box::new(self.iter())
+    }
+}
+
 /// A stable content version for an `Any`: hex sha256 (first 16 bytes) of its
 /// type URL and bytes. Use it where no domain version exists.
 pub fn any_version(any: &Any) -> String {
@@ -56,9 +88,9 @@ pub fn any_version(any: &Any) -> String {
 }
 
 /// A version for a whole set (for state-of-the-world responses).
-pub fn set_version(set: &DesiredSet) -> String {
+pub fn set_version<D: DesiredView + ?Sized>(set: &D) -> String {
     let mut h = Sha256::new();
-    for (name, d) in set {
+    for (name, d) in set.entries() {
         h.update(name.as_bytes());
         h.update([0]);
         h.update(d.version.as_bytes());
@@ -207,9 +239,9 @@ impl DeltaSender {
     /// travels alone). `None` when the peer is up to date. Call it again
     /// until it returns `None` to send everything. `force` answers even
     /// when nothing differs (the first response of a type must be sent).
-    pub fn next_response(
+    pub fn next_response<D: DesiredView + ?Sized>(
         &mut self,
-        desired: &DesiredSet,
+        desired: &D,
         max_bytes: usize,
         force: bool,
     ) -> Option<DeltaDiscoveryResponse> {
@@ -219,7 +251,7 @@ impl DeltaSender {
         let mut resources = Vec::new();
         let mut removed = Vec::new();
         let mut used = 0usize;
-        for (name, d) in desired.iter().filter(|(n, _)| self.wants(n)) {
+        for (name, d) in desired.entries().filter(|(n, _)| self.wants(n)) {
             if self.peer.get(name) == Some(&d.version) {
                 continue;
             }
@@ -237,7 +269,7 @@ impl DeltaSender {
         }
         let held: Vec<String> = self.peer.keys().cloned().collect();
         for name in held {
-            if !desired.contains_key(&name) || !self.wants(&name) {
+            if desired.get_desired(&name).is_none() || !self.wants(&name) {
                 if used + name.len() + 8 > max_bytes && !(resources.is_empty() && removed.is_empty()) {
                     break;
                 }
