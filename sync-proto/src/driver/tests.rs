@@ -135,6 +135,8 @@ async fn unserved_type_gets_an_empty_response_and_the_stream_stays_up() {
     let r = resp_rx.recv().await.expect("response");
     assert_eq!((r.type_url.as_str(), r.resources.len()), ("A", 1));
     req_tx.send(req("A", &r.nonce)).await.expect("ack");
+    req_tx.send(req("C", "")).await.expect("send");
+    assert_eq!(resp_rx.recv().await.expect("C").type_url, "C");
     // A change travels as a diff, and its ACK carries a change-to-ACK time.
     set_tx.send_replace(set(&[("a", "2"), ("b", "1")]));
     let r = resp_rx.recv().await.expect("change");
@@ -153,6 +155,8 @@ async fn unserved_type_gets_an_empty_response_and_the_stream_stays_up() {
             "acked CircuitBreaker change=false",
             "sent A 1",
             "acked A change=false",
+            "unserved C",
+            "sent C 0",
             "sent A 2",
             "acked A change=true",
             "unserved B",
