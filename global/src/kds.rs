@@ -58,6 +58,8 @@ pub struct KdsServer {
     pub(crate) insights: insight::Insights,
     pub(crate) max_message_bytes: usize,
     pub(crate) metrics: metrics::KdsMetrics,
+    /// Cancelled when the server stops: every stream loop ends on it.
+    pub(crate) stop: tokio_util::sync::CancellationToken,
 }
 
 impl KdsServer {
@@ -76,7 +78,13 @@ impl KdsServer {
             tokens,
             max_message_bytes,
             metrics,
+            stop: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// The token every stream of this server ends on (cancel it to stop them).
+    pub fn stop_token(&self) -> tokio_util::sync::CancellationToken {
+        self.stop.clone()
     }
 
     /// Checks who is calling. Returns the zone name, the zone's version and
@@ -177,6 +185,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let max = server.max_message_bytes;
+    let stop = server.stop.clone();
+    // Streams end first (zones see their insights closed), then the server.
+    let shutdown = async move {
+        shutdown.await;
+        stop.cancel();
+    };
     let svc = KdsSyncServiceServer::new(server)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
