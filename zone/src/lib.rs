@@ -150,6 +150,7 @@ pub async fn run(
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
     let store_metrics = meridian_api::metrics::StoreMetrics::register(&mut registry);
+    let sync_metrics = meridian_sync_proto::driver::metrics::SyncMetrics::register(&mut registry);
     let manager = Manager::new(store.clone(), Role::Zone { federated }).with_metrics(store_metrics);
     let instance_id = process::instance_id();
     let state = ApiState {
@@ -194,7 +195,8 @@ pub async fn run(
     if let Some(cfg) = kds_config {
         let stop = stopped(stop_rx.clone());
         let manager = manager.clone();
-        tasks.spawn(async move { kds::run(cfg, manager, stop).await.context("KDS client failed") });
+        let metrics = sync_metrics.clone();
+        tasks.spawn(async move { kds::run(cfg, manager, metrics, stop).await.context("KDS client failed") });
     }
     // XDS-WIRING: the xDS server task is spawned here.
     tasks.spawn({
