@@ -201,7 +201,11 @@ pub async fn run(
     // XDS-WIRING: the xDS server task is spawned here.
     tasks.spawn({
         let stop = stopped(stop_rx.clone());
-        let config = xds::XdsConfig { zone: args.zone.clone(), instance_id: instance_id.clone() };
+        let config = xds::XdsConfig {
+            zone: args.zone.clone(),
+            instance_id: instance_id.clone(),
+            metrics: sync_metrics.clone(),
+        };
         let store = store.clone();
         async move { xds::serve(xds_listener, store, config, stop).await.context("xDS server failed") }
     });

@@ -42,11 +42,22 @@ impl std::fmt::Display for ProxyId {
     }
 }
 
+/// Why a Dataplane gets no configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// The generator refused it (unknown Dataplane, not a gateway).
+    #[error(transparent)]
+    Generate(#[from] gateway::GenError),
+    /// The cache stopped publishing it (the stream outlived the cache).
+    #[error("the Dataplane's configuration is no longer published")]
+    Gone,
+}
+
 /// What one Dataplane should hold: per type URL, the desired resources; or
 /// why it gets nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyState {
-    pub config: Result<BTreeMap<String, DesiredSet>, String>,
+    pub config: Result<BTreeMap<String, DesiredSet>, ProxyError>,
     pub warnings: Vec<String>,
 }
 
@@ -261,7 +272,7 @@ impl Cache {
             }
             // Inserted just above, under the same lock.
             None => {
-                watch::channel(Arc::new(ProxyState { config: Err("internal error".into()), warnings: Vec::new() })).1
+                watch::channel(Arc::new(ProxyState { config: Err(ProxyError::Gone), warnings: Vec::new() })).1
             }
         };
         Subscription { rx, id: id.clone(), cache: self.clone() }
@@ -302,7 +313,7 @@ fn generate(inner: &mut Inner, id: &ProxyId) -> (ProxyState, Deps) {
             let state = ProxyState { config: Ok(config.desired()), warnings: config.warnings };
             (state, config.deps)
         }
-        Err(e) => (ProxyState { config: Err(e.to_string()), warnings: Vec::new() }, Deps::default()),
+        Err(e) => (ProxyState { config: Err(e.into()), warnings: Vec::new() }, Deps::default()),
     }
 }
 
@@ -466,7 +477,7 @@ conf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [
         let cache = Cache::default();
         let mut s = cache.subscribe(&id("a-1"));
         let err = s.rx.borrow_and_update().config.clone().expect_err("unknown");
-        assert!(err.contains("not registered"), "{err}");
+        assert!(err.to_string().contains("not registered"), "{err}");
         for r in resources(WORLD) {
             cache.upsert_for_test(&r);
         }
