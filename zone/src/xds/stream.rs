@@ -356,19 +356,31 @@ impl Observer for InsightObserver {
     }
 }
 
-/// A source that never changes (tests of the wires).
 #[cfg(test)]
-impl Source for Arc<ProxyState> {
-    type Set = ProxySet;
-    type Error = std::convert::Infallible;
-    fn serves(&self, type_url: &str) -> bool {
-        type_urls().iter().any(|t| t == type_url)
+mod tests {
+    use super::*;
+
+    fn sotw(names: &[&str], nonce: &str, type_url: String) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url,
+            response_nonce: nonce.into(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
     }
-    fn desired(&mut self, type_url: &str) -> ProxySet {
-        ProxySet { state: self.clone(), type_url: type_url.to_string() }
-    }
-    async fn changed(&mut self) -> Result<Vec<String>, std::convert::Infallible> {
-        std::future::pending().await
+
+    #[test]
+    fn sotw_translation_subscribes_acks_and_forces_new_names() {
+        let mut t = SotwTranslator::default();
+        let first = t.request(&sotw(&[], "", LISTENER_TYPE()));
+        assert!(!first.force && first.request.resource_names_subscribe.is_empty(), "wildcard LDS");
+        let ack = t.request(&sotw(&[], "n1", LISTENER_TYPE()));
+        assert_eq!(ack.request.response_nonce, "n1");
+        assert!(!ack.force, "an ACK is not answered");
+        let rds = t.request(&sotw(&[], "", ROUTE_TYPE()));
+        assert_eq!(rds.request.resource_names_unsubscribe, ["*"], "no names on RDS means none");
+        let more = t.request(&sotw(&["x"], "n2", ROUTE_TYPE()));
+        assert_eq!(more.request.resource_names_subscribe, ["x"]);
+        assert!(more.force, "new names are answered even on a nonce");
     }
 }
-
