@@ -21,12 +21,14 @@
 //! | nack::reference_client_subscribes_to_mesh_gateways    | 8 |
 //! | sync::zone_deletion_is_refused_online_and_cascades_offline | zone deletion |
 //! | sync::zone_ingress_is_rebroadcast_to_other_zones      | §4: ZoneIngress relay; plaintext KDS |
+//! | unserved::*                                           | issue 8: unserved types answered empty, stream stays up |
 
 mod multizone {
     pub mod auth;
     pub mod nack;
     pub mod resume;
     pub mod sync;
+    pub mod unserved;
 }
 
 use meridian_tests::multizone::{Global, GlobalConfig, TestDir, Zone, resources};
