@@ -260,3 +260,29 @@ async fn sotw_answers_changes_not_acks() {
     drop(tx);
     zone.stop().await;
 }
+
+/// Issue 8: a type the zone does not serve (here Envoy's secrets, SDS) gets
+/// an empty first response and the stream stays up: a later subscription
+/// to a served type still gets its resources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unserved_type_gets_an_empty_response_and_the_stream_stays_up() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let zone = Zone::start(&tmp.path().join("zone"), None).await;
+    zone.apply(support::MESH).await;
+    zone.apply(&support::backend_dataplane("web-1", &[(19001, "web")])).await;
+    zone.apply(&two_ports("/", false)).await;
+    zone.apply(&support::gateway_dataplane("gw-1", "gw")).await;
+
+    let unserved = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".to_string();
+    let first = DeltaDiscoveryRequest { node: node("default.gw-1"), ..request(unserved.clone(), &[]) };
+    let mut c = DeltaClient::open(&zone, first).await.expect("open");
+    let empty = c.next().await.expect("an empty response");
+    assert_eq!(empty.type_url, unserved);
+    assert!(empty.resources.is_empty() && empty.removed_resources.is_empty(), "{empty:?}");
+    assert!(!empty.nonce.is_empty());
+    c.ack(&empty).await;
+    c.send(request(CLUSTER_TYPE(), &[])).await;
+    let cds = c.next().await.expect("cds after the unserved type");
+    assert_eq!(cds.type_url, CLUSTER_TYPE());
+    assert_eq!(cds.resources.len(), 1);
+}
