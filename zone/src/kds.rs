@@ -228,12 +228,17 @@ impl SendWire for ClientWire<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
     }
 }
 
-/// Logs what the global rejected.
+/// Logs NACKs: the zone's own of what the global sent (downstream), or the
+/// global's of what this zone sent (upstream).
 struct NackLog(&'static str);
 
 impl Observer for NackLog {
     fn nacked(&mut self, type_url: &str, _: &str, reason: &str, _: &SendStats) {
-        tracing::warn!(type_url, %reason, direction = self.0, "resources rejected");
+        if self.0 == DOWN {
+            tracing::warn!(type_url, %reason, "rejected resources from the global");
+        } else {
+            tracing::warn!(type_url, %reason, "the global rejected resources from this zone");
+        }
     }
 }
 
