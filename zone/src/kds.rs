@@ -426,3 +426,74 @@ async fn upstream(
     let mut observer = (metrics.observer(UP), NackLog(UP));
     outcome(send_loop(&mut source, &mut wire, &mut observer, &config, cancel).await)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sending side of a stream over channels, as the global's requests
+    /// and the zone's responses would travel.
+    struct ChanWire {
+        rx: mpsc::Receiver<DeltaDiscoveryRequest>,
+        tx: mpsc::Sender<DeltaDiscoveryResponse>,
+    }
+
+    impl SendWire for ChanWire {
+        type Error = Status;
+        async fn recv(&mut self) -> Result<Option<Incoming>, Status> {
+            Ok(self.rx.recv().await.map(|request| Incoming { request, force: false }))
+        }
+        async fn send(&mut self, response: DeltaDiscoveryResponse, _: Option<DesiredSet>) -> bool {
+            self.tx.send(response).await.is_ok()
+        }
+    }
+
+    fn dataplane(name: &str) -> meridian_store::WriteResource {
+        let v = serde_json::json!({
+            "type": "Dataplane", "mesh": "default", "name": name,
+            "networking": {"address": "10.0.0.1", "inbound": [{"port": 9000, "tags": {"kuma.io/service": "web"}}]}
+        });
+        Manager::encode(&meridian_sync_proto::universal::from_value(v).expect("parses"))
+    }
+
+    /// Zone → global, the zone as sender: a type it does not send gets an
+    /// empty response and the stream stays up; Dataplanes are served from
+    /// the in-memory view, and a later write travels from the change feed.
+    #[tokio::test]
+    async fn upward_sender_answers_unserved_types_empty_and_follows_the_store() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = meridian_store::Store::connect(&format!("sqlite:{}", dir.path().join("z.db").display()))
+            .await
+            .expect("store");
+        let manager = Manager::new(store.clone(), meridian_api::manager::Role::Zone { federated: true });
+        store.create(dataplane("dp-1")).await.expect("write");
+        let from = store.current_revision().await.expect("revision");
+        let mut source = UpwardSource::load("zone-1", &manager, store.watch(from)).await.expect("load");
+        let (req_tx, req_rx) = mpsc::channel(8);
+        let (resp_tx, mut resp_rx) = mpsc::channel(8);
+        let cancel = CancellationToken::new();
+        let task = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let mut wire = ChanWire { rx: req_rx, tx: resp_tx };
+                let config = SendConfig { nonce_prefix: "z".into(), max_bytes: 1 << 20 };
+                send_loop(&mut source, &mut wire, &mut (), &config, &cancel).await
+            })
+        };
+        let req = |ty: &str| DeltaDiscoveryRequest { type_url: ty.into(), ..Default::default() };
+        req_tx.send(req("CircuitBreaker")).await.expect("send");
+        let empty = resp_rx.recv().await.expect("empty response");
+        assert_eq!(empty.type_url, "CircuitBreaker");
+        assert!(empty.resources.is_empty() && !empty.nonce.is_empty());
+        req_tx.send(req("Dataplane")).await.expect("send");
+        let dps = resp_rx.recv().await.expect("Dataplanes");
+        let names: Vec<&str> = dps.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["dp-1.default"]);
+        store.create(dataplane("dp-2")).await.expect("write");
+        let diff = resp_rx.recv().await.expect("the change");
+        let names: Vec<&str> = diff.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["dp-2.default"], "only what changed travels");
+        cancel.cancel();
+        assert!(matches!(task.await.expect("join"), Ended::Cancelled));
+    }
+}

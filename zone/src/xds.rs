@@ -278,7 +278,9 @@ async fn run<W: Wire>(shared: Arc<Shared>, mut inbound: Streaming<W::Req>, tx: m
         shared.config.metrics.observer(XDS),
         stream::InsightObserver::new(&prefix, &shared.config.instance_id, node.as_ref(), Some(handle)),
     );
-    let config = SendConfig { nonce_prefix: prefix, max_bytes: stream::MAX_RESPONSE_BYTES };
+    // A SotW response carries the whole set: no byte budget there.
+    let max_bytes = if <W::Driver as SendWire>::FULL_STATE { usize::MAX } else { stream::MAX_RESPONSE_BYTES };
+    let config = SendConfig { nonce_prefix: prefix, max_bytes };
     match send_loop(&mut source, &mut wire, &mut observer, &config, &shared.stop).await {
         Ended::Source(e) => {
             let _ = tx.send(Err(Status::not_found(e.to_string()))).await;
