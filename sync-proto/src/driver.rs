@@ -280,6 +280,14 @@ async fn flush<S: Source, W: SendWire, O: Observer>(
 trait DesiredViewSync: DesiredView + Sync {}
 impl<T: DesiredView + Sync> DesiredViewSync for T {}
 
+/// Locks a mutex of plain bookkeeping data, the one way every crate
+/// handles poisoning: a panic elsewhere while the lock was held leaves data
+/// that is still consistent (counters, maps replaced whole), so the guard
+/// is taken anyway rather than spreading the panic to every stream.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The last path segment of a type URL (nonce readability).
 fn short(type_url: &str) -> &str {
     type_url.rsplit(['/', '.']).next().unwrap_or(type_url)

@@ -11,7 +11,7 @@ use std::{
     collections::BTreeMap,
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
 };
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
@@ -27,7 +27,7 @@ use meridian_sync_proto::{
     driver::{
         Apply, Ended, Incoming, Observer, RecvWire, SendConfig, SendWire, Source,
         metrics::{GLOBAL_TO_ZONE as DOWN, ZONE_TO_GLOBAL as UP},
-        receive_loop, send_loop,
+        lock, receive_loop, send_loop,
     },
     kds::{self, GLOBAL_TO_ZONE, ZONE_TO_GLOBAL},
 };
@@ -43,12 +43,6 @@ use super::{
 
 /// Room left in each message for the envelope around the resources.
 const ENVELOPE_MARGIN: usize = 64 * 1024;
-
-/// Locks a mutex of plain bookkeeping data; a panic elsewhere while it was
-/// held leaves nothing half-written that matters, so poisoning is ignored.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 type Changes = SelectAll<futures::stream::BoxStream<'static, String>>;
 
