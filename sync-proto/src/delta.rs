@@ -51,6 +51,17 @@ pub type DesiredSet = BTreeMap<String, Desired>;
 /// these so that one change costs O(log n), not a copy of the whole type.
 pub type SharedSet = imbl::OrdMap<String, Desired>;
 
+/// The names whose entries differ between two persistent sets; shared
+/// structure is skipped, so this costs about the changes, not the sets.
+pub fn shared_diff(old: &SharedSet, new: &SharedSet) -> Vec<String> {
+    old.diff(new)
+        .map(|d| match d {
+            imbl::ordmap::DiffItem::Add(k, _) | imbl::ordmap::DiffItem::Remove(k, _) => k.clone(),
+            imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k.clone(),
+        })
+        .collect()
+}
+
 /// Read access to a desired set, whatever map holds it.
 pub trait DesiredView {
     /// The resource named `name`, if desired.
@@ -277,6 +288,71 @@ impl DeltaSender {
                 removed.push(name);
             }
         }
+        let version = set_version(desired);
+        self.finish(resources, removed, force, version)
+    }
+
+    /// Like [`Self::next_response`], but looks only at `keys`: the names that
+    /// differ between the set this sender last brought the peer up to date
+    /// with and `desired` (so a change costs the keys it touched, not the
+    /// whole set). Only valid after a full [`Self::next_response`] round on
+    /// the previous set. Its responses carry no `system_version_info`
+    /// (Envoy documents that field as for debugging only).
+    pub fn next_response_keys<D: DesiredView + ?Sized>(
+        &mut self,
+        desired: &D,
+        keys: &[String],
+        max_bytes: usize,
+        force: bool,
+    ) -> Option<DeltaDiscoveryResponse> {
+        if !self.started {
+            return None;
+        }
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        let mut used = 0usize;
+        for name in keys {
+            let some = !(resources.is_empty() && removed.is_empty());
+            match desired.get_desired(name).filter(|_| self.wants(name)) {
+                Some(d) => {
+                    if self.peer.get(name) == Some(&d.version) {
+                        continue;
+                    }
+                    let size = d.resource.value.len() + name.len() + d.version.len() + 16;
+                    if some && used + size > max_bytes {
+                        break;
+                    }
+                    used += size;
+                    resources.push(Resource {
+                        name: name.clone(),
+                        version: d.version.clone(),
+                        resource: Some(d.resource.clone()),
+                        ..Default::default()
+                    });
+                }
+                None => {
+                    if !self.peer.contains_key(name) {
+                        continue;
+                    }
+                    if some && used + name.len() + 8 > max_bytes {
+                        break;
+                    }
+                    used += name.len() + 8;
+                    removed.push(name.clone());
+                }
+            }
+        }
+        self.finish(resources, removed, force, String::new())
+    }
+
+    /// Records what a response carries as held and in flight, and builds it.
+    fn finish(
+        &mut self,
+        resources: Vec<Resource>,
+        removed: Vec<String>,
+        force: bool,
+        system_version_info: String,
+    ) -> Option<DeltaDiscoveryResponse> {
         if resources.is_empty() && removed.is_empty() && !force {
             return None;
         }
@@ -293,7 +369,7 @@ impl DeltaSender {
         self.stats.responses_sent += 1;
         self.stats.resources_sent += resources.len() as u64;
         Some(DeltaDiscoveryResponse {
-            system_version_info: set_version(desired),
+            system_version_info,
             resources,
             type_url: self.type_url.clone(),
             removed_resources: removed,
@@ -564,6 +640,26 @@ mod tests {
         r.removed("a");
         assert_eq!(r.held().len(), 1);
         assert_eq!(r.ack("n1").response_nonce, "n1");
+    }
+
+    #[test]
+    fn keyed_diff_sends_only_the_changed_keys() {
+        let mut s = sender();
+        s.on_request(&DeltaDiscoveryRequest::default());
+        let old: SharedSet = desired(&[("a", "1"), ("b", "2"), ("c", "3")]).into_iter().collect();
+        while s.next_response(&old, 1 << 20, false).is_some() {}
+        let mut new = old.clone();
+        new.insert("b".into(), desired(&[("b", "2*")])["b"].clone());
+        new.remove("c");
+        new.insert("d".into(), desired(&[("d", "4")])["d"].clone());
+        let keys = shared_diff(&old, &new);
+        assert_eq!(keys, ["b", "c", "d"]);
+        let r = s.next_response_keys(&new, &keys, 1 << 20, false).expect("diff");
+        let names: Vec<&str> = r.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["b", "d"]);
+        assert_eq!(r.removed_resources, ["c"]);
+        assert!(s.next_response_keys(&new, &keys, 1 << 20, false).is_none());
+        assert!(s.next_response(&new, 1 << 20, false).is_none(), "the keyed diff left nothing behind");
     }
 
     #[test]

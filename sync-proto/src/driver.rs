@@ -70,13 +70,18 @@ pub enum Ended {
 
 /// What one side wants the peer to hold, per type.
 pub trait Source: Send {
-    /// A desired set, cheap to produce (an `Arc`, a [`crate::delta::SharedSet`]).
-    type Set: DesiredView + Send + Sync;
+    /// A desired set, cheap to produce and clone (an `Arc`, a [`crate::delta::SharedSet`]).
+    type Set: DesiredView + Clone + Send + Sync;
     type Error: std::error::Error + Send + Sync + 'static;
     /// Whether this side serves `type_url`.
     fn serves(&self, type_url: &str) -> bool;
     /// The current desired set of a served `type_url`.
     fn desired(&mut self, type_url: &str) -> Self::Set;
+    /// The names that differ between two sets of one type, when the source
+    /// can tell cheaply ([`crate::delta::shared_diff`]); `None` diffs everything.
+    fn changed_keys(&self, _old: &Self::Set, _new: &Self::Set) -> Option<Vec<String>> {
+        None
+    }
     /// Waits for the next change; returns the type URLs that changed.
     /// Must be cancel-safe (it is raced against the peer's requests).
     fn changed(&mut self) -> impl Future<Output = Result<Vec<String>, Self::Error>> + Send;
@@ -153,9 +158,11 @@ pub struct SendConfig {
     pub max_bytes: usize,
 }
 
-struct TypeState {
+struct TypeState<Set> {
     sender: DeltaSender,
     served: bool,
+    /// The set the peer was last brought up to date with (keyed diffs start from it).
+    last: Option<Set>,
     /// When the source last changed this type without the peer having it yet.
     changed_at: Option<Instant>,
     /// nonce → the change that response carried.
@@ -170,7 +177,7 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
     config: &SendConfig,
     cancel: &CancellationToken,
 ) -> Ended {
-    let mut types: BTreeMap<String, TypeState> = BTreeMap::new();
+    let mut types: BTreeMap<String, TypeState<S::Set>> = BTreeMap::new();
     loop {
         tokio::select! {
             biased;
@@ -185,6 +192,7 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                 let ts = types.entry(type_url.clone()).or_insert_with(|| TypeState {
                     sender: DeltaSender::new(type_url.clone(), format!("{}-{}", config.nonce_prefix, short(&type_url))),
                     served: source.serves(&type_url),
+                    last: None,
                     changed_at: None,
                     caused_by: HashMap::new(),
                 });
@@ -217,7 +225,7 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                         false
                     }
                 };
-                if !flush::<S, W, O>(source, wire, observer, config, &type_url, ts, force).await {
+                if !flush::<S, W, O>(source, wire, observer, config, &type_url, ts, force, false).await {
                     return Ended::PeerClosed;
                 }
             }
@@ -230,7 +238,7 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                 for type_url in changed {
                     let Some(ts) = types.get_mut(&type_url).filter(|t| t.served && t.sender.started()) else { continue };
                     ts.changed_at.get_or_insert(now);
-                    if !flush::<S, W, O>(source, wire, observer, config, &type_url, ts, false).await {
+                    if !flush::<S, W, O>(source, wire, observer, config, &type_url, ts, false, true).await {
                         return Ended::PeerClosed;
                     }
                 }
@@ -240,14 +248,18 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
 }
 
 /// Sends what the peer needs of one type; `false` once the peer is gone.
+/// `keyed`: a source change, diffed by the keys it touched when the source
+/// can tell them; a request (subscription change, ACK) diffs everything.
+#[allow(clippy::too_many_arguments)]
 async fn flush<S: Source, W: SendWire, O: Observer>(
     source: &mut S,
     wire: &mut W,
     observer: &mut O,
     config: &SendConfig,
     type_url: &str,
-    ts: &mut TypeState,
+    ts: &mut TypeState<S::Set>,
     mut force: bool,
+    keyed: bool,
 ) -> bool {
     let empty = DesiredSet::new();
     let set = ts.served.then(|| source.desired(type_url));
@@ -255,8 +267,17 @@ async fn flush<S: Source, W: SendWire, O: Observer>(
         Some(s) => s,
         None => &empty,
     };
+    let keys = match (&set, &ts.last) {
+        (Some(new), Some(old)) if keyed => source.changed_keys(old, new),
+        _ => None,
+    };
     let changed_at = ts.changed_at.take();
-    while let Some(resp) = ts.sender.next_response(view, config.max_bytes, force) {
+    loop {
+        let next = match &keys {
+            Some(k) => ts.sender.next_response_keys(view, k, config.max_bytes, force),
+            None => ts.sender.next_response(view, config.max_bytes, force),
+        };
+        let Some(resp) = next else { break };
         force = false;
         tracing::debug!(type_url, resources = resp.resources.len(), removed = resp.removed_resources.len(), nonce = %resp.nonce, "sending");
         if let Some(t) = changed_at {
@@ -273,6 +294,7 @@ async fn flush<S: Source, W: SendWire, O: Observer>(
             return false;
         }
     }
+    ts.last = set;
     true
 }
 

@@ -385,6 +385,10 @@ impl<F: Stream<Item = Result<Change, StoreError>> + Send + Unpin> Source for Upw
         self.sets.get(type_url).cloned().unwrap_or_default()
     }
 
+    fn changed_keys(&self, old: &SharedSet, new: &SharedSet) -> Option<Vec<String>> {
+        Some(meridian_sync_proto::delta::shared_diff(old, new))
+    }
+
     async fn changed(&mut self) -> Result<Vec<String>, UpwardError> {
         let first = self.feed.next().await.ok_or(UpwardError::FeedEnded)??;
         let mut changes = vec![first];

@@ -23,7 +23,7 @@ use meridian_api::{
 use meridian_store::ListQuery;
 use meridian_sync_proto::{
     ResourceType,
-    delta::{DeltaReceiver, SendStats, SharedSet},
+    delta::{DeltaReceiver, SendStats, SharedSet, shared_diff},
     driver::{
         Apply, Ended, Incoming, Observer, RecvWire, SendConfig, SendWire, Source,
         metrics::{GLOBAL_TO_ZONE as DOWN, ZONE_TO_GLOBAL as UP},
@@ -79,6 +79,10 @@ impl Source for ZoneSource {
 
     fn desired(&mut self, type_url: &str) -> SharedSet {
         self.snapshots.get(type_url).map(|rx| rx.borrow().for_zone(&self.zone)).unwrap_or_default()
+    }
+
+    fn changed_keys(&self, old: &SharedSet, new: &SharedSet) -> Option<Vec<String>> {
+        Some(shared_diff(old, new))
     }
 
     async fn changed(&mut self) -> Result<Vec<String>, Infallible> {

@@ -64,6 +64,7 @@ fn short(type_url: &str) -> &'static str {
 
 /// One type of one Dataplane's generated configuration, read in place
 /// (no copy of the set per response).
+#[derive(Clone)]
 pub struct ProxySet {
     state: Arc<ProxyState>,
     type_url: String,
