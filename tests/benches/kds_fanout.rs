@@ -34,6 +34,8 @@ const PRELOAD: usize = 500;
 const UPDATES: usize = 50;
 /// How long one update may take to reach every zone before the bench gives up.
 const LIMIT: Duration = Duration::from_secs(60);
+/// How long the idle global's CPU is measured.
+const IDLE: Duration = Duration::from_secs(6);
 const TYPES: [&str; 5] = ["Mesh", "Secret", "MeshGateway", "MeshGatewayRoute", "ZoneIngress"];
 
 /// User + system CPU time of `pid`, from `/proc/<pid>/stat` (clock ticks of 10 ms).
@@ -120,6 +122,12 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let pid = global.pid();
+    // Background cost with every zone connected and nothing changing
+    // (ZoneInsight refreshes, keepalives), to set the per-update figure against.
+    let idle_start = cpu(pid);
+    tokio::time::sleep(IDLE).await;
+    let idle = cpu(pid).saturating_sub(idle_start);
+    println!("global CPU while idle with {zones} zones: {:?} per second", idle / IDLE.as_secs() as u32);
     let cpu_before = cpu(pid);
     let wall = Instant::now();
     let mut lat = Vec::with_capacity(UPDATES);
