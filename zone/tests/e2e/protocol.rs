@@ -285,4 +285,23 @@ async fn unserved_type_gets_an_empty_response_and_the_stream_stays_up() {
     let cds = c.next().await.expect("cds after the unserved type");
     assert_eq!(cds.type_url, CLUSTER_TYPE());
     assert_eq!(cds.resources.len(), 1);
+    c.ack(&cds).await;
+
+    // The xDS stream reports through the zone's registry like KDS streams.
+    let http = reqwest::Client::builder().no_proxy().build().expect("HTTP client");
+    support::eventually("xDS figures in /metrics", || async {
+        let text = http
+            .get(format!("{}/metrics", zone.api))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        let acked = text.lines().any(|l| {
+            l.starts_with("meridian_kds_events_total{") && l.contains("direction=\"xds\"") && l.contains("event=\"acked\"")
+        });
+        if acked { Ok(()) } else { Err(text) }
+    })
+    .await;
 }
