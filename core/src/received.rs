@@ -46,7 +46,7 @@ pub async fn apply(
                 }));
                 applied.push((wire.clone(), w.version));
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
         }
     }
     for wire in changes.removals.iter().filter(|w| rcv.held().contains_key(*w)) {

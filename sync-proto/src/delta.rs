@@ -45,6 +45,49 @@ pub struct Desired {
 /// The desired state of one type: resource name → resource.
 pub type DesiredSet = BTreeMap<String, Desired>;
 
+/// The desired state of one type as a persistent map: cloning it is O(1)
+/// and an insert or removal O(log n), sharing every untouched entry (and
+/// its encoded payload) with the previous version. Fan-out caches publish
+/// these so that one change costs O(log n), not a copy of the whole type.
+pub type SharedSet = imbl::OrdMap<String, Desired>;
+
+/// The names whose entries differ between two persistent sets; shared
+/// structure is skipped, so this costs about the changes, not the sets.
+pub fn shared_diff(old: &SharedSet, new: &SharedSet) -> Vec<String> {
+    old.diff(new)
+        .map(|d| match d {
+            imbl::ordmap::DiffItem::Add(k, _) | imbl::ordmap::DiffItem::Remove(k, _) => k.clone(),
+            imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k.clone(),
+        })
+        .collect()
+}
+
+/// Read access to a desired set, whatever map holds it.
+pub trait DesiredView {
+    /// The resource named `name`, if desired.
+    fn get_desired(&self, name: &str) -> Option<&Desired>;
+    /// Every desired resource, in name order.
+    fn entries(&self) -> Box<dyn Iterator<Item = (&String, &Desired)> + '_>;
+}
+
+impl DesiredView for DesiredSet {
+    fn get_desired(&self, name: &str) -> Option<&Desired> {
+        self.get(name)
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = (&String, &Desired)> + '_> {
+        Box::new(self.iter())
+    }
+}
+
+impl DesiredView for SharedSet {
+    fn get_desired(&self, name: &str) -> Option<&Desired> {
+        self.get(name)
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = (&String, &Desired)> + '_> {
+        Box::new(self.iter())
+    }
+}
+
 /// A stable content version for an `Any`: hex sha256 (first 16 bytes) of its
 /// type URL and bytes. Use it where no domain version exists.
 pub fn any_version(any: &Any) -> String {
@@ -56,9 +99,9 @@ pub fn any_version(any: &Any) -> String {
 }
 
 /// A version for a whole set (for state-of-the-world responses).
-pub fn set_version(set: &DesiredSet) -> String {
+pub fn set_version<D: DesiredView + ?Sized>(set: &D) -> String {
     let mut h = Sha256::new();
-    for (name, d) in set {
+    for (name, d) in set.entries() {
         h.update(name.as_bytes());
         h.update([0]);
         h.update(d.version.as_bytes());
@@ -207,9 +250,9 @@ impl DeltaSender {
     /// travels alone). `None` when the peer is up to date. Call it again
     /// until it returns `None` to send everything. `force` answers even
     /// when nothing differs (the first response of a type must be sent).
-    pub fn next_response(
+    pub fn next_response<D: DesiredView + ?Sized>(
         &mut self,
-        desired: &DesiredSet,
+        desired: &D,
         max_bytes: usize,
         force: bool,
     ) -> Option<DeltaDiscoveryResponse> {
@@ -219,7 +262,7 @@ impl DeltaSender {
         let mut resources = Vec::new();
         let mut removed = Vec::new();
         let mut used = 0usize;
-        for (name, d) in desired.iter().filter(|(n, _)| self.wants(n)) {
+        for (name, d) in desired.entries().filter(|(n, _)| self.wants(n)) {
             if self.peer.get(name) == Some(&d.version) {
                 continue;
             }
@@ -237,7 +280,7 @@ impl DeltaSender {
         }
         let held: Vec<String> = self.peer.keys().cloned().collect();
         for name in held {
-            if !desired.contains_key(&name) || !self.wants(&name) {
+            if desired.get_desired(&name).is_none() || !self.wants(&name) {
                 if used + name.len() + 8 > max_bytes && !(resources.is_empty() && removed.is_empty()) {
                     break;
                 }
@@ -245,6 +288,71 @@ impl DeltaSender {
                 removed.push(name);
             }
         }
+        let version = set_version(desired);
+        self.finish(resources, removed, force, version)
+    }
+
+    /// Like [`Self::next_response`], but looks only at `keys`: the names that
+    /// differ between the set this sender last brought the peer up to date
+    /// with and `desired` (so a change costs the keys it touched, not the
+    /// whole set). Only valid after a full [`Self::next_response`] round on
+    /// the previous set. Its responses carry no `system_version_info`
+    /// (Envoy documents that field as for debugging only).
+    pub fn next_response_keys<D: DesiredView + ?Sized>(
+        &mut self,
+        desired: &D,
+        keys: &[String],
+        max_bytes: usize,
+        force: bool,
+    ) -> Option<DeltaDiscoveryResponse> {
+        if !self.started {
+            return None;
+        }
+        let mut resources = Vec::new();
+        let mut removed = Vec::new();
+        let mut used = 0usize;
+        for name in keys {
+            let some = !(resources.is_empty() && removed.is_empty());
+            match desired.get_desired(name).filter(|_| self.wants(name)) {
+                Some(d) => {
+                    if self.peer.get(name) == Some(&d.version) {
+                        continue;
+                    }
+                    let size = d.resource.value.len() + name.len() + d.version.len() + 16;
+                    if some && used + size > max_bytes {
+                        break;
+                    }
+                    used += size;
+                    resources.push(Resource {
+                        name: name.clone(),
+                        version: d.version.clone(),
+                        resource: Some(d.resource.clone()),
+                        ..Default::default()
+                    });
+                }
+                None => {
+                    if !self.peer.contains_key(name) {
+                        continue;
+                    }
+                    if some && used + name.len() + 8 > max_bytes {
+                        break;
+                    }
+                    used += name.len() + 8;
+                    removed.push(name.clone());
+                }
+            }
+        }
+        self.finish(resources, removed, force, String::new())
+    }
+
+    /// Records what a response carries as held and in flight, and builds it.
+    fn finish(
+        &mut self,
+        resources: Vec<Resource>,
+        removed: Vec<String>,
+        force: bool,
+        system_version_info: String,
+    ) -> Option<DeltaDiscoveryResponse> {
         if resources.is_empty() && removed.is_empty() && !force {
             return None;
         }
@@ -261,7 +369,7 @@ impl DeltaSender {
         self.stats.responses_sent += 1;
         self.stats.resources_sent += resources.len() as u64;
         Some(DeltaDiscoveryResponse {
-            system_version_info: set_version(desired),
+            system_version_info,
             resources,
             type_url: self.type_url.clone(),
             removed_resources: removed,
@@ -532,6 +640,26 @@ mod tests {
         r.removed("a");
         assert_eq!(r.held().len(), 1);
         assert_eq!(r.ack("n1").response_nonce, "n1");
+    }
+
+    #[test]
+    fn keyed_diff_sends_only_the_changed_keys() {
+        let mut s = sender();
+        s.on_request(&DeltaDiscoveryRequest::default());
+        let old: SharedSet = desired(&[("a", "1"), ("b", "2"), ("c", "3")]).into_iter().collect();
+        while s.next_response(&old, 1 << 20, false).is_some() {}
+        let mut new = old.clone();
+        new.insert("b".into(), desired(&[("b", "2*")])["b"].clone());
+        new.remove("c");
+        new.insert("d".into(), desired(&[("d", "4")])["d"].clone());
+        let keys = shared_diff(&old, &new);
+        assert_eq!(keys, ["b", "c", "d"]);
+        let r = s.next_response_keys(&new, &keys, 1 << 20, false).expect("diff");
+        let names: Vec<&str> = r.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["b", "d"]);
+        assert_eq!(r.removed_resources, ["c"]);
+        assert!(s.next_response_keys(&new, &keys, 1 << 20, false).is_none());
+        assert!(s.next_response(&new, 1 << 20, false).is_none(), "the keyed diff left nothing behind");
     }
 
     #[test]

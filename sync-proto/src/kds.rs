@@ -95,26 +95,46 @@ pub struct WireResource {
     pub spec_bytes: Vec<u8>,
 }
 
-/// Opens the KDS envelope of a `ty` resource; every problem is a readable
-/// reason to NACK with.
-pub fn from_any(ty: ResourceType, wire: &str, version: &str, any: &Any) -> Result<WireResource, String> {
+/// Why a received resource is refused; the text is the NACK reason for
+/// that resource alone, prefixed with its wire name.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("{wire}: unexpected payload type {type_url:?}")]
+    PayloadType { wire: String, type_url: String },
+    #[error("{wire}: {source}")]
+    Envelope { wire: String, source: prost::DecodeError },
+    #[error("{wire}: no spec")]
+    NoSpec { wire: String },
+    #[error("{wire}: spec type {got:?} is not {want}")]
+    SpecType { wire: String, got: String, want: String },
+    #[error("{wire}: meta name {meta:?} does not match the resource name")]
+    NameMismatch { wire: String, meta: String },
+    #[error("{wire}: spec does not decode: {source}")]
+    Spec { wire: String, source: prost::DecodeError },
+    #[error("{wire}: {error}")]
+    Invalid { wire: String, error: crate::validate::ValidationError },
+}
+
+/// Opens the KDS envelope of a `ty` resource.
+pub fn from_any(ty: ResourceType, wire: &str, version: &str, any: &Any) -> Result<WireResource, ReceiveError> {
+    let w = || wire.to_string();
     if any.type_url != KUMA_RESOURCE_TYPE_URL {
-        return Err(format!("{wire}: unexpected payload type {:?}", any.type_url));
+        return Err(ReceiveError::PayloadType { wire: w(), type_url: any.type_url.clone() });
     }
-    let env = KumaResource::decode(any.value.as_slice()).map_err(|e| format!("{wire}: {e}"))?;
+    let env = KumaResource::decode(any.value.as_slice()).map_err(|source| ReceiveError::Envelope { wire: w(), source })?;
     let meta = env.meta.unwrap_or_default();
-    let spec_any = env.spec.ok_or_else(|| format!("{wire}: no spec"))?;
+    let spec_any = env.spec.ok_or_else(|| ReceiveError::NoSpec { wire: w() })?;
     if spec_any.type_url != ty.type_url() {
-        return Err(format!("{wire}: spec type {:?} is not {}", spec_any.type_url, ty.type_url()));
+        return Err(ReceiveError::SpecType { wire: w(), got: spec_any.type_url, want: ty.type_url() });
     }
     let (name, mesh) = match split_wire_name(wire) {
         Some((n, m)) => (n.to_string(), m.to_string()),
         None => (meta.name.clone(), meta.mesh.clone()),
     };
     if !meta.name.is_empty() && meta.name != name {
-        return Err(format!("{wire}: meta name {:?} does not match the resource name", meta.name));
+        return Err(ReceiveError::NameMismatch { wire: w(), meta: meta.name });
     }
-    let spec = Spec::decode(ty, &spec_any.value).map_err(|e| format!("{wire}: spec does not decode: {e}"))?;
+    let spec = Spec::decode(ty, &spec_any.value).map_err(|source| ReceiveError::Spec { wire: w(), source })?;
     let version = if version.is_empty() { meta.version } else { version.to_string() };
     Ok(WireResource {
         resource: Resource { meta: Meta { mesh, name, labels: meta.labels, ..Meta::default() }, spec },
@@ -125,7 +145,7 @@ pub fn from_any(ty: ResourceType, wire: &str, version: &str, any: &Any) -> Resul
 
 /// Opens and checks one received resource: the envelope, its identity and
 /// the spec's rules. The error is the NACK reason for this resource alone.
-pub fn receive(ty: ResourceType, wire: &str, version: &str, any: &Any) -> Result<WireResource, String> {
+pub fn receive(ty: ResourceType, wire: &str, version: &str, any: &Any) -> Result<WireResource, ReceiveError> {
     let w = from_any(ty, wire, version, any)?;
     let r = &w.resource;
     let mut violations = crate::universal::meta_violations(ty, &r.meta.mesh, &r.meta.name);
@@ -135,7 +155,7 @@ pub fn receive(ty: ResourceType, wire: &str, version: &str, any: &Any) -> Result
     if violations.is_empty() {
         Ok(w)
     } else {
-        Err(format!("{wire}: {}", crate::validate::ValidationError { violations }))
+        Err(ReceiveError::Invalid { wire: wire.to_string(), error: crate::validate::ValidationError { violations } })
     }
 }
 
@@ -163,7 +183,10 @@ mod tests {
         assert_eq!(w.resource.meta.mesh, "default");
         assert_eq!(w.resource.meta.labels, labels);
         assert_eq!(w.version, "v1");
-        assert!(from_any(ResourceType::Mesh, "gw.default", "v1", &any).is_err());
+        assert!(matches!(
+            from_any(ResourceType::Mesh, "gw.default", "v1", &any),
+            Err(ReceiveError::SpecType { .. })
+        ));
         let garbage = Any { type_url: KUMA_RESOURCE_TYPE_URL.into(), value: vec![0xff, 0xff] };
         assert!(from_any(ResourceType::MeshGateway, "x.default", "v", &garbage).is_err());
     }

@@ -15,9 +15,11 @@
 //! - [`universal`]: the universal YAML/JSON format users write.
 //! - [`validate`]: per-type validation with field paths.
 //! - [`delta`]: the delta-discovery state machine shared by KDS and xDS.
+//! - [`driver`]: the sending and receiving loops every stream runs, and their metrics.
 //! - [`kds`]: the KDS wire shape (names, envelope, metadata).
 
 pub mod delta;
+pub mod driver;
 pub mod kds;
 pub mod model;
 pub mod pb;

@@ -23,6 +23,7 @@
 //! | sync::zone_deletion_is_refused_online_and_cascades_offline | zone deletion |
 //! | sync::zone_ingress_is_rebroadcast_to_other_zones      | §4: ZoneIngress relay; plaintext KDS |
 //! | defaults::zones_receive_the_globals_default_mesh_and_never_create_one | issue 9 item 12 |
+//! | unserved::*                                           | issue 8: unserved types answered empty, stream stays up |
 
 mod multizone {
     pub mod auth;
@@ -30,6 +31,7 @@ mod multizone {
     pub mod nack;
     pub mod resume;
     pub mod sync;
+    pub mod unserved;
 }
 
 use meridian_tests::{Global, GlobalSpec, TestDir, Topology, Zone, resources};

@@ -2,9 +2,14 @@
 //! sync streams, redialled with exponential backoff and jitter.
 //!
 //! ```text
-//!   global ══GlobalToZoneSync══▶ DeltaReceiver per type ──apply_batch──▶ zone store
-//!   global ◀═ZoneToGlobalSync═══ DeltaSender per type ◀──list/watch──── zone store
+//!   global ══GlobalToZoneSync══▶ receive_loop (DeltaReceiver per type) ──apply──▶ zone store
+//!   global ◀═ZoneToGlobalSync═══ send_loop (DeltaSender per type) ◀── UpwardSource ◀─watch── zone store
 //! ```
+//!
+//! Both streams are thin adapters over [`meridian_sync_proto::driver`]; the
+//! upward source keeps the zone's own resources per type in memory
+//! (persistent maps of encoded envelopes), updated from the store's change
+//! feed, so a burst of writes costs the keys it touched, not a re-read.
 //!
 //! Both directions resume: the zone's first requests carry the versions it
 //! already holds, and the global's carry what it holds of this zone, so a
@@ -14,22 +19,28 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use meridian_core::{
     Manager,
     origin::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_GLOBAL, ORIGIN_ZONE},
 };
-use meridian_store::ListQuery;
+use meridian_store::{Change, ChangeKind, ListQuery, StoreError};
 use meridian_sync_proto::{
     ResourceType,
-    delta::{DeltaReceiver, DeltaSender, Desired, DesiredSet, RequestKind},
+    delta::{DeltaReceiver, Desired, DesiredSet, SendStats, SharedSet},
+    driver::{
+        Apply, Ended, Incoming, Observer, RecvWire, SendConfig, SendWire, Source,
+        metrics::{GLOBAL_TO_ZONE as DOWN, SyncMetrics, ZONE_TO_GLOBAL as UP},
+        receive_loop, send_loop,
+    },
     kds::{self, GLOBAL_TO_ZONE, ZONE_TO_GLOBAL},
     pb::kds::kds_sync_service_client::KdsSyncServiceClient,
 };
+use tokio_util::sync::CancellationToken;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
-    Request, Status,
+    Request, Status, Streaming,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
@@ -92,18 +103,24 @@ pub fn endpoint(cfg: &KdsClientConfig) -> anyhow::Result<Endpoint> {
 }
 
 /// Keeps the zone synced with the global until `stop` resolves.
+/// Sync figures go to `metrics` (directions `global_to_zone`, `zone_to_global`).
 pub async fn run(
     cfg: KdsClientConfig,
     manager: Manager,
+    metrics: SyncMetrics,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let ep = endpoint(&cfg)?;
-    let mut stop = std::pin::pin!(stop);
+    let cancel = CancellationToken::new();
+    let mut stop = std::pin::pin!(async {
+        stop.await;
+        cancel.cancel();
+    });
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = tokio::time::Instant::now();
         let outcome = tokio::select! {
-            r = session(&cfg, &ep, &manager) => r,
+            r = session(&cfg, &ep, &manager, &metrics, &cancel) => r,
             () = &mut stop => return Ok(()),
         };
         match outcome {
@@ -147,15 +164,21 @@ fn with_metadata<T>(cfg: &KdsClientConfig, msg: T) -> anyhow::Result<Request<T>>
 }
 
 /// One connection: both streams until either ends.
-async fn session(cfg: &KdsClientConfig, ep: &Endpoint, manager: &Manager) -> anyhow::Result<()> {
+async fn session(
+    cfg: &KdsClientConfig,
+    ep: &Endpoint,
+    manager: &Manager,
+    metrics: &SyncMetrics,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let channel = ep.connect().await.with_context(|| format!("cannot connect to {}", cfg.global_address))?;
     let client = KdsSyncServiceClient::new(channel)
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
     tracing::info!(global = %cfg.global_address, zone = %cfg.zone, "connected to the global");
     tokio::select! {
-        r = downstream(cfg, client.clone(), manager) => r,
-        r = upstream(cfg, client, manager) => r,
+        r = downstream(cfg, client.clone(), manager, metrics, cancel) => r,
+        r = upstream(cfg, client, manager, metrics, cancel) => r,
     }
 }
 
@@ -178,31 +201,98 @@ async fn local_versions(manager: &Manager, zone: &str, ty: ResourceType, from_gl
         .collect())
 }
 
+/// A client-side gRPC stream: messages in from the global, ours out
+/// through the channel the call reads.
+struct ClientWire<In, Out> {
+    inbound: Streaming<In>,
+    tx: mpsc::Sender<Out>,
+}
+
+impl RecvWire for ClientWire<DeltaDiscoveryResponse, DeltaDiscoveryRequest> {
+    type Error = Status;
+    async fn recv(&mut self) -> Result<Option<DeltaDiscoveryResponse>, Status> {
+        self.inbound.message().await
+    }
+    async fn send(&mut self, request: DeltaDiscoveryRequest) -> bool {
+        self.tx.send(request).await.is_ok()
+    }
+}
+
+impl SendWire for ClientWire<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
+    type Error = Status;
+    async fn recv(&mut self) -> Result<Option<Incoming>, Status> {
+        Ok(self.inbound.message().await?.map(|request| Incoming { request, force: false }))
+    }
+    async fn send(&mut self, response: DeltaDiscoveryResponse, _full: Option<DesiredSet>) -> bool {
+        self.tx.send(response).await.is_ok()
+    }
+}
+
+/// Logs NACKs: the zone's own of what the global sent (downstream), or the
+/// global's of what this zone sent (upstream).
+struct NackLog(&'static str);
+
+impl Observer for NackLog {
+    fn nacked(&mut self, type_url: &str, _: &str, reason: &str, _: &SendStats) {
+        if self.0 == DOWN {
+            tracing::warn!(type_url, %reason, "rejected resources from the global");
+        } else {
+            tracing::warn!(type_url, %reason, "the global rejected resources from this zone");
+        }
+    }
+}
+
+/// Writes what the global sent through [`FromGlobal`].
+struct ZoneApply<'a>(&'a Manager);
+
+impl Apply for ZoneApply<'_> {
+    type Error = StoreError;
+    async fn apply(
+        &mut self,
+        type_url: &str,
+        receiver: &mut DeltaReceiver,
+        response: &DeltaDiscoveryResponse,
+    ) -> Result<DeltaDiscoveryRequest, StoreError> {
+        // Receivers exist only for GLOBAL_TO_ZONE types, so the name parses.
+        let ty = ResourceType::from_name(type_url).unwrap_or(ResourceType::Mesh);
+        meridian_core::received::apply(self.0, ty, receiver, response, &FromGlobal).await
+    }
+}
+
+/// Turns how a loop ended into the session's outcome.
+fn outcome(ended: Ended) -> anyhow::Result<()> {
+    match ended {
+        Ended::Cancelled | Ended::PeerClosed => Ok(()),
+        Ended::Wire(e) => match e.downcast::<Status>() {
+            Ok(status) => Err((*status).into()),
+            Err(e) => Err(anyhow::anyhow!(e)),
+        },
+        other => Err(anyhow::anyhow!(other)),
+    }
+}
+
 /// Global → zone: subscribe with what we hold, apply what arrives.
-async fn downstream(cfg: &KdsClientConfig, mut client: KdsSyncServiceClient<Channel>, manager: &Manager) -> anyhow::Result<()> {
+async fn downstream(
+    cfg: &KdsClientConfig,
+    mut client: KdsSyncServiceClient<Channel>,
+    manager: &Manager,
+    metrics: &SyncMetrics,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(OUTBOUND_QUEUE);
     let mut receivers = BTreeMap::new();
     for ty in GLOBAL_TO_ZONE {
-        let r = DeltaReceiver::new(ty.name(), local_versions(manager, &cfg.zone, *ty, true).await?);
-        tx.send(r.initial_request(None)).await?;
-        receivers.insert(*ty, r);
+        let held = local_versions(manager, &cfg.zone, *ty, true).await?;
+        receivers.insert(ty.name().to_string(), DeltaReceiver::new(ty.name(), held));
     }
-    let mut inbound = client.global_to_zone_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?.into_inner();
-    while let Some(resp) = inbound.message().await? {
-        let Some((ty, rcv)) = ResourceType::from_name(&resp.type_url).and_then(|t| receivers.get_mut(&t).map(|r| (t, r)))
-        else {
-            tracing::warn!(type_url = %resp.type_url, "global sent a type this zone did not ask for");
-            continue;
-        };
-        let reply = meridian_core::received::apply(manager, ty, rcv, &resp, &FromGlobal)
-            .await
-            .context("cannot store resources from the global")?;
-        if let Some(e) = &reply.error_detail {
-            tracing::warn!(%ty, reason = %e.message, "rejected resources from the global");
-        }
-        tx.send(reply).await?;
+    let inbound = client.global_to_zone_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?.into_inner();
+    let mut wire = ClientWire { inbound, tx };
+    let mut observer = (metrics.observer(DOWN), NackLog(DOWN));
+    let ended = receive_loop(&mut receivers, None, &mut wire, &mut ZoneApply(manager), &mut observer, cancel).await;
+    if let Ended::Apply(e) = &ended {
+        anyhow::bail!("cannot store resources from the global: {e}");
     }
-    Ok(())
+    outcome(ended)
 }
 
 /// Global resources keep their names in the zone, labelled with their origin.
@@ -220,84 +310,194 @@ impl meridian_core::received::Placement for FromGlobal {
     }
 }
 
-/// The zone's own resources of `ty`, as the global should hold them.
-async fn zone_desired(cfg: &KdsClientConfig, manager: &Manager, ty: ResourceType) -> anyhow::Result<DesiredSet> {
-    let page = manager.store().list(&ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() }).await?;
-    Ok(page
-        .items
-        .into_iter()
-        .filter(|r| is_local(&r.labels, &cfg.zone))
-        .map(|r| {
-            let mut labels = r.labels.clone();
-            labels.insert(LABEL_ORIGIN.to_string(), ORIGIN_ZONE.to_string());
-            labels.insert(LABEL_ZONE.to_string(), cfg.zone.clone());
-            let any = kds::to_any(ty, &r.key.mesh, &r.key.name, &labels, &r.version, r.spec);
-            (kds::wire_name(&r.key.mesh, &r.key.name), Desired { version: r.version, resource: any })
-        })
-        .collect())
+/// The zone's own resources per type, as the global should hold them:
+/// loaded once, then kept current from the store's change feed.
+struct UpwardSource<F> {
+    zone: String,
+    sets: BTreeMap<String, SharedSet>,
+    feed: F,
+}
+
+/// Why the upward source stopped.
+#[derive(Debug, thiserror::Error)]
+enum UpwardError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("the store's change feed ended")]
+    FeedEnded,
+}
+
+impl<F: Stream<Item = Result<Change, StoreError>> + Send + Unpin> UpwardSource<F> {
+    /// Lists the zone's own resources; `feed` must start at or before the listing.
+    async fn load(zone: &str, manager: &Manager, feed: F) -> Result<Self, StoreError> {
+        let mut src = UpwardSource { zone: zone.to_string(), sets: BTreeMap::new(), feed };
+        for ty in ZONE_TO_GLOBAL {
+            let page = manager.store().list(&ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() }).await?;
+            src.sets.insert(ty.name().to_string(), SharedSet::new());
+            for r in &page.items {
+                src.upsert(*ty, r);
+            }
+        }
+        Ok(src)
+    }
+
+    /// Records one stored resource (or drops it when it is not the zone's own).
+    fn upsert(&mut self, ty: ResourceType, r: &meridian_store::StoredResource) {
+        let wire = kds::wire_name(&r.key.mesh, &r.key.name);
+        let Some(set) = self.sets.get_mut(ty.name()) else { return };
+        if !is_local(&r.labels, &self.zone) {
+            set.remove(&wire);
+            return;
+        }
+        if set.get(&wire).is_some_and(|d| d.version == r.version) {
+            return;
+        }
+        let mut labels = r.labels.clone();
+        labels.insert(LABEL_ORIGIN.to_string(), ORIGIN_ZONE.to_string());
+        labels.insert(LABEL_ZONE.to_string(), self.zone.clone());
+        let any = kds::to_any(ty, &r.key.mesh, &r.key.name, &labels, &r.version, r.spec.clone());
+        set.insert(wire, Desired { version: r.version.clone(), resource: any });
+    }
+
+    fn apply(&mut self, c: &Change) -> Option<String> {
+        let ty = ResourceType::from_name(&c.resource.key.type_name).filter(|t| ZONE_TO_GLOBAL.contains(t))?;
+        match c.kind {
+            ChangeKind::Upsert => self.upsert(ty, &c.resource),
+            ChangeKind::Delete => {
+                if let Some(set) = self.sets.get_mut(ty.name()) {
+                    set.remove(&kds::wire_name(&c.resource.key.mesh, &c.resource.key.name));
+                }
+            }
+        }
+        Some(ty.name().to_string())
+    }
+}
+
+impl<F: Stream<Item = Result<Change, StoreError>> + Send + Unpin> Source for UpwardSource<F> {
+    type Set = SharedSet;
+    type Error = UpwardError;
+
+    fn serves(&self, type_url: &str) -> bool {
+        self.sets.contains_key(type_url)
+    }
+
+    fn desired(&mut self, type_url: &str) -> SharedSet {
+        self.sets.get(type_url).cloned().unwrap_or_default()
+    }
+
+    fn changed_keys(&self, old: &SharedSet, new: &SharedSet) -> Option<Vec<String>> {
+        Some(meridian_sync_proto::delta::shared_diff(old, new))
+    }
+
+    async fn changed(&mut self) -> Result<Vec<String>, UpwardError> {
+        let first = self.feed.next().await.ok_or(UpwardError::FeedEnded)??;
+        let mut changes = vec![first];
+        // Take everything already queued: one push per burst, not per write.
+        while let Some(Some(c)) = self.feed.next().now_or_never() {
+            changes.push(c?);
+        }
+        let mut types: Vec<String> = Vec::new();
+        for c in &changes {
+            if let Some(t) = self.apply(c)
+                && !types.contains(&t)
+            {
+                types.push(t);
+            }
+        }
+        Ok(types)
+    }
 }
 
 /// Zone → global: the global subscribes (with what it holds of this zone);
-/// the zone answers from its store and pushes every change.
-async fn upstream(cfg: &KdsClientConfig, mut client: KdsSyncServiceClient<Channel>, manager: &Manager) -> anyhow::Result<()> {
+/// the zone answers from its in-memory view and pushes every change.
+async fn upstream(
+    cfg: &KdsClientConfig,
+    mut client: KdsSyncServiceClient<Channel>,
+    manager: &Manager,
+    metrics: &SyncMetrics,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryResponse>(OUTBOUND_QUEUE);
-    // Watch from before the first listing: nothing written meanwhile is missed.
+    // Watch from before the listing: nothing written meanwhile is missed.
     let from = manager.store().current_revision().await?;
-    let mut feed = std::pin::pin!(manager.store().watch(from));
-    let mut inbound = client.zone_to_global_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?.into_inner();
-    let budget = cfg.max_message_bytes.saturating_sub(ENVELOPE_MARGIN).max(1024);
-    let prefix = format!("{}-{:08x}", cfg.zone, rand::random::<u32>());
-    let mut senders: BTreeMap<ResourceType, DeltaSender> =
-        ZONE_TO_GLOBAL.iter().map(|t| (*t, DeltaSender::new(t.name(), format!("{prefix}-{t}")))).collect();
+    let mut source = UpwardSource::load(&cfg.zone, manager, manager.store().watch(from)).await?;
+    let inbound = client.zone_to_global_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?.into_inner();
+    let config = SendConfig {
+        nonce_prefix: format!("{}-{:08x}", cfg.zone, rand::random::<u32>()),
+        max_bytes: cfg.max_message_bytes.saturating_sub(ENVELOPE_MARGIN).max(1024),
+    };
+    let mut wire = ClientWire { inbound, tx };
+    let mut observer = (metrics.observer(UP), NackLog(UP));
+    outcome(send_loop(&mut source, &mut wire, &mut observer, &config, cancel).await)
+}
 
-    loop {
-        let mut dirty = Vec::new();
-        tokio::select! {
-            msg = inbound.message() => {
-                let Some(req) = msg? else { return Ok(()) };
-                let Some(ty) = ResourceType::from_name(&req.type_url).filter(|t| senders.contains_key(t)) else {
-                    tracing::warn!(type_url = %req.type_url, "global asked for a type this zone does not send");
-                    continue;
-                };
-                let Some(sender) = senders.get_mut(&ty) else { continue };
-                match sender.on_request(&req) {
-                    RequestKind::Initial => {
-                        let desired = zone_desired(cfg, manager, ty).await?;
-                        let mut force = true;
-                        while let Some(resp) = sender.next_response(&desired, budget, force) {
-                            force = false;
-                            tx.send(resp).await?;
-                        }
-                    }
-                    RequestKind::Subscribe => dirty.push(ty),
-                    RequestKind::Nack { reason, .. } => tracing::warn!(%ty, %reason, "the global rejected resources from this zone"),
-                    RequestKind::Ack { .. } | RequestKind::Stale { .. } => {}
-                }
-            }
-            change = feed.next() => {
-                let Some(change) = change else { anyhow::bail!("store change feed ended") };
-                let mut changes = vec![change?];
-                // Take everything already queued: one push per burst, not per write.
-                while let Some(Some(c)) = feed.next().now_or_never() {
-                    changes.push(c?);
-                }
-                for c in changes {
-                    if let Some(ty) = ResourceType::from_name(&c.resource.key.type_name)
-                        && senders.contains_key(&ty) && !dirty.contains(&ty) {
-                            dirty.push(ty);
-                        }
-                }
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sending side of a stream over channels, as the global's requests
+    /// and the zone's responses would travel.
+    struct ChanWire {
+        rx: mpsc::Receiver<DeltaDiscoveryRequest>,
+        tx: mpsc::Sender<DeltaDiscoveryResponse>,
+    }
+
+    impl SendWire for ChanWire {
+        type Error = Status;
+        async fn recv(&mut self) -> Result<Option<Incoming>, Status> {
+            Ok(self.rx.recv().await.map(|request| Incoming { request, force: false }))
         }
-        for ty in dirty {
-            let Some(sender) = senders.get_mut(&ty) else { continue };
-            if !sender.started() {
-                continue;
-            }
-            let desired = zone_desired(cfg, manager, ty).await?;
-            while let Some(resp) = sender.next_response(&desired, budget, false) {
-                tx.send(resp).await?;
-            }
+        async fn send(&mut self, response: DeltaDiscoveryResponse, _: Option<DesiredSet>) -> bool {
+            self.tx.send(response).await.is_ok()
         }
+    }
+
+    fn dataplane(name: &str) -> meridian_store::WriteResource {
+        let v = serde_json::json!({
+            "type": "Dataplane", "mesh": "default", "name": name,
+            "networking": {"address": "10.0.0.1", "inbound": [{"port": 9000, "tags": {"kuma.io/service": "web"}}]}
+        });
+        Manager::encode(&meridian_sync_proto::universal::from_value(v).expect("parses"))
+    }
+
+    /// Zone → global, the zone as sender: a type it does not send gets an
+    /// empty response and the stream stays up; Dataplanes are served from
+    /// the in-memory view, and a later write travels from the change feed.
+    #[tokio::test]
+    async fn upward_sender_answers_unserved_types_empty_and_follows_the_store() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = meridian_store::Store::connect(&format!("sqlite:{}", dir.path().join("z.db").display()))
+            .await
+            .expect("store");
+        let manager = Manager::new(store.clone(), meridian_core::Role::Zone { federated: true });
+        store.create(dataplane("dp-1")).await.expect("write");
+        let from = store.current_revision().await.expect("revision");
+        let mut source = UpwardSource::load("zone-1", &manager, store.watch(from)).await.expect("load");
+        let (req_tx, req_rx) = mpsc::channel(8);
+        let (resp_tx, mut resp_rx) = mpsc::channel(8);
+        let cancel = CancellationToken::new();
+        let task = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let mut wire = ChanWire { rx: req_rx, tx: resp_tx };
+                let config = SendConfig { nonce_prefix: "z".into(), max_bytes: 1 << 20 };
+                send_loop(&mut source, &mut wire, &mut (), &config, &cancel).await
+            })
+        };
+        let req = |ty: &str| DeltaDiscoveryRequest { type_url: ty.into(), ..Default::default() };
+        req_tx.send(req("CircuitBreaker")).await.expect("send");
+        let empty = resp_rx.recv().await.expect("empty response");
+        assert_eq!(empty.type_url, "CircuitBreaker");
+        assert!(empty.resources.is_empty() && !empty.nonce.is_empty());
+        req_tx.send(req("Dataplane")).await.expect("send");
+        let dps = resp_rx.recv().await.expect("Dataplanes");
+        let names: Vec<&str> = dps.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["dp-1.default"]);
+        store.create(dataplane("dp-2")).await.expect("write");
+        let diff = resp_rx.recv().await.expect("the change");
+        let names: Vec<&str> = diff.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["dp-2.default"], "only what changed travels");
+        cancel.cancel();
+        assert!(matches!(task.await.expect("join"), Ended::Cancelled));
     }
 }

@@ -136,6 +136,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ApiMetrics::register(&mut registry);
     let store_metrics = StoreMetrics::register(&mut registry);
+    let sync_metrics = meridian_sync_proto::driver::metrics::SyncMetrics::register(&mut registry);
     // One resource must fit in one KDS message with room for its envelope.
     let resource_limit = args.api.max_resource_bytes.min(args.kds_max_message_bytes.saturating_sub(64 * 1024));
     let manager = Manager::new(store.clone(), Role::Zone { federated })
@@ -187,12 +188,17 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     if let Some(cfg) = kds_config {
         let stop = shutdown.clone().cancelled_owned();
         let manager = manager.clone();
-        tasks.spawn("KDS client", async move { kds::run(cfg, manager, stop).await });
+        let metrics = sync_metrics.clone();
+        tasks.spawn("KDS client", async move { kds::run(cfg, manager, metrics, stop).await });
     }
     tasks.spawn("xDS server", {
-        let config = xds::XdsConfig { zone: args.zone.clone(), instance_id: instance_id.clone() };
+        let config = xds::XdsConfig {
+            zone: args.zone.clone(),
+            instance_id: instance_id.clone(),
+            metrics: sync_metrics.clone(),
+        };
         let store = store.clone();
-        let stop = shutdown.clone().cancelled_owned();
+        let stop = shutdown.clone();
         async move { Ok(xds::serve(xds_listener, store, config, stop).await?) }
     });
 

@@ -21,7 +21,6 @@ pub mod insight;
 pub mod stream;
 
 use std::{
-    future::Future,
     pin::Pin,
     sync::{
         Arc,
@@ -38,13 +37,16 @@ use envoy_types::pb::envoy::{
 };
 use meridian_store::{Store, StoreError};
 use meridian_sync_proto::universal;
-use tokio::{net::TcpListener, sync::mpsc, sync::watch};
+use meridian_sync_proto::driver::{
+    Ended, SendConfig, SendWire, metrics::{SyncMetrics, XDS}, send_loop,
+};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use cache::{Cache, ProxyId};
 use insight::InsightHandle;
-use stream::Session;
 
 /// Responses queued per stream: a peer that stops reading stalls only its
 /// own stream task, which then stops reading the cache (latest state wins).
@@ -57,12 +59,14 @@ const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// What the xDS server needs to know about its process.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct XdsConfig {
     /// Zone name (labels DataplaneInsights).
     pub zone: String,
     /// This control plane instance (recorded in subscriptions).
     pub instance_id: String,
+    /// Sync figures (direction `xds`), in the zone's registry.
+    pub metrics: SyncMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,14 +77,26 @@ pub enum XdsError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Parses a node id `<mesh>.<name>`.
-pub fn parse_node_id(id: &str) -> Result<ProxyId, String> {
-    let usage = "the node id must be <mesh>.<dataplane name> (see `meridian-zone dataplane bootstrap`)";
+/// Why an Envoy node id does not name a Dataplane.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeIdError {
+    #[error("node id {id:?}: the node id must be <mesh>.<dataplane name> (see `meridian-zone dataplane bootstrap`)")]
+    NoDot { id: String },
+    #[error(
+        "node id {id:?}: {reason}; the node id must be <mesh>.<dataplane name> (see `meridian-zone dataplane bootstrap`)"
+    )]
+    Invalid { id: String, reason: String },
+}
+
+/// Parses a node id `<mesh>.<name>` (the incumbent's format; mesh names
+/// hold no dot, so the first dot splits).
+pub fn parse_node_id(id: &str) -> Result<ProxyId, NodeIdError> {
     let Some((mesh, name)) = id.split_once('.') else {
-        return Err(format!("node id {id:?}: {usage}"));
+        return Err(NodeIdError::NoDot { id: id.to_string() });
     };
-    universal::check_mesh_name(mesh).map_err(|e| format!("node id {id:?}: {e}; {usage}"))?;
-    universal::check_name(name).map_err(|e| format!("node id {id:?}: {e}; {usage}"))?;
+    let invalid = |e: String| NodeIdError::Invalid { id: id.to_string(), reason: e };
+    universal::check_mesh_name(mesh).map_err(|e| invalid(e.to_string()))?;
+    universal::check_name(name).map_err(|e| invalid(e.to_string()))?;
     Ok(ProxyId { mesh: mesh.to_string(), name: name.to_string() })
 }
 
@@ -94,85 +110,78 @@ struct Shared {
     cache: Cache,
     store: Store,
     config: XdsConfig,
-    stop: watch::Receiver<bool>,
+    /// Cancelled on shutdown: every stream loop ends on it.
+    stop: CancellationToken,
+    /// Stream tasks and their DataplaneInsight writers: shutdown waits for
+    /// them, so every subscription is closed with a disconnect time.
+    tasks: TaskTracker,
     streams: AtomicU64,
 }
 
 #[derive(Clone)]
 struct Ads(Arc<Shared>);
 
-/// Serves ADS on `listener` until `shutdown` resolves; loads the cache
+/// Serves ADS on `listener` until `shutdown` is cancelled, then waits for
+/// every stream to close its DataplaneInsight subscription; loads the cache
 /// first and follows the store's change feed meanwhile.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
     config: XdsConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: CancellationToken,
 ) -> Result<(), XdsError> {
     let cache = Cache::default();
     let revision = cache.load(&store).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
         cache: cache.clone(),
         store: store.clone(),
         config,
-        stop: stop_rx.clone(),
+        stop: stop.clone(),
+        tasks: tasks.clone(),
         streams: AtomicU64::new(0),
     });
     let service = AggregatedDiscoveryServiceServer::new(Ads(shared))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut stop = stop_rx.clone();
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        });
-    let mut stop = stop_rx;
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
     tokio::select! {
         r = server => r?,
         r = cache.follow(store, revision) => {
             // The change feed only ends on a permanent store failure.
             r?;
         }
-        () = stopped(&mut stop) => {}
     }
+    tasks.close();
+    tasks.wait().await;
     Ok(())
 }
 
-/// Resolves once the stop flag is set (the guard never outlives it).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// One wire format of ADS: how to read the node and feed a [`Session`].
+/// One wire format of ADS: how to read the node and become a [`SendWire`].
 trait Wire: Send + 'static {
     type Req: Send + 'static;
     type Resp: Send + 'static;
+    type Driver: SendWire;
     fn node(req: &Self::Req) -> Option<&Node>;
-    fn handle(session: &mut Session, req: &Self::Req) -> Vec<Self::Resp>;
-    fn on_change(session: &mut Session) -> Vec<Self::Resp>;
+    fn wire(first: Self::Req, inbound: Streaming<Self::Req>, tx: mpsc::Sender<Result<Self::Resp, Status>>)
+    -> Self::Driver;
 }
 
 struct Delta;
 impl Wire for Delta {
     type Req = DeltaDiscoveryRequest;
     type Resp = DeltaDiscoveryResponse;
+    type Driver = stream::DeltaWire;
     fn node(req: &Self::Req) -> Option<&Node> {
         req.node.as_ref()
     }
-    fn handle(session: &mut Session, req: &Self::Req) -> Vec<Self::Resp> {
-        session.delta_request(req)
-    }
-    fn on_change(session: &mut Session) -> Vec<Self::Resp> {
-        session.delta_change()
+    fn wire(first: Self::Req, inbound: Streaming<Self::Req>, tx: mpsc::Sender<Result<Self::Resp, Status>>) -> Self::Driver {
+        stream::DeltaWire { first: Some(first), inbound, tx }
     }
 }
 
@@ -180,14 +189,12 @@ struct Sotw;
 impl Wire for Sotw {
     type Req = DiscoveryRequest;
     type Resp = DiscoveryResponse;
+    type Driver = stream::SotwWire;
     fn node(req: &Self::Req) -> Option<&Node> {
         req.node.as_ref()
     }
-    fn handle(session: &mut Session, req: &Self::Req) -> Vec<Self::Resp> {
-        session.sotw_request(req)
-    }
-    fn on_change(session: &mut Session) -> Vec<Self::Resp> {
-        session.sotw_change()
+    fn wire(first: Self::Req, inbound: Streaming<Self::Req>, tx: mpsc::Sender<Result<Self::Resp, Status>>) -> Self::Driver {
+        stream::SotwWire { first: Some(first), inbound, tx, translator: Default::default() }
     }
 }
 
@@ -220,19 +227,9 @@ impl Ads {
     {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let shared = Arc::clone(&self.0);
-        tokio::spawn(run::<W>(shared, inbound, tx));
+        self.0.tasks.spawn(run::<W>(shared, inbound, tx));
         Box::pin(ReceiverStream::new(rx))
     }
-}
-
-/// Sends responses in order; `false` once the peer is gone.
-async fn send_all<T>(tx: &mpsc::Sender<Result<T, Status>>, items: Vec<T>) -> bool {
-    for item in items {
-        if tx.send(Ok(item)).await.is_err() {
-            return false;
-        }
-    }
-    true
 }
 
 async fn run<W: Wire>(shared: Arc<Shared>, mut inbound: Streaming<W::Req>, tx: mpsc::Sender<Result<W::Resp, Status>>) {
@@ -244,7 +241,7 @@ async fn run<W: Wire>(shared: Arc<Shared>, mut inbound: Streaming<W::Req>, tx: m
     let id = match node.as_ref().map(|n| parse_node_id(&n.id)) {
         Some(Ok(id)) => id,
         Some(Err(e)) => {
-            let _ = tx.send(Err(Status::invalid_argument(e))).await;
+            let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
             return;
         }
         None => {
@@ -266,47 +263,31 @@ async fn run<W: Wire>(shared: Arc<Shared>, mut inbound: Streaming<W::Req>, tx: m
     let state = sub.rx.borrow_and_update().clone();
     if let Err(e) = &state.config {
         tracing::warn!(dataplane = %id, "refusing Envoy: {e}");
-        let _ = tx.send(Err(Status::not_found(e.clone()))).await;
+        let _ = tx.send(Err(Status::not_found(e.to_string()))).await;
         return;
     }
     let seq = shared.streams.fetch_add(1, Ordering::Relaxed);
     let prefix = format!("{}-{seq}", shared.config.instance_id);
     tracing::info!(dataplane = %id, stream = %prefix, "Envoy connected");
-    let insight = InsightHandle::spawn(shared.store.clone(), shared.config.zone.clone(), id.clone());
-    let mut session = Session::new(state, prefix, &shared.config.instance_id, node.as_ref());
-    let mut stop = shared.stop.clone();
-    let mut open = send_all(&tx, W::handle(&mut session, &first)).await;
-    while open {
-        if session.refresh_record() {
-            insight.update(session.record.clone());
+    let handle = InsightHandle::spawn(&shared.tasks, shared.store.clone(), shared.config.zone.clone(), id.clone());
+    let mut source = stream::ProxySource { rx: sub.rx.clone(), state };
+    let mut wire = W::wire(first, inbound, tx.clone());
+    let mut observer = (
+        shared.config.metrics.observer(XDS),
+        stream::InsightObserver::new(&prefix, &shared.config.instance_id, node.as_ref(), Some(handle)),
+    );
+    // A SotW response carries the whole set: no byte budget there.
+    let max_bytes = if <W::Driver as SendWire>::FULL_STATE { usize::MAX } else { stream::MAX_RESPONSE_BYTES };
+    let config = SendConfig { nonce_prefix: prefix, max_bytes };
+    match send_loop(&mut source, &mut wire, &mut observer, &config, &shared.stop).await {
+        Ended::Source(e) => {
+            let _ = tx.send(Err(Status::not_found(e.to_string()))).await;
         }
-        tokio::select! {
-            msg = inbound.message() => match msg {
-                Ok(Some(req)) => open = send_all(&tx, W::handle(&mut session, &req)).await,
-                Ok(None) => open = false,
-                Err(status) => {
-                    tracing::debug!(dataplane = %id, %status, "stream ended");
-                    open = false;
-                }
-            },
-            changed = sub.rx.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let state = sub.rx.borrow_and_update().clone();
-                if let Err(e) = &state.config {
-                    let _ = tx.send(Err(Status::not_found(e.clone()))).await;
-                    break;
-                }
-                session.state = state;
-                open = send_all(&tx, W::on_change(&mut session)).await;
-            }
-            () = stopped(&mut stop) => break,
-        }
+        Ended::Wire(e) => tracing::debug!(dataplane = %id, error = %e, "stream ended"),
+        _ => {}
     }
-    session.refresh_record();
-    session.record.disconnect_time = Some(insight::now());
-    insight.update(session.record.clone());
+    drop(sub);
+    observer.1.close();
     tracing::info!(dataplane = %id, "Envoy disconnected");
 }
 
@@ -317,7 +298,7 @@ mod tests {
     #[test]
     fn node_ids_split_on_the_first_dot() {
         assert_eq!(parse_node_id("default.gw.v1"), Ok(ProxyId { mesh: "default".into(), name: "gw.v1".into() }));
-        assert!(parse_node_id("nodot").is_err());
+        assert_eq!(parse_node_id("nodot"), Err(NodeIdError::NoDot { id: "nodot".into() }));
         assert!(parse_node_id("Bad_Mesh.x").is_err());
         assert_eq!(node_id("default", "gw"), "default.gw");
     }

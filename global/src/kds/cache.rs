@@ -2,7 +2,8 @@
 //! store's change feed (never polled) and fanned out per type.
 //!
 //! One task reads `store.watch(revision)`; for each change to a type that
-//! flows to zones it updates that type's map and publishes it on a
+//! flows to zones it updates that type's snapshot (persistent maps of
+//! encoded KDS envelopes, [`TypeSnapshot`]) and publishes it on a
 //! `tokio::sync::watch` channel. An unchanged write wakes nobody (the store
 //! does not emit no-op writes), and a slow stream sees only the latest map.
 //! Because the feed comes from the store, writes made through another
@@ -11,73 +12,126 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use futures::StreamExt;
+use meridian_core::origin::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE};
 use meridian_store::{ChangeKind, ListQuery, Store, StoreError, StoredResource};
-use meridian_sync_proto::{ResourceType, kds::GLOBAL_TO_ZONE};
+use meridian_sync_proto::{
+    ResourceType,
+    delta::{Desired, SharedSet},
+    kds::{self, GLOBAL_TO_ZONE},
+};
 use tokio::sync::watch;
 
-/// A stored resource as streams need it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cached {
-    pub mesh: String,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub version: String,
-    pub spec: Arc<Vec<u8>>,
+use super::wire_labels;
+
+/// What zones should hold of one type, as persistent maps: a change costs
+/// O(log n) and shares every other entry (and its encoded envelope) with
+/// the previous snapshot and with every zone stream holding it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TypeSnapshot {
+    /// Wire name → KDS envelope, encoded once per resource version: what
+    /// every zone gets (global-origin resources; for ZoneIngress, all).
+    pub served: SharedSet,
+    /// ZoneIngress only: wire name → the zone it belongs to (a zone never
+    /// receives its own).
+    pub owner: imbl::OrdMap<String, String>,
 }
 
-/// (mesh, name) → resource, for one type.
-pub type TypeMap = BTreeMap<(String, String), Cached>;
+impl TypeSnapshot {
+    /// What zone `zone` should hold: `served` minus the zone's own
+    /// ZoneIngresses (O(k log n) for k of them).
+    pub fn for_zone(&self, zone: &str) -> SharedSet {
+        let mut set = self.served.clone();
+        for (wire, owner) in &self.owner {
+            if owner == zone {
+                set.remove(wire);
+            }
+        }
+        set
+    }
 
-/// Per-type channels of the current maps.
+    /// Applies one stored resource's upsert (or its deletion, `r = None`)
+    /// under `wire`; `true` when the snapshot changed.
+    fn apply(&mut self, ty: ResourceType, wire: String, r: Option<&StoredResource>) -> bool {
+        let entry = r.and_then(|r| {
+            let from_zone = r.labels.get(LABEL_ORIGIN).is_some_and(|o| o == ORIGIN_ZONE);
+            if from_zone && ty != ResourceType::ZoneIngress {
+                return None;
+            }
+            Some(r)
+        });
+        match entry {
+            Some(r) => {
+                let owner = r.labels.get(LABEL_ZONE).cloned();
+                let unchanged = self.served.get(&wire).is_some_and(|d| d.version == r.version)
+                    && self.owner.get(&wire) == owner.as_ref();
+                if unchanged {
+                    return false;
+                }
+                let any =
+                    kds::to_any(ty, &r.key.mesh, &r.key.name, &wire_labels(&r.labels), &r.version, r.spec.clone());
+                self.served.insert(wire.clone(), Desired { version: r.version.clone(), resource: any });
+                match owner {
+                    Some(z) => {
+                        self.owner.insert(wire, z);
+                    }
+                    None => {
+                        self.owner.remove(&wire);
+                    }
+                }
+                true
+            }
+            None => {
+                let removed = self.served.remove(&wire).is_some();
+                self.owner.remove(&wire);
+                removed
+            }
+        }
+    }
+}
+
+/// Per-type channels of the current snapshots.
 #[derive(Clone)]
 pub struct Cache {
-    channels: Arc<BTreeMap<ResourceType, watch::Sender<Arc<TypeMap>>>>,
+    channels: Arc<BTreeMap<ResourceType, watch::Sender<Arc<TypeSnapshot>>>>,
 }
 
 impl Cache {
     fn new() -> Cache {
-        let channels = GLOBAL_TO_ZONE.iter().map(|t| (*t, watch::channel(Arc::new(TypeMap::new())).0)).collect();
+        let channels =
+            GLOBAL_TO_ZONE.iter().map(|t| (*t, watch::channel(Arc::new(TypeSnapshot::default())).0)).collect();
         Cache { channels: Arc::new(channels) }
     }
 
-    /// A receiver of the current map of `ty` (empty for types not cached).
-    pub fn subscribe(&self, ty: ResourceType) -> watch::Receiver<Arc<TypeMap>> {
+    /// A receiver of the current snapshot of `ty` (empty for types not cached).
+    pub fn subscribe(&self, ty: ResourceType) -> watch::Receiver<Arc<TypeSnapshot>> {
         match self.channels.get(&ty) {
             Some(tx) => tx.subscribe(),
-            None => watch::channel(Arc::new(TypeMap::new())).1,
-        }
-    }
-
-    fn cached(r: &StoredResource) -> Cached {
-        Cached {
-            mesh: r.key.mesh.clone(),
-            name: r.key.name.clone(),
-            labels: r.labels.clone(),
-            version: r.version.clone(),
-            spec: Arc::new(r.spec.clone()),
+            None => watch::channel(Arc::new(TypeSnapshot::default())).1,
         }
     }
 
     /// Loads every cached type at one revision; returns that revision.
     async fn load(&self, store: &Store) -> Result<i64, StoreError> {
         let mut revision = i64::MAX;
-        let mut maps = BTreeMap::new();
+        let mut snapshots = BTreeMap::new();
         for ty in GLOBAL_TO_ZONE {
             let page = store.list(&ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() }).await?;
             // Lists are separate reads: replaying from the oldest revision seen
             // re-applies anything written in between (upserts are idempotent).
             revision = revision.min(page.revision);
-            let map: TypeMap =
-                page.items.iter().map(|r| ((r.key.mesh.clone(), r.key.name.clone()), Self::cached(r))).collect();
-            maps.insert(*ty, map);
+            let mut snap = TypeSnapshot::default();
+            for r in &page.items {
+                snap.apply(*ty, kds::wire_name(&r.key.mesh, &r.key.name), Some(r));
+            }
+            snapshots.insert(*ty, snap);
         }
-        for (ty, map) in maps {
+        for (ty, snap) in snapshots {
             if let Some(tx) = self.channels.get(&ty) {
                 tx.send_if_modified(|cur| {
-                    if **cur == map {
+                    if **cur == snap {
                         false
                     } else {
-                        *cur = Arc::new(map);
+                        *cur = Arc::new(snap);
                         true
                     }
                 });
@@ -88,18 +142,13 @@ impl Cache {
 
     fn apply(&self, ty: ResourceType, kind: ChangeKind, r: &StoredResource) {
         let Some(tx) = self.channels.get(&ty) else { return };
-        let key = (r.key.mesh.clone(), r.key.name.clone());
+        let wire = kds::wire_name(&r.key.mesh, &r.key.name);
         tx.send_if_modified(|cur| {
-            let mut map = (**cur).clone();
-            let changed = match kind {
-                ChangeKind::Upsert => {
-                    let c = Self::cached(r);
-                    map.insert(key, c.clone()).is_none_or(|old| old != c)
-                }
-                ChangeKind::Delete => map.remove(&key).is_some(),
-            };
+            // O(1) clone of the persistent maps; the change itself is O(log n).
+            let mut snap = (**cur).clone();
+            let changed = snap.apply(ty, wire, (kind == ChangeKind::Upsert).then_some(r));
             if changed {
-                *cur = Arc::new(map);
+                *cur = Arc::new(snap);
             }
             changed
         });

@@ -12,7 +12,7 @@ use std::{
 
 use meridian_core::{Manager, liveness::now_millis};
 use meridian_store::{StoreError, WriteResource};
-use meridian_sync_proto::{Resource, ResourceType, Spec, delta::SendStats, pb::system as sys};
+use meridian_sync_proto::{Resource, ResourceType, Spec, delta::SendStats, driver::lock, pb::system as sys};
 
 /// How often an open subscription's status is refreshed in the store. With
 /// `meridian_core::liveness::SUBSCRIPTION_STALE_MILLIS` this bounds how long a
@@ -101,25 +101,20 @@ impl Insights {
             zone_version: zone_version.to_string(),
             stats: BTreeMap::new(),
         }));
-        if let Ok(mut open) = self.open.lock() {
-            open.insert(zone.to_string(), session.clone());
-        }
+        lock(&self.open).insert(zone.to_string(), session.clone());
         self.write(&session, false).await;
         session
     }
 
     /// The open session of `zone`, if its global-to-zone stream is here.
     pub fn current(&self, zone: &str) -> Option<Arc<Mutex<Session>>> {
-        self.open.lock().ok()?.get(zone).cloned()
+        lock(&self.open).get(zone).cloned()
     }
 
     /// The counters of the zone-to-global stream of `zone` on `connection`
     /// (created by whichever stream of the connection asks first).
     pub fn upward(&self, zone: &str, connection: Option<SocketAddr>) -> Upward {
-        match self.upward.lock() {
-            Ok(mut m) => m.entry((zone.to_string(), connection)).or_default().clone(),
-            Err(_) => Upward::default(),
-        }
+        lock(&self.upward).entry((zone.to_string(), connection)).or_default().clone()
     }
 
     /// The zone-to-global stream of `zone` on `connection` ended: its
@@ -127,24 +122,26 @@ impl Insights {
     pub fn close_upward(&self, zone: &str, connection: Option<SocketAddr>) {
         let session_open = self
             .current(zone)
-            .is_some_and(|s| s.lock().is_ok_and(|s| s.connection == connection));
-        if !session_open && let Ok(mut m) = self.upward.lock() {
-            m.remove(&(zone.to_string(), connection));
+            .is_some_and(|s| lock(&s).connection == connection);
+        if !session_open {
+            lock(&self.upward).remove(&(zone.to_string(), connection));
         }
     }
 
     /// Records the end of a session.
     pub async fn close(&self, session: &Arc<Mutex<Session>>) {
-        let (zone, connection) =
-            session.lock().map(|s| (s.zone.clone(), s.connection)).unwrap_or_default();
-        if let Ok(mut open) = self.open.lock()
-            && open.get(&zone).is_some_and(|s| Arc::ptr_eq(s, session)) {
+        let (zone, connection) = {
+            let s = lock(session);
+            (s.zone.clone(), s.connection)
+        };
+        {
+            let mut open = lock(&self.open);
+            if open.get(&zone).is_some_and(|s| Arc::ptr_eq(s, session)) {
                 open.remove(&zone);
             }
-        self.write(session, true).await;
-        if let Ok(mut m) = self.upward.lock() {
-            m.remove(&(zone, connection));
         }
+        self.write(session, true).await;
+        lock(&self.upward).remove(&(zone, connection));
     }
 
     /// Writes the session into the zone's ZoneInsight (read-modify-write with
@@ -165,15 +162,10 @@ impl Insights {
     }
 
     fn subscription(&self, session: &Arc<Mutex<Session>>, closed: bool) -> Option<(String, sys::KdsSubscription)> {
-        let s = session.lock().ok()?;
+        let s = lock(session);
         let now = now_millis();
-        let upward: BTreeMap<String, Counters> = self
-            .upward
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&(s.zone.clone(), s.connection)).cloned())
-            .and_then(|u| u.lock().ok().map(|u| u.clone()))
-            .unwrap_or_default();
+        let up = lock(&self.upward).get(&(s.zone.clone(), s.connection)).cloned();
+        let upward: BTreeMap<String, Counters> = up.map(|u| lock(&u).clone()).unwrap_or_default();
         let mut total = sys::KdsServiceStats::default();
         let mut stat = BTreeMap::new();
         for (k, c) in s.stats.iter().chain(&upward) {

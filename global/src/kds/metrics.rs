@@ -1,38 +1,24 @@
-//! KDS figures for Prometheus, registered into the injected registry.
+//! KDS figures of a global instance: the sync figures every delta stream
+//! reports ([`SyncMetrics`], shared with the zone) and the zones connected.
 
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KdsLabels {
-    /// `global_to_zone` or `zone_to_global`.
-    pub direction: &'static str,
-    /// The resource type (bare name, as on the wire).
-    pub resource_type: String,
-    /// `sent`, `acked` or `nacked` for responses; `resources` for resources sent.
-    pub event: &'static str,
-}
+use meridian_sync_proto::driver::metrics::SyncMetrics;
+use prometheus_client::{metrics::gauge::Gauge, registry::Registry};
 
 /// Sync figures of this global instance.
 #[derive(Clone, Default)]
 pub struct KdsMetrics {
-    pub events: Family<KdsLabels, Counter>,
+    /// Responses sent/ACKed/NACKed, resources sent and change-to-ACK time,
+    /// per type and direction.
+    pub sync: SyncMetrics,
     /// Zones with an open global-to-zone stream on this instance.
     pub zones_connected: Gauge,
 }
 
 impl KdsMetrics {
     pub fn register(registry: &mut Registry) -> KdsMetrics {
-        let m = KdsMetrics::default();
-        registry.register("meridian_kds_events", "KDS responses sent, ACKed and NACKed, and resources sent", m.events.clone());
+        let sync = SyncMetrics::register(registry);
+        let m = KdsMetrics { sync, zones_connected: Gauge::default() };
         registry.register("meridian_kds_zones_connected", "Zones connected to this global instance", m.zones_connected.clone());
         m
-    }
-
-    pub fn count(&self, direction: &'static str, resource_type: &str, event: &'static str, n: u64) {
-        self.events.get_or_create(&KdsLabels { direction, resource_type: resource_type.to_string(), event }).inc_by(n);
     }
 }

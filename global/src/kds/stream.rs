@@ -1,9 +1,21 @@
-//! One zone's two KDS streams, each driven by the shared delta engine.
+//! One zone's two KDS streams: thin adapters over the shared loops of
+//! [`meridian_sync_proto::driver`].
+//!
+//! - global → zone: [`send_loop`] with a [`ZoneSource`] over the cache's
+//!   per-type snapshots, the zone's gRPC stream as wire, and metrics plus
+//!   the ZoneInsight session as observer; beside it, every [`REFRESH`], the
+//!   insight is written and the zone's token and `enabled` re-checked.
+//! - zone → global: [`receive_loop`] applying through [`FromZone`].
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use futures::StreamExt;
+use futures::{StreamExt, stream::SelectAll};
 use meridian_core::{
     Manager,
     origin::{LABEL_DISPLAY_NAME, LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE},
@@ -11,171 +23,207 @@ use meridian_core::{
 use meridian_store::ListQuery;
 use meridian_sync_proto::{
     ResourceType,
-    delta::{DeltaReceiver, DeltaSender, Desired, DesiredSet, RequestKind},
+    delta::{DeltaReceiver, SendStats, SharedSet, shared_diff},
+    driver::{
+        Apply, Ended, Incoming, Observer, RecvWire, SendConfig, SendWire, Source,
+        metrics::{GLOBAL_TO_ZONE as DOWN, ZONE_TO_GLOBAL as UP},
+        lock, receive_loop, send_loop,
+    },
     kds::{self, GLOBAL_TO_ZONE, ZONE_TO_GLOBAL},
 };
-use tokio::sync::mpsc::Sender;
+use tokio::sync::{mpsc::Sender, watch};
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Status, Streaming};
 
 use super::{
     KdsServer,
-    cache::TypeMap,
-    insight::{Counters, REFRESH, Upward},
-    wire_labels,
+    cache::TypeSnapshot,
+    insight::{Counters, REFRESH, Session, Upward},
 };
-
-/// Metric label values of the two directions.
-const DOWN: &str = "global_to_zone";
-const UP: &str = "zone_to_global";
 
 /// Room left in each message for the envelope around the resources.
 const ENVELOPE_MARGIN: usize = 64 * 1024;
 
-/// What zone `zone` should hold of type `ty`: everything authored at the
-/// global, plus other zones' ZoneIngresses; never the zone's own resources.
-fn desired_for_zone(ty: ResourceType, map: &TypeMap, zone: &str) -> DesiredSet {
-    map.values()
-        .filter(|c| {
-            let from_zone = c.labels.get(LABEL_ORIGIN).is_some_and(|o| o == ORIGIN_ZONE);
-            if ty == ResourceType::ZoneIngress {
-                c.labels.get(LABEL_ZONE).is_none_or(|z| z != zone)
-            } else {
-                !from_zone
-            }
-        })
-        .map(|c| {
-            let any = kds::to_any(ty, &c.mesh, &c.name, &wire_labels(&c.labels), &c.version, c.spec.to_vec());
-            (kds::wire_name(&c.mesh, &c.name), Desired { version: c.version.clone(), resource: any })
-        })
-        .collect()
+type Changes = SelectAll<futures::stream::BoxStream<'static, String>>;
+
+/// What zone `zone` should hold, per type: the cache's shared snapshots
+/// (everything authored at the global, plus other zones' ZoneIngresses;
+/// never the zone's own resources). No re-encoding, no copy per change.
+struct ZoneSource {
+    zone: String,
+    snapshots: BTreeMap<String, watch::Receiver<Arc<TypeSnapshot>>>,
+    changes: Changes,
+}
+
+impl ZoneSource {
+    fn new(server: &KdsServer, zone: &str) -> ZoneSource {
+        let mut snapshots = BTreeMap::new();
+        let mut changes = SelectAll::new();
+        for ty in GLOBAL_TO_ZONE {
+            let rx = server.cache.subscribe(*ty);
+            let name = ty.name().to_string();
+            changes.push(WatchStream::from_changes(rx.clone()).map(move |_| name.clone()).boxed());
+            snapshots.insert(ty.name().to_string(), rx);
+        }
+        ZoneSource { zone: zone.to_string(), snapshots, changes }
+    }
+}
+
+impl Source for ZoneSource {
+    type Set = SharedSet;
+    type Error = Infallible;
+
+    fn serves(&self, type_url: &str) -> bool {
+        self.snapshots.contains_key(type_url)
+    }
+
+    fn desired(&mut self, type_url: &str) -> SharedSet {
+        self.snapshots.get(type_url).map(|rx| rx.borrow().for_zone(&self.zone)).unwrap_or_default()
+    }
+
+    fn changed_keys(&self, old: &SharedSet, new: &SharedSet) -> Option<Vec<String>> {
+        Some(shared_diff(old, new))
+    }
+
+    async fn changed(&mut self) -> Result<Vec<String>, Infallible> {
+        match self.changes.next().await {
+            Some(ty) => Ok(vec![ty]),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// A server-side gRPC stream: requests in, responses out through the
+/// channel tonic reads. "Closed" covers both the zone ending its side and
+/// the zone no longer reading ours.
+struct GrpcWire<In, Out> {
+    inbound: Streaming<In>,
+    tx: Sender<Result<Out, Status>>,
+}
+
+impl<In: Send + 'static, Out: Send + 'static> GrpcWire<In, Out> {
+    async fn next(&mut self) -> Result<Option<In>, Status> {
+        tokio::select! {
+            m = self.inbound.message() => m,
+            () = self.tx.closed() => Ok(None),
+        }
+    }
+}
+
+impl SendWire for GrpcWire<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
+    type Error = Status;
+    async fn recv(&mut self) -> Result<Option<Incoming>, Status> {
+        Ok(self.next().await?.map(|request| Incoming { request, force: false }))
+    }
+    async fn send(&mut self, response: DeltaDiscoveryResponse, _full: Option<meridian_sync_proto::delta::DesiredSet>) -> bool {
+        self.tx.send(Ok(response)).await.is_ok()
+    }
+}
+
+impl RecvWire for GrpcWire<DeltaDiscoveryResponse, DeltaDiscoveryRequest> {
+    type Error = Status;
+    async fn recv(&mut self) -> Result<Option<DeltaDiscoveryResponse>, Status> {
+        self.next().await
+    }
+    async fn send(&mut self, request: DeltaDiscoveryRequest) -> bool {
+        self.tx.send(Ok(request)).await.is_ok()
+    }
+}
+
+/// Keeps the zone's ZoneInsight session counters current.
+struct SessionObserver {
+    zone: String,
+    session: Arc<Mutex<Session>>,
+}
+
+impl SessionObserver {
+    fn record(&self, type_url: &str, stats: &SendStats) {
+        lock(&self.session).stats.insert(type_url.to_string(), Counters::from(stats));
+    }
+}
+
+impl Observer for SessionObserver {
+    fn subscribed(&mut self, type_url: &str, held: usize) {
+        tracing::debug!(zone = %self.zone, type_url, held, "zone subscribed");
+    }
+    fn sent(&mut self, type_url: &str, _: &DeltaDiscoveryResponse, stats: &SendStats) {
+        self.record(type_url, stats);
+    }
+    fn acked(&mut self, type_url: &str, _: &str, _: Option<std::time::Duration>, stats: &SendStats) {
+        self.record(type_url, stats);
+    }
+    fn nacked(&mut self, type_url: &str, nonce: &str, reason: &str, stats: &SendStats) {
+        tracing::warn!(zone = %self.zone, type_url, %nonce, %reason, "zone rejected resources");
+        self.record(type_url, stats);
+    }
 }
 
 /// Global → zone: the zone subscribes, the global answers with what changed.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn global_to_zone(
     server: KdsServer,
     zone: String,
     zone_version: String,
     token: String,
     connection: Option<SocketAddr>,
-    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    inbound: Streaming<DeltaDiscoveryRequest>,
     tx: Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
     let session = server.insights.open(&zone, &zone_version, connection).await;
     server.metrics.zones_connected.inc();
     tracing::info!(zone = %zone, "zone connected: global-to-zone stream open");
-    let budget = server.max_message_bytes.saturating_sub(ENVELOPE_MARGIN).max(1024);
-    let nonce_prefix = format!("{:08x}", rand::random::<u32>());
-    let mut senders: BTreeMap<ResourceType, DeltaSender> =
-        GLOBAL_TO_ZONE.iter().map(|t| (*t, DeltaSender::new(t.name(), format!("{nonce_prefix}-{t}")))).collect();
-    let mut latest: BTreeMap<ResourceType, Arc<TypeMap>> = BTreeMap::new();
-    let mut changes = futures::stream::select_all(GLOBAL_TO_ZONE.iter().map(|t| {
-        let rx = server.cache.subscribe(*t);
-        latest.insert(*t, rx.borrow().clone());
-        let ty = *t;
-        WatchStream::from_changes(rx).map(move |m| (ty, m))
-    }));
-    let mut refresh = tokio::time::interval(REFRESH);
-    refresh.tick().await;
-
-    // Sends what `ty` needs; `force` answers even when nothing differs.
-    macro_rules! flush {
-        ($ty:expr, $force:expr) => {{
-            let ty = $ty;
-            let mut ok = true;
-            if let (Some(sender), Some(map)) = (senders.get_mut(&ty), latest.get(&ty)) {
-                let desired = desired_for_zone(ty, map, &zone);
-                let mut force = $force;
-                while let Some(resp) = sender.next_response(&desired, budget, force) {
-                    force = false;
-                    tracing::debug!(zone = %zone, %ty, resources = resp.resources.len(), removed = resp.removed_resources.len(), "sending");
-                    server.metrics.count(DOWN, ty.name(), "sent", 1);
-                    server.metrics.count(DOWN, ty.name(), "resources", resp.resources.len() as u64);
-                    if tx.send(Ok(resp)).await.is_err() {
-                        ok = false;
-                        break;
-                    }
-                }
-                if let Ok(mut s) = session.lock() {
-                    s.stats.insert(ty.name().to_string(), Counters::from(&sender.stats));
-                }
-            }
-            ok
-        }};
-    }
-
-    loop {
-        tokio::select! {
-            msg = inbound.message() => match msg {
-                Ok(Some(req)) => {
-                    let Some(ty) = ResourceType::from_name(&req.type_url).filter(|t| GLOBAL_TO_ZONE.contains(t)) else {
-                        tracing::warn!(zone = %zone, type_url = %req.type_url, "zone asked for a type the global does not send");
-                        let _ = tx.send(Err(Status::invalid_argument(format!("type {:?} does not flow from global to zone", req.type_url)))).await;
-                        break;
-                    };
-                    let Some(sender) = senders.get_mut(&ty) else { break };
-                    match sender.on_request(&req) {
-                        RequestKind::Initial => {
-                            tracing::debug!(zone = %zone, %ty, held = req.initial_resource_versions.len(), "zone subscribed");
-                            if !flush!(ty, true) { break; }
-                        }
-                        RequestKind::Subscribe => { if !flush!(ty, false) { break; } }
-                        RequestKind::Nack { nonce, reason } => {
-                            server.metrics.count(DOWN, ty.name(), "nacked", 1);
-                            tracing::warn!(zone = %zone, %ty, %nonce, %reason, "zone rejected resources");
-                        }
-                        RequestKind::Ack { .. } => server.metrics.count(DOWN, ty.name(), "acked", 1),
-                        RequestKind::Stale { nonce } => tracing::debug!(zone = %zone, %ty, %nonce, "stale nonce"),
-                    }
-                    if let (Ok(mut s), Some(sender)) = (session.lock(), senders.get(&ty)) {
-                        s.stats.insert(ty.name().to_string(), Counters::from(&sender.stats));
-                    }
-                }
-                Ok(None) => {
-                    tracing::info!(zone = %zone, "zone closed the global-to-zone stream");
-                    break;
-                }
-                Err(status) => {
-                    tracing::info!(zone = %zone, error = %status, "global-to-zone stream ended");
-                    break;
-                }
-            },
-            Some((ty, map)) = changes.next() => {
-                latest.insert(ty, map);
-                if !flush!(ty, false) { break; }
-            }
-            _ = refresh.tick() => {
-                server.insights.write(&session, false).await;
-                // A zone disabled while connected is cut off.
-                // A token revoked (or expired) while connected cuts the zone off.
-                match server.tokens.verify(Some(&token), &zone).await {
-                    Ok(_) | Err(crate::tokens::TokenError::Store(_)) => {}
-                    Err(e) => {
-                        tracing::warn!(zone = %zone, reason = %e, "zone token no longer valid; closing its stream");
-                        let _ = tx.send(Err(Status::unauthenticated(e.to_string()))).await;
-                        break;
-                    }
-                }
-                if let Err(status) = server.ensure_zone_enabled(&zone).await
-                    && status.code() == tonic::Code::PermissionDenied {
-                        tracing::warn!(zone = %zone, "zone was disabled; closing its stream");
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
-            }
-            () = tx.closed() => {
-                tracing::info!(zone = %zone, "zone went away");
-                break;
-            }
-            () = server.shutdown.cancelled() => {
-                tracing::info!(zone = %zone, "shutting down: closing the global-to-zone stream");
-                break;
-            }
-        }
+    let config = SendConfig {
+        nonce_prefix: format!("{:08x}", rand::random::<u32>()),
+        max_bytes: server.max_message_bytes.saturating_sub(ENVELOPE_MARGIN).max(1024),
+    };
+    let mut source = ZoneSource::new(&server, &zone);
+    let mut wire = GrpcWire { inbound, tx: tx.clone() };
+    let mut observer =
+        (server.metrics.sync.observer(DOWN), SessionObserver { zone: zone.clone(), session: session.clone() });
+    let cancel = server.shutdown.child_token();
+    tokio::select! {
+        ended = send_loop(&mut source, &mut wire, &mut observer, &config, &cancel) => match ended {
+            Ended::PeerClosed => tracing::info!(zone = %zone, "zone closed the global-to-zone stream"),
+            Ended::Cancelled => tracing::info!(zone = %zone, "global stopping: closing the global-to-zone stream"),
+            other => tracing::info!(zone = %zone, reason = %other, "global-to-zone stream ended"),
+        },
+        () = refresh(&server, &zone, &token, &session, &tx) => {}
     }
     server.metrics.zones_connected.dec();
     server.insights.close(&session).await;
     tracing::info!(zone = %zone, "zone disconnected: global-to-zone stream closed");
+}
+
+/// Every [`REFRESH`]: writes the insight and cuts the zone off (returns)
+/// when its token was revoked or expired, or the zone was disabled.
+async fn refresh(
+    server: &KdsServer,
+    zone: &str,
+    token: &str,
+    session: &Arc<Mutex<Session>>,
+    tx: &Sender<Result<DeltaDiscoveryResponse, Status>>,
+) {
+    let mut tick = tokio::time::interval(REFRESH);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        server.insights.write(session, false).await;
+        match server.tokens.verify(Some(token), zone).await {
+            Ok(_) | Err(crate::tokens::TokenError::Store(_)) => {}
+            Err(e) => {
+                tracing::warn!(zone = %zone, reason = %e, "zone token no longer valid; closing its stream");
+                let _ = tx.send(Err(Status::unauthenticated(e.to_string()))).await;
+                return;
+            }
+        }
+        if let Err(status) = server.ensure_zone_enabled(zone).await
+            && status.code() == tonic::Code::PermissionDenied
+        {
+            tracing::warn!(zone = %zone, "zone was disabled; closing its stream");
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    }
 }
 
 /// What the global already holds of `zone`'s `ty` resources, by wire name.
@@ -214,90 +262,75 @@ pub(super) async fn zone_to_global(
     tx: Sender<Result<DeltaDiscoveryRequest, Status>>,
 ) {
     let upward = server.insights.upward(&zone, connection);
-    zone_to_global_stream(&server, &zone, &upward, inbound, tx).await;
+    let mut receivers = BTreeMap::new();
+    for ty in ZONE_TO_GLOBAL {
+        match held_from_zone(&server, *ty, &zone).await {
+            Ok(held) => {
+                receivers.insert(ty.name().to_string(), DeltaReceiver::new(ty.name(), held));
+            }
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                server.insights.close_upward(&zone, connection);
+                return;
+            }
+        }
+    }
+    tracing::info!(zone = %zone, "zone connected: zone-to-global stream open");
+    let mut wire = GrpcWire { inbound, tx: tx.clone() };
+    let mut apply = GlobalApply { manager: server.manager.clone(), zone: zone.clone() };
+    let mut observer = (server.metrics.sync.observer(UP), UpwardObserver { zone: zone.clone(), upward });
+    let cancel = server.shutdown.child_token();
+    match receive_loop(&mut receivers, None, &mut wire, &mut apply, &mut observer, &cancel).await {
+        Ended::Apply(e) => {
+            tracing::warn!(zone = %zone, error = %e, "cannot apply zone resources; ending the stream so the zone resends");
+            let _ = tx.send(Err(Status::unavailable(format!("store: {e}")))).await;
+        }
+        Ended::PeerClosed => tracing::info!(zone = %zone, "zone closed the zone-to-global stream"),
+        other => tracing::info!(zone = %zone, reason = %other, "zone-to-global stream ended"),
+    }
     server.insights.close_upward(&zone, connection);
     tracing::info!(zone = %zone, "zone-to-global stream closed");
 }
 
-async fn zone_to_global_stream(
-    server: &KdsServer,
-    zone: &str,
-    upward: &Upward,
-    mut inbound: Streaming<DeltaDiscoveryResponse>,
-    tx: Sender<Result<DeltaDiscoveryRequest, Status>>,
-) {
-    let mut receivers = BTreeMap::new();
-    for ty in ZONE_TO_GLOBAL {
-        let held = match held_from_zone(server, *ty, zone).await {
-            Ok(h) => h,
-            Err(status) => {
-                let _ = tx.send(Err(status)).await;
-                return;
-            }
-        };
-        let r = DeltaReceiver::new(ty.name(), held);
-        if tx.send(Ok(r.initial_request(None))).await.is_err() {
-            return;
-        }
-        receivers.insert(*ty, r);
+/// Writes a zone's resources through [`FromZone`].
+struct GlobalApply {
+    manager: Manager,
+    zone: String,
+}
+
+impl Apply for GlobalApply {
+    type Error = meridian_store::StoreError;
+    async fn apply(
+        &mut self,
+        type_url: &str,
+        receiver: &mut DeltaReceiver,
+        response: &DeltaDiscoveryResponse,
+    ) -> Result<DeltaDiscoveryRequest, meridian_store::StoreError> {
+        // Receivers exist only for ZONE_TO_GLOBAL types, so the name parses.
+        let ty = ResourceType::from_name(type_url).unwrap_or(ResourceType::Dataplane);
+        meridian_core::received::apply(&self.manager, ty, receiver, response, &FromZone(&self.zone)).await
     }
-    tracing::info!(zone = %zone, "zone connected: zone-to-global stream open");
-    let mut counters: BTreeMap<ResourceType, Counters> = BTreeMap::new();
-    loop {
-        let msg = tokio::select! {
-            m = inbound.message() => m,
-            () = tx.closed() => break,
-            () = server.shutdown.cancelled() => break,
-        };
-        let resp = match msg {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                tracing::info!(zone = %zone, "zone closed the zone-to-global stream");
-                break;
-            }
-            Err(status) => {
-                tracing::info!(zone = %zone, error = %status, "zone-to-global stream ended");
-                break;
-            }
-        };
-        let Some((ty, rcv)) = ResourceType::from_name(&resp.type_url).and_then(|t| receivers.get_mut(&t).map(|r| (t, r)))
-        else {
-            tracing::warn!(zone = %zone, type_url = %resp.type_url, "zone sent a type that does not flow up");
-            let _ = tx.send(Err(Status::invalid_argument(format!("type {:?} does not flow from zone to global", resp.type_url)))).await;
-            break;
-        };
-        let applied = meridian_core::received::apply(&server.manager, ty, rcv, &resp, &FromZone(zone)).await;
-        let reply = match applied.map_err(|e| Status::unavailable(format!("store: {e}"))) {
-            Ok(r) => r,
-            Err(status) => {
-                tracing::warn!(zone = %zone, %ty, error = %status, "cannot apply zone resources; ending the stream so the zone resends");
-                let _ = tx.send(Err(status)).await;
-                break;
-            }
-        };
-        let c = counters.entry(ty).or_default();
-        c.sent += 1;
-        c.resources += resp.resources.len() as u64;
-        server.metrics.count(UP, ty.name(), "sent", 1);
-        server.metrics.count(UP, ty.name(), "resources", resp.resources.len() as u64);
-        match &reply.error_detail {
-            Some(status) => {
-                c.nacked += 1;
-                server.metrics.count(UP, ty.name(), "nacked", 1);
-                c.last_nack = Some(status.message.clone());
-                tracing::warn!(zone = %zone, %ty, reason = %status.message, "rejected resources from zone");
-            }
-            None => {
-                c.acked += 1;
-                server.metrics.count(UP, ty.name(), "acked", 1);
-            }
-        }
-        if let Ok(mut u) = upward.lock() {
-            u.insert(format!("{ty} (zone to global)"), c.clone());
-        }
-        if tx.send(Ok(reply)).await.is_err() {
-            break;
-        }
+}
+
+/// Keeps the zone-to-global counters of the zone's ZoneInsight current.
+struct UpwardObserver {
+    zone: String,
+    upward: Upward,
+}
+
+impl Observer for UpwardObserver {
+    fn sent(&mut self, type_url: &str, _: &DeltaDiscoveryResponse, stats: &SendStats) {
+        lock(&self.upward).insert(format!("{type_url} (zone to global)"), Counters::from(stats));
+    }
+    fn acked(&mut self, type_url: &str, _: &str, _: Option<std::time::Duration>, stats: &SendStats) {
+        self.sent(type_url, &DeltaDiscoveryResponse::default(), stats);
+    }
+    fn nacked(&mut self, type_url: &str, _: &str, reason: &str, stats: &SendStats) {
+        tracing::warn!(zone = %self.zone, type_url, %reason, "rejected resources from zone");
+        self.sent(type_url, &DeltaDiscoveryResponse::default(), stats);
+    }
+    fn unserved(&mut self, type_url: &str) {
+        tracing::debug!(zone = %self.zone, type_url, "zone sent a type that does not flow up; ignored");
     }
 }
 

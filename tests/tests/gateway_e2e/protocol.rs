@@ -260,3 +260,48 @@ async fn sotw_answers_changes_not_acks() {
     drop(tx);
     let _ = zone.sigterm().await;
 }
+
+/// Issue 8: a type the zone does not serve (here Envoy's secrets, SDS) gets
+/// an empty first response and the stream stays up: a later subscription
+/// to a served type still gets its resources.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unserved_type_gets_an_empty_response_and_the_stream_stays_up() {
+    let topo = Topology::builder("e2e-protocol-unserved").zone("zone").start().await;
+    let zone = topo.zone("zone");
+    zone.api().apply_yaml(traffic::MESH).await;
+    zone.api().apply_yaml(&traffic::backend_dataplane("web-1", &[(19001, "web")])).await;
+    zone.api().apply_yaml(&two_ports("/", false)).await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("gw-1", "gw")).await;
+
+    let unserved = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".to_string();
+    let first = DeltaDiscoveryRequest { node: node("default.gw-1"), ..request(unserved.clone(), &[]) };
+    let mut c = DeltaClient::open(zone, first).await.expect("open");
+    let empty = c.next().await.expect("an empty response");
+    assert_eq!(empty.type_url, unserved);
+    assert!(empty.resources.is_empty() && empty.removed_resources.is_empty(), "{empty:?}");
+    assert!(!empty.nonce.is_empty());
+    c.ack(&empty).await;
+    c.send(request(CLUSTER_TYPE(), &[])).await;
+    let cds = c.next().await.expect("cds after the unserved type");
+    assert_eq!(cds.type_url, CLUSTER_TYPE());
+    assert_eq!(cds.resources.len(), 1);
+    c.ack(&cds).await;
+
+    // The xDS stream reports through the zone's registry like KDS streams.
+    let http = reqwest::Client::builder().no_proxy().build().expect("HTTP client");
+    meridian_tests::eventually("xDS figures in /metrics", WAIT, || async {
+        let text = http
+            .get(format!("{}/metrics", zone.api_url()))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        let acked = text.lines().any(|l| {
+            l.starts_with("meridian_kds_events_total{") && l.contains("direction=\"xds\"") && l.contains("event=\"acked\"")
+        });
+        if acked { Ok(()) } else { Err(text) }
+    })
+    .await;
+}

@@ -283,4 +283,18 @@ async fn secrets_reach_zones_with_their_data() {
     let sent = line("meridian_kds_events_total{direction=\"global_to_zone\"").expect("Secret events in /metrics");
     assert!(!sent.ends_with(" 0"), "{sent}");
     assert!(metrics.lines().any(|l| l == "meridian_kds_zones_connected 1"), "{metrics}");
+    // Issue 8: the time from each change to the zone's ACK, and the zone's
+    // own figures for the same stream, in its registry.
+    let has = |url: String, needle: &'static str| async move {
+        let text = reqwest::get(url).await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
+        if text.lines().any(|l| l.starts_with(needle) && l.contains("resource_type=\"Secret\"")) { Ok(()) } else { Err(text) }
+    };
+    eventually("the global's change-to-ACK histogram", CONVERGE, || {
+        has(format!("{}/metrics", g.api_url()), "meridian_sync_change_to_ack_seconds_count{direction=\"global_to_zone\"")
+    })
+    .await;
+    eventually("the zone's KDS figures", CONVERGE, || {
+        has(format!("{}/metrics", z.api_url()), "meridian_kds_events_total{direction=\"global_to_zone\"")
+    })
+    .await;
 }

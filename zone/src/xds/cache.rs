@@ -42,11 +42,22 @@ impl std::fmt::Display for ProxyId {
     }
 }
 
+/// Why a Dataplane gets no configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// The generator refused it (unknown Dataplane, not a gateway).
+    #[error(transparent)]
+    Generate(#[from] gateway::GenError),
+    /// The cache stopped publishing it (the stream outlived the cache).
+    #[error("the Dataplane's configuration is no longer published")]
+    Gone,
+}
+
 /// What one Dataplane should hold: per type URL, the desired resources; or
 /// why it gets nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyState {
-    pub config: Result<BTreeMap<String, DesiredSet>, String>,
+    pub config: Result<BTreeMap<String, DesiredSet>, ProxyError>,
     pub warnings: Vec<String>,
 }
 
@@ -71,11 +82,20 @@ struct Proxy {
     tx: watch::Sender<Arc<ProxyState>>,
     deps: Deps,
     subscribers: usize,
+    /// The [`Inner::epoch`] of the snapshot the published state came from:
+    /// a generation from an older snapshot never replaces a newer one.
+    epoch: u64,
 }
 
+/// Shared state behind one mutex. The lock is held only to read or change
+/// these maps and to swap generated states in, never across a generation
+/// (which takes ~25 ms for a gateway with 1000 routes): generations run on
+/// `Arc`'d snapshots outside it.
 #[derive(Default)]
 struct Inner {
-    meshes: BTreeMap<String, MeshSnapshot>,
+    meshes: BTreeMap<String, Arc<MeshSnapshot>>,
+    /// Bumped on every change of `meshes`.
+    epoch: u64,
     proxies: HashMap<ProxyId, Proxy>,
     /// Generations run since start (for tests and metrics).
     generations: u64,
@@ -124,8 +144,42 @@ const WATCHED: [ResourceType; 4] =
 
 impl Cache {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves plain data behind; keep going.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        meridian_sync_proto::driver::lock(&self.inner)
+    }
+
+    /// Generates `jobs` (taken under the lock at `epoch`) without the lock,
+    /// then publishes each result unless a newer one was published meanwhile.
+    fn run(&self, jobs: Vec<(ProxyId, Arc<MeshSnapshot>)>, epoch: u64) {
+        let results: Vec<(ProxyId, ProxyState, Deps)> = jobs
+            .into_iter()
+            .map(|(id, snapshot)| {
+                let (state, deps) = generate(&snapshot, &id);
+                (id, state, deps)
+            })
+            .collect();
+        let mut inner = self.lock();
+        for (id, state, deps) in results {
+            let Some(p) = inner.proxies.get_mut(&id) else { continue };
+            if p.epoch > epoch {
+                continue;
+            }
+            p.epoch = epoch;
+            publish(p, &id, state, deps);
+        }
+    }
+
+    /// Jobs regenerating `ids` from the current snapshots (call under the lock).
+    fn jobs(inner: &mut Inner, ids: Vec<ProxyId>) -> Vec<(ProxyId, Arc<MeshSnapshot>)> {
+        let jobs: Vec<_> = ids
+            .into_iter()
+            .filter(|id| inner.proxies.contains_key(id))
+            .map(|id| {
+                let snap = inner.meshes.get(&id.mesh).cloned().unwrap_or_else(|| Arc::new(MeshSnapshot::new(id.mesh.clone())));
+                (id, snap)
+            })
+            .collect();
+        inner.generations += jobs.len() as u64;
+        jobs
     }
 
     /// Reads every watched resource; returns the revision to watch from.
@@ -147,12 +201,13 @@ impl Cache {
             }
         }
         let mut inner = self.lock();
-        inner.meshes = meshes;
+        inner.meshes = meshes.into_iter().map(|(m, s)| (m, Arc::new(s))).collect();
+        inner.epoch += 1;
+        let epoch = inner.epoch;
         let ids: Vec<ProxyId> = inner.proxies.keys().cloned().collect();
-        for id in ids {
-            regenerate(&mut inner, &id);
-        }
+        let jobs = Self::jobs(&mut inner, ids);
         drop(inner);
+        self.run(jobs, epoch);
         self.applied.send_replace(revision);
         Ok(revision)
     }
@@ -228,7 +283,9 @@ impl Cache {
                 ChangeKind::Delete => None,
             };
             touched.extend(affected(&inner, ty, &key.mesh, &key.name, new.as_ref()));
-            let snapshot = inner.meshes.entry(key.mesh.clone()).or_insert_with(|| MeshSnapshot::new(key.mesh.clone()));
+            let snapshot = Arc::make_mut(
+                inner.meshes.entry(key.mesh.clone()).or_insert_with(|| Arc::new(MeshSnapshot::new(key.mesh.clone()))),
+            );
             match &new {
                 Some(r) => {
                     snapshot.upsert(r);
@@ -240,31 +297,44 @@ impl Cache {
         }
         touched.sort();
         touched.dedup();
-        for id in touched {
-            regenerate(&mut inner, &id);
-        }
+        inner.epoch += 1;
+        let epoch = inner.epoch;
+        let jobs = Self::jobs(&mut inner, touched);
+        drop(inner);
+        self.run(jobs, epoch);
     }
 
     /// Subscribes to a Dataplane's configuration (generated now if nobody
     /// watched it yet).
     pub fn subscribe(&self, id: &ProxyId) -> Subscription {
-        let mut inner = self.lock();
-        if !inner.proxies.contains_key(id) {
-            let (state, deps) = generate(&mut inner, id);
-            let (tx, _) = watch::channel(Arc::new(state));
-            inner.proxies.insert(id.clone(), Proxy { tx, deps, subscribers: 0 });
-        }
-        let rx = match inner.proxies.get_mut(id) {
-            Some(p) => {
+        loop {
+            // Under the lock: an existing entry, or the snapshot to generate from.
+            let (snapshot, epoch) = {
+                let mut inner = self.lock();
+                if let Some(p) = inner.proxies.get_mut(id) {
+                    p.subscribers += 1;
+                    return Subscription { rx: p.tx.subscribe(), id: id.clone(), cache: self.clone() };
+                }
+                inner.generations += 1;
+                let snap =
+                    inner.meshes.get(&id.mesh).cloned().unwrap_or_else(|| Arc::new(MeshSnapshot::new(id.mesh.clone())));
+                (snap, inner.epoch)
+            };
+            let (state, deps) = generate(&snapshot, id);
+            let mut inner = self.lock();
+            if let Some(p) = inner.proxies.get_mut(id) {
+                // Another stream subscribed meanwhile: share its entry.
                 p.subscribers += 1;
-                p.tx.subscribe()
+                return Subscription { rx: p.tx.subscribe(), id: id.clone(), cache: self.clone() };
             }
-            // Inserted just above, under the same lock.
-            None => {
-                watch::channel(Arc::new(ProxyState { config: Err("internal error".into()), warnings: Vec::new() })).1
+            if inner.epoch != epoch {
+                // The snapshot changed while generating: generate again.
+                continue;
             }
-        };
-        Subscription { rx, id: id.clone(), cache: self.clone() }
+            let (tx, rx) = watch::channel(Arc::new(state));
+            inner.proxies.insert(id.clone(), Proxy { tx, deps, subscribers: 1, epoch });
+            return Subscription { rx, id: id.clone(), cache: self.clone() };
+        }
     }
 
     /// How many generations ran (tests use it to prove a change touched
@@ -293,25 +363,20 @@ impl Cache {
     }
 }
 
-fn generate(inner: &mut Inner, id: &ProxyId) -> (ProxyState, Deps) {
-    inner.generations += 1;
-    let empty = MeshSnapshot::new(id.mesh.clone());
-    let snapshot = inner.meshes.get(&id.mesh).unwrap_or(&empty);
+/// Generates one Dataplane's configuration from its mesh's snapshot
+/// (pure; called without the lock).
+fn generate(snapshot: &MeshSnapshot, id: &ProxyId) -> (ProxyState, Deps) {
     match gateway::generate(snapshot, &id.name) {
         Ok(config) => {
             let state = ProxyState { config: Ok(config.desired()), warnings: config.warnings };
             (state, config.deps)
         }
-        Err(e) => (ProxyState { config: Err(e.to_string()), warnings: Vec::new() }, Deps::default()),
+        Err(e) => (ProxyState { config: Err(e.into()), warnings: Vec::new() }, Deps::default()),
     }
 }
 
-fn regenerate(inner: &mut Inner, id: &ProxyId) {
-    if !inner.proxies.contains_key(id) {
-        return;
-    }
-    let (state, deps) = generate(inner, id);
-    let Some(p) = inner.proxies.get_mut(id) else { return };
+/// Swaps a generated state in; an unchanged one wakes nobody.
+fn publish(p: &mut Proxy, id: &ProxyId, state: ProxyState, deps: Deps) {
     p.deps = deps;
     p.tx.send_if_modified(|current| {
         if current.same_versions(&state) {
@@ -328,7 +393,7 @@ fn regenerate(inner: &mut Inner, id: &ProxyId) {
 /// The connected proxies a change to (`ty`, `mesh`, `name`) can alter:
 /// judged on both the stored (old) and the `new` version.
 fn affected(inner: &Inner, ty: ResourceType, mesh: &str, name: &str, new: Option<&Resource>) -> Vec<ProxyId> {
-    let snapshot = inner.meshes.get(mesh);
+    let snapshot = inner.meshes.get(mesh).map(|s| &**s);
     let in_mesh = inner.proxies.iter().filter(|(id, _)| id.mesh == mesh);
     let mut out = Vec::new();
     for (id, p) in in_mesh {
@@ -466,7 +531,7 @@ conf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [
         let cache = Cache::default();
         let mut s = cache.subscribe(&id("a-1"));
         let err = s.rx.borrow_and_update().config.clone().expect_err("unknown");
-        assert!(err.contains("not registered"), "{err}");
+        assert!(err.to_string().contains("not registered"), "{err}");
         for r in resources(WORLD) {
             cache.upsert_for_test(&r);
         }

@@ -20,6 +20,7 @@ use meridian_sync_proto::{
     pb::mesh::{DataplaneInsight, DiscoverySubscription},
 };
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use super::cache::ProxyId;
 
@@ -41,9 +42,9 @@ pub struct InsightHandle {
 
 impl InsightHandle {
     /// Starts the writer task for one stream of `id`.
-    pub fn spawn(store: Store, zone: String, id: ProxyId) -> InsightHandle {
+    pub fn spawn(tasks: &TaskTracker, store: Store, zone: String, id: ProxyId) -> InsightHandle {
         let (tx, mut rx) = watch::channel::<Option<DiscoverySubscription>>(None);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             // Ends once the stream dropped its handle and the last value is written.
             while rx.changed().await.is_ok() {
                 let Some(sub) = rx.borrow_and_update().clone() else { continue };

@@ -1,6 +1,7 @@
-//! One ADS stream: the per-type [`DeltaSender`]s of the shared delta engine
-//! driven by Envoy's requests and by changes of the Dataplane's generated
-//! configuration, on either wire.
+//! One ADS stream: the shared sending loop
+//! ([`meridian_sync_proto::driver::send_loop`]) over a [`ProxySource`] (the
+//! Dataplane's generated configuration), on either wire, with an
+//! [`InsightObserver`] keeping its DataplaneInsight subscription.
 //!
 //! - Delta (`DeltaAggregatedResources`): requests go to the engine as they
 //!   are; its responses go out as they are.
@@ -12,14 +13,14 @@
 //!   [`set_version`], with the engine's nonce. ACKs are never answered.
 //!
 //! ```text
-//!   Envoy ──req──▶ Wire::handle ──▶ DeltaSender::on_request ─┐
-//!   cache ──change──▶ Wire::on_change ──────────────────────┤ next_response (diff)
-//!   Envoy ◀──resp── (delta as is | SotW: full subscribed set) ◀┘
+//!   Envoy ──req──▶ DeltaWire | SotwWire (translated) ──▶ send_loop ◀── ProxySource (cache)
+//!   Envoy ◀──resp── (delta as is | SotW: full subscribed set) ◀──┘
 //! ```
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
+    time::Duration,
 };
 
 use envoy_types::pb::envoy::{
@@ -27,11 +28,17 @@ use envoy_types::pb::envoy::{
     service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse},
 };
 use meridian_sync_proto::{
-    delta::{DeltaSender, DesiredSet, RequestKind, set_version},
+    delta::{Desired, DesiredSet, DesiredView, SendStats, set_version},
+    driver::{Incoming, Observer, SendWire, Source},
     pb::mesh::{DiscoveryServiceStats, DiscoverySubscription, DiscoverySubscriptionStatus, EnvoyVersion, Version},
 };
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
 
-use super::{cache::ProxyState, insight};
+use super::{
+    cache::{ProxyError, ProxyState},
+    insight::{self, InsightHandle},
+};
 use crate::gateway::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, type_urls};
 
 /// Largest total of resources in one delta response: Envoy's gRPC client
@@ -40,26 +47,6 @@ pub const MAX_RESPONSE_BYTES: usize = 3 * 1024 * 1024;
 
 /// Unsettled responses remembered per type (their versions, for insights).
 const MAX_UNSETTLED: usize = 256;
-
-/// Per-type state of one stream.
-struct TypeState {
-    sender: DeltaSender,
-    /// SotW only: the names of the last request (SotW sends the full list).
-    sotw_names: BTreeSet<String>,
-    /// Nonce → version of the whole set when it was sent (for insights).
-    versions: HashMap<String, String>,
-}
-
-/// One stream's view of one Dataplane.
-pub struct Session {
-    pub state: Arc<ProxyState>,
-    types: BTreeMap<String, TypeState>,
-    nonce_prefix: String,
-    /// The DataplaneInsight subscription this stream maintains.
-    pub record: DiscoverySubscription,
-    acked: BTreeMap<String, String>,
-    last_nack: String,
-}
 
 fn short(type_url: &str) -> &'static str {
     if type_url == CLUSTER_TYPE() {
@@ -75,8 +62,181 @@ fn short(type_url: &str) -> &'static str {
     }
 }
 
-impl Session {
-    pub fn new(state: Arc<ProxyState>, nonce_prefix: String, instance_id: &str, node: Option<&Node>) -> Session {
+/// One type of one Dataplane's generated configuration, read in place
+/// (no copy of the set per response).
+#[derive(Clone)]
+pub struct ProxySet {
+    state: Arc<ProxyState>,
+    type_url: String,
+}
+
+impl ProxySet {
+    fn set(&self) -> Option<&DesiredSet> {
+        self.state.config.as_ref().ok().and_then(|c| c.get(&self.type_url))
+    }
+}
+
+impl DesiredView for ProxySet {
+    fn get_desired(&self, name: &str) -> Option<&Desired> {
+        self.set().and_then(|s| s.get(name))
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = (&String, &Desired)> + '_> {
+        match self.set() {
+            Some(s) => Box::new(s.iter()),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+}
+
+/// A Dataplane's generated configuration, as the cache publishes it.
+pub struct ProxySource {
+    pub rx: watch::Receiver<Arc<ProxyState>>,
+    pub state: Arc<ProxyState>,
+}
+
+impl Source for ProxySource {
+    type Set = ProxySet;
+    type Error = ProxyError;
+
+    fn serves(&self, type_url: &str) -> bool {
+        type_urls().iter().any(|t| t == type_url)
+    }
+
+    fn desired(&mut self, type_url: &str) -> ProxySet {
+        ProxySet { state: self.state.clone(), type_url: type_url.to_string() }
+    }
+
+    /// Every type may have changed; clusters first (the order of [`type_urls`]).
+    /// A Dataplane that disappeared or stopped generating ends the stream.
+    async fn changed(&mut self) -> Result<Vec<String>, ProxyError> {
+        if self.rx.changed().await.is_err() {
+            return Err(ProxyError::Gone);
+        }
+        let state = self.rx.borrow_and_update().clone();
+        if let Err(e) = &state.config {
+            return Err(e.clone());
+        }
+        self.state = state;
+        Ok(type_urls().to_vec())
+    }
+}
+
+/// Delta ADS: requests and responses as they are. The request read to
+/// find the node is replayed first.
+pub struct DeltaWire {
+    pub first: Option<DeltaDiscoveryRequest>,
+    pub inbound: Streaming<DeltaDiscoveryRequest>,
+    pub tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+}
+
+impl SendWire for DeltaWire {
+    type Error = Status;
+    async fn recv(&mut self) -> Result<Option<Incoming>, Status> {
+        if let Some(request) = self.first.take() {
+            return Ok(Some(Incoming { request, force: false }));
+        }
+        Ok(self.inbound.message().await?.map(|request| Incoming { request, force: false }))
+    }
+    async fn send(&mut self, response: DeltaDiscoveryResponse, _full: Option<DesiredSet>) -> bool {
+        self.tx.send(Ok(response)).await.is_ok()
+    }
+}
+
+/// State of the world translated for the delta engine: each request's full
+/// name list becomes the subscribe/unsubscribe delta against the previous
+/// one, its nonce/error an ACK/NACK; each response the engine produces goes
+/// out as the whole subscribed set, versioned by [`set_version`], with the
+/// engine's nonce. ACKs are never answered (the loop's rule).
+#[derive(Default)]
+pub struct SotwTranslator {
+    started: HashSet<String>,
+    names: HashMap<String, BTreeSet<String>>,
+}
+
+impl SotwTranslator {
+    /// The delta request a SotW request means.
+    pub fn request(&mut self, req: &DiscoveryRequest) -> Incoming {
+        let type_url = req.type_url.clone();
+        // LDS and CDS are wildcard in SotW: their (empty) name list means "all".
+        let wildcard = type_url == LISTENER_TYPE() || type_url == CLUSTER_TYPE();
+        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let first = self.started.insert(type_url.clone());
+        let previous = self.names.entry(type_url.clone()).or_default();
+        let mut delta = DeltaDiscoveryRequest { type_url, node: req.node.clone(), ..Default::default() };
+        if first {
+            if !wildcard {
+                delta.resource_names_subscribe = names.iter().cloned().collect();
+                if names.is_empty() {
+                    // No names on a non-wildcard type means none, not all.
+                    delta.resource_names_unsubscribe = vec!["*".into()];
+                }
+            }
+        } else {
+            if !wildcard {
+                delta.resource_names_subscribe = names.difference(previous).cloned().collect();
+                delta.resource_names_unsubscribe = previous.difference(&names).cloned().collect();
+            }
+            delta.response_nonce = req.response_nonce.clone();
+            delta.error_detail = req.error_detail.clone();
+        }
+        // New names are answered even on a nonce (with the whole set).
+        let force = !first && !delta.resource_names_subscribe.is_empty();
+        *previous = names;
+        Incoming { request: delta, force }
+    }
+
+    /// The SotW response for an engine response and the whole subscribed set.
+    pub fn response(resp: DeltaDiscoveryResponse, full: DesiredSet) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: set_version(&full),
+            resources: full.into_values().map(|d| d.resource).collect(),
+            type_url: resp.type_url,
+            nonce: resp.nonce,
+            ..Default::default()
+        }
+    }
+}
+
+pub struct SotwWire {
+    pub first: Option<DiscoveryRequest>,
+    pub inbound: Streaming<DiscoveryRequest>,
+    pub tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    pub translator: SotwTranslator,
+}
+
+impl SendWire for SotwWire {
+    type Error = Status;
+    const FULL_STATE: bool = true;
+    async fn recv(&mut self) -> Result<Option<Incoming>, Status> {
+        let req = match self.first.take() {
+            Some(r) => r,
+            None => match self.inbound.message().await? {
+                Some(r) => r,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(self.translator.request(&req)))
+    }
+    async fn send(&mut self, response: DeltaDiscoveryResponse, full: Option<DesiredSet>) -> bool {
+        let resp = SotwTranslator::response(response, full.unwrap_or_default());
+        self.tx.send(Ok(resp)).await.is_ok()
+    }
+}
+
+/// The DataplaneInsight subscription one stream maintains: counters per
+/// type, ACKed versions, the last NACK; written when it changed.
+pub struct InsightObserver {
+    pub record: DiscoverySubscription,
+    stats: BTreeMap<String, SendStats>,
+    /// Nonce → version of the set it carried, per type.
+    versions: HashMap<String, HashMap<String, String>>,
+    acked: BTreeMap<String, String>,
+    last_nack: String,
+    handle: Option<InsightHandle>,
+}
+
+impl InsightObserver {
+    pub fn new(nonce_prefix: &str, instance_id: &str, node: Option<&Node>, handle: Option<InsightHandle>) -> Self {
         let envoy = node.map(|n| {
             let version = match &n.user_agent_version_type {
                 Some(envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType::UserAgentBuildVersion(
@@ -93,150 +253,41 @@ impl Session {
             };
             EnvoyVersion { version, build: n.user_agent_name.clone() }
         });
-        Session {
-            state,
-            types: BTreeMap::new(),
+        let mut o = InsightObserver {
             record: DiscoverySubscription {
-                id: nonce_prefix.clone(),
+                id: nonce_prefix.to_string(),
                 control_plane_instance_id: instance_id.to_string(),
                 connect_time: Some(insight::now()),
                 status: Some(DiscoverySubscriptionStatus::default()),
                 version: Some(Version { envoy, ..Default::default() }),
                 ..Default::default()
             },
-            nonce_prefix,
+            stats: BTreeMap::new(),
+            versions: HashMap::new(),
             acked: BTreeMap::new(),
             last_nack: String::new(),
+            handle,
+        };
+        o.publish();
+        o
+    }
+
+    /// Refreshes the record and writes it when it changed.
+    fn publish(&mut self) {
+        if self.refresh_record()
+            && let Some(h) = &self.handle
+        {
+            h.update(self.record.clone());
         }
     }
 
-    fn type_state(&mut self, type_url: &str) -> &mut TypeState {
-        let prefix = format!("{}-{}", self.nonce_prefix, short(type_url));
-        self.types.entry(type_url.to_string()).or_insert_with(|| TypeState {
-            sender: DeltaSender::new(type_url, prefix),
-            sotw_names: BTreeSet::new(),
-            versions: HashMap::new(),
-        })
-    }
-
-    /// Records what an ACK or NACK said.
-    fn settle(&mut self, type_url: &str, kind: &RequestKind) {
-        let ts = self.type_state(type_url);
-        match kind {
-            RequestKind::Ack { nonce } => {
-                if let Some(v) = ts.versions.remove(nonce) {
-                    self.acked.insert(short(type_url).to_string(), v);
-                }
-            }
-            RequestKind::Nack { nonce, reason } => {
-                ts.versions.remove(nonce);
-                tracing::warn!(type_url, reason = %reason, "Envoy rejected a response");
-                self.last_nack = format!("{}: {reason}", short(type_url));
-            }
-            _ => {}
+    /// Closes the subscription with a disconnect time.
+    pub fn close(mut self) {
+        self.refresh_record();
+        self.record.disconnect_time = Some(insight::now());
+        if let Some(h) = &self.handle {
+            h.update(self.record.clone());
         }
-    }
-
-    /// Delta responses that bring the peer up to date on `type_url`.
-    fn pending(&mut self, type_url: &str, force: bool, max_bytes: usize) -> Vec<(DeltaDiscoveryResponse, DesiredSet)> {
-        let desired = self.state.config.as_ref().ok().and_then(|c| c.get(type_url).cloned()).unwrap_or_default();
-        let ts = self.type_state(type_url);
-        let mut out = Vec::new();
-        let mut force = force;
-        while let Some(resp) = ts.sender.next_response(&desired, max_bytes, force) {
-            force = false;
-            let wanted: DesiredSet =
-                desired.iter().filter(|(n, _)| ts.sender.wants(n)).map(|(n, d)| (n.clone(), d.clone())).collect();
-            if ts.versions.len() >= MAX_UNSETTLED {
-                // A peer that never settles old nonces: forget them (only
-                // the insight's "ACKed version" of those is lost).
-                ts.versions.clear();
-            }
-            ts.versions.insert(resp.nonce.clone(), set_version(&wanted));
-            out.push((resp, wanted));
-        }
-        out
-    }
-
-    /// A delta request: the engine decides; answer what it produces.
-    pub fn delta_request(&mut self, req: &DeltaDiscoveryRequest) -> Vec<DeltaDiscoveryResponse> {
-        let kind = self.type_state(&req.type_url).sender.on_request(req);
-        self.settle(&req.type_url, &kind);
-        // The first request is answered even when empty; after that only a
-        // real difference is (new names, possibly on an ACK): an ACK alone
-        // finds the peer up to date and gets nothing.
-        let force = kind == RequestKind::Initial;
-        self.pending(&req.type_url, force, MAX_RESPONSE_BYTES).into_iter().map(|(r, _)| r).collect()
-    }
-
-    /// The configuration changed: diffs for every started type, clusters first.
-    pub fn delta_change(&mut self) -> Vec<DeltaDiscoveryResponse> {
-        let mut out = Vec::new();
-        for t in type_urls() {
-            if self.types.get(&t).is_some_and(|s| s.sender.started()) {
-                out.extend(self.pending(&t, false, MAX_RESPONSE_BYTES).into_iter().map(|(r, _)| r));
-            }
-        }
-        out
-    }
-
-    /// A state-of-the-world request, translated for the engine.
-    pub fn sotw_request(&mut self, req: &DiscoveryRequest) -> Vec<DiscoveryResponse> {
-        let type_url = req.type_url.clone();
-        // LDS and CDS are wildcard in SotW: their (empty) name list means "all".
-        let wildcard = type_url == LISTENER_TYPE() || type_url == CLUSTER_TYPE();
-        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
-        let ts = self.type_state(&type_url);
-        let first = !ts.sender.started();
-        let mut delta = DeltaDiscoveryRequest { type_url: type_url.clone(), ..Default::default() };
-        if first {
-            if !wildcard {
-                delta.resource_names_subscribe = names.iter().cloned().collect();
-                if names.is_empty() {
-                    // No names on a non-wildcard type means none, not all.
-                    delta.resource_names_unsubscribe = vec!["*".into()];
-                }
-            }
-        } else {
-            if !wildcard {
-                delta.resource_names_subscribe = names.difference(&ts.sotw_names).cloned().collect();
-                delta.resource_names_unsubscribe = ts.sotw_names.difference(&names).cloned().collect();
-            }
-            delta.response_nonce = req.response_nonce.clone();
-            delta.error_detail = req.error_detail.clone();
-        }
-        ts.sotw_names = names;
-        let subscribed = !first && !delta.resource_names_subscribe.is_empty();
-        let kind = ts.sender.on_request(&delta);
-        self.settle(&type_url, &kind);
-        // Answer the first request and new names; an ACK, NACK or stale
-        // nonce gets nothing (trap: answering ACKs loops forever).
-        let force = first || subscribed;
-        self.sotw_pending(&type_url, force)
-    }
-
-    fn sotw_pending(&mut self, type_url: &str, force: bool) -> Vec<DiscoveryResponse> {
-        // One response must carry the whole set: no byte budget.
-        self.pending(type_url, force, usize::MAX)
-            .into_iter()
-            .map(|(resp, wanted)| DiscoveryResponse {
-                version_info: set_version(&wanted),
-                resources: wanted.into_values().map(|d| d.resource).collect(),
-                type_url: type_url.to_string(),
-                nonce: resp.nonce,
-                ..Default::default()
-            })
-            .collect()
-    }
-
-    pub fn sotw_change(&mut self) -> Vec<DiscoveryResponse> {
-        let mut out = Vec::new();
-        for t in type_urls() {
-            if self.types.get(&t).is_some_and(|s| s.sender.started()) {
-                out.extend(self.sotw_pending(&t, false));
-            }
-        }
-        out
     }
 
     /// Refreshes the insight record; `true` when it changed.
@@ -247,8 +298,7 @@ impl Session {
             ..Default::default()
         };
         let mut total = DiscoveryServiceStats::default();
-        for (t, ts) in &self.types {
-            let s = &ts.sender.stats;
+        for (t, s) in &self.stats {
             let stats = DiscoveryServiceStats {
                 responses_sent: s.responses_sent,
                 responses_acknowledged: s.responses_acked,
@@ -277,24 +327,39 @@ impl Session {
     }
 }
 
+impl Observer for InsightObserver {
+    fn sent(&mut self, type_url: &str, response: &DeltaDiscoveryResponse, stats: &SendStats) {
+        let v = self.versions.entry(type_url.to_string()).or_default();
+        if v.len() >= MAX_UNSETTLED {
+            // A peer that never settles old nonces: forget them (only
+            // the insight's "ACKed version" of those is lost).
+            v.clear();
+        }
+        v.insert(response.nonce.clone(), response.system_version_info.clone());
+        self.stats.insert(type_url.to_string(), stats.clone());
+        self.publish();
+    }
+    fn acked(&mut self, type_url: &str, nonce: &str, _: Option<Duration>, stats: &SendStats) {
+        if let Some(v) = self.versions.get_mut(type_url).and_then(|v| v.remove(nonce)) {
+            self.acked.insert(short(type_url).to_string(), v);
+        }
+        self.stats.insert(type_url.to_string(), stats.clone());
+        self.publish();
+    }
+    fn nacked(&mut self, type_url: &str, nonce: &str, reason: &str, stats: &SendStats) {
+        if let Some(v) = self.versions.get_mut(type_url) {
+            v.remove(nonce);
+        }
+        tracing::warn!(type_url, reason = %reason, "Envoy rejected a response");
+        self.last_nack = format!("{}: {reason}", short(type_url));
+        self.stats.insert(type_url.to_string(), stats.clone());
+        self.publish();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envoy_types::pb::google::protobuf::Any;
-    use meridian_sync_proto::delta::{Desired, any_version};
-
-    fn state(listeners: &[(&str, &str)]) -> Arc<ProxyState> {
-        let set: DesiredSet = listeners
-            .iter()
-            .map(|(n, v)| {
-                let any = Any { type_url: LISTENER_TYPE(), value: v.as_bytes().to_vec() };
-                (n.to_string(), Desired { version: any_version(&any), resource: any })
-            })
-            .collect();
-        let mut config = BTreeMap::new();
-        config.insert(LISTENER_TYPE(), set);
-        Arc::new(ProxyState { config: Ok(config), warnings: Vec::new() })
-    }
 
     fn sotw(names: &[&str], nonce: &str, type_url: String) -> DiscoveryRequest {
         DiscoveryRequest {
@@ -306,43 +371,17 @@ mod tests {
     }
 
     #[test]
-    fn sotw_answers_initial_and_changes_never_acks() {
-        let mut s = Session::new(state(&[("a", "1"), ("b", "2")]), "t".into(), "cp", None);
-        let r = s.sotw_request(&sotw(&[], "", LISTENER_TYPE()));
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].resources.len(), 2);
-        let nonce = r[0].nonce.clone();
-        assert!(s.sotw_request(&sotw(&[], &nonce, LISTENER_TYPE())).is_empty(), "an ACK is not answered");
-        assert_eq!(s.acked.get("lds"), Some(&r[0].version_info));
-        s.state = state(&[("a", "1")]);
-        let r = s.sotw_change();
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].resources.len(), 1, "SotW carries the whole set");
-        assert!(s.sotw_change().is_empty());
-        // Non-wildcard type: new names are answered even with a nonce.
-        let r = s.sotw_request(&sotw(&["x"], "", ROUTE_TYPE()));
-        assert_eq!(r.len(), 1);
-        assert!(r[0].resources.is_empty());
-        let r = s.sotw_request(&sotw(&["x", "y"], &r[0].nonce, ROUTE_TYPE()));
-        assert_eq!(r.len(), 1);
-        assert!(s.refresh_record());
-        assert!(!s.refresh_record(), "unchanged stats: no write");
-    }
-
-    #[test]
-    fn delta_answers_initial_even_empty_and_ignores_acks() {
-        let mut s = Session::new(state(&[("a", "1")]), "t".into(), "cp", None);
-        let init = DeltaDiscoveryRequest { type_url: ROUTE_TYPE(), ..Default::default() };
-        let r = s.delta_request(&init);
-        assert_eq!(r.len(), 1, "first request answered even when empty");
-        let ack =
-            DeltaDiscoveryRequest { type_url: ROUTE_TYPE(), response_nonce: r[0].nonce.clone(), ..Default::default() };
-        assert!(s.delta_request(&ack).is_empty());
-        let lds = DeltaDiscoveryRequest { type_url: LISTENER_TYPE(), ..Default::default() };
-        assert_eq!(s.delta_request(&lds)[0].resources.len(), 1);
-        s.state = state(&[("a", "2"), ("b", "1")]);
-        let r = s.delta_change();
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].resources.len(), 2);
+    fn sotw_translation_subscribes_acks_and_forces_new_names() {
+        let mut t = SotwTranslator::default();
+        let first = t.request(&sotw(&[], "", LISTENER_TYPE()));
+        assert!(!first.force && first.request.resource_names_subscribe.is_empty(), "wildcard LDS");
+        let ack = t.request(&sotw(&[], "n1", LISTENER_TYPE()));
+        assert_eq!(ack.request.response_nonce, "n1");
+        assert!(!ack.force, "an ACK is not answered");
+        let rds = t.request(&sotw(&[], "", ROUTE_TYPE()));
+        assert_eq!(rds.request.resource_names_unsubscribe, ["*"], "no names on RDS means none");
+        let more = t.request(&sotw(&["x"], "n2", ROUTE_TYPE()));
+        assert_eq!(more.request.resource_names_subscribe, ["x"]);
+        assert!(more.force, "new names are answered even on a nonce");
     }
 }

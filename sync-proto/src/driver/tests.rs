@@ -1,0 +1,244 @@
+//! The loops over in-memory channels: no sockets.
+
+use std::{collections::BTreeMap, convert::Infallible, sync::Arc};
+
+use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::{mpsc, watch};
+
+use super::*;
+use crate::delta::{Desired, any_version};
+
+/// A source with one served type `A`, changed through a watch channel.
+struct TestSource {
+    rx: watch::Receiver<Arc<DesiredSet>>,
+}
+
+impl Source for TestSource {
+    type Set = Arc<DesiredSet>;
+    type Error = Infallible;
+    fn serves(&self, type_url: &str) -> bool {
+        type_url == "A"
+    }
+    fn desired(&mut self, _type_url: &str) -> Arc<DesiredSet> {
+        self.rx.borrow_and_update().clone()
+    }
+    async fn changed(&mut self) -> Result<Vec<String>, Infallible> {
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        Ok(vec!["A".to_string()])
+    }
+}
+
+impl DesiredView for Arc<DesiredSet> {
+    fn get_desired(&self, name: &str) -> Option<&Desired> {
+        self.get(name)
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = (&String, &Desired)> + '_> {
+        Box::new(self.iter())
+    }
+}
+
+struct ChanWire<I, O> {
+    rx: mpsc::Receiver<I>,
+    tx: mpsc::Sender<O>,
+}
+
+impl SendWire for ChanWire<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
+    type Error = Infallible;
+    async fn recv(&mut self) -> Result<Option<Incoming>, Infallible> {
+        Ok(self.rx.recv().await.map(|request| Incoming { request, force: false }))
+    }
+    async fn send(&mut self, response: DeltaDiscoveryResponse, _full: Option<DesiredSet>) -> bool {
+        self.tx.send(response).await.is_ok()
+    }
+}
+
+impl RecvWire for ChanWire<DeltaDiscoveryResponse, DeltaDiscoveryRequest> {
+    type Error = Infallible;
+    async fn recv(&mut self) -> Result<Option<DeltaDiscoveryResponse>, Infallible> {
+        Ok(self.rx.recv().await)
+    }
+    async fn send(&mut self, request: DeltaDiscoveryRequest) -> bool {
+        self.tx.send(request).await.is_ok()
+    }
+}
+
+/// Counts what the observer saw.
+#[derive(Default, Clone)]
+struct Seen(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Seen {
+    fn push(&self, s: String) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(s);
+    }
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+impl Observer for Seen {
+    fn sent(&mut self, type_url: &str, response: &DeltaDiscoveryResponse, _: &SendStats) {
+        self.push(format!("sent {type_url} {}", response.resources.len()));
+    }
+    fn acked(&mut self, type_url: &str, _: &str, change: Option<Duration>, _: &SendStats) {
+        self.push(format!("acked {type_url} change={}", change.is_some()));
+    }
+    fn nacked(&mut self, type_url: &str, _: &str, reason: &str, _: &SendStats) {
+        self.push(format!("nacked {type_url} {reason}"));
+    }
+    fn unserved(&mut self, type_url: &str) {
+        self.push(format!("unserved {type_url}"));
+    }
+}
+
+fn set(items: &[(&str, &str)]) -> Arc<DesiredSet> {
+    Arc::new(
+        items
+            .iter()
+            .map(|(n, v)| {
+                let a = Any { type_url: "A".into(), value: v.as_bytes().to_vec() };
+                (n.to_string(), Desired { version: any_version(&a), resource: a })
+            })
+            .collect(),
+    )
+}
+
+fn req(type_url: &str, nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest { type_url: type_url.into(), response_nonce: nonce.into(), ..Default::default() }
+}
+
+#[tokio::test]
+async fn unserved_type_gets_an_empty_response_and_the_stream_stays_up() {
+    let (set_tx, set_rx) = watch::channel(set(&[("a", "1")]));
+    let (req_tx, req_rx) = mpsc::channel(8);
+    let (resp_tx, mut resp_rx) = mpsc::channel(8);
+    let cancel = CancellationToken::new();
+    let seen = Seen::default();
+    let task = {
+        let (cancel, mut seen) = (cancel.clone(), seen.clone());
+        tokio::spawn(async move {
+            let mut source = TestSource { rx: set_rx };
+            let mut wire = ChanWire { rx: req_rx, tx: resp_tx };
+            let config = SendConfig { nonce_prefix: "t".into(), max_bytes: 1 << 20 };
+            send_loop(&mut source, &mut wire, &mut seen, &config, &cancel).await
+        })
+    };
+    req_tx.send(req("CircuitBreaker", "")).await.expect("send");
+    let r = resp_rx.recv().await.expect("empty response");
+    assert_eq!(r.type_url, "CircuitBreaker");
+    assert!(r.resources.is_empty() && r.removed_resources.is_empty());
+    assert!(!r.nonce.is_empty());
+    req_tx.send(req("CircuitBreaker", &r.nonce)).await.expect("ack");
+    // A served type afterwards still gets its resources.
+    req_tx.send(req("A", "")).await.expect("send");
+    let r = resp_rx.recv().await.expect("response");
+    assert_eq!((r.type_url.as_str(), r.resources.len()), ("A", 1));
+    req_tx.send(req("A", &r.nonce)).await.expect("ack");
+    req_tx.send(req("C", "")).await.expect("send");
+    assert_eq!(resp_rx.recv().await.expect("C").type_url, "C");
+    // A change travels as a diff, and its ACK carries a change-to-ACK time.
+    set_tx.send_replace(set(&[("a", "2"), ("b", "1")]));
+    let r = resp_rx.recv().await.expect("change");
+    assert_eq!(r.resources.len(), 2);
+    req_tx.send(req("A", &r.nonce)).await.expect("ack");
+    // Requests are handled in order: once B is answered, the ACK was seen.
+    req_tx.send(req("B", "")).await.expect("send");
+    assert_eq!(resp_rx.recv().await.expect("B").type_url, "B");
+    cancel.cancel();
+    assert!(matches!(task.await.expect("join"), Ended::Cancelled));
+    assert_eq!(
+        seen.all(),
+        [
+            "unserved CircuitBreaker",
+            "sent CircuitBreaker 0",
+            "acked CircuitBreaker change=false",
+            "sent A 1",
+            "acked A change=false",
+            "unserved C",
+            "sent C 0",
+            "sent A 2",
+            "acked A change=true",
+            "unserved B",
+            "sent B 0",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_ack_is_never_answered_and_the_peer_leaving_ends_the_loop() {
+    let (_set_tx, set_rx) = watch::channel(set(&[("a", "1")]));
+    let (req_tx, req_rx) = mpsc::channel(8);
+    let (resp_tx, mut resp_rx) = mpsc::channel(8);
+    let task = tokio::spawn(async move {
+        let mut source = TestSource { rx: set_rx };
+        let mut wire = ChanWire { rx: req_rx, tx: resp_tx };
+        let config = SendConfig { nonce_prefix: "t".into(), max_bytes: 1 << 20 };
+        send_loop(&mut source, &mut wire, &mut (), &config, &CancellationToken::new()).await
+    });
+    req_tx.send(req("A", "")).await.expect("send");
+    let r = resp_rx.recv().await.expect("response");
+    req_tx.send(req("A", &r.nonce)).await.expect("ack");
+    drop(req_tx);
+    assert!(matches!(task.await.expect("join"), Ended::PeerClosed));
+    assert!(resp_rx.recv().await.is_none(), "the ACK got no answer");
+}
+
+/// Applies by recording names; NACKs names starting with `bad`.
+struct Recorder;
+
+impl Apply for Recorder {
+    type Error = Infallible;
+    async fn apply(
+        &mut self,
+        _type_url: &str,
+        receiver: &mut DeltaReceiver,
+        response: &DeltaDiscoveryResponse,
+    ) -> Result<DeltaDiscoveryRequest, Infallible> {
+        let (changes, _) = receiver.on_response(response);
+        let bad: Vec<&str> =
+            changes.upserts.iter().map(|(n, _, _)| n.as_str()).filter(|n| n.starts_with("bad")).collect();
+        for (n, v, _) in &changes.upserts {
+            receiver.applied(n, v);
+        }
+        Ok(if bad.is_empty() { receiver.ack(&changes.nonce) } else { receiver.nack(&changes.nonce, &bad.join(",")) })
+    }
+}
+
+#[tokio::test]
+async fn receiver_asks_acks_nacks_and_ignores_types_not_asked_for() {
+    let (resp_tx, resp_rx) = mpsc::channel(8);
+    let (req_tx, mut req_rx) = mpsc::channel(8);
+    let seen = Seen::default();
+    let task = {
+        let mut seen = seen.clone();
+        tokio::spawn(async move {
+            let mut receivers: BTreeMap<String, DeltaReceiver> =
+                [("A".to_string(), DeltaReceiver::new("A", BTreeMap::new()))].into_iter().collect();
+            let mut wire = ChanWire { rx: resp_rx, tx: req_tx };
+            receive_loop(&mut receivers, None, &mut wire, &mut Recorder, &mut seen, &CancellationToken::new()).await
+        })
+    };
+    assert_eq!(req_rx.recv().await.expect("initial").type_url, "A");
+    let resp = |ty: &str, nonce: &str, name: &str| DeltaDiscoveryResponse {
+        type_url: ty.into(),
+        nonce: nonce.into(),
+        resources: vec![envoy_types::pb::envoy::service::discovery::v3::Resource {
+            name: name.into(),
+            version: "v".into(),
+            resource: Some(Any::default()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    resp_tx.send(resp("Other", "n0", "x")).await.expect("send");
+    resp_tx.send(resp("A", "n1", "ok")).await.expect("send");
+    let ack = req_rx.recv().await.expect("ack");
+    assert_eq!((ack.response_nonce.as_str(), ack.error_detail.is_none()), ("n1", true));
+    resp_tx.send(resp("A", "n2", "bad-1")).await.expect("send");
+    let nack = req_rx.recv().await.expect("nack");
+    assert_eq!(nack.error_detail.map(|e| e.message), Some("bad-1".to_string()));
+    drop(resp_tx);
+    assert!(matches!(task.await.expect("join"), Ended::PeerClosed));
+    assert_eq!(seen.all(), ["unserved Other", "sent A 1", "acked A change=false", "sent A 1", "nacked A bad-1"]);
+}
