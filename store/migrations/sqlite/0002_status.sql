@@ -1,0 +1,18 @@
+-- Status (insights, heartbeats): current state only. No revision, no change
+-- log row, no notification: status changes far more often than
+-- configuration and must not wake configuration watchers.
+CREATE TABLE status (
+    type_name   TEXT    NOT NULL,
+    mesh        TEXT    NOT NULL,
+    name        TEXT    NOT NULL,
+    labels      TEXT    NOT NULL, -- JSON object of string -> string
+    spec        BLOB    NOT NULL,
+    version     TEXT    NOT NULL,
+    create_time INTEGER NOT NULL,
+    modify_time INTEGER NOT NULL,
+    PRIMARY KEY (type_name, mesh, name)
+);
+
+-- When each change was logged (unix ms), for compaction by age. Rows logged
+-- before this column existed read 0: the oldest, compacted first.
+ALTER TABLE changes ADD COLUMN logged_at INTEGER NOT NULL DEFAULT 0;
