@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// Log filter (`info`, `debug`, `meridian_api=debug,info`, ...).
     #[arg(long, env = "MERIDIAN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Change-log retention (--change-log-retention, --change-log-max-rows).
+    #[command(flatten)]
+    pub change_log: meridian_store::ChangeLogArgs,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -208,6 +212,16 @@ pub async fn run(
     tasks.spawn({
         let stop = stopped(stop_rx.clone());
         async move { kds::serve(kds_listener, kds_server, tls, stop).await.context("KDS server failed") }
+    });
+    tasks.spawn({
+        // Change-log compaction; stops with the process.
+        let stop = stopped(stop_rx.clone());
+        let compactor = meridian_store::spawn_compactor(store.clone(), &args.change_log);
+        async move {
+            stop.await;
+            compactor.abort();
+            Ok(())
+        }
     });
     tracing::info!(%api_addr, %kds_addr, tls = !args.kds_plaintext, "listening");
     meridian_api::server::announce(&format!("meridian-global: API on {api_scheme}://{api_addr}"));

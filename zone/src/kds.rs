@@ -19,7 +19,7 @@ use meridian_api::{
     Manager,
     manager::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_GLOBAL, ORIGIN_ZONE},
 };
-use meridian_store::ListQuery;
+use meridian_store::{ListQuery, StoreError};
 use meridian_sync_proto::{
     ResourceType,
     delta::{DeltaReceiver, DeltaSender, Desired, DesiredSet, RequestKind},
@@ -169,7 +169,7 @@ fn is_local(labels: &BTreeMap<String, String>, zone: &str) -> bool {
 /// What the zone holds of `ty`, by wire name: what came from the global
 /// (`from_global`) or what was authored here.
 async fn local_versions(manager: &Manager, zone: &str, ty: ResourceType, from_global: bool) -> anyhow::Result<BTreeMap<String, String>> {
-    let page = manager.store().list(&ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() }).await?;
+    let page = manager.list_stored(&ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() }).await?;
     Ok(page
         .items
         .into_iter()
@@ -222,7 +222,7 @@ impl meridian_api::received::Placement for FromGlobal {
 
 /// The zone's own resources of `ty`, as the global should hold them.
 async fn zone_desired(cfg: &KdsClientConfig, manager: &Manager, ty: ResourceType) -> anyhow::Result<DesiredSet> {
-    let page = manager.store().list(&ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() }).await?;
+    let page = manager.list_stored(&ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() }).await?;
     Ok(page
         .items
         .into_iter()
@@ -238,12 +238,18 @@ async fn zone_desired(cfg: &KdsClientConfig, manager: &Manager, ty: ResourceType
 }
 
 /// Zone → global: the global subscribes (with what it holds of this zone);
-/// the zone answers from its store and pushes every change.
+/// the zone answers from its store and pushes every change: config changes
+/// from the change feed, status (DataplaneInsight) from the store's status
+/// wake-ups. If compaction overtakes the feed, it resumes from the head and
+/// re-sends every type (a resync: the senders diff against what the global
+/// holds, so only real differences travel).
 async fn upstream(cfg: &KdsClientConfig, mut client: KdsSyncServiceClient<Channel>, manager: &Manager) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryResponse>(OUTBOUND_QUEUE);
     // Watch from before the first listing: nothing written meanwhile is missed.
+    let mut status = manager.store().status_changes();
+    status.borrow_and_update();
     let from = manager.store().current_revision().await?;
-    let mut feed = std::pin::pin!(manager.store().watch(from));
+    let mut feed = manager.store().watch(from);
     let mut inbound = client.zone_to_global_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?.into_inner();
     let budget = cfg.max_message_bytes.saturating_sub(ENVELOPE_MARGIN).max(1024);
     let prefix = format!("{}-{:08x}", cfg.zone, rand::random::<u32>());
@@ -274,12 +280,35 @@ async fn upstream(cfg: &KdsClientConfig, mut client: KdsSyncServiceClient<Channe
                     RequestKind::Ack { .. } | RequestKind::Stale { .. } => {}
                 }
             }
+            changed = status.changed() => {
+                changed.context("store status notifications ended")?;
+                status.borrow_and_update();
+                for ty in ZONE_TO_GLOBAL.iter().filter(|t| Manager::is_status(**t)) {
+                    if !dirty.contains(ty) {
+                        dirty.push(*ty);
+                    }
+                }
+            }
             change = feed.next() => {
                 let Some(change) = change else { anyhow::bail!("store change feed ended") };
-                let mut changes = vec![change?];
+                let mut changes = Vec::new();
+                let mut resync = false;
                 // Take everything already queued: one push per burst, not per write.
-                while let Some(Some(c)) = feed.next().now_or_never() {
-                    changes.push(c?);
+                for item in std::iter::once(change).chain(std::iter::from_fn(|| feed.next().now_or_never().flatten())) {
+                    match item {
+                        Ok(c) => changes.push(c),
+                        Err(StoreError::Compacted { .. }) => resync = true,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if resync {
+                    tracing::warn!("store change log compacted past the zone-to-global feed; resyncing");
+                    feed = manager.store().watch(manager.store().current_revision().await?);
+                    for ty in ZONE_TO_GLOBAL {
+                        if !dirty.contains(ty) {
+                            dirty.push(*ty);
+                        }
+                    }
                 }
                 for c in changes {
                     if let Some(ty) = ResourceType::from_name(&c.resource.key.type_name)

@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// Log filter (`info`, `debug`, ...).
     #[arg(long, env = "MERIDIAN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Change-log retention (--change-log-retention, --change-log-max-rows).
+    #[command(flatten)]
+    pub change_log: meridian_store::ChangeLogArgs,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -196,6 +200,16 @@ pub async fn run(
         let manager = manager.clone();
         tasks.spawn(async move { kds::run(cfg, manager, stop).await.context("KDS client failed") });
     }
+    tasks.spawn({
+        // Change-log compaction; stops with the process.
+        let stop = stopped(stop_rx.clone());
+        let compactor = meridian_store::spawn_compactor(store.clone(), &args.change_log);
+        async move {
+            stop.await;
+            compactor.abort();
+            Ok(())
+        }
+    });
     // XDS-WIRING: the xDS server task is spawned here.
     tasks.spawn({
         let stop = stopped(stop_rx.clone());
