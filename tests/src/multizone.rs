@@ -359,6 +359,11 @@ impl Global {
     pub fn pid(&self) -> u32 {
         self.part.running().child.id()
     }
+
+    /// The data directory (the SQLite store is `global.db` in it).
+    pub fn data_dir(&self) -> &Path {
+        &self.part.data_dir
+    }
 }
 
 /// A `meridian-zone` process connected to a global.
@@ -368,6 +373,7 @@ pub struct Zone {
     args: Vec<String>,
     api: Api,
     api_addr: SocketAddr,
+    xds_addr: SocketAddr,
 }
 
 impl Zone {
@@ -402,21 +408,36 @@ impl Zone {
         if let Some(ca) = ca {
             args.extend(["--global-ca".into(), ca.display().to_string()]);
         }
-        let api_addr = Self::launch(&mut part, &args, "127.0.0.1:0").await;
-        Zone { part, name: name.to_string(), args, api: Api::new(&format!("http://{api_addr}")), api_addr }
+        let (api_addr, xds_addr) = Self::launch(&mut part, &args, "127.0.0.1:0").await;
+        Zone { part, name: name.to_string(), args, api: Api::new(&format!("http://{api_addr}")), api_addr, xds_addr }
     }
 
-    async fn launch(part: &mut Part, args: &[String], api_addr: &str) -> SocketAddr {
+    /// Starts the process; returns its API and xDS addresses.
+    async fn launch(part: &mut Part, args: &[String], api_addr: &str) -> (SocketAddr, SocketAddr) {
         let mut args = args.to_vec();
         args.extend(["--api-addr".into(), api_addr.into()]);
-        let found = part.launch("meridian-zone", &args, &["meridian-zone: API on http://"]).await;
-        found[0].parse().unwrap_or_else(|e| panic!("bad address {:?}: {e}", found[0]))
+        let found =
+            part.launch("meridian-zone", &args, &["meridian-zone: API on http://", "meridian-zone: xDS on "]).await;
+        let parse = |s: &str| s.parse().unwrap_or_else(|e| panic!("bad address {s:?}: {e}"));
+        (parse(&found[0]), parse(&found[1]))
     }
 
-    /// Starts the zone again on the same API port and data directory.
+    /// Starts the zone again on the same API port and data directory (its
+    /// xDS port is picked anew).
     pub async fn restart(&mut self) {
-        let addr = Self::launch(&mut self.part, &self.args, &self.api_addr.to_string()).await;
+        let (addr, xds) = Self::launch(&mut self.part, &self.args, &self.api_addr.to_string()).await;
         assert_eq!(addr, self.api_addr);
+        self.xds_addr = xds;
+    }
+
+    /// The zone's xDS server (Envoys dial it).
+    pub fn xds_addr(&self) -> SocketAddr {
+        self.xds_addr
+    }
+
+    /// The data directory (the SQLite store is `zone.db` in it).
+    pub fn data_dir(&self) -> &Path {
+        &self.part.data_dir
     }
 
     /// SIGKILL.

