@@ -55,4 +55,5 @@ conformance!(
     status_cases::status_is_shared_between_handles,
     status_cases::retention_compaction_then_stale_watcher_resyncs,
     status_cases::compactor_task_bounds_the_log,
+    status_cases::upgrade_moves_stored_insights_to_status,
 );

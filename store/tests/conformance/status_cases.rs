@@ -204,3 +204,33 @@ async fn wait_for_rows(store: &Store, rows: u64) -> bool {
     }
     false
 }
+
+/// A store written before the status table existed: its insights move to
+/// the status table on upgrade; other resources stay where they were.
+pub async fn upgrade_moves_stored_insights_to_status(h: &Harness) {
+    let store = h.open().await;
+    store.create(res(key("Mesh", "", "default"), "m")).await.expect("create");
+    store.create(res(key("ZoneInsight", "", "zone-1"), "zi")).await.expect("create");
+    store.create(res(key("DataplaneInsight", "default", "dp-1"), "di")).await.expect("create");
+    // Roll the schema back to before 0002, keeping the rows, then migrate again.
+    const UNDO: [&str; 3] =
+        ["DROP TABLE status", "ALTER TABLE changes DROP COLUMN logged_at", "DELETE FROM _sqlx_migrations WHERE version = 2"];
+    if h.is_postgres() {
+        let pool = sqlx::PgPool::connect(&h.url).await.expect("pool");
+        for sql in UNDO {
+            sqlx::query(sql).execute(&pool).await.expect(sql);
+        }
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(&h.url).await.expect("pool");
+        for sql in UNDO {
+            sqlx::query(sql).execute(&pool).await.expect(sql);
+        }
+        pool.close().await;
+    }
+    let moved = h.open().await;
+    assert_eq!(moved.get(&key("ZoneInsight", "", "zone-1")).await.expect("get"), None);
+    assert_eq!(moved.get_status(&key("ZoneInsight", "", "zone-1")).await.expect("get").map(|r| r.spec), Some(b"zi".to_vec()));
+    assert_eq!(moved.get_status(&key("DataplaneInsight", "default", "dp-1")).await.expect("get").map(|r| r.spec), Some(b"di".to_vec()));
+    assert!(moved.get(&key("Mesh", "", "default")).await.expect("get").is_some());
+}
