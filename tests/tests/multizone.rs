@@ -22,6 +22,7 @@
 //! | sync::zone_deletion_is_refused_online_and_cascades_offline | zone deletion |
 //! | sync::zone_ingress_is_rebroadcast_to_other_zones      | §4: ZoneIngress relay; plaintext KDS |
 //! | status::heartbeats_and_acks_add_no_change_log_rows    | issue 8 §4: status is not configuration |
+//! | status::followers_behind_compaction_resync            | issue 8 §4: compaction; followers resync |
 
 mod multizone {
     pub mod auth;

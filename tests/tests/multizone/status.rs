@@ -115,3 +115,52 @@ async fn heartbeats_and_acks_add_no_change_log_rows() {
     assert_eq!(change_log_rows(&global_db).await, g0 + 1, "global: only the MeshGateway update is logged");
     assert_eq!(change_log_rows(&zone_db).await, z0 + 1, "zone: only the received MeshGateway is logged");
 }
+
+/// Writes `doc` into the SQLite store at `db` (as another process would)
+/// and compacts the change log up to it: whoever follows that log from
+/// before this write must resync.
+async fn write_and_compact(db: &Path, doc: Value) -> u64 {
+    let store = Store::connect(&format!("sqlite:{}", db.display())).await.expect("open the store");
+    let r = meridian_sync_proto::universal::from_value(doc).expect("resource");
+    store.upsert(meridian_api::Manager::encode(&r)).await.expect("write");
+    let head = store.current_revision().await.expect("revision");
+    store.compact(head).await.expect("compact");
+    store.change_log_rows().await.expect("rows")
+}
+
+/// Compaction overtakes every change-feed follower: the global's KDS cache
+/// and the zone's upward stream and xDS cache find their position
+/// compacted, resync from current state, and the write made meanwhile
+/// still reaches the other side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_behind_compaction_resync() {
+    let dir = TestDir::new("compacted");
+    let g = global_with_mesh(&dir, "g", GlobalConfig::default()).await;
+    let z = synced_zone(&dir, &g, "zone-1").await;
+
+    // The global is frozen while a gateway lands in its store and the log is
+    // compacted past it; the feed its KDS cache follows then starts after.
+    g.pause();
+    let rows = write_and_compact(&g.data_dir().join("global.db"), gateway("gw-late", 18_183)).await;
+    assert_eq!(rows, 0, "the whole log was compacted");
+    g.resume();
+    z.api().wait_for("/meshes/default/meshgateways/gw-late", "reached the zone after a resync", |_| true).await;
+    g.wait_log(&["compacted past our position"], CONVERGE).await;
+
+    // The same for the zone's followers: a Dataplane written while it is frozen.
+    z.pause();
+    let dp = serde_json::json!({"type": "Dataplane", "mesh": "default", "name": "dp-late",
+        "networking": {"address": "10.0.0.9", "inbound": [{"port": 9000, "tags": {"kuma.io/service": "web"}}]}});
+    assert_eq!(write_and_compact(&z.data_dir().join("zone.db"), dp).await, 0);
+    z.resume();
+    g.api().wait_for("/meshes/default/dataplanes/zone-1.dp-late", "reached the global after a resync", |_| true).await;
+    z.wait_log(&["compacted past the zone-to-global feed"], CONVERGE).await;
+    z.wait_log(&["compacted under the xDS cache"], CONVERGE).await;
+    // Later changes flow as usual on both sides.
+    g.api().apply(&gateway("gw-late", 18_184)).await;
+    z.api()
+        .wait_for("/meshes/default/meshgateways/gw-late", "updated", |v| {
+            v["conf"]["listeners"][0]["port"] == 18_184
+        })
+        .await;
+}
