@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use meridian_store::{ListQuery, ResourceKey, Store, StoreError, StoredResource, WriteOp, WriteResource};
+use meridian_store::{ListPage, ListQuery, ResourceKey, Store, StoreError, StoredResource, WriteOp, WriteResource};
 use meridian_sync_proto::{
     Meta, Resource, ResourceType, Spec, SyncDirection, universal, universal::InvalidResource, validate,
 };
@@ -126,6 +126,23 @@ impl Manager {
         self.role
     }
 
+    /// Whether `ty` is status (ZoneInsight, DataplaneInsight): kept in the
+    /// store's status table, outside the configuration change feed, so
+    /// heartbeats and ACK records wake no config watcher. Reads of these
+    /// types through this Manager go there.
+    pub fn is_status(ty: ResourceType) -> bool {
+        matches!(ty, ResourceType::ZoneInsight | ResourceType::DataplaneInsight)
+    }
+
+    /// Lists raw records of `q.type_name` from where that type lives (the
+    /// status table for [`Manager::is_status`] types, else the resources).
+    pub async fn list_stored(&self, q: &ListQuery) -> Result<ListPage, StoreError> {
+        match ResourceType::from_name(&q.type_name) {
+            Some(ty) if Self::is_status(ty) => self.store.list_status(q).await,
+            _ => self.store.list(q).await,
+        }
+    }
+
     pub fn key(ty: ResourceType, mesh: &str, name: &str) -> ResourceKey {
         ResourceKey::new(ty.name(), if ty.is_mesh_scoped() { mesh } else { "" }, name)
     }
@@ -171,7 +188,9 @@ impl Manager {
     }
 
     async fn get_inner(&self, ty: ResourceType, mesh: &str, name: &str) -> Result<Option<Entry>, ManagerError> {
-        match self.store.get(&Self::key(ty, mesh, name)).await.map_err(ManagerError::Store)? {
+        let key = Self::key(ty, mesh, name);
+        let stored = if Self::is_status(ty) { self.store.get_status(&key).await } else { self.store.get(&key).await };
+        match stored.map_err(ManagerError::Store)? {
             Some(s) => Self::decode(&s).map(Some),
             None => Ok(None),
         }
@@ -201,8 +220,7 @@ impl Manager {
         limit: Option<u64>,
     ) -> Result<(Vec<Entry>, u64), ManagerError> {
         let page = self
-            .store
-            .list(&ListQuery {
+            .list_stored(&ListQuery {
                 type_name: ty.name().to_string(),
                 mesh: mesh.map(str::to_string),
                 labels,
@@ -346,8 +364,13 @@ impl Manager {
             .ok_or_else(|| ManagerError::NotFound { ty, mesh: mesh.to_string(), name: name.to_string() })?;
         self.check_user_write(ty, Some(&existing))?;
         let mut ops = Vec::new();
+        // Status that goes with the deleted resources, removed after them.
+        let mut status = Vec::new();
         if ty == ResourceType::Zone && self.role == Role::Global {
-            ops = self.zone_removal(name).await?;
+            (ops, status) = self.zone_removal(name).await?;
+        }
+        if ty == ResourceType::Dataplane {
+            status.push(Self::key(ResourceType::DataplaneInsight, mesh, name));
         }
         if ty == ResourceType::Mesh {
             for inner in ResourceType::ALL.into_iter().filter(|t| t.is_mesh_scoped()) {
@@ -355,6 +378,10 @@ impl Manager {
                 for e in items {
                     if self.role == Role::Global && origin(&e.resource) == Some(ORIGIN_ZONE) {
                         continue; // owned by a zone; it goes when the zone removes it
+                    }
+                    if Self::is_status(inner) {
+                        status.push(Self::key(inner, &e.resource.meta.mesh, &e.resource.meta.name));
+                        continue;
                     }
                     ops.push(WriteOp::Delete {
                         key: Self::key(inner, &e.resource.meta.mesh, &e.resource.meta.name),
@@ -368,15 +395,20 @@ impl Manager {
         let written = self.store.apply_batch(ops).await;
         self.observe("delete", started, &written);
         written.map_err(|e| ManagerError::from_store(e, ty))?;
+        for key in status {
+            self.store.delete_status(&key).await.map_err(ManagerError::Store)?;
+        }
         Ok(())
     }
 }
 
 impl Manager {
     /// Deleting a zone: refused while it is online; otherwise everything it
-    /// synced up (and its insight) goes with it.
-    async fn zone_removal(&self, zone: &str) -> Result<Vec<WriteOp>, ManagerError> {
+    /// synced up (and its insight) goes with it: the config deletes, and the
+    /// status keys to delete after them.
+    async fn zone_removal(&self, zone: &str) -> Result<(Vec<WriteOp>, Vec<ResourceKey>), ManagerError> {
         let mut ops = Vec::new();
+        let mut status = Vec::new();
         if let Some(insight) = self.get(ResourceType::ZoneInsight, "", zone).await? {
             if let Spec::ZoneInsight(zi) = &insight.resource.spec
                 && zone_online(zi, now_millis()) {
@@ -384,7 +416,7 @@ impl Manager {
                         "zone {zone:?} is online; stop its control plane (or disable it with enabled: false and wait until it is offline) before deleting it"
                     )));
                 }
-            ops.push(WriteOp::Delete { key: Self::key(ResourceType::ZoneInsight, "", zone), expected_revision: None });
+            status.push(Self::key(ResourceType::ZoneInsight, "", zone));
         }
         let mut labels = BTreeMap::new();
         labels.insert(LABEL_ZONE.to_string(), zone.to_string());
@@ -392,12 +424,14 @@ impl Manager {
         for ty in ResourceType::ALL.into_iter().filter(|t| t.sync_direction() == SyncDirection::ZoneToGlobal) {
             let (items, _) = self.list(ty, None, labels.clone(), 0, None).await?;
             for e in items {
-                ops.push(WriteOp::Delete {
-                    key: Self::key(ty, &e.resource.meta.mesh, &e.resource.meta.name),
-                    expected_revision: None,
-                });
+                let key = Self::key(ty, &e.resource.meta.mesh, &e.resource.meta.name);
+                if Self::is_status(ty) {
+                    status.push(key);
+                } else {
+                    ops.push(WriteOp::Delete { key, expected_revision: None });
+                }
             }
         }
-        Ok(ops)
+        Ok((ops, status))
     }
 }

@@ -2,7 +2,7 @@
 //! resources at the global, global resources in a zone).
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use meridian_store::{ResourceKey, StoreError, WriteOp, WriteResource};
+use meridian_store::{ResourceKey, StatusExpect, StoreError, WriteOp, WriteResource};
 use meridian_sync_proto::{
     ResourceType,
     delta::DeltaReceiver,
@@ -55,7 +55,21 @@ pub async fn apply(
             removed.push(wire.clone());
         }
     }
-    if !ops.is_empty() {
+    if Manager::is_status(ty) {
+        // Status (DataplaneInsight from zones) goes to the status table:
+        // no revision, no change-log row, no wake-up of config watchers.
+        for op in ops {
+            match op {
+                WriteOp::Upsert(w) => {
+                    manager.store().put_status(&w, &StatusExpect::Any).await?;
+                }
+                WriteOp::Delete { key, .. } => {
+                    manager.store().delete_status(&key).await?;
+                }
+                WriteOp::Create(_) | WriteOp::Update { .. } => {}
+            }
+        }
+    } else if !ops.is_empty() {
         manager.store().apply_batch(ops).await?;
     }
     for (w, v) in applied {

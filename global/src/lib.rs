@@ -21,7 +21,7 @@ use meridian_core::{Manager, Role, metrics::StoreMetrics};
 use meridian_rest::{ApiState, ServerInfo, auth::Auth, metrics::ApiMetrics};
 use meridian_runtime::{
     CancellationToken, Tasks, announce,
-    args::{ApiArgs, DefaultsArgs, LogArgs, StateArgs},
+    args::{ApiArgs, ChangeLogArgs, DefaultsArgs, LogArgs, StateArgs},
     state,
 };
 use tokio::net::TcpListener;
@@ -85,6 +85,11 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub log: LogArgs,
+
+    /// Change-log retention (--change-log-retention, --change-log-max-rows).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub change_log: ChangeLogArgs,
 }
 
 /// Entry point: runs the command and turns failures into an exit code.
@@ -188,6 +193,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     tasks.spawn("KDS server", {
         let stop = shutdown.clone().cancelled_owned();
         async move { kds::serve(kds_listener, kds_server, tls, stop).await }
+    });
+    tasks.spawn("change-log compactor", {
+        let (change_log, store, shutdown) = (args.change_log.clone(), store.clone(), shutdown.clone());
+        async move { change_log.run_compactor(store, shutdown).await }
     });
     tracing::info!(%api_addr, %kds_addr, tls = !args.kds_plaintext, "listening");
     announce(&format!("meridian-global: API on {api_scheme}://{api_addr}"));

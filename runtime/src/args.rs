@@ -2,11 +2,12 @@
 //! flattened into each (linkerd2 `policy-controller/runtime/src/args.rs`).
 //! Every flag has a `MERIDIAN_*` environment variable.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 use meridian_core::manager::DEFAULT_MAX_RESOURCE_BYTES;
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_secret, redact_store};
 
@@ -106,4 +107,42 @@ pub struct LogArgs {
     /// Log filter (`info`, `debug`, `meridian_core=debug,info`, ...).
     #[arg(long, env = "MERIDIAN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// How much change log to keep (flattened into both `run` commands). The
+/// log only lets a follower resume; the current state is elsewhere.
+#[derive(Debug, Clone, Args, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeLogArgs {
+    /// Keep change-log rows for this long (`90s`, `30m`, `1h`); a follower
+    /// further behind re-lists. Longer than any expected reconnect, so a zone
+    /// or replica that briefly lost its stream resumes without a re-list.
+    #[arg(long, env = "MERIDIAN_CHANGE_LOG_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub change_log_retention: Duration,
+
+    /// Keep at most this many change-log rows (the newest).
+    #[arg(long, env = "MERIDIAN_CHANGE_LOG_MAX_ROWS", default_value_t = 100_000)]
+    pub change_log_max_rows: u64,
+
+    /// How often the change log is compacted (at least 1s).
+    #[arg(long, env = "MERIDIAN_CHANGE_LOG_COMPACT_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub change_log_compact_interval: Duration,
+}
+
+impl ChangeLogArgs {
+    /// Compacts `store` as these flags say until `shutdown` is cancelled.
+    pub async fn run_compactor(&self, store: meridian_store::Store, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let retention =
+            meridian_store::Retention { max_age: self.change_log_retention, max_rows: self.change_log_max_rows };
+        tokio::select! {
+            () = meridian_store::compact_every(store, retention, self.change_log_compact_interval) => Ok(()),
+            () = shutdown.cancelled() => Ok(()),
+        }
+    }
+}
+
+fn human_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
 }

@@ -66,6 +66,17 @@ pub(crate) mod sqlite {
          AND NOT EXISTS (SELECT 1 FROM json_each($3) f WHERE NOT EXISTS \
              (SELECT 1 FROM json_each(r.labels) l WHERE l.key = f.key AND l.value = f.value))";
 
+    const STATUS_LIST_SQL: &str = "SELECT r.type_name, r.mesh, r.name, r.labels, r.spec, r.version, \
+         CAST(0 AS BIGINT) AS revision, r.create_time, r.modify_time FROM status r \
+         WHERE r.type_name = $1 AND ($2 IS NULL OR r.mesh = $2) \
+         AND NOT EXISTS (SELECT 1 FROM json_each($3) f WHERE NOT EXISTS \
+             (SELECT 1 FROM json_each(r.labels) l WHERE l.key = f.key AND l.value = f.value)) \
+         ORDER BY r.mesh, r.name LIMIT $4 OFFSET $5";
+    const STATUS_COUNT_SQL: &str = "SELECT COUNT(*) FROM status r \
+         WHERE r.type_name = $1 AND ($2 IS NULL OR r.mesh = $2) \
+         AND NOT EXISTS (SELECT 1 FROM json_each($3) f WHERE NOT EXISTS \
+             (SELECT 1 FROM json_each(r.labels) l WHERE l.key = f.key AND l.value = f.value))";
+
     include!("backend/generic.rs");
 
     /// Opens (creating file and directories if needed) and migrates.
@@ -132,6 +143,15 @@ pub(crate) mod postgres {
          AND r.labels::jsonb @> $3::jsonb \
          ORDER BY r.mesh, r.name LIMIT $4 OFFSET $5";
     const COUNT_SQL: &str = "SELECT COUNT(*) FROM resources r \
+         WHERE r.type_name = $1 AND ($2::text IS NULL OR r.mesh = $2) \
+         AND r.labels::jsonb @> $3::jsonb";
+
+    const STATUS_LIST_SQL: &str = "SELECT r.type_name, r.mesh, r.name, r.labels, r.spec, r.version, \
+         CAST(0 AS BIGINT) AS revision, r.create_time, r.modify_time FROM status r \
+         WHERE r.type_name = $1 AND ($2::text IS NULL OR r.mesh = $2) \
+         AND r.labels::jsonb @> $3::jsonb \
+         ORDER BY r.mesh, r.name LIMIT $4 OFFSET $5";
+    const STATUS_COUNT_SQL: &str = "SELECT COUNT(*) FROM status r \
          WHERE r.type_name = $1 AND ($2::text IS NULL OR r.mesh = $2) \
          AND r.labels::jsonb @> $3::jsonb";
 

@@ -21,6 +21,10 @@ pub enum StoreError {
         /// The revision actually stored.
         actual: i64,
     },
+    /// A status write's [`crate::StatusExpect`] did not hold (another
+    /// writer got there first): read again and retry.
+    #[error("status {0} was changed concurrently")]
+    StatusConflict(ResourceKey),
     /// The change log no longer holds what a watch asked for.
     #[error(
         "changes after revision {requested} were compacted; watch from revision {oldest} or later"

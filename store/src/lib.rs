@@ -37,17 +37,37 @@
 //!
 //! Batches are atomic: any failed op rolls back the whole batch and consumes
 //! no revision.
+//!
+//! # Status
+//!
+//! Status (insights, heartbeats) changes far more often than configuration
+//! and is not configuration (Kubernetes keeps `status` apart from `spec`).
+//! It lives in its own `status` table with the same key, read and written
+//! through [`Store::put_status`], [`Store::get_status`],
+//! [`Store::list_status`] and [`Store::delete_status`]: current state only,
+//! no revision, no change-log row, no `pg_notify`, so a heartbeat wakes no
+//! [`Store::watch`]. Other replicas on one PostgreSQL read the shared table;
+//! in-process followers can wait on [`Store::status_changes`].
+//!
+//! # Compaction
+//!
+//! [`compact_every`] drops change-log rows older than a retention age or
+//! beyond a maximum count ([`Retention`]). A watcher left behind gets
+//! [`StoreError::Compacted`] and re-lists (resyncs).
 
 mod backend;
+mod compaction;
 mod error;
 mod listener;
 mod store;
 mod types;
 mod watcher;
 
+pub use compaction::{Retention, compact_every};
 pub use error::StoreError;
 pub use listener::LISTENER_APPLICATION_NAME;
 pub use store::{Store, StoreOptions};
 pub use types::{
-    Change, ChangeKind, ListPage, ListQuery, ResourceKey, StoredResource, WriteOp, WriteResource,
+    Change, ChangeKind, ListPage, ListQuery, ResourceKey, StatusExpect, StoredResource, WriteOp,
+    WriteResource,
 };

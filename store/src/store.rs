@@ -14,7 +14,7 @@ use crate::backend::{self, OpOutcome};
 use crate::error::StoreError;
 use crate::listener;
 use crate::types::{
-    Change, ListPage, ListQuery, ResourceKey, StoredResource, WriteOp, WriteResource,
+    Change, ListPage, ListQuery, ResourceKey, StatusExpect, StoredResource, WriteOp, WriteResource,
 };
 use crate::watcher;
 
@@ -60,6 +60,10 @@ struct Inner {
     /// notification or listener reconnect. A watch channel holds one value,
     /// so any burst of wake-ups costs a watcher one re-query.
     wake: Arc<watch::Sender<u64>>,
+    /// Bumped after each effective status write or delete made through this
+    /// handle (in this process only: other replicas read the shared table).
+    /// Config watchers never see it.
+    status_wake: watch::Sender<u64>,
     /// The PostgreSQL LISTEN task, stopped when the last handle goes.
     listener: Option<JoinHandle<()>>,
     /// Watchers' backstop re-query interval.
@@ -173,6 +177,7 @@ impl Store {
                 wake,
                 listener,
                 requery_interval: options.requery_interval,
+                status_wake: watch::channel(0u64).0,
             }),
         })
     }
@@ -294,6 +299,70 @@ impl Store {
     pub async fn compact(&self, keep_after_revision: i64) -> Result<u64, StoreError> {
         let _serial = self.sqlite_write_guard().await;
         dispatch!(self, compact(keep_after_revision))
+    }
+
+    /// Rows in the change log now.
+    pub async fn change_log_rows(&self) -> Result<u64, StoreError> {
+        dispatch!(self, change_log_rows())
+    }
+
+    /// Compacts the change log down to `retention`: drops rows logged more
+    /// than `retention.max_age` ago and all but the newest
+    /// `retention.max_rows`. Returns the rows dropped. Watchers behind the
+    /// new horizon get `Compacted` and must re-list.
+    pub async fn compact_retained(&self, retention: &crate::Retention) -> Result<u64, StoreError> {
+        let age = i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = backend::now_millis().saturating_sub(age);
+        let horizon = dispatch!(self, retention_horizon(cutoff, retention.max_rows))?;
+        if horizon <= 0 {
+            return Ok(0);
+        }
+        self.compact(horizon).await
+    }
+
+    /// Reads one status record (its `revision` is always 0); `Ok(None)` if absent.
+    pub async fn get_status(&self, key: &ResourceKey) -> Result<Option<StoredResource>, StoreError> {
+        dispatch!(self, get_status(key))
+    }
+
+    /// Lists status records like [`Store::list`] lists resources, without
+    /// revisions (0 in the page and in every item).
+    pub async fn list_status(&self, q: &ListQuery) -> Result<ListPage, StoreError> {
+        dispatch!(self, list_status(q))
+    }
+
+    /// Writes one status record under `expect`. Takes no revision, logs no
+    /// change, notifies no watcher of [`Store::watch`]. Returns `false` when
+    /// the same labels, spec and version were already stored (nothing
+    /// written); `StatusConflict` when `expect` does not hold.
+    pub async fn put_status(&self, w: &WriteResource, expect: &StatusExpect) -> Result<bool, StoreError> {
+        let written = {
+            let _serial = self.sqlite_write_guard().await;
+            dispatch!(self, put_status(w, expect))?
+        };
+        if written {
+            self.inner.status_wake.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(written)
+    }
+
+    /// Deletes one status record; `false` if there was none.
+    pub async fn delete_status(&self, key: &ResourceKey) -> Result<bool, StoreError> {
+        let deleted = {
+            let _serial = self.sqlite_write_guard().await;
+            dispatch!(self, delete_status(key))?
+        };
+        if deleted {
+            self.inner.status_wake.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(deleted)
+    }
+
+    /// A receiver that changes after each effective status write or delete
+    /// made through this handle (or its clones). In-process only: a status
+    /// write by another process is found by reading the table.
+    pub fn status_changes(&self) -> watch::Receiver<u64> {
+        self.inner.status_wake.subscribe()
     }
 
     async fn sqlite_write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {

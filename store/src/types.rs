@@ -173,3 +173,17 @@ pub struct Change {
     /// the last write before the delete).
     pub resource: StoredResource,
 }
+
+/// Precondition of [`crate::Store::put_status`]. Status records carry no
+/// revision; their content `version` is the compare-and-set token of a
+/// read-modify-write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusExpect {
+    /// Write whatever is stored (last writer wins).
+    Any,
+    /// Only create: fail with `StatusConflict` if the key is stored.
+    Absent,
+    /// Only replace the record whose `version` is this one: fail with
+    /// `StatusConflict` if it is absent or has another version.
+    Version(String),
+}

@@ -24,12 +24,15 @@
 //! | sync::zone_ingress_is_rebroadcast_to_other_zones      | §4: ZoneIngress relay; plaintext KDS |
 //! | defaults::zones_receive_the_globals_default_mesh_and_never_create_one | issue 9 item 12 |
 //! | unserved::*                                           | issue 8: unserved types answered empty, stream stays up |
+//! | status::heartbeats_and_acks_add_no_change_log_rows    | issue 8 §4: status is not configuration |
+//! | status::followers_behind_compaction_resync            | issue 8 §4: compaction; followers resync |
 
 mod multizone {
     pub mod auth;
     pub mod defaults;
     pub mod nack;
     pub mod resume;
+    pub mod status;
     pub mod sync;
     pub mod unserved;
 }

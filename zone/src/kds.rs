@@ -19,7 +19,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, StreamExt};
 use meridian_core::{
     Manager,
     origin::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_GLOBAL, ORIGIN_ZONE},
@@ -192,7 +192,7 @@ fn is_local(labels: &BTreeMap<String, String>, zone: &str) -> bool {
 /// What the zone holds of `ty`, by wire name: what came from the global
 /// (`from_global`) or what was authored here.
 async fn local_versions(manager: &Manager, zone: &str, ty: ResourceType, from_global: bool) -> anyhow::Result<BTreeMap<String, String>> {
-    let page = manager.store().list(&ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() }).await?;
+    let page = manager.list_stored(&ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() }).await?;
     Ok(page
         .items
         .into_iter()
@@ -310,12 +310,21 @@ impl meridian_core::received::Placement for FromGlobal {
     }
 }
 
+/// The store's change feed, boxed so that a resync can start a new one.
+type Feed = futures::stream::BoxStream<'static, Result<Change, StoreError>>;
+
 /// The zone's own resources per type, as the global should hold them:
-/// loaded once, then kept current from the store's change feed.
-struct UpwardSource<F> {
+/// loaded once, then kept current from the store's change feed
+/// (configuration) and its status wake-ups (DataplaneInsight, which lives
+/// outside the feed). If compaction overtakes the feed, every type is
+/// listed again from a new feed (a resync: the sender diffs against what
+/// the global holds, so only real differences travel).
+struct UpwardSource {
     zone: String,
+    manager: Manager,
     sets: BTreeMap<String, SharedSet>,
-    feed: F,
+    feed: Feed,
+    status: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Why the upward source stopped.
@@ -327,18 +336,49 @@ enum UpwardError {
     FeedEnded,
 }
 
-impl<F: Stream<Item = Result<Change, StoreError>> + Send + Unpin> UpwardSource<F> {
-    /// Lists the zone's own resources; `feed` must start at or before the listing.
-    async fn load(zone: &str, manager: &Manager, feed: F) -> Result<Self, StoreError> {
-        let mut src = UpwardSource { zone: zone.to_string(), sets: BTreeMap::new(), feed };
-        for ty in ZONE_TO_GLOBAL {
-            let page = manager.store().list(&ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() }).await?;
-            src.sets.insert(ty.name().to_string(), SharedSet::new());
-            for r in &page.items {
-                src.upsert(*ty, r);
-            }
-        }
+impl UpwardSource {
+    /// Follows the store from now on and lists the zone's own resources.
+    async fn load(zone: &str, manager: &Manager) -> Result<Self, StoreError> {
+        let mut status = manager.store().status_changes();
+        status.borrow_and_update();
+        let mut src = UpwardSource {
+            zone: zone.to_string(),
+            manager: manager.clone(),
+            sets: BTreeMap::new(),
+            feed: futures::stream::empty().boxed(),
+            status,
+        };
+        src.resync().await?;
         Ok(src)
+    }
+
+    /// A new feed from the current revision, then every type listed again
+    /// (the feed starts before the listing: nothing written meanwhile is missed).
+    async fn resync(&mut self) -> Result<(), StoreError> {
+        let from = self.manager.store().current_revision().await?;
+        self.feed = self.manager.store().watch(from).boxed();
+        for ty in ZONE_TO_GLOBAL {
+            self.relist(*ty).await?;
+        }
+        Ok(())
+    }
+
+    /// Lists `ty` again (from the status table for insights) and keeps
+    /// every unchanged entry's encoded envelope.
+    async fn relist(&mut self, ty: ResourceType) -> Result<(), StoreError> {
+        let q = ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() };
+        let page = self.manager.list_stored(&q).await?;
+        let listed: std::collections::BTreeSet<String> =
+            page.items.iter().map(|r| kds::wire_name(&r.key.mesh, &r.key.name)).collect();
+        let set = self.sets.entry(ty.name().to_string()).or_default();
+        let gone: Vec<String> = set.keys().filter(|k| !listed.contains(*k)).cloned().collect();
+        for k in gone {
+            set.remove(&k);
+        }
+        for r in &page.items {
+            self.upsert(ty, r);
+        }
+        Ok(())
     }
 
     /// Records one stored resource (or drops it when it is not the zone's own).
@@ -373,7 +413,7 @@ impl<F: Stream<Item = Result<Change, StoreError>> + Send + Unpin> UpwardSource<F
     }
 }
 
-impl<F: Stream<Item = Result<Change, StoreError>> + Send + Unpin> Source for UpwardSource<F> {
+impl Source for UpwardSource {
     type Set = SharedSet;
     type Error = UpwardError;
 
@@ -390,18 +430,40 @@ impl<F: Stream<Item = Result<Change, StoreError>> + Send + Unpin> Source for Upw
     }
 
     async fn changed(&mut self) -> Result<Vec<String>, UpwardError> {
-        let first = self.feed.next().await.ok_or(UpwardError::FeedEnded)??;
-        let mut changes = vec![first];
+        let first = tokio::select! {
+            item = self.feed.next() => item.ok_or(UpwardError::FeedEnded)?,
+            changed = self.status.changed() => {
+                changed.map_err(|_| UpwardError::FeedEnded)?;
+                self.status.borrow_and_update();
+                let mut types = Vec::new();
+                for ty in ZONE_TO_GLOBAL.iter().filter(|t| Manager::is_status(**t)) {
+                    self.relist(*ty).await?;
+                    types.push(ty.name().to_string());
+                }
+                return Ok(types);
+            }
+        };
+        let mut items = vec![first];
         // Take everything already queued: one push per burst, not per write.
-        while let Some(Some(c)) = self.feed.next().now_or_never() {
-            changes.push(c?);
+        while let Some(Some(item)) = self.feed.next().now_or_never() {
+            items.push(item);
         }
         let mut types: Vec<String> = Vec::new();
-        for c in &changes {
-            if let Some(t) = self.apply(c)
-                && !types.contains(&t)
-            {
-                types.push(t);
+        for item in items {
+            match item {
+                Ok(c) => {
+                    if let Some(t) = self.apply(&c)
+                        && !types.contains(&t)
+                    {
+                        types.push(t);
+                    }
+                }
+                Err(StoreError::Compacted { .. }) => {
+                    tracing::warn!("store change log compacted past the zone-to-global feed; resyncing");
+                    self.resync().await?;
+                    return Ok(ZONE_TO_GLOBAL.iter().map(|t| t.name().to_string()).collect());
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(types)
@@ -418,9 +480,7 @@ async fn upstream(
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryResponse>(OUTBOUND_QUEUE);
-    // Watch from before the listing: nothing written meanwhile is missed.
-    let from = manager.store().current_revision().await?;
-    let mut source = UpwardSource::load(&cfg.zone, manager, manager.store().watch(from)).await?;
+    let mut source = UpwardSource::load(&cfg.zone, manager).await?;
     let inbound = client.zone_to_global_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?.into_inner();
     let config = SendConfig {
         nonce_prefix: format!("{}-{:08x}", cfg.zone, rand::random::<u32>()),
@@ -471,8 +531,7 @@ mod tests {
             .expect("store");
         let manager = Manager::new(store.clone(), meridian_core::Role::Zone { federated: true });
         store.create(dataplane("dp-1")).await.expect("write");
-        let from = store.current_revision().await.expect("revision");
-        let mut source = UpwardSource::load("zone-1", &manager, store.watch(from)).await.expect("load");
+        let mut source = UpwardSource::load("zone-1", &manager).await.expect("load");
         let (req_tx, req_rx) = mpsc::channel(8);
         let (resp_tx, mut resp_rx) = mpsc::channel(8);
         let cancel = CancellationToken::new();

@@ -24,7 +24,7 @@ use meridian_core::{Manager, Role, metrics::StoreMetrics};
 use meridian_rest::{ApiState, ServerInfo, auth::Auth, metrics::ApiMetrics};
 use meridian_runtime::{
     CancellationToken, Tasks, announce,
-    args::{ApiArgs, DefaultsArgs, LogArgs, StateArgs},
+    args::{ApiArgs, ChangeLogArgs, DefaultsArgs, LogArgs, StateArgs},
     state,
 };
 use tokio::net::TcpListener;
@@ -90,6 +90,11 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub log: LogArgs,
+
+    /// Change-log retention (--change-log-retention, --change-log-max-rows).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub change_log: ChangeLogArgs,
 }
 
 /// Entry point: runs the command and turns failures into an exit code.
@@ -191,6 +196,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         let metrics = sync_metrics.clone();
         tasks.spawn("KDS client", async move { kds::run(cfg, manager, metrics, stop).await });
     }
+    tasks.spawn("change-log compactor", {
+        let (change_log, store, shutdown) = (args.change_log.clone(), store.clone(), shutdown.clone());
+        async move { change_log.run_compactor(store, shutdown).await }
+    });
     tasks.spawn("xDS server", {
         let config = xds::XdsConfig {
             zone: args.zone.clone(),

@@ -1,7 +1,9 @@
 //! ZoneInsight bookkeeping: one subscription per zone connection, with
 //! connect/disconnect times, this global instance, the zone's version and
-//! per-type counters, written to the store on connect, every
-//! [`REFRESH`] while open, and on disconnect.
+//! per-type counters, written to the store's status table (outside the
+//! configuration change feed: a refresh wakes no config watcher and adds no
+//! change-log row) on connect, every [`REFRESH`] while open, and on
+//! disconnect.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -11,7 +13,7 @@ use std::{
 };
 
 use meridian_core::{Manager, liveness::now_millis};
-use meridian_store::{StoreError, WriteResource};
+use meridian_store::{StatusExpect, StoreError, WriteResource};
 use meridian_sync_proto::{Resource, ResourceType, Spec, delta::SendStats, driver::lock, pb::system as sys};
 
 /// How often an open subscription's status is refreshed in the store. With
@@ -144,15 +146,16 @@ impl Insights {
         lock(&self.upward).remove(&(zone, connection));
     }
 
-    /// Writes the session into the zone's ZoneInsight (read-modify-write with
-    /// optimistic concurrency; several replicas may write one insight).
+    /// Writes the session into the zone's ZoneInsight (read-modify-write,
+    /// compare-and-set on the stored content version; several replicas may
+    /// write one insight).
     pub async fn write(&self, session: &Arc<Mutex<Session>>, closed: bool) {
         let Some(sub) = self.subscription(session, closed) else { return };
         let zone = sub.0;
         for _ in 0..5 {
             match self.try_write(&zone, sub.1.clone()).await {
                 Ok(()) => return,
-                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_)) => continue,
+                Err(StoreError::StatusConflict(_)) => continue,
                 Err(e) => {
                     tracing::warn!(zone = %zone, error = %e, "cannot record zone insight");
                     return;
@@ -207,7 +210,7 @@ impl Insights {
 
     async fn try_write(&self, zone: &str, sub: sys::KdsSubscription) -> Result<(), StoreError> {
         let key = Manager::key(ResourceType::ZoneInsight, "", zone);
-        let current = self.manager.store().get(&key).await?;
+        let current = self.manager.store().get_status(&key).await?;
         let mut insight = match current.as_ref().map(Manager::decode) {
             Some(Ok(e)) => match e.resource.spec {
                 Spec::ZoneInsight(zi) => zi,
@@ -222,10 +225,11 @@ impl Insights {
         let excess = insight.subscriptions.len().saturating_sub(KEEP_SUBSCRIPTIONS);
         insight.subscriptions.drain(..excess);
         let write: WriteResource = Manager::encode(&Resource::new("", zone, Spec::ZoneInsight(insight)));
-        match current {
-            Some(c) => self.manager.store().update(write, Some(c.revision)).await.map(|_| ()),
-            None => self.manager.store().create(write).await.map(|_| ()),
-        }
+        let expect = match current {
+            Some(c) => StatusExpect::Version(c.version),
+            None => StatusExpect::Absent,
+        };
+        self.manager.store().put_status(&write, &expect).await.map(|_| ())
     }
 }
 

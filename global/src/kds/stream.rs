@@ -233,8 +233,7 @@ async fn held_from_zone(server: &KdsServer, ty: ResourceType, zone: &str) -> Res
     labels.insert(LABEL_ORIGIN.to_string(), ORIGIN_ZONE.to_string());
     let page = server
         .manager
-        .store()
-        .list(&ListQuery { type_name: ty.name().to_string(), labels, ..ListQuery::default() })
+        .list_stored(&ListQuery { type_name: ty.name().to_string(), labels, ..ListQuery::default() })
         .await
         .map_err(|e| Status::unavailable(format!("store: {e}")))?;
     let prefix = format!("{zone}.");

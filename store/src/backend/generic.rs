@@ -11,7 +11,8 @@ use sqlx::{Pool, Row, Transaction};
 use crate::backend::{OpOutcome, now_millis};
 use crate::error::StoreError;
 use crate::types::{
-    Change, ChangeKind, ListPage, ListQuery, ResourceKey, StoredResource, WriteOp, WriteResource,
+    Change, ChangeKind, ListPage, ListQuery, ResourceKey, StatusExpect, StoredResource, WriteOp,
+    WriteResource,
 };
 
 type Tx = Transaction<'static, Db>;
@@ -31,8 +32,8 @@ const REPLACE_SQL: &str = "UPDATE resources SET labels = $4, spec = $5, version 
 const DELETE_SQL: &str = "DELETE FROM resources WHERE type_name = $1 AND mesh = $2 AND name = $3";
 
 const LOG_SQL: &str = "INSERT INTO changes (revision, op, type_name, mesh, name, labels, spec, \
-     version, resource_revision, create_time, modify_time) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+     version, resource_revision, create_time, modify_time, logged_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 const CHANGES_SQL: &str = "SELECT revision, op, type_name, mesh, name, labels, spec, version, \
      resource_revision, create_time, modify_time FROM changes \
@@ -367,6 +368,7 @@ async fn log_change(
         .bind(res.revision)
         .bind(res.create_time)
         .bind(res.modify_time)
+        .bind(now_millis())
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -432,3 +434,32 @@ pub(crate) async fn compact(pool: &Pool<Db>, keep_after_revision: i64) -> Result
     tx.commit().await?;
     Ok(dropped)
 }
+
+/// The revision below which (inclusive) the change log may go under
+/// `retention`: rows logged before `cutoff_millis` and every row beyond the
+/// newest `max_rows`. 0 when nothing is due.
+pub(crate) async fn retention_horizon(
+    pool: &Pool<Db>,
+    cutoff_millis: i64,
+    max_rows: u64,
+) -> Result<i64, StoreError> {
+    let meta = sqlx::query(READ_META_SQL).fetch_one(pool).await?;
+    let revision: i64 = meta.try_get("revision")?;
+    let by_count = revision.saturating_sub(sql_count(max_rows)).max(0);
+    let by_age: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(revision) FROM changes WHERE logged_at < $1")
+            .bind(cutoff_millis)
+            .fetch_one(pool)
+            .await?;
+    Ok(by_count.max(by_age.unwrap_or(0)))
+}
+
+/// Rows in the change log (for metrics, tests and the benchmark).
+pub(crate) async fn change_log_rows(pool: &Pool<Db>) -> Result<u64, StoreError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM changes")
+        .fetch_one(pool)
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+include!("status.rs");

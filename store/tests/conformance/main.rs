@@ -6,6 +6,7 @@
 mod cases;
 mod harness;
 mod postgres;
+mod status_cases;
 mod watch_cases;
 
 /// Generates one test per case and backend, e.g. `sqlite::compaction`.
@@ -49,4 +50,10 @@ conformance!(
     watch_cases::compaction,
     watch_cases::data_persists_across_reconnect,
     watch_cases::concurrent_writers_two_handles,
+    status_cases::status_crud_and_expectations,
+    status_cases::status_writes_do_not_touch_the_change_feed,
+    status_cases::status_is_shared_between_handles,
+    status_cases::retention_compaction_then_stale_watcher_resyncs,
+    status_cases::compactor_task_bounds_the_log,
+    status_cases::upgrade_moves_stored_insights_to_status,
 );

@@ -67,7 +67,13 @@ async fn write_zone_resources(store_url: &str) {
     ];
     for doc in docs {
         let r = universal::from_value(doc).unwrap_or_else(|e| panic!("test resource: {e}"));
-        store.upsert(Manager::encode(&r)).await.unwrap_or_else(|e| panic!("write {}: {e}", r.meta.name));
+        // Insights are status: KDS writes them to the status table.
+        let written = if Manager::is_status(r.resource_type()) {
+            store.put_status(&Manager::encode(&r), &meridian_store::StatusExpect::Any).await.map(|_| ())
+        } else {
+            store.upsert(Manager::encode(&r)).await.map(|_| ())
+        };
+        written.unwrap_or_else(|e| panic!("write {}: {e}", r.meta.name));
     }
 }
 

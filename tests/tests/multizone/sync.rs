@@ -199,6 +199,9 @@ async fn zone_deletion_is_refused_online_and_cascades_offline() {
     assert!(g.api().find("/zones/zone-1").await.expect("API").is_none());
     assert_eq!(g.api().names("/meshes/default/dataplanes").await.expect("list"), ["zone-2.dp-1"]);
     assert!(g.api().zone_overview("zone-1").await.is_err(), "zone-1 still in the overview");
+    // Its ZoneInsight (status, outside the change log) went with it; zone-2's stayed.
+    assert!(g.api().find("/zoneinsights/zone-1").await.expect("API").is_none(), "zone-1's insight remains");
+    assert!(g.api().find("/zoneinsights/zone-2").await.expect("API").is_some(), "zone-2's insight is gone");
 }
 
 /// REFERENCE §4: a zone's ZoneIngress goes up to the global and is

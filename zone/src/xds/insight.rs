@@ -1,5 +1,7 @@
 //! DataplaneInsight: what each Envoy stream did, written to the zone's
-//! store (the KDS client syncs it to the global).
+//! status table (outside the configuration change feed: an ACK wakes no
+//! config watcher and adds no change-log row); the KDS client follows
+//! `Store::status_changes` and syncs it to the global.
 //!
 //! A stream only replaces the latest value of its subscription in a
 //! `watch` channel; one writer task per stream stores the latest value, so
@@ -14,7 +16,7 @@ use meridian_core::{
     Manager,
     origin::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE},
 };
-use meridian_store::{Store, StoreError};
+use meridian_store::{StatusExpect, Store, StoreError};
 use meridian_sync_proto::{
     Resource, ResourceType, Spec,
     pb::mesh::{DataplaneInsight, DiscoverySubscription},
@@ -64,7 +66,7 @@ impl InsightHandle {
 async fn write(store: &Store, zone: &str, id: &ProxyId, sub: DiscoverySubscription) -> Result<(), StoreError> {
     let key = Manager::key(ResourceType::DataplaneInsight, &id.mesh, &id.name);
     for _ in 0..MAX_ATTEMPTS {
-        let stored = store.get(&key).await?;
+        let stored = store.get_status(&key).await?;
         let mut insight = stored
             .as_ref()
             .and_then(|s| Manager::decode(s).ok())
@@ -80,13 +82,13 @@ async fn write(store: &Store, zone: &str, id: &ProxyId, sub: DiscoverySubscripti
             (LABEL_ZONE.to_string(), zone.to_string()),
         ]);
         let write = Manager::encode(&r);
-        let outcome = match stored {
-            Some(s) => store.update(write, Some(s.revision)).await.map(|_| ()),
-            None => store.create(write).await.map(|_| ()),
+        let expect = match stored {
+            Some(s) => StatusExpect::Version(s.version),
+            None => StatusExpect::Absent,
         };
-        match outcome {
-            Err(StoreError::Conflict { .. } | StoreError::AlreadyExists(_) | StoreError::NotFound(_)) => continue,
-            other => return other,
+        match store.put_status(&write, &expect).await {
+            Err(StoreError::StatusConflict(_)) => continue,
+            other => return other.map(|_| ()),
         }
     }
     Ok(())
