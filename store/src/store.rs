@@ -396,23 +396,20 @@ impl Store {
         Ok(outcomes)
     }
 
-    /// Changes after `after`, at most `limit`, for the watcher.
-    pub(crate) async fn read_changes(
-        &self,
-        after: i64,
-        limit: i64,
-    ) -> Result<Vec<Change>, StoreError> {
+}
+
+/// The watcher's view of the store ([`watcher::ChangeLog`]).
+impl watcher::ChangeLog for Store {
+    async fn read_changes(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
         dispatch!(self, read_changes(after, limit))
     }
 
-    /// The watchers' backstop re-query interval.
-    pub(crate) fn requery_interval(&self) -> Duration {
-        self.inner.requery_interval
+    fn subscribe_wake(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
     }
 
-    /// A receiver of the wake-up counter, for the watcher.
-    pub(crate) fn subscribe_wake(&self) -> watch::Receiver<u64> {
-        self.inner.wake.subscribe()
+    fn requery_interval(&self) -> Duration {
+        self.inner.requery_interval
     }
 }
 

@@ -15,8 +15,22 @@ use futures::Stream;
 use tokio::sync::watch;
 
 use crate::error::StoreError;
-use crate::store::Store;
 use crate::types::Change;
+
+/// What a watcher reads: the change log and its wake-ups. The store
+/// implements it; the watcher knows nothing else of the store.
+pub(crate) trait ChangeLog: Clone + Send + Sync + 'static {
+    /// Up to `limit` changes with revision > `after`, in order.
+    fn read_changes(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> impl std::future::Future<Output = Result<Vec<Change>, StoreError>> + Send;
+    /// Ticks on every commit this process sees (and PostgreSQL notifications).
+    fn subscribe_wake(&self) -> watch::Receiver<u64>;
+    /// How long to wait for a wake-up before querying anyway.
+    fn requery_interval(&self) -> Duration;
+}
 
 /// Changes fetched per query: bounds a watcher's buffer (and its memory)
 /// while it catches up on a long log.
@@ -25,8 +39,8 @@ const PAGE_SIZE: i64 = 500;
 const MIN_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 
-struct Watcher {
-    store: Store,
+struct Watcher<L> {
+    store: L,
     /// Revision of the last change yielded (or the starting point).
     last: i64,
     /// Fetched and not yet yielded; at most PAGE_SIZE entries.
@@ -38,8 +52,8 @@ struct Watcher {
     done: bool,
 }
 
-pub(crate) fn watch(
-    store: Store,
+pub(crate) fn watch<L: ChangeLog>(
+    store: L,
     from_revision: i64,
 ) -> impl Stream<Item = Result<Change, StoreError>> + Send + Unpin + 'static {
     let wake = store.subscribe_wake();
@@ -57,7 +71,7 @@ pub(crate) fn watch(
     }))
 }
 
-impl Watcher {
+impl<L: ChangeLog> Watcher<L> {
     async fn next(&mut self) -> Option<Result<Change, StoreError>> {
         loop {
             if let Some(change) = self.buf.pop_front() {
