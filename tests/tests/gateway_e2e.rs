@@ -9,6 +9,8 @@
 //! - [`protocol`]: ADS as a client sees it (delta and SotW).
 //! - [`delegated_and_seeds`]: the seed examples, `dataplane run`.
 //! - [`defaults`]: a standalone zone's `default` Mesh and `GET /config`.
+//! - [`edges`]: EXACT over a PREFIX's exact half, every prefix rewrite,
+//!   Host with a port (HTTP/1.1 and h2), 503 vs 500 without endpoints.
 //! - [`from_global`]: MeshGateway + MeshGatewayRoute applied at the global
 //!   reach a zone's Envoy and its backend; a change at the global re-routes.
 //!
@@ -18,6 +20,8 @@
 
 #[path = "gateway_e2e/defaults.rs"]
 mod defaults;
+#[path = "gateway_e2e/edges.rs"]
+mod edges;
 #[path = "gateway_e2e/delegated_and_seeds.rs"]
 mod delegated_and_seeds;
 #[path = "gateway_e2e/dynamics.rs"]

@@ -190,7 +190,9 @@ pub struct ProxyConfig {
     pub clusters: Vec<Cluster>,
     pub endpoints: Vec<ClusterLoadAssignment>,
     pub deps: Deps,
-    /// What was left out and why (missing secrets, invalid values...).
+    /// What was left out and why (missing secrets, invalid values,
+    /// destinations without a service or without a healthy endpoint...),
+    /// sorted, each once.
     pub warnings: Vec<String>,
 }
 
@@ -272,6 +274,9 @@ pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenE
     let (clusters, endpoints) = clusters::generate(snapshot, &ctx.clusters, &mut ctx.warnings);
     let mut config = ProxyConfig { listeners, routes, clusters, endpoints, deps: ctx.deps, warnings: ctx.warnings };
     check::prune(&mut config);
+    // Sorted and once each: the same inputs in any order give the same list.
+    config.warnings.sort();
+    config.warnings.dedup();
     Ok(config)
 }
 

@@ -77,8 +77,13 @@ fn index(snapshot: &MeshSnapshot) -> Inbounds<'_> {
 }
 
 /// The (address, port) of every healthy inbound matching `destination`;
-/// `None` when no inbound matches at all (healthy or not): the destination
-/// resolves to no service and gets no cluster.
+/// `None` when the destination resolves to no service at all (no inbound
+/// of the mesh carries its `kuma.io/service`, or, for `*`, no inbound at
+/// all): it gets no cluster and requests get 500. A known service with no
+/// healthy inbound matching every tag gets a cluster without endpoints,
+/// and Envoy answers 503 `no healthy upstream`, as Kuma's users expect
+/// (Kuma 2.14 generates a cluster for every destination,
+/// `cluster_generator.go`).
 fn endpoints(
     inbounds: &Inbounds<'_>,
     destination: &BTreeMap<String, String>,
@@ -90,13 +95,14 @@ fn endpoints(
         }
         _ => inbounds.values().flatten().collect(),
     };
-    let mut found = false;
+    if candidates.is_empty() {
+        return None;
+    }
     let mut out = Vec::new();
     for (dp, n, inbound) in candidates {
         if !tags_match(destination, &inbound.tags) {
             continue;
         }
-        found = true;
         let ready = inbound.state == State::Ready as i32 && inbound.health.as_ref().is_none_or(|h| h.ready);
         if !ready {
             continue;
@@ -113,7 +119,7 @@ fn endpoints(
     }
     out.sort();
     out.dedup();
-    found.then_some(out)
+    Some(out)
 }
 
 /// Clusters and load assignments for the destinations asked for.
@@ -128,10 +134,15 @@ pub(super) fn generate(
     for (name, destination) in wanted {
         let Some(eps) = endpoints(&inbounds, destination, warnings) else {
             warnings.push(format!(
-                "destination {destination:?} matches no Dataplane inbound: no cluster {name} (requests get 500)"
+                "destination {destination:?} resolves to no service: no cluster {name} (requests get 500)"
             ));
             continue;
         };
+        if eps.is_empty() {
+            warnings.push(format!(
+                "destination {destination:?} has no healthy endpoint: cluster {name} is empty (requests get 503)"
+            ));
+        }
         clusters.push(Cluster {
             name: name.clone(),
             cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),

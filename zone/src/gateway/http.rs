@@ -38,6 +38,8 @@ use meridian_sync_proto::pb::mesh::{
 };
 
 use super::{Ctx, ListenerCtx, host_covers, host_order, hosts_match};
+use prost::Message;
+use sha2::{Digest, Sha256};
 
 /// Body of a virtual host no route attaches to.
 pub const NO_ROUTE_BODY: &str = "This is a Meridian MeshGateway. No routes match this MeshGateway!\n";
@@ -104,6 +106,10 @@ pub(super) fn route_configuration(
         name: name.to_string(),
         virtual_hosts,
         validate_clusters: Some(BoolValue { value: false }),
+        // `Host: app.example.com:8080` picks the virtual host
+        // `app.example.com` and still reaches the backend unchanged (the
+        // connection manager does not strip the port).
+        ignore_port_in_host_matching: true,
         ..Default::default()
     }
 }
@@ -123,19 +129,37 @@ fn http_routes<'a>(
 }
 
 fn virtual_host(host: &str, port: u32, rules: &[RuleRef<'_>], https: bool, ctx: &mut Ctx) -> VirtualHost {
-    let mut routes: Vec<(SortKey, Route)> = Vec::new();
+    // Paths an EXACT match of this host names: a PREFIX for the same path
+    // adds no exact half of its own, so the EXACT rule answers that path
+    // whatever order the rules come in (Kuma 2.14,
+    // `gateway_route_generator.go`, `HandlePrefixMatchesAndPopulatePolicies`).
+    let exact_paths: BTreeSet<&str> = rules
+        .iter()
+        .flat_map(|r| r.rule.matches.iter())
+        .filter_map(|m| m.path.as_ref())
+        .filter(|p| path::MatchType::try_from(p.r#match) == Ok(path::MatchType::Exact))
+        .map(|p| p.value.as_str())
+        .collect();
+    let mut routes: Vec<(SortKey, &str, Vec<u8>, Route)> = Vec::new();
     for r in rules {
         for (mi, m) in r.rule.matches.iter().enumerate() {
-            for (key, route_match, prefix) in expand_match(m) {
-                let name = format!("{}:rules[{}].matches[{mi}]", r.route, r.index);
-                if let Some(route) = build_route(name, route_match, prefix, r.rule, port, ctx) {
-                    routes.push((key, route));
+            let name = route_name(r.route, r.rule, m);
+            // Where a warning points the user: the rule and match as written.
+            let at = format!("{}:rules[{}].matches[{mi}]", r.route, r.index);
+            for (key, route_match, prefix) in expand_match(m, &exact_paths) {
+                if let Some(route) = build_route(name.clone(), &at, route_match, prefix, r.rule, port, ctx) {
+                    let bytes = route.encode_to_vec();
+                    routes.push((key, r.route, bytes, route));
                 }
             }
         }
     }
-    routes.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut routes: Vec<Route> = routes.into_iter().map(|(_, r)| r).collect();
+    // A strict total order: specificity, then the MeshGatewayRoute's name,
+    // then the encoded route (equal bytes are the same route, kept once).
+    // Nothing depends on the order rules, routes or resources arrived in.
+    routes.sort_by(|a, b| (&a.0, a.1, &a.2).cmp(&(&b.0, b.1, &b.2)));
+    routes.dedup_by(|a, b| a.2 == b.2);
+    let mut routes: Vec<Route> = routes.into_iter().map(|(_, _, _, r)| r).collect();
     if rules.is_empty() {
         routes.push(Route {
             name: "no-route".into(),
@@ -167,29 +191,44 @@ fn virtual_host(host: &str, port: u32, rules: &[RuleRef<'_>], https: bool, ctx: 
     }
 }
 
+/// The Envoy route name of one match of one rule: `<route>:<hash>`, the
+/// hash (8 hex digits of SHA-256) taken over the encoded rule and match, so
+/// the name does not change when rules are reordered.
+fn route_name(route: &str, rule: &Rule, m: &Match) -> String {
+    let mut h = Sha256::new();
+    h.update(rule.encode_to_vec());
+    h.update([0xff]);
+    h.update(m.encode_to_vec());
+    format!("{route}:{}", hex::encode(&h.finalize()[..4]))
+}
+
 /// Ordering of routes, most specific first: exact paths, then prefixes,
 /// then regexes (longer first within each); then with a method; then more
 /// header matches; then more query matches; then by path.
 type SortKey = (u8, std::cmp::Reverse<usize>, bool, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>, String);
 
 /// The path match of an Envoy route for a MeshGatewayRoute match, and
-/// whether it is the `/p/` half of an element-wise prefix.
+/// which part of an element-wise prefix it is (rewrites depend on it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PrefixPart {
     /// Not a prefix match.
     None,
     /// The exact `/p` half of the prefix `/p`.
     Exact,
-    /// The prefix `/p/` half (or the prefix `/`).
+    /// The prefix `/p/` half of the prefix `/p`.
     Slash,
+    /// The prefix `/` (also a match without a path).
+    Root,
 }
 
 /// One match becomes one Envoy route, or two for an element-wise prefix
-/// (`/p` exact plus `/p/` prefix; `/` alone stays a prefix).
-fn expand_match(m: &Match) -> Vec<(SortKey, RouteMatch, PrefixPart)> {
+/// (`/p` exact plus `/p/` prefix; `/` alone stays a prefix). A prefix
+/// written with a trailing slash is the same prefix. The exact half is left
+/// out when `exact_paths` holds the path (an EXACT match for it exists).
+fn expand_match(m: &Match, exact_paths: &BTreeSet<&str>) -> Vec<(SortKey, RouteMatch, PrefixPart)> {
     let mut paths: Vec<(u8, String, route_match::PathSpecifier, PrefixPart)> = Vec::new();
     match m.path.as_ref() {
-        None => paths.push((1, "/".into(), route_match::PathSpecifier::Prefix("/".into()), PrefixPart::Slash)),
+        None => paths.push((1, "/".into(), route_match::PathSpecifier::Prefix("/".into()), PrefixPart::Root)),
         Some(p) => match path::MatchType::try_from(p.r#match).unwrap_or(path::MatchType::Exact) {
             path::MatchType::Exact => {
                 paths.push((0, p.value.clone(), route_match::PathSpecifier::Path(p.value.clone()), PrefixPart::None))
@@ -197,14 +236,16 @@ fn expand_match(m: &Match) -> Vec<(SortKey, RouteMatch, PrefixPart)> {
             path::MatchType::Prefix => {
                 let trimmed = p.value.trim_end_matches('/');
                 if trimmed.is_empty() {
-                    paths.push((1, "/".into(), route_match::PathSpecifier::Prefix("/".into()), PrefixPart::Slash));
+                    paths.push((1, "/".into(), route_match::PathSpecifier::Prefix("/".into()), PrefixPart::Root));
                 } else {
-                    paths.push((
-                        0,
-                        trimmed.into(),
-                        route_match::PathSpecifier::Path(trimmed.into()),
-                        PrefixPart::Exact,
-                    ));
+                    if !exact_paths.contains(trimmed) {
+                        paths.push((
+                            0,
+                            trimmed.into(),
+                            route_match::PathSpecifier::Path(trimmed.into()),
+                            PrefixPart::Exact,
+                        ));
+                    }
                     let slash = format!("{trimmed}/");
                     paths.push((1, slash.clone(), route_match::PathSpecifier::Prefix(slash), PrefixPart::Slash));
                 }
@@ -335,12 +376,62 @@ fn headers(f: &HeaderFilter, request: bool, ctx: &mut Ctx, route: &str) -> Heade
     out
 }
 
-/// `/p` → `/p/` (the `/p/` half of an element-wise prefix rewrites with a slash).
-fn with_slash(s: &str) -> String {
-    if s.ends_with('/') { s.to_string() } else { format!("{s}/") }
+/// A path rewrite as one part of an element-wise prefix applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathRewrite {
+    /// Replace the whole path (the query stays).
+    Full(String),
+    /// Replace the matched prefix (or the matched exact path).
+    Prefix(String),
+    /// The prefix `/` rewritten to `/r`: `/` becomes `/r` and `/x` becomes
+    /// `/r/x` (a plain prefix rewrite would turn `/` into `/r/`).
+    Root(String),
 }
 
-fn build_route(name: String, m: RouteMatch, part: PrefixPart, rule: &Rule, port: u32, ctx: &mut Ctx) -> Option<Route> {
+/// What `replaceFull`/`replacePrefixMatch` becomes on `part`; `None` for no
+/// rewrite, `Err` for a prefix replacement on a match that is no prefix.
+/// Trailing slashes of the replacement do not count, as in Kuma 2.14
+/// (`HandlePrefixMatchesAndPopulatePolicies`): for `PREFIX /p` →
+/// `/r`, `/p` becomes `/r`, `/p/x` becomes `/r/x`; a replacement `/`
+/// turns `/p` into `/` and `/p/x` into `/x`.
+fn path_rewrite(p: Option<&RewritePath>, part: PrefixPart) -> Result<Option<PathRewrite>, ()> {
+    let v = match p {
+        None => return Ok(None),
+        Some(RewritePath::ReplaceFull(v)) => return Ok(Some(PathRewrite::Full(v.clone()))),
+        Some(RewritePath::ReplacePrefixMatch(v)) => v.trim_end_matches('/'),
+    };
+    Ok(match part {
+        PrefixPart::None => return Err(()),
+        PrefixPart::Exact => Some(PathRewrite::Prefix(if v.is_empty() { "/".into() } else { v.into() })),
+        PrefixPart::Slash => Some(PathRewrite::Prefix(format!("{v}/"))),
+        // `/` → `/`: nothing to do.
+        PrefixPart::Root if v.is_empty() => None,
+        PrefixPart::Root => Some(PathRewrite::Root(v.into())),
+    })
+}
+
+/// The regex rewrite of the whole path to `v`.
+fn full_rewrite(v: &str) -> RegexMatchAndSubstitute {
+    RegexMatchAndSubstitute { pattern: Some(regex("^/.*$")), substitution: v.replace('\\', "\\\\") }
+}
+
+/// The regex rewrite of the prefix `/` to `v`: `/` → `v`, `/x` → `v/x`.
+fn root_rewrite(v: &str) -> RegexMatchAndSubstitute {
+    RegexMatchAndSubstitute {
+        pattern: Some(regex("^/$|^(/.+)$")),
+        substitution: format!("{}\\1", v.replace('\\', "\\\\")),
+    }
+}
+
+fn build_route(
+    name: String,
+    at: &str,
+    m: RouteMatch,
+    part: PrefixPart,
+    rule: &Rule,
+    port: u32,
+    ctx: &mut Ctx,
+) -> Option<Route> {
     let mut route = Route { name: name.clone(), r#match: Some(m), ..Default::default() };
     let mut redirect = None;
     let mut rewrite: Option<&Rewrite> = None;
@@ -349,13 +440,13 @@ fn build_route(name: String, m: RouteMatch, part: PrefixPart, rule: &Rule, port:
     for f in rule.filters.iter().filter_map(|f| f.filter.as_ref()) {
         match f {
             F::RequestHeader(h) => {
-                let h = headers(h, true, ctx, &name);
+                let h = headers(h, true, ctx, at);
                 route.request_headers_to_add.extend(h.add);
                 route.request_headers_to_remove.extend(h.remove);
                 host = h.host.or(host);
             }
             F::ResponseHeader(h) => {
-                let h = headers(h, false, ctx, &name);
+                let h = headers(h, false, ctx, at);
                 route.response_headers_to_add.extend(h.add);
                 route.response_headers_to_remove.extend(h.remove);
             }
@@ -378,15 +469,6 @@ fn build_route(name: String, m: RouteMatch, part: PrefixPart, rule: &Rule, port:
             }
         }
     }
-    let path_rewrite = |p: &Option<RewritePath>| -> Option<(bool, String)> {
-        match p {
-            Some(RewritePath::ReplaceFull(v)) => Some((true, v.clone())),
-            Some(RewritePath::ReplacePrefixMatch(v)) => {
-                Some((false, if part == PrefixPart::Slash { with_slash(v) } else { v.clone() }))
-            }
-            None => None,
-        }
-    };
     if let Some(r) = redirect {
         let code = match r.status_code {
             301 => redirect_action::RedirectResponseCode::MovedPermanently,
@@ -404,24 +486,20 @@ fn build_route(name: String, m: RouteMatch, part: PrefixPart, rule: &Rule, port:
                 .then(|| redirect_action::SchemeRewriteSpecifier::SchemeRedirect(r.scheme.clone())),
             ..Default::default()
         };
-        if let Some(p) = r.path.as_ref() {
-            match path_rewrite(&p.path) {
-                Some((true, v)) => {
-                    action.path_rewrite_specifier = Some(redirect_action::PathRewriteSpecifier::PathRedirect(v))
-                }
-                Some((false, v)) if part != PrefixPart::None => {
-                    action.path_rewrite_specifier = Some(redirect_action::PathRewriteSpecifier::PrefixRewrite(v))
-                }
-                Some((false, _)) => ctx.warn(format!("{name}: replacePrefixMatch needs a prefix path match; ignored")),
-                None => {}
-            }
+        use redirect_action::PathRewriteSpecifier as P;
+        match path_rewrite(r.path.as_ref().and_then(|p| p.path.as_ref()), part) {
+            Ok(Some(PathRewrite::Full(v))) => action.path_rewrite_specifier = Some(P::PathRedirect(v)),
+            Ok(Some(PathRewrite::Prefix(v))) => action.path_rewrite_specifier = Some(P::PrefixRewrite(v)),
+            Ok(Some(PathRewrite::Root(v))) => action.path_rewrite_specifier = Some(P::RegexRewrite(root_rewrite(&v))),
+            Ok(None) => {}
+            Err(()) => ctx.warn(format!("{at}: replacePrefixMatch needs a prefix path match; ignored")),
         }
         route.action = Some(route::Action::Redirect(action));
         return Some(route);
     }
     let clusters = weighted(&rule.backends, ctx);
     if clusters.is_empty() {
-        ctx.warn(format!("{name}: no backends; route skipped"));
+        ctx.warn(format!("{at}: no backends; route skipped"));
         return None;
     }
     let mut action = RouteAction {
@@ -442,13 +520,12 @@ fn build_route(name: String, m: RouteMatch, part: PrefixPart, rule: &Rule, port:
             action.host_rewrite_specifier =
                 Some(route_action::HostRewriteSpecifier::AutoHostRewrite(BoolValue { value: true }));
         }
-        match path_rewrite(&r.path) {
-            Some((true, v)) => {
-                action.regex_rewrite = Some(RegexMatchAndSubstitute { pattern: Some(regex("^/.*$")), substitution: v })
-            }
-            Some((false, v)) if part != PrefixPart::None => action.prefix_rewrite = v,
-            Some((false, _)) => ctx.warn(format!("{name}: replacePrefixMatch needs a prefix path match; ignored")),
-            None => {}
+        match path_rewrite(r.path.as_ref(), part) {
+            Ok(Some(PathRewrite::Full(v))) => action.regex_rewrite = Some(full_rewrite(&v)),
+            Ok(Some(PathRewrite::Prefix(v))) => action.prefix_rewrite = v,
+            Ok(Some(PathRewrite::Root(v))) => action.regex_rewrite = Some(root_rewrite(&v)),
+            Ok(None) => {}
+            Err(()) => ctx.warn(format!("{at}: replacePrefixMatch needs a prefix path match; ignored")),
         }
     }
     route.action = Some(route::Action::Route(action));
@@ -488,7 +565,8 @@ mod tests {
 
     #[test]
     fn prefixes_are_element_wise() {
-        let parts = expand_match(&path(path::MatchType::Prefix, "/api"));
+        let none = BTreeSet::new();
+        let parts = expand_match(&path(path::MatchType::Prefix, "/api"), &none);
         let specs: Vec<_> = parts.iter().map(|(_, m, p)| (m.path_specifier.clone(), *p)).collect();
         assert_eq!(
             specs,
@@ -497,11 +575,35 @@ mod tests {
                 (Some(route_match::PathSpecifier::Prefix("/api/".into())), PrefixPart::Slash),
             ]
         );
-        assert_eq!(expand_match(&path(path::MatchType::Prefix, "/")).len(), 1);
+        assert_eq!(expand_match(&path(path::MatchType::Prefix, "/"), &none).len(), 1);
         assert_eq!(
-            expand_match(&Match::default())[0].1.path_specifier,
+            expand_match(&Match::default(), &none)[0].1.path_specifier,
             Some(route_match::PathSpecifier::Prefix("/".into()))
         );
+        // A trailing slash is the same prefix.
+        assert_eq!(expand_match(&path(path::MatchType::Prefix, "/api/"), &none), parts);
+    }
+
+    #[test]
+    fn an_exact_match_suppresses_the_exact_half_of_a_prefix() {
+        let exact: BTreeSet<&str> = ["/api"].into();
+        let parts = expand_match(&path(path::MatchType::Prefix, "/api/"), &exact);
+        let specs: Vec<_> = parts.iter().map(|(_, m, p)| (m.path_specifier.clone(), *p)).collect();
+        assert_eq!(specs, [(Some(route_match::PathSpecifier::Prefix("/api/".into())), PrefixPart::Slash)]);
+    }
+
+    #[test]
+    fn prefix_replacements_ignore_trailing_slashes() {
+        let prefix = |v: &str| Some(RewritePath::ReplacePrefixMatch(v.into()));
+        for r in ["/a/b", "/a/b/"] {
+            assert_eq!(path_rewrite(prefix(r).as_ref(), PrefixPart::Exact), Ok(Some(PathRewrite::Prefix("/a/b".into()))));
+            assert_eq!(path_rewrite(prefix(r).as_ref(), PrefixPart::Slash), Ok(Some(PathRewrite::Prefix("/a/b/".into()))));
+            assert_eq!(path_rewrite(prefix(r).as_ref(), PrefixPart::Root), Ok(Some(PathRewrite::Root("/a/b".into()))));
+        }
+        assert_eq!(path_rewrite(prefix("/").as_ref(), PrefixPart::Exact), Ok(Some(PathRewrite::Prefix("/".into()))));
+        assert_eq!(path_rewrite(prefix("/").as_ref(), PrefixPart::Slash), Ok(Some(PathRewrite::Prefix("/".into()))));
+        assert_eq!(path_rewrite(prefix("/").as_ref(), PrefixPart::Root), Ok(None));
+        assert_eq!(path_rewrite(prefix("/x").as_ref(), PrefixPart::None), Err(()));
     }
 
     #[test]
@@ -514,7 +616,7 @@ mod tests {
             (Match { method: HttpMethod::Get as i32, ..path(path::MatchType::Prefix, "/") }, "root-get"),
         ]
         .iter()
-        .map(|(m, n)| (expand_match(m).remove(0).0, *n))
+        .map(|(m, n)| (expand_match(m, &BTreeSet::new()).remove(0).0, *n))
         .collect();
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         let names: Vec<&str> = keys.iter().map(|k| k.1).collect();

@@ -250,8 +250,9 @@ fn hcm(stat: &str, rds: &str) -> Filter {
             config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
             ..Default::default()
         }],
-        // `Host: foo.example.com:8080` matches the virtual host `foo.example.com`.
-        strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(true)),
+        // No `strip_port_mode`: `Host: foo.example.com:8080` reaches the
+        // backend as sent; the route configuration ignores the port when
+        // it picks the virtual host (`ignore_port_in_host_matching`).
         normalize_path: Some(BoolValue { value: true }),
         merge_slashes: true,
         ..Default::default()

@@ -58,6 +58,8 @@ pub enum ProxyError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyState {
     pub config: Result<BTreeMap<String, DesiredSet>, ProxyError>,
+    /// The generator's warnings for this configuration (what was left out
+    /// and why), sorted; also readable through [`Cache::warnings`].
     pub warnings: Vec<String>,
 }
 
@@ -331,10 +333,17 @@ impl Cache {
                 // The snapshot changed while generating: generate again.
                 continue;
             }
+            log_warnings(id, &state);
             let (tx, rx) = watch::channel(Arc::new(state));
             inner.proxies.insert(id.clone(), Proxy { tx, deps, subscribers: 1, epoch });
             return Subscription { rx, id: id.clone(), cache: self.clone() };
         }
+    }
+
+    /// The generator's current warnings for a Dataplane some stream is
+    /// subscribed to (sorted, each once); `None` when nobody watches it.
+    pub fn warnings(&self, id: &ProxyId) -> Option<Vec<String>> {
+        self.lock().proxies.get(id).map(|p| p.tx.borrow().warnings.clone())
     }
 
     /// How many generations ran (tests use it to prove a change touched
@@ -379,15 +388,23 @@ fn generate(snapshot: &MeshSnapshot, id: &ProxyId) -> (ProxyState, Deps) {
 fn publish(p: &mut Proxy, id: &ProxyId, state: ProxyState, deps: Deps) {
     p.deps = deps;
     p.tx.send_if_modified(|current| {
-        if current.same_versions(&state) {
-            return false;
+        let changed = !current.same_versions(&state);
+        if changed || current.warnings != state.warnings {
+            log_warnings(id, &state);
+            // New warnings alone wake no stream (nothing to send to Envoy),
+            // but `warnings` then reports them.
+            *current = Arc::new(state);
         }
-        for w in state.warnings.iter().filter(|w| !current.warnings.contains(w)) {
-            tracing::warn!(dataplane = %id, "{w}");
-        }
-        *current = Arc::new(state);
-        true
+        changed
     });
+}
+
+/// Logs every warning of a generation, once per change of the generated
+/// configuration or of its warnings (never per request or per stream).
+fn log_warnings(id: &ProxyId, state: &ProxyState) {
+    for w in &state.warnings {
+        tracing::warn!(dataplane = %id, "{w}");
+    }
 }
 
 /// The connected proxies a change to (`ty`, `mesh`, `name`) can alter:
@@ -430,10 +447,17 @@ fn affected(inner: &Inner, ty: ResourceType, mesh: &str, name: &str, new: Option
     out
 }
 
-/// Whether a Dataplane has an inbound some destination of `deps` selects.
+/// Whether a Dataplane has an inbound some destination of `deps` selects,
+/// or one of the service a destination names (it decides whether the
+/// destination resolves to a service at all: 503 or 500).
 fn serves(dp: &Dataplane, deps: &Deps) -> bool {
     let inbounds = dp.networking.as_ref().map(|n| n.inbound.as_slice()).unwrap_or_default();
-    inbounds.iter().any(|i| deps.destinations.iter().any(|d| tags_match(d, &i.tags)))
+    inbounds.iter().any(|i| {
+        deps.destinations.iter().any(|d| {
+            let service = d.get(gateway::SERVICE_TAG);
+            tags_match(d, &i.tags) || (service.is_some() && service == i.tags.get(gateway::SERVICE_TAG))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -524,6 +548,33 @@ conf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [
         drop(a);
         drop(b);
         assert!(cache.lock().proxies.is_empty());
+    }
+
+    #[test]
+    fn warnings_are_kept_from_the_first_generation_on() {
+        let cache = Cache::default();
+        // gw-a routes to `web`, which no Dataplane serves yet: no service.
+        for r in resources(WORLD) {
+            cache.upsert_for_test(&r);
+        }
+        let mut a = cache.subscribe(&id("a-1"));
+        a.rx.borrow_and_update();
+        let first = cache.warnings(&id("a-1")).expect("subscribed");
+        assert!(first.iter().any(|w| w.contains("resolves to no service") && w.contains("500")), "{first:?}");
+        assert_eq!(a.rx.borrow().warnings, first);
+        assert_eq!(cache.warnings(&id("b-1")), None);
+
+        // An unhealthy `web` inbound with other tags: the service exists
+        // now, the cluster has no endpoint (503), and the proxy regenerated.
+        for r in resources(
+            "type: Dataplane\nmesh: default\nname: web-1\nnetworking: {address: 10.0.0.1, inbound: [{port: 80, tags: {kuma.io/service: web, version: v2}, health: {ready: false}}]}",
+        ) {
+            cache.upsert_for_test(&r);
+        }
+        assert!(a.rx.has_changed().unwrap_or(false));
+        let now = cache.warnings(&id("a-1")).expect("subscribed");
+        assert!(now.iter().any(|w| w.contains("no healthy endpoint") && w.contains("503")), "{now:?}");
+        assert!(!now.iter().any(|w| w.contains("resolves to no service")), "{now:?}");
     }
 
     #[test]
