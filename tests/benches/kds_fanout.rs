@@ -1,6 +1,6 @@
 //! KDS fan-out at the global: one real `meridian-global` process (SQLite,
 //! plaintext KDS) and `ZONES` zones played by in-process raw KDS clients
-//! (`meridian_tests::multizone::raw_kds`, written from the wire description),
+//! (`meridian_tests::raw_kds`, written from the wire description),
 //! each subscribed to every global→zone type and ACKing every response.
 //!
 //! Figures:
@@ -18,8 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meridian_tests::multizone::{
-    Global, GlobalConfig, TestDir,
+use meridian_tests::{
+    Global, GlobalSpec, TestDir,
     raw_kds::{DeltaDiscoveryRequest, RawKds},
     resources,
 };
@@ -100,7 +100,7 @@ async fn wait_all(
 async fn main() {
     let zones: usize = std::env::var("MERIDIAN_BENCH_ZONES").ok().and_then(|v| v.parse().ok()).unwrap_or(ZONES);
     let dir = TestDir::new("bench-fanout");
-    let global = Global::start(&dir, "g", GlobalConfig { plaintext: true, ..Default::default() }).await;
+    let global = Global::start(&dir, "g", GlobalSpec { plaintext_kds: true, ..GlobalSpec::default() }).await;
     let api = global.api();
     api.apply(&resources::mesh("default")).await;
     api.apply(&resources::gateway("gw", 8080)).await;
