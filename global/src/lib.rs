@@ -106,7 +106,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let tokens = tokens::ZoneTokens::new(manager.clone());
     let state = ApiState {
         manager: manager.clone(),
-        auth: Auth::new(token, args.api.api_trust_loopback),
+        auth: Auth::new(token, args.api.api_trust_loopback).with_api_hosts(args.api.api_hosts.clone()),
         info: Arc::new(ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             instance_id: instance_id.clone(),

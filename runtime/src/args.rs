@@ -54,9 +54,17 @@ pub struct ApiArgs {
     #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
-    /// Treat requests from loopback addresses as admin without a token.
+    /// Treat requests from loopback addresses as admin without a token (when
+    /// their `Host` is a loopback name or address or an --api-host name).
     #[arg(long, env = "MERIDIAN_API_TRUST_LOOPBACK", default_value_t = true, action = clap::ArgAction::Set)]
     pub api_trust_loopback: bool,
+
+    /// A host name (no port) under which loopback callers are still trusted,
+    /// besides `localhost`, 127.0.0.0/8 and `[::1]`; repeatable (env:
+    /// comma-separated). Any other `Host` from loopback needs the token
+    /// (a guard against DNS rebinding).
+    #[arg(long = "api-host", env = "MERIDIAN_API_HOSTS", value_delimiter = ',')]
+    pub api_hosts: Vec<String>,
 
     /// Largest encoded size of one resource, in bytes.
     #[arg(long, env = "MERIDIAN_MAX_RESOURCE_BYTES", default_value_t = DEFAULT_MAX_RESOURCE_BYTES)]

@@ -136,7 +136,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let instance_id = state::instance_id();
     let state = ApiState {
         manager: manager.clone(),
-        auth: Auth::new(token, args.api.api_trust_loopback),
+        auth: Auth::new(token, args.api.api_trust_loopback).with_api_hosts(args.api.api_hosts.clone()),
         info: Arc::new(ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             instance_id: instance_id.clone(),
