@@ -90,7 +90,7 @@ pub fn main(cli: Cli) -> ExitCode {
 /// tasks fails, which cancels it).
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let data_dir = args.state.data_dir("global");
-    let store = state::open_store(&data_dir, args.state.store.as_deref(), "global.db").await?;
+    let store = state::open_store(&data_dir, &args.state, "global.db").await?;
     let token = state::admin_token(args.api.admin_token.as_deref(), &data_dir)?;
 
     let instance_id = state::instance_id();

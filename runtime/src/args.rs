@@ -20,6 +20,12 @@ pub struct StateArgs {
     /// Default: `sqlite:<data-dir>/<role>.db`.
     #[arg(long, env = "MERIDIAN_STORE")]
     pub store: Option<String>,
+
+    /// PostgreSQL: how long a request waits for a database connection before
+    /// failing (503 at the API) when the database is down or saturated, as a
+    /// duration (`2s`, `500ms`, `1m`).
+    #[arg(long, env = "MERIDIAN_STORE_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub store_acquire_timeout: std::time::Duration,
 }
 
 impl StateArgs {

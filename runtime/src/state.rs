@@ -5,16 +5,21 @@ use std::path::Path;
 
 use anyhow::Context;
 
-/// Creates the data directory and opens the store: `store` when given,
-/// else `sqlite:<data_dir>/<default_file>`.
+/// Creates the data directory and opens the store: `--store` when given,
+/// else `sqlite:<data_dir>/<default_file>`, with `--store-acquire-timeout`.
 ///
 /// Errors: the directory cannot be created, or the store cannot be opened
 /// (the message names the URL).
-pub async fn open_store(data_dir: &Path, store: Option<&str>, default_file: &str) -> anyhow::Result<meridian_store::Store> {
+pub async fn open_store(data_dir: &Path, state: &crate::args::StateArgs, default_file: &str) -> anyhow::Result<meridian_store::Store> {
+    let store = state.store.as_deref();
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let url = store.map_or_else(|| format!("sqlite:{}", data_dir.join(default_file).display()), str::to_string);
-    let store = meridian_store::Store::connect(&url).await.with_context(|| format!("cannot open store {url}"))?;
+    let store = meridian_store::Store::connect_with(
+        &url,
+        meridian_store::StoreOptions { acquire_timeout: state.store_acquire_timeout, ..Default::default() },
+    )
+    .await.with_context(|| format!("cannot open store {url}"))?;
     tracing::info!(backend = store.backend_name(), "store ready");
     Ok(store)
 }

@@ -47,7 +47,7 @@ mod watcher;
 
 pub use error::StoreError;
 pub use listener::LISTENER_APPLICATION_NAME;
-pub use store::{Store, StoreOptions};
+pub use store::{DEFAULT_ACQUIRE_TIMEOUT, Store, StoreOptions};
 pub use types::{
     Change, ChangeKind, ListPage, ListQuery, ResourceKey, StoredResource, WriteOp, WriteResource,
 };

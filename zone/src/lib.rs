@@ -98,7 +98,7 @@ pub fn main(cli: Cli) -> ExitCode {
 /// tasks fails, which cancels it).
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let data_dir = args.state.data_dir("zone");
-    let store = state::open_store(&data_dir, args.state.store.as_deref(), "zone.db").await?;
+    let store = state::open_store(&data_dir, &args.state, "zone.db").await?;
     tracing::info!(zone = %args.zone, "zone starting");
     let token = state::admin_token(args.api.admin_token.as_deref(), &data_dir)?;
 
