@@ -32,11 +32,20 @@ pub struct GlobalSpec {
     pub trust_loopback: bool,
     /// `--api-tls-cert` and `--api-tls-key`: serve the API over HTTPS.
     pub api_tls: Option<(PathBuf, PathBuf)>,
+    /// More flags, appended as given (`["--api-host", "cp.example"]`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for GlobalSpec {
     fn default() -> Self {
-        GlobalSpec { backend: Backend::Sqlite, shared_store: None, plaintext_kds: false, trust_loopback: true, api_tls: None }
+        GlobalSpec {
+            backend: Backend::Sqlite,
+            shared_store: None,
+            plaintext_kds: false,
+            trust_loopback: true,
+            api_tls: None,
+            extra_args: Vec::new(),
+        }
     }
 }
 
@@ -125,6 +134,7 @@ impl Global {
             flag("--api-tls-cert", cert.display().to_string());
             flag("--api-tls-key", key.display().to_string());
         }
+        args.extend(self.spec.extra_args.iter().map(OsString::from));
         let mut prefixes = vec![API_LINE];
         if self.spec.plaintext_kds {
             prefixes.push(KDS_PLAIN_LINE);
