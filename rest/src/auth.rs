@@ -131,11 +131,15 @@ impl Auth {
 /// way the URI's authority wins, so [`Auth::is_admin`] judges the name the
 /// client actually used.
 pub async fn host_from_authority(mut req: axum::extract::Request) -> axum::extract::Request {
+    set_host_from_authority(&mut req);
+    req
+}
+
+fn set_host_from_authority<B>(req: &mut http::Request<B>) {
     let authority = req.uri().authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
     if let Some(a) = authority {
         req.headers_mut().insert(http::header::HOST, a);
     }
-    req
 }
 
 /// The host part of a `Host` value (`name`, `name:port`, `[v6]`, `[v6]:port`),
@@ -219,6 +223,31 @@ mod tests {
             assert!(!auth.is_admin(&host(bad), Some(local)), "{bad:?} is not trusted");
         }
         assert!(!auth.is_admin(&HeaderMap::new(), Some(local)), "no Host, no trust");
+    }
+
+    #[test]
+    fn the_uri_authority_names_the_host() {
+        let auth = Auth::new("s3cret".into(), true);
+        let local: IpAddr = [127, 0, 0, 1].into();
+        // HTTP/2: `:authority` only, no Host header.
+        let mut h2 = http::Request::builder().uri("http://evil.example:5681/meshes").body(()).expect("request");
+        set_host_from_authority(&mut h2);
+        assert!(!auth.is_admin(h2.headers(), Some(local)));
+        let mut h2 = http::Request::builder().uri("http://localhost:5681/meshes").body(()).expect("request");
+        set_host_from_authority(&mut h2);
+        assert!(auth.is_admin(h2.headers(), Some(local)));
+        // HTTP/1.1 absolute form: the target wins over Host.
+        let mut abs = http::Request::builder()
+            .uri("http://evil.example/meshes")
+            .header(http::header::HOST, "localhost")
+            .body(())
+            .expect("request");
+        set_host_from_authority(&mut abs);
+        assert!(!auth.is_admin(abs.headers(), Some(local)));
+        // Origin form: Host as sent.
+        let mut origin = http::Request::builder().uri("/meshes").header(http::header::HOST, "[::1]:5681").body(()).expect("request");
+        set_host_from_authority(&mut origin);
+        assert!(auth.is_admin(origin.headers(), Some(local)));
     }
 
     #[test]
