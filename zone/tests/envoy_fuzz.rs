@@ -73,7 +73,7 @@ fn regex(rng: &mut StdRng) -> String {
         out.push('^');
     }
     for _ in 0..rng.random_range(1..=5) {
-        out.push_str(*pick(rng, ATOMS));
+        out.push_str(pick::<&str>(rng, ATOMS));
         match rng.random_range(0..8) {
             0 => out.push('*'),
             1 => out.push('+'),
