@@ -48,12 +48,12 @@ impl Auth {
     }
 
     /// Host names besides the loopback ones under which loopback callers are
-    /// trusted (`--api-host`); compared case-insensitively, port ignored.
+    /// trusted (`--api-host`); compared case-insensitively, port ignored (a
+    /// port given here is dropped).
     pub fn with_api_hosts(mut self, hosts: impl IntoIterator<Item = String>) -> Auth {
         self.api_hosts = hosts
             .into_iter()
-            .map(|h| h.trim().to_ascii_lowercase())
-            .filter(|h| !h.is_empty())
+            .filter_map(|h| host_name(&h).map(str::to_ascii_lowercase))
             .collect();
         self
     }
@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn loopback_trust_needs_a_loopback_host() {
-        let auth = Auth::new("s3cret".into(), true).with_api_hosts(["CP.Example.com".to_string()]);
+        let auth = Auth::new("s3cret".into(), true).with_api_hosts(["CP.Example.com:8443".to_string()]);
         let local: IpAddr = std::net::Ipv6Addr::LOCALHOST.into();
         for ok in ["localhost", "LOCALHOST:80", "127.0.0.1", "127.9.8.7:5681", "[::1]", "[::1]:5681", "cp.example.com:443"] {
             assert!(auth.is_admin(&host(ok), Some(local)), "{ok} is trusted");
