@@ -7,6 +7,7 @@
 //! | test                                                        | point |
 //! |-------------------------------------------------------------|-------|
 //! | rebinding::foreign_host_from_loopback_is_not_admin          | 2: DNS rebinding; wrong token from loopback |
+//! | rebinding::api_host_names_are_trusted_from_loopback         | 2: `--api-host` |
 //! | labels::system_labels_are_refused_in_user_writes            | 3: reserved labels (REST and meridianctl) |
 //! | labels::synced_resources_keep_their_system_labels           | 3: the KDS path still sets them |
 //! | envoy_input::regexes_envoy_refuses_are_refused_at_apply     | 7: RE2 program size, control characters |

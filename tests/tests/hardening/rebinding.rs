@@ -40,16 +40,24 @@ async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_host_from_loopback_is_not_admin() {
-    let spec = GlobalSpec { extra_args: vec!["--api-host".into(), "cp.example.internal".into()], ..GlobalSpec::default() };
-    let topo = Topology::builder("hardening-rebinding").global_spec(spec).mesh("default").start().await;
+/// A global holding mesh `default` and a Secret, started with `extra_args`;
+/// its API port and address.
+async fn global_with_secret(test: &str, extra_args: Vec<String>) -> (Topology, String, std::net::SocketAddr) {
+    let spec = GlobalSpec { extra_args, ..GlobalSpec::default() };
+    let topo = Topology::builder(test).global_spec(spec).mesh("default").start().await;
     let g = topo.global();
     let port = g.api_url().rsplit(':').next().unwrap_or_default().trim_end_matches('/').to_string();
     let api: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("API address");
     g.api()
         .apply(&json!({"type": "Secret", "mesh": "default", "name": "signing", "data": "c2VjcmV0"}))
         .await;
+    (topo, port, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_host_from_loopback_is_not_admin() {
+    let (topo, port, api) = global_with_secret("hardening-rebinding", Vec::new()).await;
+    let g = topo.global();
     let gw = resources::gateway("gw", 8080);
 
     // DNS rebinding: the attacker's name, now resolving to loopback.
@@ -92,11 +100,6 @@ async fn foreign_host_from_loopback_is_not_admin() {
     }
     let (st, text) = send(&local, Method::PUT, &format!("http://localhost:{port}/meshes/default/meshgateways/gw"), Some(gw.clone()), None).await;
     assert_eq!(st, StatusCode::CREATED, "{text}");
-    // ... and under the configured --api-host name.
-    let named = rebound_client("cp.example.internal", api);
-    let (st, text) =
-        send(&named, Method::GET, &format!("http://cp.example.internal:{port}/meshes/default/secrets/signing"), None, None).await;
-    assert_eq!(st, StatusCode::OK, "--api-host name: {text}");
 
     // A wrong token from loopback is refused, even under localhost.
     let (st, text) = send(
@@ -117,5 +120,27 @@ async fn foreign_host_from_loopback_is_not_admin() {
     assert_eq!(st, StatusCode::OK, "{text}");
     let (st, _) = send(&local, Method::GET, &format!("http://localhost:{port}/meshes/default/meshgateways/gw2"), None, None).await;
     assert_eq!(st, StatusCode::NOT_FOUND, "the refused write changed nothing");
+    topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_host_names_are_trusted_from_loopback() {
+    let args = vec!["--api-host".into(), "cp.example.internal:443".into(), "--api-host".into(), "other.internal".into()];
+    let (topo, port, api) = global_with_secret("hardening-api-host", args).await;
+    for name in ["cp.example.internal", "other.internal"] {
+        let named = rebound_client(name, api);
+        let (st, text) = send(&named, Method::GET, &format!("http://{name}:{port}/meshes/default/secrets/signing"), None, None).await;
+        assert_eq!(st, StatusCode::OK, "--api-host {name}: {text}");
+    }
+    let evil = rebound_client("cp.example.internal.attacker.example", api);
+    let (st, text) = send(
+        &evil,
+        Method::GET,
+        &format!("http://cp.example.internal.attacker.example:{port}/meshes/default/secrets/signing"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED, "{text}");
     topo.cleanup().await;
 }
