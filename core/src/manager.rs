@@ -11,7 +11,7 @@ use meridian_sync_proto::{
 use crate::{
     liveness::{now_millis, zone_online},
     metrics::StoreMetrics,
-    origin::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_GLOBAL, ORIGIN_ZONE, origin},
+    origin::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_GLOBAL, ORIGIN_ZONE, is_reserved_label, origin},
 };
 
 /// Default cap on one resource's encoded size: KDS messages are capped at
@@ -307,10 +307,41 @@ impl Manager {
         Ok(())
     }
 
+    /// Refuses labels only the control plane sets ([`crate::origin::RESERVED_LABELS`]),
+    /// one violation per label, at `labels["<key>"]`.
+    fn check_user_labels(r: &Resource) -> Result<(), ManagerError> {
+        let violations: Vec<validate::Violation> = r
+            .meta
+            .labels
+            .keys()
+            .filter(|k| is_reserved_label(k))
+            .map(|k| {
+                validate::Violation::new(
+                    validate::FieldPath::new("labels").key(k).to_string(),
+                    format!("{k:?} is set by the control plane (on resources synced over KDS) and cannot be written by users"),
+                )
+            })
+            .collect();
+        if violations.is_empty() {
+            return Ok(());
+        }
+        let ty = r.resource_type();
+        Err(ManagerError::Invalid(InvalidResource {
+            type_name: ty.name().to_string(),
+            mesh: r.meta.mesh.clone(),
+            name: r.meta.name.clone(),
+            violations,
+        }))
+    }
+
     /// Creates or updates a resource on behalf of a user. With
     /// `expected_revision`, refuses to overwrite a newer write (Conflict).
     /// With `dry_run`, checks everything and writes nothing. Returns the
     /// entry and whether it was created.
+    ///
+    /// Errors: [`ManagerError::Invalid`] for a reserved label
+    /// (`labels["kuma.io/origin"]`, see [`crate::origin::RESERVED_LABELS`]) or a
+    /// validation failure; `Forbidden` for what users may not write here.
     pub async fn apply(
         &self,
         r: Resource,
@@ -320,6 +351,7 @@ impl Manager {
         let ty = r.resource_type();
         let existing = self.get(ty, &r.meta.mesh, &r.meta.name).await?;
         self.check_user_write(ty, existing.as_ref())?;
+        Self::check_user_labels(&r)?;
         self.check(&r).await?;
         if let (Some(expected), Some(e)) = (expected_revision, existing.as_ref())
             && e.revision != expected {

@@ -14,6 +14,20 @@ pub const LABEL_ZONE: &str = "kuma.io/zone";
 /// The name the user gave, when the stored name differs.
 pub const LABEL_DISPLAY_NAME: &str = "kuma.io/display-name";
 
+/// Labels only the control plane writes: [`LABEL_ORIGIN`], [`LABEL_ZONE`]
+/// and [`LABEL_DISPLAY_NAME`] are set by the KDS apply path
+/// ([`crate::received`]) and by a zone on what it sends up. A user write
+/// carrying one of them is refused ([`crate::Manager::apply`]): a hand-written
+/// `kuma.io/origin: zone` at the global would never sync and could not be
+/// deleted. (Kuma keeps the same set system-owned: `mesh_proto` metadata
+/// labels.)
+pub const RESERVED_LABELS: [&str; 3] = [LABEL_ORIGIN, LABEL_ZONE, LABEL_DISPLAY_NAME];
+
+/// Whether `key` is one of [`RESERVED_LABELS`].
+pub fn is_reserved_label(key: &str) -> bool {
+    RESERVED_LABELS.contains(&key)
+}
+
 /// The `kuma.io/origin` label of a resource, if any.
 pub fn origin(r: &Resource) -> Option<&str> {
     r.meta.labels.get(LABEL_ORIGIN).map(String::as_str)

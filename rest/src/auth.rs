@@ -1,5 +1,14 @@
 //! Who may write: the admin token, required for writes and Secrets from any
 //! address but loopback (loopback can be made to need it too).
+//!
+//! Loopback trust is guarded against DNS rebinding: a page served from
+//! `evil.example` whose name the attacker re-points at 127.0.0.1 makes the
+//! victim's browser call the API from loopback, but with `Host: evil.example`.
+//! So a loopback peer is trusted only when the request names the API by a
+//! loopback name or address (`localhost`, `127.0.0.0/8`, `[::1]`, any port) or
+//! by a configured API host name (`--api-host`). And a request that presents
+//! a token is judged by that token alone: a wrong one is refused (401) even
+//! from loopback.
 
 use std::{
     net::IpAddr,
@@ -14,19 +23,39 @@ use rand::RngCore;
 #[derive(Clone)]
 pub struct Auth {
     admin_token: String,
-    /// Requests from 127.0.0.0/8 and ::1 count as authorised without a token.
+    /// Requests from 127.0.0.0/8 and ::1 that present no token count as
+    /// authorised, when their `Host` passes [`Auth::trusted_host`].
     trust_loopback: bool,
+    /// Extra host names (lowercase, no port) under which loopback callers are
+    /// trusted: `--api-host`.
+    api_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth").field("trust_loopback", &self.trust_loopback).finish_non_exhaustive()
+        f.debug_struct("Auth")
+            .field("trust_loopback", &self.trust_loopback)
+            .field("api_hosts", &self.api_hosts)
+            .finish_non_exhaustive()
     }
 }
 
 impl Auth {
+    /// `admin_token` is compared in constant time; `trust_loopback` lets
+    /// loopback callers without a token act as admin (under a loopback `Host`).
     pub fn new(admin_token: String, trust_loopback: bool) -> Auth {
-        Auth { admin_token, trust_loopback }
+        Auth { admin_token, trust_loopback, api_hosts: Vec::new() }
+    }
+
+    /// Host names besides the loopback ones under which loopback callers are
+    /// trusted (`--api-host`); compared case-insensitively, port ignored (a
+    /// port given here is dropped).
+    pub fn with_api_hosts(mut self, hosts: impl IntoIterator<Item = String>) -> Auth {
+        self.api_hosts = hosts
+            .into_iter()
+            .filter_map(|h| host_name(&h).map(str::to_ascii_lowercase))
+            .collect();
+        self
     }
 
     /// Reads `<data_dir>/admin-token`, creating it (mode 0600) with a fresh
@@ -52,18 +81,86 @@ impl Auth {
         Ok((token, path))
     }
 
-    /// Whether the caller holds admin rights.
+    /// Whether the caller holds admin rights: a presented token decides alone
+    /// (right or wrong, whatever the address); without one, a loopback peer
+    /// is trusted when loopback trust is on and the `Host` header (which
+    /// [`crate::server::serve`] sets from an HTTP/2 `:authority` or an
+    /// absolute request target) passes [`Auth::trusted_host`].
     pub fn is_admin(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> bool {
-        if self.trust_loopback && peer.is_some_and(|ip| ip.is_loopback()) {
-            return true;
+        if let Some(t) = bearer(headers) {
+            return constant_time_eq(t.as_bytes(), self.admin_token.as_bytes());
         }
-        bearer(headers).is_some_and(|t| constant_time_eq(t.as_bytes(), self.admin_token.as_bytes()))
+        if Auth::presented(headers) {
+            return false; // an Authorization header that is not a bearer token
+        }
+        self.trust_loopback
+            && peer.is_some_and(|ip| ip.is_loopback())
+            && headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .is_some_and(|h| self.trusted_host(h))
     }
 
-    /// Whether a token was presented at all (to tell "missing" from "wrong").
-    pub fn presented(headers: &HeaderMap) -> bool {
-        bearer(headers).is_some()
+    /// Whether a `Host` value names this API from the machine itself:
+    /// `localhost`, an address in 127.0.0.0/8, `[::1]` (each with or without
+    /// `:port`), or one of the `--api-host` names. Nothing else: not
+    /// `*.localhost`, not `0.0.0.0`, not a name that merely resolves to loopback.
+    pub fn trusted_host(&self, host: &str) -> bool {
+        let Some(name) = host_name(host) else { return false };
+        if name.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+            return v6.parse::<std::net::Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
+        }
+        if let Ok(v4) = name.parse::<std::net::Ipv4Addr>() {
+            return v4.is_loopback();
+        }
+        self.api_hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
     }
+
+    /// Whether a credential was presented at all (to tell "missing" from "wrong").
+    pub fn presented(headers: &HeaderMap) -> bool {
+        headers.contains_key(http::header::AUTHORIZATION)
+    }
+}
+
+/// Makes the `Host` header say which host the request names: HTTP/2 carries
+/// it as `:authority` (in the URI, often with no `Host` header), and an
+/// HTTP/1.1 absolute-form target overrides `Host` (RFC 9112 §3.2.2). Either
+/// way the URI's authority wins, so [`Auth::is_admin`] judges the name the
+/// client actually used.
+pub async fn host_from_authority(mut req: axum::extract::Request) -> axum::extract::Request {
+    set_host_from_authority(&mut req);
+    req
+}
+
+fn set_host_from_authority<B>(req: &mut http::Request<B>) {
+    let authority = req.uri().authority().and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
+    if let Some(a) = authority {
+        req.headers_mut().insert(http::header::HOST, a);
+    }
+}
+
+/// The host part of a `Host` value (`name`, `name:port`, `[v6]`, `[v6]:port`),
+/// brackets kept for IPv6; `None` when the port is not a number or the value
+/// is empty.
+fn host_name(host: &str) -> Option<&str> {
+    let host = host.trim();
+    let (name, port) = if host.starts_with('[') {
+        let end = host.find(']')?;
+        let rest = &host[end + 1..];
+        (&host[..=end], if rest.is_empty() { None } else { Some(rest.strip_prefix(':')?) })
+    } else {
+        match host.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (host, None),
+        }
+    };
+    if name.is_empty() || port.is_some_and(|p| p.is_empty() || p.parse::<u16>().is_err()) {
+        return None;
+    }
+    Some(name)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -87,20 +184,70 @@ pub fn random_token() -> String {
 mod tests {
     use super::*;
 
+    fn host(h: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(http::header::HOST, h.parse().expect("host header"));
+        m
+    }
+
     #[test]
     fn token_rules() {
         let auth = Auth::new("s3cret".into(), true);
-        let mut h = HeaderMap::new();
+        let mut h = host("localhost:5681");
         let remote: IpAddr = [10, 1, 2, 3].into();
         let local: IpAddr = [127, 0, 0, 1].into();
         assert!(!auth.is_admin(&h, Some(remote)));
         assert!(auth.is_admin(&h, Some(local)));
         h.insert(http::header::AUTHORIZATION, "Bearer nope".parse().expect("header"));
         assert!(!auth.is_admin(&h, Some(remote)));
+        assert!(!auth.is_admin(&h, Some(local)), "a wrong token from loopback is refused");
+        h.insert(http::header::AUTHORIZATION, "Basic czNjcmV0".parse().expect("header"));
+        assert!(!auth.is_admin(&h, Some(local)), "a non-bearer credential from loopback is refused");
         h.insert(http::header::AUTHORIZATION, "Bearer s3cret".parse().expect("header"));
         assert!(auth.is_admin(&h, Some(remote)));
         let strict = Auth::new("s3cret".into(), false);
-        assert!(!strict.is_admin(&HeaderMap::new(), Some(local)));
+        assert!(!strict.is_admin(&host("localhost"), Some(local)));
+    }
+
+    #[test]
+    fn loopback_trust_needs_a_loopback_host() {
+        let auth = Auth::new("s3cret".into(), true).with_api_hosts(["CP.Example.com:8443".to_string()]);
+        let local: IpAddr = std::net::Ipv6Addr::LOCALHOST.into();
+        for ok in ["localhost", "LOCALHOST:80", "127.0.0.1", "127.9.8.7:5681", "[::1]", "[::1]:5681", "cp.example.com:443"] {
+            assert!(auth.is_admin(&host(ok), Some(local)), "{ok} is trusted");
+        }
+        for bad in [
+            "evil.example", "evil.example:5681", "localhost.evil.example", "a.localhost", "0.0.0.0",
+            "10.0.0.1:5681", "[::2]", "[::1]x", "localhost:", "localhost:notaport", "127.0.0.1:99999", "",
+        ] {
+            assert!(!auth.is_admin(&host(bad), Some(local)), "{bad:?} is not trusted");
+        }
+        assert!(!auth.is_admin(&HeaderMap::new(), Some(local)), "no Host, no trust");
+    }
+
+    #[test]
+    fn the_uri_authority_names_the_host() {
+        let auth = Auth::new("s3cret".into(), true);
+        let local: IpAddr = [127, 0, 0, 1].into();
+        // HTTP/2: `:authority` only, no Host header.
+        let mut h2 = http::Request::builder().uri("http://evil.example:5681/meshes").body(()).expect("request");
+        set_host_from_authority(&mut h2);
+        assert!(!auth.is_admin(h2.headers(), Some(local)));
+        let mut h2 = http::Request::builder().uri("http://localhost:5681/meshes").body(()).expect("request");
+        set_host_from_authority(&mut h2);
+        assert!(auth.is_admin(h2.headers(), Some(local)));
+        // HTTP/1.1 absolute form: the target wins over Host.
+        let mut abs = http::Request::builder()
+            .uri("http://evil.example/meshes")
+            .header(http::header::HOST, "localhost")
+            .body(())
+            .expect("request");
+        set_host_from_authority(&mut abs);
+        assert!(!auth.is_admin(abs.headers(), Some(local)));
+        // Origin form: Host as sent.
+        let mut origin = http::Request::builder().uri("/meshes").header(http::header::HOST, "[::1]:5681").body(()).expect("request");
+        set_host_from_authority(&mut origin);
+        assert!(auth.is_admin(origin.headers(), Some(local)));
     }
 
     #[test]

@@ -97,9 +97,20 @@ impl From<ManagerError> for ApiError {
             ManagerError::TooLarge { .. } => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Resource too large", details)
             }
-            ManagerError::Corrupt(..) | ManagerError::Store(_) => {
+            ManagerError::Corrupt(..) => {
                 tracing::error!(error = %details, "store failure");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable", details)
+            }
+            ManagerError::Store(_) => {
+                tracing::error!(error = %details, "store failure");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Store unavailable",
+                    format!(
+                        "the resource store (database) did not answer: {details}; \
+                         retry when it is back (--store-acquire-timeout bounds the wait)"
+                    ),
+                )
             }
         }
     }

@@ -140,7 +140,9 @@ fn peer(ci: &ConnectInfo<PeerAddr>) -> Option<std::net::IpAddr> {
     Some(ci.0.0.ip())
 }
 
-/// Refuses callers without admin rights (401 with what to do).
+/// Refuses callers without admin rights (401 with what to do): no token from
+/// a non-loopback address or under a foreign `Host` (DNS rebinding; see
+/// [`crate::auth`]), or a wrong token from anywhere.
 pub fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<PeerAddr>) -> Result<(), ApiError> {
     if s.auth.is_admin(headers, peer(ci)) {
         return Ok(());
@@ -148,7 +150,8 @@ pub fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<PeerAdd
     Err(ApiError::unauthorized(if Auth::presented(headers) {
         "the admin token is not valid"
     } else {
-        "this operation needs the admin token: send 'Authorization: Bearer <token>' (meridianctl --token)"
+        "this operation needs the admin token: send 'Authorization: Bearer <token>' (meridianctl --token); \
+         loopback callers are trusted without it only under a Host of localhost, 127.0.0.0/8, [::1] or an --api-host name"
     }))
 }
 

@@ -121,7 +121,9 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router.into_make_service_with_connect_info::<PeerAddr>();
+    let app = router
+        .layer(axum::middleware::map_request(crate::auth::host_from_authority))
+        .into_make_service_with_connect_info::<PeerAddr>();
     match tls {
         None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
         Some(config) => {

@@ -26,6 +26,12 @@ pub struct StateArgs {
     #[arg(long, env = "MERIDIAN_STORE")]
     #[serde(serialize_with = "redact_store")]
     pub store: Option<String>,
+
+    /// PostgreSQL: how long a request waits for a database connection before
+    /// failing (503 at the API) when the database is down or saturated, as a
+    /// duration (`2s`, `500ms`, `1m`).
+    #[arg(long, env = "MERIDIAN_STORE_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub store_acquire_timeout: std::time::Duration,
 }
 
 impl StateArgs {
@@ -62,9 +68,17 @@ pub struct ApiArgs {
     #[serde(serialize_with = "redact_secret")]
     pub admin_token: Option<String>,
 
-    /// Treat requests from loopback addresses as admin without a token.
+    /// Treat requests from loopback addresses as admin without a token (when
+    /// their `Host` is a loopback name or address or an --api-host name).
     #[arg(long, env = "MERIDIAN_API_TRUST_LOOPBACK", default_value_t = true, action = clap::ArgAction::Set)]
     pub api_trust_loopback: bool,
+
+    /// A host name (no port) under which loopback callers are still trusted,
+    /// besides `localhost`, 127.0.0.0/8 and `[::1]`; repeatable (env:
+    /// comma-separated). Any other `Host` from loopback needs the token
+    /// (a guard against DNS rebinding).
+    #[arg(long = "api-host", env = "MERIDIAN_API_HOSTS", value_delimiter = ',')]
+    pub api_hosts: Vec<String>,
 
     /// Largest encoded size of one resource, in bytes.
     #[arg(long, env = "MERIDIAN_MAX_RESOURCE_BYTES", default_value_t = DEFAULT_MAX_RESOURCE_BYTES)]

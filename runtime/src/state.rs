@@ -11,15 +11,21 @@ pub fn store_url(data_dir: &Path, store: Option<&str>, default_file: &str) -> St
     store.map_or_else(|| format!("sqlite:{}", data_dir.join(default_file).display()), str::to_string)
 }
 
-/// Creates the data directory and opens the store at [`store_url`].
+/// Creates the data directory and opens the store at [`store_url`] (from
+/// `--store`), waiting at most `--store-acquire-timeout` for a connection.
 ///
 /// Errors: the directory cannot be created, or the store cannot be opened
 /// (the message names the URL, its password redacted).
-pub async fn open_store(data_dir: &Path, store: Option<&str>, default_file: &str) -> anyhow::Result<meridian_store::Store> {
+pub async fn open_store(
+    data_dir: &Path,
+    state: &crate::args::StateArgs,
+    default_file: &str,
+) -> anyhow::Result<meridian_store::Store> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let url = store_url(data_dir, store, default_file);
-    let store = meridian_store::Store::connect(&url)
+    let url = store_url(data_dir, state.store.as_deref(), default_file);
+    let options = meridian_store::StoreOptions { acquire_timeout: state.store_acquire_timeout, ..Default::default() };
+    let store = meridian_store::Store::connect_with(&url, options)
         .await
         .with_context(|| format!("cannot open store {}", crate::config::redact_url(&url)))?;
     tracing::info!(backend = store.backend_name(), "store ready");

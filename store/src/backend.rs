@@ -158,10 +158,15 @@ pub(crate) mod postgres {
     include!("backend/generic.rs");
 
     /// Connects and migrates (sqlx serializes concurrent migrators with an
-    /// advisory lock).
-    pub(crate) async fn connect(options: PgConnectOptions) -> Result<Pool<Db>, StoreError> {
+    /// advisory lock). `acquire_timeout` bounds every wait for a connection
+    /// ([`crate::StoreOptions::acquire_timeout`]).
+    pub(crate) async fn connect(
+        options: PgConnectOptions,
+        acquire_timeout: std::time::Duration,
+    ) -> Result<Pool<Db>, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;

@@ -66,7 +66,7 @@ mod watcher;
 pub use compaction::{Retention, compact_every};
 pub use error::StoreError;
 pub use listener::LISTENER_APPLICATION_NAME;
-pub use store::{Store, StoreOptions};
+pub use store::{DEFAULT_ACQUIRE_TIMEOUT, Store, StoreOptions};
 pub use types::{
     Change, ChangeKind, ListPage, ListQuery, ResourceKey, StatusExpect, StoredResource, WriteOp,
     WriteResource,

@@ -26,12 +26,24 @@ pub struct StoreOptions {
     /// wake-up. A backstop only (SQLite writers in other processes, a lost
     /// notification); wake-ups are the primary mechanism. Default 5 s.
     pub requery_interval: Duration,
+    /// PostgreSQL: how long an operation waits for a pooled connection
+    /// (opening one included) before failing with
+    /// [`StoreError::Database`] (`PoolTimedOut`). With the database down,
+    /// this is how long a request hangs before its error. Default
+    /// [`DEFAULT_ACQUIRE_TIMEOUT`] (sqlx's own default is 30 s).
+    pub acquire_timeout: Duration,
 }
+
+/// Default [`StoreOptions::acquire_timeout`]: 2 s, long enough for a
+/// connection on a loaded server, short enough that a stopped database
+/// gives a prompt error instead of a hung request.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             requery_interval: Duration::from_secs(5),
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
         }
     }
 }
@@ -165,7 +177,7 @@ impl Store {
                 None,
             ),
             Location::Postgres(pg) => {
-                let pool = backend::postgres::connect((*pg).clone()).await?;
+                let pool = backend::postgres::connect((*pg).clone(), options.acquire_timeout).await?;
                 let task = listener::spawn(*pg, Arc::clone(&wake));
                 (Backend::Postgres(pool), Some(task))
             }

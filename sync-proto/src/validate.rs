@@ -25,6 +25,7 @@
 mod dataplane;
 mod gateway;
 mod mesh;
+pub mod re2;
 mod route;
 mod secret;
 mod selectors;

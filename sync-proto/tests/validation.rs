@@ -353,6 +353,36 @@ fn mesh_gateway_route() {
             ("conf.http.rules[0].matches[2].query_parameters[0].value",
              "invalid regular expression: look-around, including look-ahead and look-behind, is not supported"),
         ]),
+        c("ours: regular expressions over Envoy's RE2 program size (100)", http_matches(json!([
+            {"path": {"match": "REGEX", "value": "^/products/[a-z0-9-]{1,64}$"}},
+            {"path": {"match": "REGEX", "value": "/a{100}"}},
+            {"headers": [{"match": "REGEX", "name": "x-a", "value": "[0-9]{200}"}]},
+            {"path": {"match": "REGEX", "value": "^/products/[a-z0-9-]+$"}}
+        ])), &[
+            ("conf.http.rules[0].matches[0].path.value",
+             "regular expression too complex for Envoy: its RE2 program size is about 271, over Envoy's limit of 100 \
+              (counted repetitions such as {1,64} expand: use + or * instead)"),
+            ("conf.http.rules[0].matches[1].path.value",
+             "regular expression too complex for Envoy: its RE2 program size is about 105, over Envoy's limit of 100 \
+              (counted repetitions such as {1,64} expand: use + or * instead)"),
+            ("conf.http.rules[0].matches[2].headers[0].value",
+             "regular expression too complex for Envoy: its RE2 program size is about 204, over Envoy's limit of 100 \
+              (counted repetitions such as {1,64} expand: use + or * instead)"),
+        ]),
+        c("ours: control characters in paths, header values, query parameters", http_matches(json!([
+            {"path": {"match": "PREFIX", "value": "/a\u{0}b"}},
+            {"path": {"match": "EXACT", "value": "/a\r\nb"}},
+            {"path": {"match": "REGEX", "value": "/a\nb"}},
+            {"headers": [{"match": "EXACT", "name": "x-a", "value": "v\r\nx-b: 1"}, {"match": "EXACT", "name": "x-t", "value": "a\tb"}]},
+            {"queryParameters": [{"match": "EXACT", "name": "q\u{0}", "value": "v"}, {"match": "EXACT", "name": "q", "value": "v\n"}]}
+        ])), &[
+            ("conf.http.rules[0].matches[0].path.value", "must not contain control characters (NUL, CR, LF, ...)"),
+            ("conf.http.rules[0].matches[1].path.value", "must not contain control characters (NUL, CR, LF, ...)"),
+            ("conf.http.rules[0].matches[2].path.value", "must not contain control characters (NUL, CR, LF, ...)"),
+            ("conf.http.rules[0].matches[3].headers[0].value", "must not contain control characters (NUL, CR, LF, ...)"),
+            ("conf.http.rules[0].matches[4].query_parameters[0].name", "must not contain control characters (NUL, CR, LF, ...)"),
+            ("conf.http.rules[0].matches[4].query_parameters[1].value", "must not contain control characters (NUL, CR, LF, ...)"),
+        ]),
         c("ours: route hostnames", json!({
             "selectors": [{"match": {"kuma.io/service": "gw"}}],
             "conf": {"http": {"hostnames": ["Foo.com", "*.ok.com", "", "a..b", "*.*.x.com"],

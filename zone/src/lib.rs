@@ -111,7 +111,7 @@ pub fn main(cli: Cli) -> ExitCode {
 /// tasks fails, which cancels it).
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let data_dir = args.state.data_dir("zone");
-    let store = state::open_store(&data_dir, args.state.store.as_deref(), "zone.db").await?;
+    let store = state::open_store(&data_dir, &args.state, "zone.db").await?;
     tracing::info!(zone = %args.zone, "zone starting");
     let token = state::admin_token(args.api.admin_token.as_deref(), &data_dir)?;
 
@@ -157,7 +157,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let instance_id = state::instance_id();
     let state = ApiState {
         manager: manager.clone(),
-        auth: Auth::new(token, args.api.api_trust_loopback),
+        auth: Auth::new(token, args.api.api_trust_loopback).with_api_hosts(args.api.api_hosts.clone()),
         info: Arc::new(ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             instance_id: instance_id.clone(),

@@ -18,6 +18,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 pub fn no_backstop() -> StoreOptions {
     StoreOptions {
         requery_interval: Duration::from_secs(3600),
+        ..StoreOptions::default()
     }
 }
 

@@ -2,7 +2,7 @@
 //! matches, filters and backends) or a TCP route (rules of backends).
 
 use super::selectors::{self, TagRules};
-use super::{FieldPath, Report, hostname, port, quote};
+use super::{FieldPath, Report, hostname, port, quote, re2};
 use crate::pb::mesh::mesh_gateway_route::http_route::filter::{
     Filter as Kind, HeaderFilter, Mirror, Redirect, Rewrite, header_filter, rewrite,
 };
@@ -127,11 +127,7 @@ fn http_match(r: &mut Report, at: &FieldPath, m: &Match) {
         let value_at = at.field("path").field("value");
         match path::MatchType::try_from(p.r#match) {
             Ok(path::MatchType::Regex) => regex_value(r, &value_at, &p.value),
-            Ok(path::MatchType::Exact | path::MatchType::Prefix) => {
-                if !p.value.starts_with('/') {
-                    r.add(&value_at, "must be an absolute path");
-                }
-            }
+            Ok(path::MatchType::Exact | path::MatchType::Prefix) => path_value(r, &value_at, &p.value),
             Err(_) => r.add(&at.field("path").field("match"), "must be one of EXACT, PREFIX, REGEX"),
         }
     }
@@ -146,6 +142,8 @@ fn http_match(r: &mut Report, at: &FieldPath, m: &Match) {
             r.add(&h_at.field("name"), "cannot be empty");
         } else if !is_header_name(h.name.strip_prefix(':').unwrap_or(&h.name)) {
             r.add(&h_at.field("name"), "must be a valid HTTP header name");
+        } else if h.name.len() > MAX_HEADER_BYTES {
+            r.add(&h_at.field("name"), format!("must be at most {MAX_HEADER_BYTES} bytes"));
         }
         let value_at = h_at.field("value");
         match header::MatchType::try_from(h.r#match) {
@@ -157,6 +155,10 @@ fn http_match(r: &mut Report, at: &FieldPath, m: &Match) {
             Ok(header::MatchType::Exact) => {
                 if h.value.is_empty() {
                     r.add(&value_at, "cannot be empty");
+                } else if has_line_break_or_nul(&h.value) {
+                    r.add(&value_at, CONTROL_MESSAGE);
+                } else if h.value.len() > MAX_HEADER_BYTES {
+                    r.add(&value_at, format!("must be at most {MAX_HEADER_BYTES} bytes"));
                 }
             }
             Ok(header::MatchType::Regex) => regex_value(r, &value_at, &h.value),
@@ -168,12 +170,18 @@ fn http_match(r: &mut Report, at: &FieldPath, m: &Match) {
         let q_at = at.field("query_parameters").index(i);
         if q.name.is_empty() {
             r.add(&q_at.field("name"), "cannot be empty");
+        } else if has_control(&q.name) {
+            r.add(&q_at.field("name"), CONTROL_MESSAGE);
+        } else if q.name.len() > MAX_QUERY_NAME_BYTES {
+            r.add(&q_at.field("name"), format!("must be at most {MAX_QUERY_NAME_BYTES} bytes"));
         }
         let value_at = q_at.field("value");
         match query::MatchType::try_from(q.r#match) {
             Ok(query::MatchType::Exact) => {
                 if q.value.is_empty() {
                     r.add(&value_at, "cannot be empty");
+                } else if has_control(&q.value) {
+                    r.add(&value_at, CONTROL_MESSAGE);
                 }
             }
             Ok(query::MatchType::Regex) => regex_value(r, &value_at, &q.value),
@@ -183,12 +191,55 @@ fn http_match(r: &mut Report, at: &FieldPath, m: &Match) {
 }
 
 /// Ours: a regular expression must compile (Envoy's RE2 and the `regex`
-/// crate share a syntax: no look-around, no back-references).
+/// crate share a syntax: no look-around, no back-references) and fit Envoy's
+/// RE2 program-size limit ([`super::re2`]): over it, Envoy NACKs the whole
+/// route configuration.
 fn regex_value(r: &mut Report, at: &FieldPath, pattern: &str) {
     if pattern.is_empty() {
         r.add(at, "cannot be empty");
+    } else if has_control(pattern) {
+        r.add(at, CONTROL_MESSAGE);
     } else if let Err(e) = regex::Regex::new(pattern) {
         r.add(at, format!("invalid regular expression: {}", regex_reason(&e)));
+    } else if let Some(size) = re2::program_size(pattern).filter(|s| *s > re2::ENVOY_MAX_PROGRAM_SIZE) {
+        let size = if size == u64::MAX { "too large to count".to_owned() } else { format!("about {size}") };
+        r.add(
+            at,
+            format!(
+                "regular expression too complex for Envoy: its RE2 program size is {size}, over Envoy's limit of {} \
+                 (counted repetitions such as {{1,64}} expand: use + or * instead)",
+                re2::ENVOY_MAX_PROGRAM_SIZE
+            ),
+        );
+    }
+}
+
+/// Why a value with control characters is refused.
+const CONTROL_MESSAGE: &str = "must not contain control characters (NUL, CR, LF, ...)";
+
+/// Whether `s` holds an ASCII control character (C0 or DEL): no request
+/// path, query or regex can carry one, and Envoy refuses NUL, CR and LF in
+/// header values and rewrites.
+fn has_control(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == 0x7f)
+}
+
+/// NUL, CR or LF: what a header value may never hold (a tab may).
+fn has_line_break_or_nul(s: &str) -> bool {
+    s.contains(['\r', '\n', '\0'])
+}
+
+/// Envoy's `HeaderMatcher.name` and `HeaderValue.key`/`value` limit (bytes).
+const MAX_HEADER_BYTES: usize = 16384;
+/// Envoy's `QueryParameterMatcher.name` limit (bytes).
+const MAX_QUERY_NAME_BYTES: usize = 1024;
+
+/// A path (match value or rewrite target): absolute, no control characters.
+fn path_value(r: &mut Report, at: &FieldPath, p: &str) {
+    if !p.starts_with('/') {
+        r.add(at, "must be an absolute path");
+    } else if has_control(p) {
+        r.add(at, CONTROL_MESSAGE);
     }
 }
 
@@ -271,13 +322,17 @@ fn header_mutation(r: &mut Report, at: &FieldPath, h: &header_filter::Header, op
         r.add(&name_at, format!("pseudo-header {} cannot be modified", quote(name)));
     } else if !is_header_name(name) {
         r.add(&name_at, "must be a valid HTTP header name");
+    } else if name.len() > MAX_HEADER_BYTES {
+        r.add(&name_at, format!("must be at most {MAX_HEADER_BYTES} bytes"));
     }
 
     let value_at = at.field("value");
     if h.value.is_empty() {
         r.add(&value_at, "cannot be empty");
-    } else if h.value.contains(['\r', '\n', '\0']) {
+    } else if has_line_break_or_nul(&h.value) {
         r.add(&value_at, "must not contain CR, LF or NUL characters");
+    } else if h.value.len() > MAX_HEADER_BYTES {
+        r.add(&value_at, format!("must be at most {MAX_HEADER_BYTES} bytes"));
     }
 }
 
@@ -336,19 +391,13 @@ fn rewrite(r: &mut Report, at: &FieldPath, rw: &Rewrite, prefix_match: bool) {
                 r.add(at, "cannot be empty");
             }
         }
-        Some(rewrite::Path::ReplaceFull(p)) => {
-            if !p.starts_with('/') {
-                r.add(&at.field("replaceFull"), "must be an absolute path");
-            }
-        }
+        Some(rewrite::Path::ReplaceFull(p)) => path_value(r, &at.field("replaceFull"), p),
         Some(rewrite::Path::ReplacePrefixMatch(p)) => {
             let prefix_at = at.field("replacePrefixMatch");
             if !prefix_match {
                 r.add(&prefix_at, "cannot be used without a match on path prefix");
             }
-            if !p.starts_with('/') {
-                r.add(&prefix_at, "must be an absolute path");
-            }
+            path_value(r, &prefix_at, p);
         }
     }
 }

@@ -36,6 +36,8 @@ pub struct GlobalSpec {
     /// default) passes `--skip-default-mesh`: most scenarios start from an
     /// empty store and create the Meshes they use.
     pub default_mesh: bool,
+    /// More flags, appended as given (`["--api-host", "cp.example"]`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for GlobalSpec {
@@ -47,6 +49,7 @@ impl Default for GlobalSpec {
             trust_loopback: true,
             api_tls: None,
             default_mesh: false,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -139,6 +142,7 @@ impl Global {
         if !self.spec.default_mesh {
             args.push("--skip-default-mesh".into());
         }
+        args.extend(self.spec.extra_args.iter().map(OsString::from));
         let mut prefixes = vec![API_LINE];
         if self.spec.plaintext_kds {
             prefixes.push(KDS_PLAIN_LINE);

@@ -332,9 +332,15 @@ fn safe_regex(pattern: &str) -> StringMatcher {
     StringMatcher { match_pattern: Some(string_matcher::MatchPattern::SafeRegex(regex(pattern))), ..Default::default() }
 }
 
+/// A header to add, its value literal: Envoy reads `%...%` in added header
+/// values as substitution commands (`%DOWNSTREAM_REMOTE_ADDRESS%`) and
+/// refuses the route configuration for an unknown one ("Couldn't find valid
+/// command"), so a literal `%` is written `%%` (Envoy's
+/// `config/core/v3/base.proto`, `HeaderValueOption`; found by the generator
+/// fuzz test).
 fn header_option(name: &str, value: &str, overwrite: bool) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue { key: name.to_string(), value: value.to_string(), ..Default::default() }),
+        header: Some(HeaderValue { key: name.to_string(), value: value.replace('%', "%%"), ..Default::default() }),
         append_action: if overwrite {
             HeaderAppendAction::OverwriteIfExistsOrAdd as i32
         } else {

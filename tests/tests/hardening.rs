@@ -1,0 +1,21 @@
+//! Hardening (issue 10), probed as an attacker or a bad day would: each
+//! test drives the real binaries over real sockets.
+//!
+//! Run: `cargo build --workspace --bins && bash tests/pg-env.sh cargo test -p meridian-tests --test hardening`
+//! (the PostgreSQL test starts a second, throwaway cluster of its own).
+//!
+//! | test                                                        | point |
+//! |-------------------------------------------------------------|-------|
+//! | rebinding::foreign_host_from_loopback_is_not_admin          | 2: DNS rebinding; wrong token from loopback |
+//! | rebinding::api_host_names_are_trusted_from_loopback         | 2: `--api-host` |
+//! | labels::system_labels_are_refused_in_user_writes            | 3: reserved labels (REST and meridianctl) |
+//! | labels::synced_resources_keep_their_system_labels           | 3: the KDS path still sets them |
+//! | envoy_input::regexes_envoy_refuses_are_refused_at_apply     | 7: RE2 program size, control characters |
+//! | store_down::stopped_postgres_fails_fast_and_recovers        | 9: PostgreSQL stopped under a running global |
+
+mod hardening {
+    pub mod envoy_input;
+    pub mod labels;
+    pub mod rebinding;
+    pub mod store_down;
+}
