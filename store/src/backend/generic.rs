@@ -102,34 +102,39 @@ pub(crate) async fn get(
 
 /// Reads a page and the total count from one snapshot.
 pub(crate) async fn list(pool: &Pool<Db>, q: &ListQuery) -> Result<ListPage, StoreError> {
-    let labels = encode_labels(&q.labels)?;
     let mut tx = pool.begin_with(BEGIN_READ).await?;
     let meta = sqlx::query(READ_META_SQL).fetch_one(&mut *tx).await?;
     let revision: i64 = meta.try_get("revision")?;
-    let total: i64 = sqlx::query_scalar(COUNT_SQL)
+    let (items, total) = page_in(&mut tx, COUNT_SQL, LIST_SQL, q).await?;
+    tx.commit().await?;
+    Ok(ListPage { items, total, revision })
+}
+
+/// The page `q` asks for and the total count, read inside `tx` with
+/// `count_sql`/`list_sql` (binds: type, mesh, labels; then limit, offset).
+async fn page_in(
+    tx: &mut Tx,
+    count_sql: &'static str,
+    list_sql: &'static str,
+    q: &ListQuery,
+) -> Result<(Vec<StoredResource>, u64), StoreError> {
+    let labels = encode_labels(&q.labels)?;
+    let total: i64 = sqlx::query_scalar(count_sql)
         .bind(q.type_name.as_str())
         .bind(q.mesh.as_deref())
         .bind(labels.as_str())
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?;
-    let rows = sqlx::query(LIST_SQL)
+    let rows = sqlx::query(list_sql)
         .bind(q.type_name.as_str())
         .bind(q.mesh.as_deref())
         .bind(labels.as_str())
         .bind(q.limit.map_or(i64::MAX, sql_count))
         .bind(sql_count(q.offset))
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
-    tx.commit().await?;
-    let items = rows
-        .iter()
-        .map(|r| resource_from_row(r, "revision"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ListPage {
-        items,
-        total: u64::try_from(total).unwrap_or(0),
-        revision,
-    })
+    let items = rows.iter().map(|r| resource_from_row(r, "revision")).collect::<Result<Vec<_>, _>>()?;
+    Ok((items, u64::try_from(total).unwrap_or(0)))
 }
 
 /// The store revision.

@@ -94,30 +94,8 @@ pub(crate) async fn delete_status(pool: &Pool<Db>, key: &ResourceKey) -> Result<
 /// Lists status records like [`list`] lists resources (`revision` 0 in
 /// the page and in every item).
 pub(crate) async fn list_status(pool: &Pool<Db>, q: &ListQuery) -> Result<ListPage, StoreError> {
-    let labels = encode_labels(&q.labels)?;
     let mut tx = pool.begin_with(BEGIN_READ).await?;
-    let total: i64 = sqlx::query_scalar(STATUS_COUNT_SQL)
-        .bind(q.type_name.as_str())
-        .bind(q.mesh.as_deref())
-        .bind(labels.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-    let rows = sqlx::query(STATUS_LIST_SQL)
-        .bind(q.type_name.as_str())
-        .bind(q.mesh.as_deref())
-        .bind(labels.as_str())
-        .bind(q.limit.map_or(i64::MAX, sql_count))
-        .bind(sql_count(q.offset))
-        .fetch_all(&mut *tx)
-        .await?;
+    let (items, total) = page_in(&mut tx, STATUS_COUNT_SQL, STATUS_LIST_SQL, q).await?;
     tx.commit().await?;
-    let items = rows
-        .iter()
-        .map(|r| resource_from_row(r, "revision"))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ListPage {
-        items,
-        total: u64::try_from(total).unwrap_or(0),
-        revision: 0,
-    })
+    Ok(ListPage { items, total, revision: 0 })
 }
