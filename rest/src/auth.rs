@@ -51,10 +51,7 @@ impl Auth {
     /// trusted (`--api-host`); compared case-insensitively, port ignored (a
     /// port given here is dropped).
     pub fn with_api_hosts(mut self, hosts: impl IntoIterator<Item = String>) -> Auth {
-        self.api_hosts = hosts
-            .into_iter()
-            .filter_map(|h| host_name(&h).map(str::to_ascii_lowercase))
-            .collect();
+        self.api_hosts = hosts.into_iter().filter_map(|h| host_name(&h).map(str::to_ascii_lowercase)).collect();
         self
     }
 
@@ -95,10 +92,7 @@ impl Auth {
         }
         self.trust_loopback
             && peer.is_some_and(|ip| ip.is_loopback())
-            && headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .is_some_and(|h| self.trusted_host(h))
+            && headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).is_some_and(|h| self.trusted_host(h))
     }
 
     /// Whether a `Host` value names this API from the machine itself:
@@ -213,12 +207,24 @@ mod tests {
     fn loopback_trust_needs_a_loopback_host() {
         let auth = Auth::new("s3cret".into(), true).with_api_hosts(["CP.Example.com:8443".to_string()]);
         let local: IpAddr = std::net::Ipv6Addr::LOCALHOST.into();
-        for ok in ["localhost", "LOCALHOST:80", "127.0.0.1", "127.9.8.7:5681", "[::1]", "[::1]:5681", "cp.example.com:443"] {
+        for ok in
+            ["localhost", "LOCALHOST:80", "127.0.0.1", "127.9.8.7:5681", "[::1]", "[::1]:5681", "cp.example.com:443"]
+        {
             assert!(auth.is_admin(&host(ok), Some(local)), "{ok} is trusted");
         }
         for bad in [
-            "evil.example", "evil.example:5681", "localhost.evil.example", "a.localhost", "0.0.0.0",
-            "10.0.0.1:5681", "[::2]", "[::1]x", "localhost:", "localhost:notaport", "127.0.0.1:99999", "",
+            "evil.example",
+            "evil.example:5681",
+            "localhost.evil.example",
+            "a.localhost",
+            "0.0.0.0",
+            "10.0.0.1:5681",
+            "[::2]",
+            "[::1]x",
+            "localhost:",
+            "localhost:notaport",
+            "127.0.0.1:99999",
+            "",
         ] {
             assert!(!auth.is_admin(&host(bad), Some(local)), "{bad:?} is not trusted");
         }
@@ -245,7 +251,8 @@ mod tests {
         set_host_from_authority(&mut abs);
         assert!(!auth.is_admin(abs.headers(), Some(local)));
         // Origin form: Host as sent.
-        let mut origin = http::Request::builder().uri("/meshes").header(http::header::HOST, "[::1]:5681").body(()).expect("request");
+        let mut origin =
+            http::Request::builder().uri("/meshes").header(http::header::HOST, "[::1]:5681").body(()).expect("request");
         set_host_from_authority(&mut origin);
         assert!(auth.is_admin(origin.headers(), Some(local)));
     }

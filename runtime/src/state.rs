@@ -46,7 +46,9 @@ pub fn admin_token(flag: Option<&str>, data_dir: &Path) -> anyhow::Result<String
 
 /// This host's name (`unknown` when it cannot be read).
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// `<hostname>-<8 hex digits>`: identifies this process among replicas.

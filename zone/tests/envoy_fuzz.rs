@@ -66,7 +66,22 @@ fn path(rng: &mut StdRng) -> String {
 /// limit (counted repetitions), sometimes invalid.
 fn regex(rng: &mut StdRng) -> String {
     const ATOMS: &[&str] = &[
-        "a", "/", "[a-z0-9-]", "[^/]", ".", "\\d", "\\w", "\\s", "\\S", "(?:ab|cd)", "(x)", "[A-Z]", "é", "\\.", "\\b", "(?i)k",
+        "a",
+        "/",
+        "[a-z0-9-]",
+        "[^/]",
+        ".",
+        "\\d",
+        "\\w",
+        "\\s",
+        "\\S",
+        "(?:ab|cd)",
+        "(x)",
+        "[A-Z]",
+        "é",
+        "\\.",
+        "\\b",
+        "(?i)k",
     ];
     let mut out = String::new();
     if rng.random_bool(0.5) {
@@ -94,7 +109,8 @@ fn regex(rng: &mut StdRng) -> String {
 }
 
 fn header_name(rng: &mut StdRng) -> String {
-    const NAMES: &[&str] = &["X-A", "X-Request-Id", "host", ":authority", ":path", "user-agent", "bad name", "x\u{0}y", ""];
+    const NAMES: &[&str] =
+        &["X-A", "X-Request-Id", "host", ":authority", ":path", "user-agent", "bad name", "x\u{0}y", ""];
     match rng.random_range(0..10) {
         0 => pick(rng, NAMES).to_string(),
         1 => format!("x-{}", text(rng, 4)),
@@ -103,7 +119,8 @@ fn header_name(rng: &mut StdRng) -> String {
 }
 
 fn hostname(rng: &mut StdRng) -> String {
-    const HOSTS: &[&str] = &["*", "*.example.com", "a.example.com", "b.example.com", "Upper.example.com", "a..b", "x_y.com", ""];
+    const HOSTS: &[&str] =
+        &["*", "*.example.com", "a.example.com", "b.example.com", "Upper.example.com", "a..b", "x_y.com", ""];
     match rng.random_range(0..10) {
         0 => pick(rng, HOSTS).to_string(),
         1 => text(rng, 8),
@@ -231,7 +248,9 @@ fn build(docs: &[Value], dp: &str) -> (Vec<Resource>, usize, ProxyConfig) {
             refused += 1;
             continue;
         };
-        if validate::resource(&r).is_err() || !universal::meta_violations(r.resource_type(), &r.meta.mesh, &r.meta.name).is_empty() {
+        if validate::resource(&r).is_err()
+            || !universal::meta_violations(r.resource_type(), &r.meta.mesh, &r.meta.name).is_empty()
+        {
             refused += 1;
             continue;
         }
@@ -298,7 +317,8 @@ fn envoy_accepts_everything_validation_accepts() {
         let (ok, bad, config) = build(&docs, &format!("{tag}-dp"));
         refused += bad;
         accepted += ok.len();
-        routes += ok.iter().filter(|r| r.resource_type() == meridian_sync_proto::ResourceType::MeshGatewayRoute).count();
+        routes +=
+            ok.iter().filter(|r| r.resource_type() == meridian_sync_proto::ResourceType::MeshGatewayRoute).count();
         built.push((docs, config));
         if built.len() == BATCH {
             run_batch(&mut built);

@@ -19,7 +19,11 @@ async fn regexes_envoy_refuses_are_refused_at_apply() {
     let api = topo.global().admin_http();
     let at = "conf.http.rules[0].matches[0]";
     for (m, field, reason) in [
-        (json!({"path": {"match": "REGEX", "value": "^/products/[a-z0-9-]{1,64}$"}}), format!("{at}.path.value"), "RE2 program size"),
+        (
+            json!({"path": {"match": "REGEX", "value": "^/products/[a-z0-9-]{1,64}$"}}),
+            format!("{at}.path.value"),
+            "RE2 program size",
+        ),
         (json!({"path": {"match": "REGEX", "value": "/a{100}"}}), format!("{at}.path.value"), "RE2 program size"),
         (json!({"path": {"match": "PREFIX", "value": "/a\u{0}b"}}), format!("{at}.path.value"), "control characters"),
         (

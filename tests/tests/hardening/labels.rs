@@ -14,7 +14,8 @@ fn with_labels(mut r: Value, labels: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_labels_are_refused_in_user_writes() {
-    let topo = Topology::builder("hardening-labels").global(Backend::Sqlite).mesh("default").zone("zone-1").start().await;
+    let topo =
+        Topology::builder("hardening-labels").global(Backend::Sqlite).mesh("default").zone("zone-1").start().await;
     let (g, z) = (topo.global(), topo.zone("zone-1"));
     let admin = g.admin_http();
 
@@ -54,7 +55,12 @@ async fn system_labels_are_refused_in_user_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synced_resources_keep_their_system_labels() {
-    let topo = Topology::builder("hardening-synced-labels").global(Backend::Sqlite).mesh("default").zone("zone-1").start().await;
+    let topo = Topology::builder("hardening-synced-labels")
+        .global(Backend::Sqlite)
+        .mesh("default")
+        .zone("zone-1")
+        .start()
+        .await;
     let (g, z) = (topo.global(), topo.zone("zone-1"));
     // Zone → global: the global stores the zone's Dataplane with its origin.
     z.api().apply(&resources::dataplane("dp-1", "10.0.0.1", "web")).await;

@@ -48,9 +48,7 @@ async fn global_with_secret(test: &str, extra_args: Vec<String>) -> (Topology, S
     let g = topo.global();
     let port = g.api_url().rsplit(':').next().unwrap_or_default().trim_end_matches('/').to_string();
     let api: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("API address");
-    g.api()
-        .apply(&json!({"type": "Secret", "mesh": "default", "name": "signing", "data": "c2VjcmV0"}))
-        .await;
+    g.api().apply(&json!({"type": "Secret", "mesh": "default", "name": "signing", "data": "c2VjcmV0"})).await;
     (topo, port, api)
 }
 
@@ -63,7 +61,8 @@ async fn foreign_host_from_loopback_is_not_admin() {
     // DNS rebinding: the attacker's name, now resolving to loopback.
     let evil = rebound_client("rebind.attacker.example", api);
     let base = format!("http://rebind.attacker.example:{port}");
-    let (st, text) = send(&evil, Method::PUT, &format!("{base}/meshes/default/meshgateways/gw"), Some(gw.clone()), None).await;
+    let (st, text) =
+        send(&evil, Method::PUT, &format!("{base}/meshes/default/meshgateways/gw"), Some(gw.clone()), None).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "write under a foreign Host: {text}");
     assert!(text.contains("needs the admin token"), "{text}");
     let (st, text) = send(&evil, Method::GET, &format!("{base}/meshes/default/secrets/signing"), None, None).await;
@@ -77,7 +76,9 @@ async fn foreign_host_from_loopback_is_not_admin() {
     assert_eq!(st, StatusCode::OK);
     // A name that merely ends in localhost is not localhost.
     let sub = rebound_client("evil.localhost", api);
-    let (st, text) = send(&sub, Method::GET, &format!("http://evil.localhost:{port}/meshes/default/secrets/signing"), None, None).await;
+    let (st, text) =
+        send(&sub, Method::GET, &format!("http://evil.localhost:{port}/meshes/default/secrets/signing"), None, None)
+            .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "{text}");
 
     // An absolute-form target names the host too, whatever Host says.
@@ -94,11 +95,19 @@ async fn foreign_host_from_loopback_is_not_admin() {
     // Loopback under a loopback Host: still admin, without a token.
     let local = reqwest::Client::new();
     for host in [format!("localhost:{port}"), format!("127.0.0.1:{port}")] {
-        let (st, text) = send(&local, Method::GET, &format!("http://{host}/meshes/default/secrets/signing"), None, None).await;
+        let (st, text) =
+            send(&local, Method::GET, &format!("http://{host}/meshes/default/secrets/signing"), None, None).await;
         assert_eq!(st, StatusCode::OK, "{host}: {text}");
         assert!(text.contains("c2VjcmV0"), "{text}");
     }
-    let (st, text) = send(&local, Method::PUT, &format!("http://localhost:{port}/meshes/default/meshgateways/gw"), Some(gw.clone()), None).await;
+    let (st, text) = send(
+        &local,
+        Method::PUT,
+        &format!("http://localhost:{port}/meshes/default/meshgateways/gw"),
+        Some(gw.clone()),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::CREATED, "{text}");
 
     // A wrong token from loopback is refused, even under localhost.
@@ -112,24 +121,36 @@ async fn foreign_host_from_loopback_is_not_admin() {
     .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED, "{text}");
     assert!(text.contains("not valid"), "{text}");
-    let (st, _) = send(&local, Method::GET, &format!("http://localhost:{port}/meshes/default/secrets/signing"), None, Some("nope")).await;
+    let (st, _) = send(
+        &local,
+        Method::GET,
+        &format!("http://localhost:{port}/meshes/default/secrets/signing"),
+        None,
+        Some("nope"),
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     // The right token works under any Host.
     let (st, text) =
         send(&evil, Method::GET, &format!("{base}/meshes/default/secrets/signing"), None, Some(g.admin_token())).await;
     assert_eq!(st, StatusCode::OK, "{text}");
-    let (st, _) = send(&local, Method::GET, &format!("http://localhost:{port}/meshes/default/meshgateways/gw2"), None, None).await;
+    let (st, _) =
+        send(&local, Method::GET, &format!("http://localhost:{port}/meshes/default/meshgateways/gw2"), None, None)
+            .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "the refused write changed nothing");
     topo.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_host_names_are_trusted_from_loopback() {
-    let args = vec!["--api-host".into(), "cp.example.internal:443".into(), "--api-host".into(), "other.internal".into()];
+    let args =
+        vec!["--api-host".into(), "cp.example.internal:443".into(), "--api-host".into(), "other.internal".into()];
     let (topo, port, api) = global_with_secret("hardening-api-host", args).await;
     for name in ["cp.example.internal", "other.internal"] {
         let named = rebound_client(name, api);
-        let (st, text) = send(&named, Method::GET, &format!("http://{name}:{port}/meshes/default/secrets/signing"), None, None).await;
+        let (st, text) =
+            send(&named, Method::GET, &format!("http://{name}:{port}/meshes/default/secrets/signing"), None, None)
+                .await;
         assert_eq!(st, StatusCode::OK, "--api-host {name}: {text}");
     }
     let evil = rebound_client("cp.example.internal.attacker.example", api);

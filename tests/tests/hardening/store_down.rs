@@ -21,7 +21,9 @@ fn pg_bin() -> PathBuf {
         return PathBuf::from(d);
     }
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).filter(|p| p.join("initdb").is_file()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path().join("bin"))).filter(|p| p.join("initdb").is_file()).collect()
+        })
         .unwrap_or_default();
     dirs.sort();
     dirs.pop().expect("no PostgreSQL binaries: run the test under `bash tests/pg-env.sh` (it installs them)")
@@ -54,7 +56,12 @@ fn as_postgres(program: &Path, args: &[&str]) -> Command {
 
 fn run(mut c: Command) {
     let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(out.status.success(), "{c:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{c:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Cluster {
@@ -70,7 +77,10 @@ impl Cluster {
         }
         let data = dir.path().join("data");
         let data = data.to_str().expect("utf-8 path");
-        run(as_postgres(&bin.join("initdb"), &["-D", data, "-U", "postgres", "--auth=trust", "--no-locale", "-E", "UTF8"]));
+        run(as_postgres(
+            &bin.join("initdb"),
+            &["-D", data, "-U", "postgres", "--auth=trust", "--no-locale", "-E", "UTF8"],
+        ));
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
         let c = Cluster { bin, dir, port };
         c.start();
@@ -82,9 +92,13 @@ impl Cluster {
     }
 
     fn start(&self) {
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
+        let opts =
+            format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
         let log = self.dir.path().join("server.log").display().to_string();
-        run(as_postgres(&self.bin.join("pg_ctl"), &["-D", &self.data(), "-l", &log, "-w", "-t", "60", "-o", &opts, "start"]));
+        run(as_postgres(
+            &self.bin.join("pg_ctl"),
+            &["-D", &self.data(), "-l", &log, "-w", "-t", "60", "-o", &opts, "start"],
+        ));
     }
 
     /// Stops the server the hard way: no shutdown checkpoint, every client
@@ -137,7 +151,8 @@ async fn stopped_postgres_fails_fast_and_recovers() {
     let (status, body) = status_and_body(http.put(&gw2).json(&resources::gateway("gw-2", 8081))).await;
     assert_eq!(status, 503, "{body}");
     // The zone serves what it holds.
-    let (status, body) = z.api().put("/meshes/default/dataplanes/dp-1", &resources::dataplane("dp-1", "10.0.0.1", "web")).await;
+    let (status, body) =
+        z.api().put("/meshes/default/dataplanes/dp-1", &resources::dataplane("dp-1", "10.0.0.1", "web")).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(z.api().get("/meshes/default/meshgateways/gw-1").await["name"], "gw-1");
 
@@ -154,7 +169,9 @@ async fn stopped_postgres_fails_fast_and_recovers() {
     let (status, body) = status_and_body(http.put(&gw2).json(&resources::gateway("gw-2", 8081))).await;
     assert_eq!(status, 201, "{body}");
     z.api().wait_for("/meshes/default/meshgateways/gw-2", "gw-2 reaches the zone", |_| true).await;
-    g.api().wait_for("/meshes/default/dataplanes/zone-1.dp-1", "the zone's Dataplane reaches the global", |_| true).await;
+    g.api()
+        .wait_for("/meshes/default/dataplanes/zone-1.dp-1", "the zone's Dataplane reaches the global", |_| true)
+        .await;
     drop(z);
     g.cleanup().await;
 }

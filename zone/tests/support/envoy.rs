@@ -72,4 +72,3 @@ pub fn static_bootstrap(config: &gateway::ProxyConfig) -> Vec<u8> {
     }
     .encode_to_vec()
 }
-
