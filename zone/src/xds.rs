@@ -287,7 +287,8 @@ async fn run<W: Wire>(shared: Arc<Shared>, mut inbound: Streaming<W::Req>, tx: m
     let mut wire = W::wire(first, inbound, tx.clone());
     let mut observer = (
         shared.config.metrics.observer(XDS),
-        stream::InsightObserver::new(&prefix, &shared.config.instance_id, node.as_ref(), Some(handle)),
+        stream::InsightObserver::new(&prefix, &shared.config.instance_id, node.as_ref(), Some(handle))
+            .with_warnings(sub.rx.clone()),
     );
     // A SotW response carries the whole set: no byte budget there.
     let max_bytes = if <W::Driver as SendWire>::FULL_STATE { usize::MAX } else { stream::MAX_RESPONSE_BYTES };

@@ -290,6 +290,24 @@ async fn host_port_is_forwarded_and_missing_endpoints_answer_503() {
         let _ = get(port, "app.example.com", "/nothing").await;
     }
     assert_eq!(count(&zone.stderr()), before, "a request logged a warning again");
+
+    // The same warnings are on the gateway's DataplaneInsight (REST view).
+    let insight = meridian_tests::eventually("generator warnings in the DataplaneInsight", WAIT, || async {
+        let i = zone.api().fetch("/meshes/default/dataplane-insights/gw-1").await?;
+        let warnings = i["subscriptions"][0]["status"]["generatorWarnings"].clone();
+        let texts: Vec<String> = warnings
+            .as_array()
+            .map(|a| a.iter().filter_map(|w| w.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        let has = |needles: &[&str]| texts.iter().any(|t| needles.iter().all(|n| t.contains(n)));
+        if has(&["resolves to no service", "nowhere", "500"]) && has(&["has no healthy endpoint", "sleepy", "503"]) {
+            Ok(texts)
+        } else {
+            Err(i.to_string())
+        }
+    })
+    .await;
+    assert!(insight.windows(2).all(|w| w[0] <= w[1]), "sorted: {insight:?}");
     drop(envoy);
     let _ = zone.sigterm().await;
 }

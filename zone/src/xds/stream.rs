@@ -233,6 +233,8 @@ pub struct InsightObserver {
     acked: BTreeMap<String, String>,
     last_nack: String,
     handle: Option<InsightHandle>,
+    /// The proxy's generated state, for its generator warnings.
+    state: Option<watch::Receiver<Arc<ProxyState>>>,
 }
 
 impl InsightObserver {
@@ -267,9 +269,18 @@ impl InsightObserver {
             acked: BTreeMap::new(),
             last_nack: String::new(),
             handle,
+            state: None,
         };
         o.publish();
         o
+    }
+
+    /// Records the generator's warnings of the proxy's current state with
+    /// every update (`generatorWarnings` in DataplaneInsight).
+    pub fn with_warnings(mut self, state: watch::Receiver<Arc<ProxyState>>) -> Self {
+        self.state = Some(state);
+        self.publish();
+        self
     }
 
     /// Refreshes the record and writes it when it changed.
@@ -295,6 +306,7 @@ impl InsightObserver {
         let mut status = DiscoverySubscriptionStatus {
             acked_versions: self.acked.clone(),
             last_nack_reason: self.last_nack.clone(),
+            generator_warnings: self.state.as_ref().map(|s| s.borrow().warnings.clone()).unwrap_or_default(),
             ..Default::default()
         };
         let mut total = DiscoveryServiceStats::default();
