@@ -170,3 +170,28 @@ async fn health_check_answers_the_interval_and_the_rest_is_unimplemented() {
 
     assert_eq!(raw.stream_stats().await.expect_err("not served").code(), tonic::Code::Unimplemented);
 }
+
+/// Item 5, the limit: a gzip message that inflates past the KDS message cap
+/// (4 MiB by default) is refused while decompressing, without taking the
+/// global down: only that stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_inflating_past_the_cap_ends_only_its_stream() {
+    let dir = TestDir::new("kuma-wire-inflate");
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
+    let (tx, mut rx, _) = upward(&g, "zone-1", Some(CompressionEncoding::Gzip)).await;
+    // 5 MiB of zeros: a few KiB on the wire once gzipped.
+    let any = raw_kds::Any { type_url: raw_kds::KUMA_RESOURCE_TYPE_URL.into(), value: vec![0; 5 * 1024 * 1024] };
+    let big = DeltaDiscoveryResponse {
+        type_url: "Dataplane".into(),
+        resources: vec![raw_kds::resource("default", "dp-big", "v1", any)],
+        nonce: "n-big".into(),
+        ..Default::default()
+    };
+    tx.send(big).await.expect("send");
+    let ended = tokio::time::timeout(CONVERGE, rx.message()).await.expect("the global answers");
+    assert!(!matches!(ended, Ok(Some(_))), "no ACK for an oversized message: {ended:?}");
+    // The global still serves: a new stream syncs.
+    let (tx, mut rx, _) = upward(&g, "zone-1", Some(CompressionEncoding::Gzip)).await;
+    tx.send(kuma_dataplane("n-1", "10.0.0.1")).await.expect("send");
+    assert_eq!(raw_kds::next(&mut rx, CONVERGE).await.error_detail, None);
+}
