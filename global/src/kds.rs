@@ -20,11 +20,10 @@ use meridian_core::{
     origin::{LABEL_ORIGIN, ORIGIN_GLOBAL},
 };
 use meridian_runtime::CancellationToken;
-use tokio_util::task::TaskTracker;
 use meridian_store::StoreError;
 use meridian_sync_proto::{
     ResourceType, Spec,
-    kds::{check_zone_name, MD_AUTHORIZATION, MD_CLIENT_ID, MD_KDS_VERSION, MD_VERSION},
+    kds::{MD_AUTHORIZATION, MD_CLIENT_ID, MD_KDS_VERSION, MD_VERSION, check_zone_name},
     pb::{
         self,
         kds::{
@@ -35,6 +34,7 @@ use meridian_sync_proto::{
     },
 };
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 use tonic::{
     Request, Response, Status, Streaming,
     codec::CompressionEncoding,
@@ -115,7 +115,9 @@ impl KdsServer {
         }
         let kds_version = text(MD_KDS_VERSION);
         if !kds_version.is_empty() && kds_version != meridian_sync_proto::kds::KDS_VERSION {
-            return Err(Status::failed_precondition(format!("unsupported kds-version {kds_version:?}; this global speaks v3")));
+            return Err(Status::failed_precondition(format!(
+                "unsupported kds-version {kds_version:?}; this global speaks v3"
+            )));
         }
         let auth = text(MD_AUTHORIZATION);
         let token = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).unwrap_or(&auth);
@@ -136,12 +138,13 @@ impl KdsServer {
         match self.manager.get(ResourceType::Zone, "", zone).await.map_err(store_err)? {
             Some(e) => {
                 if let Spec::Zone(z) = &e.resource.spec
-                    && z.enabled.as_ref().is_some_and(|b| !b.value) {
-                        tracing::warn!(zone, "KDS call refused: zone is disabled");
-                        return Err(Status::permission_denied(format!(
-                            "zone {zone:?} is disabled on the global (enabled: false)"
-                        )));
-                    }
+                    && z.enabled.as_ref().is_some_and(|b| !b.value)
+                {
+                    tracing::warn!(zone, "KDS call refused: zone is disabled");
+                    return Err(Status::permission_denied(format!(
+                        "zone {zone:?} is disabled on the global (enabled: false)"
+                    )));
+                }
                 Ok(())
             }
             None => {
@@ -189,7 +192,8 @@ impl KdsSyncService for KdsServer {
         let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();
-        self.streams.spawn(async move { stream::zone_to_global(server, zone, connection, request.into_inner(), tx).await });
+        self.streams
+            .spawn(async move { stream::zone_to_global(server, zone, connection, request.into_inner(), tx).await });
         Ok(Response::new(ResponseStream::new(rx)))
     }
 }

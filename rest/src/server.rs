@@ -103,7 +103,8 @@ pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerC
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("invalid PEM in {}", cert.display()))?;
     anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
@@ -124,9 +125,7 @@ pub async fn serve(
     let app = router.into_make_service_with_connect_info::<PeerAddr>();
     match tls {
         None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
-        Some(config) => {
-            axum::serve(TlsListener::new(listener, config)?, app).with_graceful_shutdown(shutdown).await
-        }
+        Some(config) => axum::serve(TlsListener::new(listener, config)?, app).with_graceful_shutdown(shutdown).await,
     }
 }
 

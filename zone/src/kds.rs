@@ -36,9 +36,9 @@ use meridian_sync_proto::{
     kds::{self, GLOBAL_TO_ZONE, ZONE_TO_GLOBAL},
     pb::kds::kds_sync_service_client::KdsSyncServiceClient,
 };
-use tokio_util::sync::CancellationToken;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{
     Request, Status, Streaming,
     codec::CompressionEncoding,
@@ -197,7 +197,12 @@ fn is_local(labels: &BTreeMap<String, String>, zone: &str) -> bool {
 
 /// What the zone holds of `ty`, by wire name: what came from the global
 /// (`from_global`) or what was authored here.
-async fn local_versions(manager: &Manager, zone: &str, ty: ResourceType, from_global: bool) -> anyhow::Result<BTreeMap<String, String>> {
+async fn local_versions(
+    manager: &Manager,
+    zone: &str,
+    ty: ResourceType,
+    from_global: bool,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let page = manager.list_stored(&ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() }).await?;
     Ok(page
         .items

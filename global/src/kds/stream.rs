@@ -25,9 +25,9 @@ use meridian_sync_proto::{
     ResourceType,
     delta::{DeltaReceiver, SendStats, SharedSet, shared_diff},
     driver::{
-        Apply, Ended, Incoming, Observer, RecvWire, SendConfig, SendWire, Source,
+        Apply, Ended, Incoming, Observer, RecvWire, SendConfig, SendWire, Source, lock,
         metrics::{GLOBAL_TO_ZONE as DOWN, ZONE_TO_GLOBAL as UP},
-        lock, receive_loop, send_loop,
+        receive_loop, send_loop,
     },
     kds::{self, GLOBAL_TO_ZONE, ZONE_TO_GLOBAL},
 };
@@ -115,7 +115,11 @@ impl SendWire for GrpcWire<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
     async fn recv(&mut self) -> Result<Option<Incoming>, Status> {
         Ok(self.next().await?.map(|request| Incoming { request, force: false }))
     }
-    async fn send(&mut self, response: DeltaDiscoveryResponse, _full: Option<meridian_sync_proto::delta::DesiredSet>) -> bool {
+    async fn send(
+        &mut self,
+        response: DeltaDiscoveryResponse,
+        _full: Option<meridian_sync_proto::delta::DesiredSet>,
+    ) -> bool {
         self.tx.send(Ok(response)).await.is_ok()
     }
 }
@@ -354,7 +358,8 @@ impl meridian_core::received::Placement for FromZone<'_> {
         let mut labels = w.resource.meta.labels.clone();
         labels.insert(LABEL_ORIGIN.to_string(), ORIGIN_ZONE.to_string());
         labels.insert(LABEL_ZONE.to_string(), self.0.to_string());
-        let given = labels.get(LABEL_DISPLAY_NAME).filter(|d| !d.is_empty() && kds::is_kuma_hashed_name(&w.resource.meta.name));
+        let given =
+            labels.get(LABEL_DISPLAY_NAME).filter(|d| !d.is_empty() && kds::is_kuma_hashed_name(&w.resource.meta.name));
         if given.is_none() {
             labels.insert(LABEL_DISPLAY_NAME.to_string(), w.resource.meta.name.clone());
         }
@@ -366,6 +371,7 @@ impl meridian_core::received::Placement for FromZone<'_> {
     }
 
     fn owns(&self, stored: &BTreeMap<String, String>) -> bool {
-        stored.get(LABEL_ZONE).is_some_and(|z| z == self.0) && stored.get(LABEL_ORIGIN).is_some_and(|o| o == ORIGIN_ZONE)
+        stored.get(LABEL_ZONE).is_some_and(|z| z == self.0)
+            && stored.get(LABEL_ORIGIN).is_some_and(|o| o == ORIGIN_ZONE)
     }
 }

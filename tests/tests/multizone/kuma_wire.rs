@@ -42,7 +42,8 @@ async fn upward(
     g: &Global,
     zone: &str,
     compression: Option<CompressionEncoding>,
-) -> (tokio::sync::mpsc::Sender<DeltaDiscoveryResponse>, tonic::Streaming<DeltaDiscoveryRequest>, DeltaDiscoveryRequest) {
+) -> (tokio::sync::mpsc::Sender<DeltaDiscoveryResponse>, tonic::Streaming<DeltaDiscoveryRequest>, DeltaDiscoveryRequest)
+{
     let token = g.zone_token(zone).await;
     let mut raw = RawKds::connect(&g.kds_url(), g.ca(), zone, Some(&token)).await;
     if let Some(c) = compression {
@@ -66,7 +67,9 @@ async fn gzip_and_zstd_compressed_zones_sync_both_ways() {
     let dir = TestDir::new("kuma-wire-gzip");
     let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
     g.api().apply(&gateway("gw-1", 8080)).await;
-    for (zone, encoding, name) in [("zone-1", CompressionEncoding::Gzip, "gzip"), ("zone-2", CompressionEncoding::Zstd, "zstd")] {
+    for (zone, encoding, name) in
+        [("zone-1", CompressionEncoding::Gzip, "gzip"), ("zone-2", CompressionEncoding::Zstd, "zstd")]
+    {
         // Global → zone: the subscription arrives compressed, the gateway comes back compressed.
         let token = g.zone_token(zone).await;
         let raw = RawKds::connect(&g.kds_url(), g.ca(), zone, Some(&token)).await.compressed(encoding);
