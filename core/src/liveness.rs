@@ -14,13 +14,23 @@ pub fn zone_online(insight: &pb::system::ZoneInsight, now_millis: i64) -> bool {
     if last.disconnect_time.is_some() {
         return false;
     }
-    let seen = last
-        .status
+    !is_stale(last, now_millis)
+}
+
+/// When a subscription was last known alive, in milliseconds since the
+/// epoch: its last status refresh, else its connect time (0 without either).
+pub fn last_seen_millis(sub: &pb::system::KdsSubscription) -> i64 {
+    sub.status
         .as_ref()
         .and_then(|s| s.last_update_time.as_ref())
-        .or(last.connect_time.as_ref())
-        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
-    now_millis - seen <= SUBSCRIPTION_STALE_MILLIS
+        .or(sub.connect_time.as_ref())
+        .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+/// Whether a subscription went unrefreshed for longer than
+/// [`SUBSCRIPTION_STALE_MILLIS`] (its global instance stopped recording it).
+pub fn is_stale(sub: &pb::system::KdsSubscription, now_millis: i64) -> bool {
+    now_millis - last_seen_millis(sub) > SUBSCRIPTION_STALE_MILLIS
 }
 
 pub fn now_millis() -> i64 {

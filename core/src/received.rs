@@ -17,6 +17,16 @@ pub trait Placement {
     fn key(&self, ty: ResourceType, mesh: &str, name: &str) -> ResourceKey;
     /// The labels stored with a received resource.
     fn labels(&self, w: &WireResource) -> std::collections::BTreeMap<String, String>;
+    /// Whether a write to `key` must first check who owns what is stored
+    /// there ([`Placement::owns`]): true for keys the peer does not own by
+    /// construction (a zone's Kuma-hashed names, stored as they come).
+    fn needs_owner_check(&self, _key: &ResourceKey) -> bool {
+        false
+    }
+    /// Whether the peer may replace a stored resource with these labels.
+    fn owns(&self, _stored: &std::collections::BTreeMap<String, String>) -> bool {
+        true
+    }
 }
 
 /// Applies one response in one store transaction: every upsert that opens
@@ -38,8 +48,20 @@ pub async fn apply(
     for (wire, version, any) in &changes.upserts {
         match kds::receive(ty, wire, version, any) {
             Ok(w) => {
+                let key = place.key(ty, &w.resource.meta.mesh, &w.resource.meta.name);
+                if place.needs_owner_check(&key) {
+                    let stored = if Manager::is_status(ty) {
+                        manager.store().get_status(&key).await?
+                    } else {
+                        manager.store().get(&key).await?
+                    };
+                    if stored.is_some_and(|r| !place.owns(&r.labels)) {
+                        errors.push(format!("{wire}: the name is taken by a resource of another owner"));
+                        continue;
+                    }
+                }
                 ops.push(WriteOp::Upsert(WriteResource {
-                    key: place.key(ty, &w.resource.meta.mesh, &w.resource.meta.name),
+                    key,
                     labels: place.labels(&w),
                     spec: w.spec_bytes.clone(),
                     version: w.version.clone(),

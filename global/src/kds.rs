@@ -26,13 +26,18 @@ use meridian_sync_proto::{
     kds::{MD_AUTHORIZATION, MD_CLIENT_ID, MD_KDS_VERSION, MD_VERSION, check_zone_name},
     pb::{
         self,
-        kds::kds_sync_service_server::{KdsSyncService, KdsSyncServiceServer},
+        kds::{
+            ZoneHealthCheckRequest, ZoneHealthCheckResponse,
+            global_kds_service_server::{GlobalKdsService, GlobalKdsServiceServer},
+            kds_sync_service_server::{KdsSyncService, KdsSyncServiceServer},
+        },
     },
 };
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tonic::{
     Request, Response, Status, Streaming,
+    codec::CompressionEncoding,
     metadata::MetadataMap,
     transport::{Server, ServerTlsConfig, server::TcpIncoming},
 };
@@ -48,6 +53,16 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// within their sum (10 s), inside the 15 s users are promised.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The interval a zone is told to call `GlobalKDSService.HealthCheck` at:
+/// Kuma's default `multizone.global.kds.zoneHealthCheck.pollInterval` (10 s).
+/// Meridian's liveness does not depend on these calls (the streams' HTTP/2
+/// PINGs and ZoneInsight refreshes do that); they are answered so that a
+/// Kuma zone's health checker is satisfied.
+pub const ZONE_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Message compressions accepted on every KDS call, and used for what the
+/// global sends when the zone advertises it (`grpc-accept-encoding`). Kuma
+/// zones compress every KDS message with gzip (`grpc.UseCompressor(gzip)`).
+const COMPRESSIONS: [CompressionEncoding; 2] = [CompressionEncoding::Gzip, CompressionEncoding::Zstd];
 /// Responses queued per stream before the sender waits for the zone to read.
 const OUTBOUND_QUEUE: usize = 16;
 
@@ -183,6 +198,25 @@ impl KdsSyncService for KdsServer {
     }
 }
 
+/// `kuma.mesh.v1alpha1.GlobalKDSService` (Kuma 2.14): HealthCheck answers
+/// with [`ZONE_HEALTH_CHECK_INTERVAL`] to an authenticated zone; the
+/// service's inspection streams are not served (UNIMPLEMENTED).
+#[tonic::async_trait]
+impl GlobalKdsService for KdsServer {
+    async fn health_check(
+        &self,
+        request: Request<ZoneHealthCheckRequest>,
+    ) -> Result<Response<ZoneHealthCheckResponse>, Status> {
+        let (zone, _, _) = self.authenticate(request.metadata()).await?;
+        tracing::debug!(zone = %zone, "zone health check");
+        let interval = envoy_types::pb::google::protobuf::Duration {
+            seconds: ZONE_HEALTH_CHECK_INTERVAL.as_secs().try_into().unwrap_or(i64::MAX),
+            nanos: 0,
+        };
+        Ok(Response::new(ZoneHealthCheckResponse { interval: Some(interval) }))
+    }
+}
+
 /// Serves KDS on `listener` until `shutdown`, with TLS when given; then
 /// waits for every stream to close its ZoneInsight subscription.
 pub async fn serve(
@@ -193,7 +227,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let max = server.max_message_bytes;
     let streams = server.streams.clone();
-    let svc = KdsSyncServiceServer::new(server).max_decoding_message_size(max).max_encoding_message_size(max);
+    let mut health = GlobalKdsServiceServer::new(server.clone());
+    let mut svc = KdsSyncServiceServer::new(server).max_decoding_message_size(max).max_encoding_message_size(max);
+    for c in COMPRESSIONS {
+        svc = svc.accept_compressed(c).send_compressed(c);
+        health = health.accept_compressed(c).send_compressed(c);
+    }
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
@@ -201,7 +240,7 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    builder.add_service(svc).serve_with_incoming_shutdown(incoming, shutdown).await?;
+    builder.add_service(svc).add_service(health).serve_with_incoming_shutdown(incoming, shutdown).await?;
     streams.close();
     streams.wait().await;
     Ok(())

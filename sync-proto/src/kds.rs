@@ -53,6 +53,22 @@ pub fn check_zone_name(zone: &str) -> Result<(), String> {
     if ok { Ok(()) } else { Err(format!("zone name {zone:?} must be 1-63 lower-case letters, digits and '-'")) }
 }
 
+/// The alphabet of the suffix Kuma's `hash.HashedName` appends: the hex of an
+/// FNV-64a hash mapped through Kubernetes' `rand.SafeEncodeString`.
+const KUMA_HASH_ALPHABET: &str = "bcdfghjklmnpqrstvwxz2456789";
+/// Length of that suffix (8 bytes as 16 hex digits, re-encoded one for one).
+const KUMA_HASH_LEN: usize = 16;
+
+/// Whether `name` carries the suffix a Kuma zone adds to the resources it
+/// syncs up (`<user's name>-<16 characters>`, Kuma's `hash.HashedName` over
+/// mesh, name and zone; the user's name travels in `kuma.io/display-name`).
+/// Such a name is already unique per zone, so the global stores it as is,
+/// as the incumbent does.
+pub fn is_kuma_hashed_name(name: &str) -> bool {
+    let Some((base, suffix)) = name.rsplit_once('-') else { return false };
+    !base.is_empty() && suffix.len() == KUMA_HASH_LEN && suffix.chars().all(|c| KUMA_HASH_ALPHABET.contains(c))
+}
+
 /// `<name>.<mesh>`, or `<name>.` for global types.
 pub fn wire_name(mesh: &str, name: &str) -> String {
     format!("{name}.{mesh}")
@@ -163,6 +179,19 @@ pub fn receive(ty: ResourceType, wire: &str, version: &str, any: &Any) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kuma_hashed_names_are_recognised() {
+        assert!(is_kuma_hashed_name("gateway-instance-1-bcdd994zxbvwfv24"));
+        assert!(is_kuma_hashed_name("dp-zzzzzzzzzzzzzzzz"));
+        // Too short, a character outside the alphabet (a vowel, 'y', '0'-'1', '3'), no base.
+        assert!(!is_kuma_hashed_name("gateway-instance-1"));
+        assert!(!is_kuma_hashed_name("dp-bcdd994zxbvwfv2"));
+        assert!(!is_kuma_hashed_name("dp-bcdd994zxbvwfva"));
+        assert!(!is_kuma_hashed_name("dp-bcdd994zxbvwfv21"));
+        assert!(!is_kuma_hashed_name("-bcdd994zxbvwfv24"));
+        assert!(!is_kuma_hashed_name("bcdd994zxbvwfv24"));
+    }
 
     #[test]
     fn names_split_on_last_dot() {

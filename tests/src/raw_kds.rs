@@ -14,13 +14,28 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Request, Status, Streaming,
     client::Grpc,
-    metadata::MetadataValue,
+    codec::CompressionEncoding,
+    metadata::{MetadataMap, MetadataValue},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
 pub const KUMA_RESOURCE_TYPE_URL: &str = "type.googleapis.com/kuma.mesh.v1alpha1.KumaResource";
 pub const GLOBAL_TO_ZONE_PATH: &str = "/kuma.mesh.v1alpha1.KDSSyncService/GlobalToZoneSync";
 pub const ZONE_TO_GLOBAL_PATH: &str = "/kuma.mesh.v1alpha1.KDSSyncService/ZoneToGlobalSync";
+/// Kuma 2.14's `GlobalKDSService` (api/mesh/v1alpha1/kds.proto).
+pub const HEALTH_CHECK_PATH: &str = "/kuma.mesh.v1alpha1.GlobalKDSService/HealthCheck";
+pub const STREAM_STATS_PATH: &str = "/kuma.mesh.v1alpha1.GlobalKDSService/StreamStats";
+
+/// `message ZoneHealthCheckRequest {}`
+#[derive(Clone, PartialEq, Message)]
+pub struct ZoneHealthCheckRequest {}
+
+/// `message ZoneHealthCheckResponse { google.protobuf.Duration interval = 1; }`
+#[derive(Clone, PartialEq, Message)]
+pub struct ZoneHealthCheckResponse {
+    #[prost(message, optional, tag = "1")]
+    pub interval: Option<envoy_types::pb::google::protobuf::Duration>,
+}
 
 /// `KumaResource { Meta meta = 1; Any spec = 2; Any status = 3; }`
 #[derive(Clone, PartialEq, Message)]
@@ -77,6 +92,9 @@ pub struct RawKds {
     channel: Channel,
     zone: String,
     token: Option<String>,
+    /// Compression of every message sent, and the one advertised for
+    /// receiving (a Kuma zone uses gzip both ways).
+    compression: Option<CompressionEncoding>,
 }
 
 impl RawKds {
@@ -95,7 +113,43 @@ impl RawKds {
                 .expect("TLS config");
         }
         let channel = ep.connect().await.unwrap_or_else(|e| panic!("connect to {address}: {e}"));
-        RawKds { channel, zone: zone.to_string(), token: token.map(str::to_string) }
+        RawKds { channel, zone: zone.to_string(), token: token.map(str::to_string), compression: None }
+    }
+
+    /// Compresses every message sent with `encoding` and accepts it in
+    /// what comes back, as a Kuma zone does with gzip.
+    pub fn compressed(mut self, encoding: CompressionEncoding) -> RawKds {
+        self.compression = Some(encoding);
+        self
+    }
+
+    fn grpc(&self) -> Grpc<Channel> {
+        let grpc = Grpc::new(self.channel.clone());
+        match self.compression {
+            Some(c) => grpc.send_compressed(c).accept_compressed(c),
+            None => grpc,
+        }
+    }
+
+    /// Calls `GlobalKDSService.HealthCheck`.
+    pub async fn health_check(&self) -> Result<ZoneHealthCheckResponse, Status> {
+        let mut grpc = self.grpc();
+        grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let codec = tonic_prost::ProstCodec::<ZoneHealthCheckRequest, ZoneHealthCheckResponse>::new();
+        let path = http::uri::PathAndQuery::from_static(HEALTH_CHECK_PATH);
+        Ok(grpc.unary(self.request(ZoneHealthCheckRequest {}), path, codec).await?.into_inner())
+    }
+
+    /// Opens a `GlobalKDSService` stream Meridian does not serve
+    /// (`StreamStats`) with empty messages; returns how the call ended.
+    pub async fn stream_stats(&self) -> Result<(), Status> {
+        let (_tx, rx) = mpsc::channel::<ZoneHealthCheckRequest>(1);
+        let mut grpc = self.grpc();
+        grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let codec = tonic_prost::ProstCodec::<ZoneHealthCheckRequest, ZoneHealthCheckRequest>::new();
+        let path = http::uri::PathAndQuery::from_static(STREAM_STATS_PATH);
+        let mut stream = grpc.streaming(self.request(ReceiverStream::new(rx)), path, codec).await?.into_inner();
+        stream.message().await.map(|_| ())
     }
 
     fn request<S>(&self, stream: S) -> Request<S> {
@@ -116,13 +170,22 @@ impl RawKds {
     pub async fn global_to_zone(
         &self,
     ) -> Result<(mpsc::Sender<DeltaDiscoveryRequest>, Streaming<DeltaDiscoveryResponse>), Status> {
+        self.global_to_zone_with_headers().await.map(|(tx, rx, _)| (tx, rx))
+    }
+
+    /// [`Self::global_to_zone`], with the response headers the global sent
+    /// (`grpc-encoding` among them).
+    pub async fn global_to_zone_with_headers(
+        &self,
+    ) -> Result<(mpsc::Sender<DeltaDiscoveryRequest>, Streaming<DeltaDiscoveryResponse>, MetadataMap), Status> {
         let (tx, rx) = mpsc::channel(16);
-        let mut grpc = Grpc::new(self.channel.clone());
+        let mut grpc = self.grpc();
         grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
         let codec = tonic_prost::ProstCodec::<DeltaDiscoveryRequest, DeltaDiscoveryResponse>::new();
         let path = http::uri::PathAndQuery::from_static(GLOBAL_TO_ZONE_PATH);
         let resp = grpc.streaming(self.request(ReceiverStream::new(rx)), path, codec).await?;
-        Ok((tx, resp.into_inner()))
+        let (headers, stream, _) = resp.into_parts();
+        Ok((tx, stream, headers))
     }
 
     /// Opens `ZoneToGlobalSync`: roles reversed, the caller sends responses.
@@ -130,7 +193,7 @@ impl RawKds {
         &self,
     ) -> Result<(mpsc::Sender<DeltaDiscoveryResponse>, Streaming<DeltaDiscoveryRequest>), Status> {
         let (tx, rx) = mpsc::channel(16);
-        let mut grpc = Grpc::new(self.channel.clone());
+        let mut grpc = self.grpc();
         grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
         let codec = tonic_prost::ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::new();
         let path = http::uri::PathAndQuery::from_static(ZONE_TO_GLOBAL_PATH);

@@ -23,6 +23,11 @@
 //! | sync::zone_deletion_is_refused_online_and_cascades_offline | zone deletion |
 //! | sync::zone_ingress_is_rebroadcast_to_other_zones      | §4: ZoneIngress relay; plaintext KDS |
 //! | defaults::zones_receive_the_globals_default_mesh_and_never_create_one | issue 9 item 12 |
+//! | kuma_wire::gzip_and_zstd_compressed_zones_sync_both_ways | issue 9 item 5: gzip/zstd on the KDS wire |
+//! | kuma_wire::a_message_inflating_past_the_cap_ends_only_its_stream | issue 9 item 5: decompression bounded by the message cap |
+//! | kuma_wire::hashed_names_are_stored_as_sent_with_the_zones_display_name | issue 9 item 7: Kuma zones' names and display names |
+//! | kuma_wire::health_check_answers_the_interval_and_the_rest_is_unimplemented | issue 9 item 8: GlobalKDSService.HealthCheck |
+//! | subscriptions::a_killed_globals_subscriptions_are_closed_by_its_successor | issue 9 item 9: dead instances' subscriptions closed |
 //! | unserved::*                                           | issue 8: unserved types answered empty, stream stays up |
 //! | status::heartbeats_and_acks_add_no_change_log_rows    | issue 8 §4: status is not configuration |
 //! | status::followers_behind_compaction_resync            | issue 8 §4: compaction; followers resync |
@@ -30,9 +35,11 @@
 mod multizone {
     pub mod auth;
     pub mod defaults;
+    pub mod kuma_wire;
     pub mod nack;
     pub mod resume;
     pub mod status;
+    pub mod subscriptions;
     pub mod sync;
     pub mod unserved;
 }

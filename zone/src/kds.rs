@@ -41,6 +41,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Request, Status, Streaming,
+    codec::CompressionEncoding,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
@@ -172,9 +173,14 @@ async fn session(
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let channel = ep.connect().await.with_context(|| format!("cannot connect to {}", cfg.global_address))?;
+    // gzip out, as a Kuma zone sends (every global Meridian talks to, and
+    // Kuma's, accepts it); gzip or zstd in, whichever the global picks.
     let client = KdsSyncServiceClient::new(channel)
         .max_decoding_message_size(cfg.max_message_bytes)
-        .max_encoding_message_size(cfg.max_message_bytes);
+        .max_encoding_message_size(cfg.max_message_bytes)
+        .send_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd);
     tracing::info!(global = %cfg.global_address, zone = %cfg.zone, "connected to the global");
     tokio::select! {
         r = downstream(cfg, client.clone(), manager, metrics, cancel) => r,

@@ -6,13 +6,16 @@
 //! disconnect.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use meridian_core::{Manager, liveness::now_millis};
+use meridian_core::{
+    Manager,
+    liveness::{is_stale, last_seen_millis, now_millis},
+};
 use meridian_store::{StatusExpect, StoreError, WriteResource};
 use meridian_sync_proto::{Resource, ResourceType, Spec, delta::SendStats, driver::lock, pb::system as sys};
 
@@ -76,6 +79,10 @@ pub struct Insights {
     manager: Manager,
     instance_id: String,
     open: Arc<Mutex<HashMap<String, Arc<Mutex<Session>>>>>,
+    /// Ids of every session this instance has open (a zone reconnecting
+    /// may briefly have two), so that its own live subscriptions are never
+    /// taken for dead ones ([`close_dead`]).
+    live: Arc<Mutex<HashSet<String>>>,
     /// Zone-to-global counters per connection. Either stream of a
     /// connection may open first; the session reads them whenever it is
     /// written, so none are lost to that race.
@@ -88,6 +95,7 @@ impl Insights {
             manager,
             instance_id,
             open: Arc::new(Mutex::new(HashMap::new())),
+            live: Arc::new(Mutex::new(HashSet::new())),
             upward: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -103,6 +111,7 @@ impl Insights {
             zone_version: zone_version.to_string(),
             stats: BTreeMap::new(),
         }));
+        lock(&self.live).insert(lock(&session).id.clone());
         lock(&self.open).insert(zone.to_string(), session.clone());
         self.write(&session, false).await;
         session
@@ -141,6 +150,7 @@ impl Insights {
             }
         }
         self.write(session, true).await;
+        lock(&self.live).remove(&lock(session).id);
         lock(&self.upward).remove(&(zone, connection));
     }
 
@@ -212,6 +222,7 @@ impl Insights {
             },
             _ => sys::ZoneInsight::default(),
         };
+        close_dead(&mut insight, &sub.id, &self.instance_id, &lock(&self.live), now_millis());
         match insight.subscriptions.iter_mut().find(|x| x.id == sub.id) {
             Some(existing) => *existing = sub,
             None => insight.subscriptions.push(sub),
@@ -224,6 +235,30 @@ impl Insights {
             None => StatusExpect::Absent,
         };
         self.manager.store().put_status(&write, &expect).await.map(|_| ())
+    }
+}
+
+/// Closes the open subscriptions of `insight` (other than `writing`) that no
+/// live global instance can be recording: those of this instance
+/// (`instance_id`) that are not among its `live` sessions, and those of any
+/// instance left unrefreshed past `meridian_core::liveness::SUBSCRIPTION_STALE_MILLIS`
+/// (their instance died, e.g. SIGKILL, without closing them). Their
+/// disconnect time is when they were last seen alive. A healthy replica
+/// refreshes its subscriptions every [`REFRESH`], well inside the stale
+/// window, so its live subscriptions are never closed; were one closed (a
+/// replica whose store writes stalled past the window), its next refresh
+/// rewrites it open.
+///
+/// Why: clients following the incumbent's rule (online = any subscription
+/// without a disconnect time, Kuma's `ZoneInsight.IsOnline`) would
+/// otherwise see a zone online forever after its global instance died.
+fn close_dead(insight: &mut sys::ZoneInsight, writing: &str, instance_id: &str, live: &HashSet<String>, now: i64) {
+    for x in insight.subscriptions.iter_mut().filter(|x| x.id != writing && x.disconnect_time.is_none()) {
+        let ours_and_gone = x.global_instance_id == instance_id && !live.contains(&x.id);
+        if ours_and_gone || is_stale(x, now) {
+            tracing::info!(subscription = %x.id, global_instance = %x.global_instance_id, "closing a subscription no live global instance records");
+            x.disconnect_time = Some(ts(last_seen_millis(x).min(now)));
+        }
     }
 }
 
@@ -267,5 +302,55 @@ mod tests {
         insights.close(&session).await;
         assert!(!insights.upward.lock().expect("lock").contains_key(&("zone-1".to_string(), conn)));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod close_dead_tests {
+    use super::*;
+
+    fn sub(id: &str, instance: &str, seen: i64) -> sys::KdsSubscription {
+        sys::KdsSubscription {
+            id: id.into(),
+            global_instance_id: instance.into(),
+            connect_time: Some(ts(seen)),
+            status: Some(sys::KdsSubscriptionStatus { last_update_time: Some(ts(seen)), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn closes_only_what_no_live_instance_records() {
+        let now = 1_000_000;
+        let stale = now - meridian_core::liveness::SUBSCRIPTION_STALE_MILLIS - 1;
+        let fresh = now - 1_000;
+        let mut insight = sys::ZoneInsight {
+            subscriptions: vec![
+                sub("dead-replica", "g-dead", stale),
+                sub("other-replica", "g-other", fresh),
+                sub("ours-gone", "g-me", fresh),
+                sub("ours-live", "g-me", fresh),
+                sub("writing", "g-me", stale),
+            ],
+        };
+        let live: HashSet<String> = ["ours-live".to_string(), "writing".to_string()].into();
+        close_dead(&mut insight, "writing", "g-me", &live, now);
+        let closed: Vec<(&str, Option<i64>)> = insight
+            .subscriptions
+            .iter()
+            .map(|s| {
+                (s.id.as_str(), s.disconnect_time.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000))
+            })
+            .collect();
+        assert_eq!(
+            closed,
+            [
+                ("dead-replica", Some(stale)),
+                ("other-replica", None),
+                ("ours-gone", Some(fresh)),
+                ("ours-live", None),
+                ("writing", None)
+            ]
+        );
     }
 }

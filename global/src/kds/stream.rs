@@ -230,7 +230,9 @@ async fn refresh(
     }
 }
 
-/// What the global already holds of `zone`'s `ty` resources, by wire name.
+/// What the global already holds of `zone`'s `ty` resources, by wire name
+/// (the inverse of [`FromZone::key`]: `<zone>.<name>` was `<name>` on the
+/// wire; a Kuma-hashed name is stored as it came).
 async fn held_from_zone(server: &KdsServer, ty: ResourceType, zone: &str) -> Result<BTreeMap<String, String>, Status> {
     let mut labels = BTreeMap::new();
     labels.insert(LABEL_ZONE.to_string(), zone.to_string());
@@ -240,19 +242,7 @@ async fn held_from_zone(server: &KdsServer, ty: ResourceType, zone: &str) -> Res
         .list_stored(&ListQuery { type_name: ty.name().to_string(), labels, ..ListQuery::default() })
         .await
         .map_err(|e| Status::unavailable(format!("store: {e}")))?;
-    let prefix = format!("{zone}.");
-    Ok(page
-        .items
-        .into_iter()
-        .map(|r| {
-            let name = r
-                .labels
-                .get(LABEL_DISPLAY_NAME)
-                .cloned()
-                .unwrap_or_else(|| r.key.name.strip_prefix(&prefix).unwrap_or(&r.key.name).to_string());
-            (kds::wire_name(&r.key.mesh, &name), r.version)
-        })
-        .collect())
+    Ok(page.items.into_iter().map(|r| (FromZone::wire_name(zone, &r.key), r.version)).collect())
 }
 
 /// Zone → global: roles reversed; the zone sends responses, the global ACKs
@@ -337,20 +327,51 @@ impl Observer for UpwardObserver {
     }
 }
 
-/// Zone resources live at the global as `<zone>.<name>`, labelled with
-/// their origin, zone and the name the user gave.
+/// Where a zone's resources live at the global, as the incumbent stores
+/// them: a Kuma zone sends hash-suffixed names (Kuma's `hash.HashedName`,
+/// unique per zone) with the user's name in `kuma.io/display-name`; those are
+/// stored under the wire name and keep the zone's display name. A plain
+/// name (a Meridian zone) is made unique as `<zone>.<name>`, its display
+/// name the wire name. Either way the resource is labelled with its origin
+/// and zone, and a hashed name held by another zone is refused (NACKed).
 struct FromZone<'a>(&'a str);
+
+impl FromZone<'_> {
+    /// The wire name of a stored resource of `zone` (inverse of [`Self::key`]).
+    fn wire_name(zone: &str, key: &meridian_store::ResourceKey) -> String {
+        let prefix = format!("{zone}.");
+        let name = key.name.strip_prefix(&prefix).unwrap_or(&key.name);
+        kds::wire_name(&key.mesh, name)
+    }
+}
 
 impl meridian_core::received::Placement for FromZone<'_> {
     fn key(&self, ty: ResourceType, mesh: &str, name: &str) -> meridian_store::ResourceKey {
-        Manager::key(ty, mesh, &format!("{}.{name}", self.0))
+        if kds::is_kuma_hashed_name(name) {
+            Manager::key(ty, mesh, name)
+        } else {
+            Manager::key(ty, mesh, &format!("{}.{name}", self.0))
+        }
     }
 
     fn labels(&self, w: &kds::WireResource) -> BTreeMap<String, String> {
         let mut labels = w.resource.meta.labels.clone();
         labels.insert(LABEL_ORIGIN.to_string(), ORIGIN_ZONE.to_string());
         labels.insert(LABEL_ZONE.to_string(), self.0.to_string());
-        labels.insert(LABEL_DISPLAY_NAME.to_string(), w.resource.meta.name.clone());
+        let given =
+            labels.get(LABEL_DISPLAY_NAME).filter(|d| !d.is_empty() && kds::is_kuma_hashed_name(&w.resource.meta.name));
+        if given.is_none() {
+            labels.insert(LABEL_DISPLAY_NAME.to_string(), w.resource.meta.name.clone());
+        }
         labels
+    }
+
+    fn needs_owner_check(&self, key: &meridian_store::ResourceKey) -> bool {
+        !key.name.starts_with(&format!("{}.", self.0))
+    }
+
+    fn owns(&self, stored: &BTreeMap<String, String>) -> bool {
+        stored.get(LABEL_ZONE).is_some_and(|z| z == self.0)
+            && stored.get(LABEL_ORIGIN).is_some_and(|o| o == ORIGIN_ZONE)
     }
 }
