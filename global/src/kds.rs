@@ -170,11 +170,12 @@ impl KdsSyncService for KdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
-        let (zone, _, _) = self.authenticate(request.metadata()).await?;
+        let (zone, _, token) = self.authenticate(request.metadata()).await?;
         let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();
-        self.streams.spawn(async move { stream::zone_to_global(server, zone, connection, request.into_inner(), tx).await });
+        self.streams
+            .spawn(async move { stream::zone_to_global(server, zone, token, connection, request.into_inner(), tx).await });
         Ok(Response::new(ResponseStream::new(rx)))
     }
 }

@@ -1,0 +1,20 @@
+//! Hardening (issue 10), the listener and stream points, against the real
+//! binaries: listeners that cannot be held open (1), revocation on an open
+//! stream (4), message caps (6), and a zone failing over between globals
+//! (10). The other points live in `tests/tests/hardening.rs`.
+//!
+//! Run: `cargo build --workspace --bins && bash tests/pg-env.sh cargo test -p meridian-tests --test hardening_listeners`
+//!
+//! | test                                                   | proves |
+//! |--------------------------------------------------------|--------|
+//! | revocation::revoked_token_cuts_the_zone_to_global_stream | 4 (raw client, deterministic) |
+//! | revocation::revoked_real_zone_pushes_nothing_more       | 4 (real zone) |
+
+mod hardening_listeners {
+    pub mod revocation;
+}
+
+/// A resource's spec, encoded as it travels in the KDS envelope.
+fn spec_bytes(resource: &serde_json::Value) -> Vec<u8> {
+    meridian_sync_proto::universal::from_value(resource.clone()).expect("resource parses").spec.encode()
+}
