@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tonic::{
     Request, Response, Status, Streaming,
     metadata::MetadataMap,
-    transport::{Server, ServerTlsConfig, server::TcpIncoming},
+    transport::Server,
 };
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
@@ -185,7 +185,8 @@ impl KdsSyncService for KdsServer {
 pub async fn serve(
     listener: TcpListener,
     server: KdsServer,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    limits: meridian_rest::listener::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let max = server.max_message_bytes;
@@ -196,11 +197,19 @@ pub async fn serve(
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
+    // TLS is done by the guarded listener (handshake deadline, cap), not by
+    // tonic: connections reach tonic only once they have spoken.
+    let router = builder.add_service(svc);
+    match tls {
+        Some(tls) => {
+            let incoming = meridian_rest::listener::tls(listener, limits, "KDS", tls)?.into_stream();
+            router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        }
+        None => {
+            let incoming = meridian_rest::listener::plain(listener, limits, "KDS")?.into_stream();
+            router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        }
     }
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    builder.add_service(svc).serve_with_incoming_shutdown(incoming, shutdown).await?;
     streams.close();
     streams.wait().await;
     Ok(())

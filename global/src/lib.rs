@@ -21,7 +21,7 @@ use meridian_core::{Manager, Role, metrics::StoreMetrics};
 use meridian_rest::{ApiState, ServerInfo, auth::Auth, metrics::ApiMetrics};
 use meridian_runtime::{
     CancellationToken, Tasks, announce,
-    args::{ApiArgs, ChangeLogArgs, DefaultsArgs, LogArgs, StateArgs},
+    args::{ApiArgs, ChangeLogArgs, DefaultsArgs, ListenerArgs, LogArgs, StateArgs},
     state,
 };
 use tokio::net::TcpListener;
@@ -55,6 +55,12 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub defaults: DefaultsArgs,
+
+    /// Connection cap and deadlines of every listener (--max-connections,
+    /// --idle-timeout, --tls-handshake-timeout).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub listeners: ListenerArgs,
 
     /// Address of the KDS server zones connect to.
     #[arg(long, env = "MERIDIAN_KDS_ADDR", default_value = "0.0.0.0:5685")]
@@ -186,13 +192,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
             }
         }
     });
+    let limits = args.listeners.limits();
     tasks.spawn("API server", {
         let stop = shutdown.clone().cancelled_owned();
-        async move { Ok(meridian_rest::server::serve(api_listener, api_tls, router, stop).await?) }
+        async move { Ok(meridian_rest::server::serve(api_listener, api_tls, limits, router, stop).await?) }
     });
     tasks.spawn("KDS server", {
         let stop = shutdown.clone().cancelled_owned();
-        async move { kds::serve(kds_listener, kds_server, tls, stop).await }
+        async move { kds::serve(kds_listener, kds_server, tls, limits, stop).await }
     });
     tasks.spawn("change-log compactor", {
         let (change_log, store, shutdown) = (args.change_log.clone(), store.clone(), shutdown.clone());

@@ -24,7 +24,7 @@ use meridian_core::{Manager, Role, metrics::StoreMetrics};
 use meridian_rest::{ApiState, ServerInfo, auth::Auth, metrics::ApiMetrics};
 use meridian_runtime::{
     CancellationToken, Tasks, announce,
-    args::{ApiArgs, ChangeLogArgs, DefaultsArgs, LogArgs, StateArgs},
+    args::{ApiArgs, ChangeLogArgs, DefaultsArgs, ListenerArgs, LogArgs, StateArgs},
     state,
 };
 use tokio::net::TcpListener;
@@ -64,6 +64,12 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub defaults: DefaultsArgs,
+
+    /// Connection cap and deadlines of every listener (--max-connections,
+    /// --idle-timeout, --tls-handshake-timeout).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub listeners: ListenerArgs,
 
     /// Address of the xDS server the zone's Envoys connect to.
     #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:5678")]
@@ -185,10 +191,11 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     tracing::info!(%xds_addr, "xDS listening");
 
     let mut tasks = Tasks::new(shutdown.clone());
+    let limits = args.listeners.limits();
     tasks.spawn("API server", {
         let stop = shutdown.clone().cancelled_owned();
         let router = meridian_rest::router(state.clone()).merge(http::routes(state, xds_addr));
-        async move { Ok(meridian_rest::server::serve(api_listener, api_tls, router, stop).await?) }
+        async move { Ok(meridian_rest::server::serve(api_listener, api_tls, limits, router, stop).await?) }
     });
     if let Some(cfg) = kds_config {
         let stop = shutdown.clone().cancelled_owned();
@@ -208,7 +215,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         };
         let store = store.clone();
         let stop = shutdown.clone();
-        async move { Ok(xds::serve(xds_listener, store, config, stop).await?) }
+        async move { Ok(xds::serve(xds_listener, limits, store, config, stop).await?) }
     });
 
     tasks.wait().await
