@@ -37,18 +37,15 @@ use meridian_sync_proto::{
     pb::kds::kds_sync_service_client::KdsSyncServiceClient,
 };
 use tokio_util::sync::CancellationToken;
+
+use crate::global_address::{AddressError, Target, Targets};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Request, Status, Streaming,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+    transport::Channel,
 };
 
-/// HTTP/2 PING interval and timeout: a global that stops answering is
-/// noticed within their sum (10 s).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reconnect backoff bounds; the delay doubles per failure, with ±50 % jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
@@ -63,43 +60,19 @@ const ENVELOPE_MARGIN: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct KdsClientConfig {
     pub zone: String,
-    /// `grpcs://host:port` (TLS) or `grpc://host:port` (plaintext, explicit).
-    pub global_address: String,
+    /// `grpcs://host:port` (TLS) or `grpc://host:port` (plaintext,
+    /// explicit), one or more, tried in turn ([`crate::global_address`]).
+    pub global_addresses: Vec<String>,
     pub token: String,
     /// CA (PEM) that signed the global's KDS certificate.
     pub global_ca: Option<PathBuf>,
     pub max_message_bytes: usize,
 }
 
-/// Builds the endpoint for the configured address.
-pub fn endpoint(cfg: &KdsClientConfig) -> anyhow::Result<Endpoint> {
-    let (tls, rest) = if let Some(r) = cfg.global_address.strip_prefix("grpcs://") {
-        (true, r)
-    } else if let Some(r) = cfg.global_address.strip_prefix("grpc://") {
-        (false, r)
-    } else {
-        anyhow::bail!(
-            "--global-address {:?} must start with grpcs:// (TLS) or grpc:// (plaintext)",
-            cfg.global_address
-        );
-    };
-    let scheme = if tls { "https" } else { "http" };
-    let mut ep = Endpoint::from_shared(format!("{scheme}://{rest}"))
-        .with_context(|| format!("invalid --global-address {:?}", cfg.global_address))?
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
-        .connect_timeout(CONNECT_TIMEOUT);
-    if tls {
-        let ca_path = cfg.global_ca.as_ref().context(
-            "grpcs:// needs --global-ca (the CA of the global's KDS certificate, e.g. <global data dir>/kds-ca.crt); use grpc:// for plaintext",
-        )?;
-        let ca = std::fs::read(ca_path).with_context(|| format!("cannot read --global-ca {}", ca_path.display()))?;
-        let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h).trim_matches(['[', ']']);
-        ep = ep.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name(host))?;
-    }
-    Ok(ep)
+/// The addresses to dial, checked (scheme, shape, CA): call at start so a
+/// bad configuration fails the process at once.
+pub fn targets(cfg: &KdsClientConfig) -> Result<Targets, AddressError> {
+    Targets::new(&cfg.global_addresses, cfg.global_ca.as_deref())
 }
 
 /// Keeps the zone synced with the global until `stop` resolves.
@@ -110,7 +83,7 @@ pub async fn run(
     metrics: SyncMetrics,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let ep = endpoint(&cfg)?;
+    let mut targets = targets(&cfg)?;
     let cancel = CancellationToken::new();
     let mut stop = std::pin::pin!(async {
         stop.await;
@@ -119,20 +92,33 @@ pub async fn run(
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = tokio::time::Instant::now();
-        let outcome = tokio::select! {
-            r = session(&cfg, &ep, &manager, &metrics, &cancel) => r,
-            () = &mut stop => return Ok(()),
+        // One failed, or ended: the next address (the same one when it is
+        // the only one).
+        let outcome = match targets.next().await {
+            Ok(target) => {
+                let global = target.label.clone();
+                let r = tokio::select! {
+                    r = session(&cfg, &target, &manager, &metrics, &cancel) => r,
+                    () = &mut stop => return Ok(()),
+                };
+                Some((global, r))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no global address to dial; retrying");
+                None
+            }
         };
         match outcome {
-            Ok(()) => tracing::warn!(global = %cfg.global_address, "global ended the sync stream; reconnecting"),
-            Err(e) => {
+            None => {}
+            Some((global, Ok(()))) => tracing::warn!(%global, "global ended the sync stream; reconnecting"),
+            Some((global, Err(e))) => {
                 let denied = e
                     .downcast_ref::<Status>()
                     .is_some_and(|s| matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied));
                 if denied {
-                    tracing::error!(global = %cfg.global_address, error = %format!("{e:#}"), "the global refused this zone; check --token-file and that the zone is enabled");
+                    tracing::error!(%global, error = %format!("{e:#}"), "the global refused this zone; check --token-file and that the zone is enabled");
                 } else {
-                    tracing::warn!(global = %cfg.global_address, error = %format!("{e:#}"), "sync with the global failed; reconnecting");
+                    tracing::warn!(%global, error = %format!("{e:#}"), "sync with the global failed; reconnecting");
                 }
             }
         }
@@ -166,16 +152,16 @@ fn with_metadata<T>(cfg: &KdsClientConfig, msg: T) -> anyhow::Result<Request<T>>
 /// One connection: both streams until either ends.
 async fn session(
     cfg: &KdsClientConfig,
-    ep: &Endpoint,
+    target: &Target,
     manager: &Manager,
     metrics: &SyncMetrics,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let channel = ep.connect().await.with_context(|| format!("cannot connect to {}", cfg.global_address))?;
+    let channel = target.endpoint.connect().await.with_context(|| format!("cannot connect to {}", target.label))?;
     let client = KdsSyncServiceClient::new(channel)
         .max_decoding_message_size(cfg.max_message_bytes)
         .max_encoding_message_size(cfg.max_message_bytes);
-    tracing::info!(global = %cfg.global_address, zone = %cfg.zone, "connected to the global");
+    tracing::info!(global = %target.label, zone = %cfg.zone, "connected to the global");
     tokio::select! {
         r = downstream(cfg, client.clone(), manager, metrics, cancel) => r,
         r = upstream(cfg, client, manager, metrics, cancel) => r,

@@ -14,6 +14,7 @@ pub mod kds;
 
 pub mod dataplane;
 pub mod gateway;
+pub mod global_address;
 pub mod xds;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
@@ -78,8 +79,13 @@ pub struct RunArgs {
     /// The global's KDS address: `grpcs://host:5685` (TLS) or `grpc://host:5685`
     /// (plaintext, only when asked for explicitly). Without it the zone runs
     /// standalone and accepts every resource type through its own API.
-    #[arg(long, env = "MERIDIAN_GLOBAL_ADDRESS")]
-    pub global_address: Option<String>,
+    /// Several, for replicas of the global: repeat the flag or separate
+    /// with commas (also in the environment variable); a DNS name may
+    /// resolve to several addresses. They are tried in turn: when one
+    /// fails, the next, with backoff.
+    #[arg(long, env = "MERIDIAN_GLOBAL_ADDRESS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub global_address: Vec<String>,
 
     /// File holding this zone's token (`meridianctl generate zone-token --zone NAME`).
     #[arg(long, env = "MERIDIAN_TOKEN_FILE")]
@@ -121,27 +127,26 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     tracing::info!(zone = %args.zone, "zone starting");
     let token = state::admin_token(args.api.admin_token.as_deref(), &data_dir)?;
 
-    let kds_config = match &args.global_address {
-        None => None,
-        Some(address) => {
-            if let Err(reason) = meridian_sync_proto::kds::check_zone_name(&args.zone) {
-                anyhow::bail!("--zone: {reason}");
-            }
-            let token_file = args.token_file.as_ref().context(
-                "--global-address needs --token-file (generate one on the global: meridianctl generate zone-token --zone NAME)",
-            )?;
-            let token = std::fs::read_to_string(token_file)
-                .with_context(|| format!("cannot read --token-file {}", token_file.display()))?;
-            let cfg = kds::KdsClientConfig {
-                zone: args.zone.clone(),
-                global_address: address.clone(),
-                token: token.trim().to_string(),
-                global_ca: args.global_ca.clone(),
-                max_message_bytes: args.kds_max_message_bytes,
-            };
-            kds::endpoint(&cfg)?; // fail at start on a bad address or missing CA
-            Some(cfg)
+    let kds_config = if args.global_address.is_empty() {
+        None
+    } else {
+        if let Err(reason) = meridian_sync_proto::kds::check_zone_name(&args.zone) {
+            anyhow::bail!("--zone: {reason}");
         }
+        let token_file = args.token_file.as_ref().context(
+            "--global-address needs --token-file (generate one on the global: meridianctl generate zone-token --zone NAME)",
+        )?;
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("cannot read --token-file {}", token_file.display()))?;
+        let cfg = kds::KdsClientConfig {
+            zone: args.zone.clone(),
+            global_addresses: args.global_address.clone(),
+            token: token.trim().to_string(),
+            global_ca: args.global_ca.clone(),
+            max_message_bytes: args.kds_max_message_bytes,
+        };
+        kds::targets(&cfg)?; // fail at start on a bad address or missing CA
+        Some(cfg)
     };
     let federated = kds_config.is_some();
     let mut registry = prometheus_client::registry::Registry::default();
