@@ -84,8 +84,11 @@ pub struct RunArgs {
     #[arg(long, env = "MERIDIAN_KDS_TLS_SAN", value_delimiter = ',')]
     pub kds_tls_san: Vec<String>,
 
-    /// Largest KDS message, in bytes; larger updates are split.
-    #[arg(long, env = "MERIDIAN_KDS_MAX_MESSAGE_BYTES", default_value_t = kds::DEFAULT_MAX_MESSAGE_BYTES)]
+    /// Largest KDS message, in bytes (at least 65536); larger updates are
+    /// split, to the smaller of this and the zone's cap. A resource may use
+    /// all of it but the envelope's room (a quarter, at most 64 KiB).
+    #[arg(long, env = "MERIDIAN_KDS_MAX_MESSAGE_BYTES", default_value_t = kds::DEFAULT_MAX_MESSAGE_BYTES,
+          value_parser = meridian_sync_proto::kds::parse_max_message_bytes)]
     pub kds_max_message_bytes: usize,
 
     #[command(flatten)]
@@ -118,7 +121,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let store_metrics = StoreMetrics::register(&mut registry);
     let kds_metrics = kds::metrics::KdsMetrics::register(&mut registry);
     // One resource must fit in one KDS message with room for its envelope.
-    let resource_limit = args.api.max_resource_bytes.min(args.kds_max_message_bytes.saturating_sub(64 * 1024));
+    let resource_limit =
+        args.api.max_resource_bytes.min(meridian_sync_proto::kds::resource_budget(args.kds_max_message_bytes));
     let manager = Manager::new(store.clone(), Role::Global)
         .with_max_resource_bytes(resource_limit)
         .with_metrics(store_metrics);

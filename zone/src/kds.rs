@@ -53,8 +53,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(15);
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// Messages queued towards the global per stream.
 const OUTBOUND_QUEUE: usize = 16;
-/// Room left in each message for the envelope around the resources.
-const ENVELOPE_MARGIN: usize = 64 * 1024;
 
 /// How to reach the global.
 #[derive(Debug, Clone)]
@@ -142,6 +140,7 @@ fn with_metadata<T>(cfg: &KdsClientConfig, msg: T) -> anyhow::Result<Request<T>>
     md.insert(kds::MD_KDS_VERSION, kds::KDS_VERSION.parse()?);
     md.insert(kds::MD_FEATURES, "".parse()?);
     md.insert(kds::MD_VERSION, env!("CARGO_PKG_VERSION").parse()?);
+    md.insert(kds::MD_MAX_MESSAGE_BYTES, cfg.max_message_bytes.to_string().parse()?);
     md.insert(
         kds::MD_AUTHORIZATION,
         format!("Bearer {}", cfg.token.trim()).parse().context("the zone token is not valid metadata")?,
@@ -192,6 +191,10 @@ async fn local_versions(manager: &Manager, zone: &str, ty: ResourceType, from_gl
 struct ClientWire<In, Out> {
     inbound: Streaming<In>,
     tx: mpsc::Sender<Out>,
+    /// The cap agreed with the global, in bytes: a response over it (one
+    /// resource larger than the budget) is not sent; the error names the
+    /// type and resources and the session ends.
+    cap: usize,
 }
 
 impl RecvWire for ClientWire<DeltaDiscoveryResponse, DeltaDiscoveryRequest> {
@@ -210,6 +213,13 @@ impl SendWire for ClientWire<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
         Ok(self.inbound.message().await?.map(|request| Incoming { request, force: false }))
     }
     async fn send(&mut self, response: DeltaDiscoveryResponse, _full: Option<DesiredSet>) -> bool {
+        let encoded = prost::Message::encoded_len(&response);
+        if encoded > self.cap {
+            let names: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
+            let reason = kds::oversized_message(&response.type_url, &names, encoded, self.cap);
+            tracing::error!(%reason, "cannot send to the global");
+            return false;
+        }
         self.tx.send(response).await.is_ok()
     }
 }
@@ -272,7 +282,7 @@ async fn downstream(
         receivers.insert(ty.name().to_string(), DeltaReceiver::new(ty.name(), held));
     }
     let inbound = client.global_to_zone_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?.into_inner();
-    let mut wire = ClientWire { inbound, tx };
+    let mut wire = ClientWire { inbound, tx, cap: cfg.max_message_bytes };
     let mut observer = (metrics.observer(DOWN), NackLog(DOWN));
     let ended = receive_loop(&mut receivers, None, &mut wire, &mut ZoneApply(manager), &mut observer, cancel).await;
     if let Ended::Apply(e) = &ended {
@@ -467,12 +477,16 @@ async fn upstream(
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryResponse>(OUTBOUND_QUEUE);
     let mut source = UpwardSource::load(&cfg.zone, manager).await?;
-    let inbound = client.zone_to_global_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?.into_inner();
+    let response = client.zone_to_global_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?;
+    // Split to the smaller of our cap and the one the global advertised.
+    let advertised = response.metadata().get(kds::MD_MAX_MESSAGE_BYTES).and_then(|v| v.to_str().ok());
+    let cap = kds::agreed_max_message_bytes(cfg.max_message_bytes, advertised);
+    let inbound = response.into_inner();
     let config = SendConfig {
         nonce_prefix: format!("{}-{:08x}", cfg.zone, rand::random::<u32>()),
-        max_bytes: cfg.max_message_bytes.saturating_sub(ENVELOPE_MARGIN).max(1024),
+        max_bytes: kds::resource_budget(cap),
     };
-    let mut wire = ClientWire { inbound, tx };
+    let mut wire = ClientWire { inbound, tx, cap };
     let mut observer = (metrics.observer(UP), NackLog(UP));
     outcome(send_loop(&mut source, &mut wire, &mut observer, &config, cancel).await)
 }

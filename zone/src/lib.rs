@@ -95,8 +95,10 @@ pub struct RunArgs {
     #[arg(long, env = "MERIDIAN_GLOBAL_CA")]
     pub global_ca: Option<PathBuf>,
 
-    /// Largest KDS message, in bytes.
-    #[arg(long, env = "MERIDIAN_KDS_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    /// Largest KDS message, in bytes (at least 65536), advertised to the
+    /// global: both ends split to the smaller of their caps.
+    #[arg(long, env = "MERIDIAN_KDS_MAX_MESSAGE_BYTES", default_value_t = meridian_sync_proto::kds::DEFAULT_MAX_MESSAGE_BYTES,
+          value_parser = meridian_sync_proto::kds::parse_max_message_bytes)]
     pub kds_max_message_bytes: usize,
 
     #[command(flatten)]

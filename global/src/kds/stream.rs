@@ -43,9 +43,6 @@ use super::{
     insight::{Counters, REFRESH, Session, Upward},
 };
 
-/// Room left in each message for the envelope around the resources.
-const ENVELOPE_MARGIN: usize = 64 * 1024;
-
 type Changes = SelectAll<futures::stream::BoxStream<'static, String>>;
 
 /// What zone `zone` should hold, per type: the cache's shared snapshots
@@ -101,6 +98,10 @@ impl Source for ZoneSource {
 struct GrpcWire<In, Out> {
     inbound: Streaming<In>,
     tx: Sender<Result<Out, Status>>,
+    /// The cap agreed with the zone, in bytes: a response over it (one
+    /// resource larger than the budget) ends the stream with an error
+    /// naming the type and resources instead of going out.
+    cap: usize,
 }
 
 impl<In: Send + 'static, Out: Send + 'static> GrpcWire<In, Out> {
@@ -118,6 +119,14 @@ impl SendWire for GrpcWire<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
         Ok(self.next().await?.map(|request| Incoming { request, force: false }))
     }
     async fn send(&mut self, response: DeltaDiscoveryResponse, _full: Option<meridian_sync_proto::delta::DesiredSet>) -> bool {
+        let encoded = prost::Message::encoded_len(&response);
+        if encoded > self.cap {
+            let names: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
+            let reason = kds::oversized_message(&response.type_url, &names, encoded, self.cap);
+            tracing::error!(%reason, "cannot send to the zone");
+            let _ = self.tx.send(Err(Status::resource_exhausted(reason))).await;
+            return false;
+        }
         self.tx.send(Ok(response)).await.is_ok()
     }
 }
@@ -164,22 +173,22 @@ impl Observer for SessionObserver {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn global_to_zone(
     server: KdsServer,
-    zone: String,
-    zone_version: String,
-    token: String,
+    caller: super::Caller,
     connection: Option<SocketAddr>,
     inbound: Streaming<DeltaDiscoveryRequest>,
     tx: Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
+    let super::Caller { zone, version: zone_version, token, max_message_bytes } = caller;
     let session = server.insights.open(&zone, &zone_version, connection).await;
     server.metrics.zones_connected.inc();
     tracing::info!(zone = %zone, "zone connected: global-to-zone stream open");
     let config = SendConfig {
         nonce_prefix: format!("{:08x}", rand::random::<u32>()),
-        max_bytes: server.max_message_bytes.saturating_sub(ENVELOPE_MARGIN).max(1024),
+        max_bytes: kds::resource_budget(max_message_bytes),
     };
+    tracing::debug!(zone = %zone, max_message_bytes, "message cap agreed with the zone");
     let mut source = ZoneSource::new(&server, &zone);
-    let mut wire = GrpcWire { inbound, tx: tx.clone() };
+    let mut wire = GrpcWire { inbound, tx: tx.clone(), cap: max_message_bytes };
     let mut observer =
         (server.metrics.sync.observer(DOWN), SessionObserver { zone: zone.clone(), session: session.clone() });
     let cancel = server.shutdown.child_token();
@@ -292,7 +301,7 @@ pub(super) async fn zone_to_global(
         }
     }
     tracing::info!(zone = %zone, "zone connected: zone-to-global stream open");
-    let mut wire = GrpcWire { inbound, tx: tx.clone() };
+    let mut wire = GrpcWire { inbound, tx: tx.clone(), cap: server.max_message_bytes };
     let mut apply = GlobalApply { server: server.clone(), zone: zone.clone(), token: token.clone(), cut: None };
     let mut observer = (server.metrics.sync.observer(UP), UpwardObserver { zone: zone.clone(), upward });
     let cancel = server.shutdown.child_token();
