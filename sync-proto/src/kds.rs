@@ -267,7 +267,7 @@ mod cap_tests {
         assert_eq!(resource_budget(64 * 1024), 48 * 1024);
         assert_eq!(resource_budget(DEFAULT_MAX_MESSAGE_BYTES), DEFAULT_MAX_MESSAGE_BYTES - 64 * 1024);
         assert!(resource_budget(1) > 0);
-        assert!(parse_max_message_bytes("65535").unwrap_err().contains("at least 65536"));
+        assert!(parse_max_message_bytes("65535").expect_err("below the minimum").contains("at least 65536"));
         assert_eq!(parse_max_message_bytes("65536"), Ok(65536));
         assert_eq!(agreed_max_message_bytes(4 << 20, Some("65536")), 65536);
         assert_eq!(agreed_max_message_bytes(65536, Some("4194304")), 65536);
