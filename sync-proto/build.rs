@@ -37,10 +37,8 @@ fn main() -> Result<(), BoxError> {
 
 fn resources(out: &PathBuf) -> Result<(), BoxError> {
     std::fs::create_dir_all(out)?;
-    let fds = protox::Compiler::new(["proto"])?
-        .include_imports(true)
-        .open_files(RESOURCE_PROTOS)?
-        .file_descriptor_set();
+    let fds =
+        protox::Compiler::new(["proto"])?.include_imports(true).open_files(RESOURCE_PROTOS)?.file_descriptor_set();
     let bytes = prost::Message::encode_to_vec(&fds);
     tonic_prost_build::configure()
         .out_dir(out)
@@ -50,11 +48,7 @@ fn resources(out: &PathBuf) -> Result<(), BoxError> {
         .extern_path(".google.protobuf", "::pbjson_types")
         .btree_map(".")
         .compile_fds(fds)?;
-    pbjson_build::Builder::new()
-        .out_dir(out)
-        .register_descriptors(&bytes)?
-        .btree_map(["."])
-        .build(&[".kuma"])?;
+    pbjson_build::Builder::new().out_dir(out).register_descriptors(&bytes)?.btree_map(["."]).build(&[".kuma"])?;
     Ok(())
 }
 

@@ -24,7 +24,9 @@ pub enum Role {
     Global,
     /// A zone; `federated` when it syncs with a global (then global types
     /// are read-only here).
-    Zone { federated: bool },
+    Zone {
+        federated: bool,
+    },
 }
 
 impl Role {
@@ -54,7 +56,9 @@ pub enum ManagerError {
     MeshNotFound(String),
     #[error("{0}")]
     Invalid(InvalidResource),
-    #[error("{ty} {name:?} was changed concurrently: expected revision {expected}, current is {actual}; read it again and retry")]
+    #[error(
+        "{ty} {name:?} was changed concurrently: expected revision {expected}, current is {actual}; read it again and retry"
+    )]
     Conflict { ty: ResourceType, name: String, expected: i64, actual: i64 },
     #[error("{0}")]
     Forbidden(String),
@@ -93,12 +97,7 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(store: Store, role: Role) -> Manager {
-        Manager {
-            store,
-            role,
-            max_resource_bytes: DEFAULT_MAX_RESOURCE_BYTES,
-            metrics: None,
-        }
+        Manager { store, role, max_resource_bytes: DEFAULT_MAX_RESOURCE_BYTES, metrics: None }
     }
 
     /// Counts store operations into `metrics` (registered by the caller).
@@ -255,12 +254,7 @@ impl Manager {
         }
         let size = r.spec.encode().len();
         if size > self.max_resource_bytes {
-            return Err(ManagerError::TooLarge {
-                ty,
-                name: r.meta.name.clone(),
-                size,
-                limit: self.max_resource_bytes,
-            });
+            return Err(ManagerError::TooLarge { ty, name: r.meta.name.clone(), size, limit: self.max_resource_bytes });
         }
         if ty.is_mesh_scoped() && !self.mesh_exists(&r.meta.mesh).await? {
             return Err(ManagerError::MeshNotFound(r.meta.mesh.clone()));
@@ -271,9 +265,7 @@ impl Manager {
     /// Whether a user (REST/CLI) may write `ty` here, given the current state.
     fn check_user_write(&self, ty: ResourceType, existing: Option<&Entry>) -> Result<(), ManagerError> {
         if matches!(ty, ResourceType::ZoneInsight | ResourceType::DataplaneInsight) {
-            return Err(ManagerError::Forbidden(format!(
-                "{ty} is read-only: the control plane maintains it"
-            )));
+            return Err(ManagerError::Forbidden(format!("{ty} is read-only: the control plane maintains it")));
         }
         match self.role {
             Role::Global => {
@@ -283,9 +275,7 @@ impl Manager {
                     )));
                 }
                 if existing.is_some_and(|e| origin(&e.resource) == Some(ORIGIN_ZONE)) {
-                    return Err(ManagerError::Forbidden(format!(
-                        "{ty} was synced from a zone; change it in its zone"
-                    )));
+                    return Err(ManagerError::Forbidden(format!("{ty} was synced from a zone; change it in its zone")));
                 }
             }
             Role::Zone { federated } => {
@@ -322,14 +312,10 @@ impl Manager {
         self.check_user_write(ty, existing.as_ref())?;
         self.check(&r).await?;
         if let (Some(expected), Some(e)) = (expected_revision, existing.as_ref())
-            && e.revision != expected {
-                return Err(ManagerError::Conflict {
-                    ty,
-                    name: r.meta.name.clone(),
-                    expected,
-                    actual: e.revision,
-                });
-            }
+            && e.revision != expected
+        {
+            return Err(ManagerError::Conflict { ty, name: r.meta.name.clone(), expected, actual: e.revision });
+        }
         if existing.is_none() && expected_revision.is_some_and(|rev| rev > 0) {
             return Err(ManagerError::NotFound { ty, mesh: r.meta.mesh.clone(), name: r.meta.name.clone() });
         }
@@ -358,10 +344,11 @@ impl Manager {
         name: &str,
         expected_revision: Option<i64>,
     ) -> Result<(), ManagerError> {
-        let existing = self
-            .get(ty, mesh, name)
-            .await?
-            .ok_or_else(|| ManagerError::NotFound { ty, mesh: mesh.to_string(), name: name.to_string() })?;
+        let existing = self.get(ty, mesh, name).await?.ok_or_else(|| ManagerError::NotFound {
+            ty,
+            mesh: mesh.to_string(),
+            name: name.to_string(),
+        })?;
         self.check_user_write(ty, Some(&existing))?;
         let mut ops = Vec::new();
         // Status that goes with the deleted resources, removed after them.
@@ -411,11 +398,12 @@ impl Manager {
         let mut status = Vec::new();
         if let Some(insight) = self.get(ResourceType::ZoneInsight, "", zone).await? {
             if let Spec::ZoneInsight(zi) = &insight.resource.spec
-                && zone_online(zi, now_millis()) {
-                    return Err(ManagerError::Forbidden(format!(
-                        "zone {zone:?} is online; stop its control plane (or disable it with enabled: false and wait until it is offline) before deleting it"
-                    )));
-                }
+                && zone_online(zi, now_millis())
+            {
+                return Err(ManagerError::Forbidden(format!(
+                    "zone {zone:?} is online; stop its control plane (or disable it with enabled: false and wait until it is offline) before deleting it"
+                )));
+            }
             status.push(Self::key(ResourceType::ZoneInsight, "", zone));
         }
         let mut labels = BTreeMap::new();

@@ -66,9 +66,7 @@ pub async fn apply(client: &Client, args: &ApplyArgs) -> Result<u8, CtlError> {
         }
     }
     if invalid {
-        out::err(
-            "error: nothing was applied: fix the resources above (meridianctl validate -f FILE checks offline)",
-        );
+        out::err("error: nothing was applied: fix the resources above (meridianctl validate -f FILE checks offline)");
         return Ok(EXIT_INVALID);
     }
     docs.sort_by_key(|d| apply_order(d.resource_type()));
@@ -93,10 +91,7 @@ pub async fn apply(client: &Client, args: &ApplyArgs) -> Result<u8, CtlError> {
 
 /// Meshes before what lives in them, Secrets before what refers to them.
 fn apply_order(ty: ResourceType) -> usize {
-    ResourceType::ALL
-        .iter()
-        .position(|t| *t == ty)
-        .unwrap_or(usize::MAX)
+    ResourceType::ALL.iter().position(|t| *t == ty).unwrap_or(usize::MAX)
 }
 
 async fn apply_one(client: &Client, doc: &Doc, dry_run: bool) -> Result<Outcome, CtlError> {
@@ -117,11 +112,7 @@ async fn apply_one(client: &Client, doc: &Doc, dry_run: bool) -> Result<Outcome,
         // The store writes identical content as a no-op: same revision.
         before.etag.is_some() && before.etag == reply.etag
     };
-    Ok(if unchanged {
-        Outcome::Unchanged
-    } else {
-        Outcome::Updated
-    })
+    Ok(if unchanged { Outcome::Unchanged } else { Outcome::Updated })
 }
 
 /// A universal value without the times the store sets.
@@ -141,8 +132,6 @@ mod tests {
     fn meshes_come_first() {
         assert!(apply_order(ResourceType::Mesh) < apply_order(ResourceType::MeshGateway));
         assert!(apply_order(ResourceType::Secret) < apply_order(ResourceType::MeshGateway));
-        assert!(
-            apply_order(ResourceType::MeshGateway) < apply_order(ResourceType::MeshGatewayRoute)
-        );
+        assert!(apply_order(ResourceType::MeshGateway) < apply_order(ResourceType::MeshGatewayRoute));
     }
 }

@@ -218,12 +218,7 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// File to read (`-` for standard input); repeatable.
-    #[arg(
-        short = 'f',
-        long = "file",
-        required = true,
-        env = "MERIDIAN_APPLY_FILE"
-    )]
+    #[arg(short = 'f', long = "file", required = true, env = "MERIDIAN_APPLY_FILE")]
     pub files: Vec<PathBuf>,
 
     /// Let the server check everything, without writing anything.
@@ -244,12 +239,7 @@ pub struct GetArgs {
     pub mesh: String,
 
     /// List a mesh-scoped type across every mesh.
-    #[arg(
-        short = 'A',
-        long,
-        env = "MERIDIAN_ALL_MESHES",
-        conflicts_with = "name"
-    )]
+    #[arg(short = 'A', long, env = "MERIDIAN_ALL_MESHES", conflicts_with = "name")]
     pub all_meshes: bool,
 
     /// Output format.
@@ -302,12 +292,7 @@ pub struct InspectMeshArgs {
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// File to read (`-` for standard input); repeatable.
-    #[arg(
-        short = 'f',
-        long = "file",
-        required = true,
-        env = "MERIDIAN_VALIDATE_FILE"
-    )]
+    #[arg(short = 'f', long = "file", required = true, env = "MERIDIAN_VALIDATE_FILE")]
     pub files: Vec<PathBuf>,
 }
 

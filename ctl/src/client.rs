@@ -35,8 +35,7 @@ fn http_client(timeout: Duration, ca: Option<reqwest::Certificate>) -> Result<re
     if let Some(cert) = ca {
         b = b.add_root_certificate(cert);
     }
-    b.build()
-        .map_err(|e| CtlError::input(format!("cannot set up the HTTP client: {}", chain(&e))))
+    b.build().map_err(|e| CtlError::input(format!("cannot set up the HTTP client: {}", chain(&e))))
 }
 
 /// A client for one control plane's API.
@@ -50,13 +49,8 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(
-        api_url: &str,
-        token: Option<String>,
-        timeout: Duration,
-    ) -> Result<Client, CtlError> {
-        let base = Url::parse(api_url)
-            .map_err(|e| CtlError::input(format!("invalid API URL {api_url:?}: {e}")))?;
+    pub fn new(api_url: &str, token: Option<String>, timeout: Duration) -> Result<Client, CtlError> {
+        let base = Url::parse(api_url).map_err(|e| CtlError::input(format!("invalid API URL {api_url:?}: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
             return Err(CtlError::input(format!(
                 "invalid API URL {api_url:?}: use http://HOST:PORT or https://HOST:PORT"
@@ -66,9 +60,7 @@ impl Client {
         // (a no-op when the process already installed one).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = http_client(timeout, None)?;
-        let token = token
-            .filter(|t| !t.trim().is_empty())
-            .map(|t| t.trim().to_string());
+        let token = token.filter(|t| !t.trim().is_empty()).map(|t| t.trim().to_string());
         Ok(Client { http, base, token, timeout })
     }
 
@@ -98,28 +90,21 @@ impl Client {
     }
 
     /// Sends one request; only 2xx answers are `Ok`.
-    pub async fn send(
-        &self,
-        method: Method,
-        url: Url,
-        body: Option<&Value>,
-    ) -> Result<Reply, CtlError> {
+    pub async fn send(&self, method: Method, url: Url, body: Option<&Value>) -> Result<Reply, CtlError> {
         let mut req = self.http.request(method, url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            let bytes = serde_json::to_vec(b)
-                .map_err(|e| CtlError::input(format!("cannot encode the request: {e}")))?;
+            let bytes =
+                serde_json::to_vec(b).map_err(|e| CtlError::input(format!("cannot encode the request: {e}")))?;
             if bytes.len() > MAX_BODY_BYTES {
                 return Err(CtlError::input(format!(
                     "the resource is {} bytes as JSON; the API accepts request bodies of at most {MAX_BODY_BYTES} bytes (2 MiB)",
                     bytes.len()
                 )));
             }
-            req = req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(bytes);
+            req = req.header(header::CONTENT_TYPE, "application/json").body(bytes);
         }
         let unreachable = |e: reqwest::Error| CtlError::Unreachable {
             url: self.base.to_string(),
@@ -136,12 +121,7 @@ impl Client {
             .headers()
             .get(header::ETAG)
             .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.trim()
-                    .trim_start_matches("W/")
-                    .trim_matches('"')
-                    .to_string()
-            });
+            .map(|v| v.trim().trim_start_matches("W/").trim_matches('"').to_string());
         let bytes = resp.bytes().await.map_err(unreachable)?;
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
@@ -154,16 +134,9 @@ impl Client {
         }
         let (details, fields) = error_body(status, &body, &bytes);
         if status.is_client_error() {
-            Err(CtlError::Refused {
-                status: status.as_u16(),
-                details,
-                fields,
-            })
+            Err(CtlError::Refused { status: status.as_u16(), details, fields })
         } else {
-            Err(CtlError::Server {
-                status: status.as_u16(),
-                details,
-            })
+            Err(CtlError::Server { status: status.as_u16(), details })
         }
     }
 
@@ -180,12 +153,7 @@ impl Client {
         }
     }
 
-    pub async fn put(
-        &self,
-        segments: &[&str],
-        body: &Value,
-        dry_run: bool,
-    ) -> Result<Reply, CtlError> {
+    pub async fn put(&self, segments: &[&str], body: &Value, dry_run: bool) -> Result<Reply, CtlError> {
         let mut url = self.url(segments);
         if dry_run {
             url.set_query(Some("dryRun=true"));
@@ -205,37 +173,22 @@ impl Client {
     /// follows `next` (its `offset` and `size`, against our own base URL, so a
     /// proxy's host name in `next` does not matter), and asks for the
     /// following offset itself when `next` is missing but items remain.
-    pub async fn list_all(
-        &self,
-        segments: &[&str],
-        page_size: u64,
-    ) -> Result<(Vec<Value>, u64), CtlError> {
+    pub async fn list_all(&self, segments: &[&str], page_size: u64) -> Result<(Vec<Value>, u64), CtlError> {
         let mut items: Vec<Value> = Vec::new();
         let mut offset = 0u64;
         let mut size = page_size;
         loop {
             let mut url = self.url(segments);
-            url.query_pairs_mut()
-                .append_pair("offset", &offset.to_string())
-                .append_pair("size", &size.to_string());
+            url.query_pairs_mut().append_pair("offset", &offset.to_string()).append_pair("size", &size.to_string());
             let reply = self.send(Method::GET, url, None).await?;
-            let page = reply
-                .body
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .ok_or_else(|| CtlError::Server {
-                    status: reply.status,
-                    details: "the list answer has no \"items\" array".into(),
-                })?;
+            let page = reply.body.get("items").and_then(Value::as_array).cloned().ok_or_else(|| CtlError::Server {
+                status: reply.status,
+                details: "the list answer has no \"items\" array".into(),
+            })?;
             let total = reply.body.get("total").and_then(Value::as_u64).unwrap_or(0);
             let got = page.len() as u64;
             items.extend(page);
-            let next = reply
-                .body
-                .get("next")
-                .and_then(Value::as_str)
-                .and_then(next_page);
+            let next = reply.body.get("next").and_then(Value::as_str).and_then(next_page);
             match next {
                 Some((o, s)) if o > offset => {
                     offset = o;
@@ -253,9 +206,7 @@ impl Client {
 
 /// `offset` and `size` of a `next` link.
 fn next_page(next: &str) -> Option<(u64, Option<u64>)> {
-    let url = Url::parse(next)
-        .or_else(|_| Url::parse("http://localhost").and_then(|b| b.join(next)))
-        .ok()?;
+    let url = Url::parse(next).or_else(|_| Url::parse("http://localhost").and_then(|b| b.join(next))).ok()?;
     let mut offset = None;
     let mut size = None;
     for (k, v) in url.query_pairs() {
@@ -277,16 +228,8 @@ fn error_body(status: StatusCode, body: &Value, raw: &[u8]) -> (String, Vec<Fiel
         .map(|ps| {
             ps.iter()
                 .map(|p| FieldReason {
-                    field: p
-                        .get("field")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
-                    reason: p
-                        .get("reason")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
+                    field: p.get("field").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    reason: p.get("reason").and_then(Value::as_str).unwrap_or_default().to_string(),
                 })
                 .collect()
         })
@@ -331,29 +274,16 @@ mod tests {
 
     #[test]
     fn next_links() {
-        assert_eq!(
-            next_page("http://h:1/meshes?offset=4&size=2"),
-            Some((4, Some(2)))
-        );
-        assert_eq!(
-            next_page("/meshes/default/meshgateways?offset=100"),
-            Some((100, None))
-        );
+        assert_eq!(next_page("http://h:1/meshes?offset=4&size=2"), Some((4, Some(2))));
+        assert_eq!(next_page("/meshes/default/meshgateways?offset=100"), Some((100, None)));
         assert_eq!(next_page("garbage"), None);
     }
 
     #[test]
     fn urls_keep_a_base_path_and_encode_segments() {
-        let c = Client::new("http://cp.example:5681/api/", None, Duration::from_secs(1))
-            .expect("client");
-        assert_eq!(
-            c.url(&["meshes", "default"]).as_str(),
-            "http://cp.example:5681/api/meshes/default"
-        );
-        assert_eq!(
-            c.url(&["meshes", "a b/c"]).as_str(),
-            "http://cp.example:5681/api/meshes/a%20b%2Fc"
-        );
+        let c = Client::new("http://cp.example:5681/api/", None, Duration::from_secs(1)).expect("client");
+        assert_eq!(c.url(&["meshes", "default"]).as_str(), "http://cp.example:5681/api/meshes/default");
+        assert_eq!(c.url(&["meshes", "a b/c"]).as_str(), "http://cp.example:5681/api/meshes/a%20b%2Fc");
         assert!(Client::new("ftp://x", None, Duration::from_secs(1)).is_err());
         assert!(Client::new("not a url", None, Duration::from_secs(1)).is_err());
     }
@@ -364,18 +294,8 @@ mod tests {
             "invalid_parameters": [{"field": "conf", "reason": "cannot be empty"}]});
         let (d, f) = error_body(StatusCode::BAD_REQUEST, &body, b"");
         assert_eq!(d, "d");
-        assert_eq!(
-            f,
-            vec![FieldReason {
-                field: "conf".into(),
-                reason: "cannot be empty".into()
-            }]
-        );
-        let (d, _) = error_body(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &Value::Null,
-            b"length limit exceeded\n",
-        );
+        assert_eq!(f, vec![FieldReason { field: "conf".into(), reason: "cannot be empty".into() }]);
+        let (d, _) = error_body(StatusCode::PAYLOAD_TOO_LARGE, &Value::Null, b"length limit exceeded\n");
         assert_eq!(d, "HTTP 413 Payload Too Large: length limit exceeded");
     }
 }

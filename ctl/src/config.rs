@@ -63,10 +63,7 @@ impl ConfigFile {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ConfigFile::default()),
             Err(e) => {
-                return Err(CtlError::input(format!(
-                    "cannot read config {}: {e}",
-                    path.display()
-                )));
+                return Err(CtlError::input(format!("cannot read config {}: {e}", path.display())));
             }
         };
         if text.trim().is_empty() {
@@ -78,9 +75,7 @@ impl ConfigFile {
 
     /// Writes the file (mode 0600: it holds tokens), creating its directory.
     pub fn save(&self, path: &Path) -> Result<(), CtlError> {
-        let fail = |e: std::io::Error| {
-            CtlError::input(format!("cannot write config {}: {e}", path.display()))
-        };
+        let fail = |e: std::io::Error| CtlError::input(format!("cannot write config {}: {e}", path.display()));
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(fail)?;
         }
@@ -96,8 +91,7 @@ impl ConfigFile {
     }
 
     pub fn to_yaml(&self) -> Result<String, CtlError> {
-        serde_saphyr::to_string(self)
-            .map_err(|e| CtlError::input(format!("cannot render config: {e}")))
+        serde_saphyr::to_string(self).map_err(|e| CtlError::input(format!("cannot render config: {e}")))
     }
 
     pub fn context(&self, name: &str) -> Option<&Context> {
@@ -105,9 +99,7 @@ impl ConfigFile {
     }
 
     pub fn current(&self) -> Option<&Context> {
-        self.current_context
-            .as_deref()
-            .and_then(|n| self.context(n))
+        self.current_context.as_deref().and_then(|n| self.context(n))
     }
 
     /// Adds a context and makes it current.
@@ -169,18 +161,12 @@ fn resolve_with(conn: &ConnArgs, file: &ConfigFile) -> Target {
         .filter(|u| !u.trim().is_empty())
         .or_else(|| current.map(|c| c.api_url.clone()))
         .unwrap_or_else(|| DEFAULT_API_URL.to_string());
-    let token = conn
-        .token
-        .clone()
-        .filter(|t| !t.trim().is_empty())
-        .or_else(|| {
-            // A context's token belongs to its URL only.
-            current
-                .filter(|c| {
-                    conn.api_url.is_none() || conn.api_url.as_deref() == Some(c.api_url.as_str())
-                })
-                .and_then(|c| c.token.clone())
-        });
+    let token = conn.token.clone().filter(|t| !t.trim().is_empty()).or_else(|| {
+        // A context's token belongs to its URL only.
+        current
+            .filter(|c| conn.api_url.is_none() || conn.api_url.as_deref() == Some(c.api_url.as_str()))
+            .and_then(|c| c.token.clone())
+    });
     Target { api_url, token }
 }
 
@@ -201,35 +187,13 @@ mod tests {
     #[test]
     fn precedence() {
         let mut file = ConfigFile::default();
-        assert_eq!(
-            resolve_with(&conn(None, None), &file).api_url,
-            DEFAULT_API_URL
-        );
-        file.add(
-            Context {
-                name: "a".into(),
-                api_url: "http://a:1".into(),
-                token: Some("ta".into()),
-            },
-            false,
-        )
-        .expect("add");
+        assert_eq!(resolve_with(&conn(None, None), &file).api_url, DEFAULT_API_URL);
+        file.add(Context { name: "a".into(), api_url: "http://a:1".into(), token: Some("ta".into()) }, false)
+            .expect("add");
         let t = resolve_with(&conn(None, None), &file);
-        assert_eq!(
-            t,
-            Target {
-                api_url: "http://a:1".into(),
-                token: Some("ta".into())
-            }
-        );
+        assert_eq!(t, Target { api_url: "http://a:1".into(), token: Some("ta".into()) });
         let t = resolve_with(&conn(Some("http://b:2"), None), &file);
-        assert_eq!(
-            t,
-            Target {
-                api_url: "http://b:2".into(),
-                token: None
-            }
-        );
+        assert_eq!(t, Target { api_url: "http://b:2".into(), token: None });
         let t = resolve_with(&conn(None, Some("tb")), &file);
         assert_eq!(t.token.as_deref(), Some("tb"));
     }
@@ -239,35 +203,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("sub").join("c.yaml");
         let mut file = ConfigFile::load(&p).expect("missing is empty");
-        file.add(
-            Context {
-                name: "a".into(),
-                api_url: "http://a:1".into(),
-                token: None,
-            },
-            false,
-        )
-        .expect("add");
-        assert!(
-            file.add(
-                Context {
-                    name: "a".into(),
-                    api_url: "http://x".into(),
-                    token: None
-                },
-                false
-            )
-            .is_err()
-        );
-        file.add(
-            Context {
-                name: "b".into(),
-                api_url: "http://b:1".into(),
-                token: Some("s".into()),
-            },
-            false,
-        )
-        .expect("add");
+        file.add(Context { name: "a".into(), api_url: "http://a:1".into(), token: None }, false).expect("add");
+        assert!(file.add(Context { name: "a".into(), api_url: "http://x".into(), token: None }, false).is_err());
+        file.add(Context { name: "b".into(), api_url: "http://b:1".into(), token: Some("s".into()) }, false)
+            .expect("add");
         assert!(file.use_context("nope").is_err());
         file.use_context("a").expect("use");
         file.save(&p).expect("save");

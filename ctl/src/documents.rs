@@ -26,30 +26,18 @@ impl Doc {
 
     /// `default/edge-gateway`, or `edge-gateway` for global types.
     pub fn id(&self) -> String {
-        id(
-            self.resource_type(),
-            &self.resource.meta.mesh,
-            &self.resource.meta.name,
-        )
+        id(self.resource_type(), &self.resource.meta.mesh, &self.resource.meta.name)
     }
 
     /// The API path of this resource.
     pub fn segments(&self) -> Vec<String> {
-        segments(
-            self.resource_type(),
-            &self.resource.meta.mesh,
-            &self.resource.meta.name,
-        )
+        segments(self.resource_type(), &self.resource.meta.mesh, &self.resource.meta.name)
     }
 }
 
 /// `mesh/name` for mesh-scoped types, `name` for global ones.
 pub fn id(ty: ResourceType, mesh: &str, name: &str) -> String {
-    if ty.is_mesh_scoped() {
-        format!("{mesh}/{name}")
-    } else {
-        name.to_string()
-    }
+    if ty.is_mesh_scoped() { format!("{mesh}/{name}") } else { name.to_string() }
 }
 
 /// The API path segments of one resource.
@@ -57,12 +45,7 @@ pub fn segments(ty: ResourceType, mesh: &str, name: &str) -> Vec<String> {
     if ty == ResourceType::Mesh {
         vec!["meshes".into(), name.into()]
     } else if ty.is_mesh_scoped() {
-        vec![
-            "meshes".into(),
-            mesh.into(),
-            ty.plural().into(),
-            name.into(),
-        ]
+        vec!["meshes".into(), mesh.into(), ty.plural().into(), name.into()]
     } else {
         vec![ty.plural().into(), name.into()]
     }
@@ -83,9 +66,7 @@ pub fn read_files(files: &[PathBuf]) -> Result<Vec<(String, String)>, CtlError> 
     for f in files {
         if f.as_os_str() == "-" {
             if stdin_read {
-                return Err(CtlError::input(
-                    "standard input (-f -) can be read only once",
-                ));
+                return Err(CtlError::input("standard input (-f -) can be read only once"));
             }
             stdin_read = true;
             let mut text = String::new();
@@ -94,8 +75,8 @@ pub fn read_files(files: &[PathBuf]) -> Result<Vec<(String, String)>, CtlError> 
                 .map_err(|e| CtlError::input(format!("cannot read standard input: {e}")))?;
             out.push(("standard input".to_string(), text));
         } else {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| CtlError::input(format!("cannot read {}: {e}", f.display())))?;
+            let text =
+                std::fs::read_to_string(f).map_err(|e| CtlError::input(format!("cannot read {}: {e}", f.display())))?;
             out.push((f.display().to_string(), text));
         }
     }
@@ -107,18 +88,14 @@ pub fn read_files(files: &[PathBuf]) -> Result<Vec<(String, String)>, CtlError> 
 pub fn check_all(inputs: &[(String, String)]) -> Result<Vec<Checked>, CtlError> {
     let mut out = Vec::new();
     for (label, text) in inputs {
-        let docs = universal::parse_documents(text)
-            .map_err(|e| CtlError::input(format!("{label}: {e}")))?;
+        let docs = universal::parse_documents(text).map_err(|e| CtlError::input(format!("{label}: {e}")))?;
         for (i, doc) in docs.into_iter().enumerate() {
             out.push(check(doc, &format!("{label}: document {}", i + 1)));
         }
     }
     if out.is_empty() {
         let names: Vec<&str> = inputs.iter().map(|(l, _)| l.as_str()).collect();
-        return Err(CtlError::input(format!(
-            "no resources found in {}",
-            names.join(", ")
-        )));
+        return Err(CtlError::input(format!("no resources found in {}", names.join(", "))));
     }
     Ok(out)
 }
@@ -131,22 +108,12 @@ pub fn check(mut value: Value, where_: &str) -> Checked {
         Ok(r) => r,
         Err(e) => {
             let who = who(&e.type_name, &e.name, where_);
-            return Checked::Invalid(
-                e.violations
-                    .iter()
-                    .map(|v| line(&who, &v.field, &v.message))
-                    .collect(),
-            );
+            return Checked::Invalid(e.violations.iter().map(|v| line(&who, &v.field, &v.message)).collect());
         }
     };
     if let Err(e) = validate::resource(&resource) {
         let who = who(resource.resource_type().name(), &resource.meta.name, where_);
-        return Checked::Invalid(
-            e.violations
-                .iter()
-                .map(|v| line(&who, &v.field, &v.message))
-                .collect(),
-        );
+        return Checked::Invalid(e.violations.iter().map(|v| line(&who, &v.field, &v.message)).collect());
     }
     Checked::Valid(Box::new(Doc { value, resource }))
 }
@@ -176,11 +143,7 @@ fn who(type_name: &str, name: &str, where_: &str) -> String {
 }
 
 fn line(who: &str, field: &str, reason: &str) -> String {
-    if field.is_empty() {
-        format!("{who}: {reason}")
-    } else {
-        format!("{who}: {field}: {reason}")
-    }
+    if field.is_empty() { format!("{who}: {reason}") } else { format!("{who}: {field}: {reason}") }
 }
 
 /// The `OK` line of `validate` for a valid document.
@@ -216,27 +179,12 @@ mod tests {
         let out = check_text(
             "type: MeshGateway\nmesh: default\nname: gw\nselectors:\n- match:\n    kuma.io/service: gw\nconf:\n  listeners:\n  - port: 0\n    protocol: HTTP\n---\ntype: Nope\nname: x\n---\n- 1\n",
         );
-        let Checked::Invalid(l) = &out[0] else {
-            panic!("expected invalid: {out:?}")
-        };
-        assert_eq!(
-            l,
-            &["MeshGateway gw: conf.listeners[0].port: port must be in the range [1, 65535]"]
-        );
-        let Checked::Invalid(l) = &out[1] else {
-            panic!("expected invalid")
-        };
-        assert!(
-            l[0].starts_with("Nope x: type: unknown type \"Nope\""),
-            "{l:?}"
-        );
-        let Checked::Invalid(l) = &out[2] else {
-            panic!("expected invalid")
-        };
-        assert!(
-            l[0].starts_with("t.yaml: document 3: must be an object"),
-            "{l:?}"
-        );
+        let Checked::Invalid(l) = &out[0] else { panic!("expected invalid: {out:?}") };
+        assert_eq!(l, &["MeshGateway gw: conf.listeners[0].port: port must be in the range [1, 65535]"]);
+        let Checked::Invalid(l) = &out[1] else { panic!("expected invalid") };
+        assert!(l[0].starts_with("Nope x: type: unknown type \"Nope\""), "{l:?}");
+        let Checked::Invalid(l) = &out[2] else { panic!("expected invalid") };
+        assert!(l[0].starts_with("t.yaml: document 3: must be an object"), "{l:?}");
     }
 
     #[test]

@@ -25,11 +25,7 @@ pub enum CtlError {
 
     /// The server answered 4xx: `details` and the field reasons of its body.
     #[error("{details}")]
-    Refused {
-        status: u16,
-        details: String,
-        fields: Vec<FieldReason>,
-    },
+    Refused { status: u16, details: String, fields: Vec<FieldReason> },
 
     /// No answer: connection refused, DNS, TLS, timeout.
     #[error("cannot reach {url}: {reason}")]
@@ -72,11 +68,7 @@ impl CtlError {
         out.push_str(&self.to_string());
         if let CtlError::Refused { fields, .. } = self {
             for f in fields {
-                let field = if f.field.is_empty() {
-                    "(resource)"
-                } else {
-                    &f.field
-                };
+                let field = if f.field.is_empty() { "(resource)" } else { &f.field };
                 let _ = write!(out, "\n  {field}: {}", f.reason);
             }
         }
@@ -98,29 +90,16 @@ mod tests {
         let e = CtlError::Refused {
             status: 400,
             details: "MeshGateway gw: conf: cannot be empty".into(),
-            fields: vec![FieldReason {
-                field: "conf".into(),
-                reason: "cannot be empty".into(),
-            }],
+            fields: vec![FieldReason { field: "conf".into(), reason: "cannot be empty".into() }],
         };
         assert_eq!(e.exit_code(), EXIT_INVALID);
         assert_eq!(
             e.report(Some("MeshGateway default/gw")),
             "error: MeshGateway default/gw: MeshGateway gw: conf: cannot be empty\n  conf: cannot be empty"
         );
-        let e = CtlError::Unreachable {
-            url: "http://x".into(),
-            reason: "refused".into(),
-        };
+        let e = CtlError::Unreachable { url: "http://x".into(), reason: "refused".into() };
         assert_eq!(e.exit_code(), EXIT_UNAVAILABLE);
-        assert_eq!(
-            CtlError::Server {
-                status: 503,
-                details: "x".into()
-            }
-            .exit_code(),
-            EXIT_UNAVAILABLE
-        );
+        assert_eq!(CtlError::Server { status: 503, details: "x".into() }.exit_code(), EXIT_UNAVAILABLE);
         assert_eq!(worst(EXIT_INVALID, EXIT_UNAVAILABLE), EXIT_UNAVAILABLE);
     }
 }

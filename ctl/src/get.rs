@@ -16,10 +16,7 @@ use crate::{
 pub fn resource_type(s: &str) -> Result<ResourceType, CtlError> {
     ResourceType::parse_loose(s).ok_or_else(|| {
         let known: Vec<&str> = ResourceType::ALL.iter().map(|t| t.plural()).collect();
-        CtlError::input(format!(
-            "unknown resource type {s:?}; known types: {}",
-            known.join(", ")
-        ))
+        CtlError::input(format!("unknown resource type {s:?}; known types: {}", known.join(", ")))
     })
 }
 
@@ -67,11 +64,7 @@ fn print_items(ty: ResourceType, items: &[Value], output: Output, is_list: bool)
 
 /// Values as a YAML stream, one document per value.
 pub fn yaml_stream(items: &[Value]) -> String {
-    items
-        .iter()
-        .map(universal::value_to_yaml)
-        .collect::<Vec<_>>()
-        .join("---\n")
+    items.iter().map(universal::value_to_yaml).collect::<Vec<_>>().join("---\n")
 }
 
 /// The `kumactl get` table of a type; zone resources also show their
@@ -102,10 +95,7 @@ pub fn table_of(ty: ResourceType, items: &[Value], now: i64) -> String {
         ),
         t if t.is_mesh_scoped() => (
             &["MESH", "NAME", "AGE"],
-            items
-                .iter()
-                .map(|v| vec![str_field(v, "mesh").into(), str_field(v, "name").into(), created(v)])
-                .collect(),
+            items.iter().map(|v| vec![str_field(v, "mesh").into(), str_field(v, "name").into(), created(v)]).collect(),
         ),
         _ => (&["NAME", "AGE"], items.iter().map(|v| vec![str_field(v, "name").into(), created(v)]).collect()),
     };
@@ -114,10 +104,7 @@ pub fn table_of(ty: ResourceType, items: &[Value], now: i64) -> String {
 
 /// `builtin/ca-1` for the enabled mTLS backend, `off` without one.
 fn mtls(mesh: &Value) -> String {
-    let enabled = mesh
-        .pointer("/mtls/enabledBackend")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let enabled = mesh.pointer("/mtls/enabledBackend").and_then(Value::as_str).unwrap_or_default();
     if enabled.is_empty() {
         return "off".into();
     }
@@ -139,12 +126,7 @@ pub fn dataplane_tags(dataplane: &Value) -> String {
         return table::tags(gw.get("tags"));
     }
     let mut merged = serde_json::Map::new();
-    for inbound in dataplane
-        .pointer("/networking/inbound")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for inbound in dataplane.pointer("/networking/inbound").and_then(Value::as_array).into_iter().flatten() {
         if let Some(t) = inbound.get("tags").and_then(Value::as_object) {
             merged.extend(t.clone());
         }
@@ -161,10 +143,7 @@ mod tests {
         for s in ["meshgateways", "meshgateway", "MeshGateway"] {
             assert_eq!(resource_type(s).ok(), Some(ResourceType::MeshGateway));
         }
-        let e = resource_type("gateways")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let e = resource_type("gateways").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("unknown resource type \"gateways\""), "{e}");
     }
 
@@ -189,10 +168,7 @@ mod tests {
     fn tables() {
         let now = 1_795_000_060_000;
         let gw = json!({"type": "MeshGateway", "mesh": "default", "name": "edge", "creationTime": "2026-11-18T11:06:40.000Z"});
-        assert_eq!(
-            table_of(ResourceType::MeshGateway, &[gw], now),
-            "MESH      NAME   AGE\ndefault   edge   60s\n"
-        );
+        assert_eq!(table_of(ResourceType::MeshGateway, &[gw], now), "MESH      NAME   AGE\ndefault   edge   60s\n");
         let mesh = json!({"type": "Mesh", "name": "default", "mtls": {"enabledBackend": "ca-1",
             "backends": [{"name": "ca-1", "type": "builtin"}]}});
         assert!(table_of(ResourceType::Mesh, &[mesh], now).contains("builtin/ca-1"));
@@ -203,20 +179,25 @@ mod tests {
             "labels": {"kuma.io/display-name": "gateway-instance-1", "kuma.io/zone": "zone-1", "kuma.io/origin": "zone"},
             "networking": {"address": "10.0.0.1", "gateway": {"tags": {"kuma.io/service": "edge"}}}});
         let t = table_of(ResourceType::Dataplane, &[synced], now);
-        let lines: Vec<Vec<&str>> = t.lines().map(|l| l.split("   ").map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
+        let lines: Vec<Vec<&str>> =
+            t.lines().map(|l| l.split("   ").map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
         assert_eq!(lines[0], ["MESH", "NAME", "DISPLAY NAME", "ZONE", "TAGS", "AGE"]);
         assert_eq!(
             lines[1],
-            ["default", "gateway-instance-1-bcdd994zxbvwfv24", "gateway-instance-1", "zone-1", "kuma.io/service=edge", "-"]
+            [
+                "default",
+                "gateway-instance-1-bcdd994zxbvwfv24",
+                "gateway-instance-1",
+                "zone-1",
+                "kuma.io/service=edge",
+                "-"
+            ]
         );
     }
 
     #[test]
     fn yaml_streams_read_back() {
-        let items = vec![
-            json!({"type": "Mesh", "name": "a"}),
-            json!({"type": "Mesh", "name": "b"}),
-        ];
+        let items = vec![json!({"type": "Mesh", "name": "a"}), json!({"type": "Mesh", "name": "b"})];
         let text = yaml_stream(&items);
         let back = universal::parse_documents(&text).expect("yaml");
         assert_eq!(back, items);

@@ -17,22 +17,13 @@ const PAGE_SIZE: u64 = 100;
 
 pub async fn zones(client: &Client, args: &InspectArgs) -> Result<u8, CtlError> {
     let (items, _) = client.list_all(&["zones", "_overview"], PAGE_SIZE).await?;
-    print(&items, args.output, |items| {
-        zones_table(items, now_millis())
-    });
+    print(&items, args.output, |items| zones_table(items, now_millis()));
     Ok(EXIT_OK)
 }
 
 pub async fn dataplanes(client: &Client, args: &InspectMeshArgs) -> Result<u8, CtlError> {
-    let (items, _) = client
-        .list_all(
-            &["meshes", &args.mesh, "dataplanes", "_overview"],
-            PAGE_SIZE,
-        )
-        .await?;
-    print(&items, args.out.output, |items| {
-        dataplanes_table(items, now_millis())
-    });
+    let (items, _) = client.list_all(&["meshes", &args.mesh, "dataplanes", "_overview"], PAGE_SIZE).await?;
+    print(&items, args.out.output, |items| dataplanes_table(items, now_millis()));
     Ok(EXIT_OK)
 }
 
@@ -46,25 +37,16 @@ fn print(items: &[Value], output: Output, table: impl Fn(&[Value]) -> String) {
 
 /// The subscriptions of an insight, oldest first.
 fn subscriptions(insight: Option<&Value>) -> &[Value] {
-    insight
-        .and_then(|i| i.get("subscriptions"))
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
+    insight.and_then(|i| i.get("subscriptions")).and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 /// Sum of a counter over every subscription.
 fn total(subs: &[Value], pointer: &str) -> String {
-    subs.iter()
-        .map(|s| u64_at(s, pointer))
-        .sum::<u64>()
-        .to_string()
+    subs.iter().map(|s| u64_at(s, pointer)).sum::<u64>().to_string()
 }
 
 fn text_or_dash(v: Option<&Value>) -> String {
-    v.and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("-")
-        .to_string()
+    v.and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or("-").to_string()
 }
 
 /// NAME, STATUS (the server's `online` verdict), LAST CONNECTED AGO, the
@@ -75,10 +57,7 @@ pub fn zones_table(items: &[Value], now: i64) -> String {
         .map(|z| {
             let subs = subscriptions(z.get("zoneInsight"));
             let last = subs.last();
-            let enabled = z
-                .pointer("/zone/enabled")
-                .and_then(Value::as_bool)
-                .unwrap_or(true);
+            let enabled = z.pointer("/zone/enabled").and_then(Value::as_bool).unwrap_or(true);
             let online = z.get("online").and_then(Value::as_bool).unwrap_or(false);
             let status = match (enabled, online) {
                 (false, _) => "Disabled",
@@ -96,14 +75,7 @@ pub fn zones_table(items: &[Value], now: i64) -> String {
         })
         .collect();
     table::render(
-        &[
-            "NAME",
-            "STATUS",
-            "LAST CONNECTED AGO",
-            "TOTAL UPDATES SENT",
-            "TOTAL REJECTED UPDATES",
-            "ZONE-CP VERSION",
-        ],
+        &["NAME", "STATUS", "LAST CONNECTED AGO", "TOTAL UPDATES SENT", "TOTAL REJECTED UPDATES", "ZONE-CP VERSION"],
         &rows,
     )
 }
@@ -117,24 +89,16 @@ pub fn dataplanes_table(items: &[Value], now: i64) -> String {
         .map(|d| {
             let subs = subscriptions(d.get("dataplaneInsight"));
             let last = subs.last();
-            let online = last.is_some_and(|s| {
-                s.get("connectTime").is_some() && s.get("disconnectTime").is_none()
-            });
+            let online = last.is_some_and(|s| s.get("connectTime").is_some() && s.get("disconnectTime").is_none());
             vec![
                 str_field(d, "mesh").to_string(),
                 str_field(d, "name").to_string(),
-                d.get("dataplane")
-                    .map_or_else(|| "-".to_string(), dataplane_tags),
+                d.get("dataplane").map_or_else(|| "-".to_string(), dataplane_tags),
                 if online { "Online" } else { "Offline" }.to_string(),
                 last_connected(last, now),
                 last.map_or_else(
                     || "never".to_string(),
-                    |s| {
-                        age(
-                            s.pointer("/status/lastUpdateTime").and_then(Value::as_str),
-                            now,
-                        )
-                    },
+                    |s| age(s.pointer("/status/lastUpdateTime").and_then(Value::as_str), now),
                 ),
                 total(subs, "/status/total/responsesSent"),
                 total(subs, "/status/total/responsesRejected"),
@@ -162,10 +126,7 @@ pub fn dataplanes_table(items: &[Value], now: i64) -> String {
 }
 
 fn last_connected(last: Option<&Value>, now: i64) -> String {
-    match last
-        .and_then(|s| s.get("connectTime"))
-        .and_then(Value::as_str)
-    {
+    match last.and_then(|s| s.get("connectTime")).and_then(Value::as_str) {
         Some(t) => age(Some(t), now),
         None => "never".into(),
     }
@@ -187,15 +148,8 @@ mod tests {
             json!({"name": "z2", "online": false, "zone": {"enabled": false}, "zoneInsight": {}}),
         ];
         let t = zones_table(&items, now);
-        let lines: Vec<Vec<&str>> = t
-            .lines()
-            .map(|l| {
-                l.split("   ")
-                    .map(str::trim)
-                    .filter(|c| !c.is_empty())
-                    .collect()
-            })
-            .collect();
+        let lines: Vec<Vec<&str>> =
+            t.lines().map(|l| l.split("   ").map(str::trim).filter(|c| !c.is_empty()).collect()).collect();
         assert_eq!(lines[1], ["z1", "Online", "60s", "7", "1", "0.1.0"]);
         assert_eq!(lines[2], ["z2", "Disabled", "never", "0", "0", "-"]);
     }
@@ -209,16 +163,7 @@ mod tests {
                 "version": {"envoy": {"version": "1.36.0"}}}]}})];
         let t = dataplanes_table(&items, 1_795_000_060_000);
         let row = t.lines().nth(1).unwrap_or_default();
-        for part in [
-            "default",
-            "gw-1",
-            "kuma.io/service=edge",
-            "Online",
-            "60s",
-            "40s",
-            "5",
-            "1.36.0",
-        ] {
+        for part in ["default", "gw-1", "kuma.io/service=edge", "Online", "60s", "40s", "5", "1.36.0"] {
             assert!(row.contains(part), "{part} missing in {row}");
         }
     }

@@ -34,10 +34,7 @@ use error::{CtlError, EXIT_OK, EXIT_UNAVAILABLE};
 pub fn main(cli: Cli) -> ExitCode {
     // reqwest is built without a crypto provider of its own: use ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             out::err(&format!("error: cannot start the runtime: {e}"));
@@ -63,12 +60,8 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
         Command::Apply(args) => apply::apply(&client(&cli.conn)?, &args).await,
         Command::Get(args) => get::get(&client(&cli.conn)?, &args).await,
         Command::Delete(args) => get::delete(&client(&cli.conn)?, &args).await,
-        Command::Inspect(InspectCommand::Zones(args)) => {
-            inspect::zones(&client(&cli.conn)?, &args).await
-        }
-        Command::Inspect(InspectCommand::Dataplanes(args)) => {
-            inspect::dataplanes(&client(&cli.conn)?, &args).await
-        }
+        Command::Inspect(InspectCommand::Zones(args)) => inspect::zones(&client(&cli.conn)?, &args).await,
+        Command::Inspect(InspectCommand::Dataplanes(args)) => inspect::dataplanes(&client(&cli.conn)?, &args).await,
         Command::Version => version(&client(&cli.conn)?).await,
         Command::Generate(GenerateCommand::ZoneToken(args)) => {
             let body = serde_json::json!({ "zone": args.zone, "validFor": args.valid_for });
@@ -83,16 +76,12 @@ fn client(conn: &ConnArgs) -> Result<client::Client, CtlError> {
     let target = config::resolve(conn)?;
     let ca = match &conn.ca_cert {
         None => None,
-        Some(path) => Some(std::fs::read(path).map_err(|e| {
-            CtlError::input(format!("cannot read --ca-cert {}: {e}", path.display()))
-        })?),
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| CtlError::input(format!("cannot read --ca-cert {}: {e}", path.display())))?,
+        ),
     };
-    client::Client::new(
-        &target.api_url,
-        target.token,
-        Duration::from_secs(conn.timeout.max(1)),
-    )?
-    .with_ca(ca.as_deref())
+    client::Client::new(&target.api_url, target.token, Duration::from_secs(conn.timeout.max(1)))?.with_ca(ca.as_deref())
 }
 
 fn configure(conn: &ConnArgs, cmd: ConfigCommand) -> Result<u8, CtlError> {
@@ -109,19 +98,9 @@ fn configure(conn: &ConnArgs, cmd: ConfigCommand) -> Result<u8, CtlError> {
             reqwest::Url::parse(&api_url)
                 .map_err(|e| CtlError::input(format!("invalid --api-url {api_url:?}: {e}")))?;
             let name = args.name.clone();
-            file.add(
-                Context {
-                    name: args.name,
-                    api_url,
-                    token: conn.token.clone(),
-                },
-                args.overwrite,
-            )?;
+            file.add(Context { name: args.name, api_url, token: conn.token.clone() }, args.overwrite)?;
             file.save(&path)?;
-            out::line(&format!(
-                "added context {name:?} and made it current ({})",
-                path.display()
-            ));
+            out::line(&format!("added context {name:?} and made it current ({})", path.display()));
         }
         ConfigCommand::UseContext { name } => {
             file.use_context(&name)?;
@@ -137,10 +116,7 @@ fn configure(conn: &ConnArgs, cmd: ConfigCommand) -> Result<u8, CtlError> {
 }
 
 async fn version(client: &client::Client) -> Result<u8, CtlError> {
-    out::line(&format!(
-        "client: meridianctl {}",
-        env!("CARGO_PKG_VERSION")
-    ));
+    out::line(&format!("client: meridianctl {}", env!("CARGO_PKG_VERSION")));
     let reply = client.get(&[]).await?;
     let field = |k: &str| table::str_field(&reply.body, k).to_string();
     out::line(&format!(

@@ -7,11 +7,7 @@ fn main() -> std::process::ExitCode {
         // "unreachable" here); --help and --version succeed.
         Err(e) => {
             let _ = e.print();
-            std::process::ExitCode::from(if e.use_stderr() {
-                meridianctl::error::EXIT_INVALID
-            } else {
-                0
-            })
+            std::process::ExitCode::from(if e.use_stderr() { meridianctl::error::EXIT_INVALID } else { 0 })
         }
     }
 }

@@ -23,11 +23,7 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
             if i + 1 == row.len() {
                 line.push_str(cell);
             } else {
-                let pad = widths
-                    .get(i)
-                    .copied()
-                    .unwrap_or(0)
-                    .saturating_sub(cell.chars().count());
+                let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
                 line.push_str(cell);
                 line.push_str(&" ".repeat(pad + 3));
             }
@@ -105,19 +101,12 @@ pub fn u64_at(v: &Value, pointer: &str) -> u64 {
 pub fn tags(v: Option<&Value>) -> String {
     let map: BTreeMap<&str, &str> = v
         .and_then(Value::as_object)
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default()))
-                .collect()
-        })
+        .map(|o| o.iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default())).collect())
         .unwrap_or_default();
     if map.is_empty() {
         return "-".into();
     }
-    map.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 /// How long ago an RFC 3339 time was, as `kubectl` shows ages (`42s`, `5m`,
@@ -151,24 +140,13 @@ pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
     let s = s.trim();
     let num = |a: usize, b: usize| -> Option<i64> {
         let part = s.get(a..b)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
+        if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
     };
     let sep = |i: usize, c: &[u8]| s.as_bytes().get(i).is_some_and(|b| c.contains(b));
     if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
         return None;
     }
-    let (y, mo, d, h, mi, sec) = (
-        num(0, 4)?,
-        num(5, 7)?,
-        num(8, 10)?,
-        num(11, 13)?,
-        num(14, 16)?,
-        num(17, 19)?,
-    );
+    let (y, mo, d, h, mi, sec) = (num(0, 4)?, num(5, 7)?, num(8, 10)?, num(11, 13)?, num(14, 16)?, num(17, 19)?);
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
         return None;
     }
@@ -179,11 +157,7 @@ pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
         if digits == 0 {
             return None;
         }
-        let ms: String = frac[..digits]
-            .chars()
-            .chain("000".chars())
-            .take(3)
-            .collect();
+        let ms: String = frac[..digits].chars().chain("000".chars()).take(3).collect();
         millis = ms.parse().ok()?;
         rest = &frac[digits..];
     }
@@ -225,7 +199,10 @@ mod tests {
         let synced = serde_json::json!({"name": "edge-1-bcdd994zxbvwfv24",
             "labels": {"kuma.io/display-name": "edge-1", "kuma.io/zone": "zone-1", "kuma.io/origin": "zone"}});
         let row = |n: &str| vec![n.to_string(), "1s".to_string()];
-        assert_eq!(render_named(&["NAME", "AGE"], vec![row("edge")], std::slice::from_ref(&local)), "NAME   AGE\nedge   1s\n");
+        assert_eq!(
+            render_named(&["NAME", "AGE"], vec![row("edge")], std::slice::from_ref(&local)),
+            "NAME   AGE\nedge   1s\n"
+        );
         assert_eq!(
             render_named(&["NAME", "AGE"], vec![row("edge"), row("edge-1-bcdd994zxbvwfv24")], &[local, synced]),
             "NAME                      DISPLAY NAME   ZONE     AGE\n\
@@ -243,22 +220,10 @@ mod tests {
     #[test]
     fn timestamps() {
         assert_eq!(parse_rfc3339_millis("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_millis("2026-11-18T11:06:40.123Z"),
-            Some(1_795_000_000_123)
-        );
-        assert_eq!(
-            parse_rfc3339_millis("2000-02-29T00:00:00.000Z"),
-            Some(951_782_400_000)
-        );
-        assert_eq!(
-            parse_rfc3339_millis("2000-02-29T01:00:00.5+01:00"),
-            Some(951_782_400_500)
-        );
-        assert_eq!(
-            parse_rfc3339_millis("2026-11-18T11:06:40.123456789Z"),
-            Some(1_795_000_000_123)
-        );
+        assert_eq!(parse_rfc3339_millis("2026-11-18T11:06:40.123Z"), Some(1_795_000_000_123));
+        assert_eq!(parse_rfc3339_millis("2000-02-29T00:00:00.000Z"), Some(951_782_400_000));
+        assert_eq!(parse_rfc3339_millis("2000-02-29T01:00:00.5+01:00"), Some(951_782_400_500));
+        assert_eq!(parse_rfc3339_millis("2026-11-18T11:06:40.123456789Z"), Some(1_795_000_000_123));
         assert_eq!(parse_rfc3339_millis("yesterday"), None);
         assert_eq!(parse_rfc3339_millis("2026-13-01T00:00:00Z"), None);
     }
@@ -273,10 +238,7 @@ mod tests {
 
     #[test]
     fn tables_align() {
-        let t = render(
-            &["MESH", "NAME", "AGE"],
-            &[vec!["default".into(), "gw".into(), "1m".into()]],
-        );
+        let t = render(&["MESH", "NAME", "AGE"], &[vec!["default".into(), "gw".into(), "1m".into()]]);
         assert_eq!(t, "MESH      NAME   AGE\ndefault   gw     1m\n");
         let t = render(&["NAME"], &[]);
         assert_eq!(t, "NAME\n");

@@ -20,7 +20,6 @@ use meridian_core::{
     origin::{LABEL_ORIGIN, ORIGIN_GLOBAL},
 };
 use meridian_runtime::CancellationToken;
-use tokio_util::task::TaskTracker;
 use meridian_store::StoreError;
 use meridian_sync_proto::{
     ResourceType, Spec,
@@ -34,11 +33,8 @@ use meridian_sync_proto::{
     },
 };
 use tokio::net::TcpListener;
-use tonic::{
-    Request, Response, Status, Streaming,
-    metadata::MetadataMap,
-    transport::Server,
-};
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap, transport::Server};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
@@ -106,7 +102,9 @@ impl KdsServer {
         }
         let kds_version = text(MD_KDS_VERSION);
         if !kds_version.is_empty() && kds_version != meridian_sync_proto::kds::KDS_VERSION {
-            return Err(Status::failed_precondition(format!("unsupported kds-version {kds_version:?}; this global speaks v3")));
+            return Err(Status::failed_precondition(format!(
+                "unsupported kds-version {kds_version:?}; this global speaks v3"
+            )));
         }
         let auth = text(MD_AUTHORIZATION);
         let token = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).unwrap_or(&auth);
@@ -138,12 +136,13 @@ impl KdsServer {
         match self.manager.get(ResourceType::Zone, "", zone).await.map_err(store_err)? {
             Some(e) => {
                 if let Spec::Zone(z) = &e.resource.spec
-                    && z.enabled.as_ref().is_some_and(|b| !b.value) {
-                        tracing::warn!(zone, "KDS call refused: zone is disabled");
-                        return Err(Status::permission_denied(format!(
-                            "zone {zone:?} is disabled on the global (enabled: false)"
-                        )));
-                    }
+                    && z.enabled.as_ref().is_some_and(|b| !b.value)
+                {
+                    tracing::warn!(zone, "KDS call refused: zone is disabled");
+                    return Err(Status::permission_denied(format!(
+                        "zone {zone:?} is disabled on the global (enabled: false)"
+                    )));
+                }
                 Ok(())
             }
             None => {
@@ -186,7 +185,8 @@ impl KdsSyncService for KdsServer {
         let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();
-        self.streams.spawn(async move { stream::global_to_zone(server, caller, connection, request.into_inner(), tx).await });
+        self.streams
+            .spawn(async move { stream::global_to_zone(server, caller, connection, request.into_inner(), tx).await });
         Ok(self.response(ResponseStream::new(rx)))
     }
 
@@ -198,8 +198,9 @@ impl KdsSyncService for KdsServer {
         let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();
-        self.streams
-            .spawn(async move { stream::zone_to_global(server, zone, token, connection, request.into_inner(), tx).await });
+        self.streams.spawn(async move {
+            stream::zone_to_global(server, zone, token, connection, request.into_inner(), tx).await
+        });
         Ok(self.response(ResponseStream::new(rx)))
     }
 }
@@ -215,9 +216,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let max = server.max_message_bytes;
     let streams = server.streams.clone();
-    let svc = KdsSyncServiceServer::new(server)
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let svc = KdsSyncServiceServer::new(server).max_decoding_message_size(max).max_encoding_message_size(max);
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));

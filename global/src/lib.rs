@@ -123,9 +123,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     // One resource must fit in one KDS message with room for its envelope.
     let resource_limit =
         args.api.max_resource_bytes.min(meridian_sync_proto::kds::resource_budget(args.kds_max_message_bytes));
-    let manager = Manager::new(store.clone(), Role::Global)
-        .with_max_resource_bytes(resource_limit)
-        .with_metrics(store_metrics);
+    let manager =
+        Manager::new(store.clone(), Role::Global).with_max_resource_bytes(resource_limit).with_metrics(store_metrics);
     state::default_mesh(&manager, args.defaults.skip_default_mesh).await?;
     let config = meridian_runtime::config::document(
         "global",
@@ -239,8 +238,9 @@ fn token_routes(state: ApiState, tokens: tokens::ZoneTokens) -> axum::Router {
         body: axum::body::Bytes,
     ) -> Result<axum::response::Response, ApiError> {
         meridian_rest::require_admin(&state, &headers, &ci)?;
-        let req: ZoneTokenRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("request body must be {{\"zone\": NAME, \"validFor\": DURATION}}: {e}")))?;
+        let req: ZoneTokenRequest = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!("request body must be {{\"zone\": NAME, \"validFor\": DURATION}}: {e}"))
+        })?;
         let zone = req.zone.unwrap_or_default();
         meridian_sync_proto::kds::check_zone_name(&zone).map_err(|r| ApiError::field("zone", r))?;
         let valid_for = match req.valid_for.as_deref() {

@@ -10,7 +10,6 @@ use std::{
 use anyhow::Context;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 
-
 /// Where the generated files live.
 pub struct GeneratedPaths {
     pub ca: PathBuf,
@@ -48,8 +47,8 @@ pub fn server_config(
         }
         _ => anyhow::bail!("--kds-tls-cert and --kds-tls-key go together"),
     };
-    let config = meridian_rest::server::tls_config_from_pem(&cert_pem, &key_pem, &[b"h2"])
-        .context("KDS certificate and key")?;
+    let config =
+        meridian_rest::server::tls_config_from_pem(&cert_pem, &key_pem, &[b"h2"]).context("KDS certificate and key")?;
     Ok((config, ca))
 }
 

@@ -37,7 +37,9 @@ pub struct Claims {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
-    #[error("no zone token presented (send 'authorization: Bearer <token>'; generate one with 'meridianctl generate zone-token --zone NAME')")]
+    #[error(
+        "no zone token presented (send 'authorization: Bearer <token>'; generate one with 'meridianctl generate zone-token --zone NAME')"
+    )]
     Missing,
     #[error("zone token is malformed")]
     Malformed,
@@ -86,10 +88,9 @@ impl ZoneTokens {
                 match self.manager.store().create(Manager::encode(&r)).await {
                     Ok(_) => Ok(key),
                     // Another replica won the race: use its key.
-                    Err(StoreError::AlreadyExists(_)) => self
-                        .read_key()
-                        .await?
-                        .ok_or_else(|| ManagerError::Forbidden("signing key vanished".into())),
+                    Err(StoreError::AlreadyExists(_)) => {
+                        self.read_key().await?.ok_or_else(|| ManagerError::Forbidden("signing key vanished".into()))
+                    }
                     Err(e) => Err(ManagerError::Store(e)),
                 }
             })
@@ -191,7 +192,8 @@ mod tests {
     #[tokio::test]
     async fn issue_verify_and_refuse() {
         // (no tempfile dev-dependency in this crate: a unique directory, removed at the end)
-        let dir = std::env::temp_dir().join(format!("meridian-tokens-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let dir =
+            std::env::temp_dir().join(format!("meridian-tokens-{}-{:08x}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let store = Store::connect(&format!("sqlite:{}", dir.join("t.db").display())).await.expect("store");
         let tokens = ZoneTokens::new(Manager::new(store.clone(), Role::Global));

@@ -53,10 +53,7 @@ impl ApiError {
 
     pub fn field(field: &str, reason: impl Into<String>) -> ApiError {
         let reason = reason.into();
-        ApiError::invalid(
-            format!("{field}: {reason}"),
-            vec![InvalidParameter { field: field.to_string(), reason }],
-        )
+        ApiError::invalid(format!("{field}: {reason}"), vec![InvalidParameter { field: field.to_string(), reason }])
     }
 
     pub fn not_found(details: impl Into<String>) -> ApiError {
@@ -70,11 +67,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            title: &self.title,
-            details: &self.details,
-            invalid_parameters: &self.invalid_parameters,
-        };
+        let body = Body { title: &self.title, details: &self.details, invalid_parameters: &self.invalid_parameters };
         (self.status, Json(body)).into_response()
     }
 }
@@ -87,10 +80,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::MeshNotFound(_) => ApiError::field("mesh", details),
             ManagerError::Invalid(inv) => ApiError::invalid(
                 details,
-                inv.violations
-                    .into_iter()
-                    .map(|v| InvalidParameter { field: v.field, reason: v.message })
-                    .collect(),
+                inv.violations.into_iter().map(|v| InvalidParameter { field: v.field, reason: v.message }).collect(),
             ),
             ManagerError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "Conflict", details),
             ManagerError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, "Operation not allowed", details),

@@ -226,9 +226,8 @@ mod tests {
     #[test]
     fn gateway_kinds() {
         let all = [("gw-1", builtin()), ("kong-01", delegated()), ("web-1", service())];
-        let kept = |f: &[(&str, &str)]| -> Vec<&str> {
-            all.iter().filter(|(n, s)| keeps(f, n, s)).map(|(n, _)| *n).collect()
-        };
+        let kept =
+            |f: &[(&str, &str)]| -> Vec<&str> { all.iter().filter(|(n, s)| keeps(f, n, s)).map(|(n, _)| *n).collect() };
         assert_eq!(kept(&[]), ["gw-1", "kong-01", "web-1"]);
         assert_eq!(kept(&[("gateway", "true")]), ["gw-1", "kong-01"]);
         assert_eq!(kept(&[("gateway", "false")]), ["web-1"]);
@@ -257,22 +256,25 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_field() {
-        for (pairs, field) in [
-            (&[("tag", "nocolon")][..], "tag"),
-            (&[("tag", ":v")][..], "tag"),
-            (&[("gateway", "yes")][..], "gateway"),
-        ] {
+        for (pairs, field) in
+            [(&[("tag", "nocolon")][..], "tag"), (&[("tag", ":v")][..], "tag"), (&[("gateway", "yes")][..], "gateway")]
+        {
             let e = ListFilter::parse(&q(pairs), true).expect_err("invalid");
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
             assert_eq!(e.invalid_parameters[0].field, field, "{pairs:?}");
         }
-        assert_eq!(ListFilter::parse(&q(&[("tag", "x")]), false).ok(), Some(ListFilter::default()), "not a dataplane list");
+        assert_eq!(
+            ListFilter::parse(&q(&[("tag", "x")]), false).ok(),
+            Some(ListFilter::default()),
+            "not a dataplane list"
+        );
     }
 
     #[test]
     fn next_links_carry_the_filters() {
-        let f = ListFilter::parse(&q(&[("name", "a b"), ("tag", "k:v/1"), ("gateway", "builtin"), ("size", "2")]), true)
-            .expect("valid");
+        let f =
+            ListFilter::parse(&q(&[("name", "a b"), ("tag", "k:v/1"), ("gateway", "builtin"), ("size", "2")]), true)
+                .expect("valid");
         assert_eq!(f.query_suffix(), "&name=a+b&tag=k%3Av%2F1&gateway=builtin");
         assert_eq!(ListFilter::default().query_suffix(), "");
     }

@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 use crate::{
     auth::Auth,
     error::ApiError,
-    metrics::{ApiMetrics, HttpLabels},
     filters::{ListFilter, filtered_page},
+    metrics::{ApiMetrics, HttpLabels},
     paging::{next_url, page},
     server::PeerAddr,
     state::ApiState,
@@ -44,10 +44,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/{plural}", get(list_top))
         .route("/{plural}/{name}", get(get_top).put(put_top).delete(delete_top))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
-        .route(
-            "/meshes/{mesh}/{plural}/{name}",
-            get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
-        )
+        .route("/meshes/{mesh}/{plural}/{name}", get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh))
         .fallback(|| async { ApiError::not_found("no such endpoint; see GET / for the API") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // A declared Content-Length over the limit is answered 413 before
@@ -60,10 +57,8 @@ pub fn router(state: ApiState) -> Router {
 
 async fn observe(State(m): State<ApiMetrics>, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let start = Instant::now();
     let resp = next.run(req).await;
     let labels = HttpLabels { method, route, status: resp.status().as_u16() };
@@ -112,10 +107,7 @@ async fn ready(State(s): State<ApiState>) -> Response {
 async fn metrics_text(State(s): State<ApiState>) -> Response {
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
-        Ok(()) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            out,
-        )
+        Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
@@ -159,10 +151,12 @@ pub fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<PeerAdd
 /// The universal JSON of an entry; Secrets' data only when `reveal`.
 fn entry_json(e: &Entry, reveal: bool) -> Value {
     let mut v = universal::to_value(&e.resource);
-    if matches!(e.resource.resource_type(), ResourceType::Secret | ResourceType::GlobalSecret) && !reveal
-        && let Some(o) = v.as_object_mut() {
-            o.remove("data");
-        }
+    if matches!(e.resource.resource_type(), ResourceType::Secret | ResourceType::GlobalSecret)
+        && !reveal
+        && let Some(o) = v.as_object_mut()
+    {
+        o.remove("data");
+    }
     v
 }
 
@@ -180,9 +174,10 @@ async fn list(
     let (offset, size) = page(params.offset.as_deref(), params.size.as_deref())?;
     let filter = ListFilter::parse(pairs, ty == ResourceType::Dataplane)?;
     if let Some(m) = mesh
-        && !s.manager.mesh_exists(m).await? {
-            return Err(ApiError::not_found(format!("mesh {m:?} does not exist")));
-        }
+        && !s.manager.mesh_exists(m).await?
+    {
+        return Err(ApiError::not_found(format!("mesh {m:?} does not exist")));
+    }
     let (items, total) = filtered_page(s, ty, mesh, &filter, offset, size).await?;
     let next = next_url(headers, path, &filter.query_suffix(), offset, size, total);
     Ok(Json(json!({
@@ -206,11 +201,8 @@ async fn get_one(
     if ty.is_mesh_scoped() && !s.manager.mesh_exists(mesh).await? {
         return Err(ApiError::not_found(format!("mesh {mesh:?} does not exist")));
     }
-    let e = s
-        .manager
-        .get(ty, mesh, name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("{ty} {name:?} not found")))?;
+    let e =
+        s.manager.get(ty, mesh, name).await?.ok_or_else(|| ApiError::not_found(format!("{ty} {name:?} not found")))?;
     let mut resp = Json(entry_json(&e, true)).into_response();
     set_etag(&mut resp, e.revision);
     Ok(resp)
@@ -398,8 +390,7 @@ async fn get_in_mesh(
     ci: ConnectInfo<PeerAddr>,
 ) -> Result<Response, ApiError> {
     if plural == "dataplanes" && name == "_overview" {
-        return crate::overview::dataplanes(&s, &mesh, p.offset.as_deref(), p.size.as_deref(), &pairs, &headers)
-            .await;
+        return crate::overview::dataplanes(&s, &mesh, p.offset.as_deref(), p.size.as_deref(), &pairs, &headers).await;
     }
     let ty = mesh_type(&plural)?;
     get_one(&s, ty, &mesh, &name, &headers, &ci).await

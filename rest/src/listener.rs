@@ -276,7 +276,11 @@ mod tests {
     use super::*;
 
     fn limits(max: usize, idle_ms: u64) -> Limits {
-        Limits { max_connections: max, idle_timeout: Duration::from_millis(idle_ms), handshake_timeout: Duration::from_secs(5) }
+        Limits {
+            max_connections: max,
+            idle_timeout: Duration::from_millis(idle_ms),
+            handshake_timeout: Duration::from_secs(5),
+        }
     }
 
     /// Reads until EOF (the server closed) or a byte arrives.

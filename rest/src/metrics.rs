@@ -28,11 +28,7 @@ impl ApiMetrics {
             Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
         });
         registry.register("meridian_api_requests", "REST API requests", requests.clone());
-        registry.register(
-            "meridian_api_request_duration_seconds",
-            "REST API request latency",
-            latency.clone(),
-        );
+        registry.register("meridian_api_request_duration_seconds", "REST API request latency", latency.clone());
         ApiMetrics { requests, latency }
     }
 }

@@ -18,13 +18,8 @@ use crate::{
     state::ApiState,
 };
 
-fn insights_by_name(
-    entries: Vec<Entry>,
-) -> BTreeMap<(String, String), Entry> {
-    entries
-        .into_iter()
-        .map(|e| ((e.resource.meta.mesh.clone(), e.resource.meta.name.clone()), e))
-        .collect()
+fn insights_by_name(entries: Vec<Entry>) -> BTreeMap<(String, String), Entry> {
+    entries.into_iter().map(|e| ((e.resource.meta.mesh.clone(), e.resource.meta.name.clone()), e)).collect()
 }
 
 /// `GET /zones/_overview`, with `?name=` (substring), as the incumbent.
@@ -84,8 +79,7 @@ pub async fn dataplanes(
         return Err(ApiError::not_found(format!("mesh {mesh:?} does not exist")));
     }
     let (dps, total) = filtered_page(s, ResourceType::Dataplane, Some(mesh), &filter, offset, size).await?;
-    let (insights, _) =
-        s.manager.list(ResourceType::DataplaneInsight, Some(mesh), BTreeMap::new(), 0, None).await?;
+    let (insights, _) = s.manager.list(ResourceType::DataplaneInsight, Some(mesh), BTreeMap::new(), 0, None).await?;
     let insights = insights_by_name(insights);
     let items: Vec<Value> = dps
         .iter()
@@ -107,13 +101,7 @@ pub async fn dataplanes(
             item
         })
         .collect();
-    let next = next_url(
-        headers,
-        &format!("/meshes/{mesh}/dataplanes/_overview"),
-        &filter.query_suffix(),
-        offset,
-        size,
-        total,
-    );
+    let next =
+        next_url(headers, &format!("/meshes/{mesh}/dataplanes/_overview"), &filter.query_suffix(), offset, size, total);
     Ok(Json(json!({ "total": total, "items": items, "next": next })).into_response())
 }

@@ -13,8 +13,7 @@ pub const MAX_PAGE_SIZE: u64 = 1000;
 pub fn page(offset: Option<&str>, size: Option<&str>) -> Result<(u64, u64), ApiError> {
     let parse = |name: &str, v: Option<&str>, d: u64| -> Result<u64, ApiError> {
         v.map_or(Ok(d), |x| {
-            x.parse::<u64>()
-                .map_err(|_| ApiError::field(name, format!("must be a non-negative integer, got {x:?}")))
+            x.parse::<u64>().map_err(|_| ApiError::field(name, format!("must be a non-negative integer, got {x:?}")))
         })
     };
     let size = parse("size", size, DEFAULT_PAGE_SIZE)?;

@@ -33,7 +33,11 @@ pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerC
 /// ALPN protocols `alpn` (KDS: `h2` only; the API: `h2` and `http/1.1`).
 ///
 /// Errors: no certificate, invalid PEM, no key, or a key that does not match.
-pub fn tls_config_from_pem(cert_pem: &[u8], key_pem: &[u8], alpn: &[&[u8]]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub fn tls_config_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    alpn: &[&[u8]],
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .context("invalid PEM in the certificate")?;

@@ -21,8 +21,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// Logs to stderr with an `EnvFilter` (`info`, `debug`, `meridian_core=debug,info`...);
 /// an invalid filter falls back to `info`.
 pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 

@@ -15,7 +15,11 @@ pub fn store_url(data_dir: &Path, store: Option<&str>, default_file: &str) -> St
 ///
 /// Errors: the directory cannot be created, or the store cannot be opened
 /// (the message names the URL, its password redacted).
-pub async fn open_store(data_dir: &Path, store: Option<&str>, default_file: &str) -> anyhow::Result<meridian_store::Store> {
+pub async fn open_store(
+    data_dir: &Path,
+    store: Option<&str>,
+    default_file: &str,
+) -> anyhow::Result<meridian_store::Store> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let url = store_url(data_dir, store, default_file);
@@ -40,7 +44,9 @@ pub fn admin_token(flag: Option<&str>, data_dir: &Path) -> anyhow::Result<String
 
 /// This host's name (`unknown` when it cannot be read).
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// `<hostname>-<8 hex digits>`: identifies this process among replicas.

@@ -19,18 +19,14 @@ pub(crate) enum OpOutcome {
 
 /// Wall clock in unix milliseconds (0 if the clock is before 1970).
 pub(crate) fn now_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub(crate) mod sqlite {
     use std::path::Path;
     use std::time::Duration;
 
-    use sqlx::sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-    };
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
     type Db = sqlx::Sqlite;
 
@@ -88,10 +84,7 @@ pub(crate) mod sqlite {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir)
                 .await
-                .map_err(|source| StoreError::CreateDir {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+                .map_err(|source| StoreError::CreateDir { path: path.display().to_string(), source })?;
         }
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -100,10 +93,7 @@ pub(crate) mod sqlite {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(pool)
     }
@@ -160,10 +150,7 @@ pub(crate) mod postgres {
     /// Connects and migrates (sqlx serializes concurrent migrators with an
     /// advisory lock).
     pub(crate) async fn connect(options: PgConnectOptions) -> Result<Pool<Db>, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
-            .await?;
+        let pool = PgPoolOptions::new().max_connections(MAX_CONNECTIONS).connect_with(options).await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(pool)
     }

@@ -26,9 +26,7 @@ pub enum StoreError {
     #[error("status {0} was changed concurrently")]
     StatusConflict(ResourceKey),
     /// The change log no longer holds what a watch asked for.
-    #[error(
-        "changes after revision {requested} were compacted; watch from revision {oldest} or later"
-    )]
+    #[error("changes after revision {requested} were compacted; watch from revision {oldest} or later")]
     Compacted {
         /// The `from_revision` (or last seen revision) of the watch.
         requested: i64,

@@ -68,6 +68,5 @@ pub use error::StoreError;
 pub use listener::LISTENER_APPLICATION_NAME;
 pub use store::{Store, StoreOptions};
 pub use types::{
-    Change, ChangeKind, ListPage, ListQuery, ResourceKey, StatusExpect, StoredResource, WriteOp,
-    WriteResource,
+    Change, ChangeKind, ListPage, ListQuery, ResourceKey, StatusExpect, StoredResource, WriteOp, WriteResource,
 };

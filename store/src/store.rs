@@ -13,9 +13,7 @@ use tokio::task::JoinHandle;
 use crate::backend::{self, OpOutcome};
 use crate::error::StoreError;
 use crate::listener;
-use crate::types::{
-    Change, ListPage, ListQuery, ResourceKey, StatusExpect, StoredResource, WriteOp, WriteResource,
-};
+use crate::types::{Change, ListPage, ListQuery, ResourceKey, StatusExpect, StoredResource, WriteOp, WriteResource};
 use crate::watcher;
 
 /// Tuning for [`Store::connect_with`]; `StoreOptions::default()` is what
@@ -30,9 +28,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self {
-            requery_interval: Duration::from_secs(5),
-        }
+        Self { requery_interval: Duration::from_secs(5) }
     }
 }
 
@@ -101,14 +97,8 @@ fn redact(url: &str) -> String {
 }
 
 fn parse_url(url: &str) -> Result<Location, StoreError> {
-    let invalid = |reason: &str| StoreError::InvalidUrl {
-        url: redact(url),
-        reason: reason.to_owned(),
-    };
-    if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
+    let invalid = |reason: &str| StoreError::InvalidUrl { url: redact(url), reason: reason.to_owned() };
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
         if path.is_empty() {
             return Err(invalid("no database file path"));
         }
@@ -119,9 +109,7 @@ fn parse_url(url: &str) -> Result<Location, StoreError> {
             ));
         }
         if path.contains('?') {
-            return Err(invalid(
-                "query parameters are not supported; give a plain file path",
-            ));
+            return Err(invalid("query parameters are not supported; give a plain file path"));
         }
         return Ok(Location::Sqlite(PathBuf::from(path)));
     }
@@ -130,9 +118,7 @@ fn parse_url(url: &str) -> Result<Location, StoreError> {
             .map(|o| Location::Postgres(Box::new(o)))
             .map_err(|e| invalid(&e.to_string()));
     }
-    Err(invalid(
-        "unknown scheme; expected sqlite:PATH, sqlite://PATH, postgres://... or postgresql://...",
-    ))
+    Err(invalid("unknown scheme; expected sqlite:PATH, sqlite://PATH, postgres://... or postgresql://..."))
 }
 
 /// Runs `$call` on the backend module matching the pool, passing the pool first.
@@ -160,10 +146,7 @@ impl Store {
         let (wake, _) = watch::channel(0u64);
         let wake = Arc::new(wake);
         let (backend, listener) = match parse_url(url)? {
-            Location::Sqlite(path) => (
-                Backend::Sqlite(backend::sqlite::connect(&path).await?),
-                None,
-            ),
+            Location::Sqlite(path) => (Backend::Sqlite(backend::sqlite::connect(&path).await?), None),
             Location::Postgres(pg) => {
                 let pool = backend::postgres::connect((*pg).clone()).await?;
                 let task = listener::spawn(*pg, Arc::clone(&wake));
@@ -204,27 +187,16 @@ impl Store {
     /// Inserts; `AlreadyExists` if the key is present.
     pub async fn create(&self, r: WriteResource) -> Result<StoredResource, StoreError> {
         match self.apply_one(WriteOp::Create(r)).await? {
-            OpOutcome::Written { res, .. }
-            | OpOutcome::Unchanged(res)
-            | OpOutcome::Deleted(res) => Ok(res),
+            OpOutcome::Written { res, .. } | OpOutcome::Unchanged(res) | OpOutcome::Deleted(res) => Ok(res),
         }
     }
 
     /// Replaces; `NotFound` if absent, `Conflict` if `expected_revision` is
     /// given and stale. Identical content is a no-op returning the stored record.
-    pub async fn update(
-        &self,
-        r: WriteResource,
-        expected_revision: Option<i64>,
-    ) -> Result<StoredResource, StoreError> {
-        let op = WriteOp::Update {
-            res: r,
-            expected_revision,
-        };
+    pub async fn update(&self, r: WriteResource, expected_revision: Option<i64>) -> Result<StoredResource, StoreError> {
+        let op = WriteOp::Update { res: r, expected_revision };
         match self.apply_one(op).await? {
-            OpOutcome::Written { res, .. }
-            | OpOutcome::Unchanged(res)
-            | OpOutcome::Deleted(res) => Ok(res),
+            OpOutcome::Written { res, .. } | OpOutcome::Unchanged(res) | OpOutcome::Deleted(res) => Ok(res),
         }
     }
 
@@ -244,14 +216,9 @@ impl Store {
         key: &ResourceKey,
         expected_revision: Option<i64>,
     ) -> Result<StoredResource, StoreError> {
-        let op = WriteOp::Delete {
-            key: key.clone(),
-            expected_revision,
-        };
+        let op = WriteOp::Delete { key: key.clone(), expected_revision };
         match self.apply_one(op).await? {
-            OpOutcome::Written { res, .. }
-            | OpOutcome::Unchanged(res)
-            | OpOutcome::Deleted(res) => Ok(res),
+            OpOutcome::Written { res, .. } | OpOutcome::Unchanged(res) | OpOutcome::Deleted(res) => Ok(res),
         }
     }
 
@@ -259,10 +226,7 @@ impl Store {
     /// effective op takes the next revision and emits one change; no-op
     /// writes take none. Result per op: `Some(state after)` for writes,
     /// `None` for deletes.
-    pub async fn apply_batch(
-        &self,
-        ops: Vec<WriteOp>,
-    ) -> Result<Vec<Option<StoredResource>>, StoreError> {
+    pub async fn apply_batch(&self, ops: Vec<WriteOp>) -> Result<Vec<Option<StoredResource>>, StoreError> {
         let outcomes = self.apply(ops).await?;
         Ok(outcomes
             .into_iter()
@@ -286,10 +250,7 @@ impl Store {
     /// `from_revision` (see [`Store::compact`]); re-list and watch from the
     /// list's revision. Database errors are yielded and the stream retries
     /// from where it was, with backoff; other errors end it.
-    pub fn watch(
-        &self,
-        from_revision: i64,
-    ) -> impl Stream<Item = Result<Change, StoreError>> + Send + Unpin + 'static {
+    pub fn watch(&self, from_revision: i64) -> impl Stream<Item = Result<Change, StoreError>> + Send + Unpin + 'static {
         watcher::watch(self.clone(), from_revision)
     }
 
@@ -373,10 +334,7 @@ impl Store {
     }
 
     async fn apply_one(&self, op: WriteOp) -> Result<OpOutcome, StoreError> {
-        self.apply(vec![op])
-            .await?
-            .pop()
-            .ok_or_else(|| StoreError::Corrupt("write produced no outcome".into()))
+        self.apply(vec![op]).await?.pop().ok_or_else(|| StoreError::Corrupt("write produced no outcome".into()))
     }
 
     async fn apply(&self, ops: Vec<WriteOp>) -> Result<Vec<OpOutcome>, StoreError> {
@@ -387,15 +345,11 @@ impl Store {
             let _serial = self.sqlite_write_guard().await;
             dispatch!(self, apply(ops))?
         };
-        if outcomes
-            .iter()
-            .any(|o| !matches!(o, OpOutcome::Unchanged(_)))
-        {
+        if outcomes.iter().any(|o| !matches!(o, OpOutcome::Unchanged(_))) {
             self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(outcomes)
     }
-
 }
 
 /// The watcher's view of the store ([`watcher::ChangeLog`]).
@@ -415,9 +369,7 @@ impl watcher::ChangeLog for Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("backend", &self.backend_name())
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("backend", &self.backend_name()).finish_non_exhaustive()
     }
 }
 
@@ -441,39 +393,20 @@ mod tests {
 
     #[test]
     fn bad_urls_are_refused() {
-        for url in [
-            "",
-            "sqlite:",
-            "sqlite::memory:",
-            "mysql://x/y",
-            "sqlite:a.db?mode=rwc",
-            "x",
-        ] {
-            assert!(
-                matches!(parse_url(url), Err(StoreError::InvalidUrl { .. })),
-                "{url}"
-            );
+        for url in ["", "sqlite:", "sqlite::memory:", "mysql://x/y", "sqlite:a.db?mode=rwc", "x"] {
+            assert!(matches!(parse_url(url), Err(StoreError::InvalidUrl { .. })), "{url}");
         }
     }
 
     #[test]
     fn postgres_urls() {
-        assert!(matches!(
-            parse_url("postgres://u:pw@127.0.0.1:5432/db"),
-            Ok(Location::Postgres(_))
-        ));
-        assert!(matches!(
-            parse_url("postgresql://127.0.0.1/db"),
-            Ok(Location::Postgres(_))
-        ));
+        assert!(matches!(parse_url("postgres://u:pw@127.0.0.1:5432/db"), Ok(Location::Postgres(_))));
+        assert!(matches!(parse_url("postgresql://127.0.0.1/db"), Ok(Location::Postgres(_))));
     }
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://u:secret@h:1/db"),
-            "postgres://u:***@h:1/db"
-        );
+        assert_eq!(redact("postgres://u:secret@h:1/db"), "postgres://u:***@h:1/db");
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite:x.db"), "sqlite:x.db");
     }

@@ -17,16 +17,8 @@ pub struct ResourceKey {
 
 impl ResourceKey {
     /// Builds a key from anything string-like.
-    pub fn new(
-        type_name: impl Into<String>,
-        mesh: impl Into<String>,
-        name: impl Into<String>,
-    ) -> Self {
-        Self {
-            type_name: type_name.into(),
-            mesh: mesh.into(),
-            name: name.into(),
-        }
+    pub fn new(type_name: impl Into<String>, mesh: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { type_name: type_name.into(), mesh: mesh.into(), name: name.into() }
     }
 }
 
@@ -77,9 +69,7 @@ pub struct WriteResource {
 impl WriteResource {
     /// True when writing `self` over `current` would change nothing.
     pub(crate) fn same_content(&self, current: &StoredResource) -> bool {
-        self.labels == current.labels
-            && self.spec == current.spec
-            && self.version == current.version
+        self.labels == current.labels && self.spec == current.spec && self.version == current.version
     }
 }
 

@@ -57,14 +57,7 @@ pub(crate) fn watch<L: ChangeLog>(
     from_revision: i64,
 ) -> impl Stream<Item = Result<Change, StoreError>> + Send + Unpin + 'static {
     let wake = store.subscribe_wake();
-    let watcher = Watcher {
-        store,
-        last: from_revision.max(0),
-        buf: VecDeque::new(),
-        wake,
-        retry: None,
-        done: false,
-    };
+    let watcher = Watcher { store, last: from_revision.max(0), buf: VecDeque::new(), wake, retry: None, done: false };
     Box::pin(futures::stream::unfold(watcher, |mut w| async move {
         let item = w.next().await?;
         Some((item, w))

@@ -199,8 +199,8 @@ impl DeltaSender {
             self.started = true;
             self.peer = req.initial_resource_versions.clone().into_iter().collect();
             // Explicit names without "*" narrow the first subscription; none = wildcard.
-            self.wildcard = req.resource_names_subscribe.is_empty()
-                || req.resource_names_subscribe.iter().any(|n| n == "*");
+            self.wildcard =
+                req.resource_names_subscribe.is_empty() || req.resource_names_subscribe.iter().any(|n| n == "*");
         }
         for n in &req.resource_names_subscribe {
             if n == "*" {
@@ -416,7 +416,10 @@ impl DeltaReceiver {
     }
 
     /// The first request of a stream: wildcard, with what is already held.
-    pub fn initial_request(&self, node: Option<envoy_types::pb::envoy::config::core::v3::Node>) -> DeltaDiscoveryRequest {
+    pub fn initial_request(
+        &self,
+        node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
+    ) -> DeltaDiscoveryRequest {
         DeltaDiscoveryRequest {
             node,
             type_url: self.type_url.clone(),

@@ -106,7 +106,8 @@ pub trait SendWire: Send {
     fn recv(&mut self) -> impl Future<Output = Result<Option<Incoming>, Self::Error>> + Send;
     /// Sends one response (`full`: the whole subscribed set, when
     /// [`Self::FULL_STATE`]); `false` once the peer is gone.
-    fn send(&mut self, response: DeltaDiscoveryResponse, full: Option<DesiredSet>) -> impl Future<Output = bool> + Send;
+    fn send(&mut self, response: DeltaDiscoveryResponse, full: Option<DesiredSet>)
+    -> impl Future<Output = bool> + Send;
 }
 
 /// The receiving side's transport.
@@ -287,9 +288,8 @@ async fn flush<S: Source, W: SendWire, O: Observer>(
             ts.caused_by.insert(resp.nonce.clone(), t);
         }
         observer.sent(type_url, &resp, &ts.sender.stats);
-        let full = W::FULL_STATE.then(|| {
-            view.entries().filter(|(n, _)| ts.sender.wants(n)).map(|(n, d)| (n.clone(), d.clone())).collect()
-        });
+        let full = W::FULL_STATE
+            .then(|| view.entries().filter(|(n, _)| ts.sender.wants(n)).map(|(n, d)| (n.clone(), d.clone())).collect());
         if !wire.send(resp, full).await {
             return false;
         }

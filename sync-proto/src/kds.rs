@@ -187,7 +187,8 @@ pub fn from_any(ty: ResourceType, wire: &str, version: &str, any: &Any) -> Resul
     if any.type_url != KUMA_RESOURCE_TYPE_URL {
         return Err(ReceiveError::PayloadType { wire: w(), type_url: any.type_url.clone() });
     }
-    let env = KumaResource::decode(any.value.as_slice()).map_err(|source| ReceiveError::Envelope { wire: w(), source })?;
+    let env =
+        KumaResource::decode(any.value.as_slice()).map_err(|source| ReceiveError::Envelope { wire: w(), source })?;
     let meta = env.meta.unwrap_or_default();
     let spec_any = env.spec.ok_or_else(|| ReceiveError::NoSpec { wire: w() })?;
     if spec_any.type_url != ty.type_url() {
@@ -249,10 +250,7 @@ mod tests {
         assert_eq!(w.resource.meta.mesh, "default");
         assert_eq!(w.resource.meta.labels, labels);
         assert_eq!(w.version, "v1");
-        assert!(matches!(
-            from_any(ResourceType::Mesh, "gw.default", "v1", &any),
-            Err(ReceiveError::SpecType { .. })
-        ));
+        assert!(matches!(from_any(ResourceType::Mesh, "gw.default", "v1", &any), Err(ReceiveError::SpecType { .. })));
         let garbage = Any { type_url: KUMA_RESOURCE_TYPE_URL.into(), value: vec![0xff, 0xff] };
         assert!(from_any(ResourceType::MeshGateway, "x.default", "v", &garbage).is_err());
     }

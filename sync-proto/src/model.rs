@@ -114,10 +114,9 @@ impl ResourceType {
 
     pub fn sync_direction(self) -> SyncDirection {
         match self {
-            ResourceType::Mesh
-            | ResourceType::MeshGateway
-            | ResourceType::MeshGatewayRoute
-            | ResourceType::Secret => SyncDirection::GlobalToZone,
+            ResourceType::Mesh | ResourceType::MeshGateway | ResourceType::MeshGatewayRoute | ResourceType::Secret => {
+                SyncDirection::GlobalToZone
+            }
             ResourceType::Dataplane | ResourceType::DataplaneInsight | ResourceType::ZoneIngress => {
                 SyncDirection::ZoneToGlobal
             }
@@ -330,10 +329,7 @@ pub struct Resource {
 
 impl Resource {
     pub fn new(mesh: impl Into<String>, name: impl Into<String>, spec: Spec) -> Resource {
-        Resource {
-            meta: Meta { mesh: mesh.into(), name: name.into(), ..Meta::default() },
-            spec,
-        }
+        Resource { meta: Meta { mesh: mesh.into(), name: name.into(), ..Meta::default() }, spec }
     }
 
     pub fn resource_type(&self) -> ResourceType {

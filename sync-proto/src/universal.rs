@@ -31,12 +31,7 @@ pub struct InvalidResource {
 
 impl InvalidResource {
     fn new(type_name: &str, mesh: &str, name: &str, violations: Vec<Violation>) -> InvalidResource {
-        InvalidResource {
-            type_name: type_name.to_string(),
-            mesh: mesh.to_string(),
-            name: name.to_string(),
-            violations,
-        }
+        InvalidResource { type_name: type_name.to_string(), mesh: mesh.to_string(), name: name.to_string(), violations }
     }
 
     fn describe(&self) -> String {
@@ -46,8 +41,7 @@ impl InvalidResource {
             (true, false) => self.name.clone(),
             (false, false) => format!("{} {}", self.type_name, self.name),
         };
-        let reasons: Vec<String> =
-            self.violations.iter().map(|v| format!("{}: {}", v.field, v.message)).collect();
+        let reasons: Vec<String> = self.violations.iter().map(|v| format!("{}: {}", v.field, v.message)).collect();
         format!("{what}: {}", reasons.join("; "))
     }
 }
@@ -130,10 +124,9 @@ pub fn from_value(value: Value) -> Result<Resource, InvalidResource> {
         }
     };
     match spec {
-        Some(spec) if violations.is_empty() => Ok(Resource {
-            meta: Meta { mesh, name, labels, ..Meta::default() },
-            spec,
-        }),
+        Some(spec) if violations.is_empty() => {
+            Ok(Resource { meta: Meta { mesh, name, labels, ..Meta::default() }, spec })
+        }
         _ => Err(fail(violations)),
     }
 }
@@ -177,9 +170,10 @@ pub fn meta_violations(ty: ResourceType, mesh: &str, name: &str) -> Vec<Violatio
             out.push(Violation::new("mesh", format!("must not be set: {ty} is not inside a mesh")));
         }
         if ty == ResourceType::Mesh
-            && let Err(m) = check_mesh_name(name) {
-                out.push(Violation::new("name", m));
-            }
+            && let Err(m) = check_mesh_name(name)
+        {
+            out.push(Violation::new("name", m));
+        }
     }
     out
 }
@@ -194,8 +188,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err("must be at most 253 characters".into());
     }
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
-    let first_last_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let first_last_ok =
+        name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if !name.chars().all(ok_char) || !first_last_ok {
         return Err(format!(
             "invalid name {name:?}: use letters, digits, '.', '-' and '_', starting and ending with a letter or digit"
@@ -271,26 +265,28 @@ pub fn to_value(r: &Resource) -> Value {
 pub fn spec_to_json(spec: &Spec) -> Value {
     let mut v = spec.to_json();
     if let Spec::Dataplane(_) = spec
-        && let Some(gw) = v.pointer_mut("/networking/gateway").and_then(Value::as_object_mut) {
-            gw.entry("type").or_insert_with(|| Value::String("DELEGATED".into()));
-        }
+        && let Some(gw) = v.pointer_mut("/networking/gateway").and_then(Value::as_object_mut)
+    {
+        gw.entry("type").or_insert_with(|| Value::String("DELEGATED".into()));
+    }
     if let Spec::MeshGatewayRoute(_) = spec
-        && let Some(rules) = v.pointer_mut("/conf/http/rules").and_then(Value::as_array_mut) {
-            for m in rules.iter_mut().filter_map(|r| r.get_mut("matches")).filter_map(Value::as_array_mut) {
-                for m in m.iter_mut() {
-                    if let Some(p) = m.get_mut("path").and_then(Value::as_object_mut) {
-                        p.entry("match").or_insert_with(|| Value::String("EXACT".into()));
-                    }
-                    for list in ["headers", "queryParameters"] {
-                        for h in m.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
-                            if let Some(h) = h.as_object_mut() {
-                                h.entry("match").or_insert_with(|| Value::String("EXACT".into()));
-                            }
+        && let Some(rules) = v.pointer_mut("/conf/http/rules").and_then(Value::as_array_mut)
+    {
+        for m in rules.iter_mut().filter_map(|r| r.get_mut("matches")).filter_map(Value::as_array_mut) {
+            for m in m.iter_mut() {
+                if let Some(p) = m.get_mut("path").and_then(Value::as_object_mut) {
+                    p.entry("match").or_insert_with(|| Value::String("EXACT".into()));
+                }
+                for list in ["headers", "queryParameters"] {
+                    for h in m.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+                        if let Some(h) = h.as_object_mut() {
+                            h.entry("match").or_insert_with(|| Value::String("EXACT".into()));
                         }
                     }
                 }
             }
         }
+    }
     v
 }
 
@@ -320,12 +316,7 @@ pub fn rfc3339_millis(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", sod / 3600, (sod % 3600) / 60, sod % 60)
 }
 
 #[cfg(test)]

@@ -54,7 +54,9 @@ fn http_route(rules: Value) -> Value {
 
 /// A route with one rule matching `/` and the given filters and backends.
 fn http_rule(filters: Value, backends: Value) -> Value {
-    http_route(json!([{"matches": [{"path": {"match": "PREFIX", "value": "/"}}], "filters": filters, "backends": backends}]))
+    http_route(
+        json!([{"matches": [{"path": {"match": "PREFIX", "value": "/"}}], "filters": filters, "backends": backends}]),
+    )
 }
 
 /// A route with one rule of the given matches, to the demo app.
@@ -81,398 +83,651 @@ fn b64(s: &str) -> String {
 fn mesh_gateway() {
     let long_label = "a".repeat(64);
     let long_name = format!("{}.com", "f".repeat(250));
-    check(validate::mesh_gateway, vec![
-        c("seed: HTTP gateway", gateway(json!([
-            {"port": 8080, "protocol": "HTTP", "hostname": "foo.example.com", "tags": {"port": "http/8080"}}
-        ])), OK),
-        c("seed: TCP gateway", gateway(json!([
-            {"port": 8080, "protocol": "TCP", "tags": {"port": "tcp/8080"}}
-        ])), OK),
-        c("HTTPS terminate, wildcard host, selector '*', gateway tags", json!({
-            "selectors": [{"match": {"kuma.io/service": "*", "zone": "east"}}],
-            "tags": {"product": "edge"},
-            "conf": {"listeners": [
-                {"port": 443, "protocol": "HTTPS", "hostname": "*.example.com",
-                 "tls": {"mode": "TERMINATE", "certificates": [{"secret": "example-cert"}]}},
-                {"port": 443, "protocol": "HTTPS", "hostname": "www.example.com",
-                 "tls": {"mode": "TERMINATE", "certificates": [{"secret": "rsa"}, {"inline": b64(&format!("{EC_CERT}{EC_KEY}"))}]}},
-                {"port": 443, "protocol": "HTTPS",
-                 "tls": {"mode": "TERMINATE", "certificates": [{"inlineString": format!("{RSA_KEY}{RSA_CERT}")}]}}
-            ]}
-        }), OK),
-        c("TLS passthrough and terminate, HTTP on several hosts of a port", gateway(json!([
-            {"port": 8443, "protocol": "TLS", "hostname": "db.example.com", "tls": {"mode": "PASSTHROUGH"}},
-            {"port": 8443, "protocol": "TLS", "tls": {"mode": "TERMINATE", "certificates": [{"secret": "c"}]}},
-            {"port": 80, "protocol": "HTTP", "hostname": "a.example.com", "resources": {"connectionLimit": 2}},
-            {"port": 80, "protocol": "HTTP", "hostname": "b.example.com", "resources": {"connection_limit": 2}},
-            {"port": 80, "protocol": "HTTP"}
-        ])), OK),
-        c("crossMesh HTTP", gateway(json!([{"port": 99, "protocol": "HTTP", "crossMesh": true}])), OK),
-
-        c("no selectors", json!({"conf": {"listeners": [
-            {"port": 443, "protocol": "HTTPS", "tls": {"mode": "TERMINATE"}}
-        ]}}), &[
-            ("selectors", "must have at least one element"),
-            ("conf.listeners[0].tls.certificates", "cannot be empty in TLS termination mode"),
-        ]),
-        c("selector without tags", json!({"selectors": [{"match": {}}], "conf": {"listeners": [
-            {"port": 80, "protocol": "HTTP"}
-        ]}}), &[
-            ("selectors[0].match", "must have at least one tag"),
-            ("selectors[0].match", "mandatory tag \"kuma.io/service\" is missing"),
-        ]),
-        c("selector with bad keys and values", json!({"selectors": [{"match": {
+    check(
+        validate::mesh_gateway,
+        vec![
+            c(
+                "seed: HTTP gateway",
+                gateway(json!([
+                    {"port": 8080, "protocol": "HTTP", "hostname": "foo.example.com", "tags": {"port": "http/8080"}}
+                ])),
+                OK,
+            ),
+            c(
+                "seed: TCP gateway",
+                gateway(json!([
+                    {"port": 8080, "protocol": "TCP", "tags": {"port": "tcp/8080"}}
+                ])),
+                OK,
+            ),
+            c(
+                "HTTPS terminate, wildcard host, selector '*', gateway tags",
+                json!({
+                    "selectors": [{"match": {"kuma.io/service": "*", "zone": "east"}}],
+                    "tags": {"product": "edge"},
+                    "conf": {"listeners": [
+                        {"port": 443, "protocol": "HTTPS", "hostname": "*.example.com",
+                         "tls": {"mode": "TERMINATE", "certificates": [{"secret": "example-cert"}]}},
+                        {"port": 443, "protocol": "HTTPS", "hostname": "www.example.com",
+                         "tls": {"mode": "TERMINATE", "certificates": [{"secret": "rsa"}, {"inline": b64(&format!("{EC_CERT}{EC_KEY}"))}]}},
+                        {"port": 443, "protocol": "HTTPS",
+                         "tls": {"mode": "TERMINATE", "certificates": [{"inlineString": format!("{RSA_KEY}{RSA_CERT}")}]}}
+                    ]}
+                }),
+                OK,
+            ),
+            c(
+                "TLS passthrough and terminate, HTTP on several hosts of a port",
+                gateway(json!([
+                    {"port": 8443, "protocol": "TLS", "hostname": "db.example.com", "tls": {"mode": "PASSTHROUGH"}},
+                    {"port": 8443, "protocol": "TLS", "tls": {"mode": "TERMINATE", "certificates": [{"secret": "c"}]}},
+                    {"port": 80, "protocol": "HTTP", "hostname": "a.example.com", "resources": {"connectionLimit": 2}},
+                    {"port": 80, "protocol": "HTTP", "hostname": "b.example.com", "resources": {"connection_limit": 2}},
+                    {"port": 80, "protocol": "HTTP"}
+                ])),
+                OK,
+            ),
+            c("crossMesh HTTP", gateway(json!([{"port": 99, "protocol": "HTTP", "crossMesh": true}])), OK),
+            c(
+                "no selectors",
+                json!({"conf": {"listeners": [
+                    {"port": 443, "protocol": "HTTPS", "tls": {"mode": "TERMINATE"}}
+                ]}}),
+                &[
+                    ("selectors", "must have at least one element"),
+                    ("conf.listeners[0].tls.certificates", "cannot be empty in TLS termination mode"),
+                ],
+            ),
+            c(
+                "selector without tags",
+                json!({"selectors": [{"match": {}}], "conf": {"listeners": [
+                    {"port": 80, "protocol": "HTTP"}
+                ]}}),
+                &[
+                    ("selectors[0].match", "must have at least one tag"),
+                    ("selectors[0].match", "mandatory tag \"kuma.io/service\" is missing"),
+                ],
+            ),
+            c(
+                "selector with bad keys and values",
+                json!({"selectors": [{"match": {
             "kuma.io/service": "gw", "inv@lid": "x y", "version": "", "": "v"
-        }}], "conf": {"listeners": [{"port": 80, "protocol": "HTTP"}]}}), &[
-            ("selectors[0].match", "tag name must be non-empty"),
-            ("selectors[0].match[\"inv@lid\"]", "tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores"),
-            ("selectors[0].match[\"inv@lid\"]", "tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be \"*\""),
-            ("selectors[0].match[\"version\"]", "tag value must be non-empty"),
-        ]),
-        c("reserved tags on the gateway and a listener", json!({
-            "selectors": [{"match": {"kuma.io/service": "gw"}}],
-            "tags": {"product": "edge", "kuma.io/service": "gw"},
-            "conf": {"listeners": [{"port": 80, "protocol": "HTTP", "tags": {
-                "kuma.io/zone": "z", "kuma.io/protocol": "http", "kuma.io/external-service-name": "e", "ok": "1"
-            }}]}
-        }), &[
-            ("tags[\"kuma.io/service\"]", "tag name must not be \"kuma.io/service\""),
-            ("conf.listeners[0].tags[\"kuma.io/external-service-name\"]", "tag name must not be \"kuma.io/external-service-name\""),
-            ("conf.listeners[0].tags[\"kuma.io/protocol\"]", "tag name must not be \"kuma.io/protocol\""),
-            ("conf.listeners[0].tags[\"kuma.io/zone\"]", "tag name must not be \"kuma.io/zone\""),
-        ]),
-        c("no conf", json!({"selectors": [{"match": {"kuma.io/service": "gw"}}]}), &[("conf", "cannot be empty")]),
-        c("no listeners", gateway(json!([])), &[("conf.listeners", "cannot be empty")]),
-        c("ports out of range", gateway(json!([
-            {"protocol": "HTTP"}, {"port": 70000, "protocol": "HTTP"}
-        ])), &[
-            ("conf.listeners[0].port", "port must be in the range [1, 65535]"),
-            ("conf.listeners[1].port", "port must be in the range [1, 65535]"),
-        ]),
-        c("no protocol", gateway(json!([{"port": 99}])), &[("conf.listeners[0].protocol", "cannot be empty")]),
-        c("HTTPS without tls", gateway(json!([{"port": 443, "protocol": "HTTPS"}])), &[
-            ("conf.listeners[0].tls", "cannot be empty"),
-        ]),
-        c("HTTPS passthrough", gateway(json!([{"port": 443, "protocol": "HTTPS", "tls": {"mode": "PASSTHROUGH"}}])), &[
-            ("conf.listeners[0].tls.mode", "mode is not supported on HTTPS listeners"),
-        ]),
-        c("TLS without a mode", gateway(json!([{"port": 443, "protocol": "HTTPS", "tls": {"options": {}}}])), &[
-            ("conf.listeners[0].tls.mode", "cannot be empty"),
-        ]),
-        c("three certificates", gateway(json!([{"port": 443, "protocol": "HTTPS", "tls": {"mode": "TERMINATE",
-            "certificates": [{"secret": "a"}, {"secret": "b"}, {"secret": "c"}]}}])), &[
-            ("conf.listeners[0].tls.certificates", "cannot have more than 2 certificates"),
-        ]),
-        c("ours: TLS listener without tls", gateway(json!([{"port": 443, "protocol": "TLS"}])), &[
-            ("conf.listeners[0].tls", "cannot be empty"),
-        ]),
-        c("ours: certificates in passthrough", gateway(json!([{"port": 443, "protocol": "TLS",
-            "tls": {"mode": "PASSTHROUGH", "certificates": [{"secret": "a"}]}}])), &[
-            ("conf.listeners[0].tls.certificates", "must be empty in TLS passthrough mode"),
-        ]),
-        c("ours: empty and unusable certificate sources", gateway(json!([{"port": 443, "protocol": "HTTPS",
-            "tls": {"mode": "TERMINATE", "certificates": [{}, {"inlineString": "not a certificate"}]}}])), &[
-            ("conf.listeners[0].tls.certificates[0]", "data source cannot be empty"),
-            ("conf.listeners[0].tls.certificates[1]", "missing server certificate"),
-        ]),
-        c("hostnames", gateway(json!([
-            {"port": 1, "protocol": "HTTP", "hostname": "foo.example$.com"},
-            {"port": 2, "protocol": "HTTP", "hostname": "*.foo.*.example.com"},
-            {"port": 3, "protocol": "HTTP", "hostname": long_name},
-            {"port": 4, "protocol": "HTTP", "hostname": "Foo.example.com"},
-            {"port": 5, "protocol": "HTTP", "hostname": format!("{long_label}.example.com")},
-            {"port": 6, "protocol": "HTTP", "hostname": "*"}
-        ])), &[
-            ("conf.listeners[0].hostname", "invalid hostname"),
-            ("conf.listeners[1].hostname", "invalid wildcard domain"),
-            ("conf.listeners[2].hostname", "must be at most 253 characters"),
-            ("conf.listeners[3].hostname", "invalid hostname"),
-            ("conf.listeners[4].hostname", "each label must be at most 63 characters"),
-        ]),
-        c("crossMesh HTTPS and crossMesh tls", gateway(json!([
-            {"port": 99, "protocol": "HTTPS", "crossMesh": true, "hostname": "foo.example.com"},
-            {"port": 98, "protocol": "HTTP", "crossMesh": true, "tls": {"mode": "TERMINATE"}}
-        ])), &[
-            ("conf.listeners[0].protocol", "protocol is not supported with crossMesh"),
-            ("conf.listeners[1].tls", "must be empty with crossMesh"),
-        ]),
-        c("crossMesh with two selectors", json!({
-            "selectors": [{"match": {"kuma.io/service": "a"}}, {"match": {"kuma.io/service": "b"}}],
-            "conf": {"listeners": [{"port": 443, "protocol": "HTTP", "crossMesh": true}]}
-        }), &[("selectors[1]", "there can be at most one selector")]),
-        c("protocol conflict", gateway(json!([
-            {"port": 443, "protocol": "TCP", "hostname": "www-1.example.com"},
-            {"port": 443, "protocol": "HTTPS", "hostname": "www-2.example.com", "tls": {"mode": "TERMINATE"}}
-        ])), &[
-            ("conf.listeners[1].tls.certificates", "cannot be empty in TLS termination mode"),
-            ("conf.listeners[0]", "protocol conflicts with other listeners on this port"),
-            ("conf.listeners[1]", "protocol conflicts with other listeners on this port"),
-        ]),
-        c("hostname conflict, empty is '*'", gateway(json!([
-            {"port": 80, "protocol": "HTTP"},
-            {"port": 81, "protocol": "HTTP"},
-            {"port": 80, "protocol": "HTTP", "hostname": "*"}
-        ])), &[
-            ("conf.listeners[0]", "multiple listeners for hostname on this port"),
-            ("conf.listeners[2]", "multiple listeners for hostname on this port"),
-        ]),
-        c("hostname, protocol and connection limit conflict", gateway(json!([
-            {"port": 443, "protocol": "TCP", "hostname": "www-1.example.com", "resources": {"connectionLimit": 2}},
-            {"port": 443, "protocol": "TLS", "hostname": "www-1.example.com", "resources": {"connectionLimit": 1},
-             "tls": {"mode": "PASSTHROUGH"}}
-        ])), &[
-            ("conf.listeners[0]", "protocol conflicts with other listeners on this port"),
-            ("conf.listeners[1]", "protocol conflicts with other listeners on this port"),
-            ("conf.listeners[0]", "multiple listeners for hostname on this port"),
-            ("conf.listeners[1]", "multiple listeners for hostname on this port"),
-            ("conf.listeners[0].resources.connectionLimit", "conflicting values for this port"),
-            ("conf.listeners[1].resources.connectionLimit", "conflicting values for this port"),
-        ]),
-    ]);
+        }}], "conf": {"listeners": [{"port": 80, "protocol": "HTTP"}]}}),
+                &[
+                    ("selectors[0].match", "tag name must be non-empty"),
+                    (
+                        "selectors[0].match[\"inv@lid\"]",
+                        "tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores",
+                    ),
+                    (
+                        "selectors[0].match[\"inv@lid\"]",
+                        "tag value must consist of alphanumeric characters, dots, dashes, slashes and underscores or be \"*\"",
+                    ),
+                    ("selectors[0].match[\"version\"]", "tag value must be non-empty"),
+                ],
+            ),
+            c(
+                "reserved tags on the gateway and a listener",
+                json!({
+                    "selectors": [{"match": {"kuma.io/service": "gw"}}],
+                    "tags": {"product": "edge", "kuma.io/service": "gw"},
+                    "conf": {"listeners": [{"port": 80, "protocol": "HTTP", "tags": {
+                        "kuma.io/zone": "z", "kuma.io/protocol": "http", "kuma.io/external-service-name": "e", "ok": "1"
+                    }}]}
+                }),
+                &[
+                    ("tags[\"kuma.io/service\"]", "tag name must not be \"kuma.io/service\""),
+                    (
+                        "conf.listeners[0].tags[\"kuma.io/external-service-name\"]",
+                        "tag name must not be \"kuma.io/external-service-name\"",
+                    ),
+                    ("conf.listeners[0].tags[\"kuma.io/protocol\"]", "tag name must not be \"kuma.io/protocol\""),
+                    ("conf.listeners[0].tags[\"kuma.io/zone\"]", "tag name must not be \"kuma.io/zone\""),
+                ],
+            ),
+            c("no conf", json!({"selectors": [{"match": {"kuma.io/service": "gw"}}]}), &[("conf", "cannot be empty")]),
+            c("no listeners", gateway(json!([])), &[("conf.listeners", "cannot be empty")]),
+            c(
+                "ports out of range",
+                gateway(json!([
+                    {"protocol": "HTTP"}, {"port": 70000, "protocol": "HTTP"}
+                ])),
+                &[
+                    ("conf.listeners[0].port", "port must be in the range [1, 65535]"),
+                    ("conf.listeners[1].port", "port must be in the range [1, 65535]"),
+                ],
+            ),
+            c("no protocol", gateway(json!([{"port": 99}])), &[("conf.listeners[0].protocol", "cannot be empty")]),
+            c(
+                "HTTPS without tls",
+                gateway(json!([{"port": 443, "protocol": "HTTPS"}])),
+                &[("conf.listeners[0].tls", "cannot be empty")],
+            ),
+            c(
+                "HTTPS passthrough",
+                gateway(json!([{"port": 443, "protocol": "HTTPS", "tls": {"mode": "PASSTHROUGH"}}])),
+                &[("conf.listeners[0].tls.mode", "mode is not supported on HTTPS listeners")],
+            ),
+            c(
+                "TLS without a mode",
+                gateway(json!([{"port": 443, "protocol": "HTTPS", "tls": {"options": {}}}])),
+                &[("conf.listeners[0].tls.mode", "cannot be empty")],
+            ),
+            c(
+                "three certificates",
+                gateway(json!([{"port": 443, "protocol": "HTTPS", "tls": {"mode": "TERMINATE",
+            "certificates": [{"secret": "a"}, {"secret": "b"}, {"secret": "c"}]}}])),
+                &[("conf.listeners[0].tls.certificates", "cannot have more than 2 certificates")],
+            ),
+            c(
+                "ours: TLS listener without tls",
+                gateway(json!([{"port": 443, "protocol": "TLS"}])),
+                &[("conf.listeners[0].tls", "cannot be empty")],
+            ),
+            c(
+                "ours: certificates in passthrough",
+                gateway(json!([{"port": 443, "protocol": "TLS",
+            "tls": {"mode": "PASSTHROUGH", "certificates": [{"secret": "a"}]}}])),
+                &[("conf.listeners[0].tls.certificates", "must be empty in TLS passthrough mode")],
+            ),
+            c(
+                "ours: empty and unusable certificate sources",
+                gateway(json!([{"port": 443, "protocol": "HTTPS",
+            "tls": {"mode": "TERMINATE", "certificates": [{}, {"inlineString": "not a certificate"}]}}])),
+                &[
+                    ("conf.listeners[0].tls.certificates[0]", "data source cannot be empty"),
+                    ("conf.listeners[0].tls.certificates[1]", "missing server certificate"),
+                ],
+            ),
+            c(
+                "hostnames",
+                gateway(json!([
+                    {"port": 1, "protocol": "HTTP", "hostname": "foo.example$.com"},
+                    {"port": 2, "protocol": "HTTP", "hostname": "*.foo.*.example.com"},
+                    {"port": 3, "protocol": "HTTP", "hostname": long_name},
+                    {"port": 4, "protocol": "HTTP", "hostname": "Foo.example.com"},
+                    {"port": 5, "protocol": "HTTP", "hostname": format!("{long_label}.example.com")},
+                    {"port": 6, "protocol": "HTTP", "hostname": "*"}
+                ])),
+                &[
+                    ("conf.listeners[0].hostname", "invalid hostname"),
+                    ("conf.listeners[1].hostname", "invalid wildcard domain"),
+                    ("conf.listeners[2].hostname", "must be at most 253 characters"),
+                    ("conf.listeners[3].hostname", "invalid hostname"),
+                    ("conf.listeners[4].hostname", "each label must be at most 63 characters"),
+                ],
+            ),
+            c(
+                "crossMesh HTTPS and crossMesh tls",
+                gateway(json!([
+                    {"port": 99, "protocol": "HTTPS", "crossMesh": true, "hostname": "foo.example.com"},
+                    {"port": 98, "protocol": "HTTP", "crossMesh": true, "tls": {"mode": "TERMINATE"}}
+                ])),
+                &[
+                    ("conf.listeners[0].protocol", "protocol is not supported with crossMesh"),
+                    ("conf.listeners[1].tls", "must be empty with crossMesh"),
+                ],
+            ),
+            c(
+                "crossMesh with two selectors",
+                json!({
+                    "selectors": [{"match": {"kuma.io/service": "a"}}, {"match": {"kuma.io/service": "b"}}],
+                    "conf": {"listeners": [{"port": 443, "protocol": "HTTP", "crossMesh": true}]}
+                }),
+                &[("selectors[1]", "there can be at most one selector")],
+            ),
+            c(
+                "protocol conflict",
+                gateway(json!([
+                    {"port": 443, "protocol": "TCP", "hostname": "www-1.example.com"},
+                    {"port": 443, "protocol": "HTTPS", "hostname": "www-2.example.com", "tls": {"mode": "TERMINATE"}}
+                ])),
+                &[
+                    ("conf.listeners[1].tls.certificates", "cannot be empty in TLS termination mode"),
+                    ("conf.listeners[0]", "protocol conflicts with other listeners on this port"),
+                    ("conf.listeners[1]", "protocol conflicts with other listeners on this port"),
+                ],
+            ),
+            c(
+                "hostname conflict, empty is '*'",
+                gateway(json!([
+                    {"port": 80, "protocol": "HTTP"},
+                    {"port": 81, "protocol": "HTTP"},
+                    {"port": 80, "protocol": "HTTP", "hostname": "*"}
+                ])),
+                &[
+                    ("conf.listeners[0]", "multiple listeners for hostname on this port"),
+                    ("conf.listeners[2]", "multiple listeners for hostname on this port"),
+                ],
+            ),
+            c(
+                "hostname, protocol and connection limit conflict",
+                gateway(json!([
+                    {"port": 443, "protocol": "TCP", "hostname": "www-1.example.com", "resources": {"connectionLimit": 2}},
+                    {"port": 443, "protocol": "TLS", "hostname": "www-1.example.com", "resources": {"connectionLimit": 1},
+                     "tls": {"mode": "PASSTHROUGH"}}
+                ])),
+                &[
+                    ("conf.listeners[0]", "protocol conflicts with other listeners on this port"),
+                    ("conf.listeners[1]", "protocol conflicts with other listeners on this port"),
+                    ("conf.listeners[0]", "multiple listeners for hostname on this port"),
+                    ("conf.listeners[1]", "multiple listeners for hostname on this port"),
+                    ("conf.listeners[0].resources.connectionLimit", "conflicting values for this port"),
+                    ("conf.listeners[1].resources.connectionLimit", "conflicting values for this port"),
+                ],
+            ),
+        ],
+    );
 }
 
 // ----------------------------------------------------------- MeshGatewayRoute
 
 #[test]
 fn mesh_gateway_route() {
-    check(validate::mesh_gateway_route, vec![
-        c("seed: HTTP route", http_matches(json!([{"path": {"match": "PREFIX", "value": "/"}}])), OK),
-        c("seed: TCP route", tcp_route(json!([
-            {"backends": [{"destination": {"kuma.io/service": "redis_kuma-demo_svc_6379"}}]}
-        ])), OK),
-        c("the incumbent's full HTTP route", json!({
-            "selectors": [{"match": {"kuma.io/service": "gateway"}}],
-            "conf": {"http": {"hostnames": ["foo.example.com", "*.example.com", "*"], "rules": [{
-                "matches": [{
-                    "method": "GET",
-                    "path": {"match": "EXACT", "value": "/"},
-                    "headers": [
-                        {"match": "ABSENT", "name": "x-baz"},
-                        {"match": "PRESENT", "name": "x-bar"},
-                        {"match": "EXACT", "name": "x-foo", "value": "my great foo"},
-                        {"match": "REGEX", "name": "x-count", "value": "[0-9]+"},
-                        {"match": "EXACT", "name": ":authority", "value": "foo.example.com"}
+    check(
+        validate::mesh_gateway_route,
+        vec![
+            c("seed: HTTP route", http_matches(json!([{"path": {"match": "PREFIX", "value": "/"}}])), OK),
+            c(
+                "seed: TCP route",
+                tcp_route(json!([
+                    {"backends": [{"destination": {"kuma.io/service": "redis_kuma-demo_svc_6379"}}]}
+                ])),
+                OK,
+            ),
+            c(
+                "the incumbent's full HTTP route",
+                json!({
+                    "selectors": [{"match": {"kuma.io/service": "gateway"}}],
+                    "conf": {"http": {"hostnames": ["foo.example.com", "*.example.com", "*"], "rules": [{
+                        "matches": [{
+                            "method": "GET",
+                            "path": {"match": "EXACT", "value": "/"},
+                            "headers": [
+                                {"match": "ABSENT", "name": "x-baz"},
+                                {"match": "PRESENT", "name": "x-bar"},
+                                {"match": "EXACT", "name": "x-foo", "value": "my great foo"},
+                                {"match": "REGEX", "name": "x-count", "value": "[0-9]+"},
+                                {"match": "EXACT", "name": ":authority", "value": "foo.example.com"}
+                            ],
+                            "query_parameters": [
+                                {"match": "EXACT", "name": "customer", "value": "kong"},
+                                {"match": "REGEX", "name": "id", "value": "^[0-9]+$"}
+                            ]
+                        }, {"path": {"match": "REGEX", "value": "^/api/v[12]/.*"}}],
+                        "filters": [
+                            {"rewrite": {"host_to_backend_hostname": true}},
+                            {"request_header": {"set": [{"name": "x-foo", "value": "foo"}, {"name": "x-foo", "value": "foo"}],
+                                                "add": [{"name": "x-added", "value": "added"}], "remove": ["x-deleted"]}},
+                            {"responseHeader": {"set": [{"name": "cache-control", "value": "no-store"}], "remove": ["server"]}},
+                            {"mirror": {"percentage": 1.12, "backend": {"destination": {"kuma.io/service": "target"}}}}
+                        ],
+                        "backends": [
+                            {"weight": 5, "destination": {"kuma.io/service": "target-1"}},
+                            {"weight": 0, "destination": {"kuma.io/service": "target-2", "version": "v2"}}
+                        ]
+                    }]}}
+                }),
+                OK,
+            ),
+            c(
+                "redirect",
+                http_route(json!([{
+                    "matches": [{"path": {"value": "/"}}],
+                    "filters": [{"redirect": {"scheme": "https", "hostname": "foo.example.com", "port": 443, "statusCode": 308,
+                                              "path": {"replaceFull": "/new"}}}]
+                }])),
+                OK,
+            ),
+            c(
+                "redirect keeping scheme and host",
+                http_route(json!([{
+                    "matches": [{"path": {"value": "/"}}],
+                    "filters": [{"redirect": {"status_code": 301}}]
+                }])),
+                OK,
+            ),
+            c(
+                "rewrites: prefix, full, Host on the request",
+                http_route(json!([{
+                    "matches": [{"path": {"match": "PREFIX", "value": "/api"}}],
+                    "filters": [
+                        {"rewrite": {"replacePrefixMatch": "/"}},
+                        {"requestHeader": {"set": [{"name": "Host", "value": "backend.internal"}]}}
                     ],
-                    "query_parameters": [
-                        {"match": "EXACT", "name": "customer", "value": "kong"},
-                        {"match": "REGEX", "name": "id", "value": "^[0-9]+$"}
-                    ]
-                }, {"path": {"match": "REGEX", "value": "^/api/v[12]/.*"}}],
-                "filters": [
-                    {"rewrite": {"host_to_backend_hostname": true}},
-                    {"request_header": {"set": [{"name": "x-foo", "value": "foo"}, {"name": "x-foo", "value": "foo"}],
-                                        "add": [{"name": "x-added", "value": "added"}], "remove": ["x-deleted"]}},
-                    {"responseHeader": {"set": [{"name": "cache-control", "value": "no-store"}], "remove": ["server"]}},
-                    {"mirror": {"percentage": 1.12, "backend": {"destination": {"kuma.io/service": "target"}}}}
+                    "backends": [{"destination": {"kuma.io/service": "api"}}]
+                }, {
+                    "matches": [{"method": "POST"}],
+                    "filters": [{"rewrite": {"replace_full": "/submit"}}],
+                    "backends": [{"weight": 0, "destination": {"kuma.io/service": "api"}}]
+                }])),
+                OK,
+            ),
+            c("no conf", json!({"selectors": [{"match": {"kuma.io/service": "gw"}}]}), &[("conf", "cannot be empty")]),
+            c(
+                "conf without a route",
+                json!({"selectors": [{"match": {"kuma.io/service": "gw"}}], "conf": {}}),
+                &[("conf", "cannot be empty")],
+            ),
+            c(
+                "selectors without the service",
+                json!({"selectors": [{"match": {"app": "x"}}],
+            "conf": {"tcp": {"rules": [{"backends": [{"destination": {"kuma.io/service": "redis"}}]}]}}}),
+                &[("selectors[0].match", "mandatory tag \"kuma.io/service\" is missing")],
+            ),
+            c("no HTTP rules", http_route(json!([])), &[("conf.http.rules", "cannot be empty")]),
+            c(
+                "no matches, no backends",
+                http_route(json!([{"backends": []}])),
+                &[
+                    ("conf.http.rules[0].matches", "cannot be empty"),
+                    ("conf.http.rules[0].backends", "cannot be empty"),
                 ],
-                "backends": [
-                    {"weight": 5, "destination": {"kuma.io/service": "target-1"}},
-                    {"weight": 0, "destination": {"kuma.io/service": "target-2", "version": "v2"}}
-                ]
-            }]}}
-        }), OK),
-        c("redirect", http_route(json!([{
-            "matches": [{"path": {"value": "/"}}],
-            "filters": [{"redirect": {"scheme": "https", "hostname": "foo.example.com", "port": 443, "statusCode": 308,
-                                      "path": {"replaceFull": "/new"}}}]
-        }])), OK),
-        c("redirect keeping scheme and host", http_route(json!([{
-            "matches": [{"path": {"value": "/"}}],
-            "filters": [{"redirect": {"status_code": 301}}]
-        }])), OK),
-        c("rewrites: prefix, full, Host on the request", http_route(json!([{
-            "matches": [{"path": {"match": "PREFIX", "value": "/api"}}],
-            "filters": [
-                {"rewrite": {"replacePrefixMatch": "/"}},
-                {"requestHeader": {"set": [{"name": "Host", "value": "backend.internal"}]}}
-            ],
-            "backends": [{"destination": {"kuma.io/service": "api"}}]
-        }, {
-            "matches": [{"method": "POST"}],
-            "filters": [{"rewrite": {"replace_full": "/submit"}}],
-            "backends": [{"weight": 0, "destination": {"kuma.io/service": "api"}}]
-        }])), OK),
-
-        c("no conf", json!({"selectors": [{"match": {"kuma.io/service": "gw"}}]}), &[("conf", "cannot be empty")]),
-        c("conf without a route", json!({"selectors": [{"match": {"kuma.io/service": "gw"}}], "conf": {}}), &[
-            ("conf", "cannot be empty"),
-        ]),
-        c("selectors without the service", json!({"selectors": [{"match": {"app": "x"}}],
-            "conf": {"tcp": {"rules": [{"backends": [{"destination": {"kuma.io/service": "redis"}}]}]}}}), &[
-            ("selectors[0].match", "mandatory tag \"kuma.io/service\" is missing"),
-        ]),
-        c("no HTTP rules", http_route(json!([])), &[("conf.http.rules", "cannot be empty")]),
-        c("no matches, no backends", http_route(json!([{"backends": []}])), &[
-            ("conf.http.rules[0].matches", "cannot be empty"),
-            ("conf.http.rules[0].backends", "cannot be empty"),
-        ]),
-        c("backends without the service", http_rule(json!([]), json!([
-            {"weight": 1, "destination": {"version": "v1"}}, {"weight": 1, "destination": {}}
-        ])), &[
-            ("conf.http.rules[0].backends[0]", "mandatory tag \"kuma.io/service\" is missing"),
-            ("conf.http.rules[0].backends[1]", "must have at least one tag"),
-            ("conf.http.rules[0].backends[1]", "mandatory tag \"kuma.io/service\" is missing"),
-        ]),
-        c("empty match", http_matches(json!([{}])), &[("conf.http.rules[0].matches[0]", "cannot be empty")]),
-        c("paths", http_matches(json!([
-            {"path": {"match": "REGEX"}},
-            {"path": {"match": "EXACT", "value": "foo"}},
-            {"path": {"match": "PREFIX", "value": "foo/"}},
-            {"path": {"match": "PREFIX", "value": ""}}
-        ])), &[
-            ("conf.http.rules[0].matches[0].path.value", "cannot be empty"),
-            ("conf.http.rules[0].matches[1].path.value", "must be an absolute path"),
-            ("conf.http.rules[0].matches[2].path.value", "must be an absolute path"),
-            ("conf.http.rules[0].matches[3].path.value", "must be an absolute path"),
-        ]),
-        c("header matches", http_matches(json!([{"headers": [
-            {"match": "EXACT", "value": "v"},
-            {"match": "EXACT", "name": "x-a"},
-            {"match": "PRESENT", "name": "x-b", "value": "v"},
-            {"match": "ABSENT", "name": "x-c", "value": "v"}
-        ]}])), &[
-            ("conf.http.rules[0].matches[0].headers[0].name", "cannot be empty"),
-            ("conf.http.rules[0].matches[0].headers[1].value", "cannot be empty"),
-            ("conf.http.rules[0].matches[0].headers[2].value", "cannot be set"),
-            ("conf.http.rules[0].matches[0].headers[3].value", "cannot be set"),
-        ]),
-        c("query matches", http_matches(json!([{"query_parameters": [
-            {"match": "EXACT", "value": "v"}, {"match": "EXACT", "name": "q"}
-        ]}])), &[
-            ("conf.http.rules[0].matches[0].query_parameters[0].name", "cannot be empty"),
-            ("conf.http.rules[0].matches[0].query_parameters[1].value", "cannot be empty"),
-        ]),
-        c("ours: regular expressions must compile", http_matches(json!([
-            {"path": {"match": "REGEX", "value": "("}},
-            {"headers": [{"match": "REGEX", "name": "x-a", "value": "[a-"}, {"match": "REGEX", "name": "x-b"}]},
-            {"queryParameters": [{"match": "REGEX", "name": "q", "value": "(?=x)"}]}
-        ])), &[
-            ("conf.http.rules[0].matches[0].path.value", "invalid regular expression: unclosed group"),
-            ("conf.http.rules[0].matches[1].headers[0].value", "invalid regular expression: unclosed character class"),
-            ("conf.http.rules[0].matches[1].headers[1].value", "cannot be empty"),
-            ("conf.http.rules[0].matches[2].query_parameters[0].value",
-             "invalid regular expression: look-around, including look-ahead and look-behind, is not supported"),
-        ]),
-        c("ours: route hostnames", json!({
-            "selectors": [{"match": {"kuma.io/service": "gw"}}],
-            "conf": {"http": {"hostnames": ["Foo.com", "*.ok.com", "", "a..b", "*.*.x.com"],
-                     "rules": [{"matches": [{"path": {"value": "/"}}], "backends": demo()}]}}
-        }), &[
-            ("conf.http.hostnames[0]", "invalid hostname"),
-            ("conf.http.hostnames[2]", "cannot be empty"),
-            ("conf.http.hostnames[3]", "invalid hostname"),
-            ("conf.http.hostnames[4]", "invalid wildcard domain"),
-        ]),
-        c("ours: weights", http_rule(json!([]), json!([
-            {"weight": 0, "destination": {"kuma.io/service": "a"}},
-            {"destination": {"kuma.io/service": "b"}}
-        ])), &[("conf.http.rules[0].backends", "total weight must be greater than 0")]),
-        c("ours: total weight overflows", http_rule(json!([]), json!([
-            {"weight": 4_000_000_000_u32, "destination": {"kuma.io/service": "a"}},
-            {"weight": 4_000_000_000_u32, "destination": {"kuma.io/service": "b"}}
-        ])), &[("conf.http.rules[0].backends", "total weight must be at most 4294967295")]),
-        c("request header filters", http_rule(json!([
-            {"request_header": {}},
-            {"request_header": {"set": [{"name": "x-a"}], "add": [{"value": "v"}], "remove": [""]}}
-        ]), demo()), &[
-            ("conf.http.rules[0].filters[0].request_header", "cannot be empty"),
-            ("conf.http.rules[0].filters[1].request_header.set[0].value", "cannot be empty"),
-            ("conf.http.rules[0].filters[1].request_header.add[0].name", "cannot be empty"),
-            ("conf.http.rules[0].filters[1].request_header.remove[0]", "cannot be empty"),
-        ]),
-        c("Host set while the host goes to the backend (real filter index)", http_rule(json!([
-            {"rewrite": {"hostToBackendHostname": true}},
-            {"requestHeader": {"set": [{"name": "host", "value": "foo"}], "add": [{"name": ":authority", "value": "foo"}]}}
-        ]), demo()), &[
-            ("conf.http.rules[0].filters[1].request_header.set[0]",
-             "cannot modify 'host' header, when route has set 'rewrite.host_to_backend_hostname' option"),
-            ("conf.http.rules[0].filters[1].request_header.add[0]",
-             "cannot modify ':authority' header, when route has set 'rewrite.host_to_backend_hostname' option"),
-        ]),
-        c("ours: header names, pseudo-headers and Host", http_rule(json!([
-            {"requestHeader": {
-                "set": [{"name": "bad name", "value": "v"}, {"name": ":path", "value": "/x"}, {"name": "x-ok", "value": "a\nb"}],
-                "add": [{"name": "Host", "value": "h"}],
-                "remove": ["Host", ":method", "bad\tname"]
-            }},
-            {"responseHeader": {"set": [{"name": "host", "value": "h"}], "add": [{"name": ":status", "value": "200"}]}}
-        ]), demo()), &[
-            ("conf.http.rules[0].filters[0].request_header.set[0].name", "must be a valid HTTP header name"),
-            ("conf.http.rules[0].filters[0].request_header.set[1].name", "pseudo-header \":path\" cannot be modified"),
-            ("conf.http.rules[0].filters[0].request_header.set[2].value", "must not contain CR, LF or NUL characters"),
-            ("conf.http.rules[0].filters[0].request_header.add[0].name", "header \"Host\" cannot be added: use set to rewrite the host"),
-            ("conf.http.rules[0].filters[0].request_header.remove[0]", "header \"Host\" cannot be removed"),
-            ("conf.http.rules[0].filters[0].request_header.remove[1]", "pseudo-header \":method\" cannot be removed"),
-            ("conf.http.rules[0].filters[0].request_header.remove[2]", "must be a valid HTTP header name"),
-            ("conf.http.rules[0].filters[1].response_header.set[0].name", "header \"host\" cannot be modified in responses"),
-            ("conf.http.rules[0].filters[1].response_header.add[0].name", "pseudo-header \":status\" cannot be modified"),
-        ]),
-        c("ours: header match names", http_matches(json!([{"headers": [
-            {"match": "PRESENT", "name": "x y"}, {"match": "PRESENT", "name": ":authority"}
-        ]}])), &[("conf.http.rules[0].matches[0].headers[0].name", "must be a valid HTTP header name")]),
-        c("mirrors", http_rule(json!([
-            {"mirror": {"percentage": 0.0}},
-            {"mirror": {"percentage": -1.0, "backend": {"destination": {"kuma.io/service": "t"}}}},
-            {"mirror": {"backend": {"destination": {"version": "1"}}}}
-        ]), demo()), &[
-            ("conf.http.rules[0].filters[0].mirror.backend", "cannot be empty"),
-            ("conf.http.rules[0].filters[1].mirror.percentage", "has to be in [0.0 - 100.0] range"),
-            ("conf.http.rules[0].filters[2].mirror.percentage", "cannot be empty"),
-            ("conf.http.rules[0].filters[2].mirror.backend", "mandatory tag \"kuma.io/service\" is missing"),
-        ]),
-        c("redirect port and status", http_route(json!([
-            {"matches": [{"path": {"value": "/"}}], "filters": [{"redirect": {"port": 70000, "status_code": 200}}]},
-            {"matches": [{"path": {"value": "/"}}], "filters": [{"redirect": {}}]}
-        ])), &[
-            ("conf.http.rules[0].filters[0].redirect.port", "port must be in the range [1, 65535]"),
-            ("conf.http.rules[0].filters[0].redirect.status_code", "must be in the range [300, 308]"),
-            ("conf.http.rules[1].filters[0].redirect.status_code", "must be in the range [300, 308]"),
-        ]),
-        c("ours: redirect codes, scheme and hostname", http_route(json!([
-            {"matches": [{"path": {"value": "/"}}], "filters": [{"redirect": {"scheme": "ftp", "hostname": "*.example.com", "status_code": 304}}]},
-            {"matches": [{"path": {"value": "/"}}], "filters": [{"redirect": {"hostname": "bad_host", "status_code": 300}}]},
-            {"matches": [{"path": {"value": "/"}}], "filters": [{"redirect": {"status_code": 302,
-                "path": {"replacePrefixMatch": "/v2"}}}]}
-        ])), &[
-            ("conf.http.rules[0].filters[0].redirect.scheme", "must be \"http\" or \"https\""),
-            ("conf.http.rules[0].filters[0].redirect.hostname", "cannot be a wildcard"),
-            ("conf.http.rules[0].filters[0].redirect.status_code", "must be one of 301, 302, 303, 307, 308"),
-            ("conf.http.rules[1].filters[0].redirect.hostname", "invalid hostname"),
-            ("conf.http.rules[1].filters[0].redirect.status_code", "must be one of 301, 302, 303, 307, 308"),
-            ("conf.http.rules[2].filters[0].redirect.path.replacePrefixMatch", "cannot be used without a match on path prefix"),
-        ]),
-        c("redirect with backends", http_rule(json!([{"redirect": {"status_code": 301}}]), demo()), &[
-            ("conf.http.rules[0].backends", "must be empty when using redirect filters"),
-        ]),
-        c("redirect with other filters", http_rule(json!([
-            {"redirect": {"status_code": 301}}, {"request_header": {"remove": ["x-a"]}}
-        ]), json!([])), &[("conf.http.rules[0].filters", "redirects cannot be used with other filters")]),
-        c("replacePrefixMatch without a prefix match", http_route(json!([{
-            "matches": [{"path": {"match": "EXACT", "value": "/a"}}],
-            "filters": [{"rewrite": {"replacePrefixMatch": "/b"}}],
-            "backends": demo()
-        }])), &[
-            ("conf.http.rules[0].filters[0].rewrite.replacePrefixMatch", "cannot be used without a match on path prefix"),
-        ]),
-        c("ours: empty filters and rewrites, relative rewrites", http_rule(json!([
-            {}, {"rewrite": {}}, {"rewrite": {"replaceFull": "new"}}, {"rewrite": {"replacePrefixMatch": "v2"}}
-        ]), demo()), &[
-            ("conf.http.rules[0].filters[0]", "cannot be empty"),
-            ("conf.http.rules[0].filters[1].rewrite", "cannot be empty"),
-            ("conf.http.rules[0].filters[2].rewrite.replaceFull", "must be an absolute path"),
-            ("conf.http.rules[0].filters[3].rewrite.replacePrefixMatch", "must be an absolute path"),
-        ]),
-        c("ours: TCP rules", tcp_route(json!([])), &[("conf.tcp.rules", "cannot be empty")]),
-        c("ours: TCP backends", tcp_route(json!([
-            {},
-            {"backends": [{"destination": {"app": "redis"}}]},
-            {"backends": [{"weight": 0, "destination": {"kuma.io/service": "a"}}, {"destination": {"kuma.io/service": "b"}}]}
-        ])), &[
-            ("conf.tcp.rules[0].backends", "cannot be empty"),
-            ("conf.tcp.rules[1].backends[0]", "mandatory tag \"kuma.io/service\" is missing"),
-            ("conf.tcp.rules[2].backends", "total weight must be greater than 0"),
-        ]),
-    ]);
+            ),
+            c(
+                "backends without the service",
+                http_rule(
+                    json!([]),
+                    json!([
+                        {"weight": 1, "destination": {"version": "v1"}}, {"weight": 1, "destination": {}}
+                    ]),
+                ),
+                &[
+                    ("conf.http.rules[0].backends[0]", "mandatory tag \"kuma.io/service\" is missing"),
+                    ("conf.http.rules[0].backends[1]", "must have at least one tag"),
+                    ("conf.http.rules[0].backends[1]", "mandatory tag \"kuma.io/service\" is missing"),
+                ],
+            ),
+            c("empty match", http_matches(json!([{}])), &[("conf.http.rules[0].matches[0]", "cannot be empty")]),
+            c(
+                "paths",
+                http_matches(json!([
+                    {"path": {"match": "REGEX"}},
+                    {"path": {"match": "EXACT", "value": "foo"}},
+                    {"path": {"match": "PREFIX", "value": "foo/"}},
+                    {"path": {"match": "PREFIX", "value": ""}}
+                ])),
+                &[
+                    ("conf.http.rules[0].matches[0].path.value", "cannot be empty"),
+                    ("conf.http.rules[0].matches[1].path.value", "must be an absolute path"),
+                    ("conf.http.rules[0].matches[2].path.value", "must be an absolute path"),
+                    ("conf.http.rules[0].matches[3].path.value", "must be an absolute path"),
+                ],
+            ),
+            c(
+                "header matches",
+                http_matches(json!([{"headers": [
+                    {"match": "EXACT", "value": "v"},
+                    {"match": "EXACT", "name": "x-a"},
+                    {"match": "PRESENT", "name": "x-b", "value": "v"},
+                    {"match": "ABSENT", "name": "x-c", "value": "v"}
+                ]}])),
+                &[
+                    ("conf.http.rules[0].matches[0].headers[0].name", "cannot be empty"),
+                    ("conf.http.rules[0].matches[0].headers[1].value", "cannot be empty"),
+                    ("conf.http.rules[0].matches[0].headers[2].value", "cannot be set"),
+                    ("conf.http.rules[0].matches[0].headers[3].value", "cannot be set"),
+                ],
+            ),
+            c(
+                "query matches",
+                http_matches(json!([{"query_parameters": [
+                    {"match": "EXACT", "value": "v"}, {"match": "EXACT", "name": "q"}
+                ]}])),
+                &[
+                    ("conf.http.rules[0].matches[0].query_parameters[0].name", "cannot be empty"),
+                    ("conf.http.rules[0].matches[0].query_parameters[1].value", "cannot be empty"),
+                ],
+            ),
+            c(
+                "ours: regular expressions must compile",
+                http_matches(json!([
+                    {"path": {"match": "REGEX", "value": "("}},
+                    {"headers": [{"match": "REGEX", "name": "x-a", "value": "[a-"}, {"match": "REGEX", "name": "x-b"}]},
+                    {"queryParameters": [{"match": "REGEX", "name": "q", "value": "(?=x)"}]}
+                ])),
+                &[
+                    ("conf.http.rules[0].matches[0].path.value", "invalid regular expression: unclosed group"),
+                    (
+                        "conf.http.rules[0].matches[1].headers[0].value",
+                        "invalid regular expression: unclosed character class",
+                    ),
+                    ("conf.http.rules[0].matches[1].headers[1].value", "cannot be empty"),
+                    (
+                        "conf.http.rules[0].matches[2].query_parameters[0].value",
+                        "invalid regular expression: look-around, including look-ahead and look-behind, is not supported",
+                    ),
+                ],
+            ),
+            c(
+                "ours: route hostnames",
+                json!({
+                    "selectors": [{"match": {"kuma.io/service": "gw"}}],
+                    "conf": {"http": {"hostnames": ["Foo.com", "*.ok.com", "", "a..b", "*.*.x.com"],
+                             "rules": [{"matches": [{"path": {"value": "/"}}], "backends": demo()}]}}
+                }),
+                &[
+                    ("conf.http.hostnames[0]", "invalid hostname"),
+                    ("conf.http.hostnames[2]", "cannot be empty"),
+                    ("conf.http.hostnames[3]", "invalid hostname"),
+                    ("conf.http.hostnames[4]", "invalid wildcard domain"),
+                ],
+            ),
+            c(
+                "ours: weights",
+                http_rule(
+                    json!([]),
+                    json!([
+                        {"weight": 0, "destination": {"kuma.io/service": "a"}},
+                        {"destination": {"kuma.io/service": "b"}}
+                    ]),
+                ),
+                &[("conf.http.rules[0].backends", "total weight must be greater than 0")],
+            ),
+            c(
+                "ours: total weight overflows",
+                http_rule(
+                    json!([]),
+                    json!([
+                        {"weight": 4_000_000_000_u32, "destination": {"kuma.io/service": "a"}},
+                        {"weight": 4_000_000_000_u32, "destination": {"kuma.io/service": "b"}}
+                    ]),
+                ),
+                &[("conf.http.rules[0].backends", "total weight must be at most 4294967295")],
+            ),
+            c(
+                "request header filters",
+                http_rule(
+                    json!([
+                        {"request_header": {}},
+                        {"request_header": {"set": [{"name": "x-a"}], "add": [{"value": "v"}], "remove": [""]}}
+                    ]),
+                    demo(),
+                ),
+                &[
+                    ("conf.http.rules[0].filters[0].request_header", "cannot be empty"),
+                    ("conf.http.rules[0].filters[1].request_header.set[0].value", "cannot be empty"),
+                    ("conf.http.rules[0].filters[1].request_header.add[0].name", "cannot be empty"),
+                    ("conf.http.rules[0].filters[1].request_header.remove[0]", "cannot be empty"),
+                ],
+            ),
+            c(
+                "Host set while the host goes to the backend (real filter index)",
+                http_rule(
+                    json!([
+                        {"rewrite": {"hostToBackendHostname": true}},
+                        {"requestHeader": {"set": [{"name": "host", "value": "foo"}], "add": [{"name": ":authority", "value": "foo"}]}}
+                    ]),
+                    demo(),
+                ),
+                &[
+                    (
+                        "conf.http.rules[0].filters[1].request_header.set[0]",
+                        "cannot modify 'host' header, when route has set 'rewrite.host_to_backend_hostname' option",
+                    ),
+                    (
+                        "conf.http.rules[0].filters[1].request_header.add[0]",
+                        "cannot modify ':authority' header, when route has set 'rewrite.host_to_backend_hostname' option",
+                    ),
+                ],
+            ),
+            c(
+                "ours: header names, pseudo-headers and Host",
+                http_rule(
+                    json!([
+                        {"requestHeader": {
+                            "set": [{"name": "bad name", "value": "v"}, {"name": ":path", "value": "/x"}, {"name": "x-ok", "value": "a\nb"}],
+                            "add": [{"name": "Host", "value": "h"}],
+                            "remove": ["Host", ":method", "bad\tname"]
+                        }},
+                        {"responseHeader": {"set": [{"name": "host", "value": "h"}], "add": [{"name": ":status", "value": "200"}]}}
+                    ]),
+                    demo(),
+                ),
+                &[
+                    ("conf.http.rules[0].filters[0].request_header.set[0].name", "must be a valid HTTP header name"),
+                    (
+                        "conf.http.rules[0].filters[0].request_header.set[1].name",
+                        "pseudo-header \":path\" cannot be modified",
+                    ),
+                    (
+                        "conf.http.rules[0].filters[0].request_header.set[2].value",
+                        "must not contain CR, LF or NUL characters",
+                    ),
+                    (
+                        "conf.http.rules[0].filters[0].request_header.add[0].name",
+                        "header \"Host\" cannot be added: use set to rewrite the host",
+                    ),
+                    ("conf.http.rules[0].filters[0].request_header.remove[0]", "header \"Host\" cannot be removed"),
+                    (
+                        "conf.http.rules[0].filters[0].request_header.remove[1]",
+                        "pseudo-header \":method\" cannot be removed",
+                    ),
+                    ("conf.http.rules[0].filters[0].request_header.remove[2]", "must be a valid HTTP header name"),
+                    (
+                        "conf.http.rules[0].filters[1].response_header.set[0].name",
+                        "header \"host\" cannot be modified in responses",
+                    ),
+                    (
+                        "conf.http.rules[0].filters[1].response_header.add[0].name",
+                        "pseudo-header \":status\" cannot be modified",
+                    ),
+                ],
+            ),
+            c(
+                "ours: header match names",
+                http_matches(json!([{"headers": [
+                    {"match": "PRESENT", "name": "x y"}, {"match": "PRESENT", "name": ":authority"}
+                ]}])),
+                &[("conf.http.rules[0].matches[0].headers[0].name", "must be a valid HTTP header name")],
+            ),
+            c(
+                "mirrors",
+                http_rule(
+                    json!([
+                        {"mirror": {"percentage": 0.0}},
+                        {"mirror": {"percentage": -1.0, "backend": {"destination": {"kuma.io/service": "t"}}}},
+                        {"mirror": {"backend": {"destination": {"version": "1"}}}}
+                    ]),
+                    demo(),
+                ),
+                &[
+                    ("conf.http.rules[0].filters[0].mirror.backend", "cannot be empty"),
+                    ("conf.http.rules[0].filters[1].mirror.percentage", "has to be in [0.0 - 100.0] range"),
+                    ("conf.http.rules[0].filters[2].mirror.percentage", "cannot be empty"),
+                    ("conf.http.rules[0].filters[2].mirror.backend", "mandatory tag \"kuma.io/service\" is missing"),
+                ],
+            ),
+            c(
+                "redirect port and status",
+                http_route(json!([
+                    {"matches": [{"path": {"value": "/"}}], "filters": [{"redirect": {"port": 70000, "status_code": 200}}]},
+                    {"matches": [{"path": {"value": "/"}}], "filters": [{"redirect": {}}]}
+                ])),
+                &[
+                    ("conf.http.rules[0].filters[0].redirect.port", "port must be in the range [1, 65535]"),
+                    ("conf.http.rules[0].filters[0].redirect.status_code", "must be in the range [300, 308]"),
+                    ("conf.http.rules[1].filters[0].redirect.status_code", "must be in the range [300, 308]"),
+                ],
+            ),
+            c(
+                "ours: redirect codes, scheme and hostname",
+                http_route(json!([
+                    {"matches": [{"path": {"value": "/"}}], "filters": [{"redirect": {"scheme": "ftp", "hostname": "*.example.com", "status_code": 304}}]},
+                    {"matches": [{"path": {"value": "/"}}], "filters": [{"redirect": {"hostname": "bad_host", "status_code": 300}}]},
+                    {"matches": [{"path": {"value": "/"}}], "filters": [{"redirect": {"status_code": 302,
+                        "path": {"replacePrefixMatch": "/v2"}}}]}
+                ])),
+                &[
+                    ("conf.http.rules[0].filters[0].redirect.scheme", "must be \"http\" or \"https\""),
+                    ("conf.http.rules[0].filters[0].redirect.hostname", "cannot be a wildcard"),
+                    ("conf.http.rules[0].filters[0].redirect.status_code", "must be one of 301, 302, 303, 307, 308"),
+                    ("conf.http.rules[1].filters[0].redirect.hostname", "invalid hostname"),
+                    ("conf.http.rules[1].filters[0].redirect.status_code", "must be one of 301, 302, 303, 307, 308"),
+                    (
+                        "conf.http.rules[2].filters[0].redirect.path.replacePrefixMatch",
+                        "cannot be used without a match on path prefix",
+                    ),
+                ],
+            ),
+            c(
+                "redirect with backends",
+                http_rule(json!([{"redirect": {"status_code": 301}}]), demo()),
+                &[("conf.http.rules[0].backends", "must be empty when using redirect filters")],
+            ),
+            c(
+                "redirect with other filters",
+                http_rule(
+                    json!([
+                        {"redirect": {"status_code": 301}}, {"request_header": {"remove": ["x-a"]}}
+                    ]),
+                    json!([]),
+                ),
+                &[("conf.http.rules[0].filters", "redirects cannot be used with other filters")],
+            ),
+            c(
+                "replacePrefixMatch without a prefix match",
+                http_route(json!([{
+                    "matches": [{"path": {"match": "EXACT", "value": "/a"}}],
+                    "filters": [{"rewrite": {"replacePrefixMatch": "/b"}}],
+                    "backends": demo()
+                }])),
+                &[(
+                    "conf.http.rules[0].filters[0].rewrite.replacePrefixMatch",
+                    "cannot be used without a match on path prefix",
+                )],
+            ),
+            c(
+                "ours: empty filters and rewrites, relative rewrites",
+                http_rule(
+                    json!([
+                        {}, {"rewrite": {}}, {"rewrite": {"replaceFull": "new"}}, {"rewrite": {"replacePrefixMatch": "v2"}}
+                    ]),
+                    demo(),
+                ),
+                &[
+                    ("conf.http.rules[0].filters[0]", "cannot be empty"),
+                    ("conf.http.rules[0].filters[1].rewrite", "cannot be empty"),
+                    ("conf.http.rules[0].filters[2].rewrite.replaceFull", "must be an absolute path"),
+                    ("conf.http.rules[0].filters[3].rewrite.replacePrefixMatch", "must be an absolute path"),
+                ],
+            ),
+            c("ours: TCP rules", tcp_route(json!([])), &[("conf.tcp.rules", "cannot be empty")]),
+            c(
+                "ours: TCP backends",
+                tcp_route(json!([
+                    {},
+                    {"backends": [{"destination": {"app": "redis"}}]},
+                    {"backends": [{"weight": 0, "destination": {"kuma.io/service": "a"}}, {"destination": {"kuma.io/service": "b"}}]}
+                ])),
+                &[
+                    ("conf.tcp.rules[0].backends", "cannot be empty"),
+                    ("conf.tcp.rules[1].backends[0]", "mandatory tag \"kuma.io/service\" is missing"),
+                    ("conf.tcp.rules[2].backends", "total weight must be greater than 0"),
+                ],
+            ),
+        ],
+    );
 }
 
 // ------------------------------------------------------------------ Dataplane
@@ -483,211 +738,341 @@ fn service_proxy(networking: Value) -> Value {
 
 #[test]
 fn dataplane() {
-    check(validate::dataplane, vec![
-        c("seed: builtin gateway", service_proxy(json!({
-            "address": "127.0.0.1",
-            "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "edge-gateway"}}
-        })), OK),
-        c("seed: delegated gateway kong-01", service_proxy(json!({
-            "address": "10.0.0.1",
-            "gateway": {"type": "DELEGATED", "tags": {"kuma.io/service": "kong"}},
-            "outbound": [{"port": 33033, "tags": {"kuma.io/service": "backend"}}]
-        })), OK),
-        c("service proxy with a domain name, inbounds and outbounds", service_proxy(json!({
-            "address": "backend-1.internal",
-            "advertisedAddress": "192.168.0.10",
-            "admin": {"port": 9901},
-            "inbound": [
-                {"port": 10001, "servicePort": 5000, "serviceAddress": "127.0.0.1",
-                 "tags": {"kuma.io/service": "backend", "version": "v1", "kuma.io/protocol": "http"}},
-                {"port": 10002, "address": "192.168.0.2", "health": {"ready": true}, "state": "NotReady",
-                 "tags": {"kuma.io/service": "backend-admin", "kuma.io/protocol": "TCP"}}
-            ],
-            "outbound": [{"address": "127.0.0.2", "port": 6379, "tags": {"kuma.io/service": "redis"}}]
-        })), OK),
-        c("ipv6 address", service_proxy(json!({
-            "address": "fd00::1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]
-        })), OK),
-
-        c("no networking", json!({}), &[("networking", "must be defined")]),
-        c("empty networking", service_proxy(json!({})), &[
-            ("networking", "has to contain at least one inbound interface or gateway"),
-            ("networking.address", "address can't be empty"),
-        ]),
-        c("wildcard addresses", service_proxy(json!({
-            "address": "0.0.0.0", "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "gw"}}
-        })), &[("networking.address", "must not be 0.0.0.0 or ::")]),
-        c("wildcard ipv6 address", service_proxy(json!({
-            "address": "::", "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "gw"}}
-        })), &[("networking.address", "must not be 0.0.0.0 or ::")]),
-        c("malformed address", service_proxy(json!({
-            "address": "..>_<..", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]
-        })), &[("networking.address", "address has to be valid IP address or domain name")]),
-        c("delegated gateway with inbounds", service_proxy(json!({
-            "address": "10.0.0.1",
-            "gateway": {"tags": {"kuma.io/service": "kong"}},
-            "inbound": [{"port": 80, "tags": {"kuma.io/service": "kong"}}]
-        })), &[("networking.inbound", "inbound cannot be defined for delegated gateways")]),
-        c("builtin gateway with inbounds and outbounds", service_proxy(json!({
-            "address": "10.0.0.1",
-            "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "gw"}},
-            "inbound": [{"port": 80, "tags": {"kuma.io/service": "gw"}}],
-            "outbound": [{"port": 33033, "tags": {"kuma.io/service": "backend"}}]
-        })), &[
-            ("networking.inbound", "inbound cannot be defined for builtin gateways"),
-            ("networking.outbound", "outbound cannot be defined for builtin gateways"),
-        ]),
-        c("gateway tags", service_proxy(json!({
-            "address": "10.0.0.1",
-            "gateway": {"type": "BUILTIN", "tags": {"kuma.io/protocol": "http", "version": "", "zone": "a/b"}}
-        })), &[
-            ("networking.gateway.tags[\"kuma.io/protocol\"]", "other values than tcp are not allowed, provided value \"http\""),
-            ("networking.gateway.tags[\"version\"]", "tag value must be non-empty"),
-            ("networking.gateway.tags[\"zone\"]", "tag value must consist of alphanumeric characters, dots, dashes and underscores"),
-            ("networking.gateway.tags", "mandatory tag \"kuma.io/service\" is missing"),
-        ]),
-        c("inbound ports and addresses", service_proxy(json!({
-            "address": "192.168.0.1",
-            "inbound": [
-                {"servicePort": 70000, "address": "inbound.local", "tags": {"kuma.io/service": "a"}},
-                {"port": 80, "serviceAddress": "local", "tags": {"kuma.io/service": "b"}},
-                {"port": 81, "serviceAddress": "192.168.0.1", "tags": {"kuma.io/service": "c"}},
-                {"port": 82, "address": "192.168.0.5", "serviceAddress": "192.168.0.5", "servicePort": 82,
-                 "tags": {"kuma.io/service": "d"}}
-            ]
-        })), &[
-            ("networking.inbound[0].port", "port must be in the range [1, 65535]"),
-            ("networking.inbound[0].servicePort", "port must be in the range [1, 65535]"),
-            ("networking.inbound[0].address", "address has to be valid IP address"),
-            ("networking.inbound[1].serviceAddress", "serviceAddress has to be valid IP address"),
-            ("networking.inbound[2].serviceAddress", "serviceAddress and servicePort has to differ from address and port"),
-            ("networking.inbound[3].serviceAddress", "serviceAddress and servicePort has to differ from address and port"),
-        ]),
-        c("inbound tags", service_proxy(json!({
-            "address": "192.168.0.1",
-            "inbound": [
-                {"port": 80},
-                {"port": 81, "tags": {"kuma.io/service": "a", "kuma.io/protocol": ""}},
-                {"port": 82, "tags": {"kuma.io/service": "b", "kuma.io/protocol": "not-yet-supported-protocol"}},
-                {"port": 83, "tags": {"kuma.io/service": "c", "inv@lidT/gN%me": "x", "invalidTagValue": "a b"}}
-            ]
-        })), &[
-            ("networking.inbound[0].tags[\"kuma.io/service\"]", "tag has to exist"),
-            ("networking.inbound[1].tags[\"kuma.io/protocol\"]",
-             "tag \"kuma.io/protocol\" has an invalid value \"\". Allowed values: grpc, http, http2, kafka, tcp"),
-            ("networking.inbound[1].tags[\"kuma.io/protocol\"]", "tag value must be non-empty"),
-            ("networking.inbound[2].tags[\"kuma.io/protocol\"]",
-             "tag \"kuma.io/protocol\" has an invalid value \"not-yet-supported-protocol\". Allowed values: grpc, http, http2, kafka, tcp"),
-            ("networking.inbound[3].tags[\"inv@lidT/gN%me\"]", "tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores"),
-            ("networking.inbound[3].tags[\"invalidTagValue\"]", "tag value must consist of alphanumeric characters, dots, dashes and underscores"),
-        ]),
-        c("outbounds", service_proxy(json!({
-            "address": "192.168.0.1",
-            "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}],
-            "outbound": [
-                {"port": 3333},
-                {"port": 70000, "address": "localhost", "tags": {"version": "1"}}
-            ]
-        })), &[
-            ("networking.outbound[0].tags", "mandatory tag \"kuma.io/service\" is missing"),
-            ("networking.outbound[1].port", "port must be in the range [1, 65535]"),
-            ("networking.outbound[1].address", "address has to be valid IP address"),
-            ("networking.outbound[1].tags", "mandatory tag \"kuma.io/service\" is missing"),
-        ]),
-        c("admin port equal to an inbound's and an outbound's", service_proxy(json!({
-            "address": "192.168.0.1",
-            "admin": {"port": 8080},
-            "inbound": [{"port": 10001, "servicePort": 8080, "tags": {"kuma.io/service": "web"}}],
-            "outbound": [{"port": 8080, "tags": {"kuma.io/service": "redis"}}]
-        })), &[
-            ("networking.admin.port", "must differ from inbound"),
-            ("networking.admin.port", "must differ from outbound"),
-        ]),
-    ]);
+    check(
+        validate::dataplane,
+        vec![
+            c(
+                "seed: builtin gateway",
+                service_proxy(json!({
+                    "address": "127.0.0.1",
+                    "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "edge-gateway"}}
+                })),
+                OK,
+            ),
+            c(
+                "seed: delegated gateway kong-01",
+                service_proxy(json!({
+                    "address": "10.0.0.1",
+                    "gateway": {"type": "DELEGATED", "tags": {"kuma.io/service": "kong"}},
+                    "outbound": [{"port": 33033, "tags": {"kuma.io/service": "backend"}}]
+                })),
+                OK,
+            ),
+            c(
+                "service proxy with a domain name, inbounds and outbounds",
+                service_proxy(json!({
+                    "address": "backend-1.internal",
+                    "advertisedAddress": "192.168.0.10",
+                    "admin": {"port": 9901},
+                    "inbound": [
+                        {"port": 10001, "servicePort": 5000, "serviceAddress": "127.0.0.1",
+                         "tags": {"kuma.io/service": "backend", "version": "v1", "kuma.io/protocol": "http"}},
+                        {"port": 10002, "address": "192.168.0.2", "health": {"ready": true}, "state": "NotReady",
+                         "tags": {"kuma.io/service": "backend-admin", "kuma.io/protocol": "TCP"}}
+                    ],
+                    "outbound": [{"address": "127.0.0.2", "port": 6379, "tags": {"kuma.io/service": "redis"}}]
+                })),
+                OK,
+            ),
+            c(
+                "ipv6 address",
+                service_proxy(json!({
+                    "address": "fd00::1", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]
+                })),
+                OK,
+            ),
+            c("no networking", json!({}), &[("networking", "must be defined")]),
+            c(
+                "empty networking",
+                service_proxy(json!({})),
+                &[
+                    ("networking", "has to contain at least one inbound interface or gateway"),
+                    ("networking.address", "address can't be empty"),
+                ],
+            ),
+            c(
+                "wildcard addresses",
+                service_proxy(json!({
+                    "address": "0.0.0.0", "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "gw"}}
+                })),
+                &[("networking.address", "must not be 0.0.0.0 or ::")],
+            ),
+            c(
+                "wildcard ipv6 address",
+                service_proxy(json!({
+                    "address": "::", "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "gw"}}
+                })),
+                &[("networking.address", "must not be 0.0.0.0 or ::")],
+            ),
+            c(
+                "malformed address",
+                service_proxy(json!({
+                    "address": "..>_<..", "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}]
+                })),
+                &[("networking.address", "address has to be valid IP address or domain name")],
+            ),
+            c(
+                "delegated gateway with inbounds",
+                service_proxy(json!({
+                    "address": "10.0.0.1",
+                    "gateway": {"tags": {"kuma.io/service": "kong"}},
+                    "inbound": [{"port": 80, "tags": {"kuma.io/service": "kong"}}]
+                })),
+                &[("networking.inbound", "inbound cannot be defined for delegated gateways")],
+            ),
+            c(
+                "builtin gateway with inbounds and outbounds",
+                service_proxy(json!({
+                    "address": "10.0.0.1",
+                    "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "gw"}},
+                    "inbound": [{"port": 80, "tags": {"kuma.io/service": "gw"}}],
+                    "outbound": [{"port": 33033, "tags": {"kuma.io/service": "backend"}}]
+                })),
+                &[
+                    ("networking.inbound", "inbound cannot be defined for builtin gateways"),
+                    ("networking.outbound", "outbound cannot be defined for builtin gateways"),
+                ],
+            ),
+            c(
+                "gateway tags",
+                service_proxy(json!({
+                    "address": "10.0.0.1",
+                    "gateway": {"type": "BUILTIN", "tags": {"kuma.io/protocol": "http", "version": "", "zone": "a/b"}}
+                })),
+                &[
+                    (
+                        "networking.gateway.tags[\"kuma.io/protocol\"]",
+                        "other values than tcp are not allowed, provided value \"http\"",
+                    ),
+                    ("networking.gateway.tags[\"version\"]", "tag value must be non-empty"),
+                    (
+                        "networking.gateway.tags[\"zone\"]",
+                        "tag value must consist of alphanumeric characters, dots, dashes and underscores",
+                    ),
+                    ("networking.gateway.tags", "mandatory tag \"kuma.io/service\" is missing"),
+                ],
+            ),
+            c(
+                "inbound ports and addresses",
+                service_proxy(json!({
+                    "address": "192.168.0.1",
+                    "inbound": [
+                        {"servicePort": 70000, "address": "inbound.local", "tags": {"kuma.io/service": "a"}},
+                        {"port": 80, "serviceAddress": "local", "tags": {"kuma.io/service": "b"}},
+                        {"port": 81, "serviceAddress": "192.168.0.1", "tags": {"kuma.io/service": "c"}},
+                        {"port": 82, "address": "192.168.0.5", "serviceAddress": "192.168.0.5", "servicePort": 82,
+                         "tags": {"kuma.io/service": "d"}}
+                    ]
+                })),
+                &[
+                    ("networking.inbound[0].port", "port must be in the range [1, 65535]"),
+                    ("networking.inbound[0].servicePort", "port must be in the range [1, 65535]"),
+                    ("networking.inbound[0].address", "address has to be valid IP address"),
+                    ("networking.inbound[1].serviceAddress", "serviceAddress has to be valid IP address"),
+                    (
+                        "networking.inbound[2].serviceAddress",
+                        "serviceAddress and servicePort has to differ from address and port",
+                    ),
+                    (
+                        "networking.inbound[3].serviceAddress",
+                        "serviceAddress and servicePort has to differ from address and port",
+                    ),
+                ],
+            ),
+            c(
+                "inbound tags",
+                service_proxy(json!({
+                    "address": "192.168.0.1",
+                    "inbound": [
+                        {"port": 80},
+                        {"port": 81, "tags": {"kuma.io/service": "a", "kuma.io/protocol": ""}},
+                        {"port": 82, "tags": {"kuma.io/service": "b", "kuma.io/protocol": "not-yet-supported-protocol"}},
+                        {"port": 83, "tags": {"kuma.io/service": "c", "inv@lidT/gN%me": "x", "invalidTagValue": "a b"}}
+                    ]
+                })),
+                &[
+                    ("networking.inbound[0].tags[\"kuma.io/service\"]", "tag has to exist"),
+                    (
+                        "networking.inbound[1].tags[\"kuma.io/protocol\"]",
+                        "tag \"kuma.io/protocol\" has an invalid value \"\". Allowed values: grpc, http, http2, kafka, tcp",
+                    ),
+                    ("networking.inbound[1].tags[\"kuma.io/protocol\"]", "tag value must be non-empty"),
+                    (
+                        "networking.inbound[2].tags[\"kuma.io/protocol\"]",
+                        "tag \"kuma.io/protocol\" has an invalid value \"not-yet-supported-protocol\". Allowed values: grpc, http, http2, kafka, tcp",
+                    ),
+                    (
+                        "networking.inbound[3].tags[\"inv@lidT/gN%me\"]",
+                        "tag name must consist of alphanumeric characters, dots, dashes, slashes and underscores",
+                    ),
+                    (
+                        "networking.inbound[3].tags[\"invalidTagValue\"]",
+                        "tag value must consist of alphanumeric characters, dots, dashes and underscores",
+                    ),
+                ],
+            ),
+            c(
+                "outbounds",
+                service_proxy(json!({
+                    "address": "192.168.0.1",
+                    "inbound": [{"port": 80, "tags": {"kuma.io/service": "web"}}],
+                    "outbound": [
+                        {"port": 3333},
+                        {"port": 70000, "address": "localhost", "tags": {"version": "1"}}
+                    ]
+                })),
+                &[
+                    ("networking.outbound[0].tags", "mandatory tag \"kuma.io/service\" is missing"),
+                    ("networking.outbound[1].port", "port must be in the range [1, 65535]"),
+                    ("networking.outbound[1].address", "address has to be valid IP address"),
+                    ("networking.outbound[1].tags", "mandatory tag \"kuma.io/service\" is missing"),
+                ],
+            ),
+            c(
+                "admin port equal to an inbound's and an outbound's",
+                service_proxy(json!({
+                    "address": "192.168.0.1",
+                    "admin": {"port": 8080},
+                    "inbound": [{"port": 10001, "servicePort": 8080, "tags": {"kuma.io/service": "web"}}],
+                    "outbound": [{"port": 8080, "tags": {"kuma.io/service": "redis"}}]
+                })),
+                &[
+                    ("networking.admin.port", "must differ from inbound"),
+                    ("networking.admin.port", "must differ from outbound"),
+                ],
+            ),
+        ],
+    );
 
     // A gateway type no name stands for (only possible on the wire).
-    let mut spec: pb::mesh::Dataplane = parse("gateway type", service_proxy(json!({
-        "address": "10.0.0.1", "gateway": {"tags": {"kuma.io/service": "gw"}}
-    })));
+    let mut spec: pb::mesh::Dataplane = parse(
+        "gateway type",
+        service_proxy(json!({
+            "address": "10.0.0.1", "gateway": {"tags": {"kuma.io/service": "gw"}}
+        })),
+    );
     if let Some(gateway) = spec.networking.as_mut().and_then(|n| n.gateway.as_mut()) {
         gateway.r#type = 7;
     }
-    assert_eq!(validate::dataplane(&spec), vec![Violation::new("networking.gateway.type", "must be one of DELEGATED, BUILTIN")]);
+    assert_eq!(
+        validate::dataplane(&spec),
+        vec![Violation::new("networking.gateway.type", "must be one of DELEGATED, BUILTIN")]
+    );
 }
 
 // ---------------------------------------------------------------- ZoneIngress
 
 #[test]
 fn zone_ingress() {
-    check(validate::zone_ingress, vec![
-        c("advertised address and port", json!({"zone": "east", "networking": {
+    check(
+        validate::zone_ingress,
+        vec![
+            c(
+                "advertised address and port",
+                json!({"zone": "east", "networking": {
             "address": "192.168.0.1", "port": 10001, "advertisedAddress": "ingress.example.com", "advertisedPort": 443,
             "admin": {"port": 9901}
-        }, "availableServices": [{"tags": {"kuma.io/service": "backend", "version": "v1"}, "instances": 2, "mesh": "default"}]}), OK),
-        c("no port", json!({"networking": {"address": "192.168.0.1"}}), &[("networking.port", "port must be in the range [1, 65535]")]),
-        c("no networking", json!({}), &[("networking.port", "port must be in the range [1, 65535]")]),
-        c("invalid advertised address, port and available services", json!({
-            "networking": {"address": "192.168.0.1", "port": 10001, "advertisedAddress": "!@#", "advertisedPort": 100000},
-            "availableServices": [
-                {"tags": {"kuma.io/service": "a"}},
-                {"tags": {}},
-                {"tags": {"kuma.io/service": ""}},
-                {"tags": {"version": ""}}
-            ]
-        }), &[
-            ("networking.advertisedAddress", "address has to be valid IP address or domain name"),
-            ("networking.advertisedPort", "port must be in the range [1, 65535]"),
-            ("availableServices[1].tags", "mandatory tag \"kuma.io/service\" is missing"),
-            ("availableServices[2].tags[\"kuma.io/service\"]", "tag value must be non-empty"),
-            ("availableServices[3].tags[\"version\"]", "tag value must be non-empty"),
-            ("availableServices[3].tags", "mandatory tag \"kuma.io/service\" is missing"),
-        ]),
-        c("advertised address without port and the reverse", json!({"networking": {"port": 10001, "advertisedPort": 443}}), &[
-            ("networking.advertisedAddress", "has to be defined with advertisedPort"),
-        ]),
-        c("advertised port without address", json!({"networking": {"port": 10001, "advertisedAddress": "1.2.3.4"}}), &[
-            ("networking.advertisedPort", "has to be defined with advertisedAddress"),
-        ]),
-        c("admin port equal to port", json!({"networking": {"address": "0.0.0.0", "port": 10001, "admin": {"port": 10001}}}), &[
-            ("networking.admin.port", "must differ from port"),
-            ("networking.address", "must not be 0.0.0.0 or ::"),
-        ]),
-    ]);
+        }, "availableServices": [{"tags": {"kuma.io/service": "backend", "version": "v1"}, "instances": 2, "mesh": "default"}]}),
+                OK,
+            ),
+            c(
+                "no port",
+                json!({"networking": {"address": "192.168.0.1"}}),
+                &[("networking.port", "port must be in the range [1, 65535]")],
+            ),
+            c("no networking", json!({}), &[("networking.port", "port must be in the range [1, 65535]")]),
+            c(
+                "invalid advertised address, port and available services",
+                json!({
+                    "networking": {"address": "192.168.0.1", "port": 10001, "advertisedAddress": "!@#", "advertisedPort": 100000},
+                    "availableServices": [
+                        {"tags": {"kuma.io/service": "a"}},
+                        {"tags": {}},
+                        {"tags": {"kuma.io/service": ""}},
+                        {"tags": {"version": ""}}
+                    ]
+                }),
+                &[
+                    ("networking.advertisedAddress", "address has to be valid IP address or domain name"),
+                    ("networking.advertisedPort", "port must be in the range [1, 65535]"),
+                    ("availableServices[1].tags", "mandatory tag \"kuma.io/service\" is missing"),
+                    ("availableServices[2].tags[\"kuma.io/service\"]", "tag value must be non-empty"),
+                    ("availableServices[3].tags[\"version\"]", "tag value must be non-empty"),
+                    ("availableServices[3].tags", "mandatory tag \"kuma.io/service\" is missing"),
+                ],
+            ),
+            c(
+                "advertised address without port and the reverse",
+                json!({"networking": {"port": 10001, "advertisedPort": 443}}),
+                &[("networking.advertisedAddress", "has to be defined with advertisedPort")],
+            ),
+            c(
+                "advertised port without address",
+                json!({"networking": {"port": 10001, "advertisedAddress": "1.2.3.4"}}),
+                &[("networking.advertisedPort", "has to be defined with advertisedAddress")],
+            ),
+            c(
+                "admin port equal to port",
+                json!({"networking": {"address": "0.0.0.0", "port": 10001, "admin": {"port": 10001}}}),
+                &[
+                    ("networking.admin.port", "must differ from port"),
+                    ("networking.address", "must not be 0.0.0.0 or ::"),
+                ],
+            ),
+        ],
+    );
 }
 
 // ----------------------------------------------------------------------- Mesh
 
 #[test]
 fn mesh() {
-    check(validate::mesh, vec![
-        c("no mTLS", json!({}), OK),
-        c("builtin CA", json!({"mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}), OK),
-        c("two backends of one name", json!({"mtls": {"enabledBackend": "ca-1", "backends": [
-            {"name": "ca-1", "type": "builtin"}, {"name": "ca-1", "type": "provided"}
-        ]}}), &[
-            ("mtls.backends", "cannot have more than 1 backends"),
-            ("mtls.backends[1].name", "\"ca-1\" name is already used for another backend"),
-        ]),
-        c("enabled backend not declared", json!({"mtls": {"enabledBackend": "ca-2", "backends": [{"name": "ca-1", "type": "builtin"}]}}), &[
-            ("mtls.enabledBackend", "has to be set to one of the backends in the mesh"),
-        ]),
-        c("ours: backend without name or type", json!({"mtls": {"backends": [{}]}}), &[
-            ("mtls.backends[0].name", "cannot be empty"),
-            ("mtls.backends[0].type", "cannot be empty"),
-        ]),
-    ]);
+    check(
+        validate::mesh,
+        vec![
+            c("no mTLS", json!({}), OK),
+            c(
+                "builtin CA",
+                json!({"mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
+                OK,
+            ),
+            c(
+                "two backends of one name",
+                json!({"mtls": {"enabledBackend": "ca-1", "backends": [
+                    {"name": "ca-1", "type": "builtin"}, {"name": "ca-1", "type": "provided"}
+                ]}}),
+                &[
+                    ("mtls.backends", "cannot have more than 1 backends"),
+                    ("mtls.backends[1].name", "\"ca-1\" name is already used for another backend"),
+                ],
+            ),
+            c(
+                "enabled backend not declared",
+                json!({"mtls": {"enabledBackend": "ca-2", "backends": [{"name": "ca-1", "type": "builtin"}]}}),
+                &[("mtls.enabledBackend", "has to be set to one of the backends in the mesh")],
+            ),
+            c(
+                "ours: backend without name or type",
+                json!({"mtls": {"backends": [{}]}}),
+                &[("mtls.backends[0].name", "cannot be empty"), ("mtls.backends[0].type", "cannot be empty")],
+            ),
+        ],
+    );
 }
 
 // --------------------------------------------------------------------- Secret
 
 #[test]
 fn secret() {
-    check(validate::secret, vec![
-        c("PEM data", json!({"data": b64(&format!("{RSA_CERT}{RSA_KEY}"))}), OK),
-        c("opaque data", json!({"data": b64("s3cr3t")}), OK),
-        c("no data", json!({}), &[("data", "cannot be empty")]),
-        c("empty data", json!({"data": ""}), &[("data", "cannot be empty")]),
-    ]);
+    check(
+        validate::secret,
+        vec![
+            c("PEM data", json!({"data": b64(&format!("{RSA_CERT}{RSA_KEY}"))}), OK),
+            c("opaque data", json!({"data": b64("s3cr3t")}), OK),
+            c("no data", json!({}), &[("data", "cannot be empty")]),
+            c("empty data", json!({"data": ""}), &[("data", "cannot be empty")]),
+        ],
+    );
 }
 
 #[test]
@@ -703,7 +1088,11 @@ fn tls_secret() {
         ("key only", EC_KEY.to_owned(), Err("missing server certificate")),
         ("certificate only", RSA_CERT.to_owned(), Err("missing private key")),
         ("two keys", format!("{EC_CERT}{EC_KEY}{EC_PKCS8_KEY}"), Err("secret contains multiple private keys")),
-        ("Ed25519", format!("{ED25519_CERT}{ED25519_KEY}"), Err("unsupported private key type ED25519: use an RSA or ECDSA key")),
+        (
+            "Ed25519",
+            format!("{ED25519_CERT}{ED25519_KEY}"),
+            Err("unsupported private key type ED25519: use an RSA or ECDSA key"),
+        ),
         ("mismatched key", format!("{RSA_CERT}{EC_KEY}"), Err("private key does not match the first certificate")),
         ("public key block", format!("{EC_CERT}{EC_KEY}{EC_PUBLIC_KEY}"), Err("unsupported PEM block \"PUBLIC KEY\"")),
         (
@@ -766,7 +1155,10 @@ fn hostname() {
 #[test]
 fn field_paths() {
     let conf = FieldPath::root().field("conf");
-    assert_eq!(conf.field("listeners").index(0).field("tls").field("certificates").to_string(), "conf.listeners[0].tls.certificates");
+    assert_eq!(
+        conf.field("listeners").index(0).field("tls").field("certificates").to_string(),
+        "conf.listeners[0].tls.certificates"
+    );
     assert_eq!(FieldPath::new("tags").key("kuma.io/service").as_str(), "tags[\"kuma.io/service\"]");
     assert_eq!(FieldPath::new("tags").key("a\"b\\c\n").as_str(), r#"tags["a\"b\\c\n"]"#);
     assert_eq!(FieldPath::root().index(2).field("name").as_str(), "[2].name");

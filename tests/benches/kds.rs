@@ -67,13 +67,7 @@ fn gateway(i: usize, port: u32) -> Value {
 }
 
 fn total(client: &reqwest::blocking::Client, url: &str) -> u64 {
-    client
-        .get(url)
-        .send()
-        .ok()
-        .and_then(|r| r.json::<Value>().ok())
-        .and_then(|v| v["total"].as_u64())
-        .unwrap_or(0)
+    client.get(url).send().ok().and_then(|r| r.json::<Value>().ok()).and_then(|v| v["total"].as_u64()).unwrap_or(0)
 }
 
 fn start_zone(dir: &std::path::Path, kds: &str, token: &std::path::Path) -> Proc {
@@ -97,7 +91,11 @@ fn main() {
         .arg(dir.path().join("g"));
     let global = start(g);
     let kds = global.kds.clone().expect("KDS address");
-    client.put(format!("{}/meshes/default", global.api)).json(&json!({"type":"Mesh","name":"default"})).send().expect("mesh");
+    client
+        .put(format!("{}/meshes/default", global.api))
+        .json(&json!({"type":"Mesh","name":"default"}))
+        .send()
+        .expect("mesh");
     let token = client
         .post(format!("{}/tokens/zone", global.api))
         .json(&json!({"zone":"zone-1"}))
@@ -109,7 +107,11 @@ fn main() {
 
     let t = Instant::now();
     for i in 0..N {
-        client.put(format!("{}/meshes/default/meshgateways/gw-{i}", global.api)).json(&gateway(i, 8080)).send().expect("put");
+        client
+            .put(format!("{}/meshes/default/meshgateways/gw-{i}", global.api))
+            .json(&gateway(i, 8080))
+            .send()
+            .expect("put");
     }
     let apply = t.elapsed();
     let zone_dir = dir.path().join("z");
@@ -125,7 +127,11 @@ fn main() {
     for u in 0..UPDATES {
         let port = 9000 + u as u32;
         let t = Instant::now();
-        client.put(format!("{}/meshes/default/meshgateways/gw-0", global.api)).json(&gateway(0, port)).send().expect("put");
+        client
+            .put(format!("{}/meshes/default/meshgateways/gw-0", global.api))
+            .json(&gateway(0, port))
+            .send()
+            .expect("put");
         loop {
             let v: Value = client
                 .get(format!("{}/meshes/default/meshgateways/gw-0", zone.api))
@@ -163,7 +169,8 @@ fn main() {
     }
     let resync = t.elapsed();
     std::thread::sleep(Duration::from_secs(4)); // let the insight refresh
-    let overview: Value = client.get(format!("{}/zones/_overview", global.api)).send().and_then(|r| r.json()).expect("overview");
+    let overview: Value =
+        client.get(format!("{}/zones/_overview", global.api)).send().and_then(|r| r.json()).expect("overview");
     let subs = overview["items"][0]["zoneInsight"]["subscriptions"].as_array().cloned().unwrap_or_default();
     let sent = subs.last().map(|s| s["status"]["stat"]["MeshGateway"]["resourcesSent"].clone()).unwrap_or(Value::Null);
     println!("zone restart with 1 of {N} changed: converged in {resync:?}; MeshGateways resent: {sent}");

@@ -20,10 +20,7 @@ pub struct Reply {
 impl Reply {
     /// The `details` of an error body.
     pub fn details(&self) -> &str {
-        self.json
-            .get("details")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
+        self.json.get("details").and_then(Value::as_str).unwrap_or_default()
     }
 
     /// `(field, reason)` of each `invalid_parameters` entry.
@@ -34,12 +31,7 @@ impl Reply {
             .map(|ps| {
                 ps.iter()
                     .map(|p| {
-                        let s = |k: &str| {
-                            p.get(k)
-                                .and_then(Value::as_str)
-                                .unwrap_or_default()
-                                .to_string()
-                        };
+                        let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
                         (s("field"), s("reason"))
                     })
                     .collect()
@@ -53,15 +45,7 @@ impl Reply {
             .get("items")
             .and_then(Value::as_array)
             .map(|items| {
-                items
-                    .iter()
-                    .map(|i| {
-                        i.get("name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string()
-                    })
-                    .collect()
+                items.iter().map(|i| i.get("name").and_then(Value::as_str).unwrap_or_default().to_string()).collect()
             })
             .unwrap_or_default()
     }
@@ -78,33 +62,18 @@ pub struct Api {
 impl Api {
     pub fn new(base: &str, token: Option<String>) -> Api {
         crate::init_crypto();
-        let http = reqwest::Client::builder()
-            .build()
-            .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"));
-        Api {
-            base: base.trim_end_matches('/').to_string(),
-            token,
-            http,
-        }
+        let http = reqwest::Client::builder().build().unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"));
+        Api { base: base.trim_end_matches('/').to_string(), token, http }
     }
 
     /// The same API with another bearer token (or none).
     pub fn with_token(&self, token: Option<&str>) -> Api {
-        Api {
-            token: token.map(str::to_string),
-            ..self.clone()
-        }
+        Api { token: token.map(str::to_string), ..self.clone() }
     }
 
     /// Sends `method path` (path and query, starting with `/`) with an
     /// optional raw body and extra headers.
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-        headers: &[(&str, &str)],
-    ) -> Reply {
+    pub async fn request(&self, method: Method, path: &str, body: Option<Vec<u8>>, headers: &[(&str, &str)]) -> Reply {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method.clone(), &url);
         if let Some(t) = &self.token {
@@ -116,34 +85,15 @@ impl Api {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = resp.status().as_u16();
-        let etag = resp
-            .headers()
-            .get(header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim_matches('"').to_string());
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let text = resp
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
+        let etag =
+            resp.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(|v| v.trim_matches('"').to_string());
+        let content_type =
+            resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let text = resp.text().await.unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
         let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            etag,
-            content_type,
-            text,
-            json,
-        }
+        Reply { status, etag, content_type, text, json }
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -152,20 +102,13 @@ impl Api {
 
     /// PUT of a JSON value.
     pub async fn put(&self, path: &str, body: &Value) -> Reply {
-        self.request(Method::PUT, path, Some(body.to_string().into_bytes()), &[])
-            .await
+        self.request(Method::PUT, path, Some(body.to_string().into_bytes()), &[]).await
     }
 
     /// PUT of a JSON value with `If-Match: "<revision>"`.
     pub async fn put_if_match(&self, path: &str, body: &Value, revision: &str) -> Reply {
         let if_match = format!("\"{revision}\"");
-        self.request(
-            Method::PUT,
-            path,
-            Some(body.to_string().into_bytes()),
-            &[("If-Match", &if_match)],
-        )
-        .await
+        self.request(Method::PUT, path, Some(body.to_string().into_bytes()), &[("If-Match", &if_match)]).await
     }
 
     /// PUT of raw bytes (malformed or oversized bodies).
@@ -186,23 +129,11 @@ impl Api {
         for _ in 0..10_000 {
             let r = self.get(&path).await;
             assert_eq!(r.status, 200, "GET {path}: {}", r.text);
-            totals.push(
-                r.json
-                    .get("total")
-                    .and_then(Value::as_u64)
-                    .unwrap_or_else(|| panic!("no total: {}", r.text)),
-            );
-            items.extend(
-                r.json
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default(),
-            );
+            totals.push(r.json.get("total").and_then(Value::as_u64).unwrap_or_else(|| panic!("no total: {}", r.text)));
+            items.extend(r.json.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
             match r.json.get("next").and_then(Value::as_str) {
                 Some(next) => {
-                    let url = reqwest::Url::parse(next)
-                        .unwrap_or_else(|e| panic!("next {next:?} is not a URL: {e}"));
+                    let url = reqwest::Url::parse(next).unwrap_or_else(|e| panic!("next {next:?} is not a URL: {e}"));
                     path = match url.query() {
                         Some(q) => format!("{}?{q}", url.path()),
                         None => url.path().to_string(),

@@ -62,11 +62,7 @@ impl Ctl {
             .prefix("meridianctl-home-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temporary HOME: {e}"));
-        Ctl {
-            args: Vec::new(),
-            env: Vec::new(),
-            home: Arc::new(home),
-        }
+        Ctl { args: Vec::new(), env: Vec::new(), home: Arc::new(home) }
     }
 
     /// The config file this invocation uses (`$HOME/.meridian/meridianctl.yaml`).
@@ -125,18 +121,12 @@ impl Ctl {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let command = format!("meridianctl {}", self.args.join(" "));
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
             let text = text.to_string();
             // Write concurrently with reading the output, so large inputs cannot deadlock.
@@ -145,10 +135,7 @@ impl Ctl {
                 let _ = stdin.shutdown().await;
             });
         }
-        let out = child
-            .wait_with_output()
-            .await
-            .unwrap_or_else(|e| panic!("`{command}`: {e}"));
+        let out = child.wait_with_output().await.unwrap_or_else(|e| panic!("`{command}`: {e}"));
         CtlOutput {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -41,11 +41,9 @@ impl TestStore {
     /// A SQLite file inside `dir`, or a new PostgreSQL database.
     pub async fn create(backend: Backend, dir: &Path) -> TestStore {
         match backend {
-            Backend::Sqlite => TestStore {
-                backend,
-                url: format!("sqlite:{}", dir.join("global.db").display()),
-                postgres: None,
-            },
+            Backend::Sqlite => {
+                TestStore { backend, url: format!("sqlite:{}", dir.join("global.db").display()), postgres: None }
+            }
             Backend::Postgres => {
                 let admin = std::env::var(POSTGRES_URL_ENV).unwrap_or_else(|_| {
                     panic!(
@@ -54,22 +52,17 @@ impl TestStore {
                     )
                 });
                 let name = format!("meridian_it_{:016x}", rand::rng().random::<u64>());
-                let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-                    panic!("cannot connect to {POSTGRES_URL_ENV}={admin}: {e}")
-                });
+                let mut conn = PgConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot connect to {POSTGRES_URL_ENV}={admin}: {e}"));
                 sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .execute(&mut conn)
                     .await
                     .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
                 let _ = conn.close().await;
-                let mut url = Url::parse(&admin)
-                    .unwrap_or_else(|e| panic!("{POSTGRES_URL_ENV} is not a URL: {e}"));
+                let mut url = Url::parse(&admin).unwrap_or_else(|e| panic!("{POSTGRES_URL_ENV} is not a URL: {e}"));
                 url.set_path(&format!("/{name}"));
-                TestStore {
-                    backend,
-                    url: url.to_string(),
-                    postgres: Some((admin, name)),
-                }
+                TestStore { backend, url: url.to_string(), postgres: Some((admin, name)) }
             }
         }
     }
@@ -81,9 +74,7 @@ impl TestStore {
             && let Ok(mut conn) = PgConnection::connect(admin).await
         {
             let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-            let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&mut conn)
-                .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
             let _ = conn.close().await;
         }
     }

@@ -116,8 +116,8 @@ impl JsonApi {
 
     /// PUTs every document of a YAML text at its path; panics on any refusal.
     pub async fn apply_yaml(&self, yaml: &str) {
-        let docs = meridian_sync_proto::universal::parse_documents(yaml)
-            .unwrap_or_else(|e| panic!("not YAML: {e}\n{yaml}"));
+        let docs =
+            meridian_sync_proto::universal::parse_documents(yaml).unwrap_or_else(|e| panic!("not YAML: {e}\n{yaml}"));
         for doc in docs {
             self.apply(&doc).await;
         }

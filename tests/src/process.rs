@@ -66,9 +66,8 @@ pub fn binary(name: &str) -> PathBuf {
 pub fn envoy_binary() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    if let Ok(out) = Command::new("python3")
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
-        .output()
+    if let Ok(out) =
+        Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"]).output()
     {
         dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
     }

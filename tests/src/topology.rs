@@ -55,10 +55,8 @@ pub struct TestDir {
 impl TestDir {
     /// A new directory named after `test`.
     pub fn new(test: &str) -> TestDir {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("meridian-{test}-"))
-            .tempdir()
-            .expect("create the test directory");
+        let dir =
+            tempfile::Builder::new().prefix(&format!("meridian-{test}-")).tempdir().expect("create the test directory");
         let path = dir.path().to_path_buf();
         TestDir { dir: Some(dir), path }
     }

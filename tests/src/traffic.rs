@@ -22,7 +22,6 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-
 /// The Dataplane of a backend: one inbound per (port, service).
 pub fn backend_dataplane(name: &str, inbounds: &[(u16, &str)]) -> String {
     let inbound: Vec<Value> =

@@ -66,7 +66,8 @@ fn references(module: &ModPath, text: &str) -> Vec<ModPath> {
     for c in group.captures_iter(&code) {
         let prefix = if &c[1] == "crate::" { Vec::new() } else { base(c[1].matches("super::").count()) };
         for item in c[2].split(',') {
-            let first = item.trim().split("::").next().unwrap_or("").trim_matches(|ch: char| ch == '{' || ch.is_whitespace());
+            let first =
+                item.trim().split("::").next().unwrap_or("").trim_matches(|ch: char| ch == '{' || ch.is_whitespace());
             if !first.is_empty() {
                 let mut p = prefix.clone();
                 p.push(first.to_string());

@@ -20,12 +20,12 @@
 
 #[path = "gateway_e2e/defaults.rs"]
 mod defaults;
-#[path = "gateway_e2e/edges.rs"]
-mod edges;
 #[path = "gateway_e2e/delegated_and_seeds.rs"]
 mod delegated_and_seeds;
 #[path = "gateway_e2e/dynamics.rs"]
 mod dynamics;
+#[path = "gateway_e2e/edges.rs"]
+mod edges;
 #[path = "gateway_e2e/from_global.rs"]
 mod from_global;
 #[path = "gateway_e2e/protocol.rs"]

@@ -69,15 +69,7 @@ pub fn gateway_yaml(mesh: &str, name: &str, port: u32) -> String {
 /// changed anything (a resource, its labels, its modification time) changes it.
 pub async fn snapshot(api: &Api) -> Value {
     let mut out = serde_json::Map::new();
-    for plural in [
-        "meshes",
-        "meshgateways",
-        "meshgatewayroutes",
-        "secrets",
-        "dataplanes",
-        "zones",
-        "global-secrets",
-    ] {
+    for plural in ["meshes", "meshgateways", "meshgatewayroutes", "secrets", "dataplanes", "zones", "global-secrets"] {
         let r = api.get(&format!("/{plural}?size=1000")).await;
         assert_eq!(r.status, 200, "GET /{plural}: {}", r.text);
         out.insert(plural.to_string(), r.json);
@@ -96,6 +88,5 @@ pub fn without_times(mut v: Value) -> Value {
 
 /// Every document of a YAML stream, as JSON values.
 pub fn yaml_docs(text: &str) -> Vec<Value> {
-    meridian_sync_proto::universal::parse_documents(text)
-        .unwrap_or_else(|e| panic!("not YAML: {e}\n{text}"))
+    meridian_sync_proto::universal::parse_documents(text).unwrap_or_else(|e| panic!("not YAML: {e}\n{text}"))
 }

@@ -38,8 +38,12 @@ async fn sigterm_at_the_global_closes_every_zone_subscription_and_exits_zero() {
     global.restart().await;
     for (zone, id) in open {
         let ov = global.api().zone_overview(zone).await.expect("zone overview");
-        let closed = by_id(&subscriptions(&ov), &id).unwrap_or_else(|| panic!("subscription {id} of {zone} kept: {ov}"));
-        assert!(closed.get("disconnectTime").is_some(), "{zone}'s subscription closed with a disconnect time: {closed}");
+        let closed =
+            by_id(&subscriptions(&ov), &id).unwrap_or_else(|| panic!("subscription {id} of {zone} kept: {ov}"));
+        assert!(
+            closed.get("disconnectTime").is_some(),
+            "{zone}'s subscription closed with a disconnect time: {closed}"
+        );
     }
     // And the zones come back to the new instance.
     for zone in ["zone-1", "zone-2"] {

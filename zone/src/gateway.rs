@@ -318,7 +318,6 @@ fn host_order(h: &str) -> (u8, std::cmp::Reverse<usize>, String) {
     (class, std::cmp::Reverse(h.split('.').count()), h.to_string())
 }
 
-
 /// One MeshGateway listener with what attaches to it.
 struct ListenerCtx<'a> {
     /// The listener hostname, `*` when none.

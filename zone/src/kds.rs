@@ -41,10 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::global_address::{AddressError, Target, Targets};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{
-    Request, Status, Streaming,
-    transport::Channel,
-};
+use tonic::{Request, Status, Streaming, transport::Channel};
 
 /// Reconnect backoff bounds; the delay doubles per failure, with ±50 % jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -176,7 +173,12 @@ fn is_local(labels: &BTreeMap<String, String>, zone: &str) -> bool {
 
 /// What the zone holds of `ty`, by wire name: what came from the global
 /// (`from_global`) or what was authored here.
-async fn local_versions(manager: &Manager, zone: &str, ty: ResourceType, from_global: bool) -> anyhow::Result<BTreeMap<String, String>> {
+async fn local_versions(
+    manager: &Manager,
+    zone: &str,
+    ty: ResourceType,
+    from_global: bool,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let page = manager.list_stored(&ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() }).await?;
     Ok(page
         .items

@@ -215,11 +215,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         async move { change_log.run_compactor(store, shutdown).await }
     });
     tasks.spawn("xDS server", {
-        let config = xds::XdsConfig {
-            zone: args.zone.clone(),
-            instance_id: instance_id.clone(),
-            metrics: sync_metrics.clone(),
-        };
+        let config =
+            xds::XdsConfig { zone: args.zone.clone(), instance_id: instance_id.clone(), metrics: sync_metrics.clone() };
         let store = store.clone();
         let stop = shutdown.clone();
         async move { Ok(xds::serve(xds_listener, limits, store, config, stop).await?) }

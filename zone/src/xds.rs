@@ -36,13 +36,15 @@ use envoy_types::pb::envoy::{
     },
 };
 use meridian_store::{Store, StoreError};
-use meridian_sync_proto::universal;
 use meridian_sync_proto::driver::{
-    Ended, SendConfig, SendWire, metrics::{SyncMetrics, XDS}, send_loop,
+    Ended, SendConfig, SendWire,
+    metrics::{SyncMetrics, XDS},
+    send_loop,
 };
+use meridian_sync_proto::universal;
 use tokio::{net::TcpListener, sync::mpsc};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
 use cache::{Cache, ProxyId};
@@ -174,8 +176,11 @@ trait Wire: Send + 'static {
     type Resp: Send + 'static;
     type Driver: SendWire;
     fn node(req: &Self::Req) -> Option<&Node>;
-    fn wire(first: Self::Req, inbound: Streaming<Self::Req>, tx: mpsc::Sender<Result<Self::Resp, Status>>)
-    -> Self::Driver;
+    fn wire(
+        first: Self::Req,
+        inbound: Streaming<Self::Req>,
+        tx: mpsc::Sender<Result<Self::Resp, Status>>,
+    ) -> Self::Driver;
 }
 
 struct Delta;
@@ -186,7 +191,11 @@ impl Wire for Delta {
     fn node(req: &Self::Req) -> Option<&Node> {
         req.node.as_ref()
     }
-    fn wire(first: Self::Req, inbound: Streaming<Self::Req>, tx: mpsc::Sender<Result<Self::Resp, Status>>) -> Self::Driver {
+    fn wire(
+        first: Self::Req,
+        inbound: Streaming<Self::Req>,
+        tx: mpsc::Sender<Result<Self::Resp, Status>>,
+    ) -> Self::Driver {
         stream::DeltaWire { first: Some(first), inbound, tx }
     }
 }
@@ -199,7 +208,11 @@ impl Wire for Sotw {
     fn node(req: &Self::Req) -> Option<&Node> {
         req.node.as_ref()
     }
-    fn wire(first: Self::Req, inbound: Streaming<Self::Req>, tx: mpsc::Sender<Result<Self::Resp, Status>>) -> Self::Driver {
+    fn wire(
+        first: Self::Req,
+        inbound: Streaming<Self::Req>,
+        tx: mpsc::Sender<Result<Self::Resp, Status>>,
+    ) -> Self::Driver {
         stream::SotwWire { first: Some(first), inbound, tx, translator: Default::default() }
     }
 }

@@ -157,9 +157,7 @@ impl Cache {
 
 /// Starts the cache: loads it, then follows the change feed until the
 /// feed fails for good. Returns the cache and the follower task.
-pub async fn start(
-    store: Store,
-) -> Result<(Cache, impl std::future::Future<Output = anyhow::Result<()>>), StoreError> {
+pub async fn start(store: Store) -> Result<(Cache, impl std::future::Future<Output = anyhow::Result<()>>), StoreError> {
     let cache = Cache::new();
     let from = cache.load(&store).await?;
     let follower = {

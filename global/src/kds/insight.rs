@@ -122,9 +122,7 @@ impl Insights {
     /// The zone-to-global stream of `zone` on `connection` ended: its
     /// counters go unless that connection's session still has to record them.
     pub fn close_upward(&self, zone: &str, connection: Option<SocketAddr>) {
-        let session_open = self
-            .current(zone)
-            .is_some_and(|s| lock(&s).connection == connection);
+        let session_open = self.current(zone).is_some_and(|s| lock(&s).connection == connection);
         if !session_open {
             lock(&self.upward).remove(&(zone.to_string(), connection));
         }
@@ -194,11 +192,7 @@ impl Insights {
                 global_instance_id: self.instance_id.clone(),
                 connect_time: Some(ts(s.connect_time)),
                 disconnect_time: closed.then(|| ts(now)),
-                status: Some(sys::KdsSubscriptionStatus {
-                    last_update_time: Some(ts(now)),
-                    total: Some(total),
-                    stat,
-                }),
+                status: Some(sys::KdsSubscriptionStatus { last_update_time: Some(ts(now)), total: Some(total), stat }),
                 version: Some(sys::Version {
                     kuma_cp: Some(sys::KumaCpVersion { version: s.zone_version.clone(), ..Default::default() }),
                 }),
@@ -241,7 +235,8 @@ mod tests {
 
     #[tokio::test]
     async fn upward_counters_join_the_session_of_their_connection_whichever_opens_first() {
-        let dir = std::env::temp_dir().join(format!("meridian-insight-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let dir =
+            std::env::temp_dir().join(format!("meridian-insight-{}-{:08x}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let store = Store::connect(&format!("sqlite:{}", dir.join("t.db").display())).await.expect("store");
         let insights = Insights::new(Manager::new(store, Role::Global), "g-1".into());
@@ -251,9 +246,15 @@ mod tests {
 
         // The zone-to-global stream counts before the session exists.
         let up = insights.upward("zone-1", conn);
-        up.lock().expect("lock").insert(key.into(), Counters { sent: 1, nacked: 1, resources: 3, ..Counters::default() });
+        up.lock()
+            .expect("lock")
+            .insert(key.into(), Counters { sent: 1, nacked: 1, resources: 3, ..Counters::default() });
         // Another connection's counters are not this session's.
-        insights.upward("zone-1", other).lock().expect("lock").insert(key.into(), Counters { sent: 9, ..Counters::default() });
+        insights
+            .upward("zone-1", other)
+            .lock()
+            .expect("lock")
+            .insert(key.into(), Counters { sent: 9, ..Counters::default() });
         let session = insights.open("zone-1", "0.1.0", conn).await;
         let (_, sub) = insights.subscription(&session, false).expect("subscription");
         let stat = &sub.status.as_ref().expect("status").stat[key];

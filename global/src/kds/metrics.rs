@@ -18,7 +18,11 @@ impl KdsMetrics {
     pub fn register(registry: &mut Registry) -> KdsMetrics {
         let sync = SyncMetrics::register(registry);
         let m = KdsMetrics { sync, zones_connected: Gauge::default() };
-        registry.register("meridian_kds_zones_connected", "Zones connected to this global instance", m.zones_connected.clone());
+        registry.register(
+            "meridian_kds_zones_connected",
+            "Zones connected to this global instance",
+            m.zones_connected.clone(),
+        );
         m
     }
 }

@@ -27,9 +27,9 @@ use meridian_sync_proto::{
     ResourceType,
     delta::{DeltaReceiver, SendStats, SharedSet, shared_diff},
     driver::{
-        Apply, Ended, Incoming, Observer, RecvWire, SendConfig, SendWire, Source,
+        Apply, Ended, Incoming, Observer, RecvWire, SendConfig, SendWire, Source, lock,
         metrics::{GLOBAL_TO_ZONE as DOWN, ZONE_TO_GLOBAL as UP},
-        lock, receive_loop, send_loop,
+        receive_loop, send_loop,
     },
     kds::{self, GLOBAL_TO_ZONE, ZONE_TO_GLOBAL},
 };
@@ -118,7 +118,11 @@ impl SendWire for GrpcWire<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
     async fn recv(&mut self) -> Result<Option<Incoming>, Status> {
         Ok(self.next().await?.map(|request| Incoming { request, force: false }))
     }
-    async fn send(&mut self, response: DeltaDiscoveryResponse, _full: Option<meridian_sync_proto::delta::DesiredSet>) -> bool {
+    async fn send(
+        &mut self,
+        response: DeltaDiscoveryResponse,
+        _full: Option<meridian_sync_proto::delta::DesiredSet>,
+    ) -> bool {
         let encoded = prost::Message::encoded_len(&response);
         if encoded > self.cap {
             let names: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();

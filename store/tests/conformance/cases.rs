@@ -12,10 +12,7 @@ pub async fn create_get_already_exists(h: &Harness) {
     let k = key("Mesh", "", "default");
     assert_eq!(store.get(&k).await.expect("get"), None);
 
-    let created = store
-        .create(labeled(k.clone(), "a", &[("env", "prod")]))
-        .await
-        .expect("create");
+    let created = store.create(labeled(k.clone(), "a", &[("env", "prod")])).await.expect("create");
     assert_eq!(created.revision, 1);
     assert_eq!(created.key, k);
     assert_eq!(created.spec, b"a");
@@ -33,118 +30,61 @@ pub async fn create_get_already_exists(h: &Harness) {
     assert_eq!(store.get(&k).await.expect("get"), Some(created));
 
     // Same name in another mesh or type is another resource.
-    store
-        .create(res(key("Mesh", "m1", "default"), "c"))
-        .await
-        .expect("other mesh");
-    store
-        .create(res(key("Other", "", "default"), "d"))
-        .await
-        .expect("other type");
+    store.create(res(key("Mesh", "m1", "default"), "c")).await.expect("other mesh");
+    store.create(res(key("Other", "", "default"), "d")).await.expect("other type");
     assert_eq!(store.current_revision().await.expect("rev"), 3);
-    assert_eq!(
-        store.backend_name(),
-        if h.is_postgres() {
-            "postgres"
-        } else {
-            "sqlite"
-        }
-    );
+    assert_eq!(store.backend_name(), if h.is_postgres() { "postgres" } else { "sqlite" });
 }
 
 fn names(page: &meridian_store::ListPage) -> Vec<String> {
-    page.items
-        .iter()
-        .map(|r| format!("{}/{}", r.key.mesh, r.key.name))
-        .collect()
+    page.items.iter().map(|r| format!("{}/{}", r.key.mesh, r.key.name)).collect()
 }
 
 pub async fn list_paging_and_filters(h: &Harness) {
     let store = h.open().await;
     let t = "Dataplane";
     // Inserted out of order; bytewise order puts "" < "m1" < "m2", "B" < "a".
-    for (mesh, name, team) in [
-        ("m2", "b", "x"),
-        ("m1", "c", "y"),
-        ("m1", "a", "x"),
-        ("m2", "a", "y"),
-        ("", "z", "x"),
-        ("m1", "B", "x"),
-    ] {
+    for (mesh, name, team) in
+        [("m2", "b", "x"), ("m1", "c", "y"), ("m1", "a", "x"), ("m2", "a", "y"), ("", "z", "x"), ("m1", "B", "x")]
+    {
         let labels = [("team", team), ("zone", "east")];
-        store
-            .create(labeled(key(t, mesh, name), name, &labels))
-            .await
-            .expect("create");
+        store.create(labeled(key(t, mesh, name), name, &labels)).await.expect("create");
     }
-    store
-        .create(res(key("Other", "m1", "a"), "o"))
-        .await
-        .expect("create other");
+    store.create(res(key("Other", "m1", "a"), "o")).await.expect("create other");
 
-    let all = store
-        .list(&ListQuery {
-            type_name: t.into(),
-            ..ListQuery::default()
-        })
-        .await
-        .expect("list");
+    let all = store.list(&ListQuery { type_name: t.into(), ..ListQuery::default() }).await.expect("list");
     assert_eq!(names(&all), ["/z", "m1/B", "m1/a", "m1/c", "m2/a", "m2/b"]);
     assert_eq!(all.total, 6);
     assert_eq!(all.revision, 7);
 
     let page = store
-        .list(&ListQuery {
-            type_name: t.into(),
-            offset: 2,
-            limit: Some(3),
-            ..ListQuery::default()
-        })
+        .list(&ListQuery { type_name: t.into(), offset: 2, limit: Some(3), ..ListQuery::default() })
         .await
         .expect("page");
     assert_eq!(names(&page), ["m1/a", "m1/c", "m2/a"]);
     assert_eq!(page.total, 6);
 
     let past_end = store
-        .list(&ListQuery {
-            type_name: t.into(),
-            offset: 10,
-            limit: Some(u64::MAX),
-            ..ListQuery::default()
-        })
+        .list(&ListQuery { type_name: t.into(), offset: 10, limit: Some(u64::MAX), ..ListQuery::default() })
         .await
         .expect("past end");
     assert!(past_end.items.is_empty());
     assert_eq!(past_end.total, 6);
 
-    let zero = store
-        .list(&ListQuery {
-            type_name: t.into(),
-            limit: Some(0),
-            ..ListQuery::default()
-        })
-        .await
-        .expect("limit 0");
+    let zero =
+        store.list(&ListQuery { type_name: t.into(), limit: Some(0), ..ListQuery::default() }).await.expect("limit 0");
     assert!(zero.items.is_empty());
     assert_eq!(zero.total, 6);
 
     let m1 = store
-        .list(&ListQuery {
-            type_name: t.into(),
-            mesh: Some("m1".into()),
-            ..ListQuery::default()
-        })
+        .list(&ListQuery { type_name: t.into(), mesh: Some("m1".into()), ..ListQuery::default() })
         .await
         .expect("mesh");
     assert_eq!(names(&m1), ["m1/B", "m1/a", "m1/c"]);
     assert_eq!(m1.total, 3);
 
     let global = store
-        .list(&ListQuery {
-            type_name: t.into(),
-            mesh: Some(String::new()),
-            ..ListQuery::default()
-        })
+        .list(&ListQuery { type_name: t.into(), mesh: Some(String::new()), ..ListQuery::default() })
         .await
         .expect("global");
     assert_eq!(names(&global), ["/z"]);
@@ -166,49 +106,26 @@ pub async fn list_paging_and_filters(h: &Harness) {
     let mut both = team_x.clone();
     both.insert("zone".into(), "east".into());
     let x_m2 = store
-        .list(&ListQuery {
-            type_name: t.into(),
-            mesh: Some("m2".into()),
-            labels: both.clone(),
-            ..ListQuery::default()
-        })
+        .list(&ListQuery { type_name: t.into(), mesh: Some("m2".into()), labels: both.clone(), ..ListQuery::default() })
         .await
         .expect("labels+mesh");
     assert_eq!(names(&x_m2), ["m2/b"]);
 
     both.insert("zone".into(), "west".into());
-    let none = store
-        .list(&ListQuery {
-            type_name: t.into(),
-            labels: both,
-            ..ListQuery::default()
-        })
-        .await
-        .expect("no match");
+    let none =
+        store.list(&ListQuery { type_name: t.into(), labels: both, ..ListQuery::default() }).await.expect("no match");
     assert!(none.items.is_empty());
     assert_eq!(none.total, 0);
 
     let missing_key: BTreeMap<String, String> = [("absent".to_owned(), String::new())].into();
     let none = store
-        .list(&ListQuery {
-            type_name: t.into(),
-            labels: missing_key,
-            ..ListQuery::default()
-        })
+        .list(&ListQuery { type_name: t.into(), labels: missing_key, ..ListQuery::default() })
         .await
         .expect("absent label");
-    assert_eq!(
-        none.total, 0,
-        "a filter label must be present, not just empty"
-    );
+    assert_eq!(none.total, 0, "a filter label must be present, not just empty");
 
-    let unknown = store
-        .list(&ListQuery {
-            type_name: "Nope".into(),
-            ..ListQuery::default()
-        })
-        .await
-        .expect("unknown type");
+    let unknown =
+        store.list(&ListQuery { type_name: "Nope".into(), ..ListQuery::default() }).await.expect("unknown type");
     assert_eq!((unknown.items.len(), unknown.total), (0, 0));
 }
 
@@ -220,34 +137,21 @@ pub async fn update_and_conflict(h: &Harness) {
         other => panic!("expected NotFound, got {other:?}"),
     }
     let v1 = store.create(res(k.clone(), "1")).await.expect("create");
-    let v2 = store
-        .update(res(k.clone(), "2"), Some(v1.revision))
-        .await
-        .expect("update");
+    let v2 = store.update(res(k.clone(), "2"), Some(v1.revision)).await.expect("update");
     assert_eq!(v2.revision, 2);
     assert_eq!(v2.create_time, v1.create_time);
     assert!(v2.modify_time >= v1.modify_time);
 
     match store.update(res(k.clone(), "3"), Some(v1.revision)).await {
-        Err(StoreError::Conflict {
-            key,
-            expected,
-            actual,
-        }) => {
+        Err(StoreError::Conflict { key, expected, actual }) => {
             assert_eq!((key, expected, actual), (k.clone(), 1, 2));
         }
         other => panic!("expected Conflict, got {other:?}"),
     }
-    assert_eq!(
-        store.get(&k).await.expect("get").map(|r| r.spec),
-        Some(b"2".to_vec())
-    );
+    assert_eq!(store.get(&k).await.expect("get").map(|r| r.spec), Some(b"2".to_vec()));
     assert_eq!(store.current_revision().await.expect("rev"), 2);
 
-    let v3 = store
-        .update(res(k.clone(), "3"), None)
-        .await
-        .expect("unconditional");
+    let v3 = store.update(res(k.clone(), "3"), None).await.expect("unconditional");
     assert_eq!(v3.revision, 3);
 }
 
@@ -259,20 +163,14 @@ pub async fn concurrent_conflicting_updates(h: &Harness) {
         .map(|i| {
             let store = store.clone();
             let k = k.clone();
-            tokio::spawn(async move {
-                store
-                    .update(res(k, &format!("writer-{i}")), Some(base.revision))
-                    .await
-            })
+            tokio::spawn(async move { store.update(res(k, &format!("writer-{i}")), Some(base.revision)).await })
         })
         .collect();
     let mut winners = Vec::new();
     for task in tasks {
         match task.await.expect("join") {
             Ok(r) => winners.push(r),
-            Err(StoreError::Conflict {
-                expected, actual, ..
-            }) => {
+            Err(StoreError::Conflict { expected, actual, .. }) => {
                 assert_eq!((expected, actual), (base.revision, base.revision + 1));
             }
             Err(e) => panic!("unexpected error {e}"),
@@ -281,10 +179,7 @@ pub async fn concurrent_conflicting_updates(h: &Harness) {
     assert_eq!(winners.len(), 1, "exactly one conditional update wins");
     assert_eq!(winners[0].revision, base.revision + 1);
     assert_eq!(store.get(&k).await.expect("get"), Some(winners[0].clone()));
-    assert_eq!(
-        store.current_revision().await.expect("rev"),
-        base.revision + 1
-    );
+    assert_eq!(store.current_revision().await.expect("rev"), base.revision + 1);
 }
 
 pub async fn delete_and_not_found(h: &Harness) {
@@ -296,24 +191,16 @@ pub async fn delete_and_not_found(h: &Harness) {
     }
     let created = store.create(res(k.clone(), "a")).await.expect("create");
     match store.delete(&k, Some(created.revision + 5)).await {
-        Err(StoreError::Conflict {
-            expected, actual, ..
-        }) => {
+        Err(StoreError::Conflict { expected, actual, .. }) => {
             assert_eq!((expected, actual), (created.revision + 5, created.revision));
         }
         other => panic!("expected Conflict, got {other:?}"),
     }
-    let last = store
-        .delete(&k, Some(created.revision))
-        .await
-        .expect("delete");
+    let last = store.delete(&k, Some(created.revision)).await.expect("delete");
     assert_eq!(last, created, "delete returns the last state");
     assert_eq!(store.get(&k).await.expect("get"), None);
     assert_eq!(store.current_revision().await.expect("rev"), 2);
-    assert!(matches!(
-        store.delete(&k, None).await,
-        Err(StoreError::NotFound(_))
-    ));
+    assert!(matches!(store.delete(&k, None).await, Err(StoreError::NotFound(_))));
     // The key can be created again.
     let again = store.create(res(k.clone(), "b")).await.expect("recreate");
     assert_eq!(again.revision, 3);
@@ -328,31 +215,16 @@ pub async fn noop_writes_do_not_bump(h: &Harness) {
     let (again, created) = store.upsert(w.clone()).await.expect("same upsert");
     assert!(!created);
     assert_eq!(again, first, "a no-op returns the stored record unchanged");
-    assert_eq!(
-        store
-            .update(w.clone(), Some(first.revision))
-            .await
-            .expect("same update"),
-        first
-    );
+    assert_eq!(store.update(w.clone(), Some(first.revision)).await.expect("same update"), first);
     let batch = store
-        .apply_batch(vec![
-            WriteOp::Upsert(w.clone()),
-            WriteOp::Update {
-                res: w.clone(),
-                expected_revision: None,
-            },
-        ])
+        .apply_batch(vec![WriteOp::Upsert(w.clone()), WriteOp::Update { res: w.clone(), expected_revision: None }])
         .await
         .expect("same batch");
     assert_eq!(batch, [Some(first.clone()), Some(first.clone())]);
     assert_eq!(store.current_revision().await.expect("rev"), 1);
 
     // A no-op still checks the expected revision.
-    assert!(matches!(
-        store.update(w.clone(), Some(first.revision + 1)).await,
-        Err(StoreError::Conflict { .. })
-    ));
+    assert!(matches!(store.update(w.clone(), Some(first.revision + 1)).await, Err(StoreError::Conflict { .. })));
 
     // Any of labels, spec, version differing is a real write.
     let relabeled = labeled(k.clone(), "spec", &[("a", "2")]);
@@ -361,10 +233,7 @@ pub async fn noop_writes_do_not_bump(h: &Harness) {
     assert_eq!(r2.revision, 2);
     let mut reversioned = labeled(k.clone(), "spec", &[("a", "2")]);
     reversioned.version = "other".into();
-    assert_eq!(
-        store.upsert(reversioned).await.expect("version").0.revision,
-        3
-    );
+    assert_eq!(store.upsert(reversioned).await.expect("version").0.revision, 3);
 
     // The change log holds exactly the effective writes.
     let mut watch = store.watch(0);
@@ -382,48 +251,26 @@ pub async fn batch_is_atomic(h: &Harness) {
     store.create(res(a.clone(), "a1")).await.expect("create a");
 
     // Second op fails: the first must not be applied.
-    let failed = store
-        .apply_batch(vec![
-            WriteOp::Create(res(b.clone(), "b1")),
-            WriteOp::Create(res(a.clone(), "dup")),
-        ])
-        .await;
-    assert!(
-        matches!(failed, Err(StoreError::AlreadyExists(ref k)) if *k == a),
-        "{failed:?}"
-    );
+    let failed =
+        store.apply_batch(vec![WriteOp::Create(res(b.clone(), "b1")), WriteOp::Create(res(a.clone(), "dup"))]).await;
+    assert!(matches!(failed, Err(StoreError::AlreadyExists(ref k)) if *k == a), "{failed:?}");
     assert_eq!(store.get(&b).await.expect("get b"), None);
     assert_eq!(store.current_revision().await.expect("rev"), 1);
 
     let failed = store
         .apply_batch(vec![
             WriteOp::Upsert(res(b.clone(), "b1")),
-            WriteOp::Update {
-                res: res(a.clone(), "a2"),
-                expected_revision: Some(99),
-            },
+            WriteOp::Update { res: res(a.clone(), "a2"), expected_revision: Some(99) },
         ])
         .await;
-    assert!(
-        matches!(failed, Err(StoreError::Conflict { .. })),
-        "{failed:?}"
-    );
+    assert!(matches!(failed, Err(StoreError::Conflict { .. })), "{failed:?}");
     let failed = store
         .apply_batch(vec![
-            WriteOp::Delete {
-                key: a.clone(),
-                expected_revision: None,
-            },
-            WriteOp::Delete {
-                key: c.clone(),
-                expected_revision: None,
-            },
+            WriteOp::Delete { key: a.clone(), expected_revision: None },
+            WriteOp::Delete { key: c.clone(), expected_revision: None },
         ])
         .await;
-    assert!(
-        matches!(failed, Err(StoreError::NotFound(ref k)) if *k == c),
-        "{failed:?}"
-    );
+    assert!(matches!(failed, Err(StoreError::NotFound(ref k)) if *k == c), "{failed:?}");
     assert!(store.get(&a).await.expect("get a").is_some());
     assert_eq!(store.current_revision().await.expect("rev"), 1);
 
@@ -431,15 +278,9 @@ pub async fn batch_is_atomic(h: &Harness) {
     let out = store
         .apply_batch(vec![
             WriteOp::Create(res(b.clone(), "b1")),
-            WriteOp::Update {
-                res: res(b.clone(), "b2"),
-                expected_revision: Some(2),
-            },
+            WriteOp::Update { res: res(b.clone(), "b2"), expected_revision: Some(2) },
             WriteOp::Upsert(res(c.clone(), "c1")),
-            WriteOp::Delete {
-                key: a.clone(),
-                expected_revision: Some(1),
-            },
+            WriteOp::Delete { key: a.clone(), expected_revision: Some(1) },
         ])
         .await
         .expect("batch");
@@ -452,12 +293,7 @@ pub async fn batch_is_atomic(h: &Harness) {
     let mut seen = Vec::new();
     for _ in 0..4 {
         let ch = crate::harness::next_change(&mut watch).await;
-        seen.push((
-            ch.revision,
-            ch.kind,
-            ch.resource.key.name.clone(),
-            ch.resource.spec.clone(),
-        ));
+        seen.push((ch.revision, ch.kind, ch.resource.key.name.clone(), ch.resource.spec.clone()));
     }
     use meridian_store::ChangeKind::{Delete, Upsert};
     assert_eq!(
@@ -470,32 +306,18 @@ pub async fn batch_is_atomic(h: &Harness) {
         ]
     );
     // The next write continues right after: failed batches consumed nothing.
-    assert_eq!(
-        store.create(res(a, "a3")).await.expect("create").revision,
-        6
-    );
+    assert_eq!(store.create(res(a, "a3")).await.expect("create").revision, 6);
 }
 
 pub async fn odd_input_is_stored_verbatim(h: &Harness) {
     let store = h.open().await;
-    let k = key(
-        "T'ype\"; DROP TABLE resources; --",
-        "m\u{e9}sh",
-        "name/with/slashes",
-    );
-    let mut w = labeled(
-        k.clone(),
-        "",
-        &[("k\"ey", "v'al"), ("", ""), ("\u{1F600}", "{}")],
-    );
+    let k = key("T'ype\"; DROP TABLE resources; --", "m\u{e9}sh", "name/with/slashes");
+    let mut w = labeled(k.clone(), "", &[("k\"ey", "v'al"), ("", ""), ("\u{1F600}", "{}")]);
     w.spec = vec![0, 255, 1, 254];
     w.version = String::new();
     let stored = store.create(w.clone()).await.expect("create");
     let got = store.get(&k).await.expect("get").expect("present");
-    assert_eq!(
-        (got.labels, got.spec, got.version),
-        (w.labels.clone(), w.spec.clone(), w.version)
-    );
+    assert_eq!((got.labels, got.spec, got.version), (w.labels.clone(), w.spec.clone(), w.version));
     let page = store
         .list(&ListQuery {
             type_name: k.type_name.clone(),
@@ -505,12 +327,5 @@ pub async fn odd_input_is_stored_verbatim(h: &Harness) {
         .await
         .expect("list");
     assert_eq!(page.items, [stored]);
-    assert!(
-        store
-            .list(&ListQuery::default())
-            .await
-            .expect("empty type")
-            .items
-            .is_empty()
-    );
+    assert!(store.list(&ListQuery::default()).await.expect("empty type").items.is_empty());
 }

@@ -31,10 +31,7 @@ impl Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         // A nested, not yet existing directory: connect must create it.
         let path = dir.path().join("nested/dir/store.db");
-        Harness {
-            url: format!("sqlite://{}", path.display()),
-            place: Place::Sqlite { _dir: dir },
-        }
+        Harness { url: format!("sqlite://{}", path.display()), place: Place::Sqlite { _dir: dir } }
     }
 
     pub async fn postgres() -> Harness {
@@ -46,15 +43,8 @@ impl Harness {
              throwaway PostgreSQL and sets {PG_ENV})."
         );
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let db = format!(
-            "meridian_t_{}_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            nanos
-        );
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let db = format!("meridian_t_{}_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), nanos);
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
             .unwrap_or_else(|e| panic!("connect to {PG_ENV}={admin_url}: {e}"));
@@ -63,10 +53,7 @@ impl Harness {
             .await
             .expect("create test database");
         let _ = admin.close().await;
-        Harness {
-            url: with_database(&admin_url, &db),
-            place: Place::Postgres { admin_url, db },
-        }
+        Harness { url: with_database(&admin_url, &db), place: Place::Postgres { admin_url, db } }
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -78,9 +65,7 @@ impl Harness {
     }
 
     pub async fn open_with(&self, options: StoreOptions) -> Store {
-        Store::connect_with(&self.url, options)
-            .await
-            .unwrap_or_else(|e| panic!("connect {}: {e}", self.url))
+        Store::connect_with(&self.url, options).await.unwrap_or_else(|e| panic!("connect {}: {e}", self.url))
     }
 
     /// Drops the PostgreSQL database (the SQLite temp dir goes with `self`).
@@ -89,9 +74,7 @@ impl Harness {
             && let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await
         {
             let sql = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
-            let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&mut admin)
-                .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
             let _ = admin.close().await;
         }
     }
@@ -119,22 +102,11 @@ pub fn key(type_name: &str, mesh: &str, name: &str) -> ResourceKey {
 }
 
 pub fn res(key: ResourceKey, spec: &str) -> WriteResource {
-    WriteResource {
-        key,
-        labels: BTreeMap::new(),
-        spec: spec.as_bytes().to_vec(),
-        version: format!("v-{spec}"),
-    }
+    WriteResource { key, labels: BTreeMap::new(), spec: spec.as_bytes().to_vec(), version: format!("v-{spec}") }
 }
 
 pub fn labeled(key: ResourceKey, spec: &str, labels: &[(&str, &str)]) -> WriteResource {
-    WriteResource {
-        labels: labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-        ..res(key, spec)
-    }
+    WriteResource { labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(), ..res(key, spec) }
 }
 
 /// The next item of a watch, failing the test if none comes within `WAIT`.
@@ -170,13 +142,7 @@ where
 
 #[test]
 fn database_url_rewrite() {
-    assert_eq!(
-        with_database("postgres://postgres@127.0.0.1:5/postgres", "x"),
-        "postgres://postgres@127.0.0.1:5/x"
-    );
+    assert_eq!(with_database("postgres://postgres@127.0.0.1:5/postgres", "x"), "postgres://postgres@127.0.0.1:5/x");
     assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
-    assert_eq!(
-        with_database("postgresql://u:p@h/db?sslmode=disable", "x"),
-        "postgresql://u:p@h/x?sslmode=disable"
-    );
+    assert_eq!(with_database("postgresql://u:p@h/db?sslmode=disable", "x"), "postgresql://u:p@h/x?sslmode=disable");
 }

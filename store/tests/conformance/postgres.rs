@@ -16,9 +16,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 
 /// Options that leave wake-ups as the only way a watcher learns of a change.
 pub fn no_backstop() -> StoreOptions {
-    StoreOptions {
-        requery_interval: Duration::from_secs(3600),
-    }
+    StoreOptions { requery_interval: Duration::from_secs(3600) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,10 +29,7 @@ async fn write_through_one_handle_wakes_watcher_on_another() {
         // Drive the watcher until it waits at the head, so only a wake-up
         // can deliver the write below.
         assert_quiet(&mut watch, SETTLE).await;
-        writer
-            .create(res(key("Mesh", "", &format!("m{i}")), "x"))
-            .await
-            .expect("create");
+        writer.create(res(key("Mesh", "", &format!("m{i}")), "x")).await.expect("create");
         let ch = next_change(&mut watch).await;
         assert_eq!((ch.revision, ch.resource.key.name), (i, format!("m{i}")));
     }
@@ -58,10 +53,7 @@ async fn watcher_survives_listener_connection_loss() {
     let writer = h.open().await;
     let watcher = h.open_with(no_backstop()).await;
     let mut watch = watcher.watch(0);
-    writer
-        .create(res(key("Mesh", "", "before"), "x"))
-        .await
-        .expect("create");
+    writer.create(res(key("Mesh", "", "before"), "x")).await.expect("create");
     assert_eq!(next_change(&mut watch).await.revision, 1);
     assert_quiet(&mut watch, SETTLE).await;
 
@@ -80,19 +72,13 @@ async fn watcher_survives_listener_connection_loss() {
 
     // Written while the listener may be down: found by the re-query that
     // follows its resubscription.
-    writer
-        .create(res(key("Mesh", "", "during"), "x"))
-        .await
-        .expect("create");
+    writer.create(res(key("Mesh", "", "during"), "x")).await.expect("create");
     assert_eq!(next_change(&mut watch).await.resource.key.name, "during");
 
     // And notifications flow again afterwards.
     for i in 0..3 {
         assert_quiet(&mut watch, SETTLE).await;
-        writer
-            .create(res(key("Mesh", "", &format!("after{i}")), "x"))
-            .await
-            .expect("create");
+        writer.create(res(key("Mesh", "", &format!("after{i}")), "x")).await.expect("create");
         assert_eq!(next_change(&mut watch).await.revision, 3 + i);
     }
     let _ = admin.close().await;
@@ -104,16 +90,8 @@ async fn watcher_survives_listener_connection_loss() {
 async fn two_handles_migrate_the_same_database() {
     let h = Harness::postgres().await;
     let (a, b) = tokio::join!(h.open(), h.open());
-    a.create(res(key("Mesh", "", "x"), "x"))
-        .await
-        .expect("create");
-    assert_eq!(
-        b.get(&key("Mesh", "", "x"))
-            .await
-            .expect("get")
-            .map(|r| r.revision),
-        Some(1)
-    );
+    a.create(res(key("Mesh", "", "x"), "x")).await.expect("create");
+    assert_eq!(b.get(&key("Mesh", "", "x")).await.expect("get").map(|r| r.revision), Some(1));
     h.cleanup().await;
 }
 

@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use meridian_store::{
-    ChangeKind, ListQuery, Retention, StatusExpect, Store, StoreError,
-};
+use meridian_store::{ChangeKind, ListQuery, Retention, StatusExpect, Store, StoreError};
 
 use crate::harness::{Harness, key, labeled, next_change, next_item, res};
 
@@ -53,14 +51,18 @@ pub async fn status_crud_and_expectations(h: &Harness) {
     assert_eq!(names, [("m1", "dp-1"), ("m1", "dp-2"), ("m2", "dp-1")]);
     assert_eq!(store.list_status(&q(Some("m1"), &[])).await.expect("list").total, 2);
     assert_eq!(store.list_status(&q(None, &[("kuma.io/zone", "z1")])).await.expect("list").total, 2);
-    let page = store
-        .list_status(&ListQuery { offset: 1, limit: Some(1), ..q(None, &[]) })
-        .await
-        .expect("page");
+    let page = store.list_status(&ListQuery { offset: 1, limit: Some(1), ..q(None, &[]) }).await.expect("page");
     assert_eq!((page.total, page.items.len(), page.items[0].key.name.as_str()), (3, 1, "dp-2"));
     // Configuration of the same key is a different record.
     assert_eq!(store.get(&k).await.expect("get"), None);
-    assert_eq!(store.list(&ListQuery { type_name: "DataplaneInsight".into(), ..ListQuery::default() }).await.expect("list").total, 0);
+    assert_eq!(
+        store
+            .list(&ListQuery { type_name: "DataplaneInsight".into(), ..ListQuery::default() })
+            .await
+            .expect("list")
+            .total,
+        0
+    );
 
     assert!(store.delete_status(&k).await.expect("delete"));
     assert!(!store.delete_status(&k).await.expect("again"));
@@ -113,7 +115,13 @@ pub async fn status_is_shared_between_handles(h: &Harness) {
         b.put_status(&res(k.clone(), "b1"), &StatusExpect::Version(seen.version)).await,
         Err(StoreError::StatusConflict(_))
     ));
-    assert_eq!(b.list_status(&ListQuery { type_name: "ZoneInsight".into(), ..ListQuery::default() }).await.expect("list").total, 1);
+    assert_eq!(
+        b.list_status(&ListQuery { type_name: "ZoneInsight".into(), ..ListQuery::default() })
+            .await
+            .expect("list")
+            .total,
+        1
+    );
 }
 
 /// Compaction by count then by age; a watcher left behind gets `Compacted`,
@@ -209,8 +217,11 @@ pub async fn upgrade_moves_stored_insights_to_status(h: &Harness) {
     store.create(res(key("ZoneInsight", "", "zone-1"), "zi")).await.expect("create");
     store.create(res(key("DataplaneInsight", "default", "dp-1"), "di")).await.expect("create");
     // Roll the schema back to before 0002, keeping the rows, then migrate again.
-    const UNDO: [&str; 3] =
-        ["DROP TABLE status", "ALTER TABLE changes DROP COLUMN logged_at", "DELETE FROM _sqlx_migrations WHERE version = 2"];
+    const UNDO: [&str; 3] = [
+        "DROP TABLE status",
+        "ALTER TABLE changes DROP COLUMN logged_at",
+        "DELETE FROM _sqlx_migrations WHERE version = 2",
+    ];
     if h.is_postgres() {
         let pool = sqlx::PgPool::connect(&h.url).await.expect("pool");
         for sql in UNDO {
@@ -226,7 +237,13 @@ pub async fn upgrade_moves_stored_insights_to_status(h: &Harness) {
     }
     let moved = h.open().await;
     assert_eq!(moved.get(&key("ZoneInsight", "", "zone-1")).await.expect("get"), None);
-    assert_eq!(moved.get_status(&key("ZoneInsight", "", "zone-1")).await.expect("get").map(|r| r.spec), Some(b"zi".to_vec()));
-    assert_eq!(moved.get_status(&key("DataplaneInsight", "default", "dp-1")).await.expect("get").map(|r| r.spec), Some(b"di".to_vec()));
+    assert_eq!(
+        moved.get_status(&key("ZoneInsight", "", "zone-1")).await.expect("get").map(|r| r.spec),
+        Some(b"zi".to_vec())
+    );
+    assert_eq!(
+        moved.get_status(&key("DataplaneInsight", "default", "dp-1")).await.expect("get").map(|r| r.spec),
+        Some(b"di".to_vec())
+    );
     assert!(moved.get(&key("Mesh", "", "default")).await.expect("get").is_some());
 }

@@ -12,19 +12,10 @@ const MANY: i64 = 1200;
 
 pub async fn watch_from_zero_then_live(h: &Harness) {
     let store = h.open().await;
-    let ops = (0..MANY)
-        .map(|i| {
-            WriteOp::Create(res(
-                key("Dataplane", "m", &format!("dp-{i:05}")),
-                &i.to_string(),
-            ))
-        })
-        .collect();
+    let ops =
+        (0..MANY).map(|i| WriteOp::Create(res(key("Dataplane", "m", &format!("dp-{i:05}")), &i.to_string()))).collect();
     store.apply_batch(ops).await.expect("batch");
-    store
-        .delete(&key("Dataplane", "m", "dp-00007"), None)
-        .await
-        .expect("delete");
+    store.delete(&key("Dataplane", "m", "dp-00007"), None).await.expect("delete");
 
     let mut watch = store.watch(0);
     for want in 1..=MANY {
@@ -57,41 +48,24 @@ pub async fn watch_from_zero_then_live(h: &Harness) {
 pub async fn watch_from_midway(h: &Harness) {
     let store = h.open().await;
     for i in 0..5 {
-        store
-            .create(res(key("Mesh", "", &format!("m{i}")), "x"))
-            .await
-            .expect("create");
+        store.create(res(key("Mesh", "", &format!("m{i}")), "x")).await.expect("create");
     }
     let mut watch = store.watch(3);
     assert_eq!(next_change(&mut watch).await.resource.key.name, "m3");
     assert_eq!(next_change(&mut watch).await.revision, 5);
-    store
-        .create(res(key("Mesh", "", "m5"), "x"))
-        .await
-        .expect("create");
+    store.create(res(key("Mesh", "", "m5"), "x")).await.expect("create");
     assert_eq!(next_change(&mut watch).await.revision, 6);
 
     // From the head (or beyond it): only what comes later.
     let mut head = store.watch(store.current_revision().await.expect("rev"));
     let mut future = store.watch(7);
-    store
-        .create(res(key("Mesh", "", "m6"), "x"))
-        .await
-        .expect("create");
-    store
-        .create(res(key("Mesh", "", "m7"), "x"))
-        .await
-        .expect("create");
+    store.create(res(key("Mesh", "", "m6"), "x")).await.expect("create");
+    store.create(res(key("Mesh", "", "m7"), "x")).await.expect("create");
     assert_eq!(next_change(&mut head).await.revision, 7);
     assert_eq!(next_change(&mut future).await.revision, 8);
     // A list's revision is a watch starting point.
-    let page = store
-        .list(&meridian_store::ListQuery {
-            type_name: "Mesh".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("list");
+    let page =
+        store.list(&meridian_store::ListQuery { type_name: "Mesh".into(), ..Default::default() }).await.expect("list");
     assert_eq!((page.total, page.revision), (8, 8));
 }
 
@@ -102,10 +76,7 @@ pub async fn watch_resume_without_gaps(h: &Harness) {
         let store = store.clone();
         tokio::spawn(async move {
             for i in 0..TOTAL {
-                store
-                    .upsert(res(key("Mesh", "", &format!("r{}", i % 7)), &i.to_string()))
-                    .await
-                    .expect("upsert");
+                store.upsert(res(key("Mesh", "", &format!("r{}", i % 7)), &i.to_string())).await.expect("upsert");
                 if i % 10 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -127,28 +98,17 @@ pub async fn watch_resume_without_gaps(h: &Harness) {
         }
     }
     writer.await.expect("join");
-    assert_eq!(
-        seen,
-        (1..=TOTAL).collect::<Vec<_>>(),
-        "no gaps, no duplicates"
-    );
+    assert_eq!(seen, (1..=TOTAL).collect::<Vec<_>>(), "no gaps, no duplicates");
 }
 
 pub async fn compaction(h: &Harness) {
     let store = h.open().await;
     for i in 0..10 {
-        store
-            .create(res(key("Mesh", "", &format!("m{i}")), "x"))
-            .await
-            .expect("create");
+        store.create(res(key("Mesh", "", &format!("m{i}")), "x")).await.expect("create");
     }
     assert_eq!(store.compact(5).await.expect("compact"), 5);
     assert_eq!(store.compact(5).await.expect("again"), 0, "idempotent");
-    assert_eq!(
-        store.compact(3).await.expect("lower"),
-        0,
-        "the horizon never moves back"
-    );
+    assert_eq!(store.compact(3).await.expect("lower"), 0, "the horizon never moves back");
 
     let mut old = store.watch(2);
     match next_item(&mut old).await {
@@ -162,67 +122,35 @@ pub async fn compaction(h: &Harness) {
             .is_none(),
         "Compacted ends the stream"
     );
-    assert!(matches!(
-        next_item(&mut store.watch(-3)).await,
-        Err(StoreError::Compacted { .. })
-    ));
+    assert!(matches!(next_item(&mut store.watch(-3)).await, Err(StoreError::Compacted { .. })));
 
     let mut at_horizon = store.watch(5);
     assert_eq!(next_change(&mut at_horizon).await.revision, 6);
 
     // Beyond the head: clamped to the current revision.
     assert_eq!(store.compact(1_000).await.expect("compact all"), 5);
-    assert!(matches!(
-        next_item(&mut store.watch(9)).await,
-        Err(StoreError::Compacted { oldest: 10, .. })
-    ));
+    assert!(matches!(next_item(&mut store.watch(9)).await, Err(StoreError::Compacted { oldest: 10, .. })));
     let mut head = store.watch(10);
-    store
-        .create(res(key("Mesh", "", "after"), "x"))
-        .await
-        .expect("create");
+    store.create(res(key("Mesh", "", "after"), "x")).await.expect("create");
     assert_eq!(next_change(&mut head).await.revision, 11);
     // Current state is untouched by compaction.
-    assert_eq!(
-        store
-            .get(&key("Mesh", "", "m0"))
-            .await
-            .expect("get")
-            .map(|r| r.revision),
-        Some(1)
-    );
+    assert_eq!(store.get(&key("Mesh", "", "m0")).await.expect("get").map(|r| r.revision), Some(1));
 }
 
 pub async fn data_persists_across_reconnect(h: &Harness) {
     let first = {
         let store = h.open().await;
-        let r = store
-            .create(res(key("Mesh", "", "kept"), "1"))
-            .await
-            .expect("create");
-        store
-            .upsert(res(key("Mesh", "", "kept"), "2"))
-            .await
-            .expect("upsert");
-        store
-            .delete(&key("Mesh", "", "kept"), None)
-            .await
-            .expect("delete");
-        store
-            .create(res(key("Mesh", "", "kept"), "3"))
-            .await
-            .expect("recreate");
+        let r = store.create(res(key("Mesh", "", "kept"), "1")).await.expect("create");
+        store.upsert(res(key("Mesh", "", "kept"), "2")).await.expect("upsert");
+        store.delete(&key("Mesh", "", "kept"), None).await.expect("delete");
+        store.create(res(key("Mesh", "", "kept"), "3")).await.expect("recreate");
         r
     };
     // Let the pool's connections close before reopening.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let store = h.open().await;
     assert_eq!(store.current_revision().await.expect("rev"), 4);
-    let got = store
-        .get(&key("Mesh", "", "kept"))
-        .await
-        .expect("get")
-        .expect("present");
+    let got = store.get(&key("Mesh", "", "kept")).await.expect("get").expect("present");
     assert_eq!((got.spec, got.revision), (b"3".to_vec(), 4));
     let mut watch = store.watch(0);
     let replay: Vec<_> = [
@@ -236,12 +164,7 @@ pub async fn data_persists_across_reconnect(h: &Harness) {
     .collect();
     assert_eq!(
         replay,
-        [
-            (1, ChangeKind::Upsert),
-            (2, ChangeKind::Upsert),
-            (3, ChangeKind::Delete),
-            (4, ChangeKind::Upsert)
-        ]
+        [(1, ChangeKind::Upsert), (2, ChangeKind::Upsert), (3, ChangeKind::Delete), (4, ChangeKind::Upsert)]
     );
     drop(watch);
     let reopened_first = {
@@ -249,14 +172,7 @@ pub async fn data_persists_across_reconnect(h: &Harness) {
         next_change(&mut w).await.resource
     };
     assert_eq!(reopened_first, first);
-    assert_eq!(
-        store
-            .create(res(key("Mesh", "", "new"), "x"))
-            .await
-            .expect("create")
-            .revision,
-        5
-    );
+    assert_eq!(store.create(res(key("Mesh", "", "new"), "x")).await.expect("create").revision, 5);
 }
 
 /// Writers on two independent handles (two pools: as two processes would
@@ -265,11 +181,7 @@ pub async fn data_persists_across_reconnect(h: &Harness) {
 /// the in-process wake-up (writes through `a`) and on LISTEN/NOTIFY (writes
 /// through `b`): a lost wake-up hangs the test into its timeout.
 pub async fn concurrent_writers_two_handles(h: &Harness) {
-    let options = if h.is_postgres() {
-        crate::postgres::no_backstop()
-    } else {
-        StoreOptions::default()
-    };
+    let options = if h.is_postgres() { crate::postgres::no_backstop() } else { StoreOptions::default() };
     let a = h.open_with(options.clone()).await;
     let b = h.open_with(options).await;
     const PER_TASK: i64 = 15;
@@ -280,10 +192,7 @@ pub async fn concurrent_writers_two_handles(h: &Harness) {
             let store = if t % 2 == 0 { a.clone() } else { b.clone() };
             tokio::spawn(async move {
                 for i in 0..PER_TASK {
-                    store
-                        .create(res(key("Mesh", "", &format!("t{t}-{i}")), "x"))
-                        .await
-                        .expect("create");
+                    store.create(res(key("Mesh", "", &format!("t{t}-{i}")), "x")).await.expect("create");
                 }
             })
         })

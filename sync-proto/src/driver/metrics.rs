@@ -76,7 +76,9 @@ impl SyncMetrics {
     }
 
     pub fn count(&self, direction: &'static str, resource_type: &str, event: &'static str, n: u64) {
-        self.events.get_or_create(&EventLabels { direction, resource_type: resource_type.to_string(), event }).inc_by(n);
+        self.events
+            .get_or_create(&EventLabels { direction, resource_type: resource_type.to_string(), event })
+            .inc_by(n);
     }
 
     /// An observer counting into these metrics under `direction`.

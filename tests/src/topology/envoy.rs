@@ -5,10 +5,10 @@
 use std::{ffi::OsString, path::PathBuf, process::ExitStatus, sync::Mutex};
 
 use crate::{
-    traffic::{self, Reply},
     json_api::eventually,
     process::{Announce, Process, binary, envoy_binary},
     topology::{TestDir, WAIT, Zone},
+    traffic::{self, Reply},
 };
 
 /// Which ADS variant Envoy speaks (`--xds-mode` of the bootstrap).
@@ -52,7 +52,9 @@ impl Envoy {
         let admin_file = work.join("admin-address");
         let mut args: Vec<OsString> = vec!["-c".into(), boot.into()];
         // Several Envoys on one machine: no shared memory for hot restart.
-        args.extend(["--disable-hot-restart", "--concurrency", "1", "-l", "info", "--drain-time-s", "1"].map(OsString::from));
+        args.extend(
+            ["--disable-hot-restart", "--concurrency", "1", "-l", "info", "--drain-time-s", "1"].map(OsString::from),
+        );
         args.extend(["--admin-address-path".into(), admin_file.clone().into()]);
         let envoy = Envoy {
             process: Process::new(name, envoy_binary(), &dir.logs()),

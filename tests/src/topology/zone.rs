@@ -66,11 +66,8 @@ impl Zone {
     /// flags (besides `--skip-default-mesh`).
     pub async fn connect_with(dir: &TestDir, global: &Global, name: &str, extra: &[&str]) -> Zone {
         let token = global.zone_token(name).await;
-        let federation = Federation {
-            address: global.kds_url(),
-            ca: global.ca().map(Path::to_path_buf),
-            token: Some(token),
-        };
+        let federation =
+            Federation { address: global.kds_url(), ca: global.ca().map(Path::to_path_buf), token: Some(token) };
         let mut args = vec!["--skip-default-mesh".to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
         Zone::launch_with(dir, name, name, Some(federation), args).await

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use meridian_tests::{
     Envoy, Topology, WAIT, XdsMode, eventually,
     process::{Announce, Process, binary, envoy_binary},
     traffic::{self, free_port},
 };
+use serde_json::Value;
 
 fn seeds() -> Vec<Value> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../sync-proto/testdata/seeds.yaml");
@@ -42,7 +42,9 @@ async fn seed_examples_serve_http_tcp_and_delegated_traffic() {
             .collect()
     };
     zone.api().apply_yaml(&yaml(&["default", "edge-gateway", "edge-gateway-route"])).await;
-    zone.api().apply_yaml(&traffic::backend_dataplane("demo-app-1", &[(demo.port, "demo-app_kuma-demo_svc_5000")])).await;
+    zone.api()
+        .apply_yaml(&traffic::backend_dataplane("demo-app-1", &[(demo.port, "demo-app_kuma-demo_svc_5000")]))
+        .await;
     zone.api().apply_yaml(&traffic::backend_dataplane("redis-1", &[(redis, "redis_kuma-demo_svc_6379")])).await;
     zone.api().apply_yaml(&traffic::backend_dataplane("backend-1", &[(backend.port, "backend")])).await;
 
@@ -52,9 +54,8 @@ async fn seed_examples_serve_http_tcp_and_delegated_traffic() {
     std::fs::write(&dp_file, yaml(&["gateway-instance-1"])).expect("dp file");
     let admin_file = dir.join("admin");
     let run = Process::new("dataplane-run", binary("meridian-zone"), &topo.dir().logs());
-    let mut args: Vec<std::ffi::OsString> = ["dataplane", "run", "--api-url", zone.api_url(), "--xds-address"]
-        .map(Into::into)
-        .to_vec();
+    let mut args: Vec<std::ffi::OsString> =
+        ["dataplane", "run", "--api-url", zone.api_url(), "--xds-address"].map(Into::into).to_vec();
     args.push(zone.xds().to_string().into());
     args.extend(["--admin-address".into(), "127.0.0.1:0".into(), "--envoy".into(), envoy_bin.into()]);
     args.extend(["--config-dir".into(), dir.clone().into(), "-f".into(), dp_file.into()]);

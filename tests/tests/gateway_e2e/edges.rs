@@ -93,7 +93,9 @@ conf:
 /// What the backend saw as the path, or the status when no backend answered.
 fn path_seen(r: Result<Reply, String>) -> String {
     match r {
-        Ok(r) => r.echo().ok().and_then(|e| e["path"].as_str().map(str::to_string)).unwrap_or(format!("<{}>", r.status)),
+        Ok(r) => {
+            r.echo().ok().and_then(|e| e["path"].as_str().map(str::to_string)).unwrap_or(format!("<{}>", r.status))
+        }
         Err(e) => e,
     }
 }
@@ -170,7 +172,9 @@ async fn exact_over_prefix_and_every_prefix_rewrite() {
                 let got = path_seen(get(port, &host(pn, rn), path).await);
                 table.push(format!("PREFIX {p:<4} -> {r:<6} {path:<12} => {got}"));
                 if got != want {
-                    wrong.push(format!("PREFIX {p} replacePrefixMatch {r}: {path} reached the backend as {got}, want {want}"));
+                    wrong.push(format!(
+                        "PREFIX {p} replacePrefixMatch {r}: {path} reached the backend as {got}, want {want}"
+                    ));
                 }
             }
         }

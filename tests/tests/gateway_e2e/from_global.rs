@@ -45,10 +45,8 @@ async fn route_applied_at_the_global_reaches_the_backend_and_a_change_reroutes()
 
     // Applied at the global, never at the zone.
     global.api().apply_yaml(&gateway_and_route(port, "/shop", "blue")).await;
-    let synced = zone
-        .api()
-        .wait_for("/meshes/default/meshgatewayroutes/edge-route", "synced from the global", |_| true)
-        .await;
+    let synced =
+        zone.api().wait_for("/meshes/default/meshgatewayroutes/edge-route", "synced from the global", |_| true).await;
     assert_eq!(synced["conf"]["http"]["rules"][0]["backends"][0]["destination"]["kuma.io/service"], "blue");
     // A zone refuses local writes to what the global owns.
     assert_eq!(zone.api().put("/meshes/default/meshgatewayroutes/edge-route", &synced).await.0, 403);

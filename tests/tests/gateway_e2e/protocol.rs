@@ -221,7 +221,8 @@ async fn sotw_answers_changes_not_acks() {
     zone.api().apply_yaml(traffic::MESH).await;
     zone.api().apply_yaml(&two_ports("/", false)).await;
     zone.api().apply_yaml(&traffic::gateway_dataplane("gw-1", "gw")).await;
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", zone.xds())).await.expect("connect");
+    let mut client =
+        AggregatedDiscoveryServiceClient::connect(format!("http://{}", zone.xds())).await.expect("connect");
     // Requests queued by the test: a handful at a time.
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
     tx.send(DiscoveryRequest { node: node("default.gw-1"), type_url: LISTENER_TYPE(), ..Default::default() })
@@ -299,7 +300,9 @@ async fn unserved_type_gets_an_empty_response_and_the_stream_stays_up() {
             .await
             .map_err(|e| e.to_string())?;
         let acked = text.lines().any(|l| {
-            l.starts_with("meridian_kds_events_total{") && l.contains("direction=\"xds\"") && l.contains("event=\"acked\"")
+            l.starts_with("meridian_kds_events_total{")
+                && l.contains("direction=\"xds\"")
+                && l.contains("event=\"acked\"")
         });
         if acked { Ok(()) } else { Err(text) }
     })

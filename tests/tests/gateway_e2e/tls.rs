@@ -26,11 +26,12 @@ async fn https_termination_sni_and_tls_passthrough() {
     for (name, c) in [("foo-cert", &foo), ("bar-cert", &bar), ("term-cert", &term)] {
         zone.api().apply_yaml(&traffic::secret(name, c)).await;
     }
-    zone.api().apply_yaml(&traffic::backend_dataplane(
-        "backends",
-        &[(foo_web.port, "foo-web"), (bar_web.port, "bar-web"), (tls_backend, "tls-backend"), (plain, "plain")],
-    ))
-    .await;
+    zone.api()
+        .apply_yaml(&traffic::backend_dataplane(
+            "backends",
+            &[(foo_web.port, "foo-web"), (bar_web.port, "bar-web"), (tls_backend, "tls-backend"), (plain, "plain")],
+        ))
+        .await;
     let (https, tls) = (free_port(), free_port());
     zone.api().apply_yaml(&format!(
         r#"
@@ -95,7 +96,8 @@ conf: {{tcp: {{rules: [{{backends: [{{destination: {{kuma.io/service: plain}}}}]
     assert!(wrong.get(format!("https://foo.example.com:{https}/")).send().await.is_err());
 
     // TLS passthrough: the backend's own certificate reaches the client.
-    let answer = eventually("TLS passthrough", WAIT, || traffic::tls_talk(tls, "pass.example.com", &pass, "hello")).await;
+    let answer =
+        eventually("TLS passthrough", WAIT, || traffic::tls_talk(tls, "pass.example.com", &pass, "hello")).await;
     assert_eq!(answer, "tls-backend: hello");
     // TLS termination at the gateway, plain TCP to the backend.
     let answer = eventually("TLS termination", WAIT, || traffic::tls_talk(tls, "term.example.com", &term, "hi")).await;

@@ -44,7 +44,8 @@ async fn run(backend: Backend) {
 /// ZoneIngress, and two Zones with their insights.
 async fn write_zone_resources(store_url: &str) {
     let store = Store::connect(store_url).await.unwrap_or_else(|e| panic!("open {store_url}: {e}"));
-    let zone1 = |display: &str| json!({"kuma.io/origin": "zone", "kuma.io/zone": "zone-1", "kuma.io/display-name": display});
+    let zone1 =
+        |display: &str| json!({"kuma.io/origin": "zone", "kuma.io/zone": "zone-1", "kuma.io/display-name": display});
     let docs = [
         json!({"type": "Dataplane", "mesh": "default", "name": "edge-1-bcdd994zxbvwfv24", "labels": zone1("edge-1"),
             "networking": {"address": "10.0.0.1", "gateway": {"type": "BUILTIN",

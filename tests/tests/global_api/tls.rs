@@ -15,7 +15,8 @@ async fn api_over_tls() {
         .expect("params")
         .signed_by(&key, &ca)
         .expect("cert");
-    let (ca_path, cert_path, key_path) = (dir.path().join("ca.pem"), dir.path().join("api.pem"), dir.path().join("api.key"));
+    let (ca_path, cert_path, key_path) =
+        (dir.path().join("ca.pem"), dir.path().join("api.pem"), dir.path().join("api.key"));
     std::fs::write(&ca_path, ca.pem()).expect("write");
     std::fs::write(&cert_path, cert.pem()).expect("write");
     std::fs::write(&key_path, key.serialize_pem()).expect("write");

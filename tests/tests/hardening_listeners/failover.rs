@@ -15,9 +15,11 @@ const FAILOVER: Duration = Duration::from_secs(40);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zone_fails_over_to_the_other_global() {
     let dir = TestDir::new("failover");
-    let ga = Global::start(&dir, "global-a", GlobalSpec { plaintext_kds: true, ..GlobalSpec::on(Backend::Postgres) }).await;
+    let ga =
+        Global::start(&dir, "global-a", GlobalSpec { plaintext_kds: true, ..GlobalSpec::on(Backend::Postgres) }).await;
     ga.api().apply(&mesh("default")).await;
-    let shared = GlobalSpec { shared_store: Some(ga.store_url().to_string()), plaintext_kds: true, ..GlobalSpec::default() };
+    let shared =
+        GlobalSpec { shared_store: Some(ga.store_url().to_string()), plaintext_kds: true, ..GlobalSpec::default() };
     let gb = Global::start(&dir, "global-b", shared).await;
 
     let (url_a, url_b) = (ga.kds_url(), gb.kds_url());

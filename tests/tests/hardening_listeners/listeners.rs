@@ -82,10 +82,8 @@ async fn idle_connections_do_not_starve_the_api_or_new_zones() {
     );
     big.write_all(head.as_bytes()).await.expect("write");
     let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(CLOSE_BOUND, big.read(&mut buf))
-        .await
-        .expect("an answer before the body")
-        .expect("read");
+    let n =
+        tokio::time::timeout(CLOSE_BOUND, big.read(&mut buf)).await.expect("an answer before the body").expect("read");
     let status = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(status.starts_with("HTTP/1.1 413"), "a 1 GiB body was not refused up front: {status}");
 }

@@ -53,7 +53,8 @@ fn too_small_a_cap_is_refused_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caps_split_to_the_smaller_end() {
     let dir = TestDir::new("cap-split");
-    let small = GlobalSpec { extra_args: vec!["--kds-max-message-bytes".into(), "65536".into()], ..GlobalSpec::default() };
+    let small =
+        GlobalSpec { extra_args: vec!["--kds-max-message-bytes".into(), "65536".into()], ..GlobalSpec::default() };
     let gs = Global::start(&dir, "small-global", small).await;
     gs.api().apply(&mesh("default")).await;
     gs.api().apply(&gateway("gw-1", 8080)).await;

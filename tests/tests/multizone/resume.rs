@@ -105,7 +105,9 @@ async fn zone_restart_receives_only_changes() {
     assert_eq!(g.api().delete("/meshes/default/meshgateways/gw-3").await.0, 200);
     z.restart().await;
 
-    z.api().wait_for("/meshes/default/meshgateways/gw-2", "changed while down", |v| listener_port(v) == Some(9092)).await;
+    z.api()
+        .wait_for("/meshes/default/meshgateways/gw-2", "changed while down", |v| listener_port(v) == Some(9092))
+        .await;
     z.api().wait_gone("/meshes/default/meshgateways/gw-3").await;
     assert_eq!(listener_port(&z.api().get("/meshes/default/meshgateways/gw-1").await), Some(8081));
     let sub = new_subscription(&g, "zone-1", &before, |s| stat(s, "MeshGateway", "responsesAcknowledged") >= 1).await;

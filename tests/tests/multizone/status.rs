@@ -120,8 +120,6 @@ async fn followers_behind_compaction_resync() {
     // Later changes flow as usual on both sides.
     g.api().apply(&gateway("gw-late", 18_184)).await;
     z.api()
-        .wait_for("/meshes/default/meshgateways/gw-late", "updated", |v| {
-            v["conf"]["listeners"][0]["port"] == 18_184
-        })
+        .wait_for("/meshes/default/meshgateways/gw-late", "updated", |v| v["conf"]["listeners"][0]["port"] == 18_184)
         .await;
 }

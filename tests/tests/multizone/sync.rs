@@ -85,14 +85,16 @@ async fn zone_dataplanes_reach_the_global_under_their_zone() {
 
     z1.api().apply(&dataplane("dp-1", "10.0.0.1", "web")).await;
     z2.api().apply(&dataplane("dp-1", "10.0.0.2", "web")).await;
-    let dp1 = g.api().wait_for("/meshes/default/dataplanes/zone-1.dp-1", "from zone-1", owned_by("zone-1", "10.0.0.1")).await;
+    let dp1 =
+        g.api().wait_for("/meshes/default/dataplanes/zone-1.dp-1", "from zone-1", owned_by("zone-1", "10.0.0.1")).await;
     assert_eq!(label(&dp1, "kuma.io/display-name"), Some("dp-1"));
     g.api().wait_for("/meshes/default/dataplanes/zone-2.dp-1", "from zone-2", owned_by("zone-2", "10.0.0.2")).await;
     let names = g.api().names("/meshes/default/dataplanes").await.expect("list");
     assert_eq!(names, ["zone-1.dp-1", "zone-2.dp-1"]);
 
     // The global API refuses Dataplanes: no create, change or delete.
-    let (s, body) = g.api().put("/meshes/default/dataplanes/zone-2.dp-1", &dataplane("zone-2.dp-1", "10.9.9.9", "web")).await;
+    let (s, body) =
+        g.api().put("/meshes/default/dataplanes/zone-2.dp-1", &dataplane("zone-2.dp-1", "10.9.9.9", "web")).await;
     assert_eq!(s, 403, "{body}");
     assert_eq!(g.api().put("/meshes/default/dataplanes/dp-9", &dataplane("dp-9", "10.9.9.9", "web")).await.0, 403);
     assert_eq!(g.api().delete("/meshes/default/dataplanes/zone-2.dp-1").await.0, 403);
@@ -114,7 +116,12 @@ async fn zone_dataplanes_reach_the_global_under_their_zone() {
     let claim = [("kuma.io/zone", "zone-2"), ("kuma.io/origin", "zone")];
     let dp = |name: &str| {
         let spec = spec_bytes(&dataplane(name, "10.6.6.6", "web"));
-        raw_kds::resource("default", name, "v-evil", raw_kds::envelope("Dataplane", "default", name, "v-evil", &claim, spec))
+        raw_kds::resource(
+            "default",
+            name,
+            "v-evil",
+            raw_kds::envelope("Dataplane", "default", name, "v-evil", &claim, spec),
+        )
     };
     let send = raw_kds::DeltaDiscoveryResponse {
         type_url: "Dataplane".into(),
@@ -125,8 +132,16 @@ async fn zone_dataplanes_reach_the_global_under_their_zone() {
     tx.send(send).await.expect("send");
     let ack = raw_kds::next(&mut rx, CONVERGE).await;
     assert_eq!((ack.response_nonce.as_str(), ack.error_detail.as_ref()), ("evil-1", None));
-    g.api().wait_for("/meshes/default/dataplanes/zone-1.dp-1", "changed by zone-1", owned_by("zone-1", "10.6.6.6")).await;
-    g.api().wait_for("/meshes/default/dataplanes/zone-1.zone-2.dp-1", "stored under zone-1", owned_by("zone-1", "10.6.6.6")).await;
+    g.api()
+        .wait_for("/meshes/default/dataplanes/zone-1.dp-1", "changed by zone-1", owned_by("zone-1", "10.6.6.6"))
+        .await;
+    g.api()
+        .wait_for(
+            "/meshes/default/dataplanes/zone-1.zone-2.dp-1",
+            "stored under zone-1",
+            owned_by("zone-1", "10.6.6.6"),
+        )
+        .await;
     let removal = raw_kds::DeltaDiscoveryResponse {
         type_url: "Dataplane".into(),
         removed_resources: vec!["dp-1.default".into(), "zone-2.dp-1.default".into()],
@@ -156,13 +171,19 @@ async fn two_globals_on_one_postgres_reach_every_zone() {
     ga.api().apply(&gateway("gw-a", 8080)).await;
     gb.api().apply(&gateway("gw-b", 8081)).await;
     for z in [&z1, &z2] {
-        z.api().wait_for("/meshes/default/meshgateways/gw-a", "written via A", |v| listener_port(v) == Some(8080)).await;
-        z.api().wait_for("/meshes/default/meshgateways/gw-b", "written via B", |v| listener_port(v) == Some(8081)).await;
+        z.api()
+            .wait_for("/meshes/default/meshgateways/gw-a", "written via A", |v| listener_port(v) == Some(8080))
+            .await;
+        z.api()
+            .wait_for("/meshes/default/meshgateways/gw-b", "written via B", |v| listener_port(v) == Some(8081))
+            .await;
     }
     gb.api().apply(&gateway("gw-a", 9090)).await;
     assert_eq!(ga.api().delete("/meshes/default/meshgateways/gw-b").await.0, 200);
     for z in [&z1, &z2] {
-        z.api().wait_for("/meshes/default/meshgateways/gw-a", "updated via B", |v| listener_port(v) == Some(9090)).await;
+        z.api()
+            .wait_for("/meshes/default/meshgateways/gw-a", "updated via B", |v| listener_port(v) == Some(9090))
+            .await;
         z.api().wait_gone("/meshes/default/meshgateways/gw-b").await;
     }
 
@@ -219,8 +240,12 @@ async fn zone_ingress_is_rebroadcast_to_other_zones() {
     });
     z1.api().apply(&ingress).await;
 
-    g.api().wait_for("/zoneingresses/zone-1.ingress-1", "from zone-1", |v| label(v, "kuma.io/zone") == Some("zone-1")).await;
-    z2.api().wait_for("/zoneingresses/zone-1.ingress-1", "relayed", |v| label(v, "kuma.io/zone") == Some("zone-1")).await;
+    g.api()
+        .wait_for("/zoneingresses/zone-1.ingress-1", "from zone-1", |v| label(v, "kuma.io/zone") == Some("zone-1"))
+        .await;
+    z2.api()
+        .wait_for("/zoneingresses/zone-1.ingress-1", "relayed", |v| label(v, "kuma.io/zone") == Some("zone-1"))
+        .await;
     // Settle: zone-2 acknowledged it and had the chance to (wrongly) send it up.
     eventually("zone-2's upward stream is idle", CONVERGE, || async {
         let ov = g.api().zone_overview("zone-2").await?;
@@ -265,9 +290,7 @@ async fn secrets_reach_zones_with_their_data() {
     const SECRET: &str = "/meshes/default/secrets/tls-1";
     let topo = global_and_zones("secrets", GlobalSpec::default(), &["zone-1"]).await;
     let (g, z) = (topo.global(), topo.zone("zone-1"));
-    let secret = |data: &str| {
-        serde_json::json!({"type": "Secret", "mesh": "default", "name": "tls-1", "data": STANDARD.encode(data)})
-    };
+    let secret = |data: &str| serde_json::json!({"type": "Secret", "mesh": "default", "name": "tls-1", "data": STANDARD.encode(data)});
     g.api().apply(&secret("first")).await;
     let first = STANDARD.encode("first");
     z.api().wait_for(SECRET, "the first data", |v| v["data"].as_str() == Some(first.as_str())).await;
@@ -281,8 +304,11 @@ async fn secrets_reach_zones_with_their_data() {
     z.api().wait_gone(SECRET).await;
 
     // The same traffic shows in the global's Prometheus figures.
-    let metrics = reqwest::get(format!("{}/metrics", g.api_url())).await.expect("GET /metrics").text().await.expect("body");
-    let line = |needle: &str| metrics.lines().find(|l| l.starts_with(needle) && l.contains("resource_type=\"Secret\"")).map(str::to_string);
+    let metrics =
+        reqwest::get(format!("{}/metrics", g.api_url())).await.expect("GET /metrics").text().await.expect("body");
+    let line = |needle: &str| {
+        metrics.lines().find(|l| l.starts_with(needle) && l.contains("resource_type=\"Secret\"")).map(str::to_string)
+    };
     let sent = line("meridian_kds_events_total{direction=\"global_to_zone\"").expect("Secret events in /metrics");
     assert!(!sent.ends_with(" 0"), "{sent}");
     assert!(metrics.lines().any(|l| l == "meridian_kds_zones_connected 1"), "{metrics}");
@@ -290,10 +316,17 @@ async fn secrets_reach_zones_with_their_data() {
     // own figures for the same stream, in its registry.
     let has = |url: String, needle: &'static str| async move {
         let text = reqwest::get(url).await.map_err(|e| e.to_string())?.text().await.map_err(|e| e.to_string())?;
-        if text.lines().any(|l| l.starts_with(needle) && l.contains("resource_type=\"Secret\"")) { Ok(()) } else { Err(text) }
+        if text.lines().any(|l| l.starts_with(needle) && l.contains("resource_type=\"Secret\"")) {
+            Ok(())
+        } else {
+            Err(text)
+        }
     };
     eventually("the global's change-to-ACK histogram", CONVERGE, || {
-        has(format!("{}/metrics", g.api_url()), "meridian_sync_change_to_ack_seconds_count{direction=\"global_to_zone\"")
+        has(
+            format!("{}/metrics", g.api_url()),
+            "meridian_sync_change_to_ack_seconds_count{direction=\"global_to_zone\"",
+        )
     })
     .await;
     eventually("the zone's KDS figures", CONVERGE, || {

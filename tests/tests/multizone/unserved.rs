@@ -26,9 +26,13 @@ async fn global_answers_an_unserved_type_empty_and_keeps_the_stream() {
     assert_eq!(empty.type_url, "CircuitBreaker");
     assert!(empty.resources.is_empty() && empty.removed_resources.is_empty(), "{empty:?}");
     assert!(!empty.nonce.is_empty());
-    tx.send(DeltaDiscoveryRequest { type_url: "CircuitBreaker".into(), response_nonce: empty.nonce, ..Default::default() })
-        .await
-        .expect("ack");
+    tx.send(DeltaDiscoveryRequest {
+        type_url: "CircuitBreaker".into(),
+        response_nonce: empty.nonce,
+        ..Default::default()
+    })
+    .await
+    .expect("ack");
     tx.send(DeltaDiscoveryRequest { type_url: "MeshGateway".into(), ..Default::default() }).await.expect("send");
     let gws = raw_kds::next(&mut rx, CONVERGE).await;
     assert_eq!(gws.type_url, "MeshGateway");
@@ -55,7 +59,8 @@ async fn global_ignores_a_type_it_did_not_ask_for_and_keeps_the_stream() {
     };
     tx.send(unasked).await.expect("send");
     let spec = spec_bytes(&dataplane("dp-1", "10.0.0.1", "web"));
-    let dp = raw_kds::resource("default", "dp-1", "v1", raw_kds::envelope("Dataplane", "default", "dp-1", "v1", &[], spec));
+    let dp =
+        raw_kds::resource("default", "dp-1", "v1", raw_kds::envelope("Dataplane", "default", "dp-1", "v1", &[], spec));
     let send = raw_kds::DeltaDiscoveryResponse {
         type_url: "Dataplane".into(),
         resources: vec![dp],

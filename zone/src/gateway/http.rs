@@ -596,8 +596,14 @@ mod tests {
     fn prefix_replacements_ignore_trailing_slashes() {
         let prefix = |v: &str| Some(RewritePath::ReplacePrefixMatch(v.into()));
         for r in ["/a/b", "/a/b/"] {
-            assert_eq!(path_rewrite(prefix(r).as_ref(), PrefixPart::Exact), Ok(Some(PathRewrite::Prefix("/a/b".into()))));
-            assert_eq!(path_rewrite(prefix(r).as_ref(), PrefixPart::Slash), Ok(Some(PathRewrite::Prefix("/a/b/".into()))));
+            assert_eq!(
+                path_rewrite(prefix(r).as_ref(), PrefixPart::Exact),
+                Ok(Some(PathRewrite::Prefix("/a/b".into())))
+            );
+            assert_eq!(
+                path_rewrite(prefix(r).as_ref(), PrefixPart::Slash),
+                Ok(Some(PathRewrite::Prefix("/a/b/".into())))
+            );
             assert_eq!(path_rewrite(prefix(r).as_ref(), PrefixPart::Root), Ok(Some(PathRewrite::Root("/a/b".into()))));
         }
         assert_eq!(path_rewrite(prefix("/").as_ref(), PrefixPart::Exact), Ok(Some(PathRewrite::Prefix("/".into()))));

@@ -39,7 +39,9 @@ use meridian_sync_proto::{
     validate,
 };
 
-use super::{Ctx, Item, ListenerCtx, MeshSnapshot, clusters, host_order, hosts_match, http, norm_host, select::selector_matches};
+use super::{
+    Ctx, Item, ListenerCtx, MeshSnapshot, clusters, host_order, hosts_match, http, norm_host, select::selector_matches,
+};
 
 fn protocol_name(p: Protocol) -> &'static str {
     match p {

@@ -176,7 +176,8 @@ impl Cache {
             .into_iter()
             .filter(|id| inner.proxies.contains_key(id))
             .map(|id| {
-                let snap = inner.meshes.get(&id.mesh).cloned().unwrap_or_else(|| Arc::new(MeshSnapshot::new(id.mesh.clone())));
+                let snap =
+                    inner.meshes.get(&id.mesh).cloned().unwrap_or_else(|| Arc::new(MeshSnapshot::new(id.mesh.clone())));
                 (id, snap)
             })
             .collect();
