@@ -23,7 +23,10 @@ use meridian_runtime::CancellationToken;
 use meridian_store::StoreError;
 use meridian_sync_proto::{
     ResourceType, Spec,
-    kds::{MD_AUTHORIZATION, MD_CLIENT_ID, MD_KDS_VERSION, MD_VERSION, check_zone_name},
+    kds::{
+        MD_AUTHORIZATION, MD_CLIENT_ID, MD_KDS_VERSION, MD_MAX_MESSAGE_BYTES, MD_VERSION, agreed_max_message_bytes,
+        check_zone_name,
+    },
     pb::{
         self,
         kds::{
@@ -36,10 +39,7 @@ use meridian_sync_proto::{
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tonic::{
-    Request, Response, Status, Streaming,
-    codec::CompressionEncoding,
-    metadata::MetadataMap,
-    transport::{Server, ServerTlsConfig, server::TcpIncoming},
+    Request, Response, Status, Streaming, codec::CompressionEncoding, metadata::MetadataMap, transport::Server,
 };
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
@@ -47,8 +47,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Delt
 use crate::tokens::ZoneTokens;
 
 /// Default cap on one KDS message; larger updates are split across
-/// responses, and a single resource above it is refused when written.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// responses, and a single resource above its budget
+/// ([`meridian_sync_proto::kds::resource_budget`]) is refused when written.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = meridian_sync_proto::kds::DEFAULT_MAX_MESSAGE_BYTES;
 /// HTTP/2 PING interval and timeout: a peer that stops answering is dropped
 /// within their sum (10 s), inside the 15 s users are promised.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -104,9 +105,11 @@ impl KdsServer {
         }
     }
 
-    /// Checks who is calling. Returns the zone name, the zone's version and
-    /// the token it presented (re-checked while the stream lives).
-    async fn authenticate(&self, md: &MetadataMap) -> Result<(String, String, String), Status> {
+    /// Checks who is calling. Returns the zone name, the zone's version, the
+    /// token it presented (re-checked while the stream lives) and the
+    /// message cap agreed with it (the smaller of ours and the one it
+    /// advertised in `x-meridian-max-message-bytes`).
+    async fn authenticate(&self, md: &MetadataMap) -> Result<Caller, Status> {
         let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let zone = text(MD_CLIENT_ID);
         if let Err(reason) = check_zone_name(&zone) {
@@ -128,7 +131,18 @@ impl KdsServer {
         }
         self.ensure_zone_enabled(&zone).await?;
         let token = token.unwrap_or_default().to_string();
-        Ok((zone, text(MD_VERSION), token))
+        let advertised = md.get(MD_MAX_MESSAGE_BYTES).and_then(|v| v.to_str().ok());
+        let max_message_bytes = agreed_max_message_bytes(self.max_message_bytes, advertised);
+        Ok(Caller { zone, version: text(MD_VERSION), token, max_message_bytes })
+    }
+
+    /// A stream's response, carrying this global's cap in its headers.
+    fn response<T>(&self, body: T) -> Response<T> {
+        let mut r = Response::new(body);
+        if let Ok(v) = self.max_message_bytes.to_string().parse() {
+            r.metadata_mut().insert(MD_MAX_MESSAGE_BYTES, v);
+        }
+        r
     }
 
     /// Creates the Zone record on the first authenticated connect; refuses a
@@ -163,6 +177,15 @@ impl KdsServer {
     }
 }
 
+/// An authenticated caller ([`KdsServer::authenticate`]).
+pub(crate) struct Caller {
+    pub(crate) zone: String,
+    pub(crate) version: String,
+    pub(crate) token: String,
+    /// Bytes; what both ends of this stream split to.
+    pub(crate) max_message_bytes: usize,
+}
+
 type ResponseStream<T> = tokio_stream::wrappers::ReceiverStream<Result<T, Status>>;
 
 #[tonic::async_trait]
@@ -174,27 +197,27 @@ impl KdsSyncService for KdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::GlobalToZoneSyncStream>, Status> {
-        let (zone, version, token) = self.authenticate(request.metadata()).await?;
+        let caller = self.authenticate(request.metadata()).await?;
         let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();
-        self.streams.spawn(async move {
-            stream::global_to_zone(server, zone, version, token, connection, request.into_inner(), tx).await
-        });
-        Ok(Response::new(ResponseStream::new(rx)))
+        self.streams
+            .spawn(async move { stream::global_to_zone(server, caller, connection, request.into_inner(), tx).await });
+        Ok(self.response(ResponseStream::new(rx)))
     }
 
     async fn zone_to_global_sync(
         &self,
         request: Request<Streaming<DeltaDiscoveryResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
-        let (zone, _, _) = self.authenticate(request.metadata()).await?;
+        let Caller { zone, token, .. } = self.authenticate(request.metadata()).await?;
         let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();
-        self.streams
-            .spawn(async move { stream::zone_to_global(server, zone, connection, request.into_inner(), tx).await });
-        Ok(Response::new(ResponseStream::new(rx)))
+        self.streams.spawn(async move {
+            stream::zone_to_global(server, zone, token, connection, request.into_inner(), tx).await
+        });
+        Ok(self.response(ResponseStream::new(rx)))
     }
 }
 
@@ -207,8 +230,8 @@ impl GlobalKdsService for KdsServer {
         &self,
         request: Request<ZoneHealthCheckRequest>,
     ) -> Result<Response<ZoneHealthCheckResponse>, Status> {
-        let (zone, _, _) = self.authenticate(request.metadata()).await?;
-        tracing::debug!(zone = %zone, "zone health check");
+        let caller = self.authenticate(request.metadata()).await?;
+        tracing::debug!(zone = %caller.zone, "zone health check");
         let interval = envoy_types::pb::google::protobuf::Duration {
             seconds: ZONE_HEALTH_CHECK_INTERVAL.as_secs().try_into().unwrap_or(i64::MAX),
             nanos: 0,
@@ -222,7 +245,8 @@ impl GlobalKdsService for KdsServer {
 pub async fn serve(
     listener: TcpListener,
     server: KdsServer,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    limits: meridian_rest::listener::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let max = server.max_message_bytes;
@@ -236,11 +260,19 @@ pub async fn serve(
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
+    // TLS is done by the guarded listener (handshake deadline, cap), not by
+    // tonic: connections reach tonic only once they have spoken.
+    let router = builder.add_service(svc).add_service(health);
+    match tls {
+        Some(tls) => {
+            let incoming = meridian_rest::listener::tls(listener, limits, "KDS", tls)?.into_stream();
+            router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        }
+        None => {
+            let incoming = meridian_rest::listener::plain(listener, limits, "KDS")?.into_stream();
+            router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        }
     }
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    builder.add_service(svc).add_service(health).serve_with_incoming_shutdown(incoming, shutdown).await?;
     streams.close();
     streams.wait().await;
     Ok(())

@@ -21,7 +21,7 @@ use meridian_core::{Manager, Role, metrics::StoreMetrics};
 use meridian_rest::{ApiState, ServerInfo, auth::Auth, metrics::ApiMetrics};
 use meridian_runtime::{
     CancellationToken, Tasks, announce,
-    args::{ApiArgs, ChangeLogArgs, DefaultsArgs, LogArgs, StateArgs},
+    args::{ApiArgs, ChangeLogArgs, DefaultsArgs, ListenerArgs, LogArgs, StateArgs},
     state,
 };
 use tokio::net::TcpListener;
@@ -56,6 +56,12 @@ pub struct RunArgs {
     #[serde(flatten)]
     pub defaults: DefaultsArgs,
 
+    /// Connection cap and deadlines of every listener (--max-connections,
+    /// --idle-timeout, --tls-handshake-timeout).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub listeners: ListenerArgs,
+
     /// Address of the KDS server zones connect to.
     #[arg(long, env = "MERIDIAN_KDS_ADDR", default_value = "0.0.0.0:5685")]
     pub kds_addr: SocketAddr,
@@ -78,8 +84,11 @@ pub struct RunArgs {
     #[arg(long, env = "MERIDIAN_KDS_TLS_SAN", value_delimiter = ',')]
     pub kds_tls_san: Vec<String>,
 
-    /// Largest KDS message, in bytes; larger updates are split.
-    #[arg(long, env = "MERIDIAN_KDS_MAX_MESSAGE_BYTES", default_value_t = kds::DEFAULT_MAX_MESSAGE_BYTES)]
+    /// Largest KDS message, in bytes (at least 65536); larger updates are
+    /// split, to the smaller of this and the zone's cap. A resource may use
+    /// all of it but the envelope's room (a quarter, at most 64 KiB).
+    #[arg(long, env = "MERIDIAN_KDS_MAX_MESSAGE_BYTES", default_value_t = kds::DEFAULT_MAX_MESSAGE_BYTES,
+          value_parser = meridian_sync_proto::kds::parse_max_message_bytes)]
     pub kds_max_message_bytes: usize,
 
     #[command(flatten)]
@@ -112,7 +121,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let store_metrics = StoreMetrics::register(&mut registry);
     let kds_metrics = kds::metrics::KdsMetrics::register(&mut registry);
     // One resource must fit in one KDS message with room for its envelope.
-    let resource_limit = args.api.max_resource_bytes.min(args.kds_max_message_bytes.saturating_sub(64 * 1024));
+    let resource_limit =
+        args.api.max_resource_bytes.min(meridian_sync_proto::kds::resource_budget(args.kds_max_message_bytes));
     let manager =
         Manager::new(store.clone(), Role::Global).with_max_resource_bytes(resource_limit).with_metrics(store_metrics);
     state::default_mesh(&manager, args.defaults.skip_default_mesh).await?;
@@ -185,13 +195,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
             }
         }
     });
+    let limits = args.listeners.limits();
     tasks.spawn("API server", {
         let stop = shutdown.clone().cancelled_owned();
-        async move { Ok(meridian_rest::server::serve(api_listener, api_tls, router, stop).await?) }
+        async move { Ok(meridian_rest::server::serve(api_listener, api_tls, limits, router, stop).await?) }
     });
     tasks.spawn("KDS server", {
         let stop = shutdown.clone().cancelled_owned();
-        async move { kds::serve(kds_listener, kds_server, tls, stop).await }
+        async move { kds::serve(kds_listener, kds_server, tls, limits, stop).await }
     });
     tasks.spawn("change-log compactor", {
         let (change_log, store, shutdown) = (args.change_log.clone(), store.clone(), shutdown.clone());

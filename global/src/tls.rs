@@ -2,11 +2,13 @@
 //! certificate generated once into the data directory. Zones verify the
 //! global with that CA (`meridian-zone run --global-ca <data-dir>/kds-ca.crt`).
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::Context;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use tonic::transport::{Identity, ServerTlsConfig};
 
 /// Where the generated files live.
 pub struct GeneratedPaths {
@@ -29,7 +31,7 @@ pub fn server_config(
     cert: Option<&Path>,
     key: Option<&Path>,
     sans: &[String],
-) -> anyhow::Result<(ServerTlsConfig, Option<PathBuf>)> {
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, Option<PathBuf>)> {
     let (cert_pem, key_pem, ca) = match (cert, key) {
         (Some(c), Some(k)) => (
             std::fs::read(c).with_context(|| format!("cannot read KDS certificate {}", c.display()))?,
@@ -45,7 +47,9 @@ pub fn server_config(
         }
         _ => anyhow::bail!("--kds-tls-cert and --kds-tls-key go together"),
     };
-    Ok((ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem)), ca))
+    let config =
+        meridian_rest::server::tls_config_from_pem(&cert_pem, &key_pem, &[b"h2"]).context("KDS certificate and key")?;
+    Ok((config, ca))
 }
 
 fn generate(paths: &GeneratedPaths, sans: &[String]) -> anyhow::Result<()> {

@@ -47,6 +47,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/meshes/{mesh}/{plural}/{name}", get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh))
         .fallback(|| async { ApiError::not_found("no such endpoint; see GET / for the API") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // A declared Content-Length over the limit is answered 413 before
+        // any of the body is read (DefaultBodyLimit alone only stops the
+        // body while it is being read, in the extractor).
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(metrics, observe))
         .with_state(state)
 }

@@ -15,12 +15,14 @@
 //! - [`error`]: the incumbent's error body and status mapping.
 //! - [`state`]: what every handler gets.
 //! - [`metrics`]: request figures, registered into an injected registry.
+//! - [`listener`]: the guarded accept loop of every listener (cap, deadlines).
 //! - [`server`]: serving a router on an already-bound listener until shutdown.
 
 pub mod auth;
 pub mod error;
 pub mod filters;
 pub mod handlers;
+pub mod listener;
 pub mod metrics;
 pub mod overview;
 pub mod paging;

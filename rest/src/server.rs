@@ -1,134 +1,112 @@
 //! Serving the API on a listener the caller bound (tests bind port 0),
-//! over plain TCP or TLS.
+//! over plain TCP or TLS, through [`crate::listener`] (connection cap,
+//! handshake and idle deadlines).
 
-use std::{future::Future, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::Context;
-use axum::{
-    Router,
-    extract::connect_info::Connected,
-    serve::{IncomingStream, Listener},
+use axum::{Router, extract::ConnectInfo};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto::Builder, graceful::GracefulShutdown},
+    service::TowerToHyperService,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::mpsc,
-};
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+
+use crate::listener::{self, Limits};
 
 /// The caller's address, for handlers (`ConnectInfo<PeerAddr>`), on TCP and TLS alike.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-impl Connected<IncomingStream<'_, TcpListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> PeerAddr {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for PeerAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> PeerAddr {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-/// Connections whose TLS handshake finished, waiting for the server.
-const HANDSHAKED_QUEUE: usize = 64;
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A TCP listener that hands out TLS streams. Handshakes run in their own
-/// tasks, so a slow client never holds up the others.
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<TlsListener> {
-        let local = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
-        let (tx, ready) = mpsc::channel(HANDSHAKED_QUEUE);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let (acceptor, ready_tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = ready_tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        Ok(TlsListener { local, ready })
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The accept task ended (it never does while we hold the receiver).
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
 /// A rustls server config (ring, TLS 1.2+, ALPN h2 and http/1.1) from PEM files.
 pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("cannot read certificate {}", cert.display()))?
+    let cert_pem = std::fs::read(cert).with_context(|| format!("cannot read certificate {}", cert.display()))?;
+    let key_pem = std::fs::read(key).with_context(|| format!("cannot read a private key from {}", key.display()))?;
+    tls_config_from_pem(&cert_pem, &key_pem, &[b"h2", b"http/1.1"])
+        .with_context(|| format!("{} and {}", cert.display(), key.display()))
+}
+
+/// A rustls server config (ring, TLS 1.2+) from PEM bytes, offering the
+/// ALPN protocols `alpn` (KDS: `h2` only; the API: `h2` and `http/1.1`).
+///
+/// Errors: no certificate, invalid PEM, no key, or a key that does not match.
+pub fn tls_config_from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    alpn: &[&[u8]],
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("invalid PEM in {}", cert.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("cannot read a private key from {}", key.display()))?;
+        .context("invalid PEM in the certificate")?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in the certificate PEM");
+    let key = PrivateKeyDer::from_pem_slice(key_pem).context("cannot read a private key")?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("certificate and key do not match")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
 /// Serves `router` until `shutdown` resolves, then drains in-flight
-/// requests; over TLS when `tls` is given.
+/// requests; over TLS when `tls` is given. Connections are admitted by
+/// [`crate::listener`] under `limits`; an HTTP/1 request whose headers do
+/// not arrive within `limits.idle_timeout` is closed (hyper's header-read
+/// timeout, which `axum::serve` leaves off).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: Limits,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router
-        .layer(axum::middleware::map_request(crate::auth::host_from_authority))
-        .into_make_service_with_connect_info::<PeerAddr>();
+    // HTTP/2 `:authority` (or an absolute-form target) names the host the
+    // loopback-trust rule checks, as `Host` does.
+    let router = router.layer(axum::middleware::map_request(crate::auth::host_from_authority));
     match tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
-        Some(config) => axum::serve(TlsListener::new(listener, config)?, app).with_graceful_shutdown(shutdown).await,
+        None => serve_guarded(listener::plain(listener, limits, "API")?, limits, router, shutdown).await,
+        Some(config) => serve_guarded(listener::tls(listener, limits, "API", config)?, limits, router, shutdown).await,
     }
+    Ok(())
+}
+
+async fn serve_guarded<S>(
+    mut guarded: listener::Guarded<S>,
+    limits: Limits,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.idle_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let conn = tokio::select! {
+            c = guarded.accept() => c,
+            () = &mut shutdown => break,
+        };
+        let peer = PeerAddr(conn.remote_addr());
+        let svc = router.clone().map_request(move |req: http::Request<hyper::body::Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req
+        });
+        let served = builder.serve_connection_with_upgrades(TokioIo::new(conn), TowerToHyperService::new(svc));
+        let served = graceful.watch(served.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::debug!(peer = %peer.0, error = %e, "API connection ended with an error");
+            }
+        });
+    }
+    drop(guarded);
+    graceful.shutdown().await;
 }
 
 /// Prints a line users (and test harnesses) read on stdout; a closed stdout

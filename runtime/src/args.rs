@@ -100,6 +100,58 @@ impl ApiArgs {
     }
 }
 
+/// What every listener of the process (REST API, KDS, xDS) enforces on
+/// its connections ([`meridian_rest::listener`]): a cap, and deadlines for
+/// clients that connect and then say nothing.
+#[derive(Debug, Clone, Args, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerArgs {
+    /// Open connections at most, per listener; beyond it the newest
+    /// connection is closed at once, so that admitted callers, connected
+    /// zones and Envoys keep working and the process keeps file descriptors.
+    #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS", default_value_t = meridian_rest::listener::DEFAULT_MAX_CONNECTIONS,
+          value_parser = at_least_one)]
+    pub max_connections: usize,
+
+    /// A connection that sends nothing (no HTTP/2 preface, no request line)
+    /// for this long after connecting is closed; on the API, so is an HTTP/1
+    /// request whose headers take longer (`10s`, `1m`).
+    #[arg(long, env = "MERIDIAN_IDLE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub idle_timeout: Duration,
+
+    /// A TLS handshake not finished within this is abandoned.
+    #[arg(long, env = "MERIDIAN_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub tls_handshake_timeout: Duration,
+}
+
+impl ListenerArgs {
+    /// The limits these flags describe.
+    pub fn limits(&self) -> meridian_rest::listener::Limits {
+        meridian_rest::listener::Limits {
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+            handshake_timeout: self.tls_handshake_timeout,
+        }
+    }
+}
+
+/// A count of at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A humantime duration above zero.
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() { Err("must be above zero".to_string()) } else { Ok(d) }
+}
+
 /// What a global or a standalone zone creates by itself at start.
 #[derive(Debug, Clone, Args, Serialize)]
 #[serde(rename_all = "camelCase")]

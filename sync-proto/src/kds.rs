@@ -7,7 +7,8 @@
 //!   `type.googleapis.com/kuma.mesh.v1alpha1.KumaResource` whose `spec` is an
 //!   `Any` of the spec message; the version is the resource's content hash.
 //! - Metadata on every call: `client-id` (the zone), `kds-version: v3`,
-//!   `features`, `version`, and Meridian's `authorization: Bearer <zone token>`.
+//!   `features`, `version`, and Meridian's `authorization: Bearer <zone token>`
+//!   and `x-meridian-max-message-bytes` ([`MD_MAX_MESSAGE_BYTES`]).
 
 use std::collections::BTreeMap;
 
@@ -28,6 +29,71 @@ pub const MD_FEATURES: &str = "features";
 pub const MD_VERSION: &str = "version";
 pub const MD_AUTHORIZATION: &str = "authorization";
 pub const KDS_VERSION: &str = "v3";
+/// Meridian's own metadata: the largest message this end accepts, in
+/// bytes, sent by the zone on each call and by the global in the response
+/// headers. Each side then splits what it sends to the smaller of the two
+/// caps ([`agreed_max_message_bytes`]); a peer that does not send it (the
+/// incumbent, older Meridians) is taken to accept
+/// [`DEFAULT_MAX_MESSAGE_BYTES`], gRPC's usual cap.
+pub const MD_MAX_MESSAGE_BYTES: &str = "x-meridian-max-message-bytes";
+
+/// Default cap on one KDS message (4 MiB, gRPC's default decoding limit).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// The smallest `--kds-max-message-bytes` accepted (64 KiB): below it a
+/// resource's budget ([`resource_budget`]) leaves too little for real
+/// resources.
+pub const MIN_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The largest room kept in each message for the envelope around the
+/// resources (delta-xDS fields, nonce, type URL, per-resource framing).
+const MAX_ENVELOPE_MARGIN: usize = 64 * 1024;
+
+/// Room kept in a message of `max_message_bytes` for its envelope: a
+/// quarter of it, at most 64 KiB (so 16 KiB of a 64 KiB message, 64 KiB of
+/// a 4 MiB one). Never the whole message.
+pub fn envelope_margin(max_message_bytes: usize) -> usize {
+    (max_message_bytes / 4).min(MAX_ENVELOPE_MARGIN)
+}
+
+/// Bytes of resources one message of `max_message_bytes` may carry (what
+/// the senders split on, and the largest resource a global accepts).
+/// Above zero for any cap above zero.
+pub fn resource_budget(max_message_bytes: usize) -> usize {
+    max_message_bytes - envelope_margin(max_message_bytes)
+}
+
+/// Parses and checks a `--kds-max-message-bytes` value (clap value parser).
+///
+/// Errors: not a number, or below [`MIN_MAX_MESSAGE_BYTES`]; the text says
+/// the minimum and why.
+pub fn parse_max_message_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|e| format!("not a number of bytes: {e}"))?;
+    if n < MIN_MAX_MESSAGE_BYTES {
+        return Err(format!(
+            "must be at least {MIN_MAX_MESSAGE_BYTES} bytes (64 KiB): each message keeps room for its envelope and must still carry resources"
+        ));
+    }
+    Ok(n)
+}
+
+/// The cap both ends of a stream keep to: the smaller of this end's and
+/// the one the peer advertised in [`MD_MAX_MESSAGE_BYTES`]
+/// ([`DEFAULT_MAX_MESSAGE_BYTES`] when it sent none or an unreadable value;
+/// advertised values below [`MIN_MAX_MESSAGE_BYTES`] count as that).
+pub fn agreed_max_message_bytes(own: usize, advertised: Option<&str>) -> usize {
+    let peer = advertised
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or(DEFAULT_MAX_MESSAGE_BYTES, |n| n.max(MIN_MAX_MESSAGE_BYTES));
+    own.min(peer)
+}
+
+/// Names the type and the resources of a response too large for the
+/// agreed cap: the text of the error both ends log or send.
+pub fn oversized_message(type_url: &str, resource_names: &[&str], encoded: usize, cap: usize) -> String {
+    format!(
+        "{type_url} message of {encoded} bytes is over the {cap}-byte KDS message cap agreed for this stream (resources: {}); raise --kds-max-message-bytes on both ends or make the resources smaller",
+        resource_names.join(", ")
+    )
+}
 
 /// Types the global streams to zones, in apply order.
 pub const GLOBAL_TO_ZONE: &[ResourceType] = &[
@@ -216,5 +282,23 @@ mod tests {
         assert!(matches!(from_any(ResourceType::Mesh, "gw.default", "v1", &any), Err(ReceiveError::SpecType { .. })));
         let garbage = Any { type_url: KUMA_RESOURCE_TYPE_URL.into(), value: vec![0xff, 0xff] };
         assert!(from_any(ResourceType::MeshGateway, "x.default", "v", &garbage).is_err());
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    #[test]
+    fn budgets_never_reach_zero_and_caps_split_to_the_smaller() {
+        assert_eq!(resource_budget(64 * 1024), 48 * 1024);
+        assert_eq!(resource_budget(DEFAULT_MAX_MESSAGE_BYTES), DEFAULT_MAX_MESSAGE_BYTES - 64 * 1024);
+        assert!(resource_budget(1) > 0);
+        assert!(parse_max_message_bytes("65535").expect_err("below the minimum").contains("at least 65536"));
+        assert_eq!(parse_max_message_bytes("65536"), Ok(65536));
+        assert_eq!(agreed_max_message_bytes(4 << 20, Some("65536")), 65536);
+        assert_eq!(agreed_max_message_bytes(65536, Some("4194304")), 65536);
+        assert_eq!(agreed_max_message_bytes(8 << 20, None), DEFAULT_MAX_MESSAGE_BYTES);
+        assert_eq!(agreed_max_message_bytes(8 << 20, Some("12")), MIN_MAX_MESSAGE_BYTES);
     }
 }

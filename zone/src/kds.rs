@@ -39,17 +39,10 @@ use meridian_sync_proto::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    Request, Status, Streaming,
-    codec::CompressionEncoding,
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
-};
+use tonic::{Request, Status, Streaming, codec::CompressionEncoding, transport::Channel};
 
-/// HTTP/2 PING interval and timeout: a global that stops answering is
-/// noticed within their sum (10 s).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::global_address::{AddressError, Target, Targets};
+
 /// Reconnect backoff bounds; the delay doubles per failure, with ±50 % jitter.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
@@ -57,50 +50,24 @@ const BACKOFF_MAX: Duration = Duration::from_secs(15);
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 /// Messages queued towards the global per stream.
 const OUTBOUND_QUEUE: usize = 16;
-/// Room left in each message for the envelope around the resources.
-const ENVELOPE_MARGIN: usize = 64 * 1024;
 
 /// How to reach the global.
 #[derive(Debug, Clone)]
 pub struct KdsClientConfig {
     pub zone: String,
-    /// `grpcs://host:port` (TLS) or `grpc://host:port` (plaintext, explicit).
-    pub global_address: String,
+    /// `grpcs://host:port` (TLS) or `grpc://host:port` (plaintext,
+    /// explicit), one or more, tried in turn ([`crate::global_address`]).
+    pub global_addresses: Vec<String>,
     pub token: String,
     /// CA (PEM) that signed the global's KDS certificate.
     pub global_ca: Option<PathBuf>,
     pub max_message_bytes: usize,
 }
 
-/// Builds the endpoint for the configured address.
-pub fn endpoint(cfg: &KdsClientConfig) -> anyhow::Result<Endpoint> {
-    let (tls, rest) = if let Some(r) = cfg.global_address.strip_prefix("grpcs://") {
-        (true, r)
-    } else if let Some(r) = cfg.global_address.strip_prefix("grpc://") {
-        (false, r)
-    } else {
-        anyhow::bail!(
-            "--global-address {:?} must start with grpcs:// (TLS) or grpc:// (plaintext)",
-            cfg.global_address
-        );
-    };
-    let scheme = if tls { "https" } else { "http" };
-    let mut ep = Endpoint::from_shared(format!("{scheme}://{rest}"))
-        .with_context(|| format!("invalid --global-address {:?}", cfg.global_address))?
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true)
-        .connect_timeout(CONNECT_TIMEOUT);
-    if tls {
-        let ca_path = cfg.global_ca.as_ref().context(
-            "grpcs:// needs --global-ca (the CA of the global's KDS certificate, e.g. <global data dir>/kds-ca.crt); use grpc:// for plaintext",
-        )?;
-        let ca = std::fs::read(ca_path).with_context(|| format!("cannot read --global-ca {}", ca_path.display()))?;
-        let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h).trim_matches(['[', ']']);
-        ep = ep.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name(host))?;
-    }
-    Ok(ep)
+/// The addresses to dial, checked (scheme, shape, CA): call at start so a
+/// bad configuration fails the process at once.
+pub fn targets(cfg: &KdsClientConfig) -> Result<Targets, AddressError> {
+    Targets::new(&cfg.global_addresses, cfg.global_ca.as_deref())
 }
 
 /// Keeps the zone synced with the global until `stop` resolves.
@@ -111,7 +78,7 @@ pub async fn run(
     metrics: SyncMetrics,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let ep = endpoint(&cfg)?;
+    let mut targets = targets(&cfg)?;
     let cancel = CancellationToken::new();
     let mut stop = std::pin::pin!(async {
         stop.await;
@@ -120,20 +87,33 @@ pub async fn run(
     let mut backoff = BACKOFF_MIN;
     loop {
         let started = tokio::time::Instant::now();
-        let outcome = tokio::select! {
-            r = session(&cfg, &ep, &manager, &metrics, &cancel) => r,
-            () = &mut stop => return Ok(()),
+        // One failed, or ended: the next address (the same one when it is
+        // the only one).
+        let outcome = match targets.next().await {
+            Ok(target) => {
+                let global = target.label.clone();
+                let r = tokio::select! {
+                    r = session(&cfg, &target, &manager, &metrics, &cancel) => r,
+                    () = &mut stop => return Ok(()),
+                };
+                Some((global, r))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no global address to dial; retrying");
+                None
+            }
         };
         match outcome {
-            Ok(()) => tracing::warn!(global = %cfg.global_address, "global ended the sync stream; reconnecting"),
-            Err(e) => {
+            None => {}
+            Some((global, Ok(()))) => tracing::warn!(%global, "global ended the sync stream; reconnecting"),
+            Some((global, Err(e))) => {
                 let denied = e
                     .downcast_ref::<Status>()
                     .is_some_and(|s| matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied));
                 if denied {
-                    tracing::error!(global = %cfg.global_address, error = %format!("{e:#}"), "the global refused this zone; check --token-file and that the zone is enabled");
+                    tracing::error!(%global, error = %format!("{e:#}"), "the global refused this zone; check --token-file and that the zone is enabled");
                 } else {
-                    tracing::warn!(global = %cfg.global_address, error = %format!("{e:#}"), "sync with the global failed; reconnecting");
+                    tracing::warn!(%global, error = %format!("{e:#}"), "sync with the global failed; reconnecting");
                 }
             }
         }
@@ -157,6 +137,7 @@ fn with_metadata<T>(cfg: &KdsClientConfig, msg: T) -> anyhow::Result<Request<T>>
     md.insert(kds::MD_KDS_VERSION, kds::KDS_VERSION.parse()?);
     md.insert(kds::MD_FEATURES, "".parse()?);
     md.insert(kds::MD_VERSION, env!("CARGO_PKG_VERSION").parse()?);
+    md.insert(kds::MD_MAX_MESSAGE_BYTES, cfg.max_message_bytes.to_string().parse()?);
     md.insert(
         kds::MD_AUTHORIZATION,
         format!("Bearer {}", cfg.token.trim()).parse().context("the zone token is not valid metadata")?,
@@ -167,12 +148,12 @@ fn with_metadata<T>(cfg: &KdsClientConfig, msg: T) -> anyhow::Result<Request<T>>
 /// One connection: both streams until either ends.
 async fn session(
     cfg: &KdsClientConfig,
-    ep: &Endpoint,
+    target: &Target,
     manager: &Manager,
     metrics: &SyncMetrics,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let channel = ep.connect().await.with_context(|| format!("cannot connect to {}", cfg.global_address))?;
+    let channel = target.endpoint.connect().await.with_context(|| format!("cannot connect to {}", target.label))?;
     // gzip out, as a Kuma zone sends (every global Meridian talks to, and
     // Kuma's, accepts it); gzip or zstd in, whichever the global picks.
     let client = KdsSyncServiceClient::new(channel)
@@ -181,7 +162,7 @@ async fn session(
         .send_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd);
-    tracing::info!(global = %cfg.global_address, zone = %cfg.zone, "connected to the global");
+    tracing::info!(global = %target.label, zone = %cfg.zone, "connected to the global");
     tokio::select! {
         r = downstream(cfg, client.clone(), manager, metrics, cancel) => r,
         r = upstream(cfg, client, manager, metrics, cancel) => r,
@@ -217,6 +198,10 @@ async fn local_versions(
 struct ClientWire<In, Out> {
     inbound: Streaming<In>,
     tx: mpsc::Sender<Out>,
+    /// The cap agreed with the global, in bytes: a response over it (one
+    /// resource larger than the budget) is not sent; the error names the
+    /// type and resources and the session ends.
+    cap: usize,
 }
 
 impl RecvWire for ClientWire<DeltaDiscoveryResponse, DeltaDiscoveryRequest> {
@@ -235,6 +220,13 @@ impl SendWire for ClientWire<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
         Ok(self.inbound.message().await?.map(|request| Incoming { request, force: false }))
     }
     async fn send(&mut self, response: DeltaDiscoveryResponse, _full: Option<DesiredSet>) -> bool {
+        let encoded = prost::Message::encoded_len(&response);
+        if encoded > self.cap {
+            let names: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
+            let reason = kds::oversized_message(&response.type_url, &names, encoded, self.cap);
+            tracing::error!(%reason, "cannot send to the global");
+            return false;
+        }
         self.tx.send(response).await.is_ok()
     }
 }
@@ -297,7 +289,7 @@ async fn downstream(
         receivers.insert(ty.name().to_string(), DeltaReceiver::new(ty.name(), held));
     }
     let inbound = client.global_to_zone_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?.into_inner();
-    let mut wire = ClientWire { inbound, tx };
+    let mut wire = ClientWire { inbound, tx, cap: cfg.max_message_bytes };
     let mut observer = (metrics.observer(DOWN), NackLog(DOWN));
     let ended = receive_loop(&mut receivers, None, &mut wire, &mut ZoneApply(manager), &mut observer, cancel).await;
     if let Ended::Apply(e) = &ended {
@@ -492,12 +484,16 @@ async fn upstream(
 ) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryResponse>(OUTBOUND_QUEUE);
     let mut source = UpwardSource::load(&cfg.zone, manager).await?;
-    let inbound = client.zone_to_global_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?.into_inner();
+    let response = client.zone_to_global_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?;
+    // Split to the smaller of our cap and the one the global advertised.
+    let advertised = response.metadata().get(kds::MD_MAX_MESSAGE_BYTES).and_then(|v| v.to_str().ok());
+    let cap = kds::agreed_max_message_bytes(cfg.max_message_bytes, advertised);
+    let inbound = response.into_inner();
     let config = SendConfig {
         nonce_prefix: format!("{}-{:08x}", cfg.zone, rand::random::<u32>()),
-        max_bytes: cfg.max_message_bytes.saturating_sub(ENVELOPE_MARGIN).max(1024),
+        max_bytes: kds::resource_budget(cap),
     };
-    let mut wire = ClientWire { inbound, tx };
+    let mut wire = ClientWire { inbound, tx, cap };
     let mut observer = (metrics.observer(UP), NackLog(UP));
     outcome(send_loop(&mut source, &mut wire, &mut observer, &config, cancel).await)
 }

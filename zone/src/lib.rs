@@ -14,6 +14,7 @@ pub mod kds;
 
 pub mod dataplane;
 pub mod gateway;
+pub mod global_address;
 pub mod xds;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
@@ -24,7 +25,7 @@ use meridian_core::{Manager, Role, metrics::StoreMetrics};
 use meridian_rest::{ApiState, ServerInfo, auth::Auth, metrics::ApiMetrics};
 use meridian_runtime::{
     CancellationToken, Tasks, announce,
-    args::{ApiArgs, ChangeLogArgs, DefaultsArgs, LogArgs, StateArgs},
+    args::{ApiArgs, ChangeLogArgs, DefaultsArgs, ListenerArgs, LogArgs, StateArgs},
     state,
 };
 use tokio::net::TcpListener;
@@ -65,6 +66,12 @@ pub struct RunArgs {
     #[serde(flatten)]
     pub defaults: DefaultsArgs,
 
+    /// Connection cap and deadlines of every listener (--max-connections,
+    /// --idle-timeout, --tls-handshake-timeout).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub listeners: ListenerArgs,
+
     /// Address of the xDS server the zone's Envoys connect to.
     #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:5678")]
     pub xds_addr: SocketAddr,
@@ -72,8 +79,13 @@ pub struct RunArgs {
     /// The global's KDS address: `grpcs://host:5685` (TLS) or `grpc://host:5685`
     /// (plaintext, only when asked for explicitly). Without it the zone runs
     /// standalone and accepts every resource type through its own API.
-    #[arg(long, env = "MERIDIAN_GLOBAL_ADDRESS")]
-    pub global_address: Option<String>,
+    /// Several, for replicas of the global: repeat the flag or separate
+    /// with commas (also in the environment variable); a DNS name may
+    /// resolve to several addresses. They are tried in turn: when one
+    /// fails, the next, with backoff.
+    #[arg(long, env = "MERIDIAN_GLOBAL_ADDRESS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub global_address: Vec<String>,
 
     /// File holding this zone's token (`meridianctl generate zone-token --zone NAME`).
     #[arg(long, env = "MERIDIAN_TOKEN_FILE")]
@@ -83,8 +95,10 @@ pub struct RunArgs {
     #[arg(long, env = "MERIDIAN_GLOBAL_CA")]
     pub global_ca: Option<PathBuf>,
 
-    /// Largest KDS message, in bytes.
-    #[arg(long, env = "MERIDIAN_KDS_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    /// Largest KDS message, in bytes (at least 65536), advertised to the
+    /// global: both ends split to the smaller of their caps.
+    #[arg(long, env = "MERIDIAN_KDS_MAX_MESSAGE_BYTES", default_value_t = meridian_sync_proto::kds::DEFAULT_MAX_MESSAGE_BYTES,
+          value_parser = meridian_sync_proto::kds::parse_max_message_bytes)]
     pub kds_max_message_bytes: usize,
 
     #[command(flatten)]
@@ -115,27 +129,26 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     tracing::info!(zone = %args.zone, "zone starting");
     let token = state::admin_token(args.api.admin_token.as_deref(), &data_dir)?;
 
-    let kds_config = match &args.global_address {
-        None => None,
-        Some(address) => {
-            if let Err(reason) = meridian_sync_proto::kds::check_zone_name(&args.zone) {
-                anyhow::bail!("--zone: {reason}");
-            }
-            let token_file = args.token_file.as_ref().context(
-                "--global-address needs --token-file (generate one on the global: meridianctl generate zone-token --zone NAME)",
-            )?;
-            let token = std::fs::read_to_string(token_file)
-                .with_context(|| format!("cannot read --token-file {}", token_file.display()))?;
-            let cfg = kds::KdsClientConfig {
-                zone: args.zone.clone(),
-                global_address: address.clone(),
-                token: token.trim().to_string(),
-                global_ca: args.global_ca.clone(),
-                max_message_bytes: args.kds_max_message_bytes,
-            };
-            kds::endpoint(&cfg)?; // fail at start on a bad address or missing CA
-            Some(cfg)
+    let kds_config = if args.global_address.is_empty() {
+        None
+    } else {
+        if let Err(reason) = meridian_sync_proto::kds::check_zone_name(&args.zone) {
+            anyhow::bail!("--zone: {reason}");
         }
+        let token_file = args.token_file.as_ref().context(
+            "--global-address needs --token-file (generate one on the global: meridianctl generate zone-token --zone NAME)",
+        )?;
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("cannot read --token-file {}", token_file.display()))?;
+        let cfg = kds::KdsClientConfig {
+            zone: args.zone.clone(),
+            global_addresses: args.global_address.clone(),
+            token: token.trim().to_string(),
+            global_ca: args.global_ca.clone(),
+            max_message_bytes: args.kds_max_message_bytes,
+        };
+        kds::targets(&cfg)?; // fail at start on a bad address or missing CA
+        Some(cfg)
     };
     let federated = kds_config.is_some();
     let mut registry = prometheus_client::registry::Registry::default();
@@ -185,10 +198,11 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     tracing::info!(%xds_addr, "xDS listening");
 
     let mut tasks = Tasks::new(shutdown.clone());
+    let limits = args.listeners.limits();
     tasks.spawn("API server", {
         let stop = shutdown.clone().cancelled_owned();
         let router = meridian_rest::router(state.clone()).merge(http::routes(state, xds_addr));
-        async move { Ok(meridian_rest::server::serve(api_listener, api_tls, router, stop).await?) }
+        async move { Ok(meridian_rest::server::serve(api_listener, api_tls, limits, router, stop).await?) }
     });
     if let Some(cfg) = kds_config {
         let stop = shutdown.clone().cancelled_owned();
@@ -205,7 +219,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
             xds::XdsConfig { zone: args.zone.clone(), instance_id: instance_id.clone(), metrics: sync_metrics.clone() };
         let store = store.clone();
         let stop = shutdown.clone();
-        async move { Ok(xds::serve(xds_listener, store, config, stop).await?) }
+        async move { Ok(xds::serve(xds_listener, limits, store, config, stop).await?) }
     });
 
     tasks.wait().await

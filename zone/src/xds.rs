@@ -77,6 +77,9 @@ pub enum XdsError {
     Store(#[from] StoreError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The listener's address could not be read.
+    #[error("xDS listener: {0}")]
+    Listener(#[from] std::io::Error),
 }
 
 /// Why an Envoy node id does not name a Dataplane.
@@ -128,6 +131,7 @@ struct Ads(Arc<Shared>);
 /// first and follows the store's change feed meanwhile.
 pub async fn serve(
     listener: TcpListener,
+    limits: meridian_rest::listener::Limits,
     store: Store,
     config: XdsConfig,
     stop: CancellationToken,
@@ -146,7 +150,9 @@ pub async fn serve(
     let service = AggregatedDiscoveryServiceServer::new(Ads(shared))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Cap, first-bytes deadline: a connection that never sends its HTTP/2
+    // preface is closed (meridian_rest::listener).
+    let incoming = meridian_rest::listener::plain(listener, limits, "xDS")?.into_stream();
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))

@@ -5,7 +5,9 @@
 //!   per-type snapshots, the zone's gRPC stream as wire, and metrics plus
 //!   the ZoneInsight session as observer; beside it, every [`REFRESH`], the
 //!   insight is written and the zone's token and `enabled` re-checked.
-//! - zone → global: [`receive_loop`] applying through [`FromZone`].
+//! - zone → global: [`receive_loop`] applying through [`FromZone`]; the
+//!   same token/`enabled` check runs every [`REFRESH`] and before each
+//!   response is stored, so a revoked zone is cut off both ways.
 
 use std::{
     collections::BTreeMap,
@@ -40,9 +42,6 @@ use super::{
     cache::TypeSnapshot,
     insight::{Counters, REFRESH, Session, Upward},
 };
-
-/// Room left in each message for the envelope around the resources.
-const ENVELOPE_MARGIN: usize = 64 * 1024;
 
 type Changes = SelectAll<futures::stream::BoxStream<'static, String>>;
 
@@ -99,6 +98,10 @@ impl Source for ZoneSource {
 struct GrpcWire<In, Out> {
     inbound: Streaming<In>,
     tx: Sender<Result<Out, Status>>,
+    /// The cap agreed with the zone, in bytes: a response over it (one
+    /// resource larger than the budget) ends the stream with an error
+    /// naming the type and resources instead of going out.
+    cap: usize,
 }
 
 impl<In: Send + 'static, Out: Send + 'static> GrpcWire<In, Out> {
@@ -120,6 +123,14 @@ impl SendWire for GrpcWire<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
         response: DeltaDiscoveryResponse,
         _full: Option<meridian_sync_proto::delta::DesiredSet>,
     ) -> bool {
+        let encoded = prost::Message::encoded_len(&response);
+        if encoded > self.cap {
+            let names: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
+            let reason = kds::oversized_message(&response.type_url, &names, encoded, self.cap);
+            tracing::error!(%reason, "cannot send to the zone");
+            let _ = self.tx.send(Err(Status::resource_exhausted(reason))).await;
+            return false;
+        }
         self.tx.send(Ok(response)).await.is_ok()
     }
 }
@@ -166,22 +177,22 @@ impl Observer for SessionObserver {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn global_to_zone(
     server: KdsServer,
-    zone: String,
-    zone_version: String,
-    token: String,
+    caller: super::Caller,
     connection: Option<SocketAddr>,
     inbound: Streaming<DeltaDiscoveryRequest>,
     tx: Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
+    let super::Caller { zone, version: zone_version, token, max_message_bytes } = caller;
     let session = server.insights.open(&zone, &zone_version, connection).await;
     server.metrics.zones_connected.inc();
     tracing::info!(zone = %zone, "zone connected: global-to-zone stream open");
     let config = SendConfig {
         nonce_prefix: format!("{:08x}", rand::random::<u32>()),
-        max_bytes: server.max_message_bytes.saturating_sub(ENVELOPE_MARGIN).max(1024),
+        max_bytes: kds::resource_budget(max_message_bytes),
     };
+    tracing::debug!(zone = %zone, max_message_bytes, "message cap agreed with the zone");
     let mut source = ZoneSource::new(&server, &zone);
-    let mut wire = GrpcWire { inbound, tx: tx.clone() };
+    let mut wire = GrpcWire { inbound, tx: tx.clone(), cap: max_message_bytes };
     let mut observer =
         (server.metrics.sync.observer(DOWN), SessionObserver { zone: zone.clone(), session: session.clone() });
     let cancel = server.shutdown.child_token();
@@ -199,7 +210,7 @@ pub(super) async fn global_to_zone(
 }
 
 /// Every [`REFRESH`]: writes the insight and cuts the zone off (returns)
-/// when its token was revoked or expired, or the zone was disabled.
+/// when [`still_allowed`] says no.
 async fn refresh(
     server: &KdsServer,
     zone: &str,
@@ -212,22 +223,36 @@ async fn refresh(
     loop {
         tick.tick().await;
         server.insights.write(session, false).await;
-        match server.tokens.verify(Some(token), zone).await {
-            Ok(_) | Err(crate::tokens::TokenError::Store(_)) => {}
-            Err(e) => {
-                tracing::warn!(zone = %zone, reason = %e, "zone token no longer valid; closing its stream");
-                let _ = tx.send(Err(Status::unauthenticated(e.to_string()))).await;
-                return;
-            }
-        }
-        if let Err(status) = server.ensure_zone_enabled(zone).await
-            && status.code() == tonic::Code::PermissionDenied
-        {
-            tracing::warn!(zone = %zone, "zone was disabled; closing its stream");
+        if let Err(status) = still_allowed(server, zone, token).await {
             let _ = tx.send(Err(status)).await;
             return;
         }
     }
+}
+
+/// The check both of a zone's streams make while open (the global→zone one
+/// every [`REFRESH`]; the zone→global one every [`REFRESH`] and before
+/// storing anything the zone sent): the token it connected with is still
+/// valid (not revoked, not expired) and the zone is still enabled.
+///
+/// Errors: the status to end the stream with (`UNAUTHENTICATED` naming the
+/// token's fault, `PERMISSION_DENIED` for a disabled zone). A store that
+/// cannot be read is not a reason to cut a zone off: the check passes.
+pub(super) async fn still_allowed(server: &KdsServer, zone: &str, token: &str) -> Result<(), Status> {
+    match server.tokens.verify(Some(token), zone).await {
+        Ok(_) | Err(crate::tokens::TokenError::Store(_)) => {}
+        Err(e) => {
+            tracing::warn!(zone = %zone, reason = %e, "zone token no longer valid; closing its stream");
+            return Err(Status::unauthenticated(e.to_string()));
+        }
+    }
+    if let Err(status) = server.ensure_zone_enabled(zone).await
+        && status.code() == tonic::Code::PermissionDenied
+    {
+        tracing::warn!(zone = %zone, "zone was disabled; closing its stream");
+        return Err(status);
+    }
+    Ok(())
 }
 
 /// What the global already holds of `zone`'s `ty` resources, by wire name
@@ -250,6 +275,7 @@ async fn held_from_zone(server: &KdsServer, ty: ResourceType, zone: &str) -> Res
 pub(super) async fn zone_to_global(
     server: KdsServer,
     zone: String,
+    token: String,
     connection: Option<SocketAddr>,
     inbound: Streaming<DeltaDiscoveryResponse>,
     tx: Sender<Result<DeltaDiscoveryRequest, Status>>,
@@ -269,11 +295,24 @@ pub(super) async fn zone_to_global(
         }
     }
     tracing::info!(zone = %zone, "zone connected: zone-to-global stream open");
-    let mut wire = GrpcWire { inbound, tx: tx.clone() };
-    let mut apply = GlobalApply { manager: server.manager.clone(), zone: zone.clone() };
+    let mut wire = GrpcWire { inbound, tx: tx.clone(), cap: server.max_message_bytes };
+    let mut apply = GlobalApply { server: server.clone(), zone: zone.clone(), token: token.clone(), cut: None };
     let mut observer = (server.metrics.sync.observer(UP), UpwardObserver { zone: zone.clone(), upward });
     let cancel = server.shutdown.child_token();
-    match receive_loop(&mut receivers, None, &mut wire, &mut apply, &mut observer, &cancel).await {
+    let ended = tokio::select! {
+        ended = receive_loop(&mut receivers, None, &mut wire, &mut apply, &mut observer, &cancel) => ended,
+        status = watch_allowed(&server, &zone, &token) => {
+            let _ = tx.send(Err(status)).await;
+            Ended::Cancelled
+        }
+    };
+    match ended {
+        Ended::Apply(_) if apply.cut.is_some() => {
+            tracing::warn!(zone = %zone, "zone no longer allowed: dropped what it sent and closed its zone-to-global stream");
+            if let Some(status) = apply.cut.take() {
+                let _ = tx.send(Err(status)).await;
+            }
+        }
         Ended::Apply(e) => {
             tracing::warn!(zone = %zone, error = %e, "cannot apply zone resources; ending the stream so the zone resends");
             let _ = tx.send(Err(Status::unavailable(format!("store: {e}")))).await;
@@ -285,23 +324,56 @@ pub(super) async fn zone_to_global(
     tracing::info!(zone = %zone, "zone-to-global stream closed");
 }
 
-/// Writes a zone's resources through [`FromZone`].
+/// Every [`REFRESH`], [`still_allowed`]; returns the status to end the
+/// zone→global stream with once the zone is no longer allowed.
+async fn watch_allowed(server: &KdsServer, zone: &str, token: &str) -> Status {
+    let mut tick = tokio::time::interval(REFRESH);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(status) = still_allowed(server, zone, token).await {
+            return status;
+        }
+    }
+}
+
+/// Why a zone's response was not applied.
+#[derive(Debug, thiserror::Error)]
+enum UpError {
+    #[error(transparent)]
+    Store(#[from] meridian_store::StoreError),
+    /// The zone's token was revoked or expired, or the zone was disabled,
+    /// since the stream opened: nothing more from it is stored.
+    #[error("zone no longer allowed: {0}")]
+    NotAllowed(String),
+}
+
+/// Writes a zone's resources through [`FromZone`], after checking (each
+/// response) that the zone may still write ([`still_allowed`]).
 struct GlobalApply {
-    manager: Manager,
+    server: KdsServer,
     zone: String,
+    token: String,
+    /// Set when the check failed: the status the stream ends with.
+    cut: Option<Status>,
 }
 
 impl Apply for GlobalApply {
-    type Error = meridian_store::StoreError;
+    type Error = UpError;
     async fn apply(
         &mut self,
         type_url: &str,
         receiver: &mut DeltaReceiver,
         response: &DeltaDiscoveryResponse,
-    ) -> Result<DeltaDiscoveryRequest, meridian_store::StoreError> {
+    ) -> Result<DeltaDiscoveryRequest, UpError> {
+        if let Err(status) = still_allowed(&self.server, &self.zone, &self.token).await {
+            let reason = status.message().to_string();
+            self.cut = Some(status);
+            return Err(UpError::NotAllowed(reason));
+        }
         // Receivers exist only for ZONE_TO_GLOBAL types, so the name parses.
         let ty = ResourceType::from_name(type_url).unwrap_or(ResourceType::Dataplane);
-        meridian_core::received::apply(&self.manager, ty, receiver, response, &FromZone(&self.zone)).await
+        Ok(meridian_core::received::apply(&self.server.manager, ty, receiver, response, &FromZone(&self.zone)).await?)
     }
 }
 

@@ -36,7 +36,10 @@ pub struct GlobalSpec {
     /// default) passes `--skip-default-mesh`: most scenarios start from an
     /// empty store and create the Meshes they use.
     pub default_mesh: bool,
-    /// More flags, appended as given (`["--api-host", "cp.example"]`).
+    /// Run under `ulimit -n N` (soft and hard open-file limit), through
+    /// `sh -c 'ulimit -n N; exec ...'`; the pid stays the global's.
+    pub open_files_limit: Option<u64>,
+    /// More flags, appended as given (`--max-connections`, ...).
     pub extra_args: Vec<String>,
 }
 
@@ -49,6 +52,7 @@ impl Default for GlobalSpec {
             trust_loopback: true,
             api_tls: None,
             default_mesh: false,
+            open_files_limit: None,
             extra_args: Vec::new(),
         }
     }
@@ -103,7 +107,10 @@ impl Global {
         };
         let store_url = spec.shared_store.clone().or_else(|| store.as_ref().map(|s| s.url.clone())).unwrap_or_default();
         let mut g = Global {
-            process: Process::new(label, binary("meridian-global"), &dir.logs()),
+            process: match spec.open_files_limit {
+                None => Process::new(label, binary("meridian-global"), &dir.logs()),
+                Some(_) => Process::new(label, PathBuf::from("/bin/sh"), &dir.logs()),
+            },
             spec,
             data_dir,
             store,
@@ -124,7 +131,15 @@ impl Global {
     /// Starts the process on the remembered ports (port 0 the first time);
     /// returns what it announced.
     async fn launch(&self) -> Announced {
-        let mut args: Vec<OsString> = vec!["run".into(), "--data-dir".into(), self.data_dir.clone().into()];
+        let mut args: Vec<OsString> = match self.spec.open_files_limit {
+            None => Vec::new(),
+            Some(n) => vec![
+                "-c".into(),
+                format!("ulimit -n {n} && exec \"$0\" \"$@\"").into(),
+                binary("meridian-global").into(),
+            ],
+        };
+        args.extend(["run".into(), "--data-dir".into(), OsString::from(self.data_dir.clone())]);
         let mut flag = |k: &str, v: String| args.extend([OsString::from(k), OsString::from(v)]);
         flag("--store", self.store_url.clone());
         flag("--api-addr", self.api_addr.to_string());
@@ -246,6 +261,11 @@ impl Global {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The API's socket address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
     }
 
     /// `grpcs://127.0.0.1:PORT` (or `grpc://` in plaintext).

@@ -62,6 +62,17 @@ impl Zone {
         Zone::launch_new(dir, label, name, Some(federation)).await
     }
 
+    /// Zone `name` with a fresh token from `global`, started with `extra`
+    /// flags (besides `--skip-default-mesh`).
+    pub async fn connect_with(dir: &TestDir, global: &Global, name: &str, extra: &[&str]) -> Zone {
+        let token = global.zone_token(name).await;
+        let federation =
+            Federation { address: global.kds_url(), ca: global.ca().map(Path::to_path_buf), token: Some(token) };
+        let mut args = vec!["--skip-default-mesh".to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Zone::launch_with(dir, name, name, Some(federation), args).await
+    }
+
     /// Zone `name` dialling `address` (trusting `ca` for grpcs://).
     pub async fn start_at(
         dir: &TestDir,
