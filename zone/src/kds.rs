@@ -328,6 +328,10 @@ struct UpwardSource {
     sets: BTreeMap<String, SharedSet>,
     feed: Feed,
     status: tokio::sync::watch::Receiver<u64>,
+    /// Status changed: the status types are to be listed again.
+    pending_status: bool,
+    /// The feed was compacted past: everything is to be listed again.
+    pending_resync: bool,
 }
 
 /// Why the upward source stopped.
@@ -350,6 +354,8 @@ impl UpwardSource {
             sets: BTreeMap::new(),
             feed: futures::stream::empty().boxed(),
             status,
+            pending_status: false,
+            pending_resync: false,
         };
         src.resync().await?;
         Ok(src)
@@ -432,44 +438,61 @@ impl Source for UpwardSource {
         Some(meridian_sync_proto::delta::shared_diff(old, new))
     }
 
+    /// Cancel-safe (the driver races it against the global's requests):
+    /// work that awaits (a relist, a resync) is recorded first and redone
+    /// by the next call if this one is dropped half-way.
     async fn changed(&mut self) -> Result<Vec<String>, UpwardError> {
-        let first = tokio::select! {
-            item = self.feed.next() => item.ok_or(UpwardError::FeedEnded)?,
-            changed = self.status.changed() => {
-                changed.map_err(|_| UpwardError::FeedEnded)?;
-                self.status.borrow_and_update();
+        loop {
+            if self.pending_resync {
+                self.resync().await?;
+                self.pending_resync = false;
+                self.pending_status = false;
+                return Ok(ZONE_TO_GLOBAL.iter().map(|t| t.name().to_string()).collect());
+            }
+            if self.pending_status {
                 let mut types = Vec::new();
                 for ty in ZONE_TO_GLOBAL.iter().filter(|t| Manager::is_status(**t)) {
                     self.relist(*ty).await?;
                     types.push(ty.name().to_string());
                 }
+                self.pending_status = false;
                 return Ok(types);
             }
-        };
-        let mut items = vec![first];
-        // Take everything already queued: one push per burst, not per write.
-        while let Some(Some(item)) = self.feed.next().now_or_never() {
-            items.push(item);
-        }
-        let mut types: Vec<String> = Vec::new();
-        for item in items {
-            match item {
-                Ok(c) => {
-                    if let Some(t) = self.apply(&c)
-                        && !types.contains(&t)
-                    {
-                        types.push(t);
+            tokio::select! {
+                item = self.feed.next() => {
+                    let mut items = vec![item.ok_or(UpwardError::FeedEnded)?];
+                    // Take everything already queued: one push per burst, not per write.
+                    while let Some(Some(item)) = self.feed.next().now_or_never() {
+                        items.push(item);
+                    }
+                    let mut types: Vec<String> = Vec::new();
+                    for item in items {
+                        match item {
+                            Ok(c) => {
+                                if let Some(t) = self.apply(&c)
+                                    && !types.contains(&t)
+                                {
+                                    types.push(t);
+                                }
+                            }
+                            Err(StoreError::Compacted { .. }) => {
+                                tracing::warn!("store change log compacted past the zone-to-global feed; resyncing");
+                                self.pending_resync = true;
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    if !self.pending_resync {
+                        return Ok(types);
                     }
                 }
-                Err(StoreError::Compacted { .. }) => {
-                    tracing::warn!("store change log compacted past the zone-to-global feed; resyncing");
-                    self.resync().await?;
-                    return Ok(ZONE_TO_GLOBAL.iter().map(|t| t.name().to_string()).collect());
+                changed = self.status.changed() => {
+                    changed.map_err(|_| UpwardError::FeedEnded)?;
+                    self.status.borrow_and_update();
+                    self.pending_status = true;
                 }
-                Err(e) => return Err(e.into()),
             }
         }
-        Ok(types)
     }
 }
 
