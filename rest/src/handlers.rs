@@ -190,6 +190,19 @@ async fn list(
     })))
 }
 
+/// Secrets, their names included, are the admin's (the incumbent's rule).
+fn require_admin_for_secrets(
+    s: &ApiState,
+    ty: ResourceType,
+    headers: &HeaderMap,
+    ci: &ConnectInfo<PeerAddr>,
+) -> Result<(), ApiError> {
+    if matches!(ty, ResourceType::Secret | ResourceType::GlobalSecret) {
+        require_admin(s, headers, ci)?;
+    }
+    Ok(())
+}
+
 async fn get_one(
     s: &ApiState,
     ty: ResourceType,
@@ -198,9 +211,7 @@ async fn get_one(
     headers: &HeaderMap,
     ci: &ConnectInfo<PeerAddr>,
 ) -> Result<Response, ApiError> {
-    if matches!(ty, ResourceType::Secret | ResourceType::GlobalSecret) {
-        require_admin(s, headers, ci)?;
-    }
+    require_admin_for_secrets(s, ty, headers, ci)?;
     if ty.is_mesh_scoped() && !s.manager.mesh_exists(mesh).await? {
         return Err(ApiError::not_found(format!("mesh {mesh:?} does not exist")));
     }
@@ -312,8 +323,10 @@ async fn list_top(
     Query(p): Query<ListParams>,
     Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
+    ci: ConnectInfo<PeerAddr>,
 ) -> Result<Json<Value>, ApiError> {
     let ty = resource_type(&plural)?;
+    require_admin_for_secrets(&s, ty, &headers, &ci)?;
     list(&s, ty, None, p, &pairs, &headers, &format!("/{plural}")).await
 }
 
@@ -379,8 +392,10 @@ async fn list_in_mesh(
     Query(p): Query<ListParams>,
     Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
+    ci: ConnectInfo<PeerAddr>,
 ) -> Result<Json<Value>, ApiError> {
     let ty = mesh_type(&plural)?;
+    require_admin_for_secrets(&s, ty, &headers, &ci)?;
     list(&s, ty, Some(&mesh), p, &pairs, &headers, &format!("/meshes/{mesh}/{plural}")).await
 }
 

@@ -31,6 +31,7 @@ pub struct StateArgs {
     /// failing (503 at the API) when the database is down or saturated, as a
     /// duration (`2s`, `500ms`, `1m`).
     #[arg(long, env = "MERIDIAN_STORE_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
     pub store_acquire_timeout: std::time::Duration,
 }
 

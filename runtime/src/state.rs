@@ -21,8 +21,7 @@ pub async fn open_store(
     state: &crate::args::StateArgs,
     default_file: &str,
 ) -> anyhow::Result<meridian_store::Store> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    create_private_dir(data_dir)?;
     let url = store_url(data_dir, state.store.as_deref(), default_file);
     let options = meridian_store::StoreOptions { acquire_timeout: state.store_acquire_timeout, ..Default::default() };
     let store = meridian_store::Store::connect_with(&url, options)
@@ -30,6 +29,22 @@ pub async fn open_store(
         .with_context(|| format!("cannot open store {}", crate::config::redact_url(&url)))?;
     tracing::info!(backend = store.backend_name(), "store ready");
     Ok(store)
+}
+
+/// Creates `dir` (and its parents) and makes it readable by this user only
+/// (0700): it holds the SQLite store, whose rows include signing keys and
+/// Secrets, the admin token and TLS keys.
+///
+/// Errors: the directory cannot be created or its mode cannot be set.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make data directory {} private (mode 0700)", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// The admin token: `flag` when set, else read from (or generated into)
@@ -72,4 +87,23 @@ pub async fn default_mesh(manager: &meridian_core::Manager, skip: bool) -> anyho
         DefaultMesh::Federated => tracing::debug!("federated zone: Meshes come from the global"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("a/b");
+        create_private_dir(&dir).expect("create");
+        let mode = std::fs::metadata(&dir).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{mode:o}");
+        // An existing, world-readable directory is made private too.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        create_private_dir(&dir).expect("again");
+        assert_eq!(std::fs::metadata(&dir).expect("metadata").permissions().mode() & 0o777, 0o700);
+    }
 }

@@ -157,7 +157,12 @@ async fn missing_token(backend: Backend) {
         .put("/meshes/default/secrets/s", &json!({"type": "Secret", "mesh": "default", "name": "s", "data": "aGk="}))
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
-    let before = snapshot(&anon).await; // lists need no token
+    let before = snapshot(&admin).await;
+    // Secrets are the admin's, their names included; other lists need no token.
+    assert_eq!(anon.get("/meshes/default/secrets").await.status, 401);
+    assert_eq!(anon.get("/secrets").await.status, 401);
+    assert_eq!(anon.get("/global-secrets").await.status, 401);
+    assert_eq!(anon.get("/meshes/default/meshgateways").await.status, 200);
 
     let r = anon.put("/meshes/default/meshgateways/gw", &gateway("default", "gw", 80)).await;
     assert_eq!(r.status, 401, "{}", r.text);
@@ -174,7 +179,7 @@ async fn missing_token(backend: Backend) {
     assert!(out.stderr.contains("needs the admin token"), "{}", out.stderr);
     let out = ctl.with(["delete", "mesh", "default"]).run().await.expect_code(1);
     assert!(out.stderr.contains("needs the admin token"), "{}", out.stderr);
-    assert_eq!(snapshot(&anon).await, before, "an unauthenticated request changed something");
+    assert_eq!(snapshot(&admin).await, before, "an unauthenticated request changed something");
 
     // With the token (flag or environment) it works.
     let out = ctl
