@@ -89,15 +89,22 @@ pub(crate) async fn get(
     pool: &Pool<Db>,
     key: &ResourceKey,
 ) -> Result<Option<StoredResource>, StoreError> {
-    let row = sqlx::query(GET_SQL)
+    get_by_key(pool, GET_SQL, key).await
+}
+
+/// One row by `(type_name, mesh, name)` with `sql` (binds `$1..$3`).
+async fn get_by_key(
+    pool: &Pool<Db>,
+    sql: &'static str,
+    key: &ResourceKey,
+) -> Result<Option<StoredResource>, StoreError> {
+    let row = sqlx::query(sql)
         .bind(key.type_name.as_str())
         .bind(key.mesh.as_str())
         .bind(key.name.as_str())
         .fetch_optional(pool)
         .await?;
-    row.as_ref()
-        .map(|r| resource_from_row(r, "revision"))
-        .transpose()
+    row.as_ref().map(|r| resource_from_row(r, "revision")).transpose()
 }
 
 /// Reads a page and the total count from one snapshot.

@@ -35,15 +35,7 @@ pub(crate) async fn get_status(
     pool: &Pool<Db>,
     key: &ResourceKey,
 ) -> Result<Option<StoredResource>, StoreError> {
-    let row = sqlx::query(STATUS_GET_SQL)
-        .bind(key.type_name.as_str())
-        .bind(key.mesh.as_str())
-        .bind(key.name.as_str())
-        .fetch_optional(pool)
-        .await?;
-    row.as_ref()
-        .map(|r| resource_from_row(r, "revision"))
-        .transpose()
+    get_by_key(pool, STATUS_GET_SQL, key).await
 }
 
 /// Writes one status record under `expect`; `Ok(false)` if the content was
