@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use meridian_store::{ListPage, ListQuery, ResourceKey, Store, StoreError, StoredResource, WriteOp, WriteResource};
 use meridian_sync_proto::{
-    Meta, Resource, ResourceType, Spec, SyncDirection, universal, universal::InvalidResource, validate,
+    Meta, Resource, ResourceType, Spec, SyncDirection, kds, universal, universal::InvalidResource, validate,
 };
 
 use crate::{
@@ -17,6 +17,9 @@ use crate::{
 /// Default cap on one resource's encoded size: KDS messages are capped at
 /// 4 MiB, so one resource must leave room for its envelope.
 pub const DEFAULT_MAX_RESOURCE_BYTES: usize = 1024 * 1024;
+/// A content version's length (sha256, hex), counted in size checks of
+/// resources not yet versioned.
+const VERSION_ROOM: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Which control plane this is; decides what users may write here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +65,9 @@ pub enum ManagerError {
     Conflict { ty: ResourceType, name: String, expected: i64, actual: i64 },
     #[error("{0}")]
     Forbidden(String),
-    #[error("{ty} {name:?} is {size} bytes encoded; the limit is {limit} bytes")]
+    #[error(
+        "{ty} {name:?} is {size} bytes as it travels to zones (spec, labels and envelope, with room for the labels the control plane adds); the limit is {limit} bytes"
+    )]
     TooLarge { ty: ResourceType, name: String, size: usize, limit: usize },
     #[error("stored {0} cannot be decoded: {1}")]
     Corrupt(ResourceKey, String),
@@ -104,6 +109,12 @@ impl Manager {
     pub fn with_metrics(mut self, metrics: StoreMetrics) -> Manager {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// The largest resource accepted, in bytes as it travels over KDS
+    /// ([`kds::travelling_size`]).
+    pub fn max_resource_bytes(&self) -> usize {
+        self.max_resource_bytes
     }
 
     pub fn with_max_resource_bytes(mut self, limit: usize) -> Manager {
@@ -252,7 +263,13 @@ impl Manager {
                 violations,
             }));
         }
-        let size = r.spec.encode().len();
+        // Measured as the resource will travel over KDS (envelope and labels
+        // included, with room for what the global adds when relaying it), so
+        // that what is accepted here can always be sent on: the same figure
+        // the KDS receivers check ([`crate::received`]).
+        let spec = r.spec.encode();
+        let size = kds::travelling_size(ty, &r.meta.mesh, &r.meta.name, &r.meta.labels, VERSION_ROOM, &spec)
+            + kds::RELAY_ALLOWANCE;
         if size > self.max_resource_bytes {
             return Err(ManagerError::TooLarge { ty, name: r.meta.name.clone(), size, limit: self.max_resource_bytes });
         }

@@ -49,6 +49,18 @@ pub async fn apply(
         match kds::receive(ty, wire, version, any) {
             Ok(w) => {
                 let key = place.key(ty, &w.resource.meta.mesh, &w.resource.meta.name);
+                let labels = place.labels(&w);
+                // The REST limit, on the envelope as it is stored and will be
+                // relayed (labels the receiver adds included): what one zone
+                // sends can never be too large to send on to the others.
+                let size = kds::travelling_size(ty, &key.mesh, &key.name, &labels, &w.version, &w.spec_bytes);
+                if size > manager.max_resource_bytes() {
+                    errors.push(format!(
+                        "{wire}: {ty} is {size} bytes as stored and relayed (labels included); the limit is {} bytes",
+                        manager.max_resource_bytes()
+                    ));
+                    continue;
+                }
                 if place.needs_owner_check(&key) {
                     let stored = if Manager::is_status(ty) {
                         manager.store().get_status(&key).await?
@@ -62,7 +74,7 @@ pub async fn apply(
                 }
                 ops.push(WriteOp::Upsert(WriteResource {
                     key,
-                    labels: place.labels(&w),
+                    labels,
                     spec: w.spec_bytes.clone(),
                     version: w.version.clone(),
                 }));

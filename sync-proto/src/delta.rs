@@ -118,6 +118,9 @@ pub struct SendStats {
     pub responses_acked: u64,
     pub responses_nacked: u64,
     pub last_nack_reason: Option<String>,
+    /// Resources not sent because one alone is over the per-resource cap
+    /// ([`DeltaSender::set_max_resource_bytes`]), counted once per version.
+    pub resources_withheld: u64,
 }
 
 /// What a request meant to the sender.
@@ -155,6 +158,10 @@ pub struct DeltaSender {
     nonce_seq: u64,
     /// Distinguishes nonces of different streams and restarts.
     nonce_prefix: String,
+    /// A resource whose size alone is over this is withheld, not sent.
+    max_resource_bytes: usize,
+    /// Withheld resources: name → the version withheld (reported once).
+    withheld: BTreeMap<String, String>,
     pub stats: SendStats,
 }
 
@@ -169,8 +176,51 @@ impl DeltaSender {
             in_flight: HashMap::new(),
             nonce_seq: 0,
             nonce_prefix: nonce_prefix.into(),
+            max_resource_bytes: usize::MAX,
+            withheld: BTreeMap::new(),
             stats: SendStats::default(),
         }
+    }
+
+    /// Caps one resource, in bytes as counted for budgets (encoded value,
+    /// name, version and framing). A resource over the cap is withheld: it
+    /// is not sent (the peer keeps what it holds under that name), it is
+    /// reported once per version through the log and
+    /// [`SendStats::resources_withheld`], and the rest of the set still
+    /// travels. Without it, one resource no message can carry would end
+    /// every stream that tries to send it, again on each reconnect. Default:
+    /// no cap.
+    pub fn set_max_resource_bytes(&mut self, max: usize) {
+        self.max_resource_bytes = max;
+    }
+
+    /// Names withheld for being over the per-resource cap, with versions.
+    pub fn withheld(&self) -> &BTreeMap<String, String> {
+        &self.withheld
+    }
+
+    /// Whether `name` at `version` (of `size` bytes) is withheld; records
+    /// and reports it the first time.
+    fn withhold(&mut self, name: &str, version: &str, size: usize) -> bool {
+        if size <= self.max_resource_bytes {
+            if !self.withheld.is_empty() {
+                self.withheld.remove(name);
+            }
+            return false;
+        }
+        if self.withheld.get(name).map(String::as_str) != Some(version) {
+            self.withheld.insert(name.to_string(), version.to_string());
+            self.stats.resources_withheld += 1;
+            tracing::error!(
+                type_url = %self.type_url,
+                resource = name,
+                size,
+                cap = self.max_resource_bytes,
+                "{}",
+                crate::kds::oversized_resource(&self.type_url, name, size, self.max_resource_bytes)
+            );
+        }
+        true
     }
 
     pub fn type_url(&self) -> &str {
@@ -262,11 +312,14 @@ impl DeltaSender {
         let mut resources = Vec::new();
         let mut removed = Vec::new();
         let mut used = 0usize;
-        for (name, d) in desired.entries().filter(|(n, _)| self.wants(n)) {
-            if self.peer.get(name) == Some(&d.version) {
+        for (name, d) in desired.entries() {
+            if !self.wants(name) || self.peer.get(name) == Some(&d.version) {
                 continue;
             }
             let size = d.resource.value.len() + name.len() + d.version.len() + 16;
+            if self.withhold(name, &d.version, size) {
+                continue;
+            }
             if !resources.is_empty() && used + size > max_bytes {
                 break;
             }
@@ -319,6 +372,9 @@ impl DeltaSender {
                         continue;
                     }
                     let size = d.resource.value.len() + name.len() + d.version.len() + 16;
+                    if self.withhold(name, &d.version, size) {
+                        continue;
+                    }
                     if some && used + size > max_bytes {
                         break;
                     }
@@ -576,6 +632,30 @@ mod tests {
         assert!(s.next_response(&d, 1 << 20, false).is_none());
         // a new version of it goes out again
         assert!(s.next_response(&desired(&[("a", "2")]), 1 << 20, false).is_some());
+    }
+
+    #[test]
+    fn a_resource_over_the_cap_is_withheld_once_and_the_rest_travels() {
+        let mut s = sender();
+        s.set_max_resource_bytes(150);
+        s.on_request(&DeltaDiscoveryRequest::default());
+        let big = "x".repeat(200);
+        let d = desired(&[("small", "1"), ("huge", big.as_str()), ("tiny", "2")]);
+        let r = s.next_response(&d, 1 << 20, true).expect("response");
+        let names: Vec<&str> = r.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["small", "tiny"]);
+        assert_eq!(s.withheld().keys().collect::<Vec<_>>(), ["huge"]);
+        assert_eq!(s.stats.resources_withheld, 1);
+        // Not sent again, not counted again, and the loop ends.
+        assert!(s.next_response(&d, 1 << 20, false).is_none());
+        let keys = vec!["huge".to_string()];
+        assert!(s.next_response_keys(&d, &keys, 1 << 20, false).is_none());
+        assert_eq!(s.stats.resources_withheld, 1);
+        // Once it fits, it travels and is no longer withheld.
+        let d = desired(&[("small", "1"), ("huge", "3"), ("tiny", "2")]);
+        let r = s.next_response_keys(&d, &keys, 1 << 20, false).expect("now it fits");
+        assert_eq!(r.resources[0].name, "huge");
+        assert!(s.withheld().is_empty());
     }
 
     #[test]

@@ -157,6 +157,10 @@ pub struct SendConfig {
     pub nonce_prefix: String,
     /// Byte budget of one response's resources ([`DeltaSender::next_response`]).
     pub max_bytes: usize,
+    /// A resource alone over this many bytes is withheld and reported
+    /// ([`DeltaSender::set_max_resource_bytes`]); `None`: every resource is
+    /// sent (one over `max_bytes` travels alone).
+    pub max_resource_bytes: Option<usize>,
 }
 
 struct TypeState<Set> {
@@ -191,7 +195,14 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                 };
                 let type_url = incoming.request.type_url.clone();
                 let ts = types.entry(type_url.clone()).or_insert_with(|| TypeState {
-                    sender: DeltaSender::new(type_url.clone(), format!("{}-{}", config.nonce_prefix, short(&type_url))),
+                    sender: {
+                        let mut s =
+                            DeltaSender::new(type_url.clone(), format!("{}-{}", config.nonce_prefix, short(&type_url)));
+                        if let Some(max) = config.max_resource_bytes {
+                            s.set_max_resource_bytes(max);
+                        }
+                        s
+                    },
                     served: source.serves(&type_url),
                     last: None,
                     changed_at: None,

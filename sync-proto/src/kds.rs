@@ -95,6 +95,40 @@ pub fn oversized_message(type_url: &str, resource_names: &[&str], encoded: usize
     )
 }
 
+/// The report of one resource withheld because it alone is over the
+/// per-resource cap of a stream (`size` and `cap` in bytes as the senders
+/// count them: encoded envelope, name, version, framing).
+pub fn oversized_resource(type_url: &str, name: &str, size: usize, cap: usize) -> String {
+    format!(
+        "{type_url} resource {name:?} is {size} bytes, over the {cap}-byte per-resource budget of the KDS message cap agreed for this stream: withheld (the peer keeps what it holds; the other resources still travel); raise --kds-max-message-bytes on both ends or make the resource smaller"
+    )
+}
+
+/// Bytes kept, in every size check of a resource written here, for what
+/// the control plane adds as the resource travels to other zones: the
+/// `kuma.io/origin`, `kuma.io/zone` and `kuma.io/display-name` labels and
+/// the `<zone>.` prefix of its name at the global (names and zone names are
+/// at most 253 bytes each).
+pub const RELAY_ALLOWANCE: usize = 1024;
+
+/// Size of one resource in a KDS response as the senders count it against
+/// their budgets ([`resource_budget`]): its envelope as it travels (name,
+/// mesh, version, every label, the spec), the wire name, the version and
+/// per-resource framing. What a receiver stores and relays is checked with
+/// this, labels included, so that what one zone sends can always be
+/// relayed to the others.
+pub fn travelling_size(
+    ty: ResourceType,
+    mesh: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    version: &str,
+    spec_bytes: &[u8],
+) -> usize {
+    let any = to_any(ty, mesh, name, labels, version, spec_bytes.to_vec());
+    any.value.len() + wire_name(mesh, name).len() + version.len() + 16
+}
+
 /// Types the global streams to zones, in apply order.
 pub const GLOBAL_TO_ZONE: &[ResourceType] = &[
     ResourceType::Mesh,

@@ -11,11 +11,13 @@
 //! | labels::system_labels_are_refused_in_user_writes            | 3: reserved labels (REST and meridianctl) |
 //! | labels::synced_resources_keep_their_system_labels           | 3: the KDS path still sets them |
 //! | envoy_input::regexes_envoy_refuses_are_refused_at_apply     | 7: RE2 program size, control characters |
+//! | nack::a_rejected_listener_does_not_freeze_the_rest          | 8: after a NACK the next change reaches Envoy; the rejected piece in DataplaneInsight |
 //! | store_down::stopped_postgres_fails_fast_and_recovers        | 9: PostgreSQL stopped under a running global |
 
 mod hardening {
     pub mod envoy_input;
     pub mod labels;
+    pub mod nack;
     pub mod rebinding;
     pub mod store_down;
 }

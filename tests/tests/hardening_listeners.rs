@@ -10,7 +10,8 @@
 //! | failover::zone_fails_over_to_the_other_global          | 10 (two globals on one PostgreSQL, SIGKILL) |
 //! | listeners::idle_connections_do_not_starve_the_api_or_new_zones | 1 (1024 open files; slow headers; 413) |
 //! | message_cap::too_small_a_cap_is_refused_at_start       | 6 (start-up check) |
-//! | message_cap::caps_split_to_the_smaller_end              | 6 (64 KiB global takes resources; split to the zone's cap; oversize named) |
+//! | message_cap::caps_split_to_the_smaller_end              | 6 (64 KiB global takes resources; split to the zone's cap; oversize named and withheld, the stream lives) |
+//! | message_cap::a_zone_resource_too_large_to_relay_is_refused | 5 (two zones, a near-cap ZoneIngress: NACKed, not relayed; one that fits is) |
 //! | revocation::revoked_token_cuts_the_zone_to_global_stream | 4 (raw client, deterministic) |
 //! | revocation::revoked_real_zone_pushes_nothing_more       | 4 (real zone) |
 

@@ -515,6 +515,7 @@ async fn upstream(
     let config = SendConfig {
         nonce_prefix: format!("{}-{:08x}", cfg.zone, rand::random::<u32>()),
         max_bytes: kds::resource_budget(cap),
+        max_resource_bytes: Some(kds::resource_budget(cap)),
     };
     let mut wire = ClientWire { inbound, tx, cap };
     let mut observer = (metrics.observer(UP), NackLog(UP));
@@ -569,7 +570,7 @@ mod tests {
             let cancel = cancel.clone();
             tokio::spawn(async move {
                 let mut wire = ChanWire { rx: req_rx, tx: resp_tx };
-                let config = SendConfig { nonce_prefix: "z".into(), max_bytes: 1 << 20 };
+                let config = SendConfig { nonce_prefix: "z".into(), max_bytes: 1 << 20, max_resource_bytes: None };
                 send_loop(&mut source, &mut wire, &mut (), &config, &cancel).await
             })
         };

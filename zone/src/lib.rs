@@ -156,7 +156,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let store_metrics = StoreMetrics::register(&mut registry);
     let sync_metrics = meridian_sync_proto::driver::metrics::SyncMetrics::register(&mut registry);
     // One resource must fit in one KDS message with room for its envelope.
-    let resource_limit = args.api.max_resource_bytes.min(args.kds_max_message_bytes.saturating_sub(64 * 1024));
+    let resource_limit =
+        args.api.max_resource_bytes.min(meridian_sync_proto::kds::resource_budget(args.kds_max_message_bytes));
     let manager = Manager::new(store.clone(), Role::Zone { federated })
         .with_max_resource_bytes(resource_limit)
         .with_metrics(store_metrics);

@@ -298,7 +298,7 @@ async fn run<W: Wire>(shared: Arc<Shared>, mut inbound: Streaming<W::Req>, tx: m
     );
     // A SotW response carries the whole set: no byte budget there.
     let max_bytes = if <W::Driver as SendWire>::FULL_STATE { usize::MAX } else { stream::MAX_RESPONSE_BYTES };
-    let config = SendConfig { nonce_prefix: prefix, max_bytes };
+    let config = SendConfig { nonce_prefix: prefix, max_bytes, max_resource_bytes: None };
     match send_loop(&mut source, &mut wire, &mut observer, &config, &shared.stop).await {
         Ended::Source(e) => {
             let _ = tx.send(Err(Status::not_found(e.to_string()))).await;

@@ -189,6 +189,9 @@ pub(super) async fn global_to_zone(
     let config = SendConfig {
         nonce_prefix: format!("{:08x}", rand::random::<u32>()),
         max_bytes: kds::resource_budget(max_message_bytes),
+        // A resource no message to this zone can carry is withheld and
+        // reported, not sent to end the stream (and again on every reconnect).
+        max_resource_bytes: Some(kds::resource_budget(max_message_bytes)),
     };
     tracing::debug!(zone = %zone, max_message_bytes, "message cap agreed with the zone");
     let mut source = ZoneSource::new(&server, &zone);

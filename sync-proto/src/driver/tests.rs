@@ -120,7 +120,7 @@ async fn unserved_type_gets_an_empty_response_and_the_stream_stays_up() {
         tokio::spawn(async move {
             let mut source = TestSource { rx: set_rx };
             let mut wire = ChanWire { rx: req_rx, tx: resp_tx };
-            let config = SendConfig { nonce_prefix: "t".into(), max_bytes: 1 << 20 };
+            let config = SendConfig { nonce_prefix: "t".into(), max_bytes: 1 << 20, max_resource_bytes: None };
             send_loop(&mut source, &mut wire, &mut seen, &config, &cancel).await
         })
     };
@@ -173,7 +173,7 @@ async fn an_ack_is_never_answered_and_the_peer_leaving_ends_the_loop() {
     let task = tokio::spawn(async move {
         let mut source = TestSource { rx: set_rx };
         let mut wire = ChanWire { rx: req_rx, tx: resp_tx };
-        let config = SendConfig { nonce_prefix: "t".into(), max_bytes: 1 << 20 };
+        let config = SendConfig { nonce_prefix: "t".into(), max_bytes: 1 << 20, max_resource_bytes: None };
         send_loop(&mut source, &mut wire, &mut (), &config, &CancellationToken::new()).await
     });
     req_tx.send(req("A", "")).await.expect("send");

@@ -8,10 +8,13 @@ use std::process::Command;
 use base64::{Engine, engine::general_purpose::STANDARD};
 use meridian_tests::{
     Global, GlobalSpec, TestDir, Zone,
-    json_api::CONVERGE,
+    json_api::{CONVERGE, subscriptions},
     process::binary,
+    raw_kds::{self, DeltaDiscoveryResponse, RawKds},
     resources::{gateway, mesh},
 };
+
+use crate::spec_bytes;
 use serde_json::json;
 
 /// Secrets synced to the small-cap zone, each about 4 KiB: together about
@@ -71,9 +74,89 @@ async fn caps_split_to_the_smaller_end() {
     }
     g.api().wait_online("zone-1", true, CONVERGE).await;
 
-    // 70 KiB fits the global's budget but not the zone's 64 KiB message.
+    // 70 KiB fits the global's budget but not the zone's 64 KiB message:
+    // it is withheld from that zone and reported by type and name, and the
+    // zone's stream lives on (it used to end, and again on each reconnect).
     g.api().apply(&secret("too-big", 70 * 1024)).await;
-    let line = g.wait_log(&["KDS message cap", "too-big"], CONVERGE).await;
+    let line = g.wait_log(&["KDS message cap", "too-big", "withheld"], CONVERGE).await;
     assert!(line.contains("Secret"), "the error names the type: {line}");
-    z.wait_log(&["KDS message cap", "too-big"], CONVERGE).await;
+    g.api().apply(&secret("after", 1024)).await;
+    z.api().wait_for("/meshes/default/secrets/after", "a later change still arrives", |_| true).await;
+    assert!(z.api().find("/meshes/default/secrets/too-big").await.expect("API").is_none());
+    let ov = g.api().zone_overview("zone-1").await.expect("overview");
+    assert_eq!(subscriptions(&ov).len(), 1, "the zone reconnected: {ov}");
+}
+
+/// A ZoneIngress from `zone` of `message_bytes` bytes in one upward KDS
+/// message (a tag value pads it to the byte).
+fn ingress_response(name: &str, message_bytes: usize) -> DeltaDiscoveryResponse {
+    let build = |pad: usize| {
+        let ingress = json!({
+            "type": "ZoneIngress", "name": name,
+            "networking": {"address": "10.0.0.5", "port": 10001, "advertisedAddress": "192.0.2.1", "advertisedPort": 10001},
+            "availableServices": [{"tags": {"kuma.io/service": "web", "pad": "p".repeat(pad)}, "instances": 1, "mesh": "default"}]
+        });
+        let any = raw_kds::envelope("ZoneIngress", "", name, "v1", &[], spec_bytes(&ingress));
+        DeltaDiscoveryResponse {
+            type_url: "ZoneIngress".into(),
+            resources: vec![raw_kds::resource("", name, "v1", any)],
+            nonce: format!("n-{name}"),
+            ..Default::default()
+        }
+    };
+    let mut pad = message_bytes.saturating_sub(400);
+    loop {
+        let r = build(pad);
+        let size = prost::Message::encoded_len(&r);
+        if size == message_bytes || (size < message_bytes && message_bytes - size <= 2 && pad > 0) {
+            return r;
+        }
+        pad = if size > message_bytes { pad - (size - message_bytes).max(1) } else { pad + (message_bytes - size) };
+    }
+}
+
+/// Point 5: a zone sends a ZoneIngress just under the KDS message cap.
+/// The global holds it to the REST limit measured as the resource will be
+/// stored and relayed (labels it adds included), so it is NACKed naming it,
+/// never stored, never relayed; the other zone's stream never dies. One
+/// that fits with those labels is stored and reaches the other zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_resource_too_large_to_relay_is_refused() {
+    let dir = TestDir::new("relay-cap");
+    let cap = 256 * 1024;
+    let args = vec!["--kds-max-message-bytes".to_string(), cap.to_string()];
+    let g = Global::start(&dir, "g", GlobalSpec { extra_args: args, ..GlobalSpec::default() }).await;
+    g.api().apply(&mesh("default")).await;
+    let z2 = Zone::connect_with(&dir, &g, "zone-2", &["--kds-max-message-bytes", &cap.to_string()]).await;
+    g.api().wait_online("zone-2", true, CONVERGE).await;
+
+    let token = g.zone_token("zone-1").await;
+    let raw = RawKds::connect(&g.kds_url(), g.ca(), "zone-1", Some(&token)).await;
+    let (tx, mut rx) = raw.zone_to_global().await.expect("zone-to-global stream");
+    for _ in 0..3 {
+        raw_kds::next(&mut rx, CONVERGE).await; // the global's subscriptions
+    }
+
+    // Just under the message cap as sent: over it once relayed with labels.
+    tx.send(ingress_response("ingress-big", cap - 48)).await.expect("send");
+    let nack = raw_kds::next(&mut rx, CONVERGE).await;
+    assert_eq!(nack.response_nonce, "n-ingress-big");
+    let reason = nack.error_detail.expect("a NACK").message;
+    assert!(reason.contains("ingress-big") && reason.contains("limit"), "the NACK names it and why: {reason}");
+    assert!(reason.contains("labels included"), "{reason}");
+
+    // One that fits with the labels the global adds travels on.
+    let limit = meridian_sync_proto::kds::resource_budget(cap);
+    tx.send(ingress_response("ingress-ok", limit - 2048)).await.expect("send");
+    let ack = raw_kds::next(&mut rx, CONVERGE).await;
+    assert_eq!(ack.response_nonce, "n-ingress-ok");
+    assert!(ack.error_detail.is_none(), "{:?}", ack.error_detail);
+    z2.api().wait_for("/zoneingresses/zone-1.ingress-ok", "relayed", |_| true).await;
+
+    assert!(g.api().find("/zoneingresses/zone-1.ingress-big").await.expect("API").is_none(), "stored");
+    assert!(z2.api().find("/zoneingresses/zone-1.ingress-big").await.expect("API").is_none(), "relayed");
+    g.api().apply(&gateway("gw-after", 8080)).await;
+    z2.api().wait_for("/meshes/default/meshgateways/gw-after", "a later change arrives", |_| true).await;
+    let ov = g.api().zone_overview("zone-2").await.expect("overview");
+    assert_eq!(subscriptions(&ov).len(), 1, "zone-2 reconnected: {ov}");
 }

@@ -30,7 +30,10 @@ use envoy_types::pb::envoy::{
 use meridian_sync_proto::{
     delta::{Desired, DesiredSet, DesiredView, SendStats, set_version},
     driver::{Incoming, Observer, SendWire, Source},
-    pb::mesh::{DiscoveryServiceStats, DiscoverySubscription, DiscoverySubscriptionStatus, EnvoyVersion, Version},
+    pb::mesh::{
+        DiscoveryServiceStats, DiscoverySubscription, DiscoverySubscriptionStatus, EnvoyVersion, RejectedResource,
+        Version,
+    },
 };
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
@@ -47,6 +50,8 @@ pub const MAX_RESPONSE_BYTES: usize = 3 * 1024 * 1024;
 
 /// Unsettled responses remembered per type (their versions, for insights).
 const MAX_UNSETTLED: usize = 256;
+/// Rejected resources kept in a DataplaneInsight record (the newest).
+const MAX_REJECTED: usize = 32;
 
 fn short(type_url: &str) -> &'static str {
     if type_url == CLUSTER_TYPE() {
@@ -228,8 +233,12 @@ impl SendWire for SotwWire {
 pub struct InsightObserver {
     pub record: DiscoverySubscription,
     stats: BTreeMap<String, SendStats>,
-    /// Nonce → version of the set it carried, per type.
-    versions: HashMap<String, HashMap<String, String>>,
+    /// Nonce → what the response carried (the set's version, its
+    /// resources' names and versions), per type.
+    versions: HashMap<String, HashMap<String, Carried>>,
+    /// Resources Envoy rejected and has not accepted a later version of:
+    /// (short type, name) → the rejection.
+    rejected: BTreeMap<(String, String), RejectedResource>,
     acked: BTreeMap<String, String>,
     last_nack: String,
     handle: Option<InsightHandle>,
@@ -266,6 +275,7 @@ impl InsightObserver {
             },
             stats: BTreeMap::new(),
             versions: HashMap::new(),
+            rejected: BTreeMap::new(),
             acked: BTreeMap::new(),
             last_nack: String::new(),
             handle,
@@ -307,6 +317,11 @@ impl InsightObserver {
             acked_versions: self.acked.clone(),
             last_nack_reason: self.last_nack.clone(),
             generator_warnings: self.state.as_ref().map(|s| s.borrow().warnings.clone()).unwrap_or_default(),
+            rejected_resources: {
+                let mut r: Vec<RejectedResource> = self.rejected.values().cloned().collect();
+                r.sort_by_key(|r| std::cmp::Reverse(r.time.as_ref().map(|t| (t.seconds, t.nanos))));
+                r
+            },
             ..Default::default()
         };
         let mut total = DiscoveryServiceStats::default();
@@ -347,26 +362,94 @@ impl Observer for InsightObserver {
             // the insight's "ACKed version" of those is lost).
             v.clear();
         }
-        v.insert(response.nonce.clone(), response.system_version_info.clone());
+        let resources = response.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+        v.insert(
+            response.nonce.clone(),
+            Carried {
+                set_version: response.system_version_info.clone(),
+                resources,
+                removed: response.removed_resources.clone(),
+            },
+        );
         self.stats.insert(type_url.to_string(), stats.clone());
         self.publish();
     }
     fn acked(&mut self, type_url: &str, nonce: &str, _: Option<Duration>, stats: &SendStats) {
-        if let Some(v) = self.versions.get_mut(type_url).and_then(|v| v.remove(nonce)) {
-            self.acked.insert(short(type_url).to_string(), v);
+        if let Some(c) = self.versions.get_mut(type_url).and_then(|v| v.remove(nonce)) {
+            self.acked.insert(short(type_url).to_string(), c.set_version);
+            // A later version accepted (or the resource removed): no longer rejected.
+            for name in c.resources.iter().map(|(n, _)| n).chain(&c.removed) {
+                self.rejected.remove(&(short(type_url).to_string(), name.clone()));
+            }
         }
         self.stats.insert(type_url.to_string(), stats.clone());
         self.publish();
     }
     fn nacked(&mut self, type_url: &str, nonce: &str, reason: &str, stats: &SendStats) {
-        if let Some(v) = self.versions.get_mut(type_url) {
-            v.remove(nonce);
-        }
-        tracing::warn!(type_url, reason = %reason, "Envoy rejected a response");
+        let carried = self.versions.get_mut(type_url).and_then(|v| v.remove(nonce));
+        let names: Vec<&str> =
+            carried.as_ref().map(|c| c.resources.iter().map(|(n, _)| n.as_str()).collect()).unwrap_or_default();
+        tracing::warn!(type_url, resources = ?names, reason = %reason, "Envoy rejected a response");
         self.last_nack = format!("{}: {reason}", short(type_url));
+        // The pieces the rejected response carried: the rest of the
+        // configuration (and later changes) keep flowing; these stay
+        // reported until Envoy accepts a later version of them. Envoy
+        // applies the resources of a response it can and names the ones it
+        // could not ("Error adding/updating listener(s) NAME: ..."), so only
+        // those named are reported; all of them when it names none of them
+        // (a truncated or generic reason).
+        let carried = carried.map(|c| c.resources).unwrap_or_default();
+        let named: Vec<(String, String)> = carried.iter().filter(|(n, _)| mentions(reason, n)).cloned().collect();
+        let rejected = if named.is_empty() { carried } else { named };
+        for (name, version) in rejected {
+            let key = (short(type_url).to_string(), name.clone());
+            self.rejected.insert(
+                key,
+                RejectedResource {
+                    r#type: short(type_url).to_string(),
+                    name,
+                    version,
+                    reason: reason.to_string(),
+                    time: Some(insight::now()),
+                },
+            );
+        }
+        while self.rejected.len() > MAX_REJECTED {
+            let oldest = self
+                .rejected
+                .iter()
+                .min_by_key(|(_, r)| r.time.as_ref().map(|t| (t.seconds, t.nanos)))
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => self.rejected.remove(&k),
+                None => break,
+            };
+        }
         self.stats.insert(type_url.to_string(), stats.clone());
         self.publish();
     }
+}
+
+/// Whether `text` names `name` as a whole word (not as part of a longer
+/// name: `gw:HTTP:80` is not named by `gw:HTTP:8080`). A containment test,
+/// not a parse of Envoy's message, whose wording may change.
+fn mentions(text: &str, name: &str) -> bool {
+    let part_of_name = |c: char| c.is_ascii_alphanumeric() || matches!(c, ':' | '.' | '-' | '_' | '/');
+    text.match_indices(name).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + name.len()..].chars().next();
+        // A name ends a sentence with "." or ":" just as often.
+        let ends = |c: Option<char>| c.is_none_or(|c| !part_of_name(c) || matches!(c, ':' | '.'));
+        before.is_none_or(|c| !part_of_name(c)) && ends(after)
+    })
+}
+
+/// What one response carried, kept until Envoy settles its nonce.
+#[derive(Debug, Clone, Default)]
+struct Carried {
+    set_version: String,
+    resources: Vec<(String, String)>,
+    removed: Vec<String>,
 }
 
 #[cfg(test)]
@@ -380,6 +463,16 @@ mod tests {
             resource_names: names.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_reason_names_whole_resource_names() {
+        let reason = "Error adding/updating listener(s) gw:HTTP:8080: cannot bind '127.0.0.1:8080': in use";
+        assert!(mentions(reason, "gw:HTTP:8080"));
+        assert!(!mentions(reason, "gw:HTTP:80"));
+        assert!(!mentions(reason, "w:HTTP:8080"));
+        assert!(!mentions(reason, "gw:HTTP:9090"));
+        assert!(mentions("route config rc-1 rejected.", "rc-1"));
     }
 
     #[test]
