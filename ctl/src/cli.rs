@@ -21,7 +21,9 @@ Exit codes:
      (HTTP 5xx, e.g. its store is unavailable): retrying later may help
 
 Examples:
-  meridianctl config add-context prod --api-url https://global.example.com:5681 --token \"$TOKEN\"
+  meridianctl config add-context prod --api-url https://global.example.com:5681 --token \"$TOKEN\" --ca-cert ca.pem
+  meridianctl config control-planes add --name prod --address https://global.example.com:5681   (kumactl's spelling)
+  meridianctl completion bash > ~/.local/share/bash-completion/completions/meridianctl
   meridianctl apply -f gateway.yaml
   cat gateway.yaml | meridianctl apply -f - --dry-run
   meridianctl get meshgateways -m default
@@ -99,7 +101,21 @@ pub enum Command {
 
     /// Print the client's version and the server's (GET /).
     Version,
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(long_about = COMPLETION_ABOUT)]
+    Completion {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
+
+const COMPLETION_ABOUT: &str = "\
+Print a completion script for your shell on stdout.
+
+  bash:  meridianctl completion bash > ~/.local/share/bash-completion/completions/meridianctl
+  zsh:   meridianctl completion zsh > \"${fpath[1]}/_meridianctl\"
+  fish:  meridianctl completion fish > ~/.config/fish/completions/meridianctl.fish";
 
 #[derive(Debug, Subcommand)]
 pub enum GenerateCommand {
@@ -312,6 +328,41 @@ pub enum ConfigCommand {
         #[arg(long, env = "MERIDIAN_CONFIG_RAW")]
         raw: bool,
     },
+    /// List the contexts (the current one marked `*`).
+    #[command(alias = "get-contexts")]
+    List,
+    /// The incumbent's names (`kumactl config control-planes add|list|switch`)
+    /// for the same operations.
+    #[command(subcommand, name = "control-planes")]
+    ControlPlanes(ControlPlanesCommand),
+}
+
+/// `config control-planes ...`: kumactl's spelling of the context commands.
+#[derive(Debug, Subcommand)]
+pub enum ControlPlanesCommand {
+    /// Add a control plane (`--name N --address URL`, as kumactl) and make it current.
+    Add(AddControlPlaneArgs),
+    /// List the control planes (the current one marked `*`).
+    List,
+    /// Make a control plane the current one (`--name N`).
+    Switch {
+        /// Name of the control plane.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AddControlPlaneArgs {
+    /// Name of the control plane (the context).
+    #[arg(long)]
+    pub name: String,
+    /// URL of its REST API (kumactl's `--address`; same as `--api-url`).
+    #[arg(long)]
+    pub address: String,
+    /// Replace a control plane of the same name.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Args)]

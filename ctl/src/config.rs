@@ -36,6 +36,10 @@ pub struct Context {
     pub api_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// PEM file of a CA trusted for this context's https:// URL
+    /// (`--ca-cert` when the context was added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Where to connect, resolved from flags, the config file and defaults.
@@ -43,6 +47,8 @@ pub struct Context {
 pub struct Target {
     pub api_url: String,
     pub token: Option<String>,
+    /// The CA to trust: `--ca-cert`, else the context's.
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// `--config`, else `$HOME/.meridian/meridianctl.yaml`.
@@ -161,13 +167,11 @@ fn resolve_with(conn: &ConnArgs, file: &ConfigFile) -> Target {
         .filter(|u| !u.trim().is_empty())
         .or_else(|| current.map(|c| c.api_url.clone()))
         .unwrap_or_else(|| DEFAULT_API_URL.to_string());
-    let token = conn.token.clone().filter(|t| !t.trim().is_empty()).or_else(|| {
-        // A context's token belongs to its URL only.
-        current
-            .filter(|c| conn.api_url.is_none() || conn.api_url.as_deref() == Some(c.api_url.as_str()))
-            .and_then(|c| c.token.clone())
-    });
-    Target { api_url, token }
+    // A context's token and CA belong to its URL only.
+    let own = current.filter(|c| conn.api_url.is_none() || conn.api_url.as_deref() == Some(c.api_url.as_str()));
+    let token = conn.token.clone().filter(|t| !t.trim().is_empty()).or_else(|| own.and_then(|c| c.token.clone()));
+    let ca_cert = conn.ca_cert.clone().or_else(|| own.and_then(|c| c.ca_cert.clone()));
+    Target { api_url, token, ca_cert }
 }
 
 #[cfg(test)]
@@ -188,12 +192,27 @@ mod tests {
     fn precedence() {
         let mut file = ConfigFile::default();
         assert_eq!(resolve_with(&conn(None, None), &file).api_url, DEFAULT_API_URL);
-        file.add(Context { name: "a".into(), api_url: "http://a:1".into(), token: Some("ta".into()) }, false)
-            .expect("add");
+        file.add(
+            Context {
+                name: "a".into(),
+                api_url: "http://a:1".into(),
+                token: Some("ta".into()),
+                ca_cert: Some("/ca.pem".into()),
+            },
+            false,
+        )
+        .expect("add");
         let t = resolve_with(&conn(None, None), &file);
-        assert_eq!(t, Target { api_url: "http://a:1".into(), token: Some("ta".into()) });
+        assert_eq!(
+            t,
+            Target { api_url: "http://a:1".into(), token: Some("ta".into()), ca_cert: Some("/ca.pem".into()) }
+        );
         let t = resolve_with(&conn(Some("http://b:2"), None), &file);
-        assert_eq!(t, Target { api_url: "http://b:2".into(), token: None });
+        assert_eq!(
+            t,
+            Target { api_url: "http://b:2".into(), token: None, ca_cert: None },
+            "another URL: not the context's CA"
+        );
         let t = resolve_with(&conn(None, Some("tb")), &file);
         assert_eq!(t.token.as_deref(), Some("tb"));
     }
@@ -203,10 +222,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("sub").join("c.yaml");
         let mut file = ConfigFile::load(&p).expect("missing is empty");
-        file.add(Context { name: "a".into(), api_url: "http://a:1".into(), token: None }, false).expect("add");
-        assert!(file.add(Context { name: "a".into(), api_url: "http://x".into(), token: None }, false).is_err());
-        file.add(Context { name: "b".into(), api_url: "http://b:1".into(), token: Some("s".into()) }, false)
+        file.add(Context { name: "a".into(), api_url: "http://a:1".into(), token: None, ca_cert: None }, false)
             .expect("add");
+        assert!(
+            file.add(Context { name: "a".into(), api_url: "http://x".into(), token: None, ca_cert: None }, false)
+                .is_err()
+        );
+        file.add(
+            Context { name: "b".into(), api_url: "http://b:1".into(), token: Some("s".into()), ca_cert: None },
+            false,
+        )
+        .expect("add");
         assert!(file.use_context("nope").is_err());
         file.use_context("a").expect("use");
         file.save(&p).expect("save");

@@ -26,7 +26,7 @@ pub mod table;
 
 use std::{process::ExitCode, time::Duration};
 
-use cli::{Cli, Command, ConfigCommand, ConnArgs, GenerateCommand, InspectCommand};
+use cli::{Cli, Command, ConfigCommand, ConnArgs, ControlPlanesCommand, GenerateCommand, InspectCommand};
 use config::{ConfigFile, Context};
 use error::{CtlError, EXIT_OK, EXIT_UNAVAILABLE};
 
@@ -63,6 +63,14 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
         Command::Inspect(InspectCommand::Zones(args)) => inspect::zones(&client(&cli.conn)?, &args).await,
         Command::Inspect(InspectCommand::Dataplanes(args)) => inspect::dataplanes(&client(&cli.conn)?, &args).await,
         Command::Version => version(&client(&cli.conn)?).await,
+        Command::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into a buffer: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "meridianctl", &mut script);
+            out::text(&String::from_utf8_lossy(&script));
+            Ok(EXIT_OK)
+        }
         Command::Generate(GenerateCommand::ZoneToken(args)) => {
             let body = serde_json::json!({ "zone": args.zone, "validFor": args.valid_for });
             let reply = client(&cli.conn)?.post(&["tokens", "zone"], &body).await?;
@@ -74,14 +82,41 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
 
 fn client(conn: &ConnArgs) -> Result<client::Client, CtlError> {
     let target = config::resolve(conn)?;
-    let ca = match &conn.ca_cert {
+    let ca = match &target.ca_cert {
         None => None,
         Some(path) => Some(
             std::fs::read(path)
-                .map_err(|e| CtlError::input(format!("cannot read --ca-cert {}: {e}", path.display())))?,
+                .map_err(|e| CtlError::input(format!("cannot read the CA certificate {}: {e}", path.display())))?,
         ),
     };
     client::Client::new(&target.api_url, target.token, Duration::from_secs(conn.timeout.max(1)))?.with_ca(ca.as_deref())
+}
+
+/// Adds a context (URL checked now rather than on first use; the token and
+/// `--ca-cert` given are kept with it) and makes it current.
+fn add_context(
+    conn: &ConnArgs,
+    file: &mut ConfigFile,
+    path: &std::path::Path,
+    name: String,
+    api_url: String,
+    overwrite: bool,
+) -> Result<(), CtlError> {
+    reqwest::Url::parse(&api_url).map_err(|e| CtlError::input(format!("invalid API URL {api_url:?}: {e}")))?;
+    let ca_cert = match &conn.ca_cert {
+        Some(p) => {
+            Some(std::path::absolute(p).map_err(|e| CtlError::input(format!("--ca-cert {}: {e}", p.display())))?)
+        }
+        None => None,
+    };
+    if let Some(p) = &ca_cert {
+        std::fs::metadata(p).map_err(|e| CtlError::input(format!("cannot read --ca-cert {}: {e}", p.display())))?;
+    }
+    let shown = name.clone();
+    file.add(Context { name, api_url, token: conn.token.clone(), ca_cert }, overwrite)?;
+    file.save(path)?;
+    out::line(&format!("added context {shown:?} and made it current ({})", path.display()));
+    Ok(())
 }
 
 fn configure(conn: &ConnArgs, cmd: ConfigCommand) -> Result<u8, CtlError> {
@@ -94,18 +129,28 @@ fn configure(conn: &ConnArgs, cmd: ConfigCommand) -> Result<u8, CtlError> {
                 .clone()
                 .filter(|u| !u.trim().is_empty())
                 .ok_or_else(|| CtlError::input("add-context needs --api-url URL"))?;
-            // Check the URL now rather than on first use.
-            reqwest::Url::parse(&api_url)
-                .map_err(|e| CtlError::input(format!("invalid --api-url {api_url:?}: {e}")))?;
-            let name = args.name.clone();
-            file.add(Context { name: args.name, api_url, token: conn.token.clone() }, args.overwrite)?;
-            file.save(&path)?;
-            out::line(&format!("added context {name:?} and made it current ({})", path.display()));
+            add_context(conn, &mut file, &path, args.name, api_url, args.overwrite)?;
         }
-        ConfigCommand::UseContext { name } => {
+        ConfigCommand::ControlPlanes(ControlPlanesCommand::Add(args)) => {
+            add_context(conn, &mut file, &path, args.name, args.address, args.overwrite)?;
+        }
+        ConfigCommand::UseContext { name } | ConfigCommand::ControlPlanes(ControlPlanesCommand::Switch { name }) => {
             file.use_context(&name)?;
             file.save(&path)?;
             out::line(&format!("switched to context {name:?}"));
+        }
+        ConfigCommand::List | ConfigCommand::ControlPlanes(ControlPlanesCommand::List) => {
+            let current = file.current().map(|c| c.name.clone());
+            let rows: Vec<Vec<String>> = file
+                .contexts
+                .iter()
+                .map(|c| {
+                    let mark = if current.as_deref() == Some(c.name.as_str()) { "*" } else { "" };
+                    let ca = c.ca_cert.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+                    vec![mark.to_string(), c.name.clone(), c.api_url.clone(), ca]
+                })
+                .collect();
+            out::text(&table::render(&["CURRENT", "NAME", "API URL", "CA CERT"], &rows));
         }
         ConfigCommand::View { raw } => {
             let shown = if raw { file } else { file.redacted() };
@@ -128,4 +173,26 @@ async fn version(client: &client::Client) -> Result<u8, CtlError> {
         client.base()
     ));
     Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::cli::{Cli, Command};
+
+    #[test]
+    fn completion_scripts_cover_every_command() {
+        for shell in ["bash", "zsh", "fish"] {
+            let cli = Cli::try_parse_from(["meridianctl", "completion", shell]).expect("parses");
+            let Command::Completion { shell } = cli.command else { panic!("not completion") };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "meridianctl", &mut script);
+            let script = String::from_utf8(script).expect("UTF-8");
+            for word in ["apply", "inspect", "control-planes", "zone-token"] {
+                assert!(script.contains(word), "{shell}: no {word}");
+            }
+        }
+        assert!(Cli::try_parse_from(["meridianctl", "completion", "tcsh"]).is_err());
+    }
 }

@@ -34,6 +34,17 @@ async fn api_over_tls() {
     // Without the CA the certificate is not trusted: nothing is sent.
     let refused = g.ctl().args(["get", "meshes"]).run().await.expect_code(2);
     assert!(!refused.stderr.is_empty());
+    // A context keeps the CA it was added with (kumactl's spelling here):
+    // later calls need neither --api-url nor --ca-cert.
+    let ctl = meridian_tests::ctl::Ctl::new();
+    ctl.with(["--ca-cert", &ca, "config", "control-planes", "add", "--name", "tls", "--address", g.api_url()])
+        .run()
+        .await
+        .ok();
+    let listed = ctl.with(["config", "control-planes", "list"]).run().await.ok();
+    assert!(listed.stdout.contains(&ca) && listed.stdout.contains("*"), "{}", listed.stdout);
+    let out = ctl.with(["get", "meshes", "-o", "json"]).run().await.ok();
+    assert!(out.stdout.contains("\"default\""), "the context's CA is used: {}", out.stdout);
     // Plain HTTP to the TLS port gets no API answer either.
     let plain = g.api_url().replacen("https://", "http://", 1);
     let out = g.ctl().args(["--api-url", &plain, "get", "meshes"]).run().await;
