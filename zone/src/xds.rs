@@ -131,6 +131,7 @@ struct Ads(Arc<Shared>);
 /// first and follows the store's change feed meanwhile.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     limits: meridian_rest::listener::Limits,
     store: Store,
     config: XdsConfig,
@@ -150,14 +151,27 @@ pub async fn serve(
     let service = AggregatedDiscoveryServiceServer::new(Ads(shared))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    // Cap, first-bytes deadline: a connection that never sends its HTTP/2
-    // preface is closed (meridian_rest::listener).
-    let incoming = meridian_rest::listener::plain(listener, limits, "xDS")?.into_stream();
-    let server = tonic::transport::Server::builder()
+    // Cap, handshake and first-bytes deadlines: a connection that never
+    // finishes its TLS handshake or never sends its HTTP/2 preface is
+    // closed (meridian_rest::listener).
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+        .add_service(service);
+    let shutdown = stop.clone().cancelled_owned();
+    let server = async move {
+        match tls {
+            Some(tls) => {
+                let incoming = meridian_rest::listener::tls(listener, limits, "xDS", tls)?.into_stream();
+                router.serve_with_incoming_shutdown(incoming, shutdown).await?
+            }
+            None => {
+                let incoming = meridian_rest::listener::plain(listener, limits, "xDS")?.into_stream();
+                router.serve_with_incoming_shutdown(incoming, shutdown).await?
+            }
+        }
+        Ok::<(), XdsError>(())
+    };
     tokio::select! {
         r = server => r?,
         r = cache.follow(store, revision) => {
