@@ -93,12 +93,7 @@ pub fn static_bootstrap(config: &gateway::ProxyConfig) -> Vec<u8> {
         })
         .collect();
     Bootstrap {
-        static_resources: Some(StaticResources {
-            listeners,
-            clusters,
-            secrets: config.secrets.clone(),
-            ..Default::default()
-        }),
+        static_resources: Some(StaticResources { listeners, clusters, secrets: config.secrets.clone() }),
         ..Default::default()
     }
     .encode_to_vec()
