@@ -1,7 +1,14 @@
 //! The zone's xDS server: Envoy's Aggregated Discovery Service over gRPC,
 //! delta (`DeltaAggregatedResources`) and state of the world
 //! (`StreamAggregatedResources`), both driven by the shared delta engine
-//! ([`meridian_sync_proto::delta`]) from the same desired sets.
+//! ([`meridian_sync_proto::delta`]) from the same desired sets: clusters,
+//! endpoints, SDS secrets (TLS certificates, never inlined in listeners),
+//! listeners and routes.
+//!
+//! Served over TLS (ALPN `h2`) unless the zone runs with `--xds-plaintext`:
+//! the certificate is the operator's or one generated into the data
+//! directory with its CA ([`meridian_runtime::tls`]); connections go through
+//! the guarded accept loop (cap, handshake and first-bytes deadlines).
 //!
 //! ```text
 //!   store ──watch──▶ cache (MeshSnapshot per mesh, generated config per connected Dataplane)
