@@ -314,3 +314,71 @@ async fn certificates_travel_over_sds_and_rotate_without_a_drain() {
     drop(envoy);
     let _ = zone.sigterm().await;
 }
+
+/// Plaintext only when both sides ask for it: a zone run with
+/// `--xds-plaintext` warns at start and serves an Envoy bootstrapped with
+/// `--xds-plaintext`; a bootstrap refuses a missing CA, and a TLS address
+/// with `--xds-plaintext`, with the flag named and a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_only_when_both_sides_ask() {
+    meridian_tests::process::envoy_binary();
+    let web = traffic::http_backend("web").await;
+    let dir = meridian_tests::TestDir::new("xds-plaintext");
+    let zone = Zone::standalone_with(&dir, "zone", &["--xds-plaintext"]).await;
+    zone.wait_log(&["--xds-plaintext", "without TLS"], WAIT).await;
+    assert!(!zone.data_dir().join("xds-ca.crt").exists(), "no CA is generated for a plaintext zone");
+    zone.api().apply_yaml(&traffic::backend_dataplane("web-1", &[(web.port, "web")])).await;
+    let port = traffic::free_port();
+    zone.api()
+        .apply_yaml(&format!(
+            r#"
+type: MeshGateway
+mesh: default
+name: gw
+selectors: [{{match: {{kuma.io/service: gw}}}}]
+conf: {{listeners: [{{port: {port}, protocol: HTTP}}]}}
+---
+type: MeshGatewayRoute
+mesh: default
+name: web
+selectors: [{{match: {{kuma.io/service: gw}}}}]
+conf: {{http: {{rules: [{{matches: [{{path: {{match: PREFIX, value: /}}}}], backends: [{{destination: {{kuma.io/service: web}}}}]}}]}}}}
+"#
+        ))
+        .await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("gw-1", "gw")).await;
+    let envoy = Envoy::start(&dir, &zone, "gw-1", XdsMode::Delta).await;
+    envoy.wait_ready().await;
+    let r = eventually("HTTP through the plaintext-fed gateway", WAIT, || async {
+        let r = traffic::get(port, "any.example.com", "/").await?;
+        if r.backend() == "web" { Ok(r) } else { Err(format!("{r:?}")) }
+    })
+    .await;
+    assert_eq!(r.status, 200);
+
+    let bootstrap = |args: &[&str]| {
+        std::process::Command::new(meridian_tests::process::binary("meridian-zone"))
+            .args(["dataplane", "bootstrap", "--name", "gw-1"])
+            .args(args)
+            .env("HOME", dir.path())
+            .output()
+            .expect("run dataplane bootstrap")
+    };
+    let missing = dir.path().join("no-such-ca.crt");
+    let out = bootstrap(&["--xds-address", "127.0.0.1:5678", "--ca-cert", missing.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ca-cert") && err.contains("no-such-ca.crt"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing printed on failure");
+    // Without --ca-cert the default CA path is named, with the way out.
+    let out = bootstrap(&["--xds-address", "127.0.0.1:5678"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(".meridian/zone/xds-ca.crt") && err.contains("--ca-cert"), "{err}");
+    let out = bootstrap(&["--xds-address", "https://127.0.0.1:5678", "--xds-plaintext"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("asks for TLS") && err.contains("--xds-plaintext"), "{err}");
+    drop(envoy);
+    let _ = zone.sigterm().await;
+}
