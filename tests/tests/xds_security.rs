@@ -382,3 +382,57 @@ conf: {{http: {{rules: [{{matches: [{{path: {{match: PREFIX, value: /}}}}], back
     drop(envoy);
     let _ = zone.sigterm().await;
 }
+
+/// A zone serving the operator's certificate (`--xds-tls-cert/--xds-tls-key`)
+/// generates nothing; Envoy trusting that certificate gets its
+/// configuration; the zone's `_bootstrap` endpoint, which does not know the
+/// operator's CA, says to use `dataplane bootstrap --ca-cert` (409).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_certificate_serves_xds() {
+    meridian_tests::process::envoy_binary();
+    let web = traffic::http_backend("web").await;
+    let dir = meridian_tests::TestDir::new("xds-operator-cert");
+    let own = traffic::cert("127.0.0.1");
+    let (cert, key) = (dir.path().join("xds-own.crt"), dir.path().join("xds-own.key"));
+    std::fs::write(&cert, &own.cert_pem).expect("write cert");
+    std::fs::write(&key, &own.key_pem).expect("write key");
+    let (cert_arg, key_arg) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let zone = Zone::standalone_with(&dir, "zone", &["--xds-tls-cert", cert_arg, "--xds-tls-key", key_arg]).await;
+    assert!(!zone.data_dir().join("xds-ca.crt").exists(), "nothing generated beside an operator certificate");
+    zone.api().apply_yaml(&traffic::backend_dataplane("web-1", &[(web.port, "web")])).await;
+    let port = traffic::free_port();
+    zone.api()
+        .apply_yaml(&format!(
+            r#"
+type: MeshGateway
+mesh: default
+name: gw
+selectors: [{{match: {{kuma.io/service: gw}}}}]
+conf: {{listeners: [{{port: {port}, protocol: HTTP}}]}}
+---
+type: MeshGatewayRoute
+mesh: default
+name: web
+selectors: [{{match: {{kuma.io/service: gw}}}}]
+conf: {{http: {{rules: [{{matches: [{{path: {{match: PREFIX, value: /}}}}], backends: [{{destination: {{kuma.io/service: web}}}}]}}]}}}}
+"#
+        ))
+        .await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("gw-1", "gw")).await;
+    let envoy = Envoy::start(&dir, &zone, "gw-1", XdsMode::Delta).await;
+    envoy.wait_ready().await;
+    let r = eventually("HTTP through the gateway", WAIT, || async {
+        let r = traffic::get(port, "any.example.com", "/").await?;
+        if r.backend() == "web" { Ok(r) } else { Err(format!("{r:?}")) }
+    })
+    .await;
+    assert_eq!(r.status, 200);
+
+    let url = format!("{}/meshes/default/dataplanes/gw-1/_bootstrap", zone.api_url());
+    let resp = reqwest::get(&url).await.expect("GET _bootstrap");
+    assert_eq!(resp.status().as_u16(), 409);
+    let body = resp.text().await.expect("body");
+    assert!(body.contains("--ca-cert"), "{body}");
+    drop(envoy);
+    let _ = zone.sigterm().await;
+}

@@ -219,11 +219,19 @@ impl Zone {
         self.extra_args.iter().any(|a| a == "--xds-plaintext")
     }
 
-    /// The CA its xDS server's generated certificate chains to
-    /// (`<data-dir>/xds-ca.crt`), what bootstraps get as `--ca-cert`;
-    /// `None` with `--xds-plaintext`.
+    /// The CA its xDS server's certificate chains to, what bootstraps get
+    /// as `--ca-cert`: the generated `<data-dir>/xds-ca.crt`, or the
+    /// `--xds-tls-cert` file itself (tests give self-signed ones); `None`
+    /// with `--xds-plaintext`.
     pub fn xds_ca(&self) -> Option<PathBuf> {
-        (!self.xds_plaintext()).then(|| self.data_dir.join("xds-ca.crt"))
+        if self.xds_plaintext() {
+            return None;
+        }
+        let given = self.extra_args.iter().position(|a| a == "--xds-tls-cert");
+        Some(match given.and_then(|i| self.extra_args.get(i + 1)) {
+            Some(cert) => PathBuf::from(cert),
+            None => self.data_dir.join("xds-ca.crt"),
+        })
     }
 
     /// The bootstrap flags that reach its xDS server: `--xds-address` and
