@@ -98,8 +98,9 @@ pub struct RunArgs {
     /// Extra DNS names or IPs for the generated xDS certificate, the names
     /// Envoys dial the zone by (repeatable; comma-separated in the
     /// environment variable). localhost, 127.0.0.1, ::1 and the host name
-    /// are always in. Read when the certificate is generated: delete
-    /// `xds.crt` in the data directory to add names later.
+    /// are always in. Read when the material is generated (first start):
+    /// to add names later, delete `xds-ca.crt`, `xds.crt` and `xds.key` from
+    /// the data directory (a new CA: bootstraps need the new `xds-ca.crt`).
     #[arg(long, env = "MERIDIAN_XDS_TLS_SAN", value_delimiter = ',')]
     pub xds_tls_san: Vec<String>,
 
