@@ -151,7 +151,8 @@ networking:
       kuma.io/service: edge-gateway
 EOF
 start gateway "$BIN/meridian-zone" dataplane run -f "$DIR/gateway-instance-1.yaml" \
-    --api-url http://127.0.0.1:5682 --xds-address 127.0.0.1:5678 -- --base-id 7 --log-level warn
+    --api-url http://127.0.0.1:5682 --xds-address https://127.0.0.1:5678 --ca-cert "$DIR/zone-1/xds-ca.crt" \
+    -- --base-id 7 --log-level warn
 
 wait_http http://127.0.0.1:8080/ "Host: foo.example.com"
 echo

@@ -11,11 +11,13 @@
 //! - [`args`]: the flag groups both server binaries flatten into their `run` command.
 //! - [`config`]: the running configuration for `GET /config`, secrets redacted.
 //! - [`state`]: the data directory, the store and the admin token; this process's identity.
+//! - [`tls`]: server TLS for the gRPC listeners (KDS, xDS): given, or a CA generated into the data directory.
 
 pub mod args;
 pub mod config;
 pub mod process;
 pub mod state;
+pub mod tls;
 
 pub use process::{Tasks, announce, run_until_signal};
 pub use tokio_util::sync::CancellationToken;

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //!   dataplane.yaml ──PUT──▶ zone API ──▶ store ──▶ xDS
-//!   bootstrap.yaml ──▶ envoy -c bootstrap.yaml ══ADS══▶ zone xDS (--xds-address)
+//!   bootstrap.yaml ──▶ envoy -c bootstrap.yaml ══ADS over TLS══▶ zone xDS (--xds-address, --ca-cert)
 //! ```
 
 pub mod bootstrap;
@@ -49,9 +49,22 @@ pub enum XdsMode {
 /// What every bootstrap needs.
 #[derive(Debug, Clone, Args)]
 pub struct BootstrapFlags {
-    /// The zone's xDS server, `host:port`.
+    /// The zone's xDS server: `host:port`, or `https://host:port`
+    /// (`grpcs://` too). Over TLS unless --xds-plaintext; Envoy verifies
+    /// the server's certificate against --ca-cert for this host.
     #[arg(long, env = "MERIDIAN_XDS_ADDRESS", default_value = "127.0.0.1:5678")]
     pub xds_address: String,
+
+    /// CA certificate (PEM) Envoy trusts for the zone's xDS server: the
+    /// zone's `<data-dir>/xds-ca.crt`, or the CA of its --xds-tls-cert.
+    /// Default: ~/.meridian/zone/xds-ca.crt.
+    #[arg(long, env = "MERIDIAN_XDS_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Dial the xDS server without TLS, for a zone run with --xds-plaintext
+    /// (only on trusted networks).
+    #[arg(long, env = "MERIDIAN_XDS_PLAINTEXT", action = clap::ArgAction::SetTrue)]
+    pub xds_plaintext: bool,
 
     /// Envoy's admin interface, `ip:port` (port 0 picks a free one).
     #[arg(long, env = "MERIDIAN_DP_ADMIN_ADDRESS", default_value = "127.0.0.1:9901")]
@@ -142,6 +155,7 @@ fn params<'a>(mesh: &'a str, name: &'a str, flags: &'a BootstrapFlags) -> anyhow
         xds_address: &flags.xds_address,
         admin_address: flags.admin_address,
         delta: flags.xds_mode == XdsMode::Delta,
+        tls: bootstrap::load_tls(flags.xds_plaintext, flags.ca_cert.as_deref())?,
     })
 }
 

@@ -12,6 +12,7 @@
 //!                 TCP   ─ one chain ─▶ tcp_proxy
 //!                 TLS   ─ one SNI chain per hostname (terminate or pass through) ─▶ tcp_proxy
 //!   every backend destination (tag set) ─▶ Cluster (EDS) + ClusterLoadAssignment
+//!   every certificate ─▶ SDS Secret "secret:<name>" (listeners reference it, never inline it)
 //!        ▼
 //!   check: drop what Envoy would reject (and say why) ─▶ ProxyConfig
 //! ```
@@ -32,8 +33,12 @@ mod select;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::config::{
-    cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener, route::v3::RouteConfiguration,
+use envoy_types::pb::envoy::{
+    config::{
+        cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
+        route::v3::RouteConfiguration,
+    },
+    extensions::transport_sockets::tls::v3::Secret,
 };
 use meridian_sync_proto::{
     Resource, ResourceType, Spec,
@@ -48,10 +53,10 @@ pub use select::{selector_matches, tags_match};
 pub const SERVICE_TAG: &str = "kuma.io/service";
 
 /// Type URLs of the Envoy resources a gateway receives, in the order a
-/// change is pushed (clusters and their endpoints before the listeners and
-/// routes that use them).
-pub fn type_urls() -> [String; 4] {
-    [CLUSTER_TYPE(), ENDPOINT_TYPE(), LISTENER_TYPE(), ROUTE_TYPE()]
+/// change is pushed (clusters and their endpoints, then the SDS secrets,
+/// before the listeners and routes that use them).
+pub fn type_urls() -> [String; 5] {
+    [CLUSTER_TYPE(), ENDPOINT_TYPE(), SECRET_TYPE(), LISTENER_TYPE(), ROUTE_TYPE()]
 }
 
 #[allow(non_snake_case)]
@@ -69,6 +74,12 @@ pub fn LISTENER_TYPE() -> String {
 #[allow(non_snake_case)]
 pub fn ROUTE_TYPE() -> String {
     RouteConfiguration::type_url()
+}
+/// `type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret`:
+/// SDS, served on the same ADS stream as the other types.
+#[allow(non_snake_case)]
+pub fn SECRET_TYPE() -> String {
+    Secret::type_url()
 }
 
 /// A resource as the generator sees it: name, creation time (for "newer
@@ -189,6 +200,10 @@ pub struct ProxyConfig {
     pub routes: Vec<RouteConfiguration>,
     pub clusters: Vec<Cluster>,
     pub endpoints: Vec<ClusterLoadAssignment>,
+    /// SDS secrets (certificate chain and private key) the listeners name
+    /// in `tls_certificate_sds_secret_configs`, sorted by name. Key
+    /// material lives here only, never in a listener.
+    pub secrets: Vec<Secret>,
     pub deps: Deps,
     /// What was left out and why (missing secrets, invalid values,
     /// destinations without a service or without a healthy endpoint...),
@@ -214,6 +229,7 @@ impl ProxyConfig {
         out.insert(ENDPOINT_TYPE(), set(&self.endpoints, |c| c.cluster_name.clone()));
         out.insert(LISTENER_TYPE(), set(&self.listeners, |l| l.name.clone()));
         out.insert(ROUTE_TYPE(), set(&self.routes, |r| r.name.clone()));
+        out.insert(SECRET_TYPE(), set(&self.secrets, |s| s.name.clone()));
         out
     }
 }
@@ -224,6 +240,8 @@ impl ProxyConfig {
 struct Ctx {
     /// Cluster name → destination tags.
     clusters: BTreeMap<String, BTreeMap<String, String>>,
+    /// SDS secrets by name (TLS listeners' certificates).
+    secrets: BTreeMap<String, Secret>,
     deps: Deps,
     warnings: Vec<String>,
 }
@@ -272,7 +290,9 @@ pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenE
         listeners = delegated::outbound_listeners(n, &mut ctx);
     }
     let (clusters, endpoints) = clusters::generate(snapshot, &ctx.clusters, &mut ctx.warnings);
-    let mut config = ProxyConfig { listeners, routes, clusters, endpoints, deps: ctx.deps, warnings: ctx.warnings };
+    let secrets = ctx.secrets.into_values().collect();
+    let mut config =
+        ProxyConfig { listeners, routes, clusters, endpoints, secrets, deps: ctx.deps, warnings: ctx.warnings };
     check::prune(&mut config);
     // Sorted and once each: the same inputs in any order give the same list.
     config.warnings.sort();

@@ -13,13 +13,25 @@ use meridian_rest::{ApiState, error::ApiError};
 use meridian_sync_proto::ResourceType;
 use serde::Deserialize;
 
-use crate::dataplane::bootstrap::{BootstrapParams, render};
+use crate::dataplane::bootstrap::{BootstrapParams, XdsTls, render};
+
+/// How the zone's xDS server is reached, for the bootstraps it hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XdsTransport {
+    /// `--xds-plaintext`.
+    Plaintext,
+    /// TLS; the CA's PEM when the zone generated it (with an operator's
+    /// `--xds-tls-cert` the zone does not know the CA: bootstraps come from
+    /// `meridian-zone dataplane bootstrap --ca-cert` instead).
+    Tls { ca_pem: Option<String> },
+}
 
 #[derive(Clone)]
 struct BootstrapState {
     api: ApiState,
     /// The address the zone's xDS server listens on.
     xds_addr: SocketAddr,
+    transport: XdsTransport,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,11 +50,14 @@ struct BootstrapQuery {
 
 /// `GET /meshes/{mesh}/dataplanes/{name}/_bootstrap`: the Envoy bootstrap
 /// (YAML) for a registered Dataplane, as `meridian-zone dataplane bootstrap`
-/// prints it.
-pub fn routes(api: ApiState, xds_addr: SocketAddr) -> Router {
-    Router::new()
-        .route("/meshes/{mesh}/dataplanes/{name}/_bootstrap", get(bootstrap))
-        .with_state(BootstrapState { api, xds_addr })
+/// prints it (over TLS with the zone's generated xDS CA unless the zone
+/// serves plaintext).
+pub fn routes(api: ApiState, xds_addr: SocketAddr, transport: XdsTransport) -> Router {
+    Router::new().route("/meshes/{mesh}/dataplanes/{name}/_bootstrap", get(bootstrap)).with_state(BootstrapState {
+        api,
+        xds_addr,
+        transport,
+    })
 }
 
 async fn bootstrap(
@@ -72,7 +87,18 @@ async fn bootstrap(
         Some("sotw") => false,
         Some(other) => return Err(ApiError::field("xdsMode", format!("{other:?} is not delta or sotw"))),
     };
-    let params = BootstrapParams { mesh: &mesh, name: &name, xds_address: &xds_address, admin_address, delta };
+    let tls = match &s.transport {
+        XdsTransport::Plaintext => None,
+        XdsTransport::Tls { ca_pem: Some(ca_pem) } => Some(XdsTls { ca_pem: ca_pem.clone() }),
+        XdsTransport::Tls { ca_pem: None } => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "Conflict",
+                "this zone serves xDS with --xds-tls-cert, whose CA it does not know: use `meridian-zone dataplane bootstrap --ca-cert CA`",
+            ));
+        }
+    };
+    let params = BootstrapParams { mesh: &mesh, name: &name, xds_address: &xds_address, admin_address, delta, tls };
     let yaml = render(&params).map_err(|e| ApiError::field("xdsAddress", format!("{e:#}")))?;
     Ok(([(header::CONTENT_TYPE, "application/yaml")], yaml).into_response())
 }

@@ -38,6 +38,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start and moved out at once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the zone control plane until SIGTERM or SIGINT.
@@ -75,6 +77,32 @@ pub struct RunArgs {
     /// Address of the xDS server the zone's Envoys connect to.
     #[arg(long, env = "MERIDIAN_XDS_ADDR", default_value = "0.0.0.0:5678")]
     pub xds_addr: SocketAddr,
+
+    /// Serve xDS without TLS (bootstraps then need `--xds-plaintext` too).
+    /// Anyone on the path reads every gateway's configuration: only for
+    /// trusted networks; a warning is logged at start.
+    #[arg(long, env = "MERIDIAN_XDS_PLAINTEXT", action = clap::ArgAction::SetTrue)]
+    pub xds_plaintext: bool,
+
+    /// PEM certificate (chain) for the xDS server. Default: a CA and
+    /// certificate generated into the data directory on first start
+    /// (`xds-ca.crt` is what Envoy bootstraps trust: `meridian-zone
+    /// dataplane bootstrap --ca-cert`).
+    #[arg(long, env = "MERIDIAN_XDS_TLS_CERT", requires = "xds_tls_key")]
+    pub xds_tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --xds-tls-cert.
+    #[arg(long, env = "MERIDIAN_XDS_TLS_KEY", requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+
+    /// Extra DNS names or IPs for the generated xDS certificate, the names
+    /// Envoys dial the zone by (repeatable; comma-separated in the
+    /// environment variable). localhost, 127.0.0.1, ::1 and the host name
+    /// are always in. Read when the material is generated (first start):
+    /// to add names later, delete `xds-ca.crt`, `xds.crt` and `xds.key` from
+    /// the data directory (a new CA: bootstraps need the new `xds-ca.crt`).
+    #[arg(long, env = "MERIDIAN_XDS_TLS_SAN", value_delimiter = ',')]
+    pub xds_tls_san: Vec<String>,
 
     /// The global's KDS address: `grpcs://host:5685` (TLS) or `grpc://host:5685`
     /// (plaintext, only when asked for explicitly). Without it the zone runs
@@ -183,6 +211,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         config: Arc::new(config),
     };
 
+    let (xds_tls, xds_transport) = xds_tls(&args, &data_dir)?;
     let api_tls = args.api.tls()?;
     let api_scheme = if api_tls.is_some() { "https" } else { "http" };
     let xds_listener = TcpListener::bind(args.xds_addr)
@@ -196,13 +225,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     announce(&format!("meridian-zone: API on {api_scheme}://{api_addr}"));
     tracing::info!(%api_addr, "API listening");
     announce(&format!("meridian-zone: xDS on {xds_addr}"));
-    tracing::info!(%xds_addr, "xDS listening");
+    tracing::info!(%xds_addr, tls = xds_tls.is_some(), "xDS listening");
 
     let mut tasks = Tasks::new(shutdown.clone());
     let limits = args.listeners.limits();
     tasks.spawn("API server", {
         let stop = shutdown.clone().cancelled_owned();
-        let router = meridian_rest::router(state.clone()).merge(http::routes(state, xds_addr));
+        let router = meridian_rest::router(state.clone()).merge(http::routes(state, xds_addr, xds_transport));
         async move { Ok(meridian_rest::server::serve(api_listener, api_tls, limits, router, stop).await?) }
     });
     if let Some(cfg) = kds_config {
@@ -220,8 +249,46 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
             xds::XdsConfig { zone: args.zone.clone(), instance_id: instance_id.clone(), metrics: sync_metrics.clone() };
         let store = store.clone();
         let stop = shutdown.clone();
-        async move { Ok(xds::serve(xds_listener, limits, store, config, stop).await?) }
+        async move { Ok(xds::serve(xds_listener, xds_tls, limits, store, config, stop).await?) }
     });
 
     tasks.wait().await
+}
+
+/// The generated xDS material: `xds-ca.crt` (what bootstraps trust),
+/// `xds.crt`, `xds.key` in the data directory.
+pub const XDS_TLS: meridian_runtime::tls::Material =
+    meridian_runtime::tls::Material { prefix: "xds", label: "xDS", flag: "--xds-tls", server_name: "meridian-zone" };
+
+/// The xDS server's TLS config: `--xds-tls-cert/--xds-tls-key`, or the
+/// material generated into `data_dir`; `None` with `--xds-plaintext`
+/// (logged as a warning).
+fn xds_tls(
+    args: &RunArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(Option<Arc<rustls::ServerConfig>>, http::XdsTransport)> {
+    if args.xds_plaintext {
+        if args.xds_tls_cert.is_some() {
+            anyhow::bail!("--xds-plaintext and --xds-tls-cert contradict each other: drop one");
+        }
+        tracing::warn!(
+            "--xds-plaintext: xDS is served without TLS; anyone on the network path can read or alter every gateway's configuration"
+        );
+        return Ok((None, http::XdsTransport::Plaintext));
+    }
+    let (config, ca) = meridian_runtime::tls::server_config(
+        &XDS_TLS,
+        data_dir,
+        args.xds_tls_cert.as_deref(),
+        args.xds_tls_key.as_deref(),
+        &args.xds_tls_san,
+    )?;
+    let ca_pem = match ca {
+        Some(ca) => {
+            announce(&format!("meridian-zone: xDS CA at {}", ca.display()));
+            Some(std::fs::read_to_string(&ca).with_context(|| format!("cannot read {}", ca.display()))?)
+        }
+        None => None,
+    };
+    Ok((Some(config), http::XdsTransport::Tls { ca_pem }))
 }

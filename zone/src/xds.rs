@@ -1,7 +1,14 @@
 //! The zone's xDS server: Envoy's Aggregated Discovery Service over gRPC,
 //! delta (`DeltaAggregatedResources`) and state of the world
 //! (`StreamAggregatedResources`), both driven by the shared delta engine
-//! ([`meridian_sync_proto::delta`]) from the same desired sets.
+//! ([`meridian_sync_proto::delta`]) from the same desired sets: clusters,
+//! endpoints, SDS secrets (TLS certificates, never inlined in listeners),
+//! listeners and routes.
+//!
+//! Served over TLS (ALPN `h2`) unless the zone runs with `--xds-plaintext`:
+//! the certificate is the operator's or one generated into the data
+//! directory with its CA ([`meridian_runtime::tls`]); connections go through
+//! the guarded accept loop (cap, handshake and first-bytes deadlines).
 //!
 //! ```text
 //!   store ──watch──▶ cache (MeshSnapshot per mesh, generated config per connected Dataplane)
@@ -131,6 +138,7 @@ struct Ads(Arc<Shared>);
 /// first and follows the store's change feed meanwhile.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     limits: meridian_rest::listener::Limits,
     store: Store,
     config: XdsConfig,
@@ -150,14 +158,27 @@ pub async fn serve(
     let service = AggregatedDiscoveryServiceServer::new(Ads(shared))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    // Cap, first-bytes deadline: a connection that never sends its HTTP/2
-    // preface is closed (meridian_rest::listener).
-    let incoming = meridian_rest::listener::plain(listener, limits, "xDS")?.into_stream();
-    let server = tonic::transport::Server::builder()
+    // Cap, handshake and first-bytes deadlines: a connection that never
+    // finishes its TLS handshake or never sends its HTTP/2 preface is
+    // closed (meridian_rest::listener).
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+        .add_service(service);
+    let shutdown = stop.clone().cancelled_owned();
+    let server = async move {
+        match tls {
+            Some(tls) => {
+                let incoming = meridian_rest::listener::tls(listener, limits, "xDS", tls)?.into_stream();
+                router.serve_with_incoming_shutdown(incoming, shutdown).await?
+            }
+            None => {
+                let incoming = meridian_rest::listener::plain(listener, limits, "xDS")?.into_stream();
+                router.serve_with_incoming_shutdown(incoming, shutdown).await?
+            }
+        }
+        Ok::<(), XdsError>(())
+    };
     tokio::select! {
         r = server => r?,
         r = cache.follow(store, revision) => {

@@ -1,6 +1,7 @@
 //! A real Envoy for one Dataplane of a zone, bootstrapped the way users do
 //! it: `meridian-zone dataplane bootstrap --mesh M --name N` (node id
-//! `<mesh>.<name>`), then `envoy -c bootstrap.yaml`.
+//! `<mesh>.<name>`; xDS over TLS with the zone's CA, `--ca-cert`), then
+//! `envoy -c bootstrap.yaml`.
 
 use std::{ffi::OsString, path::PathBuf, process::ExitStatus, sync::Mutex};
 
@@ -42,7 +43,8 @@ impl Envoy {
         };
         let out = tokio::process::Command::new(binary("meridian-zone"))
             .args(["dataplane", "bootstrap", "--mesh", "default", "--name", name, "--admin-address", "127.0.0.1:0"])
-            .args(["--xds-address", &zone.xds().to_string(), "--xds-mode", mode])
+            .args(zone.xds_flags())
+            .args(["--xds-mode", mode])
             .output()
             .await
             .expect("run meridian-zone dataplane bootstrap");

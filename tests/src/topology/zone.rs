@@ -1,5 +1,7 @@
 //! A `meridian-zone run` process of a topology: federated with a global
-//! (token, KDS address, CA) or standalone.
+//! (token, KDS address, CA) or standalone. Its xDS server speaks TLS with
+//! the CA it generates into its data directory (unless started with
+//! `--xds-plaintext`); [`Zone::xds_flags`] is what a bootstrap needs.
 
 use std::{
     ffi::OsString,
@@ -210,6 +212,56 @@ impl Zone {
     /// Where its Envoys dial ADS.
     pub fn xds(&self) -> SocketAddr {
         self.xds_addr
+    }
+
+    /// Whether its xDS server speaks plaintext (started with `--xds-plaintext`).
+    pub fn xds_plaintext(&self) -> bool {
+        self.extra_args.iter().any(|a| a == "--xds-plaintext")
+    }
+
+    /// The CA its xDS server's certificate chains to, what bootstraps get
+    /// as `--ca-cert`: the generated `<data-dir>/xds-ca.crt`, or the
+    /// `--xds-tls-cert` file itself (tests give self-signed ones); `None`
+    /// with `--xds-plaintext`.
+    pub fn xds_ca(&self) -> Option<PathBuf> {
+        if self.xds_plaintext() {
+            return None;
+        }
+        let given = self.extra_args.iter().position(|a| a == "--xds-tls-cert");
+        Some(match given.and_then(|i| self.extra_args.get(i + 1)) {
+            Some(cert) => PathBuf::from(cert),
+            None => self.data_dir.join("xds-ca.crt"),
+        })
+    }
+
+    /// The bootstrap flags that reach its xDS server: `--xds-address` and
+    /// `--ca-cert CA` (or `--xds-plaintext`).
+    pub fn xds_flags(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--xds-address".into(), self.xds_addr.to_string().into()];
+        match self.xds_ca() {
+            Some(ca) => args.extend(["--ca-cert".into(), ca.into()]),
+            None => args.push("--xds-plaintext".into()),
+        }
+        args
+    }
+
+    /// A gRPC channel to its xDS server as Envoy dials it: TLS trusting
+    /// [`Zone::xds_ca`] for `localhost` (plaintext with `--xds-plaintext`).
+    pub async fn xds_channel(&self) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        crate::init_crypto();
+        match self.xds_ca() {
+            Some(ca) => {
+                let pem = std::fs::read(&ca).unwrap_or_else(|e| panic!("read {}: {e}", ca.display()));
+                Endpoint::from_shared(format!("https://{}", self.xds_addr))?
+                    .tls_config(
+                        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)).domain_name("localhost"),
+                    )?
+                    .connect()
+                    .await
+            }
+            None => Endpoint::from_shared(format!("http://{}", self.xds_addr))?.connect().await,
+        }
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -54,9 +54,8 @@ async fn seed_examples_serve_http_tcp_and_delegated_traffic() {
     std::fs::write(&dp_file, yaml(&["gateway-instance-1"])).expect("dp file");
     let admin_file = dir.join("admin");
     let run = Process::new("dataplane-run", binary("meridian-zone"), &topo.dir().logs());
-    let mut args: Vec<std::ffi::OsString> =
-        ["dataplane", "run", "--api-url", zone.api_url(), "--xds-address"].map(Into::into).to_vec();
-    args.push(zone.xds().to_string().into());
+    let mut args: Vec<std::ffi::OsString> = ["dataplane", "run", "--api-url", zone.api_url()].map(Into::into).to_vec();
+    args.extend(zone.xds_flags());
     args.extend(["--admin-address".into(), "127.0.0.1:0".into(), "--envoy".into(), envoy_bin.into()]);
     args.extend(["--config-dir".into(), dir.clone().into(), "-f".into(), dp_file.into()]);
     args.extend(["--", "--concurrency", "1", "--admin-address-path"].map(Into::into));

@@ -29,8 +29,7 @@ struct DeltaClient {
 
 impl DeltaClient {
     async fn open(zone: &Zone, first: DeltaDiscoveryRequest) -> Result<DeltaClient, tonic::Status> {
-        let mut client =
-            AggregatedDiscoveryServiceClient::connect(format!("http://{}", zone.xds())).await.expect("connect");
+        let mut client = AggregatedDiscoveryServiceClient::new(zone.xds_channel().await.expect("connect"));
         // Requests queued by the test: a handful at a time.
         let (tx, rx) = mpsc::channel(16);
         tx.send(first).await.expect("queue");
@@ -221,8 +220,7 @@ async fn sotw_answers_changes_not_acks() {
     zone.api().apply_yaml(traffic::MESH).await;
     zone.api().apply_yaml(&two_ports("/", false)).await;
     zone.api().apply_yaml(&traffic::gateway_dataplane("gw-1", "gw")).await;
-    let mut client =
-        AggregatedDiscoveryServiceClient::connect(format!("http://{}", zone.xds())).await.expect("connect");
+    let mut client = AggregatedDiscoveryServiceClient::new(zone.xds_channel().await.expect("connect"));
     // Requests queued by the test: a handful at a time.
     let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
     tx.send(DiscoveryRequest { node: node("default.gw-1"), type_url: LISTENER_TYPE(), ..Default::default() })

@@ -274,6 +274,10 @@ async fn zone_serves_bootstrap_for_registered_dataplanes() {
     let yaml = resp.text().await.expect("body");
     assert!(yaml.contains("default.gw-dp"), "node id names the Dataplane:\n{yaml}");
     assert!(yaml.contains("DELTA_GRPC"), "delta ADS by default:\n{yaml}");
+    assert!(yaml.contains("UpstreamTlsContext"), "xDS over TLS by default:\n{yaml}");
+    let ca = std::fs::read_to_string(z.xds_ca().expect("TLS zone")).expect("the zone's xDS CA");
+    let first_line = ca.lines().nth(1).expect("PEM body");
+    assert!(yaml.contains(first_line), "the bootstrap trusts the zone's CA:\n{yaml}");
     let sotw = http.get(url("gw-dp", "?xdsMode=sotw")).send().await.expect("GET").text().await.expect("body");
     assert!(sotw.contains("api_type: GRPC"), "{sotw}");
     let missing = http.get(url("nope", "")).send().await.expect("GET");

@@ -27,6 +27,7 @@ pub fn dump(config: &ProxyConfig) -> String {
     section(&mut out, "routes", &config.routes);
     section(&mut out, "clusters", &config.clusters);
     section(&mut out, "endpoints", &config.endpoints);
+    section(&mut out, "secrets", &config.secrets);
     out.push_str("# warnings\n");
     for w in &config.warnings {
         out.push_str("- ");

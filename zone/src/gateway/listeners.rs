@@ -1,12 +1,23 @@
 //! One Envoy listener per port of the selected MeshGateway: HTTP and TCP
 //! ports share one filter chain, HTTPS and TLS ports get one SNI filter
 //! chain per hostname.
+//!
+//! Certificates are never inlined in a listener: its `DownstreamTlsContext`
+//! names SDS secrets (`tls_certificate_sds_secret_configs`, fetched over
+//! ADS) and the certificate and key travel as their own `Secret`
+//! resources ([`super::ProxyConfig::secrets`]), under names that do not
+//! depend on their content ([`secret_name`]): rotating a Secret changes
+//! only that secret's version, never the listener, so Envoy swaps the
+//! certificate for new handshakes without draining the listener.
 
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::{
     config::{
-        core::v3::{DataSource, TransportSocket, data_source, transport_socket},
+        core::v3::{
+            AggregatedConfigSource, ApiVersion, ConfigSource, DataSource, TransportSocket, config_source, data_source,
+            transport_socket,
+        },
         listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter},
         route::v3::RouteConfiguration,
     },
@@ -23,7 +34,8 @@ use envoy_types::pb::envoy::{
             },
         },
         transport_sockets::tls::v3::{
-            CommonTlsContext, DownstreamTlsContext, TlsCertificate, TlsParameters, tls_parameters::TlsProtocol,
+            CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret, TlsCertificate, TlsParameters, secret,
+            tls_parameters::TlsProtocol,
         },
     },
 };
@@ -308,49 +320,62 @@ fn tcp_proxy(stat: &str, routes: &[&Item<MeshGatewayRoute>], ctx: &mut Ctx) -> O
     })
 }
 
+/// The SDS name of a listener's certificate: `secret:<name>` for a Secret
+/// of the mesh (shared by every listener that uses it), `file:<path>` for
+/// files Envoy reads, `inline:<port>:<hostname>:<index>` for PEM written
+/// in the MeshGateway. Names never depend on the certificate's content, so
+/// a rotation changes the secret's version only.
+pub(super) fn secret_name(source: &SourceType, port: u32, hostname: &str, index: usize) -> String {
+    match source {
+        SourceType::Secret(name) => format!("secret:{name}"),
+        SourceType::File(path) => format!("file:{path}"),
+        SourceType::Inline(_) | SourceType::InlineString(_) => format!("inline:{port}:{hostname}:{index}"),
+    }
+}
+
 /// The certificates of a TLS-terminating listener, each checked as Envoy
-/// will; `None` (with a warning) when one is missing or unusable, so the
+/// will, as SDS references; the secrets themselves go to `ctx.secrets`.
+/// `None` (with a warning) when one is missing or unusable, so the
 /// hostname is left out rather than the whole listener NACKed.
-fn certificates(snapshot: &MeshSnapshot, l: &ListenerCtx<'_>, ctx: &mut Ctx) -> Option<Vec<TlsCertificate>> {
+fn certificates(snapshot: &MeshSnapshot, l: &ListenerCtx<'_>, ctx: &mut Ctx) -> Option<Vec<SdsSecretConfig>> {
     let sources = l.spec.tls.as_ref().map(|t| t.certificates.as_slice()).unwrap_or_default();
     if sources.is_empty() {
         ctx.warn(format!("port {} hostname {}: TLS termination without certificates; skipped", l.port, l.hostname));
         return None;
     }
     let mut out = Vec::new();
+    let mut secrets = Vec::new();
     for (i, source) in sources.iter().enumerate() {
-        let pem: Vec<u8> = match &source.r#type {
-            Some(SourceType::Secret(name)) => {
-                ctx.deps.secrets.insert(name.clone());
-                match snapshot.secrets.get(name).and_then(|s| s.spec.data.as_ref()) {
+        let Some(kind) = &source.r#type else {
+            ctx.warn(format!("port {} hostname {}: certificates[{i}] is empty; skipped", l.port, l.hostname));
+            return None;
+        };
+        let name = secret_name(kind, l.port, &l.hostname, i);
+        let pem: Vec<u8> = match kind {
+            SourceType::Secret(secret) => {
+                ctx.deps.secrets.insert(secret.clone());
+                match snapshot.secrets.get(secret).and_then(|s| s.spec.data.as_ref()) {
                     Some(data) => data.value.to_vec(),
                     None => {
                         ctx.warn(format!(
-                            "port {} hostname {}: Secret {name:?} not found; skipped",
+                            "port {} hostname {}: Secret {secret:?} not found; skipped",
                             l.port, l.hostname
                         ));
                         return None;
                     }
                 }
             }
-            Some(SourceType::Inline(b)) => b.value.to_vec(),
-            Some(SourceType::InlineString(s)) => s.clone().into_bytes(),
-            Some(SourceType::File(path)) => {
+            SourceType::Inline(b) => b.value.to_vec(),
+            SourceType::InlineString(s) => s.clone().into_bytes(),
+            SourceType::File(path) => {
                 // Envoy reads the file; the same PEM holds the chain and the key.
                 let file = DataSource {
                     specifier: Some(data_source::Specifier::Filename(path.clone())),
                     ..Default::default()
                 };
-                out.push(TlsCertificate {
-                    certificate_chain: Some(file.clone()),
-                    private_key: Some(file),
-                    ..Default::default()
-                });
+                secrets.push(tls_secret(&name, file.clone(), file));
+                out.push(sds_ref(name));
                 continue;
-            }
-            None => {
-                ctx.warn(format!("port {} hostname {}: certificates[{i}] is empty; skipped", l.port, l.hostname));
-                return None;
             }
         };
         if let Err(e) = validate::tls_secret(&pem) {
@@ -358,13 +383,37 @@ fn certificates(snapshot: &MeshSnapshot, l: &ListenerCtx<'_>, ctx: &mut Ctx) -> 
             return None;
         }
         let (chain, key) = split_pem(&String::from_utf8_lossy(&pem));
-        out.push(TlsCertificate {
-            certificate_chain: Some(inline(chain)),
-            private_key: Some(inline(key)),
-            ..Default::default()
-        });
+        secrets.push(tls_secret(&name, inline(chain), inline(key)));
+        out.push(sds_ref(name));
+    }
+    for s in secrets {
+        ctx.secrets.insert(s.name.clone(), s);
     }
     Some(out)
+}
+
+/// An SDS secret holding one certificate chain and its key.
+fn tls_secret(name: &str, chain: DataSource, key: DataSource) -> Secret {
+    Secret {
+        name: name.to_string(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(chain),
+            private_key: Some(key),
+            ..Default::default()
+        })),
+    }
+}
+
+/// A reference to SDS secret `name`, fetched over the ADS stream.
+fn sds_ref(name: String) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name,
+        sds_config: Some(ConfigSource {
+            config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource::default())),
+            resource_api_version: ApiVersion::V3 as i32,
+            ..Default::default()
+        }),
+    }
 }
 
 fn inline(s: String) -> DataSource {
@@ -393,14 +442,14 @@ fn split_pem(pem: &str) -> (String, String) {
     (chain, key)
 }
 
-fn tls_socket(certs: Vec<TlsCertificate>, http: bool) -> TransportSocket {
+fn tls_socket(certs: Vec<SdsSecretConfig>, http: bool) -> TransportSocket {
     let ctx = DownstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
             tls_params: Some(TlsParameters {
                 tls_minimum_protocol_version: TlsProtocol::TlSv12 as i32,
                 ..Default::default()
             }),
-            tls_certificates: certs,
+            tls_certificate_sds_secret_configs: certs,
             alpn_protocols: if http { vec!["h2".into(), "http/1.1".into()] } else { Vec::new() },
             ..Default::default()
         }),

@@ -578,6 +578,50 @@ conf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [
         assert!(!now.iter().any(|w| w.contains("resolves to no service")), "{now:?}");
     }
 
+    /// Versions of one type in a published state.
+    fn versions(state: &ProxyState, type_url: &str) -> BTreeMap<String, String> {
+        let config = state.config.as_ref().expect("config");
+        config
+            .get(type_url)
+            .map(|s| s.iter().map(|(n, d)| (n.clone(), d.version.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_rotated_secret_changes_its_sds_secret_only() {
+        use crate::gateway::{CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE};
+        let cache = Cache::default();
+        let all = resources(include_str!("../../testdata/golden/https.yaml"));
+        for r in &all {
+            cache.upsert_for_test(r);
+        }
+        let mut gw = cache.subscribe(&id("gw-1"));
+        let before = gw.rx.borrow_and_update().clone();
+        let secrets = versions(&before, &SECRET_TYPE());
+        assert_eq!(secrets.keys().collect::<Vec<_>>(), ["secret:bar-cert", "secret:foo-cert"]);
+        // No key material in any listener.
+        let listeners = &before.config.as_ref().expect("config")[&LISTENER_TYPE()];
+        for (name, d) in listeners.iter() {
+            let text = String::from_utf8_lossy(&d.resource.value);
+            assert!(!text.contains("PRIVATE KEY"), "listener {name} carries a private key");
+            assert!(text.contains("secret:"), "listener {name} names no SDS secret");
+        }
+
+        // foo-cert gets bar-cert's certificate: a new version of one secret.
+        let mut rotated = all.iter().find(|r| r.meta.name == "foo-cert").expect("foo-cert").clone();
+        let bar = all.iter().find(|r| r.meta.name == "bar-cert").expect("bar-cert");
+        rotated.spec = bar.spec.clone();
+        cache.upsert_for_test(&rotated);
+        assert!(gw.rx.has_changed().unwrap_or(false), "the rotation is published");
+        let after = gw.rx.borrow_and_update().clone();
+        let now = versions(&after, &SECRET_TYPE());
+        assert_ne!(now["secret:foo-cert"], secrets["secret:foo-cert"]);
+        assert_eq!(now["secret:bar-cert"], secrets["secret:bar-cert"]);
+        for t in [LISTENER_TYPE(), ROUTE_TYPE(), CLUSTER_TYPE()] {
+            assert_eq!(versions(&after, &t), versions(&before, &t), "{t} changed on a rotation");
+        }
+    }
+
     #[test]
     fn unknown_dataplanes_get_an_error_until_registered() {
         let cache = Cache::default();

@@ -42,7 +42,7 @@ use super::{
     cache::{ProxyError, ProxyState},
     insight::{self, InsightHandle},
 };
-use crate::gateway::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, type_urls};
+use crate::gateway::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, type_urls};
 
 /// Largest total of resources in one delta response: Envoy's gRPC client
 /// accepts 4 MiB messages by default; leave room for the envelope.
@@ -62,6 +62,8 @@ fn short(type_url: &str) -> &'static str {
         "lds"
     } else if type_url == ROUTE_TYPE() {
         "rds"
+    } else if type_url == SECRET_TYPE() {
+        "sds"
     } else {
         "other"
     }

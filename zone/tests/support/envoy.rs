@@ -28,20 +28,46 @@ pub fn validate(file: &Path) -> std::process::Output {
 }
 
 /// The configuration as a static Envoy bootstrap (routes inlined into
-/// their listeners, EDS clusters made static with their endpoints), in
+/// their listeners, EDS clusters made static with their endpoints, SDS
+/// secrets made static under the same names), in
 /// Envoy's binary proto format, for `envoy --mode validate`.
 pub fn static_bootstrap(config: &gateway::ProxyConfig) -> Vec<u8> {
     use envoy_types::pb::envoy::{
         config::{
             bootstrap::v3::{Bootstrap, bootstrap::StaticResources},
             cluster::v3::cluster,
+            core::v3::transport_socket,
             listener::v3::filter,
         },
-        extensions::filters::network::http_connection_manager::v3::{HttpConnectionManager, http_connection_manager},
+        extensions::{
+            filters::network::http_connection_manager::v3::{HttpConnectionManager, http_connection_manager},
+            transport_sockets::tls::v3::DownstreamTlsContext,
+        },
     };
     use prost::Message;
     let mut listeners = config.listeners.clone();
     for l in &mut listeners {
+        // SDS over ADS becomes the static secrets below (same names).
+        for c in &mut l.filter_chains {
+            let Some(transport_socket::ConfigType::TypedConfig(any)) =
+                c.transport_socket.as_mut().and_then(|t| t.config_type.as_mut())
+            else {
+                continue;
+            };
+            let Ok(mut tls) = DownstreamTlsContext::decode(any.value.as_slice()) else { continue };
+            if let Some(common) = tls.common_tls_context.as_mut() {
+                for sds in &mut common.tls_certificate_sds_secret_configs {
+                    assert!(
+                        config.secrets.iter().any(|s| s.name == sds.name),
+                        "listener {} names a missing secret {}",
+                        l.name,
+                        sds.name
+                    );
+                    sds.sds_config = None;
+                }
+            }
+            *any = envoy_types::util::pack_any(tls);
+        }
         for f in l.filter_chains.iter_mut().flat_map(|c| c.filters.iter_mut()) {
             let Some(filter::ConfigType::TypedConfig(any)) = f.config_type.as_mut() else { continue };
             let Ok(mut hcm) = HttpConnectionManager::decode(any.value.as_slice()) else { continue };
@@ -67,7 +93,7 @@ pub fn static_bootstrap(config: &gateway::ProxyConfig) -> Vec<u8> {
         })
         .collect();
     Bootstrap {
-        static_resources: Some(StaticResources { listeners, clusters, ..Default::default() }),
+        static_resources: Some(StaticResources { listeners, clusters, secrets: config.secrets.clone() }),
         ..Default::default()
     }
     .encode_to_vec()
