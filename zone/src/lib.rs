@@ -13,6 +13,7 @@ pub mod http;
 pub mod kds;
 
 pub mod dataplane;
+pub mod dataplane_cleanup;
 pub mod gateway;
 pub mod global_address;
 pub mod xds;
@@ -101,6 +102,14 @@ pub struct RunArgs {
           value_parser = meridian_sync_proto::kds::parse_max_message_bytes)]
     pub kds_max_message_bytes: usize,
 
+    /// Delete a Dataplane whose proxy has been disconnected for longer than
+    /// this, as a duration (`72h`, `30m`, `2s`); `0s` keeps them forever. As
+    /// the incumbent's `KUMA_RUNTIME_UNIVERSAL_DP_CLEANUP_AGE` (default 72h).
+    /// A Dataplane whose proxy never connected is kept.
+    #[arg(long, env = "MERIDIAN_DATAPLANE_CLEANUP_AFTER", default_value = "72h", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub dataplane_cleanup_after: std::time::Duration,
+
     #[command(flatten)]
     #[serde(flatten)]
     pub log: LogArgs,
@@ -109,6 +118,10 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub change_log: ChangeLogArgs,
+}
+
+fn human_duration<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
 }
 
 /// Entry point: runs the command and turns failures into an exit code.
@@ -213,6 +226,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     tasks.spawn("change-log compactor", {
         let (change_log, store, shutdown) = (args.change_log.clone(), store.clone(), shutdown.clone());
         async move { change_log.run_compactor(store, shutdown).await }
+    });
+    tasks.spawn("Dataplane cleanup", {
+        let (manager, after, shutdown) = (manager.clone(), args.dataplane_cleanup_after, shutdown.clone());
+        async move { dataplane_cleanup::run(manager, after, shutdown).await }
     });
     tasks.spawn("xDS server", {
         let config =
