@@ -11,7 +11,7 @@
 //! - bad flags, a bad Dataplane file and a zone refusal exit 1 naming the
 //!   flag or field, with nothing registered.
 
-use std::{ffi::OsString, path::Path, time::Duration};
+use std::{ffi::OsString, path::Path};
 
 use meridian_tests::{
     TestDir, WAIT, Zone, eventually,

@@ -45,7 +45,6 @@ pub fn main(args: RunDataplaneArgs) -> ExitCode {
     let plan = match plan::check(&args) {
         Ok(p) => p,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("meridian-zone dataplane run: {e:#}");
             return ExitCode::from(EXIT_INVALID);
         }
@@ -63,7 +62,6 @@ pub fn main(args: RunDataplaneArgs) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("meridian-zone dataplane run: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -103,15 +101,15 @@ async fn run(plan: Plan) -> anyhow::Result<ExitCode> {
         tokio::select! {
             r = api.register(doc) => {
                 if let Err(e) = r {
-                    tracing::error!("{e}");
-                    eprintln!("meridian-zone dataplane run: the Dataplane {id} was not registered: {e}");
+                    tracing::error!(dataplane = %id, "the Dataplane was not registered: {e}");
                     return Ok(ExitCode::from(EXIT_INVALID));
                 }
             }
             sig = signals.recv() => {
                 tracing::info!("{sig} before the Dataplane was registered: stopping");
                 // A PUT may have landed just before the signal.
-                return Ok(deregister(&api, &id, ExitCode::SUCCESS).await);
+                api.deregister_if_registered().await;
+                return Ok(ExitCode::SUCCESS);
             }
         }
         tracing::info!(dataplane = %id, "Dataplane registered");

@@ -84,12 +84,14 @@ impl ZoneApi {
     }
 
     fn unreachable(&self, e: &reqwest::Error) -> ApiFailure {
-        let mut reason = e.to_string();
+        // reqwest's own text repeats the URL; its causes say what happened.
+        let mut causes = Vec::new();
         let mut src = std::error::Error::source(e);
         while let Some(s) = src {
-            reason = format!("{reason}: {s}");
+            causes.push(s.to_string());
             src = s.source();
         }
+        let reason = if causes.is_empty() { e.to_string() } else { causes.join(": ") };
         ApiFailure::Unreachable { url: self.url.clone(), reason }
     }
 
@@ -130,6 +132,16 @@ impl ZoneApi {
             .when(ApiFailure::is_retryable)
             .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "cannot register the Dataplane yet"))
             .await
+    }
+
+    /// One DELETE after a stop that came before the registration was
+    /// confirmed (a PUT may have landed): failures are only logged.
+    pub async fn deregister_if_registered(&self) {
+        match self.delete_once().await {
+            Ok(true) => tracing::info!("Dataplane deregistered"),
+            Ok(false) => {}
+            Err(e) => tracing::info!(error = %e, "could not check that the Dataplane was not registered"),
+        }
     }
 
     /// DELETEs the Dataplane, a few times at most; `Ok(false)` when it was
