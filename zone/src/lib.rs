@@ -42,7 +42,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the zone control plane until SIGTERM or SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Envoy for a gateway Dataplane: print its bootstrap, or register it and run Envoy.
     Dataplane(dataplane::DataplaneArgs),
 }
@@ -127,7 +127,7 @@ fn human_duration<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result
 /// Entry point: runs the command and turns failures into an exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let args = match cli.command {
-        Command::Run(args) => args,
+        Command::Run(args) => *args,
         Command::Dataplane(dp) => return dataplane::main(dp),
     };
     let log_level = args.log.log_level.clone();
