@@ -139,6 +139,49 @@ mod tests {
         assert!(!expired(&DataplaneInsight::default(), after, i64::MAX), "never connected: kept");
     }
 
+    /// On a real (SQLite) store: only the Dataplane whose proxy left long
+    /// enough ago goes, with its insight.
+    #[tokio::test]
+    async fn a_sweep_deletes_only_the_long_disconnected() {
+        use meridian_store::{StatusExpect, Store};
+        use meridian_sync_proto::{Resource, universal};
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = format!("sqlite:{}", dir.path().join("z.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        let manager = Manager::new(store.clone(), meridian_core::Role::Zone { federated: false });
+        let mesh = universal::from_value(serde_json::json!({"type": "Mesh", "name": "default"})).expect("mesh");
+        manager.apply(mesh, None, false).await.expect("mesh");
+        for name in ["gone", "connected", "never", "recent"] {
+            let dp = universal::from_value(serde_json::json!({"type": "Dataplane", "mesh": "default", "name": name,
+                "networking": {"address": "127.0.0.1", "gateway": {"tags": {"kuma.io/service": "gw"}}}}))
+            .expect("dataplane");
+            manager.apply(dp, None, false).await.expect("apply");
+        }
+        let insights = [
+            ("gone", vec![sub(0, Some(1_000))]),
+            ("connected", vec![sub(0, Some(1_000)), sub(2_000, None)]),
+            ("recent", vec![sub(0, Some(95_000))]),
+        ];
+        for (name, subscriptions) in insights {
+            let r = Resource::new("default", name, Spec::DataplaneInsight(DataplaneInsight { subscriptions }));
+            store.put_status(&Manager::encode(&r), &StatusExpect::Absent).await.expect("insight");
+        }
+
+        let removed = sweep(&manager, Duration::from_secs(10), 100_000).await.expect("sweep");
+        assert_eq!(removed, ["default/gone"]);
+        let get = |ty, name: &'static str| {
+            let manager = manager.clone();
+            async move { manager.get(ty, "default", name).await.expect("get").is_some() }
+        };
+        assert!(!get(ResourceType::Dataplane, "gone").await);
+        assert!(!get(ResourceType::DataplaneInsight, "gone").await, "the insight goes with it");
+        for name in ["connected", "never", "recent"] {
+            assert!(get(ResourceType::Dataplane, name).await, "{name} is kept");
+        }
+        assert!(sweep(&manager, Duration::from_secs(10), 100_000).await.expect("sweep").is_empty());
+    }
+
     #[test]
     fn the_interval_follows_the_age_within_bounds() {
         assert_eq!(interval(Duration::from_secs(2)), MIN_INTERVAL);
