@@ -147,7 +147,7 @@ async fn waits_for_the_zone_then_serves_and_sigterm_deregisters() {
     let status = run.sigterm().await;
     assert!(status.success(), "dataplane run after SIGTERM: {status:?}\n{}", run.stderr());
     let log = run.stderr();
-    assert!(log.contains("draining Envoy"), "{log}");
+    assert!(log.contains("Envoy drains its listeners"), "the drain request reached Envoy's admin: {log}");
     assert!(log.contains("Dataplane deregistered"), "{log}");
     assert!(zone.api().find("/meshes/default/dataplanes/gw-1").await.expect("GET").is_none());
     wait_process_gone(pid, "Envoy exits with the runner").await;
