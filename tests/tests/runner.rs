@@ -264,3 +264,36 @@ async fn envoy_exiting_by_itself_ends_the_runner_after_deregistering() {
     assert!(zone.api().find("/meshes/default/dataplanes/gw-1").await.expect("GET").is_none(), "deregistered");
     let _ = zone.sigterm().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_removes_a_dataplane_whose_zone_was_killed_with_its_stream_open() {
+    envoy_binary();
+    let dir = TestDir::new("runner-sweeper-zone-killed");
+    let zone = Zone::standalone_with(&dir, "zone-1", &["--dataplane-cleanup-after", "2s"]).await;
+    zone.api().wait_for("/meshes/default", "has the default mesh", |_| true).await;
+    let file = dataplane_file(&dir.part_dir("run"), "gw-1", &gateway_dataplane_yaml("gw-1"));
+    let run = runner(&dir, "run-gw-1");
+    run.start(&run_args(&zone, &file, &[]), &Announce::lines(&[REGISTERED])).await;
+    let pid = envoy_pid(&run).await;
+    zone.api()
+        .wait_for("/meshes/default/dataplane-insights/gw-1", "connected", |i| {
+            i["subscriptions"].as_array().is_some_and(|s| s.iter().any(|s| s.get("disconnectTime").is_none()))
+        })
+        .await;
+
+    // The zone dies without closing the subscription, then the gateway
+    // host vanishes: nobody records a disconnect.
+    zone.kill();
+    run.kill();
+    wait_process_gone(pid, "Envoy dies with its runner").await;
+    zone.restart().await;
+    let insight = zone.api().get("/meshes/default/dataplane-insights/gw-1").await;
+    assert!(
+        insight["subscriptions"].as_array().is_some_and(|s| s.iter().any(|s| s.get("disconnectTime").is_none())),
+        "the killed zone left the subscription open: {insight}"
+    );
+    // The restarted zone (SQLite: the store's only writer) knows that
+    // stream is dead, and removes the Dataplane once the age has passed.
+    zone.api().wait_gone("/meshes/default/dataplanes/gw-1").await;
+    let _ = zone.sigterm().await;
+}

@@ -174,12 +174,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         .with_max_resource_bytes(resource_limit)
         .with_metrics(store_metrics);
     state::default_mesh(&manager, args.defaults.skip_default_mesh).await?;
-    let config = meridian_runtime::config::document(
-        "zone",
-        &args,
-        &data_dir,
-        &state::store_url(&data_dir, args.state.store.as_deref(), "zone.db"),
-    );
+    let store_url = state::store_url(&data_dir, args.state.store.as_deref(), "zone.db");
+    let config = meridian_runtime::config::document("zone", &args, &data_dir, &store_url);
     let instance_id = state::instance_id();
     let state = ApiState {
         manager: manager.clone(),
@@ -228,8 +224,15 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         async move { change_log.run_compactor(store, shutdown).await }
     });
     tasks.spawn("Dataplane cleanup", {
-        let (manager, after, shutdown) = (manager.clone(), args.dataplane_cleanup_after, shutdown.clone());
-        async move { dataplane_cleanup::run(manager, after, shutdown).await }
+        let cleanup = dataplane_cleanup::Cleanup {
+            after: args.dataplane_cleanup_after,
+            instance_id: instance_id.clone(),
+            started_millis: meridian_core::liveness::now_millis(),
+            // SQLite: this process is the store's only writer.
+            sole_instance: store_url.starts_with("sqlite:"),
+        };
+        let (manager, shutdown) = (manager.clone(), shutdown.clone());
+        async move { dataplane_cleanup::run(manager, cleanup, shutdown).await }
     });
     tasks.spawn("xDS server", {
         let config =
