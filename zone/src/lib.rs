@@ -13,6 +13,7 @@ pub mod http;
 pub mod kds;
 
 pub mod dataplane;
+pub mod dataplane_cleanup;
 pub mod gateway;
 pub mod global_address;
 pub mod xds;
@@ -43,7 +44,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the zone control plane until SIGTERM or SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Envoy for a gateway Dataplane: print its bootstrap, or register it and run Envoy.
     Dataplane(dataplane::DataplaneArgs),
 }
@@ -129,6 +130,14 @@ pub struct RunArgs {
           value_parser = meridian_sync_proto::kds::parse_max_message_bytes)]
     pub kds_max_message_bytes: usize,
 
+    /// Delete a Dataplane whose proxy has been disconnected for longer than
+    /// this, as a duration (`72h`, `30m`, `2s`); `0s` keeps them forever. As
+    /// the incumbent's `KUMA_RUNTIME_UNIVERSAL_DP_CLEANUP_AGE` (default 72h).
+    /// A Dataplane whose proxy never connected is kept.
+    #[arg(long, env = "MERIDIAN_DATAPLANE_CLEANUP_AFTER", default_value = "72h", value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "human_duration")]
+    pub dataplane_cleanup_after: std::time::Duration,
+
     #[command(flatten)]
     #[serde(flatten)]
     pub log: LogArgs,
@@ -139,10 +148,14 @@ pub struct RunArgs {
     pub change_log: ChangeLogArgs,
 }
 
+fn human_duration<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
 /// Entry point: runs the command and turns failures into an exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let args = match cli.command {
-        Command::Run(args) => args,
+        Command::Run(args) => *args,
         Command::Dataplane(dp) => return dataplane::main(dp),
     };
     let log_level = args.log.log_level.clone();
@@ -190,12 +203,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         .with_max_resource_bytes(resource_limit)
         .with_metrics(store_metrics);
     state::default_mesh(&manager, args.defaults.skip_default_mesh).await?;
-    let config = meridian_runtime::config::document(
-        "zone",
-        &args,
-        &data_dir,
-        &state::store_url(&data_dir, args.state.store.as_deref(), "zone.db"),
-    );
+    let store_url = state::store_url(&data_dir, args.state.store.as_deref(), "zone.db");
+    let config = meridian_runtime::config::document("zone", &args, &data_dir, &store_url);
     let instance_id = state::instance_id();
     let state = ApiState {
         manager: manager.clone(),
@@ -243,6 +252,17 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     tasks.spawn("change-log compactor", {
         let (change_log, store, shutdown) = (args.change_log.clone(), store.clone(), shutdown.clone());
         async move { change_log.run_compactor(store, shutdown).await }
+    });
+    tasks.spawn("Dataplane cleanup", {
+        let cleanup = dataplane_cleanup::Cleanup {
+            after: args.dataplane_cleanup_after,
+            instance_id: instance_id.clone(),
+            started_millis: meridian_core::liveness::now_millis(),
+            // SQLite: this process is the store's only writer.
+            sole_instance: store_url.starts_with("sqlite:"),
+        };
+        let (manager, shutdown) = (manager.clone(), shutdown.clone());
+        async move { dataplane_cleanup::run(manager, cleanup, shutdown).await }
     });
     tasks.spawn("xDS server", {
         let config =
