@@ -266,7 +266,17 @@ mod tests {
 
     fn plan(extra: &[&str]) -> Plan {
         use clap::Parser;
-        let mut argv = vec!["meridian-zone", "dataplane", "run", "--name", "gw", "--envoy", "/bin/sh"];
+        let mut argv = vec![
+            "meridian-zone",
+            "dataplane",
+            "run",
+            "--name",
+            "gw",
+            "--envoy",
+            "/bin/sh",
+            "--cp-address",
+            "grpc://zone",
+        ];
         argv.extend(extra);
         let cli = crate::Cli::try_parse_from(argv).expect("flags parse");
         let crate::Command::Dataplane(dp) = cli.command else { panic!("not dataplane") };

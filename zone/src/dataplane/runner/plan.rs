@@ -133,7 +133,17 @@ pub fn check(args: &RunDataplaneArgs) -> anyhow::Result<Plan> {
         parse_cp_address(&args.cp_address).map_err(|e| anyhow::anyhow!("--cp-address {:?}: {e}", args.cp_address))?;
     // The CA Envoy trusts for xDS over TLS (read now: a missing CA is a
     // flag error, not an Envoy that never connects).
-    let xds_tls = if cp.tls { crate::dataplane::bootstrap::load_tls(false, args.ca_cert.as_deref())? } else { None };
+    let xds_tls = if cp.tls {
+        crate::dataplane::bootstrap::load_tls(false, args.ca_cert.as_deref()).with_context(|| {
+            format!(
+                "--cp-address {:?} is xDS over TLS (a zone run with --xds-plaintext is dialled with grpc://{})",
+                args.cp_address,
+                cp.host_port()
+            )
+        })?
+    } else {
+        None
+    };
     // The zone API serves plain HTTP unless it was given --api-tls-cert.
     let api_url = match &args.api_url {
         Some(u) => check_api_url(u).map_err(|e| anyhow::anyhow!("--api-url {u:?}: {e}"))?,
