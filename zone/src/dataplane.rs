@@ -72,6 +72,12 @@ pub struct BootstrapArgs {
     #[arg(long, env = "MERIDIAN_DP_NAME")]
     pub name: String,
 
+    /// File holding the Dataplane token (`meridianctl generate
+    /// dataplane-token`); Envoy presents it on its ADS stream as the gRPC
+    /// metadata `authorization`. Needed unless the zone runs `--xds-auth none`.
+    #[arg(long, env = "MERIDIAN_DP_TOKEN_FILE")]
+    pub dataplane_token_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub flags: BootstrapFlags,
 }
@@ -142,11 +148,24 @@ fn params<'a>(mesh: &'a str, name: &'a str, flags: &'a BootstrapFlags) -> anyhow
         xds_address: &flags.xds_address,
         admin_address: flags.admin_address,
         delta: flags.xds_mode == XdsMode::Delta,
+        token: None,
     })
 }
 
+/// Reads a Dataplane token file (`--dataplane-token-file`), trimmed.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --dataplane-token-file {}", path.display()))?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        bail!("--dataplane-token-file {} is empty (get a token with 'meridianctl generate dataplane-token')", path.display());
+    }
+    Ok(t)
+}
+
 fn bootstrap_command(b: &BootstrapArgs) -> anyhow::Result<ExitCode> {
-    let text = render_bootstrap(&params(&b.mesh, &b.name, &b.flags)?)?;
+    let token = b.dataplane_token_file.as_deref().map(read_token_file).transpose()?;
+    let text = render_bootstrap(&BootstrapParams { token: token.as_deref(), ..params(&b.mesh, &b.name, &b.flags)? })?;
     print!("{text}");
     Ok(ExitCode::SUCCESS)
 }

@@ -72,7 +72,8 @@ async fn bootstrap(
         Some("sotw") => false,
         Some(other) => return Err(ApiError::field("xdsMode", format!("{other:?} is not delta or sotw"))),
     };
-    let params = BootstrapParams { mesh: &mesh, name: &name, xds_address: &xds_address, admin_address, delta };
+    let params =
+        BootstrapParams { mesh: &mesh, name: &name, xds_address: &xds_address, admin_address, delta, token: None };
     let yaml = render(&params).map_err(|e| ApiError::field("xdsAddress", format!("{e:#}")))?;
     Ok(([(header::CONTENT_TYPE, "application/yaml")], yaml).into_response())
 }
