@@ -105,6 +105,12 @@ pub struct RunDataplaneArgs {
     #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
+    /// File holding the Dataplane token (`meridianctl generate
+    /// dataplane-token`): registers the Dataplane with it (when no
+    /// --api-token is given) and Envoy presents it on its ADS stream.
+    #[arg(long, env = "MERIDIAN_DP_TOKEN_FILE")]
+    pub dataplane_token_file: Option<PathBuf>,
+
     /// The Envoy binary.
     #[arg(long, env = "MERIDIAN_ENVOY_BINARY", default_value = "envoy")]
     pub envoy: PathBuf,
@@ -189,6 +195,8 @@ async fn register(args: &RunDataplaneArgs, file: &PathBuf) -> anyhow::Result<(St
     let mut req = client.put(&url).json(&universal::to_value(&resource));
     if let Some(t) = &args.api_token {
         req = req.bearer_auth(t);
+    } else if let Some(path) = &args.dataplane_token_file {
+        req = req.bearer_auth(read_token_file(path)?);
     }
     let resp = req.send().await.with_context(|| format!("cannot reach the zone API at {url}"))?;
     let status = resp.status();
@@ -208,7 +216,8 @@ async fn run(args: RunDataplaneArgs) -> anyhow::Result<ExitCode> {
             None => bail!("give the Dataplane with -f FILE, or name a registered one with --name"),
         },
     };
-    let text = render_bootstrap(&params(&mesh, &name, &args.flags)?)?;
+    let token = args.dataplane_token_file.as_deref().map(read_token_file).transpose()?;
+    let text = render_bootstrap(&BootstrapParams { token: token.as_deref(), ..params(&mesh, &name, &args.flags)? })?;
     let (dir, _temp) = match &args.config_dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;

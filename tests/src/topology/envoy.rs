@@ -1,6 +1,8 @@
 //! A real Envoy for one Dataplane of a zone, bootstrapped the way users do
-//! it: `meridian-zone dataplane bootstrap --mesh M --name N` (node id
-//! `<mesh>.<name>`), then `envoy -c bootstrap.yaml`.
+//! it: a Dataplane token from the global (or the standalone zone), then
+//! `meridian-zone dataplane bootstrap --mesh M --name N
+//! --dataplane-token-file F` (node id `<mesh>.<name>`), then
+//! `envoy -c bootstrap.yaml`.
 
 use std::{ffi::OsString, path::PathBuf, process::ExitStatus, sync::Mutex};
 
@@ -40,9 +42,16 @@ impl Envoy {
             XdsMode::Delta => "delta",
             XdsMode::Sotw => "sotw",
         };
-        let out = tokio::process::Command::new(binary("meridian-zone"))
-            .args(["dataplane", "bootstrap", "--mesh", "default", "--name", name, "--admin-address", "127.0.0.1:0"])
-            .args(["--xds-address", &zone.xds().to_string(), "--xds-mode", mode])
+        let mut cmd = tokio::process::Command::new(binary("meridian-zone"));
+        cmd.args(["dataplane", "bootstrap", "--mesh", "default", "--name", name, "--admin-address", "127.0.0.1:0"])
+            .args(["--xds-address", &zone.xds().to_string(), "--xds-mode", mode]);
+        // A Dataplane token for it, issued where the zone's tokens come from.
+        if let Some(token) = zone.dataplane_token(name).await {
+            let file = work.join("dataplane-token");
+            std::fs::write(&file, token).expect("write the Dataplane token");
+            cmd.arg("--dataplane-token-file").arg(file);
+        }
+        let out = cmd
             .output()
             .await
             .expect("run meridian-zone dataplane bootstrap");
