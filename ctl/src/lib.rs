@@ -87,8 +87,9 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
             Ok(EXIT_OK)
         }
         Command::Rotate(RotateCommand::SigningKey(args)) => {
-            let reply =
-                client(&cli.conn)?.post(&["tokens", args.token_type.segment(), "signing-keys"], &serde_json::json!({})).await?;
+            let reply = client(&cli.conn)?
+                .post(&["tokens", args.token_type.segment(), "signing-keys"], &serde_json::json!({}))
+                .await?;
             out::line(&format!(
                 "{} token signing key {} now signs new tokens (keys held: {})",
                 args.token_type.segment(),
@@ -99,7 +100,8 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
         }
         Command::Remove(RemoveCommand::SigningKey(args)) => {
             let serial = args.serial.to_string();
-            let reply = client(&cli.conn)?.delete(&["tokens", args.token_type.segment(), "signing-keys", &serial]).await?;
+            let reply =
+                client(&cli.conn)?.delete(&["tokens", args.token_type.segment(), "signing-keys", &serial]).await?;
             out::line(&format!(
                 "removed {} token signing key {serial}: tokens it signed no longer work (keys held: {})",
                 args.token_type.segment(),

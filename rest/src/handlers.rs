@@ -176,7 +176,9 @@ async fn authorize_dataplane(
     name: &str,
     dp: Option<&meridian_sync_proto::pb::mesh::Dataplane>,
 ) -> Result<(), ApiError> {
-    let Some(tokens) = s.auth.dataplane_tokens() else { return Err(ApiError::unauthorized("the admin token is not valid")) };
+    let Some(tokens) = s.auth.dataplane_tokens() else {
+        return Err(ApiError::unauthorized("the admin token is not valid"));
+    };
     match tokens.authorize_dataplane(Some(token), mesh, name, dp).await {
         Ok(_) => Ok(()),
         Err(e @ meridian_tokens::TokenError::Malformed(..)) => Err(ApiError::unauthorized(format!(

@@ -196,7 +196,8 @@ async fn remove_key(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_admin(&s.api, &headers, &ci)?;
     let k = kind(&s, &k)?;
-    let serial: u64 = serial.parse().map_err(|_| ApiError::field("serial", format!("{serial:?} is not a key serial")))?;
+    let serial: u64 =
+        serial.parse().map_err(|_| ApiError::field("serial", format!("{serial:?} is not a key serial")))?;
     match s.tokens.keys(k).remove(serial).await {
         Ok(()) => key_summary(&s, k).await,
         Err(e @ KeyError::NotFound { .. }) => Err(ApiError::not_found(e.to_string())),

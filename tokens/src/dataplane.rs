@@ -47,7 +47,11 @@ pub fn check_binding(claims: &DataplaneClaims, dp: &DataplaneBinding) -> Result<
         return Err(TokenError::WrongDataplane { what: "mesh", token: claims.mesh.clone(), actual: dp.mesh.clone() });
     }
     if !claims.name.is_empty() && claims.name != dp.name {
-        return Err(TokenError::WrongDataplane { what: "Dataplane", token: claims.name.clone(), actual: dp.name.clone() });
+        return Err(TokenError::WrongDataplane {
+            what: "Dataplane",
+            token: claims.name.clone(),
+            actual: dp.name.clone(),
+        });
     }
     for (tag, allowed) in &claims.tags {
         let Some(values) = dp.tags.get(tag) else {

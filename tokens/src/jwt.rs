@@ -75,13 +75,30 @@ pub fn key_serial(token: &str, kind: TokenKind) -> Result<u64, TokenError> {
     if token.starts_with(LEGACY_ZONE_PREFIX) {
         return Err(TokenError::Legacy);
     }
-    let header = jsonwebtoken::decode_header(token)
-        .map_err(|e| TokenError::Malformed(kind, format!("not a JWT ({e})")))?;
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(kind, format!("not a JWT ({e})")))?;
     if header.alg != ALGORITHM {
         return Err(TokenError::Malformed(kind, format!("algorithm {:?} is not accepted (only ES256)", header.alg)));
     }
+    // Each kind has its own keys, so a token of another kind would only
+    // fail its signature check; name the real fault instead. (An unverified
+    // claim only ever refuses here, never admits.)
+    if let Some(got) = unverified_type(token)
+        && got != kind.type_claim()
+    {
+        return Err(TokenError::WrongType { expected: kind, got });
+    }
     let kid = header.kid.ok_or_else(|| TokenError::Malformed(kind, "the header has no kid (key serial)".into()))?;
     kid.parse::<u64>().map_err(|_| TokenError::Malformed(kind, format!("kid {kid:?} is not a key serial")))
+}
+
+/// The `Type` claim of a token, read without checking anything.
+fn unverified_type(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("Type")?.as_str().map(str::to_string)
 }
 
 /// Verifies `token`'s signature with `public_pem` (SPKI PEM of the key
@@ -105,12 +122,11 @@ pub fn verify<C: DeserializeOwned>(
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let data = jsonwebtoken::decode::<serde_json::Value>(token.trim(), &key, &validation).map_err(|e| match e.kind() {
-        ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey => {
-            TokenError::BadSignature(kind)
-        }
-        _ => TokenError::Malformed(kind, e.to_string()),
-    })?;
+    let data =
+        jsonwebtoken::decode::<serde_json::Value>(token.trim(), &key, &validation).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey => TokenError::BadSignature(kind),
+            _ => TokenError::Malformed(kind, e.to_string()),
+        })?;
     let claims = data.claims;
     let ty = claims.get("Type").and_then(|v| v.as_str()).unwrap_or("");
     if ty != kind.type_claim() {

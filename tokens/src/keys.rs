@@ -38,9 +38,11 @@ fn secret_data(e: &meridian_core::Entry) -> Option<Vec<u8>> {
 }
 
 fn global_secret(name: String, data: &[u8]) -> Resource {
-    Resource::new("", &name, Spec::GlobalSecret(pb::system::Secret {
-        data: Some(pbjson_types::BytesValue { value: data.to_vec().into() }),
-    }))
+    Resource::new(
+        "",
+        &name,
+        Spec::GlobalSecret(pb::system::Secret { data: Some(pbjson_types::BytesValue { value: data.to_vec().into() }) }),
+    )
 }
 
 impl SigningKeys {

@@ -7,8 +7,8 @@ use meridian_core::Manager;
 use meridian_sync_proto::{ResourceType, Spec};
 
 use crate::{
-    DataplaneBinding, DataplaneClaims, SigningKeys, TokenError, TokenKind, ZONE_REVOCATIONS, ZoneClaims,
-    check_binding, dataplane_revocations, jwt,
+    DataplaneBinding, DataplaneClaims, SigningKeys, TokenError, TokenKind, ZONE_REVOCATIONS, ZoneClaims, check_binding,
+    dataplane_revocations, jwt,
 };
 
 /// What `POST /tokens/dataplane` asks for.
@@ -229,8 +229,14 @@ mod tests {
             t.verify_dataplane(&zone_typed).await,
             Err(TokenError::WrongType { expected: TokenKind::Dataplane, got: "zone".into() })
         );
-        assert!(t.verify_dataplane(&zone_token).await.is_err());
-        assert!(t.verify_zone(Some(&dp_token), "zone-1").await.is_err());
+        assert_eq!(
+            t.verify_dataplane(&zone_token).await,
+            Err(TokenError::WrongType { expected: TokenKind::Dataplane, got: "zone".into() })
+        );
+        assert_eq!(
+            t.verify_zone(Some(&dp_token), "zone-1").await,
+            Err(TokenError::WrongType { expected: TokenKind::Zone, got: "dataplane".into() })
+        );
     }
 
     #[tokio::test]

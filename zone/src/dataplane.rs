@@ -164,7 +164,10 @@ pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
         .with_context(|| format!("cannot read --dataplane-token-file {}", path.display()))?;
     let t = t.trim().to_string();
     if t.is_empty() {
-        bail!("--dataplane-token-file {} is empty (get a token with 'meridianctl generate dataplane-token')", path.display());
+        bail!(
+            "--dataplane-token-file {} is empty (get a token with 'meridianctl generate dataplane-token')",
+            path.display()
+        );
     }
     Ok(t)
 }

@@ -60,7 +60,9 @@ impl Zone {
     /// Waits until the zone holds the global's Dataplane-token public key
     /// (synced over KDS), so that its Envoys' tokens verify at once.
     async fn wait_token_keys(&self) {
-        self.api.wait_for("/global-secrets/dataplane-token-signing-public-key-1", "holds the token key", |_| true).await;
+        self.api
+            .wait_for("/global-secrets/dataplane-token-signing-public-key-1", "holds the token key", |_| true)
+            .await;
     }
 
     /// A Dataplane token for Dataplane `name` in mesh `default`, valid for

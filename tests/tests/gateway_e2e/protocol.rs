@@ -35,7 +35,10 @@ impl DeltaClient {
         // Requests queued by the test: a handful at a time.
         let (tx, rx) = mpsc::channel(16);
         tx.send(first).await.expect("queue");
-        let rx = client.delta_aggregated_resources(with_token(zone, name, ReceiverStream::new(rx)).await).await?.into_inner();
+        let rx = client
+            .delta_aggregated_resources(with_token(zone, name, ReceiverStream::new(rx)).await)
+            .await?
+            .into_inner();
         Ok(DeltaClient { tx, rx })
     }
 

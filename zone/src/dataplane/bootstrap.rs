@@ -28,7 +28,9 @@ pub struct BootstrapParams<'a> {
 fn token_metadata(token: Option<&str>) -> anyhow::Result<String> {
     let Some(token) = token.map(str::trim) else { return Ok(String::new()) };
     if token.is_empty() || !token.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        bail!("the Dataplane token must be a JWT (letters, digits, '-', '_' and '.'); get one with 'meridianctl generate dataplane-token'");
+        bail!(
+            "the Dataplane token must be a JWT (letters, digits, '-', '_' and '.'); get one with 'meridianctl generate dataplane-token'"
+        );
     }
     Ok(format!("\n      initial_metadata:\n      - {{ key: authorization, value: \"{token}\" }}"))
 }
@@ -119,7 +121,10 @@ mod tests {
         assert!(y.contains("address: \"::1\", port_value: 5678"));
         assert!(render(&BootstrapParams { xds_address: "nope", ..p.clone() }).is_err());
         let with = render(&BootstrapParams { token: Some("eyJh.eyJi.c2ln\n"), ..p.clone() }).expect("render");
-        assert!(with.contains("initial_metadata:\n      - { key: authorization, value: \"eyJh.eyJi.c2ln\" }"), "{with}");
+        assert!(
+            with.contains("initial_metadata:\n      - { key: authorization, value: \"eyJh.eyJi.c2ln\" }"),
+            "{with}"
+        );
         assert!(render(&BootstrapParams { token: Some("a\"b"), ..p }).is_err(), "no YAML injection");
     }
 }
