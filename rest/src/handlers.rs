@@ -184,7 +184,7 @@ async fn authorize_dataplane(
         Err(e @ meridian_tokens::TokenError::Malformed(..)) => Err(ApiError::unauthorized(format!(
             "the token is neither the admin token nor a valid Dataplane token: {e}"
         ))),
-        Err(e) => Err(crate::tokens::refusal(&e)),
+        Err(e) => Err(crate::error::token_refusal(&e)),
     }
 }
 

@@ -207,13 +207,3 @@ async fn remove_key(
         }
     }
 }
-
-/// The answer to a Dataplane token refused at the API: 403 when the token is
-/// valid but for another Dataplane, 401 otherwise; the reason either way.
-pub fn refusal(e: &TokenError) -> ApiError {
-    match e {
-        TokenError::Store(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable", e.to_string()),
-        e if e.is_forbidden() => ApiError::new(StatusCode::FORBIDDEN, "Forbidden", e.to_string()),
-        e => ApiError::unauthorized(e.to_string()),
-    }
-}
