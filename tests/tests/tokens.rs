@@ -9,7 +9,11 @@
 //!   `/config_dump` holds no dynamic listener or cluster);
 //! - revoking at the global cuts the open stream of a served Envoy;
 //! - registration through the zone API with a Dataplane token works; a
-//!   token for another name is 403, a forged one 401.
+//!   token for another name is 403, a forged one 401;
+//! - `meridianctl rotate signing-key`: the new key signs, its public half
+//!   (never the private one) reaches the zone, old tokens still work; after
+//!   `meridianctl remove signing-key` they are refused, and their open
+//!   streams cut.
 
 use base64::{
     Engine,
@@ -124,11 +128,7 @@ async fn dataplane_tokens_gate_xds_and_revocation_cuts_open_streams() {
                        "data": STANDARD.encode(format!("{},{}", jti(&revoked), jti(token)))}))
         .await;
     zone.wait_log(&["Dataplane token no longer valid; closing the stream", "default.edge-gw", "revoked"], WAIT).await;
-    eventually("Envoy is disconnected from the zone", WAIT, || async {
-        let stats = gw.admin_get("/stats?filter=control_plane.connected_state").await?;
-        if stats.contains("control_plane.connected_state: 0") { Ok(()) } else { Err(stats) }
-    })
-    .await;
+    connected(gw, false).await;
     // ...and its reconnections are refused.
     zone.wait_log(&["refusing Envoy: Dataplane token", "default.edge-gw", "revoked"], WAIT).await;
 }
@@ -188,4 +188,90 @@ async fn dataplanes_register_with_their_token() {
         .expect("request");
     assert_eq!(r.status().as_u16(), 403);
     assert!(r.text().await.unwrap_or_default().contains("issued by the global"));
+}
+
+/// The header's `kid`: the serial of the key that signed the token.
+fn kid(token: &str) -> String {
+    let header = token.split('.').next().expect("JWT header");
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url")).expect("JSON");
+    header["kid"].as_str().expect("kid").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_at_the_global_and_removed_keys_stop_verifying() {
+    let topo = Topology::builder("tokens-rotate")
+        .global(Backend::Sqlite)
+        .zone("zone-1")
+        .http_backend("blue", "zone-1")
+        .gateway("zone-1", "edge-gw", "edge")
+        .start()
+        .await;
+    let (global, zone, gw) = (topo.global(), topo.zone("zone-1"), topo.envoy("edge-gw"));
+    let port = traffic::free_port();
+    global.api().apply_yaml(&GATEWAY.replace("PORT", &port.to_string())).await;
+    gw.wait_ready().await;
+    let old = gw.token().expect("token").to_string();
+    assert_eq!(kid(&old), "1");
+
+    let ctl = meridian_tests::Ctl::new().args(["--api-url", global.api().base()]);
+    let out = ctl.with(["rotate", "signing-key", "--type", "dataplane"]).run().await.ok();
+    assert!(out.stdout.contains("signing key 2 now signs"), "{}", out.stdout);
+    let new = ctl
+        .with(["generate", "dataplane-token", "--mesh", "default", "--name", "gw-new", "--valid-for", "1h"])
+        .run()
+        .await
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(kid(&new), "2", "the newest key signs");
+    // The new public key reaches the zone over KDS; the private key never does.
+    zone.api().wait_for("/global-secrets/dataplane-token-signing-public-key-2", "holds key 2", |_| true).await;
+    assert_eq!(zone.api().try_get("/global-secrets/dataplane-token-signing-key-2").await.expect("get").0, 404);
+    assert_eq!(zone.api().try_get("/global-secrets/zone-token-signing-key-1").await.expect("get").0, 404);
+
+    // A token of the new key is served (a gateway of another service: no
+    // listener port shared with edge-gw); the old key still verifies.
+    zone.api().apply_yaml(&traffic::gateway_dataplane("gw-new", "other")).await;
+    let served = Envoy::start_with_token(topo.dir(), zone, "gw-new", XdsMode::Sotw, Some(&new)).await;
+    connected(&served, true).await;
+    connected(gw, true).await;
+
+    // The newest key cannot go; the old one can, and its tokens then stop working.
+    let refused =
+        ctl.with(["remove", "signing-key", "--type", "dataplane", "--serial", "2"]).run().await.expect_code(1);
+    assert!(refused.stderr.contains("rotate first"), "{}", refused.stderr);
+    ctl.with(["remove", "signing-key", "--type", "dataplane", "--serial", "1"]).run().await.ok();
+    zone.wait_log(
+        &[
+            "Dataplane token no longer valid",
+            "default.edge-gw",
+            "signed by key 1, which this control plane does not hold",
+        ],
+        WAIT,
+    )
+    .await;
+    let again = refused_with(&topo, zone, "gw-old", &old).await;
+    assert_got_nothing(&again).await;
+    connected(gw, false).await;
+    // The Envoy of the new key keeps its stream.
+    connected(&served, true).await;
+    let cut = |l: &&str| l.contains("default.gw-new") && (l.contains("refusing") || l.contains("no longer valid"));
+    assert!(!zone.stderr().lines().any(|l| cut(&l)), "gw-new was never refused");
+}
+
+/// Waits until Envoy's ADS stream is (or is not) connected.
+async fn connected(envoy: &Envoy, want: bool) {
+    let line = format!("control_plane.connected_state: {}", u8::from(want));
+    eventually(&format!("{} connected = {want}", envoy.name()), WAIT, || async {
+        let stats = envoy.admin_get("/stats?filter=control_plane.connected_state").await?;
+        if stats.contains(&line) { Ok(()) } else { Err(stats) }
+    })
+    .await;
+}
+
+/// An Envoy for gateway `name` presenting `token` (bound to another name
+/// or key), refused because its key is gone.
+async fn refused_with(topo: &Topology, zone: &Zone, name: &str, token: &str) -> Envoy {
+    refused(topo, zone, name, Some(token), &["Unauthenticated", "signed by key 1"]).await
 }
