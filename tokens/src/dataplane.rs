@@ -14,8 +14,11 @@ use crate::{DataplaneClaims, TokenError};
 /// and its tags (every inbound's and the gateway's), key → values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataplaneBinding {
+    /// The Dataplane's mesh.
     pub mesh: String,
+    /// The Dataplane's name.
     pub name: String,
+    /// Every tag of its inbounds and gateway, with all the values it takes.
     pub tags: BTreeMap<String, BTreeSet<String>>,
 }
 

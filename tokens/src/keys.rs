@@ -46,10 +46,12 @@ fn global_secret(name: String, data: &[u8]) -> Resource {
 }
 
 impl SigningKeys {
+    /// The ring of `kind` in `manager`'s store (nothing is read or written yet).
     pub fn new(manager: Manager, kind: TokenKind) -> SigningKeys {
         SigningKeys { manager, kind }
     }
 
+    /// Which tokens these keys sign.
     pub fn kind(&self) -> TokenKind {
         self.kind
     }

@@ -175,6 +175,7 @@ pub enum TokenError {
         "this is an old-format (mzt1.) zone token, which is no longer accepted: issue a new one on the global with 'meridianctl generate zone-token --zone NAME'"
     )]
     Legacy,
+    /// Not a JWT, the wrong algorithm, no `kid`, or claims of the wrong shape.
     #[error("{0} token is malformed: {1}")]
     Malformed(TokenKind, String),
     #[error("{0} token signature is not valid (forged, or signed by another control plane)")]

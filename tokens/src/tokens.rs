@@ -16,9 +16,11 @@ use crate::{
 pub struct DataplaneRequest {
     /// The Dataplane's name; empty: any name carrying `tags`.
     pub name: String,
+    /// The Dataplane's mesh (must exist).
     pub mesh: String,
     /// Tag → allowed values.
     pub tags: BTreeMap<String, Vec<String>>,
+    /// How long the token is valid from now (`exp` = `iat` + this).
     pub valid_for: Duration,
 }
 
@@ -45,6 +47,7 @@ fn exp_after(iat: i64, valid_for: Duration) -> i64 {
 }
 
 impl Tokens {
+    /// Tokens whose keys and revocation lists live in `manager`'s store.
     pub fn new(manager: Manager) -> Tokens {
         Tokens { manager }
     }
