@@ -150,7 +150,12 @@ networking:
     tags:
       kuma.io/service: edge-gateway
 EOF
+# Its Dataplane token, from the global: it registers the Dataplane with it,
+# and Envoy presents it on its xDS stream.
+"${CTL[@]}" generate dataplane-token --mesh default --name gateway-instance-1 --valid-for 720h \
+    > "$DIR/gateway-instance-1.token"
 start gateway "$BIN/meridian-zone" dataplane run -f "$DIR/gateway-instance-1.yaml" \
+    --dataplane-token-file "$DIR/gateway-instance-1.token" \
     --api-url http://127.0.0.1:5682 --xds-address https://127.0.0.1:5678 --ca-cert "$DIR/zone-1/xds-ca.crt" \
     -- --base-id 7 --log-level warn
 

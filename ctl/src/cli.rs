@@ -95,9 +95,17 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
 
-    /// Generate credentials on the global (zone tokens).
+    /// Generate credentials: zone tokens (global), Dataplane tokens (global or standalone zone).
     #[command(subcommand)]
     Generate(GenerateCommand),
+
+    /// Rotate a token signing key: a new key signs from now on, old ones keep verifying.
+    #[command(subcommand)]
+    Rotate(RotateCommand),
+
+    /// Remove a token signing key: tokens it signed stop working.
+    #[command(subcommand)]
+    Remove(RemoveCommand),
 
     /// Print the client's version and the server's (GET /).
     Version,
@@ -122,6 +130,95 @@ pub enum GenerateCommand {
     /// A token a zone control plane presents to the global (admin only).
     #[command(long_about = ZONE_TOKEN_ABOUT)]
     ZoneToken(ZoneTokenArgs),
+    /// A token a gateway's Envoy presents to its zone (admin only).
+    #[command(long_about = DATAPLANE_TOKEN_ABOUT)]
+    DataplaneToken(DataplaneTokenArgs),
+}
+
+const DATAPLANE_TOKEN_ABOUT: &str = "\
+Ask the global (or a standalone zone) for a Dataplane token, and print it.
+
+The token is bound to a mesh and to a Dataplane name, or to tags the Dataplane
+must carry (each --tag key=value allows that value; repeat a key to allow
+several). It is valid in every zone of the global. Envoy presents it on its xDS
+stream (meridian-zone dataplane bootstrap --dataplane-token-file FILE), and it
+can register its Dataplane through the zone API instead of the admin token. A
+token for another name, mesh or tags is refused (403 / PERMISSION_DENIED).
+
+To revoke tokens, list their ids (the `jti` claim) in the GlobalSecret
+`dataplane-token-revocations-<mesh>` (comma-separated) on the global; zones
+receive it and cut the streams using them within seconds.
+
+Examples:
+  meridianctl generate dataplane-token --mesh default --name gateway-instance-1 > gw.token
+  meridianctl generate dataplane-token --mesh default --tag kuma.io/service=edge --valid-for 24h";
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("binding").required(true).multiple(true).args(["name", "tag"])))]
+pub struct DataplaneTokenArgs {
+    /// The Dataplane's mesh.
+    #[arg(long, short, env = "MERIDIAN_MESH", default_value = "default")]
+    pub mesh: String,
+
+    /// The Dataplane's name.
+    #[arg(long, env = "MERIDIAN_DP_NAME")]
+    pub name: Option<String>,
+
+    /// A tag the Dataplane must carry, `key=value` (repeatable; comma-separated in the variable).
+    #[arg(long = "tag", env = "MERIDIAN_DP_TAGS", value_delimiter = ',')]
+    pub tag: Vec<String>,
+
+    /// How long the token is valid: 24h, 30d, 8760h...
+    #[arg(long, env = "MERIDIAN_VALID_FOR", default_value = "8760h")]
+    pub valid_for: String,
+}
+
+/// Which token's signing keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenType {
+    /// Dataplane tokens (global, or a standalone zone).
+    Dataplane,
+    /// Zone tokens (global only).
+    Zone,
+}
+
+impl TokenType {
+    pub fn segment(self) -> &'static str {
+        match self {
+            TokenType::Dataplane => "dataplane",
+            TokenType::Zone => "zone",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RotateCommand {
+    /// Add a signing key with the next serial; it signs new tokens, older keys still verify (admin only).
+    SigningKey(SigningKeyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoveCommand {
+    /// Remove signing key --serial N: the tokens it signed stop working (admin only; not the newest key).
+    SigningKey(RemoveKeyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SigningKeyArgs {
+    /// Which tokens' keys.
+    #[arg(long = "type", env = "MERIDIAN_TOKEN_TYPE", value_enum)]
+    pub token_type: TokenType,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RemoveKeyArgs {
+    /// Which tokens' keys.
+    #[arg(long = "type", env = "MERIDIAN_TOKEN_TYPE", value_enum)]
+    pub token_type: TokenType,
+
+    /// The key's serial (the `kid` of the tokens it signed).
+    #[arg(long, env = "MERIDIAN_KEY_SERIAL")]
+    pub serial: u64,
 }
 
 const ZONE_TOKEN_ABOUT: &str = "\
@@ -130,7 +227,8 @@ Ask the global for a signed token bound to one zone name, and print it.
 The zone sends it on every sync call (meridian-zone run --token-file FILE); the
 global refuses a missing, forged, expired or revoked token, and a token for one
 zone used by another. To revoke tokens, list their ids (the `jti` claim) in the
-GlobalSecret `zone-token-revocations`.
+GlobalSecret `zone-token-revocations`. Old-format (mzt1.) tokens are refused:
+issue new ones with this command.
 
 Example:
   meridianctl generate zone-token --zone zone-1 --valid-for 8760h > zone-1.token";
@@ -142,7 +240,7 @@ pub struct ZoneTokenArgs {
     pub zone: String,
 
     /// How long the token is valid: 24h, 30d, 8760h...
-    #[arg(long, default_value = "8760h")]
+    #[arg(long, env = "MERIDIAN_VALID_FOR", default_value = "8760h")]
     pub valid_for: String,
 }
 

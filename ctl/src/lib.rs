@@ -26,7 +26,10 @@ pub mod table;
 
 use std::{process::ExitCode, time::Duration};
 
-use cli::{Cli, Command, ConfigCommand, ConnArgs, ControlPlanesCommand, GenerateCommand, InspectCommand};
+use cli::{
+    Cli, Command, ConfigCommand, ConnArgs, ControlPlanesCommand, GenerateCommand, InspectCommand, RemoveCommand,
+    RotateCommand,
+};
 use config::{ConfigFile, Context};
 use error::{CtlError, EXIT_OK, EXIT_UNAVAILABLE};
 
@@ -75,6 +78,46 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
             let body = serde_json::json!({ "zone": args.zone, "validFor": args.valid_for });
             let reply = client(&cli.conn)?.post(&["tokens", "zone"], &body).await?;
             println!("{}", reply.text.trim());
+            Ok(EXIT_OK)
+        }
+        Command::Generate(GenerateCommand::DataplaneToken(args)) => {
+            let mut tags: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for t in &args.tag {
+                let (k, v) = t
+                    .split_once('=')
+                    .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                    .ok_or_else(|| CtlError::input(format!("--tag {t:?}: expected key=value")))?;
+                tags.entry(k.to_string()).or_default().push(v.to_string());
+            }
+            let mut body = serde_json::json!({ "mesh": args.mesh, "tags": tags, "validFor": args.valid_for });
+            if let Some(name) = &args.name {
+                body["name"] = name.clone().into();
+            }
+            let reply = client(&cli.conn)?.post(&["tokens", "dataplane"], &body).await?;
+            println!("{}", reply.text.trim());
+            Ok(EXIT_OK)
+        }
+        Command::Rotate(RotateCommand::SigningKey(args)) => {
+            let reply = client(&cli.conn)?
+                .post(&["tokens", args.token_type.segment(), "signing-keys"], &serde_json::json!({}))
+                .await?;
+            out::line(&format!(
+                "{} token signing key {} now signs new tokens (keys held: {})",
+                args.token_type.segment(),
+                reply.body["signing"],
+                reply.body["serials"]
+            ));
+            Ok(EXIT_OK)
+        }
+        Command::Remove(RemoveCommand::SigningKey(args)) => {
+            let serial = args.serial.to_string();
+            let reply =
+                client(&cli.conn)?.delete(&["tokens", args.token_type.segment(), "signing-keys", &serial]).await?;
+            out::line(&format!(
+                "removed {} token signing key {serial}: tokens it signed no longer work (keys held: {})",
+                args.token_type.segment(),
+                reply.body["serials"]
+            ));
             Ok(EXIT_OK)
         }
     }

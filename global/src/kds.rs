@@ -5,7 +5,7 @@
 //!   store ◀─ apply_batch ◀─ ZoneToGlobalSync: DeltaReceiver per type ◀── zone responses
 //! ```
 //!
-//! Every call is authenticated with the zone's token ([`crate::tokens`]); the
+//! Every call is authenticated with the zone's token ([`meridian_tokens`]); the
 //! zone's identity is the token's, never the self-asserted `client-id` alone.
 
 pub mod cache;
@@ -44,7 +44,7 @@ use tonic::{
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
-use crate::tokens::ZoneTokens;
+use meridian_tokens::Tokens as ZoneTokens;
 
 /// Default cap on one KDS message; larger updates are split across
 /// responses, and a single resource above its budget
@@ -125,7 +125,7 @@ impl KdsServer {
         let auth = text(MD_AUTHORIZATION);
         let token = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).unwrap_or(&auth);
         let token = (!token.is_empty()).then_some(token);
-        if let Err(e) = self.tokens.verify(token, &zone).await {
+        if let Err(e) = self.tokens.verify_zone(token, &zone).await {
             tracing::warn!(zone = %zone, reason = %e, "KDS call refused: zone token");
             return Err(Status::unauthenticated(e.to_string()));
         }

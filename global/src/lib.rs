@@ -132,7 +132,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         &data_dir,
         &state::store_url(&data_dir, args.state.store.as_deref(), "global.db"),
     );
-    let tokens = tokens::ZoneTokens::new(manager.clone());
+    let tokens = meridian_tokens::Tokens::new(manager.clone());
+    // Keys exist before the first token is asked for, so the Dataplane
+    // public key is already in every zone when a token is presented there.
+    for kind in [meridian_tokens::TokenKind::Zone, meridian_tokens::TokenKind::Dataplane] {
+        tokens.keys(kind).ensure().await.with_context(|| format!("cannot create the {kind} token signing key"))?;
+    }
     let state = ApiState {
         manager: manager.clone(),
         auth: Auth::new(token, args.api.api_trust_loopback).with_api_hosts(args.api.api_hosts.clone()),
@@ -184,7 +189,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         shutdown.clone(),
     );
 
-    let router = meridian_rest::router(state.clone()).merge(token_routes(state, tokens));
+    let router = meridian_rest::router(state.clone()).merge(tokens::routes(state, tokens));
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("KDS cache follower", {
         let stop = shutdown.clone().cancelled_owned();
@@ -213,44 +218,4 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     announce(&format!("meridian-global: KDS on {}://{kds_addr}", if args.kds_plaintext { "grpc" } else { "grpcs" }));
 
     tasks.wait().await
-}
-
-#[derive(serde::Deserialize)]
-struct ZoneTokenRequest {
-    zone: Option<String>,
-    #[serde(rename = "validFor", alias = "valid_for")]
-    valid_for: Option<String>,
-}
-
-/// `POST /tokens/zone {"zone": "zone-1", "validFor": "8760h"}` → the token,
-/// as plain text (admin only).
-fn token_routes(state: ApiState, tokens: tokens::ZoneTokens) -> axum::Router {
-    use axum::{
-        extract::{ConnectInfo, State},
-        http::HeaderMap,
-        response::IntoResponse,
-    };
-    use meridian_rest::error::ApiError;
-    async fn issue(
-        State((state, tokens)): State<(ApiState, tokens::ZoneTokens)>,
-        headers: HeaderMap,
-        ci: ConnectInfo<meridian_rest::server::PeerAddr>,
-        body: axum::body::Bytes,
-    ) -> Result<axum::response::Response, ApiError> {
-        meridian_rest::require_admin(&state, &headers, &ci)?;
-        let req: ZoneTokenRequest = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!("request body must be {{\"zone\": NAME, \"validFor\": DURATION}}: {e}"))
-        })?;
-        let zone = req.zone.unwrap_or_default();
-        meridian_sync_proto::kds::check_zone_name(&zone).map_err(|r| ApiError::field("zone", r))?;
-        let valid_for = match req.valid_for.as_deref() {
-            None | Some("") => std::time::Duration::from_secs(365 * 24 * 3600),
-            Some(v) => humantime::parse_duration(v)
-                .map_err(|e| ApiError::field("validFor", format!("{v:?} is not a duration like 24h or 30d: {e}")))?,
-        };
-        let (token, claims) = tokens.issue(&zone, valid_for).await?;
-        tracing::info!(zone = %zone, jti = %claims.jti, exp = claims.exp, "issued zone token");
-        Ok(token.into_response())
-    }
-    axum::Router::new().route("/tokens/zone", axum::routing::post(issue)).with_state((state, tokens))
 }

@@ -29,6 +29,10 @@ pub struct Auth {
     /// Extra host names (lowercase, no port) under which loopback callers are
     /// trusted: `--api-host`.
     api_hosts: Vec<String>,
+    /// In a zone: Dataplane tokens admit the registration of the Dataplane
+    /// they are for (PUT/DELETE `/meshes/{m}/dataplanes/{n}`), as an
+    /// alternative to the admin token.
+    dataplane_tokens: Option<meridian_tokens::Tokens>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -44,7 +48,24 @@ impl Auth {
     /// `admin_token` is compared in constant time; `trust_loopback` lets
     /// loopback callers without a token act as admin (under a loopback `Host`).
     pub fn new(admin_token: String, trust_loopback: bool) -> Auth {
-        Auth { admin_token, trust_loopback, api_hosts: Vec::new() }
+        Auth { admin_token, trust_loopback, api_hosts: Vec::new(), dataplane_tokens: None }
+    }
+
+    /// Lets Dataplane tokens checked by `tokens` register (PUT) and
+    /// deregister (DELETE) the Dataplane they are for (a zone's API).
+    pub fn with_dataplane_tokens(mut self, tokens: meridian_tokens::Tokens) -> Auth {
+        self.dataplane_tokens = Some(tokens);
+        self
+    }
+
+    /// The Dataplane-token checker, when this API takes Dataplane tokens.
+    pub fn dataplane_tokens(&self) -> Option<&meridian_tokens::Tokens> {
+        self.dataplane_tokens.as_ref()
+    }
+
+    /// The token the request presents: `Authorization: Bearer <token>`.
+    pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+        bearer(headers)
     }
 
     /// Host names besides the loopback ones under which loopback callers are

@@ -105,3 +105,16 @@ impl From<ManagerError> for ApiError {
         }
     }
 }
+
+/// The answer to a Dataplane token refused at the API: 403 when the token is
+/// valid but for another Dataplane, 401 otherwise (503 when the store cannot
+/// be read); the reason either way.
+pub fn token_refusal(e: &meridian_tokens::TokenError) -> ApiError {
+    match e {
+        meridian_tokens::TokenError::Store(_) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Store unavailable", e.to_string())
+        }
+        e if e.is_forbidden() => ApiError::new(StatusCode::FORBIDDEN, "Forbidden", e.to_string()),
+        e => ApiError::unauthorized(e.to_string()),
+    }
+}

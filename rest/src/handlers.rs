@@ -151,6 +151,43 @@ pub fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<PeerAdd
     }))
 }
 
+/// The Dataplane token a write of Dataplane `ty` presents instead of the
+/// admin token: only where the API takes Dataplane tokens (zones), only for
+/// Dataplanes, and only from a caller that is not admin already.
+fn dataplane_token<'h>(
+    s: &ApiState,
+    ty: ResourceType,
+    headers: &'h HeaderMap,
+    ci: &ConnectInfo<PeerAddr>,
+) -> Option<&'h str> {
+    if ty != ResourceType::Dataplane || s.auth.dataplane_tokens().is_none() || s.auth.is_admin(headers, peer(ci)) {
+        return None;
+    }
+    Auth::bearer_token(headers).filter(|t| !t.is_empty())
+}
+
+/// Checks a Dataplane token against the Dataplane it writes: 401 when the
+/// token is not valid (neither the admin token nor a good Dataplane token),
+/// 403 when it is for another Dataplane; the reason either way.
+async fn authorize_dataplane(
+    s: &ApiState,
+    token: &str,
+    mesh: &str,
+    name: &str,
+    dp: Option<&meridian_sync_proto::pb::mesh::Dataplane>,
+) -> Result<(), ApiError> {
+    let Some(tokens) = s.auth.dataplane_tokens() else {
+        return Err(ApiError::unauthorized("the admin token is not valid"));
+    };
+    match tokens.authorize_dataplane(Some(token), mesh, name, dp).await {
+        Ok(_) => Ok(()),
+        Err(e @ meridian_tokens::TokenError::Malformed(..)) => Err(ApiError::unauthorized(format!(
+            "the token is neither the admin token nor a valid Dataplane token: {e}"
+        ))),
+        Err(e) => Err(crate::error::token_refusal(&e)),
+    }
+}
+
 /// The universal JSON of an entry; Secrets' data only when `reveal`.
 fn entry_json(e: &Entry, reveal: bool) -> Value {
     let mut v = universal::to_value(&e.resource);
@@ -249,7 +286,10 @@ async fn put_one(
     params: WriteParams,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(s, headers, ci)?;
+    let dp_token = dataplane_token(s, ty, headers, ci);
+    if dp_token.is_none() {
+        require_admin(s, headers, ci)?;
+    }
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -292,6 +332,13 @@ async fn put_one(
                 .collect(),
         )
     })?;
+    if let Some(token) = dp_token {
+        let spec = match &resource.spec {
+            meridian_sync_proto::Spec::Dataplane(dp) => Some(dp),
+            _ => None,
+        };
+        authorize_dataplane(s, token, mesh, name, spec).await?;
+    }
     let expected = if_match(headers)?;
     let dry_run = params.dry_run.unwrap_or(false);
     let (entry, created) = s.manager.apply(resource, expected, dry_run).await?;
@@ -309,7 +356,17 @@ async fn delete_one(
     headers: &HeaderMap,
     ci: &ConnectInfo<PeerAddr>,
 ) -> Result<Response, ApiError> {
-    require_admin(s, headers, ci)?;
+    match dataplane_token(s, ty, headers, ci) {
+        None => require_admin(s, headers, ci)?,
+        Some(token) => {
+            let stored = s.manager.get(ty, mesh, name).await?;
+            let spec = match stored.as_ref().map(|e| &e.resource.spec) {
+                Some(meridian_sync_proto::Spec::Dataplane(dp)) => Some(dp),
+                _ => None,
+            };
+            authorize_dataplane(s, token, mesh, name, spec).await?;
+        }
+    }
     let expected = if_match(headers)?;
     s.manager.delete(ty, mesh, name, expected).await?;
     Ok(Json(json!({})).into_response())

@@ -11,7 +11,8 @@
 //! - [`overview`]: `_overview` endpoints joining resources with insights.
 //! - [`filters`]: `?name=`, `?tag=`, `?gateway=` on lists and `_overview`s.
 //! - [`paging`]: `offset`/`size` in, `next` out.
-//! - [`auth`]: the admin token.
+//! - [`auth`]: the admin token (and, in zones, Dataplane tokens for Dataplane writes).
+//! - [`tokens`]: issuing Dataplane tokens, rotating and removing signing keys.
 //! - [`error`]: the incumbent's error body and status mapping.
 //! - [`state`]: what every handler gets.
 //! - [`metrics`]: request figures, registered into an injected registry.
@@ -28,6 +29,7 @@ pub mod overview;
 pub mod paging;
 pub mod server;
 pub mod state;
+pub mod tokens;
 
 pub use handlers::{MAX_BODY_BYTES, require_admin, router};
 pub use state::{ApiState, ServerInfo};

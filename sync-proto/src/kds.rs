@@ -129,14 +129,34 @@ pub fn travelling_size(
     any.value.len() + wire_name(mesh, name).len() + version.len() + 16
 }
 
-/// Types the global streams to zones, in apply order.
+/// Types the global streams to zones, in apply order. Of GlobalSecrets,
+/// only those [`global_secret_syncs`] names travel.
 pub const GLOBAL_TO_ZONE: &[ResourceType] = &[
     ResourceType::Mesh,
     ResourceType::Secret,
     ResourceType::MeshGateway,
     ResourceType::MeshGatewayRoute,
     ResourceType::ZoneIngress,
+    ResourceType::GlobalSecret,
 ];
+
+/// Name prefix of the GlobalSecrets holding the public halves of the
+/// Dataplane-token signing keys (`<prefix><serial>`): zones verify with them.
+pub const DATAPLANE_TOKEN_PUBLIC_KEY_PREFIX: &str = "dataplane-token-signing-public-key-";
+/// Name prefix of the GlobalSecrets listing revoked Dataplane-token ids
+/// (`<prefix><mesh>`; the name the incumbent's code reads).
+pub const DATAPLANE_TOKEN_REVOCATIONS_PREFIX: &str = "dataplane-token-revocations-";
+
+/// Whether the GlobalSecret `name` travels global→zone: only the public
+/// Dataplane-token keys and the Dataplane-token revocation lists. Private
+/// keys, zone-token keys and lists, and users' own GlobalSecrets stay at the
+/// global. (A Kuma zone stores what it receives as GlobalSecrets and reads
+/// `dataplane-token-revocations-<mesh>` itself; the keys it ignores.)
+pub fn global_secret_syncs(name: &str) -> bool {
+    [DATAPLANE_TOKEN_PUBLIC_KEY_PREFIX, DATAPLANE_TOKEN_REVOCATIONS_PREFIX]
+        .iter()
+        .any(|p| name.strip_prefix(p).is_some_and(|rest| !rest.is_empty()))
+}
 
 /// Types zones stream to the global.
 pub const ZONE_TO_GLOBAL: &[ResourceType] =

@@ -114,13 +114,18 @@ impl ResourceType {
 
     pub fn sync_direction(self) -> SyncDirection {
         match self {
-            ResourceType::Mesh | ResourceType::MeshGateway | ResourceType::MeshGatewayRoute | ResourceType::Secret => {
-                SyncDirection::GlobalToZone
-            }
+            // GlobalSecret: only token public keys and revocation lists
+            // travel (`kds::global_secret_syncs`); a federated zone takes
+            // none from its users.
+            ResourceType::Mesh
+            | ResourceType::MeshGateway
+            | ResourceType::MeshGatewayRoute
+            | ResourceType::Secret
+            | ResourceType::GlobalSecret => SyncDirection::GlobalToZone,
             ResourceType::Dataplane | ResourceType::DataplaneInsight | ResourceType::ZoneIngress => {
                 SyncDirection::ZoneToGlobal
             }
-            ResourceType::GlobalSecret | ResourceType::Zone | ResourceType::ZoneInsight => SyncDirection::None,
+            ResourceType::Zone | ResourceType::ZoneInsight => SyncDirection::None,
         }
     }
 

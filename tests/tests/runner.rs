@@ -77,6 +77,15 @@ fn run_args(zone: &Zone, file: &Path, extra: &[&str]) -> Vec<OsString> {
     a
 }
 
+/// Writes a Dataplane token for `name` issued by `zone` (a standalone
+/// zone holds its own signing keys) and returns the file's path.
+async fn token_file(zone: &Zone, dir: &TestDir, name: &str) -> String {
+    let token = zone.dataplane_token(name).await.expect("the zone issues Dataplane tokens");
+    let path = dir.part_dir("tokens").join(format!("{name}.token"));
+    std::fs::write(&path, token).expect("write the token");
+    path.display().to_string()
+}
+
 /// A runner process labelled `label`.
 fn runner(dir: &TestDir, label: &str) -> Process {
     Process::new(label, binary("meridian-zone"), &dir.logs())
@@ -121,12 +130,13 @@ async fn waits_for_the_zone_then_serves_and_sigterm_deregisters() {
     zone.api().apply_yaml(&traffic::backend_dataplane("app-1", &[(app.port, "app")])).await;
     let port = free_port();
     zone.api().apply_yaml(&gateway_yaml(port)).await;
+    let token = token_file(&zone, &dir, "gw-1").await;
     zone.kill();
 
     // The zone is down: the runner retries instead of exiting.
     let file = dataplane_file(&dir.part_dir("run"), "gw-1", &gateway_dataplane_yaml("gw-1"));
     let run = runner(&dir, "run-gw-1");
-    run.start(&run_args(&zone, &file, &[]), &Announce::Nothing).await;
+    run.start(&run_args(&zone, &file, &["--dataplane-token-file", &token]), &Announce::Nothing).await;
     eventually("two failed registration attempts", WAIT, || async {
         let n = run.stderr().matches("cannot register the Dataplane yet").count();
         if n >= 2 { Ok(()) } else { Err(format!("{n} attempts logged")) }
@@ -174,7 +184,8 @@ async fn sigkill_leaves_no_envoy_and_the_sweeper_removes_only_the_disconnected()
     let mut pids = Vec::new();
     for (name, run) in ["gw-a", "gw-b"].iter().zip(&runners) {
         let file = dataplane_file(&work, name, &gateway_dataplane_yaml(name));
-        run.start(&run_args(&zone, &file, &[]), &Announce::lines(&[REGISTERED])).await;
+        let token = token_file(&zone, &dir, name).await;
+        run.start(&run_args(&zone, &file, &["--dataplane-token-file", &token]), &Announce::lines(&[REGISTERED])).await;
         pids.push(envoy_pid(run).await);
     }
     for name in ["gw-a", "gw-b"] {
@@ -258,7 +269,8 @@ async fn envoy_exiting_by_itself_ends_the_runner_after_deregistering() {
     zone.api().wait_for("/meshes/default", "has the default mesh", |_| true).await;
     let file = dataplane_file(&dir.part_dir("run"), "gw-1", &gateway_dataplane_yaml("gw-1"));
     let run = runner(&dir, "run-gw-1");
-    run.start(&run_args(&zone, &file, &[]), &Announce::lines(&[REGISTERED])).await;
+    let token = token_file(&zone, &dir, "gw-1").await;
+    run.start(&run_args(&zone, &file, &["--dataplane-token-file", &token]), &Announce::lines(&[REGISTERED])).await;
     let pid = envoy_pid(&run).await;
     let envoy = rustix::process::Pid::from_raw(i32::try_from(pid).expect("pid")).expect("pid");
     rustix::process::kill_process(envoy, rustix::process::Signal::KILL).expect("kill Envoy");
@@ -279,7 +291,8 @@ async fn the_sweeper_removes_a_dataplane_whose_zone_was_killed_with_its_stream_o
     zone.api().wait_for("/meshes/default", "has the default mesh", |_| true).await;
     let file = dataplane_file(&dir.part_dir("run"), "gw-1", &gateway_dataplane_yaml("gw-1"));
     let run = runner(&dir, "run-gw-1");
-    run.start(&run_args(&zone, &file, &[]), &Announce::lines(&[REGISTERED])).await;
+    let token = token_file(&zone, &dir, "gw-1").await;
+    run.start(&run_args(&zone, &file, &["--dataplane-token-file", &token]), &Announce::lines(&[REGISTERED])).await;
     let pid = envoy_pid(&run).await;
     zone.api()
         .wait_for("/meshes/default/dataplane-insights/gw-1", "connected", |i| {

@@ -22,6 +22,7 @@ pub mod runner;
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use meridian_sync_proto::universal;
 
@@ -94,6 +95,12 @@ pub struct BootstrapArgs {
     /// The Dataplane's name.
     #[arg(long, env = "MERIDIAN_DP_NAME")]
     pub name: String,
+
+    /// File holding the Dataplane token (`meridianctl generate
+    /// dataplane-token`); Envoy presents it on its ADS stream as the gRPC
+    /// metadata `authorization`. Needed unless the zone runs `--xds-auth none`.
+    #[arg(long, env = "MERIDIAN_DP_TOKEN_FILE")]
+    pub dataplane_token_file: Option<PathBuf>,
 
     #[command(flatten)]
     pub flags: BootstrapFlags,
@@ -261,10 +268,27 @@ fn params<'a>(mesh: &'a str, name: &'a str, flags: &'a BootstrapFlags) -> anyhow
         admin_address: flags.admin_address,
         delta: flags.xds_mode == XdsMode::Delta,
         tls: bootstrap::load_tls(flags.xds_plaintext, flags.ca_cert.as_deref())?,
+        token: None,
     })
 }
 
+/// Reads a Dataplane token file (`--dataplane-token-file`), trimmed.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --dataplane-token-file {}", path.display()))?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        bail!(
+            "--dataplane-token-file {} is empty (get a token with 'meridianctl generate dataplane-token')",
+            path.display()
+        );
+    }
+    Ok(t)
+}
+
 fn bootstrap_command(b: &BootstrapArgs) -> anyhow::Result<ExitCode> {
-    print!("{}", render_bootstrap(&params(&b.mesh, &b.name, &b.flags)?)?);
+    let token = b.dataplane_token_file.as_deref().map(read_token_file).transpose()?;
+    let text = render_bootstrap(&BootstrapParams { token: token.as_deref(), ..params(&b.mesh, &b.name, &b.flags)? })?;
+    print!("{text}");
     Ok(ExitCode::SUCCESS)
 }

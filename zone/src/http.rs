@@ -98,7 +98,8 @@ async fn bootstrap(
             ));
         }
     };
-    let params = BootstrapParams { mesh: &mesh, name: &name, xds_address: &xds_address, admin_address, delta, tls };
+    let params =
+        BootstrapParams { mesh: &mesh, name: &name, xds_address: &xds_address, admin_address, delta, tls, token: None };
     let yaml = render(&params).map_err(|e| ApiError::field("xdsAddress", format!("{e:#}")))?;
     Ok(([(header::CONTENT_TYPE, "application/yaml")], yaml).into_response())
 }

@@ -104,6 +104,13 @@ pub struct RunArgs {
     /// the data directory (a new CA: bootstraps need the new `xds-ca.crt`).
     #[arg(long, env = "MERIDIAN_XDS_TLS_SAN", value_delimiter = ',')]
     pub xds_tls_san: Vec<String>,
+    /// How Envoys authenticate on xDS: `dataplane-token` (default: each
+    /// stream presents a Dataplane token for its Dataplane in the gRPC
+    /// metadata `authorization`; refused streams get nothing, and a revoked
+    /// or expired token cuts an open stream) or `none` (anyone who reaches
+    /// the xDS port may claim any Dataplane: trusted networks only).
+    #[arg(long, env = "MERIDIAN_XDS_AUTH", value_enum, default_value_t = XdsAuthMode::DataplaneToken)]
+    pub xds_auth: XdsAuthMode,
 
     /// The global's KDS address: `grpcs://host:5685` (TLS) or `grpc://host:5685`
     /// (plaintext, only when asked for explicitly). Without it the zone runs
@@ -150,6 +157,16 @@ pub struct RunArgs {
 
 fn human_duration<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// `--xds-auth`: what an Envoy presents on its xDS stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdsAuthMode {
+    /// A Dataplane token for the Dataplane the stream names.
+    DataplaneToken,
+    /// Nothing: xDS is open to whoever reaches it.
+    None,
 }
 
 /// Entry point: runs the command and turns failures into an exit code.
@@ -206,9 +223,26 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let store_url = state::store_url(&data_dir, args.state.store.as_deref(), "zone.db");
     let config = meridian_runtime::config::document("zone", &args, &data_dir, &store_url);
     let instance_id = state::instance_id();
+    // Dataplane tokens: a standalone zone issues them with its own keys; a
+    // federated zone verifies with the public keys the global syncs.
+    let tokens = meridian_tokens::Tokens::new(manager.clone());
+    if !federated {
+        tokens
+            .keys(meridian_tokens::TokenKind::Dataplane)
+            .ensure()
+            .await
+            .context("cannot create the Dataplane token signing key")?;
+    }
+    let issuer = if federated {
+        meridian_rest::tokens::Issuer::FederatedZone
+    } else {
+        meridian_rest::tokens::Issuer::StandaloneZone
+    };
     let state = ApiState {
         manager: manager.clone(),
-        auth: Auth::new(token, args.api.api_trust_loopback).with_api_hosts(args.api.api_hosts.clone()),
+        auth: Auth::new(token, args.api.api_trust_loopback)
+            .with_api_hosts(args.api.api_hosts.clone())
+            .with_dataplane_tokens(tokens.clone()),
         info: Arc::new(ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             instance_id: instance_id.clone(),
@@ -240,7 +274,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let limits = args.listeners.limits();
     tasks.spawn("API server", {
         let stop = shutdown.clone().cancelled_owned();
-        let router = meridian_rest::router(state.clone()).merge(http::routes(state, xds_addr, xds_transport));
+        let router = meridian_rest::router(state.clone())
+            .merge(meridian_rest::tokens::routes(state.clone(), tokens.clone(), issuer))
+            .merge(http::routes(state, xds_addr, xds_transport));
         async move { Ok(meridian_rest::server::serve(api_listener, api_tls, limits, router, stop).await?) }
     });
     if let Some(cfg) = kds_config {
@@ -265,8 +301,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         async move { dataplane_cleanup::run(manager, cleanup, shutdown).await }
     });
     tasks.spawn("xDS server", {
-        let config =
-            xds::XdsConfig { zone: args.zone.clone(), instance_id: instance_id.clone(), metrics: sync_metrics.clone() };
+        let auth = (args.xds_auth == XdsAuthMode::DataplaneToken)
+            .then(|| xds::auth::XdsAuth::new(tokens.clone(), shutdown.clone()));
+        let config = xds::XdsConfig {
+            zone: args.zone.clone(),
+            instance_id: instance_id.clone(),
+            metrics: sync_metrics.clone(),
+            auth,
+        };
         let store = store.clone();
         let stop = shutdown.clone();
         async move { Ok(xds::serve(xds_listener, xds_tls, limits, store, config, stop).await?) }

@@ -23,6 +23,7 @@
 //! and no configuration. Pushes are event-driven: a store change regenerates
 //! the Dataplanes it touches, and only resources whose hash changed travel.
 
+pub mod auth;
 pub mod cache;
 pub mod insight;
 pub mod stream;
@@ -76,6 +77,9 @@ pub struct XdsConfig {
     pub instance_id: String,
     /// Sync figures (direction `xds`), in the zone's registry.
     pub metrics: SyncMetrics,
+    /// Dataplane tokens required on every stream (`--xds-auth
+    /// dataplane-token`, the default); `None`: `--xds-auth none`.
+    pub auth: Option<auth::XdsAuth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,30 +253,37 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.start::<Sotw>(request.into_inner())))
+        let token = auth::presented(request.metadata());
+        Ok(Response::new(self.start::<Sotw>(request.into_inner(), token)))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(Response::new(self.start::<Delta>(request.into_inner())))
+        let token = auth::presented(request.metadata());
+        Ok(Response::new(self.start::<Delta>(request.into_inner(), token)))
     }
 }
 
 impl Ads {
-    fn start<W: Wire>(&self, inbound: Streaming<W::Req>) -> RespStream<W::Resp>
+    fn start<W: Wire>(&self, inbound: Streaming<W::Req>, token: Option<String>) -> RespStream<W::Resp>
     where
         Streaming<W::Req>: Send,
     {
         let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
         let shared = Arc::clone(&self.0);
-        self.0.tasks.spawn(run::<W>(shared, inbound, tx));
+        self.0.tasks.spawn(run::<W>(shared, inbound, tx, token));
         Box::pin(ReceiverStream::new(rx))
     }
 }
 
-async fn run<W: Wire>(shared: Arc<Shared>, mut inbound: Streaming<W::Req>, tx: mpsc::Sender<Result<W::Resp, Status>>) {
+async fn run<W: Wire>(
+    shared: Arc<Shared>,
+    mut inbound: Streaming<W::Req>,
+    tx: mpsc::Sender<Result<W::Resp, Status>>,
+    token: Option<String>,
+) {
     let first = match inbound.message().await {
         Ok(Some(r)) => r,
         _ => return,
@@ -289,6 +300,13 @@ async fn run<W: Wire>(shared: Arc<Shared>, mut inbound: Streaming<W::Req>, tx: m
             return;
         }
     };
+    if let Some(auth) = &shared.config.auth
+        && let Err(status) = auth.check(token.as_deref(), &id).await
+    {
+        tracing::warn!(dataplane = %id, code = ?status.code(), reason = %status.message(), "refusing Envoy: Dataplane token");
+        let _ = tx.send(Err(status)).await;
+        return;
+    }
     // Read your writes: a Dataplane registered just before its Envoy
     // connects must be known to the cache first.
     match shared.store.current_revision().await {
@@ -320,11 +338,26 @@ async fn run<W: Wire>(shared: Arc<Shared>, mut inbound: Streaming<W::Req>, tx: m
     // A SotW response carries the whole set: no byte budget there.
     let max_bytes = if <W::Driver as SendWire>::FULL_STATE { usize::MAX } else { stream::MAX_RESPONSE_BYTES };
     let config = SendConfig { nonce_prefix: prefix, max_bytes, max_resource_bytes: None };
-    match send_loop(&mut source, &mut wire, &mut observer, &config, &shared.stop).await {
-        Ended::Source(e) => {
+    // A token revoked, expired or no longer matching cuts the stream.
+    let refused = async {
+        match &shared.config.auth {
+            Some(auth) => auth.until_refused(token.clone(), id.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let ended = tokio::select! {
+        ended = send_loop(&mut source, &mut wire, &mut observer, &config, &shared.stop) => Some(ended),
+        status = refused => {
+            tracing::warn!(dataplane = %id, reason = %status.message(), "Dataplane token no longer valid; closing the stream");
+            let _ = tx.send(Err(status)).await;
+            None
+        }
+    };
+    match ended {
+        Some(Ended::Source(e)) => {
             let _ = tx.send(Err(Status::not_found(e.to_string()))).await;
         }
-        Ended::Wire(e) => tracing::debug!(dataplane = %id, error = %e, "stream ended"),
+        Some(Ended::Wire(e)) => tracing::debug!(dataplane = %id, error = %e, "stream ended"),
         _ => {}
     }
     drop(sub);

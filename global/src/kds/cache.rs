@@ -57,6 +57,10 @@ impl TypeSnapshot {
             if from_zone && ty != ResourceType::ZoneIngress {
                 return None;
             }
+            // Of GlobalSecrets, only public token keys and revocation lists.
+            if ty == ResourceType::GlobalSecret && !kds::global_secret_syncs(&r.key.name) {
+                return None;
+            }
             Some(r)
         });
         match entry {

@@ -242,8 +242,8 @@ async fn refresh(
 /// token's fault, `PERMISSION_DENIED` for a disabled zone). A store that
 /// cannot be read is not a reason to cut a zone off: the check passes.
 pub(super) async fn still_allowed(server: &KdsServer, zone: &str, token: &str) -> Result<(), Status> {
-    match server.tokens.verify(Some(token), zone).await {
-        Ok(_) | Err(crate::tokens::TokenError::Store(_)) => {}
+    match server.tokens.verify_zone(Some(token), zone).await {
+        Ok(_) | Err(meridian_tokens::TokenError::Store(_)) => {}
         Err(e) => {
             tracing::warn!(zone = %zone, reason = %e, "zone token no longer valid; closing its stream");
             return Err(Status::unauthenticated(e.to_string()));

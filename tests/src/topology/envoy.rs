@@ -1,6 +1,8 @@
 //! A real Envoy for one Dataplane of a zone, bootstrapped the way users do
-//! it: `meridian-zone dataplane bootstrap --mesh M --name N` (node id
-//! `<mesh>.<name>`; xDS over TLS with the zone's CA, `--ca-cert`), then
+//! it: a Dataplane token from the global (or the standalone zone), then
+//! `meridian-zone dataplane bootstrap --mesh M --name N
+//! --dataplane-token-file F` (node id `<mesh>.<name>`; xDS over TLS with the
+//! zone's CA, `--ca-cert`), then
 //! `envoy -c bootstrap.yaml`.
 
 use std::{ffi::OsString, path::PathBuf, process::ExitStatus, sync::Mutex};
@@ -25,6 +27,8 @@ pub enum XdsMode {
 pub struct Envoy {
     process: Process,
     name: String,
+    /// The Dataplane token it presents.
+    token: Option<String>,
     args: Vec<OsString>,
     admin_file: PathBuf,
     /// `127.0.0.1:PORT` of the admin listener of the current start.
@@ -36,18 +40,29 @@ impl Envoy {
     /// at `zone`'s xDS server, starts Envoy on it and waits for its admin
     /// address (not for readiness: see [`Envoy::wait_ready`]).
     pub async fn start(dir: &TestDir, zone: &Zone, name: &str, mode: XdsMode) -> Envoy {
+        // A Dataplane token for it, issued where the zone's tokens come from.
+        let token = zone.dataplane_token(name).await;
+        Envoy::start_with_token(dir, zone, name, mode, token.as_deref()).await
+    }
+
+    /// [`Envoy::start`] presenting `token` on its ADS stream (`None`: no
+    /// token at all).
+    pub async fn start_with_token(dir: &TestDir, zone: &Zone, name: &str, mode: XdsMode, token: Option<&str>) -> Envoy {
         let work = dir.part_dir(name);
         let mode = match mode {
             XdsMode::Delta => "delta",
             XdsMode::Sotw => "sotw",
         };
-        let out = tokio::process::Command::new(binary("meridian-zone"))
-            .args(["dataplane", "bootstrap", "--mesh", "default", "--name", name, "--admin-address", "127.0.0.1:0"])
+        let mut cmd = tokio::process::Command::new(binary("meridian-zone"));
+        cmd.args(["dataplane", "bootstrap", "--mesh", "default", "--name", name, "--admin-address", "127.0.0.1:0"])
             .args(zone.xds_flags())
-            .args(["--xds-mode", mode])
-            .output()
-            .await
-            .expect("run meridian-zone dataplane bootstrap");
+            .args(["--xds-mode", mode]);
+        if let Some(token) = token {
+            let file = work.join("dataplane-token");
+            std::fs::write(&file, token).expect("write the Dataplane token");
+            cmd.arg("--dataplane-token-file").arg(file);
+        }
+        let out = cmd.output().await.expect("run meridian-zone dataplane bootstrap");
         assert!(out.status.success(), "dataplane bootstrap: {}", String::from_utf8_lossy(&out.stderr));
         let boot = work.join("bootstrap.yaml");
         std::fs::write(&boot, &out.stdout).expect("write the bootstrap");
@@ -61,6 +76,7 @@ impl Envoy {
         let envoy = Envoy {
             process: Process::new(name, envoy_binary(), &dir.logs()),
             name: name.to_string(),
+            token: token.map(str::to_string),
             args,
             admin_file,
             admin: Mutex::new(String::new()),
@@ -100,6 +116,11 @@ impl Envoy {
     /// The Dataplane name (node id `default.<name>`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The Dataplane token it presents on xDS, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// `127.0.0.1:PORT` of the admin listener.

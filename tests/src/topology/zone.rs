@@ -44,13 +44,36 @@ pub struct Zone {
     /// Flags added to every start; `--skip-default-mesh` unless the zone
     /// was started with [`Zone::standalone_with`].
     extra_args: Vec<String>,
+    /// The API that issues this zone's Dataplane tokens: the global's, or
+    /// the zone's own when standalone; `None` for a zone dialling a bare
+    /// address ([`Zone::start_at`]).
+    token_issuer: Option<String>,
 }
 
 impl Zone {
     /// Zone `name` with a fresh token from `global`; its label is its name.
     pub async fn connect(dir: &TestDir, global: &Global, name: &str) -> Zone {
         let token = global.zone_token(name).await;
-        Zone::start(dir, name, name, global, Some(&token)).await
+        let zone = Zone::start(dir, name, name, global, Some(&token)).await;
+        zone.wait_token_keys().await;
+        zone
+    }
+
+    /// Waits until the zone holds the global's Dataplane-token public key
+    /// (synced over KDS), so that its Envoys' tokens verify at once.
+    async fn wait_token_keys(&self) {
+        self.api
+            .wait_for("/global-secrets/dataplane-token-signing-public-key-1", "holds the token key", |_| true)
+            .await;
+    }
+
+    /// A Dataplane token for Dataplane `name` in mesh `default`, valid for
+    /// an hour, from the API that issues this zone's tokens (`None` when
+    /// there is none).
+    pub async fn dataplane_token(&self, name: &str) -> Option<String> {
+        let issuer = JsonApi::new(self.token_issuer.as_deref()?);
+        let body = serde_json::json!({"name": name, "mesh": "default", "validFor": "1h"});
+        Some(issuer.post_text("/tokens/dataplane", &body).await)
     }
 
     /// Zone `name` (label `label`) presenting `token` (`None`: an empty
@@ -61,7 +84,9 @@ impl Zone {
             ca: global.ca().map(Path::to_path_buf),
             token: token.map(str::to_string),
         };
-        Zone::launch_new(dir, label, name, Some(federation)).await
+        let mut zone = Zone::launch_new(dir, label, name, Some(federation)).await;
+        zone.token_issuer = Some(global.api().base().to_string());
+        zone
     }
 
     /// Zone `name` with a fresh token from `global`, started with `extra`
@@ -72,7 +97,10 @@ impl Zone {
             Federation { address: global.kds_url(), ca: global.ca().map(Path::to_path_buf), token: Some(token) };
         let mut args = vec!["--skip-default-mesh".to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Zone::launch_with(dir, name, name, Some(federation), args).await
+        let mut zone = Zone::launch_with(dir, name, name, Some(federation), args).await;
+        zone.token_issuer = Some(global.api().base().to_string());
+        zone.wait_token_keys().await;
+        zone
     }
 
     /// Zone `name` dialling `address` (trusting `ca` for grpcs://).
@@ -128,10 +156,14 @@ impl Zone {
             api_addr: any,
             xds_addr: any,
             extra_args,
+            token_issuer: None,
         };
         let (api_addr, xds_addr) = z.launch().await;
         z.api = JsonApi::new(&format!("http://{api_addr}"));
         (z.api_addr, z.xds_addr) = (api_addr, xds_addr);
+        if z.federation.is_none() {
+            z.token_issuer = Some(z.api.base().to_string());
+        }
         z
     }
 

@@ -58,6 +58,10 @@ async fn seed_examples_serve_http_tcp_and_delegated_traffic() {
     args.extend(zone.xds_flags());
     args.extend(["--admin-address".into(), "127.0.0.1:0".into(), "--envoy".into(), envoy_bin.into()]);
     args.extend(["--config-dir".into(), dir.clone().into(), "-f".into(), dp_file.into()]);
+    // Registered with its Dataplane token (no admin token), which Envoy presents on xDS too.
+    let token_file = dir.join("dataplane-token");
+    std::fs::write(&token_file, zone.dataplane_token("gateway-instance-1").await.expect("token")).expect("token file");
+    args.extend(["--dataplane-token-file".into(), token_file.into()]);
     args.extend(["--", "--concurrency", "1", "--admin-address-path"].map(Into::into));
     args.push(admin_file.clone().into());
     let admin = run.start(&args, &Announce::File(admin_file)).await.remove(0);

@@ -30,10 +30,14 @@ struct DeltaClient {
 impl DeltaClient {
     async fn open(zone: &Zone, first: DeltaDiscoveryRequest) -> Result<DeltaClient, tonic::Status> {
         let mut client = AggregatedDiscoveryServiceClient::new(zone.xds_channel().await.expect("connect"));
+        let name = first.node.as_ref().and_then(|n| n.id.split_once('.')).map(|(_, n)| n.to_string());
         // Requests queued by the test: a handful at a time.
         let (tx, rx) = mpsc::channel(16);
         tx.send(first).await.expect("queue");
-        let rx = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+        let rx = client
+            .delta_aggregated_resources(with_token(zone, name, ReceiverStream::new(rx)).await)
+            .await?
+            .into_inner();
         Ok(DeltaClient { tx, rx })
     }
 
@@ -57,6 +61,18 @@ impl DeltaClient {
         })
         .await;
     }
+}
+
+/// A request carrying a Dataplane token for `name` (as Envoy sends it:
+/// the raw token in the `authorization` metadata).
+async fn with_token<T>(zone: &Zone, name: Option<String>, body: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(body);
+    if let Some(name) = name
+        && let Some(token) = zone.dataplane_token(&name).await
+    {
+        req.metadata_mut().insert("authorization", token.parse().expect("token as metadata"));
+    }
+    req
 }
 
 fn request(type_url: String, names: &[&str]) -> DeltaDiscoveryRequest {
@@ -226,7 +242,8 @@ async fn sotw_answers_changes_not_acks() {
     tx.send(DiscoveryRequest { node: node("default.gw-1"), type_url: LISTENER_TYPE(), ..Default::default() })
         .await
         .expect("send");
-    let mut rx = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.expect("open").into_inner();
+    let req = with_token(zone, Some("gw-1".to_string()), ReceiverStream::new(rx)).await;
+    let mut rx = client.stream_aggregated_resources(req).await.expect("open").into_inner();
     let lds: DiscoveryResponse = next(&mut rx).await;
     assert_eq!(lds.resources.len(), 2);
     // SotW ACKs repeat the full name list (none for LDS).

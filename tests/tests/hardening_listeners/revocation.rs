@@ -21,7 +21,7 @@ use crate::spec_bytes;
 const CUT: Duration = Duration::from_secs(30);
 
 fn jti(token: &str) -> String {
-    let claims = token.split('.').nth(1).expect("mzt1.<claims>.<sig>");
+    let claims = token.split('.').nth(1).expect("JWT <header>.<claims>.<signature>");
     let claims: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).expect("base64url claims")).expect("JSON claims");
     claims["jti"].as_str().expect("jti").to_string()

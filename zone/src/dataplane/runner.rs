@@ -155,7 +155,8 @@ async fn supervise(plan: &Plan, signals: &mut Signals) -> anyhow::Result<ExitCod
         admin_address: plan.admin,
         delta: plan.delta,
         tls: plan.xds_tls.clone(),
-        // Dataplane token for the xDS stream (tokens work): `plan.dataplane_token`.
+        // Envoy presents it on its ADS stream (gRPC metadata `authorization`).
+        token: plan.dataplane_token.as_deref(),
     })?;
     let (dir, _temp) = match &plan.config_dir {
         Some(d) => {
