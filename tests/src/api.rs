@@ -62,7 +62,12 @@ pub struct Api {
 impl Api {
     pub fn new(base: &str, token: Option<String>) -> Api {
         crate::init_crypto();
-        let http = reqwest::Client::builder().build().unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"));
+        // Idle connections dropped before the server's --idle-timeout (10 s)
+        // closes them (see `JsonApi::new`).
+        let http = reqwest::Client::builder()
+            .pool_idle_timeout(std::time::Duration::from_secs(4))
+            .build()
+            .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"));
         Api { base: base.trim_end_matches('/').to_string(), token, http }
     }
 

@@ -54,8 +54,12 @@ pub fn path_of(resource: &Value) -> String {
 impl JsonApi {
     pub fn new(base: &str) -> JsonApi {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Idle pooled connections are dropped well before the server's
+        // --idle-timeout (10 s) closes them: reusing one the server is
+        // closing at that moment fails the request ("error sending request").
         let http = reqwest::Client::builder()
             .no_proxy()
+            .pool_idle_timeout(Duration::from_secs(4))
             .timeout(Duration::from_secs(10))
             .build()
             .expect("build the HTTP client");
