@@ -117,14 +117,14 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => args,
         Command::Dataplane(dp) => return dataplane::main(dp),
     };
-    let log_level = args.log.log_level.clone();
-    meridian_runtime::run_until_signal("meridian-zone", &log_level, |shutdown| run(args, shutdown))
+    let log = args.log.clone();
+    meridian_runtime::run_until_signal("meridian-zone", &log, |shutdown| run(args, shutdown))
 }
 
 /// Runs the zone until `shutdown` is cancelled (or one of its critical
 /// tasks fails, which cancels it).
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let data_dir = args.state.data_dir("zone");
+    let data_dir = args.state.data_dir("zone")?;
     let store = state::open_store(&data_dir, &args.state, "zone.db").await?;
     tracing::info!(zone = %args.zone, "zone starting");
     let token = state::admin_token(args.api.admin_token.as_deref(), &data_dir)?;
