@@ -99,6 +99,9 @@ import_rootfs() { # dir image
 }
 
 mkdir -p "$WORK"
+# One build at a time (test processes call this script concurrently).
+exec 9>"$WORK/.lock"
+flock 9
 
 # 1. The base.
 BASE=meridian/base:$SUITE
