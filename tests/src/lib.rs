@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod ctl;
+pub mod containers;
 pub mod db;
 pub mod json_api;
 pub mod process;
