@@ -4,6 +4,7 @@
 use strict;
 use warnings;
 use IO::Socket::INET;
+$| = 1;
 my $name = $ENV{ECHO_NAME} // 'echo';
 my $port = $ENV{ECHO_PORT} // 5000;
 my $server = IO::Socket::INET->new(LocalAddr => "0.0.0.0:$port", Listen => 64, ReuseAddr => 1)

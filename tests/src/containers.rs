@@ -179,9 +179,15 @@ impl Lab {
             .with_env_var("MERIDIAN_ADMIN_TOKEN", ADMIN_TOKEN)
             .with_cmd(["-c", &script])
             .with_health_check(
-                testcontainers::core::Healthcheck::cmd(["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:9901/ready"])
-                    .with_interval(Duration::from_secs(1))
-                    .with_retries(3),
+                testcontainers::core::Healthcheck::cmd([
+                    "curl",
+                    "-fsS",
+                    "-o",
+                    "/dev/null",
+                    "http://127.0.0.1:9901/ready",
+                ])
+                .with_interval(Duration::from_secs(1))
+                .with_retries(3),
             )
             .with_startup_timeout(STARTUP)
             .start()
@@ -231,6 +237,7 @@ impl Node {
     /// `PUT path` with the admin token: status and body.
     pub async fn put(&self, path: &str, body: &Value) -> (u16, String) {
         let url = format!("http://127.0.0.1:{}{path}", self.api_port.expect("a global or zone"));
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let r = reqwest::Client::builder()
             .no_proxy()
             .build()

