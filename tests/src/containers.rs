@@ -241,7 +241,7 @@ impl Node {
         let r = reqwest::Client::builder()
             .no_proxy()
             .build()
-            .unwrap()
+            .expect("HTTP client")
             .put(url)
             .bearer_auth(ADMIN_TOKEN)
             .header("content-type", "application/json")

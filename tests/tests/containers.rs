@@ -143,7 +143,7 @@ async fn a_zone_container_restarted_keeps_serving_its_gateway() {
     let gw = lab.gateway(&tag, &zone, "edge-1", "edge-gateway", 8080).await;
     let url = format!("http://127.0.0.1:{}/hello", gw.host_port(8080).await);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build().unwrap();
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3)).build().expect("HTTP client");
     let get = || async {
         let r = http.get(&url).header("host", "edge.example.com").send().await.map_err(|e| e.to_string())?;
         let body = r.text().await.map_err(|e| e.to_string())?;

@@ -45,23 +45,27 @@ fn verify_root(units: &[(&str, String)]) -> tempfile::TempDir {
     // (an absolute symlink would point outside the root).
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let r = root.path();
-    std::fs::create_dir_all(r.join("usr/local/bin")).unwrap();
-    std::fs::create_dir_all(r.join("etc/systemd/system")).unwrap();
-    std::fs::create_dir_all(r.join("usr/lib/systemd")).unwrap();
+    std::fs::create_dir_all(r.join("usr/local/bin")).expect("test setup (files, processes)");
+    std::fs::create_dir_all(r.join("etc/systemd/system")).expect("test setup (files, processes)");
+    std::fs::create_dir_all(r.join("usr/lib/systemd")).expect("test setup (files, processes)");
     let system = ["/usr/lib/systemd/system", "/lib/systemd/system"]
         .into_iter()
         .find(|p| Path::new(p).join("sysinit.target").exists())
         .expect("the host's systemd units (sysinit.target) come with the systemd package");
-    let copied = Command::new("cp").args(["-a", system]).arg(r.join("usr/lib/systemd/system")).status().unwrap();
+    let copied = Command::new("cp")
+        .args(["-a", system])
+        .arg(r.join("usr/lib/systemd/system"))
+        .status()
+        .expect("test setup (files, processes)");
     assert!(copied.success(), "cp {system}");
     for name in ["meridian-global", "meridian-zone"] {
         let to = r.join("usr/local/bin").join(name);
         if std::fs::hard_link(binary(name), &to).is_err() {
-            std::fs::copy(binary(name), &to).unwrap();
+            std::fs::copy(binary(name), &to).expect("test setup (files, processes)");
         }
     }
     for (name, text) in units {
-        std::fs::write(r.join("etc/systemd/system").join(name), text).unwrap();
+        std::fs::write(r.join("etc/systemd/system").join(name), text).expect("test setup (files, processes)");
     }
     root
 }
@@ -120,7 +124,7 @@ fn the_quick_start_refuses_a_busy_port_at_once_naming_it_and_its_holder() {
     // 5683 is zone-2's API in the quick start; held here by this test (or,
     // if another process already holds it, by that one).
     let held = TcpListener::bind("127.0.0.1:5683");
-    let state = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().expect("test setup (files, processes)");
     let started = Instant::now();
     let out = Command::new("bash")
         .arg(workspace().join("deploy/quickstart.sh"))
@@ -144,8 +148,8 @@ fn the_quick_start_refuses_a_busy_port_at_once_naming_it_and_its_holder() {
 /// Starts the global with `args` on free ports, stderr to a file (not a
 /// terminal), and returns what it logged within its first second of readiness.
 fn global_log(extra: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let log = std::fs::File::create(dir.path().join("global.log")).unwrap();
+    let dir = tempfile::tempdir().expect("test setup (files, processes)");
+    let log = std::fs::File::create(dir.path().join("global.log")).expect("test setup (files, processes)");
     let mut child = Command::new(binary("meridian-global"))
         .args(["run", "--api-addr", "127.0.0.1:0", "--kds-addr", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
@@ -156,8 +160,8 @@ fn global_log(extra: &[&str]) -> String {
         .spawn()
         .expect("meridian-global");
     let text = loop {
-        let text = std::fs::read_to_string(dir.path().join("global.log")).unwrap();
-        if text.contains("admin token") || child.try_wait().unwrap().is_some() {
+        let text = std::fs::read_to_string(dir.path().join("global.log")).expect("test setup (files, processes)");
+        if text.contains("admin token") || child.try_wait().expect("test setup (files, processes)").is_some() {
             break text;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -184,7 +188,10 @@ fn logs_to_a_file_carry_no_colour_and_json_is_one_object_per_line() {
     }
     assert!(saw_token, "{json}");
 
-    let bad = Command::new(binary("meridian-global")).args(["run", "--log-format", "xml"]).output().unwrap();
+    let bad = Command::new(binary("meridian-global"))
+        .args(["run", "--log-format", "xml"])
+        .output()
+        .expect("test setup (files, processes)");
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--log-format"), "{}", String::from_utf8_lossy(&bad.stderr));
 }

@@ -39,6 +39,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start; boxing the flags buys nothing")]
 pub enum Command {
     /// Run the zone control plane until SIGTERM or SIGINT.
     Run(RunArgs),
