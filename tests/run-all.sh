@@ -7,7 +7,8 @@
 #   bash tests/run-all.sh -E 'package(meridian-store)'   # extra args go to nextest
 #
 # Needs: the Rust toolchain (cargo), Python's pip (for Envoy), root or sudo
-# for apt-get when PostgreSQL is missing. A missing prerequisite that cannot
+# for apt-get when PostgreSQL, debootstrap or systemd-analyze is missing, and
+# a running Docker engine (the container tests). A missing prerequisite that cannot
 # be installed fails the run; no test is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,14 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "building"
 cargo build --workspace --bins --tests --locked
+
+# The container tests (tests/tests/containers.rs) start Meridian's images:
+# built here from the debug binaries just built (the Debian base and
+# PostgreSQL images once; kept while present). No Docker engine: fail.
+command -v docker >/dev/null 2>&1 || { log "docker is not installed: the container tests need a Docker engine"; exit 1; }
+docker info >/dev/null 2>&1 || { log "the Docker engine does not answer (docker info): the container tests need it running"; exit 1; }
+log "building the container images (deploy/images/build.sh --profile debug --no-cargo)"
+bash deploy/images/build.sh --profile debug --no-cargo
 
 runner=(cargo test --workspace --locked --no-fail-fast)
 if cargo nextest --version >/dev/null 2>&1; then

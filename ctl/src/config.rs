@@ -153,9 +153,14 @@ impl ConfigFile {
 }
 
 /// Flags (and their environment variables) first, then the current context,
-/// then the default URL.
+/// then the default URL. Without `$HOME` and without `--config` (a
+/// container, a system service) there is no config file: flags, their
+/// environment variables and the default URL decide.
 pub fn resolve(conn: &ConnArgs) -> Result<Target, CtlError> {
-    let file = ConfigFile::load(&path(conn)?)?;
+    let file = match path(conn) {
+        Ok(p) => ConfigFile::load(&p)?,
+        Err(_) => ConfigFile::default(),
+    };
     Ok(resolve_with(conn, &file))
 }
 

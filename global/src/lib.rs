@@ -104,14 +104,14 @@ pub struct RunArgs {
 /// Entry point: runs the command and turns failures into an exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let Command::Run(args) = cli.command;
-    let log_level = args.log.log_level.clone();
-    meridian_runtime::run_until_signal("meridian-global", &log_level, |shutdown| run(args, shutdown))
+    let log = args.log.clone();
+    meridian_runtime::run_until_signal("meridian-global", &log, |shutdown| run(args, shutdown))
 }
 
 /// Runs the global until `shutdown` is cancelled (or one of its critical
 /// tasks fails, which cancels it).
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let data_dir = args.state.data_dir("global");
+    let data_dir = args.state.data_dir("global")?;
     let store = state::open_store(&data_dir, &args.state, "global.db").await?;
     let token = state::admin_token(args.api.admin_token.as_deref(), &data_dir)?;
 

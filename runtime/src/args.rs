@@ -36,13 +36,47 @@ pub struct StateArgs {
 }
 
 impl StateArgs {
-    /// `--data-dir`, or `$HOME/.meridian/<role>` (`.meridian/<role>` without `$HOME`).
-    pub fn data_dir(&self, role: &str) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".meridian").join(role))
-                .unwrap_or_else(|| PathBuf::from(".meridian").join(role))
-        })
+    /// `--data-dir`; else `$HOME/.meridian/<role>`; without `$HOME` (a
+    /// container, a system service) `/var/lib/meridian/<role>` when
+    /// `/var/lib/meridian` exists and is writable or can be created, as
+    /// system daemons keep state. Never the current directory.
+    ///
+    /// Errors: no `$HOME` and `/var/lib/meridian` unusable (the message
+    /// names `--data-dir`).
+    pub fn data_dir(&self, role: &str) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            return Ok(PathBuf::from(home).join(".meridian").join(role));
+        }
+        let system = PathBuf::from(SYSTEM_STATE_DIR);
+        match std::fs::create_dir_all(&system) {
+            Ok(()) if !is_read_only(&system) => Ok(system.join(role)),
+            Ok(()) => anyhow::bail!(
+                "$HOME is not set and {SYSTEM_STATE_DIR} is not writable: pass --data-dir (MERIDIAN_DATA_DIR)"
+            ),
+            Err(e) => anyhow::bail!(
+                "$HOME is not set and {SYSTEM_STATE_DIR} cannot be created ({e}): pass --data-dir (MERIDIAN_DATA_DIR)"
+            ),
+        }
+    }
+}
+
+/// The state directory of a process started without `$HOME` and without
+/// `--data-dir` (the FHS place for a daemon's state).
+pub const SYSTEM_STATE_DIR: &str = "/var/lib/meridian";
+
+/// Whether this process cannot create a file in `dir` (tried with a probe
+/// file, removed at once: permission bits alone miss read-only mounts).
+fn is_read_only(dir: &std::path::Path) -> bool {
+    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            false
+        }
+        Err(_) => true,
     }
 }
 
@@ -174,6 +208,22 @@ pub struct LogArgs {
     /// Log filter (`info`, `debug`, `meridian_core=debug,info`, ...).
     #[arg(long, env = "MERIDIAN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Log line format on stderr: `text` (human-readable) or `json` (one
+    /// object per line: timestamp, level, target, fields), for log
+    /// collectors. ANSI colour is used only when stderr is a terminal.
+    #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (tracing-subscriber's default format).
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// How much change log to keep (flattened into both `run` commands). The

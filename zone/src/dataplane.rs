@@ -233,9 +233,10 @@ pub struct RunDataplaneArgs {
     #[arg(long, env = "MERIDIAN_DP_CONFIG_DIR")]
     pub config_dir: Option<PathBuf>,
 
-    /// The runner's log filter (`info`, `debug`, `info,envoy=error`, ...).
-    #[arg(long, env = "MERIDIAN_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// The runner's log filter (`--log-level info`, `info,envoy=error`, ...)
+    /// and format (`--log-format text|json`).
+    #[command(flatten)]
+    pub log: meridian_runtime::args::LogArgs,
 
     /// Extra Envoy arguments, after `--`.
     #[arg(last = true)]

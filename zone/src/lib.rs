@@ -42,6 +42,7 @@ pub struct Cli {
 // Parsed once at start and moved out at once: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start; boxing the flags buys nothing")]
 pub enum Command {
     /// Run the zone control plane until SIGTERM or SIGINT.
     Run(Box<RunArgs>),
@@ -175,14 +176,14 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Run(args) => *args,
         Command::Dataplane(dp) => return dataplane::main(dp),
     };
-    let log_level = args.log.log_level.clone();
-    meridian_runtime::run_until_signal("meridian-zone", &log_level, |shutdown| run(args, shutdown))
+    let log = args.log.clone();
+    meridian_runtime::run_until_signal("meridian-zone", &log, |shutdown| run(args, shutdown))
 }
 
 /// Runs the zone until `shutdown` is cancelled (or one of its critical
 /// tasks fails, which cancels it).
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let data_dir = args.state.data_dir("zone");
+    let data_dir = args.state.data_dir("zone")?;
     let store = state::open_store(&data_dir, &args.state, "zone.db").await?;
     tracing::info!(zone = %args.zone, "zone starting");
     let token = state::admin_token(args.api.admin_token.as_deref(), &data_dir)?;

@@ -41,7 +41,7 @@ pub const EXIT_INVALID: u8 = 1;
 
 /// Checks the flags, then runs until a signal or Envoy's exit.
 pub fn main(args: RunDataplaneArgs) -> ExitCode {
-    meridian_runtime::process::init_logging(&args.log_level);
+    meridian_runtime::process::init_logging(&args.log);
     let plan = match plan::check(&args) {
         Ok(p) => p,
         Err(e) => {
