@@ -39,8 +39,6 @@ pub struct Cli {
     pub command: Command,
 }
 
-// Parsed once at start and moved out at once: the variants' sizes do not matter.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant, reason = "parsed once at start; boxing the flags buys nothing")]
 pub enum Command {
