@@ -45,7 +45,7 @@ impl std::fmt::Display for ProxyId {
 /// Why a Dataplane gets no configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
-    /// The generator refused it (unknown Dataplane, not a gateway).
+    /// The generator refused it (unknown Dataplane).
     #[error(transparent)]
     Generate(#[from] gateway::GenError),
     /// The cache stopped publishing it (the stream outlived the cache).
@@ -191,12 +191,16 @@ impl Cache {
         // replaying an upsert or delete already seen is harmless.
         let revision = store.current_revision().await?;
         let mut meshes: BTreeMap<String, MeshSnapshot> = BTreeMap::new();
-        for ty in WATCHED {
+        for ty in WATCHED.into_iter().chain([ResourceType::Mesh]) {
             let page = store.list(&ListQuery { type_name: ty.name().to_string(), ..Default::default() }).await?;
             for stored in &page.items {
                 match Manager::decode(stored) {
                     Ok(e) => {
-                        let mesh = e.resource.meta.mesh.clone();
+                        // A Mesh goes to its own snapshot (its mTLS decides transport sockets).
+                        let mesh = match &e.resource.spec {
+                            Spec::Mesh(_) => e.resource.meta.name.clone(),
+                            _ => e.resource.meta.mesh.clone(),
+                        };
                         meshes.entry(mesh.clone()).or_insert_with(|| MeshSnapshot::new(mesh)).upsert(&e.resource);
                     }
                     Err(e) => tracing::warn!(error = %e, "skipping undecodable resource"),
@@ -273,6 +277,23 @@ impl Cache {
             let key = &c.resource.key;
             if ty == ResourceType::Mesh {
                 touched.extend(inner.proxies.keys().filter(|p| p.mesh == key.name).cloned());
+                let snapshot = Arc::make_mut(
+                    inner
+                        .meshes
+                        .entry(key.name.clone())
+                        .or_insert_with(|| Arc::new(MeshSnapshot::new(key.name.clone()))),
+                );
+                match c.kind {
+                    ChangeKind::Upsert => match Manager::decode(&c.resource) {
+                        Ok(e) => {
+                            snapshot.upsert(&e.resource);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "skipping undecodable Mesh"),
+                    },
+                    ChangeKind::Delete => {
+                        snapshot.remove(ty, &key.name);
+                    }
+                }
                 continue;
             }
             let new = match c.kind {
