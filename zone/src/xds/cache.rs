@@ -644,6 +644,57 @@ conf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [
     }
 
     #[test]
+    fn sidecars_follow_their_destinations_and_the_meshs_mtls() {
+        use crate::gateway::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
+        let cache = Cache::default();
+        for r in resources(
+            r#"
+type: Mesh
+name: default
+---
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 127.0.0.1
+  inbound: [{port: 8080, servicePort: 18080, tags: {kuma.io/service: web, kuma.io/protocol: http}}]
+  outbound: [{port: 10001, tags: {kuma.io/service: backend}}]
+"#,
+        ) {
+            cache.upsert_for_test(&r);
+        }
+        let mut web = cache.subscribe(&id("web-1"));
+        let first = web.rx.borrow_and_update().clone();
+        let listeners = versions(&first, &LISTENER_TYPE());
+        assert_eq!(listeners.keys().collect::<Vec<_>>(), ["inbound:127.0.0.1:8080", "outbound:127.0.0.1:10001"]);
+
+        // A backend instance appears: web-1's endpoints change.
+        for r in resources(
+            "type: Dataplane\nmesh: default\nname: backend-1\nnetworking: {address: 10.0.0.2, inbound: [{port: 80, tags: {kuma.io/service: backend}}]}",
+        ) {
+            cache.upsert_for_test(&r);
+        }
+        assert!(web.rx.has_changed().unwrap_or(false), "a new endpoint regenerates the sidecar");
+        let second = web.rx.borrow_and_update().clone();
+        assert_ne!(versions(&second, &ENDPOINT_TYPE()), versions(&first, &ENDPOINT_TYPE()));
+
+        // mTLS on: the clusters originate it, the inbound listener requires it.
+        for r in resources(
+            "type: Mesh\nname: default\nmtls: {enabledBackend: ca-1, backends: [{name: ca-1, type: builtin}]}",
+        ) {
+            cache.upsert_for_test(&r);
+        }
+        assert!(web.rx.has_changed().unwrap_or(false), "a Mesh mTLS change regenerates the sidecar");
+        let third = web.rx.borrow_and_update().clone();
+        let config = third.config.as_ref().expect("config");
+        let backend = &config[&CLUSTER_TYPE()]["backend"];
+        assert!(String::from_utf8_lossy(&backend.resource.value).contains("backend{mesh=default}"), "SNI");
+        let inbound = &config[&LISTENER_TYPE()]["inbound:127.0.0.1:8080"];
+        assert!(String::from_utf8_lossy(&inbound.resource.value).contains("identity_cert:secret:default"));
+        assert_eq!(versions(&third, &ENDPOINT_TYPE()), versions(&second, &ENDPOINT_TYPE()));
+    }
+
+    #[test]
     fn unknown_dataplanes_get_an_error_until_registered() {
         let cache = Cache::default();
         let mut s = cache.subscribe(&id("a-1"));
