@@ -1,5 +1,6 @@
-//! The builtin-gateway generator: a pure function from a snapshot of one
-//! mesh's resources to the Envoy configuration of one gateway Dataplane.
+//! The generator: a pure function from a snapshot of one mesh's resources
+//! to the Envoy configuration of one Dataplane (builtin gateway, delegated
+//! gateway or sidecar).
 //!
 //! ```text
 //!   MeshSnapshot { gateways, routes, secrets, dataplanes }

@@ -1,12 +1,12 @@
 //! `meridian-zone`: one per zone. It keeps a persisted copy of what the
 //! global sent, registers the zone's Dataplanes, and serves xDS to the
-//! zone's gateway Envoys.
+//! zone's Envoys (builtin and delegated gateways, sidecars).
 //!
 //! ```text
 //!   global ◀══ KDS (one gRPC connection) ══▶ kds client ──▶ store ◀── rest (Dataplanes)
 //!                                                             │ watch
 //!                                                             ▼
-//!                                  Envoy ◀══ ADS ══ xds server ◀── gateway generator
+//!                                  Envoy ◀══ ADS ══ xds server ◀── generator (gateways, sidecars)
 //! ```
 
 pub mod http;
