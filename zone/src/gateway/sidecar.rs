@@ -238,3 +238,80 @@ fn hcm(stat: &str, route_name: &str, service: &str, cluster: &str) -> Filter {
         config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use meridian_sync_proto::{Resource, universal};
+
+    use super::super::{MeshSnapshot, generate};
+
+    fn snapshot(yaml: &str) -> MeshSnapshot {
+        let resources: Vec<Resource> =
+            universal::parse_resources(yaml).expect("yaml").into_iter().map(|r| r.expect("resource")).collect();
+        MeshSnapshot::from_resources("default", &resources)
+    }
+
+    fn filter_names(config: &super::super::ProxyConfig, listener: &str) -> Vec<String> {
+        let l = config.listeners.iter().find(|l| l.name == listener).unwrap_or_else(|| panic!("no {listener}"));
+        l.filter_chains.iter().flat_map(|c| c.filters.iter().map(|f| f.name.clone())).collect()
+    }
+
+    #[test]
+    fn an_outbound_is_http_only_when_every_instance_says_so() {
+        let base = r#"
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 10.0.0.1
+  inbound: [{port: 8080, tags: {kuma.io/service: web}}]
+  outbound: [{port: 10001, tags: {kuma.io/service: backend}}]
+---
+type: Dataplane
+mesh: default
+name: backend-1
+networking: {address: 10.0.0.2, inbound: [{port: 80, tags: {kuma.io/service: backend, kuma.io/protocol: http}}]}
+"#;
+        let http = generate(&snapshot(base), "web-1").expect("generate");
+        assert_eq!(filter_names(&http, "outbound:127.0.0.1:10001"), ["envoy.filters.network.http_connection_manager"]);
+        // The inbound has no protocol tag: TCP.
+        assert_eq!(filter_names(&http, "inbound:10.0.0.1:8080"), ["envoy.filters.network.tcp_proxy"]);
+
+        let mixed = format!(
+            "{base}---\ntype: Dataplane\nmesh: default\nname: backend-2\nnetworking: {{address: 10.0.0.3, inbound: [{{port: 80, tags: {{kuma.io/service: backend, kuma.io/protocol: tcp}}}}]}}\n"
+        );
+        let tcp = generate(&snapshot(&mixed), "web-1").expect("generate");
+        assert_eq!(filter_names(&tcp, "outbound:127.0.0.1:10001"), ["envoy.filters.network.tcp_proxy"]);
+    }
+
+    #[test]
+    fn inbounds_forward_to_the_workload_and_clashing_local_clusters_are_refused() {
+        let config = generate(
+            &snapshot(
+                r#"
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 10.0.0.1
+  inbound:
+  - {port: 8080, servicePort: 18080, tags: {kuma.io/service: web}}
+  - {port: 8081, serviceAddress: 10.0.0.9, servicePort: 18080, tags: {kuma.io/service: other}}
+"#,
+            ),
+            "web-1",
+        )
+        .expect("generate");
+        let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["inbound:10.0.0.1:8080"]);
+        let clusters: Vec<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(clusters, ["localhost:18080"]);
+        let dump = super::super::dump::pretty(&config.clusters[0]);
+        assert!(dump.contains("\"10.0.0.1\"") && dump.contains("18080"), "{dump}");
+        assert!(
+            config.warnings.iter().any(|w| w.starts_with("networking.inbound[1]") && w.contains("localhost:18080")),
+            "{:?}",
+            config.warnings
+        );
+    }
+}
