@@ -46,7 +46,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the zone control plane until SIGTERM or SIGINT.
     Run(Box<RunArgs>),
-    /// Envoy for a gateway Dataplane: print its bootstrap, or register it and run Envoy.
+    /// Envoy for a Dataplane (gateway or sidecar): print its bootstrap, or register it and run Envoy.
     Dataplane(dataplane::DataplaneArgs),
 }
 
