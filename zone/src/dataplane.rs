@@ -1,9 +1,11 @@
-//! `meridian-zone dataplane bootstrap | run`: the Envoy side of a gateway.
+//! `meridian-zone dataplane bootstrap | run`: the Envoy side of a gateway or
+//! a sidecar (any Dataplane: builtin or delegated gateway, or inbounds and
+//! outbounds).
 //!
 //! - `bootstrap` prints an Envoy bootstrap whose node id (`<mesh>.<name>`)
 //!   names the Dataplane and whose only static cluster is the zone's xDS
 //!   server; everything else arrives over ADS.
-//! - `run` is the service a gateway host leaves running, with the flags the
+//! - `run` is the service a gateway or application host leaves running, with the flags the
 //!   incumbent's `kuma-dp run` users type (`--cp-address`,
 //!   `--dataplane-file`, `--dataplane-token-file`, `--admin-port`): it checks
 //!   everything offline, registers the Dataplane (PUT to the zone API,

@@ -1,5 +1,6 @@
-//! The builtin-gateway generator: a pure function from a snapshot of one
-//! mesh's resources to the Envoy configuration of one gateway Dataplane.
+//! The generator: a pure function from a snapshot of one mesh's resources
+//! to the Envoy configuration of one Dataplane (builtin gateway, delegated
+//! gateway or sidecar).
 //!
 //! ```text
 //!   MeshSnapshot { gateways, routes, secrets, dataplanes }
@@ -18,7 +19,10 @@
 //! ```
 //!
 //! Delegated gateway Dataplanes get one TCP listener per `outbound`
-//! instead ([`delegated`]). Nothing here does I/O or reads the clock: the
+//! instead ([`delegated`]); Dataplanes without `networking.gateway` are
+//! sidecars: inbound and outbound listeners ([`sidecar`]). When the mesh
+//! has mTLS on, inbound listeners terminate it and every cluster to a mesh
+//! service originates it ([`mesh_tls`]). Nothing here does I/O or reads the clock: the
 //! same snapshot always yields the same resources, byte for byte, which is
 //! what makes content-hash versions stable across restarts, and golden files
 //! possible (`zone/testdata/golden`).
@@ -29,7 +33,9 @@ mod delegated;
 pub mod dump;
 mod http;
 mod listeners;
+pub mod mesh_tls;
 mod select;
+mod sidecar;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -51,6 +57,9 @@ pub use select::{selector_matches, tags_match};
 
 /// Tag naming a Dataplane's service.
 pub const SERVICE_TAG: &str = "kuma.io/service";
+/// Tag naming an inbound's protocol (`http` gets an HTTP connection
+/// manager on sidecars; anything else is proxied as TCP).
+pub const PROTOCOL_TAG: &str = "kuma.io/protocol";
 
 /// Type URLs of the Envoy resources a gateway receives, in the order a
 /// change is pushed (clusters and their endpoints, then the SDS secrets,
@@ -100,6 +109,9 @@ pub struct MeshSnapshot {
     pub routes: BTreeMap<String, Item<mesh::MeshGatewayRoute>>,
     pub secrets: BTreeMap<String, Item<system::Secret>>,
     pub dataplanes: BTreeMap<String, Item<mesh::Dataplane>>,
+    /// The Mesh itself (its `mtls` decides the transport sockets); `None`
+    /// when the zone does not hold it.
+    pub mesh_spec: Option<mesh::Mesh>,
 }
 
 impl MeshSnapshot {
@@ -107,19 +119,20 @@ impl MeshSnapshot {
         MeshSnapshot { mesh: mesh.into(), ..MeshSnapshot::default() }
     }
 
-    /// Builds a snapshot from resources (other meshes and types are ignored).
+    /// Builds a snapshot from resources (other meshes and types are ignored;
+    /// the Mesh named `mesh` is kept).
     pub fn from_resources<'a>(mesh: &str, resources: impl IntoIterator<Item = &'a Resource>) -> MeshSnapshot {
         let mut s = MeshSnapshot::new(mesh);
         for r in resources {
-            if r.meta.mesh == mesh {
+            if r.meta.mesh == mesh || matches!(r.spec, Spec::Mesh(_)) {
                 s.upsert(r);
             }
         }
         s
     }
 
-    /// Inserts or replaces a resource of a type the generator reads; returns
-    /// whether it was one.
+    /// Inserts or replaces a resource of a type the generator reads (or the
+    /// snapshot's own Mesh); returns whether it was one.
     pub fn upsert(&mut self, r: &Resource) -> bool {
         let name = r.meta.name.clone();
         let at = r.meta.creation_time;
@@ -146,6 +159,10 @@ impl MeshSnapshot {
                 self.dataplanes.insert(name.clone(), item(&name, at, s));
                 true
             }
+            Spec::Mesh(m) if name == self.mesh => {
+                self.mesh_spec = Some(m.clone());
+                true
+            }
             _ => false,
         }
     }
@@ -157,6 +174,7 @@ impl MeshSnapshot {
             ResourceType::MeshGatewayRoute => self.routes.remove(name).is_some(),
             ResourceType::Secret => self.secrets.remove(name).is_some(),
             ResourceType::Dataplane => self.dataplanes.remove(name).is_some(),
+            ResourceType::Mesh if name == self.mesh => self.mesh_spec.take().is_some(),
             _ => false,
         }
     }
@@ -169,10 +187,6 @@ pub enum GenError {
         "Dataplane {name:?} is not registered in mesh {mesh:?}; register it with PUT /meshes/{mesh}/dataplanes/{name} on the zone API (or `meridian-zone dataplane run -f`)"
     )]
     UnknownDataplane { mesh: String, name: String },
-    #[error(
-        "Dataplane {name:?} in mesh {mesh:?} is not a gateway (networking.gateway is missing); this control plane serves gateway Dataplanes only"
-    )]
-    NotAGateway { mesh: String, name: String },
 }
 
 /// What a generated configuration was built from: decides which changes
@@ -193,7 +207,7 @@ pub struct Deps {
     pub destinations: BTreeSet<BTreeMap<String, String>>,
 }
 
-/// The Envoy configuration of one gateway Dataplane.
+/// The Envoy configuration of one Dataplane (gateway or sidecar).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProxyConfig {
     pub listeners: Vec<Listener>,
@@ -242,6 +256,8 @@ struct Ctx {
     clusters: BTreeMap<String, BTreeMap<String, String>>,
     /// SDS secrets by name (TLS listeners' certificates).
     secrets: BTreeMap<String, Secret>,
+    /// Mesh mTLS, when the mesh has it on.
+    mtls: Option<mesh_tls::MeshTls>,
     deps: Deps,
     warnings: Vec<String>,
 }
@@ -267,13 +283,17 @@ pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenE
         .get(name)
         .ok_or_else(|| GenError::UnknownDataplane { mesh: snapshot.mesh.clone(), name: name.to_string() })?;
     let networking = dp.spec.networking.as_ref();
-    let Some(gw) = networking.and_then(|n| n.gateway.as_ref()) else {
-        return Err(GenError::NotAGateway { mesh: snapshot.mesh.clone(), name: name.to_string() });
-    };
-    let mut ctx = Ctx::default();
-    ctx.deps.dataplane_tags = gw.tags.clone();
+    let mut ctx = Ctx { mtls: mesh_tls::of(snapshot), ..Ctx::default() };
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
+    let mut local_clusters = Vec::new();
+    let Some(gw) = networking.and_then(|n| n.gateway.as_ref()) else {
+        if let Some(n) = networking {
+            (listeners, local_clusters) = sidecar::generate(snapshot, n, &mut ctx);
+        }
+        return Ok(finish(snapshot, listeners, routes, local_clusters, ctx));
+    };
+    ctx.deps.dataplane_tags = gw.tags.clone();
     let builtin = gw.r#type == mesh::dataplane::networking::gateway::GatewayType::Builtin as i32;
     if builtin {
         let address = networking.map(|n| n.address.as_str()).unwrap_or_default();
@@ -289,7 +309,23 @@ pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenE
     } else if let Some(n) = networking {
         listeners = delegated::outbound_listeners(n, &mut ctx);
     }
-    let (clusters, endpoints) = clusters::generate(snapshot, &ctx.clusters, &mut ctx.warnings);
+    Ok(finish(snapshot, listeners, routes, local_clusters, ctx))
+}
+
+/// Adds the clusters asked for (and their endpoints) to the listeners and
+/// routes, then drops what Envoy would refuse.
+fn finish(
+    snapshot: &MeshSnapshot,
+    listeners: Vec<Listener>,
+    routes: Vec<RouteConfiguration>,
+    local_clusters: Vec<Cluster>,
+    mut ctx: Ctx,
+) -> ProxyConfig {
+    let (mut clusters, endpoints) = clusters::generate(snapshot, &ctx.clusters, ctx.mtls.as_ref(), &mut ctx.warnings);
+    if !local_clusters.is_empty() {
+        clusters.extend(local_clusters);
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     let secrets = ctx.secrets.into_values().collect();
     let mut config =
         ProxyConfig { listeners, routes, clusters, endpoints, secrets, deps: ctx.deps, warnings: ctx.warnings };
@@ -297,7 +333,7 @@ pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenE
     // Sorted and once each: the same inputs in any order give the same list.
     config.warnings.sort();
     config.warnings.dedup();
-    Ok(config)
+    config
 }
 
 /// A listener or SNI hostname as written (`""` means `*`).

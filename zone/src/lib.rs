@@ -1,16 +1,17 @@
 //! `meridian-zone`: one per zone. It keeps a persisted copy of what the
 //! global sent, registers the zone's Dataplanes, and serves xDS to the
-//! zone's gateway Envoys.
+//! zone's Envoys (builtin and delegated gateways, sidecars).
 //!
 //! ```text
 //!   global ◀══ KDS (one gRPC connection) ══▶ kds client ──▶ store ◀── rest (Dataplanes)
 //!                                                             │ watch
 //!                                                             ▼
-//!                                  Envoy ◀══ ADS ══ xds server ◀── gateway generator
+//!                                  Envoy ◀══ ADS ══ xds server ◀── generator (gateways, sidecars)
 //! ```
 
 pub mod http;
 pub mod kds;
+pub mod mtls;
 
 pub mod dataplane;
 pub mod dataplane_cleanup;
@@ -44,7 +45,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the zone control plane until SIGTERM or SIGINT.
     Run(Box<RunArgs>),
-    /// Envoy for a gateway Dataplane: print its bootstrap, or register it and run Envoy.
+    /// Envoy for a Dataplane (gateway or sidecar): print its bootstrap, or register it and run Envoy.
     Dataplane(dataplane::DataplaneArgs),
 }
 

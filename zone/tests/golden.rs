@@ -1,7 +1,8 @@
-//! Golden files for the gateway generator: every `testdata/golden/<case>.yaml`
+//! Golden files for the generator: every `testdata/golden/<case>.yaml`
 //! (universal resources, document order = creation order) is turned into
-//! the configuration of each gateway Dataplane in it, dumped as text and
-//! compared with `<case>.golden`. Review a golden diff like code.
+//! the configuration of each gateway Dataplane in it (and, in `sidecar*`
+//! cases, of every Dataplane), dumped as text and compared with
+//! `<case>.golden`. Review a golden diff like code.
 //!
 //! `MERIDIAN_BLESS=1 cargo test -p meridian-zone --test golden` rewrites them.
 
@@ -18,8 +19,10 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join("golden")
 }
 
-/// Reads a case: a snapshot of mesh `default` and the gateway Dataplanes.
+/// Reads a case: a snapshot of mesh `default` and the Dataplanes to render
+/// (the gateways; every Dataplane in a `sidecar*` case).
 pub fn load_case(path: &Path) -> (MeshSnapshot, Vec<String>) {
+    let sidecars = path.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s.starts_with("sidecar"));
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut snapshot = MeshSnapshot::new("default");
     let mut gateways = Vec::new();
@@ -31,7 +34,7 @@ pub fn load_case(path: &Path) -> (MeshSnapshot, Vec<String>) {
         }
         r.meta.creation_time = i as i64;
         if let Spec::Dataplane(dp) = &r.spec
-            && dp.networking.as_ref().is_some_and(|n| n.gateway.is_some())
+            && (sidecars || dp.networking.as_ref().is_some_and(|n| n.gateway.is_some()))
         {
             gateways.push(r.meta.name.clone());
         }
@@ -63,10 +66,15 @@ fn envoy_accepts_every_golden_configuration() {
     std::fs::write(&file, static_bootstrap(&bad)).expect("write bootstrap");
     assert!(!validate(&file).status.success(), "Envoy accepted duplicate virtual hosts: the check proves nothing");
 
+    let mut mtls_cases = 0;
     for case in &cases {
         let (snapshot, gateways) = load_case(case);
         for name in &gateways {
-            let config = gateway::generate(&snapshot, name).expect("generate");
+            let mut config = gateway::generate(&snapshot, name).expect("generate");
+            if gateway::mesh_tls::of(&snapshot).is_some() {
+                mtls_cases += 1;
+                add_stand_in_mesh_secrets(&snapshot.mesh, &mut config);
+            }
             let stem = case.file_stem().and_then(|s| s.to_str()).unwrap_or("case");
             let file = tmp.path().join(format!("{stem}-{name}.pb"));
             std::fs::write(&file, static_bootstrap(&config)).expect("write bootstrap");
@@ -80,6 +88,42 @@ fn envoy_accepts_every_golden_configuration() {
             );
         }
     }
+    assert!(mtls_cases > 0, "no golden case has mesh mTLS on");
+}
+
+/// The two SDS secrets the zone adds to every proxy of an mTLS mesh
+/// (`identity_cert:secret:<mesh>`, `mesh_ca:secret:<mesh>`), as stand-ins
+/// made here: a CA and a leaf it signs with a SPIFFE URI SAN.
+fn add_stand_in_mesh_secrets(mesh: &str, config: &mut gateway::ProxyConfig) {
+    use envoy_types::pb::envoy::{
+        config::core::v3::{DataSource, data_source::Specifier},
+        extensions::transport_sockets::tls::v3::{CertificateValidationContext, Secret, TlsCertificate, secret},
+    };
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+    let inline = |s: String| DataSource { specifier: Some(Specifier::InlineString(s)), ..Default::default() };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    let mut leaf_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    let uri = format!("spiffe://{mesh}/web").try_into().expect("URI");
+    leaf_params.subject_alt_names = vec![SanType::URI(uri)];
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).expect("leaf");
+    config.secrets.push(Secret {
+        name: meridian_zone::mtls::identity_secret_name(mesh),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline(leaf.pem())),
+            private_key: Some(inline(leaf_key.serialize_pem())),
+            ..Default::default()
+        })),
+    });
+    config.secrets.push(Secret {
+        name: meridian_zone::mtls::ca_secret_name(mesh),
+        r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+            trusted_ca: Some(inline(ca.pem())),
+            ..Default::default()
+        })),
+    });
 }
 
 fn render(snapshot: &MeshSnapshot, gateways: &[String]) -> String {

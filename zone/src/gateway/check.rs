@@ -27,7 +27,9 @@ pub(super) fn prune(config: &mut ProxyConfig) {
     for l in &mut config.listeners {
         let mut seen = BTreeSet::new();
         l.filter_chains.retain(|c| {
-            let key = c.filter_chain_match.as_ref().map(|m| m.server_names.clone()).unwrap_or_default();
+            // The whole match (server names, transport and application
+            // protocols): two chains with equal matches are refused.
+            let key = c.filter_chain_match.as_ref().map(prost::Message::encode_to_vec).unwrap_or_default();
             let fresh = seen.insert(key);
             if !fresh {
                 warnings.push(format!("listener {}: duplicate filter chain match; dropped", l.name));

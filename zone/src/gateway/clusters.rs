@@ -1,5 +1,6 @@
 //! Clusters, one per distinct destination tag set, with EDS endpoints from
-//! the healthy inbounds of the mesh's Dataplanes.
+//! the healthy inbounds of the mesh's Dataplanes (originating mesh mTLS when
+//! the mesh has it on); and a sidecar's static local clusters.
 
 use std::collections::BTreeMap;
 
@@ -18,10 +19,13 @@ use meridian_sync_proto::pb::mesh::dataplane::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{MeshSnapshot, SERVICE_TAG, select::tags_match};
+use super::{MeshSnapshot, SERVICE_TAG, mesh_tls, select::tags_match};
 
 /// How long Envoy waits to connect to a backend.
 const CONNECT_TIMEOUT_SECS: i64 = 5;
+/// How long a sidecar waits to connect to its application (the incumbent's
+/// local clusters: 10 s).
+const LOCAL_CONNECT_TIMEOUT_SECS: i64 = 10;
 
 /// The cluster name of a destination: its service when that is the only
 /// tag, else `<service>-<hash of the tags>` (same service, other tags =
@@ -122,10 +126,57 @@ fn endpoints(
     Some(out)
 }
 
-/// Clusters and load assignments for the destinations asked for.
+/// A sidecar's cluster to its application: `localhost:<port>` (the
+/// incumbent's name), one static endpoint `ip:port`.
+pub(super) fn local_cluster(name: &str, ip: &str, port: u32) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32)),
+        connect_timeout: Some(Duration { seconds: LOCAL_CONNECT_TIMEOUT_SECS, nanos: 0 }),
+        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket_address(ip, port)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The `kuma.io/protocol` every inbound of the mesh matching `destination`
+/// declares, when they all declare the same one (healthy or not: the
+/// service's protocol does not change with its health); `None` when they
+/// differ, some declare none, or there is no such inbound.
+pub(super) fn protocol_of(snapshot: &MeshSnapshot, destination: &BTreeMap<String, String>) -> Option<String> {
+    let mut found: Option<&str> = None;
+    for dp in snapshot.dataplanes.values() {
+        let Some(n) = dp.spec.networking.as_ref() else { continue };
+        for inbound in n.inbound.iter().filter(|i| tags_match(destination, &i.tags)) {
+            let p = inbound.tags.get(super::PROTOCOL_TAG).map(String::as_str)?;
+            if found.is_some_and(|f| f != p) {
+                return None;
+            }
+            found = Some(p);
+        }
+    }
+    found.map(str::to_string)
+}
+
+/// Clusters and load assignments for the destinations asked for; with
+/// `mtls`, each cluster originates mesh mTLS to its destination.
 pub(super) fn generate(
     snapshot: &MeshSnapshot,
     wanted: &BTreeMap<String, BTreeMap<String, String>>,
+    mtls: Option<&mesh_tls::MeshTls>,
     warnings: &mut Vec<String>,
 ) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
     let inbounds = index(snapshot);
@@ -152,6 +203,7 @@ pub(super) fn generate(
             }),
             connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
             lb_policy: cluster::LbPolicy::RoundRobin as i32,
+            transport_socket: mtls.map(|m| mesh_tls::upstream_socket(&m.mesh, destination)),
             ..Default::default()
         });
         let lb_endpoints = eps

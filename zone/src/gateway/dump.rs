@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::extensions::{
             tcp_proxy::v3::TcpProxy,
         },
     },
-    transport_sockets::tls::v3::DownstreamTlsContext,
+    transport_sockets::tls::v3::{DownstreamTlsContext, UpstreamTlsContext},
 };
 use prost::{Message, Name};
 
@@ -71,6 +71,8 @@ fn decode_any(type_url: &str, bytes: &[u8]) -> Option<String> {
         decode::<TlsInspector>(bytes)
     } else if t == DownstreamTlsContext::type_url() {
         decode::<DownstreamTlsContext>(bytes)
+    } else if t == UpstreamTlsContext::type_url() {
+        decode::<UpstreamTlsContext>(bytes)
     } else {
         None
     }

@@ -45,7 +45,7 @@ impl std::fmt::Display for ProxyId {
 /// Why a Dataplane gets no configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProxyError {
-    /// The generator refused it (unknown Dataplane, not a gateway).
+    /// The generator refused it (unknown Dataplane).
     #[error(transparent)]
     Generate(#[from] gateway::GenError),
     /// The cache stopped publishing it (the stream outlived the cache).
@@ -191,12 +191,16 @@ impl Cache {
         // replaying an upsert or delete already seen is harmless.
         let revision = store.current_revision().await?;
         let mut meshes: BTreeMap<String, MeshSnapshot> = BTreeMap::new();
-        for ty in WATCHED {
+        for ty in WATCHED.into_iter().chain([ResourceType::Mesh]) {
             let page = store.list(&ListQuery { type_name: ty.name().to_string(), ..Default::default() }).await?;
             for stored in &page.items {
                 match Manager::decode(stored) {
                     Ok(e) => {
-                        let mesh = e.resource.meta.mesh.clone();
+                        // A Mesh goes to its own snapshot (its mTLS decides transport sockets).
+                        let mesh = match &e.resource.spec {
+                            Spec::Mesh(_) => e.resource.meta.name.clone(),
+                            _ => e.resource.meta.mesh.clone(),
+                        };
                         meshes.entry(mesh.clone()).or_insert_with(|| MeshSnapshot::new(mesh)).upsert(&e.resource);
                     }
                     Err(e) => tracing::warn!(error = %e, "skipping undecodable resource"),
@@ -273,6 +277,23 @@ impl Cache {
             let key = &c.resource.key;
             if ty == ResourceType::Mesh {
                 touched.extend(inner.proxies.keys().filter(|p| p.mesh == key.name).cloned());
+                let snapshot = Arc::make_mut(
+                    inner
+                        .meshes
+                        .entry(key.name.clone())
+                        .or_insert_with(|| Arc::new(MeshSnapshot::new(key.name.clone()))),
+                );
+                match c.kind {
+                    ChangeKind::Upsert => match Manager::decode(&c.resource) {
+                        Ok(e) => {
+                            snapshot.upsert(&e.resource);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "skipping undecodable Mesh"),
+                    },
+                    ChangeKind::Delete => {
+                        snapshot.remove(ty, &key.name);
+                    }
+                }
                 continue;
             }
             let new = match c.kind {
@@ -620,6 +641,57 @@ conf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [
         for t in [LISTENER_TYPE(), ROUTE_TYPE(), CLUSTER_TYPE()] {
             assert_eq!(versions(&after, &t), versions(&before, &t), "{t} changed on a rotation");
         }
+    }
+
+    #[test]
+    fn sidecars_follow_their_destinations_and_the_meshs_mtls() {
+        use crate::gateway::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
+        let cache = Cache::default();
+        for r in resources(
+            r#"
+type: Mesh
+name: default
+---
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 127.0.0.1
+  inbound: [{port: 8080, servicePort: 18080, tags: {kuma.io/service: web, kuma.io/protocol: http}}]
+  outbound: [{port: 10001, tags: {kuma.io/service: backend}}]
+"#,
+        ) {
+            cache.upsert_for_test(&r);
+        }
+        let mut web = cache.subscribe(&id("web-1"));
+        let first = web.rx.borrow_and_update().clone();
+        let listeners = versions(&first, &LISTENER_TYPE());
+        assert_eq!(listeners.keys().collect::<Vec<_>>(), ["inbound:127.0.0.1:8080", "outbound:127.0.0.1:10001"]);
+
+        // A backend instance appears: web-1's endpoints change.
+        for r in resources(
+            "type: Dataplane\nmesh: default\nname: backend-1\nnetworking: {address: 10.0.0.2, inbound: [{port: 80, tags: {kuma.io/service: backend}}]}",
+        ) {
+            cache.upsert_for_test(&r);
+        }
+        assert!(web.rx.has_changed().unwrap_or(false), "a new endpoint regenerates the sidecar");
+        let second = web.rx.borrow_and_update().clone();
+        assert_ne!(versions(&second, &ENDPOINT_TYPE()), versions(&first, &ENDPOINT_TYPE()));
+
+        // mTLS on: the clusters originate it, the inbound listener requires it.
+        for r in resources(
+            "type: Mesh\nname: default\nmtls: {enabledBackend: ca-1, backends: [{name: ca-1, type: builtin}]}",
+        ) {
+            cache.upsert_for_test(&r);
+        }
+        assert!(web.rx.has_changed().unwrap_or(false), "a Mesh mTLS change regenerates the sidecar");
+        let third = web.rx.borrow_and_update().clone();
+        let config = third.config.as_ref().expect("config");
+        let backend = &config[&CLUSTER_TYPE()]["backend"];
+        assert!(String::from_utf8_lossy(&backend.resource.value).contains("backend{mesh=default}"), "SNI");
+        let inbound = &config[&LISTENER_TYPE()]["inbound:127.0.0.1:8080"];
+        assert!(String::from_utf8_lossy(&inbound.resource.value).contains("identity_cert:secret:default"));
+        assert_eq!(versions(&third, &ENDPOINT_TYPE()), versions(&second, &ENDPOINT_TYPE()));
     }
 
     #[test]

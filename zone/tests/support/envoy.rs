@@ -27,6 +27,29 @@ pub fn validate(file: &Path) -> std::process::Output {
         .expect("run envoy")
 }
 
+/// Makes the SDS references of a TLS context point at static secrets (same
+/// names), checking that `secrets` holds each.
+fn static_sds(
+    common: &mut envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CommonTlsContext,
+    secrets: &[envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret],
+    owner: &str,
+) {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    let mut refs: Vec<&mut envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::SdsSecretConfig> =
+        common.tls_certificate_sds_secret_configs.iter_mut().collect();
+    match common.validation_context_type.as_mut() {
+        Some(ValidationContextType::CombinedValidationContext(c)) => {
+            refs.extend(c.validation_context_sds_secret_config.as_mut())
+        }
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => refs.push(s),
+        _ => {}
+    }
+    for sds in refs {
+        assert!(secrets.iter().any(|s| s.name == sds.name), "{owner} names a missing secret {}", sds.name);
+        sds.sds_config = None;
+    }
+}
+
 /// The configuration as a static Envoy bootstrap (routes inlined into
 /// their listeners, EDS clusters made static with their endpoints, SDS
 /// secrets made static under the same names), in
@@ -41,7 +64,7 @@ pub fn static_bootstrap(config: &gateway::ProxyConfig) -> Vec<u8> {
         },
         extensions::{
             filters::network::http_connection_manager::v3::{HttpConnectionManager, http_connection_manager},
-            transport_sockets::tls::v3::DownstreamTlsContext,
+            transport_sockets::tls::v3::{DownstreamTlsContext, UpstreamTlsContext},
         },
     };
     use prost::Message;
@@ -56,15 +79,7 @@ pub fn static_bootstrap(config: &gateway::ProxyConfig) -> Vec<u8> {
             };
             let Ok(mut tls) = DownstreamTlsContext::decode(any.value.as_slice()) else { continue };
             if let Some(common) = tls.common_tls_context.as_mut() {
-                for sds in &mut common.tls_certificate_sds_secret_configs {
-                    assert!(
-                        config.secrets.iter().any(|s| s.name == sds.name),
-                        "listener {} names a missing secret {}",
-                        l.name,
-                        sds.name
-                    );
-                    sds.sds_config = None;
-                }
+                static_sds(common, &config.secrets, &format!("listener {}", l.name));
             }
             *any = envoy_types::util::pack_any(tls);
         }
@@ -85,6 +100,20 @@ pub fn static_bootstrap(config: &gateway::ProxyConfig) -> Vec<u8> {
         .iter()
         .map(|c| {
             let mut c = c.clone();
+            if let Some(transport_socket::ConfigType::TypedConfig(any)) =
+                c.transport_socket.as_mut().and_then(|t| t.config_type.as_mut())
+                && let Ok(mut tls) = UpstreamTlsContext::decode(any.value.as_slice())
+            {
+                if let Some(common) = tls.common_tls_context.as_mut() {
+                    static_sds(common, &config.secrets, &format!("cluster {}", c.name));
+                }
+                *any = envoy_types::util::pack_any(tls);
+            }
+            if c.eds_cluster_config.is_none() {
+                // Already static (a sidecar's local cluster).
+                assert!(c.load_assignment.is_some(), "static cluster {} has no endpoints", c.name);
+                return c;
+            }
             c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static as i32));
             c.eds_cluster_config = None;
             c.load_assignment = config.endpoints.iter().find(|e| e.cluster_name == c.name).cloned();
