@@ -11,6 +11,7 @@
 
 pub mod http;
 pub mod kds;
+pub mod mtls;
 
 pub mod dataplane;
 pub mod dataplane_cleanup;
