@@ -16,6 +16,7 @@
 //! - [`liveness`]: whether a zone is online, from its ZoneInsight.
 //! - [`metrics`]: store-operation figures, registered into an injected registry.
 
+pub mod ca;
 pub mod defaults;
 pub mod liveness;
 pub mod manager;
