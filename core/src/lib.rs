@@ -20,6 +20,7 @@ pub mod ca;
 pub mod defaults;
 pub mod liveness;
 pub mod manager;
+pub mod mesh_ca;
 pub mod metrics;
 pub mod origin;
 pub mod received;

@@ -13,7 +13,30 @@
 //! same way; they do not depend on the certificate, so a rotation changes only
 //! the Secret's content (and version), never a listener.
 
-use meridian_sync_proto::pb::mesh::{Mesh, certificate_authority_backend};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use envoy_types::pb::envoy::{
+    config::core::v3::{DataSource, data_source},
+    extensions::transport_sockets::tls::v3::{CertificateValidationContext, Secret, TlsCertificate, secret},
+};
+use meridian_core::{
+    ca::{self, CertKey, ZoneCa},
+    mesh_ca::zone_ca_secret_name,
+};
+use meridian_sync_proto::{
+    delta::{Desired, DesiredSet, any_version},
+    pb::mesh::{Mesh, certificate_authority_backend},
+    validate,
+};
+
+use crate::{
+    gateway::{MeshSnapshot, SECRET_TYPE},
+    xds::cache::ProxyId,
+};
 
 /// How inbound listeners of an mTLS mesh treat plaintext, as the incumbent's
 /// `CertificateAuthorityBackend.mode`.
@@ -55,4 +78,207 @@ pub fn enabled_backend(mesh: &Mesh) -> Option<&meridian_sync_proto::pb::mesh::Ce
         return None;
     }
     mtls.backends.iter().find(|b| b.name == mtls.enabled_backend)
+}
+
+/// What the zone issued to one proxy (the identity store's entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// Chain (leaf, intermediate) and key.
+    pub cert: CertKey,
+    /// When the current certificate was issued.
+    pub issued_at: SystemTime,
+    /// The backend whose zone CA signed it.
+    pub backend: String,
+    /// The URI SANs it carries (a tag change makes them differ).
+    pub uris: Vec<String>,
+    /// The intermediate that signed it (a new zone CA re-issues).
+    pub ca_cert_pem: String,
+    /// How many certificates this proxy received (1 for the first).
+    pub generation: u32,
+}
+
+/// Whether `prev` no longer fits: none yet, other SANs, another backend or
+/// CA, or 4/5 of its lifetime passed ([`ca::rotation_due`]).
+pub fn needs_issue(prev: Option<&Issued>, backend: &str, uris: &[String], ca: &ZoneCa, now: SystemTime) -> bool {
+    match prev {
+        None => true,
+        Some(p) => {
+            p.backend != backend
+                || p.uris != uris
+                || p.ca_cert_pem != ca.intermediate.cert_pem
+                || ca::rotation_due(p.issued_at, p.cert.not_after, now)
+        }
+    }
+}
+
+/// The tags a proxy's identity is made of: its gateway tags and every
+/// inbound's tags (the incumbent's `Dataplane.Spec.TagSet()`).
+pub fn dataplane_tags(dp: &meridian_sync_proto::pb::mesh::Dataplane) -> BTreeMap<String, BTreeSet<String>> {
+    let mut tags: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let Some(n) = dp.networking.as_ref() else { return tags };
+    let sets = n.gateway.iter().map(|g| &g.tags).chain(n.inbound.iter().map(|i| &i.tags));
+    for set in sets {
+        for (k, v) in set {
+            tags.entry(k.clone()).or_default().insert(v.clone());
+        }
+    }
+    tags
+}
+
+/// The identity store: per proxy, what was issued. Shared by the xDS cache
+/// (which issues right after generating, outside the pure generator) and
+/// the DataplaneInsight writer.
+#[derive(Debug, Clone, Default)]
+pub struct Identities {
+    inner: Arc<Mutex<HashMap<ProxyId, Issued>>>,
+}
+
+/// Whether a proxy's configuration gets mTLS secrets, and from what.
+pub struct MeshCa<'a> {
+    /// The Mesh resource's spec (None: no Mesh record, mTLS off).
+    pub mesh: Option<&'a Mesh>,
+    /// This zone's name: which intermediate Secret to use.
+    pub zone: &'a str,
+}
+
+impl Identities {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ProxyId, Issued>> {
+        meridian_sync_proto::driver::lock(&self.inner)
+    }
+
+    /// The entry of a proxy.
+    pub fn get(&self, id: &ProxyId) -> Option<Issued> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Forgets a proxy (nobody watches it any more).
+    pub fn remove(&self, id: &ProxyId) {
+        self.lock().remove(id);
+    }
+
+    /// Proxies whose certificate is due at `now`, and the earliest time
+    /// another one will be.
+    pub fn due(&self, now: SystemTime) -> (Vec<ProxyId>, Option<SystemTime>) {
+        let inner = self.lock();
+        let mut due = Vec::new();
+        let mut next: Option<SystemTime> = None;
+        for (id, i) in inner.iter() {
+            let lifetime = i.cert.not_after.duration_since(i.issued_at).unwrap_or_default();
+            let at = i.issued_at + lifetime * 4 / 5;
+            if at <= now {
+                due.push(id.clone());
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        (due, next)
+    }
+
+    /// Adds the two mTLS SDS secrets to a generated configuration when the
+    /// mesh has mTLS on, issuing (or re-issuing) the proxy's certificate if
+    /// needed; a missing zone CA is a warning. With mTLS off, the proxy's
+    /// entry is dropped and nothing is added.
+    pub fn attach(
+        &self,
+        id: &ProxyId,
+        mesh_ca: &MeshCa<'_>,
+        snapshot: &MeshSnapshot,
+        now: SystemTime,
+        config: &mut BTreeMap<String, DesiredSet>,
+        warnings: &mut Vec<String>,
+    ) {
+        let Some(backend) = mesh_ca.mesh.and_then(enabled_backend) else {
+            self.remove(id);
+            return;
+        };
+        let Some(dp) = snapshot.dataplanes.get(&id.name) else { return };
+        let secret_name = zone_ca_secret_name(&backend.name, mesh_ca.zone);
+        let zone_ca = snapshot
+            .secrets
+            .get(&secret_name)
+            .and_then(|s| s.spec.data.as_ref())
+            .ok_or_else(|| format!("no zone CA Secret {secret_name:?} yet"))
+            .and_then(|d| ZoneCa::from_pem(&d.value).map_err(|e| format!("Secret {secret_name:?}: {e}")));
+        let zone_ca = match zone_ca {
+            Ok(ca) => ca,
+            Err(why) => {
+                warnings.push(format!(
+                    "mTLS is enabled in mesh {:?} (backend {:?}) but this zone cannot issue identities: {why}",
+                    id.mesh, backend.name
+                ));
+                warnings.sort();
+                return;
+            }
+        };
+        let tags = dataplane_tags(&dp.spec);
+        let uris = ca::identity_uris(&id.mesh, &tags);
+        let lifetime = backend
+            .dp_cert
+            .as_ref()
+            .and_then(|d| d.rotation.as_ref())
+            .and_then(|r| validate::parse_duration(&r.expiration))
+            .filter(|d| !d.is_zero())
+            .unwrap_or(ca::DEFAULT_IDENTITY_LIFETIME);
+        let issued = {
+            let mut inner = self.lock();
+            let prev = inner.get(id);
+            if needs_issue(prev, &backend.name, &uris, &zone_ca, now) {
+                match ca::identity(&zone_ca, &id.mesh, &tags, now, lifetime) {
+                    Ok(cert) => {
+                        let generation = prev.map_or(0, |p| p.generation) + 1;
+                        tracing::info!(proxy = %id, generation, "issued a mesh identity certificate");
+                        let entry = Issued {
+                            cert,
+                            issued_at: now,
+                            backend: backend.name.clone(),
+                            uris,
+                            ca_cert_pem: zone_ca.intermediate.cert_pem.clone(),
+                            generation,
+                        };
+                        inner.insert(id.clone(), entry.clone());
+                        entry
+                    }
+                    Err(e) => {
+                        warnings.push(format!("issuing the mesh identity certificate failed: {e}"));
+                        warnings.sort();
+                        return;
+                    }
+                }
+            } else if let Some(p) = prev {
+                p.clone()
+            } else {
+                return;
+            }
+        };
+        let set = config.entry(SECRET_TYPE()).or_default();
+        for s in secrets(&id.mesh, &issued, &zone_ca) {
+            let any = envoy_types::util::pack_any(s.clone());
+            set.insert(s.name, Desired { version: any_version(&any), resource: any });
+        }
+    }
+}
+
+/// The two SDS secrets of a proxy (see the module's diagram).
+pub fn secrets(mesh: &str, issued: &Issued, ca: &ZoneCa) -> [Secret; 2] {
+    let inline = |s: &str| DataSource {
+        specifier: Some(data_source::Specifier::InlineString(s.to_string())),
+        ..Default::default()
+    };
+    [
+        Secret {
+            name: identity_secret_name(mesh),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(inline(&issued.cert.cert_pem)),
+                private_key: Some(inline(&issued.cert.key_pem)),
+                ..Default::default()
+            })),
+        },
+        Secret {
+            name: ca_secret_name(mesh),
+            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(inline(&ca.root_cert_pem)),
+                ..Default::default()
+            })),
+        },
+    ]
 }

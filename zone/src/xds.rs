@@ -144,7 +144,7 @@ pub async fn serve(
     config: XdsConfig,
     stop: CancellationToken,
 ) -> Result<(), XdsError> {
-    let cache = Cache::default();
+    let cache = Cache::new(&config.zone);
     let revision = cache.load(&store).await?;
     let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
@@ -185,6 +185,8 @@ pub async fn serve(
             // The change feed only ends on a permanent store failure.
             r?;
         }
+        // Returns only on `stop`: identity certificates re-issued when due.
+        _ = cache.rotate_until(stop.clone()) => {}
     }
     tasks.close();
     tasks.wait().await;
