@@ -209,6 +209,18 @@ async fn each_zone_issues_identities_from_its_own_intermediate() {
     let (chain1b, _, _) = c1.until(|(chain, _, _)| leaf_uris(chain).len() == 3).await;
     assert_eq!(leaf_uris(&chain1b), ["spiffe://default/edge", "kuma://kuma.io/service/edge", "kuma://version/v2"]);
 
+    // The DataplaneInsight reports the certificate as the incumbent does.
+    let insight = z1
+        .api()
+        .wait_for("/meshes/default/dataplane-insights/gw-1", "a second certificate", |i| {
+            i["mTLS"]["certificateRegenerations"] == 2
+        })
+        .await;
+    let m = &insight["mTLS"];
+    assert_eq!(m["issuedBackend"], "ca-1", "{insight}");
+    assert_eq!(m["supportedBackends"], serde_json::json!(["ca-1"]), "{insight}");
+    assert!(m["certificateExpirationTime"].is_string() && m["lastCertificateRegeneration"].is_string(), "{insight}");
+
     // Disabling mTLS removes both secrets.
     global.api().apply_yaml(&MTLS_MESH.replace("  enabledBackend: ca-1\n", "")).await;
     let removed = loop {

@@ -282,3 +282,147 @@ pub fn secrets(mesh: &str, issued: &Issued, ca: &ZoneCa) -> [Secret; 2] {
         },
     ]
 }
+
+/// The proxy's `DataplaneInsight.mTLS` (the incumbent's fields): expiry and
+/// time of the current certificate, how many were issued, by which backend.
+pub fn insight(i: &Issued) -> meridian_sync_proto::pb::mesh::dataplane_insight::Mtls {
+    let ts = |t: SystemTime| {
+        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        pbjson_types::Timestamp { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: d.subsec_nanos() as i32 }
+    };
+    meridian_sync_proto::pb::mesh::dataplane_insight::Mtls {
+        certificate_expiration_time: Some(ts(i.cert.not_after)),
+        certificate_regenerations: i.generation,
+        last_certificate_regeneration: Some(ts(i.issued_at)),
+        issued_backend: i.backend.clone(),
+        supported_backends: vec![i.backend.clone()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use meridian_sync_proto::{Resource, Spec, pb};
+
+    use super::*;
+
+    fn mesh(enabled: &str, expiration: &str) -> Mesh {
+        Mesh {
+            mtls: Some(pb::mesh::mesh::Mtls {
+                enabled_backend: enabled.into(),
+                backends: vec![pb::mesh::CertificateAuthorityBackend {
+                    name: "ca-1".into(),
+                    r#type: "builtin".into(),
+                    dp_cert: Some(pb::mesh::certificate_authority_backend::DpCert {
+                        rotation: Some(pb::mesh::certificate_authority_backend::dp_cert::Rotation {
+                            expiration: expiration.into(),
+                        }),
+                        ..Default::default()
+                    }),
+                    mode: pb::mesh::certificate_authority_backend::Mode::Permissive as i32,
+                    ..Default::default()
+                }],
+                skip_validation: false,
+            }),
+        }
+    }
+
+    /// A snapshot with gateway Dataplane `gw` (service `edge`) and zone
+    /// `z`'s CA for backend `ca-1`.
+    fn snapshot(zone_ca: &ZoneCa, service: &str) -> MeshSnapshot {
+        let mut s = MeshSnapshot::new("default");
+        let dp = format!(
+            r#"{{"type":"Dataplane","mesh":"default","name":"gw","networking":{{"address":"127.0.0.1","gateway":{{"type":"BUILTIN","tags":{{"kuma.io/service":"{service}"}}}}}}}}"#
+        );
+        let dp = meridian_sync_proto::universal::from_value(serde_json::from_str(&dp).unwrap()).unwrap();
+        s.upsert(&dp);
+        let secret = Resource::new(
+            "default",
+            zone_ca_secret_name("ca-1", "z"),
+            Spec::Secret(pb::system::Secret {
+                data: Some(pbjson_types::BytesValue { value: zone_ca.to_pem().into_bytes().into() }),
+            }),
+        );
+        s.upsert(&secret);
+        s
+    }
+
+    fn zone_ca(now: SystemTime) -> ZoneCa {
+        let root = ca::root_ca("default", now, ca::DEFAULT_ROOT_LIFETIME).unwrap();
+        ZoneCa {
+            intermediate: ca::intermediate_ca(&root, "default", "z", now, ca::INTERMEDIATE_LIFETIME).unwrap(),
+            root_cert_pem: root.cert_pem,
+        }
+    }
+
+    fn names(config: &BTreeMap<String, DesiredSet>) -> Vec<String> {
+        config.get(&SECRET_TYPE()).map(|s| s.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn mode_and_names_follow_the_mesh() {
+        assert_eq!(mtls_enabled(&mesh("ca-1", "1h")), Some(Mode::Permissive));
+        assert_eq!(mtls_enabled(&mesh("", "1h")), None);
+        assert_eq!(mtls_enabled(&Mesh::default()), None);
+        assert_eq!(identity_secret_name("m"), "identity_cert:secret:m");
+        assert_eq!(ca_secret_name("m"), "mesh_ca:secret:m");
+    }
+
+    #[test]
+    fn identities_are_issued_kept_and_rotated_at_four_fifths() {
+        let t0 = SystemTime::now();
+        let ca = zone_ca(t0);
+        let snap = snapshot(&ca, "edge");
+        let ids = Identities::default();
+        let id = ProxyId { mesh: "default".into(), name: "gw".into() };
+        let m = mesh("ca-1", "100s");
+        let on = MeshCa { mesh: Some(&m), zone: "z" };
+        let attach = |now: SystemTime, snap: &MeshSnapshot, mesh_ca: &MeshCa<'_>| {
+            let mut config = BTreeMap::new();
+            let mut warnings = Vec::new();
+            ids.attach(&id, mesh_ca, snap, now, &mut config, &mut warnings);
+            (config, warnings)
+        };
+
+        let (config, warnings) = attach(t0, &snap, &on);
+        assert_eq!(warnings, Vec::<String>::new());
+        assert_eq!(names(&config), ["identity_cert:secret:default", "mesh_ca:secret:default"]);
+        let first = ids.get(&id).unwrap();
+        assert_eq!(first.generation, 1);
+        assert_eq!(first.cert.not_after, t0 + Duration::from_secs(100));
+        assert_eq!(first.uris, ["spiffe://default/edge", "kuma://kuma.io/service/edge"]);
+
+        // Before 4/5 of the lifetime: the same certificate, the same versions.
+        let (again, _) = attach(t0 + Duration::from_secs(79), &snap, &on);
+        assert_eq!(again, config);
+        assert_eq!(ids.due(t0 + Duration::from_secs(79)).0, Vec::<ProxyId>::new());
+        assert_eq!(ids.due(t0 + Duration::from_secs(79)).1, Some(t0 + Duration::from_secs(80)));
+        // At 4/5: due, and a new one.
+        assert_eq!(ids.due(t0 + Duration::from_secs(80)).0, [id.clone()]);
+        let (rotated, _) = attach(t0 + Duration::from_secs(80), &snap, &on);
+        let identity = &identity_secret_name("default");
+        assert_ne!(rotated[&SECRET_TYPE()][identity].version, config[&SECRET_TYPE()][identity].version);
+        let ca_name = &ca_secret_name("default");
+        assert_eq!(rotated[&SECRET_TYPE()][ca_name].version, config[&SECRET_TYPE()][ca_name].version);
+        assert_eq!(ids.get(&id).unwrap().generation, 2);
+        assert_eq!(insight(&ids.get(&id).unwrap()).certificate_regenerations, 2);
+
+        // A tag change re-issues at once.
+        let t1 = t0 + Duration::from_secs(81);
+        attach(t1, &snapshot(&ca, "edge-2"), &on);
+        let third = ids.get(&id).unwrap();
+        assert_eq!((third.generation, third.uris[0].as_str()), (3, "spiffe://default/edge-2"));
+
+        // mTLS off: no secrets, the entry is forgotten.
+        let off_mesh = mesh("", "100s");
+        let (config, _) = attach(t1, &snap, &MeshCa { mesh: Some(&off_mesh), zone: "z" });
+        assert_eq!(names(&config), Vec::<String>::new());
+        assert!(ids.get(&id).is_none());
+
+        // Another zone's name: no CA here, a warning, nothing issued.
+        let (config, warnings) = attach(t1, &snap, &MeshCa { mesh: Some(&m), zone: "other" });
+        assert_eq!(names(&config), Vec::<String>::new());
+        assert!(warnings[0].contains("cannot issue identities"), "{warnings:?}");
+    }
+}

@@ -311,7 +311,13 @@ async fn run<W: Wire>(shared: Arc<Shared>, mut inbound: Streaming<W::Req>, tx: m
     let seq = shared.streams.fetch_add(1, Ordering::Relaxed);
     let prefix = format!("{}-{seq}", shared.config.instance_id);
     tracing::info!(dataplane = %id, stream = %prefix, "Envoy connected");
-    let handle = InsightHandle::spawn(&shared.tasks, shared.store.clone(), shared.config.zone.clone(), id.clone());
+    let handle = InsightHandle::spawn(
+        &shared.tasks,
+        shared.store.clone(),
+        shared.config.zone.clone(),
+        id.clone(),
+        shared.cache.identities().clone(),
+    );
     let mut source = stream::ProxySource { rx: sub.rx.clone(), state };
     let mut wire = W::wire(first, inbound, tx.clone());
     let mut observer = (
