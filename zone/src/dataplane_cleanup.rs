@@ -185,7 +185,10 @@ mod tests {
         // This instance's own open subscription is a live proxy either way.
         let mut mine = sub(2_000, None);
         mine.control_plane_instance_id = "me".into();
-        assert_eq!(disconnected_since(&DataplaneInsight { subscriptions: vec![mine], m_tls: None }, &cleanup(10, true)), None);
+        assert_eq!(
+            disconnected_since(&DataplaneInsight { subscriptions: vec![mine], m_tls: None }, &cleanup(10, true)),
+            None
+        );
     }
 
     /// On a real (SQLite) store: only the Dataplane whose proxy left long
@@ -213,7 +216,8 @@ mod tests {
             ("recent", vec![sub(0, Some(95_000))]),
         ];
         for (name, subscriptions) in insights {
-            let r = Resource::new("default", name, Spec::DataplaneInsight(DataplaneInsight { subscriptions, m_tls: None }));
+            let r =
+                Resource::new("default", name, Spec::DataplaneInsight(DataplaneInsight { subscriptions, m_tls: None }));
             store.put_status(&Manager::encode(&r), &StatusExpect::Absent).await.expect("insight");
         }
 

@@ -288,7 +288,10 @@ pub fn secrets(mesh: &str, issued: &Issued, ca: &ZoneCa) -> [Secret; 2] {
 pub fn insight(i: &Issued) -> meridian_sync_proto::pb::mesh::dataplane_insight::Mtls {
     let ts = |t: SystemTime| {
         let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        pbjson_types::Timestamp { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: d.subsec_nanos() as i32 }
+        pbjson_types::Timestamp {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: d.subsec_nanos() as i32,
+        }
     };
     meridian_sync_proto::pb::mesh::dataplane_insight::Mtls {
         certificate_expiration_time: Some(ts(i.cert.not_after)),
@@ -335,7 +338,8 @@ mod tests {
         let dp = format!(
             r#"{{"type":"Dataplane","mesh":"default","name":"gw","networking":{{"address":"127.0.0.1","gateway":{{"type":"BUILTIN","tags":{{"kuma.io/service":"{service}"}}}}}}}}"#
         );
-        let dp = meridian_sync_proto::universal::from_value(serde_json::from_str(&dp).unwrap()).unwrap();
+        let dp =
+            meridian_sync_proto::universal::from_value(serde_json::from_str(&dp).expect("json")).expect("dataplane");
         s.upsert(&dp);
         let secret = Resource::new(
             "default",
@@ -349,9 +353,10 @@ mod tests {
     }
 
     fn zone_ca(now: SystemTime) -> ZoneCa {
-        let root = ca::root_ca("default", now, ca::DEFAULT_ROOT_LIFETIME).unwrap();
+        let root = ca::root_ca("default", now, ca::DEFAULT_ROOT_LIFETIME).expect("root");
         ZoneCa {
-            intermediate: ca::intermediate_ca(&root, "default", "z", now, ca::INTERMEDIATE_LIFETIME).unwrap(),
+            intermediate: ca::intermediate_ca(&root, "default", "z", now, ca::INTERMEDIATE_LIFETIME)
+                .expect("intermediate"),
             root_cert_pem: root.cert_pem,
         }
     }
@@ -388,7 +393,7 @@ mod tests {
         let (config, warnings) = attach(t0, &snap, &on);
         assert_eq!(warnings, Vec::<String>::new());
         assert_eq!(names(&config), ["identity_cert:secret:default", "mesh_ca:secret:default"]);
-        let first = ids.get(&id).unwrap();
+        let first = ids.get(&id).expect("issued");
         assert_eq!(first.generation, 1);
         assert_eq!(first.cert.not_after, t0 + Duration::from_secs(100));
         assert_eq!(first.uris, ["spiffe://default/edge", "kuma://kuma.io/service/edge"]);
@@ -399,19 +404,19 @@ mod tests {
         assert_eq!(ids.due(t0 + Duration::from_secs(79)).0, Vec::<ProxyId>::new());
         assert_eq!(ids.due(t0 + Duration::from_secs(79)).1, Some(t0 + Duration::from_secs(80)));
         // At 4/5: due, and a new one.
-        assert_eq!(ids.due(t0 + Duration::from_secs(80)).0, [id.clone()]);
+        assert_eq!(ids.due(t0 + Duration::from_secs(80)).0, std::slice::from_ref(&id));
         let (rotated, _) = attach(t0 + Duration::from_secs(80), &snap, &on);
         let identity = &identity_secret_name("default");
         assert_ne!(rotated[&SECRET_TYPE()][identity].version, config[&SECRET_TYPE()][identity].version);
         let ca_name = &ca_secret_name("default");
         assert_eq!(rotated[&SECRET_TYPE()][ca_name].version, config[&SECRET_TYPE()][ca_name].version);
-        assert_eq!(ids.get(&id).unwrap().generation, 2);
-        assert_eq!(insight(&ids.get(&id).unwrap()).certificate_regenerations, 2);
+        assert_eq!(ids.get(&id).expect("issued").generation, 2);
+        assert_eq!(insight(&ids.get(&id).expect("issued")).certificate_regenerations, 2);
 
         // A tag change re-issues at once.
         let t1 = t0 + Duration::from_secs(81);
         attach(t1, &snapshot(&ca, "edge-2"), &on);
-        let third = ids.get(&id).unwrap();
+        let third = ids.get(&id).expect("issued");
         assert_eq!((third.generation, third.uris[0].as_str()), (3, "spiffe://default/edge-2"));
 
         // mTLS off: no secrets, the entry is forgotten.

@@ -163,7 +163,7 @@ mod tests {
 
     fn violations(yaml: &str) -> Vec<(String, String)> {
         let text = format!("type: Mesh\nname: m\n{yaml}");
-        let doc = universal::parse_documents(&text).unwrap().remove(0);
+        let doc = universal::parse_documents(&text).expect("yaml").remove(0);
         let r = match universal::from_value(doc) {
             Ok(r) => r,
             Err(e) => return e.violations.into_iter().map(|v| (v.field, v.message)).collect(),
