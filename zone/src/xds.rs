@@ -24,6 +24,7 @@
 //! the Dataplanes it touches, and only resources whose hash changed travel.
 
 pub mod cache;
+pub mod identities;
 pub mod insight;
 pub mod stream;
 

@@ -13,7 +13,7 @@
 //!
 //! A Dataplane is generated only while some stream is subscribed to it.
 //! Right after the (pure) generator, the mesh mTLS secrets are added from
-//! the identity store ([`crate::mtls::Identities`]), which issues and
+//! the identity store ([`crate::xds::identities::Identities`]), which issues and
 //! rotates certificates: the time and the random keys live there, not in
 //! the generator. [`Cache::rotate`] re-generates proxies whose certificate
 //! reached 4/5 of its lifetime.
@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 use crate::{
     gateway::{self, Deps, MeshSnapshot, selector_matches, tags_match},
-    mtls::{self, Identities},
+    xds::identities::{Identities, MeshCa},
 };
 
 /// Changes applied before regenerating (a Mesh deletion cascades into many).
@@ -217,7 +217,7 @@ impl Cache {
     fn generate(&self, (id, snapshot, mesh): &Job) -> (ProxyState, Deps) {
         let (mut state, deps) = generate(snapshot, id);
         if let Ok(config) = &mut state.config {
-            let mesh_ca = mtls::MeshCa { mesh: mesh.as_deref(), zone: &self.zone };
+            let mesh_ca = MeshCa { mesh: mesh.as_deref(), zone: &self.zone };
             self.identities.attach(id, &mesh_ca, snapshot, std::time::SystemTime::now(), config, &mut state.warnings);
         }
         (state, deps)

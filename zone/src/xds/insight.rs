@@ -50,7 +50,7 @@ impl InsightHandle {
         store: Store,
         zone: String,
         id: ProxyId,
-        identities: crate::mtls::Identities,
+        identities: super::identities::Identities,
     ) -> InsightHandle {
         let (tx, mut rx) = watch::channel::<Option<DiscoverySubscription>>(None);
         tasks.spawn(async move {
