@@ -277,3 +277,80 @@ pub async fn run(manager: Manager, zones: Zones, shutdown: tokio_util::sync::Can
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use meridian_store::Store;
+
+    use super::*;
+    use crate::manager::Role;
+
+    async fn manager() -> (Manager, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite:{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        (Manager::new(store, Role::Global), dir)
+    }
+
+    fn mesh(name: &str, backend: Option<&str>) -> Resource {
+        let mtls = backend.map(|b| pb::mesh::mesh::Mtls {
+            enabled_backend: b.into(),
+            backends: vec![pb::mesh::CertificateAuthorityBackend {
+                name: b.into(),
+                r#type: validate::BUILTIN.into(),
+                ..Default::default()
+            }],
+            skip_validation: false,
+        });
+        Resource::new("", name, Spec::Mesh(pb::mesh::Mesh { mtls }))
+    }
+
+    async fn data(m: &Manager, ty: ResourceType, mesh: &str, name: &str) -> Option<Vec<u8>> {
+        let e = m.get(ty, mesh, name).await.expect("get")?;
+        secret_data(&e.resource.spec).map(<[u8]>::to_vec)
+    }
+
+    #[tokio::test]
+    async fn roots_stay_here_and_each_zone_gets_its_own_intermediate() {
+        let (m, _dir) = manager().await;
+        write(&m, &mesh("default", Some("ca-1"))).await.expect("mesh");
+        write(&m, &mesh("plain", None)).await.expect("mesh");
+        let zones = BTreeSet::from(["zone-1".to_string(), "zone-2".to_string()]);
+        let now = SystemTime::now();
+
+        let done = reconcile(&m, &zones, now).await.expect("reconcile");
+        assert_eq!(done.roots, ["default.ca-builtin-root-ca-1"]);
+        assert_eq!(done.intermediates.len(), 2);
+        let root = data(&m, ResourceType::GlobalSecret, "", "default.ca-builtin-root-ca-1").await.expect("root");
+        let root = read_root(&root).expect("root PEM");
+        let z1 = m.get(ResourceType::Secret, "default", &zone_ca_secret_name("ca-1", "zone-1")).await.expect("get");
+        let z1 = z1.expect("zone-1's intermediate");
+        assert_eq!(z1.resource.meta.labels.get(ZONE_ONLY_LABEL).map(String::as_str), Some("zone-1"));
+        let bundle = ZoneCa::from_pem(secret_data(&z1.resource.spec).expect("data")).expect("bundle");
+        assert_eq!(bundle.root_cert_pem, root.cert_pem, "the zone trusts the root");
+        let text = String::from_utf8(secret_data(&z1.resource.spec).expect("data").to_vec()).expect("utf8");
+        assert!(
+            !text.contains(root.key_pem.lines().nth(1).expect("key body")),
+            "the root key is not in a zone's Secret"
+        );
+        let keys = text.lines().filter(|l| l.starts_with("-----BEGIN") && l.contains("PRIVATE KEY")).count();
+        assert_eq!(keys, 1, "one key: the intermediate's");
+
+        // A second pass changes nothing.
+        assert_eq!(reconcile(&m, &zones, now).await.expect("again"), Reconciled::default());
+        // Near the end of the intermediate's life, it is re-issued under the same root.
+        let later = now + ca::INTERMEDIATE_LIFETIME * 4 / 5;
+        let done = reconcile(&m, &zones, later).await.expect("later");
+        assert!(done.roots.is_empty());
+        assert_eq!(done.intermediates.len(), 2);
+
+        // A zone gone: its intermediate goes; mTLS backend gone: everything goes.
+        let one = BTreeSet::from(["zone-1".to_string()]);
+        let done = reconcile(&m, &one, later).await.expect("zone gone");
+        assert_eq!(done.deleted, [("default".to_string(), zone_ca_secret_name("ca-1", "zone-2"))]);
+        write(&m, &mesh("default", None)).await.expect("mesh");
+        let done = reconcile(&m, &one, later).await.expect("backend gone");
+        assert_eq!(done.deleted.len(), 2, "{done:?}");
+        assert!(data(&m, ResourceType::GlobalSecret, "", "default.ca-builtin-root-ca-1").await.is_none());
+    }
+}
