@@ -104,12 +104,20 @@ pub(super) fn check(r: &mut Report, spec: &Mesh) {
     }
 }
 
+/// A `Struct`'s fields (a hash map) in key order, so that violations come
+/// in a fixed order.
+fn sorted(fields: &std::collections::HashMap<String, pbjson_types::Value>) -> Vec<(&String, &pbjson_types::Value)> {
+    let mut v: Vec<_> = fields.iter().collect();
+    v.sort_by_key(|(k, _)| *k);
+    v
+}
+
 /// The builtin backend's `conf`: `caCert { RSAbits, expiration }`
 /// (`pkg/plugins/ca/builtin/config`). Meridian's keys are ECDSA P-256, so
 /// `RSAbits` is accepted and ignored.
 fn builtin_conf(r: &mut Report, at: &FieldPath, conf: Option<&pbjson_types::Struct>) {
     let Some(conf) = conf else { return };
-    for (key, value) in &conf.fields {
+    for (key, value) in sorted(&conf.fields) {
         let key_at = at.field(key);
         if key != "caCert" {
             r.add(&key_at, "unknown field");
@@ -119,7 +127,7 @@ fn builtin_conf(r: &mut Report, at: &FieldPath, conf: Option<&pbjson_types::Stru
             r.add(&key_at, "must be an object");
             continue;
         };
-        for (k, v) in &ca_cert.fields {
+        for (k, v) in sorted(&ca_cert.fields) {
             let k_at = key_at.field(k);
             match (k.as_str(), &v.kind) {
                 ("RSAbits", Some(Kind::NumberValue(n))) if *n >= 0.0 && n.fract() == 0.0 => {}
