@@ -233,3 +233,19 @@ async fn each_zone_issues_identities_from_its_own_intermediate() {
     removed.sort();
     assert_eq!(removed, [identity_secret_name("default"), ca_secret_name("default")]);
 }
+
+/// A standalone zone makes its own root and intermediate (kept in its own
+/// store) and issues identities from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_zone_is_its_own_ca() {
+    let topo = Topology::builder("mtls-standalone").zone("solo").start().await;
+    let zone = topo.zone("solo");
+    zone.api().apply_yaml(MTLS_MESH).await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("gw-1", "edge")).await;
+    let mut client = SdsClient::open(zone, "default.gw-1").await;
+    let (chain, _, root) = client.until(|_| true).await;
+    assert_eq!(leaf_uris(&chain), ["spiffe://default/edge", "kuma://kuma.io/service/edge"]);
+    verify(&root, &chain).expect("the identity verifies to the zone's root");
+    let roots = zone.api().names("/global-secrets").await.expect("global secrets");
+    assert!(roots.iter().any(|n| n == "default.ca-builtin-root-ca-1"), "{roots:?}");
+}
