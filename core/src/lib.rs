@@ -16,9 +16,11 @@
 //! - [`liveness`]: whether a zone is online, from its ZoneInsight.
 //! - [`metrics`]: store-operation figures, registered into an injected registry.
 
+pub mod ca;
 pub mod defaults;
 pub mod liveness;
 pub mod manager;
+pub mod mesh_ca;
 pub mod metrics;
 pub mod origin;
 pub mod received;

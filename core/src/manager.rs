@@ -314,6 +314,24 @@ impl Manager {
         Ok(())
     }
 
+    /// Rules that compare a write with what it replaces: a Mesh's enabled CA
+    /// backend cannot be swapped while mTLS is on
+    /// ([`validate::mesh_update`]).
+    fn check_update(existing: Option<&Entry>, r: &Resource) -> Result<(), ManagerError> {
+        let (Some(old), Spec::Mesh(new)) = (existing, &r.spec) else { return Ok(()) };
+        let Spec::Mesh(old) = &old.resource.spec else { return Ok(()) };
+        let violations = validate::mesh_update(old, new);
+        if violations.is_empty() {
+            return Ok(());
+        }
+        Err(ManagerError::Invalid(InvalidResource {
+            type_name: r.resource_type().name().to_string(),
+            mesh: r.meta.mesh.clone(),
+            name: r.meta.name.clone(),
+            violations,
+        }))
+    }
+
     /// Refuses labels only the control plane sets ([`crate::origin::RESERVED_LABELS`]),
     /// one violation per label, at `labels["<key>"]`.
     fn check_user_labels(r: &Resource) -> Result<(), ManagerError> {
@@ -360,6 +378,7 @@ impl Manager {
         self.check_user_write(ty, existing.as_ref())?;
         Self::check_user_labels(&r)?;
         self.check(&r).await?;
+        Self::check_update(existing.as_ref(), &r)?;
         if let (Some(expected), Some(e)) = (expected_revision, existing.as_ref())
             && e.revision != expected
         {

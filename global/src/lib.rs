@@ -180,7 +180,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
 
     let (cache, follower) = kds::cache::start(store.clone()).await.context("cannot load resources for KDS")?;
     let kds_server = kds::KdsServer::new(
-        manager,
+        manager.clone(),
         cache,
         tokens.clone(),
         instance_id,
@@ -208,6 +208,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     tasks.spawn("KDS server", {
         let stop = shutdown.clone().cancelled_owned();
         async move { kds::serve(kds_listener, kds_server, tls, limits, stop).await }
+    });
+    // Mesh mTLS: each builtin backend's root CA (kept here) and one
+    // intermediate per Zone record (sent to that zone only).
+    tasks.spawn("mesh CA", {
+        let (manager, shutdown) = (manager.clone(), shutdown.clone());
+        async move { meridian_core::mesh_ca::run(manager, meridian_core::mesh_ca::Zones::Recorded, shutdown).await }
     });
     tasks.spawn("change-log compactor", {
         let (change_log, store, shutdown) = (args.change_log.clone(), store.clone(), shutdown.clone());

@@ -34,6 +34,7 @@ use std::fmt;
 
 use crate::pb;
 
+pub use mesh::{BUILTIN, PROVIDED, parse_duration};
 pub use secret::tls_secret;
 
 /// One problem with a resource: where (a field path such as
@@ -147,6 +148,12 @@ impl Report {
 /// Checks a `Mesh`: its mTLS backends.
 pub fn mesh(spec: &pb::mesh::Mesh) -> Vec<Violation> {
     Report::run(|r| mesh::check(r, spec))
+}
+
+/// Checks an update of a `Mesh` against the stored one: the enabled CA
+/// backend cannot be swapped while mTLS is on (the incumbent's rule).
+pub fn mesh_update(old: &pb::mesh::Mesh, new: &pb::mesh::Mesh) -> Vec<Violation> {
+    Report::run(|r| mesh::update(r, old, new))
 }
 
 /// Checks a `MeshGateway`: selectors, tags, listeners and how listeners share ports.

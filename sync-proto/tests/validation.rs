@@ -1101,7 +1101,7 @@ fn mesh() {
             c(
                 "two backends of one name",
                 json!({"mtls": {"enabledBackend": "ca-1", "backends": [
-                    {"name": "ca-1", "type": "builtin"}, {"name": "ca-1", "type": "provided"}
+                    {"name": "ca-1", "type": "builtin"}, {"name": "ca-1", "type": "builtin"}
                 ]}}),
                 &[
                     ("mtls.backends", "cannot have more than 1 backends"),

@@ -159,12 +159,12 @@ mod tests {
     #[test]
     fn only_proxies_gone_for_longer_than_the_age_expire() {
         let c = cleanup(10, false);
-        let gone = DataplaneInsight { subscriptions: vec![sub(0, Some(1_000)), sub(2_000, Some(5_000))] };
+        let gone = DataplaneInsight { subscriptions: vec![sub(0, Some(1_000)), sub(2_000, Some(5_000))], m_tls: None };
         assert_eq!(disconnected_since(&gone, &c), Some(5_000));
         assert!(!expired(&gone, &c, 15_000), "10 s after the newest disconnect: not yet");
         assert!(expired(&gone, &c, 15_001));
 
-        let connected = DataplaneInsight { subscriptions: vec![sub(0, Some(1_000)), sub(2_000, None)] };
+        let connected = DataplaneInsight { subscriptions: vec![sub(0, Some(1_000)), sub(2_000, None)], m_tls: None };
         assert_eq!(disconnected_since(&connected, &c), None);
         assert!(!expired(&connected, &c, i64::MAX));
 
@@ -175,7 +175,7 @@ mod tests {
     fn a_subscription_left_open_by_a_dead_instance_counts_only_for_a_sole_instance() {
         let mut left_open = sub(2_000, None);
         left_open.control_plane_instance_id = "killed".into();
-        let insight = DataplaneInsight { subscriptions: vec![sub(0, Some(1_000)), left_open] };
+        let insight = DataplaneInsight { subscriptions: vec![sub(0, Some(1_000)), left_open], m_tls: None };
         // SQLite: this instance is the only writer; the other one is dead
         // since this one started (50 s).
         assert_eq!(disconnected_since(&insight, &cleanup(10, true)), Some(50_000));
@@ -185,7 +185,10 @@ mod tests {
         // This instance's own open subscription is a live proxy either way.
         let mut mine = sub(2_000, None);
         mine.control_plane_instance_id = "me".into();
-        assert_eq!(disconnected_since(&DataplaneInsight { subscriptions: vec![mine] }, &cleanup(10, true)), None);
+        assert_eq!(
+            disconnected_since(&DataplaneInsight { subscriptions: vec![mine], m_tls: None }, &cleanup(10, true)),
+            None
+        );
     }
 
     /// On a real (SQLite) store: only the Dataplane whose proxy left long
@@ -213,7 +216,8 @@ mod tests {
             ("recent", vec![sub(0, Some(95_000))]),
         ];
         for (name, subscriptions) in insights {
-            let r = Resource::new("default", name, Spec::DataplaneInsight(DataplaneInsight { subscriptions }));
+            let r =
+                Resource::new("default", name, Spec::DataplaneInsight(DataplaneInsight { subscriptions, m_tls: None }));
             store.put_status(&Manager::encode(&r), &StatusExpect::Absent).await.expect("insight");
         }
 

@@ -285,6 +285,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         let metrics = sync_metrics.clone();
         tasks.spawn("KDS client", async move { kds::run(cfg, manager, metrics, stop).await });
     }
+    if !federated {
+        // Standalone: this zone makes its meshes' roots and its own
+        // intermediates (federated, they come from the global).
+        tasks.spawn("mesh CA", {
+            let (manager, shutdown, zone) = (manager.clone(), shutdown.clone(), args.zone.clone());
+            async move { meridian_core::mesh_ca::run(manager, meridian_core::mesh_ca::Zones::Fixed(zone), shutdown).await }
+        });
+    }
     tasks.spawn("change-log compactor", {
         let (change_log, store, shutdown) = (args.change_log.clone(), store.clone(), shutdown.clone());
         async move { change_log.run_compactor(store, shutdown).await }

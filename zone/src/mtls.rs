@@ -13,6 +13,16 @@
 //! same way; they do not depend on the certificate, so a rotation changes only
 //! the Secret's content (and version), never a listener.
 
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::SystemTime,
+};
+
+use envoy_types::pb::envoy::{
+    config::core::v3::{DataSource, data_source},
+    extensions::transport_sockets::tls::v3::{CertificateValidationContext, Secret, TlsCertificate, secret},
+};
+use meridian_core::ca::{self, CertKey, ZoneCa};
 use meridian_sync_proto::pb::mesh::{Mesh, certificate_authority_backend};
 
 /// How inbound listeners of an mTLS mesh treat plaintext, as the incumbent's
@@ -55,4 +65,93 @@ pub fn enabled_backend(mesh: &Mesh) -> Option<&meridian_sync_proto::pb::mesh::Ce
         return None;
     }
     mtls.backends.iter().find(|b| b.name == mtls.enabled_backend)
+}
+
+/// What the zone issued to one proxy (the identity store's entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// Chain (leaf, intermediate) and key.
+    pub cert: CertKey,
+    /// When the current certificate was issued.
+    pub issued_at: SystemTime,
+    /// The backend whose zone CA signed it.
+    pub backend: String,
+    /// The URI SANs it carries (a tag change makes them differ).
+    pub uris: Vec<String>,
+    /// The intermediate that signed it (a new zone CA re-issues).
+    pub ca_cert_pem: String,
+    /// How many certificates this proxy received (1 for the first).
+    pub generation: u32,
+}
+
+/// Whether `prev` no longer fits: none yet, other SANs, another backend or
+/// CA, or 4/5 of its lifetime passed ([`ca::rotation_due`]).
+pub fn needs_issue(prev: Option<&Issued>, backend: &str, uris: &[String], ca: &ZoneCa, now: SystemTime) -> bool {
+    match prev {
+        None => true,
+        Some(p) => {
+            p.backend != backend
+                || p.uris != uris
+                || p.ca_cert_pem != ca.intermediate.cert_pem
+                || ca::rotation_due(p.issued_at, p.cert.not_after, now)
+        }
+    }
+}
+
+/// The tags a proxy's identity is made of: its gateway tags and every
+/// inbound's tags (the incumbent's `Dataplane.Spec.TagSet()`).
+pub fn dataplane_tags(dp: &meridian_sync_proto::pb::mesh::Dataplane) -> BTreeMap<String, BTreeSet<String>> {
+    let mut tags: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let Some(n) = dp.networking.as_ref() else { return tags };
+    let sets = n.gateway.iter().map(|g| &g.tags).chain(n.inbound.iter().map(|i| &i.tags));
+    for set in sets {
+        for (k, v) in set {
+            tags.entry(k.clone()).or_default().insert(v.clone());
+        }
+    }
+    tags
+}
+
+/// The two SDS secrets of a proxy (see the module's diagram).
+pub fn secrets(mesh: &str, issued: &Issued, ca: &ZoneCa) -> [Secret; 2] {
+    let inline = |s: &str| DataSource {
+        specifier: Some(data_source::Specifier::InlineString(s.to_string())),
+        ..Default::default()
+    };
+    [
+        Secret {
+            name: identity_secret_name(mesh),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(inline(&issued.cert.cert_pem)),
+                private_key: Some(inline(&issued.cert.key_pem)),
+                ..Default::default()
+            })),
+        },
+        Secret {
+            name: ca_secret_name(mesh),
+            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(inline(&ca.root_cert_pem)),
+                ..Default::default()
+            })),
+        },
+    ]
+}
+
+/// The proxy's `DataplaneInsight.mTLS` (the incumbent's fields): expiry and
+/// time of the current certificate, how many were issued, by which backend.
+pub fn insight(i: &Issued) -> meridian_sync_proto::pb::mesh::dataplane_insight::Mtls {
+    let ts = |t: SystemTime| {
+        let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        pbjson_types::Timestamp {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: d.subsec_nanos() as i32,
+        }
+    };
+    meridian_sync_proto::pb::mesh::dataplane_insight::Mtls {
+        certificate_expiration_time: Some(ts(i.cert.not_after)),
+        certificate_regenerations: i.generation,
+        last_certificate_regeneration: Some(ts(i.issued_at)),
+        issued_backend: i.backend.clone(),
+        supported_backends: vec![i.backend.clone()],
+    }
 }

@@ -25,6 +25,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod identities;
 pub mod insight;
 pub mod stream;
 
@@ -148,7 +149,7 @@ pub async fn serve(
     config: XdsConfig,
     stop: CancellationToken,
 ) -> Result<(), XdsError> {
-    let cache = Cache::default();
+    let cache = Cache::new(&config.zone);
     let revision = cache.load(&store).await?;
     let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
@@ -189,6 +190,8 @@ pub async fn serve(
             // The change feed only ends on a permanent store failure.
             r?;
         }
+        // Returns only on `stop`: identity certificates re-issued when due.
+        _ = cache.rotate_until(stop.clone()) => {}
     }
     tasks.close();
     tasks.wait().await;
@@ -327,7 +330,13 @@ async fn run<W: Wire>(
     let seq = shared.streams.fetch_add(1, Ordering::Relaxed);
     let prefix = format!("{}-{seq}", shared.config.instance_id);
     tracing::info!(dataplane = %id, stream = %prefix, "Envoy connected");
-    let handle = InsightHandle::spawn(&shared.tasks, shared.store.clone(), shared.config.zone.clone(), id.clone());
+    let handle = InsightHandle::spawn(
+        &shared.tasks,
+        shared.store.clone(),
+        shared.config.zone.clone(),
+        id.clone(),
+        shared.cache.identities().clone(),
+    );
     let mut source = stream::ProxySource { rx: sub.rx.clone(), state };
     let mut wire = W::wire(first, inbound, tx.clone());
     let mut observer = (

@@ -12,7 +12,10 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use futures::StreamExt;
-use meridian_core::origin::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE};
+use meridian_core::{
+    mesh_ca::ZONE_ONLY_LABEL,
+    origin::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE},
+};
 use meridian_store::{ChangeKind, ListQuery, Store, StoreError, StoredResource};
 use meridian_sync_proto::{
     ResourceType,
@@ -34,15 +37,25 @@ pub struct TypeSnapshot {
     /// ZoneIngress only: wire name → the zone it belongs to (a zone never
     /// receives its own).
     pub owner: imbl::OrdMap<String, String>,
+    /// Wire name → the one zone that may receive it (resources labelled
+    /// [`ZONE_ONLY_LABEL`]: a zone's intermediate CA, whose key no other
+    /// zone may hold).
+    pub only_for: imbl::OrdMap<String, String>,
 }
 
 impl TypeSnapshot {
     /// What zone `zone` should hold: `served` minus the zone's own
-    /// ZoneIngresses (O(k log n) for k of them).
+    /// ZoneIngresses and minus what is meant for another zone only (O(k log n)
+    /// for k of them).
     pub fn for_zone(&self, zone: &str) -> SharedSet {
         let mut set = self.served.clone();
         for (wire, owner) in &self.owner {
             if owner == zone {
+                set.remove(wire);
+            }
+        }
+        for (wire, only) in &self.only_for {
+            if only != zone {
                 set.remove(wire);
             }
         }
@@ -66,14 +79,24 @@ impl TypeSnapshot {
         match entry {
             Some(r) => {
                 let owner = r.labels.get(LABEL_ZONE).cloned();
+                let only = r.labels.get(ZONE_ONLY_LABEL).cloned();
                 let unchanged = self.served.get(&wire).is_some_and(|d| d.version == r.version)
-                    && self.owner.get(&wire) == owner.as_ref();
+                    && self.owner.get(&wire) == owner.as_ref()
+                    && self.only_for.get(&wire) == only.as_ref();
                 if unchanged {
                     return false;
                 }
                 let any =
                     kds::to_any(ty, &r.key.mesh, &r.key.name, &wire_labels(&r.labels), &r.version, r.spec.clone());
                 self.served.insert(wire.clone(), Desired { version: r.version.clone(), resource: any });
+                match only {
+                    Some(z) => {
+                        self.only_for.insert(wire.clone(), z);
+                    }
+                    None => {
+                        self.only_for.remove(&wire);
+                    }
+                }
                 match owner {
                     Some(z) => {
                         self.owner.insert(wire, z);
@@ -87,6 +110,7 @@ impl TypeSnapshot {
             None => {
                 let removed = self.served.remove(&wire).is_some();
                 self.owner.remove(&wire);
+                self.only_for.remove(&wire);
                 removed
             }
         }

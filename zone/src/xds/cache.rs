@@ -12,6 +12,11 @@
 //! ```
 //!
 //! A Dataplane is generated only while some stream is subscribed to it.
+//! Right after the (pure) generator, the mesh mTLS secrets are added from
+//! the identity store ([`crate::xds::identities::Identities`]), which issues and
+//! rotates certificates: the time and the random keys live there, not in
+//! the generator. [`Cache::rotate`] re-generates proxies whose certificate
+//! reached 4/5 of its lifetime.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -21,10 +26,17 @@ use std::{
 use futures::{FutureExt, StreamExt};
 use meridian_core::Manager;
 use meridian_store::{ChangeKind, ListQuery, Store, StoreError};
-use meridian_sync_proto::{Resource, ResourceType, Spec, delta::DesiredSet, pb::mesh::Dataplane};
+use meridian_sync_proto::{
+    Resource, ResourceType, Spec,
+    delta::DesiredSet,
+    pb::mesh::{Dataplane, Mesh},
+};
 use tokio::sync::watch;
 
-use crate::gateway::{self, Deps, MeshSnapshot, selector_matches, tags_match};
+use crate::{
+    gateway::{self, Deps, MeshSnapshot, selector_matches, tags_match},
+    xds::identities::{Identities, MeshCa},
+};
 
 /// Changes applied before regenerating (a Mesh deletion cascades into many).
 const MAX_BATCH: usize = 1000;
@@ -96,6 +108,8 @@ struct Proxy {
 #[derive(Default)]
 struct Inner {
     meshes: BTreeMap<String, Arc<MeshSnapshot>>,
+    /// Mesh specs by name (their `mtls` decides the identity secrets).
+    mesh_specs: BTreeMap<String, Arc<Mesh>>,
     /// Bumped on every change of `meshes`.
     epoch: u64,
     proxies: HashMap<ProxyId, Proxy>,
@@ -111,13 +125,20 @@ pub struct Cache {
     /// revision they saw, so a Dataplane registered just before its Envoy
     /// connects is known).
     applied: Arc<watch::Sender<i64>>,
+    /// The identity certificates issued to proxies of mTLS meshes.
+    identities: Identities,
+    /// This zone's name (which intermediate CA Secret it issues from).
+    zone: Arc<str>,
 }
 
 impl Default for Cache {
     fn default() -> Cache {
-        Cache { inner: Arc::default(), applied: Arc::new(watch::channel(0).0) }
+        Cache::new("zone-1")
     }
 }
+
+/// A generation job: the proxy, its mesh's snapshot and Mesh spec.
+type Job = (ProxyId, Arc<MeshSnapshot>, Option<Arc<Mesh>>);
 
 /// A stream's hold on one Dataplane's configuration; dropping it lets the
 /// cache forget the Dataplane once nobody else watches it.
@@ -136,6 +157,7 @@ impl Drop for Subscription {
         });
         if gone {
             inner.proxies.remove(&self.id);
+            self.cache.identities.remove(&self.id);
         }
     }
 }
@@ -145,18 +167,74 @@ const WATCHED: [ResourceType; 4] =
     [ResourceType::MeshGateway, ResourceType::MeshGatewayRoute, ResourceType::Secret, ResourceType::Dataplane];
 
 impl Cache {
+    /// An empty cache for zone `zone`.
+    pub fn new(zone: &str) -> Cache {
+        Cache {
+            inner: Arc::default(),
+            applied: Arc::new(watch::channel(0).0),
+            identities: Identities::default(),
+            zone: Arc::from(zone),
+        }
+    }
+
+    /// The identity store (DataplaneInsight reads the mTLS status from it).
+    pub fn identities(&self) -> &Identities {
+        &self.identities
+    }
+
+    /// Re-generates the proxies whose identity certificate is due at `now`;
+    /// returns when the next one will be (None: no certificate issued).
+    pub fn rotate(&self, now: std::time::SystemTime) -> Option<std::time::SystemTime> {
+        let (due, next) = self.identities.due(now);
+        if !due.is_empty() {
+            let mut inner = self.lock();
+            let epoch = inner.epoch;
+            let jobs = Self::jobs(&mut inner, due);
+            drop(inner);
+            self.run(jobs, epoch);
+        }
+        next
+    }
+
+    /// Runs [`Cache::rotate`] whenever a certificate comes due (checked at
+    /// least every 10 s, since new certificates are issued meanwhile) until
+    /// `stop`.
+    pub async fn rotate_until(&self, stop: tokio_util::sync::CancellationToken) {
+        const AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+        loop {
+            let now = std::time::SystemTime::now();
+            let next = self.rotate(now);
+            let wait = next.and_then(|n| n.duration_since(now).ok()).unwrap_or(AT_LEAST_EVERY).min(AT_LEAST_EVERY);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Generates one Dataplane's configuration (pure), then adds its mTLS
+    /// secrets from the identity store (which may issue a certificate).
+    fn generate(&self, (id, snapshot, mesh): &Job) -> (ProxyState, Deps) {
+        let (mut state, deps) = generate(snapshot, id);
+        if let Ok(config) = &mut state.config {
+            let mesh_ca = MeshCa { mesh: mesh.as_deref(), zone: &self.zone };
+            self.identities.attach(id, &mesh_ca, snapshot, std::time::SystemTime::now(), config, &mut state.warnings);
+        }
+        (state, deps)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         meridian_sync_proto::driver::lock(&self.inner)
     }
 
     /// Generates `jobs` (taken under the lock at `epoch`) without the lock,
     /// then publishes each result unless a newer one was published meanwhile.
-    fn run(&self, jobs: Vec<(ProxyId, Arc<MeshSnapshot>)>, epoch: u64) {
+    fn run(&self, jobs: Vec<Job>, epoch: u64) {
         let results: Vec<(ProxyId, ProxyState, Deps)> = jobs
             .into_iter()
-            .map(|(id, snapshot)| {
-                let (state, deps) = generate(&snapshot, &id);
-                (id, state, deps)
+            .map(|job| {
+                let (state, deps) = self.generate(&job);
+                (job.0, state, deps)
             })
             .collect();
         let mut inner = self.lock();
@@ -171,14 +249,15 @@ impl Cache {
     }
 
     /// Jobs regenerating `ids` from the current snapshots (call under the lock).
-    fn jobs(inner: &mut Inner, ids: Vec<ProxyId>) -> Vec<(ProxyId, Arc<MeshSnapshot>)> {
+    fn jobs(inner: &mut Inner, ids: Vec<ProxyId>) -> Vec<Job> {
         let jobs: Vec<_> = ids
             .into_iter()
             .filter(|id| inner.proxies.contains_key(id))
             .map(|id| {
                 let snap =
                     inner.meshes.get(&id.mesh).cloned().unwrap_or_else(|| Arc::new(MeshSnapshot::new(id.mesh.clone())));
-                (id, snap)
+                let mesh = inner.mesh_specs.get(&id.mesh).cloned();
+                (id, snap, mesh)
             })
             .collect();
         inner.generations += jobs.len() as u64;
@@ -191,6 +270,16 @@ impl Cache {
         // replaying an upsert or delete already seen is harmless.
         let revision = store.current_revision().await?;
         let mut meshes: BTreeMap<String, MeshSnapshot> = BTreeMap::new();
+        let mut mesh_specs = BTreeMap::new();
+        let page =
+            store.list(&ListQuery { type_name: ResourceType::Mesh.name().to_string(), ..Default::default() }).await?;
+        for stored in &page.items {
+            if let Ok(e) = Manager::decode(stored)
+                && let Spec::Mesh(m) = e.resource.spec
+            {
+                mesh_specs.insert(e.resource.meta.name, Arc::new(m));
+            }
+        }
         for ty in WATCHED.into_iter().chain([ResourceType::Mesh]) {
             let page = store.list(&ListQuery { type_name: ty.name().to_string(), ..Default::default() }).await?;
             for stored in &page.items {
@@ -209,6 +298,7 @@ impl Cache {
         }
         let mut inner = self.lock();
         inner.meshes = meshes.into_iter().map(|(m, s)| (m, Arc::new(s))).collect();
+        inner.mesh_specs = mesh_specs;
         inner.epoch += 1;
         let epoch = inner.epoch;
         let ids: Vec<ProxyId> = inner.proxies.keys().cloned().collect();
@@ -294,7 +384,22 @@ impl Cache {
                         snapshot.remove(ty, &key.name);
                     }
                 }
+                let spec = match c.kind {
+                    ChangeKind::Upsert => Manager::decode(&c.resource).ok().and_then(|e| match e.resource.spec {
+                        Spec::Mesh(m) => Some(Arc::new(m)),
+                        _ => None,
+                    }),
+                    ChangeKind::Delete => None,
+                };
+                match spec {
+                    Some(m) => inner.mesh_specs.insert(key.name.clone(), m),
+                    None => inner.mesh_specs.remove(&key.name),
+                };
                 continue;
+            }
+            if ty == ResourceType::Secret && meridian_core::mesh_ca::is_zone_ca_secret(&key.name) {
+                // A zone CA: every proxy of the mesh may issue from it.
+                touched.extend(inner.proxies.keys().filter(|p| p.mesh == key.mesh).cloned());
             }
             let new = match c.kind {
                 ChangeKind::Upsert => match Manager::decode(&c.resource) {
@@ -342,9 +447,9 @@ impl Cache {
                 inner.generations += 1;
                 let snap =
                     inner.meshes.get(&id.mesh).cloned().unwrap_or_else(|| Arc::new(MeshSnapshot::new(id.mesh.clone())));
-                (snap, inner.epoch)
+                ((id.clone(), snap, inner.mesh_specs.get(&id.mesh).cloned()), inner.epoch)
             };
-            let (state, deps) = generate(&snapshot, id);
+            let (state, deps) = self.generate(&snapshot);
             let mut inner = self.lock();
             if let Some(p) = inner.proxies.get_mut(id) {
                 // Another stream subscribed meanwhile: share its entry.

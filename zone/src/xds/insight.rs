@@ -44,13 +44,21 @@ pub struct InsightHandle {
 
 impl InsightHandle {
     /// Starts the writer task for one stream of `id`.
-    pub fn spawn(tasks: &TaskTracker, store: Store, zone: String, id: ProxyId) -> InsightHandle {
+    /// Each write also carries the proxy's mTLS status from `identities`.
+    pub fn spawn(
+        tasks: &TaskTracker,
+        store: Store,
+        zone: String,
+        id: ProxyId,
+        identities: super::identities::Identities,
+    ) -> InsightHandle {
         let (tx, mut rx) = watch::channel::<Option<DiscoverySubscription>>(None);
         tasks.spawn(async move {
             // Ends once the stream dropped its handle and the last value is written.
             while rx.changed().await.is_ok() {
                 let Some(sub) = rx.borrow_and_update().clone() else { continue };
-                if let Err(e) = write(&store, &zone, &id, sub).await {
+                let m_tls = identities.get(&id).map(|i| crate::mtls::insight(&i));
+                if let Err(e) = write(&store, &zone, &id, sub, m_tls).await {
                     tracing::warn!(dataplane = %id, error = %e, "cannot write DataplaneInsight");
                 }
             }
@@ -63,7 +71,13 @@ impl InsightHandle {
     }
 }
 
-async fn write(store: &Store, zone: &str, id: &ProxyId, sub: DiscoverySubscription) -> Result<(), StoreError> {
+async fn write(
+    store: &Store,
+    zone: &str,
+    id: &ProxyId,
+    sub: DiscoverySubscription,
+    m_tls: Option<meridian_sync_proto::pb::mesh::dataplane_insight::Mtls>,
+) -> Result<(), StoreError> {
     let key = Manager::key(ResourceType::DataplaneInsight, &id.mesh, &id.name);
     for _ in 0..MAX_ATTEMPTS {
         let stored = store.get_status(&key).await?;
@@ -76,6 +90,7 @@ async fn write(store: &Store, zone: &str, id: &ProxyId, sub: DiscoverySubscripti
             })
             .unwrap_or_default();
         merge(&mut insight, sub.clone());
+        insight.m_tls = m_tls.clone();
         let mut r = Resource::new(&id.mesh, &id.name, Spec::DataplaneInsight(insight));
         r.meta.labels = BTreeMap::from([
             (LABEL_ORIGIN.to_string(), ORIGIN_ZONE.to_string()),
