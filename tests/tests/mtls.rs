@@ -249,3 +249,46 @@ async fn a_standalone_zone_is_its_own_ca() {
     let roots = zone.api().names("/global-secrets").await.expect("global secrets");
     assert!(roots.iter().any(|n| n == "default.ca-builtin-root-ca-1"), "{roots:?}");
 }
+
+/// Issue 12's first check with real Envoys: in a STRICT mTLS mesh the
+/// builtin gateway reaches the application through sidecar b-1's inbound
+/// (the gateway presents its identity certificate, the sidecar verifies it
+/// against the mesh CA, and the gateway verifies `spiffe://default/b`),
+/// while a plain client to the same inbound gets nothing from the
+/// application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_to_sidecar_over_mesh_mtls_and_plain_clients_refused() {
+    let app = traffic::http_backend("app-b").await;
+    let mut topo = Topology::builder("mtls-e2e").zone("zone-1").start().await;
+    let (b_in, gw_port) = (traffic::free_port(), traffic::free_port());
+    let zone = topo.zone("zone-1");
+    zone.api().apply_yaml(MTLS_MESH).await;
+    zone.api()
+        .apply_yaml(&format!(
+            "type: Dataplane\nmesh: default\nname: b-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {b_in}\n    servicePort: {}\n    tags: {{kuma.io/service: b, kuma.io/protocol: http}}\n",
+            app.port
+        ))
+        .await;
+    zone.api()
+        .apply_yaml(&format!(
+            "type: MeshGateway\nmesh: default\nname: edge\nselectors: [{{match: {{kuma.io/service: edge}}}}]\nconf: {{listeners: [{{port: {gw_port}, protocol: HTTP}}]}}\n---\ntype: MeshGatewayRoute\nmesh: default\nname: to-b\nselectors: [{{match: {{kuma.io/service: edge}}}}]\nconf:\n  http:\n    rules:\n    - matches: [{{path: {{match: PREFIX, value: /}}}}]\n      backends: [{{destination: {{kuma.io/service: b}}}}]\n"
+        ))
+        .await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("edge-1", "edge")).await;
+    topo.add_envoy("zone-1", "b-1", meridian_tests::XdsMode::Delta).await.wait_ready().await;
+    topo.add_envoy("zone-1", "edge-1", meridian_tests::XdsMode::Delta).await.wait_ready().await;
+
+    let r = eventually("the gateway reaches app-b through b-1 over mTLS", WAIT, || async {
+        let r = traffic::get(gw_port, "any.example.com", "/over-mtls").await?;
+        if r.status == 200 && r.backend() == "app-b" { Ok(r) } else { Err(format!("{r:?}")) }
+    })
+    .await;
+    assert_eq!(r.status, 200);
+    // The sidecar's inbound demands a mesh certificate: plain HTTP gets no answer from the app.
+    let plain = traffic::get(b_in, "b", "/plain").await;
+    assert!(!plain.as_ref().is_ok_and(|r| r.backend() == "app-b"), "a plain client reached app-b: {plain:?}");
+    // The gateway's Envoy holds an identity certificate for its service.
+    let certs = topo.envoy("edge-1").admin_get("/certs").await.expect("admin /certs");
+    assert!(certs.contains("spiffe://default/edge"), "{certs}");
+    topo.cleanup().await;
+}
