@@ -51,7 +51,13 @@ impl SdsClient {
         })
         .await
         .expect("send");
-        let rx = client.delta_aggregated_resources(ReceiverStream::new(rx)).await.expect("open ADS").into_inner();
+        // The Dataplane's token (from the global, or the standalone zone), as Envoy sends it.
+        let name = node_id.split_once('.').map(|(_, n)| n).unwrap_or(node_id);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = zone.dataplane_token(name).await {
+            request.metadata_mut().insert("authorization", token.trim().parse().expect("a token is ASCII"));
+        }
+        let rx = client.delta_aggregated_resources(request).await.expect("open ADS").into_inner();
         SdsClient { tx, rx, held: Vec::new() }
     }
 
