@@ -279,14 +279,17 @@ fn params<'a>(mesh: &'a str, name: &'a str, flags: &'a BootstrapFlags) -> anyhow
 pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
     let t = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read --dataplane-token-file {}", path.display()))?;
-    let t = t.trim().to_string();
+    let t = t.trim();
     if t.is_empty() {
         bail!(
             "--dataplane-token-file {} is empty (get a token with 'meridianctl generate dataplane-token')",
             path.display()
         );
     }
-    Ok(t)
+    if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("--dataplane-token-file {}: a token is one line without spaces", path.display());
+    }
+    Ok(t.to_string())
 }
 
 fn bootstrap_command(b: &BootstrapArgs) -> anyhow::Result<ExitCode> {

@@ -152,7 +152,7 @@ pub fn check(args: &RunDataplaneArgs) -> anyhow::Result<Plan> {
     let admin =
         admin_socket(&args.admin_address, args.admin_port).map_err(|e| anyhow::anyhow!("--admin-address: {e}"))?;
     let dataplane_token = match &args.dataplane_token_file {
-        Some(f) => Some(read_token(f)?),
+        Some(f) => Some(crate::dataplane::read_token_file(f)?),
         None => None,
     };
     let ca_cert = match &args.ca_cert {
@@ -223,19 +223,6 @@ fn check_api_url(u: &str) -> Result<String, String> {
         return Err("expected a base URL, without query or fragment".into());
     }
     Ok(u.trim_end_matches('/').to_string())
-}
-
-fn read_token(f: &Path) -> anyhow::Result<String> {
-    let text =
-        std::fs::read_to_string(f).with_context(|| format!("--dataplane-token-file: cannot read {}", f.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        bail!("--dataplane-token-file {}: the file is empty", f.display());
-    }
-    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        bail!("--dataplane-token-file {}: a token is one line without spaces", f.display());
-    }
-    Ok(token.to_string())
 }
 
 /// The Envoy binary: a path as given, or a bare name found on PATH.
