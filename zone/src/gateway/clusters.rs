@@ -66,9 +66,9 @@ pub(super) fn socket_address(ip: &str, port: u32) -> Address {
 
 /// Every inbound of the mesh by its service tag (built once per generation,
 /// so resolving N destinations costs N lookups, not N scans).
-type Inbounds<'a> = BTreeMap<&'a str, Vec<(&'a str, &'a Networking, &'a Inbound)>>;
+pub(super) type Inbounds<'a> = BTreeMap<&'a str, Vec<(&'a str, &'a Networking, &'a Inbound)>>;
 
-fn index(snapshot: &MeshSnapshot) -> Inbounds<'_> {
+pub(super) fn index(snapshot: &MeshSnapshot) -> Inbounds<'_> {
     let mut out: Inbounds<'_> = BTreeMap::new();
     for dp in snapshot.dataplanes.values() {
         let Some(n) = dp.spec.networking.as_ref() else { continue };
@@ -88,7 +88,7 @@ fn index(snapshot: &MeshSnapshot) -> Inbounds<'_> {
 /// and Envoy answers 503 `no healthy upstream`, as Kuma's users expect
 /// (Kuma 2.14 generates a cluster for every destination,
 /// `cluster_generator.go`).
-fn endpoints(
+pub(super) fn endpoints(
     inbounds: &Inbounds<'_>,
     destination: &BTreeMap<String, String>,
     warnings: &mut Vec<String>,
@@ -172,24 +172,37 @@ pub(super) fn protocol_of(snapshot: &MeshSnapshot, destination: &BTreeMap<String
 }
 
 /// Clusters and load assignments for the destinations asked for; with
-/// `mtls`, each cluster originates mesh mTLS to its destination.
+/// `mtls`, each cluster originates mesh mTLS to its destination and, when
+/// `remote` (every proxy but a ZoneIngress), reaches the instances of other
+/// zones through their ZoneIngresses ([`crate::gateway::cross_zone`]).
 pub(super) fn generate(
     snapshot: &MeshSnapshot,
     wanted: &BTreeMap<String, BTreeMap<String, String>>,
     mtls: Option<&mesh_tls::MeshTls>,
+    remote: bool,
     warnings: &mut Vec<String>,
 ) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
     let inbounds = index(snapshot);
     let mut clusters = Vec::new();
     let mut assignments = Vec::new();
     for (name, destination) in wanted {
-        let Some(eps) = endpoints(&inbounds, destination, warnings) else {
-            warnings.push(format!(
-                "destination {destination:?} resolves to no service: no cluster {name} (requests get 500)"
-            ));
-            continue;
+        let local = endpoints(&inbounds, destination, warnings);
+        let remote_eps = if remote {
+            super::cross_zone::remote_endpoints(snapshot, destination, mtls.is_some(), local.is_none(), warnings)
+        } else {
+            Vec::new()
         };
-        if eps.is_empty() {
+        let eps = match local {
+            Some(eps) => eps,
+            None if !remote_eps.is_empty() => Vec::new(),
+            None => {
+                warnings.push(format!(
+                    "destination {destination:?} resolves to no service: no cluster {name} (requests get 500)"
+                ));
+                continue;
+            }
+        };
+        if eps.is_empty() && remote_eps.is_empty() {
             warnings.push(format!(
                 "destination {destination:?} has no healthy endpoint: cluster {name} is empty (requests get 503)"
             ));
@@ -217,9 +230,15 @@ pub(super) fn generate(
                 ..Default::default()
             })
             .collect();
+        let mut localities = vec![LocalityLbEndpoints {
+            locality: super::cross_zone::locality(&snapshot.zone),
+            lb_endpoints,
+            ..Default::default()
+        }];
+        localities.extend(super::cross_zone::remote_localities(remote_eps));
         assignments.push(ClusterLoadAssignment {
             cluster_name: name.clone(),
-            endpoints: vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }],
+            endpoints: localities,
             ..Default::default()
         });
     }

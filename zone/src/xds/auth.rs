@@ -107,6 +107,20 @@ impl XdsAuth {
     ///
     /// Errors: the `Status` to end the stream with.
     pub async fn check(&self, token: Option<&str>, id: &ProxyId) -> Result<(), Status> {
+        if id.is_ingress() {
+            // A ZoneIngress token: a Dataplane token with no mesh and the
+            // ingress's name (`POST /tokens/dataplane {"type": "ingress"}`).
+            let token = token.ok_or(TokenError::Missing(meridian_tokens::TokenKind::Dataplane)).map_err(status)?;
+            let claims = self.tokens.verify_dataplane(token).await.map_err(status)?;
+            if claims.name.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "ZoneIngress {:?}: the token names no ZoneIngress (issue one with type \"ingress\")",
+                    id.name
+                )));
+            }
+            check_binding(&claims, &DataplaneBinding::new("", &id.name, None)).map_err(status)?;
+            return Ok(());
+        }
         let stored = self
             .tokens
             .manager()
