@@ -76,7 +76,8 @@ pub async fn run(manager: Manager, zone: String, stop: CancellationToken) -> any
 }
 
 /// One pass: writes every local ZoneIngress whose `availableServices`
-/// differ from what the local Dataplanes offer now. Returns how many were
+/// differ from what the local Dataplanes offer now (or whose `zone` is
+/// not this zone's name). Returns how many were
 /// written. A concurrent change (409) is left to the next pass, which that
 /// change triggers.
 pub async fn reconcile(manager: &Manager, zone: &str) -> Result<usize, ManagerError> {
@@ -100,10 +101,13 @@ pub async fn reconcile(manager: &Manager, zone: &str) -> Result<usize, ManagerEr
         let Ok(entry) = Manager::decode(&stored) else { continue };
         let mut resource = entry.resource;
         let Spec::ZoneIngress(zi) = &mut resource.spec else { continue };
-        if zi.available_services == services {
+        if zi.available_services == services && zi.zone == zone {
             continue;
         }
         zi.available_services = services.clone();
+        // The zone it is in, for the other zones (the incumbent's global
+        // sets it on receipt; here the zone writes it itself).
+        zi.zone = zone.to_string();
         let name = resource.meta.name.clone();
         match manager.apply(resource, Some(entry.revision), false).await {
             Ok(_) => {
@@ -152,6 +156,7 @@ mod tests {
         let m = Manager::new(store, Role::Zone { federated: false });
         apply(&m, "type: Mesh\nname: default\n").await;
         apply(&m, "type: ZoneIngress\nname: ingress-1\nnetworking: {address: 127.0.0.1, port: 10001, advertisedAddress: 192.0.2.1, advertisedPort: 10001}").await;
+        assert_eq!(reconcile(&m, "zone-1").await.expect("reconcile"), 1, "its zone is set");
         assert_eq!(reconcile(&m, "zone-1").await.expect("reconcile"), 0, "nothing to announce yet");
         apply(
             &m,
