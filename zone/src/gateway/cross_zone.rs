@@ -20,12 +20,12 @@
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::{
-    core::v3::Locality,
+    core::v3::{Address, Locality, SocketAddress, address, socket_address},
     endpoint::v3::{Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint},
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::{MeshSnapshot, clusters::socket_address, select::tags_match};
+use super::{MeshSnapshot, select::tags_match};
 
 /// Priority of other zones' endpoints (local ones are 0).
 pub const REMOTE_PRIORITY: u32 = 1;
@@ -113,7 +113,13 @@ pub(super) fn remote_localities(eps: Vec<RemoteEndpoint>) -> Vec<LocalityLbEndpo
     for e in eps {
         by_zone.entry(e.zone.clone()).or_default().push(LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                address: Some(socket_address(&e.address, e.port)),
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: e.address.clone(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(e.port)),
+                        ..Default::default()
+                    })),
+                }),
                 ..Default::default()
             })),
             load_balancing_weight: Some(UInt32Value { value: e.instances.max(1) }),
