@@ -14,7 +14,7 @@
 //! endpoint of service `b`.
 
 use meridian_tests::{
-    GlobalSpec, Topology, WAIT, XdsMode, eventually,
+    Api, GlobalSpec, Topology, WAIT, XdsMode, eventually,
     process::{Announce, Process, binary, envoy_binary},
     traffic::{self, free_port},
 };
@@ -216,5 +216,48 @@ async fn without_mtls_a_service_only_in_another_zone_is_a_warning() {
     assert!(warnings.contains("zone-2") && warnings.contains("nowhere in this zone"), "{warnings}");
     let r = traffic::get(gw_port, "example.com", "/").await.expect("a reply");
     assert_eq!(r.status, 500, "no cluster for a service only reachable across zones: {r:?}");
+    topo.cleanup().await;
+}
+
+/// An ingress token admits its ZoneIngress only: not another ingress, not
+/// a Dataplane; a Dataplane token admits no ZoneIngress; a malformed
+/// request for one is refused with the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_tokens_admit_their_zone_ingress_only() {
+    let topo = Topology::builder("cross-zone-tokens")
+        .global_spec(GlobalSpec::default())
+        .mesh("default")
+        .zone("zone-1")
+        .start()
+        .await;
+    let zone = topo.zone("zone-1");
+    let ingress = |name: &str| {
+        serde_json::json!({"type": "ZoneIngress", "name": name,
+            "networking": {"address": "127.0.0.1", "port": 10001, "advertisedAddress": "127.0.0.1", "advertisedPort": 10001}})
+    };
+    let api = Api::new(zone.api_url(), None);
+    let token = zone.ingress_token("ingress-1").await.expect("an ingress token");
+    let with_ingress = api.with_token(Some(&token));
+    assert_eq!(with_ingress.put("/zoneingresses/ingress-2", &ingress("ingress-2")).await.status, 403);
+    let dp = traffic::backend_dataplane("b-1", &[(9000, "b")]);
+    let dp: serde_json::Value = serde_json::from_str(&dp).expect("json");
+    assert_eq!(with_ingress.put("/meshes/default/dataplanes/b-1", &dp).await.status, 403);
+    let dp_token = zone.dataplane_token("ingress-1").await.expect("a Dataplane token");
+    let r = api.with_token(Some(&dp_token)).put("/zoneingresses/ingress-1", &ingress("ingress-1")).await;
+    assert_eq!(r.status, 403, "a Dataplane token of mesh default admits no ZoneIngress: {}", r.text);
+    let r = with_ingress.put("/zoneingresses/ingress-1", &ingress("ingress-1")).await;
+    assert!(r.status == 201 || r.status == 200, "{}", r.text);
+
+    let global = Api::new(topo.global().api().base(), None);
+    let bad = global
+        .request(
+            reqwest::Method::POST,
+            "/tokens/dataplane",
+            Some(br#"{"type": "ingress", "name": "ingress-1", "mesh": "default"}"#.to_vec()),
+            &[],
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    assert_eq!(bad.json["invalid_parameters"][0]["field"], "mesh", "{}", bad.text);
     topo.cleanup().await;
 }
