@@ -29,6 +29,7 @@
 
 mod check;
 mod clusters;
+pub mod cross_mesh;
 pub mod cross_zone;
 mod delegated;
 pub mod dump;
@@ -121,6 +122,10 @@ pub struct MeshSnapshot {
     /// every mesh's snapshot): where the instances of other zones are
     /// reached ([`cross_zone`]).
     pub remote_ingresses: std::sync::Arc<BTreeMap<String, mesh::ZoneIngress>>,
+    /// Every `crossMesh` gateway listener of this zone, all meshes
+    /// (shared by every mesh's snapshot): where outbounds tagged
+    /// `kuma.io/mesh` lead ([`cross_mesh`]).
+    pub cross_mesh_listeners: std::sync::Arc<Vec<cross_mesh::CrossMeshListener>>,
 }
 
 impl MeshSnapshot {
@@ -218,6 +223,9 @@ pub struct Deps {
     pub listener_tags: Vec<BTreeMap<String, String>>,
     /// Every backend destination (whether it resolved to endpoints or not).
     pub destinations: BTreeSet<BTreeMap<String, String>>,
+    /// A `crossMesh` listener verifies clients with every mesh's CA
+    /// (`mesh_ca:secret:all`).
+    pub all_meshes_ca: bool,
 }
 
 /// The Envoy configuration of one Dataplane (gateway or sidecar).

@@ -25,6 +25,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod foreign_cas;
 pub mod identities;
 pub mod insight;
 pub mod stream;

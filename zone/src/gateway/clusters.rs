@@ -186,27 +186,46 @@ pub(super) fn generate(
     let mut clusters = Vec::new();
     let mut assignments = Vec::new();
     for (name, destination) in wanted {
-        let local = endpoints(&inbounds, destination, warnings);
-        let remote_eps = if remote {
-            super::cross_zone::remote_endpoints(snapshot, destination, mtls.is_some(), local.is_none(), warnings)
-        } else {
-            Vec::new()
-        };
-        let eps = match local {
-            Some(eps) => eps,
-            None if !remote_eps.is_empty() => Vec::new(),
-            None => {
+        let (eps, remote_eps, socket) = if let Some((target, dest)) = super::cross_mesh::target(snapshot, destination) {
+            // A crossMesh gateway of another mesh: over mTLS only.
+            let Some(m) = mtls else {
                 warnings.push(format!(
-                    "destination {destination:?} resolves to no service: no cluster {name} (requests get 500)"
+                    "destination {destination:?} is a gateway of mesh {target:?}, reached over mesh mTLS, which is off in mesh {:?}: no cluster {name} (requests get 500)",
+                    snapshot.mesh
                 ));
                 continue;
+            };
+            let eps = super::cross_mesh::endpoints(snapshot, &target, &dest);
+            if eps.is_empty() {
+                warnings.push(format!(
+                    "destination {destination:?}: no crossMesh gateway listener of mesh {target:?} in this zone matches; cluster {name} is empty (requests get 503)"
+                ));
             }
+            (eps, Vec::new(), Some(mesh_tls::cross_mesh_upstream_socket(&m.mesh, &target, &dest)))
+        } else {
+            let local = endpoints(&inbounds, destination, warnings);
+            let remote_eps = if remote {
+                super::cross_zone::remote_endpoints(snapshot, destination, mtls.is_some(), local.is_none(), warnings)
+            } else {
+                Vec::new()
+            };
+            let eps = match local {
+                Some(eps) => eps,
+                None if !remote_eps.is_empty() => Vec::new(),
+                None => {
+                    warnings.push(format!(
+                        "destination {destination:?} resolves to no service: no cluster {name} (requests get 500)"
+                    ));
+                    continue;
+                }
+            };
+            if eps.is_empty() && remote_eps.is_empty() {
+                warnings.push(format!(
+                    "destination {destination:?} has no healthy endpoint: cluster {name} is empty (requests get 503)"
+                ));
+            }
+            (eps, remote_eps, mtls.map(|m| mesh_tls::upstream_socket(&m.mesh, destination)))
         };
-        if eps.is_empty() && remote_eps.is_empty() {
-            warnings.push(format!(
-                "destination {destination:?} has no healthy endpoint: cluster {name} is empty (requests get 503)"
-            ));
-        }
         clusters.push(Cluster {
             name: name.clone(),
             cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
@@ -216,7 +235,7 @@ pub(super) fn generate(
             }),
             connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
             lb_policy: cluster::LbPolicy::RoundRobin as i32,
-            transport_socket: mtls.map(|m| mesh_tls::upstream_socket(&m.mesh, destination)),
+            transport_socket: socket,
             ..Default::default()
         });
         let lb_endpoints = eps

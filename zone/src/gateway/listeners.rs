@@ -137,7 +137,26 @@ pub(super) fn generate(
                 let refs: Vec<&ListenerCtx<'_>> = group.iter().collect();
                 route_configs.push(http::route_configuration(&rds, port, &refs, false, ctx));
                 let limit = group.iter().filter_map(|l| connection_limit(l)).min();
-                chains.push(FilterChain { filters: limited(&stat, limit, hcm(&stat, &rds)), ..Default::default() });
+                // crossMesh: clients of any mTLS mesh, with their mesh certificate.
+                let transport_socket = match (group.iter().any(|l| l.spec.cross_mesh), ctx.mtls.clone()) {
+                    (false, _) => None,
+                    (true, Some(m)) => {
+                        ctx.deps.all_meshes_ca = true;
+                        Some(super::mesh_tls::cross_mesh_socket(&m.mesh))
+                    }
+                    (true, None) => {
+                        ctx.warn(format!(
+                            "{name}: crossMesh needs mesh mTLS, which is off in mesh {:?}; served to this mesh's clients in plaintext only",
+                            snapshot.mesh
+                        ));
+                        None
+                    }
+                };
+                chains.push(FilterChain {
+                    filters: limited(&stat, limit, hcm(&stat, &rds)),
+                    transport_socket,
+                    ..Default::default()
+                });
             }
             Protocol::Https => {
                 for l in &group {

@@ -130,6 +130,9 @@ struct Inner {
     remote_ingresses: Arc<BTreeMap<String, ZoneIngress>>,
     /// This zone's own ZoneIngresses: what ingress proxies are generated from.
     local_ingresses: BTreeMap<String, ZoneIngress>,
+    /// Every crossMesh gateway listener of this zone, shared by every
+    /// mesh's snapshot.
+    cross_mesh_listeners: Arc<Vec<gateway::cross_mesh::CrossMeshListener>>,
 }
 
 impl Inner {
@@ -138,8 +141,25 @@ impl Inner {
         MeshSnapshot {
             zone: self.zone.clone(),
             remote_ingresses: self.remote_ingresses.clone(),
+            cross_mesh_listeners: self.cross_mesh_listeners.clone(),
             ..MeshSnapshot::new(mesh)
         }
+    }
+
+    /// Recomputes the crossMesh listeners; when they changed, puts them in
+    /// every snapshot and returns the proxies with an outbound to another
+    /// mesh (they regenerate).
+    fn refresh_cross_mesh(&mut self) -> Vec<ProxyId> {
+        let now = gateway::cross_mesh::listeners(self.meshes.values().map(|s| &**s));
+        if *self.cross_mesh_listeners == now {
+            return Vec::new();
+        }
+        self.cross_mesh_listeners = Arc::new(now);
+        let shared = self.cross_mesh_listeners.clone();
+        for snapshot in self.meshes.values_mut() {
+            Arc::make_mut(snapshot).cross_mesh_listeners = shared.clone();
+        }
+        self.proxies.iter().filter(|(_, p)| crosses_meshes(&p.deps)).map(|(id, _)| id.clone()).collect()
     }
 
     /// The generation job of proxy `id` from the current snapshots.
@@ -149,7 +169,8 @@ impl Inner {
         let ingress = id
             .is_ingress()
             .then(|| (self.meshes.values().cloned().collect::<Vec<_>>(), self.local_ingresses.get(&id.name).cloned()));
-        Job { id, snapshot, mesh, ingress }
+        let all = self.meshes.iter().map(|(name, s)| (s.clone(), self.mesh_specs.get(name).cloned())).collect();
+        Job { id, snapshot, mesh, ingress, all }
     }
 
     /// Records a ZoneIngress change; returns the proxies it touches: all
@@ -215,6 +236,8 @@ struct Job {
     /// For a ZoneIngress: every mesh's snapshot, and the ingress (`None`:
     /// not registered).
     ingress: Option<(Vec<Arc<MeshSnapshot>>, Option<ZoneIngress>)>,
+    /// Every mesh (other meshes' CAs, for cross-mesh traffic).
+    all: crate::xds::foreign_cas::AllMeshes,
 }
 
 /// A stream's hold on one Dataplane's configuration; dropping it lets the
@@ -292,7 +315,7 @@ impl Cache {
     /// Generates one Dataplane's configuration (pure), then adds its mTLS
     /// secrets from the identity store (which may issue a certificate).
     fn generate(&self, job: &Job) -> (ProxyState, Deps) {
-        let Job { id, snapshot, mesh, ingress } = job;
+        let Job { id, snapshot, mesh, ingress, all } = job;
         if let Some((meshes, zi)) = ingress {
             return generate_ingress(meshes, id, zi.as_ref());
         }
@@ -300,6 +323,7 @@ impl Cache {
         if let Ok(config) = &mut state.config {
             let mesh_ca = MeshCa { mesh: mesh.as_deref(), zone: &self.zone };
             self.identities.attach(id, &mesh_ca, snapshot, std::time::SystemTime::now(), config, &mut state.warnings);
+            crate::xds::foreign_cas::attach(&id.mesh, &self.zone, &deps, all, config, &mut state.warnings);
         }
         (state, deps)
     }
@@ -398,6 +422,9 @@ impl Cache {
         inner.mesh_specs = mesh_specs;
         inner.remote_ingresses = remote_ingresses;
         inner.local_ingresses = local_ingresses;
+        // The new snapshots hold none yet: recompute from scratch.
+        inner.cross_mesh_listeners = Arc::default();
+        inner.refresh_cross_mesh();
         inner.epoch += 1;
         let epoch = inner.epoch;
         let ids: Vec<ProxyId> = inner.proxies.keys().cloned().collect();
@@ -510,6 +537,7 @@ impl Cache {
             if ty == ResourceType::Secret && meridian_core::mesh_ca::is_zone_ca_secret(&key.name) {
                 // A zone CA: every proxy of the mesh may issue from it.
                 touched.extend(inner.proxies.keys().filter(|p| p.mesh == key.mesh).cloned());
+                touched.extend(inner.proxies.iter().filter(|(_, p)| crosses_meshes(&p.deps)).map(|(id, _)| id.clone()));
             }
             let new = match c.kind {
                 ChangeKind::Upsert => match Manager::decode(&c.resource) {
@@ -532,6 +560,13 @@ impl Cache {
                     snapshot.remove(ty, &key.name);
                 }
             }
+        }
+        if changes.iter().any(|c| {
+            c.resource.key.type_name == ResourceType::MeshGateway.name()
+                || c.resource.key.type_name == ResourceType::Dataplane.name()
+        }) {
+            let t = inner.refresh_cross_mesh();
+            touched.extend(t);
         }
         touched.sort();
         touched.dedup();
@@ -698,6 +733,12 @@ fn affected(inner: &Inner, ty: ResourceType, mesh: &str, name: &str, new: Option
         }
     }
     out
+}
+
+/// Whether a proxy reaches or serves other meshes (its configuration
+/// depends on their gateways and CAs).
+fn crosses_meshes(deps: &Deps) -> bool {
+    deps.all_meshes_ca || deps.destinations.iter().any(|d| d.contains_key(gateway::cross_mesh::MESH_TAG))
 }
 
 /// Whether a Dataplane has an inbound some destination of `deps` selects,
