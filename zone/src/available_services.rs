@@ -57,7 +57,10 @@ pub async fn run(manager: Manager, zone: String, stop: CancellationToken) -> any
             match next {
                 Some(Ok(c)) => {
                     let t = c.resource.key.type_name.as_str();
-                    if t == ResourceType::Dataplane.name() || t == ResourceType::ZoneIngress.name() {
+                    if [ResourceType::Dataplane, ResourceType::ZoneIngress, ResourceType::MeshGateway]
+                        .iter()
+                        .any(|ty| ty.name() == t)
+                    {
                         break;
                     }
                 }
@@ -83,13 +86,18 @@ pub async fn run(manager: Manager, zone: String, stop: CancellationToken) -> any
 pub async fn reconcile(manager: &Manager, zone: &str) -> Result<usize, ManagerError> {
     let list = |ty: ResourceType| ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() };
     let mut meshes: BTreeMap<String, MeshSnapshot> = BTreeMap::new();
-    for stored in manager.list_stored(&list(ResourceType::Dataplane)).await.map_err(ManagerError::Store)?.items {
+    let mut stored_items =
+        manager.list_stored(&list(ResourceType::Dataplane)).await.map_err(ManagerError::Store)?.items;
+    // MeshGateways: which gateway Dataplanes serve crossMesh listeners.
+    stored_items
+        .extend(manager.list_stored(&list(ResourceType::MeshGateway)).await.map_err(ManagerError::Store)?.items);
+    for stored in stored_items {
         match Manager::decode(&stored) {
             Ok(e) => {
                 let mesh = e.resource.meta.mesh.clone();
                 meshes.entry(mesh.clone()).or_insert_with(|| MeshSnapshot::new(mesh)).upsert(&e.resource);
             }
-            Err(e) => tracing::warn!(error = %e, "availableServices: skipping an undecodable Dataplane"),
+            Err(e) => tracing::warn!(error = %e, "availableServices: skipping an undecodable resource"),
         }
     }
     let services = crate::gateway::ingress::available_services(meshes.values());

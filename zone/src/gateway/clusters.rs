@@ -171,6 +171,36 @@ pub(super) fn protocol_of(snapshot: &MeshSnapshot, destination: &BTreeMap<String
     found.map(str::to_string)
 }
 
+/// An EDS cluster (endpoints over ADS) with `socket` as its transport.
+pub(super) fn eds_cluster(
+    name: &str,
+    socket: Option<envoy_types::pb::envoy::config::core::v3::TransportSocket>,
+) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(cluster::EdsClusterConfig { eds_config: Some(ads_source()), ..Default::default() }),
+        connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
+        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        transport_socket: socket,
+        ..Default::default()
+    }
+}
+
+/// Endpoints of weight 1 at each (ip, port).
+pub(super) fn lb_endpoints(eps: Vec<(String, u32)>) -> Vec<LbEndpoint> {
+    eps.into_iter()
+        .map(|(ip, port)| LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket_address(&ip, port)),
+                ..Default::default()
+            })),
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// Clusters and load assignments for the destinations asked for; with
 /// `mtls`, each cluster originates mesh mTLS to its destination and, when
 /// `remote` (every proxy but a ZoneIngress), reaches the instances of other
@@ -196,16 +226,31 @@ pub(super) fn generate(
                 continue;
             };
             let eps = super::cross_mesh::endpoints(snapshot, &target, &dest);
-            if eps.is_empty() {
+            // Other zones' crossMesh listeners, announced with `kuma.io/mesh`.
+            let mut announced = dest.clone();
+            announced.insert(super::cross_mesh::MESH_TAG.to_string(), target.clone());
+            let remote_eps = if remote {
+                super::cross_zone::remote_endpoints(snapshot, &target, &announced, true, eps.is_empty(), warnings)
+            } else {
+                Vec::new()
+            };
+            if eps.is_empty() && remote_eps.is_empty() {
                 warnings.push(format!(
                     "destination {destination:?}: no crossMesh gateway listener of mesh {target:?} in this zone matches; cluster {name} is empty (requests get 503)"
                 ));
             }
-            (eps, Vec::new(), Some(mesh_tls::cross_mesh_upstream_socket(&m.mesh, &target, &dest)))
+            (eps, remote_eps, Some(mesh_tls::cross_mesh_upstream_socket(&m.mesh, &target, &dest)))
         } else {
             let local = endpoints(&inbounds, destination, warnings);
             let remote_eps = if remote {
-                super::cross_zone::remote_endpoints(snapshot, destination, mtls.is_some(), local.is_none(), warnings)
+                super::cross_zone::remote_endpoints(
+                    snapshot,
+                    &snapshot.mesh,
+                    destination,
+                    mtls.is_some(),
+                    local.is_none(),
+                    warnings,
+                )
             } else {
                 Vec::new()
             };
@@ -226,29 +271,8 @@ pub(super) fn generate(
             }
             (eps, remote_eps, mtls.map(|m| mesh_tls::upstream_socket(&m.mesh, destination)))
         };
-        clusters.push(Cluster {
-            name: name.clone(),
-            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
-            eds_cluster_config: Some(cluster::EdsClusterConfig {
-                eds_config: Some(ads_source()),
-                ..Default::default()
-            }),
-            connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
-            lb_policy: cluster::LbPolicy::RoundRobin as i32,
-            transport_socket: socket,
-            ..Default::default()
-        });
-        let lb_endpoints = eps
-            .into_iter()
-            .map(|(ip, port)| LbEndpoint {
-                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                    address: Some(socket_address(&ip, port)),
-                    ..Default::default()
-                })),
-                load_balancing_weight: Some(UInt32Value { value: 1 }),
-                ..Default::default()
-            })
-            .collect();
+        clusters.push(eds_cluster(name, socket));
+        let lb_endpoints = lb_endpoints(eps);
         let mut localities = vec![LocalityLbEndpoints {
             locality: super::cross_zone::locality(&snapshot.zone),
             lb_endpoints,

@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::config::{
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::{MeshSnapshot, select::tags_match};
+use super::{MeshSnapshot, cross_mesh::MESH_TAG, select::tags_match};
 
 /// Priority of other zones' endpoints (local ones are 0).
 pub const REMOTE_PRIORITY: u32 = 1;
@@ -48,13 +48,16 @@ fn zone_of<'a>(name: &'a str, zi: &'a meridian_sync_proto::pb::mesh::ZoneIngress
     if zi.zone.is_empty() { name.split_once('.').map(|(z, _)| z).unwrap_or(name) } else { &zi.zone }
 }
 
-/// The other zones' ingresses serving `destination` of the snapshot's mesh,
+/// The other zones' ingresses serving `destination` of `mesh` (the
+/// snapshot's, or for a crossMesh gateway, the gateway's: then the
+/// destination carries `kuma.io/mesh` as the announced entry does),
 /// sorted by zone, address and port. With mTLS off (`mtls` false) none:
 /// a warning names each zone that has instances, louder when the service
 /// has none here (`no_local_service`: requests get 500). An ingress with
 /// no advertised address or port, or a non-IP one, is left out with a warning.
 pub(super) fn remote_endpoints(
     snapshot: &MeshSnapshot,
+    mesh: &str,
     destination: &BTreeMap<String, String>,
     mtls: bool,
     no_local_service: bool,
@@ -65,7 +68,9 @@ pub(super) fn remote_endpoints(
         let instances: u32 = zi
             .available_services
             .iter()
-            .filter(|s| s.mesh == snapshot.mesh && !s.external_service && tags_match(destination, &s.tags))
+            .filter(|s| s.mesh == mesh && !s.external_service && tags_match(destination, &s.tags))
+            // A crossMesh listener's entry serves only cross-mesh destinations.
+            .filter(|s| s.tags.contains_key(MESH_TAG) == destination.contains_key(MESH_TAG))
             .map(|s| s.instances)
             .fold(0u32, u32::saturating_add);
         if instances == 0 {
@@ -76,7 +81,7 @@ pub(super) fn remote_endpoints(
             let only = if no_local_service { " and nowhere in this zone" } else { "" };
             warnings.push(format!(
                 "destination {destination:?} has {instances} instance(s) in zone {zone}{only}, not reachable: cross-zone traffic goes through ZoneIngress {name}, which needs mesh mTLS (enable mtls on Mesh {:?})",
-                snapshot.mesh
+                mesh
             ));
             continue;
         }
@@ -184,7 +189,7 @@ mod tests {
             .into(),
         );
         let mut w = Vec::new();
-        let eps = remote_endpoints(&s, &dest(&[("kuma.io/service", "b")]), true, false, &mut w);
+        let eps = remote_endpoints(&s, "default", &dest(&[("kuma.io/service", "b")]), true, false, &mut w);
         assert_eq!(
             eps,
             [RemoteEndpoint { zone: "zone-2".into(), address: "192.0.2.2".into(), port: 10002, instances: 3 }]
@@ -194,11 +199,12 @@ mod tests {
         // A tag the instances lack selects nothing.
         let mut w = Vec::new();
         assert!(
-            remote_endpoints(&s, &dest(&[("kuma.io/service", "b"), ("version", "v2")]), true, false, &mut w).is_empty()
+            remote_endpoints(&s, "default", &dest(&[("kuma.io/service", "b"), ("version", "v2")]), true, false, &mut w)
+                .is_empty()
         );
         // mTLS off: nothing, and a warning per zone with instances.
         let mut w = Vec::new();
-        assert!(remote_endpoints(&s, &dest(&[("kuma.io/service", "b")]), false, true, &mut w).is_empty());
+        assert!(remote_endpoints(&s, "default", &dest(&[("kuma.io/service", "b")]), false, true, &mut w).is_empty());
         assert_eq!(w.len(), 2, "{w:?}");
         assert!(w.iter().all(|w| w.contains("needs mesh mTLS") && w.contains("nowhere in this zone")), "{w:?}");
 

@@ -31,14 +31,27 @@ use meridian_sync_proto::pb::mesh::{
     ZoneIngress, dataplane::networking::inbound::State, mesh_gateway_route, zone_ingress::AvailableService,
 };
 
-use super::{MeshSnapshot, ProxyConfig, SERVICE_TAG, check, clusters, listeners::stat_name, mesh_tls};
+use super::{
+    MeshSnapshot, ProxyConfig, SERVICE_TAG, check, clusters,
+    cross_mesh::{self, MESH_TAG},
+    listeners::stat_name,
+    mesh_tls,
+};
 
 /// The services the local Dataplanes of `meshes` offer: one entry per
 /// (mesh, full tag set of a healthy inbound) with its instance count,
 /// sorted by mesh, then tags (the incumbent's `availableServices`, without
 /// its tag filters). An inbound that is not ready counts nowhere.
-pub fn available_services<'a>(meshes: impl IntoIterator<Item = &'a MeshSnapshot>) -> Vec<AvailableService> {
+pub fn available_services<'a>(meshes: impl IntoIterator<Item = &'a MeshSnapshot> + Clone) -> Vec<AvailableService> {
     let mut counts: BTreeMap<(String, BTreeMap<String, String>), u32> = BTreeMap::new();
+    // crossMesh gateway listeners, tagged with their mesh (the incumbent's
+    // entries for them): other zones' clients of other meshes reach them here.
+    for l in cross_mesh::listeners(meshes.clone()) {
+        let mut tags = l.tags;
+        tags.insert(MESH_TAG.to_string(), l.mesh.clone());
+        let c = counts.entry((l.mesh, tags)).or_default();
+        *c = c.saturating_add(1);
+    }
     for snapshot in meshes {
         for dp in snapshot.dataplanes.values() {
             let Some(n) = dp.spec.networking.as_ref() else { continue };
@@ -132,7 +145,37 @@ pub fn generate<'a>(
     let mut all_clusters = Vec::new();
     let mut all_endpoints = Vec::new();
     for snapshot in meshes {
-        let here: Vec<&AvailableService> = services.iter().filter(|s| s.mesh == snapshot.mesh).collect();
+        let (cross, here): (Vec<&AvailableService>, Vec<&AvailableService>) =
+            services.iter().filter(|s| s.mesh == snapshot.mesh).partition(|s| s.tags.contains_key(MESH_TAG));
+        // crossMesh listeners: the client's SNI names the gateway's service
+        // (and tags) in the gateway's mesh; passed through to the listener.
+        for s in cross {
+            let mut full = s.tags.clone();
+            full.remove(MESH_TAG);
+            let service = full.get(SERVICE_TAG).map(|v| [(SERVICE_TAG.to_string(), v.clone())].into());
+            for d in service.into_iter().chain([full]).collect::<BTreeSet<BTreeMap<String, String>>>() {
+                let cluster = format!("{}:{}:crossmesh", snapshot.mesh, clusters::cluster_name(&d));
+                chains.push(FilterChain {
+                    filter_chain_match: Some(FilterChainMatch {
+                        server_names: vec![mesh_tls::sni(&snapshot.mesh, &d)],
+                        transport_protocol: "tls".into(),
+                        ..Default::default()
+                    }),
+                    filters: vec![tcp(&stat, &cluster)],
+                    ..Default::default()
+                });
+                let eps = cross_mesh::endpoints(snapshot, &snapshot.mesh, &d);
+                all_clusters.push(clusters::eds_cluster(&cluster, None));
+                all_endpoints.push(envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+                    cluster_name: cluster,
+                    endpoints: vec![envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints {
+                        lb_endpoints: clusters::lb_endpoints(eps),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+            }
+        }
         if here.is_empty() {
             continue;
         }

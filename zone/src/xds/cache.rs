@@ -698,7 +698,7 @@ fn affected(inner: &Inner, ty: ResourceType, mesh: &str, name: &str, new: Option
     let in_mesh = inner.proxies.iter().filter(|(id, _)| id.mesh == mesh);
     let mut out = Vec::new();
     // An ingress serves every mesh's instances and route destinations.
-    if matches!(ty, ResourceType::Dataplane | ResourceType::MeshGatewayRoute) {
+    if matches!(ty, ResourceType::Dataplane | ResourceType::MeshGatewayRoute | ResourceType::MeshGateway) {
         out.extend(inner.proxies.keys().filter(|id| id.is_ingress()).cloned());
     }
     for (id, p) in in_mesh {
