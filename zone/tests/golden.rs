@@ -123,8 +123,9 @@ fn envoy_accepts_every_golden_configuration() {
     assert!(mtls_cases > 0, "no golden case has mesh mTLS on");
 }
 
-/// The two SDS secrets the zone adds to every proxy of an mTLS mesh
-/// (`identity_cert:secret:<mesh>`, `mesh_ca:secret:<mesh>`), as stand-ins
+/// The SDS secrets the zone adds to every proxy of an mTLS mesh
+/// (`identity_cert:secret:<mesh>`, `mesh_ca:secret:<mesh>`, and for
+/// crossMesh listeners `mesh_ca:secret:all`), as stand-ins
 /// made here: a CA and a leaf it signs with a SPIFFE URI SAN.
 fn add_stand_in_mesh_secrets(mesh: &str, config: &mut gateway::ProxyConfig) {
     use envoy_types::pb::envoy::{
@@ -149,13 +150,16 @@ fn add_stand_in_mesh_secrets(mesh: &str, config: &mut gateway::ProxyConfig) {
             ..Default::default()
         })),
     });
-    config.secrets.push(Secret {
-        name: meridian_zone::mtls::ca_secret_name(mesh),
-        r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-            trusted_ca: Some(inline(ca.pem())),
-            ..Default::default()
-        })),
-    });
+    // Every mesh's CA (crossMesh listeners): the same stand-in.
+    for name in [meridian_zone::mtls::ca_secret_name(mesh), gateway::mesh_tls::ALL_MESHES_CA.to_string()] {
+        config.secrets.push(Secret {
+            name,
+            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
+                trusted_ca: Some(inline(ca.pem())),
+                ..Default::default()
+            })),
+        });
+    }
 }
 
 fn render(snapshot: &MeshSnapshot, gateways: &[String], ingresses: &Ingresses) -> String {
