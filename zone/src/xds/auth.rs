@@ -165,3 +165,49 @@ impl XdsAuth {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use meridian_core::{Manager, Role};
+    use meridian_store::Store;
+    use meridian_tokens::{DataplaneRequest, TokenKind};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_ingress_token_admits_its_zone_ingress_only() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::connect(&format!("sqlite:{}", dir.path().join("z.db").display())).await.expect("store");
+        let tokens = Tokens::new(Manager::new(store, Role::Zone { federated: false }));
+        tokens.keys(TokenKind::Dataplane).ensure().await.expect("signing key");
+        let issue = |mesh: &str| DataplaneRequest {
+            name: "ingress-1".into(),
+            mesh: mesh.into(),
+            tags: BTreeMap::new(),
+            valid_for: Duration::from_secs(3600),
+        };
+        let (ingress, _) = tokens.issue_dataplane(&issue("")).await.expect("ingress token");
+        let (dataplane, _) = tokens.issue_dataplane(&issue("default")).await.expect("Dataplane token");
+        let stop = CancellationToken::new();
+        let auth = XdsAuth::new(tokens, stop.clone());
+        let id = |mesh: &str, name: &str| ProxyId { mesh: mesh.into(), name: name.into() };
+
+        assert_eq!(auth.check(Some(&ingress), &id("", "ingress-1")).await.map_err(|s| s.code()), Ok(()));
+        let code = |r: Result<(), Status>| r.map_err(|s| s.code());
+        assert_eq!(code(auth.check(Some(&ingress), &id("", "ingress-2")).await), Err(tonic::Code::PermissionDenied));
+        assert_eq!(
+            code(auth.check(Some(&dataplane), &id("", "ingress-1")).await),
+            Err(tonic::Code::PermissionDenied),
+            "a Dataplane token of mesh default admits no ZoneIngress"
+        );
+        assert_eq!(
+            code(auth.check(Some(&ingress), &id("default", "ingress-1")).await),
+            Err(tonic::Code::PermissionDenied),
+            "an ingress token admits no Dataplane"
+        );
+        assert_eq!(code(auth.check(None, &id("", "ingress-1")).await), Err(tonic::Code::Unauthenticated));
+        stop.cancel();
+    }
+}
