@@ -236,7 +236,15 @@ async fn ingress_tokens_admit_their_zone_ingress_only() {
             "networking": {"address": "127.0.0.1", "port": 10001, "advertisedAddress": "127.0.0.1", "advertisedPort": 10001}})
     };
     let api = Api::new(zone.api_url(), None);
-    let token = zone.ingress_token("ingress-1").await.expect("an ingress token");
+    // As an operator gets it: meridianctl at the global.
+    let token = meridian_tests::Ctl::new()
+        .args(["--api-url", topo.global().api().base(), "generate", "ingress-token", "--name", "ingress-1"])
+        .run()
+        .await
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
     let with_ingress = api.with_token(Some(&token));
     assert_eq!(with_ingress.put("/zoneingresses/ingress-2", &ingress("ingress-2")).await.status, 403);
     let dp = traffic::backend_dataplane("b-1", &[(9000, "b")]);
