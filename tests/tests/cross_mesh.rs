@@ -93,11 +93,18 @@ async fn a_client_of_another_mesh_reaches_a_cross_mesh_gateway() {
     let token = serde_json::json!({"name": "c-1", "mesh": "other", "validFor": "1h"});
     let runner = run_proxy(&topo, &issuer, "zone-1", "c-1", "dataplane", &client_yaml(c_in, c_out), token).await;
     let r = eventually("c-1 (mesh other) reaches app-b through the crossMesh gateway", WAIT, || async {
-        let r = traffic::get(c_out, "internal.edge.default.mesh", "/cross-mesh").await?;
+        // A client-sent identity is replaced by the certificate's.
+        let spoof = [("x-meridian-client-identity", "spiffe://default/admin")];
+        let r = traffic::request(c_out, "GET", "internal.edge.default.mesh", "/cross-mesh", &spoof).await?;
         if r.status == 200 && r.backend() == "app-b" { Ok(r) } else { Err(format!("{r:?}")) }
     })
     .await;
     assert_eq!(r.status, 200);
+    // The gateway tells the application who called, from the client's certificate.
+    let seen =
+        r.echo().expect("echo")["headers"]["x-meridian-client-identity"].as_str().unwrap_or_default().to_string();
+    assert!(seen.contains("spiffe://other/c"), "client identity at the application: {seen:?}");
+    assert!(!seen.contains("spiffe://default/admin"), "a spoofed identity reached the application: {seen:?}");
     // The crossMesh listener demands a mesh certificate: plain HTTP gets nothing from the app.
     let plain = traffic::get(gw_port, "internal.edge.default.mesh", "/plain").await;
     assert!(!plain.as_ref().is_ok_and(|r| r.backend() == "app-b"), "a plain client reached app-b: {plain:?}");
