@@ -133,6 +133,32 @@ pub enum GenerateCommand {
     /// A token a gateway's Envoy presents to its zone (admin only).
     #[command(long_about = DATAPLANE_TOKEN_ABOUT)]
     DataplaneToken(DataplaneTokenArgs),
+    /// A token a ZoneIngress (its runner and its Envoy) presents to its zone (admin only).
+    #[command(long_about = INGRESS_TOKEN_ABOUT)]
+    IngressToken(IngressTokenArgs),
+}
+
+const INGRESS_TOKEN_ABOUT: &str = "\
+Ask the global (or a standalone zone) for a ZoneIngress token, and print it.
+
+It is a Dataplane token with no mesh, bound to the ingress's name: it admits
+that ZoneIngress's registration (PUT /zoneingresses/NAME on the zone API) and
+its Envoy's xDS stream (node id .NAME), and nothing else. (The incumbent uses
+a zone token with scope `ingress`, which also lets its holder act as the zone.)
+
+Example:
+  meridianctl generate ingress-token --name ingress-1 > ingress-1.token
+  meridian-zone ingress run -f ingress-1.yaml --dataplane-token-file ingress-1.token ...";
+
+#[derive(Debug, clap::Args)]
+pub struct IngressTokenArgs {
+    /// The ZoneIngress's name.
+    #[arg(long, env = "MERIDIAN_INGRESS_NAME")]
+    pub name: String,
+
+    /// How long the token is valid: 24h, 30d, 8760h...
+    #[arg(long, env = "MERIDIAN_VALID_FOR", default_value = "8760h")]
+    pub valid_for: String,
 }
 
 const DATAPLANE_TOKEN_ABOUT: &str = "\

@@ -97,6 +97,12 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
             println!("{}", reply.text.trim());
             Ok(EXIT_OK)
         }
+        Command::Generate(GenerateCommand::IngressToken(args)) => {
+            let body = serde_json::json!({ "type": "ingress", "name": args.name, "validFor": args.valid_for });
+            let reply = client(&cli.conn)?.post(&["tokens", "dataplane"], &body).await?;
+            println!("{}", reply.text.trim());
+            Ok(EXIT_OK)
+        }
         Command::Rotate(RotateCommand::SigningKey(args)) => {
             let reply = client(&cli.conn)?
                 .post(&["tokens", args.token_type.segment(), "signing-keys"], &serde_json::json!({}))

@@ -174,7 +174,7 @@ async fn session(
 
 /// Whether a resource was authored in this zone (not received from the
 /// global, and not another zone's resource relayed by the global).
-fn is_local(labels: &BTreeMap<String, String>, zone: &str) -> bool {
+pub(crate) fn is_local(labels: &BTreeMap<String, String>, zone: &str) -> bool {
     labels.get(LABEL_ORIGIN).map(String::as_str) != Some(ORIGIN_GLOBAL)
         && labels.get(LABEL_ZONE).is_none_or(|z| z == zone)
 }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod kds;
 pub mod mtls;
 
+pub mod available_services;
 pub mod dataplane;
 pub mod dataplane_cleanup;
 pub mod gateway;
@@ -47,6 +48,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Envoy for a Dataplane (gateway or sidecar): print its bootstrap, or register it and run Envoy.
     Dataplane(dataplane::DataplaneArgs),
+    /// Envoy for a ZoneIngress: register it and run Envoy (cross-zone traffic in).
+    Ingress(dataplane::IngressArgs),
 }
 
 /// Flags of `meridian-zone run`; each has a MERIDIAN_* environment variable.
@@ -174,6 +177,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let args = match cli.command {
         Command::Run(args) => *args,
         Command::Dataplane(dp) => return dataplane::main(dp),
+        Command::Ingress(i) => return dataplane::ingress_main(i),
     };
     let log = args.log.clone();
     meridian_runtime::run_until_signal("meridian-zone", &log, |shutdown| run(args, shutdown))
@@ -307,6 +311,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         };
         let (manager, shutdown) = (manager.clone(), shutdown.clone());
         async move { dataplane_cleanup::run(manager, cleanup, shutdown).await }
+    });
+    tasks.spawn("ZoneIngress availableServices", {
+        let (manager, zone, shutdown) = (manager.clone(), args.zone.clone(), shutdown.clone());
+        async move { available_services::run(manager, zone, shutdown).await }
     });
     tasks.spawn("xDS server", {
         let auth = (args.xds_auth == XdsAuthMode::DataplaneToken)

@@ -76,6 +76,15 @@ impl Zone {
         Some(issuer.post_text("/tokens/dataplane", &body).await)
     }
 
+    /// A ZoneIngress token for ingress `name` (a Dataplane token with no
+    /// mesh, `"type": "ingress"`), valid for an hour, from the API that
+    /// issues this zone's tokens (`None` when there is none).
+    pub async fn ingress_token(&self, name: &str) -> Option<String> {
+        let issuer = JsonApi::new(self.token_issuer.as_deref()?);
+        let body = serde_json::json!({"name": name, "type": "ingress", "validFor": "1h"});
+        Some(issuer.post_text("/tokens/dataplane", &body).await)
+    }
+
     /// Zone `name` (label `label`) presenting `token` (`None`: an empty
     /// token file) to `global`.
     pub async fn start(dir: &TestDir, label: &str, name: &str, global: &Global, token: Option<&str>) -> Zone {
