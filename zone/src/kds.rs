@@ -248,8 +248,10 @@ impl Observer for NackLog {
     }
 }
 
-/// Writes what the global sent through [`FromGlobal`].
-struct ZoneApply<'a>(&'a Manager);
+/// Writes what the global sent through [`FromGlobal`]; observes
+/// `kds_resources_sync` (the store write) and, when the global stamped the
+/// response, `meridian_kds_write_to_apply_seconds`.
+struct ZoneApply<'a>(&'a Manager, &'a SyncMetrics);
 
 impl Apply for ZoneApply<'_> {
     type Error = StoreError;
@@ -261,7 +263,16 @@ impl Apply for ZoneApply<'_> {
     ) -> Result<DeltaDiscoveryRequest, StoreError> {
         // Receivers exist only for GLOBAL_TO_ZONE types, so the name parses.
         let ty = ResourceType::from_name(type_url).unwrap_or(ResourceType::Mesh);
-        meridian_core::received::apply(self.0, ty, receiver, response, &FromGlobal).await
+        let started = std::time::Instant::now();
+        let reply = meridian_core::received::apply(self.0, ty, receiver, response, &FromGlobal).await?;
+        self.1.resources_sync.observe(started.elapsed().as_secs_f64());
+        if reply.error_detail.is_none()
+            && let Some(written) = kds::parse_write_stamp(&response.system_version_info)
+        {
+            let ms = meridian_core::liveness::now_millis().saturating_sub(written).max(0);
+            self.1.write_to_apply.observe(ms as f64 / 1000.0);
+        }
+        Ok(reply)
     }
 }
 
@@ -294,7 +305,8 @@ async fn downstream(
     let inbound = client.global_to_zone_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?.into_inner();
     let mut wire = ClientWire { inbound, tx, cap: cfg.max_message_bytes };
     let mut observer = (metrics.observer(DOWN), NackLog(DOWN));
-    let ended = receive_loop(&mut receivers, None, &mut wire, &mut ZoneApply(manager), &mut observer, cancel).await;
+    let ended =
+        receive_loop(&mut receivers, None, &mut wire, &mut ZoneApply(manager, metrics), &mut observer, cancel).await;
     if let Ended::Apply(e) = &ended {
         anyhow::bail!("cannot store resources from the global: {e}");
     }
@@ -521,7 +533,7 @@ async fn upstream(
         max_resource_bytes: Some(kds::resource_budget(cap)),
     };
     let mut wire = ClientWire { inbound, tx, cap };
-    let mut observer = (metrics.observer(UP), NackLog(UP));
+    let mut observer = (metrics.sender(UP), NackLog(UP));
     outcome(send_loop(&mut source, &mut wire, &mut observer, &config, cancel).await)
 }
 
