@@ -9,6 +9,7 @@
 //!   zones ◀══ KDS (gRPC, TLS, zone tokens) ══ kds::{cache, stream} ──▶ ZoneInsight
 //! ```
 
+pub mod inspect;
 pub mod kds;
 pub mod tls;
 pub mod tokens;
@@ -197,7 +198,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         shutdown.clone(),
     );
 
-    let router = meridian_rest::router(state.clone()).merge(tokens::routes(state.clone(), tokens));
+    let router = meridian_rest::router(state.clone())
+        .merge(tokens::routes(state.clone(), tokens))
+        .merge(inspect::routes(state.clone(), kds_server.envoy_admin.clone()));
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("KDS cache follower", {
         let stop = shutdown.clone().cancelled_owned();

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meridian_tests::{Backend, Topology, WAIT, eventually, traffic::free_port};
+use meridian_tests::{Api, Backend, Topology, WAIT, eventually, traffic::free_port};
 use serde_json::Value;
 
 /// A MeshGateway with one HTTP listener on `port` and a route sending
@@ -292,4 +292,116 @@ fn collect_exprs(v: &Value, out: &mut Vec<String>) {
         Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
         _ => {}
     }
+}
+
+/// The gateway Dataplane of the topology, now saying where its Envoy's
+/// admin listens (`networking.admin.port`), as the incumbent's Dataplanes do.
+fn gateway_dataplane_with_admin(name: &str, service: &str, admin_port: u16) -> Value {
+    serde_json::json!({"type": "Dataplane", "mesh": "default", "name": name,
+        "networking": {"address": "127.0.0.1", "admin": {"port": admin_port},
+                       "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": service}}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zones_envoy_is_inspected_from_the_zone_and_from_the_global_through_kds() {
+    let topo = Topology::builder("observe-inspect")
+        .global(Backend::Sqlite)
+        .zone("zone-1")
+        .http_backend("blue", "zone-1")
+        .gateway("zone-1", "edge-gw", "edge")
+        .start()
+        .await;
+    let (global, zone, envoy) = (topo.global(), topo.zone("zone-1"), topo.envoy("edge-gw"));
+    let port = free_port();
+    global.api().apply_yaml(&gateway_and_route(port, "blue")).await;
+    envoy.wait_ready().await;
+    eventually("a request through the zone's Envoy reaches blue", WAIT, || async {
+        let r = envoy.get(port, "edge.example.com", "/shop").await?;
+        if r.status == 200 && r.backend() == "blue" { Ok(()) } else { Err(format!("{r:?}")) }
+    })
+    .await;
+    let admin_port: u16 = envoy.admin().rsplit(':').next().and_then(|p| p.parse().ok()).expect("admin port");
+    zone.api().apply(&gateway_dataplane_with_admin("edge-gw", "edge", admin_port)).await;
+    let zone_http = Api::new(zone.api_url(), None);
+
+    // From the zone: Envoy's config dump (its listener on `port` inside)
+    // beside what the zone sends it.
+    let dump = zone_http.get("/meshes/default/dataplanes/edge-gw/xds").await;
+    assert_eq!(dump.status, 200, "{}", dump.text);
+    assert!(dump.json["configs"].as_array().is_some_and(|c| !c.is_empty()), "Envoy's config dump: {}", dump.text);
+    assert!(dump.text.contains(&format!("\"port_value\": {port}")), "the gateway's listener is in Envoy's dump");
+    assert_eq!(dump.json["meridian"]["connected"], true, "{}", dump.json["meridian"]);
+    let listeners = &dump.json["meridian"]["resources"]["type.googleapis.com/envoy.config.listener.v3.Listener"];
+    assert!(listeners.as_object().is_some_and(|l| !l.is_empty()), "{}", dump.json["meridian"]);
+    let stats = zone_http.get("/meshes/default/dataplanes/edge-gw/stats").await;
+    assert_eq!(stats.status, 200, "{}", stats.text);
+    assert!(stats.text.contains("cluster_manager.cds.update_success"), "{}", stats.text);
+    let clusters = zone_http.get("/meshes/default/dataplanes/edge-gw/clusters?format=json").await;
+    assert_eq!(clusters.status, 200, "{}", clusters.text);
+    assert!(clusters.json["cluster_statuses"].as_array().is_some_and(|c| !c.is_empty()), "{}", clusters.text);
+    // Unknown Dataplane: 404; a Dataplane without a reachable admin (the
+    // backend has no Envoy): 502 naming the address; a bad format: 400.
+    assert_eq!(zone_http.get("/meshes/default/dataplanes/nope/stats").await.status, 404);
+    let unreachable = zone_http.get("/meshes/default/dataplanes/blue/stats").await;
+    assert_eq!(unreachable.status, 502, "{}", unreachable.text);
+    assert!(unreachable.details().contains("did not answer"), "{}", unreachable.text);
+    let bad = zone_http.get("/meshes/default/dataplanes/edge-gw/stats?format=xml").await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.invalid_parameters()[0].0, "format");
+
+    // From the global, through the zone's KDS connection: by the stored
+    // name and by the zone-local name.
+    let stored = eventually("the global holds the zone's Dataplane", WAIT, || async {
+        let names = global.api().names("/meshes/default/dataplanes").await?;
+        names.into_iter().find(|n| n.ends_with("edge-gw")).ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    let g = global.http();
+    for name in [stored.as_str(), "edge-gw"] {
+        let dump = g.get(&format!("/meshes/default/dataplanes/{name}/xds")).await;
+        assert_eq!(dump.status, 200, "{name}: {}", dump.text);
+        assert!(dump.json["configs"].as_array().is_some_and(|c| !c.is_empty()), "{}", dump.text);
+        assert_eq!(dump.json["meridian"]["connected"], true);
+    }
+    let stats = g.get("/meshes/default/dataplanes/edge-gw/stats").await;
+    assert_eq!(stats.status, 200, "{}", stats.text);
+    assert!(stats.text.contains("cluster_manager.cds.update_success"));
+    let clusters = g.get("/meshes/default/dataplanes/edge-gw/clusters").await;
+    assert_eq!(clusters.status, 200, "{}", clusters.text);
+    assert!(clusters.text.contains("::"), "Envoy's clusters text: {}", clusters.text);
+    // meridianctl at the global.
+    let out = global.ctl().args(["inspect", "dataplane", "edge-gw", "--type", "config-dump"]).run().await.ok();
+    let v: Value = serde_json::from_str(&out.stdout).expect("the config dump is JSON");
+    assert!(v["configs"].as_array().is_some_and(|c| !c.is_empty()), "{}", out.stdout);
+    let out = global.ctl().args(["inspect", "dataplane", "edge-gw", "--type", "stats"]).run().await.ok();
+    assert!(out.stdout.contains("cluster_manager.cds.update_success"));
+    let out = global.ctl().args(["inspect", "meshgateways"]).run().await.ok();
+    let row = out.lines().into_iter().find(|l| l.starts_with("edge ")).unwrap_or_default().to_string();
+    assert!(
+        row.contains(&format!("HTTP:{port}")) && row.contains("edge-route") && row.contains("zone-1/edge-gw"),
+        "{}",
+        out.stdout
+    );
+    let out = global.ctl().args(["inspect", "meshes", "-o", "json"]).run().await.ok();
+    let v: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(v["items"][0]["counts"]["meshgateways"], 1, "{}", out.stdout);
+
+    // Not known: 404; the zone's Envoy admin unreachable: 502 with the zone's reason.
+    assert_eq!(g.get("/meshes/default/dataplanes/nope/xds").await.status, 404);
+    let via_zone = g.get("/meshes/default/dataplanes/blue/stats").await;
+    assert_eq!(via_zone.status, 502, "{}", via_zone.text);
+    assert!(via_zone.details().contains("zone-1"), "{}", via_zone.text);
+    // A zone that does not answer (stopped): 504 naming it, and meridianctl exits 2.
+    zone.pause();
+    let silent = g.get("/meshes/default/dataplanes/edge-gw/xds").await;
+    assert_eq!(silent.status, 504, "{}", silent.text);
+    assert!(silent.details().contains("zone-1"), "{}", silent.text);
+    zone.kill();
+    let gone = eventually("the global sees the zone's stream closed", WAIT, || async {
+        let r = g.get("/meshes/default/dataplanes/edge-gw/stats").await;
+        if r.details().contains("not connected") { Ok(r) } else { Err(r.text) }
+    })
+    .await;
+    assert_eq!(gone.status, 504);
+    global.ctl().args(["inspect", "dataplane", "edge-gw", "--type", "clusters"]).run().await.expect_code(2);
 }

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod http;
+pub mod inspect;
 pub mod kds;
 pub mod mtls;
 
@@ -278,6 +279,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     announce(&format!("meridian-zone: xDS on {xds_addr}"));
     tracing::info!(%xds_addr, tls = xds_tls.is_some(), "xDS listening");
 
+    let inspector = inspect::Inspector::new(manager.clone(), xds_cache.clone());
     let mut tasks = Tasks::new(shutdown.clone());
     let limits = args.listeners.limits();
     args.diagnostics.spawn("meridian-zone", &mut tasks, state.clone(), limits, &shutdown).await?;
@@ -285,6 +287,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         let stop = shutdown.clone().cancelled_owned();
         let router = meridian_rest::router(state.clone())
             .merge(meridian_rest::tokens::routes(state.clone(), tokens.clone(), issuer))
+            .merge(inspect::routes(state.clone(), inspector.clone()))
             .merge(http::routes(state, xds_addr, xds_transport));
         async move { Ok(meridian_rest::server::serve(api_listener, api_tls, limits, router, stop).await?) }
     });
@@ -292,7 +295,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         let stop = shutdown.clone().cancelled_owned();
         let manager = manager.clone();
         let metrics = sync_metrics.clone();
-        tasks.spawn("KDS client", async move { kds::run(cfg, manager, metrics, stop).await });
+        let inspector = inspector.clone();
+        tasks.spawn("KDS client", async move { kds::run(cfg, manager, metrics, inspector, stop).await });
     }
     if !federated {
         // Standalone: this zone makes its meshes' roots and its own
