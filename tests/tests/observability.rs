@@ -405,3 +405,45 @@ async fn a_zones_envoy_is_inspected_from_the_zone_and_from_the_global_through_kd
     assert_eq!(gone.status, 504);
     global.ctl().args(["inspect", "dataplane", "edge-gw", "--type", "clusters"]).run().await.expect_code(2);
 }
+
+/// `--diagnostics-address`: a value that is neither `ip:port` nor `off` is
+/// refused by the parser (a usage error: exit 2 from the global, 1 from
+/// the zone, as each binary treats usage errors; naming the flag); a port already taken
+/// stops the start (exit 1, naming the flag and how to turn it off).
+#[test]
+fn a_bad_or_busy_diagnostics_address_is_refused_at_start() {
+    use std::process::Command;
+    let dir = meridian_tests::TestDir::new("observe-diag-flag");
+    for bin in ["meridian-global", "meridian-zone"] {
+        let bad = Command::new(meridian_tests::process::binary(bin))
+            .args(["run", "--diagnostics-address", "everywhere"])
+            .env_remove("MERIDIAN_DIAGNOSTICS_ADDRESS")
+            .output()
+            .expect("run the binary");
+        let usage = if bin == "meridian-global" { 2 } else { 1 };
+        assert_eq!(bad.status.code(), Some(usage), "{bin}");
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(stderr.contains("--diagnostics-address") && stderr.contains("off"), "{bin}: {stderr}");
+
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let busy = held.local_addr().expect("addr").to_string();
+        let data = dir.part_dir(bin);
+        let mut args = vec!["run", "--api-addr", "127.0.0.1:0", "--diagnostics-address", &busy, "--skip-default-mesh"];
+        let data = data.display().to_string();
+        args.extend(["--data-dir", &data]);
+        if bin == "meridian-global" {
+            args.extend(["--kds-addr", "127.0.0.1:0"]);
+        } else {
+            args.extend(["--xds-addr", "127.0.0.1:0"]);
+        }
+        let out = Command::new(meridian_tests::process::binary(bin))
+            .args(&args)
+            .env_remove("MERIDIAN_DIAGNOSTICS_ADDRESS")
+            .output()
+            .expect("run the binary");
+        assert_eq!(out.status.code(), Some(1), "{bin}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&busy) && stderr.contains("--diagnostics-address"), "{bin}: {stderr}");
+        drop(held);
+    }
+}
