@@ -410,6 +410,50 @@ pub enum InspectCommand {
     Zones(InspectArgs),
     /// Dataplanes of a mesh with their status (GET /meshes/{mesh}/dataplanes/_overview).
     Dataplanes(InspectMeshArgs),
+    /// One Dataplane's Envoy: its config dump, stats or clusters, fetched by
+    /// its zone from the Envoy's admin (at the global: through the zone's
+    /// KDS connection). GET /meshes/{mesh}/dataplanes/{name}/xds|stats|clusters.
+    Dataplane(InspectDataplaneArgs),
+    /// MeshGateways of a mesh: listeners, attached MeshGatewayRoutes, and
+    /// the Dataplanes serving each, per zone.
+    Meshgateways(InspectMeshArgs),
+    /// Meshes with their mTLS backend and how many Dataplanes, gateways and
+    /// routes each holds.
+    Meshes(InspectArgs),
+}
+
+/// What `inspect dataplane --type` fetches (the incumbent's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InspectType {
+    /// Envoy's `/config_dump`, with what the zone sends it (`meridian`).
+    ConfigDump,
+    /// Envoy's `/stats`.
+    Stats,
+    /// Envoy's `/clusters`.
+    Clusters,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectDataplaneArgs {
+    /// The Dataplane: at the global, the stored name (`<zone>.<name>`) or
+    /// the zone-local name when unique in the mesh.
+    pub name: String,
+
+    /// The mesh.
+    #[arg(short, long, env = "MERIDIAN_MESH", default_value = "default")]
+    pub mesh: String,
+
+    /// What to fetch.
+    #[arg(long = "type", value_enum, default_value_t = InspectType::ConfigDump)]
+    pub inspect_type: InspectType,
+
+    /// config-dump: include endpoints (EDS).
+    #[arg(long)]
+    pub include_eds: bool,
+
+    /// stats, clusters: Envoy's JSON instead of its text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

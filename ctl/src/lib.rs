@@ -65,6 +65,9 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
         Command::Delete(args) => get::delete(&client(&cli.conn)?, &args).await,
         Command::Inspect(InspectCommand::Zones(args)) => inspect::zones(&client(&cli.conn)?, &args).await,
         Command::Inspect(InspectCommand::Dataplanes(args)) => inspect::dataplanes(&client(&cli.conn)?, &args).await,
+        Command::Inspect(InspectCommand::Dataplane(args)) => inspect::dataplane(&client(&cli.conn)?, &args).await,
+        Command::Inspect(InspectCommand::Meshgateways(args)) => inspect::meshgateways(&client(&cli.conn)?, &args).await,
+        Command::Inspect(InspectCommand::Meshes(args)) => inspect::meshes(&client(&cli.conn)?, &args).await,
         Command::Version => version(&client(&cli.conn)?).await,
         Command::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

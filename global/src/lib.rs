@@ -9,6 +9,7 @@
 //!   zones ◀══ KDS (gRPC, TLS, zone tokens) ══ kds::{cache, stream} ──▶ ZoneInsight
 //! ```
 
+pub mod inspect;
 pub mod kds;
 pub mod tls;
 pub mod tokens;
@@ -95,6 +96,11 @@ pub struct RunArgs {
     #[serde(flatten)]
     pub log: LogArgs,
 
+    /// The diagnostics listener (--diagnostics-address).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub diagnostics: meridian_runtime::diagnostics::DiagnosticsArgs,
+
     /// Change-log retention (--change-log-retention, --change-log-max-rows).
     #[command(flatten)]
     #[serde(flatten)]
@@ -120,6 +126,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let metrics = ApiMetrics::register(&mut registry);
     let store_metrics = StoreMetrics::register(&mut registry);
     let kds_metrics = kds::metrics::KdsMetrics::register(&mut registry);
+    meridian_runtime::metrics::register(&mut registry, "global", env!("CARGO_PKG_VERSION"), &instance_id);
     // One resource must fit in one KDS message with room for its envelope.
     let resource_limit =
         args.api.max_resource_bytes.min(meridian_sync_proto::kds::resource_budget(args.kds_max_message_bytes));
@@ -178,7 +185,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let api_addr = api_listener.local_addr()?;
     let kds_addr = kds_listener.local_addr()?;
 
-    let (cache, follower) = kds::cache::start(store.clone()).await.context("cannot load resources for KDS")?;
+    let (cache, follower) = kds::cache::start(store.clone(), kds_metrics.delta_generation.clone())
+        .await
+        .context("cannot load resources for KDS")?;
     let kds_server = kds::KdsServer::new(
         manager.clone(),
         cache,
@@ -189,7 +198,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         shutdown.clone(),
     );
 
-    let router = meridian_rest::router(state.clone()).merge(tokens::routes(state, tokens));
+    let router = meridian_rest::router(state.clone())
+        .merge(tokens::routes(state.clone(), tokens))
+        .merge(inspect::routes(state.clone(), kds_server.envoy_admin.clone()));
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("KDS cache follower", {
         let stop = shutdown.clone().cancelled_owned();
@@ -201,6 +212,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         }
     });
     let limits = args.listeners.limits();
+    args.diagnostics.spawn("meridian-global", &mut tasks, state.clone(), limits, &shutdown).await?;
     tasks.spawn("API server", {
         let stop = shutdown.clone().cancelled_owned();
         async move { Ok(meridian_rest::server::serve(api_listener, api_tls, limits, router, stop).await?) }

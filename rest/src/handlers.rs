@@ -96,7 +96,7 @@ async fn config(
     Ok(Json(s.config.as_ref().clone()))
 }
 
-async fn ready(State(s): State<ApiState>) -> Response {
+pub(crate) async fn ready(State(s): State<ApiState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), s.manager.store().current_revision()).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}")).into_response(),
@@ -104,7 +104,7 @@ async fn ready(State(s): State<ApiState>) -> Response {
     }
 }
 
-async fn metrics_text(State(s): State<ApiState>) -> Response {
+pub(crate) async fn metrics_text(State(s): State<ApiState>) -> Response {
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)

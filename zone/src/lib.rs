@@ -10,6 +10,7 @@
 //! ```
 
 pub mod http;
+pub mod inspect;
 pub mod kds;
 pub mod mtls;
 
@@ -152,6 +153,11 @@ pub struct RunArgs {
     #[serde(flatten)]
     pub log: LogArgs,
 
+    /// The diagnostics listener (--diagnostics-address).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub diagnostics: meridian_runtime::diagnostics::DiagnosticsArgs,
+
     /// Change-log retention (--change-log-retention, --change-log-max-rows).
     #[command(flatten)]
     #[serde(flatten)]
@@ -217,6 +223,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let metrics = ApiMetrics::register(&mut registry);
     let store_metrics = StoreMetrics::register(&mut registry);
     let sync_metrics = meridian_sync_proto::driver::metrics::SyncMetrics::register(&mut registry);
+    let xds_figures = xds::metrics::XdsFigures::register(&mut registry);
+    let xds_cache = xds::cache::Cache::new(&args.zone).with_generation_metric(xds_figures.generation.clone());
     // One resource must fit in one KDS message with room for its envelope.
     let resource_limit =
         args.api.max_resource_bytes.min(meridian_sync_proto::kds::resource_budget(args.kds_max_message_bytes));
@@ -227,6 +235,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let store_url = state::store_url(&data_dir, args.state.store.as_deref(), "zone.db");
     let config = meridian_runtime::config::document("zone", &args, &data_dir, &store_url);
     let instance_id = state::instance_id();
+    meridian_runtime::metrics::register(&mut registry, "zone", env!("CARGO_PKG_VERSION"), &instance_id);
     // Dataplane tokens: a standalone zone issues them with its own keys; a
     // federated zone verifies with the public keys the global syncs.
     let tokens = meridian_tokens::Tokens::new(manager.clone());
@@ -274,12 +283,15 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     announce(&format!("meridian-zone: xDS on {xds_addr}"));
     tracing::info!(%xds_addr, tls = xds_tls.is_some(), "xDS listening");
 
+    let inspector = inspect::Inspector::new(manager.clone(), xds_cache.clone());
     let mut tasks = Tasks::new(shutdown.clone());
     let limits = args.listeners.limits();
+    args.diagnostics.spawn("meridian-zone", &mut tasks, state.clone(), limits, &shutdown).await?;
     tasks.spawn("API server", {
         let stop = shutdown.clone().cancelled_owned();
         let router = meridian_rest::router(state.clone())
             .merge(meridian_rest::tokens::routes(state.clone(), tokens.clone(), issuer))
+            .merge(inspect::routes(state.clone(), inspector.clone()))
             .merge(http::routes(state, xds_addr, xds_transport));
         async move { Ok(meridian_rest::server::serve(api_listener, api_tls, limits, router, stop).await?) }
     });
@@ -287,7 +299,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         let stop = shutdown.clone().cancelled_owned();
         let manager = manager.clone();
         let metrics = sync_metrics.clone();
-        tasks.spawn("KDS client", async move { kds::run(cfg, manager, metrics, stop).await });
+        let inspector = inspector.clone();
+        tasks.spawn("KDS client", async move { kds::run(cfg, manager, metrics, inspector, stop).await });
     }
     if !federated {
         // Standalone: this zone makes its meshes' roots and its own
@@ -324,6 +337,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
             instance_id: instance_id.clone(),
             metrics: sync_metrics.clone(),
             auth,
+            figures: xds_figures.clone(),
+            cache: xds_cache.clone(),
         };
         let store = store.clone();
         let stop = shutdown.clone();

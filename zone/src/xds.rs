@@ -28,6 +28,7 @@ pub mod cache;
 pub mod foreign_cas;
 pub mod identities;
 pub mod insight;
+pub mod metrics;
 pub mod stream;
 
 use std::{
@@ -82,6 +83,11 @@ pub struct XdsConfig {
     /// Dataplane tokens required on every stream (`--xds-auth
     /// dataplane-token`, the default); `None`: `--xds-auth none`.
     pub auth: Option<auth::XdsAuth>,
+    /// `xds_streams_active`, `xds_generation`.
+    pub figures: metrics::XdsFigures,
+    /// The generated configuration per connected Dataplane, shared with
+    /// the inspect endpoints (`Cache::new(zone)`).
+    pub cache: Cache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +160,7 @@ pub async fn serve(
     config: XdsConfig,
     stop: CancellationToken,
 ) -> Result<(), XdsError> {
-    let cache = Cache::new(&config.zone);
+    let cache = config.cache.clone();
     let revision = cache.load(&store).await?;
     let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
@@ -332,6 +338,7 @@ async fn run<W: Wire>(
         let _ = tx.send(Err(Status::not_found(e.to_string()))).await;
         return;
     }
+    let _active = metrics::ActiveStream::open(&shared.config.figures.streams_active);
     let seq = shared.streams.fetch_add(1, Ordering::Relaxed);
     let prefix = format!("{}-{seq}", shared.config.instance_id);
     tracing::info!(dataplane = %id, stream = %prefix, "Envoy connected");
@@ -348,7 +355,7 @@ async fn run<W: Wire>(
     let mut source = stream::ProxySource { rx: sub.rx.clone(), state };
     let mut wire = W::wire(first, inbound, tx.clone());
     let mut observer = (
-        shared.config.metrics.observer(XDS),
+        shared.config.metrics.sender(XDS),
         stream::InsightObserver::new(&prefix, &shared.config.instance_id, node.as_ref(), handle)
             .with_warnings(sub.rx.clone()),
     );

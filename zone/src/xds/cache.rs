@@ -220,6 +220,8 @@ pub struct Cache {
     identities: Identities,
     /// This zone's name (which intermediate CA Secret it issues from).
     zone: Arc<str>,
+    /// `xds_generation`: seconds per generated Dataplane.
+    generation: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Default for Cache {
@@ -274,6 +276,7 @@ impl Cache {
             applied: Arc::new(watch::channel(0).0),
             identities: Identities::default(),
             zone: Arc::from(zone),
+            generation: None,
         }
     }
 
@@ -315,6 +318,28 @@ impl Cache {
     /// Generates one Dataplane's configuration (pure), then adds its mTLS
     /// secrets from the identity store (which may issue a certificate).
     fn generate(&self, job: &Job) -> (ProxyState, Deps) {
+        let started = std::time::Instant::now();
+        let result = self.generate_untimed(job);
+        if let Some(h) = &self.generation {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// Observes every generation into `histogram` (`xds_generation`).
+    pub fn with_generation_metric(mut self, histogram: prometheus_client::metrics::histogram::Histogram) -> Cache {
+        self.generation = Some(histogram);
+        self
+    }
+
+    /// What a Dataplane some stream is subscribed to is being sent: its
+    /// current state (desired resources per type URL, or why it gets
+    /// none); `None` when no Envoy of it is connected here.
+    pub fn state(&self, id: &ProxyId) -> Option<Arc<ProxyState>> {
+        self.lock().proxies.get(id).map(|p| p.tx.borrow().clone())
+    }
+
+    fn generate_untimed(&self, job: &Job) -> (ProxyState, Deps) {
         let Job { id, snapshot, mesh, ingress, all } = job;
         if let Some((meshes, zi)) = ingress {
             return generate_ingress(meshes, id, zi.as_ref());

@@ -81,6 +81,19 @@ pub fn parse_cp_address(s: &str) -> Result<CpAddress, String> {
     Ok(CpAddress { tls, host: host.to_string(), port })
 }
 
+/// The Dataplane with `networking.admin.port` set to Envoy's admin port
+/// when the file does not say it and the port is fixed (not 0): the zone
+/// reaches the Envoy's admin there to inspect it (as the incumbent's
+/// `kuma-dp` reports its admin port to the control plane).
+pub fn with_admin_port(mut doc: Value, port: u16) -> Value {
+    if port != 0
+        && let Some(networking) = doc.get_mut("networking").and_then(Value::as_object_mut)
+    {
+        networking.entry("admin").or_insert_with(|| serde_json::json!({"port": port}));
+    }
+    doc
+}
+
 /// Parses `--admin-address` (`ip` or `ip:port`) with `--admin-port`.
 pub fn admin_socket(address: &str, port: Option<u16>) -> Result<SocketAddr, String> {
     if let Ok(sa) = address.parse::<SocketAddr>() {
@@ -180,7 +193,7 @@ pub fn check_as(args: &RunDataplaneArgs, kind: ProxyKind) -> anyhow::Result<Plan
             {
                 bail!("--name {n:?} differs from the name {name:?} in --dataplane-file {}", f.display());
             }
-            (mesh, name, Some(doc))
+            (mesh, name, Some(with_admin_port(doc, admin.port())))
         }
         None => {
             let Some(name) = &args.name else {
@@ -319,6 +332,15 @@ mod tests {
         for bad in ["ftp://zone:1", "grpc://zone:99999", "grpc://:5678", "grpc://zone:5678/xds", "grpc://[::1"] {
             assert!(parse_cp_address(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_admin_port_is_registered_unless_the_file_says_it_or_it_is_picked_at_start() {
+        let dp = serde_json::json!({"networking": {"address": "127.0.0.1"}});
+        assert_eq!(with_admin_port(dp.clone(), 9901)["networking"]["admin"]["port"], 9901);
+        assert!(with_admin_port(dp, 0)["networking"].get("admin").is_none());
+        let own = serde_json::json!({"networking": {"admin": {"port": 9000}}});
+        assert_eq!(with_admin_port(own, 9901)["networking"]["admin"]["port"], 9000);
     }
 
     #[test]
