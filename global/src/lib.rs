@@ -9,6 +9,7 @@
 //!   zones ◀══ KDS (gRPC, TLS, zone tokens) ══ kds::{cache, stream} ──▶ ZoneInsight
 //! ```
 
+pub mod gui;
 pub mod kds;
 pub mod tls;
 pub mod tokens;
@@ -189,7 +190,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         shutdown.clone(),
     );
 
-    let router = meridian_rest::router(state.clone()).merge(tokens::routes(state, tokens));
+    let api_router = meridian_rest::router(state.clone()).merge(tokens::routes(state.clone(), tokens));
+    // The GUI at /gui asks the API router itself for propagation status.
+    let router = api_router.clone().merge(gui::routes(state, api_router));
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("KDS cache follower", {
         let stop = shutdown.clone().cancelled_owned();
@@ -221,6 +224,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     });
     tracing::info!(%api_addr, %kds_addr, tls = !args.kds_plaintext, "listening");
     announce(&format!("meridian-global: API on {api_scheme}://{api_addr}"));
+    announce(&format!("meridian-global: GUI on {api_scheme}://{api_addr}/gui"));
     announce(&format!("meridian-global: KDS on {}://{kds_addr}", if args.kds_plaintext { "grpc" } else { "grpcs" }));
 
     tasks.wait().await
