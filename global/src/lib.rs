@@ -10,6 +10,7 @@
 //! ```
 
 pub mod kds;
+pub mod propagation;
 pub mod tls;
 pub mod tokens;
 
@@ -189,7 +190,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         shutdown.clone(),
     );
 
-    let router = meridian_rest::router(state.clone()).merge(tokens::routes(state, tokens));
+    let router = meridian_rest::router(state.clone())
+        .merge(propagation::routes(state.clone(), kds_server.held()))
+        .merge(tokens::routes(state, tokens));
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("KDS cache follower", {
         let stop = shutdown.clone().cancelled_owned();
