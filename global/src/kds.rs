@@ -9,6 +9,7 @@
 //! zone's identity is the token's, never the self-asserted `client-id` alone.
 
 pub mod cache;
+pub mod held;
 pub mod insight;
 pub mod metrics;
 mod stream;
@@ -76,6 +77,8 @@ pub struct KdsServer {
     pub(crate) insights: insight::Insights,
     pub(crate) max_message_bytes: usize,
     pub(crate) metrics: metrics::KdsMetrics,
+    /// What each connected zone holds of what was sent to it.
+    pub(crate) held: held::Held,
     /// The process's shutdown token: every stream ends when it is cancelled.
     pub(crate) shutdown: CancellationToken,
     /// The stream tasks, so that shutdown waits until each has closed its
@@ -100,9 +103,16 @@ impl KdsServer {
             tokens,
             max_message_bytes,
             metrics,
+            held: held::Held::default(),
             shutdown,
             streams: TaskTracker::new(),
         }
+    }
+
+    /// What each zone connected to this instance holds, per resource
+    /// (propagation status reads it).
+    pub fn held(&self) -> held::Held {
+        self.held.clone()
     }
 
     /// Checks who is calling. Returns the zone name, the zone's version, the

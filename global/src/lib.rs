@@ -11,6 +11,7 @@
 
 pub mod gui;
 pub mod kds;
+pub mod propagation;
 pub mod tls;
 pub mod tokens;
 
@@ -190,7 +191,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         shutdown.clone(),
     );
 
-    let api_router = meridian_rest::router(state.clone()).merge(tokens::routes(state.clone(), tokens));
+    let api_router = meridian_rest::router(state.clone())
+        .merge(propagation::routes(state.clone(), kds_server.held()))
+        .merge(tokens::routes(state.clone(), tokens));
     // The GUI at /gui asks the API router itself for propagation status.
     let router = api_router.clone().merge(gui::routes(state, api_router));
     let mut tasks = Tasks::new(shutdown.clone());

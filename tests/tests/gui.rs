@@ -168,6 +168,8 @@ async fn the_gui_shows_zones_gateways_and_live_propagation_in_chromium() {
         if acked == expected { Ok(()) } else { Err(format!("{acked:?}; page: {}", browser.text().await)) }
     })
     .await;
+    let text = browser.text().await;
+    assert!(!text.contains("serves no propagation status"), "the page reads the global's …/_status: {text}");
     browser.screenshot(&shots.join("route-acked.png")).await;
 
     // A change while the page stays open: the live update alone (the

@@ -364,7 +364,7 @@ fn status_panel(status: &Status) -> Markup {
                             thead { tr { th { "Dataplane" } th { "state" } th { "version" } th { "when" } th { "reason" } } }
                             tbody {
                                 @for d in &z.dataplanes {
-                                    tr.dp-status data-zone=(z.zone) data-dataplane=(d.name) data-state=(d.state) {
+                                    tr.dp-status data-zone=(z.zone) data-dataplane=(d.name) data-state=(d.state) data-version=(d.version.as_deref().unwrap_or("")) {
                                         td { (d.name) } td { (state_badge(&d.state)) }
                                         td { code { (d.version.as_deref().unwrap_or("-")) } }
                                         td { (d.time.as_deref().unwrap_or("-")) } td.reason { (d.reason.as_deref().unwrap_or("")) }
