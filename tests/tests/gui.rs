@@ -18,7 +18,7 @@
 //! --workspace --bins`).
 
 use meridian_tests::{
-    Backend, Topology, WAIT, XdsMode,
+    Backend, GlobalSpec, Topology, WAIT, XdsMode,
     browser::{Browser, screenshot_dir},
     eventually, traffic,
 };
@@ -213,15 +213,39 @@ async fn the_gui_shows_zones_gateways_and_live_propagation_in_chromium() {
     topo.cleanup().await;
 }
 
+/// A CA-signed certificate for `localhost`/127.0.0.1 in `dir`: (cert, key, CA) paths.
+fn api_certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("parameters")
+        .signed_by(&key, &ca)
+        .expect("certificate");
+    let (cert_path, key_path, ca_path) = (dir.join("api.pem"), dir.join("api.key"), dir.join("ca.pem"));
+    std::fs::write(&cert_path, cert.pem()).expect("write the certificate");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write the key");
+    std::fs::write(&ca_path, ca.pem()).expect("write the CA");
+    (cert_path, key_path, ca_path)
+}
+
+/// Raw HTTP from loopback under a foreign `Host` (DNS rebinding): 401 and
+/// the login form, nothing listed; the token header opens every page; a
+/// wrong token is refused even under a loopback `Host`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gui_needs_the_admin_token_under_a_non_loopback_host() {
     let topo = Topology::builder("gui-auth").global(Backend::Sqlite).mesh("default").start().await;
     let global = topo.global();
     let secret = serde_json::json!({"type": "Secret", "mesh": "default", "name": "s1", "data": SECRET_B64});
     global.api().apply(&secret).await;
-
-    // Raw HTTP from loopback under a foreign Host (DNS rebinding): 401, the
-    // login form, nothing listed; the token header opens it.
+    let announced = format!("meridian-global: GUI on {}/gui", global.api_url());
+    assert!(
+        global.process().stdout().contains(&announced),
+        "the global prints its GUI's URL: {}",
+        global.process().stdout()
+    );
     for path in ["/gui", "/gui/meshes/default", "/gui/meshes/default/secrets/s1", "/gui/meshes/default?fragment=main"] {
         let r = global.http().request(reqwest::Method::GET, path, None, &[("Host", "evil.example")]).await;
         assert_eq!(r.status, 401, "{path}: {}", r.text);
@@ -232,15 +256,37 @@ async fn the_gui_needs_the_admin_token_under_a_non_loopback_host() {
         let wrong = global.http().with_token(Some("wrong")).request(reqwest::Method::GET, path, None, &[]).await;
         assert_eq!(wrong.status, 401, "{path}: a wrong token is refused even from loopback");
     }
+    topo.cleanup().await;
+}
 
-    // A browser that names the global gui.example: the login form, then
-    // the token kept in a cookie opens the pages.
-    let browser = Browser::launch(topo.dir(), &["--host-resolver-rules=MAP gui.example 127.0.0.1"]).await;
+/// Behind the API's TLS, in Chromium: a browser that names the global
+/// `gui.example` gets the login form; a wrong token is refused; the right
+/// one is kept in a cookie that opens the pages; under 127.0.0.1 (loopback
+/// trust) no token is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gui_signs_in_with_the_token_over_https_in_chromium() {
+    let certs = tempfile::tempdir().expect("a directory for the certificate");
+    let (cert, key, ca) = api_certificate(certs.path());
+    let topo = Topology::builder("gui-tls")
+        .global_spec(GlobalSpec { api_tls: Some((cert, key)), default_mesh: true, ..GlobalSpec::on(Backend::Sqlite) })
+        .start()
+        .await;
+    let global = topo.global();
+    assert!(global.api_url().starts_with("https://"), "{}", global.api_url());
+    let ca = ca.to_string_lossy().to_string();
+    let secret = format!("type: Secret\nmesh: default\nname: s1\ndata: {SECRET_B64}\n");
+    global.ctl().args(["--ca-cert", &ca, "apply", "-f", "-"]).run_stdin(&secret).await.ok();
+    // The certificate names localhost, not gui.example: Chromium is told to
+    // accept it (trusting a private CA needs an NSS database).
+    let browser = Browser::launch(
+        topo.dir(),
+        &["--host-resolver-rules=MAP gui.example 127.0.0.1", "--ignore-certificate-errors"],
+    )
+    .await;
     let port = global.api_addr().port();
-    let url = format!("http://gui.example:{port}/gui/meshes/default");
+    let url = format!("https://gui.example:{port}/gui/meshes/default");
     assert_eq!(browser.goto(&url).await, 401);
     assert!(browser.text().await.contains("needs the admin token"), "{}", browser.text().await);
-    // A wrong token: 401 again.
     let submit = |token: &str| {
         format!(
             "document.getElementById('token').value = {}; document.querySelector('form').submit(); true",
@@ -263,6 +309,8 @@ async fn the_gui_needs_the_admin_token_under_a_non_loopback_host() {
     let text = browser.text().await;
     assert!(text.contains("s1"), "{text}");
     assert_no_secret("the mesh page", &browser.html().await);
-    browser.screenshot(&screenshot_dir().join("login.png")).await;
+    browser.screenshot(&screenshot_dir().join("login-https.png")).await;
+    // Loopback under a loopback name: trusted without a token (no cookie for this host).
+    assert_eq!(browser.goto(&format!("https://127.0.0.1:{port}/gui")).await, 200);
     topo.cleanup().await;
 }
