@@ -378,3 +378,47 @@ fn status_panel(status: &Status) -> Markup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use meridian_sync_proto::{Resource, pb};
+
+    use super::*;
+
+    fn entry(resource: Resource) -> Entry {
+        let version = resource.version();
+        Entry { resource, revision: 1, version }
+    }
+
+    #[test]
+    fn user_values_are_escaped_and_secret_data_never_rendered() {
+        let hostile = "<script>alert(1)</script>\"'&";
+        let mut secret = Resource::new(
+            "default",
+            "tls",
+            Spec::Secret(pb::system::Secret {
+                data: Some(pbjson_types::BytesValue { value: b"s3cr3t-value".to_vec().into() }),
+            }),
+        );
+        secret.meta.labels.insert("team".into(), hostile.into());
+        let status = Status {
+            source: Source::Contract,
+            state: "Rejected".into(),
+            version: None,
+            zones: vec![super::super::status::ZoneStatus {
+                zone: "zone-1".into(),
+                online: true,
+                version: None,
+                state: "Rejected".into(),
+                reason: Some(hostile.into()),
+                dataplanes: Vec::new(),
+            }],
+            error: None,
+        };
+        let html = resource(&entry(secret), &status).into_string();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;'&amp;"), "{html}");
+        assert!(!html.contains("s3cr3t") && !html.contains("czNjcjN0"), "{html}");
+        assert!(html.contains("data: not shown"), "{html}");
+    }
+}

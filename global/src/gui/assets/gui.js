@@ -10,6 +10,7 @@
     return;
   }
   var every = parseInt(main.getAttribute("data-live"), 10) || 2000;
+  var last = null;
   function say(text) {
     if (badge) {
       badge.textContent = text;
@@ -26,7 +27,11 @@
         return r.text();
       })
       .then(function (html) {
-        main.innerHTML = html;
+        // Unchanged: keep the DOM (and the reader's selection) as it is.
+        if (html !== last) {
+          main.innerHTML = html;
+          last = html;
+        }
         say("live · updated " + new Date().toLocaleTimeString());
       })
       .catch(function (e) {
