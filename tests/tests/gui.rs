@@ -31,7 +31,9 @@ const SECRET_B64: &str = "c3VwZXItc2VjcmV0LWd1aS12YWx1ZQ==";
 /// A label value that runs script if a page ever inserts it unescaped.
 const HOSTILE: &str = r#"<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>"#;
 
-fn gateway(port: u16) -> String {
+/// The gateway with an HTTP listener on each port, and a Secret.
+fn gateway(ports: &[u16]) -> String {
+    let listeners: Vec<String> = ports.iter().map(|p| format!("{{port: {p}, protocol: HTTP}}")).collect();
     format!(
         r#"
 type: MeshGateway
@@ -39,13 +41,14 @@ mesh: default
 name: edge
 labels: {{team: '{HOSTILE}'}}
 selectors: [{{match: {{kuma.io/service: edge}}}}]
-conf: {{listeners: [{{port: {port}, protocol: HTTP}}]}}
+conf: {{listeners: [{listeners}]}}
 ---
 type: Secret
 mesh: default
 name: edge-credentials
 data: {SECRET_B64}
-"#
+"#,
+        listeners = listeners.join(", ")
     )
 }
 
@@ -111,7 +114,8 @@ async fn the_gui_shows_zones_gateways_and_live_propagation_in_chromium() {
     topo.zone("zone-2").api().apply(&gw2).await;
     topo.add_envoy("zone-2", "edge-gw-2", XdsMode::Delta).await;
     let global = topo.global();
-    global.api().apply_yaml(&gateway(traffic::free_port())).await;
+    let port = traffic::free_port();
+    global.api().apply_yaml(&gateway(&[port])).await;
     topo.envoy("edge-gw-1").wait_ready().await;
     topo.envoy("edge-gw-2").wait_ready().await;
     for zone in ["zone-1", "zone-2"] {
@@ -197,6 +201,34 @@ async fn the_gui_shows_zones_gateways_and_live_propagation_in_chromium() {
     let text = browser.text().await;
     assert!(text.contains("meridianctl generate dataplane-token --mesh default"), "{text}");
     assert_no_secret("the Dataplane's page", &browser.html().await);
+
+    // A listener zone-1's Envoy cannot bind (another process holds
+    // 127.0.0.1:<port>; zone-2's gateway binds 127.0.0.2): the gateway's
+    // page shows zone-1's Dataplane NACKed with Envoy's reason, zone-2's ACKed.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind a port for Envoy to find taken");
+    let taken = squatter.local_addr().expect("the taken port").port();
+    global.api().apply_yaml(&gateway(&[port, taken])).await;
+    browser.goto(&format!("{base}/gui/meshes/default/meshgateways/edge")).await;
+    let reason = eventually("the gateway page shows zone-1 NACKed and zone-2 ACKed", WAIT, || async {
+        let nacked = rows_in_state(&browser, "NACKed").await;
+        let acked = rows_in_state(&browser, "ACKed").await;
+        let reason = browser
+            .eval("(document.querySelector('tr.dp-status[data-state=\"NACKed\"] td.reason') || {}).textContent || ''")
+            .await;
+        let reason = reason.as_str().unwrap_or_default().to_string();
+        if nacked == expected[..1] && acked == expected[1..] && !reason.is_empty() {
+            Ok(reason)
+        } else {
+            Err(format!("NACKed {nacked:?}, ACKed {acked:?}, reason {reason:?}"))
+        }
+    })
+    .await;
+    assert!(reason.contains(&taken.to_string()), "Envoy's reason names the port: {reason}");
+    let zone_states =
+        browser.eval("Array.from(document.querySelectorAll('div.zone-status')).map(z => z.dataset.state)").await;
+    assert_eq!(zone_states, serde_json::json!(["Rejected", "Applied"]));
+    browser.screenshot(&shots.join("gateway-nacked.png")).await;
+    drop(squatter);
 
     let problems = browser.console_problems();
     assert!(problems.is_empty(), "console errors, warnings or exceptions: {problems:#?}");
