@@ -8,7 +8,7 @@ use crate::{
     client::Client,
     documents::{self, Checked, Doc},
     error::{CtlError, EXIT_INVALID, EXIT_OK, worst},
-    out,
+    out, status,
 };
 
 /// What applying one resource did.
@@ -73,10 +73,19 @@ pub async fn apply(client: &Client, args: &ApplyArgs) -> Result<u8, CtlError> {
 
     let suffix = if args.dry_run { " (dry run)" } else { "" };
     let mut code = EXIT_OK;
+    let mut applied = Vec::new();
     for doc in &docs {
         let what = format!("{} {}", doc.resource_type(), doc.id());
         match apply_one(client, doc, args.dry_run).await {
-            Ok(outcome) => out::line(&format!("{} {what}{suffix}", outcome.word())),
+            Ok(outcome) => {
+                out::line(&format!("{} {what}{suffix}", outcome.word()));
+                let r = &doc.resource;
+                applied.push(status::Applied {
+                    ty: doc.resource_type(),
+                    mesh: r.meta.mesh.clone(),
+                    name: r.meta.name.clone(),
+                });
+            }
             Err(e) => {
                 out::err(&e.report(Some(&what)));
                 code = worst(code, e.exit_code());
@@ -85,6 +94,11 @@ pub async fn apply(client: &Client, args: &ApplyArgs) -> Result<u8, CtlError> {
                 }
             }
         }
+    }
+    if let Some(timeout) = args.wait
+        && code == EXIT_OK
+    {
+        return status::wait(client, &applied, timeout).await;
     }
     Ok(code)
 }
