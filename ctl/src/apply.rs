@@ -100,7 +100,32 @@ pub async fn apply(client: &Client, args: &ApplyArgs) -> Result<u8, CtlError> {
     {
         return status::wait(client, &applied, timeout).await;
     }
+    if args.diff && code == EXIT_OK {
+        return diff(client, &docs).await;
+    }
     Ok(code)
+}
+
+/// `apply --dry-run --diff`: asks the global's `POST /_diff` what the
+/// documents the generator reads (Mesh, MeshGateway, MeshGatewayRoute,
+/// Secret) would change in each zone's Envoy configuration, and prints it.
+async fn diff(client: &Client, docs: &[Doc]) -> Result<u8, CtlError> {
+    let reads = |t: ResourceType| {
+        matches!(
+            t,
+            ResourceType::Mesh | ResourceType::MeshGateway | ResourceType::MeshGatewayRoute | ResourceType::Secret
+        )
+    };
+    let body: Vec<Value> = docs.iter().filter(|d| reads(d.resource_type())).map(|d| d.value.clone()).collect();
+    if body.is_empty() {
+        out::line("no Envoy configuration would change (no Mesh, MeshGateway, MeshGatewayRoute or Secret given)");
+        return Ok(EXIT_OK);
+    }
+    let reply = client.post(&["_diff"], &Value::Array(body)).await?;
+    let report: meridian_sync_proto::propagation::DiffReport = serde_json::from_value(reply.body)
+        .map_err(|e| CtlError::input(format!("unexpected _diff body from the server (is it the global?): {e}")))?;
+    out::text(&meridian_sync_proto::propagation::render_diff(&report));
+    Ok(EXIT_OK)
 }
 
 /// Meshes before what lives in them, Secrets before what refers to them.

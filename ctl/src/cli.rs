@@ -267,7 +267,8 @@ Examples:
   render-config | meridianctl apply -f -
   meridianctl apply -f gateway.yaml --dry-run
   meridianctl apply -f route.yaml --wait          # until every zone and gateway Envoy ACKed it (60s)
-  meridianctl apply -f route.yaml --wait=2m";
+  meridianctl apply -f route.yaml --wait=2m
+  meridianctl apply -f route.yaml --dry-run --diff  # what every gateway Envoy would get";
 
 const GET_ABOUT: &str = "\
 List resources of a type, or show one.
@@ -359,6 +360,13 @@ pub struct ApplyArgs {
           default_missing_value = "60s", value_name = "TIMEOUT", value_parser = crate::status::parse_timeout,
           conflicts_with = "dry_run")]
     pub wait: Option<std::time::Duration>,
+
+    /// With --dry-run, at the global: also print, per zone and per gateway
+    /// Dataplane, the Envoy resources (listeners, route configurations,
+    /// clusters, endpoints, secrets by name) the change would alter, as
+    /// unified diffs of the generated configuration. Writes nothing.
+    #[arg(long, env = "MERIDIAN_APPLY_DIFF", requires = "dry_run")]
+    pub diff: bool,
 }
 
 #[derive(Debug, Args)]

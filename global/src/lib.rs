@@ -9,6 +9,7 @@
 //!   zones ◀══ KDS (gRPC, TLS, zone tokens) ══ kds::{cache, stream} ──▶ ZoneInsight
 //! ```
 
+pub mod diff;
 pub mod kds;
 pub mod propagation;
 pub mod tls;
@@ -192,6 +193,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
 
     let router = meridian_rest::router(state.clone())
         .merge(propagation::routes(state.clone(), kds_server.held()))
+        .merge(diff::routes(state.clone()))
         .merge(tokens::routes(state, tokens));
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("KDS cache follower", {

@@ -7,7 +7,8 @@
 //! non-zero with Envoy's reason. `GET .../_status` says the same each time.
 
 use meridian_tests::{Backend, Topology, WAIT, eventually, traffic::free_port};
-use serde_json::Value;
+use reqwest::Method;
+use serde_json::{Value, json};
 
 /// One MeshGateway per zone (each Envoy its own HTTP port on 127.0.0.1),
 /// and in zone-1 a TCP listener on `tcp_port` that only TCP routes open.
@@ -194,5 +195,51 @@ async fn apply_wait_reports_what_envoy_rejected() {
     assert_eq!(z2["state"], "Applied", "{z2}");
     assert_eq!(z2["dataplanes"].as_array().map(Vec::len), Some(0), "{z2}");
     drop(squatter);
+    topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_diff_shows_each_gateways_envoy_changes_and_writes_nothing() {
+    let topo = two_zones("propagation-diff").await;
+    let global = topo.global();
+    let ctl = global.ctl();
+    let (p1, p2) = (free_port(), free_port());
+    ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&gateways(p1, p2, free_port())).await.ok();
+    ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&route("/shop")).await.ok();
+    let before = global.api().get("/meshes/default/meshgatewayroutes/edge-route").await;
+    let status_before = global.api().get("/meshes/default/meshgatewayroutes/edge-route/_status").await;
+
+    let out = ctl.with(["apply", "-f", "-", "--dry-run", "--diff"]).run_stdin(&route("/store")).await.ok();
+    let text = &out.stdout;
+    assert!(text.contains("updated MeshGatewayRoute default/edge-route (dry run)"), "{text}");
+    for (zone, dp, port) in [("zone-1", "zone-1.gw-1", p1), ("zone-2", "zone-2.gw-2", p2)] {
+        assert!(text.contains(&format!("zone {zone}, Dataplane {dp} (mesh default):")), "{text}");
+        let rc = format!("edge-{}:HTTP:{port}:*", &zone[5..]);
+        assert!(text.contains(&format!("~ route configuration {rc} (modified)")), "{rc} in {text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with('-') && l.contains("\"/shop\"")), "the old prefix: {text}");
+    assert!(text.lines().any(|l| l.starts_with('+') && l.contains("\"/store\"")), "the new prefix: {text}");
+    assert!(!text.contains("~ listener"), "no listener changes: {text}");
+
+    // Nothing was written: the global's route, the zones' copies and the status are as they were.
+    assert_eq!(global.api().get("/meshes/default/meshgatewayroutes/edge-route").await, before);
+    for z in ["zone-1", "zone-2"] {
+        let copy = topo.zone(z).api().get("/meshes/default/meshgatewayroutes/edge-route").await;
+        assert_eq!(copy["conf"]["http"]["rules"][0]["matches"][0]["path"]["value"], "/shop", "{copy}");
+    }
+    let status_after = global.api().get("/meshes/default/meshgatewayroutes/edge-route/_status").await;
+    assert_eq!(status_after["version"], status_before["version"]);
+
+    // The REST endpoint refuses what it cannot diff, precisely.
+    let post = |body: Value| async move {
+        let json = [("content-type", "application/json")];
+        global.admin_http().request(Method::POST, "/_diff", Some(body.to_string().into_bytes()), &json).await
+    };
+    let r = post(json!({"type": "Dataplane", "mesh": "default", "name": "x"})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.invalid_parameters().iter().any(|(f, _)| f == "[0].type"), "{}", r.text);
+    let r = post(json!([{"type": "MeshGatewayRoute", "mesh": "default", "name": "r", "selectors": []}])).await;
+    assert_eq!(r.status, 400, "an invalid route: {}", r.text);
+    assert!(!r.invalid_parameters().is_empty(), "field paths: {}", r.text);
     topo.cleanup().await;
 }
