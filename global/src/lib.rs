@@ -194,7 +194,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let router = meridian_rest::router(state.clone())
         .merge(propagation::routes(state.clone(), kds_server.held()))
         .merge(diff::routes(state.clone()))
-        .merge(tokens::routes(state, tokens));
+        .merge(tokens::routes(state, tokens))
+        .layer(axum::middleware::from_fn_with_state((manager.clone(), kds_server.held()), propagation::header));
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("KDS cache follower", {
         let stop = shutdown.clone().cancelled_owned();

@@ -127,6 +127,11 @@ async fn apply_wait_returns_once_both_zones_and_envoys_acked_and_status_shows_it
     assert_eq!(after["state"], "Applied", "{after}");
     assert_eq!(zone(&after, "zone-2")["dataplanes"][0]["version"], after["version"]);
 
+    // The state is on the resource itself too: a response header.
+    let url = format!("{}/meshes/default/meshgatewayroutes/edge-route", global.api_url());
+    let resp = reqwest::get(&url).await.expect("GET the route");
+    assert_eq!(resp.headers().get("x-meridian-propagation").and_then(|v| v.to_str().ok()), Some("Applied"));
+
     // `get --status` shows the same, as a table and as JSON.
     let table = ctl.with(["get", "meshgatewayroute", "edge-route", "--status"]).run().await.ok();
     assert!(table.stdout.starts_with("MeshGatewayRoute default/edge-route: Applied"), "{}", table.stdout);
@@ -186,6 +191,9 @@ async fn apply_wait_reports_what_envoy_rejected() {
 
     let status = global.api().get("/meshes/default/meshgatewayroutes/tcp-route/_status").await;
     assert_eq!(status["state"], "Rejected", "{status}");
+    let url = format!("{}/meshes/default/meshgatewayroutes/tcp-route", global.api_url());
+    let resp = reqwest::get(&url).await.expect("GET the route");
+    assert_eq!(resp.headers().get("x-meridian-propagation").and_then(|v| v.to_str().ok()), Some("Rejected"));
     let z1 = zone(&status, "zone-1");
     assert_eq!(z1["state"], "Rejected", "{z1}");
     assert_eq!(z1["version"], status["version"], "the zone itself took it: {z1}");
