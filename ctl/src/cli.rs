@@ -19,6 +19,7 @@ Exit codes:
      not found, conflict, unauthorized, forbidden, too large)
   2  the server could not be reached (connection refused, DNS, timeout) or failed
      (HTTP 5xx, e.g. its store is unavailable): retrying later may help
+  3  apply --wait: not every zone and gateway Envoy confirmed the change in time
 
 Examples:
   meridianctl config add-context prod --api-url https://global.example.com:5681 --token \"$TOKEN\" --ca-cert ca.pem
@@ -264,7 +265,10 @@ Examples:
   meridianctl apply -f gateway.yaml
   meridianctl apply -f mesh.yaml -f gateways.yaml
   render-config | meridianctl apply -f -
-  meridianctl apply -f gateway.yaml --dry-run";
+  meridianctl apply -f gateway.yaml --dry-run
+  meridianctl apply -f route.yaml --wait          # until every zone and gateway Envoy ACKed it (60s)
+  meridianctl apply -f route.yaml --wait=2m
+  meridianctl apply -f route.yaml --dry-run --diff  # what every gateway Envoy would get";
 
 const GET_ABOUT: &str = "\
 List resources of a type, or show one.
@@ -280,12 +284,19 @@ Output: `table` (default), `yaml` (one document per resource, separated by `---`
 so it can be fed back to `meridianctl apply -f -`) or `json` (one object, or
 {\"total\", \"items\"} for a list). Lists fetch every page.
 
+--status (at the global, one resource) shows its propagation status instead: its
+version, which version each zone holds (Applied, Pending, Rejected with the zone's
+reason, Offline), and for each gateway Dataplane whose configuration depends on it
+whether its Envoy ACKed or NACKed (with Envoy's reason) a configuration carrying
+that version. Table, or the `_status` body with -o json|yaml.
+
 Examples:
   meridianctl get meshes
   meridianctl get meshgateways -m default
   meridianctl get meshgateways --all-meshes
   meridianctl get meshgateway edge-gateway -o yaml
-  meridianctl get zones -o json";
+  meridianctl get zones -o json
+  meridianctl get meshgatewayroute edge-route --status";
 
 const DELETE_ABOUT: &str = "\
 Delete one resource. Deleting a Mesh deletes everything in it.
@@ -338,6 +349,24 @@ pub struct ApplyArgs {
     /// Let the server check everything, without writing anything.
     #[arg(long, env = "MERIDIAN_DRY_RUN")]
     pub dry_run: bool,
+
+    /// After applying, wait until every zone holds the new versions and
+    /// every gateway Envoy they affect ACKed them (asks the global's
+    /// `_status`); `--wait` alone waits 60s, `--wait=2m` longer. Exit 1 as
+    /// soon as a zone or an Envoy rejects a change (with its reason), 3 when
+    /// the time runs out (naming the zones, offline ones included, and
+    /// Dataplanes that did not confirm).
+    #[arg(long, env = "MERIDIAN_APPLY_WAIT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "60s", value_name = "TIMEOUT", value_parser = crate::status::parse_timeout,
+          conflicts_with = "dry_run")]
+    pub wait: Option<std::time::Duration>,
+
+    /// With --dry-run, at the global: also print, per zone and per gateway
+    /// Dataplane, the Envoy resources (listeners, route configurations,
+    /// clusters, endpoints, secrets by name) the change would alter, as
+    /// unified diffs of the generated configuration. Writes nothing.
+    #[arg(long, env = "MERIDIAN_APPLY_DIFF", requires = "dry_run")]
+    pub diff: bool,
 }
 
 #[derive(Debug, Args)]
@@ -363,6 +392,11 @@ pub struct GetArgs {
     /// Items per request when listing (every page is fetched).
     #[arg(long, env = "MERIDIAN_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub page_size: u64,
+
+    /// Show the resource's propagation status instead (global only): the
+    /// version each zone holds and each affected gateway Envoy's ACK/NACK.
+    #[arg(long, env = "MERIDIAN_GET_STATUS", requires = "name")]
+    pub status: bool,
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,7 @@ pub mod error;
 pub mod get;
 pub mod inspect;
 pub mod out;
+pub mod status;
 pub mod table;
 
 use std::{process::ExitCode, time::Duration};

@@ -9,6 +9,7 @@
 //!   zones ◀══ KDS (gRPC, TLS, zone tokens) ══ kds::{cache, stream} ──▶ ZoneInsight
 //! ```
 
+pub mod diff;
 pub mod gui;
 pub mod kds;
 pub mod propagation;
@@ -193,7 +194,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
 
     let api_router = meridian_rest::router(state.clone())
         .merge(propagation::routes(state.clone(), kds_server.held()))
-        .merge(tokens::routes(state.clone(), tokens));
+        .merge(diff::routes(state.clone()))
+        .merge(tokens::routes(state.clone(), tokens))
+        .layer(axum::middleware::from_fn_with_state((manager.clone(), kds_server.held()), propagation::header));
     // The GUI at /gui asks the API router itself for propagation status.
     let router = api_router.clone().merge(gui::routes(state, api_router));
     let mut tasks = Tasks::new(shutdown.clone());

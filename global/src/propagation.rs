@@ -80,6 +80,43 @@ pub fn routes(state: ApiState, held: Held) -> Router {
         .with_state((state, held))
 }
 
+/// Response header naming a resource's propagation state on every
+/// successful `GET` of one resource the global sends to zones.
+pub const HEADER: &str = "x-meridian-propagation";
+
+/// Middleware adding [`HEADER`] (`Applied`, `Pending` or `Rejected`; the
+/// body of `_status` says why) to `GET /meshes/{mesh}/{type}/{name}` and
+/// `GET /{type}/{name}`, so the state is visible on the resource itself.
+pub async fn header(
+    State((manager, held)): State<(Manager, Held)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let target = (req.method() == axum::http::Method::GET).then(|| resource_path(req.uri().path())).flatten();
+    let mut resp = next.run(req).await;
+    if let Some((ty, mesh, name)) = target
+        && resp.status() == axum::http::StatusCode::OK
+        && let Ok(Some(s)) = status(&manager, &held, ty, &mesh, &name).await
+        && let Ok(v) = axum::http::HeaderValue::from_str(&s.state.to_string())
+    {
+        resp.headers_mut().insert(HEADER, v);
+    }
+    resp
+}
+
+/// (type, mesh, name) of a path naming one resource of a type sent to zones.
+fn resource_path(path: &str) -> Option<(ResourceType, String, String)> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (ty, mesh, name) = match segs.as_slice() {
+        ["meshes", mesh, plural, name] => (ResourceType::from_plural(plural)?, *mesh, *name),
+        ["meshes", name] => (ResourceType::Mesh, "", *name),
+        [plural, name] => (ResourceType::from_plural(plural)?, "", *name),
+        _ => return None,
+    };
+    let fits = kds::GLOBAL_TO_ZONE.contains(&ty) && ty.is_mesh_scoped() != mesh.is_empty();
+    fits.then(|| (ty, mesh.to_string(), name.to_string()))
+}
+
 /// The type named by a REST plural, if the global sends it to zones.
 fn synced_type(plural: &str) -> Result<ResourceType, ApiError> {
     let ty = ResourceType::from_plural(plural)
@@ -267,4 +304,20 @@ impl MeshView {
 
 fn from_zone(e: &Entry) -> bool {
     e.resource.meta.labels.get(LABEL_ORIGIN).is_some_and(|o| o == ORIGIN_ZONE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_single_resources_of_synced_types_get_the_header() {
+        let r = resource_path("/meshes/default/meshgatewayroutes/r");
+        assert_eq!(r, Some((ResourceType::MeshGatewayRoute, "default".into(), "r".into())));
+        assert_eq!(resource_path("/meshes/default"), Some((ResourceType::Mesh, String::new(), "default".into())));
+        assert_eq!(resource_path("/meshes/default/meshgatewayroutes"), None, "a list");
+        assert_eq!(resource_path("/zones/zone-1"), None, "not sent to zones");
+        assert_eq!(resource_path("/meshes/default/dataplanes/dp"), None, "flows up, not down");
+        assert_eq!(resource_path("/meshgatewayroutes/r"), None, "mesh-scoped without a mesh");
+    }
 }

@@ -163,6 +163,72 @@ pub fn dataplane_state(version: &str, reported: Option<(&str, bool)>) -> Datapla
     }
 }
 
+/// `POST /_diff`: what applying some resources would change in the Envoy
+/// configuration of each zone's Dataplanes (only those with a change).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiffReport {
+    pub zones: Vec<ZoneDiff>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneDiff {
+    pub zone: String,
+    pub dataplanes: Vec<DataplaneDiff>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataplaneDiff {
+    /// The Dataplane's name as stored at the global (`<zone>.<name>`).
+    pub name: String,
+    pub mesh: String,
+    pub changes: Vec<EnvoyChange>,
+}
+
+/// One Envoy resource that would change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvoyChange {
+    /// `listener`, `route configuration`, `cluster`, `endpoints` or `secret`.
+    pub kind: String,
+    /// The Envoy resource's name (listener, route configuration, cluster...).
+    pub name: String,
+    /// `added`, `removed` or `modified`.
+    pub change: String,
+    /// Unified diff of the resource's text dump (`a/`: now, `b/`: after);
+    /// empty for secrets (key material is never shown).
+    pub diff: String,
+}
+
+/// The report as text: per zone and Dataplane, each changed resource and
+/// its unified diff; `no Envoy configuration would change` when empty.
+pub fn render_diff(report: &DiffReport) -> String {
+    let mut out = String::new();
+    for z in &report.zones {
+        for d in &z.dataplanes {
+            out.push_str(&format!("zone {}, Dataplane {} (mesh {}):\n", z.zone, d.name, d.mesh));
+            for c in &d.changes {
+                let mark = match c.change.as_str() {
+                    "added" => '+',
+                    "removed" => '-',
+                    _ => '~',
+                };
+                out.push_str(&format!("{mark} {} {} ({})\n", c.kind, c.name, c.change));
+                out.push_str(&c.diff);
+                if !c.diff.is_empty() && !c.diff.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push_str("no Envoy configuration would change\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

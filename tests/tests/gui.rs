@@ -173,7 +173,7 @@ async fn the_gui_shows_zones_gateways_and_live_propagation_in_chromium() {
     })
     .await;
     let text = browser.text().await;
-    assert!(!text.contains("serves no propagation status"), "the page reads the global's …/_status: {text}");
+    assert!(!text.contains("no …/_status for this resource"), "the page reads the global's …/_status: {text}");
     browser.screenshot(&shots.join("route-acked.png")).await;
 
     // A change while the page stays open: the live update alone (the
@@ -200,6 +200,21 @@ async fn the_gui_shows_zones_gateways_and_live_propagation_in_chromium() {
     browser.goto(&format!("{base}/gui/meshes/default/dataplanes/zone-1.edge-gw-1")).await;
     let text = browser.text().await;
     assert!(text.contains("meridianctl generate dataplane-token --mesh default"), "{text}");
+    // Its own last ACK/NACK (a Dataplane is not sent to zones: no `_status`).
+    let own = eventually("the Dataplane's page shows its proxy ACKed", WAIT, || async {
+        let acked = rows_in_state(&browser, "ACKed").await;
+        if acked == expected[..1] { Ok(acked) } else { Err(format!("{acked:?}: {}", browser.text().await)) }
+    })
+    .await;
+    assert_eq!(own.len(), 1);
+    let zones = browser.eval("Array.from(document.querySelectorAll('div.zone-status')).map(z => z.dataset.zone)").await;
+    assert_eq!(zones, serde_json::json!(["zone-1"]), "a Dataplane concerns its own zone only");
+    assert!(
+        browser.text().await.contains("delete dataplanes edge-gw-1 -m default   # at the zone"),
+        "{}",
+        browser.text().await
+    );
+    browser.screenshot(&shots.join("gateway-dataplane.png")).await;
     assert_no_secret("the Dataplane's page", &browser.html().await);
 
     // A listener zone-1's Envoy cannot bind (another process holds

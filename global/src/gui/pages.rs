@@ -299,30 +299,38 @@ fn redacted_yaml(e: &Entry) -> String {
 }
 
 /// The `meridianctl` commands where a GUI with actions would have buttons.
+/// A resource a zone sent up (`kuma.io/origin: zone`, a Dataplane) is
+/// changed at that zone, under the name it has there.
 fn commands(e: &Entry) -> Vec<String> {
     let ty = e.resource.resource_type();
     let m = &e.resource.meta;
     let mesh = if ty.is_mesh_scoped() { format!(" -m {}", m.mesh) } else { String::new() };
-    let mut out = vec![
-        format!("meridianctl get {} {}{mesh} -o yaml", ty.plural(), m.name),
-        format!(
-            "meridianctl get {} {}{mesh} -o yaml > r.yaml && $EDITOR r.yaml && meridianctl apply -f r.yaml",
-            ty.plural(),
-            m.name
-        ),
-    ];
+    let mut out = vec![format!("meridianctl get {} {}{mesh} -o yaml", ty.plural(), m.name)];
+    let from_zone = m.labels.get("kuma.io/origin").is_some_and(|o| o == "zone");
+    let local_name = m.labels.get("kuma.io/display-name").unwrap_or(&m.name);
     if let Spec::Dataplane(d) = &e.resource.spec
         && d.networking.as_ref().is_some_and(|n| n.gateway.is_some())
     {
         out.push(format!("meridianctl inspect dataplanes{mesh}"));
         out.push(format!(
-            "meridianctl generate dataplane-token --mesh {} --name {} > {}.token",
-            m.mesh,
-            m.labels.get("kuma.io/display-name").unwrap_or(&m.name),
-            m.name
+            "meridianctl generate dataplane-token --mesh {} --name {local_name} > {local_name}.token",
+            m.mesh
         ));
     }
-    out.push(format!("meridianctl delete {} {}{mesh}", ty.plural(), m.name));
+    if from_zone {
+        let zone = m.labels.get("kuma.io/zone").map_or("its zone", String::as_str);
+        out.push(format!(
+            "meridianctl --api-url <the API of {zone}> delete {} {local_name}{mesh}   # at the zone that owns it",
+            ty.plural()
+        ));
+    } else {
+        out.push(format!(
+            "meridianctl get {} {}{mesh} -o yaml > r.yaml && $EDITOR r.yaml && meridianctl apply -f r.yaml",
+            ty.plural(),
+            m.name
+        ));
+        out.push(format!("meridianctl delete {} {}{mesh}", ty.plural(), m.name));
+    }
     out
 }
 
@@ -351,7 +359,7 @@ fn status_panel(status: &Status) -> Markup {
         } @else {
             p { "Overall: " (state_badge(&status.state)) @if let Some(v) = &status.version { " (version " code { (v) } ")" } }
             @if status.source == Source::Insights {
-                p.note { "This global serves no propagation status (…/_status): states below are each gateway Dataplane's last ACK/NACK from its DataplaneInsight." }
+                p.note { "From DataplaneInsight (no …/_status for this resource here): each affected Dataplane's last ACK/NACK, judged against the resource's last change." }
             }
             @if status.zones.is_empty() { p { "No zone." } }
             @for z in &status.zones {

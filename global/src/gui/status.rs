@@ -35,7 +35,8 @@ use super::{Caller, GuiState};
 pub enum Source {
     /// The API's `_status` endpoint.
     Contract,
-    /// DataplaneInsight (ACK/NACK per gateway Dataplane), when `_status` is not served.
+    /// DataplaneInsight (ACK/NACK per gateway Dataplane), when `_status` is
+    /// not served, or for what the global does not send to zones (a Dataplane).
     Insights,
 }
 
@@ -101,6 +102,11 @@ const MAX_STATUS_BYTES: usize = 4 * 1024 * 1024;
 
 /// The status of `entry`: from `_status`, else from DataplaneInsight.
 pub async fn of(s: &GuiState, caller: &Caller, entry: &Entry) -> Status {
+    // What the global does not send to zones (a Dataplane, insights) has
+    // no `_status`: a Dataplane's page shows its own last ACK/NACK.
+    if !meridian_sync_proto::kds::GLOBAL_TO_ZONE.contains(&entry.resource.resource_type()) {
+        return from_insights(s, entry).await.unwrap_or_else(|e| failed(format!("cannot read the store: {e}")));
+    }
     match from_contract(s, caller, entry).await {
         Ok(Some(status)) => status,
         Ok(None) => from_insights(s, entry).await.unwrap_or_else(|e| failed(format!("cannot read the store: {e}"))),
@@ -197,6 +203,10 @@ async fn from_insights(s: &GuiState, entry: &Entry) -> Result<Status, meridian_c
                 meta.modification_time,
             ));
         }
+    }
+    if entry.resource.resource_type() == ResourceType::Dataplane {
+        // A Dataplane concerns its own zone only.
+        by_zone.retain(|_, dps| !dps.is_empty());
     }
     let zones: Vec<ZoneStatus> = by_zone
         .into_iter()
