@@ -245,6 +245,10 @@ async fn the_gui_shows_zones_gateways_and_live_propagation_in_chromium() {
     browser.screenshot(&shots.join("gateway-nacked.png")).await;
     drop(squatter);
 
+    // A Zone's page (linked from the zones list): its YAML, nothing to propagate.
+    assert_eq!(browser.goto(&format!("{base}/gui/zones/zone-1")).await, 200);
+    assert!(browser.text().await.contains("stays at the global"), "{}", browser.text().await);
+
     let problems = browser.console_problems();
     assert!(problems.is_empty(), "console errors, warnings or exceptions: {problems:#?}");
 

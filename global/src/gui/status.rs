@@ -104,7 +104,11 @@ const MAX_STATUS_BYTES: usize = 4 * 1024 * 1024;
 pub async fn of(s: &GuiState, caller: &Caller, entry: &Entry) -> Status {
     // What the global does not send to zones (a Dataplane, insights) has
     // no `_status`: a Dataplane's page shows its own last ACK/NACK.
-    if !meridian_sync_proto::kds::GLOBAL_TO_ZONE.contains(&entry.resource.resource_type()) {
+    let ty = entry.resource.resource_type();
+    if matches!(ty, ResourceType::Zone | ResourceType::ZoneInsight | ResourceType::GlobalSecret) {
+        return failed(format!("a {ty} stays at the global: nothing propagates (zones: see /gui)"));
+    }
+    if !meridian_sync_proto::kds::GLOBAL_TO_ZONE.contains(&ty) {
         return from_insights(s, entry).await.unwrap_or_else(|e| failed(format!("cannot read the store: {e}")));
     }
     match from_contract(s, caller, entry).await {
