@@ -20,7 +20,7 @@
 //! GUI lists Secret names: a loopback caller under a loopback `Host`, or the
 //! admin token, either as `Authorization: Bearer <token>` or in the cookie
 //! [`TOKEN_COOKIE`] set by the login form (`POST /gui/login`; `HttpOnly`,
-//! `SameSite=Strict`, `Path=/gui`). Anyone else gets 401 and the login form.
+//! `SameSite=Strict`, `Path=/gui`, `Secure` when the API serves TLS). Anyone else gets 401 and the login form.
 //! Every answer carries a Content-Security-Policy allowing only this
 //! origin's script and style (no inline script), on top of maud's escaping.
 
@@ -55,11 +55,14 @@ const JS: &str = include_str!("gui/assets/gui.js");
 pub struct GuiState {
     pub api: ApiState,
     pub router: Router,
+    /// The API speaks TLS itself: the token cookie is marked `Secure`.
+    pub tls: bool,
 }
 
 /// The GUI's routes under `/gui`; merge them into the API router. `router`
-/// is the API router itself (without the GUI), asked for `…/_status`.
-pub fn routes(api: ApiState, router: Router) -> Router {
+/// is the API router itself (without the GUI), asked for `…/_status`;
+/// `tls` says the API is served over TLS (the cookie is then `Secure`).
+pub fn routes(api: ApiState, router: Router, tls: bool) -> Router {
     Router::new()
         .route("/gui", get(home))
         .route("/gui/", get(home))
@@ -71,7 +74,7 @@ pub fn routes(api: ApiState, router: Router) -> Router {
         .route("/gui/meshes/{mesh}", get(mesh))
         .route("/gui/meshes/{mesh}/{plural}/{name}", get(in_mesh))
         .route("/gui/{plural}/{name}", get(top))
-        .with_state(GuiState { api, router })
+        .with_state(GuiState { api, router, tls })
 }
 
 /// `?fragment=main`: only the inside of `<main>`, for the live refresh.
@@ -292,7 +295,8 @@ async fn login(
         return html(StatusCode::UNAUTHORIZED, pages::login("the admin token is not valid"));
     }
     let value: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
-    let cookie = format!("{TOKEN_COOKIE}={value}; Path=/gui; HttpOnly; SameSite=Strict");
+    let secure = if s.tls { "; Secure" } else { "" };
+    let cookie = format!("{TOKEN_COOKIE}={value}; Path=/gui; HttpOnly; SameSite=Strict{secure}");
     let mut resp = Redirect::to("/gui").into_response();
     if let Ok(c) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, c);

@@ -357,6 +357,17 @@ async fn the_gui_signs_in_with_the_token_over_https_in_chromium() {
     })
     .await;
     assert_eq!(browser.goto(&url).await, 200, "the cookie keeps the browser signed in");
+    let cookies = browser.call("Network.getCookies", serde_json::json!({ "urls": [url.clone()] })).await;
+    let cookie = cookies["cookies"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "meridian-token"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no token cookie: {cookies}"));
+    assert_eq!(
+        (&cookie["httpOnly"], &cookie["secure"], &cookie["sameSite"], &cookie["path"]),
+        (&Value::Bool(true), &Value::Bool(true), &serde_json::json!("Strict"), &serde_json::json!("/gui")),
+        "{cookie}"
+    );
     let text = browser.text().await;
     assert!(text.contains("s1"), "{text}");
     assert_no_secret("the mesh page", &browser.html().await);
