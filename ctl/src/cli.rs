@@ -1,6 +1,6 @@
 //! The command line: every flag has a `MERIDIAN_*` environment variable.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -357,9 +357,9 @@ pub struct ApplyArgs {
     /// the time runs out (naming the zones, offline ones included, and
     /// Dataplanes that did not confirm).
     #[arg(long, env = "MERIDIAN_APPLY_WAIT", num_args = 0..=1, require_equals = true,
-          default_missing_value = "60s", value_name = "TIMEOUT", value_parser = crate::status::parse_timeout,
+          default_missing_value = "60s", value_name = "TIMEOUT", value_parser = parse_timeout,
           conflicts_with = "dry_run")]
-    pub wait: Option<std::time::Duration>,
+    pub wait: Option<Duration>,
 
     /// With --dry-run, at the global: also print, per zone and per gateway
     /// Dataplane, the Envoy resources (listeners, route configurations,
@@ -505,4 +505,31 @@ pub struct AddContextArgs {
     /// Replace a context of the same name.
     #[arg(long, env = "MERIDIAN_CONFIG_OVERWRITE")]
     pub overwrite: bool,
+}
+
+/// Parses `--wait`'s value: `90s`, `2m`, `1m30s` (humantime), or bare seconds.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration ({e}): write e.g. 90s, 2m or 1m30s"))?,
+    };
+    if d.is_zero() {
+        return Err("the timeout must be more than 0s".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_timeouts_parse() {
+        assert_eq!(parse_timeout("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_timeout("soon").is_err());
+        assert!(parse_timeout("0s").is_err());
+    }
 }

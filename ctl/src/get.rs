@@ -23,10 +23,6 @@ pub fn resource_type(s: &str) -> Result<ResourceType, CtlError> {
 pub async fn get(client: &Client, args: &GetArgs) -> Result<u8, CtlError> {
     let ty = resource_type(&args.resource_type)?;
     match &args.name {
-        Some(name) if args.status => {
-            let status = crate::status::fetch(client, ty, &args.mesh, name).await?;
-            crate::status::print(&status, args.output);
-        }
         Some(name) => {
             let segs = segments(ty, &args.mesh, name);
             let segs: Vec<&str> = segs.iter().map(String::as_str).collect();

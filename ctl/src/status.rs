@@ -10,7 +10,7 @@ use meridian_sync_proto::{
 use serde_json::Value;
 
 use crate::{
-    cli::Output,
+    cli::{GetArgs, Output},
     client::Client,
     documents::{id, segments},
     error::{CtlError, EXIT_INVALID, EXIT_OK, EXIT_TIMEOUT},
@@ -32,6 +32,14 @@ pub async fn fetch(client: &Client, ty: ResourceType, mesh: &str, name: &str) ->
     let reply = client.get(&segs).await?;
     serde_json::from_value(reply.body)
         .map_err(|e| CtlError::input(format!("unexpected _status body from the server (is it the global?): {e}")))
+}
+
+/// `get TYPE NAME --status`: fetches and prints the status.
+pub async fn get(client: &Client, args: &GetArgs) -> Result<u8, CtlError> {
+    let ty = crate::get::resource_type(&args.resource_type)?;
+    let name = args.name.as_deref().ok_or_else(|| CtlError::input("--status needs a resource name"))?;
+    print(&fetch(client, ty, &args.mesh, name).await?, args.output);
+    Ok(EXIT_OK)
 }
 
 /// Prints one status: a table per zone and Dataplane, or the body as JSON/YAML.
@@ -155,33 +163,5 @@ fn report(s: &ResourceStatus, what: &str) {
             };
             out::err(&format!("    Dataplane {}: {why}", d.name));
         }
-    }
-}
-
-/// Parses `--wait`'s value: `90s`, `2m`, `1m30s` (humantime), or bare seconds.
-pub fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let d = match s.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(s)
-            .map_err(|e| format!("{s:?} is not a duration ({e}): write e.g. 90s, 2m or 1m30s"))?,
-    };
-    if d.is_zero() {
-        return Err("the timeout must be more than 0s".into());
-    }
-    Ok(d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timeouts_parse() {
-        assert_eq!(parse_timeout("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_timeout("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_timeout("2h"), Ok(Duration::from_secs(7200)));
-        assert!(parse_timeout("soon").is_err());
-        assert!(parse_timeout("5x").is_err());
-        assert!(parse_timeout("0s").is_err());
     }
 }
