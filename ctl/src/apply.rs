@@ -8,7 +8,7 @@ use crate::{
     client::Client,
     documents::{self, Checked, Doc},
     error::{CtlError, EXIT_INVALID, EXIT_OK, worst},
-    out,
+    out, status,
 };
 
 /// What applying one resource did.
@@ -73,10 +73,19 @@ pub async fn apply(client: &Client, args: &ApplyArgs) -> Result<u8, CtlError> {
 
     let suffix = if args.dry_run { " (dry run)" } else { "" };
     let mut code = EXIT_OK;
+    let mut applied = Vec::new();
     for doc in &docs {
         let what = format!("{} {}", doc.resource_type(), doc.id());
         match apply_one(client, doc, args.dry_run).await {
-            Ok(outcome) => out::line(&format!("{} {what}{suffix}", outcome.word())),
+            Ok(outcome) => {
+                out::line(&format!("{} {what}{suffix}", outcome.word()));
+                let r = &doc.resource;
+                applied.push(status::Applied {
+                    ty: doc.resource_type(),
+                    mesh: r.meta.mesh.clone(),
+                    name: r.meta.name.clone(),
+                });
+            }
             Err(e) => {
                 out::err(&e.report(Some(&what)));
                 code = worst(code, e.exit_code());
@@ -86,7 +95,37 @@ pub async fn apply(client: &Client, args: &ApplyArgs) -> Result<u8, CtlError> {
             }
         }
     }
+    if let Some(timeout) = args.wait
+        && code == EXIT_OK
+    {
+        return status::wait(client, &applied, timeout).await;
+    }
+    if args.diff && code == EXIT_OK {
+        return diff(client, &docs).await;
+    }
     Ok(code)
+}
+
+/// `apply --dry-run --diff`: asks the global's `POST /_diff` what the
+/// documents the generator reads (Mesh, MeshGateway, MeshGatewayRoute,
+/// Secret) would change in each zone's Envoy configuration, and prints it.
+async fn diff(client: &Client, docs: &[Doc]) -> Result<u8, CtlError> {
+    let reads = |t: ResourceType| {
+        matches!(
+            t,
+            ResourceType::Mesh | ResourceType::MeshGateway | ResourceType::MeshGatewayRoute | ResourceType::Secret
+        )
+    };
+    let body: Vec<Value> = docs.iter().filter(|d| reads(d.resource_type())).map(|d| d.value.clone()).collect();
+    if body.is_empty() {
+        out::line("no Envoy configuration would change (no Mesh, MeshGateway, MeshGatewayRoute or Secret given)");
+        return Ok(EXIT_OK);
+    }
+    let reply = client.post(&["_diff"], &Value::Array(body)).await?;
+    let report: meridian_sync_proto::propagation::DiffReport = serde_json::from_value(reply.body)
+        .map_err(|e| CtlError::input(format!("unexpected _diff body from the server (is it the global?): {e}")))?;
+    out::text(&meridian_sync_proto::propagation::render_diff(&report));
+    Ok(EXIT_OK)
 }
 
 /// Meshes before what lives in them, Secrets before what refers to them.

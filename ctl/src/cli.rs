@@ -1,6 +1,6 @@
 //! The command line: every flag has a `MERIDIAN_*` environment variable.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -19,6 +19,7 @@ Exit codes:
      not found, conflict, unauthorized, forbidden, too large)
   2  the server could not be reached (connection refused, DNS, timeout) or failed
      (HTTP 5xx, e.g. its store is unavailable): retrying later may help
+  3  apply --wait: not every zone and gateway Envoy confirmed the change in time
 
 Examples:
   meridianctl config add-context prod --api-url https://global.example.com:5681 --token \"$TOKEN\" --ca-cert ca.pem
@@ -290,7 +291,10 @@ Examples:
   meridianctl apply -f gateway.yaml
   meridianctl apply -f mesh.yaml -f gateways.yaml
   render-config | meridianctl apply -f -
-  meridianctl apply -f gateway.yaml --dry-run";
+  meridianctl apply -f gateway.yaml --dry-run
+  meridianctl apply -f route.yaml --wait          # until every zone and gateway Envoy ACKed it (60s)
+  meridianctl apply -f route.yaml --wait=2m
+  meridianctl apply -f route.yaml --dry-run --diff  # what every gateway Envoy would get";
 
 const GET_ABOUT: &str = "\
 List resources of a type, or show one.
@@ -306,12 +310,19 @@ Output: `table` (default), `yaml` (one document per resource, separated by `---`
 so it can be fed back to `meridianctl apply -f -`) or `json` (one object, or
 {\"total\", \"items\"} for a list). Lists fetch every page.
 
+--status (at the global, one resource) shows its propagation status instead: its
+version, which version each zone holds (Applied, Pending, Rejected with the zone's
+reason, Offline), and for each gateway Dataplane whose configuration depends on it
+whether its Envoy ACKed or NACKed (with Envoy's reason) a configuration carrying
+that version. Table, or the `_status` body with -o json|yaml.
+
 Examples:
   meridianctl get meshes
   meridianctl get meshgateways -m default
   meridianctl get meshgateways --all-meshes
   meridianctl get meshgateway edge-gateway -o yaml
-  meridianctl get zones -o json";
+  meridianctl get zones -o json
+  meridianctl get meshgatewayroute edge-route --status";
 
 const DELETE_ABOUT: &str = "\
 Delete one resource. Deleting a Mesh deletes everything in it.
@@ -364,6 +375,24 @@ pub struct ApplyArgs {
     /// Let the server check everything, without writing anything.
     #[arg(long, env = "MERIDIAN_DRY_RUN")]
     pub dry_run: bool,
+
+    /// After applying, wait until every zone holds the new versions and
+    /// every gateway Envoy they affect ACKed them (asks the global's
+    /// `_status`); `--wait` alone waits 60s, `--wait=2m` longer. Exit 1 as
+    /// soon as a zone or an Envoy rejects a change (with its reason), 3 when
+    /// the time runs out (naming the zones, offline ones included, and
+    /// Dataplanes that did not confirm).
+    #[arg(long, env = "MERIDIAN_APPLY_WAIT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "60s", value_name = "TIMEOUT", value_parser = parse_timeout,
+          conflicts_with = "dry_run")]
+    pub wait: Option<Duration>,
+
+    /// With --dry-run, at the global: also print, per zone and per gateway
+    /// Dataplane, the Envoy resources (listeners, route configurations,
+    /// clusters, endpoints, secrets by name) the change would alter, as
+    /// unified diffs of the generated configuration. Writes nothing.
+    #[arg(long, env = "MERIDIAN_APPLY_DIFF", requires = "dry_run")]
+    pub diff: bool,
 }
 
 #[derive(Debug, Args)]
@@ -389,6 +418,11 @@ pub struct GetArgs {
     /// Items per request when listing (every page is fetched).
     #[arg(long, env = "MERIDIAN_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub page_size: u64,
+
+    /// Show the resource's propagation status instead (global only): the
+    /// version each zone holds and each affected gateway Envoy's ACK/NACK.
+    #[arg(long, env = "MERIDIAN_GET_STATUS", requires = "name")]
+    pub status: bool,
 }
 
 #[derive(Debug, Args)]
@@ -541,4 +575,31 @@ pub struct AddContextArgs {
     /// Replace a context of the same name.
     #[arg(long, env = "MERIDIAN_CONFIG_OVERWRITE")]
     pub overwrite: bool,
+}
+
+/// Parses `--wait`'s value: `90s`, `2m`, `1m30s` (humantime), or bare seconds.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration ({e}): write e.g. 90s, 2m or 1m30s"))?,
+    };
+    if d.is_zero() {
+        return Err("the timeout must be more than 0s".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_timeouts_parse() {
+        assert_eq!(parse_timeout("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_timeout("soon").is_err());
+        assert!(parse_timeout("0s").is_err());
+    }
 }

@@ -8,6 +8,9 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_INVALID: u8 = 1;
 /// Exit code for a server that cannot be reached or failed (5xx).
 pub const EXIT_UNAVAILABLE: u8 = 2;
+/// Exit code of `apply --wait` when not every zone and Envoy confirmed the
+/// change in time (offline zones included).
+pub const EXIT_TIMEOUT: u8 = 3;
 
 /// One field-level reason from the server's error body.
 #[derive(Debug, Clone, PartialEq, Eq)]

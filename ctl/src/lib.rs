@@ -22,6 +22,7 @@ pub mod error;
 pub mod get;
 pub mod inspect;
 pub mod out;
+pub mod status;
 pub mod table;
 
 use std::{process::ExitCode, time::Duration};
@@ -61,6 +62,7 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
         Command::Validate(args) => apply::validate(&args),
         Command::Config(cmd) => configure(&cli.conn, cmd),
         Command::Apply(args) => apply::apply(&client(&cli.conn)?, &args).await,
+        Command::Get(args) if args.status => status::get(&client(&cli.conn)?, &args).await,
         Command::Get(args) => get::get(&client(&cli.conn)?, &args).await,
         Command::Delete(args) => get::delete(&client(&cli.conn)?, &args).await,
         Command::Inspect(InspectCommand::Zones(args)) => inspect::zones(&client(&cli.conn)?, &args).await,

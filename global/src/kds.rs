@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod envoy_admin;
+pub mod held;
 pub mod insight;
 pub mod metrics;
 mod stream;
@@ -80,6 +81,8 @@ pub struct KdsServer {
     pub(crate) metrics: metrics::KdsMetrics,
     /// The zones' open inspection streams (config dump, stats, clusters).
     pub envoy_admin: envoy_admin::EnvoyAdmin,
+    /// What each connected zone holds of what was sent to it.
+    pub(crate) held: held::Held,
     /// The process's shutdown token: every stream ends when it is cancelled.
     pub(crate) shutdown: CancellationToken,
     /// The stream tasks, so that shutdown waits until each has closed its
@@ -105,9 +108,16 @@ impl KdsServer {
             max_message_bytes,
             metrics,
             envoy_admin: envoy_admin::EnvoyAdmin::default(),
+            held: held::Held::default(),
             shutdown,
             streams: TaskTracker::new(),
         }
+    }
+
+    /// What each zone connected to this instance holds, per resource
+    /// (propagation status reads it).
+    pub fn held(&self) -> held::Held {
+        self.held.clone()
     }
 
     /// Checks who is calling. Returns the zone name, the zone's version, the

@@ -10,7 +10,10 @@
 //! ```
 
 pub mod inspect;
+pub mod diff;
+pub mod gui;
 pub mod kds;
+pub mod propagation;
 pub mod tls;
 pub mod tokens;
 
@@ -198,9 +201,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         shutdown.clone(),
     );
 
-    let router = meridian_rest::router(state.clone())
+    let api_router = meridian_rest::router(state.clone())
+        .merge(propagation::routes(state.clone(), kds_server.held()))
+        .merge(diff::routes(state.clone()))
         .merge(tokens::routes(state.clone(), tokens))
-        .merge(inspect::routes(state.clone(), kds_server.envoy_admin.clone()));
+        .merge(inspect::routes(state.clone(), kds_server.envoy_admin.clone()))
+        .layer(axum::middleware::from_fn_with_state((manager.clone(), kds_server.held()), propagation::header));
+    // The GUI at /gui asks the API router itself for propagation status.
+    let router = api_router.clone().merge(gui::routes(state, api_router, api_tls.is_some()));
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("KDS cache follower", {
         let stop = shutdown.clone().cancelled_owned();
@@ -233,6 +241,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     });
     tracing::info!(%api_addr, %kds_addr, tls = !args.kds_plaintext, "listening");
     announce(&format!("meridian-global: API on {api_scheme}://{api_addr}"));
+    announce(&format!("meridian-global: GUI on {api_scheme}://{api_addr}/gui"));
     announce(&format!("meridian-global: KDS on {}://{kds_addr}", if args.kds_plaintext { "grpc" } else { "grpcs" }));
 
     tasks.wait().await

@@ -17,6 +17,7 @@
 //! - [`delta`]: the delta-discovery state machine shared by KDS and xDS.
 //! - [`driver`]: the sending and receiving loops every stream runs, and their metrics.
 //! - [`kds`]: the KDS wire shape (names, envelope, metadata).
+//! - [`propagation`]: the propagation-status body (`_status`) and its state rules.
 
 pub mod delta;
 pub mod driver;
@@ -24,6 +25,7 @@ pub mod envoy_admin;
 pub mod kds;
 pub mod model;
 pub mod pb;
+pub mod propagation;
 pub mod universal;
 pub mod validate;
 

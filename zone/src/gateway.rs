@@ -126,6 +126,9 @@ pub struct MeshSnapshot {
     /// (shared by every mesh's snapshot): where outbounds tagged
     /// `kuma.io/mesh` lead ([`cross_mesh`]).
     pub cross_mesh_listeners: std::sync::Arc<Vec<cross_mesh::CrossMeshListener>>,
+    /// Stored version of each resource above, by (type, name), when known
+    /// (the generator ignores them; [`sources`] reports them).
+    pub versions: BTreeMap<(ResourceType, String), String>,
 }
 
 impl MeshSnapshot {
@@ -181,8 +184,15 @@ impl MeshSnapshot {
         }
     }
 
+    /// Records the stored version of a resource the snapshot holds
+    /// (what [`sources`] reports a configuration was built from).
+    pub fn set_version(&mut self, ty: ResourceType, name: &str, version: &str) {
+        self.versions.insert((ty, name.to_string()), version.to_string());
+    }
+
     /// Removes a resource; returns whether it was one the generator reads.
     pub fn remove(&mut self, ty: ResourceType, name: &str) -> bool {
+        self.versions.remove(&(ty, name.to_string()));
         match ty {
             ResourceType::MeshGateway => self.gateways.remove(name).is_some(),
             ResourceType::MeshGatewayRoute => self.routes.remove(name).is_some(),
@@ -227,6 +237,41 @@ pub struct Deps {
     /// (`mesh_ca:secret:all`).
     pub all_meshes_ca: bool,
 }
+
+/// The resources a Dataplane's configuration was generated from, by
+/// (type, name), with their stored versions: the Mesh, the Dataplane
+/// itself, the MeshGateway in use, the attached MeshGatewayRoutes and the
+/// referenced Secrets (those present in `snapshot`). What propagation
+/// status joins on: a configuration "carries" version V of a resource when
+/// V is listed here.
+pub fn sources(snapshot: &MeshSnapshot, dataplane: &str, deps: &Deps) -> Sources {
+    let mut keys: Vec<(ResourceType, &str)> =
+        vec![(ResourceType::Mesh, snapshot.mesh.as_str()), (ResourceType::Dataplane, dataplane)];
+    keys.extend(deps.gateway.iter().map(|g| (ResourceType::MeshGateway, g.as_str())));
+    keys.extend(deps.routes.iter().map(|r| (ResourceType::MeshGatewayRoute, r.as_str())));
+    keys.extend(deps.secrets.iter().map(|s| (ResourceType::Secret, s.as_str())));
+    keys.into_iter()
+        .filter_map(|(ty, name)| {
+            let key = (ty, name.to_string());
+            snapshot.versions.get(&key).map(|v| (key, v.clone()))
+        })
+        .collect()
+}
+
+/// Whether a configuration with `deps` was generated from resource
+/// (`ty`, `name`) of its mesh (the Mesh itself: always).
+pub fn depends_on(deps: &Deps, ty: ResourceType, name: &str) -> bool {
+    match ty {
+        ResourceType::Mesh => true,
+        ResourceType::MeshGateway => deps.gateway.as_deref() == Some(name),
+        ResourceType::MeshGatewayRoute => deps.routes.contains(name),
+        ResourceType::Secret => deps.secrets.contains(name),
+        _ => false,
+    }
+}
+
+/// (type, name) → stored version of what a configuration was built from ([`sources`]).
+pub type Sources = BTreeMap<(ResourceType, String), String>;
 
 /// The Envoy configuration of one Dataplane (gateway or sidecar).
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -40,6 +40,7 @@ use tonic::{Status, Streaming};
 use super::{
     KdsServer,
     cache::TypeSnapshot,
+    held::{HeldObserver, TrackedWire},
     insight::{Counters, REFRESH, Session, Upward},
 };
 
@@ -210,11 +211,18 @@ pub(super) async fn global_to_zone(
     };
     tracing::debug!(zone = %zone, max_message_bytes, "message cap agreed with the zone");
     let mut source = ZoneSource::new(&server, &zone);
+    server.held.reset(&zone);
     let snapshots = GLOBAL_TO_ZONE.iter().map(|t| (t.name().to_string(), server.cache.subscribe(*t))).collect();
     let opened = meridian_core::liveness::now_millis();
-    let mut wire = GrpcWire { inbound, tx: tx.clone(), cap: max_message_bytes, stamps: Some((snapshots, opened)) };
-    let mut observer =
-        (server.metrics.sync.sender(DOWN), SessionObserver { zone: zone.clone(), session: session.clone() });
+    let mut wire = TrackedWire {
+        inner: GrpcWire { inbound, tx: tx.clone(), cap: max_message_bytes, stamps: Some((snapshots, opened)) },
+        zone: zone.clone(),
+        held: server.held.clone(),
+    };
+    let mut observer = (
+        (server.metrics.sync.sender(DOWN), SessionObserver { zone: zone.clone(), session: session.clone() }),
+        HeldObserver::new(&zone, server.held.clone()),
+    );
     let cancel = server.shutdown.child_token();
     tokio::select! {
         ended = send_loop(&mut source, &mut wire, &mut observer, &config, &cancel) => match ended {

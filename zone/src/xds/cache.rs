@@ -81,6 +81,10 @@ pub struct ProxyState {
     /// The generator's warnings for this configuration (what was left out
     /// and why), sorted; also readable through [`Cache::warnings`].
     pub warnings: Vec<String>,
+    /// The resources (and their stored versions) this configuration was
+    /// generated from ([`gateway::sources`]); DataplaneInsight reports them
+    /// with Envoy's answer.
+    pub sources: Arc<gateway::Sources>,
 }
 
 impl ProxyState {
@@ -429,14 +433,14 @@ impl Cache {
                             Spec::Mesh(_) => e.resource.meta.name.clone(),
                             _ => e.resource.meta.mesh.clone(),
                         };
-                        meshes
-                            .entry(mesh.clone())
-                            .or_insert_with(|| MeshSnapshot {
-                                zone: self.zone.to_string(),
-                                remote_ingresses: remote_ingresses.clone(),
-                                ..MeshSnapshot::new(mesh)
-                            })
-                            .upsert(&e.resource);
+                        let snap = meshes.entry(mesh.clone()).or_insert_with(|| MeshSnapshot {
+                            zone: self.zone.to_string(),
+                            remote_ingresses: remote_ingresses.clone(),
+                            ..MeshSnapshot::new(mesh)
+                        });
+                        if snap.upsert(&e.resource) {
+                            snap.set_version(ty, &e.resource.meta.name, &stored.version);
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "skipping undecodable resource"),
                 }
@@ -538,7 +542,9 @@ impl Cache {
                 match c.kind {
                     ChangeKind::Upsert => match Manager::decode(&c.resource) {
                         Ok(e) => {
-                            snapshot.upsert(&e.resource);
+                            if snapshot.upsert(&e.resource) {
+                                snapshot.set_version(ty, &key.name, &c.resource.version);
+                            }
                         }
                         Err(e) => tracing::warn!(error = %e, "skipping undecodable Mesh"),
                     },
@@ -579,7 +585,9 @@ impl Cache {
             let snapshot = Arc::make_mut(inner.meshes.entry(key.mesh.clone()).or_insert_with(|| Arc::new(fresh)));
             match &new {
                 Some(r) => {
-                    snapshot.upsert(r);
+                    if snapshot.upsert(r) {
+                        snapshot.set_version(ty, &key.name, &c.resource.version);
+                    }
                 }
                 None => {
                     snapshot.remove(ty, &key.name);
@@ -671,10 +679,13 @@ impl Cache {
 fn generate(snapshot: &MeshSnapshot, id: &ProxyId) -> (ProxyState, Deps) {
     match gateway::generate(snapshot, &id.name) {
         Ok(config) => {
-            let state = ProxyState { config: Ok(config.desired()), warnings: config.warnings };
+            let sources = Arc::new(gateway::sources(snapshot, &id.name, &config.deps));
+            let state = ProxyState { config: Ok(config.desired()), warnings: config.warnings, sources };
             (state, config.deps)
         }
-        Err(e) => (ProxyState { config: Err(e.into()), warnings: Vec::new() }, Deps::default()),
+        Err(e) => {
+            (ProxyState { config: Err(e.into()), warnings: Vec::new(), sources: Arc::default() }, Deps::default())
+        }
     }
 }
 
@@ -698,10 +709,12 @@ fn publish(p: &mut Proxy, id: &ProxyId, state: ProxyState, deps: Deps) {
     p.deps = deps;
     p.tx.send_if_modified(|current| {
         let changed = !current.same_versions(&state);
-        if changed || current.warnings != state.warnings {
-            log_warnings(id, &state);
-            // New warnings alone wake no stream (nothing to send to Envoy),
-            // but `warnings` then reports them.
+        if changed || current.warnings != state.warnings || current.sources != state.sources {
+            if changed || current.warnings != state.warnings {
+                log_warnings(id, &state);
+            }
+            // New warnings or sources alone wake no stream (nothing to send
+            // to Envoy), but `warnings` and the insight then report them.
             *current = Arc::new(state);
         }
         changed

@@ -31,8 +31,8 @@ use meridian_sync_proto::{
     delta::{Desired, DesiredSet, DesiredView, SendStats, set_version},
     driver::{Incoming, Observer, SendWire, Source},
     pb::mesh::{
-        DiscoveryServiceStats, DiscoverySubscription, DiscoverySubscriptionStatus, EnvoyVersion, RejectedResource,
-        Version,
+        ConfigSource, DiscoveryServiceStats, DiscoverySubscription, DiscoverySubscriptionStatus, EnvoyVersion,
+        RejectedResource, Version,
     },
 };
 use tokio::sync::{mpsc, watch};
@@ -42,7 +42,7 @@ use super::{
     cache::{ProxyError, ProxyState},
     insight::{self, InsightHandle},
 };
-use crate::gateway::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, type_urls};
+use crate::gateway::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, SECRET_TYPE, Sources, type_urls};
 
 /// Largest total of resources in one delta response: Envoy's gRPC client
 /// accepts 4 MiB messages by default; leave room for the envelope.
@@ -246,6 +246,128 @@ pub struct InsightObserver {
     handle: Option<InsightHandle>,
     /// The proxy's generated state, for its generator warnings.
     state: Option<watch::Receiver<Arc<ProxyState>>>,
+    /// What Envoy answered per source resource ([`ConfigSources`]).
+    sources: ConfigSources,
+}
+
+/// Envoy's answers, joined to the resources the configuration was built
+/// from (DataplaneInsight `configSources`). Responses are grouped into
+/// generations (one per generated state they were sent from); a source
+/// version is ACKed once every response of its generation was ACKed, and
+/// NACKed as soon as one of them was NACKed (a later generation's full ACK
+/// clears that). Each event costs the size of one generation's sources.
+#[derive(Default)]
+struct ConfigSources {
+    /// The sources of the state responses were last sent from, and its generation.
+    current: Option<(Arc<Sources>, u64)>,
+    /// Unsettled generations: their sources, responses not yet answered,
+    /// and the NACK reason if one was NACKed.
+    open: BTreeMap<u64, OpenGeneration>,
+    /// (type, name) → the latest answer, and the generation it came from.
+    answered: BTreeMap<(meridian_sync_proto::ResourceType, String), (ConfigSource, u64)>,
+}
+
+struct OpenGeneration {
+    sources: Arc<Sources>,
+    outstanding: usize,
+}
+
+impl ConfigSources {
+    /// A response is being sent from a state with `sources`; returns its generation.
+    fn sent(&mut self, sources: Arc<Sources>) -> u64 {
+        let generation = match &self.current {
+            Some((s, g)) if Arc::ptr_eq(s, &sources) || **s == *sources => *g,
+            Some((_, g)) => g + 1,
+            None => 1,
+        };
+        self.current = Some((sources.clone(), generation));
+        let open = self.open.entry(generation).or_insert(OpenGeneration { sources, outstanding: 0 });
+        open.outstanding += 1;
+        while self.open.len() > MAX_UNSETTLED {
+            self.open.pop_first();
+        }
+        generation
+    }
+
+    /// Envoy ACKed one response of `generation`.
+    fn acked(&mut self, generation: u64) {
+        let Some(open) = self.open.get_mut(&generation) else { return };
+        open.outstanding = open.outstanding.saturating_sub(1);
+        if open.outstanding > 0 {
+            return;
+        }
+        let Some(open) = self.open.remove(&generation) else { return };
+        // Older generations are superseded by this one.
+        self.open.retain(|g, _| *g > generation);
+        let time = insight::now();
+        for ((ty, name), version) in open.sources.iter() {
+            let key = (*ty, name.clone());
+            let nacked_since = self
+                .answered
+                .get(&key)
+                .is_some_and(|(s, g)| *g >= generation && s.state == "NACKed" && &s.version == version);
+            if nacked_since {
+                continue;
+            }
+            let answer = ConfigSource {
+                r#type: ty.name().to_string(),
+                name: name.clone(),
+                version: version.clone(),
+                state: "ACKed".into(),
+                reason: String::new(),
+                time: Some(time),
+            };
+            self.answered.insert(key, (answer, generation));
+        }
+        self.forget_gone(&open.sources);
+    }
+
+    /// Envoy NACKed one response of `generation` with `reason`.
+    fn nacked(&mut self, generation: u64, reason: &str) {
+        let Some(open) = self.open.get_mut(&generation) else { return };
+        open.outstanding = open.outstanding.saturating_sub(1);
+        let sources = open.sources.clone();
+        if open.outstanding == 0 {
+            self.open.remove(&generation);
+        }
+        let time = insight::now();
+        for ((ty, name), version) in sources.iter() {
+            let answer = ConfigSource {
+                r#type: ty.name().to_string(),
+                name: name.clone(),
+                version: version.clone(),
+                state: "NACKed".into(),
+                reason: truncate(reason),
+                time: Some(time),
+            };
+            self.answered.insert((*ty, name.clone()), (answer, generation));
+        }
+    }
+
+    /// Drops answers about resources the configuration no longer uses
+    /// (after a generation without them was ACKed).
+    fn forget_gone(&mut self, now: &Sources) {
+        self.answered.retain(|k, _| now.contains_key(k));
+    }
+
+    /// The insight's list, sorted by type and name.
+    fn list(&self) -> Vec<ConfigSource> {
+        self.answered.values().map(|(s, _)| s.clone()).collect()
+    }
+}
+
+/// Longest NACK reason kept per source (Envoy's text can dump a whole resource).
+const MAX_REASON: usize = 1024;
+
+fn truncate(reason: &str) -> String {
+    if reason.len() <= MAX_REASON {
+        return reason.to_string();
+    }
+    let mut end = MAX_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &reason[..end])
 }
 
 impl InsightObserver {
@@ -282,6 +404,7 @@ impl InsightObserver {
             last_nack: String::new(),
             handle,
             state: None,
+            sources: ConfigSources::default(),
         };
         o.publish();
         o
@@ -324,6 +447,7 @@ impl InsightObserver {
                 r.sort_by_key(|r| std::cmp::Reverse(r.time.as_ref().map(|t| (t.seconds, t.nanos))));
                 r
             },
+            config_sources: self.sources.list(),
             ..Default::default()
         };
         let mut total = DiscoveryServiceStats::default();
@@ -365,12 +489,15 @@ impl Observer for InsightObserver {
             v.clear();
         }
         let resources = response.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+        let sources = self.state.as_ref().map(|s| s.borrow().sources.clone()).unwrap_or_default();
+        let generation = self.sources.sent(sources);
         v.insert(
             response.nonce.clone(),
             Carried {
                 set_version: response.system_version_info.clone(),
                 resources,
                 removed: response.removed_resources.clone(),
+                generation,
             },
         );
         self.stats.insert(type_url.to_string(), stats.clone());
@@ -378,6 +505,7 @@ impl Observer for InsightObserver {
     }
     fn acked(&mut self, type_url: &str, nonce: &str, _: Option<Duration>, stats: &SendStats) {
         if let Some(c) = self.versions.get_mut(type_url).and_then(|v| v.remove(nonce)) {
+            self.sources.acked(c.generation);
             self.acked.insert(short(type_url).to_string(), c.set_version);
             // A later version accepted (or the resource removed): no longer rejected.
             for name in c.resources.iter().map(|(n, _)| n).chain(&c.removed) {
@@ -389,6 +517,9 @@ impl Observer for InsightObserver {
     }
     fn nacked(&mut self, type_url: &str, nonce: &str, reason: &str, stats: &SendStats) {
         let carried = self.versions.get_mut(type_url).and_then(|v| v.remove(nonce));
+        if let Some(c) = &carried {
+            self.sources.nacked(c.generation, reason);
+        }
         let names: Vec<&str> =
             carried.as_ref().map(|c| c.resources.iter().map(|(n, _)| n.as_str()).collect()).unwrap_or_default();
         tracing::warn!(type_url, resources = ?names, reason = %reason, "Envoy rejected a response");
@@ -452,6 +583,8 @@ struct Carried {
     set_version: String,
     resources: Vec<(String, String)>,
     removed: Vec<String>,
+    /// The [`ConfigSources`] generation the response was sent from.
+    generation: u64,
 }
 
 #[cfg(test)]
@@ -465,6 +598,48 @@ mod tests {
             resource_names: names.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }
+    }
+
+    fn srcs(route_version: &str) -> Arc<Sources> {
+        use meridian_sync_proto::ResourceType;
+        Arc::new(Sources::from([
+            ((ResourceType::MeshGateway, "gw".to_string()), "g1".to_string()),
+            ((ResourceType::MeshGatewayRoute, "r".to_string()), route_version.to_string()),
+        ]))
+    }
+
+    fn state_of<'a>(c: &'a ConfigSources, name: &str) -> Option<(&'a str, &'a str)> {
+        c.answered.values().find(|(s, _)| s.name == name).map(|(s, _)| (s.version.as_str(), s.state.as_str()))
+    }
+
+    #[test]
+    fn sources_are_acked_once_every_response_of_their_generation_is() {
+        let mut c = ConfigSources::default();
+        let g1 = c.sent(srcs("v1"));
+        assert_eq!(c.sent(srcs("v1")), g1, "same sources, same generation");
+        c.acked(g1);
+        assert_eq!(state_of(&c, "r"), None, "one response still unanswered");
+        c.acked(g1);
+        assert_eq!(state_of(&c, "r"), Some(("v1", "ACKed")));
+
+        // v2: the listeners NACKed, the routes ACKed after: still NACKed.
+        let g2 = c.sent(srcs("v2"));
+        assert!(g2 > g1);
+        c.sent(srcs("v2"));
+        c.nacked(g2, "cannot bind");
+        assert_eq!(state_of(&c, "r"), Some(("v2", "NACKed")));
+        c.acked(g2);
+        assert_eq!(state_of(&c, "r"), Some(("v2", "NACKed")), "a NACK of the same generation stays");
+        assert_eq!(c.list().iter().find(|s| s.name == "r").map(|s| s.reason.as_str()), Some("cannot bind"));
+
+        // v3 fully ACKed clears it; a source no longer used is forgotten.
+        let g3 = c.sent(Arc::new(Sources::from([(
+            (meridian_sync_proto::ResourceType::MeshGatewayRoute, "r".to_string()),
+            "v3".to_string(),
+        )])));
+        c.acked(g3);
+        assert_eq!(state_of(&c, "r"), Some(("v3", "ACKed")));
+        assert_eq!(state_of(&c, "gw"), None);
     }
 
     #[test]

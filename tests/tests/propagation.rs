@@ -1,0 +1,253 @@
+//! Propagation status, end to end: a global, two zones and a real gateway
+//! Envoy in each. A route applied at the global with `meridianctl apply
+//! --wait` returns once both zones hold it and both Envoys ACKed a
+//! configuration carrying it; with a zone stopped it exits non-zero naming
+//! that zone; with a route Envoy cannot take (its TCP listener's port is
+//! held by another process: every check Meridian can make passes) it exits
+//! non-zero with Envoy's reason. `GET .../_status` says the same each time.
+
+use meridian_tests::{Backend, Topology, WAIT, eventually, traffic::free_port};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// One MeshGateway per zone (each Envoy its own HTTP port on 127.0.0.1),
+/// and in zone-1 a TCP listener on `tcp_port` that only TCP routes open.
+fn gateways(p1: u16, p2: u16, tcp_port: u16) -> String {
+    format!(
+        r#"
+type: MeshGateway
+mesh: default
+name: edge-1
+selectors: [{{match: {{kuma.io/service: edge-1}}}}]
+conf:
+  listeners:
+  - {{port: {p1}, protocol: HTTP}}
+  - {{port: {tcp_port}, protocol: TCP}}
+---
+type: MeshGateway
+mesh: default
+name: edge-2
+selectors: [{{match: {{kuma.io/service: edge-2}}}}]
+conf: {{listeners: [{{port: {p2}, protocol: HTTP}}]}}
+"#
+    )
+}
+
+/// A route attached to both zones' gateways, sending `prefix` to `blue`.
+fn route(prefix: &str) -> String {
+    format!(
+        r#"
+type: MeshGatewayRoute
+mesh: default
+name: edge-route
+selectors: [{{match: {{kuma.io/service: edge-1}}}}, {{match: {{kuma.io/service: edge-2}}}}]
+conf:
+  http:
+    rules:
+    - matches: [{{path: {{match: PREFIX, value: {prefix}}}}}]
+      backends: [{{destination: {{kuma.io/service: blue}}}}]
+"#
+    )
+}
+
+/// A TCP route for zone-1's gateway only: it opens the TCP listener.
+const TCP_ROUTE: &str = r#"
+type: MeshGatewayRoute
+mesh: default
+name: tcp-route
+selectors: [{match: {kuma.io/service: edge-1}}]
+conf:
+  tcp:
+    rules:
+    - backends: [{destination: {kuma.io/service: blue}}]
+"#;
+
+async fn two_zones(test: &str) -> Topology {
+    Topology::builder(test)
+        .global(Backend::Sqlite)
+        .zone("zone-1")
+        .zone("zone-2")
+        .http_backend("blue", "zone-1")
+        .gateway("zone-1", "gw-1", "edge-1")
+        .gateway("zone-2", "gw-2", "edge-2")
+        .start()
+        .await
+}
+
+fn zone<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["zones"]
+        .as_array()
+        .and_then(|zs| zs.iter().find(|z| z["zone"] == name))
+        .unwrap_or_else(|| panic!("zone {name} in {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_wait_returns_once_both_zones_and_envoys_acked_and_status_shows_it() {
+    let topo = two_zones("propagation-ack").await;
+    let global = topo.global();
+    let (p1, p2) = (free_port(), free_port());
+    let ctl = global.ctl();
+    ctl.with(["apply", "-f", "-", "--wait=60s"]).run_stdin(&gateways(p1, p2, free_port())).await.ok();
+    let out = ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&route("/shop")).await.ok();
+    assert!(
+        out.stdout.contains("applied MeshGatewayRoute default/edge-route in 2 zone(s), ACKed by 2 Dataplane(s)"),
+        "{}",
+        out.stdout
+    );
+
+    // The status the wait relied on: both zones hold the global's version,
+    // and each zone's gateway Envoy ACKed a configuration carrying it.
+    let status = global.api().get("/meshes/default/meshgatewayroutes/edge-route/_status").await;
+    let version = status["version"].as_str().expect("version").to_string();
+    assert_eq!(status["state"], "Applied", "{status}");
+    assert_eq!(status["type"], "MeshGatewayRoute");
+    for (z, dp) in [("zone-1", "zone-1.gw-1"), ("zone-2", "zone-2.gw-2")] {
+        let zs = zone(&status, z);
+        assert_eq!((zs["state"].as_str(), zs["online"].as_bool()), (Some("Applied"), Some(true)), "{zs}");
+        assert_eq!(zs["version"], version.as_str(), "{zs}");
+        let dps = zs["dataplanes"].as_array().expect("dataplanes");
+        assert_eq!(dps.len(), 1, "only the gateway depends on the route: {zs}");
+        assert_eq!(dps[0]["name"], dp);
+        assert_eq!(dps[0]["state"], "ACKed", "{zs}");
+        assert_eq!(dps[0]["version"], version.as_str());
+        assert!(dps[0]["time"].as_str().is_some_and(|t| t.contains('T')), "RFC 3339 time: {zs}");
+    }
+    // The Envoy serves what it ACKed.
+    let envoy = topo.envoy("gw-1");
+    eventually("gw-1 routes /shop to blue", WAIT, || async {
+        let r = envoy.get(p1, "a.example.com", "/shop/x").await?;
+        if r.status == 200 && r.backend() == "blue" { Ok(()) } else { Err(format!("{r:?}")) }
+    })
+    .await;
+
+    // A change: a new version, waited for the same way.
+    ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&route("/store")).await.ok();
+    let after = global.api().get("/meshes/default/meshgatewayroutes/edge-route/_status").await;
+    assert_ne!(after["version"], version.as_str(), "a new version");
+    assert_eq!(after["state"], "Applied", "{after}");
+    assert_eq!(zone(&after, "zone-2")["dataplanes"][0]["version"], after["version"]);
+
+    // The state is on the resource itself too: a response header.
+    let url = format!("{}/meshes/default/meshgatewayroutes/edge-route", global.api_url());
+    let resp = reqwest::get(&url).await.expect("GET the route");
+    assert_eq!(resp.headers().get("x-meridian-propagation").and_then(|v| v.to_str().ok()), Some("Applied"));
+
+    // `get --status` shows the same, as a table and as JSON.
+    let table = ctl.with(["get", "meshgatewayroute", "edge-route", "--status"]).run().await.ok();
+    assert!(table.stdout.starts_with("MeshGatewayRoute default/edge-route: Applied"), "{}", table.stdout);
+    assert!(table.stdout.contains("zone-2.gw-2") && table.stdout.contains("ACKed"), "{}", table.stdout);
+    let json = ctl.with(["get", "meshgatewayroute", "edge-route", "--status", "-o", "json"]).run().await.ok();
+    let parsed: Value = serde_json::from_str(&json.stdout).expect("json");
+    assert_eq!(parsed["version"], after["version"]);
+
+    // Unknown resources and types that do not flow to zones are refused precisely.
+    let (code, body) = global.api().try_get("/meshes/default/meshgatewayroutes/nope/_status").await.expect("answer");
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = global.api().try_get("/meshes/default/dataplanes/zone-1.gw-1/_status").await.expect("answer");
+    assert_eq!(code, 400, "{body}");
+    assert!(body["details"].as_str().is_some_and(|d| d.contains("not sent to zones")), "{body}");
+    topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_wait_names_a_stopped_zone() {
+    let topo = two_zones("propagation-offline").await;
+    let global = topo.global();
+    let ctl = global.ctl();
+    ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&gateways(free_port(), free_port(), free_port())).await.ok();
+    ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&route("/shop")).await.ok();
+
+    topo.zone("zone-2").kill();
+    global.api().wait_online("zone-2", false, WAIT).await;
+    let out = ctl.with(["apply", "-f", "-", "--wait=5s"]).run_stdin(&route("/store")).await.expect_code(3);
+    assert!(out.stdout.contains("updated MeshGatewayRoute default/edge-route"), "applied first: {}", out.stdout);
+    assert!(out.stderr.contains("not confirmed within 5s"), "{}", out.stderr);
+    assert!(out.stderr.contains("zone zone-2: offline"), "names the stopped zone: {}", out.stderr);
+    assert!(!out.stderr.contains("zone zone-1"), "zone-1 applied it: {}", out.stderr);
+
+    let status = global.api().get("/meshes/default/meshgatewayroutes/edge-route/_status").await;
+    assert_eq!(zone(&status, "zone-2")["state"], "Offline", "{status}");
+    assert_eq!(zone(&status, "zone-1")["state"], "Applied", "{status}");
+    assert_eq!(status["state"], "Applied", "offline zones do not hold the rest back: {status}");
+    topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_wait_reports_what_envoy_rejected() {
+    let topo = two_zones("propagation-nack").await;
+    let global = topo.global();
+    let ctl = global.ctl();
+    // Another process holds the port of zone-1's TCP listener.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let taken = squatter.local_addr().expect("addr").port();
+    ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&gateways(free_port(), free_port(), taken)).await.ok();
+
+    // The TCP route opens that listener: Envoy in zone-1 cannot bind it.
+    let out = ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(TCP_ROUTE).await.expect_code(1);
+    assert!(out.stderr.contains("MeshGatewayRoute default/tcp-route: rejected"), "{}", out.stderr);
+    assert!(out.stderr.contains("Dataplane zone-1.gw-1: NACKed"), "{}", out.stderr);
+    assert!(out.stderr.to_lowercase().contains("in use"), "Envoy's reason: {}", out.stderr);
+    assert!(!out.stderr.contains("zone zone-2"), "zone-2's gateway does not take the route: {}", out.stderr);
+
+    let status = global.api().get("/meshes/default/meshgatewayroutes/tcp-route/_status").await;
+    assert_eq!(status["state"], "Rejected", "{status}");
+    let url = format!("{}/meshes/default/meshgatewayroutes/tcp-route", global.api_url());
+    let resp = reqwest::get(&url).await.expect("GET the route");
+    assert_eq!(resp.headers().get("x-meridian-propagation").and_then(|v| v.to_str().ok()), Some("Rejected"));
+    let z1 = zone(&status, "zone-1");
+    assert_eq!(z1["state"], "Rejected", "{z1}");
+    assert_eq!(z1["version"], status["version"], "the zone itself took it: {z1}");
+    assert_eq!(z1["dataplanes"][0]["state"], "NACKed", "{z1}");
+    assert!(z1["reason"].as_str().is_some_and(|r| r.starts_with("Dataplane zone-1.gw-1: ")), "{z1}");
+    let z2 = zone(&status, "zone-2");
+    assert_eq!(z2["state"], "Applied", "{z2}");
+    assert_eq!(z2["dataplanes"].as_array().map(Vec::len), Some(0), "{z2}");
+    drop(squatter);
+    topo.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_diff_shows_each_gateways_envoy_changes_and_writes_nothing() {
+    let topo = two_zones("propagation-diff").await;
+    let global = topo.global();
+    let ctl = global.ctl();
+    let (p1, p2) = (free_port(), free_port());
+    ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&gateways(p1, p2, free_port())).await.ok();
+    ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&route("/shop")).await.ok();
+    let before = global.api().get("/meshes/default/meshgatewayroutes/edge-route").await;
+    let status_before = global.api().get("/meshes/default/meshgatewayroutes/edge-route/_status").await;
+
+    let out = ctl.with(["apply", "-f", "-", "--dry-run", "--diff"]).run_stdin(&route("/store")).await.ok();
+    let text = &out.stdout;
+    assert!(text.contains("updated MeshGatewayRoute default/edge-route (dry run)"), "{text}");
+    for (zone, dp, port) in [("zone-1", "zone-1.gw-1", p1), ("zone-2", "zone-2.gw-2", p2)] {
+        assert!(text.contains(&format!("zone {zone}, Dataplane {dp} (mesh default):")), "{text}");
+        let rc = format!("edge-{}:HTTP:{port}:*", &zone[5..]);
+        assert!(text.contains(&format!("~ route configuration {rc} (modified)")), "{rc} in {text}");
+    }
+    assert!(text.lines().any(|l| l.starts_with('-') && l.contains("\"/shop\"")), "the old prefix: {text}");
+    assert!(text.lines().any(|l| l.starts_with('+') && l.contains("\"/store\"")), "the new prefix: {text}");
+    assert!(!text.contains("~ listener"), "no listener changes: {text}");
+
+    // Nothing was written: the global's route, the zones' copies and the status are as they were.
+    assert_eq!(global.api().get("/meshes/default/meshgatewayroutes/edge-route").await, before);
+    for z in ["zone-1", "zone-2"] {
+        let copy = topo.zone(z).api().get("/meshes/default/meshgatewayroutes/edge-route").await;
+        assert_eq!(copy["conf"]["http"]["rules"][0]["matches"][0]["path"]["value"], "/shop", "{copy}");
+    }
+    let status_after = global.api().get("/meshes/default/meshgatewayroutes/edge-route/_status").await;
+    assert_eq!(status_after["version"], status_before["version"]);
+
+    // The REST endpoint refuses what it cannot diff, precisely.
+    let post = |body: Value| async move {
+        let json = [("content-type", "application/json")];
+        global.admin_http().request(Method::POST, "/_diff", Some(body.to_string().into_bytes()), &json).await
+    };
+    let r = post(json!({"type": "Dataplane", "mesh": "default", "name": "x"})).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.invalid_parameters().iter().any(|(f, _)| f == "[0].type"), "{}", r.text);
+    let r = post(json!([{"type": "MeshGatewayRoute", "mesh": "default", "name": "r", "selectors": []}])).await;
+    assert_eq!(r.status, 400, "an invalid route: {}", r.text);
+    assert!(!r.invalid_parameters().is_empty(), "field paths: {}", r.text);
+    topo.cleanup().await;
+}
