@@ -202,6 +202,9 @@ fn virtual_host(
         name: host.to_string(),
         domains: vec![host.to_string()],
         routes,
+        // With Retry policies in the mesh, backends see which attempt a
+        // request is (`x-envoy-attempt-count`).
+        include_request_attempt_count: snapshot.policies.has_type(meridian_sync_proto::ResourceType::Retry),
         response_headers_to_add: if https {
             vec![header_option("strict-transport-security", HSTS, true)]
         } else {
