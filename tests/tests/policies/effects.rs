@@ -95,14 +95,13 @@ async fn route_policies_change_what_requests_get() {
             "limited",
             "conf: {http: {requests: 3, interval: 3600s, onRateLimit: {status: 429, headers: [{key: x-limited, value: 'yes'}]}}}\n",
         ),
-        format!(
-            "type: FaultInjection\nmesh: default\nname: faulty-abort\nsources: [{{match: {{kuma.io/service: edge}}}}]\n\
-             destinations: [{{match: {{kuma.io/service: faulty, kuma.io/protocol: http}}}}]\n\
-             conf: {{abort: {{percentage: 50, httpStatus: 418}}}}\n---\n\
-             type: FaultInjection\nmesh: default\nname: delayed-delay\nsources: [{{match: {{kuma.io/service: edge}}}}]\n\
-             destinations: [{{match: {{kuma.io/service: delayed, kuma.io/protocol: http}}}}]\n\
-             conf: {{delay: {{percentage: 100, value: 0.05s}}}}\n"
-        ),
+        "type: FaultInjection\nmesh: default\nname: faulty-abort\nsources: [{match: {kuma.io/service: edge}}]\n\
+             destinations: [{match: {kuma.io/service: faulty, kuma.io/protocol: http}}]\n\
+             conf: {abort: {percentage: 50, httpStatus: 418}}\n---\n\
+             type: FaultInjection\nmesh: default\nname: delayed-delay\nsources: [{match: {kuma.io/service: edge}}]\n\
+             destinations: [{match: {kuma.io/service: delayed, kuma.io/protocol: http}}]\n\
+             conf: {delay: {percentage: 100, value: 0.05s}}\n"
+            .to_string(),
     ];
     global.api().apply_yaml(&policies.join("---\n")).await;
 
@@ -152,5 +151,171 @@ async fn route_policies_change_what_requests_get() {
     }
     let delayed = counter(envoy, "fault", "delays_injected").await - before;
     assert!(delayed >= 10, "10 requests delayed, Envoy counted {delayed}");
+    topo.cleanup().await;
+}
+
+/// Two instances of `service` in `zone` (Dataplanes `<service>-1`, `-2`).
+async fn two_instances(topo: &Topology, service: &str) -> [HttpBackend; 2] {
+    let mut out = Vec::new();
+    for i in 1..=2 {
+        let name = format!("{service}-{i}");
+        let b = traffic::http_backend(&name).await;
+        topo.zone("zone-1").api().apply_yaml(&traffic::backend_dataplane(&name, &[(b.port, service)])).await;
+        out.push(b);
+    }
+    let [a, b]: [HttpBackend; 2] = out.try_into().unwrap_or_else(|_| panic!("two backends"));
+    [a, b]
+}
+
+/// CircuitBreaker thresholds and outlier detection, HealthCheck: cluster-level policies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_policies_limit_eject_and_health_check() {
+    let topo = Topology::builder("policies-cluster")
+        .global(Backend::Sqlite)
+        .zone("zone-1")
+        .http_backend("narrow", "zone-1")
+        .gateway("zone-1", "edge-gw", "edge")
+        .start()
+        .await;
+    let (global, envoy) = (topo.global(), topo.envoy("edge-gw"));
+    let [out_1, out_2] = two_instances(&topo, "outlier").await;
+    let [checked_1, checked_2] = two_instances(&topo, "checked").await;
+    let port = free_port();
+    global
+        .api()
+        .apply_yaml(&gateway(port, &[("/narrow", "narrow"), ("/outlier", "outlier"), ("/checked", "checked")]))
+        .await;
+    envoy.wait_ready().await;
+    wait_status(port, "/narrow", &[], 200, "the gateway routes").await;
+    let policies = [
+        policy(
+            "CircuitBreaker",
+            "narrow-cb",
+            "narrow",
+            "conf: {thresholds: {maxConnections: 1, maxPendingRequests: 1, maxRequests: 1}}\n",
+        ),
+        policy(
+            "CircuitBreaker",
+            "outlier-cb",
+            "outlier",
+            "conf: {interval: 1s, baseEjectionTime: 300s, maxEjectionPercent: 50, detectors: {totalErrors: {consecutive: 2}}}\n",
+        ),
+        policy(
+            "HealthCheck",
+            "checked-hc",
+            "checked",
+            "conf: {interval: 0.2s, timeout: 0.5s, unhealthyThreshold: 1, healthyThreshold: 1, noTrafficInterval: 0.2s, \
+             healthyPanicThreshold: 0, http: {path: /health}}\n",
+        ),
+    ];
+    global.api().apply_yaml(&policies.join("---\n")).await;
+
+    // CircuitBreaker: one request at a time; ten at once overflow: 503,
+    // reset reason `overflow` (Envoy's UO flag).
+    let overflowed = eventually("CircuitBreaker: concurrent requests overflow", WAIT, || async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            set.spawn(async move { traffic::request(port, "GET", "e", "/narrow", &[("x-delay-ms", "500")]).await });
+        }
+        let replies: Vec<Reply> = set.join_all().await.into_iter().flatten().collect();
+        let seen: Vec<(u16, String)> = replies.iter().map(|r| (r.status, r.body.clone())).collect();
+        let over: Vec<Reply> =
+            replies.into_iter().filter(|r| r.status == 503 && r.body.contains("reset reason: overflow")).collect();
+        if over.is_empty() { Err(format!("no overflow yet: {seen:?}")) } else { Ok(over.len()) }
+    })
+    .await;
+    assert!(overflowed >= 1);
+
+    // Outlier detection: the instance answering 503 is ejected after two
+    // errors; then every request reaches the healthy one.
+    out_2.set_healthy(false);
+    eventually("outlier ejected", WAIT, || async {
+        let _ = traffic::get(port, "e", "/outlier").await;
+        let n = counter(envoy, "outlier", "outlier_detection.ejections_enforced_total").await;
+        if n >= 1 { Ok(()) } else { Err(format!("{n} ejections")) }
+    })
+    .await;
+    for _ in 0..20 {
+        let r = request(port, "/outlier", &[]).await;
+        assert_eq!((r.status, r.backend()), (200, out_1.name.clone()), "only the healthy instance answers");
+    }
+
+    // HealthCheck: an instance failing its health check stops receiving
+    // traffic, and receives it again once healthy.
+    checked_2.set_healthy(false);
+    eventually("HealthCheck: the failing instance is left out", WAIT, || async {
+        for _ in 0..10 {
+            let r = traffic::get(port, "e", "/checked").await?;
+            if r.status != 200 || r.backend() != checked_1.name {
+                return Err(format!("{} from {}", r.status, r.backend()));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    checked_2.set_healthy(true);
+    eventually("HealthCheck: the instance is back", WAIT, || async {
+        let r = traffic::get(port, "e", "/checked").await?;
+        if r.status == 200 && r.backend() == checked_2.name { Ok(()) } else { Err(r.backend()) }
+    })
+    .await;
+    assert!(checked_2.seen().iter().any(|e| e["path"] == "/health"), "Envoy health-checked /health");
+    topo.cleanup().await;
+}
+
+/// TrafficPermission (deny → 403; no permission in the mesh → allowed) and
+/// TrafficLog (access log lines in the Mesh's file backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissions_and_access_logs() {
+    let topo = Topology::builder("policies-permission")
+        .global(Backend::Sqlite)
+        .zone("zone-1")
+        .http_backend("open", "zone-1")
+        .http_backend("closed", "zone-1")
+        .gateway("zone-1", "edge-gw", "edge")
+        .start()
+        .await;
+    let (global, envoy) = (topo.global(), topo.envoy("edge-gw"));
+    let port = free_port();
+    global.api().apply_yaml(&gateway(port, &[("/open", "open"), ("/closed", "closed")])).await;
+    envoy.wait_ready().await;
+    // No TrafficPermission in the mesh: everything is allowed (the
+    // incumbent's default `allow-all-<mesh>`).
+    wait_status(port, "/closed", &[], 200, "allowed without permissions").await;
+
+    global.api().apply_yaml(&policy("TrafficPermission", "edge-to-open", "open", "")).await;
+    let r = wait_status(port, "/closed", &[], 403, "TrafficPermission: denied").await;
+    assert_eq!(r.body, "RBAC: access denied", "{r:?}");
+    assert_eq!(request(port, "/open", &[]).await.status, 200, "the allowed backend still answers");
+    let closed = topo.http_backend("closed");
+    let before = closed.seen().len();
+    for _ in 0..5 {
+        assert_eq!(request(port, "/closed", &[]).await.status, 403);
+    }
+    assert_eq!(closed.seen().len(), before, "a denied request never reaches the backend");
+
+    // TrafficLog to the Mesh's file backend, in its format.
+    let log = topo.dir().path().join("gateway-access.log");
+    global
+        .api()
+        .apply_yaml(&format!(
+            "type: Mesh\nname: default\nlogging:\n  defaultBackend: file\n  backends:\n  - name: file\n    type: file\n    \
+             format: 'meridian-log %RESPONSE_CODE% %REQ(:PATH)%'\n    conf: {{path: {}}}\n---\n\
+             type: TrafficLog\nmesh: default\nname: edge-log\nsources: [{{match: {{kuma.io/service: edge}}}}]\n\
+             destinations: [{{match: {{kuma.io/service: '*'}}}}]\n",
+            log.display()
+        ))
+        .await;
+    eventually("TrafficLog: lines in the file backend", WAIT, || async {
+        let _ = traffic::get(port, "e", "/open/logged").await;
+        let _ = traffic::get(port, "e", "/closed/logged").await;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("meridian-log 200 /open/logged") && text.contains("meridian-log 403 /closed/logged") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
     topo.cleanup().await;
 }
