@@ -317,5 +317,16 @@ async fn permissions_and_access_logs() {
         }
     })
     .await;
+
+    // A policy that selects this gateway but nothing on it is reported in
+    // the gateway's DataplaneInsight (and the zone's log).
+    global.api().apply_yaml(&policy("Retry", "to-ghost", "ghost", "conf: {http: {numRetries: 2}}\n")).await;
+    let zone = topo.zone("zone-1");
+    eventually("an unused policy in the DataplaneInsight", WAIT, || async {
+        let i = zone.api().fetch("/meshes/default/dataplane-insights/edge-gw").await?;
+        let warnings = i["subscriptions"][0]["status"]["generatorWarnings"].to_string();
+        if warnings.contains("Retry \\\"to-ghost\\\" selects this gateway") { Ok(()) } else { Err(warnings) }
+    })
+    .await;
     topo.cleanup().await;
 }
