@@ -330,3 +330,56 @@ async fn permissions_and_access_logs() {
     .await;
     topo.cleanup().await;
 }
+
+/// Retry on a TCP route: connections to a service with a dead instance
+/// fail about half the time; with `tcp.maxConnectAttempts` every one reaches
+/// the live instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_retry_connects_past_a_dead_instance() {
+    let topo = Topology::builder("policies-tcp")
+        .global(Backend::Sqlite)
+        .zone("zone-1")
+        .tcp_backend("redis", "zone-1")
+        .gateway("zone-1", "edge-gw", "edge")
+        .start()
+        .await;
+    let (global, envoy) = (topo.global(), topo.envoy("edge-gw"));
+    // A second instance of `redis` on a port nothing listens on.
+    topo.zone("zone-1").api().apply_yaml(&traffic::backend_dataplane("redis-dead", &[(free_port(), "redis")])).await;
+    let port = free_port();
+    global
+        .api()
+        .apply_yaml(&format!(
+            "type: MeshGateway\nmesh: default\nname: edge\nselectors: [{{match: {{kuma.io/service: edge}}}}]\n\
+             conf: {{listeners: [{{port: {port}, protocol: TCP}}]}}\n---\n\
+             type: MeshGatewayRoute\nmesh: default\nname: edge-tcp\nselectors: [{{match: {{kuma.io/service: edge}}}}]\n\
+             conf: {{tcp: {{rules: [{{backends: [{{destination: {{kuma.io/service: redis}}}}]}}]}}}}\n"
+        ))
+        .await;
+    envoy.wait_ready().await;
+    let talk = || async {
+        let mut ok = 0;
+        for i in 0..20 {
+            if traffic::tcp_talk(port, &format!("ping {i}")).await.is_ok_and(|a| a == format!("redis: ping {i}")) {
+                ok += 1;
+            }
+        }
+        ok
+    };
+    eventually("the TCP route reaches redis (and the dead instance)", WAIT, || async {
+        match talk().await {
+            n if n > 0 && n < 20 => Ok(()),
+            n => Err(format!("{n} of 20 answered")),
+        }
+    })
+    .await;
+    global.api().apply_yaml(&policy("Retry", "redis-connect", "redis", "conf: {tcp: {maxConnectAttempts: 5}}\n")).await;
+    eventually("Retry: every connection reaches the live instance", WAIT, || async {
+        match talk().await {
+            20 => Ok(()),
+            n => Err(format!("{n} of 20 answered")),
+        }
+    })
+    .await;
+    topo.cleanup().await;
+}
