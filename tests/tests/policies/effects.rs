@@ -383,3 +383,61 @@ async fn tcp_retry_connects_past_a_dead_instance() {
     .await;
     topo.cleanup().await;
 }
+
+/// A port that never completes a connection: a listener with a backlog of
+/// one that never accepts, its queue filled (the kernel then drops SYNs).
+async fn black_hole() -> (u16, Vec<tokio::net::TcpStream>, tokio::net::TcpListener) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    let listener = socket.listen(1).expect("listen");
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+        if let Ok(Ok(s)) = tokio::time::timeout(std::time::Duration::from_millis(300), connect).await {
+            held.push(s);
+        }
+    }
+    (port, held, listener)
+}
+
+/// Timeout `connectTimeout`: to an instance that never completes a
+/// connection, a connect timeout shorter than the request timeout turns the
+/// request timeout's 504 into a 503 with the `connection timeout` reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_to_a_black_hole() {
+    let topo = Topology::builder("policies-connect")
+        .global(Backend::Sqlite)
+        .zone("zone-1")
+        .gateway("zone-1", "edge-gw", "edge")
+        .start()
+        .await;
+    let (global, envoy) = (topo.global(), topo.envoy("edge-gw"));
+    let (hole, _held, _listener) = black_hole().await;
+    topo.zone("zone-1").api().apply_yaml(&traffic::backend_dataplane("hole", &[(hole, "hole")])).await;
+    let port = free_port();
+    global.api().apply_yaml(&gateway(port, &[("/hole", "hole")])).await;
+    // The request timeout alone: the connect attempt (Envoy's default 5 s)
+    // outlives it, so the client gets the request timeout's 504.
+    global.api().apply_yaml(&policy("Timeout", "hole-connect", "hole", "conf: {http: {requestTimeout: 1s}}\n")).await;
+    envoy.wait_ready().await;
+    wait_status(port, "/hole", &[], 504, "the request timeout cuts the hanging connect").await;
+    // With a connect timeout shorter than the request timeout, the connect
+    // attempt fails first: 503, reset reason `connection timeout`.
+    global
+        .api()
+        .apply_yaml(&policy(
+            "Timeout",
+            "hole-connect",
+            "hole",
+            "conf: {connectTimeout: 0.2s, http: {requestTimeout: 1s}}\n",
+        ))
+        .await;
+    let r = eventually("Timeout: connect timeout to the black hole", WAIT, || async {
+        let r = traffic::get(port, "e", "/hole").await?;
+        if r.status == 503 && r.body.contains("connection timeout") { Ok(r) } else { Err(format!("{r:?}")) }
+    })
+    .await;
+    assert!(r.body.contains("reset reason: connection timeout"), "{r:?}");
+    topo.cleanup().await;
+}
