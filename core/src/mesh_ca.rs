@@ -302,7 +302,7 @@ mod tests {
             }],
             skip_validation: false,
         });
-        Resource::new("", name, Spec::Mesh(pb::mesh::Mesh { mtls }))
+        Resource::new("", name, Spec::Mesh(pb::mesh::Mesh { mtls, ..Default::default() }))
     }
 
     async fn data(m: &Manager, ty: ResourceType, mesh: &str, name: &str) -> Option<Vec<u8>> {

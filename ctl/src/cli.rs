@@ -303,7 +303,9 @@ TYPE may be written as a plural path segment, a singular or the type name:
 `meshgateways`, `meshgateway` and `MeshGateway` are the same. Known types (the
 incumbent's path segments, which meridianctl sends): meshes, meshgateways,
 meshgatewayroutes, dataplanes, dataplane-insights, secrets, zones, zone-insights,
-zoneingresses, global-secrets. Also accepted: zoneinsights, dataplaneinsights,
+zoneingresses, global-secrets, and the connection policies timeouts, retries,
+circuit-breakers, health-checks, rate-limits, fault-injections,
+traffic-permissions, traffic-logs. Also accepted: zoneinsights, dataplaneinsights,
 zone-ingresses, globalsecrets.
 
 Output: `table` (default), `yaml` (one document per resource, separated by `---`,

@@ -239,7 +239,8 @@ pub fn zones_table(items: &[Value], now: i64) -> String {
 
 /// MESH, NAME (with DISPLAY NAME and ZONE for zone resources,
 /// [`table::render_named`]), TAGS, STATUS (connected without
-/// disconnecting), ages and counters of the xDS subscriptions, and versions.
+/// disconnecting), ages and counters of the xDS subscriptions, the number
+/// of generator warnings (`status.generatorWarnings`), and versions.
 pub fn dataplanes_table(items: &[Value], now: i64) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -259,6 +260,12 @@ pub fn dataplanes_table(items: &[Value], now: i64) -> String {
                 ),
                 total(subs, "/status/total/responsesSent"),
                 total(subs, "/status/total/responsesRejected"),
+                // What the generator left out or found unused (policies
+                // that apply nowhere included); `-o yaml` lists them.
+                last.and_then(|s| s.pointer("/status/generatorWarnings"))
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+                    .to_string(),
                 text_or_dash(last.and_then(|s| s.pointer("/version/kumaDp/version"))),
                 text_or_dash(last.and_then(|s| s.pointer("/version/envoy/version"))),
             ]
@@ -274,6 +281,7 @@ pub fn dataplanes_table(items: &[Value], now: i64) -> String {
             "LAST UPDATED AGO",
             "TOTAL UPDATES",
             "TOTAL ERRORS",
+            "WARNINGS",
             "KUMA-DP",
             "ENVOY",
         ],
@@ -316,11 +324,13 @@ mod tests {
         let items = vec![json!({"mesh": "default", "name": "gw-1",
             "dataplane": {"networking": {"address": "10.0.0.1", "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "edge"}}}},
             "dataplaneInsight": {"subscriptions": [{"connectTime": "2026-11-18T11:06:40Z",
-                "status": {"lastUpdateTime": "2026-11-18T11:07:00Z", "total": {"responsesSent": "5"}},
+                "status": {"lastUpdateTime": "2026-11-18T11:07:00Z", "total": {"responsesSent": "5"},
+                           "generatorWarnings": ["Retry \"r\" selects this gateway but ...", "w2", "w3"]},
                 "version": {"envoy": {"version": "1.36.0"}}}]}})];
         let t = dataplanes_table(&items, 1_795_000_060_000);
         let row = t.lines().nth(1).unwrap_or_default();
-        for part in ["default", "gw-1", "kuma.io/service=edge", "Online", "60s", "40s", "5", "1.36.0"] {
+        assert!(t.lines().next().unwrap_or_default().contains("WARNINGS"), "{t}");
+        for part in ["default", "gw-1", "kuma.io/service=edge", "Online", "60s", "40s", "5", "   3   ", "1.36.0"] {
             assert!(row.contains(part), "{part} missing in {row}");
         }
     }

@@ -34,15 +34,52 @@ pub enum ResourceType {
     Zone,
     ZoneInsight,
     ZoneIngress,
+    /// Connection policy (`timeouts`), synced global → zones; see [`ResourceType::POLICIES`].
+    Timeout,
+    /// Connection policy (`retries`), synced global → zones; see [`ResourceType::POLICIES`].
+    Retry,
+    /// Connection policy (`circuit-breakers`), synced global → zones; see [`ResourceType::POLICIES`].
+    CircuitBreaker,
+    /// Connection policy (`health-checks`), synced global → zones; see [`ResourceType::POLICIES`].
+    HealthCheck,
+    /// Connection policy (`rate-limits`), synced global → zones; see [`ResourceType::POLICIES`].
+    RateLimit,
+    /// Connection policy (`fault-injections`), synced global → zones; see [`ResourceType::POLICIES`].
+    FaultInjection,
+    /// Connection policy (`traffic-permissions`), synced global → zones; see [`ResourceType::POLICIES`].
+    TrafficPermission,
+    /// Connection policy (`traffic-logs`), synced global → zones; see [`ResourceType::POLICIES`].
+    TrafficLog,
 }
 
 impl ResourceType {
+    /// The connection policies (the incumbent's `sources`/`destinations`
+    /// policies a builtin gateway applies), in the order they are applied.
+    pub const POLICIES: [ResourceType; 8] = [
+        ResourceType::Timeout,
+        ResourceType::Retry,
+        ResourceType::CircuitBreaker,
+        ResourceType::HealthCheck,
+        ResourceType::RateLimit,
+        ResourceType::FaultInjection,
+        ResourceType::TrafficPermission,
+        ResourceType::TrafficLog,
+    ];
+
     /// All types, in the order they are applied (a mesh before what lives in it).
-    pub const ALL: [ResourceType; 10] = [
+    pub const ALL: [ResourceType; 18] = [
         ResourceType::Mesh,
         ResourceType::Secret,
         ResourceType::MeshGateway,
         ResourceType::MeshGatewayRoute,
+        ResourceType::Timeout,
+        ResourceType::Retry,
+        ResourceType::CircuitBreaker,
+        ResourceType::HealthCheck,
+        ResourceType::RateLimit,
+        ResourceType::FaultInjection,
+        ResourceType::TrafficPermission,
+        ResourceType::TrafficLog,
         ResourceType::Dataplane,
         ResourceType::DataplaneInsight,
         ResourceType::Zone,
@@ -64,6 +101,14 @@ impl ResourceType {
             ResourceType::Zone => "Zone",
             ResourceType::ZoneInsight => "ZoneInsight",
             ResourceType::ZoneIngress => "ZoneIngress",
+            ResourceType::Timeout => "Timeout",
+            ResourceType::Retry => "Retry",
+            ResourceType::CircuitBreaker => "CircuitBreaker",
+            ResourceType::HealthCheck => "HealthCheck",
+            ResourceType::RateLimit => "RateLimit",
+            ResourceType::FaultInjection => "FaultInjection",
+            ResourceType::TrafficPermission => "TrafficPermission",
+            ResourceType::TrafficLog => "TrafficLog",
         }
     }
 
@@ -83,6 +128,14 @@ impl ResourceType {
             ResourceType::Zone => "zones",
             ResourceType::ZoneInsight => "zone-insights",
             ResourceType::ZoneIngress => "zoneingresses",
+            ResourceType::Timeout => "timeouts",
+            ResourceType::Retry => "retries",
+            ResourceType::CircuitBreaker => "circuit-breakers",
+            ResourceType::HealthCheck => "health-checks",
+            ResourceType::RateLimit => "rate-limits",
+            ResourceType::FaultInjection => "fault-injections",
+            ResourceType::TrafficPermission => "traffic-permissions",
+            ResourceType::TrafficLog => "traffic-logs",
         }
     }
 
@@ -121,7 +174,15 @@ impl ResourceType {
             | ResourceType::MeshGateway
             | ResourceType::MeshGatewayRoute
             | ResourceType::Secret
-            | ResourceType::GlobalSecret => SyncDirection::GlobalToZone,
+            | ResourceType::GlobalSecret
+            | ResourceType::Timeout
+            | ResourceType::Retry
+            | ResourceType::CircuitBreaker
+            | ResourceType::HealthCheck
+            | ResourceType::RateLimit
+            | ResourceType::FaultInjection
+            | ResourceType::TrafficPermission
+            | ResourceType::TrafficLog => SyncDirection::GlobalToZone,
             ResourceType::Dataplane | ResourceType::DataplaneInsight | ResourceType::ZoneIngress => {
                 SyncDirection::ZoneToGlobal
             }
@@ -141,12 +202,25 @@ impl ResourceType {
             ResourceType::Dataplane => "kuma.mesh.v1alpha1.Dataplane",
             ResourceType::DataplaneInsight => "kuma.mesh.v1alpha1.DataplaneInsight",
             ResourceType::ZoneIngress => "kuma.mesh.v1alpha1.ZoneIngress",
+            ResourceType::Timeout => "kuma.mesh.v1alpha1.Timeout",
+            ResourceType::Retry => "kuma.mesh.v1alpha1.Retry",
+            ResourceType::CircuitBreaker => "kuma.mesh.v1alpha1.CircuitBreaker",
+            ResourceType::HealthCheck => "kuma.mesh.v1alpha1.HealthCheck",
+            ResourceType::RateLimit => "kuma.mesh.v1alpha1.RateLimit",
+            ResourceType::FaultInjection => "kuma.mesh.v1alpha1.FaultInjection",
+            ResourceType::TrafficPermission => "kuma.mesh.v1alpha1.TrafficPermission",
+            ResourceType::TrafficLog => "kuma.mesh.v1alpha1.TrafficLog",
         }
     }
 
     /// The `google.protobuf.Any` type URL of the spec.
     pub fn type_url(self) -> String {
         format!("type.googleapis.com/{}", self.proto_name())
+    }
+
+    /// Whether this is one of the [`ResourceType::POLICIES`].
+    pub fn is_policy(self) -> bool {
+        Self::POLICIES.contains(&self)
     }
 
     pub fn from_name(name: &str) -> Option<ResourceType> {
@@ -192,6 +266,14 @@ pub enum Spec {
     Zone(pb::system::Zone),
     ZoneInsight(pb::system::ZoneInsight),
     ZoneIngress(pb::mesh::ZoneIngress),
+    Timeout(pb::mesh::Timeout),
+    Retry(pb::mesh::Retry),
+    CircuitBreaker(pb::mesh::CircuitBreaker),
+    HealthCheck(pb::mesh::HealthCheck),
+    RateLimit(pb::mesh::RateLimit),
+    FaultInjection(pb::mesh::FaultInjection),
+    TrafficPermission(pb::mesh::TrafficPermission),
+    TrafficLog(pb::mesh::TrafficLog),
 }
 
 /// Runs `$body` with `$v` bound to the inner message of a [`Spec`].
@@ -208,6 +290,14 @@ macro_rules! with_spec {
             Spec::Zone($v) => $body,
             Spec::ZoneInsight($v) => $body,
             Spec::ZoneIngress($v) => $body,
+            Spec::Timeout($v) => $body,
+            Spec::Retry($v) => $body,
+            Spec::CircuitBreaker($v) => $body,
+            Spec::HealthCheck($v) => $body,
+            Spec::RateLimit($v) => $body,
+            Spec::FaultInjection($v) => $body,
+            Spec::TrafficPermission($v) => $body,
+            Spec::TrafficLog($v) => $body,
         }
     };
 }
@@ -267,6 +357,46 @@ macro_rules! with_type {
                 let $wrap = Spec::ZoneIngress;
                 $body
             }
+            ResourceType::Timeout => {
+                type $T = $crate::pb::mesh::Timeout;
+                let $wrap = Spec::Timeout;
+                $body
+            }
+            ResourceType::Retry => {
+                type $T = $crate::pb::mesh::Retry;
+                let $wrap = Spec::Retry;
+                $body
+            }
+            ResourceType::CircuitBreaker => {
+                type $T = $crate::pb::mesh::CircuitBreaker;
+                let $wrap = Spec::CircuitBreaker;
+                $body
+            }
+            ResourceType::HealthCheck => {
+                type $T = $crate::pb::mesh::HealthCheck;
+                let $wrap = Spec::HealthCheck;
+                $body
+            }
+            ResourceType::RateLimit => {
+                type $T = $crate::pb::mesh::RateLimit;
+                let $wrap = Spec::RateLimit;
+                $body
+            }
+            ResourceType::FaultInjection => {
+                type $T = $crate::pb::mesh::FaultInjection;
+                let $wrap = Spec::FaultInjection;
+                $body
+            }
+            ResourceType::TrafficPermission => {
+                type $T = $crate::pb::mesh::TrafficPermission;
+                let $wrap = Spec::TrafficPermission;
+                $body
+            }
+            ResourceType::TrafficLog => {
+                type $T = $crate::pb::mesh::TrafficLog;
+                let $wrap = Spec::TrafficLog;
+                $body
+            }
         }
     };
 }
@@ -285,6 +415,14 @@ impl Spec {
             Spec::Zone(_) => ResourceType::Zone,
             Spec::ZoneInsight(_) => ResourceType::ZoneInsight,
             Spec::ZoneIngress(_) => ResourceType::ZoneIngress,
+            Spec::Timeout(_) => ResourceType::Timeout,
+            Spec::Retry(_) => ResourceType::Retry,
+            Spec::CircuitBreaker(_) => ResourceType::CircuitBreaker,
+            Spec::HealthCheck(_) => ResourceType::HealthCheck,
+            Spec::RateLimit(_) => ResourceType::RateLimit,
+            Spec::FaultInjection(_) => ResourceType::FaultInjection,
+            Spec::TrafficPermission(_) => ResourceType::TrafficPermission,
+            Spec::TrafficLog(_) => ResourceType::TrafficLog,
         }
     }
 

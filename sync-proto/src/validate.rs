@@ -25,6 +25,7 @@
 mod dataplane;
 mod gateway;
 mod mesh;
+mod policies;
 pub mod re2;
 mod route;
 mod secret;
@@ -35,6 +36,7 @@ use std::fmt;
 use crate::pb;
 
 pub use mesh::{BUILTIN, PROVIDED, parse_duration};
+pub use policies::{LogTarget, bandwidth_kbps, log_target};
 pub use secret::tls_secret;
 
 /// One problem with a resource: where (a field path such as
@@ -147,7 +149,10 @@ impl Report {
 
 /// Checks a `Mesh`: its mTLS backends.
 pub fn mesh(spec: &pb::mesh::Mesh) -> Vec<Violation> {
-    Report::run(|r| mesh::check(r, spec))
+    Report::run(|r| {
+        mesh::check(r, spec);
+        policies::logging(r, spec);
+    })
 }
 
 /// Checks an update of a `Mesh` against the stored one: the enabled CA
@@ -298,6 +303,14 @@ pub fn resource(r: &crate::Resource) -> Result<(), ValidationError> {
         Spec::Dataplane(s) => dataplane(s),
         Spec::Secret(s) | Spec::GlobalSecret(s) => secret(s),
         Spec::ZoneIngress(s) => zone_ingress(s),
+        Spec::Timeout(s) => Report::run(|r| policies::timeout(r, s)),
+        Spec::Retry(s) => Report::run(|r| policies::retry(r, s)),
+        Spec::CircuitBreaker(s) => Report::run(|r| policies::circuit_breaker(r, s)),
+        Spec::HealthCheck(s) => Report::run(|r| policies::health_check(r, s)),
+        Spec::RateLimit(s) => Report::run(|r| policies::rate_limit(r, s)),
+        Spec::FaultInjection(s) => Report::run(|r| policies::fault_injection(r, s)),
+        Spec::TrafficPermission(s) => Report::run(|r| policies::traffic_permission(r, s)),
+        Spec::TrafficLog(s) => Report::run(|r| policies::traffic_log(r, s)),
         // Written by the control plane itself, never by users.
         Spec::DataplaneInsight(_) | Spec::Zone(_) | Spec::ZoneInsight(_) => Vec::new(),
     };

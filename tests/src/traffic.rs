@@ -174,10 +174,40 @@ pub async fn tcp_talk(port: u16, line: &str) -> Result<String, String> {
 pub type Seen = Arc<Mutex<Vec<Value>>>;
 
 /// An HTTP backend answering `{"name", "method", "path", "headers"}`.
+///
+/// Behaviours a test asks for, per request: `x-delay-ms: N` answers after
+/// N ms; `x-fail-first: N` with `x-fail-key: K` answers 503 to the first N
+/// requests carrying key K (then 200). Per backend: [`HttpBackend::set_healthy`]
+/// `false` makes it answer 503 to everything (health checks included).
 pub struct HttpBackend {
     pub name: String,
     pub port: u16,
     pub seen: Seen,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpBackend {
+    /// Healthy (the default) answers normally; unhealthy answers 503 to
+    /// every request.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The requests seen so far.
+    pub fn seen(&self) -> Vec<Value> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Whether a request with these headers is one of the first `x-fail-first`
+/// of its `x-fail-key` (counted in `failures`).
+fn fails(headers: &BTreeMap<String, String>, failures: &Mutex<BTreeMap<String, u32>>) -> bool {
+    let Some(n) = headers.get("x-fail-first").and_then(|n| n.parse::<u32>().ok()) else { return false };
+    let key = headers.get("x-fail-key").cloned().unwrap_or_default();
+    let Ok(mut f) = failures.lock() else { return false };
+    let count = f.entry(key).or_default();
+    *count += 1;
+    *count <= n
 }
 
 /// Starts an HTTP backend on 127.0.0.1 (a kernel-picked port); it runs
@@ -186,13 +216,19 @@ pub async fn http_backend(name: &str) -> HttpBackend {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
     let port = listener.local_addr().expect("addr").port();
     let seen: Seen = Arc::default();
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let failures: Arc<Mutex<BTreeMap<String, u32>>> = Arc::default();
     let app = {
         let name = name.to_string();
         let seen = seen.clone();
+        let healthy = healthy.clone();
         axum::Router::new().fallback(move |req: axum::extract::Request| {
             let name = name.clone();
             let seen = seen.clone();
+            let healthy = healthy.clone();
+            let failures = failures.clone();
             async move {
+                use axum::response::IntoResponse;
                 let headers: BTreeMap<String, String> = req
                     .headers()
                     .iter()
@@ -207,14 +243,22 @@ pub async fn http_backend(name: &str) -> HttpBackend {
                 if let Ok(mut s) = seen.lock() {
                     s.push(echo.clone());
                 }
-                axum::Json(echo)
+                if let Some(ms) = headers.get("x-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let status = if !healthy.load(std::sync::atomic::Ordering::SeqCst) || fails(&headers, &failures) {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::OK
+                };
+                (status, axum::Json(echo)).into_response()
             }
         })
     };
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    HttpBackend { name: name.to_string(), port, seen }
+    HttpBackend { name: name.to_string(), port, seen, healthy }
 }
 
 /// A TCP backend of a topology: its name and port.

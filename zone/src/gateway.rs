@@ -37,6 +37,7 @@ mod http;
 pub mod ingress;
 mod listeners;
 pub mod mesh_tls;
+pub mod policies;
 mod select;
 mod sidecar;
 
@@ -129,6 +130,8 @@ pub struct MeshSnapshot {
     /// Stored version of each resource above, by (type, name), when known
     /// (the generator ignores them; [`sources`] reports them).
     pub versions: BTreeMap<(ResourceType, String), String>,
+    /// The connection policies of the mesh ([`policies`]).
+    pub policies: policies::Policies,
 }
 
 impl MeshSnapshot {
@@ -180,7 +183,7 @@ impl MeshSnapshot {
                 self.mesh_spec = Some(m.clone());
                 true
             }
-            _ => false,
+            spec => self.policies.upsert(&name, at, spec),
         }
     }
 
@@ -199,6 +202,7 @@ impl MeshSnapshot {
             ResourceType::Secret => self.secrets.remove(name).is_some(),
             ResourceType::Dataplane => self.dataplanes.remove(name).is_some(),
             ResourceType::Mesh if name == self.mesh => self.mesh_spec.take().is_some(),
+            ty if ty.is_policy() => self.policies.remove(ty, name),
             _ => false,
         }
     }
@@ -324,6 +328,11 @@ struct Ctx {
     secrets: BTreeMap<String, Secret>,
     /// Mesh mTLS, when the mesh has it on.
     mtls: Option<mesh_tls::MeshTls>,
+    /// The gateway's own tags (Dataplane + MeshGateway): the source of
+    /// cluster-level policies.
+    gateway_tags: BTreeMap<String, String>,
+    /// Policies applied so far.
+    applied: policies::Applied,
     deps: Deps,
     warnings: Vec<String>,
 }
@@ -366,6 +375,8 @@ pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenE
         match select::select_gateway(snapshot, &gw.tags) {
             Some(gateway) => {
                 ctx.deps.gateway = Some(gateway.name.clone());
+                ctx.gateway_tags = gw.tags.clone();
+                ctx.gateway_tags.extend(gateway.spec.tags.clone());
                 let (l, r) = listeners::generate(snapshot, gateway, &gw.tags, address, &mut ctx);
                 listeners = l;
                 routes = r;
@@ -387,8 +398,16 @@ fn finish(
     local_clusters: Vec<Cluster>,
     mut ctx: Ctx,
 ) -> ProxyConfig {
-    let (mut clusters, endpoints) =
-        clusters::generate(snapshot, &ctx.clusters, ctx.mtls.as_ref(), true, &mut ctx.warnings);
+    let (mut clusters, endpoints) = clusters::generate(snapshot, &ctx.clusters, ctx.mtls.as_ref(), true, &mut ctx.warnings);
+    if ctx.deps.gateway.is_some() {
+        for c in &mut clusters {
+            if let Some(destination) = ctx.clusters.get(&c.name) {
+                policies::apply_cluster(snapshot, &ctx.gateway_tags, destination, c, &mut ctx.applied);
+            }
+        }
+        let unused = ctx.applied.unused(&snapshot.policies, &ctx.deps.listener_tags);
+        ctx.warnings.extend(unused);
+    }
     if !local_clusters.is_empty() {
         clusters.extend(local_clusters);
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
@@ -448,6 +467,8 @@ struct ListenerCtx<'a> {
     pub port: u32,
     pub protocol: mesh::mesh_gateway::listener::Protocol,
     pub spec: &'a meridian_sync_proto::pb::mesh::mesh_gateway::Listener,
+    /// Merged tags (Dataplane, MeshGateway, listener): the source of policies.
+    pub tags: BTreeMap<String, String>,
     /// HTTP routes (on HTTP/HTTPS) or TCP routes (on TCP/TLS), by name.
     pub routes: Vec<&'a Item<mesh::MeshGatewayRoute>>,
 }

@@ -242,6 +242,7 @@ mod tests {
                 }],
                 skip_validation: false,
             }),
+            ..Default::default()
         };
         let run = |old: &Mesh, new: &Mesh| Report::run(|r| update(r, old, new));
         assert_eq!(run(&mesh("a", "a"), &mesh("a", "a")), vec![]);

@@ -37,7 +37,7 @@ use meridian_sync_proto::pb::mesh::{
     },
 };
 
-use super::{Ctx, ListenerCtx, host_covers, host_order, hosts_match};
+use super::{Ctx, ListenerCtx, MeshSnapshot, host_covers, host_order, hosts_match, policies};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -52,10 +52,13 @@ struct RuleRef<'a> {
     route: &'a str,
     index: usize,
     rule: &'a Rule,
+    /// Tags of the listener the rule came from (the source of policies).
+    source: &'a BTreeMap<String, String>,
 }
 
 /// The route configuration `name` for `listeners` (all on `port`).
 pub(super) fn route_configuration(
+    snapshot: &MeshSnapshot,
     name: &str,
     port: u32,
     listeners: &[&ListenerCtx<'_>],
@@ -96,11 +99,17 @@ pub(super) fn route_configuration(
                     h.hostnames.iter().any(|rh| host_covers(rh, host))
                 };
                 if applies && seen.insert(route) {
-                    rules.extend(h.rules.iter().enumerate().map(|(index, rule)| RuleRef { route, index, rule }));
+                    let source = &l.tags;
+                    rules.extend(h.rules.iter().enumerate().map(|(index, rule)| RuleRef {
+                        route,
+                        index,
+                        rule,
+                        source,
+                    }));
                 }
             }
         }
-        virtual_hosts.push(virtual_host(host, port, &rules, https, ctx));
+        virtual_hosts.push(virtual_host(snapshot, host, port, &rules, https, ctx));
     }
     RouteConfiguration {
         name: name.to_string(),
@@ -128,7 +137,14 @@ fn http_routes<'a>(
     })
 }
 
-fn virtual_host(host: &str, port: u32, rules: &[RuleRef<'_>], https: bool, ctx: &mut Ctx) -> VirtualHost {
+fn virtual_host(
+    snapshot: &MeshSnapshot,
+    host: &str,
+    port: u32,
+    rules: &[RuleRef<'_>],
+    https: bool,
+    ctx: &mut Ctx,
+) -> VirtualHost {
     // Paths an EXACT match of this host names: a PREFIX for the same path
     // adds no exact half of its own, so the EXACT rule answers that path
     // whatever order the rules come in (Kuma 2.14,
@@ -147,7 +163,11 @@ fn virtual_host(host: &str, port: u32, rules: &[RuleRef<'_>], https: bool, ctx: 
             // Where a warning points the user: the rule and match as written.
             let at = format!("{}:rules[{}].matches[{mi}]", r.route, r.index);
             for (key, route_match, prefix) in expand_match(m, &exact_paths) {
-                if let Some(route) = build_route(name.clone(), &at, route_match, prefix, r.rule, port, ctx) {
+                if let Some(mut route) = build_route(name.clone(), &at, route_match, prefix, r.rule, port, ctx) {
+                    if matches!(route.action, Some(route::Action::Route(_))) {
+                        let backends: Vec<_> = r.rule.backends.iter().map(|b| &b.destination).collect();
+                        policies::apply_route(snapshot, r.source, &backends, &mut route, &mut ctx.applied);
+                    }
                     let bytes = route.encode_to_vec();
                     routes.push((key, r.route, bytes, route));
                 }
@@ -182,6 +202,9 @@ fn virtual_host(host: &str, port: u32, rules: &[RuleRef<'_>], https: bool, ctx: 
         name: host.to_string(),
         domains: vec![host.to_string()],
         routes,
+        // With Retry policies in the mesh, backends see which attempt a
+        // request is (`x-envoy-attempt-count`).
+        include_request_attempt_count: snapshot.policies.has_type(meridian_sync_proto::ResourceType::Retry),
         response_headers_to_add: if https {
             vec![header_option("strict-transport-security", HSTS, true)]
         } else {

@@ -23,7 +23,7 @@ use envoy_types::pb::envoy::{
     },
     extensions::{
         filters::{
-            http::router::v3::Router,
+            http::{fault::v3::HttpFault, local_ratelimit::v3::LocalRateLimit, router::v3::Router},
             listener::tls_inspector::v3::TlsInspector,
             network::{
                 connection_limit::v3::ConnectionLimit,
@@ -52,7 +52,8 @@ use meridian_sync_proto::{
 };
 
 use super::{
-    Ctx, Item, ListenerCtx, MeshSnapshot, clusters, host_order, hosts_match, http, norm_host, select::selector_matches,
+    Ctx, Item, ListenerCtx, MeshSnapshot, clusters, host_order, hosts_match, http, norm_host, policies,
+    select::selector_matches,
 };
 
 fn protocol_name(p: Protocol) -> &'static str {
@@ -102,7 +103,7 @@ pub(super) fn generate(
                 None => false,
             })
             .collect();
-        ctx.deps.listener_tags.push(tags);
+        ctx.deps.listener_tags.push(tags.clone());
         ctx.deps.routes.extend(routes.iter().map(|r| r.name.clone()));
         let group = by_port.entry(spec.port).or_default();
         if let Some(first) = group.first() {
@@ -120,7 +121,7 @@ pub(super) fn generate(
                 continue;
             }
         }
-        group.push(ListenerCtx { hostname, port: spec.port, protocol, spec, routes });
+        group.push(ListenerCtx { hostname, port: spec.port, protocol, spec, routes, tags });
     }
 
     let mut listeners = Vec::new();
@@ -135,8 +136,9 @@ pub(super) fn generate(
             Protocol::Http => {
                 let rds = format!("{name}:*");
                 let refs: Vec<&ListenerCtx<'_>> = group.iter().collect();
-                let mut rc = http::route_configuration(&rds, port, &refs, false, ctx);
+                let mut rc = http::route_configuration(snapshot, &rds, port, &refs, false, ctx);
                 let limit = group.iter().filter_map(|l| connection_limit(l)).min();
+                let extras = HcmExtras::of(snapshot, &group[0].tags, ctx);
                 // crossMesh: clients of any mTLS mesh, with their mesh certificate.
                 let transport_socket = match (group.iter().any(|l| l.spec.cross_mesh), ctx.mtls.clone()) {
                     (false, _) => None,
@@ -157,7 +159,7 @@ pub(super) fn generate(
                     }
                 };
                 chains.push(FilterChain {
-                    filters: limited(&stat, limit, hcm(&stat, &rds)),
+                    filters: limited(&stat, limit, hcm(&stat, &rds, extras)),
                     transport_socket,
                     ..Default::default()
                 });
@@ -167,11 +169,12 @@ pub(super) fn generate(
                 for l in &group {
                     let Some(certs) = certificates(snapshot, l, ctx) else { continue };
                     let rds = format!("{name}:{}", l.hostname);
-                    route_configs.push(http::route_configuration(&rds, port, &[l], true, ctx));
+                    route_configs.push(http::route_configuration(snapshot, &rds, port, &[l], true, ctx));
+                    let extras = HcmExtras::of(snapshot, &l.tags, ctx);
                     chains.push(FilterChain {
                         filter_chain_match: sni_match(&l.hostname),
                         transport_socket: Some(tls_socket(certs, true)),
-                        filters: limited(&stat, connection_limit(l), hcm(&stat, &rds)),
+                        filters: limited(&stat, connection_limit(l), hcm(&stat, &rds, extras)),
                         ..Default::default()
                     });
                 }
@@ -179,7 +182,7 @@ pub(super) fn generate(
             Protocol::Tcp => {
                 let routes: Vec<_> = group.iter().flat_map(|l| l.routes.iter().copied()).collect();
                 let limit = group.iter().filter_map(|l| connection_limit(l)).min();
-                match tcp_proxy(&stat, &routes, ctx) {
+                match tcp_proxy(snapshot, &group[0].tags, &stat, &routes, ctx) {
                     Some(f) => chains.push(FilterChain { filters: limited(&stat, limit, f), ..Default::default() }),
                     None => ctx.warn(format!("{name}: no TCP route attaches; listener skipped")),
                 }
@@ -197,7 +200,7 @@ pub(super) fn generate(
                     } else {
                         None
                     };
-                    let Some(f) = tcp_proxy(&stat, &l.routes, ctx) else {
+                    let Some(f) = tcp_proxy(snapshot, &l.tags, &stat, &l.routes, ctx) else {
                         ctx.warn(format!("{name}: no TCP route attaches to hostname {}; skipped", l.hostname));
                         continue;
                     };
@@ -292,7 +295,44 @@ fn sni_match(hostname: &str) -> Option<FilterChainMatch> {
     Some(FilterChainMatch { server_names: vec![hostname.to_string()], ..Default::default() })
 }
 
-fn hcm(stat: &str, rds: &str) -> Filter {
+/// What policies add to a connection manager: the access log
+/// (TrafficLog) and the HTTP filters per-route RateLimit and FaultInjection
+/// configure (present only when the mesh has such a policy).
+struct HcmExtras {
+    access_log: Vec<envoy_types::pb::envoy::config::accesslog::v3::AccessLog>,
+    rate_limit: bool,
+    fault: bool,
+}
+
+impl HcmExtras {
+    fn of(snapshot: &MeshSnapshot, source: &BTreeMap<String, String>, ctx: &mut Ctx) -> HcmExtras {
+        let has = |ty| snapshot.policies.has_type(ty);
+        HcmExtras {
+            access_log: policies::access_logs(snapshot, source, &mut ctx.applied, &mut ctx.warnings),
+            rate_limit: has(meridian_sync_proto::ResourceType::RateLimit),
+            fault: has(meridian_sync_proto::ResourceType::FaultInjection),
+        }
+    }
+}
+
+fn http_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> HttpFilter {
+    HttpFilter {
+        name: name.into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+fn hcm(stat: &str, rds: &str, extras: HcmExtras) -> Filter {
+    let mut http_filters = Vec::new();
+    if extras.fault {
+        http_filters.push(http_filter(policies::FAULT_FILTER, pack_any(HttpFault::default())));
+    }
+    if extras.rate_limit {
+        let limit = LocalRateLimit { stat_prefix: format!("{stat}_rate_limit"), ..Default::default() };
+        http_filters.push(http_filter(policies::RATE_LIMIT_FILTER, pack_any(limit)));
+    }
+    http_filters.push(http_filter("envoy.filters.http.router", pack_any(Router::default())));
     let hcm = HttpConnectionManager {
         codec_type: http_connection_manager::CodecType::Auto as i32,
         stat_prefix: stat.to_string(),
@@ -300,11 +340,8 @@ fn hcm(stat: &str, rds: &str) -> Filter {
             config_source: Some(clusters::ads_source()),
             route_config_name: rds.to_string(),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
-            ..Default::default()
-        }],
+        http_filters,
+        access_log: extras.access_log,
         // No `strip_port_mode`: `Host: foo.example.com:8080` reaches the
         // backend as sent; the route configuration ignores the port when
         // it picks the virtual host (`ignore_port_in_host_matching`).
@@ -322,8 +359,15 @@ fn hcm(stat: &str, rds: &str) -> Filter {
 /// have no matches, so their rules' backends are merged); `None` when there
 /// is no backend. Envoy rejects zero weights here: zero-weight backends are
 /// dropped, and all-zero weights become equal.
-fn tcp_proxy(stat: &str, routes: &[&Item<MeshGatewayRoute>], ctx: &mut Ctx) -> Option<Filter> {
+fn tcp_proxy(
+    snapshot: &MeshSnapshot,
+    source: &BTreeMap<String, String>,
+    stat: &str,
+    routes: &[&Item<MeshGatewayRoute>],
+    ctx: &mut Ctx,
+) -> Option<Filter> {
     let mut weights: BTreeMap<String, u32> = BTreeMap::new();
+    let mut destinations = Vec::new();
     for r in routes {
         let Some(mesh_gateway_route::conf::Route::Tcp(tcp)) = r.spec.conf.as_ref().and_then(|c| c.route.as_ref())
         else {
@@ -334,12 +378,14 @@ fn tcp_proxy(stat: &str, routes: &[&Item<MeshGatewayRoute>], ctx: &mut Ctx) -> O
                 let name = ctx.cluster_for(&b.destination);
                 let w = weights.entry(name).or_default();
                 *w = w.saturating_add(b.weight);
+                destinations.push(&b.destination);
             }
         }
     }
     if weights.is_empty() {
         return None;
     }
+    let tcp = policies::tcp_proxy_policies(snapshot, source, &destinations, &mut ctx.applied);
     if weights.values().all(|w| *w == 0) {
         weights.values_mut().for_each(|w| *w = 1);
     }
@@ -354,7 +400,14 @@ fn tcp_proxy(stat: &str, routes: &[&Item<MeshGatewayRoute>], ctx: &mut Ctx) -> O
                 .collect(),
         })
     };
-    let proxy = TcpProxy { stat_prefix: stat.to_string(), cluster_specifier: Some(specifier), ..Default::default() };
+    let proxy = TcpProxy {
+        stat_prefix: stat.to_string(),
+        cluster_specifier: Some(specifier),
+        max_connect_attempts: tcp.max_connect_attempts,
+        idle_timeout: tcp.idle_timeout,
+        access_log: policies::access_logs(snapshot, source, &mut ctx.applied, &mut ctx.warnings),
+        ..Default::default()
+    };
     Some(Filter {
         name: "envoy.filters.network.tcp_proxy".into(),
         config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),

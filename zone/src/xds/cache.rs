@@ -269,8 +269,20 @@ impl Drop for Subscription {
 }
 
 /// The types the generator reads.
-const WATCHED: [ResourceType; 4] =
-    [ResourceType::MeshGateway, ResourceType::MeshGatewayRoute, ResourceType::Secret, ResourceType::Dataplane];
+const WATCHED: [ResourceType; 12] = [
+    ResourceType::MeshGateway,
+    ResourceType::MeshGatewayRoute,
+    ResourceType::Secret,
+    ResourceType::Dataplane,
+    ResourceType::Timeout,
+    ResourceType::Retry,
+    ResourceType::CircuitBreaker,
+    ResourceType::HealthCheck,
+    ResourceType::RateLimit,
+    ResourceType::FaultInjection,
+    ResourceType::TrafficPermission,
+    ResourceType::TrafficLog,
+];
 
 impl Cache {
     /// An empty cache for zone `zone`.
@@ -756,6 +768,8 @@ fn affected(inner: &Inner, ty: ResourceType, mesh: &str, name: &str, new: Option
                     || matches!(new.map(|r| &r.spec), Some(Spec::MeshGatewayRoute(g)) if attaches(g))
             }
             ResourceType::Secret => p.deps.secrets.contains(name),
+            // A policy can change any gateway of its mesh (and its warnings).
+            ty if ty.is_policy() => p.deps.gateway.is_some(),
             ResourceType::Dataplane => {
                 let old = snapshot.and_then(|s| s.dataplanes.get(name)).map(|d| &d.spec);
                 let new = match new.map(|r| &r.spec) {

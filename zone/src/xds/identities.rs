@@ -190,6 +190,7 @@ mod tests {
                 }],
                 skip_validation: false,
             }),
+            ..Default::default()
         }
     }
 

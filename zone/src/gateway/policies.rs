@@ -1,0 +1,742 @@
+//! Connection policies on a builtin gateway: which policy of each type
+//! applies where, and what it changes in the Envoy configuration.
+//!
+//! ```text
+//!   route rule (listener tags = source, its backends = destinations)
+//!     Timeout (request/stream), Retry, RateLimit, FaultInjection,
+//!     TrafficPermission ─▶ the Envoy route (metadata `io.meridian.policies`)
+//!   cluster (gateway tags = source, the cluster's tag set = destination)
+//!     CircuitBreaker, HealthCheck, Timeout (connect) ─▶ the Envoy cluster
+//!   listener (listener tags = source, any destination)
+//!     TrafficLog ─▶ access log of the connection manager / tcp_proxy
+//! ```
+//!
+//! **Selection** (one rule for every type): a policy applies when one of
+//! its `sources` selectors matches the source tags and one of its
+//! `destinations` selectors matches *every* backend of the rule (or the
+//! cluster's tags). A rule whose backends are all one service is thus
+//! matched by that service's policies; a rule over several services only by
+//! policies whose destination is `kuma.io/service: *` (the incumbent's
+//! heuristic for routes over several services, `match/policy.go`). Of the
+//! policies that apply, the most specific wins: the most tags in the best
+//! matching source selector plus the best destination selector, then the
+//! most exact (non-`*`) values; a tie goes to the **older** policy
+//! (creation time), then to the smaller name. Unlike the incumbent (newest
+//! for one destination, oldest for several; a RateLimit without
+//! `kuma.io/service` never applies), this one rule holds everywhere.
+//!
+//! The chosen policies are named in the Envoy resource's metadata
+//! (`filter_metadata["io.meridian.policies"]`, type → policy name), so a
+//! config dump shows which policy applied where. A policy whose source
+//! selects this gateway but that applies to nothing is reported in the
+//! gateway's warnings.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::{
+    accesslog::v3::{AccessLog, access_log},
+    cluster::v3::{CircuitBreakers, Cluster, OutlierDetection, circuit_breakers},
+    core::v3::{
+        DataSource, HeaderValue, HeaderValueOption, HealthCheck as EnvoyHealthCheck, Metadata, RoutingPriority,
+        RuntimeFractionalPercent, SubstitutionFormatString, data_source, header_value_option, health_check,
+        substitution_format_string,
+    },
+    route::v3::{HeaderMatcher, RetryPolicy, Route, RouteAction, header_matcher, retry_policy, route, route_action},
+};
+use envoy_types::pb::envoy::extensions::{
+    access_loggers::file::v3::{FileAccessLog, file_access_log},
+    filters::{
+        common::fault::v3::{FaultDelay, FaultRateLimit, fault_delay, fault_rate_limit},
+        http::{
+            fault::v3::{FaultAbort, HttpFault, fault_abort},
+            local_ratelimit::v3::LocalRateLimit,
+        },
+    },
+};
+use envoy_types::pb::envoy::r#type::v3::{
+    FractionalPercent, HttpStatus, Int64Range, Percent, TokenBucket, fractional_percent::DenominatorType,
+};
+use envoy_types::pb::google::protobuf::{
+    BoolValue, Duration, Struct, UInt32Value, Value as PbValue, value::Kind as PbKind,
+};
+use envoy_types::util::pack_any;
+use meridian_sync_proto::{
+    ResourceType, Spec,
+    pb::mesh::{self, HttpMethod, HttpRetryOn, Selector},
+    validate::{LogTarget, bandwidth_kbps, log_target},
+};
+
+use super::{Item, MeshSnapshot, PROTOCOL_TAG, select::rank};
+
+/// The metadata namespace naming the policies applied to a route or cluster.
+pub const METADATA_KEY: &str = "io.meridian.policies";
+/// Envoy's HTTP filter names for the per-route policies.
+pub(super) const RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+pub(super) const FAULT_FILTER: &str = "envoy.filters.http.fault";
+/// What a request a TrafficPermission does not allow gets (Envoy's RBAC
+/// filter answers the same).
+pub const DENIED_BODY: &str = "RBAC: access denied";
+/// The incumbent's default access-log format (`pkg/envoy/accesslog`).
+const DEFAULT_LOG_FORMAT: &str = "[%START_TIME%] %KUMA_MESH% \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \"%REQ(USER-AGENT)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"";
+
+/// The policies of one mesh, by type then name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Policies {
+    by_type: BTreeMap<ResourceType, BTreeMap<String, Item<Spec>>>,
+}
+
+impl Policies {
+    /// Inserts or replaces a policy; `false` when `spec` is not one.
+    pub fn upsert(&mut self, name: &str, creation_time: i64, spec: &Spec) -> bool {
+        let ty = spec.resource_type();
+        if !ty.is_policy() {
+            return false;
+        }
+        let item = Item { name: name.to_string(), creation_time, spec: spec.clone() };
+        self.by_type.entry(ty).or_default().insert(name.to_string(), item);
+        true
+    }
+
+    /// Removes a policy; whether it was there.
+    pub fn remove(&mut self, ty: ResourceType, name: &str) -> bool {
+        self.by_type.get_mut(&ty).is_some_and(|m| m.remove(name).is_some())
+    }
+
+    /// Whether the mesh has a policy of type `ty`.
+    pub fn has_type(&self, ty: ResourceType) -> bool {
+        self.by_type.get(&ty).is_some_and(|m| !m.is_empty())
+    }
+
+    fn of(&self, ty: ResourceType) -> impl Iterator<Item = &Item<Spec>> {
+        self.by_type.get(&ty).into_iter().flat_map(|m| m.values())
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Item<Spec>> {
+        self.by_type.values().flat_map(|m| m.values())
+    }
+}
+
+/// `sources` and `destinations` of a policy spec.
+fn selectors(spec: &Spec) -> (&[Selector], &[Selector]) {
+    match spec {
+        Spec::Timeout(p) => (&p.sources, &p.destinations),
+        Spec::Retry(p) => (&p.sources, &p.destinations),
+        Spec::CircuitBreaker(p) => (&p.sources, &p.destinations),
+        Spec::HealthCheck(p) => (&p.sources, &p.destinations),
+        Spec::RateLimit(p) => (&p.sources, &p.destinations),
+        Spec::FaultInjection(p) => (&p.sources, &p.destinations),
+        Spec::TrafficPermission(p) => (&p.sources, &p.destinations),
+        Spec::TrafficLog(p) => (&p.sources, &p.destinations),
+        _ => (&[], &[]),
+    }
+}
+
+/// How specific a match is: (tags, exact values) of the best source
+/// selector plus the best destination selector.
+type Specificity = (usize, usize);
+
+/// The specificity of `policy` for `source` and every one of
+/// `destinations` (`None`: it does not apply). A destination selector must
+/// match all of them; an empty list matches any destination selector.
+fn applies(
+    policy: &Item<Spec>,
+    source: &BTreeMap<String, String>,
+    destinations: &[&BTreeMap<String, String>],
+) -> Option<Specificity> {
+    let (sources, dests) = selectors(&policy.spec);
+    let src = sources.iter().filter_map(|s| rank(&s.r#match, source)).max()?;
+    let dst = dests
+        .iter()
+        .filter_map(|s| {
+            let ranks: Option<Vec<_>> = destinations.iter().map(|d| rank(&s.r#match, d)).collect();
+            ranks.map(|_| {
+                let exact = s.r#match.values().filter(|v| *v != "*").count();
+                (s.r#match.len(), exact)
+            })
+        })
+        .max()?;
+    Some((src.0 + dst.0, src.1 + dst.1))
+}
+
+/// The policy of type `ty` for `source` → `destinations`, by the rule in
+/// the module docs: most specific, then oldest, then smallest name.
+pub fn select<'a>(
+    policies: &'a Policies,
+    ty: ResourceType,
+    source: &BTreeMap<String, String>,
+    destinations: &[&BTreeMap<String, String>],
+) -> Option<&'a Item<Spec>> {
+    policies
+        .of(ty)
+        .filter_map(|p| applies(p, source, destinations).map(|s| (s, p)))
+        .min_by(|(sa, a), (sb, b)| {
+            sb.cmp(sa).then(a.creation_time.cmp(&b.creation_time)).then_with(|| a.name.cmp(&b.name))
+        })
+        .map(|(_, p)| p)
+}
+
+/// Policies chosen while generating one gateway: what to name in metadata
+/// and which policies applied somewhere.
+#[derive(Debug, Default)]
+pub(super) struct Applied {
+    used: BTreeSet<(ResourceType, String)>,
+}
+
+impl Applied {
+    fn record(&mut self, named: &mut BTreeMap<String, String>, ty: ResourceType, name: &str) {
+        self.used.insert((ty, name.to_string()));
+        named.insert(ty.name().to_string(), name.to_string());
+    }
+
+    /// Warnings for policies whose source selects one of `sources` (the
+    /// gateway's listener tags) but that applied nowhere.
+    pub(super) fn unused(&self, policies: &Policies, sources: &[BTreeMap<String, String>]) -> Vec<String> {
+        policies
+            .all()
+            .filter(|p| {
+                let (src, _) = selectors(&p.spec);
+                sources.iter().any(|t| src.iter().any(|s| rank(&s.r#match, t).is_some()))
+            })
+            .filter(|p| !self.used.contains(&(p.spec.resource_type(), p.name.clone())))
+            .map(|p| {
+                format!(
+                    "{} {:?} selects this gateway but no backend, cluster or listener of it: it applies nowhere",
+                    p.spec.resource_type(),
+                    p.name
+                )
+            })
+            .collect()
+    }
+}
+
+/// `filter_metadata["io.meridian.policies"].applied = "Retry=r-1,Timeout=t-1"`:
+/// one string, sorted by type, because Envoy's metadata maps are hash maps
+/// (several entries would encode in a different order each time, and
+/// change the resource's content-hash version).
+fn metadata(named: &BTreeMap<String, String>) -> Option<Metadata> {
+    if named.is_empty() {
+        return None;
+    }
+    let applied: Vec<String> = named.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let fields = [("applied".to_string(), PbValue { kind: Some(PbKind::StringValue(applied.join(","))) })].into();
+    Some(Metadata { filter_metadata: [(METADATA_KEY.to_string(), Struct { fields })].into(), ..Default::default() })
+}
+
+fn dur(d: &pbjson_types::Duration) -> Duration {
+    Duration { seconds: d.seconds, nanos: d.nanos }
+}
+
+fn u32v(v: Option<&pbjson_types::UInt32Value>) -> Option<UInt32Value> {
+    v.map(|v| UInt32Value { value: v.value })
+}
+
+fn percent(p: f64) -> FractionalPercent {
+    FractionalPercent {
+        numerator: (p.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+        denominator: DenominatorType::Million as i32,
+    }
+}
+
+/// Applies the route-level policies to an Envoy route that forwards to
+/// `backends` (the destinations of the rule) from a listener with tags
+/// `source`. A TrafficPermission that allows none of them turns the route
+/// into a 403.
+pub(super) fn apply_route(
+    snapshot: &MeshSnapshot,
+    source: &BTreeMap<String, String>,
+    backends: &[&BTreeMap<String, String>],
+    route: &mut Route,
+    applied: &mut Applied,
+) {
+    let policies = &snapshot.policies;
+    let mut named = BTreeMap::new();
+    // An HTTP route's backends speak HTTP: a destination selector naming
+    // `kuma.io/protocol: http` (FaultInjection requires one) matches them
+    // unless the backend says otherwise.
+    let raw = backends;
+    let with_protocol: Vec<BTreeMap<String, String>> = backends
+        .iter()
+        .map(|b| {
+            let mut b = (*b).clone();
+            b.entry(PROTOCOL_TAG.to_string()).or_insert_with(|| "http".to_string());
+            b
+        })
+        .collect();
+    let backends: Vec<&BTreeMap<String, String>> = with_protocol.iter().collect();
+    let backends = backends.as_slice();
+    // TrafficPermission, per backend: each must be allowed by some
+    // permission (with none in the mesh, everything is: the incumbent's
+    // default `allow-all-<mesh>`). Denied backends leave the route; when
+    // none is left the route answers 403 as Envoy's RBAC filter does.
+    let mut denied = Vec::new();
+    if policies.has_type(ResourceType::TrafficPermission) {
+        for (i, b) in backends.iter().enumerate() {
+            match select(policies, ResourceType::TrafficPermission, source, &[b]) {
+                Some(p) => applied.record(&mut named, ResourceType::TrafficPermission, &p.name),
+                None => denied.push(i),
+            }
+        }
+    }
+    if !denied.is_empty() {
+        let clusters: Vec<String> = denied.iter().map(|i| super::clusters::cluster_name(raw[*i])).collect();
+        let left = match route.action.as_mut() {
+            Some(route::Action::Route(a)) => match a.cluster_specifier.as_mut() {
+                Some(route_action::ClusterSpecifier::WeightedClusters(w)) => {
+                    w.clusters.retain(|c| !clusters.contains(&c.name));
+                    w.clusters.len()
+                }
+                _ => 0,
+            },
+            _ => 0,
+        };
+        if left == 0 {
+            route.action =
+                Some(route::Action::DirectResponse(envoy_types::pb::envoy::config::route::v3::DirectResponseAction {
+                    status: 403,
+                    body: Some(DataSource {
+                        specifier: Some(data_source::Specifier::InlineString(DENIED_BODY.into())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }));
+            named.insert("TrafficPermission".into(), "none:denied".into());
+            route.metadata = metadata(&named);
+            return;
+        }
+    }
+    let Some(route::Action::Route(action)) = route.action.as_mut() else { return };
+    if let Some(p) = select(policies, ResourceType::Timeout, source, backends)
+        && let Spec::Timeout(t) = &p.spec
+        && let Some(http) = t.conf.as_ref().and_then(|c| c.http.as_ref())
+    {
+        applied.record(&mut named, ResourceType::Timeout, &p.name);
+        timeout_route(http, action);
+    }
+    if let Some(p) = select(policies, ResourceType::Retry, source, backends)
+        && let Spec::Retry(r) = &p.spec
+        && let Some(http) = r.conf.as_ref().and_then(|c| c.http.as_ref())
+    {
+        applied.record(&mut named, ResourceType::Retry, &p.name);
+        action.retry_policy = Some(retry_policy(http));
+    }
+    if let Some(p) = select(policies, ResourceType::RateLimit, source, backends)
+        && let Spec::RateLimit(r) = &p.spec
+        && let Some(http) = r.conf.as_ref().and_then(|c| c.http.as_ref())
+    {
+        applied.record(&mut named, ResourceType::RateLimit, &p.name);
+        route.typed_per_filter_config.insert(RATE_LIMIT_FILTER.into(), pack_any(rate_limit(&p.name, http)));
+    }
+    if let Some(p) = select(policies, ResourceType::FaultInjection, source, backends)
+        && let Spec::FaultInjection(f) = &p.spec
+        && let Some(conf) = &f.conf
+    {
+        applied.record(&mut named, ResourceType::FaultInjection, &p.name);
+        // On each weighted cluster (Envoy prefers it to the route's), so
+        // that no per-filter map holds two entries (hash-map order).
+        let fault = pack_any(fault(conf));
+        if let Some(route_action::ClusterSpecifier::WeightedClusters(w)) = action.cluster_specifier.as_mut() {
+            for c in &mut w.clusters {
+                c.typed_per_filter_config.insert(FAULT_FILTER.into(), fault.clone());
+            }
+        }
+    }
+    route.metadata = metadata(&named);
+}
+
+fn timeout_route(http: &mesh::timeout::conf::Http, action: &mut RouteAction) {
+    if let Some(d) = &http.request_timeout {
+        action.timeout = Some(dur(d));
+    }
+    if let Some(d) = &http.stream_idle_timeout {
+        action.idle_timeout = Some(dur(d));
+    }
+    if let Some(d) = &http.max_stream_duration {
+        action.max_stream_duration =
+            Some(route_action::MaxStreamDuration { max_stream_duration: Some(dur(d)), ..Default::default() });
+    }
+}
+
+/// Envoy's `retry_on` names of the incumbent's enum.
+fn retry_on_name(on: HttpRetryOn) -> &'static str {
+    match on {
+        HttpRetryOn::All5xx => "5xx",
+        HttpRetryOn::GatewayError => "gateway-error",
+        HttpRetryOn::Reset => "reset",
+        HttpRetryOn::ConnectFailure => "connect-failure",
+        HttpRetryOn::EnvoyRatelimited => "envoy-ratelimited",
+        HttpRetryOn::Retriable4xx => "retriable-4xx",
+        HttpRetryOn::RefusedStream => "refused-stream",
+        HttpRetryOn::RetriableStatusCodes => "retriable-status-codes",
+        HttpRetryOn::RetriableHeaders => "retriable-headers",
+        HttpRetryOn::Http3PostConnectFailure => "http3-post-connect-failure",
+    }
+}
+
+/// A route retry policy. Without `retryOn`: the incumbent's default
+/// (`gateway-error,connect-failure,refused-stream`), plus
+/// `retriable-status-codes` when codes are listed. Every protocol gets one
+/// (the incumbent gives `http2` services none).
+fn retry_policy(http: &mesh::retry::conf::Http) -> RetryPolicy {
+    let mut on: Vec<&str> =
+        http.retry_on.iter().filter_map(|o| HttpRetryOn::try_from(*o).ok()).map(retry_on_name).collect();
+    if on.is_empty() {
+        on = vec!["gateway-error", "connect-failure", "refused-stream"];
+        if !http.retriable_status_codes.is_empty() {
+            on.push("retriable-status-codes");
+        }
+    }
+    RetryPolicy {
+        retry_on: on.join(","),
+        num_retries: u32v(http.num_retries.as_ref()),
+        per_try_timeout: http.per_try_timeout.as_ref().map(dur),
+        retriable_status_codes: http.retriable_status_codes.clone(),
+        retry_back_off: http.back_off.as_ref().and_then(|b| {
+            Some(retry_policy::RetryBackOff {
+                base_interval: Some(dur(b.base_interval.as_ref()?)),
+                max_interval: b.max_interval.as_ref().map(dur),
+            })
+        }),
+        retriable_request_headers: http
+            .retriable_methods
+            .iter()
+            .filter_map(|m| HttpMethod::try_from(*m).ok())
+            .filter(|m| *m != HttpMethod::None)
+            .map(|m| HeaderMatcher {
+                name: ":method".into(),
+                header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                    envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                        match_pattern: Some(
+                            envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(
+                                m.as_str_name().into(),
+                            ),
+                        ),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn always() -> Option<RuntimeFractionalPercent> {
+    Some(RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent { numerator: 100, denominator: DenominatorType::Hundred as i32 }),
+        runtime_key: String::new(),
+    })
+}
+
+/// A local token bucket of `requests` tokens refilled every `interval`,
+/// enforced on every request of the route.
+fn rate_limit(name: &str, http: &mesh::rate_limit::conf::Http) -> LocalRateLimit {
+    let on = http.on_rate_limit.as_ref();
+    LocalRateLimit {
+        stat_prefix: format!("rate_limit_{}", name.replace([':', '*'], "_")),
+        status: on.and_then(|o| o.status.as_ref()).map(|s| HttpStatus { code: s.value as i32 }),
+        token_bucket: Some(TokenBucket {
+            max_tokens: http.requests,
+            tokens_per_fill: Some(UInt32Value { value: http.requests }),
+            fill_interval: http.interval.as_ref().map(dur),
+        }),
+        filter_enabled: always(),
+        filter_enforced: always(),
+        response_headers_to_add: on
+            .map(|o| o.headers.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|h| HeaderValueOption {
+                header: Some(HeaderValue { key: h.key.clone(), value: h.value.clone(), ..Default::default() }),
+                append_action: if h.append.as_ref().is_some_and(|a| a.value) {
+                    header_value_option::HeaderAppendAction::AppendIfExistsOrAdd as i32
+                } else {
+                    header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+                },
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn fault(conf: &mesh::fault_injection::Conf) -> HttpFault {
+    HttpFault {
+        delay: conf.delay.as_ref().and_then(|d| {
+            Some(FaultDelay {
+                percentage: Some(percent(d.percentage.as_ref()?.value)),
+                fault_delay_secifier: Some(fault_delay::FaultDelaySecifier::FixedDelay(dur(d.value.as_ref()?))),
+            })
+        }),
+        abort: conf.abort.as_ref().and_then(|a| {
+            Some(FaultAbort {
+                percentage: Some(percent(a.percentage.as_ref()?.value)),
+                error_type: Some(fault_abort::ErrorType::HttpStatus(a.http_status.as_ref()?.value)),
+                ..Default::default()
+            })
+        }),
+        response_rate_limit: conf.response_bandwidth.as_ref().and_then(|b| {
+            Some(FaultRateLimit {
+                percentage: Some(percent(b.percentage.as_ref()?.value)),
+                limit_type: Some(fault_rate_limit::LimitType::FixedLimit(fault_rate_limit::FixedLimit {
+                    limit_kbps: bandwidth_kbps(&b.limit.as_ref()?.value)?,
+                })),
+            })
+        }),
+        ..Default::default()
+    }
+}
+
+/// What Retry (`tcp.maxConnectAttempts`) and Timeout (`tcp.idleTimeout`)
+/// set on a `tcp_proxy`.
+#[derive(Debug, Default)]
+pub(super) struct TcpProxyPolicies {
+    pub max_connect_attempts: Option<UInt32Value>,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The TCP policies for a `tcp_proxy` from `source` to `destinations`.
+pub(super) fn tcp_proxy_policies(
+    snapshot: &MeshSnapshot,
+    source: &BTreeMap<String, String>,
+    destinations: &[&BTreeMap<String, String>],
+    applied: &mut Applied,
+) -> TcpProxyPolicies {
+    let mut out = TcpProxyPolicies::default();
+    let mut named = BTreeMap::new();
+    if let Some(p) = select(&snapshot.policies, ResourceType::Retry, source, destinations)
+        && let Spec::Retry(r) = &p.spec
+        && let Some(tcp) = r.conf.as_ref().and_then(|c| c.tcp.as_ref())
+    {
+        applied.record(&mut named, ResourceType::Retry, &p.name);
+        out.max_connect_attempts = Some(UInt32Value { value: tcp.max_connect_attempts });
+    }
+    if let Some(p) = select(&snapshot.policies, ResourceType::Timeout, source, destinations)
+        && let Spec::Timeout(t) = &p.spec
+        && let Some(d) = t.conf.as_ref().and_then(|c| c.tcp.as_ref()).and_then(|t| t.idle_timeout.as_ref())
+    {
+        applied.record(&mut named, ResourceType::Timeout, &p.name);
+        out.idle_timeout = Some(dur(d));
+    }
+    out
+}
+
+/// Applies the cluster-level policies (CircuitBreaker, HealthCheck,
+/// Timeout's connect timeout) to `cluster`, whose destination tags are
+/// `destination`, for a gateway whose tags are `source`.
+pub(super) fn apply_cluster(
+    snapshot: &MeshSnapshot,
+    source: &BTreeMap<String, String>,
+    destination: &BTreeMap<String, String>,
+    cluster: &mut Cluster,
+    applied: &mut Applied,
+) {
+    let policies = &snapshot.policies;
+    let mut named = BTreeMap::new();
+    let dst = [destination];
+    if let Some(p) = select(policies, ResourceType::Timeout, source, &dst)
+        && let Spec::Timeout(t) = &p.spec
+        && let Some(d) = t.conf.as_ref().and_then(|c| c.connect_timeout.as_ref())
+    {
+        applied.record(&mut named, ResourceType::Timeout, &p.name);
+        cluster.connect_timeout = Some(dur(d));
+    }
+    if let Some(p) = select(policies, ResourceType::CircuitBreaker, source, &dst)
+        && let Spec::CircuitBreaker(c) = &p.spec
+        && let Some(conf) = &c.conf
+    {
+        applied.record(&mut named, ResourceType::CircuitBreaker, &p.name);
+        circuit_breaker(conf, cluster);
+    }
+    if let Some(p) = select(policies, ResourceType::HealthCheck, source, &dst)
+        && let Spec::HealthCheck(h) = &p.spec
+        && let Some(conf) = &h.conf
+    {
+        applied.record(&mut named, ResourceType::HealthCheck, &p.name);
+        health_check(conf, cluster);
+    }
+    if !named.is_empty() {
+        cluster.metadata = metadata(&named);
+    }
+}
+
+fn enforcing(on: bool) -> Option<UInt32Value> {
+    Some(UInt32Value { value: if on { 100 } else { 0 } })
+}
+
+fn circuit_breaker(conf: &mesh::circuit_breaker::Conf, cluster: &mut Cluster) {
+    if let Some(t) = &conf.thresholds {
+        cluster.circuit_breakers = Some(CircuitBreakers {
+            thresholds: vec![circuit_breakers::Thresholds {
+                priority: RoutingPriority::Default as i32,
+                max_connections: u32v(t.max_connections.as_ref()),
+                max_pending_requests: u32v(t.max_pending_requests.as_ref()),
+                max_requests: u32v(t.max_requests.as_ref()),
+                max_retries: u32v(t.max_retries.as_ref()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    let Some(d) = &conf.detectors else { return };
+    let total = d.total_errors.as_ref();
+    let gateway = d.gateway_errors.as_ref();
+    let local = d.local_errors.as_ref();
+    let sd = d.standard_deviation.as_ref();
+    let failure = d.failure.as_ref();
+    cluster.outlier_detection = Some(OutlierDetection {
+        interval: conf.interval.as_ref().map(dur),
+        base_ejection_time: conf.base_ejection_time.as_ref().map(dur),
+        max_ejection_percent: u32v(conf.max_ejection_percent.as_ref()),
+        split_external_local_origin_errors: conf.split_external_and_local_errors,
+        consecutive_5xx: total.and_then(|e| u32v(e.consecutive.as_ref())),
+        enforcing_consecutive_5xx: enforcing(total.is_some()),
+        consecutive_gateway_failure: gateway.and_then(|e| u32v(e.consecutive.as_ref())),
+        enforcing_consecutive_gateway_failure: enforcing(gateway.is_some()),
+        consecutive_local_origin_failure: local.and_then(|e| u32v(e.consecutive.as_ref())),
+        enforcing_consecutive_local_origin_failure: enforcing(local.is_some()),
+        success_rate_request_volume: sd.and_then(|s| u32v(s.request_volume.as_ref())),
+        success_rate_minimum_hosts: sd.and_then(|s| u32v(s.minimum_hosts.as_ref())),
+        success_rate_stdev_factor: sd
+            .and_then(|s| s.factor.as_ref())
+            .map(|f| UInt32Value { value: (f.value * 1000.0).round().max(0.0) as u32 }),
+        enforcing_success_rate: enforcing(sd.is_some()),
+        enforcing_local_origin_success_rate: enforcing(sd.is_some()),
+        failure_percentage_request_volume: failure.and_then(|f| u32v(f.request_volume.as_ref())),
+        failure_percentage_minimum_hosts: failure.and_then(|f| u32v(f.minimum_hosts.as_ref())),
+        failure_percentage_threshold: failure.and_then(|f| u32v(f.threshold.as_ref())),
+        enforcing_failure_percentage: enforcing(failure.is_some()),
+        enforcing_failure_percentage_local_origin: enforcing(failure.is_some()),
+        ..Default::default()
+    });
+}
+
+fn health_check(conf: &mesh::health_check::Conf, cluster: &mut Cluster) {
+    let checker = match (&conf.http, &conf.tcp) {
+        (Some(http), _) => health_check::HealthChecker::HttpHealthCheck(health_check::HttpHealthCheck {
+            path: http.path.clone(),
+            request_headers_to_add: http
+                .request_headers_to_add
+                .iter()
+                .filter_map(|h| {
+                    let hv = h.header.as_ref()?;
+                    Some(HeaderValueOption {
+                        header: Some(HeaderValue {
+                            key: hv.key.clone(),
+                            value: hv.value.clone(),
+                            ..Default::default()
+                        }),
+                        append_action: if h.append.as_ref().is_none_or(|a| a.value) {
+                            header_value_option::HeaderAppendAction::AppendIfExistsOrAdd as i32
+                        } else {
+                            header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+                        },
+                        ..Default::default()
+                    })
+                })
+                .collect(),
+            expected_statuses: http
+                .expected_statuses
+                .iter()
+                .map(|s| Int64Range { start: i64::from(s.value), end: i64::from(s.value) + 1 })
+                .collect(),
+            ..Default::default()
+        }),
+        (None, tcp) => health_check::HealthChecker::TcpHealthCheck(health_check::TcpHealthCheck {
+            send: tcp.as_ref().and_then(|t| t.send.as_ref()).map(|s| payload(&s.value)),
+            receive: tcp.as_ref().map(|t| t.receive.iter().map(|r| payload(&r.value)).collect()).unwrap_or_default(),
+            ..Default::default()
+        }),
+    };
+    cluster.health_checks = vec![EnvoyHealthCheck {
+        timeout: conf.timeout.as_ref().map(dur),
+        interval: conf.interval.as_ref().map(dur),
+        initial_jitter: conf.initial_jitter.as_ref().map(dur),
+        interval_jitter: conf.interval_jitter.as_ref().map(dur),
+        interval_jitter_percent: conf.interval_jitter_percent,
+        unhealthy_threshold: Some(UInt32Value { value: conf.unhealthy_threshold }),
+        healthy_threshold: Some(UInt32Value { value: conf.healthy_threshold }),
+        reuse_connection: conf.reuse_connection.as_ref().map(|b| BoolValue { value: b.value }),
+        no_traffic_interval: conf.no_traffic_interval.as_ref().map(dur),
+        always_log_health_check_failures: conf.always_log_health_check_failures.as_ref().is_some_and(|b| b.value),
+        health_checker: Some(checker),
+        ..Default::default()
+    }];
+    if let Some(p) = &conf.healthy_panic_threshold {
+        let lb = cluster.common_lb_config.get_or_insert_with(Default::default);
+        lb.healthy_panic_threshold = Some(Percent { value: f64::from(p.value) });
+    }
+}
+
+fn payload(bytes: &[u8]) -> health_check::Payload {
+    health_check::Payload { payload: Some(health_check::payload::Payload::Text(hex::encode_upper(bytes))) }
+}
+
+/// The access logs of a listener whose tags are `source`: the best
+/// TrafficLog (destination `*` or any: a listener serves every backend) and
+/// its Mesh logging backend. A backend the Mesh lacks is a warning.
+pub(super) fn access_logs(
+    snapshot: &MeshSnapshot,
+    source: &BTreeMap<String, String>,
+    applied: &mut Applied,
+    warnings: &mut Vec<String>,
+) -> Vec<AccessLog> {
+    let any: BTreeMap<String, String> = BTreeMap::new();
+    let Some(p) = select(&snapshot.policies, ResourceType::TrafficLog, source, &[]).or_else(|| {
+        // A destination selector naming services still logs the listener:
+        // the most specific policy whose source matches.
+        select(&snapshot.policies, ResourceType::TrafficLog, source, &[&any])
+    }) else {
+        return Vec::new();
+    };
+    let Spec::TrafficLog(t) = &p.spec else { return Vec::new() };
+    let logging = snapshot.mesh_spec.as_ref().and_then(|m| m.logging.as_ref());
+    let wanted = t.conf.as_ref().map(|c| c.backend.as_str()).filter(|b| !b.is_empty());
+    let wanted = wanted.or(logging.map(|l| l.default_backend.as_str()).filter(|b| !b.is_empty()));
+    let Some(backend) = wanted.and_then(|w| logging?.backends.iter().find(|b| b.name == w)) else {
+        warnings.push(format!(
+            "TrafficLog {:?}: the mesh has no logging backend {:?}; no access log",
+            p.name,
+            wanted.unwrap_or("(default)")
+        ));
+        return Vec::new();
+    };
+    let mut named = BTreeMap::new();
+    applied.record(&mut named, ResourceType::TrafficLog, &p.name);
+    let format = if backend.format.is_empty() { DEFAULT_LOG_FORMAT } else { backend.format.as_str() };
+    let format = format.replace("%KUMA_MESH%", &snapshot.mesh);
+    match log_target(backend) {
+        Ok(LogTarget::File(path)) => vec![file_log(&path, &format)],
+        Ok(LogTarget::Tcp(address)) => {
+            warnings.push(format!(
+                "TrafficLog {:?}: tcp logging backend {address} is not supported on gateways yet; no access log",
+                p.name
+            ));
+            Vec::new()
+        }
+        Err((field, message)) => {
+            warnings.push(format!("TrafficLog {:?}: logging backend {:?} {field}: {message}", p.name, backend.name));
+            Vec::new()
+        }
+    }
+}
+
+fn file_log(path: &str, format: &str) -> AccessLog {
+    let config = FileAccessLog {
+        path: path.to_string(),
+        access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(SubstitutionFormatString {
+            format: Some(substitution_format_string::Format::TextFormatSource(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(format!("{format}\n"))),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })),
+    };
+    AccessLog {
+        name: "envoy.access_loggers.file".into(),
+        config_type: Some(access_log::ConfigType::TypedConfig(pack_any(config))),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,101 @@
+//! Selection on plain values: specificity, tie-breaks, the multi-service
+//! heuristic, unused policies, the retry policy.
+
+use super::*;
+
+fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn sel(pairs: &[(&str, &str)]) -> Vec<Selector> {
+    vec![Selector { r#match: tags(pairs) }]
+}
+
+/// A Retry from `source` to `destination`, created at `at`.
+fn retry(p: &mut Policies, name: &str, at: i64, source: &[(&str, &str)], destination: &[(&str, &str)]) {
+    let spec = Spec::Retry(mesh::Retry { sources: sel(source), destinations: sel(destination), conf: None });
+    assert!(p.upsert(name, at, &spec));
+}
+
+fn chosen(p: &Policies, source: &BTreeMap<String, String>, dests: &[&BTreeMap<String, String>]) -> Option<String> {
+    select(p, ResourceType::Retry, source, dests).map(|i| i.name.clone())
+}
+
+#[test]
+fn more_specific_wins_then_older_then_name() {
+    let gw = tags(&[("kuma.io/service", "edge"), ("zone", "a")]);
+    let web = tags(&[("kuma.io/service", "web")]);
+    let mut p = Policies::default();
+    retry(&mut p, "any", 1, &[("kuma.io/service", "*")], &[("kuma.io/service", "*")]);
+    assert_eq!(chosen(&p, &gw, &[&web]).as_deref(), Some("any"));
+    // An exact destination beats a wildcard one, whatever its age.
+    retry(&mut p, "to-web", 5, &[("kuma.io/service", "*")], &[("kuma.io/service", "web")]);
+    assert_eq!(chosen(&p, &gw, &[&web]).as_deref(), Some("to-web"));
+    // More source tags beat fewer.
+    retry(&mut p, "from-edge-a", 9, &[("kuma.io/service", "edge"), ("zone", "a")], &[("kuma.io/service", "web")]);
+    assert_eq!(chosen(&p, &gw, &[&web]).as_deref(), Some("from-edge-a"));
+    // Equal specificity: the older one; equal age: the smaller name.
+    retry(&mut p, "b-twin", 3, &[("kuma.io/service", "edge"), ("zone", "a")], &[("kuma.io/service", "web")]);
+    assert_eq!(chosen(&p, &gw, &[&web]).as_deref(), Some("b-twin"));
+    retry(&mut p, "a-twin", 3, &[("kuma.io/service", "edge"), ("zone", "a")], &[("kuma.io/service", "web")]);
+    assert_eq!(chosen(&p, &gw, &[&web]).as_deref(), Some("a-twin"));
+    // The order policies were added in never matters.
+    let mut q = Policies::default();
+    for (name, at) in [("a-twin", 3), ("b-twin", 3), ("from-edge-a", 9), ("to-web", 5), ("any", 1)].into_iter().rev() {
+        let item = p.of(ResourceType::Retry).find(|i| i.name == name).expect("policy");
+        q.upsert(name, at, &item.spec);
+    }
+    assert_eq!(chosen(&q, &gw, &[&web]).as_deref(), Some("a-twin"));
+}
+
+#[test]
+fn a_source_that_does_not_match_selects_nothing() {
+    let mut p = Policies::default();
+    retry(&mut p, "from-other", 1, &[("kuma.io/service", "other")], &[("kuma.io/service", "*")]);
+    let gw = tags(&[("kuma.io/service", "edge")]);
+    assert_eq!(chosen(&p, &gw, &[&tags(&[("kuma.io/service", "web")])]), None);
+}
+
+#[test]
+fn several_services_take_a_wildcard_destination_one_service_its_own() {
+    let gw = tags(&[("kuma.io/service", "edge")]);
+    let (v1, v2) = (
+        tags(&[("kuma.io/service", "web"), ("version", "v1")]),
+        tags(&[("kuma.io/service", "web"), ("version", "v2")]),
+    );
+    let api = tags(&[("kuma.io/service", "api")]);
+    let mut p = Policies::default();
+    retry(&mut p, "to-web", 1, &[("kuma.io/service", "*")], &[("kuma.io/service", "web")]);
+    retry(&mut p, "to-api", 2, &[("kuma.io/service", "*")], &[("kuma.io/service", "api")]);
+    // All backends one service (two subsets): that service's policy.
+    assert_eq!(chosen(&p, &gw, &[&v1, &v2]).as_deref(), Some("to-web"));
+    // Different services: none of the per-service ones...
+    assert_eq!(chosen(&p, &gw, &[&v1, &api]), None);
+    // ...only a policy whose destination is a wildcard service.
+    retry(&mut p, "to-all", 9, &[("kuma.io/service", "*")], &[("kuma.io/service", "*")]);
+    assert_eq!(chosen(&p, &gw, &[&v1, &api]).as_deref(), Some("to-all"));
+    assert_eq!(chosen(&p, &gw, &[&api]).as_deref(), Some("to-api"));
+}
+
+#[test]
+fn unused_policies_are_reported_for_the_gateway_they_select() {
+    let mut p = Policies::default();
+    retry(&mut p, "to-nowhere", 1, &[("kuma.io/service", "edge")], &[("kuma.io/service", "ghost")]);
+    retry(&mut p, "other-gateway", 1, &[("kuma.io/service", "other")], &[("kuma.io/service", "ghost")]);
+    let warnings = Applied::default().unused(&p, &[tags(&[("kuma.io/service", "edge")])]);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("Retry \"to-nowhere\""), "{warnings:?}");
+}
+
+#[test]
+fn retry_policy_defaults_and_http2_get_one_too() {
+    let http = mesh::retry::conf::Http {
+        num_retries: Some(pbjson_types::UInt32Value { value: 4 }),
+        retriable_status_codes: vec![503],
+        ..Default::default()
+    };
+    let r = retry_policy(&http);
+    assert_eq!(r.retry_on, "gateway-error,connect-failure,refused-stream,retriable-status-codes");
+    assert_eq!(r.num_retries, Some(UInt32Value { value: 4 }));
+    assert_eq!(r.retriable_status_codes, [503]);
+}
