@@ -11,7 +11,8 @@
 # State and logs: $MERIDIAN_QUICKSTART_DIR (default ~/.meridian/quickstart,
 # /var/lib/meridian/quickstart without $HOME).
 # Ports: global API 5681, KDS 5685; zone-1 API 5682, xDS 5678; zone-2 API 5683,
-# xDS 5679; gateway 8080; Envoy admin 9901; demo backend 5000. Any of them
+# xDS 5679; diagnostics (/healthy, /ready, /metrics) global 5680, zone-1 5691,
+# zone-2 5692; gateway 8080; Envoy admin 9901; demo backend 5000. Any of them
 # already taken: exit 1 at once, naming the port and the process holding it.
 # "Meridian is up" is printed only after every part answered its readiness
 # check and a request through the gateway reached the demo backend.
@@ -23,7 +24,7 @@ if [[ -n ${HOME:-} ]]; then
 else
     DIR=${MERIDIAN_QUICKSTART_DIR:-/var/lib/meridian/quickstart}
 fi
-PORTS=(5681 5685 5682 5678 5683 5679 8080 9901 5000)
+PORTS=(5681 5685 5682 5678 5683 5679 5680 5691 5692 8080 9901 5000)
 # Seconds each part gets to become ready.
 READY_TIMEOUT=${MERIDIAN_QUICKSTART_TIMEOUT:-30}
 
@@ -126,7 +127,7 @@ mkdir -p "$DIR"
 
 log "starting the global"
 start global "$BIN/meridian-global" run --data-dir "$DIR/global" \
-    --api-addr 127.0.0.1:5681 --kds-addr 127.0.0.1:5685
+    --api-addr 127.0.0.1:5681 --kds-addr 127.0.0.1:5685 --diagnostics-address 127.0.0.1:5680
 wait_ready global http://127.0.0.1:5681/ready
 CTL=("$BIN/meridianctl" --api-url http://127.0.0.1:5681)
 
@@ -173,6 +174,7 @@ for z in 1 2; do
     log "starting zone-$z"
     start "zone-$z" "$BIN/meridian-zone" run --zone "zone-$z" --data-dir "$DIR/zone-$z" \
         --api-addr "127.0.0.1:568$((z + 1))" --xds-addr "127.0.0.1:567$((z + 7))" \
+        --diagnostics-address "127.0.0.1:569$z" \
         --global-address grpcs://127.0.0.1:5685 --global-ca "$DIR/global/kds-ca.crt" \
         --token-file "$DIR/zone-$z.token"
     wait_ready "zone-$z" "http://127.0.0.1:568$((z + 1))/ready"

@@ -134,6 +134,32 @@ pub enum GenerateCommand {
     /// A token a gateway's Envoy presents to its zone (admin only).
     #[command(long_about = DATAPLANE_TOKEN_ABOUT)]
     DataplaneToken(DataplaneTokenArgs),
+    /// A token a ZoneIngress (its runner and its Envoy) presents to its zone (admin only).
+    #[command(long_about = INGRESS_TOKEN_ABOUT)]
+    IngressToken(IngressTokenArgs),
+}
+
+const INGRESS_TOKEN_ABOUT: &str = "\
+Ask the global (or a standalone zone) for a ZoneIngress token, and print it.
+
+It is a Dataplane token with no mesh, bound to the ingress's name: it admits
+that ZoneIngress's registration (PUT /zoneingresses/NAME on the zone API) and
+its Envoy's xDS stream (node id .NAME), and nothing else. (The incumbent uses
+a zone token with scope `ingress`, which also lets its holder act as the zone.)
+
+Example:
+  meridianctl generate ingress-token --name ingress-1 > ingress-1.token
+  meridian-zone ingress run -f ingress-1.yaml --dataplane-token-file ingress-1.token ...";
+
+#[derive(Debug, clap::Args)]
+pub struct IngressTokenArgs {
+    /// The ZoneIngress's name.
+    #[arg(long, env = "MERIDIAN_INGRESS_NAME")]
+    pub name: String,
+
+    /// How long the token is valid: 24h, 30d, 8760h...
+    #[arg(long, env = "MERIDIAN_VALID_FOR", default_value = "8760h")]
+    pub valid_for: String,
 }
 
 const DATAPLANE_TOKEN_ABOUT: &str = "\
@@ -418,6 +444,50 @@ pub enum InspectCommand {
     Zones(InspectArgs),
     /// Dataplanes of a mesh with their status (GET /meshes/{mesh}/dataplanes/_overview).
     Dataplanes(InspectMeshArgs),
+    /// One Dataplane's Envoy: its config dump, stats or clusters, fetched by
+    /// its zone from the Envoy's admin (at the global: through the zone's
+    /// KDS connection). GET /meshes/{mesh}/dataplanes/{name}/xds|stats|clusters.
+    Dataplane(InspectDataplaneArgs),
+    /// MeshGateways of a mesh: listeners, attached MeshGatewayRoutes, and
+    /// the Dataplanes serving each, per zone.
+    Meshgateways(InspectMeshArgs),
+    /// Meshes with their mTLS backend and how many Dataplanes, gateways and
+    /// routes each holds.
+    Meshes(InspectArgs),
+}
+
+/// What `inspect dataplane --type` fetches (the incumbent's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InspectType {
+    /// Envoy's `/config_dump`, with what the zone sends it (`meridian`).
+    ConfigDump,
+    /// Envoy's `/stats`.
+    Stats,
+    /// Envoy's `/clusters`.
+    Clusters,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectDataplaneArgs {
+    /// The Dataplane: at the global, the stored name (`<zone>.<name>`) or
+    /// the zone-local name when unique in the mesh.
+    pub name: String,
+
+    /// The mesh.
+    #[arg(short, long, env = "MERIDIAN_MESH", default_value = "default")]
+    pub mesh: String,
+
+    /// What to fetch.
+    #[arg(long = "type", value_enum, default_value_t = InspectType::ConfigDump)]
+    pub inspect_type: InspectType,
+
+    /// config-dump: include endpoints (EDS).
+    #[arg(long)]
+    pub include_eds: bool,
+
+    /// stats, clusters: Envoy's JSON instead of its text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -67,6 +67,9 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
         Command::Delete(args) => get::delete(&client(&cli.conn)?, &args).await,
         Command::Inspect(InspectCommand::Zones(args)) => inspect::zones(&client(&cli.conn)?, &args).await,
         Command::Inspect(InspectCommand::Dataplanes(args)) => inspect::dataplanes(&client(&cli.conn)?, &args).await,
+        Command::Inspect(InspectCommand::Dataplane(args)) => inspect::dataplane(&client(&cli.conn)?, &args).await,
+        Command::Inspect(InspectCommand::Meshgateways(args)) => inspect::meshgateways(&client(&cli.conn)?, &args).await,
+        Command::Inspect(InspectCommand::Meshes(args)) => inspect::meshes(&client(&cli.conn)?, &args).await,
         Command::Version => version(&client(&cli.conn)?).await,
         Command::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -95,6 +98,12 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
             if let Some(name) = &args.name {
                 body["name"] = name.clone().into();
             }
+            let reply = client(&cli.conn)?.post(&["tokens", "dataplane"], &body).await?;
+            println!("{}", reply.text.trim());
+            Ok(EXIT_OK)
+        }
+        Command::Generate(GenerateCommand::IngressToken(args)) => {
+            let body = serde_json::json!({ "type": "ingress", "name": args.name, "validFor": args.valid_for });
             let reply = client(&cli.conn)?.post(&["tokens", "dataplane"], &body).await?;
             println!("{}", reply.text.trim());
             Ok(EXIT_OK)

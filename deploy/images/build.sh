@@ -60,6 +60,24 @@ debian_mirror() {
     echo "${m%/}"
 }
 
+# Unmounts whatever is mounted under a tree (debootstrap mounts /proc and
+# /sys in the target and leaves them there when it fails), deepest first.
+# A tree with /proc still mounted must never be copied or removed: copying
+# it reads the host's /proc/kcore until the disk is full.
+unmount_under() { # dir
+    local dir m
+    dir=$(realpath -m "$1")
+    while read -r m; do
+        as_root umount -l "$m" 2>/dev/null || true
+    done < <(awk -v d="$dir/" 'index($2, d) == 1 { print $2 }' /proc/self/mounts | sort -r)
+}
+
+# Removes a root file system tree safely (see unmount_under).
+remove_tree() { # dir
+    unmount_under "$1"
+    as_root rm -rf --one-file-system "$1"
+}
+
 # A root file system made by debootstrap, with nothing of this host in it.
 build_rootfs() { # dir include-list
     local dir=$1 include=$2 mirror
@@ -69,10 +87,14 @@ build_rootfs() { # dir include-list
         as_root apt-get install -y --no-install-recommends debootstrap >/dev/null
     fi
     log "debootstrap --variant=minbase $SUITE from $mirror (a few minutes, once)"
-    as_root rm -rf "$dir"
+    remove_tree "$dir"
     mkdir -p "$(dirname "$dir")"
-    as_root debootstrap --variant=minbase --include="$include" "$SUITE" "$dir" "$mirror" > "$WORK/debootstrap.log" 2>&1 \
-        || die "debootstrap failed: see $WORK/debootstrap.log"
+    if ! as_root debootstrap --variant=minbase --include="$include" "$SUITE" "$dir" "$mirror" > "$WORK/debootstrap.log" 2>&1; then
+        cp "$dir/debootstrap/debootstrap.log" "$WORK/debootstrap-inner.log" 2>/dev/null || true
+        remove_tree "$dir"
+        die "debootstrap failed: see $WORK/debootstrap.log (and debootstrap-inner.log)"
+    fi
+    unmount_under "$dir"
     # debootstrap copies the host's /etc/hostname, /etc/resolv.conf and
     # /etc/hosts; the container runtime provides its own.
     as_root sh -c "printf 'localhost\n' > '$dir/etc/hostname'; : > '$dir/etc/resolv.conf'; printf '127.0.0.1 localhost\n::1 localhost\n' > '$dir/etc/hosts'"
@@ -102,6 +124,8 @@ mkdir -p "$WORK"
 # One build at a time (test processes call this script concurrently).
 exec 9>"$WORK/.lock"
 flock 9
+# Whatever happens (a failure, Ctrl-C), leave nothing mounted under the work tree.
+trap 'unmount_under "$WORK"' EXIT
 
 # 1. The base.
 BASE=meridian/base:$SUITE
@@ -117,7 +141,9 @@ PG=meridian/postgres:15
 if [[ $FORCE == 1 ]] || ! have_image "$PG"; then
     [[ -d $WORK/base/usr ]] || build_rootfs "$WORK/base" ca-certificates,curl
     log "installing postgresql-15 into a copy of the base"
-    as_root rm -rf "$WORK/postgres" && as_root cp -a "$WORK/base" "$WORK/postgres"
+    remove_tree "$WORK/postgres"
+    unmount_under "$WORK/base"
+    as_root cp -a --one-file-system "$WORK/base" "$WORK/postgres"
     as_root cp /etc/resolv.conf "$WORK/postgres/etc/resolv.conf"
     # No service starts inside the chroot; no cluster is created (the
     # container's entrypoint makes its own).
@@ -125,11 +151,12 @@ if [[ $FORCE == 1 ]] || ! have_image "$PG"; then
     as_root mkdir -p "$WORK/postgres/etc/postgresql-common/createcluster.d"
     as_root sh -c "echo 'create_main_cluster = false' > '$WORK/postgres/etc/postgresql-common/createcluster.d/no-main.conf'"
     as_root chroot "$WORK/postgres" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15' \
-        > "$WORK/postgres-apt.log" 2>&1 || die "apt-get install postgresql-15 failed: see $WORK/postgres-apt.log"
+        > "$WORK/postgres-apt.log" 2>&1 || { remove_tree "$WORK/postgres"; die "apt-get install postgresql-15 failed: see $WORK/postgres-apt.log"; }
     as_root sh -c "rm -f '$WORK/postgres/usr/sbin/policy-rc.d'; : > '$WORK/postgres/etc/resolv.conf'; rm -rf '$WORK/postgres'/var/lib/apt/lists/* '$WORK/postgres'/var/cache/apt/archives/*.deb"
     check_no_hostname "$WORK/postgres"
     import_rootfs "$WORK/postgres" meridian/postgres-rootfs:15
     docker build -q -t "$PG" -f "$HERE/postgres.Dockerfile" "$HERE" >/dev/null
+    remove_tree "$WORK/postgres"
     log "built $PG"
 else
     log "$PG present (--force rebuilds it)"

@@ -9,6 +9,7 @@
 //! zone's identity is the token's, never the self-asserted `client-id` alone.
 
 pub mod cache;
+pub mod envoy_admin;
 pub mod held;
 pub mod insight;
 pub mod metrics;
@@ -31,6 +32,7 @@ use meridian_sync_proto::{
     pb::{
         self,
         kds::{
+            ClustersRequest, ClustersResponse, StatsRequest, StatsResponse, XdsConfigRequest, XdsConfigResponse,
             ZoneHealthCheckRequest, ZoneHealthCheckResponse,
             global_kds_service_server::{GlobalKdsService, GlobalKdsServiceServer},
             kds_sync_service_server::{KdsSyncService, KdsSyncServiceServer},
@@ -79,6 +81,8 @@ pub struct KdsServer {
     pub(crate) metrics: metrics::KdsMetrics,
     /// What each connected zone holds of what was sent to it.
     pub(crate) held: held::Held,
+    /// The zones' open inspection streams (config dump, stats, clusters).
+    pub envoy_admin: envoy_admin::EnvoyAdmin,
     /// The process's shutdown token: every stream ends when it is cancelled.
     pub(crate) shutdown: CancellationToken,
     /// The stream tasks, so that shutdown waits until each has closed its
@@ -104,6 +108,7 @@ impl KdsServer {
             max_message_bytes,
             metrics,
             held: held::Held::default(),
+            envoy_admin: envoy_admin::EnvoyAdmin::default(),
             shutdown,
             streams: TaskTracker::new(),
         }
@@ -233,9 +238,35 @@ impl KdsSyncService for KdsServer {
 
 /// `kuma.mesh.v1alpha1.GlobalKDSService` (Kuma 2.14): HealthCheck answers
 /// with [`ZONE_HEALTH_CHECK_INTERVAL`] to an authenticated zone; the
-/// service's inspection streams are not served (UNIMPLEMENTED).
+/// inspection streams carry the global's config dump, stats and clusters
+/// requests to the zone ([`envoy_admin`]).
 #[tonic::async_trait]
 impl GlobalKdsService for KdsServer {
+    type StreamXDSConfigsStream = ResponseStream<XdsConfigRequest>;
+    type StreamStatsStream = ResponseStream<StatsRequest>;
+    type StreamClustersStream = ResponseStream<ClustersRequest>;
+
+    async fn stream_xds_configs(
+        &self,
+        request: Request<Streaming<XdsConfigResponse>>,
+    ) -> Result<Response<Self::StreamXDSConfigsStream>, Status> {
+        envoy_admin::serve_stream(self, request).await
+    }
+
+    async fn stream_stats(
+        &self,
+        request: Request<Streaming<StatsResponse>>,
+    ) -> Result<Response<Self::StreamStatsStream>, Status> {
+        envoy_admin::serve_stream(self, request).await
+    }
+
+    async fn stream_clusters(
+        &self,
+        request: Request<Streaming<ClustersResponse>>,
+    ) -> Result<Response<Self::StreamClustersStream>, Status> {
+        envoy_admin::serve_stream(self, request).await
+    }
+
     async fn health_check(
         &self,
         request: Request<ZoneHealthCheckRequest>,

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod diff;
+pub mod inspect;
 pub mod kds;
 pub mod propagation;
 pub mod tls;
@@ -97,6 +98,11 @@ pub struct RunArgs {
     #[serde(flatten)]
     pub log: LogArgs,
 
+    /// The diagnostics listener (--diagnostics-address).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub diagnostics: meridian_runtime::diagnostics::DiagnosticsArgs,
+
     /// Change-log retention (--change-log-retention, --change-log-max-rows).
     #[command(flatten)]
     #[serde(flatten)]
@@ -122,6 +128,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let metrics = ApiMetrics::register(&mut registry);
     let store_metrics = StoreMetrics::register(&mut registry);
     let kds_metrics = kds::metrics::KdsMetrics::register(&mut registry);
+    meridian_runtime::metrics::register(&mut registry, "global", env!("CARGO_PKG_VERSION"), &instance_id);
     // One resource must fit in one KDS message with room for its envelope.
     let resource_limit =
         args.api.max_resource_bytes.min(meridian_sync_proto::kds::resource_budget(args.kds_max_message_bytes));
@@ -180,7 +187,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let api_addr = api_listener.local_addr()?;
     let kds_addr = kds_listener.local_addr()?;
 
-    let (cache, follower) = kds::cache::start(store.clone()).await.context("cannot load resources for KDS")?;
+    let (cache, follower) = kds::cache::start(store.clone(), kds_metrics.delta_generation.clone())
+        .await
+        .context("cannot load resources for KDS")?;
     let kds_server = kds::KdsServer::new(
         manager.clone(),
         cache,
@@ -194,7 +203,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let router = meridian_rest::router(state.clone())
         .merge(propagation::routes(state.clone(), kds_server.held()))
         .merge(diff::routes(state.clone()))
-        .merge(tokens::routes(state, tokens))
+        .merge(tokens::routes(state.clone(), tokens))
+        .merge(inspect::routes(state.clone(), kds_server.envoy_admin.clone()))
         .layer(axum::middleware::from_fn_with_state((manager.clone(), kds_server.held()), propagation::header));
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("KDS cache follower", {
@@ -207,6 +217,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         }
     });
     let limits = args.listeners.limits();
+    args.diagnostics.spawn("meridian-global", &mut tasks, state.clone(), limits, &shutdown).await?;
     tasks.spawn("API server", {
         let stop = shutdown.clone().cancelled_owned();
         async move { Ok(meridian_rest::server::serve(api_listener, api_tls, limits, router, stop).await?) }

@@ -96,7 +96,7 @@ async fn config(
     Ok(Json(s.config.as_ref().clone()))
 }
 
-async fn ready(State(s): State<ApiState>) -> Response {
+pub(crate) async fn ready(State(s): State<ApiState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), s.manager.store().current_revision()).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}")).into_response(),
@@ -104,7 +104,7 @@ async fn ready(State(s): State<ApiState>) -> Response {
     }
 }
 
-async fn metrics_text(State(s): State<ApiState>) -> Response {
+pub(crate) async fn metrics_text(State(s): State<ApiState>) -> Response {
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         Ok(()) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out)
@@ -151,16 +151,20 @@ pub fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<PeerAdd
     }))
 }
 
-/// The Dataplane token a write of Dataplane `ty` presents instead of the
-/// admin token: only where the API takes Dataplane tokens (zones), only for
-/// Dataplanes, and only from a caller that is not admin already.
+/// The Dataplane token a write of a Dataplane (or of a ZoneIngress, with
+/// an ingress token: `Mesh` empty, `Name` the ingress) presents instead of
+/// the admin token: only where the API takes Dataplane tokens (zones), only
+/// for those two types, and only from a caller that is not admin already.
 fn dataplane_token<'h>(
     s: &ApiState,
     ty: ResourceType,
     headers: &'h HeaderMap,
     ci: &ConnectInfo<PeerAddr>,
 ) -> Option<&'h str> {
-    if ty != ResourceType::Dataplane || s.auth.dataplane_tokens().is_none() || s.auth.is_admin(headers, peer(ci)) {
+    if !matches!(ty, ResourceType::Dataplane | ResourceType::ZoneIngress)
+        || s.auth.dataplane_tokens().is_none()
+        || s.auth.is_admin(headers, peer(ci))
+    {
         return None;
     }
     Auth::bearer_token(headers).filter(|t| !t.is_empty())

@@ -20,6 +20,7 @@
 //! - [`server`]: serving a router on an already-bound listener until shutdown.
 
 pub mod auth;
+pub mod diagnostics;
 pub mod error;
 pub mod filters;
 pub mod handlers;

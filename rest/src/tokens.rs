@@ -2,7 +2,8 @@
 //!
 //! - `POST /tokens/dataplane` `{"name", "mesh", "tags": {k: [v]}, "type",
 //!   "validFor"}` → the token, as plain text (the incumbent's endpoint and
-//!   body; `type` may only be `dataplane`). A federated zone answers 403:
+//!   body; `type` is `dataplane`, or `ingress` for a ZoneIngress token:
+//!   `name` only, no mesh, no tags). A federated zone answers 403:
 //!   Dataplane tokens come from the global, whose keys reach every zone.
 //! - `GET /tokens/{kind}/signing-keys` → `{"kind", "serials", "signing"}`.
 //! - `POST /tokens/{kind}/signing-keys` → rotate: a new key with the next
@@ -108,6 +109,9 @@ async fn issue_dataplane(
             "request body must be {{\"mesh\": MESH, \"name\": NAME, \"tags\": {{KEY: [VALUE]}}, \"validFor\": DURATION}}: {e}"
         ))
     })?;
+    if matches!(req.proxy_type.as_deref(), Some("ingress" | "zone-ingress")) {
+        return issue_ingress(&s, req).await;
+    }
     let mesh = req.mesh.unwrap_or_default();
     universal::check_mesh_name(&mesh).map_err(|e| ApiError::field("mesh", e.to_string()))?;
     let name = req.name.unwrap_or_default();
@@ -132,7 +136,7 @@ async fn issue_dataplane(
     match req.proxy_type.as_deref() {
         None | Some("") | Some("dataplane") => {}
         Some(other) => {
-            return Err(ApiError::field("type", format!("{other:?} is not supported: only \"dataplane\"")));
+            return Err(ApiError::field("type", format!("{other:?} is not supported: \"dataplane\" or \"ingress\"")));
         }
     }
     let valid_for = parse_valid_for("validFor", req.valid_for.as_deref())?;
@@ -142,6 +146,28 @@ async fn issue_dataplane(
     let (token, claims) =
         s.tokens.issue_dataplane(&DataplaneRequest { name, mesh, tags, valid_for }).await.map_err(ApiError::from)?;
     tracing::info!(mesh = %claims.mesh, name = %claims.name, jti = %claims.jti, exp = claims.exp, "issued Dataplane token");
+    Ok(token.into_response())
+}
+
+/// A ZoneIngress token (`"type": "ingress"`): a Dataplane token (signed
+/// by the Dataplane keys every zone holds) with an empty `Mesh` and the
+/// ingress's `Name`, no tags. The incumbent admits ingresses with a zone
+/// token (scope `ingress`), which would also let its holder act as the zone
+/// against the global; this one admits only the named ZoneIngress (its
+/// registration and its xDS stream), and no Dataplane (they all have a mesh).
+async fn issue_ingress(s: &TokenState, req: DataplaneTokenBody) -> Result<Response, ApiError> {
+    if req.mesh.as_deref().is_some_and(|m| !m.is_empty()) {
+        return Err(ApiError::field("mesh", "must be empty for an ingress token: a ZoneIngress is in no mesh"));
+    }
+    if req.tags.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::field("tags", "must be empty for an ingress token: it names one ZoneIngress"));
+    }
+    let name = req.name.unwrap_or_default();
+    universal::check_name(&name).map_err(|e| ApiError::field("name", e.to_string()))?;
+    let valid_for = parse_valid_for("validFor", req.valid_for.as_deref())?;
+    let request = DataplaneRequest { name, mesh: String::new(), tags: BTreeMap::new(), valid_for };
+    let (token, claims) = s.tokens.issue_dataplane(&request).await.map_err(ApiError::from)?;
+    tracing::info!(name = %claims.name, jti = %claims.jti, exp = claims.exp, "issued ZoneIngress token");
     Ok(token.into_response())
 }
 

@@ -15,6 +15,8 @@
 
 pub mod args;
 pub mod config;
+pub mod diagnostics;
+pub mod metrics;
 pub mod process;
 pub mod state;
 pub mod tls;

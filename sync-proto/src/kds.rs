@@ -356,3 +356,21 @@ mod cap_tests {
         assert_eq!(agreed_max_message_bytes(8 << 20, Some("12")), MIN_MAX_MESSAGE_BYTES);
     }
 }
+
+/// Prefix of the write stamp a Meridian global puts in a global→zone
+/// response's `system_version_info` (a field delta xDS leaves to the server,
+/// "for debugging"; Kuma zones ignore it): `written-ms=<unix ms>`, the
+/// newest store modification time among the resources the response
+/// carries. A zone observes `meridian_kds_write_to_apply_seconds` from it.
+pub const WRITE_STAMP_PREFIX: &str = "written-ms=";
+
+/// The write stamp for `millis` (unix milliseconds).
+pub fn write_stamp(millis: i64) -> String {
+    format!("{WRITE_STAMP_PREFIX}{millis}")
+}
+
+/// The unix milliseconds of a write stamp; `None` for anything else
+/// (responses of older globals, or of Kuma's).
+pub fn parse_write_stamp(system_version_info: &str) -> Option<i64> {
+    system_version_info.strip_prefix(WRITE_STAMP_PREFIX)?.parse().ok()
+}

@@ -21,6 +21,7 @@
 
 pub mod delta;
 pub mod driver;
+pub mod envoy_admin;
 pub mod kds;
 pub mod model;
 pub mod pb;

@@ -140,8 +140,8 @@ impl RawKds {
         Ok(grpc.unary(self.request(ZoneHealthCheckRequest {}), path, codec).await?.into_inner())
     }
 
-    /// Opens a `GlobalKDSService` stream Meridian does not serve
-    /// (`StreamStats`) with empty messages; returns how the call ended.
+    /// Opens `GlobalKDSService.StreamStats` with empty messages; returns
+    /// how the call ended (it stays open for an authenticated zone).
     pub async fn stream_stats(&self) -> Result<(), Status> {
         let (_tx, rx) = mpsc::channel::<ZoneHealthCheckRequest>(1);
         let mut grpc = self.grpc();

@@ -151,7 +151,8 @@ fn global_log(extra: &[&str]) -> String {
     let dir = tempfile::tempdir().expect("test setup (files, processes)");
     let log = std::fs::File::create(dir.path().join("global.log")).expect("test setup (files, processes)");
     let mut child = Command::new(binary("meridian-global"))
-        .args(["run", "--api-addr", "127.0.0.1:0", "--kds-addr", "127.0.0.1:0", "--data-dir"])
+        .args(["run", "--api-addr", "127.0.0.1:0", "--kds-addr", "127.0.0.1:0", "--diagnostics-address", "off"])
+        .arg("--data-dir")
         .arg(dir.path().join("data"))
         .args(extra)
         .env_remove("NO_COLOR")

@@ -50,6 +50,57 @@ pub enum DataplaneCommand {
     ExecEnvoy(runner::envoy::ExecEnvoyArgs),
 }
 
+/// `meridian-zone ingress ...`
+#[derive(Debug, Clone, Args)]
+pub struct IngressArgs {
+    #[command(subcommand)]
+    pub command: IngressCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum IngressCommand {
+    /// Register a ZoneIngress (`--dataplane-file` holds a ZoneIngress) and
+    /// run Envoy for it until SIGTERM or SIGINT (then drain Envoy and
+    /// deregister it). The token (`--dataplane-token-file`) is a ZoneIngress
+    /// token: `meridianctl generate ingress-token --name NAME` at the global
+    /// (`POST /tokens/dataplane {"type": "ingress", "name": NAME}`).
+    Run(Box<RunDataplaneArgs>),
+}
+
+/// What a runner registers and runs Envoy for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyKind {
+    /// A Dataplane (gateway or sidecar) of a mesh: `/meshes/<m>/dataplanes/<n>`, node id `<m>.<n>`.
+    Dataplane,
+    /// A ZoneIngress (no mesh): `/zoneingresses/<n>`, node id `.<n>` (the incumbent's).
+    ZoneIngress,
+}
+
+impl ProxyKind {
+    /// The resource type of the file.
+    pub fn resource_type(self) -> meridian_sync_proto::ResourceType {
+        match self {
+            ProxyKind::Dataplane => meridian_sync_proto::ResourceType::Dataplane,
+            ProxyKind::ZoneIngress => meridian_sync_proto::ResourceType::ZoneIngress,
+        }
+    }
+
+    /// The subcommand, in messages (`dataplane`, `ingress`).
+    pub fn command(self) -> &'static str {
+        match self {
+            ProxyKind::Dataplane => "dataplane",
+            ProxyKind::ZoneIngress => "ingress",
+        }
+    }
+}
+
+/// Runs an `ingress` subcommand.
+pub fn ingress_main(args: IngressArgs) -> ExitCode {
+    match args.command {
+        IngressCommand::Run(r) => runner::main_as(*r, ProxyKind::ZoneIngress),
+    }
+}
+
 /// Which ADS flavour Envoy speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum XdsMode {

@@ -29,9 +29,12 @@
 
 mod check;
 mod clusters;
+pub mod cross_mesh;
+pub mod cross_zone;
 mod delegated;
 pub mod dump;
 mod http;
+pub mod ingress;
 mod listeners;
 pub mod mesh_tls;
 mod select;
@@ -115,6 +118,17 @@ pub struct MeshSnapshot {
     /// Stored version of each resource above, by (type, name), when known
     /// (the generator ignores them; [`sources`] reports them).
     pub versions: BTreeMap<(ResourceType, String), String>,
+    /// The zone this snapshot is generated in (locality of local
+    /// endpoints; empty in golden tests).
+    pub zone: String,
+    /// Other zones' ZoneIngresses by stored name (global-scoped, shared by
+    /// every mesh's snapshot): where the instances of other zones are
+    /// reached ([`cross_zone`]).
+    pub remote_ingresses: std::sync::Arc<BTreeMap<String, mesh::ZoneIngress>>,
+    /// Every `crossMesh` gateway listener of this zone, all meshes
+    /// (shared by every mesh's snapshot): where outbounds tagged
+    /// `kuma.io/mesh` lead ([`cross_mesh`]).
+    pub cross_mesh_listeners: std::sync::Arc<Vec<cross_mesh::CrossMeshListener>>,
 }
 
 impl MeshSnapshot {
@@ -197,6 +211,10 @@ pub enum GenError {
         "Dataplane {name:?} is not registered in mesh {mesh:?}; register it with PUT /meshes/{mesh}/dataplanes/{name} on the zone API (or `meridian-zone dataplane run -f`)"
     )]
     UnknownDataplane { mesh: String, name: String },
+    #[error(
+        "ZoneIngress {name:?} is not registered in this zone; register it with PUT /zoneingresses/{name} on the zone API (or `meridian-zone ingress run -f`)"
+    )]
+    UnknownIngress { name: String },
 }
 
 /// What a generated configuration was built from: decides which changes
@@ -215,6 +233,9 @@ pub struct Deps {
     pub listener_tags: Vec<BTreeMap<String, String>>,
     /// Every backend destination (whether it resolved to endpoints or not).
     pub destinations: BTreeSet<BTreeMap<String, String>>,
+    /// A `crossMesh` listener verifies clients with every mesh's CA
+    /// (`mesh_ca:secret:all`).
+    pub all_meshes_ca: bool,
 }
 
 /// The resources a Dataplane's configuration was generated from, by
@@ -366,7 +387,8 @@ fn finish(
     local_clusters: Vec<Cluster>,
     mut ctx: Ctx,
 ) -> ProxyConfig {
-    let (mut clusters, endpoints) = clusters::generate(snapshot, &ctx.clusters, ctx.mtls.as_ref(), &mut ctx.warnings);
+    let (mut clusters, endpoints) =
+        clusters::generate(snapshot, &ctx.clusters, ctx.mtls.as_ref(), true, &mut ctx.warnings);
     if !local_clusters.is_empty() {
         clusters.extend(local_clusters);
         clusters.sort_by(|a, b| a.name.cmp(&b.name));

@@ -33,15 +33,19 @@ use meridian_sync_proto::{
         metrics::{GLOBAL_TO_ZONE as DOWN, SyncMetrics, ZONE_TO_GLOBAL as UP},
         receive_loop, send_loop,
     },
+    envoy_admin::{AdminRequestMessage, AdminResponseMessage},
     kds::{self, GLOBAL_TO_ZONE, ZONE_TO_GLOBAL},
-    pb::kds::kds_sync_service_client::KdsSyncServiceClient,
+    pb::kds::{global_kds_service_client::GlobalKdsServiceClient, kds_sync_service_client::KdsSyncServiceClient},
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status, Streaming, codec::CompressionEncoding, transport::Channel};
 
-use crate::global_address::{AddressError, Target, Targets};
+use crate::{
+    global_address::{AddressError, Target, Targets},
+    inspect::Inspector,
+};
 
 /// Reconnect backoff bounds; the delay doubles per failure, with ±50 % jitter.
 /// The cap keeps a zone that was cut off (a partition, a global restart)
@@ -75,10 +79,12 @@ pub fn targets(cfg: &KdsClientConfig) -> Result<Targets, AddressError> {
 
 /// Keeps the zone synced with the global until `stop` resolves.
 /// Sync figures go to `metrics` (directions `global_to_zone`, `zone_to_global`).
+/// The global's inspection requests are answered by `inspector`.
 pub async fn run(
     cfg: KdsClientConfig,
     manager: Manager,
     metrics: SyncMetrics,
+    inspector: Inspector,
     stop: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let mut targets = targets(&cfg)?;
@@ -96,7 +102,7 @@ pub async fn run(
             Ok(target) => {
                 let global = target.label.clone();
                 let r = tokio::select! {
-                    r = session(&cfg, &target, &manager, &metrics, &cancel) => r,
+                    r = session(&cfg, &target, &manager, &metrics, &inspector, &cancel) => r,
                     () = &mut stop => return Ok(()),
                 };
                 Some((global, r))
@@ -154,9 +160,11 @@ async fn session(
     target: &Target,
     manager: &Manager,
     metrics: &SyncMetrics,
+    inspector: &Inspector,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     let channel = target.endpoint.connect().await.with_context(|| format!("cannot connect to {}", target.label))?;
+    let admin_channel = channel.clone();
     // gzip out, as a Kuma zone sends (every global Meridian talks to, and
     // Kuma's, accepts it); gzip or zstd in, whichever the global picks.
     let client = KdsSyncServiceClient::new(channel)
@@ -169,12 +177,87 @@ async fn session(
     tokio::select! {
         r = downstream(cfg, client.clone(), manager, metrics, cancel) => r,
         r = upstream(cfg, client, manager, metrics, cancel) => r,
+        never = envoy_admin(cfg, admin_channel, inspector) => match never {},
+    }
+}
+
+/// Opens the three inspection streams of `GlobalKDSService` on the
+/// session's connection and answers the global's requests on them with
+/// `inspector` ([`meridian_sync_proto::envoy_admin`]). A global that does
+/// not serve them (UNIMPLEMENTED: an older Meridian) only costs a debug
+/// line; never returns, so it never ends the session.
+async fn envoy_admin(cfg: &KdsClientConfig, channel: Channel, inspector: &Inspector) -> std::convert::Infallible {
+    let client = GlobalKdsServiceClient::new(channel)
+        .max_decoding_message_size(cfg.max_message_bytes)
+        .max_encoding_message_size(cfg.max_message_bytes)
+        .send_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd);
+    let cap = kds::resource_budget(cfg.max_message_bytes);
+    let (xds_tx, xds_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (stats_tx, stats_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (clusters_tx, clusters_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let xds = async {
+        let opened = match with_metadata(cfg, ReceiverStream::new(xds_rx)) {
+            Ok(req) => client.clone().stream_xds_configs(req).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        answer_requests(opened, xds_tx, inspector, cap).await;
+    };
+    let stats = async {
+        let opened = match with_metadata(cfg, ReceiverStream::new(stats_rx)) {
+            Ok(req) => client.clone().stream_stats(req).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        answer_requests(opened, stats_tx, inspector, cap).await;
+    };
+    let clusters = async {
+        let opened = match with_metadata(cfg, ReceiverStream::new(clusters_rx)) {
+            Ok(req) => client.clone().stream_clusters(req).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        answer_requests(opened, clusters_tx, inspector, cap).await;
+    };
+    tokio::join!(xds, stats, clusters);
+    std::future::pending().await
+}
+
+/// Answers each request of one inspection stream in turn (each takes at
+/// most the admin timeout), until the global closes it. An answer larger
+/// than `cap` bytes is replaced by an error saying so.
+async fn answer_requests<Req: AdminRequestMessage, Resp: AdminResponseMessage>(
+    opened: anyhow::Result<tonic::Response<Streaming<Req>>>,
+    tx: mpsc::Sender<Resp>,
+    inspector: &Inspector,
+    cap: usize,
+) {
+    let kind = Req::KIND.segment();
+    let mut inbound = match opened {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            tracing::debug!(kind, error = %format!("{e:#}"), "the global does not take inspection answers on this stream");
+            return;
+        }
+    };
+    while let Ok(Some(req)) = inbound.message().await {
+        let request = req.into_request();
+        tracing::debug!(kind, mesh = %request.mesh, name = %request.name, "inspection asked by the global");
+        let answer = inspector.answer(&request).await.and_then(|body| {
+            if body.len() > cap {
+                Err(format!("the {kind} answer is {} bytes, over the KDS message budget of {cap} bytes", body.len()))
+            } else {
+                Ok(body)
+            }
+        });
+        if tx.send(Resp::from_answer(request.request_id, answer)).await.is_err() {
+            return;
+        }
     }
 }
 
 /// Whether a resource was authored in this zone (not received from the
 /// global, and not another zone's resource relayed by the global).
-fn is_local(labels: &BTreeMap<String, String>, zone: &str) -> bool {
+pub(crate) fn is_local(labels: &BTreeMap<String, String>, zone: &str) -> bool {
     labels.get(LABEL_ORIGIN).map(String::as_str) != Some(ORIGIN_GLOBAL)
         && labels.get(LABEL_ZONE).is_none_or(|z| z == zone)
 }
@@ -248,8 +331,10 @@ impl Observer for NackLog {
     }
 }
 
-/// Writes what the global sent through [`FromGlobal`].
-struct ZoneApply<'a>(&'a Manager);
+/// Writes what the global sent through [`FromGlobal`]; observes
+/// `kds_resources_sync` (the store write) and, when the global stamped the
+/// response, `meridian_kds_write_to_apply_seconds`.
+struct ZoneApply<'a>(&'a Manager, &'a SyncMetrics);
 
 impl Apply for ZoneApply<'_> {
     type Error = StoreError;
@@ -261,7 +346,16 @@ impl Apply for ZoneApply<'_> {
     ) -> Result<DeltaDiscoveryRequest, StoreError> {
         // Receivers exist only for GLOBAL_TO_ZONE types, so the name parses.
         let ty = ResourceType::from_name(type_url).unwrap_or(ResourceType::Mesh);
-        meridian_core::received::apply(self.0, ty, receiver, response, &FromGlobal).await
+        let started = std::time::Instant::now();
+        let reply = meridian_core::received::apply(self.0, ty, receiver, response, &FromGlobal).await?;
+        self.1.resources_sync.observe(started.elapsed().as_secs_f64());
+        if reply.error_detail.is_none()
+            && let Some(written) = kds::parse_write_stamp(&response.system_version_info)
+        {
+            let ms = meridian_core::liveness::now_millis().saturating_sub(written).max(0);
+            self.1.write_to_apply.observe(ms as f64 / 1000.0);
+        }
+        Ok(reply)
     }
 }
 
@@ -294,7 +388,8 @@ async fn downstream(
     let inbound = client.global_to_zone_sync(with_metadata(cfg, ReceiverStream::new(rx))?).await?.into_inner();
     let mut wire = ClientWire { inbound, tx, cap: cfg.max_message_bytes };
     let mut observer = (metrics.observer(DOWN), NackLog(DOWN));
-    let ended = receive_loop(&mut receivers, None, &mut wire, &mut ZoneApply(manager), &mut observer, cancel).await;
+    let ended =
+        receive_loop(&mut receivers, None, &mut wire, &mut ZoneApply(manager, metrics), &mut observer, cancel).await;
     if let Ended::Apply(e) = &ended {
         anyhow::bail!("cannot store resources from the global: {e}");
     }
@@ -521,7 +616,7 @@ async fn upstream(
         max_resource_bytes: Some(kds::resource_budget(cap)),
     };
     let mut wire = ClientWire { inbound, tx, cap };
-    let mut observer = (metrics.observer(UP), NackLog(UP));
+    let mut observer = (metrics.sender(UP), NackLog(UP));
     outcome(send_loop(&mut source, &mut wire, &mut observer, &config, cancel).await)
 }
 

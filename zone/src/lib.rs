@@ -10,9 +10,11 @@
 //! ```
 
 pub mod http;
+pub mod inspect;
 pub mod kds;
 pub mod mtls;
 
+pub mod available_services;
 pub mod dataplane;
 pub mod dataplane_cleanup;
 pub mod gateway;
@@ -47,6 +49,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Envoy for a Dataplane (gateway or sidecar): print its bootstrap, or register it and run Envoy.
     Dataplane(dataplane::DataplaneArgs),
+    /// Envoy for a ZoneIngress: register it and run Envoy (cross-zone traffic in).
+    Ingress(dataplane::IngressArgs),
 }
 
 /// Flags of `meridian-zone run`; each has a MERIDIAN_* environment variable.
@@ -149,6 +153,11 @@ pub struct RunArgs {
     #[serde(flatten)]
     pub log: LogArgs,
 
+    /// The diagnostics listener (--diagnostics-address).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub diagnostics: meridian_runtime::diagnostics::DiagnosticsArgs,
+
     /// Change-log retention (--change-log-retention, --change-log-max-rows).
     #[command(flatten)]
     #[serde(flatten)]
@@ -174,6 +183,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let args = match cli.command {
         Command::Run(args) => *args,
         Command::Dataplane(dp) => return dataplane::main(dp),
+        Command::Ingress(i) => return dataplane::ingress_main(i),
     };
     let log = args.log.clone();
     meridian_runtime::run_until_signal("meridian-zone", &log, |shutdown| run(args, shutdown))
@@ -213,6 +223,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let metrics = ApiMetrics::register(&mut registry);
     let store_metrics = StoreMetrics::register(&mut registry);
     let sync_metrics = meridian_sync_proto::driver::metrics::SyncMetrics::register(&mut registry);
+    let xds_figures = xds::metrics::XdsFigures::register(&mut registry);
+    let xds_cache = xds::cache::Cache::new(&args.zone).with_generation_metric(xds_figures.generation.clone());
     // One resource must fit in one KDS message with room for its envelope.
     let resource_limit =
         args.api.max_resource_bytes.min(meridian_sync_proto::kds::resource_budget(args.kds_max_message_bytes));
@@ -223,6 +235,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let store_url = state::store_url(&data_dir, args.state.store.as_deref(), "zone.db");
     let config = meridian_runtime::config::document("zone", &args, &data_dir, &store_url);
     let instance_id = state::instance_id();
+    meridian_runtime::metrics::register(&mut registry, "zone", env!("CARGO_PKG_VERSION"), &instance_id);
     // Dataplane tokens: a standalone zone issues them with its own keys; a
     // federated zone verifies with the public keys the global syncs.
     let tokens = meridian_tokens::Tokens::new(manager.clone());
@@ -270,12 +283,15 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     announce(&format!("meridian-zone: xDS on {xds_addr}"));
     tracing::info!(%xds_addr, tls = xds_tls.is_some(), "xDS listening");
 
+    let inspector = inspect::Inspector::new(manager.clone(), xds_cache.clone());
     let mut tasks = Tasks::new(shutdown.clone());
     let limits = args.listeners.limits();
+    args.diagnostics.spawn("meridian-zone", &mut tasks, state.clone(), limits, &shutdown).await?;
     tasks.spawn("API server", {
         let stop = shutdown.clone().cancelled_owned();
         let router = meridian_rest::router(state.clone())
             .merge(meridian_rest::tokens::routes(state.clone(), tokens.clone(), issuer))
+            .merge(inspect::routes(state.clone(), inspector.clone()))
             .merge(http::routes(state, xds_addr, xds_transport));
         async move { Ok(meridian_rest::server::serve(api_listener, api_tls, limits, router, stop).await?) }
     });
@@ -283,7 +299,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         let stop = shutdown.clone().cancelled_owned();
         let manager = manager.clone();
         let metrics = sync_metrics.clone();
-        tasks.spawn("KDS client", async move { kds::run(cfg, manager, metrics, stop).await });
+        let inspector = inspector.clone();
+        tasks.spawn("KDS client", async move { kds::run(cfg, manager, metrics, inspector, stop).await });
     }
     if !federated {
         // Standalone: this zone makes its meshes' roots and its own
@@ -308,6 +325,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         let (manager, shutdown) = (manager.clone(), shutdown.clone());
         async move { dataplane_cleanup::run(manager, cleanup, shutdown).await }
     });
+    tasks.spawn("ZoneIngress availableServices", {
+        let (manager, zone, shutdown) = (manager.clone(), args.zone.clone(), shutdown.clone());
+        async move { available_services::run(manager, zone, shutdown).await }
+    });
     tasks.spawn("xDS server", {
         let auth = (args.xds_auth == XdsAuthMode::DataplaneToken)
             .then(|| xds::auth::XdsAuth::new(tokens.clone(), shutdown.clone()));
@@ -316,6 +337,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
             instance_id: instance_id.clone(),
             metrics: sync_metrics.clone(),
             auth,
+            figures: xds_figures.clone(),
+            cache: xds_cache.clone(),
         };
         let store = store.clone();
         let stop = shutdown.clone();

@@ -25,8 +25,10 @@
 
 pub mod auth;
 pub mod cache;
+pub mod foreign_cas;
 pub mod identities;
 pub mod insight;
+pub mod metrics;
 pub mod stream;
 
 use std::{
@@ -81,6 +83,11 @@ pub struct XdsConfig {
     /// Dataplane tokens required on every stream (`--xds-auth
     /// dataplane-token`, the default); `None`: `--xds-auth none`.
     pub auth: Option<auth::XdsAuth>,
+    /// `xds_streams_active`, `xds_generation`.
+    pub figures: metrics::XdsFigures,
+    /// The generated configuration per connected Dataplane, shared with
+    /// the inspect endpoints (`Cache::new(zone)`).
+    pub cache: Cache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,18 +113,22 @@ pub enum NodeIdError {
 }
 
 /// Parses a node id `<mesh>.<name>` (the incumbent's format; mesh names
-/// hold no dot, so the first dot splits).
+/// hold no dot, so the first dot splits); `.<name>` (empty mesh) is
+/// ZoneIngress `name`, as the incumbent's ingress proxy ids.
 pub fn parse_node_id(id: &str) -> Result<ProxyId, NodeIdError> {
     let Some((mesh, name)) = id.split_once('.') else {
         return Err(NodeIdError::NoDot { id: id.to_string() });
     };
     let invalid = |e: String| NodeIdError::Invalid { id: id.to_string(), reason: e };
-    universal::check_mesh_name(mesh).map_err(|e| invalid(e.to_string()))?;
+    if !mesh.is_empty() {
+        universal::check_mesh_name(mesh).map_err(|e| invalid(e.to_string()))?;
+    }
     universal::check_name(name).map_err(|e| invalid(e.to_string()))?;
     Ok(ProxyId { mesh: mesh.to_string(), name: name.to_string() })
 }
 
-/// The node id of a Dataplane.
+/// The node id of a Dataplane (`<mesh>.<name>`), or of a ZoneIngress
+/// (`mesh` empty: `.<name>`).
 pub fn node_id(mesh: &str, name: &str) -> String {
     format!("{mesh}.{name}")
 }
@@ -149,7 +160,7 @@ pub async fn serve(
     config: XdsConfig,
     stop: CancellationToken,
 ) -> Result<(), XdsError> {
-    let cache = Cache::new(&config.zone);
+    let cache = config.cache.clone();
     let revision = cache.load(&store).await?;
     let tasks = TaskTracker::new();
     let shared = Arc::new(Shared {
@@ -327,21 +338,25 @@ async fn run<W: Wire>(
         let _ = tx.send(Err(Status::not_found(e.to_string()))).await;
         return;
     }
+    let _active = metrics::ActiveStream::open(&shared.config.figures.streams_active);
     let seq = shared.streams.fetch_add(1, Ordering::Relaxed);
     let prefix = format!("{}-{seq}", shared.config.instance_id);
     tracing::info!(dataplane = %id, stream = %prefix, "Envoy connected");
-    let handle = InsightHandle::spawn(
-        &shared.tasks,
-        shared.store.clone(),
-        shared.config.zone.clone(),
-        id.clone(),
-        shared.cache.identities().clone(),
-    );
+    // A ZoneIngress has no DataplaneInsight (it is in no mesh).
+    let handle = (!id.is_ingress()).then(|| {
+        InsightHandle::spawn(
+            &shared.tasks,
+            shared.store.clone(),
+            shared.config.zone.clone(),
+            id.clone(),
+            shared.cache.identities().clone(),
+        )
+    });
     let mut source = stream::ProxySource { rx: sub.rx.clone(), state };
     let mut wire = W::wire(first, inbound, tx.clone());
     let mut observer = (
-        shared.config.metrics.observer(XDS),
-        stream::InsightObserver::new(&prefix, &shared.config.instance_id, node.as_ref(), Some(handle))
+        shared.config.metrics.sender(XDS),
+        stream::InsightObserver::new(&prefix, &shared.config.instance_id, node.as_ref(), handle)
             .with_warnings(sub.rx.clone()),
     );
     // A SotW response carries the whole set: no byte budget there.
@@ -384,5 +399,7 @@ mod tests {
         assert_eq!(parse_node_id("nodot"), Err(NodeIdError::NoDot { id: "nodot".into() }));
         assert!(parse_node_id("Bad_Mesh.x").is_err());
         assert_eq!(node_id("default", "gw"), "default.gw");
+        assert_eq!(parse_node_id(".ingress-1"), Ok(ProxyId { mesh: String::new(), name: "ingress-1".into() }));
+        assert!(parse_node_id(".").is_err());
     }
 }

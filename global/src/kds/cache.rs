@@ -41,6 +41,17 @@ pub struct TypeSnapshot {
     /// [`ZONE_ONLY_LABEL`]: a zone's intermediate CA, whose key no other
     /// zone may hold).
     pub only_for: imbl::OrdMap<String, String>,
+    /// Wire name → the store's modification time of the served version
+    /// (unix ms): the write stamp of responses carrying it
+    /// ([`meridian_sync_proto::kds::write_stamp`]).
+    pub written: imbl::OrdMap<String, i64>,
+}
+
+impl TypeSnapshot {
+    /// The newest write time among `names` (served resources only).
+    pub fn newest_write<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Option<i64> {
+        names.into_iter().filter_map(|n| self.written.get(n).copied()).max()
+    }
 }
 
 impl TypeSnapshot {
@@ -89,6 +100,7 @@ impl TypeSnapshot {
                 let any =
                     kds::to_any(ty, &r.key.mesh, &r.key.name, &wire_labels(&r.labels), &r.version, r.spec.clone());
                 self.served.insert(wire.clone(), Desired { version: r.version.clone(), resource: any });
+                self.written.insert(wire.clone(), r.modify_time);
                 match only {
                     Some(z) => {
                         self.only_for.insert(wire.clone(), z);
@@ -109,6 +121,7 @@ impl TypeSnapshot {
             }
             None => {
                 let removed = self.served.remove(&wire).is_some();
+                self.written.remove(&wire);
                 self.owner.remove(&wire);
                 self.only_for.remove(&wire);
                 removed
@@ -121,13 +134,16 @@ impl TypeSnapshot {
 #[derive(Clone)]
 pub struct Cache {
     channels: Arc<BTreeMap<ResourceType, watch::Sender<Arc<TypeSnapshot>>>>,
+    /// `kds_delta_generation`: seconds to apply one store change to the
+    /// snapshot every zone stream diffs from.
+    generation: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Cache {
-    fn new() -> Cache {
+    fn new(generation: prometheus_client::metrics::histogram::Histogram) -> Cache {
         let channels =
             GLOBAL_TO_ZONE.iter().map(|t| (*t, watch::channel(Arc::new(TypeSnapshot::default())).0)).collect();
-        Cache { channels: Arc::new(channels) }
+        Cache { channels: Arc::new(channels), generation }
     }
 
     /// A receiver of the current snapshot of `ty` (empty for types not cached).
@@ -170,6 +186,7 @@ impl Cache {
 
     fn apply(&self, ty: ResourceType, kind: ChangeKind, r: &StoredResource) {
         let Some(tx) = self.channels.get(&ty) else { return };
+        let started = std::time::Instant::now();
         let wire = kds::wire_name(&r.key.mesh, &r.key.name);
         tx.send_if_modified(|cur| {
             // O(1) clone of the persistent maps; the change itself is O(log n).
@@ -180,13 +197,19 @@ impl Cache {
             }
             changed
         });
+        self.generation.observe(started.elapsed().as_secs_f64());
     }
 }
 
 /// Starts the cache: loads it, then follows the change feed until the
-/// feed fails for good. Returns the cache and the follower task.
-pub async fn start(store: Store) -> Result<(Cache, impl std::future::Future<Output = anyhow::Result<()>>), StoreError> {
-    let cache = Cache::new();
+/// feed fails for good; each change's handling is observed into
+/// `generation` (`kds_delta_generation`). Returns the cache and the
+/// follower task.
+pub async fn start(
+    store: Store,
+    generation: prometheus_client::metrics::histogram::Histogram,
+) -> Result<(Cache, impl std::future::Future<Output = anyhow::Result<()>>), StoreError> {
+    let cache = Cache::new(generation);
     let from = cache.load(&store).await?;
     let follower = {
         let cache = cache.clone();

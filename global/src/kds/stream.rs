@@ -44,6 +44,9 @@ use super::{
     insight::{Counters, REFRESH, Session, Upward},
 };
 
+/// The cache's snapshot receivers, per KDS type name.
+type Snapshots = BTreeMap<String, watch::Receiver<Arc<TypeSnapshot>>>;
+
 type Changes = SelectAll<futures::stream::BoxStream<'static, String>>;
 
 /// What zone `zone` should hold, per type: the cache's shared snapshots
@@ -103,6 +106,11 @@ struct GrpcWire<In, Out> {
     /// resource larger than the budget) ends the stream with an error
     /// naming the type and resources instead of going out.
     cap: usize,
+    /// Global → zone: the cache's snapshots per type, whose write times
+    /// stamp each response ([`kds::write_stamp`]), and when the stream
+    /// opened (unix ms: writes older than the stream are not stamped, so an
+    /// initial sync does not count as a slow delivery).
+    stamps: Option<(Snapshots, i64)>,
 }
 
 impl<In: Send + 'static, Out: Send + 'static> GrpcWire<In, Out> {
@@ -121,9 +129,16 @@ impl SendWire for GrpcWire<DeltaDiscoveryRequest, DeltaDiscoveryResponse> {
     }
     async fn send(
         &mut self,
-        response: DeltaDiscoveryResponse,
+        mut response: DeltaDiscoveryResponse,
         _full: Option<meridian_sync_proto::delta::DesiredSet>,
     ) -> bool {
+        if let Some((snapshots, opened)) = &self.stamps
+            && let Some(rx) = snapshots.get(&response.type_url)
+            && let Some(written) = rx.borrow().newest_write(response.resources.iter().map(|r| r.name.as_str()))
+            && written >= *opened
+        {
+            response.system_version_info = kds::write_stamp(written);
+        }
         let encoded = prost::Message::encoded_len(&response);
         if encoded > self.cap {
             let names: Vec<&str> = response.resources.iter().map(|r| r.name.as_str()).collect();
@@ -196,14 +211,16 @@ pub(super) async fn global_to_zone(
     };
     tracing::debug!(zone = %zone, max_message_bytes, "message cap agreed with the zone");
     let mut source = ZoneSource::new(&server, &zone);
+    let snapshots = GLOBAL_TO_ZONE.iter().map(|t| (t.name().to_string(), server.cache.subscribe(*t))).collect();
+    let opened = meridian_core::liveness::now_millis();
     server.held.reset(&zone);
     let mut wire = TrackedWire {
-        inner: GrpcWire { inbound, tx: tx.clone(), cap: max_message_bytes },
+        inner: GrpcWire { inbound, tx: tx.clone(), cap: max_message_bytes, stamps: Some((snapshots, opened)) },
         zone: zone.clone(),
         held: server.held.clone(),
     };
     let mut observer = (
-        (server.metrics.sync.observer(DOWN), SessionObserver { zone: zone.clone(), session: session.clone() }),
+        (server.metrics.sync.sender(DOWN), SessionObserver { zone: zone.clone(), session: session.clone() }),
         HeldObserver::new(&zone, server.held.clone()),
     );
     let cancel = server.shutdown.child_token();
@@ -306,7 +323,7 @@ pub(super) async fn zone_to_global(
         }
     }
     tracing::info!(zone = %zone, "zone connected: zone-to-global stream open");
-    let mut wire = GrpcWire { inbound, tx: tx.clone(), cap: server.max_message_bytes };
+    let mut wire = GrpcWire { inbound, tx: tx.clone(), cap: server.max_message_bytes, stamps: None };
     let mut apply = GlobalApply { server: server.clone(), zone: zone.clone(), token: token.clone(), cut: None };
     let mut observer = (server.metrics.sync.observer(UP), UpwardObserver { zone: zone.clone(), upward });
     let cancel = server.shutdown.child_token();

@@ -80,6 +80,8 @@ pub struct Global {
     api_addr: SocketAddr,
     kds_addr: SocketAddr,
     ca: Option<PathBuf>,
+    /// The diagnostics listener (`/healthy`, `/ready`, `/metrics`).
+    diagnostics_addr: SocketAddr,
 }
 
 /// What a start announced.
@@ -88,6 +90,7 @@ struct Announced {
     api_addr: SocketAddr,
     kds_addr: SocketAddr,
     ca: Option<PathBuf>,
+    diagnostics_addr: SocketAddr,
 }
 
 /// The lines `meridian-global run` prints once it listens.
@@ -95,6 +98,7 @@ const API_LINE: &str = "meridian-global: API on ";
 const KDS_TLS_LINE: &str = "meridian-global: KDS on grpcs://";
 const KDS_PLAIN_LINE: &str = "meridian-global: KDS on grpc://";
 const CA_LINE: &str = "meridian-global: KDS CA at ";
+const DIAGNOSTICS_LINE: &str = "meridian-global: diagnostics on http://";
 
 impl Global {
     /// Starts a global named `label` (its data directory and log prefix) in `dir`.
@@ -121,10 +125,12 @@ impl Global {
             api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             kds_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ca: None,
+            diagnostics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
         let first = g.launch().await;
         g.api = JsonApi::new(&first.api_url);
-        (g.api_url, g.api_addr, g.kds_addr, g.ca) = (first.api_url, first.api_addr, first.kds_addr, first.ca);
+        (g.api_url, g.api_addr, g.kds_addr, g.ca, g.diagnostics_addr) =
+            (first.api_url, first.api_addr, first.kds_addr, first.ca, first.diagnostics_addr);
         g
     }
 
@@ -147,6 +153,7 @@ impl Global {
         flag("--admin-token", self.admin_token.clone());
         flag("--api-trust-loopback", self.spec.trust_loopback.to_string());
         flag("--log-level", "info".into());
+        flag("--diagnostics-address", self.diagnostics_addr.to_string());
         if self.spec.plaintext_kds {
             flag("--kds-plaintext", "true".into());
         }
@@ -164,6 +171,7 @@ impl Global {
         } else {
             prefixes.extend([KDS_TLS_LINE, CA_LINE]);
         }
+        prefixes.push(DIAGNOSTICS_LINE);
         let found = self.process.start(&args, &Announce::lines(&prefixes)).await;
         let api_url = found[0].clone();
         let api_addr: SocketAddr = api_url
@@ -171,11 +179,14 @@ impl Global {
             .and_then(|(_, a)| a.trim_end_matches('/').parse().ok())
             .unwrap_or_else(|| panic!("bad API line {api_url:?}"));
         let kds_addr: SocketAddr = found[1].parse().unwrap_or_else(|e| panic!("bad KDS address {:?}: {e}", found[1]));
-        let ca = found.get(2).map(|p| {
-            let p = PathBuf::from(p);
+        let ca = (!self.spec.plaintext_kds).then(|| {
+            let p = PathBuf::from(&found[2]);
             if p.is_absolute() { p } else { self.data_dir.join(p) }
         });
-        Announced { api_url, api_addr, kds_addr, ca }
+        let last = found.last().map(String::as_str).unwrap_or_default();
+        let diagnostics_addr: SocketAddr =
+            last.parse().unwrap_or_else(|e| panic!("bad diagnostics address {last:?}: {e}"));
+        Announced { api_url, api_addr, kds_addr, ca, diagnostics_addr }
     }
 
     /// Starts the global again on the same ports, data directory and
@@ -184,8 +195,8 @@ impl Global {
         self.process.kill();
         let again = self.launch().await;
         assert_eq!(
-            (again.api_addr, again.kds_addr, again.ca.as_deref()),
-            (self.api_addr, self.kds_addr, self.ca.as_deref()),
+            (again.api_addr, again.kds_addr, again.ca.as_deref(), again.diagnostics_addr),
+            (self.api_addr, self.kds_addr, self.ca.as_deref(), self.diagnostics_addr),
             "a restart keeps the ports and the CA"
         );
     }
@@ -217,6 +228,12 @@ impl Global {
 
     pub fn pid(&self) -> u32 {
         self.process.pid()
+    }
+
+    /// `http://127.0.0.1:PORT` of the diagnostics listener (`/healthy`,
+    /// `/ready`, `/metrics`, no token).
+    pub fn diagnostics_url(&self) -> String {
+        format!("http://{}", self.diagnostics_addr)
     }
 
     /// The JSON client of the API (loopback callers are admin unless

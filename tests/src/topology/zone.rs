@@ -20,6 +20,7 @@ use crate::{
 /// The lines `meridian-zone run` prints once it listens.
 const API_LINE: &str = "meridian-zone: API on ";
 const XDS_LINE: &str = "meridian-zone: xDS on ";
+const DIAGNOSTICS_LINE: &str = "meridian-zone: diagnostics on http://";
 
 /// Where a zone syncs from.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct Zone {
     federation: Option<Federation>,
     api: JsonApi,
     api_addr: SocketAddr,
+    /// The diagnostics listener (`/healthy`, `/ready`, `/metrics`).
+    diagnostics_addr: SocketAddr,
     xds_addr: SocketAddr,
     /// Flags added to every start; `--skip-default-mesh` unless the zone
     /// was started with [`Zone::standalone_with`].
@@ -73,6 +76,15 @@ impl Zone {
     pub async fn dataplane_token(&self, name: &str) -> Option<String> {
         let issuer = JsonApi::new(self.token_issuer.as_deref()?);
         let body = serde_json::json!({"name": name, "mesh": "default", "validFor": "1h"});
+        Some(issuer.post_text("/tokens/dataplane", &body).await)
+    }
+
+    /// A ZoneIngress token for ingress `name` (a Dataplane token with no
+    /// mesh, `"type": "ingress"`), valid for an hour, from the API that
+    /// issues this zone's tokens (`None` when there is none).
+    pub async fn ingress_token(&self, name: &str) -> Option<String> {
+        let issuer = JsonApi::new(self.token_issuer.as_deref()?);
+        let body = serde_json::json!({"name": name, "type": "ingress", "validFor": "1h"});
         Some(issuer.post_text("/tokens/dataplane", &body).await)
     }
 
@@ -155,12 +167,13 @@ impl Zone {
             api: JsonApi::new("http://127.0.0.1:0"),
             api_addr: any,
             xds_addr: any,
+            diagnostics_addr: any,
             extra_args,
             token_issuer: None,
         };
-        let (api_addr, xds_addr) = z.launch().await;
+        let (api_addr, xds_addr, diagnostics_addr) = z.launch().await;
         z.api = JsonApi::new(&format!("http://{api_addr}"));
-        (z.api_addr, z.xds_addr) = (api_addr, xds_addr);
+        (z.api_addr, z.xds_addr, z.diagnostics_addr) = (api_addr, xds_addr, diagnostics_addr);
         if z.federation.is_none() {
             z.token_issuer = Some(z.api.base().to_string());
         }
@@ -168,13 +181,14 @@ impl Zone {
     }
 
     /// Starts the process on the remembered ports (port 0 the first time);
-    /// returns its API and xDS addresses.
-    async fn launch(&self) -> (SocketAddr, SocketAddr) {
+    /// returns its API, xDS and diagnostics addresses.
+    async fn launch(&self) -> (SocketAddr, SocketAddr, SocketAddr) {
         let mut args: Vec<OsString> = ["run", "--zone", &self.name].map(OsString::from).to_vec();
         args.extend(["--data-dir".into(), self.data_dir.clone().into()]);
         args.extend(["--api-addr".into(), self.api_addr.to_string().into()]);
         args.extend(["--xds-addr".into(), self.xds_addr.to_string().into()]);
         args.extend(["--log-level".into(), "info,meridian_zone=debug".into()]);
+        args.extend(["--diagnostics-address".into(), self.diagnostics_addr.to_string().into()]);
         args.extend(self.extra_args.iter().map(OsString::from));
         if let Some(f) = &self.federation {
             let token_file = self.data_dir.join("zone-token");
@@ -185,13 +199,15 @@ impl Zone {
                 args.extend(["--global-ca".into(), ca.clone().into()]);
             }
         }
-        let found = self.process.start(&args, &Announce::lines(&[API_LINE, XDS_LINE])).await;
+        let found = self.process.start(&args, &Announce::lines(&[API_LINE, XDS_LINE, DIAGNOSTICS_LINE])).await;
         let api_addr: SocketAddr = found[0]
             .strip_prefix("http://")
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("bad API line {:?}", found[0]));
         let xds_addr: SocketAddr = found[1].parse().unwrap_or_else(|e| panic!("bad xDS address {:?}: {e}", found[1]));
-        (api_addr, xds_addr)
+        let diagnostics_addr: SocketAddr =
+            found[2].parse().unwrap_or_else(|e| panic!("bad diagnostics address {:?}: {e}", found[2]));
+        (api_addr, xds_addr, diagnostics_addr)
     }
 
     /// Starts the zone again on the same ports and data directory; kills
@@ -199,7 +215,7 @@ impl Zone {
     pub async fn restart(&self) {
         self.process.kill();
         let again = self.launch().await;
-        assert_eq!(again, (self.api_addr, self.xds_addr), "a restart keeps the ports");
+        assert_eq!(again, (self.api_addr, self.xds_addr, self.diagnostics_addr), "a restart keeps the ports");
     }
 
     /// SIGKILL.
@@ -229,6 +245,12 @@ impl Zone {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// `http://127.0.0.1:PORT` of the diagnostics listener (`/healthy`,
+    /// `/ready`, `/metrics`, no token).
+    pub fn diagnostics_url(&self) -> String {
+        format!("http://{}", self.diagnostics_addr)
     }
 
     /// The JSON client of its API (loopback callers are admin).

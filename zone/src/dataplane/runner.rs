@@ -34,18 +34,23 @@ use meridian_runtime::announce;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use self::{envoy::Envoy, plan::Plan, zone_api::ZoneApi};
-use super::{BootstrapParams, RunDataplaneArgs, render_bootstrap};
+use super::{BootstrapParams, ProxyKind, RunDataplaneArgs, render_bootstrap};
 
 /// Exit code for bad flags, a bad Dataplane file, or a refusal by the zone.
 pub const EXIT_INVALID: u8 = 1;
 
 /// Checks the flags, then runs until a signal or Envoy's exit.
 pub fn main(args: RunDataplaneArgs) -> ExitCode {
+    main_as(args, ProxyKind::Dataplane)
+}
+
+/// [`main`] for a Dataplane or a ZoneIngress (`meridian-zone ingress run`).
+pub fn main_as(args: RunDataplaneArgs, kind: ProxyKind) -> ExitCode {
     meridian_runtime::process::init_logging(&args.log);
-    let plan = match plan::check(&args) {
+    let plan = match plan::check_as(&args, kind) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("meridian-zone dataplane run: {e:#}");
+            eprintln!("meridian-zone {} run: {e:#}", kind.command());
             return ExitCode::from(EXIT_INVALID);
         }
     };
@@ -54,7 +59,7 @@ pub fn main(args: RunDataplaneArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("meridian-zone dataplane run: cannot start the runtime: {e}");
+            eprintln!("meridian-zone {} run: cannot start the runtime: {e}", kind.command());
             return ExitCode::FAILURE;
         }
     };
@@ -94,7 +99,10 @@ async fn run(plan: Plan) -> anyhow::Result<ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut signals = Signals::new()?;
     let api = ZoneApi::new(&plan)?;
-    let id = format!("{}/{}", plan.mesh, plan.name);
+    let id = match plan.kind {
+        ProxyKind::Dataplane => format!("{}/{}", plan.mesh, plan.name),
+        ProxyKind::ZoneIngress => format!("ZoneIngress {}", plan.name),
+    };
 
     if let Some(doc) = &plan.dataplane {
         tracing::info!(dataplane = %id, api = %plan.api_url, "registering the Dataplane");

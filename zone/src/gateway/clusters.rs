@@ -66,9 +66,9 @@ pub(super) fn socket_address(ip: &str, port: u32) -> Address {
 
 /// Every inbound of the mesh by its service tag (built once per generation,
 /// so resolving N destinations costs N lookups, not N scans).
-type Inbounds<'a> = BTreeMap<&'a str, Vec<(&'a str, &'a Networking, &'a Inbound)>>;
+pub(super) type Inbounds<'a> = BTreeMap<&'a str, Vec<(&'a str, &'a Networking, &'a Inbound)>>;
 
-fn index(snapshot: &MeshSnapshot) -> Inbounds<'_> {
+pub(super) fn index(snapshot: &MeshSnapshot) -> Inbounds<'_> {
     let mut out: Inbounds<'_> = BTreeMap::new();
     for dp in snapshot.dataplanes.values() {
         let Some(n) = dp.spec.networking.as_ref() else { continue };
@@ -88,7 +88,7 @@ fn index(snapshot: &MeshSnapshot) -> Inbounds<'_> {
 /// and Envoy answers 503 `no healthy upstream`, as Kuma's users expect
 /// (Kuma 2.14 generates a cluster for every destination,
 /// `cluster_generator.go`).
-fn endpoints(
+pub(super) fn endpoints(
     inbounds: &Inbounds<'_>,
     destination: &BTreeMap<String, String>,
     warnings: &mut Vec<String>,
@@ -171,55 +171,117 @@ pub(super) fn protocol_of(snapshot: &MeshSnapshot, destination: &BTreeMap<String
     found.map(str::to_string)
 }
 
+/// An EDS cluster (endpoints over ADS) with `socket` as its transport.
+pub(super) fn eds_cluster(
+    name: &str,
+    socket: Option<envoy_types::pb::envoy::config::core::v3::TransportSocket>,
+) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(cluster::EdsClusterConfig { eds_config: Some(ads_source()), ..Default::default() }),
+        connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
+        lb_policy: cluster::LbPolicy::RoundRobin as i32,
+        transport_socket: socket,
+        ..Default::default()
+    }
+}
+
+/// Endpoints of weight 1 at each (ip, port).
+pub(super) fn lb_endpoints(eps: Vec<(String, u32)>) -> Vec<LbEndpoint> {
+    eps.into_iter()
+        .map(|(ip, port)| LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket_address(&ip, port)),
+                ..Default::default()
+            })),
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// Clusters and load assignments for the destinations asked for; with
-/// `mtls`, each cluster originates mesh mTLS to its destination.
+/// `mtls`, each cluster originates mesh mTLS to its destination and, when
+/// `remote` (every proxy but a ZoneIngress), reaches the instances of other
+/// zones through their ZoneIngresses ([`crate::gateway::cross_zone`]).
 pub(super) fn generate(
     snapshot: &MeshSnapshot,
     wanted: &BTreeMap<String, BTreeMap<String, String>>,
     mtls: Option<&mesh_tls::MeshTls>,
+    remote: bool,
     warnings: &mut Vec<String>,
 ) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
     let inbounds = index(snapshot);
     let mut clusters = Vec::new();
     let mut assignments = Vec::new();
     for (name, destination) in wanted {
-        let Some(eps) = endpoints(&inbounds, destination, warnings) else {
-            warnings.push(format!(
-                "destination {destination:?} resolves to no service: no cluster {name} (requests get 500)"
-            ));
-            continue;
+        let (eps, remote_eps, socket) = if let Some((target, dest)) = super::cross_mesh::target(snapshot, destination) {
+            // A crossMesh gateway of another mesh: over mTLS only.
+            let Some(m) = mtls else {
+                warnings.push(format!(
+                    "destination {destination:?} is a gateway of mesh {target:?}, reached over mesh mTLS, which is off in mesh {:?}: no cluster {name} (requests get 500)",
+                    snapshot.mesh
+                ));
+                continue;
+            };
+            let eps = super::cross_mesh::endpoints(snapshot, &target, &dest);
+            // Other zones' crossMesh listeners, announced with `kuma.io/mesh`.
+            let mut announced = dest.clone();
+            announced.insert(super::cross_mesh::MESH_TAG.to_string(), target.clone());
+            let remote_eps = if remote {
+                super::cross_zone::remote_endpoints(snapshot, &target, &announced, true, eps.is_empty(), warnings)
+            } else {
+                Vec::new()
+            };
+            if eps.is_empty() && remote_eps.is_empty() {
+                warnings.push(format!(
+                    "destination {destination:?}: no crossMesh gateway listener of mesh {target:?} in this zone matches; cluster {name} is empty (requests get 503)"
+                ));
+            }
+            (eps, remote_eps, Some(mesh_tls::cross_mesh_upstream_socket(&m.mesh, &target, &dest)))
+        } else {
+            let local = endpoints(&inbounds, destination, warnings);
+            let remote_eps = if remote {
+                super::cross_zone::remote_endpoints(
+                    snapshot,
+                    &snapshot.mesh,
+                    destination,
+                    mtls.is_some(),
+                    local.is_none(),
+                    warnings,
+                )
+            } else {
+                Vec::new()
+            };
+            let eps = match local {
+                Some(eps) => eps,
+                None if !remote_eps.is_empty() => Vec::new(),
+                None => {
+                    warnings.push(format!(
+                        "destination {destination:?} resolves to no service: no cluster {name} (requests get 500)"
+                    ));
+                    continue;
+                }
+            };
+            if eps.is_empty() && remote_eps.is_empty() {
+                warnings.push(format!(
+                    "destination {destination:?} has no healthy endpoint: cluster {name} is empty (requests get 503)"
+                ));
+            }
+            (eps, remote_eps, mtls.map(|m| mesh_tls::upstream_socket(&m.mesh, destination)))
         };
-        if eps.is_empty() {
-            warnings.push(format!(
-                "destination {destination:?} has no healthy endpoint: cluster {name} is empty (requests get 503)"
-            ));
-        }
-        clusters.push(Cluster {
-            name: name.clone(),
-            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)),
-            eds_cluster_config: Some(cluster::EdsClusterConfig {
-                eds_config: Some(ads_source()),
-                ..Default::default()
-            }),
-            connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
-            lb_policy: cluster::LbPolicy::RoundRobin as i32,
-            transport_socket: mtls.map(|m| mesh_tls::upstream_socket(&m.mesh, destination)),
+        clusters.push(eds_cluster(name, socket));
+        let lb_endpoints = lb_endpoints(eps);
+        let mut localities = vec![LocalityLbEndpoints {
+            locality: super::cross_zone::locality(&snapshot.zone),
+            lb_endpoints,
             ..Default::default()
-        });
-        let lb_endpoints = eps
-            .into_iter()
-            .map(|(ip, port)| LbEndpoint {
-                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                    address: Some(socket_address(&ip, port)),
-                    ..Default::default()
-                })),
-                load_balancing_weight: Some(UInt32Value { value: 1 }),
-                ..Default::default()
-            })
-            .collect();
+        }];
+        localities.extend(super::cross_zone::remote_localities(remote_eps));
         assignments.push(ClusterLoadAssignment {
             cluster_name: name.clone(),
-            endpoints: vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }],
+            endpoints: localities,
             ..Default::default()
         });
     }

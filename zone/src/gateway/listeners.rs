@@ -135,9 +135,33 @@ pub(super) fn generate(
             Protocol::Http => {
                 let rds = format!("{name}:*");
                 let refs: Vec<&ListenerCtx<'_>> = group.iter().collect();
-                route_configs.push(http::route_configuration(&rds, port, &refs, false, ctx));
+                let mut rc = http::route_configuration(&rds, port, &refs, false, ctx);
                 let limit = group.iter().filter_map(|l| connection_limit(l)).min();
-                chains.push(FilterChain { filters: limited(&stat, limit, hcm(&stat, &rds)), ..Default::default() });
+                // crossMesh: clients of any mTLS mesh, with their mesh certificate.
+                let transport_socket = match (group.iter().any(|l| l.spec.cross_mesh), ctx.mtls.clone()) {
+                    (false, _) => None,
+                    (true, Some(m)) => {
+                        ctx.deps.all_meshes_ca = true;
+                        // Who called: the client's URI SANs (its mesh and
+                        // service), from its verified certificate, never
+                        // from the request (a sent value is overwritten).
+                        rc.request_headers_to_add.push(client_identity_header());
+                        Some(super::mesh_tls::cross_mesh_socket(&m.mesh))
+                    }
+                    (true, None) => {
+                        ctx.warn(format!(
+                            "{name}: crossMesh needs mesh mTLS, which is off in mesh {:?}; served to this mesh's clients in plaintext only",
+                            snapshot.mesh
+                        ));
+                        None
+                    }
+                };
+                chains.push(FilterChain {
+                    filters: limited(&stat, limit, hcm(&stat, &rds)),
+                    transport_socket,
+                    ..Default::default()
+                });
+                route_configs.push(rc);
             }
             Protocol::Https => {
                 for l in &group {
@@ -217,6 +241,23 @@ pub(super) fn generate(
         });
     }
     (listeners, route_configs)
+}
+
+/// The header a crossMesh listener adds to every request: the URI SANs of
+/// the client's verified mesh certificate (`spiffe://<mesh>/<service>,...`).
+pub const CLIENT_IDENTITY_HEADER: &str = "x-meridian-client-identity";
+
+fn client_identity_header() -> envoy_types::pb::envoy::config::core::v3::HeaderValueOption {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option};
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: CLIENT_IDENTITY_HEADER.to_string(),
+            value: "%DOWNSTREAM_PEER_URI_SAN%".to_string(),
+            ..Default::default()
+        }),
+        append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
 }
 
 /// Envoy stat prefixes: no `:` (it is a tag separator in some sinks).

@@ -144,6 +144,64 @@ pub fn upstream_socket(mesh: &str, destination: &BTreeMap<String, String>) -> Tr
     }
 }
 
+/// The SDS secret trusting every mTLS mesh's CA, which a cross-mesh
+/// gateway listener verifies clients against (the incumbent's
+/// `mesh_ca:secret:all`).
+pub const ALL_MESHES_CA: &str = "mesh_ca:secret:all";
+
+/// What a `crossMesh` gateway listener of mesh `mesh` serves: the
+/// gateway's identity; a client certificate required, issued by any mTLS
+/// mesh's CA ([`ALL_MESHES_CA`]), with a URI SAN of some mesh service
+/// (`spiffe://`; the incumbent checks no SAN at all).
+pub fn cross_mesh_socket(mesh: &str) -> TransportSocket {
+    let ctx = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(mtls::identity_secret_name(mesh))],
+            validation_context_type: Some(common_tls_context::ValidationContextType::CombinedValidationContext(
+                common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                            san_type: subject_alt_name_matcher::SanType::Uri as i32,
+                            matcher: Some(StringMatcher {
+                                match_pattern: Some(string_matcher::MatchPattern::Prefix("spiffe://".into())),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    validation_context_sds_secret_config: Some(sds(ALL_MESHES_CA.to_string())),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+    }
+}
+
+/// What a proxy of mesh `own` originates to a cross-mesh gateway of mesh
+/// `target` (`destination` without `kuma.io/mesh`): its own identity, the
+/// target mesh's CA (`mesh_ca:secret:<target>`), the gateway's identity
+/// exactly (`spiffe://<target>/<service>`), SNI `<service>{mesh=<target>,...}`.
+pub fn cross_mesh_upstream_socket(own: &str, target: &str, destination: &BTreeMap<String, String>) -> TransportSocket {
+    let service = destination.get(SERVICE_TAG).map(String::as_str).unwrap_or("*");
+    let mut common =
+        common(target, string_matcher::MatchPattern::Exact(spiffe_id(target, service)), vec![MESH_ALPN.to_string()]);
+    common.tls_certificate_sds_secret_configs = vec![sds(mtls::identity_secret_name(own))];
+    let ctx =
+        UpstreamTlsContext { common_tls_context: Some(common), sni: sni(target, destination), ..Default::default() };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,6 +107,20 @@ impl XdsAuth {
     ///
     /// Errors: the `Status` to end the stream with.
     pub async fn check(&self, token: Option<&str>, id: &ProxyId) -> Result<(), Status> {
+        if id.is_ingress() {
+            // A ZoneIngress token: a Dataplane token with no mesh and the
+            // ingress's name (`POST /tokens/dataplane {"type": "ingress"}`).
+            let token = token.ok_or(TokenError::Missing(meridian_tokens::TokenKind::Dataplane)).map_err(status)?;
+            let claims = self.tokens.verify_dataplane(token).await.map_err(status)?;
+            if claims.name.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "ZoneIngress {:?}: the token names no ZoneIngress (issue one with type \"ingress\")",
+                    id.name
+                )));
+            }
+            check_binding(&claims, &DataplaneBinding::new("", &id.name, None)).map_err(status)?;
+            return Ok(());
+        }
         let stored = self
             .tokens
             .manager()
@@ -149,5 +163,51 @@ impl XdsAuth {
                 Err(s) => return s,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use meridian_core::{Manager, Role};
+    use meridian_store::Store;
+    use meridian_tokens::{DataplaneRequest, TokenKind};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_ingress_token_admits_its_zone_ingress_only() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::connect(&format!("sqlite:{}", dir.path().join("z.db").display())).await.expect("store");
+        let tokens = Tokens::new(Manager::new(store, Role::Zone { federated: false }));
+        tokens.keys(TokenKind::Dataplane).ensure().await.expect("signing key");
+        let issue = |mesh: &str| DataplaneRequest {
+            name: "ingress-1".into(),
+            mesh: mesh.into(),
+            tags: BTreeMap::new(),
+            valid_for: Duration::from_secs(3600),
+        };
+        let (ingress, _) = tokens.issue_dataplane(&issue("")).await.expect("ingress token");
+        let (dataplane, _) = tokens.issue_dataplane(&issue("default")).await.expect("Dataplane token");
+        let stop = CancellationToken::new();
+        let auth = XdsAuth::new(tokens, stop.clone());
+        let id = |mesh: &str, name: &str| ProxyId { mesh: mesh.into(), name: name.into() };
+
+        assert_eq!(auth.check(Some(&ingress), &id("", "ingress-1")).await.map_err(|s| s.code()), Ok(()));
+        let code = |r: Result<(), Status>| r.map_err(|s| s.code());
+        assert_eq!(code(auth.check(Some(&ingress), &id("", "ingress-2")).await), Err(tonic::Code::PermissionDenied));
+        assert_eq!(
+            code(auth.check(Some(&dataplane), &id("", "ingress-1")).await),
+            Err(tonic::Code::PermissionDenied),
+            "a Dataplane token of mesh default admits no ZoneIngress"
+        );
+        assert_eq!(
+            code(auth.check(Some(&ingress), &id("default", "ingress-1")).await),
+            Err(tonic::Code::PermissionDenied),
+            "an ingress token admits no Dataplane"
+        );
+        assert_eq!(code(auth.check(None, &id("", "ingress-1")).await), Err(tonic::Code::Unauthenticated));
+        stop.cancel();
     }
 }

@@ -29,7 +29,7 @@ use meridian_store::{ChangeKind, ListQuery, Store, StoreError};
 use meridian_sync_proto::{
     Resource, ResourceType, Spec,
     delta::DesiredSet,
-    pb::mesh::{Dataplane, Mesh},
+    pb::mesh::{Dataplane, Mesh, ZoneIngress},
 };
 use tokio::sync::watch;
 
@@ -46,6 +46,14 @@ const MAX_BATCH: usize = 1000;
 pub struct ProxyId {
     pub mesh: String,
     pub name: String,
+}
+
+impl ProxyId {
+    /// A ZoneIngress (node id `.<name>`: no mesh, as the incumbent's ingress
+    /// proxy id), not a Dataplane.
+    pub fn is_ingress(&self) -> bool {
+        self.mesh.is_empty()
+    }
 }
 
 impl std::fmt::Display for ProxyId {
@@ -121,6 +129,89 @@ struct Inner {
     proxies: HashMap<ProxyId, Proxy>,
     /// Generations run since start (for tests and metrics).
     generations: u64,
+    /// This zone's name (locality of local endpoints).
+    zone: String,
+    /// Other zones' ZoneIngresses (received from the global), shared by
+    /// every mesh's snapshot: cross-zone endpoints.
+    remote_ingresses: Arc<BTreeMap<String, ZoneIngress>>,
+    /// This zone's own ZoneIngresses: what ingress proxies are generated from.
+    local_ingresses: BTreeMap<String, ZoneIngress>,
+    /// Every crossMesh gateway listener of this zone, shared by every
+    /// mesh's snapshot.
+    cross_mesh_listeners: Arc<Vec<gateway::cross_mesh::CrossMeshListener>>,
+}
+
+impl Inner {
+    /// An empty snapshot of `mesh` in this zone.
+    fn new_snapshot(&self, mesh: &str) -> MeshSnapshot {
+        MeshSnapshot {
+            zone: self.zone.clone(),
+            remote_ingresses: self.remote_ingresses.clone(),
+            cross_mesh_listeners: self.cross_mesh_listeners.clone(),
+            ..MeshSnapshot::new(mesh)
+        }
+    }
+
+    /// Recomputes the crossMesh listeners; when they changed, puts them in
+    /// every snapshot and returns the proxies with an outbound to another
+    /// mesh (they regenerate).
+    fn refresh_cross_mesh(&mut self) -> Vec<ProxyId> {
+        let now = gateway::cross_mesh::listeners(self.meshes.values().map(|s| &**s));
+        if *self.cross_mesh_listeners == now {
+            return Vec::new();
+        }
+        self.cross_mesh_listeners = Arc::new(now);
+        let shared = self.cross_mesh_listeners.clone();
+        for snapshot in self.meshes.values_mut() {
+            Arc::make_mut(snapshot).cross_mesh_listeners = shared.clone();
+        }
+        self.proxies.iter().filter(|(_, p)| crosses_meshes(&p.deps)).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// The generation job of proxy `id` from the current snapshots.
+    fn job(&self, id: ProxyId) -> Job {
+        let snapshot = self.meshes.get(&id.mesh).cloned().unwrap_or_else(|| Arc::new(self.new_snapshot(&id.mesh)));
+        let mesh = self.mesh_specs.get(&id.mesh).cloned();
+        let ingress = id
+            .is_ingress()
+            .then(|| (self.meshes.values().cloned().collect::<Vec<_>>(), self.local_ingresses.get(&id.name).cloned()));
+        let all = self.meshes.iter().map(|(name, s)| (s.clone(), self.mesh_specs.get(name).cloned())).collect();
+        Job { id, snapshot, mesh, ingress, all }
+    }
+
+    /// Records a ZoneIngress change; returns the proxies it touches: all
+    /// but ingresses for another zone's ingress (their cross-zone
+    /// endpoints), the ingress itself for one of this zone's.
+    fn apply_ingress(&mut self, name: &str, new: Option<(ZoneIngress, bool)>) -> Vec<ProxyId> {
+        let was_remote = self.remote_ingresses.contains_key(name);
+        let was_local = self.local_ingresses.remove(name).is_some();
+        if was_remote {
+            Arc::make_mut(&mut self.remote_ingresses).remove(name);
+        }
+        let mut remote_changed = was_remote;
+        match new {
+            Some((zi, true)) => {
+                self.local_ingresses.insert(name.to_string(), zi);
+            }
+            Some((zi, false)) => {
+                Arc::make_mut(&mut self.remote_ingresses).insert(name.to_string(), zi);
+                remote_changed = true;
+            }
+            None => {}
+        }
+        let mut touched = Vec::new();
+        if remote_changed {
+            let remote = self.remote_ingresses.clone();
+            for snapshot in self.meshes.values_mut() {
+                Arc::make_mut(snapshot).remote_ingresses = remote.clone();
+            }
+            touched.extend(self.proxies.keys().filter(|p| !p.is_ingress()).cloned());
+        }
+        if was_local || self.local_ingresses.contains_key(name) {
+            touched.extend(self.proxies.keys().filter(|p| p.is_ingress() && p.name == name).cloned());
+        }
+        touched
+    }
 }
 
 /// Shared handle on the cache.
@@ -135,6 +226,8 @@ pub struct Cache {
     identities: Identities,
     /// This zone's name (which intermediate CA Secret it issues from).
     zone: Arc<str>,
+    /// `xds_generation`: seconds per generated Dataplane.
+    generation: Option<prometheus_client::metrics::histogram::Histogram>,
 }
 
 impl Default for Cache {
@@ -144,7 +237,16 @@ impl Default for Cache {
 }
 
 /// A generation job: the proxy, its mesh's snapshot and Mesh spec.
-type Job = (ProxyId, Arc<MeshSnapshot>, Option<Arc<Mesh>>);
+struct Job {
+    id: ProxyId,
+    snapshot: Arc<MeshSnapshot>,
+    mesh: Option<Arc<Mesh>>,
+    /// For a ZoneIngress: every mesh's snapshot, and the ingress (`None`:
+    /// not registered).
+    ingress: Option<(Vec<Arc<MeshSnapshot>>, Option<ZoneIngress>)>,
+    /// Every mesh (other meshes' CAs, for cross-mesh traffic).
+    all: crate::xds::foreign_cas::AllMeshes,
+}
 
 /// A stream's hold on one Dataplane's configuration; dropping it lets the
 /// cache forget the Dataplane once nobody else watches it.
@@ -176,10 +278,11 @@ impl Cache {
     /// An empty cache for zone `zone`.
     pub fn new(zone: &str) -> Cache {
         Cache {
-            inner: Arc::default(),
+            inner: Arc::new(Mutex::new(Inner { zone: zone.to_string(), ..Inner::default() })),
             applied: Arc::new(watch::channel(0).0),
             identities: Identities::default(),
             zone: Arc::from(zone),
+            generation: None,
         }
     }
 
@@ -220,11 +323,38 @@ impl Cache {
 
     /// Generates one Dataplane's configuration (pure), then adds its mTLS
     /// secrets from the identity store (which may issue a certificate).
-    fn generate(&self, (id, snapshot, mesh): &Job) -> (ProxyState, Deps) {
+    fn generate(&self, job: &Job) -> (ProxyState, Deps) {
+        let started = std::time::Instant::now();
+        let result = self.generate_untimed(job);
+        if let Some(h) = &self.generation {
+            h.observe(started.elapsed().as_secs_f64());
+        }
+        result
+    }
+
+    /// Observes every generation into `histogram` (`xds_generation`).
+    pub fn with_generation_metric(mut self, histogram: prometheus_client::metrics::histogram::Histogram) -> Cache {
+        self.generation = Some(histogram);
+        self
+    }
+
+    /// What a Dataplane some stream is subscribed to is being sent: its
+    /// current state (desired resources per type URL, or why it gets
+    /// none); `None` when no Envoy of it is connected here.
+    pub fn state(&self, id: &ProxyId) -> Option<Arc<ProxyState>> {
+        self.lock().proxies.get(id).map(|p| p.tx.borrow().clone())
+    }
+
+    fn generate_untimed(&self, job: &Job) -> (ProxyState, Deps) {
+        let Job { id, snapshot, mesh, ingress, all } = job;
+        if let Some((meshes, zi)) = ingress {
+            return generate_ingress(meshes, id, zi.as_ref());
+        }
         let (mut state, deps) = generate(snapshot, id);
         if let Ok(config) = &mut state.config {
             let mesh_ca = MeshCa { mesh: mesh.as_deref(), zone: &self.zone };
             self.identities.attach(id, &mesh_ca, snapshot, std::time::SystemTime::now(), config, &mut state.warnings);
+            crate::xds::foreign_cas::attach(&id.mesh, &self.zone, &deps, all, config, &mut state.warnings);
         }
         (state, deps)
     }
@@ -240,7 +370,7 @@ impl Cache {
             .into_iter()
             .map(|job| {
                 let (state, deps) = self.generate(&job);
-                (job.0, state, deps)
+                (job.id, state, deps)
             })
             .collect();
         let mut inner = self.lock();
@@ -256,16 +386,8 @@ impl Cache {
 
     /// Jobs regenerating `ids` from the current snapshots (call under the lock).
     fn jobs(inner: &mut Inner, ids: Vec<ProxyId>) -> Vec<Job> {
-        let jobs: Vec<_> = ids
-            .into_iter()
-            .filter(|id| inner.proxies.contains_key(id))
-            .map(|id| {
-                let snap =
-                    inner.meshes.get(&id.mesh).cloned().unwrap_or_else(|| Arc::new(MeshSnapshot::new(id.mesh.clone())));
-                let mesh = inner.mesh_specs.get(&id.mesh).cloned();
-                (id, snap, mesh)
-            })
-            .collect();
+        let jobs: Vec<_> =
+            ids.into_iter().filter(|id| inner.proxies.contains_key(id)).map(|id| inner.job(id)).collect();
         inner.generations += jobs.len() as u64;
         jobs
     }
@@ -277,6 +399,23 @@ impl Cache {
         let revision = store.current_revision().await?;
         let mut meshes: BTreeMap<String, MeshSnapshot> = BTreeMap::new();
         let mut mesh_specs = BTreeMap::new();
+        let mut remote_ingresses = BTreeMap::new();
+        let mut local_ingresses = BTreeMap::new();
+        let page = store
+            .list(&ListQuery { type_name: ResourceType::ZoneIngress.name().to_string(), ..Default::default() })
+            .await?;
+        for stored in &page.items {
+            if let Ok(e) = Manager::decode(stored)
+                && let Spec::ZoneIngress(zi) = e.resource.spec
+            {
+                if crate::kds::is_local(&stored.labels, &self.zone) {
+                    local_ingresses.insert(e.resource.meta.name, zi);
+                } else {
+                    remote_ingresses.insert(e.resource.meta.name, zi);
+                }
+            }
+        }
+        let remote_ingresses = Arc::new(remote_ingresses);
         let page =
             store.list(&ListQuery { type_name: ResourceType::Mesh.name().to_string(), ..Default::default() }).await?;
         for stored in &page.items {
@@ -296,7 +435,11 @@ impl Cache {
                             Spec::Mesh(_) => e.resource.meta.name.clone(),
                             _ => e.resource.meta.mesh.clone(),
                         };
-                        let snap = meshes.entry(mesh.clone()).or_insert_with(|| MeshSnapshot::new(mesh));
+                        let snap = meshes.entry(mesh.clone()).or_insert_with(|| MeshSnapshot {
+                            zone: self.zone.to_string(),
+                            remote_ingresses: remote_ingresses.clone(),
+                            ..MeshSnapshot::new(mesh)
+                        });
                         if snap.upsert(&e.resource) {
                             snap.set_version(ty, &e.resource.meta.name, &stored.version);
                         }
@@ -308,6 +451,11 @@ impl Cache {
         let mut inner = self.lock();
         inner.meshes = meshes.into_iter().map(|(m, s)| (m, Arc::new(s))).collect();
         inner.mesh_specs = mesh_specs;
+        inner.remote_ingresses = remote_ingresses;
+        inner.local_ingresses = local_ingresses;
+        // The new snapshots hold none yet: recompute from scratch.
+        inner.cross_mesh_listeners = Arc::default();
+        inner.refresh_cross_mesh();
         inner.epoch += 1;
         let epoch = inner.epoch;
         let ids: Vec<ProxyId> = inner.proxies.keys().cloned().collect();
@@ -370,18 +518,29 @@ impl Cache {
         let mut touched: Vec<ProxyId> = Vec::new();
         for c in changes {
             let Some(ty) = ResourceType::from_name(&c.resource.key.type_name) else { continue };
+            let key = &c.resource.key;
+            if ty == ResourceType::ZoneIngress {
+                let new = match c.kind {
+                    ChangeKind::Upsert => match Manager::decode(&c.resource).map(|e| e.resource.spec) {
+                        Ok(Spec::ZoneIngress(zi)) => Some((zi, crate::kds::is_local(&c.resource.labels, &self.zone))),
+                        _ => {
+                            tracing::warn!(name = %key.name, "skipping undecodable ZoneIngress");
+                            continue;
+                        }
+                    },
+                    ChangeKind::Delete => None,
+                };
+                let t = inner.apply_ingress(&key.name, new);
+                touched.extend(t);
+                continue;
+            }
             if !WATCHED.contains(&ty) && ty != ResourceType::Mesh {
                 continue;
             }
-            let key = &c.resource.key;
             if ty == ResourceType::Mesh {
                 touched.extend(inner.proxies.keys().filter(|p| p.mesh == key.name).cloned());
-                let snapshot = Arc::make_mut(
-                    inner
-                        .meshes
-                        .entry(key.name.clone())
-                        .or_insert_with(|| Arc::new(MeshSnapshot::new(key.name.clone()))),
-                );
+                let fresh = inner.new_snapshot(&key.name);
+                let snapshot = Arc::make_mut(inner.meshes.entry(key.name.clone()).or_insert_with(|| Arc::new(fresh)));
                 match c.kind {
                     ChangeKind::Upsert => match Manager::decode(&c.resource) {
                         Ok(e) => {
@@ -411,6 +570,7 @@ impl Cache {
             if ty == ResourceType::Secret && meridian_core::mesh_ca::is_zone_ca_secret(&key.name) {
                 // A zone CA: every proxy of the mesh may issue from it.
                 touched.extend(inner.proxies.keys().filter(|p| p.mesh == key.mesh).cloned());
+                touched.extend(inner.proxies.iter().filter(|(_, p)| crosses_meshes(&p.deps)).map(|(id, _)| id.clone()));
             }
             let new = match c.kind {
                 ChangeKind::Upsert => match Manager::decode(&c.resource) {
@@ -423,9 +583,8 @@ impl Cache {
                 ChangeKind::Delete => None,
             };
             touched.extend(affected(&inner, ty, &key.mesh, &key.name, new.as_ref()));
-            let snapshot = Arc::make_mut(
-                inner.meshes.entry(key.mesh.clone()).or_insert_with(|| Arc::new(MeshSnapshot::new(key.mesh.clone()))),
-            );
+            let fresh = inner.new_snapshot(&key.mesh);
+            let snapshot = Arc::make_mut(inner.meshes.entry(key.mesh.clone()).or_insert_with(|| Arc::new(fresh)));
             match &new {
                 Some(r) => {
                     if snapshot.upsert(r) {
@@ -436,6 +595,13 @@ impl Cache {
                     snapshot.remove(ty, &key.name);
                 }
             }
+        }
+        if changes.iter().any(|c| {
+            c.resource.key.type_name == ResourceType::MeshGateway.name()
+                || c.resource.key.type_name == ResourceType::Dataplane.name()
+        }) {
+            let t = inner.refresh_cross_mesh();
+            touched.extend(t);
         }
         touched.sort();
         touched.dedup();
@@ -458,9 +624,7 @@ impl Cache {
                     return Subscription { rx: p.tx.subscribe(), id: id.clone(), cache: self.clone() };
                 }
                 inner.generations += 1;
-                let snap =
-                    inner.meshes.get(&id.mesh).cloned().unwrap_or_else(|| Arc::new(MeshSnapshot::new(id.mesh.clone())));
-                ((id.clone(), snap, inner.mesh_specs.get(&id.mesh).cloned()), inner.epoch)
+                (inner.job(id.clone()), inner.epoch)
             };
             let (state, deps) = self.generate(&snapshot);
             let mut inner = self.lock();
@@ -527,6 +691,24 @@ fn generate(snapshot: &MeshSnapshot, id: &ProxyId) -> (ProxyState, Deps) {
     }
 }
 
+/// Generates a ZoneIngress's configuration from every mesh's snapshot
+/// (pure; called without the lock).
+fn generate_ingress(meshes: &[Arc<MeshSnapshot>], id: &ProxyId, zi: Option<&ZoneIngress>) -> (ProxyState, Deps) {
+    match zi {
+        Some(zi) => {
+            let config = gateway::ingress::generate(meshes.iter().map(|m| &**m), &id.name, zi);
+            (
+                ProxyState { config: Ok(config.desired()), warnings: config.warnings, sources: Arc::default() },
+                Deps::default(),
+            )
+        }
+        None => {
+            let e = gateway::GenError::UnknownIngress { name: id.name.clone() };
+            (ProxyState { config: Err(e.into()), warnings: Vec::new(), sources: Arc::default() }, Deps::default())
+        }
+    }
+}
+
 /// Swaps a generated state in; an unchanged one wakes nobody.
 fn publish(p: &mut Proxy, id: &ProxyId, state: ProxyState, deps: Deps) {
     p.deps = deps;
@@ -561,6 +743,10 @@ fn affected(inner: &Inner, ty: ResourceType, mesh: &str, name: &str, new: Option
     let snapshot = inner.meshes.get(mesh).map(|s| &**s);
     let in_mesh = inner.proxies.iter().filter(|(id, _)| id.mesh == mesh);
     let mut out = Vec::new();
+    // An ingress serves every mesh's instances and route destinations.
+    if matches!(ty, ResourceType::Dataplane | ResourceType::MeshGatewayRoute | ResourceType::MeshGateway) {
+        out.extend(inner.proxies.keys().filter(|id| id.is_ingress()).cloned());
+    }
     for (id, p) in in_mesh {
         let hit = match ty {
             ResourceType::MeshGateway => {
@@ -593,6 +779,12 @@ fn affected(inner: &Inner, ty: ResourceType, mesh: &str, name: &str, new: Option
         }
     }
     out
+}
+
+/// Whether a proxy reaches or serves other meshes (its configuration
+/// depends on their gateways and CAs).
+fn crosses_meshes(deps: &Deps) -> bool {
+    deps.all_meshes_ca || deps.destinations.iter().any(|d| d.contains_key(gateway::cross_mesh::MESH_TAG))
 }
 
 /// Whether a Dataplane has an inbound some destination of `deps` selects,

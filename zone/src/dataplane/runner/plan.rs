@@ -11,10 +11,10 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use meridian_sync_proto::{ResourceType, Spec, universal, validate};
+use meridian_sync_proto::{ResourceType, universal, validate};
 use serde_json::Value;
 
-use crate::dataplane::{EnvoyOutput, RunDataplaneArgs, XdsMode};
+use crate::dataplane::{EnvoyOutput, ProxyKind, RunDataplaneArgs, XdsMode};
 
 /// The zone API's default port (`meridian-zone run --api-addr`), used when
 /// `--api-url` is derived from `--cp-address`.
@@ -81,6 +81,19 @@ pub fn parse_cp_address(s: &str) -> Result<CpAddress, String> {
     Ok(CpAddress { tls, host: host.to_string(), port })
 }
 
+/// The Dataplane with `networking.admin.port` set to Envoy's admin port
+/// when the file does not say it and the port is fixed (not 0): the zone
+/// reaches the Envoy's admin there to inspect it (as the incumbent's
+/// `kuma-dp` reports its admin port to the control plane).
+pub fn with_admin_port(mut doc: Value, port: u16) -> Value {
+    if port != 0
+        && let Some(networking) = doc.get_mut("networking").and_then(Value::as_object_mut)
+    {
+        networking.entry("admin").or_insert_with(|| serde_json::json!({"port": port}));
+    }
+    doc
+}
+
 /// Parses `--admin-address` (`ip` or `ip:port`) with `--admin-port`.
 pub fn admin_socket(address: &str, port: Option<u16>) -> Result<SocketAddr, String> {
     if let Ok(sa) = address.parse::<SocketAddr>() {
@@ -97,6 +110,8 @@ pub fn admin_socket(address: &str, port: Option<u16>) -> Result<SocketAddr, Stri
 /// What the runner does, fully checked.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// A Dataplane or a ZoneIngress (`mesh` is then empty).
+    pub kind: ProxyKind,
     pub mesh: String,
     pub name: String,
     /// The Dataplane to register (universal JSON, as validated); `None`
@@ -129,6 +144,11 @@ pub struct Plan {
 
 /// Checks every flag and file; nothing is contacted.
 pub fn check(args: &RunDataplaneArgs) -> anyhow::Result<Plan> {
+    check_as(args, ProxyKind::Dataplane)
+}
+
+/// [`check`] for a Dataplane or a ZoneIngress.
+pub fn check_as(args: &RunDataplaneArgs, kind: ProxyKind) -> anyhow::Result<Plan> {
     let cp =
         parse_cp_address(&args.cp_address).map_err(|e| anyhow::anyhow!("--cp-address {:?}: {e}", args.cp_address))?;
     // The CA Envoy trusts for xDS over TLS (read now: a missing CA is a
@@ -167,21 +187,25 @@ pub fn check(args: &RunDataplaneArgs) -> anyhow::Result<Plan> {
     let envoy = resolve_binary(&args.envoy)?;
     let (mesh, name, dataplane) = match &args.file {
         Some(f) => {
-            let (mesh, name, doc) = read_dataplane(f)?;
+            let (mesh, name, doc) = read_proxy(f, kind)?;
             if let Some(n) = &args.name
                 && *n != name
             {
                 bail!("--name {n:?} differs from the name {name:?} in --dataplane-file {}", f.display());
             }
-            (mesh, name, Some(doc))
+            (mesh, name, Some(with_admin_port(doc, admin.port())))
         }
         None => {
             let Some(name) = &args.name else {
                 bail!("give the Dataplane with --dataplane-file/-f FILE, or name a registered one with --name");
             };
-            universal::check_mesh_name(&args.mesh).map_err(|e| anyhow::anyhow!("--mesh: {e}"))?;
             universal::check_name(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-            (args.mesh.clone(), name.clone(), None)
+            if kind == ProxyKind::ZoneIngress {
+                (String::new(), name.clone(), None)
+            } else {
+                universal::check_mesh_name(&args.mesh).map_err(|e| anyhow::anyhow!("--mesh: {e}"))?;
+                (args.mesh.clone(), name.clone(), None)
+            }
         }
     };
     if let Some(dir) = &args.config_dir
@@ -191,6 +215,7 @@ pub fn check(args: &RunDataplaneArgs) -> anyhow::Result<Plan> {
         bail!("--config-dir {}: not a directory", dir.display());
     }
     Ok(Plan {
+        kind,
         mesh,
         name,
         dataplane,
@@ -242,11 +267,17 @@ fn resolve_binary(envoy: &Path) -> anyhow::Result<PathBuf> {
 /// the zone's rules (`mesh` defaults to `default`, as `meridianctl`).
 /// Returns (mesh, name, document).
 pub fn read_dataplane(f: &Path) -> anyhow::Result<(String, String, Value)> {
+    read_proxy(f, ProxyKind::Dataplane)
+}
+
+/// [`read_dataplane`] for a Dataplane or a ZoneIngress (whose mesh is empty).
+pub fn read_proxy(f: &Path, kind: ProxyKind) -> anyhow::Result<(String, String, Value)> {
+    let expected = kind.resource_type();
     let flag = format!("--dataplane-file {}", f.display());
     let text = std::fs::read_to_string(f).with_context(|| format!("{flag}: cannot read the file"))?;
     let mut docs = universal::parse_documents(&text).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
     if docs.len() != 1 {
-        bail!("{flag}: expected exactly one Dataplane, found {} documents", docs.len());
+        bail!("{flag}: expected exactly one {}, found {} documents", expected.name(), docs.len());
     }
     let mut doc = docs.remove(0);
     if let Some(obj) = doc.as_object_mut()
@@ -275,10 +306,10 @@ pub fn read_dataplane(f: &Path) -> anyhow::Result<(String, String, Value)> {
         let who = if e.type_name.is_empty() { flag.clone() } else { format!("{flag}: {} {:?}", e.type_name, e.name) };
         anyhow::anyhow!("{}", lines(&who, &e.violations))
     })?;
-    if !matches!(resource.spec, Spec::Dataplane(_)) {
-        bail!("{flag}: type: expected a {}, found {}", ResourceType::Dataplane.name(), resource.resource_type().name());
+    if resource.resource_type() != expected {
+        bail!("{flag}: type: expected a {}, found {}", expected.name(), resource.resource_type().name());
     }
-    let who = format!("{flag}: Dataplane {:?}", resource.meta.name);
+    let who = format!("{flag}: {} {:?}", expected.name(), resource.meta.name);
     validate::resource(&resource).map_err(|e| anyhow::anyhow!("{}", lines(&who, &e.violations)))?;
     Ok((resource.meta.mesh.clone(), resource.meta.name.clone(), universal::to_value(&resource)))
 }
@@ -301,6 +332,15 @@ mod tests {
         for bad in ["ftp://zone:1", "grpc://zone:99999", "grpc://:5678", "grpc://zone:5678/xds", "grpc://[::1"] {
             assert!(parse_cp_address(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_admin_port_is_registered_unless_the_file_says_it_or_it_is_picked_at_start() {
+        let dp = serde_json::json!({"networking": {"address": "127.0.0.1"}});
+        assert_eq!(with_admin_port(dp.clone(), 9901)["networking"]["admin"]["port"], 9901);
+        assert!(with_admin_port(dp, 0)["networking"].get("admin").is_none());
+        let own = serde_json::json!({"networking": {"admin": {"port": 9000}}});
+        assert_eq!(with_admin_port(own, 9901)["networking"]["admin"]["port"], 9000);
     }
 
     #[test]

@@ -72,7 +72,12 @@ impl ZoneApi {
         if let Some((_, pem)) = &plan.ca_cert {
             b = b.add_root_certificate(reqwest::Certificate::from_pem(pem).context("--ca-cert")?);
         }
-        let url = format!("{}/meshes/{}/dataplanes/{}", plan.api_url, plan.mesh, plan.name);
+        let url = match plan.kind {
+            crate::dataplane::ProxyKind::Dataplane => {
+                format!("{}/meshes/{}/dataplanes/{}", plan.api_url, plan.mesh, plan.name)
+            }
+            crate::dataplane::ProxyKind::ZoneIngress => format!("{}/zoneingresses/{}", plan.api_url, plan.name),
+        };
         Ok(ZoneApi { client: b.build().context("cannot build the HTTP client")?, url, bearer: plan.api_bearer.clone() })
     }
 
