@@ -145,6 +145,9 @@ pub trait Observer: Send {
     fn stale(&mut self, _type_url: &str, _nonce: &str) {}
     /// The peer asked for (or sent) a type this side does not handle.
     fn unserved(&mut self, _type_url: &str) {}
+    /// The source changed and whatever differed was sent (possibly
+    /// nothing: a change that alters no resource the peer holds).
+    fn source_changed(&mut self) {}
 }
 
 /// An observer that records nothing.
@@ -254,6 +257,7 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                         return Ended::PeerClosed;
                     }
                 }
+                observer.source_changed();
             }
         }
     }

@@ -132,6 +132,16 @@ async fn apply_wait_returns_once_both_zones_and_envoys_acked_and_status_shows_it
     let resp = reqwest::get(&url).await.expect("GET the route");
     assert_eq!(resp.headers().get("x-meridian-propagation").and_then(|v| v.to_str().ok()), Some("Applied"));
 
+    // A change no Envoy resource reflects (a label): a new version that
+    // Envoy's unchanged configuration stands for; --wait still returns.
+    let labelled = route("/store").replace("name: edge-route\n", "name: edge-route\nlabels: {team: shop}\n");
+    ctl.with(["apply", "-f", "-", "--wait=30s"]).run_stdin(&labelled).await.ok();
+    let relabelled = global.api().get("/meshes/default/meshgatewayroutes/edge-route/_status").await;
+    assert_ne!(relabelled["version"], after["version"], "a new version");
+    assert_eq!(relabelled["state"], "Applied", "{relabelled}");
+    assert_eq!(zone(&relabelled, "zone-1")["dataplanes"][0]["version"], relabelled["version"], "{relabelled}");
+    let after = relabelled;
+
     // `get --status` shows the same, as a table and as JSON.
     let table = ctl.with(["get", "meshgatewayroute", "edge-route", "--status"]).run().await.ok();
     assert!(table.stdout.starts_with("MeshGatewayRoute default/edge-route: Applied"), "{}", table.stdout);

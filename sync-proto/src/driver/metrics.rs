@@ -298,4 +298,8 @@ impl<A: Observer, B: Observer> Observer for (A, B) {
         self.0.unserved(type_url);
         self.1.unserved(type_url);
     }
+    fn source_changed(&mut self) {
+        self.0.source_changed();
+        self.1.source_changed();
+    }
 }

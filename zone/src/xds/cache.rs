@@ -88,7 +88,9 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
-    fn same_versions(&self, other: &ProxyState) -> bool {
+    /// Whether both states hold the same resources at the same versions
+    /// (Envoy would receive nothing going from one to the other).
+    pub fn same_versions(&self, other: &ProxyState) -> bool {
         match (&self.config, &other.config) {
             (Ok(a), Ok(b)) => {
                 a.len() == b.len()
@@ -721,15 +723,18 @@ fn publish(p: &mut Proxy, id: &ProxyId, state: ProxyState, deps: Deps) {
     p.deps = deps;
     p.tx.send_if_modified(|current| {
         let changed = !current.same_versions(&state);
-        if changed || current.warnings != state.warnings || current.sources != state.sources {
+        let sources = current.sources != state.sources;
+        if changed || current.warnings != state.warnings || sources {
             if changed || current.warnings != state.warnings {
                 log_warnings(id, &state);
             }
-            // New warnings or sources alone wake no stream (nothing to send
-            // to Envoy), but `warnings` and the insight then report them.
+            // New warnings alone wake no stream (nothing to send to Envoy),
+            // but `warnings` then reports them. New sources do: nothing is
+            // sent either, but the stream's insight reports that Envoy's
+            // configuration now stands for them.
             *current = Arc::new(state);
         }
-        changed
+        changed || sources
     });
 }
 

@@ -258,8 +258,10 @@ pub struct InsightObserver {
 /// clears that). Each event costs the size of one generation's sources.
 #[derive(Default)]
 struct ConfigSources {
-    /// The sources of the state responses were last sent from, and its generation.
-    current: Option<(Arc<Sources>, u64)>,
+    /// The state responses were last sent from, and its generation.
+    current: Option<(Arc<ProxyState>, u64)>,
+    /// The answer to the last settled generation: `None` ACKed, else the NACK reason.
+    last_settled: Option<Option<String>>,
     /// Unsettled generations: their sources, responses not yet answered,
     /// and the NACK reason if one was NACKed.
     open: BTreeMap<u64, OpenGeneration>,
@@ -273,14 +275,15 @@ struct OpenGeneration {
 }
 
 impl ConfigSources {
-    /// A response is being sent from a state with `sources`; returns its generation.
-    fn sent(&mut self, sources: Arc<Sources>) -> u64 {
+    /// A response is being sent from `state`; returns its generation.
+    fn sent(&mut self, state: Arc<ProxyState>) -> u64 {
+        let sources = state.sources.clone();
         let generation = match &self.current {
-            Some((s, g)) if Arc::ptr_eq(s, &sources) || **s == *sources => *g,
+            Some((s, g)) if Arc::ptr_eq(&s.sources, &sources) || *s.sources == *sources => *g,
             Some((_, g)) => g + 1,
             None => 1,
         };
-        self.current = Some((sources.clone(), generation));
+        self.current = Some((state, generation));
         let open = self.open.entry(generation).or_insert(OpenGeneration { sources, outstanding: 0 });
         open.outstanding += 1;
         while self.open.len() > MAX_UNSETTLED {
@@ -299,6 +302,7 @@ impl ConfigSources {
         let Some(open) = self.open.remove(&generation) else { return };
         // Older generations are superseded by this one.
         self.open.retain(|g, _| *g > generation);
+        self.last_settled = Some(None);
         let time = insight::now();
         for ((ty, name), version) in open.sources.iter() {
             let key = (*ty, name.clone());
@@ -330,6 +334,11 @@ impl ConfigSources {
         if open.outstanding == 0 {
             self.open.remove(&generation);
         }
+        self.last_settled = Some(Some(reason.to_string()));
+        self.record_nack(generation, &sources, reason);
+    }
+
+    fn record_nack(&mut self, generation: u64, sources: &Sources, reason: &str) {
         let time = insight::now();
         for ((ty, name), version) in sources.iter() {
             let answer = ConfigSource {
@@ -341,6 +350,35 @@ impl ConfigSources {
                 time: Some(time),
             };
             self.answered.insert((*ty, name.clone()), (answer, generation));
+        }
+    }
+
+    /// The source moved to `state` and nothing was sent: when `state`
+    /// holds the same resources as the one last sent, its sources share
+    /// that configuration's answer (an open generation settles with them;
+    /// a settled one gives them its ACK or NACK now). `true` when the
+    /// answers changed.
+    fn same_config(&mut self, state: &Arc<ProxyState>) -> bool {
+        let Some((current, generation)) = self.current.clone() else { return false };
+        if *current.sources == *state.sources || !current.same_versions(state) {
+            return false;
+        }
+        self.current = Some((state.clone(), generation));
+        if let Some(open) = self.open.get_mut(&generation) {
+            open.sources = state.sources.clone();
+            return false;
+        }
+        match self.last_settled.clone() {
+            Some(None) => {
+                self.open.insert(generation, OpenGeneration { sources: state.sources.clone(), outstanding: 1 });
+                self.acked(generation);
+                true
+            }
+            Some(Some(reason)) => {
+                self.record_nack(generation, &state.sources, &reason);
+                true
+            }
+            None => false,
         }
     }
 
@@ -481,6 +519,14 @@ impl InsightObserver {
 }
 
 impl Observer for InsightObserver {
+    /// A change that sent Envoy nothing (same resources, e.g. a route's
+    /// label): its sources take the answer of the configuration Envoy has.
+    fn source_changed(&mut self) {
+        let Some(state) = self.state.as_ref().map(|s| s.borrow().clone()) else { return };
+        if self.sources.same_config(&state) {
+            self.publish();
+        }
+    }
     fn sent(&mut self, type_url: &str, response: &DeltaDiscoveryResponse, stats: &SendStats) {
         let v = self.versions.entry(type_url.to_string()).or_default();
         if v.len() >= MAX_UNSETTLED {
@@ -489,8 +535,11 @@ impl Observer for InsightObserver {
             v.clear();
         }
         let resources = response.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
-        let sources = self.state.as_ref().map(|s| s.borrow().sources.clone()).unwrap_or_default();
-        let generation = self.sources.sent(sources);
+        let state = self.state.as_ref().map(|s| s.borrow().clone());
+        let generation = match state {
+            Some(state) => self.sources.sent(state),
+            None => 0,
+        };
         v.insert(
             response.nonce.clone(),
             Carried {
@@ -600,12 +649,27 @@ mod tests {
         }
     }
 
-    fn srcs(route_version: &str) -> Arc<Sources> {
+    fn srcs(route_version: &str) -> Arc<ProxyState> {
         use meridian_sync_proto::ResourceType;
-        Arc::new(Sources::from([
-            ((ResourceType::MeshGateway, "gw".to_string()), "g1".to_string()),
-            ((ResourceType::MeshGatewayRoute, "r".to_string()), route_version.to_string()),
-        ]))
+        state_with(
+            route_version,
+            Sources::from([
+                ((ResourceType::MeshGateway, "gw".to_string()), "g1".to_string()),
+                ((ResourceType::MeshGatewayRoute, "r".to_string()), route_version.to_string()),
+            ]),
+        )
+    }
+
+    /// A state whose one listener's version is `config` (same `config`:
+    /// same resources for Envoy).
+    fn state_with(config: &str, sources: Sources) -> Arc<ProxyState> {
+        let listener = Desired { version: config.to_string(), resource: Default::default() };
+        let set: DesiredSet = [("l".to_string(), listener)].into_iter().collect();
+        Arc::new(ProxyState {
+            config: Ok([(LISTENER_TYPE(), set)].into_iter().collect()),
+            warnings: Vec::new(),
+            sources: Arc::new(sources),
+        })
     }
 
     fn state_of<'a>(c: &'a ConfigSources, name: &str) -> Option<(&'a str, &'a str)> {
@@ -633,13 +697,36 @@ mod tests {
         assert_eq!(c.list().iter().find(|s| s.name == "r").map(|s| s.reason.as_str()), Some("cannot bind"));
 
         // v3 fully ACKed clears it; a source no longer used is forgotten.
-        let g3 = c.sent(Arc::new(Sources::from([(
-            (meridian_sync_proto::ResourceType::MeshGatewayRoute, "r".to_string()),
-            "v3".to_string(),
-        )])));
+        let g3 = c.sent(state_with(
+            "v3",
+            Sources::from([((meridian_sync_proto::ResourceType::MeshGatewayRoute, "r".to_string()), "v3".to_string())]),
+        ));
         c.acked(g3);
         assert_eq!(state_of(&c, "r"), Some(("v3", "ACKed")));
         assert_eq!(state_of(&c, "gw"), None);
+    }
+
+    #[test]
+    fn a_change_that_sends_nothing_takes_the_answer_envoy_gave() {
+        use meridian_sync_proto::ResourceType;
+        let route = |v: &str| Sources::from([((ResourceType::MeshGatewayRoute, "r".to_string()), v.to_string())]);
+        let mut c = ConfigSources::default();
+        let g = c.sent(state_with("cfg-1", route("v1")));
+        // v2 of the route yields the same resources: nothing is sent.
+        assert!(!c.same_config(&state_with("cfg-1", route("v2"))), "still open: settles with v2");
+        c.acked(g);
+        assert_eq!(state_of(&c, "r"), Some(("v2", "ACKed")));
+        // Settled already: v3 (same resources again) is ACKed at once.
+        assert!(c.same_config(&state_with("cfg-1", route("v3"))));
+        assert_eq!(state_of(&c, "r"), Some(("v3", "ACKed")));
+        // Different resources: they will be sent; nothing is assumed.
+        assert!(!c.same_config(&state_with("cfg-2", route("v4"))));
+        assert_eq!(state_of(&c, "r"), Some(("v3", "ACKed")));
+        // After a NACK, a same-resources change is NACKed with the reason.
+        let g = c.sent(state_with("cfg-2", route("v4")));
+        c.nacked(g, "cannot bind");
+        assert!(c.same_config(&state_with("cfg-2", route("v5"))));
+        assert_eq!(state_of(&c, "r"), Some(("v5", "NACKed")));
     }
 
     #[test]
