@@ -695,11 +695,14 @@ fn generate_ingress(meshes: &[Arc<MeshSnapshot>], id: &ProxyId, zi: Option<&Zone
     match zi {
         Some(zi) => {
             let config = gateway::ingress::generate(meshes.iter().map(|m| &**m), &id.name, zi);
-            (ProxyState { config: Ok(config.desired()), warnings: config.warnings }, Deps::default())
+            (
+                ProxyState { config: Ok(config.desired()), warnings: config.warnings, sources: Arc::default() },
+                Deps::default(),
+            )
         }
         None => {
             let e = gateway::GenError::UnknownIngress { name: id.name.clone() };
-            (ProxyState { config: Err(e.into()), warnings: Vec::new() }, Deps::default())
+            (ProxyState { config: Err(e.into()), warnings: Vec::new(), sources: Arc::default() }, Deps::default())
         }
     }
 }
