@@ -24,6 +24,7 @@
 //! Every answer carries a Content-Security-Policy allowing only this
 //! origin's script and style (no inline script), on top of maud's escaping.
 
+mod envoy;
 mod pages;
 mod status;
 
@@ -38,6 +39,8 @@ use axum::{
 };
 use meridian_rest::{ApiState, auth::Auth, server::PeerAddr};
 use serde::Deserialize;
+
+use crate::kds::envoy_admin::EnvoyAdmin;
 
 /// The cookie that carries the admin token for browsers (percent-encoded).
 pub const TOKEN_COOKIE: &str = "meridian-token";
@@ -57,12 +60,15 @@ pub struct GuiState {
     pub router: Router,
     /// The API speaks TLS itself: the token cookie is marked `Secure`.
     pub tls: bool,
+    /// The zones' inspection streams: a gateway Dataplane's Envoy config.
+    pub admin: EnvoyAdmin,
 }
 
 /// The GUI's routes under `/gui`; merge them into the API router. `router`
 /// is the API router itself (without the GUI), asked for `…/_status`;
-/// `tls` says the API is served over TLS (the cookie is then `Secure`).
-pub fn routes(api: ApiState, router: Router, tls: bool) -> Router {
+/// `tls` says the API is served over TLS (the cookie is then `Secure`);
+/// `admin` asks zones for a gateway Dataplane's Envoy config.
+pub fn routes(api: ApiState, router: Router, tls: bool, admin: EnvoyAdmin) -> Router {
     Router::new()
         .route("/gui", get(home))
         .route("/gui/", get(home))
@@ -74,7 +80,7 @@ pub fn routes(api: ApiState, router: Router, tls: bool) -> Router {
         .route("/gui/meshes/{mesh}", get(mesh))
         .route("/gui/meshes/{mesh}/{plural}/{name}", get(in_mesh))
         .route("/gui/{plural}/{name}", get(top))
-        .with_state(GuiState { api, router, tls })
+        .with_state(GuiState { api, router, tls, admin })
 }
 
 /// `?fragment=main`: only the inside of `<main>`, for the live refresh.
@@ -261,7 +267,13 @@ async fn resource(
         Err(e) => return store_error(e),
     };
     let status = status::of(s, caller, &entry).await;
-    let body = pages::resource(&entry, &status);
+    let envoy = match &entry.resource.spec {
+        meridian_sync_proto::Spec::Dataplane(d) if d.networking.as_ref().is_some_and(|n| n.gateway.is_some()) => {
+            Some(envoy::section(s, mesh, name).await)
+        }
+        _ => None,
+    };
+    let body = pages::resource(&entry, &status, envoy);
     page(p, &format!("{ty} {name}"), body)
 }
 

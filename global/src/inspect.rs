@@ -98,14 +98,30 @@ async fn inspect(
     kind: AdminKind,
 ) -> Result<Response, ApiError> {
     meridian_rest::require_admin(&s.api, &headers, &ci)?;
-    let (zone, local) = locate(&s.api, &mesh, &name).await?;
-    let request = q.request(kind, &mesh, &local).map_err(|(field, reason)| ApiError::field(field, reason))?;
+    let (json, body) = ask(&s.api, &s.admin, &mesh, &name, &q, kind).await?;
+    let ct = if json { "application/json" } else { "text/plain; charset=utf-8" };
+    Ok(([(header::CONTENT_TYPE, ct)], body).into_response())
+}
+
+/// Asks the zone owning Dataplane `mesh`/`name` (either name, see the
+/// module doc) for `kind`: the REST routes and the GUI's Envoy config
+/// panel share it. The caller checks who asks.
+///
+/// Returns whether the answer is JSON, and its bytes as the zone sent them.
+/// Errors: the statuses of the module doc's table (404, 400, 502, 504).
+pub async fn ask(
+    api: &ApiState,
+    admin: &EnvoyAdmin,
+    mesh: &str,
+    name: &str,
+    q: &AdminQuery,
+    kind: AdminKind,
+) -> Result<(bool, Vec<u8>), ApiError> {
+    let (zone, local) = locate(api, mesh, name).await?;
+    let request = q.request(kind, mesh, &local).map_err(|(field, reason)| ApiError::field(field, reason))?;
     let json = request.json;
-    match s.admin.ask(&zone, request, ASK_TIMEOUT).await {
-        Ok(body) => {
-            let ct = if json { "application/json" } else { "text/plain; charset=utf-8" };
-            Ok(([(header::CONTENT_TYPE, ct)], body).into_response())
-        }
+    match admin.ask(&zone, request, ASK_TIMEOUT).await {
+        Ok(body) => Ok((json, body)),
         Err(e @ AskError::Zone { .. }) => {
             Err(ApiError::new(StatusCode::BAD_GATEWAY, "Zone could not inspect", e.to_string()))
         }

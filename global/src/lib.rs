@@ -9,9 +9,9 @@
 //!   zones ◀══ KDS (gRPC, TLS, zone tokens) ══ kds::{cache, stream} ──▶ ZoneInsight
 //! ```
 
-pub mod inspect;
 pub mod diff;
 pub mod gui;
+pub mod inspect;
 pub mod kds;
 pub mod propagation;
 pub mod tls;
@@ -208,7 +208,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         .merge(inspect::routes(state.clone(), kds_server.envoy_admin.clone()))
         .layer(axum::middleware::from_fn_with_state((manager.clone(), kds_server.held()), propagation::header));
     // The GUI at /gui asks the API router itself for propagation status.
-    let router = api_router.clone().merge(gui::routes(state.clone(), api_router, api_tls.is_some()));
+    let router = api_router.clone().merge(gui::routes(
+        state.clone(),
+        api_router,
+        api_tls.is_some(),
+        kds_server.envoy_admin.clone(),
+    ));
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("KDS cache follower", {
         let stop = shutdown.clone().cancelled_owned();

@@ -217,6 +217,57 @@ async fn the_gui_shows_zones_gateways_and_live_propagation_in_chromium() {
     browser.screenshot(&shots.join("gateway-dataplane.png")).await;
     assert_no_secret("the Dataplane's page", &browser.html().await);
 
+    // Its Envoy config, reached from the MeshGateway's page: the listener
+    // and the applied route, as Envoy holds them (asked through the zone,
+    // now that the Dataplane says where its Envoy's admin listens).
+    let admin_port: u16 =
+        topo.envoy("edge-gw-1").admin().rsplit(':').next().and_then(|p| p.parse().ok()).expect("admin port");
+    let gw1 = serde_json::json!({"type": "Dataplane", "mesh": "default", "name": "edge-gw-1",
+        "networking": {"address": "127.0.0.1", "admin": {"port": admin_port},
+                       "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "edge"}}}});
+    topo.zone("zone-1").api().apply(&gw1).await;
+    browser.goto(&format!("{base}/gui/meshes/default/meshgateways/edge")).await;
+    let link = eventually("the gateway page links the Dataplane of zone-1", WAIT, || async {
+        let href = browser
+            .eval("(document.querySelector('tr.dp-status[data-dataplane=\"zone-1.edge-gw-1\"] a.dataplane') || {}).href || ''")
+            .await;
+        match href.as_str() {
+            Some(h) if !h.is_empty() => Ok(h.to_string()),
+            _ => Err(browser.text().await),
+        }
+    })
+    .await;
+    assert_eq!(link, format!("{base}/gui/meshes/default/dataplanes/zone-1.edge-gw-1"));
+    let listener = format!(":{port}");
+    eventually("the Dataplane's page shows its Envoy's listener and the applied route", WAIT, || async {
+        browser.goto(&link).await;
+        let listeners =
+            browser.eval("Array.from(document.querySelectorAll('#envoy li.listener')).map(l => l.textContent)").await;
+        let routes =
+            browser.eval("Array.from(document.querySelectorAll('#envoy li.route')).map(l => l.textContent)").await;
+        let has = |v: &Value, needle: &str| {
+            v.as_array().is_some_and(|a| a.iter().any(|x| x.as_str().is_some_and(|t| t.contains(needle))))
+        };
+        if has(&listeners, &listener) && has(&routes, "prefix /store") {
+            Ok(())
+        } else {
+            Err(format!("listeners {listeners}, routes {routes}: {}", browser.text().await))
+        }
+    })
+    .await;
+    let raw = browser.eval("document.querySelector('#envoy details#envoy-raw pre').textContent").await;
+    assert!(raw.as_str().is_some_and(|r| r.contains("ListenersConfigDump")), "the raw config dump: {raw}");
+    let html = browser.html().await;
+    assert!(!html.contains("PRIVATE KEY"), "a private key reached the page");
+    assert_no_secret("the Dataplane's Envoy config", &html);
+    browser.screenshot(&shots.join("gateway-dataplane-envoy.png")).await;
+
+    // zone-2's gateway does not say where its admin listens (nothing at
+    // 127.0.0.2:9901): the page says Envoy's admin did not answer.
+    browser.goto(&format!("{base}/gui/meshes/default/dataplanes/zone-2.edge-gw-2")).await;
+    let error = browser.eval("(document.querySelector('#envoy .envoy-error') || {}).textContent || ''").await;
+    assert!(error.as_str().is_some_and(|e| e.contains("did not answer")), "{error}: {}", browser.text().await);
+
     // A listener zone-1's Envoy cannot bind (another process holds
     // 127.0.0.1:<port>; zone-2's gateway binds 127.0.0.2): the gateway's
     // page shows zone-1's Dataplane NACKed with Envoy's reason, zone-2's ACKed.
@@ -248,6 +299,20 @@ async fn the_gui_shows_zones_gateways_and_live_propagation_in_chromium() {
     // A Zone's page (linked from the zones list): its YAML, nothing to propagate.
     assert_eq!(browser.goto(&format!("{base}/gui/zones/zone-1")).await, 200);
     assert!(browser.text().await.contains("stays at the global"), "{}", browser.text().await);
+
+    // A gateway Dataplane with no Envoy connected and no admin to ask: the
+    // zone cannot inspect it, and its page shows the inspect route's 502
+    // and the zone's reason.
+    let lonely = serde_json::json!({"type": "Dataplane", "mesh": "default", "name": "lonely-gw",
+        "networking": {"address": "127.0.0.2", "admin": {"port": 1},
+                       "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "lonely"}}}});
+    topo.zone("zone-2").api().apply(&lonely).await;
+    global.api().wait_for("/meshes/default/dataplanes/zone-2.lonely-gw", "synced from zone-2", |_| true).await;
+    assert_eq!(browser.goto(&format!("{base}/gui/meshes/default/dataplanes/zone-2.lonely-gw")).await, 200);
+    let error = browser.eval("(document.querySelector('#envoy .envoy-error') || {}).textContent || ''").await;
+    let error = error.as_str().unwrap_or_default().to_string();
+    assert!(error.contains("502 Zone could not inspect") && error.contains("lonely-gw"), "{error}");
+    browser.screenshot(&shots.join("gateway-dataplane-unreachable.png")).await;
 
     let problems = browser.console_problems();
     assert!(problems.is_empty(), "console errors, warnings or exceptions: {problems:#?}");

@@ -334,15 +334,17 @@ fn commands(e: &Entry) -> Vec<String> {
     out
 }
 
-/// A resource's page: propagation status, YAML, commands.
-pub fn resource(e: &Entry, status: &Status) -> Markup {
+/// A resource's page: propagation status, a gateway Dataplane's Envoy
+/// config (`envoy`, see [`super::envoy`]), YAML, commands.
+pub fn resource(e: &Entry, status: &Status, envoy: Option<Markup>) -> Markup {
     let ty = e.resource.resource_type();
     let m = &e.resource.meta;
     html! {
         h1 { (ty.name()) " " span.name { (m.name) }
              @if ty.is_mesh_scoped() { small { " in mesh " a href={ "/gui/meshes/" (m.mesh) } { (m.mesh) } } } }
         p { "version " code { (e.version) } ", modified " (universal::rfc3339_millis(m.modification_time)) " " (labels(m)) }
-        section #status { h2 { "Propagation" } (status_panel(status)) }
+        section #status { h2 { "Propagation" } (status_panel(status, &mesh_of(e))) }
+        @if let Some(envoy) = envoy { (envoy) }
         section #yaml { h2 { "YAML" } pre { code { (redacted_yaml(e)) } } }
         section #commands {
             h2 { "Commands" }
@@ -352,7 +354,17 @@ pub fn resource(e: &Entry, status: &Status) -> Markup {
     }
 }
 
-fn status_panel(status: &Status) -> Markup {
+/// The mesh a resource's Dataplanes live in (a Mesh's own name for a Mesh).
+fn mesh_of(e: &Entry) -> String {
+    if e.resource.resource_type() == ResourceType::Mesh {
+        e.resource.meta.name.clone()
+    } else {
+        e.resource.meta.mesh.clone()
+    }
+}
+
+/// The propagation panel; each Dataplane links to its page in `status_mesh`.
+fn status_panel(status: &Status, status_mesh: &str) -> Markup {
     html! {
         @if let Some(err) = &status.error {
             p.error { "No propagation status: " (err) }
@@ -373,7 +385,7 @@ fn status_panel(status: &Status) -> Markup {
                             tbody {
                                 @for d in &z.dataplanes {
                                     tr.dp-status data-zone=(z.zone) data-dataplane=(d.name) data-state=(d.state) data-version=(d.version.as_deref().unwrap_or("")) {
-                                        td { (d.name) } td { (state_badge(&d.state)) }
+                                        td { a.dataplane href={ "/gui/meshes/" (status_mesh) "/dataplanes/" (d.name) } { (d.name) } } td { (state_badge(&d.state)) }
                                         td { code { (d.version.as_deref().unwrap_or("-")) } }
                                         td { (d.time.as_deref().unwrap_or("-")) } td.reason { (d.reason.as_deref().unwrap_or("")) }
                                     }
@@ -423,7 +435,7 @@ mod tests {
             }],
             error: None,
         };
-        let html = resource(&entry(secret), &status).into_string();
+        let html = resource(&entry(secret), &status, None).into_string();
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;'&amp;"), "{html}");
         assert!(!html.contains("s3cr3t") && !html.contains("czNjcjN0"), "{html}");

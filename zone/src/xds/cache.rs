@@ -709,7 +709,10 @@ fn generate_ingress(meshes: &[Arc<MeshSnapshot>], id: &ProxyId, zi: Option<&Zone
     match zi {
         Some(zi) => {
             let config = gateway::ingress::generate(meshes.iter().map(|m| &**m), &id.name, zi);
-            (ProxyState { config: Ok(config.desired()), warnings: config.warnings, sources: Arc::default() }, Deps::default())
+            (
+                ProxyState { config: Ok(config.desired()), warnings: config.warnings, sources: Arc::default() },
+                Deps::default(),
+            )
         }
         None => {
             let e = gateway::GenError::UnknownIngress { name: id.name.clone() };

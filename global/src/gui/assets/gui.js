@@ -28,8 +28,18 @@
       })
       .then(function (html) {
         // Unchanged: keep the DOM (and the reader's selection) as it is.
+        // A collapsible block the reader opened (by id) stays open.
         if (html !== last) {
+          var open = Array.prototype.map.call(main.querySelectorAll("details[id][open]"), function (d) {
+            return d.id;
+          });
           main.innerHTML = html;
+          open.forEach(function (id) {
+            var d = document.getElementById(id);
+            if (d) {
+              d.open = true;
+            }
+          });
           last = html;
         }
         say("live · updated " + new Date().toLocaleTimeString());
