@@ -107,6 +107,17 @@ impl Identities {
                     id.mesh, backend.name
                 ));
                 warnings.sort();
+                // A switched backend whose zone CA has not arrived yet: the
+                // proxy keeps the identity it has (from the previous
+                // backend, still trusted) rather than losing its secrets.
+                let roots = mesh_ca.mesh.map(|m| trusted_roots(m, snapshot, mesh_ca.zone).concat()).unwrap_or_default();
+                if let Some(prev) = self.get(id).filter(|_| !roots.is_empty()) {
+                    let set = config.entry(SECRET_TYPE()).or_default();
+                    for s in secrets(&id.mesh, &prev, &roots) {
+                        let any = envoy_types::util::pack_any(s.clone());
+                        set.insert(s.name, Desired { version: any_version(&any), resource: any });
+                    }
+                }
                 return;
             }
         };
@@ -356,6 +367,16 @@ mod tests {
         assert_eq!(trusted(&config), format!("{}{}", ca1.root_cert_pem, ca2.root_cert_pem));
         assert_eq!(ids.get(&id).expect("issued").generation, 1);
         // Switched to ca-2: both roots still, a new identity from ca-2's chain.
+        // Switched to ca-3, whose zone CA has not arrived: a warning, and the
+        // ca-1 identity is kept (not dropped) with the roots at hand.
+        let mut config = BTreeMap::new();
+        let mut warnings = Vec::new();
+        let m3 = two("ca-3", &["ca-1", "ca-3"]);
+        ids.attach(&id, &MeshCa { mesh: Some(&m3), zone: "z" }, &snap, t0, &mut config, &mut warnings);
+        assert!(warnings[0].contains("no zone CA Secret"), "{warnings:?}");
+        assert_eq!(trusted(&config), ca1.root_cert_pem);
+        assert_eq!(names(&config), ["identity_cert:secret:default", "mesh_ca:secret:default"]);
+        assert_eq!(ids.get(&id).expect("kept").backend, "ca-1");
         let config = attach(t0, &two("ca-2", &["ca-1", "ca-2"]));
         assert_eq!(trusted(&config), format!("{}{}", ca2.root_cert_pem, ca1.root_cert_pem));
         let issued = ids.get(&id).expect("issued");
