@@ -36,8 +36,9 @@ async fn issued(zone: &meridian_tests::Zone, name: &str) -> u64 {
 
 /// A standalone zone-1 with `mesh` applied, application `app-b` behind
 /// sidecar `b-1` (service `b`) and builtin gateway `edge-1` routing `/` to
-/// `b` on the returned port; returns once a request went through.
-async fn gateway_to_sidecar(test: &str, mesh: &str) -> (Topology, u16, traffic::HttpBackend) {
+/// `b` on the returned port; returns once a request went through, with
+/// the gateway's port and the sidecar's inbound port.
+async fn gateway_to_sidecar(test: &str, mesh: &str) -> (Topology, u16, u16, traffic::HttpBackend) {
     let app = traffic::http_backend("app-b").await;
     let mut topo = Topology::builder(test).zone("zone-1").start().await;
     let (b_in, gw_port) = (traffic::free_port(), traffic::free_port());
@@ -62,12 +63,12 @@ async fn gateway_to_sidecar(test: &str, mesh: &str) -> (Topology, u16, traffic::
         if r.status == 200 && r.backend() == "app-b" { Ok(()) } else { Err(format!("{r:?}")) }
     })
     .await;
-    (topo, gw_port, app)
+    (topo, gw_port, b_in, app)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_rotate_under_traffic_without_a_failed_request() {
-    let (topo, gw_port, _app) = gateway_to_sidecar("mtls-rotation", SHORT_LIVED_MESH).await;
+    let (topo, gw_port, _, _app) = gateway_to_sidecar("mtls-rotation", SHORT_LIVED_MESH).await;
     // Requests flow until both proxies' certificates were re-issued twice.
     let zone = topo.zone("zone-1");
     let (start_b, start_gw) = (issued(zone, "b-1").await, issued(zone, "edge-1").await);
@@ -178,13 +179,16 @@ async fn zone_ca(topo: &Topology, backend: &str) -> meridian_core::ca::ZoneCa {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_ca_changes_under_traffic_without_a_failed_request() {
-    let (topo, gw_port, _app) = gateway_to_sidecar("mtls-ca-change", &mesh_with("ca-1", &["ca-1"])).await;
+    let (topo, gw_port, _, _app) = gateway_to_sidecar("mtls-ca-change", &mesh_with("ca-1", &["ca-1"])).await;
     let api = topo.zone("zone-1").api();
     let proxies = ["edge-1", "b-1"];
     let (identity, trusted) = ("identity_cert:secret:default", "mesh_ca:secret:default");
 
     // A switch to a backend nobody trusts yet is refused, and changes nothing.
     let doc = |yaml: &str| meridian_sync_proto::universal::parse_documents(yaml).expect("YAML").remove(0);
+    // (A GET first: the PUT then reuses a connection the API just served,
+    // not one its keep-alive timeout may be closing.)
+    assert_eq!(api.get("/meshes/default").await["mtls"]["enabledBackend"], "ca-1");
     let (status, body) = api.put("/meshes/default", &doc(&mesh_with("ca-2", &["ca-2"]))).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains(r#"add backend \"ca-2\" to mtls.backends first"#), "{body}");
@@ -215,8 +219,11 @@ async fn the_mesh_ca_changes_under_traffic_without_a_failed_request() {
             if pem.contains(&ca2.intermediate.cert_pem) { Ok(()) } else { Err(pem) }
         })
         .await;
-        let insight = api.get(&format!("/meshes/default/dataplane-insights/{p}")).await;
-        assert_eq!(insight["mTLS"]["issuedBackend"], "ca-2", "{insight}");
+        eventually(&format!("{p}'s insight says ca-2"), WAIT, || async {
+            let insight = api.fetch(&format!("/meshes/default/dataplane-insights/{p}")).await?;
+            if insight["mTLS"]["issuedBackend"] == "ca-2" { Ok(()) } else { Err(insight.to_string()) }
+        })
+        .await;
     }
     load.wait_for(20).await;
 
@@ -238,5 +245,30 @@ async fn the_mesh_ca_changes_under_traffic_without_a_failed_request() {
         let r = traffic::get(gw_port, "example.com", &format!("/after/{i}")).await.expect("a request after the change");
         assert!(r.status == 200 && r.backend() == "app-b", "{r:?}");
     }
+    topo.cleanup().await;
+}
+
+/// The first half of turning mTLS off with requests flowing: STRICT →
+/// PERMISSIVE. The sidecar's inbound starts accepting plaintext (a plain
+/// client reaches the application) while the gateway keeps originating
+/// mTLS; no request fails. (PERMISSIVE → off still fails requests for a
+/// moment: see the README, "Turning mTLS off".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_to_permissive_under_traffic_without_a_failed_request() {
+    let (topo, gw_port, b_in, _app) = gateway_to_sidecar("mtls-permissive", &mesh_with("ca-1", &["ca-1"])).await;
+    let plain = |path: &'static str| async move {
+        match traffic::get(b_in, "example.com", path).await {
+            Ok(r) if r.status == 200 && r.backend() == "app-b" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    };
+    assert!(plain("/strict").await.is_err(), "STRICT: a plain client reaches nothing");
+    let load = Load::start(gw_port);
+    load.wait_for(20).await;
+    topo.zone("zone-1").api().apply_yaml(&mesh_with("ca-1", &["ca-1"]).replace("STRICT", "PERMISSIVE")).await;
+    eventually("a plain client reaches app-b through the PERMISSIVE inbound", WAIT, || plain("/permissive")).await;
+    load.wait_for(50).await;
+    let (sent, failures) = load.finish().await;
+    assert!(failures.is_empty(), "{} of {sent} requests failed going PERMISSIVE: {failures:?}", failures.len());
     topo.cleanup().await;
 }
