@@ -353,4 +353,43 @@ mod tests {
         assert_eq!(done.deleted.len(), 2, "{done:?}");
         assert!(data(&m, ResourceType::GlobalSecret, "", "default.ca-builtin-root-ca-1").await.is_none());
     }
+
+    #[tokio::test]
+    async fn both_backends_of_a_ca_change_get_material_and_the_removed_one_loses_it() {
+        let (m, _dir) = manager().await;
+        let mut two = mesh("default", Some("ca-1"));
+        if let Spec::Mesh(spec) = &mut two.spec
+            && let Some(mtls) = spec.mtls.as_mut()
+        {
+            let ca2 = pb::mesh::CertificateAuthorityBackend { name: "ca-2".into(), ..mtls.backends[0].clone() };
+            mtls.backends.push(ca2);
+        }
+        write(&m, &two).await.expect("mesh");
+        let zones = BTreeSet::from(["zone-1".to_string()]);
+        let now = SystemTime::now();
+        let done = reconcile(&m, &zones, now).await.expect("reconcile");
+        assert_eq!(done.roots, ["default.ca-builtin-root-ca-1", "default.ca-builtin-root-ca-2"]);
+        let bundle = |b: &'static str| {
+            let m = m.clone();
+            async move {
+                let d = data(&m, ResourceType::Secret, "default", &zone_ca_secret_name(b, "zone-1")).await;
+                ZoneCa::from_pem(&d.expect("the zone CA")).expect("bundle")
+            }
+        };
+        let (z1, z2) = (bundle("ca-1").await, bundle("ca-2").await);
+        assert_ne!(z1.root_cert_pem, z2.root_cert_pem, "two roots");
+
+        // Switched to ca-2, then ca-1 removed: ca-2's material stays, ca-1's goes.
+        write(&m, &mesh("default", Some("ca-2"))).await.expect("mesh");
+        let done = reconcile(&m, &zones, now).await.expect("reconcile");
+        assert!(done.roots.is_empty() && done.intermediates.is_empty(), "{done:?}");
+        assert_eq!(
+            done.deleted,
+            [
+                (String::new(), "default.ca-builtin-root-ca-1".to_string()),
+                ("default".to_string(), zone_ca_secret_name("ca-1", "zone-1"))
+            ]
+        );
+        assert_eq!(bundle("ca-2").await.root_cert_pem, z2.root_cert_pem);
+    }
 }

@@ -1103,10 +1103,21 @@ fn mesh() {
                 json!({"mtls": {"enabledBackend": "ca-1", "backends": [
                     {"name": "ca-1", "type": "builtin"}, {"name": "ca-1", "type": "builtin"}
                 ]}}),
-                &[
-                    ("mtls.backends", "cannot have more than 1 backends"),
-                    ("mtls.backends[1].name", "\"ca-1\" name is already used for another backend"),
-                ],
+                &[("mtls.backends[1].name", "\"ca-1\" name is already used for another backend")],
+            ),
+            c(
+                "ours: two backends (a CA change under way)",
+                json!({"mtls": {"enabledBackend": "ca-1", "backends": [
+                    {"name": "ca-1", "type": "builtin"}, {"name": "ca-2", "type": "builtin"}
+                ]}}),
+                OK,
+            ),
+            c(
+                "three backends",
+                json!({"mtls": {"enabledBackend": "ca-1", "backends": [
+                    {"name": "ca-1", "type": "builtin"}, {"name": "ca-2", "type": "builtin"}, {"name": "ca-3", "type": "builtin"}
+                ]}}),
+                &[("mtls.backends", "cannot have more than 2 backends")],
             ),
             c(
                 "enabled backend not declared",

@@ -5,8 +5,15 @@
 //!   Mesh.mtls.enabledBackend set
 //!        │
 //!        ├─▶ SDS "identity_cert:secret:<mesh>"  tls_certificate: leaf + intermediate, key
-//!        └─▶ SDS "mesh_ca:secret:<mesh>"        validation_context.trusted_ca: the mesh root CA
+//!        └─▶ SDS "mesh_ca:secret:<mesh>"        validation_context.trusted_ca: the root CA of every
+//!                                               builtin backend listed (enabled first)
 //! ```
+//!
+//! Trusting every listed backend's root is what lets a mesh change its CA
+//! with traffic flowing: add the new backend (every proxy now trusts both
+//! roots), switch `enabledBackend` to it (identities are re-issued from its
+//! chain while the old ones stay valid), remove the old backend (its root
+//! stops being trusted).
 //!
 //! The names are the incumbent's (Kuma's `pkg/xds/generator/secrets`, legacy
 //! naming), so listeners and clusters of every generator refer to them the
@@ -23,7 +30,13 @@ use envoy_types::pb::envoy::{
     extensions::transport_sockets::tls::v3::{CertificateValidationContext, Secret, TlsCertificate, secret},
 };
 use meridian_core::ca::{self, CertKey, ZoneCa};
-use meridian_sync_proto::pb::mesh::{Mesh, certificate_authority_backend};
+use meridian_core::mesh_ca::zone_ca_secret_name;
+use meridian_sync_proto::{
+    pb::mesh::{Mesh, certificate_authority_backend},
+    validate,
+};
+
+use crate::gateway::MeshSnapshot;
 
 /// How inbound listeners of an mTLS mesh treat plaintext, as the incumbent's
 /// `CertificateAuthorityBackend.mode`.
@@ -112,8 +125,30 @@ pub fn dataplane_tags(dp: &meridian_sync_proto::pb::mesh::Dataplane) -> BTreeMap
     tags
 }
 
-/// The two SDS secrets of a proxy (see the module's diagram).
-pub fn secrets(mesh: &str, issued: &Issued, ca: &ZoneCa) -> [Secret; 2] {
+/// The root certificates (PEM) proxies of `mesh` trust in zone `zone`: the
+/// root of every `builtin` backend listed in `mtls.backends` whose zone CA
+/// Secret (`ca-builtin-intermediate-<backend>.<zone>`, in `snapshot`) this
+/// zone holds, the enabled backend's first, without duplicates. Empty with
+/// no mTLS section or no CA received yet.
+pub fn trusted_roots(mesh: &Mesh, snapshot: &MeshSnapshot, zone: &str) -> Vec<String> {
+    let Some(mtls) = mesh.mtls.as_ref() else { return Vec::new() };
+    let mut backends: Vec<_> = mtls.backends.iter().filter(|b| b.r#type == validate::BUILTIN).collect();
+    backends.sort_by_key(|b| b.name != mtls.enabled_backend);
+    let mut roots: Vec<String> = Vec::new();
+    for b in backends {
+        let data = snapshot.secrets.get(&zone_ca_secret_name(&b.name, zone)).and_then(|s| s.spec.data.as_ref());
+        let Some(ca) = data.and_then(|d| ZoneCa::from_pem(&d.value).ok()) else { continue };
+        if !roots.contains(&ca.root_cert_pem) {
+            roots.push(ca.root_cert_pem);
+        }
+    }
+    roots
+}
+
+/// The two SDS secrets of a proxy (see the module's diagram): its identity,
+/// and `trusted` (concatenated root certificates, [`trusted_roots`]) as the
+/// mesh CA.
+pub fn secrets(mesh: &str, issued: &Issued, trusted: &str) -> [Secret; 2] {
     let inline = |s: &str| DataSource {
         specifier: Some(data_source::Specifier::InlineString(s.to_string())),
         ..Default::default()
@@ -130,7 +165,7 @@ pub fn secrets(mesh: &str, issued: &Issued, ca: &ZoneCa) -> [Secret; 2] {
         Secret {
             name: ca_secret_name(mesh),
             r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-                trusted_ca: Some(inline(&ca.root_cert_pem)),
+                trusted_ca: Some(inline(trusted)),
                 ..Default::default()
             })),
         },

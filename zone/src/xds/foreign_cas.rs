@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::{
     config::core::v3::{DataSource, data_source},
     extensions::transport_sockets::tls::v3::{CertificateValidationContext, Secret, secret},
 };
-use meridian_core::{ca::ZoneCa, mesh_ca::zone_ca_secret_name};
+use meridian_core::mesh_ca::zone_ca_secret_name;
 use meridian_sync_proto::{
     delta::{Desired, DesiredSet, any_version},
     pb::mesh::Mesh,
@@ -22,13 +22,16 @@ use crate::gateway::{Deps, MeshSnapshot, SECRET_TYPE, cross_mesh::MESH_TAG, mesh
 /// Every mesh of the zone: its snapshot and its Mesh spec.
 pub type AllMeshes = Vec<(Arc<MeshSnapshot>, Option<Arc<Mesh>>)>;
 
-/// The root certificate (PEM) of `mesh`'s enabled CA, read from this zone's
-/// intermediate Secret; `None` when mTLS is off there or the zone holds no CA yet.
+/// The root certificates (PEM, concatenated) `mesh`'s proxies trust, read
+/// from this zone's intermediate Secrets ([`crate::mtls::trusted_roots`]:
+/// during a CA change, both backends'); `None` when mTLS is off there or the
+/// zone holds no CA of its enabled backend yet.
 fn root_of(all: &AllMeshes, mesh: &str, zone: &str) -> Option<String> {
     let (snapshot, spec) = all.iter().find(|(s, _)| s.mesh == mesh)?;
-    let backend = spec.as_deref().and_then(crate::mtls::enabled_backend)?;
-    let data = snapshot.secrets.get(&zone_ca_secret_name(&backend.name, zone))?.spec.data.as_ref()?;
-    ZoneCa::from_pem(&data.value).ok().map(|ca| ca.root_cert_pem)
+    let spec = spec.as_deref()?;
+    let backend = crate::mtls::enabled_backend(spec)?;
+    snapshot.secrets.get(&zone_ca_secret_name(&backend.name, zone))?.spec.data.as_ref()?;
+    Some(crate::mtls::trusted_roots(spec, snapshot, zone).concat()).filter(|r| !r.is_empty())
 }
 
 fn ca_secret(name: String, pem: String) -> Secret {

@@ -22,7 +22,7 @@ use meridian_sync_proto::{
 use super::cache::ProxyId;
 use crate::{
     gateway::{MeshSnapshot, SECRET_TYPE},
-    mtls::{Issued, dataplane_tags, enabled_backend, needs_issue, secrets},
+    mtls::{Issued, dataplane_tags, enabled_backend, needs_issue, secrets, trusted_roots},
 };
 
 /// The identity store: per proxy, what was issued. Shared by the xDS cache
@@ -107,6 +107,17 @@ impl Identities {
                     id.mesh, backend.name
                 ));
                 warnings.sort();
+                // A switched backend whose zone CA has not arrived yet: the
+                // proxy keeps the identity it has (from the previous
+                // backend, still trusted) rather than losing its secrets.
+                let roots = mesh_ca.mesh.map(|m| trusted_roots(m, snapshot, mesh_ca.zone).concat()).unwrap_or_default();
+                if let Some(prev) = self.get(id).filter(|_| !roots.is_empty()) {
+                    let set = config.entry(SECRET_TYPE()).or_default();
+                    for s in secrets(&id.mesh, &prev, &roots) {
+                        let any = envoy_types::util::pack_any(s.clone());
+                        set.insert(s.name, Desired { version: any_version(&any), resource: any });
+                    }
+                }
                 return;
             }
         };
@@ -150,8 +161,16 @@ impl Identities {
                 return;
             }
         };
+        // The enabled backend's root, then every other listed backend's
+        // (old and new trusted while a CA change is under way).
+        let mut roots = vec![zone_ca.root_cert_pem.clone()];
+        if let Some(mesh) = mesh_ca.mesh {
+            roots.extend(
+                trusted_roots(mesh, snapshot, mesh_ca.zone).into_iter().filter(|r| *r != zone_ca.root_cert_pem),
+            );
+        }
         let set = config.entry(SECRET_TYPE()).or_default();
-        for s in secrets(&id.mesh, &issued, &zone_ca) {
+        for s in secrets(&id.mesh, &issued, &roots.concat()) {
             let any = envoy_types::util::pack_any(s.clone());
             set.insert(s.name, Desired { version: any_version(&any), resource: any });
         }
@@ -292,5 +311,81 @@ mod tests {
         let (config, warnings) = attach(t1, &snap, &MeshCa { mesh: Some(&m), zone: "other" });
         assert_eq!(names(&config), Vec::<String>::new());
         assert!(warnings[0].contains("cannot issue identities"), "{warnings:?}");
+    }
+
+    /// The trusted roots in the `mesh_ca` secret of a configuration.
+    fn trusted(config: &BTreeMap<String, DesiredSet>) -> String {
+        let any = &config[&SECRET_TYPE()][&ca_secret_name("default")].resource;
+        let secret: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret =
+            prost::Message::decode(&any.value[..]).expect("a Secret");
+        match secret.r#type {
+            Some(envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type::ValidationContext(
+                v,
+            )) => match v.trusted_ca.and_then(|d| d.specifier) {
+                Some(envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString(s)) => s,
+                other => panic!("trusted_ca: {other:?}"),
+            },
+            other => panic!("not a validation context: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn both_listed_backends_are_trusted_and_a_switch_re_issues_from_the_new_one() {
+        let t0 = SystemTime::now();
+        let (ca1, ca2) = (zone_ca(t0), zone_ca(t0));
+        let mut snap = snapshot(&ca1, "edge");
+        snap.upsert(&Resource::new(
+            "default",
+            zone_ca_secret_name("ca-2", "z"),
+            Spec::Secret(pb::system::Secret {
+                data: Some(pbjson_types::BytesValue { value: ca2.to_pem().into_bytes().into() }),
+            }),
+        ));
+        let two = |enabled: &str, names: &[&str]| {
+            let mut m = mesh(enabled, "100s");
+            let backend = m.mtls.as_ref().expect("mtls").backends[0].clone();
+            m.mtls.as_mut().expect("mtls").backends = names
+                .iter()
+                .map(|n| pb::mesh::CertificateAuthorityBackend { name: (*n).into(), ..backend.clone() })
+                .collect();
+            m
+        };
+        let ids = Identities::default();
+        let id = ProxyId { mesh: "default".into(), name: "gw".into() };
+        let attach = |now: SystemTime, m: &Mesh| {
+            let mut config = BTreeMap::new();
+            let mut warnings = Vec::new();
+            ids.attach(&id, &MeshCa { mesh: Some(m), zone: "z" }, &snap, now, &mut config, &mut warnings);
+            assert_eq!(warnings, Vec::<String>::new());
+            config
+        };
+
+        // One backend: its root alone.
+        let config = attach(t0, &two("ca-1", &["ca-1"]));
+        assert_eq!(trusted(&config), ca1.root_cert_pem);
+        // ca-2 added: both roots (enabled first), the identity kept.
+        let config = attach(t0, &two("ca-1", &["ca-1", "ca-2"]));
+        assert_eq!(trusted(&config), format!("{}{}", ca1.root_cert_pem, ca2.root_cert_pem));
+        assert_eq!(ids.get(&id).expect("issued").generation, 1);
+        // Switched to ca-2: both roots still, a new identity from ca-2's chain.
+        // Switched to ca-3, whose zone CA has not arrived: a warning, and the
+        // ca-1 identity is kept (not dropped) with the roots at hand.
+        let mut config = BTreeMap::new();
+        let mut warnings = Vec::new();
+        let m3 = two("ca-3", &["ca-1", "ca-3"]);
+        ids.attach(&id, &MeshCa { mesh: Some(&m3), zone: "z" }, &snap, t0, &mut config, &mut warnings);
+        assert!(warnings[0].contains("no zone CA Secret"), "{warnings:?}");
+        assert_eq!(trusted(&config), ca1.root_cert_pem);
+        assert_eq!(names(&config), ["identity_cert:secret:default", "mesh_ca:secret:default"]);
+        assert_eq!(ids.get(&id).expect("kept").backend, "ca-1");
+        let config = attach(t0, &two("ca-2", &["ca-1", "ca-2"]));
+        assert_eq!(trusted(&config), format!("{}{}", ca2.root_cert_pem, ca1.root_cert_pem));
+        let issued = ids.get(&id).expect("issued");
+        assert_eq!((issued.generation, issued.backend.as_str()), (2, "ca-2"));
+        assert_eq!(issued.ca_cert_pem, ca2.intermediate.cert_pem);
+        // ca-1 removed: ca-2's root alone, the identity kept.
+        let config = attach(t0, &two("ca-2", &["ca-2"]));
+        assert_eq!(trusted(&config), ca2.root_cert_pem);
+        assert_eq!(ids.get(&id).expect("issued").generation, 2);
     }
 }
