@@ -398,7 +398,8 @@ fn finish(
     local_clusters: Vec<Cluster>,
     mut ctx: Ctx,
 ) -> ProxyConfig {
-    let (mut clusters, endpoints) = clusters::generate(snapshot, &ctx.clusters, ctx.mtls.as_ref(), true, &mut ctx.warnings);
+    let (mut clusters, endpoints) =
+        clusters::generate(snapshot, &ctx.clusters, ctx.mtls.as_ref(), true, &mut ctx.warnings);
     if ctx.deps.gateway.is_some() {
         for c in &mut clusters {
             if let Some(destination) = ctx.clusters.get(&c.name) {
