@@ -32,3 +32,11 @@ pub fn is_reserved_label(key: &str) -> bool {
 pub fn origin(r: &Resource) -> Option<&str> {
     r.meta.labels.get(LABEL_ORIGIN).map(String::as_str)
 }
+
+/// Whether a resource with `labels` was authored in zone `zone`: not
+/// received from the global (`kuma.io/origin: global`), and not another
+/// zone's resource relayed by the global (`kuma.io/zone` names another).
+pub fn is_local_to(labels: &std::collections::BTreeMap<String, String>, zone: &str) -> bool {
+    labels.get(LABEL_ORIGIN).map(String::as_str) != Some(ORIGIN_GLOBAL)
+        && labels.get(LABEL_ZONE).is_none_or(|z| z == zone)
+}

@@ -103,7 +103,7 @@ pub async fn reconcile(manager: &Manager, zone: &str) -> Result<usize, ManagerEr
     let services = crate::gateway::ingress::available_services(meshes.values());
     let mut written = 0;
     for stored in manager.list_stored(&list(ResourceType::ZoneIngress)).await.map_err(ManagerError::Store)?.items {
-        if !crate::kds::is_local(&stored.labels, zone) {
+        if !meridian_core::origin::is_local_to(&stored.labels, zone) {
             continue;
         }
         let Ok(entry) = Manager::decode(&stored) else { continue };

@@ -135,6 +135,11 @@ pub struct MeshSnapshot {
 }
 
 impl MeshSnapshot {
+    /// The bytes of Secret `name` of this mesh, when held.
+    pub fn secret_data(&self, name: &str) -> Option<&[u8]> {
+        self.secrets.get(name).and_then(|s| s.spec.data.as_ref()).map(|d| &d.value[..])
+    }
+
     pub fn new(mesh: impl Into<String>) -> MeshSnapshot {
         MeshSnapshot { mesh: mesh.into(), ..MeshSnapshot::default() }
     }

@@ -255,12 +255,7 @@ async fn answer_requests<Req: AdminRequestMessage, Resp: AdminResponseMessage>(
     }
 }
 
-/// Whether a resource was authored in this zone (not received from the
-/// global, and not another zone's resource relayed by the global).
-pub(crate) fn is_local(labels: &BTreeMap<String, String>, zone: &str) -> bool {
-    labels.get(LABEL_ORIGIN).map(String::as_str) != Some(ORIGIN_GLOBAL)
-        && labels.get(LABEL_ZONE).is_none_or(|z| z == zone)
-}
+use meridian_core::origin::is_local_to as is_local;
 
 /// What the zone holds of `ty`, by wire name: what came from the global
 /// (`from_global`) or what was authored here.

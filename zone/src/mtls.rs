@@ -36,8 +36,6 @@ use meridian_sync_proto::{
     validate,
 };
 
-use crate::gateway::MeshSnapshot;
-
 /// How inbound listeners of an mTLS mesh treat plaintext, as the incumbent's
 /// `CertificateAuthorityBackend.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,17 +125,19 @@ pub fn dataplane_tags(dp: &meridian_sync_proto::pb::mesh::Dataplane) -> BTreeMap
 
 /// The root certificates (PEM) proxies of `mesh` trust in zone `zone`: the
 /// root of every `builtin` backend listed in `mtls.backends` whose zone CA
-/// Secret (`ca-builtin-intermediate-<backend>.<zone>`, in `snapshot`) this
-/// zone holds, the enabled backend's first, without duplicates. Empty with
-/// no mTLS section or no CA received yet.
-pub fn trusted_roots(mesh: &Mesh, snapshot: &MeshSnapshot, zone: &str) -> Vec<String> {
+/// Secret (`ca-builtin-intermediate-<backend>.<zone>`; `secret_data` gives a
+/// Secret's bytes by name, e.g. [`crate::gateway::MeshSnapshot::secret_data`])
+/// this zone holds, the enabled backend's first, without duplicates. Empty
+/// with no mTLS section or no CA received yet.
+pub fn trusted_roots<'a>(mesh: &Mesh, zone: &str, secret_data: impl Fn(&str) -> Option<&'a [u8]>) -> Vec<String> {
     let Some(mtls) = mesh.mtls.as_ref() else { return Vec::new() };
     let mut backends: Vec<_> = mtls.backends.iter().filter(|b| b.r#type == validate::BUILTIN).collect();
     backends.sort_by_key(|b| b.name != mtls.enabled_backend);
     let mut roots: Vec<String> = Vec::new();
     for b in backends {
-        let data = snapshot.secrets.get(&zone_ca_secret_name(&b.name, zone)).and_then(|s| s.spec.data.as_ref());
-        let Some(ca) = data.and_then(|d| ZoneCa::from_pem(&d.value).ok()) else { continue };
+        let Some(ca) = secret_data(&zone_ca_secret_name(&b.name, zone)).and_then(|d| ZoneCa::from_pem(d).ok()) else {
+            continue;
+        };
         if !roots.contains(&ca.root_cert_pem) {
             roots.push(ca.root_cert_pem);
         }

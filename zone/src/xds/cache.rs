@@ -420,7 +420,7 @@ impl Cache {
             if let Ok(e) = Manager::decode(stored)
                 && let Spec::ZoneIngress(zi) = e.resource.spec
             {
-                if crate::kds::is_local(&stored.labels, &self.zone) {
+                if meridian_core::origin::is_local_to(&stored.labels, &self.zone) {
                     local_ingresses.insert(e.resource.meta.name, zi);
                 } else {
                     remote_ingresses.insert(e.resource.meta.name, zi);
@@ -534,7 +534,9 @@ impl Cache {
             if ty == ResourceType::ZoneIngress {
                 let new = match c.kind {
                     ChangeKind::Upsert => match Manager::decode(&c.resource).map(|e| e.resource.spec) {
-                        Ok(Spec::ZoneIngress(zi)) => Some((zi, crate::kds::is_local(&c.resource.labels, &self.zone))),
+                        Ok(Spec::ZoneIngress(zi)) => {
+                            Some((zi, meridian_core::origin::is_local_to(&c.resource.labels, &self.zone)))
+                        }
                         _ => {
                             tracing::warn!(name = %key.name, "skipping undecodable ZoneIngress");
                             continue;

@@ -31,7 +31,7 @@ fn root_of(all: &AllMeshes, mesh: &str, zone: &str) -> Option<String> {
     let spec = spec.as_deref()?;
     let backend = crate::mtls::enabled_backend(spec)?;
     snapshot.secrets.get(&zone_ca_secret_name(&backend.name, zone))?.spec.data.as_ref()?;
-    Some(crate::mtls::trusted_roots(spec, snapshot, zone).concat()).filter(|r| !r.is_empty())
+    Some(crate::mtls::trusted_roots(spec, zone, |n| snapshot.secret_data(n)).concat()).filter(|r| !r.is_empty())
 }
 
 fn ca_secret(name: String, pem: String) -> Secret {

@@ -110,7 +110,10 @@ impl Identities {
                 // A switched backend whose zone CA has not arrived yet: the
                 // proxy keeps the identity it has (from the previous
                 // backend, still trusted) rather than losing its secrets.
-                let roots = mesh_ca.mesh.map(|m| trusted_roots(m, snapshot, mesh_ca.zone).concat()).unwrap_or_default();
+                let roots = mesh_ca
+                    .mesh
+                    .map(|m| trusted_roots(m, mesh_ca.zone, |n| snapshot.secret_data(n)).concat())
+                    .unwrap_or_default();
                 if let Some(prev) = self.get(id).filter(|_| !roots.is_empty()) {
                     let set = config.entry(SECRET_TYPE()).or_default();
                     for s in secrets(&id.mesh, &prev, &roots) {
@@ -166,7 +169,9 @@ impl Identities {
         let mut roots = vec![zone_ca.root_cert_pem.clone()];
         if let Some(mesh) = mesh_ca.mesh {
             roots.extend(
-                trusted_roots(mesh, snapshot, mesh_ca.zone).into_iter().filter(|r| *r != zone_ca.root_cert_pem),
+                trusted_roots(mesh, mesh_ca.zone, |n| snapshot.secret_data(n))
+                    .into_iter()
+                    .filter(|r| *r != zone_ca.root_cert_pem),
             );
         }
         let set = config.entry(SECRET_TYPE()).or_default();
