@@ -13,6 +13,7 @@
 //!   Ctl       runs target/debug/meridianctl in an isolated HOME
 //!   raw_kds   a KDS client written only from the wire description
 //!   traffic   backends and the clients that talk through Envoy
+//!   scale     the scale harness: measured figures with same-run baselines
 //! ```
 //!
 //! The binaries are not built here: run `cargo build --workspace --bins`
@@ -29,6 +30,7 @@ pub mod json_api;
 pub mod process;
 pub mod raw_kds;
 pub mod resources;
+pub mod scale;
 pub mod topology;
 pub mod traffic;
 
