@@ -185,7 +185,11 @@ impl Report {
     pub fn table(&self) -> String {
         let mut s = String::from("| what | figure | same-run baseline | ratio |\n|---|---|---|---|\n");
         for r in &self.rows {
-            let ratio = if r.ratio().is_finite() { format!("{:.1}", r.ratio()) } else { "n/a (baseline 0)".into() };
+            let ratio = match r.ratio() {
+                x if !x.is_finite() => "n/a (baseline 0)".to_string(),
+                x if x.abs() < 1.0 => format!("{x:.3}"),
+                x => format!("{x:.1}"),
+            };
             s.push_str(&format!(
                 "| {} | {} | {}: {} | {ratio} |\n",
                 r.what,
