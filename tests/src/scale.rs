@@ -307,6 +307,26 @@ async fn updates(
     (lat, cpu_used, wire)
 }
 
+/// Registers Dataplanes `dp-0..d` at `api` with [`REGISTER_CLIENTS`]
+/// concurrent clients; returns the wall time.
+async fn register(api: &JsonApi, d: usize) -> Duration {
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..REGISTER_CLIENTS {
+        let zapi = api.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (c..d).step_by(REGISTER_CLIENTS) {
+                let a = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
+                zapi.apply(&resources::dataplane(&format!("dp-{i}"), &a, &format!("svc-{}", i % 100))).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a registering client panicked");
+    }
+    t.elapsed()
+}
+
 /// Runs every measurement of the harness once and returns the table's rows.
 pub async fn run(cfg: Config) -> Report {
     crate::init_crypto();
@@ -427,21 +447,7 @@ pub async fn run(cfg: Config) -> Report {
     let zone_pid = zone.process().pid();
     let (zone_rss0, global_rss0) = (rss(zone_pid), rss(global.pid()));
     let d = cfg.dataplanes;
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..REGISTER_CLIENTS {
-        let zapi = zone.api().clone();
-        tasks.push(tokio::spawn(async move {
-            for i in (c..d).step_by(REGISTER_CLIENTS) {
-                let a = format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255);
-                zapi.apply(&resources::dataplane(&format!("dp-{i}"), &a, &format!("svc-{}", i % 100))).await;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("a registering client panicked");
-    }
-    let registered = t.elapsed();
+    let registered = register(zone.api(), d).await;
     let last = Instant::now();
     let deadline = last + LIMIT;
     loop {
@@ -472,6 +478,20 @@ pub async fn run(cfg: Config) -> Report {
         baseline: ms(rest),
         baseline_unit: "ms",
     });
+    drop(zone);
+    // The same registration at a standalone zone: what federation costs.
+    let standalone = Zone::standalone(&dir, "dp-standalone").await;
+    standalone.api().apply(&resources::mesh("default")).await;
+    let alone = register(standalone.api(), d).await;
+    drop(standalone);
+    rows.push(Row {
+        what: format!("{d} Dataplanes registered at a standalone zone ({REGISTER_CLIENTS} clients), per second"),
+        figure: d as f64 / alone.as_secs_f64(),
+        unit: "/s",
+        baseline_what: "the federated zone, same run".into(),
+        baseline: d as f64 / registered.as_secs_f64(),
+        baseline_unit: "/s",
+    });
     for (what, before, after) in
         [("zone", zone_rss0, zone_rss1), (&format!("global ({store})") as &str, global_rss0, global_rss1)]
     {
@@ -484,7 +504,6 @@ pub async fn run(cfg: Config) -> Report {
             baseline_unit: "B",
         });
     }
-    drop(zone);
     global.cleanup().await;
     Report { config: cfg, rows }
 }

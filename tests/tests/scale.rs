@@ -37,6 +37,7 @@ async fn smoke_run_produces_every_row_with_a_baseline() {
         "KDS bytes received by all 2 zones per route update, 5 MeshGateways held",
         "20 Dataplanes registered at a federated zone (8 clients), per second",
         "last of 20 Dataplanes registered → the global lists all",
+        "20 Dataplanes registered at a standalone zone (8 clients), per second",
         "zone memory (RSS) per Dataplane, over 20",
         "global (sqlite) memory (RSS) per Dataplane, over 20",
     ];
