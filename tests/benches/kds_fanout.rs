@@ -14,14 +14,13 @@
 //! nothing about time.
 
 use std::{
-    collections::{HashMap, HashSet},
+    sync::{Arc, atomic::AtomicU64},
     time::{Duration, Instant},
 };
 
 use meridian_tests::{
-    Global, GlobalSpec, TestDir,
-    raw_kds::{DeltaDiscoveryRequest, RawKds},
-    resources,
+    Global, GlobalSpec, TestDir, resources,
+    scale::{Arrivals, cpu, raw_zone},
 };
 use tokio::sync::mpsc;
 
@@ -32,69 +31,8 @@ const ZONES: usize = 100;
 const PRELOAD: usize = 500;
 /// Route PUTs measured.
 const UPDATES: usize = 50;
-/// How long one update may take to reach every zone before the bench gives up.
-const LIMIT: Duration = Duration::from_secs(60);
 /// How long the idle global's CPU is measured.
 const IDLE: Duration = Duration::from_secs(6);
-const TYPES: [&str; 5] = ["Mesh", "Secret", "MeshGateway", "MeshGatewayRoute", "ZoneIngress"];
-
-/// User + system CPU time of `pid`, from `/proc/<pid>/stat` (clock ticks of 10 ms).
-fn cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    // Fields after the command name (which is in parentheses).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
-}
-
-/// One raw zone: subscribes to every type, ACKs everything, reports each
-/// MeshGatewayRoute it receives as (zone index, wire name).
-async fn zone(global: &Global, idx: usize, seen: mpsc::UnboundedSender<(usize, String)>) {
-    let name = format!("zone-{idx}");
-    let token = global.zone_token(&name).await;
-    let raw = RawKds::connect(&global.kds_url(), global.ca(), &name, Some(&token)).await;
-    let (tx, mut rx) = raw.global_to_zone().await.expect("open GlobalToZoneSync");
-    for ty in TYPES {
-        tx.send(DeltaDiscoveryRequest { type_url: ty.to_string(), ..Default::default() }).await.expect("subscribe");
-    }
-    tokio::spawn(async move {
-        let _raw = raw;
-        while let Ok(Some(resp)) = rx.message().await {
-            if resp.type_url == "MeshGatewayRoute" {
-                for r in &resp.resources {
-                    let _ = seen.send((idx, r.name.clone()));
-                }
-            }
-            let ack = DeltaDiscoveryRequest {
-                type_url: resp.type_url.clone(),
-                response_nonce: resp.nonce.clone(),
-                ..Default::default()
-            };
-            if tx.send(ack).await.is_err() {
-                break;
-            }
-        }
-    });
-}
-
-/// Waits until every zone reported `name`, counting reports of other names.
-async fn wait_all(
-    rx: &mut mpsc::UnboundedReceiver<(usize, String)>,
-    pending: &mut HashMap<String, HashSet<usize>>,
-    name: &str,
-    zones: usize,
-) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while pending.get(name).map_or(0, HashSet::len) < zones {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((z, n))) => {
-                pending.entry(n).or_default().insert(z);
-            }
-            _ => panic!("{name} did not reach all {zones} zones within {LIMIT:?}"),
-        }
-    }
-}
 
 #[tokio::main]
 async fn main() {
@@ -108,14 +46,15 @@ async fn main() {
         api.apply(&resources::route(&format!("pre-{i}"), "gw", &format!("svc-{i}"))).await;
     }
 
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    let (seen_tx, seen_rx) = mpsc::unbounded_channel();
+    let bytes = Arc::new(AtomicU64::new(0));
     let t = Instant::now();
     for idx in 0..zones {
-        zone(&global, idx, seen_tx.clone()).await;
+        raw_zone(&global, idx, seen_tx.clone(), bytes.clone()).await;
     }
-    let mut pending: HashMap<String, HashSet<usize>> = HashMap::new();
+    let mut arrivals = Arrivals::new(seen_rx);
     for i in 0..PRELOAD {
-        wait_all(&mut seen_rx, &mut pending, &format!("pre-{i}.default"), zones).await;
+        arrivals.wait_all(&format!("pre-{i}.default"), zones).await;
     }
     println!("initial sync: {zones} zones connected and hold {PRELOAD} routes: {:?}", t.elapsed());
     // Let connection-time work (insights) settle before measuring CPU.
@@ -135,7 +74,7 @@ async fn main() {
         let name = format!("upd-{u}");
         let t = Instant::now();
         api.apply(&resources::route(&name, "gw", &format!("svc-upd-{u}"))).await;
-        wait_all(&mut seen_rx, &mut pending, &format!("{name}.default"), zones).await;
+        arrivals.wait_all(&format!("{name}.default"), zones).await;
         lat.push(t.elapsed());
     }
     let cpu_used = cpu(pid).saturating_sub(cpu_before);

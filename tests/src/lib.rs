@@ -14,6 +14,7 @@
 //!   raw_kds   a KDS client written only from the wire description
 //!   traffic   backends and the clients that talk through Envoy
 //!   browser   a headless Chromium over the DevTools protocol (GUI tests)
+//!   scale     the scale harness: measured figures with same-run baselines
 //! ```
 //!
 //! The binaries are not built here: run `cargo build --workspace --bins`
@@ -31,6 +32,7 @@ pub mod json_api;
 pub mod process;
 pub mod raw_kds;
 pub mod resources;
+pub mod scale;
 pub mod topology;
 pub mod traffic;
 
