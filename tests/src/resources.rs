@@ -53,3 +53,28 @@ pub fn listener_port(gateway: &Value) -> Option<u64> {
 pub fn label<'a>(resource: &'a Value, key: &str) -> Option<&'a str> {
     resource["labels"][key].as_str()
 }
+
+/// The gateway (one HTTP listener on `port`, any host) and a route sending
+/// `prefix` to `backend`, as a user applies them at the global
+/// (universal YAML, two documents).
+pub fn gateway_and_route_yaml(port: u16, prefix: &str, backend: &str) -> String {
+    format!(
+        r#"
+type: MeshGateway
+mesh: default
+name: edge
+selectors: [{{match: {{kuma.io/service: edge}}}}]
+conf: {{listeners: [{{port: {port}, protocol: HTTP}}]}}
+---
+type: MeshGatewayRoute
+mesh: default
+name: edge-route
+selectors: [{{match: {{kuma.io/service: edge}}}}]
+conf:
+  http:
+    rules:
+    - matches: [{{path: {{match: PREFIX, value: {prefix}}}}}]
+      backends: [{{destination: {{kuma.io/service: {backend}}}}}]
+"#
+    )
+}

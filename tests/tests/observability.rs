@@ -9,32 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meridian_tests::{Api, Backend, Topology, WAIT, eventually, traffic::free_port};
+use meridian_tests::{Api, Backend, Topology, WAIT, eventually, resources, traffic::free_port};
 use serde_json::Value;
-
-/// A MeshGateway with one HTTP listener on `port` and a route sending
-/// `/shop` to `backend`, applied at the global.
-fn gateway_and_route(port: u16, backend: &str) -> String {
-    format!(
-        r#"
-type: MeshGateway
-mesh: default
-name: edge
-selectors: [{{match: {{kuma.io/service: edge}}}}]
-conf: {{listeners: [{{port: {port}, protocol: HTTP}}]}}
----
-type: MeshGatewayRoute
-mesh: default
-name: edge-route
-selectors: [{{match: {{kuma.io/service: edge}}}}]
-conf:
-  http:
-    rules:
-    - matches: [{{path: {{match: PREFIX, value: /shop}}}}]
-      backends: [{{destination: {{kuma.io/service: {backend}}}}}]
-"#
-    )
-}
 
 /// One scrape of `/metrics`: sample (name with its labels, as exposed) → value.
 #[derive(Debug, Clone)]
@@ -136,7 +112,7 @@ async fn both_processes_export_the_incumbents_metrics_on_the_diagnostics_port_an
     let (g0, z0) = (Scrape::of(&gd).await, Scrape::of(&zd).await);
 
     let port = free_port();
-    global.api().apply_yaml(&gateway_and_route(port, "blue")).await;
+    global.api().apply_yaml(&resources::gateway_and_route_yaml(port, "/shop", "blue")).await;
     eventually("a request through the zone's Envoy reaches blue", WAIT, || async {
         let r = envoy.get(port, "edge.example.com", "/shop").await?;
         if r.status == 200 && r.backend() == "blue" { Ok(()) } else { Err(format!("{r:?}")) }
@@ -313,7 +289,7 @@ async fn a_zones_envoy_is_inspected_from_the_zone_and_from_the_global_through_kd
         .await;
     let (global, zone, envoy) = (topo.global(), topo.zone("zone-1"), topo.envoy("edge-gw"));
     let port = free_port();
-    global.api().apply_yaml(&gateway_and_route(port, "blue")).await;
+    global.api().apply_yaml(&resources::gateway_and_route_yaml(port, "/shop", "blue")).await;
     envoy.wait_ready().await;
     eventually("a request through the zone's Envoy reaches blue", WAIT, || async {
         let r = envoy.get(port, "edge.example.com", "/shop").await?;

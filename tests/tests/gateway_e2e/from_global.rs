@@ -4,31 +4,11 @@
 //! reaches the HTTP backend registered (as a Dataplane) in the zone. A
 //! change at the global then re-routes the next request.
 
-use meridian_tests::{Backend, Topology, WAIT, eventually, resources::label, traffic::free_port};
-
-/// The gateway (one HTTP listener on `port`, any host) and a route sending
-/// `prefix` to `backend`, as a user applies them at the global.
-fn gateway_and_route(port: u16, prefix: &str, backend: &str) -> String {
-    format!(
-        r#"
-type: MeshGateway
-mesh: default
-name: edge
-selectors: [{{match: {{kuma.io/service: edge}}}}]
-conf: {{listeners: [{{port: {port}, protocol: HTTP}}]}}
----
-type: MeshGatewayRoute
-mesh: default
-name: edge-route
-selectors: [{{match: {{kuma.io/service: edge}}}}]
-conf:
-  http:
-    rules:
-    - matches: [{{path: {{match: PREFIX, value: {prefix}}}}}]
-      backends: [{{destination: {{kuma.io/service: {backend}}}}}]
-"#
-    )
-}
+use meridian_tests::{
+    Backend, Topology, WAIT, eventually,
+    resources::{self, label},
+    traffic::free_port,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_applied_at_the_global_reaches_the_backend_and_a_change_reroutes() {
@@ -44,7 +24,7 @@ async fn route_applied_at_the_global_reaches_the_backend_and_a_change_reroutes()
     let port = free_port();
 
     // Applied at the global, never at the zone.
-    global.api().apply_yaml(&gateway_and_route(port, "/shop", "blue")).await;
+    global.api().apply_yaml(&resources::gateway_and_route_yaml(port, "/shop", "blue")).await;
     let synced =
         zone.api().wait_for("/meshes/default/meshgatewayroutes/edge-route", "synced from the global", |_| true).await;
     assert_eq!(synced["conf"]["http"]["rules"][0]["backends"][0]["destination"]["kuma.io/service"], "blue");
@@ -67,7 +47,7 @@ async fn route_applied_at_the_global_reaches_the_backend_and_a_change_reroutes()
 
     // One change at the global: the route's backend becomes green and its
     // prefix /store. The next requests follow, with no restart anywhere.
-    global.api().apply_yaml(&gateway_and_route(port, "/store", "green")).await;
+    global.api().apply_yaml(&resources::gateway_and_route_yaml(port, "/store", "green")).await;
     let reply = eventually("the change at the global re-routes to green", WAIT, || async {
         let r = envoy.get(port, "edge.example.com", "/store/cart").await?;
         if r.status == 200 && r.backend() == "green" { Ok(r) } else { Err(format!("{r:?}")) }
