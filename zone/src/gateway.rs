@@ -327,6 +327,8 @@ impl ProxyConfig {
 /// dependencies seen and the warnings.
 #[derive(Debug, Default)]
 struct Ctx {
+    /// The Dataplane's name.
+    dataplane: String,
     /// Cluster name → destination tags.
     clusters: BTreeMap<String, BTreeMap<String, String>>,
     /// SDS secrets by name (TLS listeners' certificates).
@@ -363,7 +365,7 @@ pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenE
         .get(name)
         .ok_or_else(|| GenError::UnknownDataplane { mesh: snapshot.mesh.clone(), name: name.to_string() })?;
     let networking = dp.spec.networking.as_ref();
-    let mut ctx = Ctx { mtls: mesh_tls::of(snapshot), ..Ctx::default() };
+    let mut ctx = Ctx { dataplane: name.to_string(), mtls: mesh_tls::of(snapshot), ..Ctx::default() };
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
     let mut local_clusters = Vec::new();

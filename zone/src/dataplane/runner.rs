@@ -12,6 +12,9 @@
 //!   └─ Envoy exits by itself ─▶ DELETE Dataplane ─▶ exit with Envoy's status
 //! ```
 //!
+//! Access-log lines for the Mesh's TCP logging backends come from Envoy
+//! through a FIFO and go to each backend over TCP ([`access_log`]).
+//!
 //! Nothing is restarted silently: an Envoy that exits ends the runner, and
 //! whoever supervises the runner decides. If the runner itself is killed,
 //! Envoy dies with it and the Dataplane stays registered until the zone's
@@ -23,6 +26,7 @@
 //! `meridian-zone dataplane: Envoy pid <pid>`,
 //! `meridian-zone dataplane: Envoy admin on <ip:port>`.
 
+pub mod access_log;
 pub mod envoy;
 pub mod plan;
 pub mod zone_api;
@@ -179,6 +183,17 @@ async fn supervise(plan: &Plan, signals: &mut Signals) -> anyhow::Result<ExitCod
     let path: PathBuf = dir.join(format!("bootstrap-{}.{}.yaml", plan.mesh, plan.name));
     std::fs::write(&path, bootstrap).with_context(|| format!("cannot write {}", path.display()))?;
 
+    // TCP logging backends: Envoy writes their lines to this FIFO (see
+    // access_log). Only Dataplanes have TrafficLogs.
+    let _sink = match plan.kind {
+        ProxyKind::Dataplane => {
+            let fifo = crate::gateway::policies::access_log_sink(&plan.mesh, &plan.name);
+            let (sink, _dropped) = access_log::start(&fifo)?;
+            tracing::info!(fifo = %fifo.display(), "access-log streamer listening");
+            Some(sink)
+        }
+        ProxyKind::ZoneIngress => None,
+    };
     let (args, admin_file) = envoy::command_line(plan, &path, &dir);
     let mut envoy = Envoy::spawn(plan, &args, admin_file)?;
     let pid = envoy.pid().unwrap_or_default();

@@ -308,7 +308,7 @@ impl HcmExtras {
     fn of(snapshot: &MeshSnapshot, source: &BTreeMap<String, String>, ctx: &mut Ctx) -> HcmExtras {
         let has = |ty| snapshot.policies.has_type(ty);
         HcmExtras {
-            access_log: policies::access_logs(snapshot, source, &mut ctx.applied, &mut ctx.warnings),
+            access_log: policies::access_logs(snapshot, &ctx.dataplane, source, &mut ctx.applied, &mut ctx.warnings),
             rate_limit: has(meridian_sync_proto::ResourceType::RateLimit),
             fault: has(meridian_sync_proto::ResourceType::FaultInjection),
         }
@@ -405,7 +405,7 @@ fn tcp_proxy(
         cluster_specifier: Some(specifier),
         max_connect_attempts: tcp.max_connect_attempts,
         idle_timeout: tcp.idle_timeout,
-        access_log: policies::access_logs(snapshot, source, &mut ctx.applied, &mut ctx.warnings),
+        access_log: policies::access_logs(snapshot, &ctx.dataplane, source, &mut ctx.applied, &mut ctx.warnings),
         ..Default::default()
     };
     Some(Filter {

@@ -671,11 +671,27 @@ fn payload(bytes: &[u8]) -> health_check::Payload {
     health_check::Payload { payload: Some(health_check::payload::Payload::Text(hex::encode_upper(bytes))) }
 }
 
-/// The access logs of a listener whose tags are `source`: the best
-/// TrafficLog (destination `*` or any: a listener serves every backend) and
-/// its Mesh logging backend. A backend the Mesh lacks is a warning.
+/// Where the runner of Dataplane `name` in `mesh` (`meridian-zone
+/// dataplane run`) reads the access-log lines for TCP logging backends: a
+/// FIFO (named pipe) `/tmp/meridian-al-<name>-<mesh>.fifo`, the place of the
+/// incumbent's `/tmp/kuma-al-<name>-<mesh>.sock` (kuma-dp's access log
+/// streamer). Envoy's file access logger writes to it, each line prefixed
+/// with `<address>;`; the runner forwards each line to that TCP address.
+/// Fixed (not `$TMPDIR`) because the zone and the runner must agree on it
+/// without talking.
+pub fn access_log_sink(mesh: &str, name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/tmp").join(format!("meridian-al-{name}-{mesh}.fifo"))
+}
+
+/// The access logs of a listener whose tags are `source` on Dataplane
+/// `dataplane`: the best TrafficLog (destination `*` or any: a listener
+/// serves every backend) and its Mesh logging backend. A backend the Mesh
+/// lacks is a warning. A `file` backend is Envoy's file access logger at
+/// `conf.path`; a `tcp` backend is the same logger writing
+/// `<address>;<line>` to [`access_log_sink`], which the runner forwards.
 pub(super) fn access_logs(
     snapshot: &MeshSnapshot,
+    dataplane: &str,
     source: &BTreeMap<String, String>,
     applied: &mut Applied,
     warnings: &mut Vec<String>,
@@ -707,11 +723,8 @@ pub(super) fn access_logs(
     match log_target(backend) {
         Ok(LogTarget::File(path)) => vec![file_log(&path, &format)],
         Ok(LogTarget::Tcp(address)) => {
-            warnings.push(format!(
-                "TrafficLog {:?}: tcp logging backend {address} is not supported on gateways yet; no access log",
-                p.name
-            ));
-            Vec::new()
+            let sink = access_log_sink(&snapshot.mesh, dataplane);
+            vec![file_log(&sink.to_string_lossy(), &format!("{address};{format}"))]
         }
         Err((field, message)) => {
             warnings.push(format!("TrafficLog {:?}: logging backend {:?} {field}: {message}", p.name, backend.name));
