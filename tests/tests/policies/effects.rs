@@ -441,3 +441,54 @@ async fn connect_timeout_to_a_black_hole() {
     assert!(r.body.contains("reset reason: connection timeout"), "{r:?}");
     topo.cleanup().await;
 }
+
+/// Timeout `http.idleTimeout` (the cluster's upstream HTTP protocol
+/// options): a pooled upstream connection with no request for that long is
+/// closed by Envoy; a service without the policy keeps Envoy's default
+/// (1 h) and its connection stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upstream_connection_is_closed() {
+    let topo = Topology::builder("policies-idle")
+        .global(Backend::Sqlite)
+        .zone("zone-1")
+        .http_backend("idle", "zone-1")
+        .http_backend("kept", "zone-1")
+        .gateway("zone-1", "edge-gw", "edge")
+        .start()
+        .await;
+    let (global, envoy) = (topo.global(), topo.envoy("edge-gw"));
+    let port = free_port();
+    global.api().apply_yaml(&gateway(port, &[("/idle", "idle"), ("/kept", "kept")])).await;
+    global.api().apply_yaml(&policy("Timeout", "idle-timeout", "idle", "conf: {http: {idleTimeout: 1s}}\n")).await;
+    envoy.wait_ready().await;
+    wait_status(port, "/kept", &[], 200, "the gateway routes").await;
+    // Per cluster (its name starts with the service): idle-timeout closes.
+    let idle_closed = |service: &'static str| async move {
+        let stats = envoy.admin_get("/stats?filter=upstream_cx_idle_timeout").await.unwrap_or_default();
+        stats
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(k, _)| k.starts_with(&format!("cluster.{service}")))
+            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    eventually("the Timeout reaches Envoy's cluster", WAIT, || async {
+        let dump = envoy.admin_get("/config_dump?resource=dynamic_active_clusters").await?;
+        if dump.contains("\"idle_timeout\": \"1s\"") { Ok(()) } else { Err(dump) }
+    })
+    .await;
+    // One request each opens a pooled upstream connection; then nothing.
+    for path in ["/idle", "/kept"] {
+        let r = request(port, path, &[]).await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+    }
+    eventually("the idle upstream connection to `idle` is closed by Envoy", WAIT, || async {
+        match idle_closed("idle").await {
+            0 => Err("no upstream_cx_idle_timeout yet".to_string()),
+            n => Ok(n),
+        }
+    })
+    .await;
+    assert_eq!(idle_closed("kept").await, 0, "without a Timeout the connection to `kept` is kept (1 h default)");
+    topo.cleanup().await;
+}

@@ -307,10 +307,24 @@ pub(super) fn apply_route(
     let Some(route::Action::Route(action)) = route.action.as_mut() else { return };
     if let Some(p) = select(policies, ResourceType::Timeout, source, backends)
         && let Spec::Timeout(t) = &p.spec
-        && let Some(http) = t.conf.as_ref().and_then(|c| c.http.as_ref())
+        && let Some(conf) = &t.conf
     {
-        applied.record(&mut named, ResourceType::Timeout, &p.name);
-        timeout_route(http, action);
+        let all_grpc =
+            !backends.is_empty() && backends.iter().all(|b| b.get(PROTOCOL_TAG).is_some_and(|p| p == "grpc"));
+        let route_level = |h: &mesh::timeout::conf::Http| {
+            h.request_timeout.is_some() || h.stream_idle_timeout.is_some() || h.max_stream_duration.is_some()
+        };
+        let http = conf.http.as_ref().filter(|h| route_level(h));
+        let grpc = conf.grpc.as_ref().filter(|_| all_grpc);
+        if http.is_some() || grpc.is_some() {
+            applied.record(&mut named, ResourceType::Timeout, &p.name);
+        }
+        if let Some(http) = http {
+            timeout_route(http, action);
+        }
+        if let Some(grpc) = grpc {
+            timeout_route_grpc(grpc, action);
+        }
     }
     if let Some(p) = select(policies, ResourceType::Retry, source, backends)
         && let Spec::Retry(r) = &p.spec
@@ -341,6 +355,67 @@ pub(super) fn apply_route(
         }
     }
     route.metadata = metadata(&named);
+}
+
+/// Timeout's cluster part, as the incumbent's cluster `TimeoutConfigurer`:
+/// `connectTimeout` → `connect_timeout`; `http.idleTimeout` → the upstream
+/// HTTP protocol options' `common_http_protocol_options.idle_timeout` (a
+/// pooled upstream connection with no stream for that long is closed);
+/// `http.maxStreamDuration`, or `grpc.maxStreamDuration` for a `grpc`
+/// destination (the incumbent's backwards compatibility), →
+/// `common_http_protocol_options.max_stream_duration`. The protocol options
+/// keep HTTP/1.1 upstream, as gateway clusters have without them. Whether
+/// anything was set.
+fn timeout_cluster(conf: &mesh::timeout::Conf, grpc: bool, cluster: &mut Cluster) -> bool {
+    let mut changed = false;
+    if let Some(d) = &conf.connect_timeout {
+        cluster.connect_timeout = Some(dur(d));
+        changed = true;
+    }
+    let http = conf.http.as_ref();
+    let idle = http.and_then(|h| h.idle_timeout.as_ref());
+    let max_stream = http
+        .and_then(|h| h.max_stream_duration.as_ref())
+        .or_else(|| grpc.then(|| conf.grpc.as_ref().and_then(|g| g.max_stream_duration.as_ref())).flatten());
+    if idle.is_none() && max_stream.is_none() {
+        return changed;
+    }
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions,
+        http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig},
+    };
+    let options = HttpProtocolOptions {
+        common_http_protocol_options: Some(envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+            idle_timeout: idle.map(dur),
+            max_stream_duration: max_stream.map(dur),
+            ..Default::default()
+        }),
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::HttpProtocolOptions(Default::default())),
+        })),
+        ..Default::default()
+    };
+    cluster
+        .typed_extension_protocol_options
+        .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(), pack_any(options));
+    true
+}
+
+/// Timeout's `grpc` section on a route whose backends are all `grpc`: its
+/// `streamIdleTimeout` and `maxStreamDuration` where `http` sets none (the
+/// incumbent's deprecated section, kept for such services).
+fn timeout_route_grpc(grpc: &mesh::timeout::conf::Grpc, action: &mut RouteAction) {
+    if action.idle_timeout.is_none()
+        && let Some(d) = &grpc.stream_idle_timeout
+    {
+        action.idle_timeout = Some(dur(d));
+    }
+    if action.max_stream_duration.is_none()
+        && let Some(d) = &grpc.max_stream_duration
+    {
+        action.max_stream_duration =
+            Some(route_action::MaxStreamDuration { max_stream_duration: Some(dur(d)), ..Default::default() });
+    }
 }
 
 fn timeout_route(http: &mesh::timeout::conf::Http, action: &mut RouteAction) {
@@ -535,10 +610,12 @@ pub(super) fn apply_cluster(
     let dst = [destination];
     if let Some(p) = select(policies, ResourceType::Timeout, source, &dst)
         && let Spec::Timeout(t) = &p.spec
-        && let Some(d) = t.conf.as_ref().and_then(|c| c.connect_timeout.as_ref())
+        && let Some(conf) = &t.conf
     {
-        applied.record(&mut named, ResourceType::Timeout, &p.name);
-        cluster.connect_timeout = Some(dur(d));
+        let grpc = destination.get(PROTOCOL_TAG).is_some_and(|p| p == "grpc");
+        if timeout_cluster(conf, grpc, cluster) {
+            applied.record(&mut named, ResourceType::Timeout, &p.name);
+        }
     }
     if let Some(p) = select(policies, ResourceType::CircuitBreaker, source, &dst)
         && let Spec::CircuitBreaker(c) = &p.spec
