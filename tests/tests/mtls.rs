@@ -298,3 +298,80 @@ async fn gateway_to_sidecar_over_mesh_mtls_and_plain_clients_refused() {
     assert!(certs.contains("spiffe://default/edge"), "{certs}");
     topo.cleanup().await;
 }
+
+/// TrafficPermission on a sidecar inbound, by the client certificate's
+/// identity (issue 15): gateway `edge` (listener tagged `listener: public`)
+/// → sidecar b-1. No permission in the mesh: allowed. A permission from
+/// `kuma.io/service: edge`: allowed by the gateway's SPIFFE identity. A
+/// permission from `{kuma.io/service: edge, listener: public}`: the gateway
+/// (whose listener has that tag) lets the request through, but its
+/// certificate carries no `kuma://listener/public`, so b-1 answers 403
+/// (RBAC) and the application sees nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_enforces_traffic_permission_by_client_identity() {
+    let app = traffic::http_backend("app-b").await;
+    let mut topo = Topology::builder("mtls-permission").zone("zone-1").start().await;
+    let (b_in, gw_port) = (traffic::free_port(), traffic::free_port());
+    let zone = topo.zone("zone-1");
+    zone.api().apply_yaml(MTLS_MESH).await;
+    zone.api()
+        .apply_yaml(&format!(
+            "type: Dataplane\nmesh: default\nname: b-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {b_in}\n    servicePort: {}\n    tags: {{kuma.io/service: b, kuma.io/protocol: http}}\n",
+            app.port
+        ))
+        .await;
+    zone.api()
+        .apply_yaml(&format!(
+            "type: MeshGateway\nmesh: default\nname: edge\nselectors: [{{match: {{kuma.io/service: edge}}}}]\nconf: {{listeners: [{{port: {gw_port}, protocol: HTTP, tags: {{listener: public}}}}]}}\n---\ntype: MeshGatewayRoute\nmesh: default\nname: to-b\nselectors: [{{match: {{kuma.io/service: edge}}}}]\nconf:\n  http:\n    rules:\n    - matches: [{{path: {{match: PREFIX, value: /}}}}]\n      backends: [{{destination: {{kuma.io/service: b}}}}]\n"
+        ))
+        .await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("edge-1", "edge")).await;
+    topo.add_envoy("zone-1", "b-1", meridian_tests::XdsMode::Delta).await.wait_ready().await;
+    topo.add_envoy("zone-1", "edge-1", meridian_tests::XdsMode::Delta).await.wait_ready().await;
+    let zone = topo.zone("zone-1");
+    let sidecar = topo.envoy("b-1");
+    let status = |path: &'static str, want: u16| async move {
+        eventually(&format!("GET {path} through the gateway answers {want}"), WAIT, || async {
+            let r = traffic::get(gw_port, "any.example.com", path).await?;
+            if r.status == want { Ok(r) } else { Err(format!("{r:?}")) }
+        })
+        .await
+    };
+    let r = status("/no-permission", 200).await;
+    assert_eq!(r.backend(), "app-b", "no TrafficPermission in the mesh: allowed");
+
+    let permission = |name: &str, source: &str| {
+        format!(
+            "type: TrafficPermission\nmesh: default\nname: {name}\nsources: [{{match: {source}}}]\ndestinations: [{{match: {{kuma.io/service: b}}}}]\n"
+        )
+    };
+    zone.api().apply_yaml(&permission("edge-to-b", "{kuma.io/service: edge}")).await;
+    eventually("b-1's inbound gets its RBAC", WAIT, || async {
+        let dump = sidecar.admin_get("/config_dump?resource=dynamic_listeners").await?;
+        if dump.contains("envoy.filters.http.rbac") { Ok(()) } else { Err("no RBAC filter yet".to_string()) }
+    })
+    .await;
+    let r = status("/by-identity", 200).await;
+    assert_eq!(r.backend(), "app-b", "allowed by the gateway's identity spiffe://default/edge");
+
+    zone.api().apply_yaml(&permission("edge-public-to-b", "{kuma.io/service: edge, listener: public}")).await;
+    let (code, body) = zone.api().delete("/meshes/default/traffic-permissions/edge-to-b").await;
+    assert!(code < 300, "delete edge-to-b: {code} {body}");
+    let r = status("/denied", 403).await;
+    assert_eq!(r.body, "RBAC: access denied", "{r:?}");
+    let stats = sidecar.admin_get("/stats?filter=rbac.denied").await.expect("b-1 stats");
+    let denied: u64 = stats
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(k, _)| k.ends_with("rbac.denied"))
+        .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+        .sum();
+    assert!(denied >= 1, "the 403 came from b-1's RBAC: {stats}");
+    let seen_before = app.seen().len();
+    for _ in 0..5 {
+        let r = traffic::get(gw_port, "any.example.com", "/denied-again").await.expect("request");
+        assert_eq!(r.status, 403, "{r:?}");
+    }
+    assert_eq!(app.seen().len(), seen_before, "a denied request never reaches the application");
+    topo.cleanup().await;
+}

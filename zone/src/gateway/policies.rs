@@ -41,6 +41,7 @@ use envoy_types::pb::envoy::config::{
         RuntimeFractionalPercent, SubstitutionFormatString, data_source, header_value_option, health_check,
         substitution_format_string,
     },
+    rbac::v3::Rbac,
     route::v3::{HeaderMatcher, RetryPolicy, Route, RouteAction, header_matcher, retry_policy, route, route_action},
 };
 use envoy_types::pb::envoy::extensions::{
@@ -66,7 +67,7 @@ use meridian_sync_proto::{
     validate::{LogTarget, bandwidth_kbps, log_target},
 };
 
-use super::{Item, MeshSnapshot, PROTOCOL_TAG, select::rank};
+use super::{Item, MeshSnapshot, PROTOCOL_TAG, SERVICE_TAG, select::rank};
 
 /// The metadata namespace naming the policies applied to a route or cluster.
 pub const METADATA_KEY: &str = "io.meridian.policies";
@@ -746,6 +747,77 @@ fn health_check(conf: &mesh::health_check::Conf, cluster: &mut Cluster) {
 
 fn payload(bytes: &[u8]) -> health_check::Payload {
     health_check::Payload { payload: Some(health_check::payload::Payload::Text(hex::encode_upper(bytes))) }
+}
+
+/// The RBAC rules of a sidecar inbound whose tags are `inbound` in an mTLS
+/// mesh: `None` when the mesh has no TrafficPermission at all (everything
+/// is allowed, as the incumbent's default `allow-all-<mesh>`), else one
+/// ALLOW policy whose principals are the sources of **every**
+/// TrafficPermission whose destination matches the inbound (no match: no
+/// principal, so every connection is denied). A source selector becomes
+/// the client certificate's URI SANs, as the incumbent's identity
+/// certificates carry them: `kuma.io/service` → `spiffe://<mesh>/<service>`
+/// (`*`: any `spiffe://<mesh>/` identity), every other tag →
+/// `kuma://<tag>/<value>` (`*`: not checked); all of one selector must be
+/// present. One policy (named after the permissions) because Envoy's RBAC
+/// policies are a hash map: several would encode in a varying order.
+pub(super) fn inbound_rbac(snapshot: &MeshSnapshot, inbound: &BTreeMap<String, String>) -> Option<Rbac> {
+    use envoy_types::pb::envoy::{
+        config::rbac::v3::{Permission, Policy, Principal, permission, principal, rbac},
+        r#type::matcher::v3::{StringMatcher, string_matcher},
+    };
+    if !snapshot.policies.has_type(ResourceType::TrafficPermission) {
+        return None;
+    }
+    let mesh = &snapshot.mesh;
+    let san = |pattern: string_matcher::MatchPattern| Principal {
+        identifier: Some(principal::Identifier::Authenticated(principal::Authenticated {
+            principal_name: Some(StringMatcher { match_pattern: Some(pattern), ..Default::default() }),
+        })),
+    };
+    let mut names = Vec::new();
+    let mut principals = Vec::new();
+    for p in snapshot.policies.of(ResourceType::TrafficPermission) {
+        let (sources, destinations) = selectors(&p.spec);
+        if !destinations.iter().any(|d| rank(&d.r#match, inbound).is_some()) {
+            continue;
+        }
+        names.push(p.name.as_str());
+        for s in sources {
+            let mut ids = Vec::new();
+            for (tag, value) in &s.r#match {
+                if tag == SERVICE_TAG {
+                    ids.push(san(if value == "*" {
+                        string_matcher::MatchPattern::Prefix(format!("spiffe://{mesh}/"))
+                    } else {
+                        string_matcher::MatchPattern::Exact(format!("spiffe://{mesh}/{value}"))
+                    }));
+                } else if value != "*" {
+                    ids.push(san(string_matcher::MatchPattern::Exact(format!("kuma://{tag}/{value}"))));
+                }
+            }
+            if !s.r#match.contains_key(SERVICE_TAG) {
+                // Still a client of this mesh.
+                ids.push(san(string_matcher::MatchPattern::Prefix(format!("spiffe://{mesh}/"))));
+            }
+            principals.push(match ids.len() {
+                1 => ids.remove(0),
+                _ => Principal { identifier: Some(principal::Identifier::AndIds(principal::Set { ids })) },
+            });
+        }
+    }
+    let mut policies = std::collections::HashMap::new();
+    if !principals.is_empty() {
+        policies.insert(
+            format!("TrafficPermission={}", names.join(",")),
+            Policy {
+                permissions: vec![Permission { rule: Some(permission::Rule::Any(true)) }],
+                principals,
+                ..Default::default()
+            },
+        );
+    }
+    Some(Rbac { action: rbac::Action::Allow as i32, policies, ..Default::default() })
 }
 
 /// Where the runner of Dataplane `name` in `mesh` (`meridian-zone

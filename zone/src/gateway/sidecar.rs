@@ -27,15 +27,17 @@ use envoy_types::pb::envoy::{
         cluster::v3::Cluster,
         core::v3::TrafficDirection,
         listener::v3::{Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter},
+        rbac::v3::Rbac,
         route::v3::{
             Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
         },
     },
     extensions::filters::{
-        http::router::v3::Router,
+        http::{rbac::v3::Rbac as HttpRbac, router::v3::Router},
         listener::tls_inspector::v3::TlsInspector,
         network::{
             http_connection_manager::v3::{HttpConnectionManager, HttpFilter, http_connection_manager, http_filter},
+            rbac::v3::Rbac as NetworkRbac,
             tcp_proxy::v3::{TcpProxy, tcp_proxy},
         },
     },
@@ -48,6 +50,7 @@ use super::{
     Ctx, MeshSnapshot, PROTOCOL_TAG, SERVICE_TAG, clusters,
     listeners::stat_name,
     mesh_tls::{self, MESH_ALPN},
+    policies,
 };
 use crate::mtls::Mode;
 
@@ -90,16 +93,23 @@ pub(super) fn generate(snapshot: &MeshSnapshot, n: &Networking, ctx: &mut Ctx) -
         let name = format!("inbound:{ip}:{}", inbound.port);
         let stat = stat_name(&name);
         let http = inbound.tags.get(PROTOCOL_TAG).is_some_and(|p| p == "http");
-        let plain = if http {
-            hcm(&stat, &format!("inbound:{service}"), service, &cluster_name)
-        } else {
-            tcp(&stat, &cluster_name)
+        let route_name = format!("inbound:{service}");
+        let plain =
+            if http { hcm(&stat, &route_name, service, &cluster_name, None) } else { tcp(&stat, &cluster_name) };
+        // With mesh mTLS, TrafficPermission by the client's identity: HTTP
+        // RBAC in the connection manager (403), network RBAC before a
+        // tcp_proxy (connection closed).
+        let rbac = ctx.mtls.as_ref().and_then(|_| policies::inbound_rbac(snapshot, &inbound.tags));
+        let mesh_filters = match rbac {
+            None => vec![plain.clone()],
+            Some(rules) if http => vec![hcm(&stat, &route_name, service, &cluster_name, Some(rules))],
+            Some(rules) => vec![network_rbac(&stat, rules), plain.clone()],
         };
         let (chains, listener_filters) = match &ctx.mtls {
             None => (vec![FilterChain { filters: vec![plain], ..Default::default() }], Vec::new()),
             Some(m) if m.mode == Mode::Strict => (
                 vec![FilterChain {
-                    filters: vec![plain],
+                    filters: mesh_filters,
                     transport_socket: Some(mesh_tls::inbound_socket(&m.mesh)),
                     ..Default::default()
                 }],
@@ -114,7 +124,7 @@ pub(super) fn generate(snapshot: &MeshSnapshot, n: &Networking, ctx: &mut Ctx) -
                             application_protocols: vec![MESH_ALPN.into()],
                             ..Default::default()
                         }),
-                        filters: vec![plain.clone()],
+                        filters: mesh_filters,
                         transport_socket: Some(mesh_tls::inbound_socket(&m.mesh)),
                         ..Default::default()
                     },
@@ -169,7 +179,11 @@ pub(super) fn generate(snapshot: &MeshSnapshot, n: &Networking, ctx: &mut Ctx) -
         let stat = stat_name(&name);
         let cluster = ctx.cluster_for(&o.tags);
         let http = clusters::protocol_of(snapshot, &o.tags).is_some_and(|p| p == "http");
-        let f = if http { hcm(&stat, &format!("outbound:{service}"), service, &cluster) } else { tcp(&stat, &cluster) };
+        let f = if http {
+            hcm(&stat, &format!("outbound:{service}"), service, &cluster, None)
+        } else {
+            tcp(&stat, &cluster)
+        };
         listeners.push(Listener {
             name: name.clone(),
             stat_prefix: stat,
@@ -197,10 +211,22 @@ fn tcp(stat: &str, cluster: &str) -> Filter {
     }
 }
 
+/// `envoy.filters.network.rbac` with `rules` (a denied connection is
+/// closed).
+fn network_rbac(stat: &str, rules: Rbac) -> Filter {
+    let rbac = NetworkRbac { rules: Some(rules), stat_prefix: stat.to_string(), ..Default::default() };
+    Filter {
+        name: "envoy.filters.network.rbac".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(rbac))),
+    }
+}
+
 /// An HTTP connection manager with its route configuration inline (as the
 /// incumbent's sidecars): `route_name`, one virtual host `service` for every
-/// domain, one catch-all route to `cluster`.
-fn hcm(stat: &str, route_name: &str, service: &str, cluster: &str) -> Filter {
+/// domain, one catch-all route to `cluster`; with `rbac`, the
+/// `envoy.filters.http.rbac` filter first (a denied request gets `403
+/// RBAC: access denied`).
+fn hcm(stat: &str, route_name: &str, service: &str, cluster: &str, rbac: Option<Rbac>) -> Filter {
     let rc = RouteConfiguration {
         name: route_name.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -226,11 +252,22 @@ fn hcm(stat: &str, route_name: &str, service: &str, cluster: &str) -> Filter {
         codec_type: http_connection_manager::CodecType::Auto as i32,
         stat_prefix: stat.to_string(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
-            ..Default::default()
-        }],
+        http_filters: rbac
+            .map(|rules| HttpFilter {
+                name: "envoy.filters.http.rbac".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(HttpRbac {
+                    rules: Some(rules),
+                    ..Default::default()
+                }))),
+                ..Default::default()
+            })
+            .into_iter()
+            .chain([HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+                ..Default::default()
+            }])
+            .collect(),
         ..Default::default()
     };
     Filter {

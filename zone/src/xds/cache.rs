@@ -778,6 +778,8 @@ fn affected(inner: &Inner, ty: ResourceType, mesh: &str, name: &str, new: Option
                     || matches!(new.map(|r| &r.spec), Some(Spec::MeshGatewayRoute(g)) if attaches(g))
             }
             ResourceType::Secret => p.deps.secrets.contains(name),
+            // TrafficPermission also drives sidecar inbounds' RBAC (mesh mTLS).
+            ResourceType::TrafficPermission => true,
             // A policy can change any gateway of its mesh (and its warnings).
             ty if ty.is_policy() => p.deps.gateway.is_some(),
             ResourceType::Dataplane => {

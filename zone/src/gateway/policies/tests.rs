@@ -99,3 +99,39 @@ fn retry_policy_defaults_and_http2_get_one_too() {
     assert_eq!(r.num_retries, Some(UInt32Value { value: 4 }));
     assert_eq!(r.retriable_status_codes, [503]);
 }
+
+#[test]
+fn sidecar_permissions_become_identity_principals() {
+    use envoy_types::pb::envoy::config::rbac::v3::principal::Identifier;
+    let mut snapshot = MeshSnapshot { mesh: "default".into(), ..Default::default() };
+    let web = tags(&[("kuma.io/service", "web"), ("kuma.io/protocol", "http")]);
+    // No TrafficPermission in the mesh: no RBAC (allow all).
+    assert!(inbound_rbac(&snapshot, &web).is_none());
+    let permission = |sources: Vec<Selector>, destination: &[(&str, &str)]| {
+        Spec::TrafficPermission(mesh::TrafficPermission { sources, destinations: sel(destination) })
+    };
+    let sources = [sel(&[("kuma.io/service", "edge")]), sel(&[("kuma.io/service", "*"), ("version", "v2")])].concat();
+    snapshot.policies.upsert("to-web", 1, &permission(sources, &[("kuma.io/service", "web")]));
+    // An inbound no permission names: a policy-less ALLOW, every client denied.
+    let db = tags(&[("kuma.io/service", "db")]);
+    assert!(inbound_rbac(&snapshot, &db).expect("rbac").policies.is_empty());
+    let rules = inbound_rbac(&snapshot, &web).expect("rbac");
+    let policy = rules.policies.get("TrafficPermission=to-web").expect("one policy named after the permission");
+    let names = |p: &envoy_types::pb::envoy::config::rbac::v3::Principal| -> Vec<String> {
+        let one = |p: &envoy_types::pb::envoy::config::rbac::v3::Principal| match &p.identifier {
+            Some(Identifier::Authenticated(a)) => {
+                format!("{:?}", a.principal_name.as_ref().and_then(|m| m.match_pattern.clone()))
+            }
+            other => format!("{other:?}"),
+        };
+        match &p.identifier {
+            Some(Identifier::AndIds(set)) => set.ids.iter().map(one).collect(),
+            _ => vec![one(p)],
+        }
+    };
+    assert_eq!(names(&policy.principals[0]), [r#"Some(Exact("spiffe://default/edge"))"#]);
+    assert_eq!(
+        names(&policy.principals[1]),
+        [r#"Some(Prefix("spiffe://default/"))"#, r#"Some(Exact("kuma://version/v2"))"#]
+    );
+}
