@@ -176,3 +176,80 @@ async fn a_client_in_another_zone_and_mesh_reaches_a_cross_mesh_gateway_through_
     assert!(ingress.sigterm().await.success(), "ingress runner exit");
     topo.cleanup().await;
 }
+
+/// Issue 12/15: the crossMesh gateway's access log names the caller's mesh
+/// and service, and TrafficPermission can name a caller of another mesh.
+/// A TrafficLog (the default format, file backend) records
+/// `spiffe://other/c`; a permission from `{kuma.io/mesh: other,
+/// kuma.io/service: c}` lets c-1 through; once the only cross-mesh
+/// permission names another service of `other`, c-1 gets 403 from the
+/// gateway and the application sees nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_mesh_callers_are_logged_and_permitted_by_identity() {
+    let app = traffic::http_backend("app-b").await;
+    let mut topo = Topology::builder("cross-mesh-permission").zone("zone-1").start().await;
+    let (b_in, gw_port, c_in, c_out) = (free_port(), free_port(), free_port(), free_port());
+    let log = topo.dir().path().join("edge-access.log");
+    let zone = topo.zone("zone-1");
+    zone.api()
+        .apply_yaml(&format!(
+            "{}logging:\n  defaultBackend: file\n  backends:\n  - name: file\n    type: file\n    conf: {{path: {}}}\n",
+            mtls_mesh("default"),
+            log.display()
+        ))
+        .await;
+    zone.api().apply_yaml(&mtls_mesh("other")).await;
+    let permission = |name: &str, source: &str| {
+        format!(
+            "type: TrafficPermission\nmesh: default\nname: {name}\nsources: [{{match: {source}}}]\ndestinations: [{{match: {{kuma.io/service: b}}}}]\n"
+        )
+    };
+    // The gateway reaches b-1 (which now checks permissions), c of mesh other is named.
+    zone.api().apply_yaml(&permission("edge-to-b", "{kuma.io/service: edge}")).await;
+    zone.api().apply_yaml(&permission("other-c-to-b", "{kuma.io/mesh: other, kuma.io/service: c}")).await;
+    zone.api()
+        .apply_yaml(
+            "type: TrafficLog\nmesh: default\nname: log-edge\nsources: [{match: {kuma.io/service: edge}}]\ndestinations: [{match: {kuma.io/service: '*'}}]\n",
+        )
+        .await;
+    zone.api().apply_yaml(&b_sidecar(b_in, app.port)).await;
+    zone.api().apply_yaml(&edge_cross_mesh(gw_port)).await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("edge-1", "edge")).await;
+    topo.add_envoy("zone-1", "b-1", XdsMode::Delta).await.wait_ready().await;
+    topo.add_envoy("zone-1", "edge-1", XdsMode::Delta).await.wait_ready().await;
+    let issuer = topo.zone("zone-1").api_url().to_string();
+    let token = serde_json::json!({"name": "c-1", "mesh": "other", "validFor": "1h"});
+    let runner = run_proxy(&topo, &issuer, "zone-1", "c-1", "dataplane", &client_yaml(c_in, c_out), token).await;
+    let call = |path: &'static str, want: u16| async move {
+        eventually(&format!("c-1 (mesh other) GET {path} answers {want}"), WAIT, || async {
+            let r = traffic::request(c_out, "GET", "internal.edge.default.mesh", path, &[]).await?;
+            if r.status == want { Ok(r) } else { Err(format!("{r:?}")) }
+        })
+        .await
+    };
+    let r = call("/permitted", 200).await;
+    assert_eq!(r.backend(), "app-b", "{r:?}");
+    eventually("the access log names the caller's mesh and service", std::time::Duration::from_secs(60), || async {
+        let _ = traffic::request(c_out, "GET", "internal.edge.default.mesh", "/logged", &[]).await;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        match text.lines().find(|l| l.contains("/logged")) {
+            Some(line) if line.contains("spiffe://other/c") => Ok(()),
+            _ => Err(text),
+        }
+    })
+    .await;
+
+    // The cross-mesh permission now names another service of mesh other.
+    let zone = topo.zone("zone-1");
+    zone.api().apply_yaml(&permission("other-c-to-b", "{kuma.io/mesh: other, kuma.io/service: someone-else}")).await;
+    let r = call("/refused", 403).await;
+    assert_eq!(r.body, "RBAC: access denied", "{r:?}");
+    let seen = app.seen().len();
+    for _ in 0..5 {
+        let r = traffic::request(c_out, "GET", "internal.edge.default.mesh", "/refused-again", &[]).await;
+        assert_eq!(r.map(|r| r.status).ok(), Some(403));
+    }
+    assert_eq!(app.seen().len(), seen, "a refused caller never reaches the application");
+    assert!(runner.sigterm().await.success(), "c-1's runner exit");
+    topo.cleanup().await;
+}

@@ -54,6 +54,8 @@ struct RuleRef<'a> {
     rule: &'a Rule,
     /// Tags of the listener the rule came from (the source of policies).
     source: &'a BTreeMap<String, String>,
+    /// The listener is `crossMesh` (clients of other meshes).
+    cross_mesh: bool,
 }
 
 /// The route configuration `name` for `listeners` (all on `port`).
@@ -100,11 +102,13 @@ pub(super) fn route_configuration(
                 };
                 if applies && seen.insert(route) {
                     let source = &l.tags;
+                    let cross_mesh = l.spec.cross_mesh;
                     rules.extend(h.rules.iter().enumerate().map(|(index, rule)| RuleRef {
                         route,
                         index,
                         rule,
                         source,
+                        cross_mesh,
                     }));
                 }
             }
@@ -166,7 +170,14 @@ fn virtual_host(
                 if let Some(mut route) = build_route(name.clone(), &at, route_match, prefix, r.rule, port, ctx) {
                     if matches!(route.action, Some(route::Action::Route(_))) {
                         let backends: Vec<_> = r.rule.backends.iter().map(|b| &b.destination).collect();
-                        policies::apply_route(snapshot, r.source, &backends, &mut route, &mut ctx.applied);
+                        policies::apply_route(
+                            snapshot,
+                            r.source,
+                            r.cross_mesh,
+                            &backends,
+                            &mut route,
+                            &mut ctx.applied,
+                        );
                     }
                     let bytes = route.encode_to_vec();
                     routes.push((key, r.route, bytes, route));

@@ -138,12 +138,15 @@ pub(super) fn generate(
                 let refs: Vec<&ListenerCtx<'_>> = group.iter().collect();
                 let mut rc = http::route_configuration(snapshot, &rds, port, &refs, false, ctx);
                 let limit = group.iter().filter_map(|l| connection_limit(l)).min();
-                let extras = HcmExtras::of(snapshot, &group[0].tags, ctx);
+                let cross_mesh = group.iter().any(|l| l.spec.cross_mesh);
+                let mut extras = HcmExtras::of(snapshot, &group[0].tags, cross_mesh && ctx.mtls.is_some(), ctx);
                 // crossMesh: clients of any mTLS mesh, with their mesh certificate.
-                let transport_socket = match (group.iter().any(|l| l.spec.cross_mesh), ctx.mtls.clone()) {
+                let transport_socket = match (cross_mesh, ctx.mtls.clone()) {
                     (false, _) => None,
                     (true, Some(m)) => {
                         ctx.deps.all_meshes_ca = true;
+                        // TrafficPermissions naming callers of other meshes.
+                        extras.rbac = policies::cross_mesh_rbac(snapshot);
                         // Who called: the client's URI SANs (its mesh and
                         // service), from its verified certificate, never
                         // from the request (a sent value is overwritten).
@@ -170,7 +173,7 @@ pub(super) fn generate(
                     let Some(certs) = certificates(snapshot, l, ctx) else { continue };
                     let rds = format!("{name}:{}", l.hostname);
                     route_configs.push(http::route_configuration(snapshot, &rds, port, &[l], true, ctx));
-                    let extras = HcmExtras::of(snapshot, &l.tags, ctx);
+                    let extras = HcmExtras::of(snapshot, &l.tags, false, ctx);
                     chains.push(FilterChain {
                         filter_chain_match: sni_match(&l.hostname),
                         transport_socket: Some(tls_socket(certs, true)),
@@ -302,15 +305,27 @@ struct HcmExtras {
     access_log: Vec<envoy_types::pb::envoy::config::accesslog::v3::AccessLog>,
     rate_limit: bool,
     fault: bool,
+    /// `envoy.filters.http.rbac` first (crossMesh listeners' callers).
+    rbac: Option<envoy_types::pb::envoy::config::rbac::v3::Rbac>,
 }
 
 impl HcmExtras {
-    fn of(snapshot: &MeshSnapshot, source: &BTreeMap<String, String>, ctx: &mut Ctx) -> HcmExtras {
+    /// `identified`: a crossMesh listener over mTLS (the default access-log
+    /// format adds the caller's identity).
+    fn of(snapshot: &MeshSnapshot, source: &BTreeMap<String, String>, identified: bool, ctx: &mut Ctx) -> HcmExtras {
         let has = |ty| snapshot.policies.has_type(ty);
         HcmExtras {
-            access_log: policies::access_logs(snapshot, &ctx.dataplane, source, &mut ctx.applied, &mut ctx.warnings),
+            access_log: policies::access_logs(
+                snapshot,
+                &ctx.dataplane,
+                source,
+                identified,
+                &mut ctx.applied,
+                &mut ctx.warnings,
+            ),
             rate_limit: has(meridian_sync_proto::ResourceType::RateLimit),
             fault: has(meridian_sync_proto::ResourceType::FaultInjection),
+            rbac: None,
         }
     }
 }
@@ -325,6 +340,13 @@ fn http_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> Ht
 
 fn hcm(stat: &str, rds: &str, extras: HcmExtras) -> Filter {
     let mut http_filters = Vec::new();
+    if let Some(rules) = extras.rbac {
+        let rbac = envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac {
+            rules: Some(rules),
+            ..Default::default()
+        };
+        http_filters.push(http_filter("envoy.filters.http.rbac", pack_any(rbac)));
+    }
     if extras.fault {
         http_filters.push(http_filter(policies::FAULT_FILTER, pack_any(HttpFault::default())));
     }
@@ -405,7 +427,7 @@ fn tcp_proxy(
         cluster_specifier: Some(specifier),
         max_connect_attempts: tcp.max_connect_attempts,
         idle_timeout: tcp.idle_timeout,
-        access_log: policies::access_logs(snapshot, &ctx.dataplane, source, &mut ctx.applied, &mut ctx.warnings),
+        access_log: policies::access_logs(snapshot, &ctx.dataplane, source, false, &mut ctx.applied, &mut ctx.warnings),
         ..Default::default()
     };
     Some(Filter {

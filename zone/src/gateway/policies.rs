@@ -242,9 +242,13 @@ fn percent(p: f64) -> FractionalPercent {
 /// `backends` (the destinations of the rule) from a listener with tags
 /// `source`. A TrafficPermission that allows none of them turns the route
 /// into a 403.
+/// On a `crossMesh` listener (`cross_mesh`), a backend is also allowed by
+/// a permission with a source in another mesh ([`cross_mesh_rbac`] checks
+/// the caller's certificate).
 pub(super) fn apply_route(
     snapshot: &MeshSnapshot,
     source: &BTreeMap<String, String>,
+    cross_mesh: bool,
     backends: &[&BTreeMap<String, String>],
     route: &mut Route,
     applied: &mut Applied,
@@ -272,7 +276,9 @@ pub(super) fn apply_route(
     let mut denied = Vec::new();
     if policies.has_type(ResourceType::TrafficPermission) {
         for (i, b) in backends.iter().enumerate() {
-            match select(policies, ResourceType::TrafficPermission, source, &[b]) {
+            let chosen = select(policies, ResourceType::TrafficPermission, source, &[b])
+                .or_else(|| cross_mesh.then(|| cross_mesh_permission(snapshot, b)).flatten());
+            match chosen {
                 Some(p) => applied.record(&mut named, ResourceType::TrafficPermission, &p.name),
                 None => denied.push(i),
             }
@@ -749,6 +755,106 @@ fn payload(bytes: &[u8]) -> health_check::Payload {
     health_check::Payload { payload: Some(health_check::payload::Payload::Text(hex::encode_upper(bytes))) }
 }
 
+/// The source selectors of TrafficPermissions that name a caller in another
+/// mesh (`kuma.io/mesh` other than the gateway's), with their permission.
+fn cross_mesh_sources(snapshot: &MeshSnapshot) -> impl Iterator<Item = (&Item<Spec>, &Selector)> {
+    snapshot.policies.of(ResourceType::TrafficPermission).flat_map(move |p| {
+        selectors(&p.spec)
+            .0
+            .iter()
+            .filter(move |s| {
+                s.r#match.get(super::cross_mesh::MESH_TAG).is_some_and(|m| m != "*" && *m != snapshot.mesh)
+            })
+            .map(move |s| (p, s))
+    })
+}
+
+/// The oldest (then smallest-named) permission with a source in another
+/// mesh whose destination matches `backend`.
+fn cross_mesh_permission<'a>(snapshot: &'a MeshSnapshot, backend: &BTreeMap<String, String>) -> Option<&'a Item<Spec>> {
+    cross_mesh_sources(snapshot)
+        .map(|(p, _)| p)
+        .filter(|p| selectors(&p.spec).1.iter().any(|d| rank(&d.r#match, backend).is_some()))
+        .min_by(|a, b| a.creation_time.cmp(&b.creation_time).then_with(|| a.name.cmp(&b.name)))
+}
+
+/// The RBAC of a `crossMesh` listener's connection manager: `None` when no
+/// TrafficPermission names a caller in another mesh (every mTLS mesh's
+/// client passes, as the incumbent). Otherwise one ALLOW policy: clients of
+/// the gateway's own mesh (`spiffe://<mesh>/…`; the route-level check by
+/// listener tags applies to them as on any listener), and each named
+/// cross-mesh caller by its certificate: `kuma.io/mesh: M` and
+/// `kuma.io/service: S` → `spiffe://M/S` (`*`: any `spiffe://M/`), other tags
+/// → `kuma://<tag>/<value>`. Any other mesh's client gets `403 RBAC: access
+/// denied`.
+pub(super) fn cross_mesh_rbac(snapshot: &MeshSnapshot) -> Option<Rbac> {
+    use envoy_types::pb::envoy::config::rbac::v3::{Permission, Policy, rbac};
+    let mut names = BTreeSet::new();
+    let mut principals = vec![san_principal(prefix_pattern(&format!("spiffe://{}/", snapshot.mesh)))];
+    for (p, s) in cross_mesh_sources(snapshot) {
+        names.insert(p.name.as_str());
+        let mesh = s.r#match.get(super::cross_mesh::MESH_TAG).map(String::as_str).unwrap_or_default();
+        principals.push(selector_principal(mesh, &s.r#match));
+    }
+    if names.is_empty() {
+        return None;
+    }
+    let mut policies = std::collections::HashMap::new();
+    let name = format!("TrafficPermission={}", names.into_iter().collect::<Vec<_>>().join(","));
+    policies.insert(
+        name,
+        Policy {
+            permissions: vec![Permission {
+                rule: Some(envoy_types::pb::envoy::config::rbac::v3::permission::Rule::Any(true)),
+            }],
+            principals,
+            ..Default::default()
+        },
+    );
+    Some(Rbac { action: rbac::Action::Allow as i32, policies, ..Default::default() })
+}
+
+fn prefix_pattern(p: &str) -> envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern {
+    envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Prefix(p.to_string())
+}
+
+/// An RBAC principal: the client certificate has a URI SAN matching `pattern`.
+fn san_principal(
+    pattern: envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern,
+) -> envoy_types::pb::envoy::config::rbac::v3::Principal {
+    use envoy_types::pb::envoy::{config::rbac::v3::principal, r#type::matcher::v3::StringMatcher};
+    envoy_types::pb::envoy::config::rbac::v3::Principal {
+        identifier: Some(principal::Identifier::Authenticated(principal::Authenticated {
+            principal_name: Some(StringMatcher { match_pattern: Some(pattern), ..Default::default() }),
+        })),
+    }
+}
+
+/// The principal of one source selector for clients of `mesh`: the
+/// service's SPIFFE id (`*` or absent: any of the mesh) and `kuma://k/v` for
+/// every other tag that is not `*` (`kuma.io/mesh` is the SPIFFE id's).
+fn selector_principal(
+    mesh: &str,
+    tags: &BTreeMap<String, String>,
+) -> envoy_types::pb::envoy::config::rbac::v3::Principal {
+    use envoy_types::pb::envoy::{config::rbac::v3::principal, r#type::matcher::v3::string_matcher::MatchPattern};
+    let mut ids = vec![san_principal(match tags.get(SERVICE_TAG).map(String::as_str) {
+        None | Some("*") => MatchPattern::Prefix(format!("spiffe://{mesh}/")),
+        Some(service) => MatchPattern::Exact(format!("spiffe://{mesh}/{service}")),
+    })];
+    for (tag, value) in tags {
+        if tag != SERVICE_TAG && tag != super::cross_mesh::MESH_TAG && value != "*" {
+            ids.push(san_principal(MatchPattern::Exact(format!("kuma://{tag}/{value}"))));
+        }
+    }
+    match ids.len() {
+        1 => ids.remove(0),
+        _ => envoy_types::pb::envoy::config::rbac::v3::Principal {
+            identifier: Some(principal::Identifier::AndIds(principal::Set { ids })),
+        },
+    }
+}
+
 /// The RBAC rules of a sidecar inbound whose tags are `inbound` in an mTLS
 /// mesh: `None` when the mesh has no TrafficPermission at all (everything
 /// is allowed, as the incumbent's default `allow-all-<mesh>`), else one
@@ -838,10 +944,16 @@ pub fn access_log_sink(mesh: &str, name: &str) -> std::path::PathBuf {
 /// lacks is a warning. A `file` backend is Envoy's file access logger at
 /// `conf.path`; a `tcp` backend is the same logger writing
 /// `<address>;<line>` to [`access_log_sink`], which the runner forwards.
+///
+/// On a crossMesh listener (`identified`), the default format ends with
+/// ` "%DOWNSTREAM_PEER_URI_SAN%"`: the caller's verified URI SANs
+/// (`spiffe://<mesh>/<service>,kuma://…`), so the log shows who called from
+/// which mesh.
 pub(super) fn access_logs(
     snapshot: &MeshSnapshot,
     dataplane: &str,
     source: &BTreeMap<String, String>,
+    identified: bool,
     applied: &mut Applied,
     warnings: &mut Vec<String>,
 ) -> Vec<AccessLog> {
@@ -867,7 +979,11 @@ pub(super) fn access_logs(
     };
     let mut named = BTreeMap::new();
     applied.record(&mut named, ResourceType::TrafficLog, &p.name);
-    let format = if backend.format.is_empty() { DEFAULT_LOG_FORMAT } else { backend.format.as_str() };
+    let format = match (backend.format.is_empty(), identified) {
+        (true, false) => DEFAULT_LOG_FORMAT.to_string(),
+        (true, true) => format!("{DEFAULT_LOG_FORMAT} \"%DOWNSTREAM_PEER_URI_SAN%\""),
+        (false, _) => backend.format.clone(),
+    };
     let format = format.replace("%KUMA_MESH%", &snapshot.mesh);
     match log_target(backend) {
         Ok(LogTarget::File(path)) => vec![file_log(&path, &format)],
