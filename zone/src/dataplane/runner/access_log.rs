@@ -203,7 +203,52 @@ async fn forward(address: String, mut lines: mpsc::Receiver<String>) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
+    use tokio::io::AsyncBufReadExt;
+
     use super::*;
+
+    /// The bounded queue: with the backend down, lines beyond
+    /// [`QUEUE_LINES`] are dropped and counted; once it listens, the queued
+    /// lines arrive in order.
+    #[tokio::test]
+    async fn a_down_backend_queues_then_drops_and_gets_the_queue_when_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("al.fifo");
+        let (_sink, dropped) = start(&fifo).expect("start the streamer");
+        // A port nobody listens on (yet).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+        let extra = 50;
+        let fifo_path = fifo.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut w = std::fs::OpenOptions::new().write(true).open(&fifo_path).expect("open the FIFO as Envoy does");
+            for i in 0..QUEUE_LINES + extra {
+                writeln!(w, "127.0.0.1:{port};line {i}").expect("write a line");
+            }
+        })
+        .await
+        .expect("writer");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while dropped.get() < extra as u64 {
+            assert!(tokio::time::Instant::now() < deadline, "dropped {} of {extra}", dropped.get());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(dropped.get(), extra as u64, "exactly the lines beyond the queue are dropped");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("the backend comes up");
+        let (socket, _) = tokio::time::timeout(Duration::from_secs(60), listener.accept())
+            .await
+            .expect("the streamer reconnects")
+            .expect("accept");
+        let mut lines = tokio::io::BufReader::new(socket).lines();
+        for i in 0..QUEUE_LINES {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("a queued line arrives")
+                .expect("read");
+            assert_eq!(line.as_deref(), Some(format!("line {i}").as_str()));
+        }
+    }
 
     #[test]
     fn lines_name_their_backend() {
