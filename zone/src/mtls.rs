@@ -46,6 +46,58 @@ pub enum Mode {
     Permissive,
 }
 
+/// Where a mesh stands in a switch of its mTLS, as the zone serves it: how
+/// inbound listeners treat clients (`server`: `None` plaintext only) and
+/// whether clusters to mesh services originate mTLS (`clients`).
+///
+/// One Mesh update cannot flip both ends at once without failing requests
+/// (a client still dialling TLS to an inbound already plain, or plain to
+/// one still STRICT), so the zone walks from one settled phase to the next
+/// through [`TlsPhase::next_step`], each step taken once every proxy of the
+/// mesh holds the previous one (see `crate::xds::cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TlsPhase {
+    /// How inbounds treat clients: `None` plaintext only.
+    pub server: Option<Mode>,
+    /// Whether clusters to mesh services originate mTLS.
+    pub clients: bool,
+}
+
+impl TlsPhase {
+    /// The settled phase a Mesh asks for: mTLS off is plaintext at both
+    /// ends; on, inbounds in the backend's mode and every client on mTLS.
+    pub fn target(mesh: Option<&Mesh>) -> TlsPhase {
+        match mesh.and_then(mtls_enabled) {
+            None => TlsPhase { server: None, clients: false },
+            Some(mode) => TlsPhase { server: Some(mode), clients: true },
+        }
+    }
+
+    /// The next phase on the way from `self` to `target`, safe to serve
+    /// once every proxy holds `self`: clients change sides only while
+    /// inbounds accept both (PERMISSIVE), and inbounds leave PERMISSIVE
+    /// only once clients are on the side they will keep.
+    ///
+    /// ```text
+    ///   STRICT → off     (Strict, tls)  → (Permissive, tls)   → (Permissive, plain) → (off, plain)
+    ///   PERMISSIVE → off (Permissive, tls) → (Permissive, plain) → (off, plain)
+    ///   off → STRICT     (off, plain)   → (Permissive, plain) → (Permissive, tls)   → (Strict, tls)
+    ///   STRICT ↔ PERMISSIVE: one step (clients keep mTLS)
+    /// ```
+    pub fn next_step(self, target: TlsPhase) -> TlsPhase {
+        if self == target {
+            return self;
+        }
+        if self.clients != target.clients {
+            if self.server != Some(Mode::Permissive) {
+                return TlsPhase { server: Some(Mode::Permissive), clients: self.clients };
+            }
+            return TlsPhase { server: Some(Mode::Permissive), clients: target.clients };
+        }
+        target
+    }
+}
+
 /// The SDS secret holding a proxy's identity: `tls_certificate` with the
 /// workload certificate chain (leaf issued by the zone's intermediate CA,
 /// then that intermediate) and its private key.
@@ -93,6 +145,10 @@ pub struct Issued {
     pub ca_cert_pem: String,
     /// How many certificates this proxy received (1 for the first).
     pub generation: u32,
+    /// The root certificates (PEM, concatenated) last sent as the proxy's
+    /// mesh CA: kept serving while mTLS is being turned off, when the
+    /// Mesh may no longer list its backends.
+    pub trusted: String,
 }
 
 /// Whether `prev` no longer fits: none yet, other SANs, another backend or
@@ -188,5 +244,44 @@ pub fn insight(i: &Issued) -> meridian_sync_proto::pb::mesh::dataplane_insight::
         last_certificate_regeneration: Some(ts(i.issued_at)),
         issued_backend: i.backend.clone(),
         supported_backends: vec![i.backend.clone()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Mode, TlsPhase};
+
+    const OFF: TlsPhase = TlsPhase { server: None, clients: false };
+    const PERMISSIVE_PLAIN: TlsPhase = TlsPhase { server: Some(Mode::Permissive), clients: false };
+    const PERMISSIVE: TlsPhase = TlsPhase { server: Some(Mode::Permissive), clients: true };
+    const STRICT: TlsPhase = TlsPhase { server: Some(Mode::Strict), clients: true };
+
+    fn walk(from: TlsPhase, to: TlsPhase) -> Vec<TlsPhase> {
+        let mut out = vec![from];
+        while *out.last().expect("a phase") != to {
+            let next = out.last().expect("a phase").next_step(to);
+            out.push(next);
+            assert!(out.len() < 10, "{out:?}");
+        }
+        out
+    }
+
+    #[test]
+    fn clients_change_sides_only_while_inbounds_accept_both() {
+        assert_eq!(walk(STRICT, OFF), [STRICT, PERMISSIVE, PERMISSIVE_PLAIN, OFF]);
+        assert_eq!(walk(PERMISSIVE, OFF), [PERMISSIVE, PERMISSIVE_PLAIN, OFF]);
+        assert_eq!(walk(OFF, STRICT), [OFF, PERMISSIVE_PLAIN, PERMISSIVE, STRICT]);
+        assert_eq!(walk(OFF, PERMISSIVE), [OFF, PERMISSIVE_PLAIN, PERMISSIVE]);
+        assert_eq!(walk(STRICT, PERMISSIVE), [STRICT, PERMISSIVE]);
+        assert_eq!(walk(PERMISSIVE, STRICT), [PERMISSIVE, STRICT]);
+        // Turned back on half-way through turning off.
+        assert_eq!(walk(PERMISSIVE_PLAIN, STRICT), [PERMISSIVE_PLAIN, PERMISSIVE, STRICT]);
+        // Every phase on the way keeps clients and inbounds compatible.
+        for (from, to) in [(STRICT, OFF), (OFF, STRICT), (PERMISSIVE, OFF), (PERMISSIVE_PLAIN, STRICT)] {
+            for p in walk(from, to) {
+                assert!(p.server != Some(Mode::Strict) || p.clients, "{p:?}: plain clients to a STRICT inbound");
+                assert!(p.server.is_some() || !p.clients, "{p:?}: TLS clients to a plaintext inbound");
+            }
+        }
     }
 }

@@ -203,6 +203,8 @@ pub async fn serve(
         }
         // Returns only on `stop`: identity certificates re-issued when due.
         _ = cache.rotate_until(stop.clone()) => {}
+        // Likewise: the steps of mTLS switches, as proxies confirm each phase.
+        _ = cache.step_tls_until(stop.clone()) => {}
     }
     tasks.close();
     tasks.wait().await;
@@ -352,12 +354,15 @@ async fn run<W: Wire>(
             shared.cache.identities().clone(),
         )
     });
-    let mut source = stream::ProxySource { rx: sub.rx.clone(), state };
+    let held = Arc::new(std::sync::atomic::AtomicU64::new(state.phase));
+    let mut source = stream::ProxySource { rx: sub.rx.clone(), state, held: held.clone() };
     let mut wire = W::wire(first, inbound, tx.clone());
+    let phases = stream::PhaseReport::new(shared.cache.clone(), id.clone(), held);
     let mut observer = (
         shared.config.metrics.sender(XDS),
         stream::InsightObserver::new(&prefix, &shared.config.instance_id, node.as_ref(), handle)
-            .with_warnings(sub.rx.clone()),
+            .with_warnings(sub.rx.clone())
+            .with_phase_report(phases),
     );
     // A SotW response carries the whole set: no byte budget there.
     let max_bytes = if <W::Driver as SendWire>::FULL_STATE { usize::MAX } else { stream::MAX_RESPONSE_BYTES };

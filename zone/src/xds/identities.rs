@@ -114,7 +114,14 @@ impl Identities {
                     .mesh
                     .map(|m| trusted_roots(m, mesh_ca.zone, |n| snapshot.secret_data(n)).concat())
                     .unwrap_or_default();
-                if let Some(prev) = self.get(id).filter(|_| !roots.is_empty()) {
+                // Turning mTLS off may have removed the backends (and their
+                // CAs): then what the proxy was last sent.
+                let prev = self.get(id);
+                let roots = match &prev {
+                    Some(p) if roots.is_empty() => p.trusted.clone(),
+                    _ => roots,
+                };
+                if let Some(prev) = prev.filter(|_| !roots.is_empty()) {
                     let set = config.entry(SECRET_TYPE()).or_default();
                     for s in secrets(&id.mesh, &prev, &roots) {
                         let any = envoy_types::util::pack_any(s.clone());
@@ -148,6 +155,7 @@ impl Identities {
                             uris,
                             ca_cert_pem: zone_ca.intermediate.cert_pem.clone(),
                             generation,
+                            trusted: String::new(),
                         };
                         inner.insert(id.clone(), entry.clone());
                         entry
@@ -174,8 +182,14 @@ impl Identities {
                     .filter(|r| *r != zone_ca.root_cert_pem),
             );
         }
+        let trusted = roots.concat();
+        if issued.trusted != trusted
+            && let Some(entry) = self.lock().get_mut(id)
+        {
+            entry.trusted = trusted.clone();
+        }
         let set = config.entry(SECRET_TYPE()).or_default();
-        for s in secrets(&id.mesh, &issued, &roots.concat()) {
+        for s in secrets(&id.mesh, &issued, &trusted) {
             let any = envoy_types::util::pack_any(s.clone());
             set.insert(s.name, Desired { version: any_version(&any), resource: any });
         }
