@@ -208,6 +208,13 @@ async fn the_mesh_ca_changes_under_traffic_without_a_failed_request() {
         })
         .await;
         assert!(envoy_secret(&topo, p, identity).await.expect("identity").contains(&ca1.intermediate.cert_pem));
+        // The insight lists both backends the proxy trusts, the issuing one first.
+        eventually(&format!("{p}'s insight supports ca-1 and ca-2"), WAIT, || async {
+            let insight = api.fetch(&format!("/meshes/default/dataplane-insights/{p}")).await?;
+            let supported = &insight["mTLS"]["supportedBackends"];
+            if *supported == serde_json::json!(["ca-1", "ca-2"]) { Ok(()) } else { Err(insight.to_string()) }
+        })
+        .await;
     }
     load.wait_for(20).await;
 

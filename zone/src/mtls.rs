@@ -149,6 +149,9 @@ pub struct Issued {
     /// mesh CA: kept serving while mTLS is being turned off, when the
     /// Mesh may no longer list its backends.
     pub trusted: String,
+    /// The backends whose roots are in `trusted`, the issuing one first
+    /// (`DataplaneInsight.mTLS.supportedBackends`).
+    pub supported: Vec<String>,
 }
 
 /// Whether `prev` no longer fits: none yet, other SANs, another backend or
@@ -186,19 +189,33 @@ pub fn dataplane_tags(dp: &meridian_sync_proto::pb::mesh::Dataplane) -> BTreeMap
 /// this zone holds, the enabled backend's first, without duplicates. Empty
 /// with no mTLS section or no CA received yet.
 pub fn trusted_roots<'a>(mesh: &Mesh, zone: &str, secret_data: impl Fn(&str) -> Option<&'a [u8]>) -> Vec<String> {
-    let Some(mtls) = mesh.mtls.as_ref() else { return Vec::new() };
-    let mut backends: Vec<_> = mtls.backends.iter().filter(|b| b.r#type == validate::BUILTIN).collect();
-    backends.sort_by_key(|b| b.name != mtls.enabled_backend);
     let mut roots: Vec<String> = Vec::new();
-    for b in backends {
-        let Some(ca) = secret_data(&zone_ca_secret_name(&b.name, zone)).and_then(|d| ZoneCa::from_pem(d).ok()) else {
-            continue;
-        };
-        if !roots.contains(&ca.root_cert_pem) {
-            roots.push(ca.root_cert_pem);
+    for (_, root) in trusted_backends(mesh, zone, secret_data) {
+        if !roots.contains(&root) {
+            roots.push(root);
         }
     }
     roots
+}
+
+/// The backends behind [`trusted_roots`]: each listed `builtin` backend
+/// whose zone CA this zone holds, with its root certificate (PEM), the
+/// enabled backend first.
+pub fn trusted_backends<'a>(
+    mesh: &Mesh,
+    zone: &str,
+    secret_data: impl Fn(&str) -> Option<&'a [u8]>,
+) -> Vec<(String, String)> {
+    let Some(mtls) = mesh.mtls.as_ref() else { return Vec::new() };
+    let mut backends: Vec<_> = mtls.backends.iter().filter(|b| b.r#type == validate::BUILTIN).collect();
+    backends.sort_by_key(|b| b.name != mtls.enabled_backend);
+    backends
+        .into_iter()
+        .filter_map(|b| {
+            let ca = secret_data(&zone_ca_secret_name(&b.name, zone)).and_then(|d| ZoneCa::from_pem(d).ok())?;
+            Some((b.name.clone(), ca.root_cert_pem))
+        })
+        .collect()
 }
 
 /// The two SDS secrets of a proxy (see the module's diagram): its identity,
@@ -229,7 +246,9 @@ pub fn secrets(mesh: &str, issued: &Issued, trusted: &str) -> [Secret; 2] {
 }
 
 /// The proxy's `DataplaneInsight.mTLS` (the incumbent's fields): expiry and
-/// time of the current certificate, how many were issued, by which backend.
+/// time of the current certificate, how many were issued, by which backend,
+/// and every backend whose root the proxy trusts (the issuing one first;
+/// during a CA change both the old and the new).
 pub fn insight(i: &Issued) -> meridian_sync_proto::pb::mesh::dataplane_insight::Mtls {
     let ts = |t: SystemTime| {
         let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -243,7 +262,7 @@ pub fn insight(i: &Issued) -> meridian_sync_proto::pb::mesh::dataplane_insight::
         certificate_regenerations: i.generation,
         last_certificate_regeneration: Some(ts(i.issued_at)),
         issued_backend: i.backend.clone(),
-        supported_backends: vec![i.backend.clone()],
+        supported_backends: if i.supported.is_empty() { vec![i.backend.clone()] } else { i.supported.clone() },
     }
 }
 
