@@ -344,16 +344,14 @@ async fn run<W: Wire>(
     let seq = shared.streams.fetch_add(1, Ordering::Relaxed);
     let prefix = format!("{}-{seq}", shared.config.instance_id);
     tracing::info!(dataplane = %id, stream = %prefix, "Envoy connected");
-    // A ZoneIngress has no DataplaneInsight (it is in no mesh).
-    let handle = (!id.is_ingress()).then(|| {
-        InsightHandle::spawn(
-            &shared.tasks,
-            shared.store.clone(),
-            shared.config.zone.clone(),
-            id.clone(),
-            shared.cache.identities().clone(),
-        )
-    });
+    // A Dataplane's DataplaneInsight, a ZoneIngress's ZoneIngressInsight.
+    let handle = Some(InsightHandle::spawn(
+        &shared.tasks,
+        shared.store.clone(),
+        shared.config.zone.clone(),
+        id.clone(),
+        shared.cache.identities().clone(),
+    ));
     let held = Arc::new(std::sync::atomic::AtomicU64::new(state.phase));
     let mut source = stream::ProxySource { rx: sub.rx.clone(), state, held: held.clone() };
     let mut wire = W::wire(first, inbound, tx.clone());
