@@ -141,7 +141,7 @@ impl Manager {
     /// heartbeats and ACK records wake no config watcher. Reads of these
     /// types through this Manager go there.
     pub fn is_status(ty: ResourceType) -> bool {
-        matches!(ty, ResourceType::ZoneInsight | ResourceType::DataplaneInsight)
+        matches!(ty, ResourceType::ZoneInsight | ResourceType::DataplaneInsight | ResourceType::ZoneIngressInsight)
     }
 
     /// Lists raw records of `q.type_name` from where that type lives (the
@@ -281,7 +281,7 @@ impl Manager {
 
     /// Whether a user (REST/CLI) may write `ty` here, given the current state.
     fn check_user_write(&self, ty: ResourceType, existing: Option<&Entry>) -> Result<(), ManagerError> {
-        if matches!(ty, ResourceType::ZoneInsight | ResourceType::DataplaneInsight) {
+        if Self::is_status(ty) {
             return Err(ManagerError::Forbidden(format!("{ty} is read-only: the control plane maintains it")));
         }
         match self.role {
@@ -426,6 +426,9 @@ impl Manager {
         }
         if ty == ResourceType::Dataplane {
             status.push(Self::key(ResourceType::DataplaneInsight, mesh, name));
+        }
+        if ty == ResourceType::ZoneIngress {
+            status.push(Self::key(ResourceType::ZoneIngressInsight, mesh, name));
         }
         if ty == ResourceType::Mesh {
             for inner in ResourceType::ALL.into_iter().filter(|t| t.is_mesh_scoped()) {

@@ -36,6 +36,13 @@ pub async fn get(client: &Client, args: &GetArgs) -> Result<u8, CtlError> {
                 vec![ty.plural()]
             };
             let (items, _) = client.list_all(&list_segs, args.page_size).await?;
+            if ty == ResourceType::ZoneIngress && matches!(args.output, Output::Table) {
+                // With each one's proxy status, from the ZoneIngressInsights.
+                let plural = ResourceType::ZoneIngressInsight.plural();
+                let (insights, _) = client.list_all(&[plural], args.page_size).await?;
+                out::text(&zone_ingress_table(&items, &insights, now_millis()));
+                return Ok(EXIT_OK);
+            }
             print_items(ty, &items, args.output, true);
         }
     }
@@ -100,6 +107,33 @@ pub fn table_of(ty: ResourceType, items: &[Value], now: i64) -> String {
         _ => (&["NAME", "AGE"], items.iter().map(|v| vec![str_field(v, "name").into(), created(v)]).collect()),
     };
     table::render_named(headers, rows, items)
+}
+
+/// The ZoneIngress table: where other zones reach each one, and whether
+/// its proxy is connected (`Online`: a subscription in its
+/// ZoneIngressInsight without a disconnect time; `Offline`: all closed;
+/// `-`: no proxy ever connected).
+pub fn zone_ingress_table(items: &[Value], insights: &[Value], now: i64) -> String {
+    let status = |name: &str| {
+        let Some(insight) = insights.iter().find(|i| str_field(i, "name") == name) else { return "-".to_string() };
+        let subs = insight.get("subscriptions").and_then(Value::as_array).cloned().unwrap_or_default();
+        if subs.iter().any(|s| s.get("disconnectTime").is_none_or(Value::is_null)) {
+            "Online".to_string()
+        } else {
+            "Offline".to_string()
+        }
+    };
+    let rows = items
+        .iter()
+        .map(|v| {
+            let name = str_field(v, "name");
+            let address = v.pointer("/networking/advertisedAddress").and_then(Value::as_str).unwrap_or_default();
+            let port = v.pointer("/networking/advertisedPort").and_then(Value::as_u64).unwrap_or_default();
+            let advertised = if address.is_empty() { "-".to_string() } else { format!("{address}:{port}") };
+            vec![name.into(), advertised, status(name), age(v.get("creationTime").and_then(Value::as_str), now)]
+        })
+        .collect();
+    table::render_named(&["NAME", "ADVERTISED", "STATUS", "AGE"], rows, items)
 }
 
 /// `builtin/ca-1` for the enabled mTLS backend, `off` without one.

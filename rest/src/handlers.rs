@@ -385,10 +385,14 @@ async fn list_top(
     Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     ci: ConnectInfo<PeerAddr>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
+    if plural == crate::overview::ZONE_INGRESSES_INSIGHTS {
+        return crate::overview::zone_ingresses(&s, None, p.offset.as_deref(), p.size.as_deref(), &pairs, &headers)
+            .await;
+    }
     let ty = resource_type(&plural)?;
     require_admin_for_secrets(&s, ty, &headers, &ci)?;
-    list(&s, ty, None, p, &pairs, &headers, &format!("/{plural}")).await
+    list(&s, ty, None, p, &pairs, &headers, &format!("/{plural}")).await.map(IntoResponse::into_response)
 }
 
 async fn get_top(
@@ -401,6 +405,13 @@ async fn get_top(
 ) -> Result<Response, ApiError> {
     if plural == "zones" && name == "_overview" {
         return crate::overview::zones(&s, p.offset.as_deref(), p.size.as_deref(), &pairs, &headers).await;
+    }
+    if resource_type(&plural).ok() == Some(ResourceType::ZoneIngress) && name == "_overview" {
+        return crate::overview::zone_ingresses(&s, None, p.offset.as_deref(), p.size.as_deref(), &pairs, &headers)
+            .await;
+    }
+    if plural == crate::overview::ZONE_INGRESSES_INSIGHTS {
+        return crate::overview::zone_ingresses(&s, Some(&name), None, None, &pairs, &headers).await;
     }
     let ty = top_type(&plural, &name)?;
     get_one(&s, ty, "", &name, &headers, &ci).await

@@ -63,6 +63,55 @@ pub async fn zones(
     Ok(Json(json!({ "total": total, "items": items, "next": next })).into_response())
 }
 
+/// The incumbent's legacy path segment listing ZoneIngresses with their
+/// insights (`/zoneingresses+insights[/{name}]`).
+pub const ZONE_INGRESSES_INSIGHTS: &str = "zoneingresses+insights";
+
+/// `GET /zoneingresses/_overview` (also `/zone-ingresses/_overview` and
+/// `/zoneingresses+insights`), with `?name=` (substring): each ZoneIngress
+/// with its ZoneIngressInsight (`{}` when its proxy never connected here),
+/// the incumbent's `ZoneIngressOverview`. With `one`, that ZoneIngress
+/// alone (`/zoneingresses+insights/{name}`; 404 when it does not exist).
+pub async fn zone_ingresses(
+    s: &ApiState,
+    one: Option<&str>,
+    offset: Option<&str>,
+    size: Option<&str>,
+    pairs: &[(String, String)],
+    headers: &axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let overview = |zi: &Entry, insight: Option<&Entry>| {
+        json!({
+            "type": "ZoneIngressOverview",
+            "name": zi.resource.meta.name,
+            "creationTime": universal::rfc3339_millis(zi.resource.meta.creation_time),
+            "modificationTime": universal::rfc3339_millis(zi.resource.meta.modification_time),
+            "zoneIngress": universal::spec_to_json(&zi.resource.spec),
+            "zoneIngressInsight": insight.map_or(json!({}), |i| universal::spec_to_json(&i.resource.spec)),
+        })
+    };
+    if let Some(name) = one {
+        let zi = s
+            .manager
+            .get(ResourceType::ZoneIngress, "", name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("ZoneIngress {name:?} not found")))?;
+        let insight = s.manager.get(ResourceType::ZoneIngressInsight, "", name).await?;
+        return Ok(Json(overview(&zi, insight.as_ref())).into_response());
+    }
+    let (offset, size) = page(offset, size)?;
+    let filter = ListFilter::parse(pairs, false)?;
+    let (ingresses, total) = filtered_page(s, ResourceType::ZoneIngress, None, &filter, offset, size).await?;
+    let (insights, _) = s.manager.list(ResourceType::ZoneIngressInsight, None, BTreeMap::new(), 0, None).await?;
+    let insights = insights_by_name(insights);
+    let items: Vec<Value> = ingresses
+        .iter()
+        .map(|zi| overview(zi, insights.get(&(String::new(), zi.resource.meta.name.clone()))))
+        .collect();
+    let next = next_url(headers, "/zoneingresses/_overview", &filter.query_suffix(), offset, size, total);
+    Ok(Json(json!({ "total": total, "items": items, "next": next })).into_response())
+}
+
 /// `GET /meshes/{mesh}/dataplanes/_overview`, with the incumbent's filters
 /// `?name=`, `?tag=k:v` (repeatable) and `?gateway=` ([`ListFilter`]).
 pub async fn dataplanes(

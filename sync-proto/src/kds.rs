@@ -167,8 +167,12 @@ pub fn global_secret_syncs(name: &str) -> bool {
 }
 
 /// Types zones stream to the global.
-pub const ZONE_TO_GLOBAL: &[ResourceType] =
-    &[ResourceType::Dataplane, ResourceType::DataplaneInsight, ResourceType::ZoneIngress];
+pub const ZONE_TO_GLOBAL: &[ResourceType] = &[
+    ResourceType::Dataplane,
+    ResourceType::DataplaneInsight,
+    ResourceType::ZoneIngress,
+    ResourceType::ZoneIngressInsight,
+];
 
 /// Zone names are DNS labels: they prefix zone resources' stored names on
 /// the global (`<zone>.<name>`), so they must not contain dots.

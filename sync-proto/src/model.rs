@@ -34,6 +34,8 @@ pub enum ResourceType {
     Zone,
     ZoneInsight,
     ZoneIngress,
+    /// The xDS subscriptions of a ZoneIngress's proxy (status, zone → global).
+    ZoneIngressInsight,
     /// Connection policy (`timeouts`), synced global → zones; see [`ResourceType::POLICIES`].
     Timeout,
     /// Connection policy (`retries`), synced global → zones; see [`ResourceType::POLICIES`].
@@ -67,7 +69,7 @@ impl ResourceType {
     ];
 
     /// All types, in the order they are applied (a mesh before what lives in it).
-    pub const ALL: [ResourceType; 18] = [
+    pub const ALL: [ResourceType; 19] = [
         ResourceType::Mesh,
         ResourceType::Secret,
         ResourceType::MeshGateway,
@@ -85,6 +87,7 @@ impl ResourceType {
         ResourceType::Zone,
         ResourceType::ZoneInsight,
         ResourceType::ZoneIngress,
+        ResourceType::ZoneIngressInsight,
         ResourceType::GlobalSecret,
     ];
 
@@ -101,6 +104,7 @@ impl ResourceType {
             ResourceType::Zone => "Zone",
             ResourceType::ZoneInsight => "ZoneInsight",
             ResourceType::ZoneIngress => "ZoneIngress",
+            ResourceType::ZoneIngressInsight => "ZoneIngressInsight",
             ResourceType::Timeout => "Timeout",
             ResourceType::Retry => "Retry",
             ResourceType::CircuitBreaker => "CircuitBreaker",
@@ -128,6 +132,7 @@ impl ResourceType {
             ResourceType::Zone => "zones",
             ResourceType::ZoneInsight => "zone-insights",
             ResourceType::ZoneIngress => "zoneingresses",
+            ResourceType::ZoneIngressInsight => "zone-ingress-insights",
             ResourceType::Timeout => "timeouts",
             ResourceType::Retry => "retries",
             ResourceType::CircuitBreaker => "circuit-breakers",
@@ -149,6 +154,7 @@ impl ResourceType {
             ResourceType::GlobalSecret => &["globalsecrets"],
             ResourceType::ZoneInsight => &["zoneinsights"],
             ResourceType::ZoneIngress => &["zone-ingresses"],
+            ResourceType::ZoneIngressInsight => &["zoneingressinsights"],
             _ => &[],
         }
     }
@@ -162,6 +168,7 @@ impl ResourceType {
                 | ResourceType::Zone
                 | ResourceType::ZoneInsight
                 | ResourceType::ZoneIngress
+                | ResourceType::ZoneIngressInsight
         )
     }
 
@@ -183,9 +190,10 @@ impl ResourceType {
             | ResourceType::FaultInjection
             | ResourceType::TrafficPermission
             | ResourceType::TrafficLog => SyncDirection::GlobalToZone,
-            ResourceType::Dataplane | ResourceType::DataplaneInsight | ResourceType::ZoneIngress => {
-                SyncDirection::ZoneToGlobal
-            }
+            ResourceType::Dataplane
+            | ResourceType::DataplaneInsight
+            | ResourceType::ZoneIngress
+            | ResourceType::ZoneIngressInsight => SyncDirection::ZoneToGlobal,
             ResourceType::Zone | ResourceType::ZoneInsight => SyncDirection::None,
         }
     }
@@ -202,6 +210,7 @@ impl ResourceType {
             ResourceType::Dataplane => "kuma.mesh.v1alpha1.Dataplane",
             ResourceType::DataplaneInsight => "kuma.mesh.v1alpha1.DataplaneInsight",
             ResourceType::ZoneIngress => "kuma.mesh.v1alpha1.ZoneIngress",
+            ResourceType::ZoneIngressInsight => "kuma.mesh.v1alpha1.ZoneIngressInsight",
             ResourceType::Timeout => "kuma.mesh.v1alpha1.Timeout",
             ResourceType::Retry => "kuma.mesh.v1alpha1.Retry",
             ResourceType::CircuitBreaker => "kuma.mesh.v1alpha1.CircuitBreaker",
@@ -266,6 +275,7 @@ pub enum Spec {
     Zone(pb::system::Zone),
     ZoneInsight(pb::system::ZoneInsight),
     ZoneIngress(pb::mesh::ZoneIngress),
+    ZoneIngressInsight(pb::mesh::ZoneIngressInsight),
     Timeout(pb::mesh::Timeout),
     Retry(pb::mesh::Retry),
     CircuitBreaker(pb::mesh::CircuitBreaker),
@@ -290,6 +300,7 @@ macro_rules! with_spec {
             Spec::Zone($v) => $body,
             Spec::ZoneInsight($v) => $body,
             Spec::ZoneIngress($v) => $body,
+            Spec::ZoneIngressInsight($v) => $body,
             Spec::Timeout($v) => $body,
             Spec::Retry($v) => $body,
             Spec::CircuitBreaker($v) => $body,
@@ -357,6 +368,11 @@ macro_rules! with_type {
                 let $wrap = Spec::ZoneIngress;
                 $body
             }
+            ResourceType::ZoneIngressInsight => {
+                type $T = $crate::pb::mesh::ZoneIngressInsight;
+                let $wrap = Spec::ZoneIngressInsight;
+                $body
+            }
             ResourceType::Timeout => {
                 type $T = $crate::pb::mesh::Timeout;
                 let $wrap = Spec::Timeout;
@@ -415,6 +431,7 @@ impl Spec {
             Spec::Zone(_) => ResourceType::Zone,
             Spec::ZoneInsight(_) => ResourceType::ZoneInsight,
             Spec::ZoneIngress(_) => ResourceType::ZoneIngress,
+            Spec::ZoneIngressInsight(_) => ResourceType::ZoneIngressInsight,
             Spec::Timeout(_) => ResourceType::Timeout,
             Spec::Retry(_) => ResourceType::Retry,
             Spec::CircuitBreaker(_) => ResourceType::CircuitBreaker,

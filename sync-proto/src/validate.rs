@@ -312,7 +312,7 @@ pub fn resource(r: &crate::Resource) -> Result<(), ValidationError> {
         Spec::TrafficPermission(s) => Report::run(|r| policies::traffic_permission(r, s)),
         Spec::TrafficLog(s) => Report::run(|r| policies::traffic_log(r, s)),
         // Written by the control plane itself, never by users.
-        Spec::DataplaneInsight(_) | Spec::Zone(_) | Spec::ZoneInsight(_) => Vec::new(),
+        Spec::DataplaneInsight(_) | Spec::ZoneIngressInsight(_) | Spec::Zone(_) | Spec::ZoneInsight(_) => Vec::new(),
     };
     if violations.is_empty() { Ok(()) } else { Err(ValidationError { violations }) }
 }

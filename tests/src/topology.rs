@@ -100,7 +100,8 @@ struct GatewaySpec {
 pub struct TopologyBuilder {
     test: String,
     global: Option<GlobalSpec>,
-    zones: Vec<String>,
+    /// Zones and the extra flags each is started with.
+    zones: Vec<(String, Vec<String>)>,
     meshes: Vec<String>,
     http_backends: Vec<(String, String)>,
     tcp_backends: Vec<(String, String)>,
@@ -122,7 +123,13 @@ impl TopologyBuilder {
     /// A zone named `name`: connected to the global with a fresh zone token,
     /// or standalone when the topology has no global.
     pub fn zone(mut self, name: &str) -> Self {
-        self.zones.push(name.to_string());
+        self.zones.push((name.to_string(), Vec::new()));
+        self
+    }
+
+    /// A zone as [`TopologyBuilder::zone`], started with the `extra` flags.
+    pub fn zone_with(mut self, name: &str, extra: &[&str]) -> Self {
+        self.zones.push((name.to_string(), extra.iter().map(|s| s.to_string()).collect()));
         self
     }
 
@@ -182,11 +189,19 @@ impl TopologyBuilder {
             }
         }
         let mut zones = BTreeMap::new();
-        for name in &self.zones {
+        for (name, extra) in &self.zones {
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             let zone = match &global {
-                Some(g) => Zone::connect(&dir, g, name).await,
+                Some(g) if extra.is_empty() => Zone::connect(&dir, g, name).await,
+                Some(g) => Zone::connect_with(&dir, g, name, &extra).await,
                 None => {
-                    let z = Zone::standalone(&dir, name).await;
+                    let z = if extra.is_empty() {
+                        Zone::standalone(&dir, name).await
+                    } else {
+                        let mut extra = extra.clone();
+                        extra.push("--skip-default-mesh");
+                        Zone::standalone_with(&dir, name, &extra).await
+                    };
                     for mesh in &self.meshes {
                         z.api().apply(&crate::resources::mesh(mesh)).await;
                     }

@@ -269,3 +269,88 @@ async fn ingress_tokens_admit_their_zone_ingress_only() {
     assert_eq!(bad.json["invalid_parameters"][0]["field"], "mesh", "{}", bad.text);
     topo.cleanup().await;
 }
+
+/// Two ZoneIngresses of zone-2 (ingress-a, ingress-b), each recorded in a
+/// ZoneIngressInsight (at zone-2 and, synced, at the global; in the
+/// `_overview` and `meridianctl get zone-ingresses`); then ingress-a's
+/// runner is SIGKILLed (no deregistration): zone-2's sweeper deletes it once
+/// its proxy has been gone for `--dataplane-cleanup-after`, every zone
+/// forgets it, and zone-1's gateway keeps reaching zone-2 through ingress-b
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_ingress_is_swept_and_the_other_zone_fails_over_to_the_live_one() {
+    let app_b2 = traffic::http_backend("app-b2").await;
+    let mut topo = Topology::builder("cross-zone-dead-ingress")
+        .global_spec(GlobalSpec::default())
+        .mesh("default")
+        .zone("zone-1")
+        .zone_with("zone-2", &["--dataplane-cleanup-after", "3s"])
+        .start()
+        .await;
+    let (b2_in, port_a, port_b, gw_port) = (free_port(), free_port(), free_port(), free_port());
+    topo.global().api().apply_yaml(MTLS_MESH).await;
+    topo.global().api().apply_yaml(&edge_gateway(gw_port)).await;
+    topo.zone("zone-2").api().apply_yaml(&b_sidecar("b-2", b2_in, app_b2.port)).await;
+    topo.add_envoy("zone-2", "b-2", XdsMode::Delta).await.wait_ready().await;
+    let (ingress_a, _) = start_ingress(&topo, "zone-2", "ingress-a", port_a).await;
+    let (_ingress_b, _) = start_ingress(&topo, "zone-2", "ingress-b", port_b).await;
+
+    // Each ingress's proxy is recorded, at its zone and at the global.
+    let online = |i: &serde_json::Value| {
+        i["subscriptions"].as_array().is_some_and(|s| s.iter().any(|s| s["disconnectTime"].is_null()))
+    };
+    for name in ["ingress-a", "ingress-b"] {
+        let insight = topo
+            .zone("zone-2")
+            .api()
+            .wait_for(&format!("/zone-ingress-insights/{name}"), "an open subscription", online)
+            .await;
+        assert!(insight["subscriptions"][0]["controlPlaneInstanceId"].as_str().is_some_and(|i| !i.is_empty()));
+        topo.global()
+            .api()
+            .wait_for(&format!("/zone-ingress-insights/zone-2.{name}"), "the insight synced", online)
+            .await;
+    }
+    let overview = topo.zone("zone-2").api().get("/zoneingresses/_overview").await;
+    assert_eq!(overview["total"], 2, "{overview}");
+    assert_eq!(overview["items"][0]["type"], "ZoneIngressOverview", "{overview}");
+    assert!(online(&overview["items"][0]["zoneIngressInsight"]), "{overview}");
+    let one = topo.global().api().get("/zoneingresses+insights/zone-2.ingress-a").await;
+    assert_eq!(one["zoneIngress"]["zone"], "zone-2", "{one}");
+    let out = topo.global().ctl().with(["get", "zone-ingresses"]).run().await.ok();
+    assert!(
+        out.stdout.lines().any(|l| l.contains("ingress-a") && l.contains("Online")),
+        "get zone-ingresses: {}",
+        out.stdout
+    );
+
+    // zone-1's gateway reaches b through zone-2's ingresses.
+    topo.zone("zone-1").api().apply_yaml(&traffic::gateway_dataplane("edge-1", "edge")).await;
+    topo.add_envoy("zone-1", "edge-1", XdsMode::Delta).await.wait_ready().await;
+    eventually("edge-1 reaches app-b2 through zone-2's ingresses", WAIT, || async {
+        let r = traffic::get(gw_port, "example.com", "/cross-zone").await?;
+        if r.status == 200 && r.backend() == "app-b2" { Ok(()) } else { Err(format!("{r:?}")) }
+    })
+    .await;
+
+    // SIGKILL: nothing deregisters ingress-a; its Envoy dies with the runner.
+    ingress_a.kill();
+    topo.zone("zone-2").api().wait_gone("/zoneingresses/ingress-a").await;
+    topo.global().api().wait_gone("/zoneingresses/zone-2.ingress-a").await;
+    topo.zone("zone-1").api().wait_gone("/zoneingresses/zone-2.ingress-a").await;
+    assert!(topo.zone("zone-2").api().fetch("/zoneingresses/ingress-b").await.is_ok(), "the connected ingress is kept");
+    // Every request now goes through ingress-b (ingress-a is no endpoint).
+    eventually("edge-1 reaches app-b2 through ingress-b alone", WAIT, || async {
+        for i in 0..REQUESTS {
+            let r = traffic::get(gw_port, "example.com", &format!("/after-kill/{i}")).await?;
+            if r.status != 200 || r.backend() != "app-b2" {
+                return Err(format!("request {i}: {r:?}"));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let out = topo.global().ctl().with(["get", "zone-ingresses"]).run().await.ok();
+    assert!(!out.stdout.contains("ingress-a") && out.stdout.contains("ingress-b"), "{}", out.stdout);
+    topo.cleanup().await;
+}

@@ -208,6 +208,13 @@ async fn the_mesh_ca_changes_under_traffic_without_a_failed_request() {
         })
         .await;
         assert!(envoy_secret(&topo, p, identity).await.expect("identity").contains(&ca1.intermediate.cert_pem));
+        // The insight lists both backends the proxy trusts, the issuing one first.
+        eventually(&format!("{p}'s insight supports ca-1 and ca-2"), WAIT, || async {
+            let insight = api.fetch(&format!("/meshes/default/dataplane-insights/{p}")).await?;
+            let supported = &insight["mTLS"]["supportedBackends"];
+            if *supported == serde_json::json!(["ca-1", "ca-2"]) { Ok(()) } else { Err(insight.to_string()) }
+        })
+        .await;
     }
     load.wait_for(20).await;
 
@@ -248,11 +255,9 @@ async fn the_mesh_ca_changes_under_traffic_without_a_failed_request() {
     topo.cleanup().await;
 }
 
-/// The first half of turning mTLS off with requests flowing: STRICT →
-/// PERMISSIVE. The sidecar's inbound starts accepting plaintext (a plain
-/// client reaches the application) while the gateway keeps originating
-/// mTLS; no request fails. (PERMISSIVE → off still fails requests for a
-/// moment: see the README, "Turning mTLS off".)
+/// STRICT → PERMISSIVE with requests flowing. The sidecar's inbound starts
+/// accepting plaintext (a plain client reaches the application) while the
+/// gateway keeps originating mTLS; no request fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_to_permissive_under_traffic_without_a_failed_request() {
     let (topo, gw_port, b_in, _app) = gateway_to_sidecar("mtls-permissive", &mesh_with("ca-1", &["ca-1"])).await;
@@ -270,5 +275,78 @@ async fn strict_to_permissive_under_traffic_without_a_failed_request() {
     load.wait_for(50).await;
     let (sent, failures) = load.finish().await;
     assert!(failures.is_empty(), "{} of {sent} requests failed going PERMISSIVE: {failures:?}", failures.len());
+    topo.cleanup().await;
+}
+
+/// The filter chains of sidecar `proxy`'s inbound listener on `port` as its
+/// Envoy holds them: for each, whether it terminates TLS.
+async fn inbound_chains(topo: &Topology, proxy: &str, port: u16) -> Result<Vec<bool>, String> {
+    let text = topo.envoy(proxy).admin_get("/config_dump?resource=dynamic_listeners").await?;
+    let dump: Value = serde_json::from_str(&text).map_err(|e| format!("config_dump is not JSON: {e}"))?;
+    let name = format!("inbound:127.0.0.1:{port}");
+    let listener = dump["configs"]
+        .as_array()
+        .and_then(|c| c.iter().find(|l| l["name"] == name.as_str()))
+        .ok_or_else(|| format!("{proxy} holds no listener {name}"))?;
+    let chains = listener["active_state"]["listener"]["filter_chains"]
+        .as_array()
+        .ok_or_else(|| format!("{name} is not active: {listener}"))?;
+    Ok(chains.iter().map(|c| c.get("transport_socket").is_some()).collect())
+}
+
+/// Whether the gateway's cluster to `b` originates TLS, as its Envoy holds it.
+async fn gateway_originates_tls(topo: &Topology) -> Result<bool, String> {
+    let text = topo.envoy("edge-1").admin_get("/config_dump?resource=dynamic_active_clusters").await?;
+    let dump: Value = serde_json::from_str(&text).map_err(|e| format!("config_dump is not JSON: {e}"))?;
+    let cluster = dump["configs"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["cluster"]["name"].as_str().is_some_and(|n| n.starts_with('b'))))
+        .ok_or_else(|| format!("edge-1 holds no cluster to b: {text}"))?;
+    Ok(cluster["cluster"].get("transport_socket").is_some())
+}
+
+/// Turning mTLS off and on again with requests flowing (issue 12's
+/// "disabling ... never drops traffic"): STRICT → off, then off → STRICT,
+/// each one Mesh update. The zone walks each switch in phases (inbounds
+/// accept both while the gateway changes sides, each step once both
+/// proxies confirmed the previous one), and no request fails; at the end
+/// of each switch both ends hold what the Mesh asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_off_and_on_again_under_traffic_without_a_failed_request() {
+    let (topo, gw_port, b_in, _app) = gateway_to_sidecar("mtls-off-on", &mesh_with("ca-1", &["ca-1"])).await;
+    let api = topo.zone("zone-1").api();
+    assert_eq!(inbound_chains(&topo, "b-1", b_in).await, Ok(vec![true]), "STRICT: one chain, mTLS");
+    let load = Load::start(gw_port);
+    load.wait_for(20).await;
+
+    // Off (the backend stays listed, enabledBackend gone): in the end one
+    // plaintext chain and a plaintext cluster.
+    api.apply_yaml("type: Mesh\nname: default\nmtls:\n  backends:\n  - name: ca-1\n    type: builtin\n").await;
+    eventually("b-1's inbound is plaintext only", WAIT, || async {
+        match inbound_chains(&topo, "b-1", b_in).await? {
+            c if c == [false] => Ok(()),
+            c => Err(format!("chains terminating TLS: {c:?}")),
+        }
+    })
+    .await;
+    assert_eq!(gateway_originates_tls(&topo).await, Ok(false), "the gateway dropped mTLS before the inbound did");
+    load.wait_for(30).await;
+
+    // On again, STRICT: the inbound refuses plaintext in the end.
+    api.apply_yaml(&mesh_with("ca-1", &["ca-1"])).await;
+    eventually("b-1's inbound is STRICT again", WAIT, || async {
+        match inbound_chains(&topo, "b-1", b_in).await? {
+            c if c == [true] => Ok(()),
+            c => Err(format!("chains terminating TLS: {c:?}")),
+        }
+    })
+    .await;
+    assert_eq!(gateway_originates_tls(&topo).await, Ok(true), "the gateway originates mTLS again");
+    load.wait_for(30).await;
+
+    let (sent, failures) = load.finish().await;
+    assert!(failures.is_empty(), "{} of {sent} requests failed turning mTLS off and on: {failures:?}", failures.len());
+    let plain = traffic::get(b_in, "example.com", "/plain-after").await;
+    assert!(!matches!(&plain, Ok(r) if r.status == 200), "STRICT again: a plain client reaches nothing: {plain:?}");
     topo.cleanup().await;
 }

@@ -13,6 +13,16 @@
 //! with the revision that was read, so a Dataplane re-registered meanwhile
 //! is not removed; its insight goes with it.
 //!
+//! ZoneIngresses of this zone are swept the same way, from their
+//! ZoneIngressInsight (written by the xDS server for ingress proxies): an
+//! ingress whose runner died without deregistering (SIGKILL, the host gone)
+//! is deleted once its proxy has been gone for longer than the same age;
+//! the deletion travels to the global and from there to every other zone,
+//! whose proxies then stop routing to it. The incumbent's zone does the
+//! same (its garbage collector maps ZoneIngressInsight to ZoneIngress, age
+//! `KUMA_RUNTIME_UNIVERSAL_ZONE_RESOURCE_CLEANUP_AGE`); Meridian uses one
+//! age for both.
+//!
 //! A zone instance that is killed (not stopped) cannot close its open
 //! subscriptions. On SQLite this instance is the store's only writer, so a
 //! subscription another instance left open is dead since this one started
@@ -23,7 +33,10 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use meridian_core::{Manager, ManagerError};
-use meridian_sync_proto::{ResourceType, Spec, pb::mesh::DataplaneInsight};
+use meridian_sync_proto::{
+    ResourceType, Spec,
+    pb::mesh::{DataplaneInsight, DiscoverySubscription},
+};
 use tokio_util::sync::CancellationToken;
 
 /// The shortest and longest pause between two sweeps; in between it is a
@@ -59,8 +72,14 @@ fn millis(t: &pbjson_types::Timestamp) -> i64 {
 /// subscription another instance left open counts as closed when this
 /// instance started.
 pub fn disconnected_since(insight: &DataplaneInsight, c: &Cleanup) -> Option<i64> {
+    subscriptions_gone_since(&insight.subscriptions, c)
+}
+
+/// [`disconnected_since`] for any proxy's subscriptions (a Dataplane's or a
+/// ZoneIngress's).
+fn subscriptions_gone_since(subscriptions: &[DiscoverySubscription], c: &Cleanup) -> Option<i64> {
     let mut since = None;
-    for s in &insight.subscriptions {
+    for s in subscriptions {
         let at = match &s.disconnect_time {
             Some(t) => millis(t),
             None if c.sole_instance && s.control_plane_instance_id != c.instance_id => c.started_millis,
@@ -73,8 +92,48 @@ pub fn disconnected_since(insight: &DataplaneInsight, c: &Cleanup) -> Option<i64
 
 /// Whether a Dataplane with this insight is due for removal at `now_millis`.
 pub fn expired(insight: &DataplaneInsight, c: &Cleanup, now_millis: i64) -> bool {
+    subscriptions_expired(&insight.subscriptions, c, now_millis)
+}
+
+fn subscriptions_expired(subscriptions: &[DiscoverySubscription], c: &Cleanup, now_millis: i64) -> bool {
     let after = i64::try_from(c.after.as_millis()).unwrap_or(i64::MAX);
-    disconnected_since(insight, c).is_some_and(|since| now_millis.saturating_sub(since) > after)
+    subscriptions_gone_since(subscriptions, c).is_some_and(|since| now_millis.saturating_sub(since) > after)
+}
+
+/// The subscriptions of a ZoneIngressInsight entry, when it is one.
+fn ingress_subscriptions(e: &meridian_core::Entry) -> Option<&[DiscoverySubscription]> {
+    match &e.resource.spec {
+        Spec::ZoneIngressInsight(i) => Some(&i.subscriptions),
+        _ => None,
+    }
+}
+
+/// One sweep of this zone's ZoneIngresses: deletes every one whose proxy
+/// has been disconnected for longer than `after`; returns their names.
+pub async fn sweep_ingresses(manager: &Manager, c: &Cleanup, now_millis: i64) -> Result<Vec<String>, ManagerError> {
+    let (insights, _) = manager.list(ResourceType::ZoneIngressInsight, None, BTreeMap::new(), 0, None).await?;
+    let mut removed = Vec::new();
+    for entry in insights {
+        if !ingress_subscriptions(&entry).is_some_and(|s| subscriptions_expired(s, c, now_millis)) {
+            continue;
+        }
+        let name = &entry.resource.meta.name;
+        let Some(zi) = manager.get(ResourceType::ZoneIngress, "", name).await? else { continue };
+        // Read the insight again: the proxy may have come back meanwhile.
+        let fresh = manager.get(ResourceType::ZoneIngressInsight, "", name).await?;
+        if !fresh.as_ref().and_then(ingress_subscriptions).is_some_and(|s| subscriptions_expired(s, c, now_millis)) {
+            continue;
+        }
+        match manager.delete(ResourceType::ZoneIngress, "", name, Some(zi.revision)).await {
+            Ok(()) => {
+                tracing::info!(zone_ingress = %name, after = ?c.after, "deleted a ZoneIngress disconnected for longer than --dataplane-cleanup-after");
+                removed.push(name.clone());
+            }
+            Err(ManagerError::Conflict { .. } | ManagerError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
 }
 
 /// One sweep: deletes every Dataplane disconnected for longer than
@@ -124,6 +183,9 @@ pub async fn run(manager: Manager, c: Cleanup, shutdown: CancellationToken) -> a
         }
         if let Err(e) = sweep(&manager, &c, meridian_core::liveness::now_millis()).await {
             tracing::warn!(error = %e, "Dataplane cleanup failed; trying again later");
+        }
+        if let Err(e) = sweep_ingresses(&manager, &c, meridian_core::liveness::now_millis()).await {
+            tracing::warn!(error = %e, "ZoneIngress cleanup failed; trying again later");
         }
     }
 }
@@ -233,6 +295,39 @@ mod tests {
             assert!(get(ResourceType::Dataplane, name).await, "{name} is kept");
         }
         assert!(sweep(&manager, &cleanup(10, true), 100_000).await.expect("sweep").is_empty());
+    }
+
+    /// On a real (SQLite) store: only the ZoneIngress whose proxy left long
+    /// enough ago goes, with its insight.
+    #[tokio::test]
+    async fn a_sweep_deletes_only_the_long_disconnected_ingresses() {
+        use meridian_store::{StatusExpect, Store};
+        use meridian_sync_proto::{Resource, pb::mesh::ZoneIngressInsight, universal};
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = format!("sqlite:{}", dir.path().join("z.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        let manager = Manager::new(store.clone(), meridian_core::Role::Zone { federated: false });
+        for name in ["gone", "connected", "never"] {
+            let zi = universal::from_value(serde_json::json!({"type": "ZoneIngress", "name": name,
+                "networking": {"address": "127.0.0.1", "port": 10001, "advertisedAddress": "127.0.0.1", "advertisedPort": 10001}}))
+            .expect("zone ingress");
+            manager.apply(zi, None, false).await.expect("apply");
+        }
+        for (name, subscriptions) in [("gone", vec![sub(0, Some(1_000))]), ("connected", vec![sub(2_000, None)])] {
+            let r = Resource::new("", name, Spec::ZoneIngressInsight(ZoneIngressInsight { subscriptions }));
+            store.put_status(&Manager::encode(&r), &StatusExpect::Absent).await.expect("insight");
+        }
+        let removed = sweep_ingresses(&manager, &cleanup(10, true), 100_000).await.expect("sweep");
+        assert_eq!(removed, ["gone"]);
+        let get = |ty, name: &'static str| {
+            let manager = manager.clone();
+            async move { manager.get(ty, "", name).await.expect("get").is_some() }
+        };
+        assert!(!get(ResourceType::ZoneIngress, "gone").await);
+        assert!(!get(ResourceType::ZoneIngressInsight, "gone").await, "the insight goes with it");
+        assert!(get(ResourceType::ZoneIngress, "connected").await);
+        assert!(get(ResourceType::ZoneIngress, "never").await, "never connected: kept");
     }
 
     #[test]

@@ -116,6 +116,10 @@ pub struct MeshSnapshot {
     /// The Mesh itself (its `mtls` decides the transport sockets); `None`
     /// when the zone does not hold it.
     pub mesh_spec: Option<mesh::Mesh>,
+    /// The mTLS phase the zone serves this mesh in while a switch of its
+    /// mTLS is under way ([`crate::mtls::TlsPhase`]); `None`: the phase
+    /// the Mesh asks for ([`crate::mtls::TlsPhase::target`]).
+    pub tls_phase: Option<crate::mtls::TlsPhase>,
     /// The zone this snapshot is generated in (locality of local
     /// endpoints; empty in golden tests).
     pub zone: String,
@@ -406,7 +410,7 @@ fn finish(
     mut ctx: Ctx,
 ) -> ProxyConfig {
     let (mut clusters, endpoints) =
-        clusters::generate(snapshot, &ctx.clusters, ctx.mtls.as_ref(), true, &mut ctx.warnings);
+        clusters::generate(snapshot, &ctx.clusters, ctx.mtls.as_ref().filter(|m| m.clients), true, &mut ctx.warnings);
     if ctx.deps.gateway.is_some() {
         for c in &mut clusters {
             if let Some(destination) = ctx.clusters.get(&c.name) {

@@ -144,7 +144,8 @@ pub struct RunArgs {
     /// Delete a Dataplane whose proxy has been disconnected for longer than
     /// this, as a duration (`72h`, `30m`, `2s`); `0s` keeps them forever. As
     /// the incumbent's `KUMA_RUNTIME_UNIVERSAL_DP_CLEANUP_AGE` (default 72h).
-    /// A Dataplane whose proxy never connected is kept.
+    /// A Dataplane whose proxy never connected is kept. This zone's
+    /// ZoneIngresses are swept by the same rule (their ZoneIngressInsight).
     #[arg(long, env = "MERIDIAN_DATAPLANE_CLEANUP_AFTER", default_value = "72h", value_parser = humantime::parse_duration)]
     #[serde(serialize_with = "human_duration")]
     pub dataplane_cleanup_after: std::time::Duration,

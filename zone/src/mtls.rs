@@ -46,6 +46,58 @@ pub enum Mode {
     Permissive,
 }
 
+/// Where a mesh stands in a switch of its mTLS, as the zone serves it: how
+/// inbound listeners treat clients (`server`: `None` plaintext only) and
+/// whether clusters to mesh services originate mTLS (`clients`).
+///
+/// One Mesh update cannot flip both ends at once without failing requests
+/// (a client still dialling TLS to an inbound already plain, or plain to
+/// one still STRICT), so the zone walks from one settled phase to the next
+/// through [`TlsPhase::next_step`], each step taken once every proxy of the
+/// mesh holds the previous one (see `crate::xds::cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TlsPhase {
+    /// How inbounds treat clients: `None` plaintext only.
+    pub server: Option<Mode>,
+    /// Whether clusters to mesh services originate mTLS.
+    pub clients: bool,
+}
+
+impl TlsPhase {
+    /// The settled phase a Mesh asks for: mTLS off is plaintext at both
+    /// ends; on, inbounds in the backend's mode and every client on mTLS.
+    pub fn target(mesh: Option<&Mesh>) -> TlsPhase {
+        match mesh.and_then(mtls_enabled) {
+            None => TlsPhase { server: None, clients: false },
+            Some(mode) => TlsPhase { server: Some(mode), clients: true },
+        }
+    }
+
+    /// The next phase on the way from `self` to `target`, safe to serve
+    /// once every proxy holds `self`: clients change sides only while
+    /// inbounds accept both (PERMISSIVE), and inbounds leave PERMISSIVE
+    /// only once clients are on the side they will keep.
+    ///
+    /// ```text
+    ///   STRICT → off     (Strict, tls)  → (Permissive, tls)   → (Permissive, plain) → (off, plain)
+    ///   PERMISSIVE → off (Permissive, tls) → (Permissive, plain) → (off, plain)
+    ///   off → STRICT     (off, plain)   → (Permissive, plain) → (Permissive, tls)   → (Strict, tls)
+    ///   STRICT ↔ PERMISSIVE: one step (clients keep mTLS)
+    /// ```
+    pub fn next_step(self, target: TlsPhase) -> TlsPhase {
+        if self == target {
+            return self;
+        }
+        if self.clients != target.clients {
+            if self.server != Some(Mode::Permissive) {
+                return TlsPhase { server: Some(Mode::Permissive), clients: self.clients };
+            }
+            return TlsPhase { server: Some(Mode::Permissive), clients: target.clients };
+        }
+        target
+    }
+}
+
 /// The SDS secret holding a proxy's identity: `tls_certificate` with the
 /// workload certificate chain (leaf issued by the zone's intermediate CA,
 /// then that intermediate) and its private key.
@@ -93,6 +145,13 @@ pub struct Issued {
     pub ca_cert_pem: String,
     /// How many certificates this proxy received (1 for the first).
     pub generation: u32,
+    /// The root certificates (PEM, concatenated) last sent as the proxy's
+    /// mesh CA: kept serving while mTLS is being turned off, when the
+    /// Mesh may no longer list its backends.
+    pub trusted: String,
+    /// The backends whose roots are in `trusted`, the issuing one first
+    /// (`DataplaneInsight.mTLS.supportedBackends`).
+    pub supported: Vec<String>,
 }
 
 /// Whether `prev` no longer fits: none yet, other SANs, another backend or
@@ -130,19 +189,33 @@ pub fn dataplane_tags(dp: &meridian_sync_proto::pb::mesh::Dataplane) -> BTreeMap
 /// this zone holds, the enabled backend's first, without duplicates. Empty
 /// with no mTLS section or no CA received yet.
 pub fn trusted_roots<'a>(mesh: &Mesh, zone: &str, secret_data: impl Fn(&str) -> Option<&'a [u8]>) -> Vec<String> {
-    let Some(mtls) = mesh.mtls.as_ref() else { return Vec::new() };
-    let mut backends: Vec<_> = mtls.backends.iter().filter(|b| b.r#type == validate::BUILTIN).collect();
-    backends.sort_by_key(|b| b.name != mtls.enabled_backend);
     let mut roots: Vec<String> = Vec::new();
-    for b in backends {
-        let Some(ca) = secret_data(&zone_ca_secret_name(&b.name, zone)).and_then(|d| ZoneCa::from_pem(d).ok()) else {
-            continue;
-        };
-        if !roots.contains(&ca.root_cert_pem) {
-            roots.push(ca.root_cert_pem);
+    for (_, root) in trusted_backends(mesh, zone, secret_data) {
+        if !roots.contains(&root) {
+            roots.push(root);
         }
     }
     roots
+}
+
+/// The backends behind [`trusted_roots`]: each listed `builtin` backend
+/// whose zone CA this zone holds, with its root certificate (PEM), the
+/// enabled backend first.
+pub fn trusted_backends<'a>(
+    mesh: &Mesh,
+    zone: &str,
+    secret_data: impl Fn(&str) -> Option<&'a [u8]>,
+) -> Vec<(String, String)> {
+    let Some(mtls) = mesh.mtls.as_ref() else { return Vec::new() };
+    let mut backends: Vec<_> = mtls.backends.iter().filter(|b| b.r#type == validate::BUILTIN).collect();
+    backends.sort_by_key(|b| b.name != mtls.enabled_backend);
+    backends
+        .into_iter()
+        .filter_map(|b| {
+            let ca = secret_data(&zone_ca_secret_name(&b.name, zone)).and_then(|d| ZoneCa::from_pem(d).ok())?;
+            Some((b.name.clone(), ca.root_cert_pem))
+        })
+        .collect()
 }
 
 /// The two SDS secrets of a proxy (see the module's diagram): its identity,
@@ -173,7 +246,9 @@ pub fn secrets(mesh: &str, issued: &Issued, trusted: &str) -> [Secret; 2] {
 }
 
 /// The proxy's `DataplaneInsight.mTLS` (the incumbent's fields): expiry and
-/// time of the current certificate, how many were issued, by which backend.
+/// time of the current certificate, how many were issued, by which backend,
+/// and every backend whose root the proxy trusts (the issuing one first;
+/// during a CA change both the old and the new).
 pub fn insight(i: &Issued) -> meridian_sync_proto::pb::mesh::dataplane_insight::Mtls {
     let ts = |t: SystemTime| {
         let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
@@ -187,6 +262,45 @@ pub fn insight(i: &Issued) -> meridian_sync_proto::pb::mesh::dataplane_insight::
         certificate_regenerations: i.generation,
         last_certificate_regeneration: Some(ts(i.issued_at)),
         issued_backend: i.backend.clone(),
-        supported_backends: vec![i.backend.clone()],
+        supported_backends: if i.supported.is_empty() { vec![i.backend.clone()] } else { i.supported.clone() },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Mode, TlsPhase};
+
+    const OFF: TlsPhase = TlsPhase { server: None, clients: false };
+    const PERMISSIVE_PLAIN: TlsPhase = TlsPhase { server: Some(Mode::Permissive), clients: false };
+    const PERMISSIVE: TlsPhase = TlsPhase { server: Some(Mode::Permissive), clients: true };
+    const STRICT: TlsPhase = TlsPhase { server: Some(Mode::Strict), clients: true };
+
+    fn walk(from: TlsPhase, to: TlsPhase) -> Vec<TlsPhase> {
+        let mut out = vec![from];
+        while *out.last().expect("a phase") != to {
+            let next = out.last().expect("a phase").next_step(to);
+            out.push(next);
+            assert!(out.len() < 10, "{out:?}");
+        }
+        out
+    }
+
+    #[test]
+    fn clients_change_sides_only_while_inbounds_accept_both() {
+        assert_eq!(walk(STRICT, OFF), [STRICT, PERMISSIVE, PERMISSIVE_PLAIN, OFF]);
+        assert_eq!(walk(PERMISSIVE, OFF), [PERMISSIVE, PERMISSIVE_PLAIN, OFF]);
+        assert_eq!(walk(OFF, STRICT), [OFF, PERMISSIVE_PLAIN, PERMISSIVE, STRICT]);
+        assert_eq!(walk(OFF, PERMISSIVE), [OFF, PERMISSIVE_PLAIN, PERMISSIVE]);
+        assert_eq!(walk(STRICT, PERMISSIVE), [STRICT, PERMISSIVE]);
+        assert_eq!(walk(PERMISSIVE, STRICT), [PERMISSIVE, STRICT]);
+        // Turned back on half-way through turning off.
+        assert_eq!(walk(PERMISSIVE_PLAIN, STRICT), [PERMISSIVE_PLAIN, PERMISSIVE, STRICT]);
+        // Every phase on the way keeps clients and inbounds compatible.
+        for (from, to) in [(STRICT, OFF), (OFF, STRICT), (PERMISSIVE, OFF), (PERMISSIVE_PLAIN, STRICT)] {
+            for p in walk(from, to) {
+                assert!(p.server != Some(Mode::Strict) || p.clients, "{p:?}: plain clients to a STRICT inbound");
+                assert!(p.server.is_some() || !p.clients, "{p:?}: TLS clients to a plaintext inbound");
+            }
+        }
     }
 }

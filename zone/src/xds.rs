@@ -203,6 +203,8 @@ pub async fn serve(
         }
         // Returns only on `stop`: identity certificates re-issued when due.
         _ = cache.rotate_until(stop.clone()) => {}
+        // Likewise: the steps of mTLS switches, as proxies confirm each phase.
+        _ = cache.step_tls_until(stop.clone()) => {}
     }
     tasks.close();
     tasks.wait().await;
@@ -342,22 +344,23 @@ async fn run<W: Wire>(
     let seq = shared.streams.fetch_add(1, Ordering::Relaxed);
     let prefix = format!("{}-{seq}", shared.config.instance_id);
     tracing::info!(dataplane = %id, stream = %prefix, "Envoy connected");
-    // A ZoneIngress has no DataplaneInsight (it is in no mesh).
-    let handle = (!id.is_ingress()).then(|| {
-        InsightHandle::spawn(
-            &shared.tasks,
-            shared.store.clone(),
-            shared.config.zone.clone(),
-            id.clone(),
-            shared.cache.identities().clone(),
-        )
-    });
-    let mut source = stream::ProxySource { rx: sub.rx.clone(), state };
+    // A Dataplane's DataplaneInsight, a ZoneIngress's ZoneIngressInsight.
+    let handle = Some(InsightHandle::spawn(
+        &shared.tasks,
+        shared.store.clone(),
+        shared.config.zone.clone(),
+        id.clone(),
+        shared.cache.identities().clone(),
+    ));
+    let held = Arc::new(std::sync::atomic::AtomicU64::new(state.phase));
+    let mut source = stream::ProxySource { rx: sub.rx.clone(), state, held: held.clone() };
     let mut wire = W::wire(first, inbound, tx.clone());
+    let phases = stream::PhaseReport::new(shared.cache.clone(), id.clone(), held);
     let mut observer = (
         shared.config.metrics.sender(XDS),
         stream::InsightObserver::new(&prefix, &shared.config.instance_id, node.as_ref(), handle)
-            .with_warnings(sub.rx.clone()),
+            .with_warnings(sub.rx.clone())
+            .with_phase_report(phases),
     );
     // A SotW response carries the whole set: no byte budget there.
     let max_bytes = if <W::Driver as SendWire>::FULL_STATE { usize::MAX } else { stream::MAX_RESPONSE_BYTES };

@@ -133,7 +133,7 @@ async fn a_zone_resource_too_large_to_relay_is_refused() {
     let token = g.zone_token("zone-1").await;
     let raw = RawKds::connect(&g.kds_url(), g.ca(), "zone-1", Some(&token)).await;
     let (tx, mut rx) = raw.zone_to_global().await.expect("zone-to-global stream");
-    for _ in 0..3 {
+    for _ in 0..4 {
         raw_kds::next(&mut rx, CONVERGE).await; // the global's subscriptions
     }
 

@@ -58,7 +58,7 @@ async fn revoked_token_cuts_the_zone_to_global_stream() {
     let token = g.zone_token("zone-1").await;
     let raw = RawKds::connect(&g.kds_url(), g.ca(), "zone-1", Some(&token)).await;
     let (tx, mut rx) = raw.zone_to_global().await.expect("zone-to-global stream");
-    for _ in 0..3 {
+    for _ in 0..4 {
         raw_kds::next(&mut rx, CONVERGE).await;
     }
     tx.send(dp_response("dp-before", "10.0.0.1", "n-1")).await.expect("send");

@@ -51,7 +51,7 @@ async fn upward(
     }
     let (tx, mut rx) = raw.zone_to_global().await.expect("zone-to-global stream");
     let mut dataplanes = None;
-    for _ in 0..3 {
+    for _ in 0..4 {
         let req = raw_kds::next(&mut rx, CONVERGE).await;
         if req.type_url == "Dataplane" {
             dataplanes = Some(req);

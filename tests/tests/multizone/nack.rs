@@ -28,11 +28,11 @@ async fn invalid_dataplane_from_a_zone_is_nacked_alone() {
     let (tx, mut rx) = raw.zone_to_global().await.expect("zone-to-global stream");
     // The global subscribes to each type it takes from zones.
     let mut asked = Vec::new();
-    while asked.len() < 3 {
+    while asked.len() < 4 {
         asked.push(raw_kds::next(&mut rx, CONVERGE).await.type_url);
     }
     asked.sort();
-    assert_eq!(asked, ["Dataplane", "DataplaneInsight", "ZoneIngress"]);
+    assert_eq!(asked, ["Dataplane", "DataplaneInsight", "ZoneIngress", "ZoneIngressInsight"]);
 
     let dp = |v: serde_json::Value| {
         let name = v["name"].as_str().expect("name").to_string();

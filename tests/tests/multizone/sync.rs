@@ -108,7 +108,7 @@ async fn zone_dataplanes_reach_the_global_under_their_zone() {
     let (tx, mut rx) = raw.zone_to_global().await.expect("zone-to-global stream");
     // The global subscribes to each type it takes from zones, in one go.
     let mut initial = Vec::new();
-    while initial.len() < 3 {
+    while initial.len() < 4 {
         initial.push(raw_kds::next(&mut rx, CONVERGE).await);
     }
     let first = initial.into_iter().find(|r| r.type_url == "Dataplane").expect("a Dataplane subscription");

@@ -49,7 +49,7 @@ async fn global_ignores_a_type_it_did_not_ask_for_and_keeps_the_stream() {
     let token = g.zone_token("zone-1").await;
     let raw = RawKds::connect(&g.kds_url(), g.ca(), "zone-1", Some(&token)).await;
     let (tx, mut rx) = raw.zone_to_global().await.expect("zone-to-global stream");
-    for _ in 0..3 {
+    for _ in 0..4 {
         raw_kds::next(&mut rx, CONVERGE).await;
     }
     let unasked = raw_kds::DeltaDiscoveryResponse {

@@ -16,6 +16,13 @@
 //! unless the Mesh sets `routing.localityAwareLoadBalancing`), other zones
 //! are always priority 1: local instances serve while there are any, and
 //! traffic fails over to other zones when they are gone.
+//!
+//! Several ZoneIngresses advertising the same address and port (replicas
+//! behind one load balancer) are one endpoint, as in the incumbent
+//! (`fillIngressOutbounds` keeps the first ingress per advertised
+//! `address:port` and skips the others): the first by stored name counts,
+//! with its announced instances as the weight (each replica announces the
+//! same instances of its zone, so summing them would overweight that zone).
 
 use std::collections::BTreeMap;
 
@@ -64,6 +71,13 @@ pub(super) fn remote_endpoints(
     warnings: &mut Vec<String>,
 ) -> Vec<RemoteEndpoint> {
     let mut out = Vec::new();
+    // Advertised address:port → the first ingress (by stored name) there.
+    let mut first_at: BTreeMap<(&str, u32), &str> = BTreeMap::new();
+    for (name, zi) in snapshot.remote_ingresses.iter() {
+        if let Some(n) = zi.networking.as_ref().filter(|n| !n.advertised_address.is_empty() && n.advertised_port != 0) {
+            first_at.entry((n.advertised_address.as_str(), n.advertised_port)).or_insert(name.as_str());
+        }
+    }
     for (name, zi) in snapshot.remote_ingresses.iter() {
         let instances: u32 = zi
             .available_services
@@ -98,6 +112,10 @@ pub(super) fn remote_endpoints(
             warnings.push(format!(
                 "ZoneIngress {name} of zone {zone}: advertised {address}:{port} is not an IP address and port; its {instances} instance(s) of {destination:?} are left out"
             ));
+            continue;
+        }
+        if first_at.get(&(address, port)).is_some_and(|first| *first != name.as_str()) {
+            // Another ingress at this address:port already is the endpoint.
             continue;
         }
         out.push(RemoteEndpoint { zone: zone.to_string(), address: address.to_string(), port, instances });
@@ -213,5 +231,27 @@ mod tests {
         assert_eq!(l[0].priority, REMOTE_PRIORITY);
         assert_eq!(l[0].locality.as_ref().map(|l| l.zone.as_str()), Some("zone-2"));
         assert_eq!(l[0].lb_endpoints[0].load_balancing_weight, Some(UInt32Value { value: 3 }));
+    }
+
+    #[test]
+    fn ingresses_behind_one_address_are_one_endpoint() {
+        let svc = [("kuma.io/service", "b")];
+        let mut s = MeshSnapshot::new("default");
+        s.remote_ingresses = std::sync::Arc::new(
+            [
+                // Two replicas of zone-2's ingress behind one load balancer.
+                ("zone-2.ingress-a".to_string(), ingress("zone-2", "192.0.2.2", 10001, &[("default", &svc, 3)])),
+                ("zone-2.ingress-b".to_string(), ingress("zone-2", "192.0.2.2", 10001, &[("default", &svc, 3)])),
+                // Same address, another port: another endpoint.
+                ("zone-2.ingress-c".to_string(), ingress("zone-2", "192.0.2.2", 10002, &[("default", &svc, 3)])),
+            ]
+            .into(),
+        );
+        let mut w = Vec::new();
+        let eps = remote_endpoints(&s, "default", &dest(&svc), true, false, &mut w);
+        let at = |port| RemoteEndpoint { zone: "zone-2".into(), address: "192.0.2.2".into(), port, instances: 3 };
+        assert_eq!(eps, [at(10001), at(10002)], "{w:?}");
+        let l = remote_localities(eps);
+        assert_eq!(l[0].lb_endpoints.len(), 2);
     }
 }

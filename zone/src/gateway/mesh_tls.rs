@@ -36,18 +36,23 @@ use crate::mtls::{self, Mode};
 /// an application's own TLS (the incumbent's `kuma`).
 pub const MESH_ALPN: &str = "kuma";
 
-/// A mesh with mTLS on: its name and mode.
+/// A mesh whose inbounds terminate mTLS: its name, the inbounds' mode, and
+/// whether its clients originate mTLS yet (false while mTLS is being
+/// turned on or off: [`crate::mtls::TlsPhase`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshTls {
     pub mesh: String,
     pub mode: Mode,
+    pub clients: bool,
 }
 
-/// Mesh mTLS of the snapshot's mesh, when its Mesh has `mtls.enabledBackend`
-/// set (`None` when mTLS is off or the Mesh is unknown).
+/// Mesh mTLS of the snapshot's mesh in the phase the zone serves it
+/// ([`MeshSnapshot::tls_phase`], else what the Mesh asks for:
+/// `mtls.enabledBackend` set); `None` when inbounds are plaintext only.
 pub fn of(snapshot: &MeshSnapshot) -> Option<MeshTls> {
-    let mode = snapshot.mesh_spec.as_ref().and_then(mtls::mtls_enabled)?;
-    Some(MeshTls { mesh: snapshot.mesh.clone(), mode })
+    let phase = snapshot.tls_phase.unwrap_or_else(|| mtls::TlsPhase::target(snapshot.mesh_spec.as_ref()));
+    let mode = phase.server?;
+    Some(MeshTls { mesh: snapshot.mesh.clone(), mode, clients: phase.clients })
 }
 
 /// The SPIFFE ID of a service: `spiffe://<mesh>/<service>`.

@@ -105,55 +105,8 @@ pub(super) fn generate(snapshot: &MeshSnapshot, n: &Networking, ctx: &mut Ctx) -
             Some(rules) if http => vec![hcm(&stat, &route_name, service, &cluster_name, Some(rules))],
             Some(rules) => vec![network_rbac(&stat, rules), plain.clone()],
         };
-        let (chains, listener_filters) = match &ctx.mtls {
-            None => (vec![FilterChain { filters: vec![plain], ..Default::default() }], Vec::new()),
-            Some(m) if m.mode == Mode::Strict => (
-                vec![FilterChain {
-                    filters: mesh_filters,
-                    transport_socket: Some(mesh_tls::inbound_socket(&m.mesh)),
-                    ..Default::default()
-                }],
-                Vec::new(),
-            ),
-            Some(m) => (
-                vec![
-                    // Mesh clients: mTLS, offered with ALPN `kuma`.
-                    FilterChain {
-                        filter_chain_match: Some(FilterChainMatch {
-                            transport_protocol: "tls".into(),
-                            application_protocols: vec![MESH_ALPN.into()],
-                            ..Default::default()
-                        }),
-                        filters: mesh_filters,
-                        transport_socket: Some(mesh_tls::inbound_socket(&m.mesh)),
-                        ..Default::default()
-                    },
-                    // The application's own TLS: passed through untouched.
-                    FilterChain {
-                        filter_chain_match: Some(FilterChainMatch {
-                            transport_protocol: "tls".into(),
-                            ..Default::default()
-                        }),
-                        filters: vec![tcp(&stat, &cluster_name)],
-                        ..Default::default()
-                    },
-                    // Plaintext clients (outside the mesh, or not migrated yet).
-                    FilterChain {
-                        filter_chain_match: Some(FilterChainMatch {
-                            transport_protocol: "raw_buffer".into(),
-                            ..Default::default()
-                        }),
-                        filters: vec![plain],
-                        ..Default::default()
-                    },
-                ],
-                vec![ListenerFilter {
-                    name: "envoy.filters.listener.tls_inspector".into(),
-                    config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(TlsInspector::default()))),
-                    ..Default::default()
-                }],
-            ),
-        };
+        let (chains, listener_filters) =
+            inbound_chains(snapshot, ctx.mtls.as_ref(), &plain, &mesh_filters, &stat, &cluster_name);
         listeners.push(Listener {
             name: name.clone(),
             stat_prefix: stat,
@@ -274,6 +227,72 @@ fn hcm(stat: &str, route_name: &str, service: &str, cluster: &str, rbac: Option<
         name: "envoy.filters.network.http_connection_manager".into(),
         config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
     }
+}
+
+/// The filter chains (and listener filters) of an inbound listener in the
+/// mesh's mTLS phase (`mtls`: `None` when inbounds are plaintext only).
+///
+/// Each kind of chain is the same message in every phase, so that a step
+/// of an mTLS switch only adds or removes chains: Envoy's filter-chain-only
+/// update then drains no connection of a chain that stays (a whole-listener
+/// change would drain every one, and close them when the drain time ends).
+/// So a mesh with an `mtls` section (backends listed, even with mTLS off)
+/// keeps the TLS inspector and matched chains in every phase:
+///
+/// ```text
+///   STRICT      [mTLS (tls + ALPN kuma)]
+///   PERMISSIVE  [mTLS (tls + ALPN kuma), application TLS (tls, passed through), plaintext (raw_buffer)]
+///   off         [plaintext (raw_buffer)]            (no mtls section: one chain, no inspector)
+/// ```
+fn inbound_chains(
+    snapshot: &MeshSnapshot,
+    mtls: Option<&mesh_tls::MeshTls>,
+    plain: &Filter,
+    mesh_filters: &[Filter],
+    stat: &str,
+    cluster_name: &str,
+) -> (Vec<FilterChain>, Vec<ListenerFilter>) {
+    let listed = snapshot.mesh_spec.as_ref().and_then(|m| m.mtls.as_ref()).is_some_and(|m| !m.backends.is_empty());
+    if mtls.is_none() && !listed {
+        return (vec![FilterChain { filters: vec![plain.clone()], ..Default::default() }], Vec::new());
+    }
+    let inspector = vec![ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(TlsInspector::default()))),
+        ..Default::default()
+    }];
+    // Mesh clients: mTLS, offered with ALPN `kuma`.
+    let mesh_chain = |m: &mesh_tls::MeshTls| FilterChain {
+        filter_chain_match: Some(FilterChainMatch {
+            transport_protocol: "tls".into(),
+            application_protocols: vec![MESH_ALPN.into()],
+            ..Default::default()
+        }),
+        filters: mesh_filters.to_vec(),
+        transport_socket: Some(mesh_tls::inbound_socket(&m.mesh)),
+        ..Default::default()
+    };
+    // Plaintext clients (outside the mesh, not migrated yet, or mTLS off).
+    let plain_chain = FilterChain {
+        filter_chain_match: Some(FilterChainMatch { transport_protocol: "raw_buffer".into(), ..Default::default() }),
+        filters: vec![plain.clone()],
+        ..Default::default()
+    };
+    let chains = match mtls {
+        None => vec![plain_chain],
+        Some(m) if m.mode == Mode::Strict => vec![mesh_chain(m)],
+        Some(m) => vec![
+            mesh_chain(m),
+            // The application's own TLS: passed through untouched.
+            FilterChain {
+                filter_chain_match: Some(FilterChainMatch { transport_protocol: "tls".into(), ..Default::default() }),
+                filters: vec![tcp(stat, cluster_name)],
+                ..Default::default()
+            },
+            plain_chain,
+        ],
+    };
+    (chains, inspector)
 }
 
 #[cfg(test)]

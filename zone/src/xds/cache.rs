@@ -35,6 +35,7 @@ use tokio::sync::watch;
 
 use crate::{
     gateway::{self, Deps, MeshSnapshot, selector_matches, tags_match},
+    mtls::TlsPhase,
     xds::identities::{Identities, MeshCa},
 };
 
@@ -85,6 +86,10 @@ pub struct ProxyState {
     /// generated from ([`gateway::sources`]); DataplaneInsight reports them
     /// with Envoy's answer.
     pub sources: Arc<gateway::Sources>,
+    /// The index of the mesh's mTLS phase this configuration was generated
+    /// in ([`MeshPhase::index`]; 0 for a ZoneIngress): once Envoy holds it,
+    /// the stream reports it ([`Cache::holds`]).
+    pub phase: u64,
 }
 
 impl ProxyState {
@@ -107,6 +112,9 @@ impl ProxyState {
 }
 
 struct Proxy {
+    /// The highest mTLS phase index whose configuration Envoy was seen to
+    /// hold in full (every response ACKed, none NACKed since).
+    holds: u64,
     tx: watch::Sender<Arc<ProxyState>>,
     deps: Deps,
     subscribers: usize,
@@ -139,12 +147,38 @@ struct Inner {
     /// Every crossMesh gateway listener of this zone, shared by every
     /// mesh's snapshot.
     cross_mesh_listeners: Arc<Vec<gateway::cross_mesh::CrossMeshListener>>,
+    /// Per mesh, the mTLS phase served ([`TlsPhase`]): where a switch of
+    /// the mesh's mTLS stands.
+    tls: BTreeMap<String, MeshPhase>,
 }
+
+/// A mesh's mTLS phase at this zone. A Mesh update that turns mTLS on or
+/// off moves its target; the zone walks there one [`TlsPhase::next_step`]
+/// at a time, each once every proxy of the mesh connected here holds the
+/// current phase (or after [`PHASE_TIMEOUT`]).
+struct MeshPhase {
+    phase: TlsPhase,
+    /// Bumped at every step; generated states carry it, streams report
+    /// the one Envoy holds.
+    index: u64,
+    /// When the current phase was entered.
+    since: std::time::Instant,
+    /// The Mesh as it was when mTLS was last on: inbounds still
+    /// terminating mTLS after it was turned off keep their identities
+    /// from it.
+    last_on: Option<Arc<Mesh>>,
+}
+
+/// How long a step of an mTLS switch waits for proxies that do not report
+/// holding the current phase (a NACKing or stuck Envoy) before it is taken
+/// anyway, with a warning naming them.
+pub const PHASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Inner {
     /// An empty snapshot of `mesh` in this zone.
     fn new_snapshot(&self, mesh: &str) -> MeshSnapshot {
         MeshSnapshot {
+            tls_phase: self.tls.get(mesh).map(|p| p.phase),
             zone: self.zone.clone(),
             remote_ingresses: self.remote_ingresses.clone(),
             cross_mesh_listeners: self.cross_mesh_listeners.clone(),
@@ -171,12 +205,80 @@ impl Inner {
     /// The generation job of proxy `id` from the current snapshots.
     fn job(&self, id: ProxyId) -> Job {
         let snapshot = self.meshes.get(&id.mesh).cloned().unwrap_or_else(|| Arc::new(self.new_snapshot(&id.mesh)));
-        let mesh = self.mesh_specs.get(&id.mesh).cloned();
+        let mut mesh = self.mesh_specs.get(&id.mesh).cloned();
+        let tls = self.tls.get(&id.mesh);
+        if let Some(t) = tls
+            && t.phase.server.is_some()
+            && mesh.as_deref().and_then(crate::mtls::enabled_backend).is_none()
+        {
+            // mTLS turned off, inbounds not plaintext yet: the last identity.
+            mesh = t.last_on.clone();
+        }
+        let phase = tls.map_or(0, |t| t.index);
         let ingress = id
             .is_ingress()
             .then(|| (self.meshes.values().cloned().collect::<Vec<_>>(), self.local_ingresses.get(&id.name).cloned()));
         let all = self.meshes.iter().map(|(name, s)| (s.clone(), self.mesh_specs.get(name).cloned())).collect();
-        Job { id, snapshot, mesh, ingress, all }
+        Job { id, snapshot, mesh, ingress, all, phase }
+    }
+
+    /// Follows a Mesh change in its mTLS phase: a new mesh starts settled
+    /// at what it asks for; an existing one keeps its phase (the steps
+    /// follow, [`Inner::step_tls`]) and remembers the Mesh while mTLS is on.
+    fn track_tls(&mut self, mesh: &str, spec: Option<&Arc<Mesh>>) {
+        let Some(spec) = spec else {
+            self.tls.remove(mesh);
+            return;
+        };
+        let target = TlsPhase::target(Some(spec));
+        let on = target.server.is_some().then(|| spec.clone());
+        match self.tls.get_mut(mesh) {
+            Some(p) => {
+                if on.is_some() {
+                    p.last_on = on;
+                }
+            }
+            None => {
+                let p = MeshPhase { phase: target, index: 1, since: std::time::Instant::now(), last_on: on };
+                self.tls.insert(mesh.to_string(), p);
+            }
+        }
+    }
+
+    /// Takes every step of an mTLS switch that is due at `now`: a mesh not
+    /// at its target moves one [`TlsPhase::next_step`] once every proxy of
+    /// the mesh connected here holds the current phase (or [`PHASE_TIMEOUT`]
+    /// after entering it). Returns the proxies to regenerate.
+    fn step_tls(&mut self, now: std::time::Instant) -> Vec<ProxyId> {
+        let mut touched = Vec::new();
+        for (mesh, p) in self.tls.iter_mut() {
+            let target = TlsPhase::target(self.mesh_specs.get(mesh).map(|m| &**m));
+            if p.phase == target {
+                continue;
+            }
+            let behind: Vec<String> = self
+                .proxies
+                .iter()
+                .filter(|(id, proxy)| id.mesh == *mesh && proxy.holds < p.index)
+                .map(|(id, _)| id.to_string())
+                .collect();
+            if !behind.is_empty() {
+                if now.duration_since(p.since) < PHASE_TIMEOUT {
+                    continue;
+                }
+                tracing::warn!(%mesh, proxies = ?behind, "mTLS switch: these proxies did not confirm the current phase in time; taking the next step anyway");
+            }
+            let next = p.phase.next_step(target);
+            tracing::info!(%mesh, from = ?p.phase, to = ?next, "mTLS switch: next phase");
+            p.phase = next;
+            p.index += 1;
+            p.since = now;
+            if let Some(s) = self.meshes.get_mut(mesh) {
+                Arc::make_mut(s).tls_phase = Some(next);
+            }
+            touched.extend(self.proxies.keys().filter(|id| id.mesh == *mesh).cloned());
+        }
+        touched
     }
 
     /// Records a ZoneIngress change; returns the proxies it touches: all
@@ -228,6 +330,8 @@ pub struct Cache {
     zone: Arc<str>,
     /// `xds_generation`: seconds per generated Dataplane.
     generation: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// Woken when a proxy reports holding a new mTLS phase.
+    tls_progress: Arc<tokio::sync::Notify>,
 }
 
 impl Default for Cache {
@@ -246,6 +350,8 @@ struct Job {
     ingress: Option<(Vec<Arc<MeshSnapshot>>, Option<ZoneIngress>)>,
     /// Every mesh (other meshes' CAs, for cross-mesh traffic).
     all: crate::xds::foreign_cas::AllMeshes,
+    /// The mesh's mTLS phase index ([`MeshPhase::index`]).
+    phase: u64,
 }
 
 /// A stream's hold on one Dataplane's configuration; dropping it lets the
@@ -295,6 +401,7 @@ impl Cache {
             identities: Identities::default(),
             zone: Arc::from(zone),
             generation: None,
+            tls_progress: Arc::default(),
         }
     }
 
@@ -358,11 +465,12 @@ impl Cache {
     }
 
     fn generate_untimed(&self, job: &Job) -> (ProxyState, Deps) {
-        let Job { id, snapshot, mesh, ingress, all } = job;
+        let Job { id, snapshot, mesh, ingress, all, phase } = job;
         if let Some((meshes, zi)) = ingress {
             return generate_ingress(meshes, id, zi.as_ref());
         }
         let (mut state, deps) = generate(snapshot, id);
+        state.phase = *phase;
         if let Ok(config) = &mut state.config {
             let mesh_ca = MeshCa { mesh: mesh.as_deref(), zone: &self.zone };
             self.identities.attach(id, &mesh_ca, snapshot, std::time::SystemTime::now(), config, &mut state.warnings);
@@ -461,6 +569,16 @@ impl Cache {
             }
         }
         let mut inner = self.lock();
+        let known: Vec<String> = inner.tls.keys().filter(|m| !mesh_specs.contains_key(*m)).cloned().collect();
+        for (name, spec) in &mesh_specs {
+            inner.track_tls(name, Some(spec));
+        }
+        for name in known {
+            inner.track_tls(&name, None);
+        }
+        for (name, s) in meshes.iter_mut() {
+            s.tls_phase = inner.tls.get(name).map(|p| p.phase);
+        }
         inner.meshes = meshes.into_iter().map(|(m, s)| (m, Arc::new(s))).collect();
         inner.mesh_specs = mesh_specs;
         inner.remote_ingresses = remote_ingresses;
@@ -575,6 +693,11 @@ impl Cache {
                     }),
                     ChangeKind::Delete => None,
                 };
+                inner.track_tls(&key.name, spec.as_ref());
+                let phase = inner.tls.get(&key.name).map(|p| p.phase);
+                if let Some(s) = inner.meshes.get_mut(&key.name) {
+                    Arc::make_mut(s).tls_phase = phase;
+                }
                 match spec {
                     Some(m) => inner.mesh_specs.insert(key.name.clone(), m),
                     None => inner.mesh_specs.remove(&key.name),
@@ -617,6 +740,9 @@ impl Cache {
             let t = inner.refresh_cross_mesh();
             touched.extend(t);
         }
+        // A Mesh turning mTLS on or off takes its first step now when
+        // every proxy holds the current phase (a settled mesh always does).
+        touched.extend(inner.step_tls(std::time::Instant::now()));
         touched.sort();
         touched.dedup();
         inner.epoch += 1;
@@ -624,6 +750,58 @@ impl Cache {
         let jobs = Self::jobs(&mut inner, touched);
         drop(inner);
         self.run(jobs, epoch);
+    }
+
+    /// Records that Envoy of proxy `id` holds, in full, configuration
+    /// generated in mTLS phase `phase` of its mesh (reported by its xDS
+    /// stream: every response ACKed and none NACKed since); wakes
+    /// [`Cache::step_tls_until`] when that is news.
+    pub fn holds(&self, id: &ProxyId, phase: u64) {
+        let mut inner = self.lock();
+        let Some(p) = inner.proxies.get_mut(id) else { return };
+        if phase > p.holds {
+            p.holds = phase;
+            drop(inner);
+            self.tls_progress.notify_one();
+        }
+    }
+
+    /// The mTLS phase this zone serves `mesh` in, and whether it is the
+    /// one its Mesh asks for (`false` while a switch is under way);
+    /// `None` for a mesh it does not hold.
+    pub fn tls_phase(&self, mesh: &str) -> Option<(TlsPhase, bool)> {
+        let inner = self.lock();
+        let p = inner.tls.get(mesh)?;
+        Some((p.phase, p.phase == TlsPhase::target(inner.mesh_specs.get(mesh).map(|m| &**m))))
+    }
+
+    /// Takes the due steps of mTLS switches ([`Inner::step_tls`]) and
+    /// regenerates the proxies they change.
+    pub fn step_tls(&self, now: std::time::Instant) {
+        let mut inner = self.lock();
+        let touched = inner.step_tls(now);
+        if touched.is_empty() {
+            return;
+        }
+        inner.epoch += 1;
+        let epoch = inner.epoch;
+        let jobs = Self::jobs(&mut inner, touched);
+        drop(inner);
+        self.run(jobs, epoch);
+    }
+
+    /// Runs [`Cache::step_tls`] whenever a proxy reports a phase, and at
+    /// least every second (for [`PHASE_TIMEOUT`]), until `stop`.
+    pub async fn step_tls_until(&self, stop: tokio_util::sync::CancellationToken) {
+        const AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+        loop {
+            self.step_tls(std::time::Instant::now());
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.tls_progress.notified() => {}
+                _ = tokio::time::sleep(AT_LEAST_EVERY) => {}
+            }
+        }
     }
 
     /// Subscribes to a Dataplane's configuration (generated now if nobody
@@ -653,7 +831,7 @@ impl Cache {
             }
             log_warnings(id, &state);
             let (tx, rx) = watch::channel(Arc::new(state));
-            inner.proxies.insert(id.clone(), Proxy { tx, deps, subscribers: 1, epoch });
+            inner.proxies.insert(id.clone(), Proxy { holds: 0, tx, deps, subscribers: 1, epoch });
             return Subscription { rx, id: id.clone(), cache: self.clone() };
         }
     }
@@ -696,12 +874,13 @@ fn generate(snapshot: &MeshSnapshot, id: &ProxyId) -> (ProxyState, Deps) {
     match gateway::generate(snapshot, &id.name) {
         Ok(config) => {
             let sources = Arc::new(gateway::sources(snapshot, &id.name, &config.deps));
-            let state = ProxyState { config: Ok(config.desired()), warnings: config.warnings, sources };
+            let state = ProxyState { config: Ok(config.desired()), warnings: config.warnings, sources, phase: 0 };
             (state, config.deps)
         }
-        Err(e) => {
-            (ProxyState { config: Err(e.into()), warnings: Vec::new(), sources: Arc::default() }, Deps::default())
-        }
+        Err(e) => (
+            ProxyState { config: Err(e.into()), warnings: Vec::new(), sources: Arc::default(), phase: 0 },
+            Deps::default(),
+        ),
     }
 }
 
@@ -712,13 +891,21 @@ fn generate_ingress(meshes: &[Arc<MeshSnapshot>], id: &ProxyId, zi: Option<&Zone
         Some(zi) => {
             let config = gateway::ingress::generate(meshes.iter().map(|m| &**m), &id.name, zi);
             (
-                ProxyState { config: Ok(config.desired()), warnings: config.warnings, sources: Arc::default() },
+                ProxyState {
+                    config: Ok(config.desired()),
+                    warnings: config.warnings,
+                    sources: Arc::default(),
+                    phase: 0,
+                },
                 Deps::default(),
             )
         }
         None => {
             let e = gateway::GenError::UnknownIngress { name: id.name.clone() };
-            (ProxyState { config: Err(e.into()), warnings: Vec::new(), sources: Arc::default() }, Deps::default())
+            (
+                ProxyState { config: Err(e.into()), warnings: Vec::new(), sources: Arc::default(), phase: 0 },
+                Deps::default(),
+            )
         }
     }
 }
@@ -728,7 +915,9 @@ fn publish(p: &mut Proxy, id: &ProxyId, state: ProxyState, deps: Deps) {
     p.deps = deps;
     p.tx.send_if_modified(|current| {
         let changed = !current.same_versions(&state);
-        let sources = current.sources != state.sources;
+        // A new mTLS phase with the same resources still wakes the stream,
+        // which then reports that Envoy holds it.
+        let sources = current.sources != state.sources || current.phase != state.phase;
         if changed || current.warnings != state.warnings || sources {
             if changed || current.warnings != state.warnings {
                 log_warnings(id, &state);
@@ -979,6 +1168,131 @@ conf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [
         }
     }
 
+    /// Walks a mesh's mTLS switch to its end, as streams would: every
+    /// subscribed proxy reports holding its current state's phase, then the
+    /// due steps are taken.
+    fn settle(cache: &Cache, mesh: &str, subs: &[&Subscription]) {
+        for _ in 0..10 {
+            if cache.tls_phase(mesh).is_some_and(|(_, settled)| settled) {
+                return;
+            }
+            for s in subs {
+                cache.holds(&s.id, s.rx.borrow().phase);
+            }
+            cache.step_tls(std::time::Instant::now());
+        }
+        panic!("the mTLS switch of {mesh} did not settle: {:?}", cache.tls_phase(mesh));
+    }
+
+    /// What a generated resource says, as text (enough to find names in it).
+    fn text(state: &ProxyState, type_url: &str, name: &str) -> String {
+        let config = state.config.as_ref().expect("config");
+        config
+            .get(type_url)
+            .and_then(|s| s.get(name))
+            .map(|d| String::from_utf8_lossy(&d.resource.value).into_owned())
+            .unwrap_or_default()
+    }
+
+    const MTLS_WORLD: &str = r#"
+type: Mesh
+name: default
+mtls: {enabledBackend: ca-1, backends: [{name: ca-1, type: builtin, mode: STRICT}]}
+---
+type: Dataplane
+mesh: default
+name: web-1
+networking:
+  address: 127.0.0.1
+  inbound: [{port: 8080, servicePort: 18080, tags: {kuma.io/service: web, kuma.io/protocol: http}}]
+  outbound: [{port: 10001, tags: {kuma.io/service: backend}}]
+---
+type: Dataplane
+mesh: default
+name: backend-1
+networking: {address: 10.0.0.2, inbound: [{port: 80, tags: {kuma.io/service: backend}}]}
+"#;
+
+    #[test]
+    fn mtls_is_turned_off_inbounds_permissive_first_then_clients_then_inbounds() {
+        use crate::gateway::{CLUSTER_TYPE, LISTENER_TYPE};
+        use crate::mtls::{Mode, TlsPhase};
+        let cache = Cache::default();
+        for r in resources(MTLS_WORLD) {
+            cache.upsert_for_test(&r);
+        }
+        let mut web = cache.subscribe(&id("web-1"));
+        let backend = cache.subscribe(&id("backend-1"));
+        let tls_client = |s: &ProxyState| text(s, &CLUSTER_TYPE(), "backend").contains("backend{mesh=default}");
+        let inbound = |s: &ProxyState| text(s, &LISTENER_TYPE(), "inbound:127.0.0.1:8080");
+        let strict = web.rx.borrow_and_update().clone();
+        assert!(tls_client(&strict) && !inbound(&strict).contains("raw_buffer"), "STRICT from the start");
+        assert_eq!(cache.tls_phase("default"), Some((TlsPhase { server: Some(Mode::Strict), clients: true }, true)));
+
+        // Off, while both proxies hold the STRICT phase: the first step at
+        // once. Inbounds accept plaintext; clients still originate mTLS.
+        for s in [&web, &backend] {
+            cache.holds(&s.id, s.rx.borrow().phase);
+        }
+        for r in resources("type: Mesh\nname: default\nmtls: {backends: [{name: ca-1, type: builtin}]}") {
+            cache.upsert_for_test(&r);
+        }
+        let permissive = web.rx.borrow_and_update().clone();
+        assert_eq!(
+            cache.tls_phase("default"),
+            Some((TlsPhase { server: Some(Mode::Permissive), clients: true }, false))
+        );
+        assert!(tls_client(&permissive), "clients keep mTLS while inbounds are not PERMISSIVE everywhere");
+        assert!(
+            inbound(&permissive).contains("raw_buffer")
+                && inbound(&permissive).contains("identity_cert:secret:default")
+        );
+
+        // backend-1 has not confirmed it: no step, however often asked.
+        cache.holds(&id("web-1"), permissive.phase);
+        cache.step_tls(std::time::Instant::now());
+        assert!(!web.rx.has_changed().unwrap_or(true), "no step before every proxy holds the phase");
+
+        // Both hold it: clients drop mTLS; inbounds still accept it.
+        cache.holds(&id("backend-1"), backend.rx.borrow().phase);
+        cache.step_tls(std::time::Instant::now());
+        let clients_plain = web.rx.borrow_and_update().clone();
+        assert!(!tls_client(&clients_plain), "clients plaintext");
+        assert!(inbound(&clients_plain).contains("identity_cert:secret:default"), "inbounds still terminate mTLS");
+
+        // Every client plaintext: inbounds too.
+        settle(&cache, "default", &[&web, &backend]);
+        let off = web.rx.borrow_and_update().clone();
+        assert!(!tls_client(&off) && !inbound(&off).contains("identity_cert"), "plaintext at both ends");
+        assert_eq!(cache.tls_phase("default"), Some((TlsPhase::default(), true)));
+
+        // Back on (STRICT), with a proxy that never confirms: inbounds accept
+        // TLS first, and a step waits for it until PHASE_TIMEOUT.
+        for s in [&web, &backend] {
+            cache.holds(&s.id, s.rx.borrow().phase);
+        }
+        for r in resources(MTLS_WORLD) {
+            cache.upsert_for_test(&r);
+        }
+        let first = web.rx.borrow_and_update().clone();
+        assert_eq!(
+            cache.tls_phase("default"),
+            Some((TlsPhase { server: Some(Mode::Permissive), clients: false }, false))
+        );
+        assert!(!tls_client(&first) && inbound(&first).contains("raw_buffer"));
+        cache.step_tls(std::time::Instant::now());
+        assert!(!web.rx.has_changed().unwrap_or(true));
+        cache.step_tls(std::time::Instant::now() + PHASE_TIMEOUT + std::time::Duration::from_secs(1));
+        let clients_tls = web.rx.borrow_and_update().clone();
+        assert!(
+            tls_client(&clients_tls) && inbound(&clients_tls).contains("raw_buffer"),
+            "clients on mTLS, inbounds PERMISSIVE"
+        );
+        settle(&cache, "default", &[&web, &backend]);
+        let strict = web.rx.borrow_and_update().clone();
+        assert!(tls_client(&strict) && !inbound(&strict).contains("raw_buffer"), "STRICT again");
+    }
+
     #[test]
     fn sidecars_follow_their_destinations_and_the_meshs_mtls() {
         use crate::gateway::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
@@ -1015,12 +1329,14 @@ networking:
         assert_ne!(versions(&second, &ENDPOINT_TYPE()), versions(&first, &ENDPOINT_TYPE()));
 
         // mTLS on: the clusters originate it, the inbound listener requires it.
+        cache.holds(&id("web-1"), second.phase);
         for r in resources(
             "type: Mesh\nname: default\nmtls: {enabledBackend: ca-1, backends: [{name: ca-1, type: builtin}]}",
         ) {
             cache.upsert_for_test(&r);
         }
         assert!(web.rx.has_changed().unwrap_or(false), "a Mesh mTLS change regenerates the sidecar");
+        settle(&cache, "default", &[&web]);
         let third = web.rx.borrow_and_update().clone();
         let config = third.config.as_ref().expect("config");
         let backend = &config[&CLUSTER_TYPE()]["backend"];

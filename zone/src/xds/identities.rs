@@ -22,7 +22,7 @@ use meridian_sync_proto::{
 use super::cache::ProxyId;
 use crate::{
     gateway::{MeshSnapshot, SECRET_TYPE},
-    mtls::{Issued, dataplane_tags, enabled_backend, needs_issue, secrets, trusted_roots},
+    mtls::{Issued, dataplane_tags, enabled_backend, needs_issue, secrets, trusted_backends, trusted_roots},
 };
 
 /// The identity store: per proxy, what was issued. Shared by the xDS cache
@@ -114,7 +114,14 @@ impl Identities {
                     .mesh
                     .map(|m| trusted_roots(m, mesh_ca.zone, |n| snapshot.secret_data(n)).concat())
                     .unwrap_or_default();
-                if let Some(prev) = self.get(id).filter(|_| !roots.is_empty()) {
+                // Turning mTLS off may have removed the backends (and their
+                // CAs): then what the proxy was last sent.
+                let prev = self.get(id);
+                let roots = match &prev {
+                    Some(p) if roots.is_empty() => p.trusted.clone(),
+                    _ => roots,
+                };
+                if let Some(prev) = prev.filter(|_| !roots.is_empty()) {
                     let set = config.entry(SECRET_TYPE()).or_default();
                     for s in secrets(&id.mesh, &prev, &roots) {
                         let any = envoy_types::util::pack_any(s.clone());
@@ -148,6 +155,8 @@ impl Identities {
                             uris,
                             ca_cert_pem: zone_ca.intermediate.cert_pem.clone(),
                             generation,
+                            trusted: String::new(),
+                            supported: Vec::new(),
                         };
                         inner.insert(id.clone(), entry.clone());
                         entry
@@ -167,15 +176,26 @@ impl Identities {
         // The enabled backend's root, then every other listed backend's
         // (old and new trusted while a CA change is under way).
         let mut roots = vec![zone_ca.root_cert_pem.clone()];
+        let mut supported = vec![backend.name.clone()];
         if let Some(mesh) = mesh_ca.mesh {
-            roots.extend(
-                trusted_roots(mesh, mesh_ca.zone, |n| snapshot.secret_data(n))
-                    .into_iter()
-                    .filter(|r| *r != zone_ca.root_cert_pem),
-            );
+            for (name, root) in trusted_backends(mesh, mesh_ca.zone, |n| snapshot.secret_data(n)) {
+                if !supported.contains(&name) {
+                    supported.push(name);
+                }
+                if !roots.contains(&root) {
+                    roots.push(root);
+                }
+            }
+        }
+        let trusted = roots.concat();
+        if (issued.trusted != trusted || issued.supported != supported)
+            && let Some(entry) = self.lock().get_mut(id)
+        {
+            entry.trusted = trusted.clone();
+            entry.supported = supported;
         }
         let set = config.entry(SECRET_TYPE()).or_default();
-        for s in secrets(&id.mesh, &issued, &roots.concat()) {
+        for s in secrets(&id.mesh, &issued, &trusted) {
             let any = envoy_types::util::pack_any(s.clone());
             set.insert(s.name, Desired { version: any_version(&any), resource: any });
         }
@@ -369,9 +389,12 @@ mod tests {
         let config = attach(t0, &two("ca-1", &["ca-1"]));
         assert_eq!(trusted(&config), ca1.root_cert_pem);
         // ca-2 added: both roots (enabled first), the identity kept.
+        assert_eq!(insight(&ids.get(&id).expect("issued")).supported_backends, ["ca-1"]);
         let config = attach(t0, &two("ca-1", &["ca-1", "ca-2"]));
         assert_eq!(trusted(&config), format!("{}{}", ca1.root_cert_pem, ca2.root_cert_pem));
         assert_eq!(ids.get(&id).expect("issued").generation, 1);
+        // The insight lists both backends the proxy trusts, the issuing one first.
+        assert_eq!(insight(&ids.get(&id).expect("issued")).supported_backends, ["ca-1", "ca-2"]);
         // Switched to ca-2: both roots still, a new identity from ca-2's chain.
         // Switched to ca-3, whose zone CA has not arrived: a warning, and the
         // ca-1 identity is kept (not dropped) with the roots at hand.
@@ -388,9 +411,11 @@ mod tests {
         let issued = ids.get(&id).expect("issued");
         assert_eq!((issued.generation, issued.backend.as_str()), (2, "ca-2"));
         assert_eq!(issued.ca_cert_pem, ca2.intermediate.cert_pem);
+        assert_eq!(insight(&issued).supported_backends, ["ca-2", "ca-1"]);
         // ca-1 removed: ca-2's root alone, the identity kept.
         let config = attach(t0, &two("ca-2", &["ca-2"]));
         assert_eq!(trusted(&config), ca2.root_cert_pem);
         assert_eq!(ids.get(&id).expect("issued").generation, 2);
+        assert_eq!(insight(&ids.get(&id).expect("issued")).supported_backends, ["ca-2"]);
     }
 }

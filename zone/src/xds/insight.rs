@@ -1,4 +1,5 @@
-//! DataplaneInsight: what each Envoy stream did, written to the zone's
+//! DataplaneInsight (and, for a ZoneIngress's proxy, ZoneIngressInsight:
+//! the same subscriptions, no mTLS): what each Envoy stream did, written to the zone's
 //! status table (outside the configuration change feed: an ACK wakes no
 //! config watcher and adds no change-log row); the KDS client follows
 //! `Store::status_changes` and syncs it to the global.
@@ -19,7 +20,7 @@ use meridian_core::{
 use meridian_store::{StatusExpect, Store, StoreError};
 use meridian_sync_proto::{
     Resource, ResourceType, Spec,
-    pb::mesh::{DataplaneInsight, DiscoverySubscription},
+    pb::mesh::{DataplaneInsight, DiscoverySubscription, ZoneIngressInsight},
 };
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -59,7 +60,7 @@ impl InsightHandle {
                 let Some(sub) = rx.borrow_and_update().clone() else { continue };
                 let m_tls = identities.get(&id).map(|i| crate::mtls::insight(&i));
                 if let Err(e) = write(&store, &zone, &id, sub, m_tls).await {
-                    tracing::warn!(dataplane = %id, error = %e, "cannot write DataplaneInsight");
+                    tracing::warn!(proxy = %id, error = %e, "cannot write the proxy's insight");
                 }
             }
         });
@@ -78,20 +79,29 @@ async fn write(
     sub: DiscoverySubscription,
     m_tls: Option<meridian_sync_proto::pb::mesh::dataplane_insight::Mtls>,
 ) -> Result<(), StoreError> {
-    let key = Manager::key(ResourceType::DataplaneInsight, &id.mesh, &id.name);
+    // A ZoneIngress (no mesh) records ZoneIngressInsight, a Dataplane DataplaneInsight.
+    let ty = if id.is_ingress() { ResourceType::ZoneIngressInsight } else { ResourceType::DataplaneInsight };
+    let key = Manager::key(ty, &id.mesh, &id.name);
     for _ in 0..MAX_ATTEMPTS {
         let stored = store.get_status(&key).await?;
-        let mut insight = stored
-            .as_ref()
-            .and_then(|s| Manager::decode(s).ok())
-            .and_then(|e| match e.resource.spec {
-                Spec::DataplaneInsight(i) => Some(i),
-                _ => None,
-            })
-            .unwrap_or_default();
-        merge(&mut insight, sub.clone());
-        insight.m_tls = m_tls.clone();
-        let mut r = Resource::new(&id.mesh, &id.name, Spec::DataplaneInsight(insight));
+        let decoded = stored.as_ref().and_then(|s| Manager::decode(s).ok()).map(|e| e.resource.spec);
+        let spec = if id.is_ingress() {
+            let mut insight = match decoded {
+                Some(Spec::ZoneIngressInsight(i)) => i,
+                _ => ZoneIngressInsight::default(),
+            };
+            merge(&mut insight.subscriptions, sub.clone());
+            Spec::ZoneIngressInsight(insight)
+        } else {
+            let mut insight = match decoded {
+                Some(Spec::DataplaneInsight(i)) => i,
+                _ => DataplaneInsight::default(),
+            };
+            merge(&mut insight.subscriptions, sub.clone());
+            insight.m_tls = m_tls.clone();
+            Spec::DataplaneInsight(insight)
+        };
+        let mut r = Resource::new(&id.mesh, &id.name, spec);
         r.meta.labels = BTreeMap::from([
             (LABEL_ORIGIN.to_string(), ORIGIN_ZONE.to_string()),
             (LABEL_ZONE.to_string(), zone.to_string()),
@@ -111,18 +121,18 @@ async fn write(
 
 /// Puts `sub` in place of the subscription with its id (or adds it), then
 /// keeps the newest few, connected ones first.
-fn merge(insight: &mut DataplaneInsight, sub: DiscoverySubscription) {
-    match insight.subscriptions.iter_mut().find(|s| s.id == sub.id) {
+fn merge(subscriptions: &mut Vec<DiscoverySubscription>, sub: DiscoverySubscription) {
+    match subscriptions.iter_mut().find(|s| s.id == sub.id) {
         Some(s) => *s = sub,
-        None => insight.subscriptions.push(sub),
+        None => subscriptions.push(sub),
     }
-    if insight.subscriptions.len() > MAX_SUBSCRIPTIONS {
+    if subscriptions.len() > MAX_SUBSCRIPTIONS {
         let key = |s: &DiscoverySubscription| {
             (s.disconnect_time.is_none(), s.connect_time.as_ref().map(|t| (t.seconds, t.nanos)))
         };
-        insight.subscriptions.sort_by_key(|s| std::cmp::Reverse(key(s)));
-        insight.subscriptions.truncate(MAX_SUBSCRIPTIONS);
-        insight.subscriptions.sort_by_key(|s| s.connect_time.as_ref().map(|t| (t.seconds, t.nanos)));
+        subscriptions.sort_by_key(|s| std::cmp::Reverse(key(s)));
+        subscriptions.truncate(MAX_SUBSCRIPTIONS);
+        subscriptions.sort_by_key(|s| s.connect_time.as_ref().map(|t| (t.seconds, t.nanos)));
     }
 }
 
@@ -141,13 +151,13 @@ mod tests {
 
     #[test]
     fn merge_replaces_by_id_and_keeps_the_newest() {
-        let mut i = DataplaneInsight::default();
+        let mut i = Vec::new();
         for n in 0..8 {
             merge(&mut i, sub(&format!("s{n}"), n, n == 0));
         }
-        assert_eq!(i.subscriptions.len(), MAX_SUBSCRIPTIONS);
-        assert!(i.subscriptions.iter().any(|s| s.id == "s0"), "open subscriptions are kept");
+        assert_eq!(i.len(), MAX_SUBSCRIPTIONS);
+        assert!(i.iter().any(|s| s.id == "s0"), "open subscriptions are kept");
         merge(&mut i, sub("s7", 7, false));
-        assert!(i.subscriptions.iter().find(|s| s.id == "s7").is_some_and(|s| s.disconnect_time.is_some()));
+        assert!(i.iter().find(|s| s.id == "s7").is_some_and(|s| s.disconnect_time.is_some()));
     }
 }

@@ -19,7 +19,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -99,6 +102,9 @@ impl DesiredView for ProxySet {
 pub struct ProxySource {
     pub rx: watch::Receiver<Arc<ProxyState>>,
     pub state: Arc<ProxyState>,
+    /// The mTLS phase index of `state` (what responses are being sent
+    /// from), shared with the stream's [`PhaseReport`].
+    pub held: Arc<AtomicU64>,
 }
 
 impl Source for ProxySource {
@@ -123,6 +129,7 @@ impl Source for ProxySource {
         if let Err(e) = &state.config {
             return Err(e.clone());
         }
+        self.held.store(state.phase, Ordering::SeqCst);
         self.state = state;
         Ok(type_urls().to_vec())
     }
@@ -230,6 +237,30 @@ impl SendWire for SotwWire {
     }
 }
 
+/// Tells the cache which mTLS phase of its mesh a proxy's Envoy holds
+/// ([`crate::xds::cache::Cache::holds`]): the phase of the state the last
+/// responses were sent from, once every response sent was ACKed and none
+/// NACKed since (delta sends every changed resource, so Envoy then holds
+/// nothing of an earlier phase); or, when a new phase changed nothing for
+/// this proxy, that phase as soon as nothing is outstanding.
+pub struct PhaseReport {
+    cache: crate::xds::cache::Cache,
+    id: crate::xds::cache::ProxyId,
+    /// The phase of the state the driver sends from ([`ProxySource::held`]).
+    held: Arc<AtomicU64>,
+    /// The phase of the state the last response was sent from.
+    sent: u64,
+    /// A response NACKed since the last one sent: Envoy kept older pieces.
+    nacked: bool,
+}
+
+impl PhaseReport {
+    pub fn new(cache: crate::xds::cache::Cache, id: crate::xds::cache::ProxyId, held: Arc<AtomicU64>) -> PhaseReport {
+        let sent = held.load(Ordering::SeqCst);
+        PhaseReport { cache, id, held, sent, nacked: false }
+    }
+}
+
 /// The DataplaneInsight subscription one stream maintains: counters per
 /// type, ACKed versions, the last NACK; written when it changed.
 pub struct InsightObserver {
@@ -248,6 +279,8 @@ pub struct InsightObserver {
     state: Option<watch::Receiver<Arc<ProxyState>>>,
     /// What Envoy answered per source resource ([`ConfigSources`]).
     sources: ConfigSources,
+    /// Reports the mTLS phase Envoy holds, when set.
+    phases: Option<PhaseReport>,
 }
 
 /// Envoy's answers, joined to the resources the configuration was built
@@ -443,6 +476,7 @@ impl InsightObserver {
             handle,
             state: None,
             sources: ConfigSources::default(),
+            phases: None,
         };
         o.publish();
         o
@@ -454,6 +488,26 @@ impl InsightObserver {
         self.state = Some(state);
         self.publish();
         self
+    }
+
+    /// Reports the mTLS phase Envoy holds to the cache ([`PhaseReport`]).
+    pub fn with_phase_report(mut self, phases: PhaseReport) -> Self {
+        self.phases = Some(phases);
+        self
+    }
+
+    /// Responses sent and not answered yet, all types.
+    fn outstanding(&self) -> usize {
+        self.versions.values().map(HashMap::len).sum()
+    }
+
+    /// Reports `phase` when Envoy holds everything sent ([`PhaseReport`]).
+    fn report_phase(&mut self, phase: impl Fn(&PhaseReport) -> u64) {
+        let outstanding = self.outstanding();
+        let Some(p) = &self.phases else { return };
+        if outstanding == 0 && !p.nacked {
+            p.cache.holds(&p.id, phase(p));
+        }
     }
 
     /// Refreshes the record and writes it when it changed.
@@ -522,6 +576,8 @@ impl Observer for InsightObserver {
     /// A change that sent Envoy nothing (same resources, e.g. a route's
     /// label): its sources take the answer of the configuration Envoy has.
     fn source_changed(&mut self) {
+        // Nothing was sent, or all of it is answered: Envoy holds this state.
+        self.report_phase(|p| p.held.load(Ordering::SeqCst));
         let Some(state) = self.state.as_ref().map(|s| s.borrow().clone()) else { return };
         if self.sources.same_config(&state) {
             self.publish();
@@ -533,6 +589,10 @@ impl Observer for InsightObserver {
             // A peer that never settles old nonces: forget them (only
             // the insight's "ACKed version" of those is lost).
             v.clear();
+        }
+        if let Some(p) = &mut self.phases {
+            p.sent = p.held.load(Ordering::SeqCst);
+            p.nacked = false;
         }
         let resources = response.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
         let state = self.state.as_ref().map(|s| s.borrow().clone());
@@ -562,10 +622,14 @@ impl Observer for InsightObserver {
             }
         }
         self.stats.insert(type_url.to_string(), stats.clone());
+        self.report_phase(|p| p.sent);
         self.publish();
     }
     fn nacked(&mut self, type_url: &str, nonce: &str, reason: &str, stats: &SendStats) {
         let carried = self.versions.get_mut(type_url).and_then(|v| v.remove(nonce));
+        if let Some(p) = &mut self.phases {
+            p.nacked = true;
+        }
         if let Some(c) = &carried {
             self.sources.nacked(c.generation, reason);
         }
@@ -669,6 +733,7 @@ mod tests {
             config: Ok([(LISTENER_TYPE(), set)].into_iter().collect()),
             warnings: Vec::new(),
             sources: Arc::new(sources),
+            phase: 0,
         })
     }
 
