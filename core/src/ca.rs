@@ -159,8 +159,7 @@ pub fn identity(
     now: SystemTime,
     lifetime: Duration,
 ) -> Result<CertKey, CaError> {
-    let lifetime =
-        clamp_lifetime(now, lifetime.min(ca.intermediate.not_after.duration_since(now).unwrap_or_default()));
+    let lifetime = clamp_lifetime(now, lifetime.min(ca.intermediate.not_after.duration_since(now).unwrap_or_default()));
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.subject_alt_names = identity_uris(mesh, tags)
