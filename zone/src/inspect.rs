@@ -33,6 +33,12 @@ use crate::xds::cache::{Cache, ProxyId};
 pub const DEFAULT_ADMIN_PORT: u32 = 9901;
 /// How long one admin request may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest admin answer read (a config dump with every endpoint of a
+/// large mesh is tens of MiB); the admin address is whatever the
+/// Dataplane registered, so whoever holds its token chooses who answers.
+pub const MAX_ADMIN_ANSWER_BYTES: usize = 64 << 20;
+/// How much of an error answer's body is kept for the error message.
+pub const MAX_ADMIN_ERROR_BYTES: usize = 1024;
 
 /// What to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +79,29 @@ impl Inspect {
             Inspect::Stats { json, .. } | Inspect::Clusters { json } => json,
         }
     }
+}
+
+/// The body of an admin answer, read up to [`MAX_ADMIN_ANSWER_BYTES`]
+/// (more is an error, not read further); a non-2xx answer is an error with
+/// the status and the first [`MAX_ADMIN_ERROR_BYTES`] of its body.
+async fn read_admin_answer(mut r: reqwest::Response) -> Result<Vec<u8>, String> {
+    let status = r.status();
+    let limit = if status.is_success() { MAX_ADMIN_ANSWER_BYTES } else { MAX_ADMIN_ERROR_BYTES };
+    let mut body = Vec::new();
+    while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > limit {
+            if status.is_success() {
+                return Err(format!("the answer is larger than {limit} bytes; not read further"));
+            }
+            body.extend_from_slice(&chunk[..limit - body.len()]);
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+    }
+    Ok(body)
 }
 
 /// Why an inspection has no answer.
@@ -161,12 +190,7 @@ impl Inspector {
 
     async fn admin(&self, url: &str) -> Result<Vec<u8>, String> {
         let r = self.http.get(url).send().await.map_err(|e| e.to_string())?;
-        let status = r.status();
-        let bytes = r.bytes().await.map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
-        }
-        Ok(bytes.to_vec())
+        read_admin_answer(r).await
     }
 
     /// What this zone sends a connected Dataplane: per type URL, resource
@@ -260,5 +284,51 @@ async fn handle(
         Err(InspectError::Store(m)) => {
             Err(ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "Store unavailable", m))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An "Envoy admin" answering `status` with a body that never ends
+    /// (1 MiB writes until the reader goes away).
+    async fn endless_admin(status: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let head = format!("HTTP/1.1 {status}\r\nconnection: close\r\n\r\n");
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'x'; 1 << 20];
+                    while s.write_all(&chunk).await.is_ok() {}
+                });
+            }
+        });
+        format!("http://{addr}/config_dump")
+    }
+
+    /// ADVERSARY F5: the zone read an admin answer of any size into memory
+    /// (the address is the Dataplane's, chosen by whoever holds its token).
+    #[tokio::test]
+    async fn an_endless_admin_answer_is_cut_off() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder().no_proxy().build().expect("client");
+        let url = endless_admin("200 OK").await;
+        let r = http.get(&url).send().await.expect("answer");
+        let e = read_admin_answer(r).await.expect_err("cut off");
+        assert!(e.contains(&format!("larger than {MAX_ADMIN_ANSWER_BYTES} bytes")), "{e}");
+        let url = endless_admin("500 Internal Server Error").await;
+        let r = http.get(&url).send().await.expect("answer");
+        let e = read_admin_answer(r).await.expect_err("an error");
+        assert!(e.starts_with("500 Internal Server Error: xxx"), "{}", &e[..40.min(e.len())]);
+        assert!(e.len() < MAX_ADMIN_ERROR_BYTES + 100, "error text of {} bytes", e.len());
     }
 }
