@@ -506,13 +506,25 @@ mod tests {
         );
     }
 
-    /// The violations of one policy written in universal YAML.
+    /// The violations of one policy written in universal YAML (parsed here,
+    /// not by `universal`, which depends on this module).
     fn yaml_violations(yaml: &str) -> Vec<(String, String)> {
-        let parsed = crate::universal::parse_resources(yaml).expect("yaml");
-        let resource = parsed.into_iter().next().expect("one document").expect("a resource");
-        match crate::validate::resource(&resource) {
-            Ok(()) => Vec::new(),
-            Err(e) => e.violations.into_iter().map(|v| (v.field, v.message)).collect(),
+        let mut value: serde_json::Value = serde_saphyr::from_str(yaml).expect("yaml");
+        let obj = value.as_object_mut().expect("a mapping");
+        let ty = obj.remove("type").and_then(|t| t.as_str().map(str::to_string)).expect("type");
+        obj.remove("mesh");
+        obj.remove("name");
+        fn spec<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+            serde_json::from_value(v).expect("spec")
+        }
+        match ty.as_str() {
+            "Timeout" => run(|r| timeout(r, &spec(value))),
+            "Retry" => run(|r| retry(r, &spec(value))),
+            "CircuitBreaker" => run(|r| circuit_breaker(r, &spec(value))),
+            "HealthCheck" => run(|r| health_check(r, &spec(value))),
+            "RateLimit" => run(|r| rate_limit(r, &spec(value))),
+            "FaultInjection" => run(|r| fault_injection(r, &spec(value))),
+            other => panic!("no policy type {other}"),
         }
     }
 
