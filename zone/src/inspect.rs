@@ -104,6 +104,28 @@ async fn read_admin_answer(mut r: reqwest::Response) -> Result<Vec<u8>, String> 
     Ok(body)
 }
 
+/// The node id the Envoy admin at `base` reports (`/server_info`,
+/// `node.id`), when it answers one (`None` when it answers without).
+///
+/// Errors: the admin cannot be reached (the request's error).
+async fn admin_node_id(http: &reqwest::Client, base: &str) -> Result<Option<String>, String> {
+    let r = http.get(format!("{base}/server_info")).send().await.map_err(|e| e.to_string())?;
+    let Ok(body) = read_admin_answer(r).await else { return Ok(None) };
+    let info: Option<Value> = serde_json::from_slice(&body).ok();
+    Ok(info.as_ref().and_then(|i| i.pointer("/node/id")).and_then(Value::as_str).map(str::to_string))
+}
+
+/// Whether the Envoy that reported `reported` (its node id, when it said)
+/// runs Dataplane `mesh`/`name` (node id `<mesh>.<name>`, as every
+/// bootstrap Meridian writes). An admin that did not say is taken at its word.
+fn same_node(reported: Option<String>, mesh: &str, name: &str) -> Result<(), String> {
+    let expected = format!("{mesh}.{name}");
+    match reported {
+        Some(id) if id != expected => Err(format!("it is Envoy node {id:?}, not {expected:?}")),
+        _ => Ok(()),
+    }
+}
+
 /// Why an inspection has no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InspectError {
@@ -158,8 +180,18 @@ impl Inspector {
         let port = networking.and_then(|n| n.admin.as_ref()).map_or(DEFAULT_ADMIN_PORT, |a| a.port);
         let port = if port == 0 { DEFAULT_ADMIN_PORT } else { port };
         let host = if address.contains(':') { format!("[{address}]") } else { address.clone() };
-        let url = format!("http://{host}:{port}{}", what.admin_path());
-        let admin = self.admin(&url).await;
+        let base = format!("http://{host}:{port}");
+        let url = format!("{base}{}", what.admin_path());
+        // Another Envoy may answer at that address (several Dataplanes on one
+        // host with the default admin port): its data is not this one's.
+        let admin = match admin_node_id(&self.http, &base).await {
+            // Unreachable: asking again would only double the wait.
+            Err(e) => Err(e),
+            Ok(reported) => match same_node(reported, mesh, name) {
+                Ok(()) => self.admin(&url).await,
+                Err(e) => Err(format!("the admin at {base}: {e}")),
+            },
+        };
         match what {
             Inspect::XdsConfig { .. } => {
                 let id = ProxyId { mesh: mesh.to_string(), name: name.to_string() };
@@ -313,6 +345,31 @@ mod tests {
             }
         });
         format!("http://{addr}/config_dump")
+    }
+
+    /// ADVERSARY F10: `inspect dataplane demo-app-1` answered with the
+    /// gateway's Envoy, which held the default admin port on the same host.
+    #[tokio::test]
+    async fn an_admin_of_another_node_is_not_taken_for_this_one() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let body = r#"{"node": {"id": "default.gateway-instance-1"}}"#;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+            }
+        });
+        let http = reqwest::Client::builder().no_proxy().build().expect("client");
+        let reported = admin_node_id(&http, &format!("http://{addr}")).await.expect("reachable");
+        assert_eq!(reported.as_deref(), Some("default.gateway-instance-1"));
+        let e = same_node(reported.clone(), "default", "demo-app-1").expect_err("another node");
+        assert!(e.contains("\"default.gateway-instance-1\", not \"default.demo-app-1\""), "{e}");
+        assert_eq!(same_node(reported, "default", "gateway-instance-1"), Ok(()));
+        assert_eq!(same_node(None, "default", "demo-app-1"), Ok(()), "an admin that does not say");
     }
 
     /// ADVERSARY F5: the zone read an admin answer of any size into memory
