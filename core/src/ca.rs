@@ -40,6 +40,19 @@ pub const DEFAULT_IDENTITY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// incumbent's 10 s).
 pub const BACKDATE: Duration = Duration::from_secs(10);
 
+/// The latest `NotAfter` a certificate can carry: 9999-12-31T23:59:59Z, the
+/// end of X.509's GeneralizedTime (RFC 5280 4.1.2.5: "no well-defined
+/// expiration date"), and the end of the date type `rcgen` converts into
+/// (it panics past it). Lifetimes reaching further are cut to end here.
+pub const LATEST_NOT_AFTER_UNIX_SECS: u64 = 253_402_300_799;
+
+/// `lifetime` cut so that `from + lifetime` is not past
+/// [`LATEST_NOT_AFTER_UNIX_SECS`] (a Mesh may ask for `100000y`).
+pub fn clamp_lifetime(from: SystemTime, lifetime: Duration) -> Duration {
+    let latest = SystemTime::UNIX_EPOCH + Duration::from_secs(LATEST_NOT_AFTER_UNIX_SECS);
+    lifetime.min(latest.duration_since(from).unwrap_or_default())
+}
+
 /// Why a certificate could not be issued or a CA read back.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -89,6 +102,7 @@ fn random_serial() -> SerialNumber {
 /// A mesh's root CA: self-signed, subject O=Meridian OU=Mesh CN=<mesh>, URI
 /// SAN `spiffe://<mesh>`, valid from `now` (less [`BACKDATE`]) for `lifetime`.
 pub fn root_ca(mesh: &str, now: SystemTime, lifetime: Duration) -> Result<CertKey, CaError> {
+    let lifetime = clamp_lifetime(now, lifetime);
     let mut params = ca_params(mesh, "Mesh", now, lifetime)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let key = KeyPair::generate()?;
@@ -113,7 +127,7 @@ pub fn intermediate_ca(
     now: SystemTime,
     lifetime: Duration,
 ) -> Result<CertKey, CaError> {
-    let lifetime = lifetime.min(root.not_after.duration_since(now).unwrap_or_default());
+    let lifetime = clamp_lifetime(now, lifetime.min(root.not_after.duration_since(now).unwrap_or_default()));
     let mut params = ca_params(mesh, &format!("Zone {zone}"), now, lifetime)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     let key = KeyPair::generate()?;
@@ -145,7 +159,7 @@ pub fn identity(
     now: SystemTime,
     lifetime: Duration,
 ) -> Result<CertKey, CaError> {
-    let lifetime = lifetime.min(ca.intermediate.not_after.duration_since(now).unwrap_or_default());
+    let lifetime = clamp_lifetime(now, lifetime.min(ca.intermediate.not_after.duration_since(now).unwrap_or_default()));
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.subject_alt_names = identity_uris(mesh, tags)

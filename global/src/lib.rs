@@ -245,6 +245,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         async move { change_log.run_compactor(store, shutdown).await }
     });
     tracing::info!(%api_addr, %kds_addr, tls = !args.kds_plaintext, "listening");
+    if api_scheme == "http" && !api_addr.ip().is_loopback() {
+        tracing::warn!(
+            %api_addr,
+            "the API (and the GUI's sign-in) is served over plain HTTP to other hosts: admin tokens cross the \
+             network in clear text; give --api-tls-cert/--api-tls-key, or bind it to 127.0.0.1"
+        );
+    }
     announce(&format!("meridian-global: API on {api_scheme}://{api_addr}"));
     announce(&format!("meridian-global: GUI on {api_scheme}://{api_addr}/gui"));
     announce(&format!("meridian-global: KDS on {}://{kds_addr}", if args.kds_plaintext { "grpc" } else { "grpcs" }));

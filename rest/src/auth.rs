@@ -114,6 +114,28 @@ impl Auth {
         self.trust_loopback
             && peer.is_some_and(|ip| ip.is_loopback())
             && headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).is_some_and(|h| self.trusted_host(h))
+            && !self.cross_site(headers)
+    }
+
+    /// Whether a browser sent the request on behalf of a page of another
+    /// site (cross-site request forgery): an `Origin` header whose host is
+    /// not one [`Auth::trusted_host`] admits (`null` included), or
+    /// `Sec-Fetch-Site: cross-site`. A page anywhere can make the browser of
+    /// someone on the API's host POST to `http://127.0.0.1:5681/...` without
+    /// a CORS preflight (a "simple" request: `text/plain` body); its `Host`
+    /// is right, its `Origin` is not. Such requests get no loopback trust.
+    pub fn cross_site(&self, headers: &HeaderMap) -> bool {
+        let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        if fetch_site.is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
+            return true;
+        }
+        let Some(origin) = headers.get(http::header::ORIGIN) else { return false };
+        let authority = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, rest)| rest.split('/').next().unwrap_or(rest));
+        !authority.is_some_and(|a| self.trusted_host(a))
     }
 
     /// Whether a `Host` value names this API from the machine itself:
@@ -276,6 +298,36 @@ mod tests {
             http::Request::builder().uri("/meshes").header(http::header::HOST, "[::1]:5681").body(()).expect("request");
         set_host_from_authority(&mut origin);
         assert!(auth.is_admin(origin.headers(), Some(local)));
+    }
+
+    /// ADVERSARY F8: a page of another site made the browser of someone on
+    /// the global's host rotate signing keys and mint tokens (a `text/plain`
+    /// POST to `http://127.0.0.1:5681`, no preflight, loopback trust).
+    #[test]
+    fn cross_site_requests_get_no_loopback_trust() {
+        let auth = Auth::new("s3cret".into(), true);
+        let local: IpAddr = [127, 0, 0, 1].into();
+        let with = |name: &'static str, value: &str| {
+            let mut h = host("127.0.0.1:5681");
+            h.insert(name, value.parse().expect("header"));
+            h
+        };
+        for bad in
+            ["http://evil.example", "https://evil.example:5681", "null", "http://127.0.0.1.evil.example", "garbage"]
+        {
+            assert!(!auth.is_admin(&with("origin", bad), Some(local)), "Origin {bad} is not trusted");
+        }
+        assert!(!auth.is_admin(&with("sec-fetch-site", "cross-site"), Some(local)));
+        // The GUI's own sign-in form and scripts, and clients that send no Origin.
+        for ok in ["http://127.0.0.1:5681", "http://localhost:5681", "https://[::1]:5681"] {
+            assert!(auth.is_admin(&with("origin", ok), Some(local)), "Origin {ok} is trusted");
+        }
+        assert!(auth.is_admin(&with("sec-fetch-site", "same-origin"), Some(local)));
+        assert!(auth.is_admin(&host("127.0.0.1:5681"), Some(local)));
+        // A token decides alone, whatever the Origin.
+        let mut h = with("origin", "http://evil.example");
+        h.insert(http::header::AUTHORIZATION, "Bearer s3cret".parse().expect("header"));
+        assert!(auth.is_admin(&h, Some(local)));
     }
 
     #[test]

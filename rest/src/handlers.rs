@@ -55,8 +55,25 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// The `method` label of a request: one of the methods the API serves
+/// (and HEAD, OPTIONS), else `other`, so that nobody can add metric series
+/// by inventing methods (`curl -X FOO1`, `-X FOO2`, ...).
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
 async fn observe(State(m): State<ApiMetrics>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
+    let method = method_label(req.method()).to_string();
     let route =
         req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let start = Instant::now();
@@ -147,7 +164,8 @@ pub fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<PeerAdd
         "the admin token is not valid"
     } else {
         "this operation needs the admin token: send 'Authorization: Bearer <token>' (meridianctl --token); \
-         loopback callers are trusted without it only under a Host of localhost, 127.0.0.0/8, [::1] or an --api-host name"
+         loopback callers are trusted without it only under a Host of localhost, 127.0.0.0/8, [::1] or an --api-host name, \
+         and not when a browser sends the request for another site's page (Origin)"
     }))
 }
 

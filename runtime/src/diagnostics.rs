@@ -86,6 +86,13 @@ impl DiagnosticsArgs {
         let local = listener.local_addr()?;
         announce(&format!("{process}: diagnostics on http://{local}"));
         tracing::info!(%local, "diagnostics listening");
+        if !local.ip().is_loopback() {
+            tracing::warn!(
+                %local,
+                "the diagnostics listener (/metrics, /ready, /healthy; no token) is reachable from other hosts: \
+                 it shows zone, mesh and resource counts; bind it to 127.0.0.1 unless a Prometheus elsewhere scrapes it"
+            );
+        }
         let router = meridian_rest::diagnostics::router(state);
         let stop = shutdown.clone().cancelled_owned();
         tasks.spawn("diagnostics server", async move {

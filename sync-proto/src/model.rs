@@ -237,7 +237,8 @@ impl ResourceType {
     }
 
     /// Accepts the type name, its plural path segment, or a lower-case form
-    /// (`meshgateway`, `meshgateways`, `MeshGateway`), as the CLI does.
+    /// (`meshgateway`, `meshgateways`, `MeshGateway`; `rate-limit` for
+    /// `rate-limits`, as kumactl), as the CLI does.
     pub fn parse_loose(s: &str) -> Option<ResourceType> {
         let lower = s.to_ascii_lowercase();
         Self::ALL.into_iter().find(|t| {
@@ -245,6 +246,8 @@ impl ResourceType {
                 || t.plural() == lower
                 || t.plural().replace('-', "") == lower
                 || t.plural_aliases().contains(&lower.as_str())
+                // kumactl's singular of a hyphenated plural: `rate-limit`, `health-check`.
+                || t.plural().strip_suffix('s') == Some(lower.as_str())
         })
     }
 
@@ -543,6 +546,18 @@ mod tests {
         }
         assert_eq!(ResourceType::parse_loose("dataplaneinsights"), Some(ResourceType::DataplaneInsight));
         assert_eq!(ResourceType::parse_loose("nope"), None);
+        // ADVERSARY F13: kumactl's singular spelling of the hyphenated types.
+        for (cli, ty) in [
+            ("rate-limit", ResourceType::RateLimit),
+            ("health-check", ResourceType::HealthCheck),
+            ("circuit-breaker", ResourceType::CircuitBreaker),
+            ("fault-injection", ResourceType::FaultInjection),
+            ("traffic-permission", ResourceType::TrafficPermission),
+            ("traffic-log", ResourceType::TrafficLog),
+            ("global-secret", ResourceType::GlobalSecret),
+        ] {
+            assert_eq!(ResourceType::parse_loose(cli), Some(ty), "{cli}");
+        }
     }
 
     #[test]

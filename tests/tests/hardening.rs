@@ -13,8 +13,12 @@
 //! | envoy_input::regexes_envoy_refuses_are_refused_at_apply     | 7: RE2 program size, control characters |
 //! | nack::a_rejected_listener_does_not_freeze_the_rest          | 8: after a NACK the next change reaches Envoy; the rejected piece in DataplaneInsight |
 //! | store_down::stopped_postgres_fails_fast_and_recovers        | 9: PostgreSQL stopped under a running global |
+//! | adversary::cross_site_posts_get_no_loopback_trust           | a page of another site POSTs through a browser on the host (CSRF) |
+//! | adversary::invented_methods_add_no_metric_series            | HTTP methods as metric labels |
+//! | adversary::a_root_ca_lifetime_past_year_9999_keeps_the_global_up | `caCert.expiration: 100000y` |
 
 mod hardening {
+    pub mod adversary;
     pub mod envoy_input;
     pub mod labels;
     pub mod nack;

@@ -33,6 +33,12 @@ use crate::xds::cache::{Cache, ProxyId};
 pub const DEFAULT_ADMIN_PORT: u32 = 9901;
 /// How long one admin request may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest admin answer read (a config dump with every endpoint of a
+/// large mesh is tens of MiB); the admin address is whatever the
+/// Dataplane registered, so whoever holds its token chooses who answers.
+pub const MAX_ADMIN_ANSWER_BYTES: usize = 64 << 20;
+/// How much of an error answer's body is kept for the error message.
+pub const MAX_ADMIN_ERROR_BYTES: usize = 1024;
 
 /// What to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +78,51 @@ impl Inspect {
             Inspect::XdsConfig { .. } => true,
             Inspect::Stats { json, .. } | Inspect::Clusters { json } => json,
         }
+    }
+}
+
+/// The body of an admin answer, read up to [`MAX_ADMIN_ANSWER_BYTES`]
+/// (more is an error, not read further); a non-2xx answer is an error with
+/// the status and the first [`MAX_ADMIN_ERROR_BYTES`] of its body.
+async fn read_admin_answer(mut r: reqwest::Response) -> Result<Vec<u8>, String> {
+    let status = r.status();
+    let limit = if status.is_success() { MAX_ADMIN_ANSWER_BYTES } else { MAX_ADMIN_ERROR_BYTES };
+    let mut body = Vec::new();
+    while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > limit {
+            if status.is_success() {
+                return Err(format!("the answer is larger than {limit} bytes; not read further"));
+            }
+            body.extend_from_slice(&chunk[..limit - body.len()]);
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+    }
+    Ok(body)
+}
+
+/// The node id the Envoy admin at `base` reports (`/server_info`,
+/// `node.id`), when it answers one (`None` when it answers without).
+///
+/// Errors: the admin cannot be reached (the request's error).
+async fn admin_node_id(http: &reqwest::Client, base: &str) -> Result<Option<String>, String> {
+    let r = http.get(format!("{base}/server_info")).send().await.map_err(|e| e.to_string())?;
+    let Ok(body) = read_admin_answer(r).await else { return Ok(None) };
+    let info: Option<Value> = serde_json::from_slice(&body).ok();
+    Ok(info.as_ref().and_then(|i| i.pointer("/node/id")).and_then(Value::as_str).map(str::to_string))
+}
+
+/// Whether the Envoy that reported `reported` (its node id, when it said)
+/// runs Dataplane `mesh`/`name` (node id `<mesh>.<name>`, as every
+/// bootstrap Meridian writes). An admin that did not say is taken at its word.
+fn same_node(reported: Option<String>, mesh: &str, name: &str) -> Result<(), String> {
+    let expected = format!("{mesh}.{name}");
+    match reported {
+        Some(id) if id != expected => Err(format!("it is Envoy node {id:?}, not {expected:?}")),
+        _ => Ok(()),
     }
 }
 
@@ -129,8 +180,18 @@ impl Inspector {
         let port = networking.and_then(|n| n.admin.as_ref()).map_or(DEFAULT_ADMIN_PORT, |a| a.port);
         let port = if port == 0 { DEFAULT_ADMIN_PORT } else { port };
         let host = if address.contains(':') { format!("[{address}]") } else { address.clone() };
-        let url = format!("http://{host}:{port}{}", what.admin_path());
-        let admin = self.admin(&url).await;
+        let base = format!("http://{host}:{port}");
+        let url = format!("{base}{}", what.admin_path());
+        // Another Envoy may answer at that address (several Dataplanes on one
+        // host with the default admin port): its data is not this one's.
+        let admin = match admin_node_id(&self.http, &base).await {
+            // Unreachable: asking again would only double the wait.
+            Err(e) => Err(e),
+            Ok(reported) => match same_node(reported, mesh, name) {
+                Ok(()) => self.admin(&url).await,
+                Err(e) => Err(format!("the admin at {base}: {e}")),
+            },
+        };
         match what {
             Inspect::XdsConfig { .. } => {
                 let id = ProxyId { mesh: mesh.to_string(), name: name.to_string() };
@@ -161,12 +222,7 @@ impl Inspector {
 
     async fn admin(&self, url: &str) -> Result<Vec<u8>, String> {
         let r = self.http.get(url).send().await.map_err(|e| e.to_string())?;
-        let status = r.status();
-        let bytes = r.bytes().await.map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
-        }
-        Ok(bytes.to_vec())
+        read_admin_answer(r).await
     }
 
     /// What this zone sends a connected Dataplane: per type URL, resource
@@ -260,5 +316,76 @@ async fn handle(
         Err(InspectError::Store(m)) => {
             Err(ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "Store unavailable", m))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// An "Envoy admin" answering `status` with a body that never ends
+    /// (1 MiB writes until the reader goes away).
+    async fn endless_admin(status: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf).await;
+                    let head = format!("HTTP/1.1 {status}\r\nconnection: close\r\n\r\n");
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'x'; 1 << 20];
+                    while s.write_all(&chunk).await.is_ok() {}
+                });
+            }
+        });
+        format!("http://{addr}/config_dump")
+    }
+
+    /// ADVERSARY F10: `inspect dataplane demo-app-1` answered with the
+    /// gateway's Envoy, which held the default admin port on the same host.
+    #[tokio::test]
+    async fn an_admin_of_another_node_is_not_taken_for_this_one() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let body = r#"{"node": {"id": "default.gateway-instance-1"}}"#;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = s.write_all(format!("{head}{body}").as_bytes()).await;
+            }
+        });
+        let http = reqwest::Client::builder().no_proxy().build().expect("client");
+        let reported = admin_node_id(&http, &format!("http://{addr}")).await.expect("reachable");
+        assert_eq!(reported.as_deref(), Some("default.gateway-instance-1"));
+        let e = same_node(reported.clone(), "default", "demo-app-1").expect_err("another node");
+        assert!(e.contains("\"default.gateway-instance-1\", not \"default.demo-app-1\""), "{e}");
+        assert_eq!(same_node(reported, "default", "gateway-instance-1"), Ok(()));
+        assert_eq!(same_node(None, "default", "demo-app-1"), Ok(()), "an admin that does not say");
+    }
+
+    /// ADVERSARY F5: the zone read an admin answer of any size into memory
+    /// (the address is the Dataplane's, chosen by whoever holds its token).
+    #[tokio::test]
+    async fn an_endless_admin_answer_is_cut_off() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder().no_proxy().build().expect("client");
+        let url = endless_admin("200 OK").await;
+        let r = http.get(&url).send().await.expect("answer");
+        let e = read_admin_answer(r).await.expect_err("cut off");
+        assert!(e.contains(&format!("larger than {MAX_ADMIN_ANSWER_BYTES} bytes")), "{e}");
+        let url = endless_admin("500 Internal Server Error").await;
+        let r = http.get(&url).send().await.expect("answer");
+        let e = read_admin_answer(r).await.expect_err("an error");
+        assert!(e.starts_with("500 Internal Server Error: xxx"), "{}", &e[..40.min(e.len())]);
+        assert!(e.len() < MAX_ADMIN_ERROR_BYTES + 100, "error text of {} bytes", e.len());
     }
 }

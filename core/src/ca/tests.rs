@@ -154,3 +154,22 @@ fn a_bundle_without_its_key_or_certificates_is_refused() {
     assert!(ZoneCa::from_pem(format!("{}{}", root.cert_pem, root.key_pem).as_bytes()).is_err());
     assert!(ZoneCa::from_pem(b"garbage").is_err());
 }
+
+/// ADVERSARY F1: `conf.caCert.expiration: 100000y` made `root_ca` panic
+/// (rcgen's date type ends at year 9999), killing the global on every start.
+#[test]
+fn a_lifetime_past_year_9999_ends_at_9999() {
+    let now = SystemTime::now();
+    let far = Duration::from_secs(100_000 * 365 * 24 * 3600);
+    let root = root_ca("default", now, far).expect("root");
+    let latest = SystemTime::UNIX_EPOCH + Duration::from_secs(LATEST_NOT_AFTER_UNIX_SECS);
+    assert_eq!(root.not_after, latest);
+    let der = ders(&root.cert_pem);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der[0]).expect("x509");
+    assert_eq!(cert.validity().not_after.timestamp(), i64::try_from(LATEST_NOT_AFTER_UNIX_SECS).expect("fits"));
+    let im = intermediate_ca(&root, "default", "z", now, far).expect("im");
+    let ca = ZoneCa { intermediate: im, root_cert_pem: root.cert_pem.clone() };
+    let leaf = identity(&ca, "default", &tags(&[("kuma.io/service", "a")]), now, far).expect("leaf");
+    assert_eq!(leaf.not_after, latest);
+    verifies(&root.cert_pem, &leaf.cert_pem, now).expect("the chain verifies");
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use pbjson_types::Duration;
 
 use super::selectors::{self, SERVICE_TAG, TagRules};
-use super::{FieldPath, Report, quote};
+use super::{FieldPath, Report, quote, route};
 use crate::pb::mesh::{
     CircuitBreaker, FaultInjection, HealthCheck, HttpMethod, RateLimit, Retry, Timeout, TrafficLog, TrafficPermission,
     retry,
@@ -49,13 +49,38 @@ fn is_zero(d: &Duration) -> bool {
     d.seconds == 0 && d.nanos == 0
 }
 
+/// The longest duration Envoy takes: it converts durations to int64
+/// nanoseconds and refuses longer ones ("Duration out-of-range",
+/// `validateDurationAsMilliseconds` in Envoy's `protobuf/utility.cc`).
+pub const ENVOY_MAX_DURATION_SECONDS: i64 = i64::MAX / 1_000_000_000;
+
+/// Whether Envoy would refuse `d` for being negative ("Expected positive
+/// duration") or too long; adds the violation at `at`. Zero is the caller's.
+fn envoy_duration(r: &mut Report, at: &FieldPath, d: Option<&Duration>) -> bool {
+    match d {
+        Some(d) if d.seconds < 0 || d.nanos < 0 => {
+            r.add(at, "has to be greater than 0 when defined");
+            false
+        }
+        Some(d)
+            if d.seconds > ENVOY_MAX_DURATION_SECONDS || (d.seconds == ENVOY_MAX_DURATION_SECONDS && d.nanos > 0) =>
+        {
+            r.add(at, format!("must be at most {ENVOY_MAX_DURATION_SECONDS}s (Envoy's limit)"));
+            false
+        }
+        _ => true,
+    }
+}
+
 /// A duration that must be there and be positive (`ValidateDuration`).
 fn positive(r: &mut Report, at: &FieldPath, d: Option<&Duration>) {
     match d {
         None => r.add(at, "must have a positive value"),
         Some(d) if d.seconds < 0 || d.nanos < 0 => r.add(at, "must have a valid value"),
         Some(d) if is_zero(d) => r.add(at, "must have a positive value"),
-        Some(_) => {}
+        Some(d) => {
+            envoy_duration(r, at, Some(d));
+        }
     }
 }
 
@@ -65,6 +90,8 @@ fn positive_or_unset(r: &mut Report, at: &FieldPath, d: Option<&Duration>) {
         && (is_zero(d) || d.seconds < 0 || d.nanos < 0)
     {
         r.add(at, "has to be greater than 0 when defined");
+    } else {
+        envoy_duration(r, at, d);
     }
 }
 
@@ -86,7 +113,9 @@ pub(super) fn timeout(r: &mut Report, spec: &Timeout) {
         match &tcp.idle_timeout {
             None => r.add(&at, "at least one timeout in section has to be defined"),
             Some(d) if is_zero(d) => r.add(&at.field("idleTimeout"), "has to be greater than 0"),
-            Some(_) => {}
+            Some(d) => {
+                envoy_duration(r, &at.field("idleTimeout"), Some(d));
+            }
         }
     }
     if let Some(http) = &conf.http {
@@ -119,7 +148,17 @@ fn back_off(r: &mut Report, at: &FieldPath, b: Option<&retry::conf::BackOff>) {
     match &b.base_interval {
         None => r.add(&at.field("baseInterval"), "has to be defined"),
         Some(d) if is_zero(d) => r.add(&at.field("baseInterval"), "has to be greater than 0"),
-        Some(_) => positive_or_unset(r, &at.field("maxInterval"), b.max_interval.as_ref()),
+        Some(base) => {
+            let base_ok = envoy_duration(r, &at.field("baseInterval"), Some(base));
+            positive_or_unset(r, &at.field("maxInterval"), b.max_interval.as_ref());
+            // Envoy: "max_interval must greater than or equal to the base_interval".
+            if let Some(max) = &b.max_interval
+                && base_ok
+                && (max.seconds, max.nanos) < (base.seconds, base.nanos)
+            {
+                r.add(&at.field("maxInterval"), "must be greater than or equal to baseInterval");
+            }
+        }
     }
 }
 
@@ -234,6 +273,9 @@ pub(super) fn circuit_breaker(r: &mut Report, spec: &CircuitBreaker) {
         }
     };
     percent(r, &at.field("maxEjectionPercent"), conf.max_ejection_percent.as_ref());
+    // Ours: Envoy's outlier detection refuses negative and over-long durations.
+    positive_or_unset(r, &at.field("interval"), conf.interval.as_ref());
+    positive_or_unset(r, &at.field("baseEjectionTime"), conf.base_ejection_time.as_ref());
     if let Some(f) = &d.failure {
         percent(r, &at.field("detectors").field("failure").field("threshold"), f.threshold.as_ref());
     }
@@ -276,6 +318,7 @@ pub(super) fn health_check(r: &mut Report, spec: &HealthCheck) {
         if http.path.is_empty() {
             r.add(&at.field("path"), "has to be defined and cannot be empty");
         }
+        route::request_path(r, &at.field("path"), &http.path);
         for (i, s) in http.expected_statuses.iter().enumerate() {
             if !(100..600).contains(&s.value) {
                 r.add(&at.field("expectedStatuses").index(i), "must be in range [100, 600)");
@@ -286,7 +329,7 @@ pub(super) fn health_check(r: &mut Report, spec: &HealthCheck) {
             match &h.header {
                 None => r.add(&at, "has to be defined"),
                 Some(h) if h.key.is_empty() => r.add(&at.field("key"), "cannot be empty"),
-                Some(_) => {}
+                Some(h) => route::added_header(r, &at.field("key"), &h.key, &at.field("value"), &h.value),
             }
         }
     }
@@ -317,7 +360,9 @@ pub(super) fn rate_limit(r: &mut Report, spec: &RateLimit) {
         Some(d) if is_zero(d) || d.seconds < 0 || d.nanos < 0 => r.add(&at.field("interval"), "interval must be set"),
         // Envoy's token bucket refills at most every 50 ms.
         Some(d) if d.seconds == 0 && d.nanos < 50_000_000 => r.add(&at.field("interval"), "must be at least 50ms"),
-        Some(_) => {}
+        Some(d) => {
+            envoy_duration(r, &at.field("interval"), Some(d));
+        }
     }
     if let Some(on) = &http.on_rate_limit {
         let at = at.field("onRateLimit");
@@ -334,6 +379,7 @@ pub(super) fn rate_limit(r: &mut Report, spec: &RateLimit) {
             if h.value.is_empty() {
                 r.add(&at, "value must be set");
             }
+            route::added_header(r, &at.field("key"), &h.key, &at.field("value"), &h.value);
         }
     }
 }
@@ -373,8 +419,10 @@ pub(super) fn fault_injection(r: &mut Report, spec: &FaultInjection) {
     if let Some(d) = &delay {
         let at = at.field("delay");
         percentage(r, &at, d.percentage.as_ref());
-        if d.value.is_none() {
-            r.add(&at.field("value"), "cannot be empty");
+        match &d.value {
+            None => r.add(&at.field("value"), "cannot be empty"),
+            // Ours: Envoy's fixed delay must be positive.
+            Some(v) => positive(r, &at.field("value"), Some(v)),
         }
     }
     if let Some(a) = &abort {
@@ -456,6 +504,142 @@ mod tests {
                 ("destinations[0].match[\"version\"]".into(), "tag \"version\" is not allowed".into()),
             ]
         );
+    }
+
+    /// The violations of one policy written in universal YAML (parsed here,
+    /// not by `universal`, which depends on this module).
+    fn yaml_violations(yaml: &str) -> Vec<(String, String)> {
+        let mut value: serde_json::Value = serde_saphyr::from_str(yaml).expect("yaml");
+        let obj = value.as_object_mut().expect("a mapping");
+        let ty = obj.remove("type").and_then(|t| t.as_str().map(str::to_string)).expect("type");
+        obj.remove("mesh");
+        obj.remove("name");
+        fn spec<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+            serde_json::from_value(v).expect("spec")
+        }
+        match ty.as_str() {
+            "Timeout" => run(|r| timeout(r, &spec(value))),
+            "Retry" => run(|r| retry(r, &spec(value))),
+            "CircuitBreaker" => run(|r| circuit_breaker(r, &spec(value))),
+            "HealthCheck" => run(|r| health_check(r, &spec(value))),
+            "RateLimit" => run(|r| rate_limit(r, &spec(value))),
+            "FaultInjection" => run(|r| fault_injection(r, &spec(value))),
+            other => panic!("no policy type {other}"),
+        }
+    }
+
+    const HEAD: &str = "mesh: default\nname: p\nsources: [{match: {kuma.io/service: gw}}]\n\
+                        destinations: [{match: {kuma.io/service: web}}]\n";
+
+    /// ADVERSARY F2: every value here was accepted and NACKed by Envoy
+    /// ("Duration out-of-range", "Expected positive duration", "max_interval
+    /// must greater than or equal to the base_interval").
+    #[test]
+    fn durations_envoy_refuses_are_refused() {
+        let too_long = "must be at most 9223372036s (Envoy's limit)";
+        let cases: &[(&str, &str, &str)] = &[
+            ("Timeout", "conf: {http: {requestTimeout: 9300000000s}}", "conf.http.requestTimeout"),
+            ("Timeout", "conf: {connectTimeout: 9223372037s}", "conf.connectTimeout"),
+            ("Timeout", "conf: {tcp: {idleTimeout: 9300000000s}}", "conf.tcp.idleTimeout"),
+            ("Retry", "conf: {http: {perTryTimeout: 9300000000s}}", "conf.http.perTryTimeout"),
+            ("Retry", "conf: {http: {backOff: {baseInterval: 9300000000s}}}", "conf.http.backOff.baseInterval"),
+            (
+                "HealthCheck",
+                "conf: {interval: 9300000000s, timeout: 1s, unhealthyThreshold: 1, healthyThreshold: 1, tcp: {}}",
+                "conf.interval",
+            ),
+            (
+                "CircuitBreaker",
+                "conf: {interval: 9300000000s, detectors: {totalErrors: {consecutive: 5}}}",
+                "conf.interval",
+            ),
+            ("RateLimit", "conf: {http: {requests: 5, interval: 9300000000s}}", "conf.http.interval"),
+        ];
+        for (ty, conf, field) in cases {
+            let v = yaml_violations(&format!("type: {ty}\n{HEAD}{conf}\n"));
+            assert_eq!(v, [(field.to_string(), too_long.to_string())], "{ty} {conf}");
+        }
+        let positive = "has to be greater than 0 when defined";
+        let v = yaml_violations(&format!("type: Timeout\n{HEAD}conf: {{tcp: {{idleTimeout: -5s}}}}\n"));
+        assert_eq!(v, [("conf.tcp.idleTimeout".to_string(), positive.to_string())]);
+        let v = yaml_violations(&format!(
+            "type: CircuitBreaker\n{HEAD}conf: {{baseEjectionTime: -1s, thresholds: {{maxConnections: 1}}}}\n"
+        ));
+        assert_eq!(v, [("conf.baseEjectionTime".to_string(), positive.to_string())]);
+        let v = yaml_violations(&format!(
+            "type: Retry\n{HEAD}conf: {{http: {{backOff: {{baseInterval: 10s, maxInterval: 1s}}}}}}\n"
+        ));
+        assert_eq!(
+            v,
+            [(
+                "conf.http.backOff.maxInterval".to_string(),
+                "must be greater than or equal to baseInterval".to_string()
+            )]
+        );
+        let fault = "type: FaultInjection\nmesh: default\nname: f\nsources: [{match: {kuma.io/service: '*'}}]\n\
+                     destinations: [{match: {kuma.io/service: web, kuma.io/protocol: http}}]\n";
+        for (value, message) in
+            [("-3s", "must have a valid value"), ("0s", "must have a positive value"), ("9300000000s", too_long)]
+        {
+            let v = yaml_violations(&format!("{fault}conf: {{delay: {{percentage: 50, value: {value}}}}}\n"));
+            assert_eq!(v, [("conf.delay.value".to_string(), message.to_string())], "delay {value}");
+        }
+        // The longest Envoy takes is still accepted.
+        assert_eq!(yaml_violations(&format!("type: Timeout\n{HEAD}conf: {{connectTimeout: 9223372036s}}\n")), []);
+    }
+
+    /// ADVERSARY F6: Envoy NACKed these headers and paths (":-prefixed or
+    /// host headers may not be modified", invalid header value, a path with
+    /// a control character).
+    #[test]
+    fn headers_and_paths_envoy_refuses_are_refused() {
+        let hc = |http: &str| {
+            yaml_violations(&format!(
+                "type: HealthCheck\n{HEAD}conf: {{interval: 1s, timeout: 1s, unhealthyThreshold: 1, \
+                 healthyThreshold: 1, http: {http}}}\n"
+            ))
+        };
+        let at = "conf.http.requestHeadersToAdd[0].header";
+        assert_eq!(
+            hc("{path: /h, requestHeadersToAdd: [{header: {key: ':authority', value: v}}]}"),
+            [(
+                format!("{at}.key"),
+                "header \":authority\" cannot be set by a policy (Envoy refuses host and pseudo-headers)".to_string()
+            )]
+        );
+        assert_eq!(
+            hc("{path: /h, requestHeadersToAdd: [{header: {key: 'bad key', value: v}}]}"),
+            [(format!("{at}.key"), "must be a valid HTTP header name".to_string())]
+        );
+        assert_eq!(
+            hc("{path: /h, requestHeadersToAdd: [{header: {key: x-a, value: \"a\\r\\nb\"}}]}"),
+            [(format!("{at}.value"), "must not contain CR, LF or NUL characters".to_string())]
+        );
+        assert_eq!(
+            hc("{path: \"/h\\x01\"}"),
+            [("conf.http.path".to_string(), "must not contain control characters (NUL, CR, LF, ...)".to_string())]
+        );
+        assert_eq!(hc("{path: h}"), [("conf.http.path".to_string(), "must be an absolute path".to_string())]);
+        let rl = |headers: &str| {
+            yaml_violations(&format!(
+                "type: RateLimit\n{HEAD}conf: {{http: {{requests: 5, interval: 1s, onRateLimit: {{headers: {headers}}}}}}}\n"
+            ))
+        };
+        assert_eq!(
+            rl("[{key: Host, value: a}]"),
+            [(
+                "conf.http.onRateLimit.headers[0].key".to_string(),
+                "header \"Host\" cannot be set by a policy (Envoy refuses host and pseudo-headers)".to_string()
+            )]
+        );
+        assert_eq!(
+            rl("[{key: x-ok, value: \"a\\nb\"}]"),
+            [(
+                "conf.http.onRateLimit.headers[0].value".to_string(),
+                "must not contain CR, LF or NUL characters".to_string()
+            )]
+        );
+        assert_eq!(rl("[{key: x-ok, value: a}]"), []);
     }
 
     #[test]

@@ -336,6 +336,38 @@ fn header_mutation(r: &mut Report, at: &FieldPath, h: &header_filter::Header, op
     }
 }
 
+/// A header a policy makes Envoy add (RateLimit `onRateLimit.headers`,
+/// HealthCheck `requestHeadersToAdd`): a header name that is neither the
+/// host nor a pseudo-header (Envoy: ":-prefixed or host headers may not be
+/// modified"), a value without CR, LF or NUL, each at most
+/// [`MAX_HEADER_BYTES`]. Emptiness is the caller's (the incumbent's messages).
+pub(super) fn added_header(r: &mut Report, key_at: &FieldPath, key: &str, value_at: &FieldPath, value: &str) {
+    if key.is_empty() {
+    } else if is_host(key) || key.starts_with(':') {
+        r.add(
+            key_at,
+            format!("header {} cannot be set by a policy (Envoy refuses host and pseudo-headers)", quote(key)),
+        );
+    } else if !is_header_name(key) {
+        r.add(key_at, "must be a valid HTTP header name");
+    } else if key.len() > MAX_HEADER_BYTES {
+        r.add(key_at, format!("must be at most {MAX_HEADER_BYTES} bytes"));
+    }
+    if has_line_break_or_nul(value) {
+        r.add(value_at, "must not contain CR, LF or NUL characters");
+    } else if value.len() > MAX_HEADER_BYTES {
+        r.add(value_at, format!("must be at most {MAX_HEADER_BYTES} bytes"));
+    }
+}
+
+/// A path Envoy sends itself (HealthCheck `http.path`): absolute, no control
+/// characters. Emptiness is the caller's.
+pub(super) fn request_path(r: &mut Report, at: &FieldPath, p: &str) {
+    if !p.is_empty() {
+        path_value(r, at, p);
+    }
+}
+
 fn mirror(r: &mut Report, at: &FieldPath, m: &Mirror) {
     let percentage_at = at.field("percentage");
     match &m.percentage {

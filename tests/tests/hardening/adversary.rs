@@ -1,0 +1,108 @@
+//! Faults found by the adversarial pass (`ADVERSARY.md` of branch `adv`),
+//! each reproduced against the real global.
+
+use std::time::Duration;
+
+use meridian_tests::{Backend, Topology, json_api::eventually};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+/// A `text/plain` POST as a browser sends it for a page of `origin`: a
+/// "simple" cross-origin request, sent without a CORS preflight.
+async fn browser_post(api: &str, path: &str, origin: Option<&str>, body: &str) -> (StatusCode, String) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{api}{path}"))
+        .header(reqwest::header::CONTENT_TYPE, "text/plain;charset=UTF-8")
+        .body(body.to_string());
+    if let Some(o) = origin {
+        req = req.header(reqwest::header::ORIGIN, o);
+    }
+    let resp = req.send().await.unwrap_or_else(|e| panic!("POST {path}: {e}"));
+    (resp.status(), resp.text().await.unwrap_or_default())
+}
+
+/// F8: a page of another site rotated the signing keys and minted zone
+/// tokens through the browser of someone on the global's host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_posts_get_no_loopback_trust() {
+    let topo = Topology::builder("hardening-csrf").global(Backend::Sqlite).mesh("default").start().await;
+    let api = topo.global().api_url().trim_end_matches('/').to_string();
+    let serials = |body: &str| -> usize {
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["serials"].as_array().map(Vec::len))
+            .unwrap_or_default()
+    };
+
+    for origin in ["http://evil.example", "null"] {
+        let (st, text) = browser_post(&api, "/tokens/dataplane/signing-keys", Some(origin), "x").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "key rotation from a page of {origin}: {text}");
+        assert!(text.contains("another site"), "{text}");
+        let (st, text) =
+            browser_post(&api, "/tokens/zone", Some(origin), r#"{"zone": "evil-zone", "validFor": "8760h"}"#).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "zone token for a page of {origin}: {text}");
+    }
+    // The same request from this host's own pages (and from clients that
+    // send no Origin, meridianctl) is trusted: nothing else changed.
+    let own = format!("http://{}", topo.global().api_addr());
+    let (st, text) = browser_post(&api, "/tokens/dataplane/signing-keys", Some(&own), "x").await;
+    assert_eq!(st, StatusCode::OK, "{text}");
+    assert_eq!(serials(&text), 2, "only this rotation happened: {text}");
+    let (st, text) = browser_post(&api, "/tokens/dataplane/signing-keys", None, "x").await;
+    assert_eq!(st, StatusCode::OK, "{text}");
+    assert_eq!(serials(&text), 3, "{text}");
+    topo.cleanup().await;
+}
+
+/// F4: every invented HTTP method added 16 series to `/metrics`, for anyone
+/// reaching the API port, without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_methods_add_no_metric_series() {
+    let topo = Topology::builder("hardening-method-labels").global(Backend::Sqlite).start().await;
+    let g = topo.global();
+    let anonymous = g.http();
+    for i in 0..20 {
+        let method = Method::from_bytes(format!("FOO{i}").as_bytes()).expect("method");
+        let reply = anonymous.request(method, "/", None, &[("Host", "evil.example")]).await;
+        assert_eq!(reply.status, 405, "{}", reply.text);
+    }
+    let metrics = reqwest::get(format!("{}/metrics", g.diagnostics_url()))
+        .await
+        .expect("diagnostics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(!metrics.contains("FOO"), "an invented method is a label value:\n{metrics}");
+    let other = metrics
+        .lines()
+        .find(|l| l.starts_with("meridian_api_requests_total{") && l.contains("method=\"other\"") && l.contains("405"))
+        .unwrap_or_else(|| panic!("no method=\"other\" series:\n{metrics}"));
+    assert!(other.ends_with(" 20"), "{other}");
+    topo.cleanup().await;
+}
+
+/// F1: a Mesh asking for a root CA valid 100000 years made the global panic
+/// ("overflow adding duration to date") and panic again on every start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_ca_lifetime_past_year_9999_keeps_the_global_up() {
+    let topo = Topology::builder("hardening-ca-lifetime").global(Backend::Sqlite).start().await;
+    let g = topo.global();
+    g.api()
+        .apply(&json!({
+            "type": "Mesh", "name": "far",
+            "mtls": {"enabledBackend": "ca-1", "backends": [
+                {"name": "ca-1", "type": "builtin", "conf": {"caCert": {"expiration": "100000y"}}}
+            ]}
+        }))
+        .await;
+    let root = "/global-secrets/far.ca-builtin-root-ca-1";
+    eventually("the mesh's root CA is made", Duration::from_secs(60), || async {
+        g.api().find(root).await.ok().flatten().ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    g.restart().await;
+    let ready = g.http().get("/ready").await;
+    assert_eq!(ready.status, 200, "the restarted global is ready: {}", ready.text);
+    assert!(!g.stderr().contains("panicked"), "{}", g.stderr());
+    topo.cleanup().await;
+}
