@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use meridian_core::{
     Entry,
-    liveness::{now_millis, zone_online},
+    liveness::now_millis,
 };
 
 use crate::{
@@ -35,13 +35,14 @@ pub async fn zones(
     let (zones, total) = filtered_page(s, ResourceType::Zone, None, &filter, offset, size).await?;
     let (insights, _) = s.manager.list(ResourceType::ZoneInsight, None, BTreeMap::new(), 0, None).await?;
     let insights = insights_by_name(insights);
+    let beats = s.manager.heartbeats().await?;
     let now = now_millis();
     let items: Vec<Value> = zones
         .iter()
         .map(|z| {
             let insight = insights.get(&(String::new(), z.resource.meta.name.clone()));
             let online = insight.is_some_and(|i| match &i.resource.spec {
-                Spec::ZoneInsight(zi) => zone_online(zi, now),
+                Spec::ZoneInsight(zi) => beats.zone_online(zi, now),
                 _ => false,
             });
             let enabled = match &z.resource.spec {
