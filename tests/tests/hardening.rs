@@ -13,9 +13,11 @@
 //! | envoy_input::regexes_envoy_refuses_are_refused_at_apply     | 7: RE2 program size, control characters |
 //! | nack::a_rejected_listener_does_not_freeze_the_rest          | 8: after a NACK the next change reaches Envoy; the rejected piece in DataplaneInsight |
 //! | store_down::stopped_postgres_fails_fast_and_recovers        | 9: PostgreSQL stopped under a running global |
+//! | group_commit::acknowledged_writes_survive_a_sigkill_mid_burst | issue 13: SQLite group commit answers every PUT, loses no acknowledged one |
 
 mod hardening {
     pub mod envoy_input;
+    pub mod group_commit;
     pub mod labels;
     pub mod nack;
     pub mod rebinding;
