@@ -33,7 +33,8 @@ impl Heartbeats {
     ///
     /// Errors: the store's.
     pub async fn load(store: &Store) -> Result<Heartbeats, StoreError> {
-        let page = store.list_status(&ListQuery { type_name: HEARTBEAT_TYPE.to_string(), ..ListQuery::default() }).await?;
+        let page =
+            store.list_status(&ListQuery { type_name: HEARTBEAT_TYPE.to_string(), ..ListQuery::default() }).await?;
         Ok(Heartbeats(page.items.into_iter().filter_map(|r| Some((r.key.name, r.version.parse().ok()?))).collect()))
     }
 
@@ -43,7 +44,11 @@ impl Heartbeats {
     /// Errors: the store's.
     pub async fn beat(store: &Store, instance_id: &str, now_millis: i64) -> Result<(), StoreError> {
         let w = WriteResource {
-            key: ResourceKey { type_name: HEARTBEAT_TYPE.to_string(), mesh: String::new(), name: instance_id.to_string() },
+            key: ResourceKey {
+                type_name: HEARTBEAT_TYPE.to_string(),
+                mesh: String::new(),
+                name: instance_id.to_string(),
+            },
             labels: Default::default(),
             spec: Vec::new(),
             version: now_millis.to_string(),

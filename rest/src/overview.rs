@@ -6,10 +6,7 @@ use axum::{Json, response::IntoResponse, response::Response};
 use meridian_sync_proto::{ResourceType, Spec, universal};
 use serde_json::{Value, json};
 
-use meridian_core::{
-    Entry,
-    liveness::now_millis,
-};
+use meridian_core::{Entry, liveness::now_millis};
 
 use crate::{
     error::ApiError,

@@ -407,11 +407,7 @@ impl Store {
     /// The commit runs in its own task holding the lock, so a writer
     /// cancelled while committing for others (a client gone) neither rolls
     /// their writes back nor lets another transaction start beside it.
-    async fn group_commit(
-        &self,
-        pool: &sqlx::SqlitePool,
-        ops: Vec<WriteOp>,
-    ) -> Result<Vec<OpOutcome>, StoreError> {
+    async fn group_commit(&self, pool: &sqlx::SqlitePool, ops: Vec<WriteOp>) -> Result<Vec<OpOutcome>, StoreError> {
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         lock_queue(&self.inner.queue).push_back((ops, tx));
         loop {
@@ -454,7 +450,9 @@ impl Store {
     }
 }
 
-fn lock_queue(q: &std::sync::Mutex<std::collections::VecDeque<Queued>>) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Queued>> {
+fn lock_queue(
+    q: &std::sync::Mutex<std::collections::VecDeque<Queued>>,
+) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Queued>> {
     q.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

@@ -6,10 +6,7 @@
 use std::collections::BTreeMap;
 
 use maud::{DOCTYPE, Markup, html};
-use meridian_core::{
-    Entry,
-    liveness::now_millis,
-};
+use meridian_core::{Entry, liveness::now_millis};
 use meridian_rest::ApiState;
 use meridian_sync_proto::{
     ResourceType, Spec,

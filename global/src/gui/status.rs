@@ -15,10 +15,7 @@ use axum::{
     extract::ConnectInfo,
     http::{Request, header},
 };
-use meridian_core::{
-    Entry,
-    liveness::now_millis,
-};
+use meridian_core::{Entry, liveness::now_millis};
 use meridian_rest::server::PeerAddr;
 use meridian_sync_proto::{
     ResourceType, Spec,

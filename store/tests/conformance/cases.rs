@@ -344,7 +344,8 @@ pub async fn concurrent_writers_fail_alone(h: &Harness) {
                 let own = key("Mesh", "", &format!("w-{i}"));
                 if i % 6 == 0 {
                     // Writes its own key, then fails on the taken one: all undone.
-                    let ops = vec![WriteOp::Create(res(own, "doomed")), WriteOp::Create(res(key("Mesh", "", "taken"), "x"))];
+                    let ops =
+                        vec![WriteOp::Create(res(own, "doomed")), WriteOp::Create(res(key("Mesh", "", "taken"), "x"))];
                     (i, store.apply_batch(ops).await.map(|_| ()))
                 } else {
                     (i, store.create(res(own, &format!("spec-{i}"))).await.map(|_| ()))
