@@ -71,6 +71,25 @@ pub fn cpu(pid: u32) -> Duration {
     Duration::from_millis((field(11) + field(12)) * 10)
 }
 
+/// Where the threads of `pid` spent their time so far: (on a CPU, runnable
+/// but waiting for a CPU), summed over `/proc/<pid>/task/*/schedstat` (the
+/// kernel's scheduler statistics, nanoseconds; threads that already exited
+/// are not counted). A process that waits far longer for a CPU than it runs
+/// is starved by the machine's load, not blocked on I/O or a lock.
+pub fn sched(pid: u32) -> (Duration, Duration) {
+    let mut on_cpu = 0u64;
+    let mut waiting = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            let mut f = stat.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+            on_cpu += f.next().unwrap_or(0);
+            waiting += f.next().unwrap_or(0);
+        }
+    }
+    (Duration::from_nanos(on_cpu), Duration::from_nanos(waiting))
+}
+
 /// Resident set size of `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -516,7 +535,9 @@ pub async fn run(cfg: Config) -> Report {
     let zone_pid = zone.process().pid();
     let (zone_rss0, global_rss0) = (rss(zone_pid), rss(global.pid()));
     let d = cfg.dataplanes;
+    let sched0 = sched(zone_pid);
     let registered = register(zone.api(), d).await;
+    let sched1 = sched(zone_pid);
     let last = Instant::now();
     let deadline = last + LIMIT;
     loop {
@@ -545,6 +566,24 @@ pub async fn run(cfg: Config) -> Report {
         unit: "ms",
         baseline_what: "REST GET p50".into(),
         baseline: ms(rest),
+        baseline_unit: "ms",
+    });
+    let per_dp = |t: Duration| ms(t) / d.max(1) as f64;
+    let (on_cpu, waiting) = (sched1.0.saturating_sub(sched0.0), sched1.1.saturating_sub(sched0.1));
+    rows.push(Row {
+        what: format!("federated zone on a CPU during the registration, per Dataplane ({d})"),
+        figure: per_dp(on_cpu),
+        unit: "ms",
+        baseline_what: "wall time per Dataplane".into(),
+        baseline: per_dp(registered),
+        baseline_unit: "ms",
+    });
+    rows.push(Row {
+        what: format!("federated zone runnable but waiting for a CPU, per Dataplane ({d})"),
+        figure: per_dp(waiting),
+        unit: "ms",
+        baseline_what: "its time on a CPU".into(),
+        baseline: per_dp(on_cpu),
         baseline_unit: "ms",
     });
     drop(zone);
