@@ -138,7 +138,7 @@ pub(super) async fn serve_stream<Resp: AdminResponseMessage, Req: AdminRequestMe
     let server = server.clone();
     tracing::debug!(zone = %caller.zone, kind = kind.segment(), "zone opened an inspection stream");
     tokio::spawn(async move {
-        let allowed = watch_allowed(&server, &caller.zone, &caller.token, caller.expires);
+        let allowed = watch_allowed(&server, &caller.zone, &caller.token, caller.expires, caller.access.clone());
         let mut allowed = std::pin::pin!(allowed);
         loop {
             tokio::select! {

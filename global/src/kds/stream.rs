@@ -8,9 +8,9 @@
 //!   re-checks the zone's token and `enabled` when a Zone or GlobalSecret
 //!   changes in the store and when the token expires (never by polling).
 //! - zone → global: [`receive_loop`] applying through [`FromZone`]; the
-//!   same check runs beside it, and again before storing a response when
-//!   one of those changes happened since the last check, so a revoked zone
-//!   is cut off both ways.
+//!   same watch runs beside it, and the check runs again before each
+//!   response is stored, so a revoked zone is cut off both ways and nothing
+//!   it sends after the revocation is stored.
 
 use std::{
     collections::BTreeMap,
@@ -20,7 +20,7 @@ use std::{
 };
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use futures::{StreamExt, stream::SelectAll};
+use futures::{FutureExt, StreamExt, stream::SelectAll};
 use meridian_core::{
     Manager,
     origin::{LABEL_DISPLAY_NAME, LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE},
@@ -91,11 +91,19 @@ impl Source for ZoneSource {
         Some(shared_diff(old, new))
     }
 
+    /// The types changed since the last call. A burst is coalesced without
+    /// any added delay: every change already signalled is taken with the
+    /// first, and each type's watch holds only its latest snapshot, so a
+    /// stream busy sending sees one change per type for the whole burst.
     async fn changed(&mut self) -> Result<Vec<String>, Infallible> {
-        match self.changes.next().await {
-            Some(ty) => Ok(vec![ty]),
-            None => std::future::pending().await,
+        let Some(first) = self.changes.next().await else { return std::future::pending().await };
+        let mut types = vec![first];
+        while let Some(Some(ty)) = self.changes.next().now_or_never() {
+            if !types.contains(&ty) {
+                types.push(ty);
+            }
         }
+        Ok(types)
     }
 }
 
@@ -203,7 +211,7 @@ pub(super) async fn global_to_zone(
     inbound: Streaming<DeltaDiscoveryRequest>,
     tx: Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
-    let super::Caller { zone, version: zone_version, token, expires, max_message_bytes } = caller;
+    let super::Caller { zone, version: zone_version, token, expires, access, max_message_bytes } = caller;
     let session = server.insights.open(&zone, &zone_version, connection).await;
     server.metrics.zones_connected.inc();
     tracing::info!(zone = %zone, "zone connected: global-to-zone stream open");
@@ -235,7 +243,7 @@ pub(super) async fn global_to_zone(
             Ended::Cancelled => tracing::info!(zone = %zone, "global stopping: closing the global-to-zone stream"),
             other => tracing::info!(zone = %zone, reason = %other, "global-to-zone stream ended"),
         },
-        status = watch_allowed(&server, &zone, &token, expires) => {
+        status = watch_allowed(&server, &zone, &token, expires, access) => {
             let _ = tx.send(Err(status)).await;
         }
     }
@@ -289,7 +297,7 @@ async fn held_from_zone(server: &KdsServer, ty: ResourceType, zone: &str) -> Res
 pub(super) async fn zone_to_global(
     server: KdsServer,
     zone: String,
-    (token, expires): (String, i64),
+    (token, expires, access): (String, i64, watch::Receiver<u64>),
     connection: Option<SocketAddr>,
     inbound: Streaming<DeltaDiscoveryResponse>,
     tx: Sender<Result<DeltaDiscoveryRequest, Status>>,
@@ -310,14 +318,7 @@ pub(super) async fn zone_to_global(
     }
     tracing::info!(zone = %zone, "zone connected: zone-to-global stream open");
     let mut wire = GrpcWire { inbound, tx: tx.clone(), cap: server.max_message_bytes, stamps: None };
-    let mut apply = GlobalApply {
-        server: server.clone(),
-        zone: zone.clone(),
-        token: token.clone(),
-        expires,
-        access: server.cache.access_changes(),
-        cut: None,
-    };
+    let mut apply = GlobalApply { server: server.clone(), zone: zone.clone(), token: token.clone(), cut: None };
     let mut observer = (
         server.metrics.sync.observer(UP),
         UpwardObserver { zone: zone.clone(), connection, upward, insights: server.insights.clone() },
@@ -325,7 +326,7 @@ pub(super) async fn zone_to_global(
     let cancel = server.shutdown.child_token();
     let ended = tokio::select! {
         ended = receive_loop(&mut receivers, None, &mut wire, &mut apply, &mut observer, &cancel) => ended,
-        status = watch_allowed(&server, &zone, &token, expires) => {
+        status = watch_allowed(&server, &zone, &token, expires, access) => {
             let _ = tx.send(Err(status)).await;
             Ended::Cancelled
         }
@@ -353,10 +354,16 @@ pub(super) async fn zone_to_global(
 /// change feed, so a revocation or `enabled: false` written through any
 /// global replica counts) and when the token expires (`expires`, unix
 /// seconds); returns the status to end the stream with once the zone is
-/// no longer allowed. An idle, allowed zone costs no store read.
-pub(super) async fn watch_allowed(server: &KdsServer, zone: &str, token: &str, expires: i64) -> Status {
-    let mut access = server.cache.access_changes();
-    access.mark_unchanged();
+/// no longer allowed. `access` is the receiver taken before the zone was
+/// authenticated, so a change committed after that check is never missed.
+/// An idle, allowed zone costs no store read.
+pub(super) async fn watch_allowed(
+    server: &KdsServer,
+    zone: &str,
+    token: &str,
+    expires: i64,
+    mut access: watch::Receiver<u64>,
+) -> Status {
     let mut deadline = expiry_instant(expires);
     loop {
         tokio::select! {
@@ -396,17 +403,15 @@ enum UpError {
     NotAllowed(String),
 }
 
-/// Writes a zone's resources through [`FromZone`], after checking that the
-/// zone may still write ([`still_allowed`]) when a Zone or GlobalSecret
-/// changed since the last check or the token has expired.
+/// Writes a zone's resources through [`FromZone`], after checking (each
+/// response, against the store itself, so a revocation committed a moment
+/// ago counts even before the change feed delivers it) that the zone may
+/// still write ([`still_allowed`]). The cost follows what the zone sends,
+/// never its idle time.
 struct GlobalApply {
     server: KdsServer,
     zone: String,
     token: String,
-    /// The token's `exp` (unix seconds).
-    expires: i64,
-    /// The cache's access-change counter, as of the last check.
-    access: watch::Receiver<u64>,
     /// Set when the check failed: the status the stream ends with.
     cut: Option<Status>,
 }
@@ -419,14 +424,7 @@ impl Apply for GlobalApply {
         receiver: &mut DeltaReceiver,
         response: &DeltaDiscoveryResponse,
     ) -> Result<DeltaDiscoveryRequest, UpError> {
-        let expired = meridian_core::liveness::now_millis() >= self.expires.saturating_mul(1000);
-        let changed = self.access.has_changed().unwrap_or(true);
-        if changed {
-            self.access.mark_unchanged();
-        }
-        if (changed || expired)
-            && let Err(status) = still_allowed(&self.server, &self.zone, &self.token).await
-        {
+        if let Err(status) = still_allowed(&self.server, &self.zone, &self.token).await {
             let reason = status.message().to_string();
             self.cut = Some(status);
             return Err(UpError::NotAllowed(reason));
