@@ -90,3 +90,44 @@ pub fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(ms: i64) -> pbjson_types::Timestamp {
+        pbjson_types::Timestamp { seconds: ms / 1000, nanos: 0 }
+    }
+
+    fn insight(instance: &str, seen: i64, closed: bool) -> pb::system::ZoneInsight {
+        pb::system::ZoneInsight {
+            subscriptions: vec![pb::system::KdsSubscription {
+                id: "s-1".into(),
+                global_instance_id: instance.into(),
+                connect_time: Some(ts(seen)),
+                disconnect_time: closed.then(|| ts(seen)),
+                status: Some(pb::system::KdsSubscriptionStatus {
+                    last_update_time: Some(ts(seen)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn an_open_subscription_is_online_while_it_or_its_instance_was_seen() {
+        let now = 1_000_000_000;
+        let old = now - SUBSCRIPTION_STALE_MILLIS - 1_000;
+        let beats = Heartbeats([("g-1".to_string(), now - 1_000)].into());
+        // Not rewritten for long, but its instance beats: online.
+        assert!(beats.zone_online(&insight("g-1", old, false), now));
+        // Its instance stopped beating too (killed): offline.
+        assert!(!beats.zone_online(&insight("g-dead", old, false), now));
+        // Recently written, whatever the heartbeats: online.
+        assert!(Heartbeats::default().zone_online(&insight("g-2", now - 1_000, false), now));
+        // Closed: offline, however fresh.
+        assert!(!beats.zone_online(&insight("g-1", now, true), now));
+        assert!(!beats.zone_online(&pb::system::ZoneInsight::default(), now));
+    }
+}
