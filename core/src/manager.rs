@@ -9,7 +9,7 @@ use meridian_sync_proto::{
 };
 
 use crate::{
-    liveness::{now_millis, zone_online},
+    liveness::now_millis,
     metrics::StoreMetrics,
     origin::{LABEL_ORIGIN, LABEL_ZONE, ORIGIN_GLOBAL, ORIGIN_ZONE, is_reserved_label, origin},
 };
@@ -130,6 +130,15 @@ impl Manager {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The global instances' heartbeats, which say whether a ZoneInsight's
+    /// open subscription is still recorded by a live instance
+    /// ([`crate::liveness::Heartbeats`]).
+    ///
+    /// Errors: the store's.
+    pub async fn heartbeats(&self) -> Result<crate::liveness::Heartbeats, ManagerError> {
+        crate::liveness::Heartbeats::load(&self.store).await.map_err(ManagerError::Store)
     }
 
     pub fn role(&self) -> Role {
@@ -469,7 +478,7 @@ impl Manager {
         let mut status = Vec::new();
         if let Some(insight) = self.get(ResourceType::ZoneInsight, "", zone).await? {
             if let Spec::ZoneInsight(zi) = &insight.resource.spec
-                && zone_online(zi, now_millis())
+                && self.heartbeats().await?.zone_online(zi, now_millis())
             {
                 return Err(ManagerError::Forbidden(format!(
                     "zone {zone:?} is online; stop its control plane (or disable it with enabled: false and wait until it is offline) before deleting it"

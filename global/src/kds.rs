@@ -137,18 +137,24 @@ impl KdsServer {
                 "unsupported kds-version {kds_version:?}; this global speaks v3"
             )));
         }
+        // Subscribed before the checks: a revocation or `enabled: false`
+        // committed after them is seen by the stream's re-check.
+        let access = self.cache.access_changes();
         let auth = text(MD_AUTHORIZATION);
         let token = auth.strip_prefix("Bearer ").or_else(|| auth.strip_prefix("bearer ")).unwrap_or(&auth);
         let token = (!token.is_empty()).then_some(token);
-        if let Err(e) = self.tokens.verify_zone(token, &zone).await {
-            tracing::warn!(zone = %zone, reason = %e, "KDS call refused: zone token");
-            return Err(Status::unauthenticated(e.to_string()));
-        }
+        let expires = match self.tokens.verify_zone(token, &zone).await {
+            Ok(claims) => claims.exp,
+            Err(e) => {
+                tracing::warn!(zone = %zone, reason = %e, "KDS call refused: zone token");
+                return Err(Status::unauthenticated(e.to_string()));
+            }
+        };
         self.ensure_zone_enabled(&zone).await?;
         let token = token.unwrap_or_default().to_string();
         let advertised = md.get(MD_MAX_MESSAGE_BYTES).and_then(|v| v.to_str().ok());
         let max_message_bytes = agreed_max_message_bytes(self.max_message_bytes, advertised);
-        Ok(Caller { zone, version: text(MD_VERSION), token, max_message_bytes })
+        Ok(Caller { zone, version: text(MD_VERSION), token, expires, access, max_message_bytes })
     }
 
     /// A stream's response, carrying this global's cap in its headers.
@@ -197,6 +203,12 @@ pub(crate) struct Caller {
     pub(crate) zone: String,
     pub(crate) version: String,
     pub(crate) token: String,
+    /// When the token expires (its `exp`, unix seconds): the streams
+    /// re-check it then.
+    pub(crate) expires: i64,
+    /// The cache's access-change counter, taken before the token and
+    /// `enabled` were checked ([`cache::Cache::access_changes`]).
+    pub(crate) access: tokio::sync::watch::Receiver<u64>,
     /// Bytes; what both ends of this stream split to.
     pub(crate) max_message_bytes: usize,
 }
@@ -225,12 +237,12 @@ impl KdsSyncService for KdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryResponse>>,
     ) -> Result<Response<Self::ZoneToGlobalSyncStream>, Status> {
-        let Caller { zone, token, .. } = self.authenticate(request.metadata()).await?;
+        let Caller { zone, token, expires, access, .. } = self.authenticate(request.metadata()).await?;
         let connection = request.remote_addr();
         let (tx, rx) = tokio::sync::mpsc::channel(OUTBOUND_QUEUE);
         let server = self.clone();
         self.streams.spawn(async move {
-            stream::zone_to_global(server, zone, token, connection, request.into_inner(), tx).await
+            stream::zone_to_global(server, zone, (token, expires, access), connection, request.into_inner(), tx).await
         });
         Ok(self.response(ResponseStream::new(rx)))
     }
@@ -292,6 +304,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let max = server.max_message_bytes;
     let streams = server.streams.clone();
+    streams.spawn(server.insights.clone().run(server.shutdown.clone()));
     let mut health = GlobalKdsServiceServer::new(server.clone());
     let mut svc = KdsSyncServiceServer::new(server).max_decoding_message_size(max).max_encoding_message_size(max);
     for c in COMPRESSIONS {

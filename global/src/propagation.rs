@@ -29,7 +29,7 @@ use axum::{
 };
 use meridian_core::{
     Entry, Manager, ManagerError,
-    liveness::{now_millis, zone_online},
+    liveness::now_millis,
     origin::{LABEL_DISPLAY_NAME, LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE},
 };
 use meridian_rest::{ApiState, error::ApiError};
@@ -191,10 +191,11 @@ pub async fn status(
 /// Zones with a fresh, open ZoneInsight subscription.
 async fn online_zones(manager: &Manager) -> Result<std::collections::BTreeSet<String>, ManagerError> {
     let (insights, _) = manager.list(ResourceType::ZoneInsight, None, BTreeMap::new(), 0, None).await?;
+    let beats = manager.heartbeats().await?;
     let now = now_millis();
     Ok(insights
         .into_iter()
-        .filter(|e| matches!(&e.resource.spec, Spec::ZoneInsight(zi) if zone_online(zi, now)))
+        .filter(|e| matches!(&e.resource.spec, Spec::ZoneInsight(zi) if beats.zone_online(zi, now)))
         .map(|e| e.resource.meta.name)
         .collect())
 }

@@ -6,10 +6,7 @@ use axum::{Json, response::IntoResponse, response::Response};
 use meridian_sync_proto::{ResourceType, Spec, universal};
 use serde_json::{Value, json};
 
-use meridian_core::{
-    Entry,
-    liveness::{now_millis, zone_online},
-};
+use meridian_core::{Entry, liveness::now_millis};
 
 use crate::{
     error::ApiError,
@@ -35,13 +32,14 @@ pub async fn zones(
     let (zones, total) = filtered_page(s, ResourceType::Zone, None, &filter, offset, size).await?;
     let (insights, _) = s.manager.list(ResourceType::ZoneInsight, None, BTreeMap::new(), 0, None).await?;
     let insights = insights_by_name(insights);
+    let beats = s.manager.heartbeats().await?;
     let now = now_millis();
     let items: Vec<Value> = zones
         .iter()
         .map(|z| {
             let insight = insights.get(&(String::new(), z.resource.meta.name.clone()));
             let online = insight.is_some_and(|i| match &i.resource.spec {
-                Spec::ZoneInsight(zi) => zone_online(zi, now),
+                Spec::ZoneInsight(zi) => beats.zone_online(zi, now),
                 _ => false,
             });
             let enabled = match &z.resource.spec {

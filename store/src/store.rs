@@ -55,13 +55,22 @@ enum Backend {
     Postgres(sqlx::PgPool),
 }
 
+/// A write waiting for the next group commit, and where its outcome goes.
+type Queued = (Vec<WriteOp>, tokio::sync::oneshot::Sender<Result<Vec<OpOutcome>, StoreError>>);
+
+/// Write batches one SQLite transaction carries at most. The queue itself
+/// is bounded by the writers waiting on it (each caller awaits its answer).
+const MAX_GROUP: usize = 128;
+
 struct Inner {
     /// The pool of the backend chosen by the URL.
     backend: Backend,
+    /// SQLite: writes waiting for the next group commit ([`Store::apply`]).
+    queue: std::sync::Mutex<std::collections::VecDeque<Queued>>,
     /// Serializes this process's SQLite write transactions, so concurrent
     /// tasks queue here instead of spinning on SQLITE_BUSY. Unused for
     /// PostgreSQL, where the meta row lock orders writers.
-    write_lock: Mutex<()>,
+    write_lock: Arc<Mutex<()>>,
     /// Wake-up counter for watchers: bumped after each commit made through
     /// this handle and, for PostgreSQL, on each `meridian_changes`
     /// notification or listener reconnect. A watch channel holds one value,
@@ -167,7 +176,8 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 backend,
-                write_lock: Mutex::new(()),
+                queue: std::sync::Mutex::new(std::collections::VecDeque::new()),
+                write_lock: Arc::new(Mutex::new(())),
                 wake,
                 listener,
                 requery_interval: options.requery_interval,
@@ -318,6 +328,30 @@ impl Store {
         Ok(written)
     }
 
+    /// Writes several status records in one transaction (one commit: one
+    /// fsync on SQLite, instead of one per record), each under its own
+    /// `expect`. Per record, in order: `Ok(true)` written, `Ok(false)` the
+    /// same content was already stored, `Err(StatusConflict)` its `expect`
+    /// did not hold (the others are still written). A database error fails
+    /// the whole batch and writes nothing. Like [`Store::put_status`], it
+    /// takes no revision and notifies no watcher of [`Store::watch`].
+    pub async fn put_status_batch(
+        &self,
+        writes: &[(WriteResource, StatusExpect)],
+    ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let results = {
+            let _serial = self.sqlite_write_guard().await;
+            dispatch!(self, put_status_batch(writes))?
+        };
+        if results.iter().any(|r| matches!(r, Ok(true))) {
+            self.inner.status_wake.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(results)
+    }
+
     /// Deletes one status record; `false` if there was none.
     pub async fn delete_status(&self, key: &ResourceKey) -> Result<bool, StoreError> {
         let deleted = {
@@ -352,15 +386,74 @@ impl Store {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let outcomes = {
-            let _serial = self.sqlite_write_guard().await;
-            dispatch!(self, apply(ops))?
+        let outcomes = match &self.inner.backend {
+            Backend::Sqlite(pool) => self.group_commit(pool, ops).await?,
+            Backend::Postgres(pool) => backend::postgres::apply(pool, ops).await?,
         };
         if outcomes.iter().any(|o| !matches!(o, OpOutcome::Unchanged(_))) {
             self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
         }
         Ok(outcomes)
     }
+
+    /// SQLite group commit: concurrent writers share one transaction (one
+    /// fsync) instead of queueing for one each. A writer queues its batch,
+    /// then takes the write lock; whoever holds it commits everything queued
+    /// (up to [`MAX_GROUP`] batches, each in its own savepoint, so a failing
+    /// batch fails alone) and answers each writer only after the commit, so
+    /// nothing is acknowledged before it is durable. A writer whose batch a
+    /// previous holder already committed just takes its answer. A lone
+    /// writer waits for nobody: the lock is free and it commits its own batch.
+    /// The commit runs in its own task holding the lock, so a writer
+    /// cancelled while committing for others (a client gone) neither rolls
+    /// their writes back nor lets another transaction start beside it.
+    async fn group_commit(&self, pool: &sqlx::SqlitePool, ops: Vec<WriteOp>) -> Result<Vec<OpOutcome>, StoreError> {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        lock_queue(&self.inner.queue).push_back((ops, tx));
+        loop {
+            let serial = Arc::clone(&self.inner.write_lock).lock_owned().await;
+            match rx.try_recv() {
+                Ok(answer) => return answer,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    return Err(StoreError::Corrupt("a group commit dropped a write unanswered".into()));
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            }
+            let group: Vec<Queued> = {
+                let mut q = lock_queue(&self.inner.queue);
+                let n = q.len().min(MAX_GROUP);
+                q.drain(..n).collect()
+            };
+            let (batches, answers): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+            let pool = pool.clone();
+            let commit = tokio::spawn(async move {
+                let _serial = serial;
+                match backend::sqlite::apply_group(&pool, batches).await {
+                    Ok(results) => {
+                        for (answer, result) in answers.into_iter().zip(results) {
+                            let _ = answer.send(result);
+                        }
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        for answer in answers {
+                            let shared = sqlx::Error::Protocol(format!("the group commit failed: {reason}"));
+                            let _ = answer.send(Err(StoreError::Database(shared)));
+                        }
+                    }
+                }
+            });
+            if let Err(e) = commit.await {
+                return Err(StoreError::Corrupt(format!("the group commit task failed: {e}")));
+            }
+        }
+    }
+}
+
+fn lock_queue(
+    q: &std::sync::Mutex<std::collections::VecDeque<Queued>>,
+) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Queued>> {
+    q.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The watcher's view of the store ([`watcher::ChangeLog`]).

@@ -12,7 +12,8 @@
 //!
 //! Flags (defaults in brackets): `--zones N` [10], `--updates U` [20],
 //! `--gateways G` [1000], `--dataplanes D` [1000], `--idle-secs S` [10],
-//! `--store sqlite|postgres` [sqlite], `--no-append` (print only).
+//! `--store sqlite|postgres` [sqlite], `--real-zones` (the N zones are real
+//! `meridian-zone` processes, not raw KDS clients), `--no-append` (print only).
 
 use std::{io::Write, process::Command, time::Duration};
 
@@ -24,7 +25,7 @@ use meridian_tests::{
 fn usage(msg: &str) -> ! {
     eprintln!(
         "scale: {msg}\nusage: scale [--zones N] [--updates U] [--gateways G] [--dataplanes D] [--idle-secs S] \
-         [--store sqlite|postgres] [--no-append]"
+         [--store sqlite|postgres] [--real-zones] [--no-append]"
     );
     std::process::exit(2);
 }
@@ -65,6 +66,7 @@ async fn main() {
         dataplanes: 1000,
         idle: Duration::from_secs(10),
         backend: Backend::Sqlite,
+        real_zones: false,
     };
     let mut append = true;
     // cargo bench passes `--bench` to every bench binary.
@@ -88,6 +90,7 @@ async fn main() {
                 }
             }
             "--no-append" => append = false,
+            "--real-zones" => cfg.real_zones = true,
             other => usage(&format!("unknown flag {other:?}")),
         }
     }
@@ -96,13 +99,14 @@ async fn main() {
     let report = scale::run(cfg.clone()).await;
     let command = format!(
         "cargo bench --profile dev -p meridian-tests --bench scale -- --zones {} --updates {} --gateways {} \
-         --dataplanes {} --idle-secs {} --store {}",
+         --dataplanes {} --idle-secs {} --store {}{}",
         cfg.zones,
         cfg.updates,
         cfg.gateways,
         cfg.dataplanes,
         cfg.idle.as_secs(),
-        cfg.backend.name()
+        cfg.backend.name(),
+        if cfg.real_zones { " --real-zones" } else { "" }
     );
     let profile = if cfg!(debug_assertions) { "debug build" } else { "release build" };
     let section =

@@ -91,6 +91,11 @@ impl JsonApi {
         }
     }
 
+    /// PUT; `Err` only when the request could not be made (or got no answer).
+    pub async fn try_put(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body)).await
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
         self.send(self.http.put(format!("{}{path}", self.base)).json(body))
             .await

@@ -5,9 +5,15 @@
 //!   meridian-global (SQLite or PostgreSQL, plaintext KDS)
 //!     ├─ N raw KDS zones (raw_kds, in this process: subscribe to every
 //!     │   global→zone type, ACK everything, report each resource received)
+//!     │   or, with `real_zones`, N real meridian-zone processes
 //!     └─ 1 real meridian-zone (federated; Dataplanes are registered at its API
 //!         and travel up to the global)
 //! ```
+//!
+//! With real zones, what each zone stored is read from the global's
+//! propagation status (`GET …/_status`: the version each zone ACKed, which
+//! a zone does after storing it), polled back to back; their KDS bytes are
+//! not observed (those rows are left out).
 //!
 //! [`run`] measures, in order: the baselines (a trivial REST GET at the global,
 //! a bare gRPC call `GlobalKDSService.HealthCheck` over the same loopback,
@@ -63,6 +69,25 @@ pub fn cpu(pid: u32) -> Duration {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Duration::from_millis((field(11) + field(12)) * 10)
+}
+
+/// Where the threads of `pid` spent their time so far: (on a CPU, runnable
+/// but waiting for a CPU), summed over `/proc/<pid>/task/*/schedstat` (the
+/// kernel's scheduler statistics, nanoseconds; threads that already exited
+/// are not counted). A process that waits far longer for a CPU than it runs
+/// is starved by the machine's load, not blocked on I/O or a lock.
+pub fn sched(pid: u32) -> (Duration, Duration) {
+    let mut on_cpu = 0u64;
+    let mut waiting = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            let mut f = stat.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+            on_cpu += f.next().unwrap_or(0);
+            waiting += f.next().unwrap_or(0);
+        }
+    }
+    (Duration::from_nanos(on_cpu), Duration::from_nanos(waiting))
 }
 
 /// Resident set size of `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
@@ -148,6 +173,57 @@ pub struct Config {
     pub idle: Duration,
     /// The global's store.
     pub backend: Backend,
+    /// The N zones are real `meridian-zone` processes instead of raw KDS
+    /// clients.
+    pub real_zones: bool,
+}
+
+/// The N zones of a run, and how the harness learns what they hold.
+enum Zones {
+    /// Raw KDS clients in this process, reporting every resource received.
+    Raw(Arrivals),
+    /// Real zone processes (named `zone-<i>`), read through the global's
+    /// propagation status.
+    Real(Vec<Zone>),
+}
+
+impl Zones {
+    /// Waits until every zone holds `name` of `plural` (in mesh `default`)
+    /// at the version the global has; panics after [`LIMIT`].
+    async fn wait_all(&mut self, global: &Global, plural: &str, name: &str, zones: usize) {
+        match self {
+            Zones::Raw(arrivals) => arrivals.wait_all(&format!("{name}.default"), zones).await,
+            Zones::Real(real) => {
+                let path = format!("/meshes/default/{plural}/{name}/_status");
+                let names: Vec<&str> = real.iter().map(Zone::name).collect();
+                let deadline = Instant::now() + LIMIT;
+                loop {
+                    let (status, body) = global.api().try_get(&path).await.unwrap_or((0, Value::Null));
+                    let version = &body["version"];
+                    let missing: Vec<&str> = names
+                        .iter()
+                        .copied()
+                        .filter(|z| {
+                            let held = body["zones"].as_array().and_then(|zs| zs.iter().find(|e| e["zone"] == *z));
+                            !(status == 200 && held.is_some_and(|e| !version.is_null() && e["version"] == *version))
+                        })
+                        .collect();
+                    if missing.is_empty() {
+                        return;
+                    }
+                    assert!(Instant::now() < deadline, "{name} did not reach zones {missing:?} within {LIMIT:?}");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Zones::Raw(_) => "",
+            Zones::Real(_) => " real",
+        }
+    }
 }
 
 /// One row of the table: a figure, the same-run baseline it is set against,
@@ -285,7 +361,7 @@ async fn grpc_ping(kds: &RawKds) -> Duration {
 /// CPU per update, bytes received by all zones per update).
 async fn updates(
     global: &Global,
-    arrivals: &mut Arrivals,
+    arrivals: &mut Zones,
     bytes: &AtomicU64,
     cfg: &Config,
     tag: &str,
@@ -297,7 +373,7 @@ async fn updates(
         let name = format!("{tag}-{u}");
         let t = Instant::now();
         global.api().apply(&resources::route(&name, "gw", &format!("svc-{tag}-{u}"))).await;
-        arrivals.wait_all(&format!("{name}.default"), cfg.zones).await;
+        arrivals.wait_all(global, "meshgatewayroutes", &name, cfg.zones).await;
         lat.push(t.elapsed());
     }
     let n = cfg.updates.max(1);
@@ -351,16 +427,25 @@ pub async fn run(cfg: Config) -> Report {
     // N idle zones.
     let (seen_tx, seen_rx) = mpsc::unbounded_channel();
     let bytes = Arc::new(AtomicU64::new(0));
-    let mut arrivals = Arrivals::new(seen_rx);
     let t = Instant::now();
-    for idx in 0..cfg.zones {
-        raw_zone(&global, idx, seen_tx.clone(), bytes.clone()).await;
-    }
-    arrivals.wait_all("gw.default", cfg.zones).await;
+    let mut arrivals = if cfg.real_zones {
+        let mut real = Vec::with_capacity(cfg.zones);
+        for idx in 0..cfg.zones {
+            real.push(Zone::connect(&dir, &global, &format!("zone-{idx}")).await);
+        }
+        Zones::Real(real)
+    } else {
+        for idx in 0..cfg.zones {
+            raw_zone(&global, idx, seen_tx.clone(), bytes.clone()).await;
+        }
+        Zones::Raw(Arrivals::new(seen_rx))
+    };
+    arrivals.wait_all(&global, "meshgateways", "gw", cfg.zones).await;
     let connect = t.elapsed();
     let n = cfg.zones;
+    let kind = arrivals.kind();
     rows.push(Row {
-        what: format!("{n} zones connect → each holds the gateway"),
+        what: format!("{n}{kind} zones connect → each holds the gateway"),
         figure: ms(connect),
         unit: "ms",
         baseline_what: "gRPC ping p50".into(),
@@ -371,7 +456,7 @@ pub async fn run(cfg: Config) -> Report {
     let (idle_cpu, idle_rows, idle_kib) = idle_window(&global, cfg.idle).await;
     let idle_what = format!("{}-s window, no zone", cfg.idle.as_secs());
     rows.push(Row {
-        what: format!("global ({store}) with {n} idle zones: CPU"),
+        what: format!("global ({store}) with {n}{kind} idle zones: CPU"),
         figure: idle_cpu / 10.0,
         unit: "%",
         baseline_what: idle_what.clone(),
@@ -379,7 +464,7 @@ pub async fn run(cfg: Config) -> Report {
         baseline_unit: "%",
     });
     rows.push(Row {
-        what: format!("global with {n} idle zones: change-log rows per minute"),
+        what: format!("global with {n}{kind} idle zones: change-log rows per minute"),
         figure: idle_rows,
         unit: "rows",
         baseline_what: idle_what.clone(),
@@ -387,7 +472,7 @@ pub async fn run(cfg: Config) -> Report {
         baseline_unit: "rows",
     });
     rows.push(Row {
-        what: format!("global with {n} idle zones: store growth per minute"),
+        what: format!("global with {n}{kind} idle zones: store growth per minute"),
         figure: idle_kib,
         unit: "KiB",
         baseline_what: idle_what,
@@ -402,12 +487,12 @@ pub async fn run(cfg: Config) -> Report {
             for i in 0..held {
                 api.apply(&resources::gateway(&format!("held-{i}"), 9000 + (i % 1000) as u32)).await;
             }
-            arrivals.wait_all(&format!("held-{}.default", held - 1), n).await;
+            arrivals.wait_all(&global, "meshgateways", &format!("held-{}", held - 1), n).await;
         }
         let held_what = if held > 0 { format!(", {held} MeshGateways held") } else { String::new() };
         let (lat, cpu_upd, wire) = updates(&global, &mut arrivals, &bytes, &cfg, &format!("upd{label}")).await;
         rows.push(Row {
-            what: format!("route PUT → all {n} zones have it{held_what}: p50 ({} updates)", cfg.updates),
+            what: format!("route PUT → all {n}{kind} zones have it{held_what}: p50 ({} updates)", cfg.updates),
             figure: ms(pct(&lat, 50)),
             unit: "ms",
             baseline_what: "REST GET p50".into(),
@@ -415,7 +500,7 @@ pub async fn run(cfg: Config) -> Report {
             baseline_unit: "ms",
         });
         rows.push(Row {
-            what: format!("route PUT → all {n} zones have it{held_what}: p99"),
+            what: format!("route PUT → all {n}{kind} zones have it{held_what}: p99"),
             figure: ms(pct(&lat, 99)),
             unit: "ms",
             baseline_what: "REST GET p50".into(),
@@ -430,6 +515,9 @@ pub async fn run(cfg: Config) -> Report {
             baseline: ms(cpu_per_get),
             baseline_unit: "ms",
         });
+        if cfg.real_zones {
+            continue;
+        }
         rows.push(Row {
             what: format!("KDS bytes received by all {n} zones per route update{held_what}"),
             figure: wire,
@@ -447,7 +535,9 @@ pub async fn run(cfg: Config) -> Report {
     let zone_pid = zone.process().pid();
     let (zone_rss0, global_rss0) = (rss(zone_pid), rss(global.pid()));
     let d = cfg.dataplanes;
+    let sched0 = sched(zone_pid);
     let registered = register(zone.api(), d).await;
+    let sched1 = sched(zone_pid);
     let last = Instant::now();
     let deadline = last + LIMIT;
     loop {
@@ -476,6 +566,24 @@ pub async fn run(cfg: Config) -> Report {
         unit: "ms",
         baseline_what: "REST GET p50".into(),
         baseline: ms(rest),
+        baseline_unit: "ms",
+    });
+    let per_dp = |t: Duration| ms(t) / d.max(1) as f64;
+    let (on_cpu, waiting) = (sched1.0.saturating_sub(sched0.0), sched1.1.saturating_sub(sched0.1));
+    rows.push(Row {
+        what: format!("federated zone on a CPU during the registration, per Dataplane ({d})"),
+        figure: per_dp(on_cpu),
+        unit: "ms",
+        baseline_what: "wall time per Dataplane".into(),
+        baseline: per_dp(registered),
+        baseline_unit: "ms",
+    });
+    rows.push(Row {
+        what: format!("federated zone runnable but waiting for a CPU, per Dataplane ({d})"),
+        figure: per_dp(waiting),
+        unit: "ms",
+        baseline_what: "its time on a CPU".into(),
+        baseline: per_dp(on_cpu),
         baseline_unit: "ms",
     });
     drop(zone);

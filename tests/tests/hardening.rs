@@ -16,10 +16,12 @@
 //! | adversary::cross_site_posts_get_no_loopback_trust           | a page of another site POSTs through a browser on the host (CSRF) |
 //! | adversary::invented_methods_add_no_metric_series            | HTTP methods as metric labels |
 //! | adversary::a_root_ca_lifetime_past_year_9999_keeps_the_global_up | `caCert.expiration: 100000y` |
+//! | group_commit::acknowledged_writes_survive_a_sigkill_mid_burst | issue 13: SQLite group commit answers every PUT, loses no acknowledged one |
 
 mod hardening {
     pub mod adversary;
     pub mod envoy_input;
+    pub mod group_commit;
     pub mod labels;
     pub mod nack;
     pub mod rebinding;

@@ -31,6 +31,7 @@
 //! | unserved::*                                           | issue 8: unserved types answered empty, stream stays up |
 //! | status::heartbeats_and_acks_add_no_change_log_rows    | issue 8 §4: status is not configuration |
 //! | status::followers_behind_compaction_resync            | issue 8 §4: compaction; followers resync |
+//! | status::an_idle_zone_costs_no_insight_write_stays_online_and_is_cut_off_on_revocation | issue 13: idle zones cost no store work; liveness by instance heartbeat; revocation from the change feed |
 
 mod multizone {
     pub mod auth;

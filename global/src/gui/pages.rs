@@ -6,10 +6,7 @@
 use std::collections::BTreeMap;
 
 use maud::{DOCTYPE, Markup, html};
-use meridian_core::{
-    Entry,
-    liveness::{now_millis, zone_online},
-};
+use meridian_core::{Entry, liveness::now_millis};
 use meridian_rest::ApiState;
 use meridian_sync_proto::{
     ResourceType, Spec,
@@ -105,6 +102,7 @@ pub async fn home(s: &ApiState) -> StoreResult<Markup> {
     let m = &s.manager;
     let (zones, _) = m.list(ResourceType::Zone, None, BTreeMap::new(), 0, None).await?;
     let (insights, _) = m.list(ResourceType::ZoneInsight, None, BTreeMap::new(), 0, None).await?;
+    let beats = m.heartbeats().await?;
     let insights: BTreeMap<&str, &ZoneInsight> = insights
         .iter()
         .filter_map(|e| match &e.resource.spec {
@@ -125,7 +123,7 @@ pub async fn home(s: &ApiState) -> StoreResult<Markup> {
                 @let name = z.resource.meta.name.as_str();
                 @let insight = insights.get(name).copied();
                 @let sub = insight.and_then(|i| i.subscriptions.last());
-                @let online = insight.is_some_and(|i| zone_online(i, now));
+                @let online = insight.is_some_and(|i| beats.zone_online(i, now));
                 div.zone data-zone=(name) data-online=(online) {
                     h3 {
                         a href=(resource_href(z)) { (name) } " "

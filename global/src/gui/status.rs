@@ -15,10 +15,7 @@ use axum::{
     extract::ConnectInfo,
     http::{Request, header},
 };
-use meridian_core::{
-    Entry,
-    liveness::{now_millis, zone_online},
-};
+use meridian_core::{Entry, liveness::now_millis};
 use meridian_rest::server::PeerAddr;
 use meridian_sync_proto::{
     ResourceType, Spec,
@@ -172,10 +169,11 @@ async fn from_insights(s: &GuiState, entry: &Entry) -> Result<Status, meridian_c
     let now = now_millis();
     let (zones, _) = m.list(ResourceType::Zone, None, BTreeMap::new(), 0, None).await?;
     let (zone_insights, _) = m.list(ResourceType::ZoneInsight, None, BTreeMap::new(), 0, None).await?;
+    let beats = m.heartbeats().await?;
     let online: BTreeMap<String, bool> = zone_insights
         .iter()
         .filter_map(|e| match &e.resource.spec {
-            Spec::ZoneInsight(zi) => Some((e.resource.meta.name.clone(), zone_online(zi, now))),
+            Spec::ZoneInsight(zi) => Some((e.resource.meta.name.clone(), beats.zone_online(zi, now))),
             _ => None,
         })
         .collect();

@@ -134,6 +134,12 @@ impl TypeSnapshot {
 #[derive(Clone)]
 pub struct Cache {
     channels: Arc<BTreeMap<ResourceType, watch::Sender<Arc<TypeSnapshot>>>>,
+    /// Ticks on every change to what decides whether a zone may stay
+    /// connected: a Zone (its `enabled`) or a GlobalSecret (zone token
+    /// signing keys, the zone token revocation list), and on every reload.
+    /// Zone streams re-check their token and `enabled` on a tick instead of
+    /// polling the store ([`Cache::access_changes`]).
+    access: Arc<watch::Sender<u64>>,
     /// `kds_delta_generation`: seconds to apply one store change to the
     /// snapshot every zone stream diffs from.
     generation: prometheus_client::metrics::histogram::Histogram,
@@ -143,7 +149,18 @@ impl Cache {
     fn new(generation: prometheus_client::metrics::histogram::Histogram) -> Cache {
         let channels =
             GLOBAL_TO_ZONE.iter().map(|t| (*t, watch::channel(Arc::new(TypeSnapshot::default())).0)).collect();
-        Cache { channels: Arc::new(channels), generation }
+        Cache { channels: Arc::new(channels), generation, access: Arc::new(watch::channel(0).0) }
+    }
+
+    /// A receiver that changes whenever a Zone or a GlobalSecret changes in
+    /// the store (from any process writing it: the change feed), or the
+    /// cache reloads. Cheap: one counter for the whole instance.
+    pub fn access_changes(&self) -> watch::Receiver<u64> {
+        self.access.subscribe()
+    }
+
+    fn access_changed(&self) {
+        self.access.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A receiver of the current snapshot of `ty` (empty for types not cached).
@@ -222,6 +239,9 @@ pub async fn start(
                         Ok(c) => {
                             from = c.revision;
                             if let Some(ty) = ResourceType::from_name(&c.resource.key.type_name) {
+                                if matches!(ty, ResourceType::Zone | ResourceType::GlobalSecret) {
+                                    cache.access_changed();
+                                }
                                 cache.apply(ty, c.kind, &c.resource);
                             }
                         }
@@ -237,7 +257,11 @@ pub async fn start(
                     }
                 }
                 from = match cache.load(&store).await {
-                    Ok(rev) => rev,
+                    Ok(rev) => {
+                        // Changes may have been skipped (compaction): re-check.
+                        cache.access_changed();
+                        rev
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "reloading the cache failed; retrying");
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{KdsServer, insight::REFRESH, stream::still_allowed};
+use super::{KdsServer, stream::watch_allowed};
 
 /// Requests queued towards one zone's stream; a zone that stops reading
 /// makes further asks fail at once instead of piling up.
@@ -138,15 +138,14 @@ pub(super) async fn serve_stream<Resp: AdminResponseMessage, Req: AdminRequestMe
     let server = server.clone();
     tracing::debug!(zone = %caller.zone, kind = kind.segment(), "zone opened an inspection stream");
     tokio::spawn(async move {
-        let mut refresh = tokio::time::interval(REFRESH);
+        let allowed = watch_allowed(&server, &caller.zone, &caller.token, caller.expires, caller.access.clone());
+        let mut allowed = std::pin::pin!(allowed);
         loop {
             tokio::select! {
                 () = server.shutdown.cancelled() => break,
-                _ = refresh.tick() => {
-                    if let Err(status) = still_allowed(&server, &caller.zone, &caller.token).await {
-                        let _ = tx.send(Err(status)).await;
-                        break;
-                    }
+                status = &mut allowed => {
+                    let _ = tx.send(Err(status)).await;
+                    break;
                 }
                 r = requests.recv() => match r {
                     Some(r) => if tx.send(Ok(Req::from_request(&r))).await.is_err() { break },

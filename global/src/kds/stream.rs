@@ -3,11 +3,14 @@
 //!
 //! - global → zone: [`send_loop`] with a [`ZoneSource`] over the cache's
 //!   per-type snapshots, the zone's gRPC stream as wire, and metrics plus
-//!   the ZoneInsight session as observer; beside it, every [`REFRESH`], the
-//!   insight is written and the zone's token and `enabled` re-checked.
+//!   the ZoneInsight session as observer (the session is written when its
+//!   counters change, [`super::insight`]); beside it, [`watch_allowed`]
+//!   re-checks the zone's token and `enabled` when a Zone or GlobalSecret
+//!   changes in the store and when the token expires (never by polling).
 //! - zone → global: [`receive_loop`] applying through [`FromZone`]; the
-//!   same token/`enabled` check runs every [`REFRESH`] and before each
-//!   response is stored, so a revoked zone is cut off both ways.
+//!   same watch runs beside it, and the check runs again before each
+//!   response is stored, so a revoked zone is cut off both ways and nothing
+//!   it sends after the revocation is stored.
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +20,7 @@ use std::{
 };
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use futures::{StreamExt, stream::SelectAll};
+use futures::{FutureExt, StreamExt, stream::SelectAll};
 use meridian_core::{
     Manager,
     origin::{LABEL_DISPLAY_NAME, LABEL_ORIGIN, LABEL_ZONE, ORIGIN_ZONE},
@@ -41,7 +44,7 @@ use super::{
     KdsServer,
     cache::TypeSnapshot,
     held::{HeldObserver, TrackedWire},
-    insight::{Counters, REFRESH, Session, Upward},
+    insight::{Counters, Insights, Session, Upward},
 };
 
 /// The cache's snapshot receivers, per KDS type name.
@@ -88,11 +91,19 @@ impl Source for ZoneSource {
         Some(shared_diff(old, new))
     }
 
+    /// The types changed since the last call. A burst is coalesced without
+    /// any added delay: every change already signalled is taken with the
+    /// first, and each type's watch holds only its latest snapshot, so a
+    /// stream busy sending sees one change per type for the whole burst.
     async fn changed(&mut self) -> Result<Vec<String>, Infallible> {
-        match self.changes.next().await {
-            Some(ty) => Ok(vec![ty]),
-            None => std::future::pending().await,
+        let Some(first) = self.changes.next().await else { return std::future::pending().await };
+        let mut types = vec![first];
+        while let Some(Some(ty)) = self.changes.next().now_or_never() {
+            if !types.contains(&ty) {
+                types.push(ty);
+            }
         }
+        Ok(types)
     }
 }
 
@@ -169,7 +180,9 @@ struct SessionObserver {
 
 impl SessionObserver {
     fn record(&self, type_url: &str, stats: &SendStats) {
-        lock(&self.session).stats.insert(type_url.to_string(), Counters::from(stats));
+        let mut s = lock(&self.session);
+        s.stats.insert(type_url.to_string(), Counters::from(stats));
+        s.dirty = true;
     }
 }
 
@@ -198,7 +211,7 @@ pub(super) async fn global_to_zone(
     inbound: Streaming<DeltaDiscoveryRequest>,
     tx: Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
-    let super::Caller { zone, version: zone_version, token, max_message_bytes } = caller;
+    let super::Caller { zone, version: zone_version, token, expires, access, max_message_bytes } = caller;
     let session = server.insights.open(&zone, &zone_version, connection).await;
     server.metrics.zones_connected.inc();
     tracing::info!(zone = %zone, "zone connected: global-to-zone stream open");
@@ -230,38 +243,19 @@ pub(super) async fn global_to_zone(
             Ended::Cancelled => tracing::info!(zone = %zone, "global stopping: closing the global-to-zone stream"),
             other => tracing::info!(zone = %zone, reason = %other, "global-to-zone stream ended"),
         },
-        () = refresh(&server, &zone, &token, &session, &tx) => {}
+        status = watch_allowed(&server, &zone, &token, expires, access) => {
+            let _ = tx.send(Err(status)).await;
+        }
     }
     server.metrics.zones_connected.dec();
     server.insights.close(&session).await;
     tracing::info!(zone = %zone, "zone disconnected: global-to-zone stream closed");
 }
 
-/// Every [`REFRESH`]: writes the insight and cuts the zone off (returns)
-/// when [`still_allowed`] says no.
-async fn refresh(
-    server: &KdsServer,
-    zone: &str,
-    token: &str,
-    session: &Arc<Mutex<Session>>,
-    tx: &Sender<Result<DeltaDiscoveryResponse, Status>>,
-) {
-    let mut tick = tokio::time::interval(REFRESH);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        server.insights.write(session, false).await;
-        if let Err(status) = still_allowed(server, zone, token).await {
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    }
-}
-
-/// The check both of a zone's streams make while open (the global→zone one
-/// every [`REFRESH`]; the zone→global one every [`REFRESH`] and before
-/// storing anything the zone sent): the token it connected with is still
-/// valid (not revoked, not expired) and the zone is still enabled.
+/// The check both of a zone's streams make while open ([`watch_allowed`],
+/// and the zone→global one before storing a response after a relevant
+/// change): the token it connected with is still valid (not revoked, not
+/// expired) and the zone is still enabled.
 ///
 /// Errors: the status to end the stream with (`UNAUTHENTICATED` naming the
 /// token's fault, `PERMISSION_DENIED` for a disabled zone). A store that
@@ -303,7 +297,7 @@ async fn held_from_zone(server: &KdsServer, ty: ResourceType, zone: &str) -> Res
 pub(super) async fn zone_to_global(
     server: KdsServer,
     zone: String,
-    token: String,
+    (token, expires, access): (String, i64, watch::Receiver<u64>),
     connection: Option<SocketAddr>,
     inbound: Streaming<DeltaDiscoveryResponse>,
     tx: Sender<Result<DeltaDiscoveryRequest, Status>>,
@@ -325,11 +319,14 @@ pub(super) async fn zone_to_global(
     tracing::info!(zone = %zone, "zone connected: zone-to-global stream open");
     let mut wire = GrpcWire { inbound, tx: tx.clone(), cap: server.max_message_bytes, stamps: None };
     let mut apply = GlobalApply { server: server.clone(), zone: zone.clone(), token: token.clone(), cut: None };
-    let mut observer = (server.metrics.sync.observer(UP), UpwardObserver { zone: zone.clone(), upward });
+    let mut observer = (
+        server.metrics.sync.observer(UP),
+        UpwardObserver { zone: zone.clone(), connection, upward, insights: server.insights.clone() },
+    );
     let cancel = server.shutdown.child_token();
     let ended = tokio::select! {
         ended = receive_loop(&mut receivers, None, &mut wire, &mut apply, &mut observer, &cancel) => ended,
-        status = watch_allowed(&server, &zone, &token) => {
+        status = watch_allowed(&server, &zone, &token, expires, access) => {
             let _ = tx.send(Err(status)).await;
             Ended::Cancelled
         }
@@ -352,17 +349,47 @@ pub(super) async fn zone_to_global(
     tracing::info!(zone = %zone, "zone-to-global stream closed");
 }
 
-/// Every [`REFRESH`], [`still_allowed`]; returns the status to end the
-/// zone→global stream with once the zone is no longer allowed.
-async fn watch_allowed(server: &KdsServer, zone: &str, token: &str) -> Status {
-    let mut tick = tokio::time::interval(REFRESH);
-    tick.tick().await;
+/// Runs [`still_allowed`] whenever a Zone or a GlobalSecret changes in the
+/// store (the cache's [`super::cache::Cache::access_changes`], fed by the
+/// change feed, so a revocation or `enabled: false` written through any
+/// global replica counts) and when the token expires (`expires`, unix
+/// seconds); returns the status to end the stream with once the zone is
+/// no longer allowed. `access` is the receiver taken before the zone was
+/// authenticated, so a change committed after that check is never missed.
+/// An idle, allowed zone costs no store read.
+pub(super) async fn watch_allowed(
+    server: &KdsServer,
+    zone: &str,
+    token: &str,
+    expires: i64,
+    mut access: watch::Receiver<u64>,
+) -> Status {
+    let mut deadline = expiry_instant(expires);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            changed = access.changed() => {
+                if changed.is_err() {
+                    // The cache is gone (the process is stopping).
+                    return std::future::pending().await;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                // Past the expiry the check fails; should it not (clock
+                // skew), look again a second later rather than spin.
+                deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+            }
+        }
         if let Err(status) = still_allowed(server, zone, token).await {
             return status;
         }
     }
+}
+
+/// The instant a token whose `exp` is `expires` (unix seconds) expires.
+fn expiry_instant(expires: i64) -> tokio::time::Instant {
+    let now_ms = meridian_core::liveness::now_millis();
+    let left_ms = expires.saturating_mul(1000).saturating_sub(now_ms).clamp(0, 10 * 365 * 24 * 3600 * 1000);
+    tokio::time::Instant::now() + std::time::Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
 }
 
 /// Why a zone's response was not applied.
@@ -377,7 +404,10 @@ enum UpError {
 }
 
 /// Writes a zone's resources through [`FromZone`], after checking (each
-/// response) that the zone may still write ([`still_allowed`]).
+/// response, against the store itself, so a revocation committed a moment
+/// ago counts even before the change feed delivers it) that the zone may
+/// still write ([`still_allowed`]). The cost follows what the zone sends,
+/// never its idle time.
 struct GlobalApply {
     server: KdsServer,
     zone: String,
@@ -408,12 +438,17 @@ impl Apply for GlobalApply {
 /// Keeps the zone-to-global counters of the zone's ZoneInsight current.
 struct UpwardObserver {
     zone: String,
+    /// The zone's address on this connection (finds its session).
+    connection: Option<SocketAddr>,
     upward: Upward,
+    /// Marks the session changed, so its insight is written.
+    insights: Insights,
 }
 
 impl Observer for UpwardObserver {
     fn sent(&mut self, type_url: &str, _: &DeltaDiscoveryResponse, stats: &SendStats) {
         lock(&self.upward).insert(format!("{type_url} (zone to global)"), Counters::from(stats));
+        self.insights.touch(&self.zone, self.connection);
     }
     fn acked(&mut self, type_url: &str, _: &str, _: Option<std::time::Duration>, stats: &SendStats) {
         self.sent(type_url, &DeltaDiscoveryResponse::default(), stats);

@@ -151,6 +151,8 @@ pub(crate) async fn current_revision(pool: &Pool<Db>) -> Result<i64, StoreError>
 }
 
 /// Applies `ops` in one write transaction: all of them or none.
+// SQLite writes go through `apply_group` (group commit).
+#[allow(dead_code)]
 pub(crate) async fn apply(
     pool: &Pool<Db>,
     ops: Vec<WriteOp>,
@@ -168,6 +170,34 @@ pub(crate) async fn apply(
             Err(e)
         }
     }
+}
+
+/// Applies several independent write batches in one transaction (group
+/// commit: one commit, one fsync for all of them). Each batch runs in its
+/// own savepoint, so one that fails (a conflict, say) is undone alone and
+/// reported in its slot while the others commit. `Err` only when the
+/// transaction itself failed: then nothing was written.
+// PostgreSQL writers run concurrently on the pool (ordered by the meta row lock).
+#[allow(dead_code)]
+pub(crate) async fn apply_group(
+    pool: &Pool<Db>,
+    groups: Vec<Vec<WriteOp>>,
+) -> Result<Vec<Result<Vec<OpOutcome>, StoreError>>, StoreError> {
+    let mut tx = pool.begin_with(BEGIN_WRITE).await?;
+    let mut out = Vec::with_capacity(groups.len());
+    for ops in groups {
+        sqlx::query("SAVEPOINT meridian_group").execute(&mut *tx).await?;
+        match apply_in_tx(&mut tx, ops).await {
+            Ok(outcomes) => out.push(Ok(outcomes)),
+            Err(e) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT meridian_group").execute(&mut *tx).await?;
+                out.push(Err(e));
+            }
+        }
+        sqlx::query("RELEASE SAVEPOINT meridian_group").execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(out)
 }
 
 /// Locks the meta row (the writers' serialization point) and returns

@@ -72,6 +72,43 @@ pub(crate) async fn put_status(
     Ok(true)
 }
 
+/// Writes several status records in one write transaction (one commit, one
+/// fsync). Each is written under its own `expect`; one whose `expect` fails
+/// is skipped and reported as `Err(StatusConflict)` without undoing the
+/// others. A database error aborts the whole batch (nothing written).
+pub(crate) async fn put_status_batch(
+    pool: &Pool<Db>,
+    writes: &[(WriteResource, StatusExpect)],
+) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+    let now = now_millis();
+    let mut tx = pool.begin_with(BEGIN_WRITE).await?;
+    let mut out = Vec::with_capacity(writes.len());
+    for (w, expect) in writes {
+        let labels = encode_labels(&w.labels)?;
+        let q = |sql| {
+            sqlx::query(sql)
+                .bind(w.key.type_name.as_str())
+                .bind(w.key.mesh.as_str())
+                .bind(w.key.name.as_str())
+                .bind(labels.clone())
+                .bind(w.spec.as_slice())
+                .bind(w.version.as_str())
+                .bind(now)
+        };
+        let affected = match expect {
+            StatusExpect::Any => {
+                out.push(Ok(q(STATUS_UPSERT_SQL).execute(&mut *tx).await?.rows_affected() > 0));
+                continue;
+            }
+            StatusExpect::Absent => q(STATUS_CREATE_SQL).execute(&mut *tx).await?.rows_affected(),
+            StatusExpect::Version(v) => q(STATUS_REPLACE_SQL).bind(v.as_str()).execute(&mut *tx).await?.rows_affected(),
+        };
+        out.push(if affected == 0 { Err(StoreError::StatusConflict(w.key.clone())) } else { Ok(true) });
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
 /// Deletes one status record; `Ok(false)` if there was none.
 pub(crate) async fn delete_status(pool: &Pool<Db>, key: &ResourceKey) -> Result<bool, StoreError> {
     let done = sqlx::query(STATUS_DELETE_SQL)

@@ -329,3 +329,43 @@ pub async fn odd_input_is_stored_verbatim(h: &Harness) {
     assert_eq!(page.items, [stored]);
     assert!(store.list(&ListQuery::default()).await.expect("empty type").items.is_empty());
 }
+
+/// Many concurrent writers (on SQLite, shared group commits): every writer
+/// gets its own answer; a batch that fails half-way is undone alone and its
+/// concurrent siblings are all written, each with its own revision.
+pub async fn concurrent_writers_fail_alone(h: &Harness) {
+    let store = h.open().await;
+    store.create(res(key("Mesh", "", "taken"), "first")).await.expect("create");
+    let start = store.current_revision().await.expect("rev");
+    let tasks: Vec<_> = (0..48)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let own = key("Mesh", "", &format!("w-{i}"));
+                if i % 6 == 0 {
+                    // Writes its own key, then fails on the taken one: all undone.
+                    let ops =
+                        vec![WriteOp::Create(res(own, "doomed")), WriteOp::Create(res(key("Mesh", "", "taken"), "x"))];
+                    (i, store.apply_batch(ops).await.map(|_| ()))
+                } else {
+                    (i, store.create(res(own, &format!("spec-{i}"))).await.map(|_| ()))
+                }
+            })
+        })
+        .collect();
+    let mut written = 0;
+    for task in tasks {
+        let (i, r) = task.await.expect("join");
+        let stored = store.get(&key("Mesh", "", &format!("w-{i}"))).await.expect("get");
+        if i % 6 == 0 {
+            assert!(matches!(r, Err(StoreError::AlreadyExists(_))), "writer {i}: {r:?}");
+            assert_eq!(stored, None, "writer {i}'s failed batch left a write behind");
+        } else {
+            assert!(r.is_ok(), "writer {i}: {r:?}");
+            assert_eq!(stored.map(|s| s.spec), Some(format!("spec-{i}").into_bytes()), "writer {i}");
+            written += 1;
+        }
+    }
+    assert_eq!(written, 40);
+    assert_eq!(store.current_revision().await.expect("rev"), start + 40, "one revision per write, none for failures");
+}

@@ -44,6 +44,7 @@ conformance!(
     cases::noop_writes_do_not_bump,
     cases::batch_is_atomic,
     cases::odd_input_is_stored_verbatim,
+    cases::concurrent_writers_fail_alone,
     watch_cases::watch_from_zero_then_live,
     watch_cases::watch_from_midway,
     watch_cases::watch_resume_without_gaps,
@@ -56,4 +57,5 @@ conformance!(
     status_cases::retention_compaction_then_stale_watcher_resyncs,
     status_cases::compactor_task_bounds_the_log,
     status_cases::upgrade_moves_stored_insights_to_status,
+    status_cases::status_batch_writes_each_under_its_expectation,
 );

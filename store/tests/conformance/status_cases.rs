@@ -247,3 +247,29 @@ pub async fn upgrade_moves_stored_insights_to_status(h: &Harness) {
     );
     assert!(moved.get(&key("Mesh", "", "default")).await.expect("get").is_some());
 }
+
+/// Several status writes in one transaction, each under its own
+/// expectation: a failed expectation skips that record alone.
+pub async fn status_batch_writes_each_under_its_expectation(h: &Harness) {
+    let store = h.open().await;
+    let (a, b, c) = (key("ZoneInsight", "", "a"), key("ZoneInsight", "", "b"), key("ZoneInsight", "", "c"));
+    store.put_status(&res(a.clone(), "a-1"), &StatusExpect::Any).await.expect("put a");
+    let stored_a = store.get_status(&a).await.expect("get").expect("a");
+    let results = store
+        .put_status_batch(&[
+            (res(a.clone(), "a-2"), StatusExpect::Version(stored_a.version.clone())),
+            (res(b.clone(), "b-1"), StatusExpect::Version("nope".into())),
+            (res(c.clone(), "c-1"), StatusExpect::Absent),
+            (res(a.clone(), "a-2"), StatusExpect::Any),
+        ])
+        .await
+        .expect("batch");
+    assert!(matches!(results[0], Ok(true)), "{:?}", results[0]);
+    assert!(matches!(results[1], Err(StoreError::StatusConflict(_))), "{:?}", results[1]);
+    assert!(matches!(results[2], Ok(true)), "{:?}", results[2]);
+    assert!(matches!(results[3], Ok(false)), "the same content again writes nothing: {:?}", results[3]);
+    assert_eq!(store.get_status(&a).await.expect("get").map(|r| r.spec), Some(b"a-2".to_vec()));
+    assert_eq!(store.get_status(&b).await.expect("get"), None);
+    assert_eq!(store.get_status(&c).await.expect("get").map(|r| r.spec), Some(b"c-1".to_vec()));
+    assert_eq!(store.put_status_batch(&[]).await.expect("empty batch").len(), 0);
+}

@@ -1,21 +1,34 @@
 //! Status is not configuration (issue 8, point 4), across real processes: a
-//! connected zone's ZoneInsight refreshes and an Envoy's DataplaneInsight
-//! ACK records (in the zone, and synced to the global) add no change-log
-//! row on either side; a config change costs exactly its own row per side.
+//! connected global's heartbeats and an Envoy's DataplaneInsight ACK
+//! records (in the zone, and synced to the global) add no change-log row on
+//! either side; a config change costs exactly its own row per side.
+//!
+//! And status costs what changed (issue 13): an idle zone's ZoneInsight is
+//! not rewritten, yet the zone stays online past the stale window (the
+//! global instance's heartbeat proves its subscriptions alive); a change
+//! shows in the insight promptly; a revoked token still cuts the zone off,
+//! found from the store's change feed rather than by polling.
 
 use std::path::Path;
 
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
+use meridian_core::liveness::{Heartbeats, SUBSCRIPTION_STALE_MILLIS};
 use meridian_store::Store;
 use meridian_tests::{
     Envoy, GlobalSpec, TestDir, XdsMode,
-    json_api::{CONVERGE, eventually, subscriptions},
-    resources::{gateway, gateway_dataplane},
+    json_api::{CONVERGE, eventually, stat, subscriptions},
+    raw_kds::{DeltaDiscoveryRequest, RawKds},
+    resources::{gateway, gateway_dataplane, route},
+    scale::TYPES,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{global_with_mesh, synced_zone};
 
-/// ZoneInsight refreshes observed before counting (one every 3 s).
+/// Heartbeats of the global instance observed before counting (one every 3 s).
 const REFRESHES: usize = 3;
 
 async fn change_log_rows(db: &Path) -> u64 {
@@ -23,8 +36,11 @@ async fn change_log_rows(db: &Path) -> u64 {
     store.change_log_rows().await.expect("count change-log rows")
 }
 
-fn last_update(overview: &Value) -> String {
-    subscriptions(overview).last().map(|s| s["status"]["lastUpdateTime"].to_string()).unwrap_or_default()
+/// The newest heartbeat of any global instance in the store at `db` (unix ms).
+async fn newest_heartbeat(db: &Path) -> Result<i64, String> {
+    let store = Store::connect(&format!("sqlite:{}", db.display())).await.map_err(|e| e.to_string())?;
+    let beats = Heartbeats::load(&store).await.map_err(|e| e.to_string())?;
+    beats.0.values().copied().max().ok_or_else(|| "no heartbeat yet".to_string())
 }
 
 fn acked(insight: &Value) -> Value {
@@ -54,17 +70,17 @@ async fn heartbeats_and_acks_add_no_change_log_rows() {
     let zone_db = z.data_dir().join("zone.db");
     let (g0, z0) = (change_log_rows(&global_db).await, change_log_rows(&zone_db).await);
 
-    // Several ZoneInsight refreshes while connected...
-    let mut seen = vec![last_update(&g.api().zone_overview("zone-1").await.expect("overview"))];
+    // Several heartbeats of the global instance while connected...
+    let mut seen = vec![newest_heartbeat(&global_db).await.expect("the global beats while a zone is connected")];
     while seen.len() <= REFRESHES {
-        let next = eventually("the ZoneInsight refreshes", CONVERGE, || async {
-            let t = last_update(&g.api().zone_overview("zone-1").await?);
+        let next = eventually("the global instance beats again", CONVERGE, || async {
+            let t = newest_heartbeat(&global_db).await?;
             if seen.contains(&t) { Err(format!("still {t}")) } else { Ok(t) }
         })
         .await;
         seen.push(next);
     }
-    assert_eq!(change_log_rows(&global_db).await, g0, "ZoneInsight refreshes added change-log rows at the global");
+    assert_eq!(change_log_rows(&global_db).await, g0, "status writes added change-log rows at the global");
     assert_eq!(change_log_rows(&zone_db).await, z0, "the connected zone added change-log rows");
 
     // ...then one config change: the Envoy ACKs it, the zone records the
@@ -122,4 +138,100 @@ async fn followers_behind_compaction_resync() {
     z.api()
         .wait_for("/meshes/default/meshgateways/gw-late", "updated", |v| v["conf"]["listeners"][0]["port"] == 18_184)
         .await;
+}
+
+/// Whether every type a subscription was sent was acknowledged, for at
+/// least the raw zone's [`TYPES`].
+fn settled(sub: &Value) -> bool {
+    TYPES.iter().all(|t| {
+        let sent = stat(sub, t, "responsesSent");
+        sent > 0 && stat(sub, t, "responsesAcknowledged") == sent
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_zone_costs_no_insight_write_stays_online_and_is_cut_off_on_revocation() {
+    let dir = TestDir::new("status-idle");
+    let g = global_with_mesh(&dir, "g", GlobalSpec::default()).await;
+    g.api().apply(&gateway("gw", 18_191)).await;
+    let global_db = g.data_dir().join("global.db");
+
+    // A zone played by a raw KDS client: it subscribes, ACKs every response
+    // and does nothing else, so after its initial sync it is idle.
+    let token = g.zone_token("zone-1").await;
+    let raw = RawKds::connect(&g.kds_url(), g.ca(), "zone-1", Some(&token)).await;
+    let (tx, mut rx) = raw.global_to_zone().await.expect("open GlobalToZoneSync");
+    for ty in TYPES {
+        tx.send(DeltaDiscoveryRequest { type_url: ty.to_string(), ..Default::default() }).await.expect("subscribe");
+    }
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _raw = raw;
+        let ended = loop {
+            match rx.message().await {
+                Ok(Some(resp)) => {
+                    let ack = DeltaDiscoveryRequest {
+                        type_url: resp.type_url.clone(),
+                        response_nonce: resp.nonce.clone(),
+                        ..Default::default()
+                    };
+                    if tx.send(ack).await.is_err() {
+                        break None;
+                    }
+                }
+                Ok(None) => break None,
+                Err(status) => break Some(status),
+            }
+        };
+        let _ = ended_tx.send(ended);
+    });
+
+    // The initial sync is recorded: every type sent and acknowledged.
+    let sub = eventually("the initial sync is in the ZoneInsight", CONVERGE, || async {
+        let ov = g.api().zone_overview("zone-1").await?;
+        let last = subscriptions(&ov).last().cloned().ok_or("no subscription")?;
+        if ov["online"] == true && settled(&last) { Ok(last) } else { Err(format!("not settled: {last}")) }
+    })
+    .await;
+    let written = sub["status"]["lastUpdateTime"].clone();
+    // Written no later than now.
+    let written_ms = meridian_core::liveness::now_millis();
+
+    // Idle past the stale window: the global instance beats, the insight
+    // is not rewritten, and the zone still shows online.
+    eventually("the global beats past the stale window", std::time::Duration::from_secs(60), || async {
+        let beat = newest_heartbeat(&global_db).await?;
+        if beat > written_ms + SUBSCRIPTION_STALE_MILLIS + 1_000 { Ok(()) } else { Err(format!("beat at {beat}")) }
+    })
+    .await;
+    let ov = g.api().zone_overview("zone-1").await.expect("overview");
+    let last = subscriptions(&ov).last().cloned().expect("subscription");
+    assert_eq!(last["status"]["lastUpdateTime"], written, "an idle zone's ZoneInsight was rewritten: {last}");
+    assert_eq!(ov["online"], true, "an idle zone went offline: {ov}");
+
+    // A change shows in the insight promptly (the flusher writes it).
+    g.api().apply(&route("r-1", "gw", "svc-1")).await;
+    eventually("the route's response is in the ZoneInsight", CONVERGE, || async {
+        let ov = g.api().zone_overview("zone-1").await?;
+        let last = subscriptions(&ov).last().cloned().ok_or("no subscription")?;
+        let acked = stat(&last, "MeshGatewayRoute", "responsesAcknowledged");
+        if acked >= 2 { Ok(()) } else { Err(format!("MeshGatewayRoute acknowledged {acked}")) }
+    })
+    .await;
+
+    // Revoking the token cuts the idle stream off (from the change feed).
+    let claims = token.split('.').nth(1).expect("JWT <header>.<claims>.<signature>");
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).expect("base64url claims")).expect("JSON claims");
+    let jti = claims["jti"].as_str().expect("jti");
+    g.api()
+        .apply(&json!({"type": "GlobalSecret", "name": "zone-token-revocations", "data": STANDARD.encode(jti)}))
+        .await;
+    let ended = tokio::time::timeout(CONVERGE, ended_rx)
+        .await
+        .expect("the revoked zone's stream was not cut off")
+        .expect("the stream task ended");
+    let status = ended.expect("the stream ended with a status");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    g.api().wait_online("zone-1", false, CONVERGE).await;
 }
