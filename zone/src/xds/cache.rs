@@ -113,6 +113,11 @@ struct Proxy {
     /// The [`Inner::epoch`] of the snapshot the published state came from:
     /// a generation from an older snapshot never replaces a newer one.
     epoch: u64,
+    /// The generator's encoded outputs of the last generation: the next one
+    /// re-encodes only the resources that differ ([`gateway::Memo`]). Taken
+    /// by a running generation (a concurrent one starts empty: the memo
+    /// saves work, never decides the result).
+    memo: gateway::Memo,
 }
 
 /// Shared state behind one mutex. The lock is held only to read or change
@@ -176,36 +181,53 @@ impl Inner {
             .is_ingress()
             .then(|| (self.meshes.values().cloned().collect::<Vec<_>>(), self.local_ingresses.get(&id.name).cloned()));
         let all = self.meshes.iter().map(|(name, s)| (s.clone(), self.mesh_specs.get(name).cloned())).collect();
-        Job { id, snapshot, mesh, ingress, all }
+        Job { id, snapshot, mesh, ingress, all, memo: gateway::Memo::default() }
     }
 
-    /// Records a ZoneIngress change; returns the proxies it touches: all
-    /// but ingresses for another zone's ingress (their cross-zone
-    /// endpoints), the ingress itself for one of this zone's.
+    /// Records a ZoneIngress change; returns the proxies it touches: for
+    /// another zone's ingress, the proxies with a destination that the old
+    /// or the new ingress announces instances of (their cross-zone
+    /// endpoints and warnings), plus those reaching other meshes; for one
+    /// of this zone's, the ingress itself.
     fn apply_ingress(&mut self, name: &str, new: Option<(ZoneIngress, bool)>) -> Vec<ProxyId> {
-        let was_remote = self.remote_ingresses.contains_key(name);
+        let old_remote = self.remote_ingresses.get(name).cloned();
         let was_local = self.local_ingresses.remove(name).is_some();
-        if was_remote {
+        if old_remote.is_some() {
             Arc::make_mut(&mut self.remote_ingresses).remove(name);
         }
-        let mut remote_changed = was_remote;
+        let mut new_remote = None;
         match new {
             Some((zi, true)) => {
                 self.local_ingresses.insert(name.to_string(), zi);
             }
             Some((zi, false)) => {
-                Arc::make_mut(&mut self.remote_ingresses).insert(name.to_string(), zi);
-                remote_changed = true;
+                Arc::make_mut(&mut self.remote_ingresses).insert(name.to_string(), zi.clone());
+                new_remote = Some(zi);
             }
             None => {}
         }
         let mut touched = Vec::new();
-        if remote_changed {
+        if old_remote.is_some() || new_remote.is_some() {
             let remote = self.remote_ingresses.clone();
             for snapshot in self.meshes.values_mut() {
                 Arc::make_mut(snapshot).remote_ingresses = remote.clone();
             }
-            touched.extend(self.proxies.keys().filter(|p| !p.is_ingress()).cloned());
+            if old_remote != new_remote {
+                let announced: Vec<_> =
+                    old_remote.iter().chain(new_remote.iter()).flat_map(|zi| zi.available_services.iter()).collect();
+                touched.extend(
+                    self.proxies
+                        .iter()
+                        .filter(|(id, p)| {
+                            !id.is_ingress()
+                                && (crosses_meshes(&p.deps)
+                                    || announced.iter().any(|s| {
+                                        s.mesh == id.mesh && p.deps.destinations.iter().any(|d| tags_match(d, &s.tags))
+                                    }))
+                        })
+                        .map(|(id, _)| id.clone()),
+                );
+            }
         }
         if was_local || self.local_ingresses.contains_key(name) {
             touched.extend(self.proxies.keys().filter(|p| p.is_ingress() && p.name == name).cloned());
@@ -246,6 +268,8 @@ struct Job {
     ingress: Option<(Vec<Arc<MeshSnapshot>>, Option<ZoneIngress>)>,
     /// Every mesh (other meshes' CAs, for cross-mesh traffic).
     all: crate::xds::foreign_cas::AllMeshes,
+    /// The proxy's previous encoded outputs (empty on a first generation).
+    memo: gateway::Memo,
 }
 
 /// A stream's hold on one Dataplane's configuration; dropping it lets the
@@ -335,7 +359,7 @@ impl Cache {
 
     /// Generates one Dataplane's configuration (pure), then adds its mTLS
     /// secrets from the identity store (which may issue a certificate).
-    fn generate(&self, job: &Job) -> (ProxyState, Deps) {
+    fn generate(&self, job: &mut Job) -> (ProxyState, Deps) {
         let started = std::time::Instant::now();
         let result = self.generate_untimed(job);
         if let Some(h) = &self.generation {
@@ -357,12 +381,12 @@ impl Cache {
         self.lock().proxies.get(id).map(|p| p.tx.borrow().clone())
     }
 
-    fn generate_untimed(&self, job: &Job) -> (ProxyState, Deps) {
-        let Job { id, snapshot, mesh, ingress, all } = job;
+    fn generate_untimed(&self, job: &mut Job) -> (ProxyState, Deps) {
+        let Job { id, snapshot, mesh, ingress, all, memo } = job;
         if let Some((meshes, zi)) = ingress {
             return generate_ingress(meshes, id, zi.as_ref());
         }
-        let (mut state, deps) = generate(snapshot, id);
+        let (mut state, deps) = generate(snapshot, id, memo);
         if let Ok(config) = &mut state.config {
             let mesh_ca = MeshCa { mesh: mesh.as_deref(), zone: &self.zone };
             self.identities.attach(id, &mesh_ca, snapshot, std::time::SystemTime::now(), config, &mut state.warnings);
@@ -378,28 +402,34 @@ impl Cache {
     /// Generates `jobs` (taken under the lock at `epoch`) without the lock,
     /// then publishes each result unless a newer one was published meanwhile.
     fn run(&self, jobs: Vec<Job>, epoch: u64) {
-        let results: Vec<(ProxyId, ProxyState, Deps)> = jobs
+        let results: Vec<(ProxyId, ProxyState, Deps, gateway::Memo)> = jobs
             .into_iter()
-            .map(|job| {
-                let (state, deps) = self.generate(&job);
-                (job.id, state, deps)
+            .map(|mut job| {
+                let (state, deps) = self.generate(&mut job);
+                (job.id, state, deps, job.memo)
             })
             .collect();
         let mut inner = self.lock();
-        for (id, state, deps) in results {
+        for (id, state, deps, memo) in results {
             let Some(p) = inner.proxies.get_mut(&id) else { continue };
             if p.epoch > epoch {
                 continue;
             }
             p.epoch = epoch;
+            p.memo = memo;
             publish(p, &id, state, deps);
         }
     }
 
     /// Jobs regenerating `ids` from the current snapshots (call under the lock).
     fn jobs(inner: &mut Inner, ids: Vec<ProxyId>) -> Vec<Job> {
-        let jobs: Vec<_> =
-            ids.into_iter().filter(|id| inner.proxies.contains_key(id)).map(|id| inner.job(id)).collect();
+        let jobs: Vec<_> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let memo = std::mem::take(&mut inner.proxies.get_mut(&id)?.memo);
+                Some(Job { memo, ..inner.job(id) })
+            })
+            .collect();
         inner.generations += jobs.len() as u64;
         jobs
     }
@@ -640,7 +670,8 @@ impl Cache {
                 inner.generations += 1;
                 (inner.job(id.clone()), inner.epoch)
             };
-            let (state, deps) = self.generate(&snapshot);
+            let mut job = snapshot;
+            let (state, deps) = self.generate(&mut job);
             let mut inner = self.lock();
             if let Some(p) = inner.proxies.get_mut(id) {
                 // Another stream subscribed meanwhile: share its entry.
@@ -653,7 +684,7 @@ impl Cache {
             }
             log_warnings(id, &state);
             let (tx, rx) = watch::channel(Arc::new(state));
-            inner.proxies.insert(id.clone(), Proxy { tx, deps, subscribers: 1, epoch });
+            inner.proxies.insert(id.clone(), Proxy { tx, deps, subscribers: 1, epoch, memo: job.memo });
             return Subscription { rx, id: id.clone(), cache: self.clone() };
         }
     }
@@ -688,15 +719,35 @@ impl Cache {
         };
         self.apply(&[change]);
     }
+
+    /// Deletes a resource directly (unit tests, without a store).
+    #[cfg(test)]
+    fn remove_for_test(&self, r: &Resource) {
+        let change = meridian_store::Change {
+            revision: 0,
+            kind: ChangeKind::Delete,
+            resource: meridian_store::StoredResource {
+                key: Manager::key(r.resource_type(), &r.meta.mesh, &r.meta.name),
+                labels: r.meta.labels.clone(),
+                spec: Vec::new(),
+                version: String::new(),
+                revision: 0,
+                create_time: 0,
+                modify_time: 0,
+            },
+        };
+        self.apply(&[change]);
+    }
 }
 
 /// Generates one Dataplane's configuration from its mesh's snapshot
 /// (pure; called without the lock).
-fn generate(snapshot: &MeshSnapshot, id: &ProxyId) -> (ProxyState, Deps) {
+fn generate(snapshot: &MeshSnapshot, id: &ProxyId, memo: &mut gateway::Memo) -> (ProxyState, Deps) {
     match gateway::generate(snapshot, &id.name) {
-        Ok(config) => {
+        Ok(mut config) => {
             let sources = Arc::new(gateway::sources(snapshot, &id.name, &config.deps));
-            let state = ProxyState { config: Ok(config.desired()), warnings: config.warnings, sources };
+            let (desired, _) = config.take_desired_reusing(memo);
+            let state = ProxyState { config: Ok(desired), warnings: config.warnings, sources };
             (state, config.deps)
         }
         Err(e) => {
@@ -815,6 +866,9 @@ fn serves(dp: &Dataplane, deps: &Deps) -> bool {
         })
     })
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
