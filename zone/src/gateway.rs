@@ -365,6 +365,12 @@ pub struct MemoStats {
     pub reused: usize,
 }
 
+/// One resource as a desired entry: packed, versioned by content hash.
+pub fn desired_of<M: prost::Message + Name>(m: &M) -> Desired {
+    let any = envoy_types::pb::google::protobuf::Any { type_url: M::type_url(), value: m.encode_to_vec() };
+    Desired { version: any_version(&any), resource: any }
+}
+
 /// Encodes `items` into a desired set, reusing `memo`'s entry for each item
 /// equal to the one it was encoded from; `memo` then holds this set.
 fn memo_set<M: prost::Message + Name + PartialEq>(
@@ -384,9 +390,7 @@ fn memo_set<M: prost::Message + Name + PartialEq>(
             }
             _ => {
                 stats.encoded += 1;
-                // As `envoy_types::util::pack_any`, without giving up `m`.
-                let any = envoy_types::pb::google::protobuf::Any { type_url: M::type_url(), value: m.encode_to_vec() };
-                Desired { version: any_version(&any), resource: any }
+                desired_of(&m)
             }
         };
         out.insert(key.clone(), desired.clone());
@@ -394,6 +398,47 @@ fn memo_set<M: prost::Message + Name + PartialEq>(
     }
     *memo = next;
     out
+}
+
+/// What a builtin gateway Dataplane's configuration depends on besides the
+/// snapshot, with its address left out: two Dataplanes of one snapshot
+/// with equal keys get the same configuration but for the address their
+/// listeners bind ([`rebind`]), so a zone generates replicas of a gateway
+/// once per change. `None` (generate it alone) for anything else: a
+/// sidecar, a delegated gateway, a Dataplane whose address is not an IP
+/// (its listeners bind 0.0.0.0 with a warning naming the address), or one
+/// not registered.
+pub fn share_key(snapshot: &MeshSnapshot, name: &str) -> Option<Vec<u8>> {
+    use prost::Message;
+    let dp = snapshot.dataplanes.get(name)?;
+    let networking = dp.spec.networking.as_ref()?;
+    let gw = networking.gateway.as_ref()?;
+    if gw.r#type != mesh::dataplane::networking::gateway::GatewayType::Builtin as i32
+        || networking.address.parse::<std::net::IpAddr>().is_err()
+    {
+        return None;
+    }
+    let mut spec = dp.spec.clone();
+    if let Some(n) = spec.networking.as_mut() {
+        n.address.clear();
+    }
+    Some(spec.encode_to_vec())
+}
+
+/// Makes a builtin gateway's configuration, generated for another Dataplane
+/// with the same [`share_key`], this one's: every listener binds `address`
+/// (an IP, as [`share_key`] requires) on its port.
+pub fn rebind(listeners: &mut [Listener], address: &str) {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    for l in listeners {
+        if let Some(address::Address::SocketAddress(sa)) = l.address.as_mut().and_then(|a| a.address.as_mut()) {
+            let port = match sa.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(p)) => p,
+                _ => continue,
+            };
+            l.address = Some(clusters::socket_address(address, port));
+        }
+    }
 }
 
 /// Shared state while generating one proxy: the clusters asked for, the

@@ -41,6 +41,10 @@ use crate::{
 /// Changes applied before regenerating (a Mesh deletion cascades into many).
 const MAX_BATCH: usize = 1000;
 
+/// Shared gateway generations kept per snapshot epoch (distinct gateway
+/// specs in one zone; past it, gateways generate alone).
+const MAX_SHARED: usize = 256;
+
 /// A Dataplane's identity: mesh and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProxyId {
@@ -181,7 +185,7 @@ impl Inner {
             .is_ingress()
             .then(|| (self.meshes.values().cloned().collect::<Vec<_>>(), self.local_ingresses.get(&id.name).cloned()));
         let all = self.meshes.iter().map(|(name, s)| (s.clone(), self.mesh_specs.get(name).cloned())).collect();
-        Job { id, snapshot, mesh, ingress, all, memo: gateway::Memo::default() }
+        Job { id, snapshot, mesh, ingress, all, memo: gateway::Memo::default(), epoch: self.epoch }
     }
 
     /// Records a ZoneIngress change; returns the proxies it touches: for
@@ -250,6 +254,25 @@ pub struct Cache {
     zone: Arc<str>,
     /// `xds_generation`: seconds per generated Dataplane.
     generation: Option<prometheus_client::metrics::histogram::Histogram>,
+    /// Builtin gateway generations of the current epoch, shared by the
+    /// replicas of a gateway ([`gateway::share_key`]).
+    shared: Arc<Mutex<Shared>>,
+}
+
+/// Gateway generations by (mesh, [`gateway::share_key`]) for one epoch.
+#[derive(Default)]
+struct Shared {
+    epoch: u64,
+    gens: HashMap<(String, Vec<u8>), Arc<SharedGen>>,
+}
+
+/// One gateway generation as its replicas reuse it: everything but the
+/// listeners' bind address.
+struct SharedGen {
+    listeners: Vec<envoy_types::pb::envoy::config::listener::v3::Listener>,
+    desired: BTreeMap<String, DesiredSet>,
+    warnings: Vec<String>,
+    deps: Deps,
 }
 
 impl Default for Cache {
@@ -270,6 +293,8 @@ struct Job {
     all: crate::xds::foreign_cas::AllMeshes,
     /// The proxy's previous encoded outputs (empty on a first generation).
     memo: gateway::Memo,
+    /// The [`Inner::epoch`] the snapshots were taken at.
+    epoch: u64,
 }
 
 /// A stream's hold on one Dataplane's configuration; dropping it lets the
@@ -319,6 +344,7 @@ impl Cache {
             identities: Identities::default(),
             zone: Arc::from(zone),
             generation: None,
+            shared: Arc::default(),
         }
     }
 
@@ -382,17 +408,71 @@ impl Cache {
     }
 
     fn generate_untimed(&self, job: &mut Job) -> (ProxyState, Deps) {
-        let Job { id, snapshot, mesh, ingress, all, memo } = job;
+        let Job { id, snapshot, mesh, ingress, all, memo, epoch } = job;
         if let Some((meshes, zi)) = ingress {
             return generate_ingress(meshes, id, zi.as_ref());
         }
-        let (mut state, deps) = generate(snapshot, id, memo);
+        let (mut state, deps) = self.generate_shared(snapshot, id, *epoch, memo);
         if let Ok(config) = &mut state.config {
             let mesh_ca = MeshCa { mesh: mesh.as_deref(), zone: &self.zone };
             self.identities.attach(id, &mesh_ca, snapshot, std::time::SystemTime::now(), config, &mut state.warnings);
             crate::xds::foreign_cas::attach(&id.mesh, &self.zone, &deps, all, config, &mut state.warnings);
         }
         (state, deps)
+    }
+
+    /// [`generate`], sharing one generation among the replicas of a builtin
+    /// gateway at `epoch` ([`gateway::share_key`]): the first generates, the
+    /// others take its resources with their own listener address.
+    fn generate_shared(
+        &self,
+        snapshot: &MeshSnapshot,
+        id: &ProxyId,
+        epoch: u64,
+        memo: &mut gateway::Memo,
+    ) -> (ProxyState, Deps) {
+        let Some(key) = gateway::share_key(snapshot, &id.name) else { return generate(snapshot, id, memo) };
+        let key = (id.mesh.clone(), key);
+        let address = snapshot.dataplanes.get(&id.name).and_then(|d| d.spec.networking.as_ref()).map(|n| &n.address);
+        let found = {
+            let shared = meridian_sync_proto::driver::lock(&self.shared);
+            (shared.epoch == epoch).then(|| shared.gens.get(&key).cloned()).flatten()
+        };
+        if let (Some(g), Some(address)) = (found, address) {
+            let mut listeners = g.listeners.clone();
+            gateway::rebind(&mut listeners, address);
+            let mut desired = g.desired.clone();
+            desired.insert(
+                gateway::LISTENER_TYPE(),
+                listeners.iter().map(|l| (l.name.clone(), gateway::desired_of(l))).collect(),
+            );
+            let sources = Arc::new(gateway::sources(snapshot, &id.name, &g.deps));
+            let state = ProxyState { config: Ok(desired), warnings: g.warnings.clone(), sources };
+            return (state, g.deps.clone());
+        }
+        let mut config = match gateway::generate(snapshot, &id.name) {
+            Ok(config) => config,
+            Err(_) => return generate(snapshot, id, memo),
+        };
+        let listeners = config.listeners.clone();
+        let sources = Arc::new(gateway::sources(snapshot, &id.name, &config.deps));
+        let (desired, _) = config.take_desired_reusing(memo);
+        let mut shared = meridian_sync_proto::driver::lock(&self.shared);
+        if shared.epoch < epoch {
+            shared.epoch = epoch;
+            shared.gens.clear();
+        }
+        if shared.epoch == epoch && shared.gens.len() < MAX_SHARED {
+            let g = SharedGen {
+                listeners,
+                desired: desired.clone(),
+                warnings: config.warnings.clone(),
+                deps: config.deps.clone(),
+            };
+            shared.gens.insert(key, Arc::new(g));
+        }
+        drop(shared);
+        (ProxyState { config: Ok(desired), warnings: config.warnings, sources }, config.deps)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

@@ -5,7 +5,8 @@
 //! subscribed (so each change regenerates only the proxies [`affected`]
 //! picks, reusing their encoded outputs); after every change, each proxy's
 //! published configuration must equal, byte for byte, what a fresh cache
-//! holding the same resources generates. A fixed number of cases keeps it
+//! holding the same resources generates for it alone (no generation shared
+//! with a gateway's replicas, no encoded output reused). A fixed number of cases keeps it
 //! to a few seconds.
 
 use std::collections::BTreeMap;
@@ -52,6 +53,11 @@ fn universe() -> Vec<Vec<String>> {
             "type: MeshGatewayRoute\nmesh: default\nname: r-tcp\nselectors: [{match: {kuma.io/service: b}}]\nconf: {tcp: {rules: [{backends: [{destination: {kuma.io/service: redis}}]}]}}".into(),
         ],
         vec![format!("type: Dataplane\nmesh: default\nname: g-a1\n{}", gw_tags("a"))],
+        // A replica of g-a1 (another address), and one that is not (other tags).
+        vec![
+            format!("type: Dataplane\nmesh: default\nname: g-a2\n{}", gw_tags("a").replace("10.9.0.1", "10.9.0.2")),
+            format!("type: Dataplane\nmesh: default\nname: g-a2\n{}", gw_tags("b").replace("10.9.0.1", "10.9.0.2")),
+        ],
         vec![format!("type: Dataplane\nmesh: default\nname: g-b1\n{}", gw_tags("b"))],
         vec![
             "type: Dataplane\nmesh: default\nname: web-1\nnetworking: {address: 10.0.0.1, inbound: [{port: 8080, tags: {kuma.io/service: web, version: v1, kuma.io/protocol: http}}]}".into(),
@@ -94,10 +100,10 @@ fn parse(yaml: &str) -> Resource {
     all.remove(0).expect("resource")
 }
 
-/// The proxies kept subscribed: two gateways, two sidecars, this zone's ingress.
+/// The proxies kept subscribed: three gateways, two sidecars, this zone's ingress.
 fn proxies() -> Vec<ProxyId> {
     let dp = |n: &str| ProxyId { mesh: "default".into(), name: n.into() };
-    vec![dp("g-a1"), dp("g-b1"), dp("side-1"), dp("web-1"), ProxyId { mesh: String::new(), name: "ingress-1".into() }]
+    vec![dp("g-a1"), dp("g-a2"), dp("g-b1"), dp("side-1"), dp("web-1"), ProxyId { mesh: String::new(), name: "ingress-1".into() }]
 }
 
 /// What must match between the two caches: every generated resource,
@@ -145,8 +151,14 @@ proptest! {
         let parsed: Vec<Vec<Resource>> = universe.iter().map(|vs| vs.iter().map(|y| parse(y)).collect()).collect();
         let incremental = Cache::new("zone-1");
         let subs: Vec<_> = proxies().iter().map(|id| incremental.subscribe(id)).collect();
-        // Key index → the variant in the world now.
+        // Key index → the variant in the world now: every resource's first
+        // variant to begin with (this zone's ingress too), so that every
+        // step lands among all the others.
         let mut world: BTreeMap<usize, usize> = BTreeMap::new();
+        for (k, variants) in parsed.iter().enumerate() {
+            incremental.upsert_for_test(&variants[0]);
+            world.insert(k, 0);
+        }
         for (step, (key, variant)) in steps.iter().enumerate() {
             let variants = &parsed[*key];
             match variant {
@@ -160,11 +172,13 @@ proptest! {
                     world.remove(key);
                 }
             }
-            let scratch = Cache::new("zone-1");
-            for (k, v) in &world {
-                scratch.upsert_for_test(&parsed[*k][*v]);
-            }
             for (id, sub) in proxies().iter().zip(&subs) {
+                // From scratch and alone: a fresh cache per proxy (nothing
+                // shared with replicas, nothing reused).
+                let scratch = Cache::new("zone-1");
+                for (k, v) in &world {
+                    scratch.upsert_for_test(&parsed[*k][*v]);
+                }
                 let fresh = scratch.subscribe(id);
                 let diff = difference(&sub.rx.borrow(), &fresh.rx.borrow());
                 prop_assert!(diff.is_none(), "proxy {} after step {} {:?}: {:?}", id, step, (key, variant), diff);
