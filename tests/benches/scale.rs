@@ -117,16 +117,18 @@ async fn main() {
             cfg.updates,
             cfg.backend.name()
         )
-    } else { format!(
-        "cargo bench --profile dev -p meridian-tests --bench scale -- --zones {} --updates {} --gateways {} \
+    } else {
+        format!(
+            "cargo bench --profile dev -p meridian-tests --bench scale -- --zones {} --updates {} --gateways {} \
          --dataplanes {} --idle-secs {} --store {}",
-        cfg.zones,
-        cfg.updates,
-        cfg.gateways,
-        cfg.dataplanes,
-        cfg.idle.as_secs(),
-        cfg.backend.name()
-    ) };
+            cfg.zones,
+            cfg.updates,
+            cfg.gateways,
+            cfg.dataplanes,
+            cfg.idle.as_secs(),
+            cfg.backend.name()
+        )
+    };
     let profile = if cfg!(debug_assertions) { "debug build" } else { "release build" };
     let section =
         format!("\n### Scale run, {date}\n\n```sh\n{command}\n```\n\n{machine}; {profile}.\n\n{}", report.table());

@@ -131,11 +131,8 @@ async fn ads_client(
             Err(e) => return end(format!("stream: {e}")),
         };
         let at = Instant::now();
-        let _ = events.send(Event::Response {
-            client,
-            type_url: response.type_url.clone(),
-            bytes: response.encoded_len(),
-        });
+        let _ =
+            events.send(Event::Response { client, type_url: response.type_url.clone(), bytes: response.encoded_len() });
         if response.type_url == ROUTE_TYPE {
             let wanted: Vec<(usize, String)> = {
                 let m = markers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -143,20 +140,19 @@ async fn ads_client(
             };
             for (i, marker) in wanted {
                 let needle = marker.as_bytes();
-                let held = response.resources.iter().filter_map(|r| r.resource.as_ref()).any(|any| {
-                    any.value.windows(needle.len()).any(|w| w == needle)
-                });
+                let held = response
+                    .resources
+                    .iter()
+                    .filter_map(|r| r.resource.as_ref())
+                    .any(|any| any.value.windows(needle.len()).any(|w| w == needle));
                 if held {
                     seen.insert(i);
                     let _ = events.send(Event::Marker { client, marker: i, at });
                 }
             }
         }
-        let ack = DeltaDiscoveryRequest {
-            type_url: response.type_url,
-            response_nonce: response.nonce,
-            ..Default::default()
-        };
+        let ack =
+            DeltaDiscoveryRequest { type_url: response.type_url, response_nonce: response.nonce, ..Default::default() };
         if tx.send(ack).await.is_err() {
             return;
         }
@@ -233,11 +229,13 @@ fn pct(sorted: &[Duration], p: usize) -> Duration {
 /// tokens (from the global), [`SETUP_CLIENTS`] at a time.
 async fn register(zone: &Zone, from: usize, to: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let names: Vec<String> = (from..to).map(|i| format!("gw-{i}")).collect();
+    // Replicas of one gateway, each at its own address (as pods would be).
+    let names: Vec<(String, String)> =
+        (from..to).map(|i| (format!("gw-{i}"), format!("127.1.{}.{}", i / 250, i % 250 + 1))).collect();
     for chunk in names.chunks(SETUP_CLIENTS) {
-        let jobs = chunk.iter().map(|name| async move {
+        let jobs = chunk.iter().map(|(name, address)| async move {
             let dp = json!({"type": "Dataplane", "mesh": "default", "name": name,
-                "networking": {"address": "127.0.0.1", "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "gw-svc"}}}});
+                "networking": {"address": address, "gateway": {"type": "BUILTIN", "tags": {"kuma.io/service": "gw-svc"}}}});
             zone.api().apply(&dp).await;
             let token = zone.dataplane_token(name).await.expect("a federated zone has a token issuer");
             (name.clone(), token)

@@ -11,6 +11,16 @@
 //!   watch::Sender<Arc<ProxyState>> per connected Dataplane ──▶ its ADS streams
 //! ```
 //!
+//! A change costs what it touches: [`affected`] picks the proxies whose
+//! [`Deps`] it can alter (another zone's ZoneIngress: those with a
+//! destination it announces); the replicas of a builtin gateway (equal
+//! Dataplane specs but the address, [`gateway::share_key`]) share one
+//! generation per snapshot epoch, each with its own listener address; and
+//! each proxy keeps its previous encoded outputs ([`gateway::Memo`]), so
+//! only the resources that differ are encoded and hashed again. The
+//! proptest in `cache/proptests.rs` holds all three to a from-scratch
+//! generation.
+//!
 //! A Dataplane is generated only while some stream is subscribed to it.
 //! Right after the (pure) generator, the mesh mTLS secrets are added from
 //! the identity store ([`crate::xds::identities::Identities`]), which issues and

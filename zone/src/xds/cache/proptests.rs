@@ -24,9 +24,13 @@ const CERT_B: &str = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJwakNDQVUyZ0F3SU
 /// Every resource the sequences play with: per key, its variants (a step
 /// picks a key and a variant, or deletes it).
 fn universe() -> Vec<Vec<String>> {
-    let gw_tags = |s: &str| format!("networking: {{address: 10.9.0.1, gateway: {{type: BUILTIN, tags: {{kuma.io/service: {s}}}}}}}");
+    let gw_tags = |s: &str| {
+        format!("networking: {{address: 10.9.0.1, gateway: {{type: BUILTIN, tags: {{kuma.io/service: {s}}}}}}}")
+    };
     let policy = |ty: &str, name: &str, dest: &str, conf: &str| {
-        format!("type: {ty}\nmesh: default\nname: {name}\nsources: [{{match: {{kuma.io/service: '*'}}}}]\ndestinations: [{{match: {{kuma.io/service: '{dest}'}}}}]\nconf: {conf}")
+        format!(
+            "type: {ty}\nmesh: default\nname: {name}\nsources: [{{match: {{kuma.io/service: '*'}}}}]\ndestinations: [{{match: {{kuma.io/service: '{dest}'}}}}]\nconf: {conf}"
+        )
     };
     vec![
         vec![
@@ -103,7 +107,14 @@ fn parse(yaml: &str) -> Resource {
 /// The proxies kept subscribed: three gateways, two sidecars, this zone's ingress.
 fn proxies() -> Vec<ProxyId> {
     let dp = |n: &str| ProxyId { mesh: "default".into(), name: n.into() };
-    vec![dp("g-a1"), dp("g-a2"), dp("g-b1"), dp("side-1"), dp("web-1"), ProxyId { mesh: String::new(), name: "ingress-1".into() }]
+    vec![
+        dp("g-a1"),
+        dp("g-a2"),
+        dp("g-b1"),
+        dp("side-1"),
+        dp("web-1"),
+        ProxyId { mesh: String::new(), name: "ingress-1".into() },
+    ]
 }
 
 /// What must match between the two caches: every generated resource,
