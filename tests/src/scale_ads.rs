@@ -257,6 +257,15 @@ fn route(marker: &str) -> serde_json::Value {
     })
 }
 
+/// Adds a row, and prints it at once (a later failure keeps what was measured).
+fn push(rows: &mut Vec<Row>, row: Row) {
+    eprintln!(
+        "measured: {} = {:.2} {} (baseline {}: {:.2} {})",
+        row.what, row.figure, row.unit, row.baseline_what, row.baseline, row.baseline_unit
+    );
+    rows.push(row);
+}
+
 /// Runs the ADS rows; returns them, each with its same-run baseline.
 pub async fn run(cfg: AdsConfig) -> Vec<Row> {
     crate::init_crypto();
@@ -264,7 +273,9 @@ pub async fn run(cfg: AdsConfig) -> Vec<Row> {
     let global = Global::start(&dir, "global", GlobalSpec { plaintext_kds: true, ..GlobalSpec::on(cfg.backend) }).await;
     global.api().apply(&crate::resources::mesh("default")).await;
     global.api().apply(&crate::resources::gateway("gw", 8080)).await;
-    let zone = Zone::connect_with(&dir, &global, "zone-1", &["--xds-plaintext"]).await;
+    // The default of 512 connections per listener would shed the gateways
+    // past the 512th (a zone serving more Envoys must raise it).
+    let zone = Zone::connect_with(&dir, &global, "zone-1", &["--xds-plaintext", "--max-connections", "4096"]).await;
     zone.api().wait_for("/meshes/default/meshgateways/gw", "holds the MeshGateway", |_| true).await;
     zone.api().apply(&crate::resources::dataplane("web-1", "127.0.0.2", "web")).await;
     let pid = zone.process().pid();
@@ -303,14 +314,17 @@ pub async fn run(cfg: AdsConfig) -> Vec<Row> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let per_gateway = rss(pid).saturating_sub(rss0) as f64 / g as f64;
     clients.take_bytes();
-    rows.push(Row {
-        what: format!("zone memory (RSS) per connected gateway, over {g}"),
-        figure: per_gateway / 1024.0,
-        unit: "KiB",
-        baseline_what: "one gateway's first configuration on the wire".into(),
-        baseline: first_bytes as f64 / 1024.0,
-        baseline_unit: "KiB",
-    });
+    push(
+        &mut rows,
+        Row {
+            what: format!("zone memory (RSS) per connected gateway, over {g}"),
+            figure: per_gateway / 1024.0,
+            unit: "KiB",
+            baseline_what: "one gateway's first configuration on the wire".into(),
+            baseline: first_bytes as f64 / 1024.0,
+            baseline_unit: "KiB",
+        },
+    );
 
     // Route PUTs at the global → every gateway holds the route.
     let mut latencies = Vec::with_capacity(cfg.updates);
@@ -347,38 +361,52 @@ pub async fn run(cfg: AdsConfig) -> Vec<Row> {
     let cpu_per_update = cpu(pid).saturating_sub(cpu0) / cfg.updates.max(1) as u32;
     latencies.sort();
     let updates = cfg.updates;
-    rows.push(Row {
-        what: format!("route PUT at the global → all {g} gateways of the zone have it (ADS): p50 ({updates} updates)"),
-        figure: ms(pct(&latencies, 50)),
-        unit: "ms",
-        baseline_what: "zone REST GET p50".into(),
-        baseline: ms(rest),
-        baseline_unit: "ms",
-    });
-    rows.push(Row {
-        what: format!("route PUT at the global → all {g} gateways of the zone have it (ADS): p99"),
-        figure: ms(pct(&latencies, 99)),
-        unit: "ms",
-        baseline_what: "zone REST GET p50".into(),
-        baseline: ms(rest),
-        baseline_unit: "ms",
-    });
-    rows.push(Row {
-        what: format!("zone CPU per route update, {g} gateways connected"),
-        figure: ms(cpu_per_update),
-        unit: "ms",
-        baseline_what: "zone CPU per REST GET".into(),
-        baseline: ms(cpu_per_get),
-        baseline_unit: "ms",
-    });
-    rows.push(Row {
-        what: format!("xDS bytes received by all {g} gateways per route update"),
-        figure: wire as f64 / updates.max(1) as f64,
-        unit: "B",
-        baseline_what: "the route's JSON body".into(),
-        baseline: route_body,
-        baseline_unit: "B",
-    });
+    push(
+        &mut rows,
+        Row {
+            what: format!(
+                "route PUT at the global → all {g} gateways of the zone have it (ADS): p50 ({updates} updates)"
+            ),
+            figure: ms(pct(&latencies, 50)),
+            unit: "ms",
+            baseline_what: "zone REST GET p50".into(),
+            baseline: ms(rest),
+            baseline_unit: "ms",
+        },
+    );
+    push(
+        &mut rows,
+        Row {
+            what: format!("route PUT at the global → all {g} gateways of the zone have it (ADS): p99"),
+            figure: ms(pct(&latencies, 99)),
+            unit: "ms",
+            baseline_what: "zone REST GET p50".into(),
+            baseline: ms(rest),
+            baseline_unit: "ms",
+        },
+    );
+    push(
+        &mut rows,
+        Row {
+            what: format!("zone CPU per route update, {g} gateways connected"),
+            figure: ms(cpu_per_update),
+            unit: "ms",
+            baseline_what: "zone CPU per REST GET".into(),
+            baseline: ms(cpu_per_get),
+            baseline_unit: "ms",
+        },
+    );
+    push(
+        &mut rows,
+        Row {
+            what: format!("xDS bytes received by all {g} gateways per route update"),
+            figure: wire as f64 / updates.max(1) as f64,
+            unit: "B",
+            baseline_what: "the route's JSON body".into(),
+            baseline: route_body,
+            baseline_unit: "B",
+        },
+    );
     drop(clients);
 
     // N gateways connecting at once → each has its first configuration.
@@ -389,14 +417,17 @@ pub async fn run(cfg: AdsConfig) -> Vec<Row> {
         all.spawn(&zone, i, name, token);
     }
     let ttfc = all.first_configs(0..n).await - t;
-    rows.push(Row {
-        what: format!("{n} gateways connect at once → all have their first configuration"),
-        figure: ms(ttfc),
-        unit: "ms",
-        baseline_what: "one gateway connecting alone".into(),
-        baseline: ms(one),
-        baseline_unit: "ms",
-    });
+    push(
+        &mut rows,
+        Row {
+            what: format!("{n} gateways connect at once → all have their first configuration"),
+            figure: ms(ttfc),
+            unit: "ms",
+            baseline_what: "one gateway connecting alone".into(),
+            baseline: ms(one),
+            baseline_unit: "ms",
+        },
+    );
     drop(all);
     let _ = zone.sigterm().await;
     let _ = global.sigterm().await;
