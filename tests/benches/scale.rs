@@ -14,6 +14,10 @@
 //! `--gateways G` [1000], `--dataplanes D` [1000], `--idle-secs S` [10],
 //! `--store sqlite|postgres` [sqlite], `--real-zones` (the N zones are real
 //! `meridian-zone` processes, not raw KDS clients), `--no-append` (print only).
+//! `--ads-gateways G` runs the zone's xDS rows instead
+//! (`meridian_tests::scale_ads`: G gateways as delta-ADS clients of a real
+//! federated zone, `--updates` route PUTs, then `--ads-connect C` [1000]
+//! gateways connecting at once).
 
 use std::{io::Write, process::Command, time::Duration};
 
@@ -69,6 +73,7 @@ async fn main() {
         real_zones: false,
     };
     let mut append = true;
+    let (mut ads_gateways, mut ads_connect) = (0, 1000);
     // cargo bench passes `--bench` to every bench binary.
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let mut it = args.iter();
@@ -91,23 +96,43 @@ async fn main() {
             }
             "--no-append" => append = false,
             "--real-zones" => cfg.real_zones = true,
+            "--ads-gateways" => ads_gateways = num("gateways"),
+            "--ads-connect" => ads_connect = num("gateways"),
             other => usage(&format!("unknown flag {other:?}")),
         }
     }
     let machine = machine();
     let date = date();
-    let report = scale::run(cfg.clone()).await;
-    let command = format!(
-        "cargo bench --profile dev -p meridian-tests --bench scale -- --zones {} --updates {} --gateways {} \
+    let ads = meridian_tests::scale_ads::AdsConfig {
+        gateways: ads_gateways,
+        updates: cfg.updates,
+        connect: ads_connect,
+        backend: cfg.backend,
+    };
+    let report = if ads_gateways > 0 {
+        scale::Report { config: cfg.clone(), rows: meridian_tests::scale_ads::run(ads).await }
+    } else {
+        scale::run(cfg.clone()).await
+    };
+    let command = if ads_gateways > 0 {
+        format!(
+            "cargo bench --profile dev -p meridian-tests --bench scale -- --ads-gateways {ads_gateways} --ads-connect {ads_connect} --updates {} --store {}",
+            cfg.updates,
+            cfg.backend.name()
+        )
+    } else {
+        format!(
+            "cargo bench --profile dev -p meridian-tests --bench scale -- --zones {} --updates {} --gateways {} \
          --dataplanes {} --idle-secs {} --store {}{}",
-        cfg.zones,
-        cfg.updates,
-        cfg.gateways,
-        cfg.dataplanes,
-        cfg.idle.as_secs(),
-        cfg.backend.name(),
-        if cfg.real_zones { " --real-zones" } else { "" }
-    );
+            cfg.zones,
+            cfg.updates,
+            cfg.gateways,
+            cfg.dataplanes,
+            cfg.idle.as_secs(),
+            cfg.backend.name(),
+            if cfg.real_zones { " --real-zones" } else { "" }
+        )
+    };
     let profile = if cfg!(debug_assertions) { "debug build" } else { "release build" };
     let section =
         format!("\n### Scale run, {date}\n\n```sh\n{command}\n```\n\n{machine}; {profile}.\n\n{}", report.table());

@@ -60,6 +60,74 @@ fn generator() {
     }
 }
 
+/// Times `f` `runs` times; (median, p90).
+fn timed(runs: usize, mut f: impl FnMut()) -> (Duration, Duration) {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 0.9))
+}
+
+/// The incremental rows: one gateway with N routes, from scratch against a
+/// one-route change with the previous generation's encoded outputs reused
+/// (`desired_reusing`), in the same run; and where the time goes.
+fn incremental() {
+    println!("incremental generation (one gateway, N routes; same-run baseline: from scratch):");
+    for n in [100, 1000] {
+        let snapshot = world(n);
+        let runs = if n >= 1000 { 20 } else { 100 };
+        let scratch = timed(runs, || {
+            let config = gateway::generate(&snapshot, "gw-1").expect("generate");
+            std::hint::black_box(config.desired());
+        });
+        let build = timed(runs, || {
+            std::hint::black_box(gateway::generate(&snapshot, "gw-1").expect("generate"));
+        });
+        let config = gateway::generate(&snapshot, "gw-1").expect("generate");
+        let encode = timed(runs, || {
+            std::hint::black_box(config.desired());
+        });
+        // A one-route change: route r0 gets another path, alternating.
+        let mut changed = [snapshot.clone(), snapshot.clone()];
+        for (k, s) in changed.iter_mut().enumerate() {
+            let yaml = format!(
+                "type: MeshGatewayRoute\nmesh: default\nname: r0\nselectors: [{{match: {{kuma.io/service: gw}}}}]\nconf: {{http: {{rules: [{{matches: [{{path: {{match: PREFIX, value: /changed{k}}}}}], backends: [{{destination: {{kuma.io/service: s0}}}}]}}]}}}}"
+            );
+            for r in universal::parse_resources(&yaml).expect("yaml") {
+                s.upsert(&r.expect("route"));
+            }
+        }
+        let mut memo = gateway::Memo::default();
+        let _ = config.clone().take_desired_reusing(&mut memo);
+        let mut i = 0;
+        let mut stats = gateway::MemoStats::default();
+        let change = timed(runs, || {
+            let mut config = gateway::generate(&changed[i % 2], "gw-1").expect("generate");
+            let (desired, s) = config.take_desired_reusing(&mut memo);
+            stats = s;
+            std::hint::black_box(desired);
+            i += 1;
+        });
+        println!(
+            "  N={n:>5}: from scratch median {:>9.3?} p90 {:>9.3?} (build {:>9.3?}, encode+hash {:>9.3?}); one-route change, outputs reused: median {:>9.3?} p90 {:>9.3?} ({} encoded, {} reused); ratio {:.2}",
+            scratch.0,
+            scratch.1,
+            build.0,
+            encode.0,
+            change.0,
+            change.1,
+            stats.encoded,
+            stats.reused,
+            change.0.as_secs_f64() / scratch.0.as_secs_f64()
+        );
+    }
+}
+
 async fn push_latency() {
     envoy_binary();
     let backend = traffic::http_backend("b").await;
@@ -126,6 +194,10 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
     // of interest: both just run the figures.
     generator();
+    incremental();
+    if std::env::args().any(|a| a == "--generator-only") {
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(push_latency());
 }

@@ -15,6 +15,7 @@
 //!   traffic   backends and the clients that talk through Envoy
 //!   browser   a headless Chromium over the DevTools protocol (GUI tests)
 //!   scale     the scale harness: measured figures with same-run baselines
+//!   scale_ads the scale harness's zone xDS rows: G gateways as delta-ADS clients
 //! ```
 //!
 //! The binaries are not built here: run `cargo build --workspace --bins`
@@ -33,6 +34,7 @@ pub mod process;
 pub mod raw_kds;
 pub mod resources;
 pub mod scale;
+pub mod scale_ads;
 pub mod topology;
 pub mod traffic;
 

@@ -325,6 +325,124 @@ impl ProxyConfig {
         out.insert(SECRET_TYPE(), set(&self.secrets, |s| s.name.clone()));
         out
     }
+
+    /// [`ProxyConfig::desired`], encoding only what differs from the
+    /// previous generation held in `memo` (which then holds this one); the
+    /// result is equal to `desired()`, byte for byte. Takes the resources
+    /// out of `self` (they move into `memo`).
+    pub fn take_desired_reusing(&mut self, memo: &mut Memo) -> (BTreeMap<String, DesiredSet>, MemoStats) {
+        let mut stats = MemoStats::default();
+        let mut out = BTreeMap::new();
+        let clusters = std::mem::take(&mut self.clusters);
+        out.insert(CLUSTER_TYPE(), memo_set(clusters, |c| &c.name, &mut memo.clusters, &mut stats));
+        let endpoints = std::mem::take(&mut self.endpoints);
+        out.insert(ENDPOINT_TYPE(), memo_set(endpoints, |c| &c.cluster_name, &mut memo.endpoints, &mut stats));
+        let listeners = std::mem::take(&mut self.listeners);
+        out.insert(LISTENER_TYPE(), memo_set(listeners, |l| &l.name, &mut memo.listeners, &mut stats));
+        let routes = std::mem::take(&mut self.routes);
+        out.insert(ROUTE_TYPE(), memo_set(routes, |r| &r.name, &mut memo.routes, &mut stats));
+        let secrets = std::mem::take(&mut self.secrets);
+        out.insert(SECRET_TYPE(), memo_set(secrets, |s| &s.name, &mut memo.secrets, &mut stats));
+        (out, stats)
+    }
+}
+
+/// The encoded outputs of a proxy's previous generation, per type URL and
+/// resource name: the built resource (the input of encoding) and what it
+/// was encoded to. [`ProxyConfig::desired_reusing`] re-encodes and re-hashes
+/// only the resources that differ from it; an equal resource reuses its
+/// encoded bytes and content version, which are byte for byte what encoding
+/// it again would give (prost encoding is deterministic).
+#[derive(Debug, Clone, Default)]
+pub struct Memo {
+    listeners: BTreeMap<String, (Listener, Desired)>,
+    routes: BTreeMap<String, (RouteConfiguration, Desired)>,
+    clusters: BTreeMap<String, (Cluster, Desired)>,
+    endpoints: BTreeMap<String, (ClusterLoadAssignment, Desired)>,
+    secrets: BTreeMap<String, (Secret, Desired)>,
+}
+
+/// How many resources [`ProxyConfig::desired_reusing`] encoded and reused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoStats {
+    pub encoded: usize,
+    pub reused: usize,
+}
+
+/// One resource as a desired entry: packed, versioned by content hash.
+pub fn desired_of<M: prost::Message + Name>(m: &M) -> Desired {
+    let any = envoy_types::pb::google::protobuf::Any { type_url: M::type_url(), value: m.encode_to_vec() };
+    Desired { version: any_version(&any), resource: any }
+}
+
+/// Encodes `items` into a desired set, reusing `memo`'s entry for each item
+/// equal to the one it was encoded from; `memo` then holds this set.
+fn memo_set<M: prost::Message + Name + PartialEq>(
+    items: Vec<M>,
+    name: impl Fn(&M) -> &str,
+    memo: &mut BTreeMap<String, (M, Desired)>,
+    stats: &mut MemoStats,
+) -> DesiredSet {
+    let mut next = BTreeMap::new();
+    let mut out = DesiredSet::new();
+    for m in items {
+        let key = name(&m).to_string();
+        let desired = match memo.remove(&key) {
+            Some((old, desired)) if old == m => {
+                stats.reused += 1;
+                desired
+            }
+            _ => {
+                stats.encoded += 1;
+                desired_of(&m)
+            }
+        };
+        out.insert(key.clone(), desired.clone());
+        next.insert(key, (m, desired));
+    }
+    *memo = next;
+    out
+}
+
+/// What a builtin gateway Dataplane's configuration depends on besides the
+/// snapshot, with its address left out: two Dataplanes of one snapshot
+/// with equal keys get the same configuration but for the address their
+/// listeners bind ([`rebind`]), so a zone generates replicas of a gateway
+/// once per change. `None` (generate it alone) for anything else: a
+/// sidecar, a delegated gateway, a Dataplane whose address is not an IP
+/// (its listeners bind 0.0.0.0 with a warning naming the address), or one
+/// not registered.
+pub fn share_key(snapshot: &MeshSnapshot, name: &str) -> Option<Vec<u8>> {
+    use prost::Message;
+    let dp = snapshot.dataplanes.get(name)?;
+    let networking = dp.spec.networking.as_ref()?;
+    let gw = networking.gateway.as_ref()?;
+    if gw.r#type != mesh::dataplane::networking::gateway::GatewayType::Builtin as i32
+        || networking.address.parse::<std::net::IpAddr>().is_err()
+    {
+        return None;
+    }
+    let mut spec = dp.spec.clone();
+    if let Some(n) = spec.networking.as_mut() {
+        n.address.clear();
+    }
+    Some(spec.encode_to_vec())
+}
+
+/// Makes a builtin gateway's configuration, generated for another Dataplane
+/// with the same [`share_key`], this one's: every listener binds `address`
+/// (an IP, as [`share_key`] requires) on its port.
+pub fn rebind(listeners: &mut [Listener], address: &str) {
+    use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
+    for l in listeners {
+        if let Some(address::Address::SocketAddress(sa)) = l.address.as_mut().and_then(|a| a.address.as_mut()) {
+            let port = match sa.port_specifier {
+                Some(socket_address::PortSpecifier::PortValue(p)) => p,
+                _ => continue,
+            };
+            l.address = Some(clusters::socket_address(address, port));
+        }
+    }
 }
 
 /// Shared state while generating one proxy: the clusters asked for, the

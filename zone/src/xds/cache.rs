@@ -11,6 +11,16 @@
 //!   watch::Sender<Arc<ProxyState>> per connected Dataplane ──▶ its ADS streams
 //! ```
 //!
+//! A change costs what it touches: [`affected`] picks the proxies whose
+//! [`Deps`] it can alter (another zone's ZoneIngress: those with a
+//! destination it announces); the replicas of a builtin gateway (equal
+//! Dataplane specs but the address, [`gateway::share_key`]) share one
+//! generation per snapshot epoch, each with its own listener address; and
+//! each proxy keeps its previous encoded outputs ([`gateway::Memo`]), so
+//! only the resources that differ are encoded and hashed again. The
+//! proptest in `cache/proptests.rs` holds all three to a from-scratch
+//! generation.
+//!
 //! A Dataplane is generated only while some stream is subscribed to it.
 //! Right after the (pure) generator, the mesh mTLS secrets are added from
 //! the identity store ([`crate::xds::identities::Identities`]), which issues and
@@ -41,6 +51,10 @@ use crate::{
 
 /// Changes applied before regenerating (a Mesh deletion cascades into many).
 const MAX_BATCH: usize = 1000;
+
+/// Shared gateway generations kept per snapshot epoch (distinct gateway
+/// specs in one zone; past it, gateways generate alone).
+const MAX_SHARED: usize = 256;
 
 /// A Dataplane's identity: mesh and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -121,6 +135,11 @@ struct Proxy {
     /// The [`Inner::epoch`] of the snapshot the published state came from:
     /// a generation from an older snapshot never replaces a newer one.
     epoch: u64,
+    /// The generator's encoded outputs of the last generation: the next one
+    /// re-encodes only the resources that differ ([`gateway::Memo`]). Taken
+    /// by a running generation (a concurrent one starts empty: the memo
+    /// saves work, never decides the result).
+    memo: gateway::Memo,
 }
 
 /// Shared state behind one mutex. The lock is held only to read or change
@@ -219,7 +238,7 @@ impl Inner {
             .is_ingress()
             .then(|| (self.meshes.values().cloned().collect::<Vec<_>>(), self.local_ingresses.get(&id.name).cloned()));
         let all = self.meshes.iter().map(|(name, s)| (s.clone(), self.mesh_specs.get(name).cloned())).collect();
-        Job { id, snapshot, mesh, ingress, all, phase }
+        Job { id, snapshot, mesh, ingress, all, phase, memo: gateway::Memo::default(), epoch: self.epoch }
     }
 
     /// Follows a Mesh change in its mTLS phase: a new mesh starts settled
@@ -281,33 +300,50 @@ impl Inner {
         touched
     }
 
-    /// Records a ZoneIngress change; returns the proxies it touches: all
-    /// but ingresses for another zone's ingress (their cross-zone
-    /// endpoints), the ingress itself for one of this zone's.
+    /// Records a ZoneIngress change; returns the proxies it touches: for
+    /// another zone's ingress, the proxies with a destination that the old
+    /// or the new ingress announces instances of (their cross-zone
+    /// endpoints and warnings), plus those reaching other meshes; for one
+    /// of this zone's, the ingress itself.
     fn apply_ingress(&mut self, name: &str, new: Option<(ZoneIngress, bool)>) -> Vec<ProxyId> {
-        let was_remote = self.remote_ingresses.contains_key(name);
+        let old_remote = self.remote_ingresses.get(name).cloned();
         let was_local = self.local_ingresses.remove(name).is_some();
-        if was_remote {
+        if old_remote.is_some() {
             Arc::make_mut(&mut self.remote_ingresses).remove(name);
         }
-        let mut remote_changed = was_remote;
+        let mut new_remote = None;
         match new {
             Some((zi, true)) => {
                 self.local_ingresses.insert(name.to_string(), zi);
             }
             Some((zi, false)) => {
-                Arc::make_mut(&mut self.remote_ingresses).insert(name.to_string(), zi);
-                remote_changed = true;
+                Arc::make_mut(&mut self.remote_ingresses).insert(name.to_string(), zi.clone());
+                new_remote = Some(zi);
             }
             None => {}
         }
         let mut touched = Vec::new();
-        if remote_changed {
+        if old_remote.is_some() || new_remote.is_some() {
             let remote = self.remote_ingresses.clone();
             for snapshot in self.meshes.values_mut() {
                 Arc::make_mut(snapshot).remote_ingresses = remote.clone();
             }
-            touched.extend(self.proxies.keys().filter(|p| !p.is_ingress()).cloned());
+            if old_remote != new_remote {
+                let announced: Vec<_> =
+                    old_remote.iter().chain(new_remote.iter()).flat_map(|zi| zi.available_services.iter()).collect();
+                touched.extend(
+                    self.proxies
+                        .iter()
+                        .filter(|(id, p)| {
+                            !id.is_ingress()
+                                && (crosses_meshes(&p.deps)
+                                    || announced.iter().any(|s| {
+                                        s.mesh == id.mesh && p.deps.destinations.iter().any(|d| tags_match(d, &s.tags))
+                                    }))
+                        })
+                        .map(|(id, _)| id.clone()),
+                );
+            }
         }
         if was_local || self.local_ingresses.contains_key(name) {
             touched.extend(self.proxies.keys().filter(|p| p.is_ingress() && p.name == name).cloned());
@@ -332,6 +368,25 @@ pub struct Cache {
     generation: Option<prometheus_client::metrics::histogram::Histogram>,
     /// Woken when a proxy reports holding a new mTLS phase.
     tls_progress: Arc<tokio::sync::Notify>,
+    /// Builtin gateway generations of the current epoch, shared by the
+    /// replicas of a gateway ([`gateway::share_key`]).
+    shared: Arc<Mutex<Shared>>,
+}
+
+/// Gateway generations by (mesh, [`gateway::share_key`]) for one epoch.
+#[derive(Default)]
+struct Shared {
+    epoch: u64,
+    gens: HashMap<(String, Vec<u8>), Arc<SharedGen>>,
+}
+
+/// One gateway generation as its replicas reuse it: everything but the
+/// listeners' bind address.
+struct SharedGen {
+    listeners: Vec<envoy_types::pb::envoy::config::listener::v3::Listener>,
+    desired: BTreeMap<String, DesiredSet>,
+    warnings: Vec<String>,
+    deps: Deps,
 }
 
 impl Default for Cache {
@@ -352,6 +407,10 @@ struct Job {
     all: crate::xds::foreign_cas::AllMeshes,
     /// The mesh's mTLS phase index ([`MeshPhase::index`]).
     phase: u64,
+    /// The proxy's previous encoded outputs (empty on a first generation).
+    memo: gateway::Memo,
+    /// The [`Inner::epoch`] the snapshots were taken at.
+    epoch: u64,
 }
 
 /// A stream's hold on one Dataplane's configuration; dropping it lets the
@@ -402,6 +461,7 @@ impl Cache {
             zone: Arc::from(zone),
             generation: None,
             tls_progress: Arc::default(),
+            shared: Arc::default(),
         }
     }
 
@@ -442,7 +502,7 @@ impl Cache {
 
     /// Generates one Dataplane's configuration (pure), then adds its mTLS
     /// secrets from the identity store (which may issue a certificate).
-    fn generate(&self, job: &Job) -> (ProxyState, Deps) {
+    fn generate(&self, job: &mut Job) -> (ProxyState, Deps) {
         let started = std::time::Instant::now();
         let result = self.generate_untimed(job);
         if let Some(h) = &self.generation {
@@ -464,12 +524,12 @@ impl Cache {
         self.lock().proxies.get(id).map(|p| p.tx.borrow().clone())
     }
 
-    fn generate_untimed(&self, job: &Job) -> (ProxyState, Deps) {
-        let Job { id, snapshot, mesh, ingress, all, phase } = job;
+    fn generate_untimed(&self, job: &mut Job) -> (ProxyState, Deps) {
+        let Job { id, snapshot, mesh, ingress, all, phase, memo, epoch } = job;
         if let Some((meshes, zi)) = ingress {
             return generate_ingress(meshes, id, zi.as_ref());
         }
-        let (mut state, deps) = generate(snapshot, id);
+        let (mut state, deps) = self.generate_shared(snapshot, id, *epoch, memo);
         state.phase = *phase;
         if let Ok(config) = &mut state.config {
             let mesh_ca = MeshCa { mesh: mesh.as_deref(), zone: &self.zone };
@@ -479,6 +539,60 @@ impl Cache {
         (state, deps)
     }
 
+    /// [`generate`], sharing one generation among the replicas of a builtin
+    /// gateway at `epoch` ([`gateway::share_key`]): the first generates, the
+    /// others take its resources with their own listener address.
+    fn generate_shared(
+        &self,
+        snapshot: &MeshSnapshot,
+        id: &ProxyId,
+        epoch: u64,
+        memo: &mut gateway::Memo,
+    ) -> (ProxyState, Deps) {
+        let Some(key) = gateway::share_key(snapshot, &id.name) else { return generate(snapshot, id, memo) };
+        let key = (id.mesh.clone(), key);
+        let address = snapshot.dataplanes.get(&id.name).and_then(|d| d.spec.networking.as_ref()).map(|n| &n.address);
+        let found = {
+            let shared = meridian_sync_proto::driver::lock(&self.shared);
+            (shared.epoch == epoch).then(|| shared.gens.get(&key).cloned()).flatten()
+        };
+        if let (Some(g), Some(address)) = (found, address) {
+            let mut listeners = g.listeners.clone();
+            gateway::rebind(&mut listeners, address);
+            let mut desired = g.desired.clone();
+            desired.insert(
+                gateway::LISTENER_TYPE(),
+                listeners.iter().map(|l| (l.name.clone(), gateway::desired_of(l))).collect(),
+            );
+            let sources = Arc::new(gateway::sources(snapshot, &id.name, &g.deps));
+            let state = ProxyState { config: Ok(desired), warnings: g.warnings.clone(), sources, phase: 0 };
+            return (state, g.deps.clone());
+        }
+        let mut config = match gateway::generate(snapshot, &id.name) {
+            Ok(config) => config,
+            Err(_) => return generate(snapshot, id, memo),
+        };
+        let listeners = config.listeners.clone();
+        let sources = Arc::new(gateway::sources(snapshot, &id.name, &config.deps));
+        let (desired, _) = config.take_desired_reusing(memo);
+        let mut shared = meridian_sync_proto::driver::lock(&self.shared);
+        if shared.epoch < epoch {
+            shared.epoch = epoch;
+            shared.gens.clear();
+        }
+        if shared.epoch == epoch && shared.gens.len() < MAX_SHARED {
+            let g = SharedGen {
+                listeners,
+                desired: desired.clone(),
+                warnings: config.warnings.clone(),
+                deps: config.deps.clone(),
+            };
+            shared.gens.insert(key, Arc::new(g));
+        }
+        drop(shared);
+        (ProxyState { config: Ok(desired), warnings: config.warnings, sources, phase: 0 }, config.deps)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         meridian_sync_proto::driver::lock(&self.inner)
     }
@@ -486,28 +600,34 @@ impl Cache {
     /// Generates `jobs` (taken under the lock at `epoch`) without the lock,
     /// then publishes each result unless a newer one was published meanwhile.
     fn run(&self, jobs: Vec<Job>, epoch: u64) {
-        let results: Vec<(ProxyId, ProxyState, Deps)> = jobs
+        let results: Vec<(ProxyId, ProxyState, Deps, gateway::Memo)> = jobs
             .into_iter()
-            .map(|job| {
-                let (state, deps) = self.generate(&job);
-                (job.id, state, deps)
+            .map(|mut job| {
+                let (state, deps) = self.generate(&mut job);
+                (job.id, state, deps, job.memo)
             })
             .collect();
         let mut inner = self.lock();
-        for (id, state, deps) in results {
+        for (id, state, deps, memo) in results {
             let Some(p) = inner.proxies.get_mut(&id) else { continue };
             if p.epoch > epoch {
                 continue;
             }
             p.epoch = epoch;
+            p.memo = memo;
             publish(p, &id, state, deps);
         }
     }
 
     /// Jobs regenerating `ids` from the current snapshots (call under the lock).
     fn jobs(inner: &mut Inner, ids: Vec<ProxyId>) -> Vec<Job> {
-        let jobs: Vec<_> =
-            ids.into_iter().filter(|id| inner.proxies.contains_key(id)).map(|id| inner.job(id)).collect();
+        let jobs: Vec<_> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let memo = std::mem::take(&mut inner.proxies.get_mut(&id)?.memo);
+                Some(Job { memo, ..inner.job(id) })
+            })
+            .collect();
         inner.generations += jobs.len() as u64;
         jobs
     }
@@ -818,7 +938,8 @@ impl Cache {
                 inner.generations += 1;
                 (inner.job(id.clone()), inner.epoch)
             };
-            let (state, deps) = self.generate(&snapshot);
+            let mut job = snapshot;
+            let (state, deps) = self.generate(&mut job);
             let mut inner = self.lock();
             if let Some(p) = inner.proxies.get_mut(id) {
                 // Another stream subscribed meanwhile: share its entry.
@@ -831,7 +952,7 @@ impl Cache {
             }
             log_warnings(id, &state);
             let (tx, rx) = watch::channel(Arc::new(state));
-            inner.proxies.insert(id.clone(), Proxy { holds: 0, tx, deps, subscribers: 1, epoch });
+            inner.proxies.insert(id.clone(), Proxy { holds: 0, tx, deps, subscribers: 1, epoch, memo: job.memo });
             return Subscription { rx, id: id.clone(), cache: self.clone() };
         }
     }
@@ -866,15 +987,35 @@ impl Cache {
         };
         self.apply(&[change]);
     }
+
+    /// Deletes a resource directly (unit tests, without a store).
+    #[cfg(test)]
+    fn remove_for_test(&self, r: &Resource) {
+        let change = meridian_store::Change {
+            revision: 0,
+            kind: ChangeKind::Delete,
+            resource: meridian_store::StoredResource {
+                key: Manager::key(r.resource_type(), &r.meta.mesh, &r.meta.name),
+                labels: r.meta.labels.clone(),
+                spec: Vec::new(),
+                version: String::new(),
+                revision: 0,
+                create_time: 0,
+                modify_time: 0,
+            },
+        };
+        self.apply(&[change]);
+    }
 }
 
 /// Generates one Dataplane's configuration from its mesh's snapshot
 /// (pure; called without the lock).
-fn generate(snapshot: &MeshSnapshot, id: &ProxyId) -> (ProxyState, Deps) {
+fn generate(snapshot: &MeshSnapshot, id: &ProxyId, memo: &mut gateway::Memo) -> (ProxyState, Deps) {
     match gateway::generate(snapshot, &id.name) {
-        Ok(config) => {
+        Ok(mut config) => {
             let sources = Arc::new(gateway::sources(snapshot, &id.name, &config.deps));
-            let state = ProxyState { config: Ok(config.desired()), warnings: config.warnings, sources, phase: 0 };
+            let (desired, _) = config.take_desired_reusing(memo);
+            let state = ProxyState { config: Ok(desired), warnings: config.warnings, sources, phase: 0 };
             (state, config.deps)
         }
         Err(e) => (
@@ -1006,6 +1147,9 @@ fn serves(dp: &Dataplane, deps: &Deps) -> bool {
         })
     })
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {
