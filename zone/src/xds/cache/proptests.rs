@@ -183,6 +183,21 @@ proptest! {
                     world.remove(key);
                 }
             }
+            // A Mesh turning mTLS on or off walks through phases, each step
+            // once every proxy holds the previous one (`Cache::step_tls`):
+            // report every proxy holding what it was sent until the mesh is
+            // settled, as the xDS streams do once Envoy ACKs. A fresh cache
+            // starts settled at the target, which is what must be reached.
+            for _ in 0..8 {
+                if incremental.tls_phase("default").is_none_or(|(_, settled)| settled) {
+                    break;
+                }
+                for (id, sub) in proxies().iter().zip(&subs) {
+                    let phase = sub.rx.borrow().phase;
+                    incremental.holds(id, phase);
+                }
+                incremental.step_tls(std::time::Instant::now());
+            }
             for (id, sub) in proxies().iter().zip(&subs) {
                 // From scratch and alone: a fresh cache per proxy (nothing
                 // shared with replicas, nothing reused).
