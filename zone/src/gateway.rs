@@ -323,6 +323,7 @@ impl ProxyConfig {
         out.insert(LISTENER_TYPE(), set(&self.listeners, |l| l.name.clone()));
         out.insert(ROUTE_TYPE(), set(&self.routes, |r| r.name.clone()));
         out.insert(SECRET_TYPE(), set(&self.secrets, |s| s.name.clone()));
+        tie_endpoints_to_clusters(&mut out);
         out
     }
 
@@ -343,7 +344,30 @@ impl ProxyConfig {
         out.insert(ROUTE_TYPE(), memo_set(routes, |r| &r.name, &mut memo.routes, &mut stats));
         let secrets = std::mem::take(&mut self.secrets);
         out.insert(SECRET_TYPE(), memo_set(secrets, |s| &s.name, &mut memo.secrets, &mut stats));
+        tie_endpoints_to_clusters(&mut out);
         (out, stats)
+    }
+}
+
+/// Makes each ClusterLoadAssignment's version include its Cluster's, so a
+/// changed Cluster is always followed by its endpoints on the stream (the
+/// cluster types go out first, [`type_urls`]), even when the endpoints did
+/// not change.
+///
+/// Envoy re-warms an updated EDS cluster and keeps the old one serving until
+/// the new one has its ClusterLoadAssignment; a server that sends nothing
+/// because the endpoints are unchanged leaves the update warming until the
+/// EDS `initial_fetch_timeout` (15 s by default). Known Envoy behaviour:
+/// envoyproxy/go-control-plane#245 and #1035, envoyproxy/envoy#13009. Cost:
+/// one endpoints resource resent per changed cluster, never per unchanged one.
+fn tie_endpoints_to_clusters(out: &mut BTreeMap<String, DesiredSet>) {
+    let Some(clusters) = out.get(&CLUSTER_TYPE()) else { return };
+    let versions: Vec<(String, String)> = clusters.iter().map(|(n, d)| (n.clone(), d.version.clone())).collect();
+    let Some(endpoints) = out.get_mut(&ENDPOINT_TYPE()) else { return };
+    for (name, cluster_version) in versions {
+        if let Some(d) = endpoints.get_mut(&name) {
+            d.version = format!("{}.{cluster_version}", d.version);
+        }
     }
 }
 
@@ -606,6 +630,38 @@ struct ListenerCtx<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_changed_cluster_resends_its_unchanged_endpoints() {
+        let config = |timeout: i64| ProxyConfig {
+            listeners: Vec::new(),
+            routes: Vec::new(),
+            clusters: vec![
+                Cluster {
+                    name: "web".into(),
+                    connect_timeout: Some(envoy_types::pb::google::protobuf::Duration { seconds: timeout, nanos: 0 }),
+                    ..Default::default()
+                },
+                Cluster { name: "api".into(), ..Default::default() },
+            ],
+            endpoints: vec![
+                ClusterLoadAssignment { cluster_name: "web".into(), ..Default::default() },
+                ClusterLoadAssignment { cluster_name: "api".into(), ..Default::default() },
+            ],
+            secrets: Vec::new(),
+            deps: Deps::default(),
+            warnings: Vec::new(),
+        };
+        let eds = |d: &BTreeMap<String, DesiredSet>, n: &str| d[&ENDPOINT_TYPE()][n].clone();
+        let before = config(5).desired();
+        let mut memo = Memo::default();
+        let _ = config(5).take_desired_reusing(&mut memo);
+        let (after, _) = config(6).take_desired_reusing(&mut memo);
+        assert_eq!(eds(&before, "web").resource, eds(&after, "web").resource, "the endpoints are the same bytes");
+        assert_ne!(eds(&before, "web").version, eds(&after, "web").version, "but go out again after the cluster");
+        assert_eq!(eds(&before, "api"), eds(&after, "api"), "an unchanged cluster's endpoints stay as they are");
+        assert_eq!(config(6).desired(), after, "with or without the memo");
+    }
 
     #[test]
     fn host_coverage() {
