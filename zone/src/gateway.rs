@@ -38,6 +38,7 @@ pub mod ingress;
 mod listeners;
 pub mod mesh_tls;
 pub mod policies;
+pub mod proxy_template;
 mod select;
 mod sidecar;
 
@@ -132,6 +133,8 @@ pub struct MeshSnapshot {
     pub versions: BTreeMap<(ResourceType, String), String>,
     /// The connection policies of the mesh ([`policies`]).
     pub policies: policies::Policies,
+    /// The mesh's ProxyTemplates ([`proxy_template`]).
+    pub proxy_templates: BTreeMap<String, Item<mesh::ProxyTemplate>>,
 }
 
 impl MeshSnapshot {
@@ -188,6 +191,10 @@ impl MeshSnapshot {
                 self.mesh_spec = Some(m.clone());
                 true
             }
+            Spec::ProxyTemplate(s) => {
+                self.proxy_templates.insert(name.clone(), item(&name, at, s));
+                true
+            }
             spec => self.policies.upsert(&name, at, spec),
         }
     }
@@ -207,6 +214,7 @@ impl MeshSnapshot {
             ResourceType::Secret => self.secrets.remove(name).is_some(),
             ResourceType::Dataplane => self.dataplanes.remove(name).is_some(),
             ResourceType::Mesh if name == self.mesh => self.mesh_spec.take().is_some(),
+            ResourceType::ProxyTemplate => self.proxy_templates.remove(name).is_some(),
             ty if ty.is_policy() => self.policies.remove(ty, name),
             _ => false,
         }
@@ -421,9 +429,14 @@ fn finish(
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
     }
     let secrets = ctx.secrets.into_values().collect();
+    let dataplane = ctx.dataplane;
     let mut config =
         ProxyConfig { listeners, routes, clusters, endpoints, secrets, deps: ctx.deps, warnings: ctx.warnings };
     check::prune(&mut config);
+    if let Some(dp) = snapshot.dataplanes.get(&dataplane) {
+        let gateway = config.deps.gateway.is_some();
+        proxy_template::apply(snapshot, &proxy_template::dataplane_tags(&dp.spec), gateway, &mut config);
+    }
     // Sorted and once each: the same inputs in any order give the same list.
     config.warnings.sort();
     config.warnings.dedup();
