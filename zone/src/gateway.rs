@@ -253,6 +253,8 @@ pub struct Deps {
     /// A `crossMesh` listener verifies clients with every mesh's CA
     /// (`mesh_ca:secret:all`).
     pub all_meshes_ca: bool,
+    /// The ProxyTemplate applied, if any.
+    pub proxy_template: Option<String>,
 }
 
 /// The resources a Dataplane's configuration was generated from, by
@@ -267,6 +269,7 @@ pub fn sources(snapshot: &MeshSnapshot, dataplane: &str, deps: &Deps) -> Sources
     keys.extend(deps.gateway.iter().map(|g| (ResourceType::MeshGateway, g.as_str())));
     keys.extend(deps.routes.iter().map(|r| (ResourceType::MeshGatewayRoute, r.as_str())));
     keys.extend(deps.secrets.iter().map(|s| (ResourceType::Secret, s.as_str())));
+    keys.extend(deps.proxy_template.iter().map(|t| (ResourceType::ProxyTemplate, t.as_str())));
     keys.into_iter()
         .filter_map(|(ty, name)| {
             let key = (ty, name.to_string());

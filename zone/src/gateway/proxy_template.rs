@@ -137,6 +137,7 @@ pub(super) fn apply(
     config: &mut ProxyConfig,
 ) {
     let Some(template) = select(snapshot, tags) else { return };
+    config.deps.proxy_template = Some(template.name.clone());
     let Some(conf) = &template.spec.conf else { return };
     let name = &template.name;
     let profile = if gateway { "gateway-proxy" } else { "default-proxy" };
