@@ -73,8 +73,8 @@ pub fn listener(text: &str) -> Result<Listener, String> {
 /// A raw Envoy resource of a ProxyTemplate.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Raw {
-    Cluster(Cluster),
-    Listener(Listener),
+    Cluster(Box<Cluster>),
+    Listener(Box<Listener>),
 }
 
 /// A raw resource: a YAML mapping with `@type`
@@ -93,11 +93,11 @@ pub fn raw(text: &str) -> Result<Raw, String> {
     match name {
         CLUSTER => {
             let bytes = encode(value, CLUSTER)?;
-            Cluster::decode(&bytes[..]).map(Raw::Cluster).map_err(|e| e.to_string())
+            Cluster::decode(&bytes[..]).map(|c| Raw::Cluster(Box::new(c))).map_err(|e| e.to_string())
         }
         LISTENER => {
             let bytes = encode(value, LISTENER)?;
-            Listener::decode(&bytes[..]).map(Raw::Listener).map_err(|e| e.to_string())
+            Listener::decode(&bytes[..]).map(|l| Raw::Listener(Box::new(l))).map_err(|e| e.to_string())
         }
         other => Err(format!("@type {other:?} is not supported by Meridian yet (supported: {CLUSTER}, {LISTENER})")),
     }

@@ -655,10 +655,9 @@ pub(super) fn apply_cluster(
     if let Some(p) = select(policies, ResourceType::Timeout, source, &dst)
         && let Spec::Timeout(t) = &p.spec
         && let Some(conf) = &t.conf
+        && timeout_cluster(conf, protocol.as_deref(), cluster)
     {
-        if timeout_cluster(conf, protocol.as_deref(), cluster) {
-            applied.record(&mut named, ResourceType::Timeout, &p.name);
-        }
+        applied.record(&mut named, ResourceType::Timeout, &p.name);
     }
     if let Some(p) = select(policies, ResourceType::CircuitBreaker, source, &dst)
         && let Spec::CircuitBreaker(c) = &p.spec

@@ -162,8 +162,8 @@ pub(super) fn apply(
     }
     for (i, raw) in conf.resources.iter().enumerate() {
         match envoy_yaml::raw(&raw.resource) {
-            Ok(envoy_yaml::Raw::Cluster(c)) => clusters.add(c.name.clone(), c, ORIGIN_RAW),
-            Ok(envoy_yaml::Raw::Listener(l)) => listeners.add(l.name.clone(), l, ORIGIN_RAW),
+            Ok(envoy_yaml::Raw::Cluster(c)) => clusters.add(c.name.clone(), *c, ORIGIN_RAW),
+            Ok(envoy_yaml::Raw::Listener(l)) => listeners.add(l.name.clone(), *l, ORIGIN_RAW),
             Err(e) => warn(format!("conf.resources[{i}] ({:?}): {e}; skipped", raw.name)),
         }
     }
