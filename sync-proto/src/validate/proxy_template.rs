@@ -108,19 +108,14 @@ fn operation(r: &mut Report, at: &FieldPath, op: &str, has_match: bool, value: &
 
 #[cfg(test)]
 mod tests {
-    use crate::{Resource, Spec, universal};
+    use super::super::Report;
+    use crate::pb::mesh::ProxyTemplate;
 
-    /// The violations of a ProxyTemplate written as universal YAML, as
-    /// `field: message` lines.
+    /// The violations of a ProxyTemplate spec written as universal YAML
+    /// (its `selectors` and `conf`), as `field: message` lines.
     fn violations(yaml: &str) -> Vec<String> {
-        let text = format!("type: ProxyTemplate\nmesh: default\nname: pt\n{yaml}");
-        let parsed = universal::parse_resources(&text).expect("YAML");
-        let r: Resource = parsed.into_iter().next().expect("one").expect("a resource");
-        assert!(matches!(r.spec, Spec::ProxyTemplate(_)));
-        match crate::validate::resource(&r) {
-            Ok(()) => Vec::new(),
-            Err(e) => e.violations.iter().map(|v| format!("{}: {}", v.field, v.message)).collect(),
-        }
+        let spec: ProxyTemplate = serde_saphyr::from_str(yaml).expect("a ProxyTemplate spec");
+        Report::run(|r| super::validate(r, &spec)).iter().map(|v| format!("{}: {}", v.field, v.message)).collect()
     }
 
     const SELECTORS: &str = "selectors: [{match: {kuma.io/service: gw}}]\n";
