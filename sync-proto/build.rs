@@ -29,6 +29,7 @@ const RESOURCE_PROTOS: &[&str] = &[
     "kuma/mesh/v1alpha1/fault_injection.proto",
     "kuma/mesh/v1alpha1/traffic_permission.proto",
     "kuma/mesh/v1alpha1/traffic_log.proto",
+    "kuma/mesh/v1alpha1/proxy_template.proto",
     "kuma/system/v1alpha1/datasource.proto",
     "kuma/system/v1alpha1/secret.proto",
     "kuma/system/v1alpha1/zone.proto",

@@ -305,7 +305,7 @@ incumbent's path segments, which meridianctl sends): meshes, meshgateways,
 meshgatewayroutes, dataplanes, dataplane-insights, secrets, zones, zone-insights,
 zoneingresses, global-secrets, and the connection policies timeouts, retries,
 circuit-breakers, health-checks, rate-limits, fault-injections,
-traffic-permissions, traffic-logs. Also accepted: zoneinsights, dataplaneinsights,
+traffic-permissions, traffic-logs, and proxytemplates. Also accepted: zoneinsights, dataplaneinsights,
 zone-ingresses, globalsecrets.
 
 Output: `table` (default), `yaml` (one document per resource, separated by `---`,

@@ -144,6 +144,7 @@ pub const GLOBAL_TO_ZONE: &[ResourceType] = &[
     ResourceType::FaultInjection,
     ResourceType::TrafficPermission,
     ResourceType::TrafficLog,
+    ResourceType::ProxyTemplate,
     ResourceType::ZoneIngress,
     ResourceType::GlobalSecret,
 ];

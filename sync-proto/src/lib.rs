@@ -22,6 +22,7 @@
 pub mod delta;
 pub mod driver;
 pub mod envoy_admin;
+pub mod envoy_yaml;
 pub mod kds;
 pub mod model;
 pub mod pb;

@@ -52,6 +52,11 @@ pub enum ResourceType {
     TrafficPermission,
     /// Connection policy (`traffic-logs`), synced global → zones; see [`ResourceType::POLICIES`].
     TrafficLog,
+    /// The escape hatch (`proxytemplates`): raw Envoy resources and
+    /// changes to the generated configuration of the Dataplanes its
+    /// `selectors` match; synced global → zones. Not one of the
+    /// [`ResourceType::POLICIES`] (it has no sources/destinations).
+    ProxyTemplate,
 }
 
 impl ResourceType {
@@ -69,7 +74,7 @@ impl ResourceType {
     ];
 
     /// All types, in the order they are applied (a mesh before what lives in it).
-    pub const ALL: [ResourceType; 19] = [
+    pub const ALL: [ResourceType; 20] = [
         ResourceType::Mesh,
         ResourceType::Secret,
         ResourceType::MeshGateway,
@@ -82,6 +87,7 @@ impl ResourceType {
         ResourceType::FaultInjection,
         ResourceType::TrafficPermission,
         ResourceType::TrafficLog,
+        ResourceType::ProxyTemplate,
         ResourceType::Dataplane,
         ResourceType::DataplaneInsight,
         ResourceType::Zone,
@@ -113,6 +119,7 @@ impl ResourceType {
             ResourceType::FaultInjection => "FaultInjection",
             ResourceType::TrafficPermission => "TrafficPermission",
             ResourceType::TrafficLog => "TrafficLog",
+            ResourceType::ProxyTemplate => "ProxyTemplate",
         }
     }
 
@@ -141,6 +148,7 @@ impl ResourceType {
             ResourceType::FaultInjection => "fault-injections",
             ResourceType::TrafficPermission => "traffic-permissions",
             ResourceType::TrafficLog => "traffic-logs",
+            ResourceType::ProxyTemplate => "proxytemplates",
         }
     }
 
@@ -189,7 +197,8 @@ impl ResourceType {
             | ResourceType::RateLimit
             | ResourceType::FaultInjection
             | ResourceType::TrafficPermission
-            | ResourceType::TrafficLog => SyncDirection::GlobalToZone,
+            | ResourceType::TrafficLog
+            | ResourceType::ProxyTemplate => SyncDirection::GlobalToZone,
             ResourceType::Dataplane
             | ResourceType::DataplaneInsight
             | ResourceType::ZoneIngress
@@ -219,6 +228,7 @@ impl ResourceType {
             ResourceType::FaultInjection => "kuma.mesh.v1alpha1.FaultInjection",
             ResourceType::TrafficPermission => "kuma.mesh.v1alpha1.TrafficPermission",
             ResourceType::TrafficLog => "kuma.mesh.v1alpha1.TrafficLog",
+            ResourceType::ProxyTemplate => "kuma.mesh.v1alpha1.ProxyTemplate",
         }
     }
 
@@ -287,6 +297,7 @@ pub enum Spec {
     FaultInjection(pb::mesh::FaultInjection),
     TrafficPermission(pb::mesh::TrafficPermission),
     TrafficLog(pb::mesh::TrafficLog),
+    ProxyTemplate(pb::mesh::ProxyTemplate),
 }
 
 /// Runs `$body` with `$v` bound to the inner message of a [`Spec`].
@@ -312,6 +323,7 @@ macro_rules! with_spec {
             Spec::FaultInjection($v) => $body,
             Spec::TrafficPermission($v) => $body,
             Spec::TrafficLog($v) => $body,
+            Spec::ProxyTemplate($v) => $body,
         }
     };
 }
@@ -416,6 +428,11 @@ macro_rules! with_type {
                 let $wrap = Spec::TrafficLog;
                 $body
             }
+            ResourceType::ProxyTemplate => {
+                type $T = $crate::pb::mesh::ProxyTemplate;
+                let $wrap = Spec::ProxyTemplate;
+                $body
+            }
         }
     };
 }
@@ -443,6 +460,7 @@ impl Spec {
             Spec::FaultInjection(_) => ResourceType::FaultInjection,
             Spec::TrafficPermission(_) => ResourceType::TrafficPermission,
             Spec::TrafficLog(_) => ResourceType::TrafficLog,
+            Spec::ProxyTemplate(_) => ResourceType::ProxyTemplate,
         }
     }
 

@@ -26,6 +26,7 @@ mod dataplane;
 mod gateway;
 mod mesh;
 mod policies;
+mod proxy_template;
 pub mod re2;
 mod route;
 mod secret;
@@ -311,6 +312,7 @@ pub fn resource(r: &crate::Resource) -> Result<(), ValidationError> {
         Spec::FaultInjection(s) => Report::run(|r| policies::fault_injection(r, s)),
         Spec::TrafficPermission(s) => Report::run(|r| policies::traffic_permission(r, s)),
         Spec::TrafficLog(s) => Report::run(|r| policies::traffic_log(r, s)),
+        Spec::ProxyTemplate(s) => Report::run(|r| proxy_template::validate(r, s)),
         // Written by the control plane itself, never by users.
         Spec::DataplaneInsight(_) | Spec::ZoneIngressInsight(_) | Spec::Zone(_) | Spec::ZoneInsight(_) => Vec::new(),
     };

@@ -11,6 +11,8 @@
 
 #[path = "policies/effects.rs"]
 mod effects;
+#[path = "policies/proxy_template.rs"]
+mod proxy_template;
 #[path = "policies/resources.rs"]
 mod resources;
 #[path = "policies/tcp_log.rs"]

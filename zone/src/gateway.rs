@@ -38,6 +38,7 @@ pub mod ingress;
 mod listeners;
 pub mod mesh_tls;
 pub mod policies;
+pub mod proxy_template;
 mod select;
 mod sidecar;
 
@@ -136,6 +137,8 @@ pub struct MeshSnapshot {
     pub versions: BTreeMap<(ResourceType, String), String>,
     /// The connection policies of the mesh ([`policies`]).
     pub policies: policies::Policies,
+    /// The mesh's ProxyTemplates ([`proxy_template`]).
+    pub proxy_templates: BTreeMap<String, Item<mesh::ProxyTemplate>>,
 }
 
 impl MeshSnapshot {
@@ -192,6 +195,10 @@ impl MeshSnapshot {
                 self.mesh_spec = Some(m.clone());
                 true
             }
+            Spec::ProxyTemplate(s) => {
+                self.proxy_templates.insert(name.clone(), item(&name, at, s));
+                true
+            }
             spec => self.policies.upsert(&name, at, spec),
         }
     }
@@ -211,6 +218,7 @@ impl MeshSnapshot {
             ResourceType::Secret => self.secrets.remove(name).is_some(),
             ResourceType::Dataplane => self.dataplanes.remove(name).is_some(),
             ResourceType::Mesh if name == self.mesh => self.mesh_spec.take().is_some(),
+            ResourceType::ProxyTemplate => self.proxy_templates.remove(name).is_some(),
             ty if ty.is_policy() => self.policies.remove(ty, name),
             _ => false,
         }
@@ -249,6 +257,8 @@ pub struct Deps {
     /// A `crossMesh` listener verifies clients with every mesh's CA
     /// (`mesh_ca:secret:all`).
     pub all_meshes_ca: bool,
+    /// The ProxyTemplate applied, if any.
+    pub proxy_template: Option<String>,
 }
 
 /// The resources a Dataplane's configuration was generated from, by
@@ -263,6 +273,7 @@ pub fn sources(snapshot: &MeshSnapshot, dataplane: &str, deps: &Deps) -> Sources
     keys.extend(deps.gateway.iter().map(|g| (ResourceType::MeshGateway, g.as_str())));
     keys.extend(deps.routes.iter().map(|r| (ResourceType::MeshGatewayRoute, r.as_str())));
     keys.extend(deps.secrets.iter().map(|s| (ResourceType::Secret, s.as_str())));
+    keys.extend(deps.proxy_template.iter().map(|t| (ResourceType::ProxyTemplate, t.as_str())));
     keys.into_iter()
         .filter_map(|(ty, name)| {
             let key = (ty, name.to_string());
@@ -567,9 +578,14 @@ fn finish(
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
     }
     let secrets = ctx.secrets.into_values().collect();
+    let dataplane = ctx.dataplane;
     let mut config =
         ProxyConfig { listeners, routes, clusters, endpoints, secrets, deps: ctx.deps, warnings: ctx.warnings };
     check::prune(&mut config);
+    if let Some(dp) = snapshot.dataplanes.get(&dataplane) {
+        let gateway = config.deps.gateway.is_some();
+        proxy_template::apply(snapshot, &proxy_template::dataplane_tags(&dp.spec), gateway, &mut config);
+    }
     // Sorted and once each: the same inputs in any order give the same list.
     config.warnings.sort();
     config.warnings.dedup();

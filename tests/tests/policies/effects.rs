@@ -492,3 +492,67 @@ async fn an_idle_upstream_connection_is_closed() {
     assert_eq!(idle_closed("kept").await, 0, "without a Timeout the connection to `kept` is kept (1 h default)");
     topo.cleanup().await;
 }
+
+/// A backend on 127.0.0.1 speaking only one HTTP version: with `h2`,
+/// HTTP/2 cleartext with prior knowledge (hyper's `http2::Builder`, no
+/// HTTP/1 fallback: an HTTP/1.1 request gets its connection closed), else
+/// HTTP/1.1 only (`http1::Builder`: an HTTP/2 preface is a 400 and a
+/// close). Answers 200 with the request's version (`HTTP/2.0`,
+/// `HTTP/1.1`). The task serving it ends with the test's runtime.
+async fn single_version_backend(h2: bool) -> u16 {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the backend");
+    let port = listener.local_addr().expect("local address").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(format!("{:?}", req.version())))
+                });
+                let io = TokioIo::new(stream);
+                let _ = if h2 {
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await
+                } else {
+                    hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
+                };
+            });
+        }
+    });
+    port
+}
+/// A backend Dataplane `name` at 127.0.0.1:`port` whose inbound is
+/// `kuma.io/service: name`, `kuma.io/protocol: protocol`.
+fn dataplane_with_protocol(name: &str, port: u16, protocol: &str) -> String {
+    format!(
+        "type: Dataplane\nmesh: default\nname: {name}\nnetworking: {{address: 127.0.0.1, inbound: \
+         [{{port: {port}, tags: {{kuma.io/service: {name}, kuma.io/protocol: {protocol}}}}}]}}\n"
+    )
+}
+
+/// A gateway cluster to a service whose inbounds declare `kuma.io/protocol:
+/// http2` (or `grpc`) speaks HTTP/2 upstream (the incumbent's
+/// `Http2Configurer`): an h2c-only backend answers 200 through the
+/// gateway's HTTP/1.1 listener; an HTTP/1-only backend tagged `http` still
+/// answers over HTTP/1.1 (each backend reports the version it saw).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_backend_is_reached_over_http2() {
+    let topo = Topology::builder("policies-h2")
+        .global(Backend::Sqlite)
+        .zone("zone-1")
+        .gateway("zone-1", "edge-gw", "edge")
+        .start()
+        .await;
+    let (global, zone, envoy) = (topo.global(), topo.zone("zone-1"), topo.envoy("edge-gw"));
+    let h2_port = single_version_backend(true).await;
+    let h1_port = single_version_backend(false).await;
+    zone.api().apply_yaml(&dataplane_with_protocol("h2", h2_port, "http2")).await;
+    zone.api().apply_yaml(&dataplane_with_protocol("h1", h1_port, "http")).await;
+    let port = free_port();
+    global.api().apply_yaml(&gateway(port, &[("/h2", "h2"), ("/h1", "h1")])).await;
+    envoy.wait_ready().await;
+    let r = wait_status(port, "/h2", &[], 200, "the h2c-only backend answers through the gateway").await;
+    assert_eq!(r.body, "HTTP/2.0", "the backend saw HTTP/2: {r:?}");
+    let r = wait_status(port, "/h1", &[], 200, "the HTTP/1-only backend answers through the gateway").await;
+    assert_eq!(r.body, "HTTP/1.1", "the backend saw HTTP/1.1: {r:?}");
+    topo.cleanup().await;
+}

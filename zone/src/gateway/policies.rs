@@ -371,14 +371,15 @@ pub(super) fn apply_route(
 /// `http.maxStreamDuration`, or `grpc.maxStreamDuration` for a `grpc`
 /// destination (the incumbent's backwards compatibility), →
 /// `common_http_protocol_options.max_stream_duration`. The protocol options
-/// keep HTTP/1.1 upstream, as gateway clusters have without them. Whether
+/// keep the cluster's upstream protocol ([`upstream_protocol`]). Whether
 /// anything was set.
-fn timeout_cluster(conf: &mesh::timeout::Conf, grpc: bool, cluster: &mut Cluster) -> bool {
+fn timeout_cluster(conf: &mesh::timeout::Conf, protocol: Option<&str>, cluster: &mut Cluster) -> bool {
     let mut changed = false;
     if let Some(d) = &conf.connect_timeout {
         cluster.connect_timeout = Some(dur(d));
         changed = true;
     }
+    let grpc = protocol == Some("grpc");
     let http = conf.http.as_ref();
     let idle = http.and_then(|h| h.idle_timeout.as_ref());
     let max_stream = http
@@ -387,25 +388,56 @@ fn timeout_cluster(conf: &mesh::timeout::Conf, grpc: bool, cluster: &mut Cluster
     if idle.is_none() && max_stream.is_none() {
         return changed;
     }
+    upstream_protocol(protocol, idle, max_stream, cluster);
+    true
+}
+
+/// Sets the cluster's upstream HTTP protocol options
+/// (`typed_extension_protocol_options`
+/// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`): HTTP/2
+/// upstream (`explicit_http_config.http2_protocol_options`, cleartext
+/// h2c or over mesh mTLS) for a destination whose `kuma.io/protocol` is
+/// `http2` or `grpc`, as the incumbent's cluster `Http2Configurer` (Kuma
+/// 2.14 `pkg/xds/envoy/clusters`), else HTTP/1.1; with the Timeout
+/// policy's `idle` and `max_stream` durations in its
+/// `common_http_protocol_options`. Without any of them the cluster keeps
+/// Envoy's default (HTTP/1.1, no options).
+pub(super) fn upstream_protocol(
+    protocol: Option<&str>,
+    idle: Option<&pbjson_types::Duration>,
+    max_stream: Option<&pbjson_types::Duration>,
+    cluster: &mut Cluster,
+) {
     use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
         HttpProtocolOptions,
         http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig},
     };
-    let options = HttpProtocolOptions {
-        common_http_protocol_options: Some(envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
+    let h2 = matches!(protocol, Some("http2" | "grpc"));
+    if !h2 && idle.is_none() && max_stream.is_none() {
+        return;
+    }
+    let common = (idle.is_some() || max_stream.is_some()).then(|| {
+        envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions {
             idle_timeout: idle.map(dur),
             max_stream_duration: max_stream.map(dur),
             ..Default::default()
-        }),
+        }
+    });
+    let protocol_config = if h2 {
+        ProtocolConfig::Http2ProtocolOptions(Default::default())
+    } else {
+        ProtocolConfig::HttpProtocolOptions(Default::default())
+    };
+    let options = HttpProtocolOptions {
+        common_http_protocol_options: common,
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
-            protocol_config: Some(ProtocolConfig::HttpProtocolOptions(Default::default())),
+            protocol_config: Some(protocol_config),
         })),
         ..Default::default()
     };
     cluster
         .typed_extension_protocol_options
         .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(), pack_any(options));
-    true
 }
 
 /// Timeout's `grpc` section on a route whose backends are all `grpc`: its
@@ -615,14 +647,17 @@ pub(super) fn apply_cluster(
     let policies = &snapshot.policies;
     let mut named = BTreeMap::new();
     let dst = [destination];
+    // The service's protocol, as its inbounds declare it (the incumbent
+    // infers it from the endpoints), else the destination's own tag.
+    let protocol =
+        super::clusters::protocol_of(snapshot, destination).or_else(|| destination.get(PROTOCOL_TAG).cloned());
+    upstream_protocol(protocol.as_deref(), None, None, cluster);
     if let Some(p) = select(policies, ResourceType::Timeout, source, &dst)
         && let Spec::Timeout(t) = &p.spec
         && let Some(conf) = &t.conf
+        && timeout_cluster(conf, protocol.as_deref(), cluster)
     {
-        let grpc = destination.get(PROTOCOL_TAG).is_some_and(|p| p == "grpc");
-        if timeout_cluster(conf, grpc, cluster) {
-            applied.record(&mut named, ResourceType::Timeout, &p.name);
-        }
+        applied.record(&mut named, ResourceType::Timeout, &p.name);
     }
     if let Some(p) = select(policies, ResourceType::CircuitBreaker, source, &dst)
         && let Spec::CircuitBreaker(c) = &p.spec

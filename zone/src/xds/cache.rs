@@ -436,7 +436,7 @@ impl Drop for Subscription {
 }
 
 /// The types the generator reads.
-const WATCHED: [ResourceType; 12] = [
+const WATCHED: [ResourceType; 13] = [
     ResourceType::MeshGateway,
     ResourceType::MeshGatewayRoute,
     ResourceType::Secret,
@@ -449,6 +449,7 @@ const WATCHED: [ResourceType; 12] = [
     ResourceType::FaultInjection,
     ResourceType::TrafficPermission,
     ResourceType::TrafficLog,
+    ResourceType::ProxyTemplate,
 ];
 
 impl Cache {
@@ -1110,6 +1111,8 @@ fn affected(inner: &Inner, ty: ResourceType, mesh: &str, name: &str, new: Option
             ResourceType::Secret => p.deps.secrets.contains(name),
             // TrafficPermission also drives sidecar inbounds' RBAC (mesh mTLS).
             ResourceType::TrafficPermission => true,
+            // A ProxyTemplate selects by Dataplane tags, gateways and sidecars.
+            ResourceType::ProxyTemplate => true,
             // A policy can change any gateway of its mesh (and its warnings).
             ty if ty.is_policy() => p.deps.gateway.is_some(),
             ResourceType::Dataplane => {

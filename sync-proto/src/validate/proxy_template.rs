@@ -1,0 +1,187 @@
+//! ProxyTemplate: `selectors` and `conf` (`imports`, `resources`,
+//! `modifications`), with the incumbent's paths and messages (Kuma 2.14
+//! `pkg/core/resources/apis/mesh/proxytemplate_validator.go`). What
+//! Meridian does not apply yet (modifications of network filters, HTTP
+//! filters and virtual hosts, listener `match.tags`, raw resources other
+//! than clusters and listeners) is refused here with "not supported by
+//! Meridian yet", never accepted and ignored.
+
+use super::selectors::{self, TagRules};
+use super::{FieldPath, Report};
+use crate::envoy_yaml;
+use crate::pb::mesh::{ProxyTemplate, ProxyTemplateRawResource, proxy_template::modifications::Type};
+
+/// The profiles a ProxyTemplate may import: the generated configuration of
+/// sidecars and of builtin gateways.
+pub const PROFILES: [&str; 2] = ["default-proxy", "gateway-proxy"];
+/// The cluster and listener operations.
+const OPERATIONS: [&str; 3] = ["add", "patch", "remove"];
+const NOT_YET: &str = "not supported by Meridian yet";
+
+pub(super) fn validate(r: &mut Report, spec: &ProxyTemplate) {
+    selectors::selectors(r, &FieldPath::new("selectors"), &spec.selectors, false, TagRules::SERVICE_SELECTOR);
+    let conf = FieldPath::new("conf");
+    let Some(c) = &spec.conf else { return };
+    for (i, import) in c.imports.iter().enumerate() {
+        let at = conf.field("imports").index(i);
+        if import.is_empty() {
+            r.add(&at, "cannot be empty");
+        } else if !PROFILES.contains(&import.as_str()) {
+            r.add(&at, format!("profile not found. Available profiles: {}", PROFILES.join(",")));
+        }
+    }
+    for (i, raw) in c.resources.iter().enumerate() {
+        resource(r, &conf.field("resources").index(i), raw);
+    }
+    for (i, m) in c.modifications.iter().enumerate() {
+        let at = conf.field("modifications").index(i);
+        match &m.r#type {
+            None => r.add(&at, "must have one of cluster, listener, networkFilter, httpFilter, virtualHost"),
+            Some(Type::Cluster(c)) => {
+                let at = at.field("cluster");
+                operation(r, &at, &c.operation, c.r#match.is_some(), &c.value, envoy_yaml::CLUSTER);
+            }
+            Some(Type::Listener(l)) => {
+                let at = at.field("listener");
+                if l.r#match.as_ref().is_some_and(|m| !m.tags.is_empty()) {
+                    r.add(&at.field("match").field("tags"), NOT_YET);
+                }
+                operation(r, &at, &l.operation, l.r#match.is_some(), &l.value, envoy_yaml::LISTENER);
+            }
+            Some(Type::NetworkFilter(_)) => r.add(&at.field("networkFilter"), NOT_YET),
+            Some(Type::HttpFilter(_)) => r.add(&at.field("httpFilter"), NOT_YET),
+            Some(Type::VirtualHost(_)) => r.add(&at.field("virtualHost"), NOT_YET),
+        }
+    }
+}
+
+fn resource(r: &mut Report, at: &FieldPath, raw: &ProxyTemplateRawResource) {
+    if raw.name.is_empty() {
+        r.add(&at.field("name"), "cannot be empty");
+    }
+    if raw.version.is_empty() {
+        r.add(&at.field("version"), "cannot be empty");
+    }
+    if raw.resource.is_empty() {
+        r.add(&at.field("resource"), "cannot be empty");
+        return;
+    }
+    match envoy_yaml::raw(&raw.resource) {
+        Err(e) => r.add(&at.field("resource"), format!("native Envoy resource is not valid: {e}")),
+        Ok(envoy_yaml::Raw::Cluster(c)) if c.name.is_empty() => r.add(
+            &at.field("resource"),
+            "native Envoy resource is not valid: name: value length must be at least 1 characters",
+        ),
+        Ok(envoy_yaml::Raw::Listener(l)) if l.name.is_empty() => r.add(
+            &at.field("resource"),
+            "native Envoy resource is not valid: name: value length must be at least 1 characters",
+        ),
+        Ok(_) => {}
+    }
+}
+
+/// A cluster or listener modification: `add` takes a whole resource and
+/// no `match`, `patch` a partial one, `remove` nothing.
+fn operation(r: &mut Report, at: &FieldPath, op: &str, has_match: bool, value: &str, message: &str) {
+    let parsed = || envoy_yaml::to_bytes(value, message);
+    match op {
+        "add" => {
+            if has_match {
+                r.add(&at.field("match"), "cannot be defined");
+            }
+            if let Err(e) = parsed() {
+                r.add(&at.field("value"), format!("native Envoy resource is not valid: {e}"));
+            }
+        }
+        "patch" => {
+            if let Err(e) = parsed() {
+                r.add(&at.field("value"), format!("native Envoy resource is not valid: {e}"));
+            }
+        }
+        "remove" => {}
+        _ => r.add(
+            &at.field("operation"),
+            format!("invalid operation. Available operations: {}", OPERATIONS.map(|o| format!("\"{o}\"")).join(", ")),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Report;
+    use crate::pb::mesh::ProxyTemplate;
+
+    /// The violations of a ProxyTemplate spec written as universal YAML
+    /// (its `selectors` and `conf`), as `field: message` lines.
+    fn violations(yaml: &str) -> Vec<String> {
+        let spec: ProxyTemplate = serde_saphyr::from_str(yaml).expect("a ProxyTemplate spec");
+        Report::run(|r| super::validate(r, &spec)).iter().map(|v| format!("{}: {}", v.field, v.message)).collect()
+    }
+
+    const SELECTORS: &str = "selectors: [{match: {kuma.io/service: gw}}]\n";
+
+    #[test]
+    fn a_supported_template_is_accepted() {
+        let yaml = format!(
+            "{SELECTORS}conf:\n  imports: [gateway-proxy]\n  resources:\n  - name: extra\n    version: v1\n    resource: |\n      \"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\n      name: extra\n      connectTimeout: 5s\n      type: STATIC\n  modifications:\n  - cluster: {{operation: remove, match: {{name: web}}}}\n  - listener:\n      operation: patch\n      match: {{origin: gateway}}\n      value: |\n        per_connection_buffer_limit_bytes: 32768\n  - cluster:\n      operation: add\n      value: 'name: added'\n"
+        );
+        assert_eq!(violations(&yaml), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_incumbents_messages() {
+        let yaml = format!(
+            "{SELECTORS}conf:\n  imports: ['', custom]\n  resources:\n  - resource: 'name: x'\n  - name: a\n    version: v\n    resource: |\n      \"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\n      name: a\n      bogus: 1\n  modifications:\n  - cluster: {{operation: merge}}\n  - cluster: {{operation: add, match: {{name: x}}, value: 'name: other'}}\n  - listener: {{operation: patch, value: 'address: 7'}}\n"
+        );
+        let v = violations(&yaml);
+        let expected = [
+            "conf.imports[0]: cannot be empty",
+            "conf.imports[1]: profile not found. Available profiles: default-proxy,gateway-proxy",
+            "conf.resources[0].name: cannot be empty",
+            "conf.resources[0].version: cannot be empty",
+            "conf.resources[0].resource: native Envoy resource is not valid: @type is required",
+            "conf.modifications[0].cluster.operation: invalid operation. Available operations: \"add\", \"patch\", \"remove\"",
+            "conf.modifications[1].cluster.match: cannot be defined",
+        ];
+        for e in expected {
+            assert!(v.iter().any(|x| x == e), "missing {e:?} in {v:#?}");
+        }
+        assert!(
+            v.iter().any(|x| x.starts_with("conf.resources[1].resource: native Envoy resource is not valid:")
+                && x.contains("bogus")),
+            "{v:#?}"
+        );
+        assert!(
+            v.iter().any(|x| x.starts_with("conf.modifications[2].listener.value: native Envoy resource is not valid")),
+            "{v:#?}"
+        );
+        assert_eq!(v.len(), expected.len() + 2, "{v:#?}");
+    }
+
+    #[test]
+    fn what_meridian_does_not_apply_is_refused() {
+        let yaml = format!(
+            "{SELECTORS}conf:\n  resources:\n  - name: r\n    version: v\n    resource: |\n      \"@type\": type.googleapis.com/envoy.config.route.v3.RouteConfiguration\n      name: r\n  modifications:\n  - httpFilter: {{operation: addFirst, value: 'name: f'}}\n  - networkFilter: {{operation: remove}}\n  - virtualHost: {{operation: remove}}\n  - listener: {{operation: remove, match: {{tags: {{a: b}}}}}}\n"
+        );
+        let v = violations(&yaml);
+        for e in [
+            "conf.modifications[0].httpFilter: not supported by Meridian yet",
+            "conf.modifications[1].networkFilter: not supported by Meridian yet",
+            "conf.modifications[2].virtualHost: not supported by Meridian yet",
+            "conf.modifications[3].listener.match.tags: not supported by Meridian yet",
+        ] {
+            assert!(v.iter().any(|x| x == e), "missing {e:?} in {v:#?}");
+        }
+        assert!(
+            v.iter()
+                .any(|x| x.starts_with("conf.resources[0].resource:") && x.contains("not supported by Meridian yet")),
+            "{v:#?}"
+        );
+    }
+
+    #[test]
+    fn selectors_need_a_service_tag() {
+        let v = violations("selectors: []\nconf: {imports: [default-proxy]}\n");
+        assert!(v.iter().any(|x| x == "selectors: must have at least one element"), "{v:#?}");
+    }
+}

@@ -1,0 +1,241 @@
+//! ProxyTemplate, the escape hatch: the one template that best selects a
+//! Dataplane changes its generated configuration, as the incumbent's
+//! `ProxyTemplateGenerator` (Kuma 2.14 `pkg/xds/generator`,
+//! `pkg/xds/generator/modifications`), in its order:
+//!
+//! ```text
+//!   generated config ── imports has this proxy's profile? ── no ─▶ dropped
+//!         │ (gateway-proxy for builtin gateways, default-proxy otherwise)
+//!         ▼
+//!   + conf.resources (raw cluster/listener, replacing one of the same name)
+//!         ▼
+//!   conf.modifications, in order: cluster/listener add | patch | remove
+//! ```
+//!
+//! Selection: the template whose selector best matches the Dataplane's
+//! tags (gateway tags, or any inbound's tags): more matched tags, then
+//! more exact values, then the newer, then the greater name (the rule of
+//! [`super::select`]). A match has `name` and `origin` (empty: any); the
+//! origins are the incumbent's: `gateway` (a builtin gateway's generated
+//! listeners and clusters), `inbound` / `outbound` (a sidecar's),
+//! `proxy-template-raw`, `proxy-template-modifications`. A patch merges the
+//! value into the resource with protobuf merge semantics (set scalars
+//! replace, messages merge field by field, repeated fields append).
+//! Applied after the generator's own pruning: what the template produces
+//! reaches Envoy as written, and a resource Envoy refuses shows as a NACK
+//! in the DataplaneInsight.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::{cluster::v3::Cluster, listener::v3::Listener};
+use meridian_sync_proto::{
+    envoy_yaml,
+    pb::mesh::{self, ProxyTemplate, proxy_template::modifications::Type},
+};
+use prost::Message;
+
+use super::{Item, MeshSnapshot, ProxyConfig, select::rank};
+
+/// Origin of resources from `conf.resources`.
+pub const ORIGIN_RAW: &str = "proxy-template-raw";
+/// Origin of resources added by a modification.
+pub const ORIGIN_MODIFICATIONS: &str = "proxy-template-modifications";
+
+/// The ProxyTemplate that applies to a Dataplane with these tag sets.
+pub(super) fn select<'a>(
+    snapshot: &'a MeshSnapshot,
+    tags: &[&BTreeMap<String, String>],
+) -> Option<&'a Item<ProxyTemplate>> {
+    snapshot
+        .proxy_templates
+        .values()
+        .filter_map(|t| {
+            let best =
+                t.spec.selectors.iter().flat_map(|s| tags.iter().filter_map(|tags| rank(&s.r#match, tags))).max()?;
+            Some(((best, t.creation_time, t.name.as_str()), t))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, t)| t)
+}
+
+/// Generated resources' origin: `gateway` on a builtin gateway; on a
+/// sidecar `inbound` for `inbound:` listeners and `localhost:` clusters,
+/// else `outbound`.
+fn generated_origin(gateway: bool, name: &str) -> &'static str {
+    if gateway {
+        "gateway"
+    } else if name.starts_with("inbound:") || name.starts_with("localhost:") {
+        "inbound"
+    } else {
+        "outbound"
+    }
+}
+
+/// One kind of resource (clusters or listeners) with each one's origin.
+struct Set<T> {
+    items: BTreeMap<String, (T, String)>,
+}
+
+impl<T: Message + Default> Set<T> {
+    fn new(items: Vec<T>, name: impl Fn(&T) -> String, gateway: bool) -> Set<T> {
+        let items = items
+            .into_iter()
+            .map(|t| {
+                let n = name(&t);
+                let origin = generated_origin(gateway, &n).to_string();
+                (n, (t, origin))
+            })
+            .collect();
+        Set { items }
+    }
+
+    fn add(&mut self, name: String, item: T, origin: &str) {
+        self.items.insert(name, (item, origin.to_string()));
+    }
+
+    fn matching(&self, name: &str, origin: &str) -> Vec<String> {
+        self.items
+            .iter()
+            .filter(|(n, (_, o))| (name.is_empty() || *n == name) && (origin.is_empty() || o == origin))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Merges `patch` (protobuf bytes) into every match; how many.
+    fn patch(&mut self, name: &str, origin: &str, patch: &[u8]) -> Result<usize, String> {
+        let names = self.matching(name, origin);
+        for n in &names {
+            if let Some((item, _)) = self.items.get_mut(n) {
+                item.merge(patch).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(names.len())
+    }
+
+    fn remove(&mut self, name: &str, origin: &str) -> usize {
+        let names = self.matching(name, origin);
+        for n in &names {
+            self.items.remove(n);
+        }
+        names.len()
+    }
+
+    fn into_vec(self) -> Vec<T> {
+        self.items.into_values().map(|(t, _)| t).collect()
+    }
+}
+
+/// Applies the ProxyTemplate selecting `dataplane` (tags `tags`) to its
+/// generated `config`; `gateway`: a builtin gateway (profile
+/// `gateway-proxy`), else `default-proxy`. What cannot be applied (a value
+/// that no longer parses, a patch or remove matching nothing) is a warning
+/// in the configuration, naming the template and the modification's index.
+pub(super) fn apply(
+    snapshot: &MeshSnapshot,
+    tags: &[&BTreeMap<String, String>],
+    gateway: bool,
+    config: &mut ProxyConfig,
+) {
+    let Some(template) = select(snapshot, tags) else { return };
+    config.deps.proxy_template = Some(template.name.clone());
+    let Some(conf) = &template.spec.conf else { return };
+    let name = &template.name;
+    let profile = if gateway { "gateway-proxy" } else { "default-proxy" };
+    let mut warn = |w: String| config.warnings.push(format!("ProxyTemplate {name:?}: {w}"));
+    let mut clusters;
+    let mut listeners;
+    if conf.imports.iter().any(|i| i == profile) {
+        clusters = Set::new(std::mem::take(&mut config.clusters), |c: &Cluster| c.name.clone(), gateway);
+        listeners = Set::new(std::mem::take(&mut config.listeners), |l: &Listener| l.name.clone(), gateway);
+    } else {
+        warn(format!(
+            "imports {:?}, not this proxy's profile {profile:?}: its generated configuration is left out",
+            conf.imports
+        ));
+        config.clusters.clear();
+        config.listeners.clear();
+        config.routes.clear();
+        config.endpoints.clear();
+        config.secrets.clear();
+        clusters = Set::new(Vec::new(), |c: &Cluster| c.name.clone(), gateway);
+        listeners = Set::new(Vec::new(), |l: &Listener| l.name.clone(), gateway);
+    }
+    for (i, raw) in conf.resources.iter().enumerate() {
+        match envoy_yaml::raw(&raw.resource) {
+            Ok(envoy_yaml::Raw::Cluster(c)) => clusters.add(c.name.clone(), *c, ORIGIN_RAW),
+            Ok(envoy_yaml::Raw::Listener(l)) => listeners.add(l.name.clone(), *l, ORIGIN_RAW),
+            Err(e) => warn(format!("conf.resources[{i}] ({:?}): {e}; skipped", raw.name)),
+        }
+    }
+    for (i, m) in conf.modifications.iter().enumerate() {
+        let at = format!("conf.modifications[{i}]");
+        match &m.r#type {
+            Some(Type::Cluster(c)) => {
+                let (n, o) = c.r#match.as_ref().map(|m| (m.name.as_str(), m.origin.as_str())).unwrap_or_default();
+                let r = modify(&mut clusters, &c.operation, n, o, &c.value, envoy_yaml::CLUSTER, |v| {
+                    envoy_yaml::cluster(v).map(|c| (c.name.clone(), c))
+                });
+                if let Err(e) = r {
+                    warn(format!("{at}.cluster: {e}"));
+                }
+            }
+            Some(Type::Listener(l)) => {
+                let (n, o) = l.r#match.as_ref().map(|m| (m.name.as_str(), m.origin.as_str())).unwrap_or_default();
+                let r = modify(&mut listeners, &l.operation, n, o, &l.value, envoy_yaml::LISTENER, |v| {
+                    envoy_yaml::listener(v).map(|l| (l.name.clone(), l))
+                });
+                if let Err(e) = r {
+                    warn(format!("{at}.listener: {e}"));
+                }
+            }
+            // Refused at validation; a template stored before then changes nothing.
+            _ => warn(format!("{at}: not supported by Meridian yet; skipped")),
+        }
+    }
+    config.clusters = clusters.into_vec();
+    config.listeners = listeners.into_vec();
+    // The endpoints of a removed cluster go with it.
+    let names: std::collections::BTreeSet<&str> = config.clusters.iter().map(|c| c.name.as_str()).collect();
+    config.endpoints.retain(|e| names.contains(e.cluster_name.as_str()));
+}
+
+/// One cluster or listener modification.
+fn modify<T: Message + Default>(
+    set: &mut Set<T>,
+    operation: &str,
+    name: &str,
+    origin: &str,
+    value: &str,
+    message: &str,
+    parse: impl Fn(&str) -> Result<(String, T), String>,
+) -> Result<(), String> {
+    match operation {
+        "add" => {
+            let (n, item) = parse(value)?;
+            set.add(n, item, ORIGIN_MODIFICATIONS);
+            Ok(())
+        }
+        "patch" => {
+            let bytes = envoy_yaml::to_bytes(value, message)?;
+            match set.patch(name, origin, &bytes)? {
+                0 => Err(format!("patch matches nothing (name {name:?}, origin {origin:?})")),
+                _ => Ok(()),
+            }
+        }
+        "remove" => match set.remove(name, origin) {
+            0 => Err(format!("remove matches nothing (name {name:?}, origin {origin:?})")),
+            _ => Ok(()),
+        },
+        other => Err(format!("invalid operation {other:?}")),
+    }
+}
+
+/// The tags a Dataplane is selected by: its gateway's tags, else each
+/// inbound's.
+pub(super) fn dataplane_tags(dp: &mesh::Dataplane) -> Vec<&BTreeMap<String, String>> {
+    let Some(n) = dp.networking.as_ref() else { return Vec::new() };
+    match &n.gateway {
+        Some(g) => vec![&g.tags],
+        None => n.inbound.iter().map(|i| &i.tags).collect(),
+    }
+}
