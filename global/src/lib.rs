@@ -206,6 +206,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         .merge(diff::routes(state.clone()))
         .merge(tokens::routes(state.clone(), tokens))
         .merge(inspect::routes(state.clone(), kds_server.envoy_admin.clone()))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), meridian_rest::refuse_wrong_token))
         .layer(axum::middleware::from_fn_with_state((manager.clone(), kds_server.held()), propagation::header));
     // The GUI at /gui asks the API router itself for propagation status.
     let router = api_router.clone().merge(gui::routes(

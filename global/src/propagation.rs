@@ -229,7 +229,7 @@ fn dataplane_status(
 /// A mesh as the global holds it: the resources it sends to zones, and
 /// every zone's Dataplanes (stored name, the name in its zone, spec).
 pub struct MeshView {
-    /// Gateways, routes, secrets and the Mesh, as every zone gets them.
+    /// Gateways, routes, secrets, policies and the Mesh, as every zone gets them.
     pub shared: MeshSnapshot,
     /// Zone → (name in the zone → (stored name, Dataplane)).
     pub dataplanes: BTreeMap<String, BTreeMap<String, (String, Entry)>>,
@@ -243,7 +243,13 @@ impl MeshView {
             shared.upsert(&m.resource);
             shared.set_version(ResourceType::Mesh, mesh, &m.version);
         }
-        for ty in [ResourceType::MeshGateway, ResourceType::MeshGatewayRoute, ResourceType::Secret] {
+        let types = [
+            ResourceType::MeshGateway,
+            ResourceType::MeshGatewayRoute,
+            ResourceType::Secret,
+            ResourceType::ProxyTemplate,
+        ];
+        for ty in types.into_iter().chain(ResourceType::POLICIES) {
             let (items, _) = manager.list(ty, Some(mesh), BTreeMap::new(), 0, None).await?;
             for e in items.iter().filter(|e| !from_zone(e)) {
                 shared.upsert(&e.resource);

@@ -8,7 +8,7 @@
 //! loopback name or address (`localhost`, `127.0.0.0/8`, `[::1]`, any port) or
 //! by a configured API host name (`--api-host`). And a request that presents
 //! a token is judged by that token alone: a wrong one is refused (401) even
-//! from loopback.
+//! from loopback, reads included ([`crate::handlers::refuse_wrong_token`]).
 
 use std::{
     net::IpAddr,

@@ -169,6 +169,47 @@ pub fn require_admin(s: &ApiState, headers: &HeaderMap, ci: &ConnectInfo<PeerAdd
     }))
 }
 
+/// Refuses (401) every request that presents a credential this API does
+/// not accept, reads included: a presented token decides alone (see
+/// [`crate::auth`]), so `meridianctl --token typo get meshes` fails at once
+/// instead of at the first write. Accepted: the admin token and, where the
+/// API takes Dataplane tokens (a zone), any valid Dataplane or ingress token
+/// (signature, validity window, revocation; what it may write is checked by
+/// the handler). Requests without an `Authorization` header pass untouched:
+/// reads stay open and writes are judged by [`require_admin`].
+///
+/// Layer it over the whole API router (`axum::middleware::from_fn_with_state`),
+/// after merging the routers of the global or the zone.
+pub async fn refuse_wrong_token(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    if !Auth::presented(req.headers()) {
+        return next.run(req).await;
+    }
+    let Some(token) = Auth::bearer_token(req.headers()) else {
+        return ApiError::unauthorized(
+            "the Authorization header is not a bearer token: send 'Authorization: Bearer <token>' (meridianctl --token)",
+        )
+        .into_response();
+    };
+    if s.auth.is_admin(req.headers(), None) {
+        return next.run(req).await;
+    }
+    let refusal = match s.auth.dataplane_tokens() {
+        None => "the admin token is not valid: the token presented is not this API's admin token".to_string(),
+        Some(_) if token.is_empty() => {
+            "the token is empty: it is neither the admin token nor a Dataplane token".to_string()
+        }
+        Some(tokens) => match tokens.verify_dataplane(token).await {
+            Ok(_) => return next.run(req).await,
+            Err(e @ meridian_tokens::TokenError::Store(_)) => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable", e.to_string())
+                    .into_response();
+            }
+            Err(e) => format!("the token is neither the admin token nor a valid Dataplane token: {e}"),
+        },
+    };
+    ApiError::unauthorized(refusal).into_response()
+}
+
 /// The Dataplane token a write of a Dataplane (or of a ZoneIngress, with
 /// an ingress token: `Mesh` empty, `Name` the ingress) presents instead of
 /// the admin token: only where the API takes Dataplane tokens (zones), only

@@ -32,5 +32,5 @@ pub mod server;
 pub mod state;
 pub mod tokens;
 
-pub use handlers::{MAX_BODY_BYTES, require_admin, router};
+pub use handlers::{MAX_BODY_BYTES, refuse_wrong_token, require_admin, router};
 pub use state::{ApiState, ServerInfo};

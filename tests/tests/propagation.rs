@@ -261,3 +261,80 @@ async fn dry_run_diff_shows_each_gateways_envoy_changes_and_writes_nothing() {
     assert!(!r.invalid_parameters().is_empty(), "field paths: {}", r.text);
     topo.cleanup().await;
 }
+
+/// A Timeout for `blue`, from every source: the gateways' routes and
+/// clusters to `blue` carry it.
+const TIMEOUT: &str = r#"
+type: Timeout
+mesh: default
+name: t-blue
+sources: [{match: {kuma.io/service: '*'}}]
+destinations: [{match: {kuma.io/service: blue}}]
+conf: {connectTimeout: 5s, http: {requestTimeout: 15s}}
+"#;
+
+/// Policies are configuration sources of the gateways they apply to: a
+/// Timeout both Envoys take is waited for and listed as ACKed by both
+/// gateway Dataplanes; a TrafficLog whose file backend Envoy cannot open
+/// (its directory does not exist: nothing Meridian can check at apply
+/// time, the path may exist on the gateway's host) exits 1 with Envoy's
+/// reason, and `_status` says Rejected. A policy that selects no proxy is
+/// Applied with no Dataplanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_waited_for_and_rejections_reported() {
+    let topo = two_zones("propagation-policies").await;
+    let global = topo.global();
+    let ctl = global.ctl();
+    ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&gateways(free_port(), free_port(), free_port())).await.ok();
+    ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&route("/shop")).await.ok();
+
+    let out = ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(TIMEOUT).await.ok();
+    assert!(out.stdout.contains("Timeout default/t-blue in 2 zone(s), ACKed by 2 Dataplane(s)"), "{}", out.stdout);
+    let status = global.api().get("/meshes/default/timeouts/t-blue/_status").await;
+    assert_eq!(status["state"], "Applied", "{status}");
+    for (z, dp) in [("zone-1", "zone-1.gw-1"), ("zone-2", "zone-2.gw-2")] {
+        let zs = zone(&status, z);
+        let dps = zs["dataplanes"].as_array().expect("dataplanes");
+        assert_eq!(dps.len(), 1, "the gateway applies the Timeout: {zs}");
+        assert_eq!((dps[0]["name"].as_str(), dps[0]["state"].as_str()), (Some(dp), Some("ACKed")), "{zs}");
+        assert_eq!(dps[0]["version"], status["version"], "{zs}");
+    }
+
+    // A Timeout for a service no gateway routes to: Applied, no Dataplanes.
+    let idle =
+        TIMEOUT.replace("name: t-blue", "name: t-idle").replace("kuma.io/service: blue", "kuma.io/service: nobody");
+    ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&idle).await.ok();
+    let status = global.api().get("/meshes/default/timeouts/t-idle/_status").await;
+    assert_eq!(status["state"], "Applied", "{status}");
+    assert_eq!(zone(&status, "zone-1")["dataplanes"].as_array().map(Vec::len), Some(0), "{status}");
+
+    // A file backend in a directory that does not exist: the Mesh alone
+    // changes no Envoy resource; the TrafficLog puts it on the listeners.
+    let missing = topo.dir().path().join("no-such-dir").join("access.log");
+    let mesh = format!(
+        "type: Mesh\nname: default\nlogging:\n  backends:\n  - name: broken\n    type: file\n    conf: {{path: {}}}\n",
+        missing.display()
+    );
+    // (Not `--wait`: the Mesh reaches every Dataplane, `blue`'s too, which
+    // has no Envoy here.) Both zones hold it before the TrafficLog comes.
+    ctl.with(["apply", "-f", "-"]).run_stdin(&mesh).await.ok();
+    eventually("both zones hold the new Mesh", WAIT, || async {
+        let status = global.api().get("/meshes/default/_status").await;
+        let held = ["zone-1", "zone-2"].iter().all(|z| zone(&status, z)["version"] == status["version"]);
+        if held { Ok(()) } else { Err(status.to_string()) }
+    })
+    .await;
+    let log = "type: TrafficLog\nmesh: default\nname: broken-log\nsources: [{match: {kuma.io/service: '*'}}]\n\
+               destinations: [{match: {kuma.io/service: '*'}}]\nconf: {backend: broken}\n";
+    let out = ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(log).await.expect_code(1);
+    assert!(out.stderr.contains("TrafficLog default/broken-log: rejected"), "{}", out.stderr);
+    assert!(out.stderr.contains("NACKed"), "{}", out.stderr);
+    assert!(out.stderr.contains("no-such-dir"), "Envoy's reason names the file: {}", out.stderr);
+    let status = global.api().get("/meshes/default/traffic-logs/broken-log/_status").await;
+    assert_eq!(status["state"], "Rejected", "{status}");
+    let z1 = zone(&status, "zone-1");
+    assert_eq!(z1["dataplanes"][0]["name"], "zone-1.gw-1", "{z1}");
+    assert_eq!(z1["dataplanes"][0]["state"], "NACKed", "{z1}");
+    assert!(z1["dataplanes"][0]["reason"].as_str().is_some_and(|r| r.contains("no-such-dir")), "{z1}");
+    topo.cleanup().await;
+}

@@ -259,12 +259,16 @@ pub struct Deps {
     pub all_meshes_ca: bool,
     /// The ProxyTemplate applied, if any.
     pub proxy_template: Option<String>,
+    /// The policies (type, name) chosen for some route, cluster or
+    /// listener of this proxy: those named in its `io.meridian.policies`
+    /// metadata ([`policies::METADATA_KEY`]).
+    pub policies: BTreeSet<(ResourceType, String)>,
 }
 
 /// The resources a Dataplane's configuration was generated from, by
 /// (type, name), with their stored versions: the Mesh, the Dataplane
-/// itself, the MeshGateway in use, the attached MeshGatewayRoutes and the
-/// referenced Secrets (those present in `snapshot`). What propagation
+/// itself, the MeshGateway in use, the attached MeshGatewayRoutes, the
+/// referenced Secrets and the policies applied (those present in `snapshot`). What propagation
 /// status joins on: a configuration "carries" version V of a resource when
 /// V is listed here.
 pub fn sources(snapshot: &MeshSnapshot, dataplane: &str, deps: &Deps) -> Sources {
@@ -274,6 +278,7 @@ pub fn sources(snapshot: &MeshSnapshot, dataplane: &str, deps: &Deps) -> Sources
     keys.extend(deps.routes.iter().map(|r| (ResourceType::MeshGatewayRoute, r.as_str())));
     keys.extend(deps.secrets.iter().map(|s| (ResourceType::Secret, s.as_str())));
     keys.extend(deps.proxy_template.iter().map(|t| (ResourceType::ProxyTemplate, t.as_str())));
+    keys.extend(deps.policies.iter().map(|(ty, name)| (*ty, name.as_str())));
     keys.into_iter()
         .filter_map(|(ty, name)| {
             let key = (ty, name.to_string());
@@ -283,13 +288,16 @@ pub fn sources(snapshot: &MeshSnapshot, dataplane: &str, deps: &Deps) -> Sources
 }
 
 /// Whether a configuration with `deps` was generated from resource
-/// (`ty`, `name`) of its mesh (the Mesh itself: always).
+/// (`ty`, `name`) of its mesh (the Mesh itself: always; a policy: when it
+/// was applied somewhere in it, see [`Deps::policies`]).
 pub fn depends_on(deps: &Deps, ty: ResourceType, name: &str) -> bool {
     match ty {
         ResourceType::Mesh => true,
         ResourceType::MeshGateway => deps.gateway.as_deref() == Some(name),
         ResourceType::MeshGatewayRoute => deps.routes.contains(name),
         ResourceType::Secret => deps.secrets.contains(name),
+        ResourceType::ProxyTemplate => deps.proxy_template.as_deref() == Some(name),
+        ty if ty.is_policy() => deps.policies.contains(&(ty, name.to_string())),
         _ => false,
     }
 }
@@ -577,6 +585,7 @@ fn finish(
         clusters.extend(local_clusters);
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
     }
+    ctx.deps.policies = ctx.applied.used().clone();
     let secrets = ctx.secrets.into_values().collect();
     let dataplane = ctx.dataplane;
     let mut config =

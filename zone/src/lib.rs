@@ -293,7 +293,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
         let router = meridian_rest::router(state.clone())
             .merge(meridian_rest::tokens::routes(state.clone(), tokens.clone(), issuer))
             .merge(inspect::routes(state.clone(), inspector.clone()))
-            .merge(http::routes(state, xds_addr, xds_transport));
+            .merge(http::routes(state.clone(), xds_addr, xds_transport))
+            .layer(axum::middleware::from_fn_with_state(state, meridian_rest::refuse_wrong_token));
         async move { Ok(meridian_rest::server::serve(api_listener, api_tls, limits, router, stop).await?) }
     });
     if let Some(cfg) = kds_config {

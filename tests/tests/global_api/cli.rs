@@ -95,7 +95,12 @@ async fn contexts(g: &Global, dead: &str) {
     let out = ctl.with(["config", "add-context", "down", "--api-url", dead]).run().await.ok();
     assert!(out.stdout.contains("added context \"down\""), "{}", out.stdout);
     ctl.with(["get", "meshes"]).run().await.expect_code(2);
-    ctl.with(["config", "add-context", "local", "--api-url", g.api_url(), "--token", "s3cret"]).run().await.ok();
+    // A context's token is presented on reads too: a wrong one is refused
+    // at once (401, exit 1), the right one lists.
+    ctl.with(["config", "add-context", "typo", "--api-url", g.api_url(), "--token", "s3cret"]).run().await.ok();
+    let out = ctl.with(["get", "meshes"]).run().await.expect_code(1);
+    assert!(out.stderr.contains("admin token is not valid"), "{}", out.stderr);
+    ctl.with(["config", "add-context", "local", "--api-url", g.api_url(), "--token", g.admin_token()]).run().await.ok();
     let out = ctl.with(["get", "meshes"]).run().await.ok();
     assert!(out.stdout.lines().any(|l| l.starts_with("default ")), "{}", out.stdout);
     let out = ctl.with(["config", "add-context", "local", "--api-url", dead]).run().await.expect_code(1);
@@ -103,9 +108,9 @@ async fn contexts(g: &Global, dead: &str) {
 
     let out = ctl.with(["config", "view"]).run().await.ok();
     assert!(out.stdout.contains("currentContext: local") && out.stdout.contains("REDACTED"), "{}", out.stdout);
-    assert!(!out.stdout.contains("s3cret"), "{}", out.stdout);
+    assert!(!out.stdout.contains("s3cret") && !out.stdout.contains(g.admin_token()), "{}", out.stdout);
     let out = ctl.with(["config", "view", "--raw"]).run().await.ok();
-    assert!(out.stdout.contains("s3cret"), "{}", out.stdout);
+    assert!(out.stdout.contains("s3cret") && out.stdout.contains(g.admin_token()), "{}", out.stdout);
     assert!(ctl.config_path().is_file());
 
     // Environment and flags win over the context.
@@ -113,7 +118,7 @@ async fn contexts(g: &Global, dead: &str) {
     ctl.with(["--api-url", dead, "get", "meshes"]).run().await.expect_code(2);
 
     let out = ctl.with(["config", "use-context", "nope"]).run().await.expect_code(1);
-    assert!(out.stderr.contains("no context \"nope\"") && out.stderr.contains("down, local"), "{}", out.stderr);
+    assert!(out.stderr.contains("no context \"nope\"") && out.stderr.contains("down, typo, local"), "{}", out.stderr);
     ctl.with(["config", "use-context", "down"]).run().await.ok();
     ctl.with(["get", "meshes"]).run().await.expect_code(2);
 

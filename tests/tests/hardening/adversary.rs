@@ -106,3 +106,36 @@ async fn a_root_ca_lifetime_past_year_9999_keeps_the_global_up() {
     assert!(!g.stderr().contains("panicked"), "{}", g.stderr());
     topo.cleanup().await;
 }
+
+/// F9: a wrong token was accepted on reads (`GET /meshes` answered 200), so
+/// `meridianctl --token typo get meshes` succeeded and the typo showed only
+/// at the first write. A presented token now decides alone, reads included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_refused_on_reads() {
+    let topo = Topology::builder("hardening-wrong-token").global(Backend::Sqlite).mesh("default").start().await;
+    let global = topo.global();
+    let wrong = global.http().with_token(Some("wrong"));
+    // From loopback under a loopback Host (trusted without a token), and
+    // under another host name (as a caller elsewhere names the API).
+    for host in [None, Some("gateway-admin.example:5681")] {
+        let headers: Vec<(&str, &str)> = host.map(|h| ("Host", h)).into_iter().collect();
+        for path in ["/meshes", "/meshes/default", "/meshes/default/meshgateways", "/meshes/default/dataplanes", "/"] {
+            let r = wrong.request(Method::GET, path, None, &headers).await;
+            assert_eq!(r.status, 401, "GET {path} (Host {host:?}) with a wrong token: {}", r.text);
+            assert!(r.text.contains("admin token is not valid"), "GET {path}: {}", r.text);
+            let r = global.admin_http().request(Method::GET, path, None, &headers).await;
+            assert_eq!(r.status, 200, "GET {path} (Host {host:?}) with the admin token: {}", r.text);
+        }
+    }
+    let basic = global.http().request(Method::GET, "/meshes", None, &[("Authorization", "Basic YTpi")]).await;
+    assert_eq!(basic.status, 401, "{}", basic.text);
+    assert!(basic.text.contains("not a bearer token"), "{}", basic.text);
+    // No token from loopback: reads stay open, as documented.
+    let r = global.http().request(Method::GET, "/meshes", None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let out = global.ctl().args(["--token", "typo", "get", "meshes"]).run().await.expect_code(1);
+    assert!(out.stderr.contains("admin token is not valid"), "{}", out.stderr);
+    let out = global.ctl().args(["--token", global.admin_token(), "get", "meshes"]).run().await.ok();
+    assert!(out.stdout.lines().any(|l| l.starts_with("default ")), "{}", out.stdout);
+    topo.cleanup().await;
+}

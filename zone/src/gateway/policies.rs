@@ -184,6 +184,11 @@ pub(super) struct Applied {
 }
 
 impl Applied {
+    /// The policies (type, name) recorded so far.
+    pub(super) fn used(&self) -> &BTreeSet<(ResourceType, String)> {
+        &self.used
+    }
+
     fn record(&mut self, named: &mut BTreeMap<String, String>, ty: ResourceType, name: &str) {
         self.used.insert((ty, name.to_string()));
         named.insert(ty.name().to_string(), name.to_string());

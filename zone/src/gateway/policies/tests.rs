@@ -135,3 +135,18 @@ fn sidecar_permissions_become_identity_principals() {
         [r#"Some(Prefix("spiffe://default/"))"#, r#"Some(Exact("kuma://version/v2"))"#]
     );
 }
+
+#[test]
+fn applied_policies_are_sources_and_dependencies() {
+    use crate::gateway::{Deps, MeshSnapshot, depends_on, sources};
+    let deps = Deps { policies: [(ResourceType::Timeout, "t-1".to_string())].into(), ..Deps::default() };
+    assert!(depends_on(&deps, ResourceType::Timeout, "t-1"));
+    assert!(!depends_on(&deps, ResourceType::Timeout, "t-2"), "another Timeout");
+    assert!(!depends_on(&deps, ResourceType::Retry, "t-1"), "the same name, another type");
+    let mut snapshot = MeshSnapshot::new("default");
+    snapshot.set_version(ResourceType::Timeout, "t-1", "v7");
+    snapshot.set_version(ResourceType::Retry, "r-1", "v3");
+    let listed = sources(&snapshot, "gw", &deps);
+    assert_eq!(listed.get(&(ResourceType::Timeout, "t-1".to_string())).map(String::as_str), Some("v7"));
+    assert!(!listed.contains_key(&(ResourceType::Retry, "r-1".to_string())), "not applied: {listed:?}");
+}
