@@ -159,6 +159,7 @@ fn report(s: &ResourceStatus, what: &str) {
         for d in z.dataplanes.iter().filter(|d| d.state != DataplaneState::Acked) {
             let why = match d.state {
                 DataplaneState::Nacked => format!("NACKed: {}", d.reason.as_deref().unwrap_or("")),
+                DataplaneState::Offline => "no Envoy connected (it gets the change when one connects)".into(),
                 _ => "no answer from its Envoy for this version yet".into(),
             };
             out::err(&format!("    Dataplane {}: {why}", d.name));

@@ -213,7 +213,10 @@ fn dataplane_status(
         .and_then(|i| i.subscriptions.last())
         .and_then(|s| s.status.as_ref())
         .and_then(|s| s.config_sources.iter().find(|c| c.r#type == ty.name() && c.name == name));
-    let state = propagation::dataplane_state(version, source.map(|c| (c.version.as_str(), c.state == "ACKed")));
+    // Connected: its newest xDS subscription is still open.
+    let connected = insight.and_then(|i| i.subscriptions.last()).is_some_and(|s| s.disconnect_time.is_none());
+    let state =
+        propagation::dataplane_state(version, source.map(|c| (c.version.as_str(), c.state == "ACKed")), connected);
     DataplaneStatus {
         name: stored.to_string(),
         state,

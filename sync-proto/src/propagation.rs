@@ -6,7 +6,8 @@
 //! ```text
 //!   zone:      Offline  (not connected)
 //!              Rejected (the zone NACKed this version, or an affected Dataplane NACKed it)
-//!              Applied  (the zone holds this version and every affected Dataplane ACKed it)
+//!              Applied  (the zone holds this version and every affected Dataplane ACKed it
+//!                        or has no Envoy connected: Offline)
 //!              Pending  (otherwise)
 //!   resource:  Rejected if any zone is; Applied if every online zone is; else Pending
 //! ```
@@ -46,6 +47,10 @@ pub enum DataplaneState {
     #[serde(rename = "NACKed")]
     Nacked,
     Pending,
+    /// No Envoy of the Dataplane is connected (never was, or its newest
+    /// xDS subscription is closed): nothing to wait for; it gets the
+    /// current configuration when it connects.
+    Offline,
 }
 
 impl std::fmt::Display for DataplaneState {
@@ -54,6 +59,7 @@ impl std::fmt::Display for DataplaneState {
             DataplaneState::Acked => "ACKed",
             DataplaneState::Nacked => "NACKed",
             DataplaneState::Pending => "Pending",
+            DataplaneState::Offline => "Offline",
         })
     }
 }
@@ -134,7 +140,7 @@ pub fn zone_state(version: &str, facts: &ZoneFacts, dataplanes: &[DataplaneStatu
         return (State::Rejected, Some(reason));
     }
     let holds = facts.held.as_deref() == Some(version);
-    if holds && dataplanes.iter().all(|d| d.state == DataplaneState::Acked) {
+    if holds && dataplanes.iter().all(|d| matches!(d.state, DataplaneState::Acked | DataplaneState::Offline)) {
         (State::Applied, None)
     } else {
         (State::Pending, None)
@@ -154,11 +160,15 @@ pub fn resource_state(zones: &[ZoneStatus]) -> State {
 
 /// A Dataplane's answer for the resource at `version`, from what its
 /// insight reported (`reported`: the version of the configuration Envoy
-/// last answered for, whether it ACKed it, the reason and time).
-pub fn dataplane_state(version: &str, reported: Option<(&str, bool)>) -> DataplaneState {
+/// last answered for, whether it ACKed it) and whether an Envoy of it is
+/// connected now (`connected`). An answer for this version counts even
+/// after the Envoy left; without one, a Dataplane with no Envoy connected
+/// is Offline (it does not hold up Applied, as an offline zone does not).
+pub fn dataplane_state(version: &str, reported: Option<(&str, bool)>, connected: bool) -> DataplaneState {
     match reported {
         Some((v, true)) if v == version => DataplaneState::Acked,
         Some((v, false)) if v == version => DataplaneState::Nacked,
+        _ if !connected => DataplaneState::Offline,
         _ => DataplaneState::Pending,
     }
 }
@@ -249,6 +259,8 @@ mod tests {
         assert_eq!(zone_state("v2", &facts(true, Some("v2")), &[]).0, State::Applied, "no affected Dataplane");
         assert_eq!(zone_state("v2", &facts(true, Some("v1")), &acked).0, State::Pending, "older version held");
         assert_eq!(zone_state("v2", &facts(true, Some("v2")), &[dp(DataplaneState::Pending)]).0, State::Pending);
+        let offline = [dp(DataplaneState::Acked), dp(DataplaneState::Offline)];
+        assert_eq!(zone_state("v2", &facts(true, Some("v2")), &offline).0, State::Applied, "no Envoy to wait for");
         let (s, reason) = zone_state("v2", &facts(true, Some("v2")), &[dp(DataplaneState::Nacked)]);
         assert_eq!((s, reason.as_deref()), (State::Rejected, Some("Dataplane zone-1.gw: bind")));
         let refused = ZoneFacts { rejected: Some(("v2".into(), "bad".into())), ..facts(true, Some("v1")) };
@@ -270,9 +282,12 @@ mod tests {
         assert_eq!(resource_state(&[z(State::Applied, true), z(State::Offline, false)]), State::Applied);
         assert_eq!(resource_state(&[z(State::Applied, true), z(State::Pending, true)]), State::Pending);
         assert_eq!(resource_state(&[z(State::Rejected, true), z(State::Applied, true)]), State::Rejected);
-        assert_eq!(dataplane_state("v", Some(("v", true))), DataplaneState::Acked);
-        assert_eq!(dataplane_state("v", Some(("u", false))), DataplaneState::Pending);
-        assert_eq!(dataplane_state("v", None), DataplaneState::Pending);
+        assert_eq!(dataplane_state("v", Some(("v", true)), true), DataplaneState::Acked);
+        assert_eq!(dataplane_state("v", Some(("u", false)), true), DataplaneState::Pending);
+        assert_eq!(dataplane_state("v", None, true), DataplaneState::Pending);
+        assert_eq!(dataplane_state("v", None, false), DataplaneState::Offline, "no Envoy connected");
+        assert_eq!(dataplane_state("v", Some(("u", true)), false), DataplaneState::Offline);
+        assert_eq!(dataplane_state("v", Some(("v", true)), false), DataplaneState::Acked, "answered, then left");
     }
 
     #[test]

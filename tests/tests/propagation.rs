@@ -315,15 +315,19 @@ async fn policies_are_waited_for_and_rejections_reported() {
         "type: Mesh\nname: default\nlogging:\n  backends:\n  - name: broken\n    type: file\n    conf: {{path: {}}}\n",
         missing.display()
     );
-    // (Not `--wait`: the Mesh reaches every Dataplane, `blue`'s too, which
-    // has no Envoy here.) Both zones hold it before the TrafficLog comes.
-    ctl.with(["apply", "-f", "-"]).run_stdin(&mesh).await.ok();
-    eventually("both zones hold the new Mesh", WAIT, || async {
-        let status = global.api().get("/meshes/default/_status").await;
-        let held = ["zone-1", "zone-2"].iter().all(|z| zone(&status, z)["version"] == status["version"]);
-        if held { Ok(()) } else { Err(status.to_string()) }
-    })
-    .await;
+    // `--wait` returns once both zones hold the Mesh and every affected
+    // Envoy ACKed it: `blue` has no Envoy here, so it is Offline and holds
+    // nothing up (it used to keep `--wait` pending until its timeout).
+    let out = ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(&mesh).await.expect_code(0);
+    assert!(out.stdout.contains("Mesh default"), "{}", out.stdout);
+    let status = global.api().get("/meshes/default/_status").await;
+    assert_eq!(status["state"], "Applied", "{status}");
+    let blue: Vec<_> = ["zone-1", "zone-2"]
+        .iter()
+        .flat_map(|z| zone(&status, z)["dataplanes"].as_array().cloned().unwrap_or_default())
+        .filter(|d| d["name"].as_str().is_some_and(|n| n.contains("blue")))
+        .collect();
+    assert!(!blue.is_empty() && blue.iter().all(|d| d["state"] == "Offline"), "blue has no Envoy: {status}");
     let log = "type: TrafficLog\nmesh: default\nname: broken-log\nsources: [{match: {kuma.io/service: '*'}}]\n\
                destinations: [{match: {kuma.io/service: '*'}}]\nconf: {backend: broken}\n";
     let out = ctl.with(["apply", "-f", "-", "--wait"]).run_stdin(log).await.expect_code(1);
