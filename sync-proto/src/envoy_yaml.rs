@@ -16,7 +16,10 @@
 
 use std::sync::OnceLock;
 
-use envoy_types::pb::envoy::config::{cluster::v3::Cluster, listener::v3::Listener};
+use envoy_types::pb::envoy::{
+    config::{cluster::v3::Cluster, listener::v3::Listener},
+    extensions::filters::network::http_connection_manager::v3::HttpFilter,
+};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
@@ -27,6 +30,10 @@ static DESCRIPTORS: &[u8] = include_bytes!("../envoy/envoy-types-0.7.7.bin");
 pub const CLUSTER: &str = "envoy.config.cluster.v3.Cluster";
 /// Full name of Envoy's listener message.
 pub const LISTENER: &str = "envoy.config.listener.v3.Listener";
+
+/// Full name of Envoy's HTTP filter message (an entry of an
+/// HttpConnectionManager's `http_filters`).
+pub const HTTP_FILTER: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter";
 
 fn pool() -> Result<&'static DescriptorPool, String> {
     static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
@@ -68,6 +75,13 @@ pub fn cluster(text: &str) -> Result<Cluster, String> {
 pub fn listener(text: &str) -> Result<Listener, String> {
     let bytes = to_bytes(text, LISTENER)?;
     Listener::decode(&bytes[..]).map_err(|e| e.to_string())
+}
+
+/// A YAML HTTP filter (`name`, `typed_config` with `@type`; no `@type` of
+/// its own).
+pub fn http_filter(text: &str) -> Result<HttpFilter, String> {
+    let bytes = to_bytes(text, HTTP_FILTER)?;
+    HttpFilter::decode(&bytes[..]).map_err(|e| e.to_string())
 }
 
 /// A raw Envoy resource of a ProxyTemplate.

@@ -9,7 +9,8 @@
 //!         ▼
 //!   + conf.resources (raw cluster/listener, replacing one of the same name)
 //!         ▼
-//!   conf.modifications, in order: cluster/listener add | patch | remove
+//!   conf.modifications, in order: cluster/listener add | patch | remove,
+//!   httpFilter addFirst | addLast | addBefore | addAfter | patch | remove
 //! ```
 //!
 //! Selection: the template whose selector best matches the Dataplane's
@@ -21,13 +22,32 @@
 //! `proxy-template-raw`, `proxy-template-modifications`. A patch merges the
 //! value into the resource with protobuf merge semantics (set scalars
 //! replace, messages merge field by field, repeated fields append).
+//! An `httpFilter` modification acts on the `http_filters` of every
+//! HttpConnectionManager in the filter chains of the listeners its
+//! `match.listenerName` / `match.origin` select (Kuma 2.14
+//! `modifications/v3/http_filter.go`): `addBefore`/`addAfter` insert next
+//! to the first filter named `match.name`, `patch` merges the value's
+//! `typed_config` into every filter so named (same `@type` only), `remove`
+//! drops every filter so named (every filter, without `match.name`). As in
+//! the incumbent nothing keeps `envoy.filters.http.router` last: a filter
+//! added after it is reported as a warning here and NACKed by Envoy
+//! (the terminal filter must be last).
 //! Applied after the generator's own pruning: what the template produces
 //! reaches Envoy as written, and a resource Envoy refuses shows as a NACK
 //! in the DataplaneInsight.
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::{cluster::v3::Cluster, listener::v3::Listener};
+use envoy_types::pb::{
+    envoy::{
+        config::{
+            cluster::v3::Cluster,
+            listener::v3::{Listener, filter},
+        },
+        extensions::filters::network::http_connection_manager::v3::{HttpConnectionManager, HttpFilter, http_filter},
+    },
+    google::protobuf::Any,
+};
 use meridian_sync_proto::{
     envoy_yaml,
     pb::mesh::{self, ProxyTemplate, proxy_template::modifications::Type},
@@ -120,6 +140,14 @@ impl<T: Message + Default> Set<T> {
         names.len()
     }
 
+    /// The items whose name is `name` and origin `origin` (empty: any).
+    fn matching_mut<'a>(&'a mut self, name: &'a str, origin: &'a str) -> impl Iterator<Item = (&'a String, &'a mut T)> {
+        self.items
+            .iter_mut()
+            .filter(move |(n, (_, o))| (name.is_empty() || *n == name) && (origin.is_empty() || o == origin))
+            .map(|(n, (t, _))| (n, t))
+    }
+
     fn into_vec(self) -> Vec<T> {
         self.items.into_values().map(|(t, _)| t).collect()
     }
@@ -188,6 +216,12 @@ pub(super) fn apply(
                     warn(format!("{at}.listener: {e}"));
                 }
             }
+            Some(Type::HttpFilter(f)) => {
+                let m = f.r#match.clone().unwrap_or_default();
+                if let Err(e) = modify_http_filters(&mut listeners, &f.operation, &m, &f.value) {
+                    warn(format!("{at}.httpFilter: {e}"));
+                }
+            }
             // Refused at validation; a template stored before then changes nothing.
             _ => warn(format!("{at}: not supported by Meridian yet; skipped")),
         }
@@ -227,6 +261,126 @@ fn modify<T: Message + Default>(
             _ => Ok(()),
         },
         other => Err(format!("invalid operation {other:?}")),
+    }
+}
+
+/// Name of the network filter whose `http_filters` an `httpFilter`
+/// modification changes.
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+/// Envoy's router, the terminal HTTP filter (must be last).
+const ROUTER: &str = "envoy.filters.http.router";
+
+/// One `httpFilter` modification over the matching listeners' filter
+/// chains. Errors: the value does not parse, a listener's
+/// HttpConnectionManager does not decode, a patch of another `@type`, or
+/// the modification matched nothing (no listener, no HttpConnectionManager,
+/// or no filter named `match.name` where one is needed); a router no
+/// longer last is an error too (Envoy will NACK that listener), after the
+/// change is made.
+fn modify_http_filters(
+    listeners: &mut Set<Listener>,
+    operation: &str,
+    m: &mesh::proxy_template::modifications::http_filter::Match,
+    value: &str,
+) -> Result<(), String> {
+    let new = match operation {
+        "remove" => None,
+        _ => Some(envoy_yaml::http_filter(value)?),
+    };
+    let mut hcms = 0;
+    let mut changed = 0;
+    let mut router_not_last = Vec::new();
+    for (listener_name, listener) in listeners.matching_mut(&m.listener_name, &m.origin) {
+        for chain in &mut listener.filter_chains {
+            for f in chain.filters.iter_mut().filter(|f| f.name == HCM) {
+                let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
+                let mut hcm = HttpConnectionManager::decode(&any.value[..])
+                    .map_err(|e| format!("listener {listener_name:?}: HttpConnectionManager: {e}"))?;
+                hcms += 1;
+                if edit_http_filters(&mut hcm.http_filters, operation, &m.name, new.as_ref())? {
+                    changed += 1;
+                }
+                let router = hcm.http_filters.iter().position(|f| f.name == ROUTER);
+                if router.is_some_and(|i| i + 1 != hcm.http_filters.len()) {
+                    router_not_last.push(listener_name.clone());
+                }
+                any.value = hcm.encode_to_vec();
+            }
+        }
+    }
+    if hcms == 0 {
+        return Err(format!(
+            "matches no HttpConnectionManager (listenerName {:?}, origin {:?})",
+            m.listener_name, m.origin
+        ));
+    }
+    if changed == 0 {
+        return Err(format!("{operation} matches no HTTP filter named {:?}", m.name));
+    }
+    if !router_not_last.is_empty() {
+        return Err(format!("{ROUTER} is no longer the last HTTP filter of {router_not_last:?}: Envoy refuses this"));
+    }
+    Ok(())
+}
+
+/// One HTTP filter list changed as the incumbent's `httpFilterModificator`;
+/// whether anything changed.
+fn edit_http_filters(
+    filters: &mut Vec<HttpFilter>,
+    operation: &str,
+    name: &str,
+    new: Option<&HttpFilter>,
+) -> Result<bool, String> {
+    let named = |f: &HttpFilter| name.is_empty() || f.name == name;
+    let first = filters.iter().position(|f| f.name == name);
+    match (operation, new) {
+        ("addFirst", Some(n)) => filters.insert(0, n.clone()),
+        ("addLast", Some(n)) => filters.push(n.clone()),
+        ("addBefore", Some(n)) => match first {
+            Some(i) => filters.insert(i, n.clone()),
+            None => return Ok(false),
+        },
+        ("addAfter", Some(n)) => match first {
+            Some(i) => filters.insert(i + 1, n.clone()),
+            None => return Ok(false),
+        },
+        ("patch", Some(n)) => {
+            let mut any_patched = false;
+            for f in filters.iter_mut().filter(|f| named(f)) {
+                patch_typed_config(f, n)?;
+                any_patched = true;
+            }
+            return Ok(any_patched);
+        }
+        ("remove", None) => {
+            let before = filters.len();
+            filters.retain(|f| !named(f));
+            return Ok(filters.len() != before);
+        }
+        (other, _) => return Err(format!("invalid operation {other:?}")),
+    }
+    Ok(true)
+}
+
+/// Merges `patch`'s `typed_config` into `filter`'s (the incumbent's
+/// `MergeAnys`): two encodings of one message type concatenated decode as
+/// their protobuf merge, so the bytes are appended. A different `@type` is
+/// an error.
+fn patch_typed_config(filter: &mut HttpFilter, patch: &HttpFilter) -> Result<(), String> {
+    let Some(http_filter::ConfigType::TypedConfig(p)) = &patch.config_type else { return Ok(()) };
+    match &mut filter.config_type {
+        Some(http_filter::ConfigType::TypedConfig(any)) if any.type_url == p.type_url => {
+            any.value.extend_from_slice(&p.value);
+            Ok(())
+        }
+        Some(http_filter::ConfigType::TypedConfig(any)) => Err(format!(
+            "filter {:?}: cannot patch {} with {}",
+            filter.name, any.type_url, p.type_url
+        )),
+        _ => {
+            filter.config_type = Some(http_filter::ConfigType::TypedConfig(Any::clone(p)));
+            Ok(())
+        }
     }
 }
 
