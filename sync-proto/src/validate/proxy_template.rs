@@ -253,8 +253,9 @@ mod tests {
             assert!(v.iter().any(|x| x == e), "missing {e:?} in {v:#?}");
         }
         assert!(
-            v.iter().any(|x| x.starts_with("conf.modifications[5].httpFilter.value: native Envoy resource is not valid")
-                && x.contains("bogus")),
+            v.iter()
+                .any(|x| x.starts_with("conf.modifications[5].httpFilter.value: native Envoy resource is not valid")
+                    && x.contains("bogus")),
             "{v:#?}"
         );
         assert_eq!(v.len(), expected.len() + 1, "{v:#?}");

@@ -373,10 +373,9 @@ fn patch_typed_config(filter: &mut HttpFilter, patch: &HttpFilter) -> Result<(),
             any.value.extend_from_slice(&p.value);
             Ok(())
         }
-        Some(http_filter::ConfigType::TypedConfig(any)) => Err(format!(
-            "filter {:?}: cannot patch {} with {}",
-            filter.name, any.type_url, p.type_url
-        )),
+        Some(http_filter::ConfigType::TypedConfig(any)) => {
+            Err(format!("filter {:?}: cannot patch {} with {}", filter.name, any.type_url, p.type_url))
+        }
         _ => {
             filter.config_type = Some(http_filter::ConfigType::TypedConfig(Any::clone(p)));
             Ok(())
@@ -391,5 +390,92 @@ pub(super) fn dataplane_tags(dp: &mesh::Dataplane) -> Vec<&BTreeMap<String, Stri
     match &n.gateway {
         Some(g) => vec![&g.tags],
         None => n.inbound.iter().map(|i| &i.tags).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use prost::Name;
+
+    fn filter(name: &str) -> HttpFilter {
+        HttpFilter { name: name.to_string(), ..Default::default() }
+    }
+
+    fn names(filters: &[HttpFilter]) -> Vec<&str> {
+        filters.iter().map(|f| f.name.as_str()).collect()
+    }
+
+    #[test]
+    fn http_filter_operations_as_the_incumbent() {
+        let mut fs = vec![filter("a"), filter(ROUTER)];
+        assert_eq!(edit_http_filters(&mut fs, "addBefore", ROUTER, Some(&filter("b"))), Ok(true));
+        assert_eq!(edit_http_filters(&mut fs, "addFirst", "", Some(&filter("c"))), Ok(true));
+        assert_eq!(edit_http_filters(&mut fs, "addAfter", "c", Some(&filter("d"))), Ok(true));
+        assert_eq!(names(&fs), ["c", "d", "a", "b", ROUTER]);
+        assert_eq!(edit_http_filters(&mut fs, "addBefore", "none", Some(&filter("e"))), Ok(false));
+        assert_eq!(edit_http_filters(&mut fs, "remove", "d", None), Ok(true));
+        assert_eq!(edit_http_filters(&mut fs, "remove", "d", None), Ok(false));
+        assert_eq!(names(&fs), ["c", "a", "b", ROUTER]);
+        assert_eq!(edit_http_filters(&mut fs, "remove", "", None), Ok(true));
+        assert!(fs.is_empty());
+    }
+
+    #[test]
+    fn a_patch_merges_typed_config_of_the_same_type_only() {
+        let router = |suppress: bool, headers: &[&str]| Router {
+            suppress_envoy_headers: suppress,
+            strict_check_headers: headers.iter().map(|h| h.to_string()).collect(),
+            ..Default::default()
+        };
+        let any = |r: &Router| Any { type_url: Router::type_url(), value: r.encode_to_vec() };
+        let mut f = filter(ROUTER);
+        f.config_type = Some(http_filter::ConfigType::TypedConfig(any(&router(false, &["x-envoy-retry-on"]))));
+        let mut patch = filter("");
+        patch.config_type = Some(http_filter::ConfigType::TypedConfig(any(&router(true, &["x-envoy-max-retries"]))));
+        assert_eq!(patch_typed_config(&mut f, &patch), Ok(()));
+        let Some(http_filter::ConfigType::TypedConfig(merged)) = &f.config_type else { panic!("typed config") };
+        assert_eq!(
+            Router::decode(&merged.value[..]).ok(),
+            Some(router(true, &["x-envoy-retry-on", "x-envoy-max-retries"]))
+        );
+        patch.config_type = Some(http_filter::ConfigType::TypedConfig(Any {
+            type_url: "type.googleapis.com/other".into(),
+            value: vec![],
+        }));
+        assert!(patch_typed_config(&mut f, &patch).is_err_and(|e| e.contains("cannot patch")));
+    }
+
+    #[test]
+    fn a_filter_after_the_router_is_reported() {
+        use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
+        let hcm = HttpConnectionManager { http_filters: vec![filter(ROUTER)], ..Default::default() };
+        let listener = Listener {
+            name: "l".into(),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: HCM.into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(Any {
+                        type_url: HttpConnectionManager::type_url(),
+                        value: hcm.encode_to_vec(),
+                    })),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut set = Set::new(vec![listener], |l: &Listener| l.name.clone(), true);
+        let at = |listener: &str, name: &str| mesh::proxy_template::modifications::http_filter::Match {
+            listener_name: listener.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        let e = modify_http_filters(&mut set, "addLast", &at("other", ""), "name: x").expect_err("no listener");
+        assert!(e.contains("matches no HttpConnectionManager"), "{e}");
+        let e = modify_http_filters(&mut set, "addLast", &at("l", ""), "name: x").expect_err("router not last");
+        assert!(e.contains("no longer the last HTTP filter"), "{e}");
+        assert_eq!(modify_http_filters(&mut set, "remove", &at("l", "x"), ""), Ok(()));
+        assert_eq!(modify_http_filters(&mut set, "addFirst", &at("", ""), "name: added"), Ok(()));
     }
 }
