@@ -17,7 +17,10 @@
 use std::sync::OnceLock;
 
 use envoy_types::pb::envoy::{
-    config::{cluster::v3::Cluster, listener::v3::Listener},
+    config::{
+        cluster::v3::Cluster,
+        listener::v3::{Filter, Listener},
+    },
     extensions::filters::network::http_connection_manager::v3::HttpFilter,
 };
 use prost::Message;
@@ -34,6 +37,10 @@ pub const LISTENER: &str = "envoy.config.listener.v3.Listener";
 /// Full name of Envoy's HTTP filter message (an entry of an
 /// HttpConnectionManager's `http_filters`).
 pub const HTTP_FILTER: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter";
+
+/// Full name of Envoy's network filter message (an entry of a filter
+/// chain's `filters`).
+pub const NETWORK_FILTER: &str = "envoy.config.listener.v3.Filter";
 
 fn pool() -> Result<&'static DescriptorPool, String> {
     static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
@@ -82,6 +89,12 @@ pub fn listener(text: &str) -> Result<Listener, String> {
 pub fn http_filter(text: &str) -> Result<HttpFilter, String> {
     let bytes = to_bytes(text, HTTP_FILTER)?;
     HttpFilter::decode(&bytes[..]).map_err(|e| e.to_string())
+}
+
+/// A YAML network filter (`name`, `typed_config` with `@type`).
+pub fn network_filter(text: &str) -> Result<Filter, String> {
+    let bytes = to_bytes(text, NETWORK_FILTER)?;
+    Filter::decode(&bytes[..]).map_err(|e| e.to_string())
 }
 
 /// A raw Envoy resource of a ProxyTemplate.

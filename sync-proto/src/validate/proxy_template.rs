@@ -1,8 +1,8 @@
 //! ProxyTemplate: `selectors` and `conf` (`imports`, `resources`,
 //! `modifications`), with the incumbent's paths and messages (Kuma 2.14
 //! `pkg/core/resources/apis/mesh/proxytemplate_validator.go`). What
-//! Meridian does not apply yet (modifications of network filters and
-//! virtual hosts, listener `match.tags`, HTTP filter `match.listenerTags`,
+//! Meridian does not apply yet (modifications of virtual hosts, listener
+//! `match.tags`, HTTP and network filter `match.listenerTags`,
 //! raw resources other than clusters and listeners) is refused here with
 //! "not supported by Meridian yet", never accepted and ignored.
 
@@ -50,14 +50,23 @@ pub(super) fn validate(r: &mut Report, spec: &ProxyTemplate) {
                 }
                 operation(r, &at, &l.operation, l.r#match.is_some(), &l.value, envoy_yaml::LISTENER);
             }
-            Some(Type::NetworkFilter(_)) => r.add(&at.field("networkFilter"), NOT_YET),
+            Some(Type::NetworkFilter(f)) => {
+                let at = at.field("networkFilter");
+                let name = f.r#match.as_ref().map(|m| m.name.as_str()).unwrap_or_default();
+                if f.r#match.as_ref().is_some_and(|m| !m.listener_tags.is_empty()) {
+                    r.add(&at.field("match").field("listenerTags"), NOT_YET);
+                }
+                let whole = |v: &str| envoy_yaml::network_filter(v).map(|f| f.name);
+                filter_modification(r, &at, &f.operation, name, &f.value, envoy_yaml::NETWORK_FILTER, whole);
+            }
             Some(Type::HttpFilter(f)) => {
                 let at = at.field("httpFilter");
                 let name = f.r#match.as_ref().map(|m| m.name.as_str()).unwrap_or_default();
                 if f.r#match.as_ref().is_some_and(|m| !m.listener_tags.is_empty()) {
                     r.add(&at.field("match").field("listenerTags"), NOT_YET);
                 }
-                http_filter(r, &at, &f.operation, name, &f.value);
+                let whole = |v: &str| envoy_yaml::http_filter(v).map(|f| f.name);
+                filter_modification(r, &at, &f.operation, name, &f.value, envoy_yaml::HTTP_FILTER, whole);
             }
             Some(Type::VirtualHost(_)) => r.add(&at.field("virtualHost"), NOT_YET),
         }
@@ -115,14 +124,24 @@ fn operation(r: &mut Report, at: &FieldPath, op: &str, has_match: bool, value: &
     }
 }
 
-/// An HTTP filter modification, as the incumbent's
-/// `validateHTTPFilterModification`: the `add*` operations take a whole
-/// `HttpFilter` (a non-empty `name`), `addBefore`/`addAfter`/`patch` need
-/// `match.name`, `remove` takes nothing.
-fn http_filter(r: &mut Report, at: &FieldPath, op: &str, match_name: &str, value: &str) {
-    let whole = |r: &mut Report| match envoy_yaml::http_filter(value) {
+/// An HTTP or network filter modification, as the incumbent's
+/// `validateHTTPFilterModification` / `validateNetworkFilterModification`:
+/// the `add*` operations take a whole filter (`HttpFilter` or listener
+/// `Filter`, read by `parse` into its name, which must not be empty),
+/// `addBefore`/`addAfter`/`patch` need `match.name`, `remove` takes
+/// nothing.
+fn filter_modification(
+    r: &mut Report,
+    at: &FieldPath,
+    op: &str,
+    match_name: &str,
+    value: &str,
+    message: &str,
+    parse: impl Fn(&str) -> Result<String, String>,
+) {
+    let whole = |r: &mut Report| match parse(value) {
         Err(e) => r.add(&at.field("value"), format!("native Envoy resource is not valid: {e}")),
-        Ok(f) if f.name.is_empty() => r.add(
+        Ok(name) if name.is_empty() => r.add(
             &at.field("value"),
             "native Envoy resource is not valid: name: value length must be at least 1 characters",
         ),
@@ -144,7 +163,7 @@ fn http_filter(r: &mut Report, at: &FieldPath, op: &str, match_name: &str, value
             if match_name.is_empty() {
                 r.add(&at.field("match").field("name"), "cannot be empty");
             }
-            if let Err(e) = envoy_yaml::to_bytes(value, envoy_yaml::HTTP_FILTER) {
+            if let Err(e) = envoy_yaml::to_bytes(value, message) {
                 r.add(&at.field("value"), format!("native Envoy resource is not valid: {e}"));
             }
         }
@@ -214,12 +233,12 @@ mod tests {
     #[test]
     fn what_meridian_does_not_apply_is_refused() {
         let yaml = format!(
-            "{SELECTORS}conf:\n  resources:\n  - name: r\n    version: v\n    resource: |\n      \"@type\": type.googleapis.com/envoy.config.route.v3.RouteConfiguration\n      name: r\n  modifications:\n  - httpFilter: {{operation: remove, match: {{listenerTags: {{a: b}}}}}}\n  - networkFilter: {{operation: remove}}\n  - virtualHost: {{operation: remove}}\n  - listener: {{operation: remove, match: {{tags: {{a: b}}}}}}\n"
+            "{SELECTORS}conf:\n  resources:\n  - name: r\n    version: v\n    resource: |\n      \"@type\": type.googleapis.com/envoy.config.route.v3.RouteConfiguration\n      name: r\n  modifications:\n  - httpFilter: {{operation: remove, match: {{listenerTags: {{a: b}}}}}}\n  - networkFilter: {{operation: remove, match: {{listenerTags: {{a: b}}}}}}\n  - virtualHost: {{operation: remove}}\n  - listener: {{operation: remove, match: {{tags: {{a: b}}}}}}\n"
         );
         let v = violations(&yaml);
         for e in [
             "conf.modifications[0].httpFilter.match.listenerTags: not supported by Meridian yet",
-            "conf.modifications[1].networkFilter: not supported by Meridian yet",
+            "conf.modifications[1].networkFilter.match.listenerTags: not supported by Meridian yet",
             "conf.modifications[2].virtualHost: not supported by Meridian yet",
             "conf.modifications[3].listener.match.tags: not supported by Meridian yet",
         ] {
@@ -256,6 +275,32 @@ mod tests {
             v.iter()
                 .any(|x| x.starts_with("conf.modifications[5].httpFilter.value: native Envoy resource is not valid")
                     && x.contains("bogus")),
+            "{v:#?}"
+        );
+        assert_eq!(v.len(), expected.len() + 1, "{v:#?}");
+    }
+
+    #[test]
+    fn network_filter_modifications_with_the_incumbents_messages() {
+        let ok = format!(
+            "{SELECTORS}conf:\n  modifications:\n  - networkFilter:\n      operation: addFirst\n      match: {{listenerName: 'edge:TCP:9000'}}\n      value: |\n        name: envoy.filters.network.connection_limit\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit\n          stat_prefix: limit\n          max_connections: 1\n  - networkFilter: {{operation: remove, match: {{name: envoy.filters.network.connection_limit}}}}\n"
+        );
+        assert_eq!(violations(&ok), Vec::<String>::new());
+        let bad = format!(
+            "{SELECTORS}conf:\n  modifications:\n  - networkFilter: {{operation: addBefore, value: 'name: x'}}\n  - networkFilter: {{operation: patch, value: 'bogus: 1'}}\n  - networkFilter: {{operation: add}}\n"
+        );
+        let v = violations(&bad);
+        let expected = [
+            "conf.modifications[0].networkFilter.match.name: cannot be empty. You need to pick a filter before which this one will be added",
+            "conf.modifications[1].networkFilter.match.name: cannot be empty",
+            "conf.modifications[2].networkFilter.operation: invalid operation. Available operations: \"addFirst\", \"addLast\", \"addBefore\", \"addAfter\", \"patch\", \"remove\"",
+        ];
+        for e in expected {
+            assert!(v.iter().any(|x| x == e), "missing {e:?} in {v:#?}");
+        }
+        assert!(
+            v.iter().any(|x| x.starts_with("conf.modifications[1].networkFilter.value: native Envoy resource is not valid")
+                && x.contains("bogus")),
             "{v:#?}"
         );
         assert_eq!(v.len(), expected.len() + 1, "{v:#?}");

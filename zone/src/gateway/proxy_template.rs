@@ -10,7 +10,7 @@
 //!   + conf.resources (raw cluster/listener, replacing one of the same name)
 //!         ▼
 //!   conf.modifications, in order: cluster/listener add | patch | remove,
-//!   httpFilter addFirst | addLast | addBefore | addAfter | patch | remove
+//!   httpFilter, networkFilter addFirst | addLast | addBefore | addAfter | patch | remove
 //! ```
 //!
 //! Selection: the template whose selector best matches the Dataplane's
@@ -31,7 +31,9 @@
 //! drops every filter so named (every filter, without `match.name`). As in
 //! the incumbent nothing keeps `envoy.filters.http.router` last: a filter
 //! added after it is reported as a warning here and NACKed by Envoy
-//! (the terminal filter must be last).
+//! (the terminal filter must be last). A `networkFilter` modification does
+//! the same on the `filters` of every filter chain of the matching
+//! listeners (Kuma 2.14 `modifications/v3/network_filter.go`).
 //! Applied after the generator's own pruning: what the template produces
 //! reaches Envoy as written, and a resource Envoy refuses shows as a NACK
 //! in the DataplaneInsight.
@@ -42,7 +44,7 @@ use envoy_types::pb::{
     envoy::{
         config::{
             cluster::v3::Cluster,
-            listener::v3::{Listener, filter},
+            listener::v3::{Filter, Listener, filter},
         },
         extensions::filters::network::http_connection_manager::v3::{HttpConnectionManager, HttpFilter, http_filter},
     },
@@ -222,6 +224,12 @@ pub(super) fn apply(
                     warn(format!("{at}.httpFilter: {e}"));
                 }
             }
+            Some(Type::NetworkFilter(f)) => {
+                let m = f.r#match.clone().unwrap_or_default();
+                if let Err(e) = modify_network_filters(&mut listeners, &f.operation, &m, &f.value) {
+                    warn(format!("{at}.networkFilter: {e}"));
+                }
+            }
             // Refused at validation; a template stored before then changes nothing.
             _ => warn(format!("{at}: not supported by Meridian yet; skipped")),
         }
@@ -297,7 +305,7 @@ fn modify_http_filters(
                 let mut hcm = HttpConnectionManager::decode(&any.value[..])
                     .map_err(|e| format!("listener {listener_name:?}: HttpConnectionManager: {e}"))?;
                 hcms += 1;
-                if edit_http_filters(&mut hcm.http_filters, operation, &m.name, new.as_ref())? {
+                if edit_filters(&mut hcm.http_filters, operation, &m.name, new.as_ref())? {
                     changed += 1;
                 }
                 let router = hcm.http_filters.iter().position(|f| f.name == ROUTER);
@@ -323,16 +331,68 @@ fn modify_http_filters(
     Ok(())
 }
 
-/// One HTTP filter list changed as the incumbent's `httpFilterModificator`;
-/// whether anything changed.
-fn edit_http_filters(
-    filters: &mut Vec<HttpFilter>,
+/// An entry of a filter list (`HttpFilter` of an HttpConnectionManager,
+/// `Filter` of a filter chain) as the modifications see it: a name and a
+/// `typed_config`.
+trait NamedFilter: Clone {
+    fn name(&self) -> &str;
+    fn typed(&self) -> Option<&Any>;
+    fn typed_mut(&mut self) -> Option<&mut Any>;
+    fn set_typed(&mut self, any: Any);
+}
+
+impl NamedFilter for HttpFilter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn typed(&self) -> Option<&Any> {
+        match &self.config_type {
+            Some(http_filter::ConfigType::TypedConfig(a)) => Some(a),
+            _ => None,
+        }
+    }
+    fn typed_mut(&mut self) -> Option<&mut Any> {
+        match &mut self.config_type {
+            Some(http_filter::ConfigType::TypedConfig(a)) => Some(a),
+            _ => None,
+        }
+    }
+    fn set_typed(&mut self, any: Any) {
+        self.config_type = Some(http_filter::ConfigType::TypedConfig(any));
+    }
+}
+
+impl NamedFilter for Filter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn typed(&self) -> Option<&Any> {
+        match &self.config_type {
+            Some(filter::ConfigType::TypedConfig(a)) => Some(a),
+            _ => None,
+        }
+    }
+    fn typed_mut(&mut self) -> Option<&mut Any> {
+        match &mut self.config_type {
+            Some(filter::ConfigType::TypedConfig(a)) => Some(a),
+            _ => None,
+        }
+    }
+    fn set_typed(&mut self, any: Any) {
+        self.config_type = Some(filter::ConfigType::TypedConfig(any));
+    }
+}
+
+/// One filter list changed as the incumbent's `httpFilterModificator` and
+/// `networkFilterModificator`; whether anything changed.
+fn edit_filters<F: NamedFilter>(
+    filters: &mut Vec<F>,
     operation: &str,
     name: &str,
-    new: Option<&HttpFilter>,
+    new: Option<&F>,
 ) -> Result<bool, String> {
-    let named = |f: &HttpFilter| name.is_empty() || f.name == name;
-    let first = filters.iter().position(|f| f.name == name);
+    let named = |f: &F| name.is_empty() || f.name() == name;
+    let first = filters.iter().position(|f| f.name() == name);
     match (operation, new) {
         ("addFirst", Some(n)) => filters.insert(0, n.clone()),
         ("addLast", Some(n)) => filters.push(n.clone()),
@@ -365,22 +425,55 @@ fn edit_http_filters(
 /// Merges `patch`'s `typed_config` into `filter`'s (the incumbent's
 /// `MergeAnys`): two encodings of one message type concatenated decode as
 /// their protobuf merge, so the bytes are appended. A different `@type` is
-/// an error.
-fn patch_typed_config(filter: &mut HttpFilter, patch: &HttpFilter) -> Result<(), String> {
-    let Some(http_filter::ConfigType::TypedConfig(p)) = &patch.config_type else { return Ok(()) };
-    match &mut filter.config_type {
-        Some(http_filter::ConfigType::TypedConfig(any)) if any.type_url == p.type_url => {
+/// an error; a filter without a `typed_config` takes the patch's.
+fn patch_typed_config<F: NamedFilter>(filter: &mut F, patch: &F) -> Result<(), String> {
+    let Some(p) = patch.typed() else { return Ok(()) };
+    let name = filter.name().to_string();
+    match filter.typed_mut() {
+        Some(any) if any.type_url == p.type_url => {
             any.value.extend_from_slice(&p.value);
             Ok(())
         }
-        Some(http_filter::ConfigType::TypedConfig(any)) => {
-            Err(format!("filter {:?}: cannot patch {} with {}", filter.name, any.type_url, p.type_url))
-        }
-        _ => {
-            filter.config_type = Some(http_filter::ConfigType::TypedConfig(Any::clone(p)));
+        Some(any) => Err(format!("filter {name:?}: cannot patch {} with {}", any.type_url, p.type_url)),
+        None => {
+            filter.set_typed(p.clone());
             Ok(())
         }
     }
+}
+
+/// One `networkFilter` modification over the filter chains of the
+/// matching listeners (Kuma 2.14 `modifications/v3/network_filter.go`).
+/// Errors: the value does not parse, a patch of another `@type`, or the
+/// modification matched nothing (no listener, or no filter named
+/// `match.name` where one is needed).
+fn modify_network_filters(
+    listeners: &mut Set<Listener>,
+    operation: &str,
+    m: &mesh::proxy_template::modifications::network_filter::Match,
+    value: &str,
+) -> Result<(), String> {
+    let new = match operation {
+        "remove" => None,
+        _ => Some(envoy_yaml::network_filter(value)?),
+    };
+    let mut listeners_matched = 0;
+    let mut changed = 0;
+    for (_, listener) in listeners.matching_mut(&m.listener_name, &m.origin) {
+        listeners_matched += 1;
+        for chain in &mut listener.filter_chains {
+            if edit_filters(&mut chain.filters, operation, &m.name, new.as_ref())? {
+                changed += 1;
+            }
+        }
+    }
+    if listeners_matched == 0 {
+        return Err(format!("matches no listener (listenerName {:?}, origin {:?})", m.listener_name, m.origin));
+    }
+    if changed == 0 {
+        return Err(format!("{operation} matches no network filter named {:?}", m.name));
+    }
+    Ok(())
 }
 
 /// The tags a Dataplane is selected by: its gateway's tags, else each
@@ -410,15 +503,15 @@ mod tests {
     #[test]
     fn http_filter_operations_as_the_incumbent() {
         let mut fs = vec![filter("a"), filter(ROUTER)];
-        assert_eq!(edit_http_filters(&mut fs, "addBefore", ROUTER, Some(&filter("b"))), Ok(true));
-        assert_eq!(edit_http_filters(&mut fs, "addFirst", "", Some(&filter("c"))), Ok(true));
-        assert_eq!(edit_http_filters(&mut fs, "addAfter", "c", Some(&filter("d"))), Ok(true));
+        assert_eq!(edit_filters(&mut fs, "addBefore", ROUTER, Some(&filter("b"))), Ok(true));
+        assert_eq!(edit_filters(&mut fs, "addFirst", "", Some(&filter("c"))), Ok(true));
+        assert_eq!(edit_filters(&mut fs, "addAfter", "c", Some(&filter("d"))), Ok(true));
         assert_eq!(names(&fs), ["c", "d", "a", "b", ROUTER]);
-        assert_eq!(edit_http_filters(&mut fs, "addBefore", "none", Some(&filter("e"))), Ok(false));
-        assert_eq!(edit_http_filters(&mut fs, "remove", "d", None), Ok(true));
-        assert_eq!(edit_http_filters(&mut fs, "remove", "d", None), Ok(false));
+        assert_eq!(edit_filters(&mut fs, "addBefore", "none", Some(&filter("e"))), Ok(false));
+        assert_eq!(edit_filters(&mut fs, "remove", "d", None), Ok(true));
+        assert_eq!(edit_filters(&mut fs, "remove", "d", None), Ok(false));
         assert_eq!(names(&fs), ["c", "a", "b", ROUTER]);
-        assert_eq!(edit_http_filters(&mut fs, "remove", "", None), Ok(true));
+        assert_eq!(edit_filters(&mut fs, "remove", "", None), Ok(true));
         assert!(fs.is_empty());
     }
 
@@ -477,5 +570,20 @@ mod tests {
         assert!(e.contains("no longer the last HTTP filter"), "{e}");
         assert_eq!(modify_http_filters(&mut set, "remove", &at("l", "x"), ""), Ok(()));
         assert_eq!(modify_http_filters(&mut set, "addFirst", &at("", ""), "name: added"), Ok(()));
+
+        let nf = |listener: &str, name: &str| mesh::proxy_template::modifications::network_filter::Match {
+            listener_name: listener.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        assert_eq!(modify_network_filters(&mut set, "addBefore", &nf("l", HCM), "name: limit"), Ok(()));
+        assert_eq!(modify_network_filters(&mut set, "addAfter", &nf("", "limit"), "name: after"), Ok(()));
+        let e = modify_network_filters(&mut set, "remove", &nf("l", "nope"), "").expect_err("no such filter");
+        assert!(e.contains("matches no network filter"), "{e}");
+        assert_eq!(modify_network_filters(&mut set, "remove", &nf("l", "after"), ""), Ok(()));
+        let e = modify_network_filters(&mut set, "addFirst", &nf("other", ""), "name: x").expect_err("no listener");
+        assert!(e.contains("matches no listener"), "{e}");
+        let chains = &set.items["l"].0.filter_chains;
+        assert_eq!(chains[0].filters.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["limit", HCM]);
     }
 }
