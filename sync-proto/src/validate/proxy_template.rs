@@ -299,7 +299,8 @@ mod tests {
             assert!(v.iter().any(|x| x == e), "missing {e:?} in {v:#?}");
         }
         assert!(
-            v.iter().any(|x| x.starts_with("conf.modifications[1].networkFilter.value: native Envoy resource is not valid")
+            v.iter().any(|x| x
+                .starts_with("conf.modifications[1].networkFilter.value: native Envoy resource is not valid")
                 && x.contains("bogus")),
             "{v:#?}"
         );

@@ -1,8 +1,9 @@
 //! ProxyTemplate at the global's REST API (`proxytemplates`, refusals with
 //! field paths, `meridianctl get proxytemplate`), synced to a zone, and its
 //! effect on a real gateway Envoy: a raw cluster added, the gateway
-//! listener's `per_connection_buffer_limit_bytes` patched (both seen in
-//! Envoy's admin config dump), a removed cluster making its route answer
+//! listener's `per_connection_buffer_limit_bytes` patched and a
+//! `connection_limit` network filter added (all seen in Envoy's admin
+//! config dump), a removed cluster making its route answer
 //! 500 (cluster not found), an HTTP filter added before the router
 //! (`header_mutation` adding a response header, seen on a request) and
 //! then removed by another modification (the header gone), and
@@ -39,7 +40,10 @@ fn template(listener_patch: &str) -> serde_json::Value {
                 {"cluster": {"operation": "remove", "match": {"name": "gone"}}},
                 {"httpFilter": {"operation": "addBefore",
                     "match": {"name": "envoy.filters.http.router", "origin": "gateway"},
-                    "value": "name: envoy.filters.http.header_mutation\ntyped_config:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n  mutations:\n    response_mutations:\n    - append: {header: {key: x-proxy-template, value: applied}}\n"}}
+                    "value": "name: envoy.filters.http.header_mutation\ntyped_config:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n  mutations:\n    response_mutations:\n    - append: {header: {key: x-proxy-template, value: applied}}\n"}},
+                {"networkFilter": {"operation": "addBefore",
+                    "match": {"name": "envoy.filters.network.http_connection_manager"},
+                    "value": "name: envoy.filters.network.connection_limit\ntyped_config:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit\n  stat_prefix: template_limit\n  max_connections: 1000\n"}}
             ]
         }
     })
@@ -87,7 +91,7 @@ async fn proxy_template_changes_the_gateway_envoy() {
             "invalid operation. Available operations: \"add\", \"patch\", \"remove\"",
         ),
         (
-            "conf.modifications[3].httpFilter.match.name",
+            "conf.modifications[4].httpFilter.match.name",
             "cannot be empty. You need to pick a filter before which this one will be added",
         ),
     ] {
@@ -111,6 +115,7 @@ async fn proxy_template_changes_the_gateway_envoy() {
         if clusters.contains("\"name\": \"extra\"")
             && !clusters.contains("\"name\": \"gone\"")
             && listeners.contains("\"per_connection_buffer_limit_bytes\": 32768")
+            && listeners.contains("\"stat_prefix\": \"template_limit\"")
         {
             Ok(())
         } else {
