@@ -20,6 +20,7 @@ use envoy_types::pb::envoy::{
     config::{
         cluster::v3::Cluster,
         listener::v3::{Filter, Listener},
+        route::v3::VirtualHost,
     },
     extensions::filters::network::http_connection_manager::v3::HttpFilter,
 };
@@ -38,6 +39,8 @@ pub const LISTENER: &str = "envoy.config.listener.v3.Listener";
 /// HttpConnectionManager's `http_filters`).
 pub const HTTP_FILTER: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter";
 
+/// Full name of Envoy's virtual host message.
+pub const VIRTUAL_HOST: &str = "envoy.config.route.v3.VirtualHost";
 /// Full name of Envoy's network filter message (an entry of a filter
 /// chain's `filters`).
 pub const NETWORK_FILTER: &str = "envoy.config.listener.v3.Filter";
@@ -95,6 +98,12 @@ pub fn http_filter(text: &str) -> Result<HttpFilter, String> {
 pub fn network_filter(text: &str) -> Result<Filter, String> {
     let bytes = to_bytes(text, NETWORK_FILTER)?;
     Filter::decode(&bytes[..]).map_err(|e| e.to_string())
+}
+
+/// A YAML virtual host.
+pub fn virtual_host(text: &str) -> Result<VirtualHost, String> {
+    let bytes = to_bytes(text, VIRTUAL_HOST)?;
+    VirtualHost::decode(&bytes[..]).map_err(|e| e.to_string())
 }
 
 /// A raw Envoy resource of a ProxyTemplate.

@@ -1,8 +1,8 @@
 //! ProxyTemplate: `selectors` and `conf` (`imports`, `resources`,
 //! `modifications`), with the incumbent's paths and messages (Kuma 2.14
 //! `pkg/core/resources/apis/mesh/proxytemplate_validator.go`). What
-//! Meridian does not apply yet (modifications of virtual hosts, listener
-//! `match.tags`, HTTP and network filter `match.listenerTags`,
+//! Meridian does not apply yet (listener `match.tags`, HTTP and network
+//! filter `match.listenerTags`,
 //! raw resources other than clusters and listeners) is refused here with
 //! "not supported by Meridian yet", never accepted and ignored.
 
@@ -68,7 +68,15 @@ pub(super) fn validate(r: &mut Report, spec: &ProxyTemplate) {
                 let whole = |v: &str| envoy_yaml::http_filter(v).map(|f| f.name);
                 filter_modification(r, &at, &f.operation, name, &f.value, envoy_yaml::HTTP_FILTER, whole);
             }
-            Some(Type::VirtualHost(_)) => r.add(&at.field("virtualHost"), NOT_YET),
+            Some(Type::VirtualHost(v)) => {
+                // The incumbent's `validateVirtualHostModification`.
+                let at = at.field("virtualHost");
+                let name = v.r#match.as_ref().map(|m| m.name.as_str()).unwrap_or_default();
+                if v.operation == "add" && !name.is_empty() {
+                    r.add(&at.field("match").field("name"), "cannot be defined");
+                }
+                operation(r, &at, &v.operation, false, &v.value, envoy_yaml::VIRTUAL_HOST);
+            }
         }
     }
 }
@@ -233,17 +241,23 @@ mod tests {
     #[test]
     fn what_meridian_does_not_apply_is_refused() {
         let yaml = format!(
-            "{SELECTORS}conf:\n  resources:\n  - name: r\n    version: v\n    resource: |\n      \"@type\": type.googleapis.com/envoy.config.route.v3.RouteConfiguration\n      name: r\n  modifications:\n  - httpFilter: {{operation: remove, match: {{listenerTags: {{a: b}}}}}}\n  - networkFilter: {{operation: remove, match: {{listenerTags: {{a: b}}}}}}\n  - virtualHost: {{operation: remove}}\n  - listener: {{operation: remove, match: {{tags: {{a: b}}}}}}\n"
+            "{SELECTORS}conf:\n  resources:\n  - name: r\n    version: v\n    resource: |\n      \"@type\": type.googleapis.com/envoy.config.route.v3.RouteConfiguration\n      name: r\n  modifications:\n  - httpFilter: {{operation: remove, match: {{listenerTags: {{a: b}}}}}}\n  - networkFilter: {{operation: remove, match: {{listenerTags: {{a: b}}}}}}\n  - virtualHost: {{operation: add, match: {{name: a}}, value: 'name: v'}}\n  - virtualHost: {{operation: patch, value: 'bogus: 1'}}\n  - listener: {{operation: remove, match: {{tags: {{a: b}}}}}}\n"
         );
         let v = violations(&yaml);
         for e in [
             "conf.modifications[0].httpFilter.match.listenerTags: not supported by Meridian yet",
             "conf.modifications[1].networkFilter.match.listenerTags: not supported by Meridian yet",
-            "conf.modifications[2].virtualHost: not supported by Meridian yet",
-            "conf.modifications[3].listener.match.tags: not supported by Meridian yet",
+            "conf.modifications[2].virtualHost.match.name: cannot be defined",
+            "conf.modifications[4].listener.match.tags: not supported by Meridian yet",
         ] {
             assert!(v.iter().any(|x| x == e), "missing {e:?} in {v:#?}");
         }
+        assert!(
+            v.iter()
+                .any(|x| x.starts_with("conf.modifications[3].virtualHost.value: native Envoy resource is not valid")
+                    && x.contains("bogus")),
+            "{v:#?}"
+        );
         assert!(
             v.iter()
                 .any(|x| x.starts_with("conf.resources[0].resource:") && x.contains("not supported by Meridian yet")),

@@ -10,7 +10,8 @@
 //!   + conf.resources (raw cluster/listener, replacing one of the same name)
 //!         ▼
 //!   conf.modifications, in order: cluster/listener add | patch | remove,
-//!   httpFilter, networkFilter addFirst | addLast | addBefore | addAfter | patch | remove
+//!   httpFilter, networkFilter addFirst | addLast | addBefore | addAfter | patch | remove,
+//!   virtualHost add | patch | remove
 //! ```
 //!
 //! Selection: the template whose selector best matches the Dataplane's
@@ -45,8 +46,11 @@ use envoy_types::pb::{
         config::{
             cluster::v3::Cluster,
             listener::v3::{Filter, Listener, filter},
+            route::v3::VirtualHost,
         },
-        extensions::filters::network::http_connection_manager::v3::{HttpConnectionManager, HttpFilter, http_filter},
+        extensions::filters::network::http_connection_manager::v3::{
+            HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
+        },
     },
     google::protobuf::Any,
 };
@@ -222,6 +226,12 @@ pub(super) fn apply(
                 let m = f.r#match.clone().unwrap_or_default();
                 if let Err(e) = modify_http_filters(&mut listeners, &f.operation, &m, &f.value) {
                     warn(format!("{at}.httpFilter: {e}"));
+                }
+            }
+            Some(Type::VirtualHost(v)) => {
+                let m = v.r#match.clone().unwrap_or_default();
+                if let Err(e) = modify_virtual_hosts(&mut listeners, &v.operation, &m, &v.value) {
+                    warn(format!("{at}.virtualHost: {e}"));
                 }
             }
             Some(Type::NetworkFilter(f)) => {
@@ -476,6 +486,69 @@ fn modify_network_filters(
     Ok(())
 }
 
+/// One `virtualHost` modification (Kuma 2.14
+/// `modifications/v3/virtual_host.go`): on the route configurations
+/// embedded in the HttpConnectionManagers of listeners of origin
+/// `match.origin` whose name is `match.routeConfigurationName` (empty:
+/// any), `add` appends the value, `patch` merges it into each virtual host
+/// named `match.name` (all without it), `remove` drops those. As in the
+/// incumbent, route configurations served over RDS (a builtin gateway's)
+/// are not touched. Errors: the value does not parse, or nothing matched.
+fn modify_virtual_hosts(
+    listeners: &mut Set<Listener>,
+    operation: &str,
+    m: &mesh::proxy_template::modifications::virtual_host::Match,
+    value: &str,
+) -> Result<(), String> {
+    let (new, patch) = match operation {
+        "add" => (Some(envoy_yaml::virtual_host(value)?), Vec::new()),
+        "patch" => (None, envoy_yaml::to_bytes(value, envoy_yaml::VIRTUAL_HOST)?),
+        "remove" => (None, Vec::new()),
+        other => return Err(format!("invalid operation {other:?}")),
+    };
+    let named = |v: &VirtualHost| m.name.is_empty() || v.name == m.name;
+    let mut changed = 0;
+    for (listener_name, listener) in listeners.matching_mut("", &m.origin) {
+        for chain in &mut listener.filter_chains {
+            for f in chain.filters.iter_mut().filter(|f| f.name == HCM) {
+                let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
+                let mut hcm = HttpConnectionManager::decode(&any.value[..])
+                    .map_err(|e| format!("listener {listener_name:?}: HttpConnectionManager: {e}"))?;
+                let Some(RouteSpecifier::RouteConfig(rc)) = &mut hcm.route_specifier else { continue };
+                if !m.route_configuration_name.is_empty() && rc.name != m.route_configuration_name {
+                    continue;
+                }
+                match &new {
+                    Some(v) => {
+                        rc.virtual_hosts.push(v.clone());
+                        changed += 1;
+                    }
+                    None if operation == "remove" => {
+                        let before = rc.virtual_hosts.len();
+                        rc.virtual_hosts.retain(|v| !named(v));
+                        changed += before - rc.virtual_hosts.len();
+                    }
+                    None => {
+                        for v in rc.virtual_hosts.iter_mut().filter(|v| named(v)) {
+                            v.merge(&patch[..]).map_err(|e| e.to_string())?;
+                            changed += 1;
+                        }
+                    }
+                }
+                any.value = hcm.encode_to_vec();
+            }
+        }
+    }
+    if changed == 0 {
+        return Err(format!(
+            "{operation} matches no virtual host (name {:?}, routeConfigurationName {:?}, origin {:?}) in a route \
+             configuration embedded in a listener",
+            m.name, m.route_configuration_name, m.origin
+        ));
+    }
+    Ok(())
+}
+
 /// The tags a Dataplane is selected by: its gateway's tags, else each
 /// inbound's.
 pub(super) fn dataplane_tags(dp: &mesh::Dataplane) -> Vec<&BTreeMap<String, String>> {
@@ -583,6 +656,10 @@ mod tests {
         assert_eq!(modify_network_filters(&mut set, "remove", &nf("l", "after"), ""), Ok(()));
         let e = modify_network_filters(&mut set, "addFirst", &nf("other", ""), "name: x").expect_err("no listener");
         assert!(e.contains("matches no listener"), "{e}");
+        // Route configurations over RDS (no embedded one here) are not touched.
+        let vh = mesh::proxy_template::modifications::virtual_host::Match::default();
+        let e = modify_virtual_hosts(&mut set, "add", &vh, "name: v\ndomains: ['*']").expect_err("no embedded routes");
+        assert!(e.contains("matches no virtual host"), "{e}");
         let chains = &set.items["l"].0.filter_chains;
         assert_eq!(chains[0].filters.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["limit", HCM]);
     }
