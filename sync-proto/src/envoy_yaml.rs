@@ -16,7 +16,14 @@
 
 use std::sync::OnceLock;
 
-use envoy_types::pb::envoy::config::{cluster::v3::Cluster, listener::v3::Listener};
+use envoy_types::pb::envoy::{
+    config::{
+        cluster::v3::Cluster,
+        listener::v3::{Filter, Listener},
+        route::v3::VirtualHost,
+    },
+    extensions::filters::network::http_connection_manager::v3::HttpFilter,
+};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
@@ -27,6 +34,16 @@ static DESCRIPTORS: &[u8] = include_bytes!("../envoy/envoy-types-0.7.7.bin");
 pub const CLUSTER: &str = "envoy.config.cluster.v3.Cluster";
 /// Full name of Envoy's listener message.
 pub const LISTENER: &str = "envoy.config.listener.v3.Listener";
+
+/// Full name of Envoy's HTTP filter message (an entry of an
+/// HttpConnectionManager's `http_filters`).
+pub const HTTP_FILTER: &str = "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter";
+
+/// Full name of Envoy's virtual host message.
+pub const VIRTUAL_HOST: &str = "envoy.config.route.v3.VirtualHost";
+/// Full name of Envoy's network filter message (an entry of a filter
+/// chain's `filters`).
+pub const NETWORK_FILTER: &str = "envoy.config.listener.v3.Filter";
 
 fn pool() -> Result<&'static DescriptorPool, String> {
     static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
@@ -68,6 +85,25 @@ pub fn cluster(text: &str) -> Result<Cluster, String> {
 pub fn listener(text: &str) -> Result<Listener, String> {
     let bytes = to_bytes(text, LISTENER)?;
     Listener::decode(&bytes[..]).map_err(|e| e.to_string())
+}
+
+/// A YAML HTTP filter (`name`, `typed_config` with `@type`; no `@type` of
+/// its own).
+pub fn http_filter(text: &str) -> Result<HttpFilter, String> {
+    let bytes = to_bytes(text, HTTP_FILTER)?;
+    HttpFilter::decode(&bytes[..]).map_err(|e| e.to_string())
+}
+
+/// A YAML network filter (`name`, `typed_config` with `@type`).
+pub fn network_filter(text: &str) -> Result<Filter, String> {
+    let bytes = to_bytes(text, NETWORK_FILTER)?;
+    Filter::decode(&bytes[..]).map_err(|e| e.to_string())
+}
+
+/// A YAML virtual host.
+pub fn virtual_host(text: &str) -> Result<VirtualHost, String> {
+    let bytes = to_bytes(text, VIRTUAL_HOST)?;
+    VirtualHost::decode(&bytes[..]).map_err(|e| e.to_string())
 }
 
 /// A raw Envoy resource of a ProxyTemplate.

@@ -1,10 +1,10 @@
 //! ProxyTemplate: `selectors` and `conf` (`imports`, `resources`,
 //! `modifications`), with the incumbent's paths and messages (Kuma 2.14
 //! `pkg/core/resources/apis/mesh/proxytemplate_validator.go`). What
-//! Meridian does not apply yet (modifications of network filters, HTTP
-//! filters and virtual hosts, listener `match.tags`, raw resources other
-//! than clusters and listeners) is refused here with "not supported by
-//! Meridian yet", never accepted and ignored.
+//! Meridian does not apply yet (listener `match.tags`, HTTP and network
+//! filter `match.listenerTags`,
+//! raw resources other than clusters and listeners) is refused here with
+//! "not supported by Meridian yet", never accepted and ignored.
 
 use super::selectors::{self, TagRules};
 use super::{FieldPath, Report};
@@ -16,6 +16,8 @@ use crate::pb::mesh::{ProxyTemplate, ProxyTemplateRawResource, proxy_template::m
 pub const PROFILES: [&str; 2] = ["default-proxy", "gateway-proxy"];
 /// The cluster and listener operations.
 const OPERATIONS: [&str; 3] = ["add", "patch", "remove"];
+/// The HTTP (and network) filter operations, in the incumbent's order.
+const FILTER_OPERATIONS: [&str; 6] = ["addFirst", "addLast", "addBefore", "addAfter", "patch", "remove"];
 const NOT_YET: &str = "not supported by Meridian yet";
 
 pub(super) fn validate(r: &mut Report, spec: &ProxyTemplate) {
@@ -48,9 +50,33 @@ pub(super) fn validate(r: &mut Report, spec: &ProxyTemplate) {
                 }
                 operation(r, &at, &l.operation, l.r#match.is_some(), &l.value, envoy_yaml::LISTENER);
             }
-            Some(Type::NetworkFilter(_)) => r.add(&at.field("networkFilter"), NOT_YET),
-            Some(Type::HttpFilter(_)) => r.add(&at.field("httpFilter"), NOT_YET),
-            Some(Type::VirtualHost(_)) => r.add(&at.field("virtualHost"), NOT_YET),
+            Some(Type::NetworkFilter(f)) => {
+                let at = at.field("networkFilter");
+                let name = f.r#match.as_ref().map(|m| m.name.as_str()).unwrap_or_default();
+                if f.r#match.as_ref().is_some_and(|m| !m.listener_tags.is_empty()) {
+                    r.add(&at.field("match").field("listenerTags"), NOT_YET);
+                }
+                let whole = |v: &str| envoy_yaml::network_filter(v).map(|f| f.name);
+                filter_modification(r, &at, &f.operation, name, &f.value, envoy_yaml::NETWORK_FILTER, whole);
+            }
+            Some(Type::HttpFilter(f)) => {
+                let at = at.field("httpFilter");
+                let name = f.r#match.as_ref().map(|m| m.name.as_str()).unwrap_or_default();
+                if f.r#match.as_ref().is_some_and(|m| !m.listener_tags.is_empty()) {
+                    r.add(&at.field("match").field("listenerTags"), NOT_YET);
+                }
+                let whole = |v: &str| envoy_yaml::http_filter(v).map(|f| f.name);
+                filter_modification(r, &at, &f.operation, name, &f.value, envoy_yaml::HTTP_FILTER, whole);
+            }
+            Some(Type::VirtualHost(v)) => {
+                // The incumbent's `validateVirtualHostModification`.
+                let at = at.field("virtualHost");
+                let name = v.r#match.as_ref().map(|m| m.name.as_str()).unwrap_or_default();
+                if v.operation == "add" && !name.is_empty() {
+                    r.add(&at.field("match").field("name"), "cannot be defined");
+                }
+                operation(r, &at, &v.operation, false, &v.value, envoy_yaml::VIRTUAL_HOST);
+            }
         }
     }
 }
@@ -102,6 +128,60 @@ fn operation(r: &mut Report, at: &FieldPath, op: &str, has_match: bool, value: &
         _ => r.add(
             &at.field("operation"),
             format!("invalid operation. Available operations: {}", OPERATIONS.map(|o| format!("\"{o}\"")).join(", ")),
+        ),
+    }
+}
+
+/// An HTTP or network filter modification, as the incumbent's
+/// `validateHTTPFilterModification` / `validateNetworkFilterModification`:
+/// the `add*` operations take a whole filter (`HttpFilter` or listener
+/// `Filter`, read by `parse` into its name, which must not be empty),
+/// `addBefore`/`addAfter`/`patch` need `match.name`, `remove` takes
+/// nothing.
+fn filter_modification(
+    r: &mut Report,
+    at: &FieldPath,
+    op: &str,
+    match_name: &str,
+    value: &str,
+    message: &str,
+    parse: impl Fn(&str) -> Result<String, String>,
+) {
+    let whole = |r: &mut Report| match parse(value) {
+        Err(e) => r.add(&at.field("value"), format!("native Envoy resource is not valid: {e}")),
+        Ok(name) if name.is_empty() => r.add(
+            &at.field("value"),
+            "native Envoy resource is not valid: name: value length must be at least 1 characters",
+        ),
+        Ok(_) => {}
+    };
+    match op {
+        "addFirst" | "addLast" => whole(r),
+        "addBefore" | "addAfter" => {
+            if match_name.is_empty() {
+                let place = if op == "addBefore" { "before" } else { "after" };
+                r.add(
+                    &at.field("match").field("name"),
+                    format!("cannot be empty. You need to pick a filter {place} which this one will be added"),
+                );
+            }
+            whole(r);
+        }
+        "patch" => {
+            if match_name.is_empty() {
+                r.add(&at.field("match").field("name"), "cannot be empty");
+            }
+            if let Err(e) = envoy_yaml::to_bytes(value, message) {
+                r.add(&at.field("value"), format!("native Envoy resource is not valid: {e}"));
+            }
+        }
+        "remove" => {}
+        _ => r.add(
+            &at.field("operation"),
+            format!(
+                "invalid operation. Available operations: {}",
+                FILTER_OPERATIONS.map(|o| format!("\"{o}\"")).join(", ")
+            ),
         ),
     }
 }
@@ -161,22 +241,84 @@ mod tests {
     #[test]
     fn what_meridian_does_not_apply_is_refused() {
         let yaml = format!(
-            "{SELECTORS}conf:\n  resources:\n  - name: r\n    version: v\n    resource: |\n      \"@type\": type.googleapis.com/envoy.config.route.v3.RouteConfiguration\n      name: r\n  modifications:\n  - httpFilter: {{operation: addFirst, value: 'name: f'}}\n  - networkFilter: {{operation: remove}}\n  - virtualHost: {{operation: remove}}\n  - listener: {{operation: remove, match: {{tags: {{a: b}}}}}}\n"
+            "{SELECTORS}conf:\n  resources:\n  - name: r\n    version: v\n    resource: |\n      \"@type\": type.googleapis.com/envoy.config.route.v3.RouteConfiguration\n      name: r\n  modifications:\n  - httpFilter: {{operation: remove, match: {{listenerTags: {{a: b}}}}}}\n  - networkFilter: {{operation: remove, match: {{listenerTags: {{a: b}}}}}}\n  - virtualHost: {{operation: add, match: {{name: a}}, value: 'name: v'}}\n  - virtualHost: {{operation: patch, value: 'bogus: 1'}}\n  - listener: {{operation: remove, match: {{tags: {{a: b}}}}}}\n"
         );
         let v = violations(&yaml);
         for e in [
-            "conf.modifications[0].httpFilter: not supported by Meridian yet",
-            "conf.modifications[1].networkFilter: not supported by Meridian yet",
-            "conf.modifications[2].virtualHost: not supported by Meridian yet",
-            "conf.modifications[3].listener.match.tags: not supported by Meridian yet",
+            "conf.modifications[0].httpFilter.match.listenerTags: not supported by Meridian yet",
+            "conf.modifications[1].networkFilter.match.listenerTags: not supported by Meridian yet",
+            "conf.modifications[2].virtualHost.match.name: cannot be defined",
+            "conf.modifications[4].listener.match.tags: not supported by Meridian yet",
         ] {
             assert!(v.iter().any(|x| x == e), "missing {e:?} in {v:#?}");
         }
         assert!(
             v.iter()
+                .any(|x| x.starts_with("conf.modifications[3].virtualHost.value: native Envoy resource is not valid")
+                    && x.contains("bogus")),
+            "{v:#?}"
+        );
+        assert!(
+            v.iter()
                 .any(|x| x.starts_with("conf.resources[0].resource:") && x.contains("not supported by Meridian yet")),
             "{v:#?}"
         );
+    }
+
+    #[test]
+    fn http_filter_modifications_with_the_incumbents_messages() {
+        let ok = format!(
+            "{SELECTORS}conf:\n  modifications:\n  - httpFilter:\n      operation: addBefore\n      match: {{name: envoy.filters.http.router, listenerName: 'edge:HTTP:8080', origin: gateway}}\n      value: |\n        name: envoy.filters.http.header_mutation\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n          mutations:\n            response_mutations:\n            - append: {{header: {{key: x-added, value: added}}}}\n  - httpFilter: {{operation: addFirst, value: 'name: a'}}\n  - httpFilter: {{operation: addLast, value: 'name: b'}}\n  - httpFilter: {{operation: addAfter, match: {{name: a}}, value: 'name: c'}}\n  - httpFilter: {{operation: patch, match: {{name: a}}, value: 'typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router, suppress_envoy_headers: true}}'}}\n  - httpFilter: {{operation: remove}}\n"
+        );
+        assert_eq!(violations(&ok), Vec::<String>::new());
+        let bad = format!(
+            "{SELECTORS}conf:\n  modifications:\n  - httpFilter: {{operation: addBefore, value: 'name: x'}}\n  - httpFilter: {{operation: addAfter, value: 'name: x'}}\n  - httpFilter: {{operation: patch, value: 'name: x'}}\n  - httpFilter: {{operation: add, value: 'name: x'}}\n  - httpFilter: {{operation: addFirst, value: 'name: \"\"'}}\n  - httpFilter: {{operation: addLast, value: \"name: x\\nbogus: 1\"}}\n"
+        );
+        let v = violations(&bad);
+        let expected = [
+            "conf.modifications[0].httpFilter.match.name: cannot be empty. You need to pick a filter before which this one will be added",
+            "conf.modifications[1].httpFilter.match.name: cannot be empty. You need to pick a filter after which this one will be added",
+            "conf.modifications[2].httpFilter.match.name: cannot be empty",
+            "conf.modifications[3].httpFilter.operation: invalid operation. Available operations: \"addFirst\", \"addLast\", \"addBefore\", \"addAfter\", \"patch\", \"remove\"",
+            "conf.modifications[4].httpFilter.value: native Envoy resource is not valid: name: value length must be at least 1 characters",
+        ];
+        for e in expected {
+            assert!(v.iter().any(|x| x == e), "missing {e:?} in {v:#?}");
+        }
+        assert!(
+            v.iter()
+                .any(|x| x.starts_with("conf.modifications[5].httpFilter.value: native Envoy resource is not valid")
+                    && x.contains("bogus")),
+            "{v:#?}"
+        );
+        assert_eq!(v.len(), expected.len() + 1, "{v:#?}");
+    }
+
+    #[test]
+    fn network_filter_modifications_with_the_incumbents_messages() {
+        let ok = format!(
+            "{SELECTORS}conf:\n  modifications:\n  - networkFilter:\n      operation: addFirst\n      match: {{listenerName: 'edge:TCP:9000'}}\n      value: |\n        name: envoy.filters.network.connection_limit\n        typed_config:\n          \"@type\": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit\n          stat_prefix: limit\n          max_connections: 1\n  - networkFilter: {{operation: remove, match: {{name: envoy.filters.network.connection_limit}}}}\n"
+        );
+        assert_eq!(violations(&ok), Vec::<String>::new());
+        let bad = format!(
+            "{SELECTORS}conf:\n  modifications:\n  - networkFilter: {{operation: addBefore, value: 'name: x'}}\n  - networkFilter: {{operation: patch, value: 'bogus: 1'}}\n  - networkFilter: {{operation: add}}\n"
+        );
+        let v = violations(&bad);
+        let expected = [
+            "conf.modifications[0].networkFilter.match.name: cannot be empty. You need to pick a filter before which this one will be added",
+            "conf.modifications[1].networkFilter.match.name: cannot be empty",
+            "conf.modifications[2].networkFilter.operation: invalid operation. Available operations: \"addFirst\", \"addLast\", \"addBefore\", \"addAfter\", \"patch\", \"remove\"",
+        ];
+        for e in expected {
+            assert!(v.iter().any(|x| x == e), "missing {e:?} in {v:#?}");
+        }
+        assert!(
+            v.iter().any(|x| x
+                .starts_with("conf.modifications[1].networkFilter.value: native Envoy resource is not valid")
+                && x.contains("bogus")),
+            "{v:#?}"
+        );
+        assert_eq!(v.len(), expected.len() + 1, "{v:#?}");
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! ProxyTemplate at the global's REST API (`proxytemplates`, refusals with
 //! field paths, `meridianctl get proxytemplate`), synced to a zone, and its
 //! effect on a real gateway Envoy: a raw cluster added, the gateway
-//! listener's `per_connection_buffer_limit_bytes` patched (both seen in
-//! Envoy's admin config dump), a removed cluster making its route answer
-//! 500 (cluster not found), and
+//! listener's `per_connection_buffer_limit_bytes` patched and a
+//! `connection_limit` network filter added (all seen in Envoy's admin
+//! config dump), a removed cluster making its route answer
+//! 500 (cluster not found), an HTTP filter added before the router
+//! (`header_mutation` adding a response header, seen on a request) and
+//! then removed by another modification (the header gone), and
 //! a patch Envoy refuses reported as a NACK.
 
 use meridian_tests::{Backend, Topology, WAIT, eventually, traffic};
@@ -34,7 +37,13 @@ fn template(listener_patch: &str) -> serde_json::Value {
                 "\"@type\": type.googleapis.com/envoy.config.cluster.v3.Cluster\nname: extra\ntype: STATIC\nconnect_timeout: 2s\nload_assignment:\n  cluster_name: extra\n  endpoints:\n  - lb_endpoints:\n    - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9}}}\n"}],
             "modifications": [
                 {"listener": {"operation": "patch", "match": {"origin": "gateway"}, "value": listener_patch}},
-                {"cluster": {"operation": "remove", "match": {"name": "gone"}}}
+                {"cluster": {"operation": "remove", "match": {"name": "gone"}}},
+                {"httpFilter": {"operation": "addBefore",
+                    "match": {"name": "envoy.filters.http.router", "origin": "gateway"},
+                    "value": "name: envoy.filters.http.header_mutation\ntyped_config:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n  mutations:\n    response_mutations:\n    - append: {header: {key: x-proxy-template, value: applied}}\n"}},
+                {"networkFilter": {"operation": "addBefore",
+                    "match": {"name": "envoy.filters.network.http_connection_manager"},
+                    "value": "name: envoy.filters.network.connection_limit\ntyped_config:\n  \"@type\": type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit\n  stat_prefix: template_limit\n  max_connections: 1000\n"}}
             ]
         }
     })
@@ -72,7 +81,7 @@ async fn proxy_template_changes_the_gateway_envoy() {
     bad["conf"]["modifications"]
         .as_array_mut()
         .expect("a list")
-        .push(json!({"httpFilter": {"operation": "addFirst", "value": "name: f"}}));
+        .push(json!({"httpFilter": {"operation": "addBefore", "value": "name: f"}}));
     let r = api.put("/meshes/default/proxytemplates/edge-template", &bad).await;
     assert_eq!(r.status, 400, "{}", r.text);
     let invalid = r.invalid_parameters();
@@ -81,7 +90,10 @@ async fn proxy_template_changes_the_gateway_envoy() {
             "conf.modifications[0].listener.operation",
             "invalid operation. Available operations: \"add\", \"patch\", \"remove\"",
         ),
-        ("conf.modifications[2].httpFilter", "not supported by Meridian yet"),
+        (
+            "conf.modifications[4].httpFilter.match.name",
+            "cannot be empty. You need to pick a filter before which this one will be added",
+        ),
     ] {
         assert!(invalid.contains(&(want.0.to_string(), want.1.to_string())), "want {want:?}; got {invalid:?}");
     }
@@ -103,6 +115,7 @@ async fn proxy_template_changes_the_gateway_envoy() {
         if clusters.contains("\"name\": \"extra\"")
             && !clusters.contains("\"name\": \"gone\"")
             && listeners.contains("\"per_connection_buffer_limit_bytes\": 32768")
+            && listeners.contains("\"stat_prefix\": \"template_limit\"")
         {
             Ok(())
         } else {
@@ -120,6 +133,31 @@ async fn proxy_template_changes_the_gateway_envoy() {
     })
     .await;
     assert_eq!(status("/web").await, Ok(200), "the other route still works");
+    let added_header = || async {
+        let r = traffic::request(port, "GET", "edge.example.com", "/web", &[]).await?;
+        Ok::<_, String>((r.status, r.headers.get("x-proxy-template").cloned()))
+    };
+    eventually("the HTTP filter added before the router sets its response header", WAIT, || async {
+        match added_header().await? {
+            (200, Some(v)) if v == "applied" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // A later modification removes that filter: the header goes.
+    let mut removed = template("per_connection_buffer_limit_bytes: 32768\n");
+    removed["conf"]["modifications"].as_array_mut().expect("a list").push(json!({"httpFilter": {
+        "operation": "remove", "match": {"name": "envoy.filters.http.header_mutation"}}}));
+    let r = api.put("/meshes/default/proxytemplates/edge-template", &removed).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    eventually("the removed HTTP filter no longer sets its header", WAIT, || async {
+        match added_header().await? {
+            (200, None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 
     // A patch Envoy refuses (a second filter chain, with a filter Envoy
     // does not know) is a NACK in the DataplaneInsight; Envoy keeps serving

@@ -7,7 +7,7 @@ use std::fmt::Debug;
 
 use envoy_types::pb::envoy::extensions::{
     filters::{
-        http::router::v3::Router,
+        http::{header_mutation::v3::HeaderMutation, router::v3::Router},
         listener::tls_inspector::v3::TlsInspector,
         network::{
             connection_limit::v3::ConnectionLimit, http_connection_manager::v3::HttpConnectionManager,
@@ -61,6 +61,8 @@ fn decode_any(type_url: &str, bytes: &[u8]) -> Option<String> {
     let t = type_url;
     if t == HttpConnectionManager::type_url() {
         decode::<HttpConnectionManager>(bytes)
+    } else if t == HeaderMutation::type_url() {
+        decode::<HeaderMutation>(bytes)
     } else if t == TcpProxy::type_url() {
         decode::<TcpProxy>(bytes)
     } else if t == Router::type_url() {

@@ -9,7 +9,9 @@
 //!         ▼
 //!   + conf.resources (raw cluster/listener, replacing one of the same name)
 //!         ▼
-//!   conf.modifications, in order: cluster/listener add | patch | remove
+//!   conf.modifications, in order: cluster/listener add | patch | remove,
+//!   httpFilter, networkFilter addFirst | addLast | addBefore | addAfter | patch | remove,
+//!   virtualHost add | patch | remove
 //! ```
 //!
 //! Selection: the template whose selector best matches the Dataplane's
@@ -21,13 +23,37 @@
 //! `proxy-template-raw`, `proxy-template-modifications`. A patch merges the
 //! value into the resource with protobuf merge semantics (set scalars
 //! replace, messages merge field by field, repeated fields append).
+//! An `httpFilter` modification acts on the `http_filters` of every
+//! HttpConnectionManager in the filter chains of the listeners its
+//! `match.listenerName` / `match.origin` select (Kuma 2.14
+//! `modifications/v3/http_filter.go`): `addBefore`/`addAfter` insert next
+//! to the first filter named `match.name`, `patch` merges the value's
+//! `typed_config` into every filter so named (same `@type` only), `remove`
+//! drops every filter so named (every filter, without `match.name`). As in
+//! the incumbent nothing keeps `envoy.filters.http.router` last: a filter
+//! added after it is reported as a warning here and NACKed by Envoy
+//! (the terminal filter must be last). A `networkFilter` modification does
+//! the same on the `filters` of every filter chain of the matching
+//! listeners (Kuma 2.14 `modifications/v3/network_filter.go`).
 //! Applied after the generator's own pruning: what the template produces
 //! reaches Envoy as written, and a resource Envoy refuses shows as a NACK
 //! in the DataplaneInsight.
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::{cluster::v3::Cluster, listener::v3::Listener};
+use envoy_types::pb::{
+    envoy::{
+        config::{
+            cluster::v3::Cluster,
+            listener::v3::{Filter, Listener, filter},
+            route::v3::VirtualHost,
+        },
+        extensions::filters::network::http_connection_manager::v3::{
+            HttpConnectionManager, HttpFilter, http_connection_manager::RouteSpecifier, http_filter,
+        },
+    },
+    google::protobuf::Any,
+};
 use meridian_sync_proto::{
     envoy_yaml,
     pb::mesh::{self, ProxyTemplate, proxy_template::modifications::Type},
@@ -120,6 +146,14 @@ impl<T: Message + Default> Set<T> {
         names.len()
     }
 
+    /// The items whose name is `name` and origin `origin` (empty: any).
+    fn matching_mut<'a>(&'a mut self, name: &'a str, origin: &'a str) -> impl Iterator<Item = (&'a String, &'a mut T)> {
+        self.items
+            .iter_mut()
+            .filter(move |(n, (_, o))| (name.is_empty() || *n == name) && (origin.is_empty() || o == origin))
+            .map(|(n, (t, _))| (n, t))
+    }
+
     fn into_vec(self) -> Vec<T> {
         self.items.into_values().map(|(t, _)| t).collect()
     }
@@ -188,6 +222,24 @@ pub(super) fn apply(
                     warn(format!("{at}.listener: {e}"));
                 }
             }
+            Some(Type::HttpFilter(f)) => {
+                let m = f.r#match.clone().unwrap_or_default();
+                if let Err(e) = modify_http_filters(&mut listeners, &f.operation, &m, &f.value) {
+                    warn(format!("{at}.httpFilter: {e}"));
+                }
+            }
+            Some(Type::VirtualHost(v)) => {
+                let m = v.r#match.clone().unwrap_or_default();
+                if let Err(e) = modify_virtual_hosts(&mut listeners, &v.operation, &m, &v.value) {
+                    warn(format!("{at}.virtualHost: {e}"));
+                }
+            }
+            Some(Type::NetworkFilter(f)) => {
+                let m = f.r#match.clone().unwrap_or_default();
+                if let Err(e) = modify_network_filters(&mut listeners, &f.operation, &m, &f.value) {
+                    warn(format!("{at}.networkFilter: {e}"));
+                }
+            }
             // Refused at validation; a template stored before then changes nothing.
             _ => warn(format!("{at}: not supported by Meridian yet; skipped")),
         }
@@ -230,6 +282,273 @@ fn modify<T: Message + Default>(
     }
 }
 
+/// Name of the network filter whose `http_filters` an `httpFilter`
+/// modification changes.
+const HCM: &str = "envoy.filters.network.http_connection_manager";
+/// Envoy's router, the terminal HTTP filter (must be last).
+const ROUTER: &str = "envoy.filters.http.router";
+
+/// One `httpFilter` modification over the matching listeners' filter
+/// chains. Errors: the value does not parse, a listener's
+/// HttpConnectionManager does not decode, a patch of another `@type`, or
+/// the modification matched nothing (no listener, no HttpConnectionManager,
+/// or no filter named `match.name` where one is needed); a router no
+/// longer last is an error too (Envoy will NACK that listener), after the
+/// change is made.
+fn modify_http_filters(
+    listeners: &mut Set<Listener>,
+    operation: &str,
+    m: &mesh::proxy_template::modifications::http_filter::Match,
+    value: &str,
+) -> Result<(), String> {
+    let new = match operation {
+        "remove" => None,
+        _ => Some(envoy_yaml::http_filter(value)?),
+    };
+    let mut hcms = 0;
+    let mut changed = 0;
+    let mut router_not_last = Vec::new();
+    for (listener_name, listener) in listeners.matching_mut(&m.listener_name, &m.origin) {
+        for chain in &mut listener.filter_chains {
+            for f in chain.filters.iter_mut().filter(|f| f.name == HCM) {
+                let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
+                let mut hcm = HttpConnectionManager::decode(&any.value[..])
+                    .map_err(|e| format!("listener {listener_name:?}: HttpConnectionManager: {e}"))?;
+                hcms += 1;
+                if edit_filters(&mut hcm.http_filters, operation, &m.name, new.as_ref())? {
+                    changed += 1;
+                }
+                let router = hcm.http_filters.iter().position(|f| f.name == ROUTER);
+                if router.is_some_and(|i| i + 1 != hcm.http_filters.len()) {
+                    router_not_last.push(listener_name.clone());
+                }
+                any.value = hcm.encode_to_vec();
+            }
+        }
+    }
+    if hcms == 0 {
+        return Err(format!(
+            "matches no HttpConnectionManager (listenerName {:?}, origin {:?})",
+            m.listener_name, m.origin
+        ));
+    }
+    if changed == 0 {
+        return Err(format!("{operation} matches no HTTP filter named {:?}", m.name));
+    }
+    if !router_not_last.is_empty() {
+        return Err(format!("{ROUTER} is no longer the last HTTP filter of {router_not_last:?}: Envoy refuses this"));
+    }
+    Ok(())
+}
+
+/// An entry of a filter list (`HttpFilter` of an HttpConnectionManager,
+/// `Filter` of a filter chain) as the modifications see it: a name and a
+/// `typed_config`.
+trait NamedFilter: Clone {
+    fn name(&self) -> &str;
+    fn typed(&self) -> Option<&Any>;
+    fn typed_mut(&mut self) -> Option<&mut Any>;
+    fn set_typed(&mut self, any: Any);
+}
+
+impl NamedFilter for HttpFilter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn typed(&self) -> Option<&Any> {
+        match &self.config_type {
+            Some(http_filter::ConfigType::TypedConfig(a)) => Some(a),
+            _ => None,
+        }
+    }
+    fn typed_mut(&mut self) -> Option<&mut Any> {
+        match &mut self.config_type {
+            Some(http_filter::ConfigType::TypedConfig(a)) => Some(a),
+            _ => None,
+        }
+    }
+    fn set_typed(&mut self, any: Any) {
+        self.config_type = Some(http_filter::ConfigType::TypedConfig(any));
+    }
+}
+
+impl NamedFilter for Filter {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn typed(&self) -> Option<&Any> {
+        match &self.config_type {
+            Some(filter::ConfigType::TypedConfig(a)) => Some(a),
+            _ => None,
+        }
+    }
+    fn typed_mut(&mut self) -> Option<&mut Any> {
+        match &mut self.config_type {
+            Some(filter::ConfigType::TypedConfig(a)) => Some(a),
+            _ => None,
+        }
+    }
+    fn set_typed(&mut self, any: Any) {
+        self.config_type = Some(filter::ConfigType::TypedConfig(any));
+    }
+}
+
+/// One filter list changed as the incumbent's `httpFilterModificator` and
+/// `networkFilterModificator`; whether anything changed.
+fn edit_filters<F: NamedFilter>(
+    filters: &mut Vec<F>,
+    operation: &str,
+    name: &str,
+    new: Option<&F>,
+) -> Result<bool, String> {
+    let named = |f: &F| name.is_empty() || f.name() == name;
+    let first = filters.iter().position(|f| f.name() == name);
+    match (operation, new) {
+        ("addFirst", Some(n)) => filters.insert(0, n.clone()),
+        ("addLast", Some(n)) => filters.push(n.clone()),
+        ("addBefore", Some(n)) => match first {
+            Some(i) => filters.insert(i, n.clone()),
+            None => return Ok(false),
+        },
+        ("addAfter", Some(n)) => match first {
+            Some(i) => filters.insert(i + 1, n.clone()),
+            None => return Ok(false),
+        },
+        ("patch", Some(n)) => {
+            let mut any_patched = false;
+            for f in filters.iter_mut().filter(|f| named(f)) {
+                patch_typed_config(f, n)?;
+                any_patched = true;
+            }
+            return Ok(any_patched);
+        }
+        ("remove", None) => {
+            let before = filters.len();
+            filters.retain(|f| !named(f));
+            return Ok(filters.len() != before);
+        }
+        (other, _) => return Err(format!("invalid operation {other:?}")),
+    }
+    Ok(true)
+}
+
+/// Merges `patch`'s `typed_config` into `filter`'s (the incumbent's
+/// `MergeAnys`): two encodings of one message type concatenated decode as
+/// their protobuf merge, so the bytes are appended. A different `@type` is
+/// an error; a filter without a `typed_config` takes the patch's.
+fn patch_typed_config<F: NamedFilter>(filter: &mut F, patch: &F) -> Result<(), String> {
+    let Some(p) = patch.typed() else { return Ok(()) };
+    let name = filter.name().to_string();
+    match filter.typed_mut() {
+        Some(any) if any.type_url == p.type_url => {
+            any.value.extend_from_slice(&p.value);
+            Ok(())
+        }
+        Some(any) => Err(format!("filter {name:?}: cannot patch {} with {}", any.type_url, p.type_url)),
+        None => {
+            filter.set_typed(p.clone());
+            Ok(())
+        }
+    }
+}
+
+/// One `networkFilter` modification over the filter chains of the
+/// matching listeners (Kuma 2.14 `modifications/v3/network_filter.go`).
+/// Errors: the value does not parse, a patch of another `@type`, or the
+/// modification matched nothing (no listener, or no filter named
+/// `match.name` where one is needed).
+fn modify_network_filters(
+    listeners: &mut Set<Listener>,
+    operation: &str,
+    m: &mesh::proxy_template::modifications::network_filter::Match,
+    value: &str,
+) -> Result<(), String> {
+    let new = match operation {
+        "remove" => None,
+        _ => Some(envoy_yaml::network_filter(value)?),
+    };
+    let mut listeners_matched = 0;
+    let mut changed = 0;
+    for (_, listener) in listeners.matching_mut(&m.listener_name, &m.origin) {
+        listeners_matched += 1;
+        for chain in &mut listener.filter_chains {
+            if edit_filters(&mut chain.filters, operation, &m.name, new.as_ref())? {
+                changed += 1;
+            }
+        }
+    }
+    if listeners_matched == 0 {
+        return Err(format!("matches no listener (listenerName {:?}, origin {:?})", m.listener_name, m.origin));
+    }
+    if changed == 0 {
+        return Err(format!("{operation} matches no network filter named {:?}", m.name));
+    }
+    Ok(())
+}
+
+/// One `virtualHost` modification (Kuma 2.14
+/// `modifications/v3/virtual_host.go`): on the route configurations
+/// embedded in the HttpConnectionManagers of listeners of origin
+/// `match.origin` whose name is `match.routeConfigurationName` (empty:
+/// any), `add` appends the value, `patch` merges it into each virtual host
+/// named `match.name` (all without it), `remove` drops those. As in the
+/// incumbent, route configurations served over RDS (a builtin gateway's)
+/// are not touched. Errors: the value does not parse, or nothing matched.
+fn modify_virtual_hosts(
+    listeners: &mut Set<Listener>,
+    operation: &str,
+    m: &mesh::proxy_template::modifications::virtual_host::Match,
+    value: &str,
+) -> Result<(), String> {
+    let (new, patch) = match operation {
+        "add" => (Some(envoy_yaml::virtual_host(value)?), Vec::new()),
+        "patch" => (None, envoy_yaml::to_bytes(value, envoy_yaml::VIRTUAL_HOST)?),
+        "remove" => (None, Vec::new()),
+        other => return Err(format!("invalid operation {other:?}")),
+    };
+    let named = |v: &VirtualHost| m.name.is_empty() || v.name == m.name;
+    let mut changed = 0;
+    for (listener_name, listener) in listeners.matching_mut("", &m.origin) {
+        for chain in &mut listener.filter_chains {
+            for f in chain.filters.iter_mut().filter(|f| f.name == HCM) {
+                let Some(filter::ConfigType::TypedConfig(any)) = &mut f.config_type else { continue };
+                let mut hcm = HttpConnectionManager::decode(&any.value[..])
+                    .map_err(|e| format!("listener {listener_name:?}: HttpConnectionManager: {e}"))?;
+                let Some(RouteSpecifier::RouteConfig(rc)) = &mut hcm.route_specifier else { continue };
+                if !m.route_configuration_name.is_empty() && rc.name != m.route_configuration_name {
+                    continue;
+                }
+                match &new {
+                    Some(v) => {
+                        rc.virtual_hosts.push(v.clone());
+                        changed += 1;
+                    }
+                    None if operation == "remove" => {
+                        let before = rc.virtual_hosts.len();
+                        rc.virtual_hosts.retain(|v| !named(v));
+                        changed += before - rc.virtual_hosts.len();
+                    }
+                    None => {
+                        for v in rc.virtual_hosts.iter_mut().filter(|v| named(v)) {
+                            v.merge(&patch[..]).map_err(|e| e.to_string())?;
+                            changed += 1;
+                        }
+                    }
+                }
+                any.value = hcm.encode_to_vec();
+            }
+        }
+    }
+    if changed == 0 {
+        return Err(format!(
+            "{operation} matches no virtual host (name {:?}, routeConfigurationName {:?}, origin {:?}) in a route \
+             configuration embedded in a listener",
+            m.name, m.route_configuration_name, m.origin
+        ));
+    }
+    Ok(())
+}
+
 /// The tags a Dataplane is selected by: its gateway's tags, else each
 /// inbound's.
 pub(super) fn dataplane_tags(dp: &mesh::Dataplane) -> Vec<&BTreeMap<String, String>> {
@@ -237,5 +556,111 @@ pub(super) fn dataplane_tags(dp: &mesh::Dataplane) -> Vec<&BTreeMap<String, Stri
     match &n.gateway {
         Some(g) => vec![&g.tags],
         None => n.inbound.iter().map(|i| &i.tags).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use prost::Name;
+
+    fn filter(name: &str) -> HttpFilter {
+        HttpFilter { name: name.to_string(), ..Default::default() }
+    }
+
+    fn names(filters: &[HttpFilter]) -> Vec<&str> {
+        filters.iter().map(|f| f.name.as_str()).collect()
+    }
+
+    #[test]
+    fn http_filter_operations_as_the_incumbent() {
+        let mut fs = vec![filter("a"), filter(ROUTER)];
+        assert_eq!(edit_filters(&mut fs, "addBefore", ROUTER, Some(&filter("b"))), Ok(true));
+        assert_eq!(edit_filters(&mut fs, "addFirst", "", Some(&filter("c"))), Ok(true));
+        assert_eq!(edit_filters(&mut fs, "addAfter", "c", Some(&filter("d"))), Ok(true));
+        assert_eq!(names(&fs), ["c", "d", "a", "b", ROUTER]);
+        assert_eq!(edit_filters(&mut fs, "addBefore", "none", Some(&filter("e"))), Ok(false));
+        assert_eq!(edit_filters(&mut fs, "remove", "d", None), Ok(true));
+        assert_eq!(edit_filters(&mut fs, "remove", "d", None), Ok(false));
+        assert_eq!(names(&fs), ["c", "a", "b", ROUTER]);
+        assert_eq!(edit_filters(&mut fs, "remove", "", None), Ok(true));
+        assert!(fs.is_empty());
+    }
+
+    #[test]
+    fn a_patch_merges_typed_config_of_the_same_type_only() {
+        let router = |suppress: bool, headers: &[&str]| Router {
+            suppress_envoy_headers: suppress,
+            strict_check_headers: headers.iter().map(|h| h.to_string()).collect(),
+            ..Default::default()
+        };
+        let any = |r: &Router| Any { type_url: Router::type_url(), value: r.encode_to_vec() };
+        let mut f = filter(ROUTER);
+        f.config_type = Some(http_filter::ConfigType::TypedConfig(any(&router(false, &["x-envoy-retry-on"]))));
+        let mut patch = filter("");
+        patch.config_type = Some(http_filter::ConfigType::TypedConfig(any(&router(true, &["x-envoy-max-retries"]))));
+        assert_eq!(patch_typed_config(&mut f, &patch), Ok(()));
+        let Some(http_filter::ConfigType::TypedConfig(merged)) = &f.config_type else { panic!("typed config") };
+        assert_eq!(
+            Router::decode(&merged.value[..]).ok(),
+            Some(router(true, &["x-envoy-retry-on", "x-envoy-max-retries"]))
+        );
+        patch.config_type = Some(http_filter::ConfigType::TypedConfig(Any {
+            type_url: "type.googleapis.com/other".into(),
+            value: vec![],
+        }));
+        assert!(patch_typed_config(&mut f, &patch).is_err_and(|e| e.contains("cannot patch")));
+    }
+
+    #[test]
+    fn a_filter_after_the_router_is_reported() {
+        use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
+        let hcm = HttpConnectionManager { http_filters: vec![filter(ROUTER)], ..Default::default() };
+        let listener = Listener {
+            name: "l".into(),
+            filter_chains: vec![FilterChain {
+                filters: vec![Filter {
+                    name: HCM.into(),
+                    config_type: Some(filter::ConfigType::TypedConfig(Any {
+                        type_url: HttpConnectionManager::type_url(),
+                        value: hcm.encode_to_vec(),
+                    })),
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut set = Set::new(vec![listener], |l: &Listener| l.name.clone(), true);
+        let at = |listener: &str, name: &str| mesh::proxy_template::modifications::http_filter::Match {
+            listener_name: listener.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        let e = modify_http_filters(&mut set, "addLast", &at("other", ""), "name: x").expect_err("no listener");
+        assert!(e.contains("matches no HttpConnectionManager"), "{e}");
+        let e = modify_http_filters(&mut set, "addLast", &at("l", ""), "name: x").expect_err("router not last");
+        assert!(e.contains("no longer the last HTTP filter"), "{e}");
+        assert_eq!(modify_http_filters(&mut set, "remove", &at("l", "x"), ""), Ok(()));
+        assert_eq!(modify_http_filters(&mut set, "addFirst", &at("", ""), "name: added"), Ok(()));
+
+        let nf = |listener: &str, name: &str| mesh::proxy_template::modifications::network_filter::Match {
+            listener_name: listener.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        assert_eq!(modify_network_filters(&mut set, "addBefore", &nf("l", HCM), "name: limit"), Ok(()));
+        assert_eq!(modify_network_filters(&mut set, "addAfter", &nf("", "limit"), "name: after"), Ok(()));
+        let e = modify_network_filters(&mut set, "remove", &nf("l", "nope"), "").expect_err("no such filter");
+        assert!(e.contains("matches no network filter"), "{e}");
+        assert_eq!(modify_network_filters(&mut set, "remove", &nf("l", "after"), ""), Ok(()));
+        let e = modify_network_filters(&mut set, "addFirst", &nf("other", ""), "name: x").expect_err("no listener");
+        assert!(e.contains("matches no listener"), "{e}");
+        // Route configurations over RDS (no embedded one here) are not touched.
+        let vh = mesh::proxy_template::modifications::virtual_host::Match::default();
+        let e = modify_virtual_hosts(&mut set, "add", &vh, "name: v\ndomains: ['*']").expect_err("no embedded routes");
+        assert!(e.contains("matches no virtual host"), "{e}");
+        let chains = &set.items["l"].0.filter_chains;
+        assert_eq!(chains[0].filters.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["limit", HCM]);
     }
 }
