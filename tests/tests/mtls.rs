@@ -264,25 +264,7 @@ async fn a_standalone_zone_is_its_own_ca() {
 /// application.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_to_sidecar_over_mesh_mtls_and_plain_clients_refused() {
-    let app = traffic::http_backend("app-b").await;
-    let mut topo = Topology::builder("mtls-e2e").zone("zone-1").start().await;
-    let (b_in, gw_port) = (traffic::free_port(), traffic::free_port());
-    let zone = topo.zone("zone-1");
-    zone.api().apply_yaml(MTLS_MESH).await;
-    zone.api()
-        .apply_yaml(&format!(
-            "type: Dataplane\nmesh: default\nname: b-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {b_in}\n    servicePort: {}\n    tags: {{kuma.io/service: b, kuma.io/protocol: http}}\n",
-            app.port
-        ))
-        .await;
-    zone.api()
-        .apply_yaml(&format!(
-            "type: MeshGateway\nmesh: default\nname: edge\nselectors: [{{match: {{kuma.io/service: edge}}}}]\nconf: {{listeners: [{{port: {gw_port}, protocol: HTTP}}]}}\n---\ntype: MeshGatewayRoute\nmesh: default\nname: to-b\nselectors: [{{match: {{kuma.io/service: edge}}}}]\nconf:\n  http:\n    rules:\n    - matches: [{{path: {{match: PREFIX, value: /}}}}]\n      backends: [{{destination: {{kuma.io/service: b}}}}]\n"
-        ))
-        .await;
-    zone.api().apply_yaml(&traffic::gateway_dataplane("edge-1", "edge")).await;
-    topo.add_envoy("zone-1", "b-1", meridian_tests::XdsMode::Delta).await.wait_ready().await;
-    topo.add_envoy("zone-1", "edge-1", meridian_tests::XdsMode::Delta).await.wait_ready().await;
+    let (_app, topo, b_in, gw_port) = gateway_and_sidecar("mtls-e2e", "").await;
 
     let r = eventually("the gateway reaches app-b through b-1 over mTLS", WAIT, || async {
         let r = traffic::get(gw_port, "any.example.com", "/over-mtls").await?;
@@ -309,25 +291,7 @@ async fn gateway_to_sidecar_over_mesh_mtls_and_plain_clients_refused() {
 /// (RBAC) and the application sees nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_enforces_traffic_permission_by_client_identity() {
-    let app = traffic::http_backend("app-b").await;
-    let mut topo = Topology::builder("mtls-permission").zone("zone-1").start().await;
-    let (b_in, gw_port) = (traffic::free_port(), traffic::free_port());
-    let zone = topo.zone("zone-1");
-    zone.api().apply_yaml(MTLS_MESH).await;
-    zone.api()
-        .apply_yaml(&format!(
-            "type: Dataplane\nmesh: default\nname: b-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {b_in}\n    servicePort: {}\n    tags: {{kuma.io/service: b, kuma.io/protocol: http}}\n",
-            app.port
-        ))
-        .await;
-    zone.api()
-        .apply_yaml(&format!(
-            "type: MeshGateway\nmesh: default\nname: edge\nselectors: [{{match: {{kuma.io/service: edge}}}}]\nconf: {{listeners: [{{port: {gw_port}, protocol: HTTP, tags: {{listener: public}}}}]}}\n---\ntype: MeshGatewayRoute\nmesh: default\nname: to-b\nselectors: [{{match: {{kuma.io/service: edge}}}}]\nconf:\n  http:\n    rules:\n    - matches: [{{path: {{match: PREFIX, value: /}}}}]\n      backends: [{{destination: {{kuma.io/service: b}}}}]\n"
-        ))
-        .await;
-    zone.api().apply_yaml(&traffic::gateway_dataplane("edge-1", "edge")).await;
-    topo.add_envoy("zone-1", "b-1", meridian_tests::XdsMode::Delta).await.wait_ready().await;
-    topo.add_envoy("zone-1", "edge-1", meridian_tests::XdsMode::Delta).await.wait_ready().await;
+    let (app, topo, _, gw_port) = gateway_and_sidecar("mtls-permission", ", tags: {listener: public}").await;
     let zone = topo.zone("zone-1");
     let sidecar = topo.envoy("b-1");
     let status = |path: &'static str, want: u16| async move {
@@ -374,4 +338,33 @@ async fn sidecar_enforces_traffic_permission_by_client_identity() {
     }
     assert_eq!(app.seen().len(), seen_before, "a denied request never reaches the application");
     topo.cleanup().await;
+}
+
+/// The setup of the gateway → sidecar tests: a STRICT mTLS mesh, `app-b`
+/// behind sidecar `b-1` (service `b`, HTTP) and gateway `edge` (one HTTP
+/// listener; `listener_extra` is appended inside its entry, e.g.
+/// `", tags: {listener: public}"`) routing `/` to `b`, with both Envoys
+/// ready. Returns the app, the topology, b-1's inbound port and the
+/// gateway's port.
+async fn gateway_and_sidecar(name: &str, listener_extra: &str) -> (traffic::HttpBackend, Topology, u16, u16) {
+    let app = traffic::http_backend("app-b").await;
+    let mut topo = Topology::builder(name).zone("zone-1").start().await;
+    let (b_in, gw_port) = (traffic::free_port(), traffic::free_port());
+    let zone = topo.zone("zone-1");
+    zone.api().apply_yaml(MTLS_MESH).await;
+    zone.api()
+        .apply_yaml(&format!(
+            "type: Dataplane\nmesh: default\nname: b-1\nnetworking:\n  address: 127.0.0.1\n  inbound:\n  - port: {b_in}\n    servicePort: {}\n    tags: {{kuma.io/service: b, kuma.io/protocol: http}}\n",
+            app.port
+        ))
+        .await;
+    zone.api()
+        .apply_yaml(&format!(
+            "type: MeshGateway\nmesh: default\nname: edge\nselectors: [{{match: {{kuma.io/service: edge}}}}]\nconf: {{listeners: [{{port: {gw_port}, protocol: HTTP{listener_extra}}}]}}\n---\ntype: MeshGatewayRoute\nmesh: default\nname: to-b\nselectors: [{{match: {{kuma.io/service: edge}}}}]\nconf:\n  http:\n    rules:\n    - matches: [{{path: {{match: PREFIX, value: /}}}}]\n      backends: [{{destination: {{kuma.io/service: b}}}}]\n"
+        ))
+        .await;
+    zone.api().apply_yaml(&traffic::gateway_dataplane("edge-1", "edge")).await;
+    topo.add_envoy("zone-1", "b-1", meridian_tests::XdsMode::Delta).await.wait_ready().await;
+    topo.add_envoy("zone-1", "edge-1", meridian_tests::XdsMode::Delta).await.wait_ready().await;
+    (app, topo, b_in, gw_port)
 }
