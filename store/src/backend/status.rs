@@ -45,31 +45,7 @@ pub(crate) async fn put_status(
     w: &WriteResource,
     expect: &StatusExpect,
 ) -> Result<bool, StoreError> {
-    let labels = encode_labels(&w.labels)?;
-    let now = now_millis();
-    let bind = |sql| {
-        sqlx::query(sql)
-            .bind(w.key.type_name.as_str())
-            .bind(w.key.mesh.as_str())
-            .bind(w.key.name.as_str())
-            .bind(labels.clone())
-            .bind(w.spec.as_slice())
-            .bind(w.version.as_str())
-            .bind(now)
-    };
-    let affected = match expect {
-        StatusExpect::Any => return Ok(bind(STATUS_UPSERT_SQL).execute(pool).await?.rows_affected() > 0),
-        StatusExpect::Absent => bind(STATUS_CREATE_SQL).execute(pool).await?.rows_affected(),
-        StatusExpect::Version(v) => bind(STATUS_REPLACE_SQL)
-            .bind(v.as_str())
-            .execute(pool)
-            .await?
-            .rows_affected(),
-    };
-    if affected == 0 {
-        return Err(StoreError::StatusConflict(w.key.clone()));
-    }
-    Ok(true)
+    write_status(pool, w, expect, now_millis()).await?
 }
 
 /// Writes several status records in one write transaction (one commit, one
@@ -84,29 +60,39 @@ pub(crate) async fn put_status_batch(
     let mut tx = pool.begin_with(BEGIN_WRITE).await?;
     let mut out = Vec::with_capacity(writes.len());
     for (w, expect) in writes {
-        let labels = encode_labels(&w.labels)?;
-        let q = |sql| {
-            sqlx::query(sql)
-                .bind(w.key.type_name.as_str())
-                .bind(w.key.mesh.as_str())
-                .bind(w.key.name.as_str())
-                .bind(labels.clone())
-                .bind(w.spec.as_slice())
-                .bind(w.version.as_str())
-                .bind(now)
-        };
-        let affected = match expect {
-            StatusExpect::Any => {
-                out.push(Ok(q(STATUS_UPSERT_SQL).execute(&mut *tx).await?.rows_affected() > 0));
-                continue;
-            }
-            StatusExpect::Absent => q(STATUS_CREATE_SQL).execute(&mut *tx).await?.rows_affected(),
-            StatusExpect::Version(v) => q(STATUS_REPLACE_SQL).bind(v.as_str()).execute(&mut *tx).await?.rows_affected(),
-        };
-        out.push(if affected == 0 { Err(StoreError::StatusConflict(w.key.clone())) } else { Ok(true) });
+        out.push(write_status(&mut *tx, w, expect, now).await?);
     }
     tx.commit().await?;
     Ok(out)
+}
+
+/// One status write under `expect` on `executor` (the pool, or a
+/// transaction of a batch). The outer error is a database error (abort);
+/// the inner one is this record's `StatusConflict`; `Ok(false)`: the
+/// content was already stored.
+async fn write_status<'e, E: sqlx::Executor<'e, Database = Db>>(
+    executor: E,
+    w: &WriteResource,
+    expect: &StatusExpect,
+    now: i64,
+) -> Result<Result<bool, StoreError>, StoreError> {
+    let labels = encode_labels(&w.labels)?;
+    let q = |sql| {
+        sqlx::query(sql)
+            .bind(w.key.type_name.as_str())
+            .bind(w.key.mesh.as_str())
+            .bind(w.key.name.as_str())
+            .bind(labels.clone())
+            .bind(w.spec.as_slice())
+            .bind(w.version.as_str())
+            .bind(now)
+    };
+    let affected = match expect {
+        StatusExpect::Any => return Ok(Ok(q(STATUS_UPSERT_SQL).execute(executor).await?.rows_affected() > 0)),
+        StatusExpect::Absent => q(STATUS_CREATE_SQL).execute(executor).await?.rows_affected(),
+        StatusExpect::Version(v) => q(STATUS_REPLACE_SQL).bind(v.as_str()).execute(executor).await?.rows_affected(),
+    };
+    Ok(if affected == 0 { Err(StoreError::StatusConflict(w.key.clone())) } else { Ok(true) })
 }
 
 /// Deletes one status record; `Ok(false)` if there was none.
