@@ -40,3 +40,37 @@ pub fn is_local_to(labels: &std::collections::BTreeMap<String, String>, zone: &s
     labels.get(LABEL_ORIGIN).map(String::as_str) != Some(ORIGIN_GLOBAL)
         && labels.get(LABEL_ZONE).is_none_or(|z| z == zone)
 }
+
+/// Whether zone `zone` may send `r` up as its own: a ZoneIngress whose
+/// `zone` names another zone is refused (the other zones take an ingress's
+/// `zone` as the locality of the services it announces, so one zone could
+/// otherwise pass its ingress off as another's). An empty `zone` is the
+/// sender's. Returns the NACK reason.
+pub fn check_sent_by(r: &Resource, zone: &str) -> Result<(), String> {
+    match &r.spec {
+        meridian_sync_proto::Spec::ZoneIngress(zi) if !zi.zone.is_empty() && zi.zone != zone => {
+            Err(format!("zone: is {:?}, but the ZoneIngress comes from zone {zone:?}", zi.zone))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_sync_proto::{Resource, Spec, pb::mesh::ZoneIngress};
+
+    use super::check_sent_by;
+
+    #[test]
+    fn a_zone_cannot_send_another_zones_ingress() {
+        let ingress = |zone: &str| {
+            Resource::new("", "ingress-1", Spec::ZoneIngress(ZoneIngress { zone: zone.into(), ..Default::default() }))
+        };
+        assert_eq!(
+            check_sent_by(&ingress("zone-2"), "zone-1"),
+            Err("zone: is \"zone-2\", but the ZoneIngress comes from zone \"zone-1\"".to_string())
+        );
+        assert_eq!(check_sent_by(&ingress("zone-1"), "zone-1"), Ok(()));
+        assert_eq!(check_sent_by(&ingress(""), "zone-1"), Ok(()));
+    }
+}

@@ -27,6 +27,12 @@ pub trait Placement {
     fn owns(&self, _stored: &std::collections::BTreeMap<String, String>) -> bool {
         true
     }
+    /// Refuses (with the NACK reason, the wire name is prefixed) a
+    /// resource the peer may not send in this shape: at the global, a
+    /// ZoneIngress whose `zone` names another zone than the sender.
+    fn check(&self, _w: &WireResource) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Applies one response in one store transaction: every upsert that opens
@@ -48,6 +54,10 @@ pub async fn apply(
     for (wire, version, any) in &changes.upserts {
         match kds::receive(ty, wire, version, any) {
             Ok(w) => {
+                if let Err(reason) = place.check(&w) {
+                    errors.push(format!("{wire}: {reason}"));
+                    continue;
+                }
                 let key = place.key(ty, &w.resource.meta.mesh, &w.resource.meta.name);
                 let labels = place.labels(&w);
                 // The REST limit, on the envelope as it is stored and will be

@@ -16,6 +16,7 @@
 //! | adversary::cross_site_posts_get_no_loopback_trust           | a page of another site POSTs through a browser on the host (CSRF) |
 //! | adversary::invented_methods_add_no_metric_series            | HTTP methods as metric labels |
 //! | adversary::a_root_ca_lifetime_past_year_9999_keeps_the_global_up | `caCert.expiration: 100000y` |
+//! | adversary::a_zone_cannot_send_an_ingress_of_another_zone    | a zone's ZoneIngress whose `zone` names another zone is NACKed |
 //! | group_commit::acknowledged_writes_survive_a_sigkill_mid_burst | issue 13: SQLite group commit answers every PUT, loses no acknowledged one |
 
 mod hardening {

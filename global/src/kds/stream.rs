@@ -509,4 +509,8 @@ impl meridian_core::received::Placement for FromZone<'_> {
         stored.get(LABEL_ZONE).is_some_and(|z| z == self.0)
             && stored.get(LABEL_ORIGIN).is_some_and(|o| o == ORIGIN_ZONE)
     }
+
+    fn check(&self, w: &kds::WireResource) -> Result<(), String> {
+        meridian_core::origin::check_sent_by(&w.resource, self.0)
+    }
 }

@@ -42,6 +42,12 @@ pub(super) fn validate(r: &mut Report, spec: &ProxyTemplate) {
             Some(Type::Cluster(c)) => {
                 let at = at.field("cluster");
                 operation(r, &at, &c.operation, c.r#match.is_some(), &c.value, envoy_yaml::CLUSTER);
+                let matched = c.r#match.as_ref().map(|m| m.name.as_str()).unwrap_or_default();
+                if c.operation == "patch"
+                    && let Ok(patch) = envoy_yaml::cluster(&c.value)
+                {
+                    renames(r, &at, &patch.name, matched);
+                }
             }
             Some(Type::Listener(l)) => {
                 let at = at.field("listener");
@@ -49,6 +55,12 @@ pub(super) fn validate(r: &mut Report, spec: &ProxyTemplate) {
                     r.add(&at.field("match").field("tags"), NOT_YET);
                 }
                 operation(r, &at, &l.operation, l.r#match.is_some(), &l.value, envoy_yaml::LISTENER);
+                let matched = l.r#match.as_ref().map(|m| m.name.as_str()).unwrap_or_default();
+                if l.operation == "patch"
+                    && let Ok(patch) = envoy_yaml::listener(&l.value)
+                {
+                    renames(r, &at, &patch.name, matched);
+                }
             }
             Some(Type::NetworkFilter(f)) => {
                 let at = at.field("networkFilter");
@@ -103,6 +115,20 @@ fn resource(r: &mut Report, at: &FieldPath, raw: &ProxyTemplateRawResource) {
             "native Envoy resource is not valid: name: value length must be at least 1 characters",
         ),
         Ok(_) => {}
+    }
+}
+
+/// A cluster or listener `patch` may not set `name` (other than to the
+/// `match.name` it already has): resources are addressed by name (routes
+/// name clusters, xDS keys every resource by it), so a renamed one would
+/// leave its routes pointing at nothing, and a patch of several would give
+/// them all one name. Remove and add instead.
+fn renames(r: &mut Report, at: &FieldPath, patched: &str, matched: &str) {
+    if !patched.is_empty() && patched != matched {
+        r.add(
+            &at.field("value"),
+            format!("a patch cannot change the name (to {patched:?}): remove the resource and add it under the new name"),
+        );
     }
 }
 
@@ -236,6 +262,28 @@ mod tests {
             "{v:#?}"
         );
         assert_eq!(v.len(), expected.len() + 2, "{v:#?}");
+    }
+
+    /// A patch that sets `name` renamed every resource it matched: routes
+    /// then named a cluster that no longer existed, and several patched
+    /// resources shared one name (one xDS resource).
+    #[test]
+    fn a_patch_cannot_rename() {
+        let yaml = format!(
+            "{SELECTORS}conf:
+  modifications:
+  - cluster: {{operation: patch, value: 'name: other'}}
+  - listener: {{operation: patch, match: {{name: l}}, value: 'name: m'}}
+  - cluster: {{operation: patch, match: {{name: web}}, value: \"name: web\\nconnectTimeout: 1s\"}}
+"
+        );
+        assert_eq!(
+            violations(&yaml),
+            [
+                "conf.modifications[0].cluster.value: a patch cannot change the name (to \"other\"): remove the resource and add it under the new name",
+                "conf.modifications[1].listener.value: a patch cannot change the name (to \"m\"): remove the resource and add it under the new name",
+            ]
+        );
     }
 
     #[test]

@@ -139,3 +139,48 @@ async fn a_wrong_token_is_refused_on_reads() {
     assert!(out.stdout.lines().any(|l| l.starts_with("default ")), "{}", out.stdout);
     topo.cleanup().await;
 }
+
+/// A zone passed its ZoneIngress off as another zone's: the global stored
+/// a ZoneIngress from zone-1 whose `zone` said `zone-2`, and the other
+/// zones took that as the locality of the services it announces. The
+/// global now NACKs it (naming the field) and stores nothing; the zone's
+/// own ingress (or one with no `zone`) is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_cannot_send_an_ingress_of_another_zone() {
+    use meridian_tests::raw_kds::{self, DeltaDiscoveryResponse, RawKds};
+    let topo = Topology::builder("hardening-ingress-zone").global(Backend::Sqlite).mesh("default").start().await;
+    let g = topo.global();
+    let token = g.zone_token("zone-1").await;
+    let raw = RawKds::connect(&g.kds_url(), g.ca(), "zone-1", Some(&token)).await;
+    let (tx, mut rx) = raw.zone_to_global().await.expect("zone-to-global stream");
+    for _ in 0..4 {
+        raw_kds::next(&mut rx, Duration::from_secs(30)).await;
+    }
+    let ingress = |name: &str, zone: &str| {
+        let v = json!({"type": "ZoneIngress", "name": name, "zone": zone,
+            "networking": {"address": "10.0.0.9", "advertisedAddress": "10.0.0.9", "port": 10001, "advertisedPort": 10001},
+            "availableServices": [{"mesh": "default", "instances": 1, "tags": {"kuma.io/service": "web"}}]});
+        let spec = meridian_sync_proto::universal::from_value(v).expect("a ZoneIngress").spec.encode();
+        raw_kds::resource("", name, "v1", raw_kds::envelope("ZoneIngress", "", name, "v1", &[], spec))
+    };
+    let resp = DeltaDiscoveryResponse {
+        type_url: "ZoneIngress".into(),
+        resources: vec![ingress("spoofed", "zone-2"), ingress("own", "zone-1"), ingress("unnamed", "")],
+        nonce: "n-1".into(),
+        ..Default::default()
+    };
+    tx.send(resp).await.expect("send");
+    let nack = raw_kds::next(&mut rx, Duration::from_secs(30)).await;
+    assert_eq!(nack.response_nonce, "n-1");
+    let reason = nack.error_detail.expect("a NACK").message;
+    assert!(
+        reason.contains("spoofed") && reason.contains("zone: is \"zone-2\", but the ZoneIngress comes from zone \"zone-1\""),
+        "the NACK names the spoofed ingress and its field: {reason}"
+    );
+    assert_eq!(reason.split("; ").count(), 1, "only the spoofed one: {reason}");
+    for ok in ["zone-1.own", "zone-1.unnamed"] {
+        g.api().wait_for(&format!("/zoneingresses/{ok}"), "stored", |_| true).await;
+    }
+    assert!(g.api().find("/zoneingresses/zone-1.spoofed").await.expect("API").is_none(), "the spoofed one is not stored");
+    topo.cleanup().await;
+}

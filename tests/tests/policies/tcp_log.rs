@@ -3,10 +3,17 @@
 //! Envoy's FIFO), a real TCP listener in the test as the backend. The
 //! backend goes away and comes back: requests keep succeeding meanwhile,
 //! the lines written while it was away arrive after it returns, and new
-//! requests are logged again.
+//! requests are logged again. A FIFO planted by another local user at the
+//! predictable `/tmp` path an earlier runner used is neither reused nor
+//! written: Envoy's FIFO is in the runner's private (0700) directory.
 
 use std::{
-    sync::{Arc, Mutex},
+    io::Read,
+    os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -62,6 +69,53 @@ impl Collector {
     }
 }
 
+/// A FIFO another local user planted at `path` (mode 0666) and reads in
+/// the background, as an attacker would: every byte it gets is kept.
+struct Planted {
+    path: std::path::PathBuf,
+    stolen: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Planted {
+    fn plant(path: &std::path::Path) -> Planted {
+        let _ = std::fs::remove_file(path);
+        rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_bits_truncate(0o666), 0)
+            .expect("plant a FIFO");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).expect("chmod the planted FIFO");
+        let mut fifo = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+            .expect("open the planted FIFO");
+        let (stolen, stop) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let (sink, halt) = (stolen.clone(), stop.clone());
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !halt.load(Ordering::Relaxed) {
+                match fifo.read(&mut buf) {
+                    Ok(n) if n > 0 => sink.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]),
+                    _ => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Planted { path: path.to_path_buf(), stolen, stop, reader }
+    }
+
+    /// Stops reading; returns what was read and whether the FIFO is still
+    /// the planted one (nobody replaced it).
+    fn finish(self) -> (String, bool) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.reader.join();
+        let still = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_fifo());
+        let _ = std::fs::remove_file(&self.path);
+        let stolen = self.stolen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (String::from_utf8_lossy(&stolen).into_owned(), still)
+    }
+}
+
 fn seen(lines: &Arc<Mutex<Vec<String>>>, want: &str) -> bool {
     lines.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|l| l == want)
 }
@@ -98,6 +152,8 @@ async fn access_log_lines_reach_a_tcp_backend_that_goes_away_and_returns() {
     let token_file = dir.join("token");
     std::fs::write(&token_file, token).expect("token file");
     let admin_file = dir.join("admin");
+    // Where an earlier runner put its FIFO, predictably: another user's now.
+    let planted = Planted::plant(&std::path::Path::new("/tmp").join(format!("meridian-al-{name}-default.fifo")));
     let runner = Process::new(name, binary("meridian-zone"), &topo.dir().logs());
     let mut args: Vec<std::ffi::OsString> = ["dataplane", "run", "--api-url", zone.api_url()].map(Into::into).to_vec();
     args.extend(zone.xds_flags());
@@ -107,6 +163,18 @@ async fn access_log_lines_reach_a_tcp_backend_that_goes_away_and_returns() {
     args.extend(["--", "--concurrency", "1", "--admin-address-path"].map(Into::into));
     args.push(admin_file.clone().into());
     runner.start(&args, &Announce::File(admin_file)).await;
+    // Envoy runs in a directory only the runner's user can enter, where
+    // the FIFO is.
+    let pid = runner
+        .stdout()
+        .lines()
+        .find_map(|l| l.strip_prefix("meridian-zone dataplane: Envoy pid ").map(|p| p.trim().to_string()))
+        .expect("the runner announces Envoy's pid");
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("Envoy's working directory");
+    let mode = std::fs::metadata(&cwd).expect("stat Envoy's working directory").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "Envoy's working directory {} is private", cwd.display());
+    let fifo = std::fs::symlink_metadata(cwd.join("meridian-access-log.fifo")).expect("the FIFO in Envoy's directory");
+    assert!(fifo.file_type().is_fifo(), "{} is a FIFO", cwd.display());
 
     eventually("a gateway request's line reaches the TCP backend", LOG_WAIT, || async {
         let r = traffic::get(port, "e", "/first").await.map_err(|e| e.to_string())?;
@@ -137,7 +205,11 @@ async fn access_log_lines_reach_a_tcp_backend_that_goes_away_and_returns() {
     for line in collector.text() {
         assert!(line.starts_with("meridian-tcp "), "a line in the backend's format, without the address: {line:?}");
     }
+    let (stolen, still) = planted.finish();
+    assert!(stolen.is_empty(), "the FIFO planted at the old /tmp path got access-log lines: {stolen:?}");
+    assert!(still, "the planted FIFO was left alone (not replaced by the runner)");
     assert!(runner.sigterm().await.success(), "the runner's exit");
+    assert!(!cwd.exists(), "the runner removes its work directory on exit");
     collector.stop().await;
     topo.cleanup().await;
 }

@@ -13,7 +13,9 @@
 //! ```
 //!
 //! Access-log lines for the Mesh's TCP logging backends come from Envoy
-//! through a FIFO and go to each backend over TCP ([`access_log`]).
+//! through a FIFO and go to each backend over TCP ([`access_log`]). Envoy
+//! runs in a work directory private to the runner (mode 0700, removed on
+//! exit), where that FIFO lives.
 //!
 //! Nothing is restarted silently: an Envoy that exits ends the runner, and
 //! whoever supervises the runner decides. If the runner itself is killed,
@@ -170,15 +172,20 @@ async fn supervise(plan: &Plan, signals: &mut Signals) -> anyhow::Result<ExitCod
         // Envoy presents it on its ADS stream (gRPC metadata `authorization`).
         token: plan.dataplane_token.as_deref(),
     })?;
-    let (dir, _temp) = match &plan.config_dir {
+    // Envoy's working directory: private to this runner (0700, a fresh
+    // random name), so the access-log FIFO that Envoy opens by a relative
+    // name (gateway::policies::ACCESS_LOG_SINK) is out of other users' reach.
+    let work = tempfile::Builder::new()
+        .prefix("meridian-dp-")
+        .tempdir()
+        .context("cannot create the runner's work directory")?;
+    let dir = match &plan.config_dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("--config-dir: cannot create {}", d.display()))?;
-            (d.clone(), None)
+            // Absolute: Envoy runs in `work`, not here.
+            std::path::absolute(d).with_context(|| format!("--config-dir: cannot resolve {}", d.display()))?
         }
-        None => {
-            let t = tempfile::tempdir().context("cannot create a temporary directory")?;
-            (t.path().to_path_buf(), Some(t))
-        }
+        None => work.path().to_path_buf(),
     };
     let path: PathBuf = dir.join(format!("bootstrap-{}.{}.yaml", plan.mesh, plan.name));
     std::fs::write(&path, bootstrap).with_context(|| format!("cannot write {}", path.display()))?;
@@ -187,7 +194,7 @@ async fn supervise(plan: &Plan, signals: &mut Signals) -> anyhow::Result<ExitCod
     // access_log). Only Dataplanes have TrafficLogs.
     let _sink = match plan.kind {
         ProxyKind::Dataplane => {
-            let fifo = crate::gateway::policies::access_log_sink(&plan.mesh, &plan.name);
+            let fifo = work.path().join(crate::gateway::policies::ACCESS_LOG_SINK);
             let (sink, _dropped) = access_log::start(&fifo)?;
             tracing::info!(fifo = %fifo.display(), "access-log streamer listening");
             Some(sink)
@@ -195,7 +202,7 @@ async fn supervise(plan: &Plan, signals: &mut Signals) -> anyhow::Result<ExitCod
         ProxyKind::ZoneIngress => None,
     };
     let (args, admin_file) = envoy::command_line(plan, &path, &dir);
-    let mut envoy = Envoy::spawn(plan, &args, admin_file)?;
+    let mut envoy = Envoy::spawn(plan, &args, admin_file, work.path())?;
     let pid = envoy.pid().unwrap_or_default();
     tracing::info!(pid, envoy = %plan.envoy.display(), "Envoy started");
     announce(&format!("meridian-zone dataplane: Envoy pid {pid}"));

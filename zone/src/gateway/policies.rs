@@ -966,24 +966,31 @@ pub(super) fn inbound_rbac(snapshot: &MeshSnapshot, inbound: &BTreeMap<String, S
     Some(Rbac { action: rbac::Action::Allow as i32, policies, ..Default::default() })
 }
 
-/// Where the runner of Dataplane `name` in `mesh` (`meridian-zone
-/// dataplane run`) reads the access-log lines for TCP logging backends: a
-/// FIFO (named pipe) `/tmp/meridian-al-<name>-<mesh>.fifo`, the place of the
-/// incumbent's `/tmp/kuma-al-<name>-<mesh>.sock` (kuma-dp's access log
-/// streamer). Envoy's file access logger writes to it, each line prefixed
+/// Where the runner of a Dataplane (`meridian-zone dataplane run`) reads
+/// the access-log lines for TCP logging backends: a FIFO (named pipe) of
+/// this **relative** name, which Envoy resolves in its working directory.
+/// The runner starts Envoy in a private directory it creates for it (mode
+/// 0700, random name), so the FIFO lives there and no other local user can
+/// pre-create, replace or read it. The incumbent uses a predictable
+/// `/tmp/kuma-al-<name>-<mesh>.sock`; a predictable name in a shared
+/// directory (Meridian's earlier `/tmp/meridian-al-<name>-<mesh>.fifo`) let
+/// another user plant a symlink that Envoy's file logger followed (append
+/// to any file the proxy's user may write), a FIFO of their own that the
+/// runner reused (reading the logs), or a file that kept the runner from
+/// starting. Envoy's file access logger writes to it, each line prefixed
 /// with `<address>;`; the runner forwards each line to that TCP address.
-/// Fixed (not `$TMPDIR`) because the zone and the runner must agree on it
-/// without talking.
-pub fn access_log_sink(mesh: &str, name: &str) -> std::path::PathBuf {
-    std::path::Path::new("/tmp").join(format!("meridian-al-{name}-{mesh}.fifo"))
-}
+/// Relative (not a per-runner absolute path) because the zone and the
+/// runner must agree on it without talking, and every replica of a
+/// gateway shares one generated configuration.
+pub const ACCESS_LOG_SINK: &str = "meridian-access-log.fifo";
 
-/// The access logs of a listener whose tags are `source` on Dataplane
-/// `dataplane`: the best TrafficLog (destination `*` or any: a listener
+/// The access logs of a listener whose tags are `source` (on Dataplane
+/// `_dataplane`, which no longer names the sink: kept for the callers'
+/// signature): the best TrafficLog (destination `*` or any: a listener
 /// serves every backend) and its Mesh logging backend. A backend the Mesh
 /// lacks is a warning. A `file` backend is Envoy's file access logger at
 /// `conf.path`; a `tcp` backend is the same logger writing
-/// `<address>;<line>` to [`access_log_sink`], which the runner forwards.
+/// `<address>;<line>` to [`ACCESS_LOG_SINK`], which the runner forwards.
 ///
 /// On a crossMesh listener (`identified`), the default format ends with
 /// ` "%DOWNSTREAM_PEER_URI_SAN%"`: the caller's verified URI SANs
@@ -991,7 +998,7 @@ pub fn access_log_sink(mesh: &str, name: &str) -> std::path::PathBuf {
 /// which mesh.
 pub(super) fn access_logs(
     snapshot: &MeshSnapshot,
-    dataplane: &str,
+    _dataplane: &str,
     source: &BTreeMap<String, String>,
     identified: bool,
     applied: &mut Applied,
@@ -1028,8 +1035,7 @@ pub(super) fn access_logs(
     match log_target(backend) {
         Ok(LogTarget::File(path)) => vec![file_log(&path, &format)],
         Ok(LogTarget::Tcp(address)) => {
-            let sink = access_log_sink(&snapshot.mesh, dataplane);
-            vec![file_log(&sink.to_string_lossy(), &format!("{address};{format}"))]
+            vec![file_log(ACCESS_LOG_SINK, &format!("{address};{format}"))]
         }
         Err((field, message)) => {
             warnings.push(format!("TrafficLog {:?}: logging backend {:?} {field}: {message}", p.name, backend.name));

@@ -100,10 +100,12 @@ fn generated_origin(gateway: bool, name: &str) -> &'static str {
 /// One kind of resource (clusters or listeners) with each one's origin.
 struct Set<T> {
     items: BTreeMap<String, (T, String)>,
+    /// The resource's name (the key it is held and sent under).
+    name: fn(&T) -> String,
 }
 
-impl<T: Message + Default> Set<T> {
-    fn new(items: Vec<T>, name: impl Fn(&T) -> String, gateway: bool) -> Set<T> {
+impl<T: Message + Default + Clone> Set<T> {
+    fn new(items: Vec<T>, name: fn(&T) -> String, gateway: bool) -> Set<T> {
         let items = items
             .into_iter()
             .map(|t| {
@@ -112,7 +114,7 @@ impl<T: Message + Default> Set<T> {
                 (n, (t, origin))
             })
             .collect();
-        Set { items }
+        Set { items, name }
     }
 
     fn add(&mut self, name: String, item: T, origin: &str) {
@@ -127,12 +129,28 @@ impl<T: Message + Default> Set<T> {
             .collect()
     }
 
-    /// Merges `patch` (protobuf bytes) into every match; how many.
+    /// Merges `patch` (protobuf bytes) into every match; how many. A patch
+    /// that would rename a resource is refused, nothing merged (validation
+    /// refuses it too; this holds for templates stored before that): a
+    /// renamed cluster leaves its routes pointing at nothing, and several
+    /// renamed alike would share one name.
     fn patch(&mut self, name: &str, origin: &str, patch: &[u8]) -> Result<usize, String> {
         let names = self.matching(name, origin);
+        let mut merged = Vec::with_capacity(names.len());
         for n in &names {
-            if let Some((item, _)) = self.items.get_mut(n) {
+            if let Some((item, _)) = self.items.get(n) {
+                let mut item = item.clone();
                 item.merge(patch).map_err(|e| e.to_string())?;
+                let now = (self.name)(&item);
+                if now != *n {
+                    return Err(format!("a patch cannot change the name ({n:?} to {now:?}); not applied"));
+                }
+                merged.push((n, item));
+            }
+        }
+        for (n, item) in merged {
+            if let Some((slot, _)) = self.items.get_mut(n) {
+                *slot = item;
             }
         }
         Ok(names.len())
@@ -252,7 +270,7 @@ pub(super) fn apply(
 }
 
 /// One cluster or listener modification.
-fn modify<T: Message + Default>(
+fn modify<T: Message + Default + Clone>(
     set: &mut Set<T>,
     operation: &str,
     name: &str,
@@ -611,6 +629,21 @@ mod tests {
             value: vec![],
         }));
         assert!(patch_typed_config(&mut f, &patch).is_err_and(|e| e.contains("cannot patch")));
+    }
+
+    /// A patch setting `name` (a template stored before validation refused
+    /// it) renames nothing: the clusters keep their names and contents.
+    #[test]
+    fn a_patch_that_renames_is_not_applied() {
+        let cluster = |name: &str| Cluster { name: name.into(), ..Default::default() };
+        let mut set = Set::new(vec![cluster("a"), cluster("b")], |c: &Cluster| c.name.clone(), true);
+        let e = modify(&mut set, "patch", "", "", "name: same\nper_connection_buffer_limit_bytes: 1", envoy_yaml::CLUSTER, |_| {
+            Err("unused".to_string())
+        })
+        .expect_err("a renaming patch");
+        assert!(e.contains("cannot change the name"), "{e}");
+        let out = set.into_vec();
+        assert_eq!(out, [cluster("a"), cluster("b")]);
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //!
 //! ```text
 //!   Envoy file access logger ──"<address>;<line>\n"──▶ FIFO
-//!     /tmp/meridian-al-<name>-<mesh>.fifo (gateway::policies::access_log_sink)
+//!     <runner's 0700 work dir>/meridian-access-log.fifo
+//!     (Envoy's working directory; gateway::policies::ACCESS_LOG_SINK)
 //!        │ runner reads every line at once (Envoy never waits on us)
 //!        ▼
-//!   one bounded queue per address ([`QUEUE_LINES`]; full → line dropped, counted)
+//!   one bounded queue per address ([`QUEUE_LINES`] lines, [`QUEUE_BYTES`];
+//!   full → line dropped, counted)
 //!        │
 //!   one TCP connection per address, reconnected with backoff
 //! ```
@@ -19,7 +21,8 @@
 //! Envoy's `open` never waits and the reader never sees end-of-file.
 //!
 //! Delivery is at most once: while a backend is down its lines wait in the
-//! queue (up to [`QUEUE_LINES`], then dropped and counted in the log); a
+//! queue (up to [`QUEUE_LINES`] lines and [`QUEUE_BYTES`], then dropped and
+//! counted in the log); a
 //! line being written when the connection breaks is written again after
 //! the reconnect, but lines the kernel accepted just before the peer went
 //! away are lost.
@@ -29,7 +32,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -44,6 +47,11 @@ use tokio::{
 
 /// Lines kept per backend while it is unreachable; more are dropped.
 pub const QUEUE_LINES: usize = 10_000;
+/// Bytes kept per backend while it is unreachable or not reading; more
+/// lines are dropped. Without it the line bound alone let a backend that
+/// never reads hold [`QUEUE_LINES`] lines of up to 64 KiB each (640 MiB)
+/// in the runner, filled by clients sending long request paths.
+pub const QUEUE_BYTES: usize = 8 * 1024 * 1024;
 /// Longest line forwarded (bytes); a longer one is cut there.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -58,25 +66,19 @@ impl Dropped {
     }
 }
 
-/// Creates the FIFO at `path` (replacing anything else there; a FIFO left
-/// by an earlier runner is reused), opens it and starts forwarding. The
-/// returned guard removes the FIFO when dropped.
+/// Creates the FIFO at `path` (mode 0600; it must not exist: `path` is in
+/// the runner's private work directory, so anything there is not ours to
+/// reuse), opens it and starts forwarding. The returned guard removes the
+/// FIFO when dropped.
 pub fn start(path: &Path) -> anyhow::Result<(Sink, Dropped)> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()) => {}
-        Ok(_) => std::fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?,
-        Err(_) => {}
-    }
-    if !path.exists() {
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            path,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
-            0,
-        )
-        .with_context(|| format!("cannot create the access-log FIFO {}", path.display()))?;
-    }
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        0,
+    )
+    .with_context(|| format!("cannot create the access-log FIFO {}", path.display()))?;
     let receiver = pipe::OpenOptions::new()
         .read_write(true)
         .open_receiver(path)
@@ -106,7 +108,9 @@ pub fn split_line(line: &str) -> Option<(&str, &str)> {
 
 async fn read_lines(receiver: pipe::Receiver, dropped: Dropped) {
     let mut reader = BufReader::new(receiver);
-    let mut queues: BTreeMap<String, mpsc::Sender<String>> = BTreeMap::new();
+    // Per backend address: its queue and the bytes in it (lines taken out
+    // by its forwarder are subtracted once written).
+    let mut queues: BTreeMap<String, (mpsc::Sender<String>, Arc<AtomicUsize>)> = BTreeMap::new();
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -126,12 +130,16 @@ async fn read_lines(receiver: pipe::Receiver, dropped: Dropped) {
             tracing::warn!(line = %line.trim_end(), "an access-log line without `<address>;`; dropped");
             continue;
         };
-        let queue = queues.entry(address.to_string()).or_insert_with(|| {
+        let (queue, queued) = queues.entry(address.to_string()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(QUEUE_LINES);
-            tokio::spawn(forward(address.to_string(), rx));
-            tx
+            let queued = Arc::new(AtomicUsize::new(0));
+            tokio::spawn(forward(address.to_string(), rx, queued.clone()));
+            (tx, queued)
         });
-        if queue.try_send(text.to_string()).is_err() {
+        let fits = queued.load(Ordering::Relaxed) + text.len() <= QUEUE_BYTES;
+        if fits && queue.try_send(text.to_string()).is_ok() {
+            queued.fetch_add(text.len(), Ordering::Relaxed);
+        } else {
             let n = dropped.0.fetch_add(1, Ordering::Relaxed) + 1;
             if n == 1 || n.is_multiple_of(1000) {
                 tracing::warn!(backend = %address, dropped = n, "access-log backend unreachable and its queue full: lines dropped");
@@ -171,8 +179,9 @@ async fn connect(address: &str) -> TcpStream {
 }
 
 /// Writes the lines of one backend, reconnecting when the connection
-/// breaks (a failed write, or the peer closing: a read of 0 bytes).
-async fn forward(address: String, mut lines: mpsc::Receiver<String>) {
+/// breaks (a failed write, or the peer closing: a read of 0 bytes); each
+/// line written leaves `queued`.
+async fn forward(address: String, mut lines: mpsc::Receiver<String>, queued: Arc<AtomicUsize>) {
     let mut pending: Option<String> = None;
     loop {
         let stream = connect(&address).await;
@@ -197,6 +206,7 @@ async fn forward(address: String, mut lines: mpsc::Receiver<String>) {
                 pending = Some(line);
                 break;
             }
+            queued.fetch_sub(line.len(), Ordering::Relaxed);
         }
     }
 }
@@ -248,6 +258,39 @@ mod tests {
                 .expect("read");
             assert_eq!(line.as_deref(), Some(format!("line {i}").as_str()));
         }
+    }
+
+    /// A backend that accepts and never reads: long lines (as clients with
+    /// long request paths make) stop being queued at [`QUEUE_BYTES`], not
+    /// after [`QUEUE_LINES`] of them (640 MiB at 64 KiB each).
+    #[tokio::test]
+    async fn a_backend_that_never_reads_holds_a_bounded_number_of_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("al.fifo");
+        let (_sink, dropped) = start(&fifo).expect("start the streamer");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        // Accepts, keeps the connection, never reads.
+        let held = tokio::spawn(async move { listener.accept().await.map(|(s, _)| s) });
+        const LINES: u64 = 1_000;
+        let long = "x".repeat(60 * 1024);
+        let fifo_path = fifo.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut w = std::fs::OpenOptions::new().write(true).open(&fifo_path).expect("open the FIFO as Envoy does");
+            for _ in 0..LINES {
+                writeln!(w, "127.0.0.1:{port};{long}").expect("write a line");
+            }
+        })
+        .await
+        .expect("writer");
+        // 60 MB written; at most QUEUE_BYTES queued plus what the kernel's
+        // socket buffers hold (a few MB on loopback).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while dropped.get() < LINES / 2 {
+            assert!(tokio::time::Instant::now() < deadline, "dropped only {} of {LINES} lines", dropped.get());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(held);
     }
 
     #[test]

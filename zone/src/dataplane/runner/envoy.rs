@@ -118,15 +118,18 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts Envoy through the trampoline with `args`; its output goes
+    /// Starts Envoy through the trampoline with `args`, in working
+    /// directory `work` (the runner's private directory: relative paths,
+    /// the access-log FIFO's among them, resolve there); its output goes
     /// where the plan says.
-    pub fn spawn(plan: &Plan, args: &[OsString], admin_file: PathBuf) -> anyhow::Result<Envoy> {
+    pub fn spawn(plan: &Plan, args: &[OsString], admin_file: PathBuf, work: &Path) -> anyhow::Result<Envoy> {
         let _ = std::fs::remove_file(&admin_file);
         let me = std::env::current_exe().context("cannot find the meridian-zone binary (for the Envoy trampoline)")?;
         let mut cmd = tokio::process::Command::new(me);
         cmd.args(["dataplane", "exec-envoy", "--parent", &std::process::id().to_string(), "--"])
             .arg(&plan.envoy)
             .args(args)
+            .current_dir(work)
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if plan.envoy_output == EnvoyOutput::Log {

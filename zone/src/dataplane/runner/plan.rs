@@ -250,10 +250,12 @@ fn check_api_url(u: &str) -> Result<String, String> {
     Ok(u.trim_end_matches('/').to_string())
 }
 
-/// The Envoy binary: a path as given, or a bare name found on PATH.
+/// The Envoy binary: a path as given (made absolute), or a bare name found
+/// on PATH.
 fn resolve_binary(envoy: &Path) -> anyhow::Result<PathBuf> {
     let found = if envoy.components().count() > 1 {
-        envoy.is_file().then(|| envoy.to_path_buf())
+        // Absolute: Envoy runs in the runner's work directory, not here.
+        envoy.is_file().then(|| std::path::absolute(envoy).unwrap_or_else(|_| envoy.to_path_buf()))
     } else {
         let path = std::env::var_os("PATH").unwrap_or_default();
         std::env::split_paths(&path).map(|d| d.join(envoy)).find(|p| p.is_file())
