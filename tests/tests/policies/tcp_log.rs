@@ -173,6 +173,9 @@ async fn access_log_lines_reach_a_tcp_backend_that_goes_away_and_returns() {
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("Envoy's working directory");
     let mode = std::fs::metadata(&cwd).expect("stat Envoy's working directory").permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "Envoy's working directory {} is private", cwd.display());
+    // The bootstrap carries the Dataplane token: this user's only.
+    let bootstrap = std::fs::metadata(dir.join(format!("bootstrap-default.{name}.yaml"))).expect("the bootstrap");
+    assert_eq!(bootstrap.permissions().mode() & 0o777, 0o600, "the bootstrap (with the token) is private");
     let fifo = std::fs::symlink_metadata(cwd.join("meridian-access-log.fifo")).expect("the FIFO in Envoy's directory");
     assert!(fifo.file_type().is_fifo(), "{} is a FIFO", cwd.display());
 

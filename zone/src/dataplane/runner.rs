@@ -159,6 +159,22 @@ async fn deregister(api: &ZoneApi, id: &str, code: ExitCode) -> ExitCode {
     }
 }
 
+/// Writes `bytes` to `path`, readable and writable by this user only
+/// (mode 0600, also when the file existed with a wider mode); a symlink
+/// at `path` is not followed (an error).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt, os::unix::fs::PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)
+}
+
 /// Writes the bootstrap, runs Envoy, waits for a signal (drain, exit 0) or
 /// Envoy's own exit (its status).
 async fn supervise(plan: &Plan, signals: &mut Signals) -> anyhow::Result<ExitCode> {
@@ -175,8 +191,10 @@ async fn supervise(plan: &Plan, signals: &mut Signals) -> anyhow::Result<ExitCod
     // Envoy's working directory: private to this runner (0700, a fresh
     // random name), so the access-log FIFO that Envoy opens by a relative
     // name (gateway::policies::ACCESS_LOG_SINK) is out of other users' reach.
+    // (tempfile's default mode follows the umask: 0755 here.)
     let work = tempfile::Builder::new()
         .prefix("meridian-dp-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir()
         .context("cannot create the runner's work directory")?;
     let dir = match &plan.config_dir {
@@ -188,7 +206,8 @@ async fn supervise(plan: &Plan, signals: &mut Signals) -> anyhow::Result<ExitCod
         None => work.path().to_path_buf(),
     };
     let path: PathBuf = dir.join(format!("bootstrap-{}.{}.yaml", plan.mesh, plan.name));
-    std::fs::write(&path, bootstrap).with_context(|| format!("cannot write {}", path.display()))?;
+    // 0600: the bootstrap carries the Dataplane token.
+    write_private(&path, bootstrap.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
 
     // TCP logging backends: Envoy writes their lines to this FIFO (see
     // access_log). Only Dataplanes have TrafficLogs.

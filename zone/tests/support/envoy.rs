@@ -23,6 +23,9 @@ pub fn validate(file: &Path) -> std::process::Output {
         .arg("-c")
         .arg(file)
         .args(["--disable-hot-restart", "-l", "error"])
+        // Relative paths in the configuration (the access-log FIFO of TCP
+        // logging backends) resolve beside the bootstrap, not in the crate.
+        .current_dir(file.parent().unwrap_or(Path::new(".")))
         .output()
         .expect("run envoy")
 }
