@@ -140,9 +140,23 @@ pub fn spec_from_json(ty: ResourceType, fields: Value) -> Result<Spec, Violation
             .map_err(|e| {
                 let path = e.path().to_string();
                 let path = if path == "." { String::new() } else { path };
-                Violation::new(path, e.into_inner().to_string())
+                Violation::new(path, readable(e.into_inner().to_string()))
             })
     })
+}
+
+/// pbjson reads a protobuf number as `untagged enum Content` (a number or
+/// a string of digits); a value that is neither in range (`port: -80`,
+/// `80.5`, `4294967297`) fails with serde's "data did not match any variant
+/// of untagged enum Content", which names no reason. Said plainly instead.
+fn readable(message: String) -> String {
+    if message.contains("untagged enum Content") {
+        "must be a number within the range of the field's type (no sign for unsigned fields, no fraction for \
+         integers), as a number or a string of digits"
+            .to_string()
+    } else {
+        message
+    }
 }
 
 fn take_string(obj: &mut Map<String, Value>, key: &str) -> Result<Option<String>, Violation> {
@@ -344,6 +358,21 @@ mod tests {
         assert_eq!(err.violations.len(), 1);
         assert_eq!(err.violations[0].field, "conf.listeners[0].protocol");
         assert!(err.violations[0].message.contains("HTTPX"), "{}", err.violations[0].message);
+    }
+
+    /// A port out of range was refused as "data did not match any variant
+    /// of untagged enum Content" (the field right, no reason).
+    #[test]
+    fn numbers_out_of_range_say_why() {
+        for port in ["-80", "80.5", "4294967297"] {
+            let docs = parse_resources(&format!(
+                "type: MeshGateway\nmesh: default\nname: gw\nconf:\n  listeners:\n  - port: {port}\n    protocol: HTTP\n"
+            ))
+            .unwrap_or_default();
+            let err = docs[0].clone().expect_err("a port out of range");
+            assert_eq!(err.violations[0].field, "conf.listeners[0].port");
+            assert!(err.violations[0].message.starts_with("must be a number within the range"), "{port}: {err:?}");
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@ use crate::pb;
 
 pub use mesh::{BUILTIN, PROVIDED, parse_duration};
 pub use policies::{LogTarget, bandwidth_kbps, log_target};
+pub use proxy_template::MAX_MODIFICATIONS;
 pub use secret::tls_secret;
 
 /// One problem with a resource: where (a field path such as

@@ -14,6 +14,14 @@ use crate::pb::mesh::{ProxyTemplate, ProxyTemplateRawResource, proxy_template::m
 /// The profiles a ProxyTemplate may import: the generated configuration of
 /// sidecars and of builtin gateways.
 pub const PROFILES: [&str; 2] = ["default-proxy", "gateway-proxy"];
+/// Most modifications one ProxyTemplate may carry (the incumbent sets
+/// none). Each is applied, in order, to the generated configuration of
+/// every proxy the template selects at every change that regenerates it,
+/// and a filter or virtual-host modification re-reads and re-writes every
+/// HttpConnectionManager it touches, so the cost grows with the square of
+/// their number: 20,000 `addFirst` (1.3 MB, under the 2 MiB body limit)
+/// held a zone's generation of one gateway for minutes.
+pub const MAX_MODIFICATIONS: usize = 500;
 /// The cluster and listener operations.
 const OPERATIONS: [&str; 3] = ["add", "patch", "remove"];
 /// The HTTP (and network) filter operations, in the incumbent's order.
@@ -34,6 +42,14 @@ pub(super) fn validate(r: &mut Report, spec: &ProxyTemplate) {
     }
     for (i, raw) in c.resources.iter().enumerate() {
         resource(r, &conf.field("resources").index(i), raw);
+    }
+    if c.modifications.len() > MAX_MODIFICATIONS {
+        // Not one by one: thousands of values to parse for nothing.
+        r.add(
+            &conf.field("modifications"),
+            format!("at most {MAX_MODIFICATIONS} modifications, got {}", c.modifications.len()),
+        );
+        return;
     }
     for (i, m) in c.modifications.iter().enumerate() {
         let at = conf.field("modifications").index(i);
@@ -267,6 +283,17 @@ mod tests {
     /// A patch that sets `name` renamed every resource it matched: routes
     /// then named a cluster that no longer existed, and several patched
     /// resources shared one name (one xDS resource).
+    /// 20,000 modifications were accepted, and each proxy's generation
+    /// took minutes (quadratic in their number).
+    #[test]
+    fn modifications_are_bounded() {
+        let n = super::MAX_MODIFICATIONS;
+        let mods = |n: usize| "  - cluster: {operation: remove}\n".repeat(n);
+        let yaml = |n: usize| format!("{SELECTORS}conf:\n  imports: [gateway-proxy]\n  modifications:\n{}", mods(n));
+        assert_eq!(violations(&yaml(n)), Vec::<String>::new());
+        assert_eq!(violations(&yaml(n + 1)), [format!("conf.modifications: at most {n} modifications, got {}", n + 1)]);
+    }
+
     #[test]
     fn a_patch_cannot_rename() {
         let yaml = format!(

@@ -219,7 +219,13 @@ pub(super) fn apply(
             Err(e) => warn(format!("conf.resources[{i}] ({:?}): {e}; skipped", raw.name)),
         }
     }
-    for (i, m) in conf.modifications.iter().enumerate() {
+    let limit = meridian_sync_proto::validate::MAX_MODIFICATIONS;
+    if conf.modifications.len() > limit {
+        // Refused at validation; one stored before then applies none.
+        warn(format!("{} modifications, more than {limit}: none applied", conf.modifications.len()));
+    }
+    let modifications = if conf.modifications.len() > limit { &[][..] } else { &conf.modifications[..] };
+    for (i, m) in modifications.iter().enumerate() {
         let at = format!("conf.modifications[{i}]");
         match &m.r#type {
             Some(Type::Cluster(c)) => {
