@@ -143,7 +143,9 @@ fn renames(r: &mut Report, at: &FieldPath, patched: &str, matched: &str) {
     if !patched.is_empty() && patched != matched {
         r.add(
             &at.field("value"),
-            format!("a patch cannot change the name (to {patched:?}): remove the resource and add it under the new name"),
+            format!(
+                "a patch cannot change the name (to {patched:?}): remove the resource and add it under the new name"
+            ),
         );
     }
 }

@@ -174,13 +174,17 @@ async fn a_zone_cannot_send_an_ingress_of_another_zone() {
     assert_eq!(nack.response_nonce, "n-1");
     let reason = nack.error_detail.expect("a NACK").message;
     assert!(
-        reason.contains("spoofed") && reason.contains("zone: is \"zone-2\", but the ZoneIngress comes from zone \"zone-1\""),
+        reason.contains("spoofed")
+            && reason.contains("zone: is \"zone-2\", but the ZoneIngress comes from zone \"zone-1\""),
         "the NACK names the spoofed ingress and its field: {reason}"
     );
     assert_eq!(reason.split("; ").count(), 1, "only the spoofed one: {reason}");
     for ok in ["zone-1.own", "zone-1.unnamed"] {
         g.api().wait_for(&format!("/zoneingresses/{ok}"), "stored", |_| true).await;
     }
-    assert!(g.api().find("/zoneingresses/zone-1.spoofed").await.expect("API").is_none(), "the spoofed one is not stored");
+    assert!(
+        g.api().find("/zoneingresses/zone-1.spoofed").await.expect("API").is_none(),
+        "the spoofed one is not stored"
+    );
     topo.cleanup().await;
 }

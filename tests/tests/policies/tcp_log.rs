@@ -81,8 +81,14 @@ struct Planted {
 impl Planted {
     fn plant(path: &std::path::Path) -> Planted {
         let _ = std::fs::remove_file(path);
-        rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_bits_truncate(0o666), 0)
-            .expect("plant a FIFO");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_bits_truncate(0o666),
+            0,
+        )
+        .expect("plant a FIFO");
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).expect("chmod the planted FIFO");
         let mut fifo = std::fs::OpenOptions::new()
             .read(true)

@@ -643,9 +643,15 @@ mod tests {
     fn a_patch_that_renames_is_not_applied() {
         let cluster = |name: &str| Cluster { name: name.into(), ..Default::default() };
         let mut set = Set::new(vec![cluster("a"), cluster("b")], |c: &Cluster| c.name.clone(), true);
-        let e = modify(&mut set, "patch", "", "", "name: same\nper_connection_buffer_limit_bytes: 1", envoy_yaml::CLUSTER, |_| {
-            Err("unused".to_string())
-        })
+        let e = modify(
+            &mut set,
+            "patch",
+            "",
+            "",
+            "name: same\nper_connection_buffer_limit_bytes: 1",
+            envoy_yaml::CLUSTER,
+            |_| Err("unused".to_string()),
+        )
         .expect_err("a renaming patch");
         assert!(e.contains("cannot change the name"), "{e}");
         let out = set.into_vec();
