@@ -220,7 +220,9 @@ async fn supervise(plan: &Plan, signals: &mut Signals) -> anyhow::Result<ExitCod
         }
         ProxyKind::ZoneIngress => None,
     };
-    let (args, admin_file) = envoy::command_line(plan, &path, &dir);
+    // The admin address file too: Envoy opens it following symlinks, so
+    // never in a directory the user may share (`--config-dir /tmp`).
+    let (args, admin_file) = envoy::command_line(plan, &path, work.path());
     let mut envoy = Envoy::spawn(plan, &args, admin_file, work.path())?;
     let pid = envoy.pid().unwrap_or_default();
     tracing::info!(pid, envoy = %plan.envoy.display(), "Envoy started");

@@ -76,7 +76,8 @@ fn has_flag(args: &[OsString], flags: &[&str]) -> Option<usize> {
 /// Envoy's command line: `-c bootstrap`, the runner's defaults (log level,
 /// drain time, no hot restart, admin address file) unless the user's extra
 /// arguments set them, then the user's. Returns it and the file where Envoy
-/// writes its admin address.
+/// writes its admin address (in `dir`, the runner's private directory,
+/// unless the user's `--admin-address-path` says otherwise).
 pub fn command_line(plan: &Plan, bootstrap: &Path, dir: &Path) -> (Vec<OsString>, PathBuf) {
     let user = &plan.envoy_args;
     let mut args: Vec<OsString> = vec!["-c".into(), bootstrap.into()];
@@ -123,6 +124,8 @@ impl Envoy {
     /// the access-log FIFO's among them, resolve there); its output goes
     /// where the plan says.
     pub fn spawn(plan: &Plan, args: &[OsString], admin_file: PathBuf, work: &Path) -> anyhow::Result<Envoy> {
+        // A relative `--admin-address-path` is Envoy's, in `work`.
+        let admin_file = work.join(admin_file);
         let _ = std::fs::remove_file(&admin_file);
         let me = std::env::current_exe().context("cannot find the meridian-zone binary (for the Envoy trampoline)")?;
         let mut cmd = tokio::process::Command::new(me);
