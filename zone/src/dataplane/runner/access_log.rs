@@ -148,8 +148,32 @@ async fn read_lines(receiver: pipe::Receiver, dropped: Dropped) {
     }
 }
 
-/// Connects to `address`, retrying with exponential backoff (100 ms to 5 s,
-/// with jitter) for as long as it takes.
+/// How long one connection attempt to one address of a backend may take.
+/// Without it an address that drops SYNs held the streamer for the
+/// kernel's whole SYN retry (about 2 minutes) per address, so a host name
+/// resolving to several dead addresses before a live one took that long
+/// times their number, every reconnect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to the first of `addresses` that answers within `timeout`,
+/// trying them in order.
+async fn connect_any(addresses: &[std::net::SocketAddr], timeout: Duration) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to no address");
+    for a in addresses {
+        match tokio::time::timeout(timeout, TcpStream::connect(a)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{a}: no answer within {timeout:?}"))
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Connects to `address` (each address it resolves to in turn, at most
+/// [`CONNECT_TIMEOUT`] each), retrying with exponential backoff (100 ms to
+/// 5 s, with jitter) for as long as it takes.
 async fn connect(address: &str) -> TcpStream {
     let mut backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
@@ -159,7 +183,11 @@ async fn connect(address: &str) -> TcpStream {
         .build();
     let mut failures = 0u64;
     loop {
-        match TcpStream::connect(address).await {
+        let attempt = match tokio::net::lookup_host(address).await {
+            Ok(addresses) => connect_any(&addresses.collect::<Vec<_>>(), CONNECT_TIMEOUT).await,
+            Err(e) => Err(e),
+        };
+        match attempt {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
                 if failures > 0 {
@@ -291,6 +319,32 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         drop(held);
+    }
+
+    /// A resolved address that drops SYNs (a listener whose accept queue
+    /// is full) before a live one: the live one is reached, instead of
+    /// waiting out the kernel's SYN retries on the first.
+    #[tokio::test]
+    async fn a_dead_address_does_not_hold_up_the_next() {
+        let dead = tokio::net::TcpSocket::new_v4().expect("socket");
+        dead.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let dead_addr = dead.local_addr().expect("address");
+        let dead = dead.listen(0).expect("listen, backlog 0");
+        // Fill its accept queue (nobody accepts): later SYNs are dropped.
+        let mut fillers = Vec::new();
+        while let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(dead_addr)).await {
+            fillers.push(s);
+            assert!(fillers.len() < 64, "the accept queue never filled");
+        }
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let live_addr = live.local_addr().expect("address");
+        let s =
+            tokio::time::timeout(Duration::from_secs(60), connect_any(&[dead_addr, live_addr], Duration::from_secs(1)))
+                .await
+                .expect("the live address is reached while the dead one would still be retrying")
+                .expect("connected");
+        assert_eq!(s.peer_addr().expect("peer"), live_addr);
+        drop((dead, fillers));
     }
 
     #[test]
