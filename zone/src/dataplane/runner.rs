@@ -188,23 +188,27 @@ async fn supervise(plan: &Plan, signals: &mut Signals) -> anyhow::Result<ExitCod
         // Envoy presents it on its ADS stream (gRPC metadata `authorization`).
         token: plan.dataplane_token.as_deref(),
     })?;
-    // Envoy's working directory: private to this runner (0700, a fresh
-    // random name), so the access-log FIFO that Envoy opens by a relative
-    // name (gateway::policies::ACCESS_LOG_SINK) is out of other users' reach.
-    // (tempfile's default mode follows the umask: 0755 here.)
-    let work = tempfile::Builder::new()
-        .prefix("meridian-dp-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir()
-        .context("cannot create the runner's work directory")?;
-    let dir = match &plan.config_dir {
+    let config_dir = match &plan.config_dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("--config-dir: cannot create {}", d.display()))?;
             // Absolute: Envoy runs in `work`, not here.
-            std::path::absolute(d).with_context(|| format!("--config-dir: cannot resolve {}", d.display()))?
+            Some(std::path::absolute(d).with_context(|| format!("--config-dir: cannot resolve {}", d.display()))?)
         }
-        None => work.path().to_path_buf(),
+        None => None,
     };
+    // Envoy's working directory: private to this runner (0700, a fresh
+    // random name; in --config-dir when given, else under $TMPDIR), so the
+    // access-log FIFO that Envoy opens by a relative name
+    // (gateway::policies::ACCESS_LOG_SINK) is out of other users' reach.
+    // (tempfile's default mode follows the umask: 0755 here.)
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("meridian-dp-").permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    let work = match &config_dir {
+        Some(d) => builder.tempdir_in(d),
+        None => builder.tempdir(),
+    }
+    .context("cannot create the runner's work directory")?;
+    let dir = config_dir.unwrap_or_else(|| work.path().to_path_buf());
     let path: PathBuf = dir.join(format!("bootstrap-{}.{}.yaml", plan.mesh, plan.name));
     // 0600: the bootstrap carries the Dataplane token.
     write_private(&path, bootstrap.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
