@@ -115,6 +115,24 @@ impl Auth {
             && peer.is_some_and(|ip| ip.is_loopback())
             && headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).is_some_and(|h| self.trusted_host(h))
             && !self.cross_site(headers)
+            && !Auth::relayed(headers)
+    }
+
+    /// Whether a proxy on this machine relayed the request: it carries a
+    /// header proxies add (`Forwarded`, `Via`, `X-Forwarded-*`, `X-Envoy-*`;
+    /// Envoy always adds `x-forwarded-proto` and, unless told otherwise,
+    /// `x-envoy-expected-rq-timeout-ms`). Such a request gets no loopback
+    /// trust: its loopback peer is the proxy, not a user of this machine.
+    /// Without this, a gateway Envoy on the API's host whose route reaches
+    /// an endpoint at `127.0.0.1:<API port>` (a Dataplane registered with
+    /// its own token at that address) made any client of the gateway that
+    /// sent `Host: localhost` the admin. `meridianctl`, curl and browsers
+    /// add none of these.
+    pub fn relayed(headers: &HeaderMap) -> bool {
+        headers.keys().any(|k| {
+            let k = k.as_str();
+            k == "forwarded" || k == "via" || k.starts_with("x-forwarded-") || k.starts_with("x-envoy-")
+        })
     }
 
     /// Whether a browser sent the request on behalf of a page of another
@@ -298,6 +316,35 @@ mod tests {
             http::Request::builder().uri("/meshes").header(http::header::HOST, "[::1]:5681").body(()).expect("request");
         set_host_from_authority(&mut origin);
         assert!(auth.is_admin(origin.headers(), Some(local)));
+    }
+
+    /// A gateway Envoy on the API's host relayed `Host: localhost`
+    /// requests of its own clients to an endpoint at `127.0.0.1:<API port>`
+    /// (a Dataplane registered there with its own token): loopback peer,
+    /// loopback Host, so every client of the gateway was the admin. What a
+    /// proxy relays is not trusted; the admin token still is.
+    #[test]
+    fn relayed_requests_get_no_loopback_trust() {
+        let auth = Auth::new("s3cret".into(), true);
+        let local: IpAddr = [127, 0, 0, 1].into();
+        // What Envoy adds to every request it proxies (seen on a real Envoy 1.40).
+        for (name, value) in [
+            ("x-forwarded-proto", "http"),
+            ("x-envoy-expected-rq-timeout-ms", "15000"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("forwarded", "for=203.0.113.7"),
+            ("via", "1.1 proxy"),
+            ("x-envoy-internal", "true"),
+        ] {
+            let mut h = host("localhost");
+            h.insert(name, value.parse().expect("header"));
+            assert!(!auth.is_admin(&h, Some(local)), "{name} marks a relayed request");
+            h.insert(http::header::AUTHORIZATION, "Bearer s3cret".parse().expect("header"));
+            assert!(auth.is_admin(&h, Some(local)), "{name}: the admin token still counts");
+        }
+        let mut h = host("localhost");
+        h.insert("x-request-id", "abc".parse().expect("header"));
+        assert!(auth.is_admin(&h, Some(local)), "x-request-id alone is a client's (tracing)");
     }
 
     /// ADVERSARY F8: a page of another site made the browser of someone on

@@ -17,6 +17,7 @@
 //! | adversary::invented_methods_add_no_metric_series            | HTTP methods as metric labels |
 //! | adversary::a_root_ca_lifetime_past_year_9999_keeps_the_global_up | `caCert.expiration: 100000y` |
 //! | adversary::a_zone_cannot_send_an_ingress_of_another_zone    | a zone's ZoneIngress whose `zone` names another zone is NACKed |
+//! | adversary::a_gateway_does_not_relay_loopback_trust          | a Dataplane at 127.0.0.1:<API port> + `Host: localhost` through the gateway was admin |
 //! | group_commit::acknowledged_writes_survive_a_sigkill_mid_burst | issue 13: SQLite group commit answers every PUT, loses no acknowledged one |
 
 mod hardening {

@@ -188,3 +188,56 @@ async fn a_zone_cannot_send_an_ingress_of_another_zone() {
     );
     topo.cleanup().await;
 }
+
+/// A Dataplane-token holder became the zone's admin through a gateway:
+/// it registered its Dataplane (with its own token) at `127.0.0.1` on the
+/// zone API's port, the gateway Envoy on the same host routed `app` there,
+/// and a request sent to the gateway with `Host: localhost` reached the
+/// API from loopback under a loopback Host, which was admin without a
+/// token (Secrets listed, every write allowed). A relayed request (Envoy
+/// adds `x-forwarded-proto` and `x-envoy-*`) now gets no loopback trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_does_not_relay_loopback_trust() {
+    use meridian_tests::{resources, traffic::free_port};
+    let topo = Topology::builder("hardening-relayed-loopback")
+        .global(Backend::Sqlite)
+        .mesh("default")
+        .zone("zone-1")
+        .gateway("zone-1", "edge-gw", "edge")
+        .start()
+        .await;
+    let (global, zone, envoy) = (topo.global(), topo.zone("zone-1"), topo.envoy("edge-gw"));
+    let port = free_port();
+    global.api().apply_yaml(&resources::gateway_and_route_yaml(port, "/", "app")).await;
+
+    // The attacker: the token of Dataplane app-1, nothing more.
+    let token = zone.dataplane_token("app-1").await.expect("a Dataplane token");
+    let api_port = zone.api_url().rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok());
+    let api_port = api_port.expect("the zone API's port");
+    let dp = json!({"type": "Dataplane", "mesh": "default", "name": "app-1",
+        "networking": {"address": "127.0.0.1", "inbound": [{"port": api_port, "tags": {"kuma.io/service": "app"}}]}});
+    let r = reqwest::Client::new()
+        .put(format!("{}/meshes/default/dataplanes/app-1", zone.api_url()))
+        .bearer_auth(token.trim())
+        .json(&dp)
+        .send()
+        .await
+        .expect("register app-1");
+    assert!(r.status().is_success(), "the token registers its Dataplane: {}", r.status());
+
+    // Through the gateway, the zone API answers (the relay works) ...
+    eventually("the gateway relays to the zone API", Duration::from_secs(60), || async {
+        let r = envoy.get(port, "localhost", "/meshes").await?;
+        if r.status == 200 && r.body.contains("\"items\"") { Ok(()) } else { Err(format!("{} {}", r.status, r.body)) }
+    })
+    .await;
+    // ... but not as the admin.
+    for path in ["/meshes/default/secrets", "/config"] {
+        let r = envoy.get(port, "localhost", path).await.expect("a request through the gateway");
+        assert_eq!(r.status, 401, "GET {path} relayed by the gateway with Host: localhost: {} {}", r.status, r.body);
+    }
+    // The zone's own loopback callers keep their trust.
+    let r = reqwest::Client::new().get(format!("{}/meshes/default/secrets", zone.api_url())).send().await.expect("GET");
+    assert_eq!(r.status(), 200, "a loopback caller of the zone API itself");
+    topo.cleanup().await;
+}
