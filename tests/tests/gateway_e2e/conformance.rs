@@ -15,7 +15,10 @@
 //! - Redirects with `replacePrefixMatch` (Kuma's
 //!   "should be able to rewrite a prefix", redirect half): the exact half
 //!   and the prefix half of an element-wise prefix, query stripped, the
-//!   listener's port when the redirect names none.
+//!   listener's port when the redirect names neither port nor scheme, the
+//!   scheme's well-known port when it names a scheme only (Gateway API;
+//!   the incumbent keeps the listener's port there, fixed in its
+//!   MeshHTTPRoute by kumahq/kuma#9669).
 
 use meridian_tests::{
     Envoy, Topology, WAIT, XdsMode, eventually,
@@ -97,6 +100,12 @@ conf:
       filters: [{{redirect: {{path: {{replacePrefixMatch: /new}}, statusCode: 302}}}}]
     - matches: [{{path: {{match: PREFIX, value: /gone/}}}}]
       filters: [{{redirect: {{scheme: https, hostname: moved.test, path: {{replacePrefixMatch: /}}, statusCode: 301}}}}]
+    - matches: [{{path: {{match: PREFIX, value: /secure}}}}]
+      filters: [{{redirect: {{scheme: https, statusCode: 308}}}}]
+    - matches: [{{path: {{match: PREFIX, value: /plainhttp}}}}]
+      filters: [{{redirect: {{scheme: http, hostname: www.test, statusCode: 302}}}}]
+    - matches: [{{path: {{match: PREFIX, value: /elsewhere}}}}]
+      filters: [{{redirect: {{scheme: https, port: 8443, statusCode: 302}}}}]
 "#
     )
 }
@@ -188,13 +197,20 @@ async fn hostnames_merge_across_listeners_and_prefix_redirects() {
     assert_eq!(get(port, "extra.test", "/oldx").await.expect("oldx").status, 404);
     // PREFIX `/gone/` (trailing slash: the same prefix as `/gone`) with
     // replacePrefixMatch `/`: the prefix is dropped, one slash kept.
-    for (path, location) in [
-        ("/gone", format!("https://moved.test:{port}/")),
-        ("/gone/", format!("https://moved.test:{port}/")),
-        ("/gone/x/y", format!("https://moved.test:{port}/x/y")),
+    // A redirect that names a scheme and no port goes to the scheme's
+    // well-known port (Envoy writes it: `:443`, which Gateway API's
+    // conformance accepts); the incumbent keeps the listener's port:
+    // `https://moved.test:<listener port>/`, a port that does not speak TLS.
+    for (path, status, location) in [
+        ("/gone", 301, "https://moved.test:443/".to_string()),
+        ("/gone/", 301, "https://moved.test:443/".to_string()),
+        ("/gone/x/y", 301, "https://moved.test:443/x/y".to_string()),
+        ("/secure/x?q=1", 308, "https://extra.test:443/secure/x".to_string()),
+        ("/plainhttp", 302, "http://www.test:80/plainhttp".to_string()),
+        ("/elsewhere/x", 302, "https://extra.test:8443/elsewhere/x".to_string()),
     ] {
         let r = get(port, "extra.test", path).await.expect("redirect");
-        assert_eq!(r.status, 301, "{path}: {r:?}");
+        assert_eq!(r.status, status, "{path}: {r:?}");
         assert_eq!(r.headers.get("location"), Some(&location), "{path}: {r:?}");
     }
     drop(envoy);
