@@ -8,6 +8,8 @@
 //! - [`dynamics`]: route and endpoint changes, a zone restart under Envoy.
 //! - [`protocol`]: ADS as a client sees it (delta and SotW).
 //! - [`delegated_and_seeds`]: the seed examples, `dataplane run`.
+//! - [`conformance`]: the incumbent's gateway cases and users' reports
+//!   (hostname merging across listeners on one port, prefix redirects).
 //! - [`defaults`]: a standalone zone's `default` Mesh and `GET /config`.
 //! - [`edges`]: EXACT over a PREFIX's exact half, every prefix rewrite,
 //!   Host with a port (HTTP/1.1 and h2), 503 vs 500 without endpoints.
@@ -18,6 +20,8 @@
 //! binaries (`cargo build --workspace --bins`); without them every test fails
 //! and says so.
 
+#[path = "gateway_e2e/conformance.rs"]
+mod conformance;
 #[path = "gateway_e2e/defaults.rs"]
 mod defaults;
 #[path = "gateway_e2e/delegated_and_seeds.rs"]

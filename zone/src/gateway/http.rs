@@ -519,7 +519,7 @@ fn build_route(
         };
         let mut action = RedirectAction {
             host_redirect: r.hostname.clone(),
-            port_redirect: if r.port == 0 { port } else { r.port },
+            port_redirect: redirect_port(r.port, &r.scheme, port),
             response_code: code as i32,
             strip_query: true,
             scheme_rewrite_specifier: (!r.scheme.is_empty())
@@ -570,6 +570,21 @@ fn build_route(
     }
     route.action = Some(route::Action::Route(action));
     Some(route)
+}
+
+/// The port of a redirect: the one it names; else the well-known port of
+/// the scheme it names (`http` 80, `https` 443; Envoy writes it in
+/// `Location`); else the listener's. Gateway API's rule (also the
+/// incumbent's MeshHTTPRoute since kumahq/kuma#9669); the incumbent's
+/// MeshGatewayRoute keeps the listener's port even when the scheme
+/// changes, sending `https://host:8080/` to a port that does not speak TLS.
+fn redirect_port(named: u32, scheme: &str, listener: u32) -> u32 {
+    match (named, scheme.to_ascii_lowercase().as_str()) {
+        (0, "http") => 80,
+        (0, "https") => 443,
+        (0, _) => listener,
+        (p, _) => p,
+    }
 }
 
 /// Weighted clusters of a rule's backends, by cluster name; equal
@@ -650,6 +665,15 @@ mod tests {
         assert_eq!(path_rewrite(prefix("/").as_ref(), PrefixPart::Slash), Ok(Some(PathRewrite::Prefix("/".into()))));
         assert_eq!(path_rewrite(prefix("/").as_ref(), PrefixPart::Root), Ok(None));
         assert_eq!(path_rewrite(prefix("/x").as_ref(), PrefixPart::None), Err(()));
+    }
+
+    #[test]
+    fn redirect_port_follows_the_scheme_when_none_is_named() {
+        assert_eq!(redirect_port(0, "", 8080), 8080);
+        assert_eq!(redirect_port(0, "https", 8080), 443);
+        assert_eq!(redirect_port(0, "HTTP", 8443), 80);
+        assert_eq!(redirect_port(0, "ws", 8080), 8080);
+        assert_eq!(redirect_port(9443, "https", 8080), 9443);
     }
 
     #[test]
