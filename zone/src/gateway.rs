@@ -327,14 +327,10 @@ impl ProxyConfig {
     /// The desired set of each type (keyed by type URL), versions being
     /// content hashes of the encoded resources.
     pub fn desired(&self) -> BTreeMap<String, DesiredSet> {
-        fn set<M: prost::Message + Name + Clone>(items: &[M], name: impl Fn(&M) -> String) -> DesiredSet {
-            items
-                .iter()
-                .map(|m| {
-                    let any = envoy_types::util::pack_any(m.clone());
-                    (name(m), Desired { version: any_version(&any), resource: any })
-                })
-                .collect()
+        // Encoded in place (`desired_of`), not packed from a clone: the
+        // resources of a large gateway are megabytes of structs.
+        fn set<M: prost::Message + Name>(items: &[M], name: impl Fn(&M) -> String) -> DesiredSet {
+            items.iter().map(|m| (name(m), desired_of(m))).collect()
         }
         let mut out = BTreeMap::new();
         out.insert(CLUSTER_TYPE(), set(&self.clusters, |c| c.name.clone()));
@@ -396,6 +392,10 @@ fn tie_endpoints_to_clusters(out: &mut BTreeMap<String, DesiredSet>) {
 /// only the resources that differ from it; an equal resource reuses its
 /// encoded bytes and content version, which are byte for byte what encoding
 /// it again would give (prost encoding is deterministic).
+///
+/// It also holds what [`generate_reusing`] rebuilds from: each
+/// MeshGatewayRoute's Envoy routes per virtual host, with the inputs they
+/// were built from.
 #[derive(Debug, Clone, Default)]
 pub struct Memo {
     listeners: BTreeMap<String, (Listener, Desired)>,
@@ -403,9 +403,29 @@ pub struct Memo {
     clusters: BTreeMap<String, (Cluster, Desired)>,
     endpoints: BTreeMap<String, (ClusterLoadAssignment, Desired)>,
     secrets: BTreeMap<String, (Secret, Desired)>,
+    build: BuildMemo,
 }
 
-/// How many resources [`ProxyConfig::desired_reusing`] encoded and reused.
+/// The generator's side of a [`Memo`].
+#[derive(Debug, Clone, Default)]
+struct BuildMemo {
+    /// What every cached entry depends on besides its own key: the mesh's
+    /// name and its policies (route policies, TrafficPermission). When
+    /// either differs, every entry is dropped.
+    scope: Option<(String, policies::Policies)>,
+    routes: http::RouteMemo,
+}
+
+impl Memo {
+    /// How many MeshGatewayRoute entries (one route in one virtual host)
+    /// the last [`generate_reusing`] reused and built.
+    pub fn route_stats(&self) -> MemoStats {
+        MemoStats { encoded: self.build.routes.built, reused: self.build.routes.reused }
+    }
+}
+
+/// How many resources [`ProxyConfig::take_desired_reusing`] encoded and
+/// reused (or, from [`Memo::route_stats`], route entries built and reused).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoStats {
     pub encoded: usize,
@@ -507,6 +527,9 @@ struct Ctx {
     applied: policies::Applied,
     deps: Deps,
     warnings: Vec<String>,
+    /// The per-route build cache, when generating with a [`Memo`]
+    /// ([`generate_reusing`]); `None`: build everything.
+    routes: Option<http::RouteMemo>,
 }
 
 impl Ctx {
@@ -525,12 +548,47 @@ impl Ctx {
 
 /// Generates the configuration of Dataplane `name` of `snapshot`'s mesh.
 pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenError> {
-    let dp = snapshot
-        .dataplanes
-        .get(name)
-        .ok_or_else(|| GenError::UnknownDataplane { mesh: snapshot.mesh.clone(), name: name.to_string() })?;
+    generate_with(snapshot, name, None).0
+}
+
+/// [`generate`], reusing what `memo` kept of this proxy's previous
+/// generation (from any earlier snapshot): the Envoy routes of each
+/// MeshGatewayRoute in each virtual host are rebuilt only when what they
+/// are built from changed (the route's spec, its listener's port, tags and
+/// `crossMesh`, the EXACT paths of the virtual host that override its
+/// PREFIX paths; and for all of them the mesh's name and policies), then
+/// sorted and assembled as [`generate`] does. The result equals
+/// [`generate`]'s, byte for byte (`xds::cache` proptests hold it to that);
+/// `memo` then holds this generation. Pass the same `memo` to
+/// [`ProxyConfig::take_desired_reusing`] after it.
+pub fn generate_reusing(snapshot: &MeshSnapshot, name: &str, memo: &mut Memo) -> Result<ProxyConfig, GenError> {
+    let mut build = std::mem::take(&mut memo.build);
+    let same_scope = build.scope.as_ref().is_some_and(|(mesh, p)| *mesh == snapshot.mesh && *p == snapshot.policies);
+    if !same_scope {
+        build.routes.clear();
+        build.scope = Some((snapshot.mesh.clone(), snapshot.policies.clone()));
+    }
+    build.routes.reused = 0;
+    build.routes.built = 0;
+    let (config, routes) = generate_with(snapshot, name, Some(build.routes));
+    build.routes = routes.unwrap_or_default();
+    build.routes.rotate();
+    memo.build = build;
+    config
+}
+
+/// [`generate`] with the per-route cache `routes` (given back, holding
+/// this generation's entries besides the previous ones).
+fn generate_with(
+    snapshot: &MeshSnapshot,
+    name: &str,
+    routes: Option<http::RouteMemo>,
+) -> (Result<ProxyConfig, GenError>, Option<http::RouteMemo>) {
+    let Some(dp) = snapshot.dataplanes.get(name) else {
+        return (Err(GenError::UnknownDataplane { mesh: snapshot.mesh.clone(), name: name.to_string() }), routes);
+    };
     let networking = dp.spec.networking.as_ref();
-    let mut ctx = Ctx { dataplane: name.to_string(), mtls: mesh_tls::of(snapshot), ..Ctx::default() };
+    let mut ctx = Ctx { dataplane: name.to_string(), mtls: mesh_tls::of(snapshot), routes, ..Ctx::default() };
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
     let mut local_clusters = Vec::new();
@@ -538,7 +596,8 @@ pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenE
         if let Some(n) = networking {
             (listeners, local_clusters) = sidecar::generate(snapshot, n, &mut ctx);
         }
-        return Ok(finish(snapshot, listeners, routes, local_clusters, ctx));
+        let memo = ctx.routes.take();
+        return (Ok(finish(snapshot, listeners, routes, local_clusters, ctx)), memo);
     };
     ctx.deps.dataplane_tags = gw.tags.clone();
     let builtin = gw.r#type == mesh::dataplane::networking::gateway::GatewayType::Builtin as i32;
@@ -558,7 +617,8 @@ pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenE
     } else if let Some(n) = networking {
         listeners = delegated::outbound_listeners(n, &mut ctx);
     }
-    Ok(finish(snapshot, listeners, routes, local_clusters, ctx))
+    let memo = ctx.routes.take();
+    (Ok(finish(snapshot, listeners, routes, local_clusters, ctx)), memo)
 }
 
 /// Adds the clusters asked for (and their endpoints) to the listeners and
@@ -570,12 +630,15 @@ fn finish(
     local_clusters: Vec<Cluster>,
     mut ctx: Ctx,
 ) -> ProxyConfig {
+    // Every inbound of the mesh by service, once per generation.
+    let inbounds = clusters::index(snapshot);
+    let mtls = ctx.mtls.as_ref().filter(|m| m.clients);
     let (mut clusters, endpoints) =
-        clusters::generate(snapshot, &ctx.clusters, ctx.mtls.as_ref().filter(|m| m.clients), true, &mut ctx.warnings);
+        clusters::generate(snapshot, &inbounds, &ctx.clusters, mtls, true, &mut ctx.warnings);
     if ctx.deps.gateway.is_some() {
         for c in &mut clusters {
             if let Some(destination) = ctx.clusters.get(&c.name) {
-                policies::apply_cluster(snapshot, &ctx.gateway_tags, destination, c, &mut ctx.applied);
+                policies::apply_cluster(snapshot, &inbounds, &ctx.gateway_tags, destination, c, &mut ctx.applied);
             }
         }
         let unused = ctx.applied.unused(&snapshot.policies, &ctx.deps.listener_tags);

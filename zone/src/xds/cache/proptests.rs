@@ -40,6 +40,10 @@ fn universe() -> Vec<Vec<String>> {
         vec![
             "type: MeshGateway\nmesh: default\nname: gw-a\nselectors: [{match: {kuma.io/service: a}}]\nconf: {listeners: [{port: 8080, protocol: HTTP}]}".into(),
             "type: MeshGateway\nmesh: default\nname: gw-a\nselectors: [{match: {kuma.io/service: a}}]\nconf: {listeners: [{port: 8080, protocol: HTTP, hostname: a.example.com}, {port: 8443, protocol: HTTPS, hostname: foo.example.com, tls: {mode: TERMINATE, certificates: [{secret: foo-cert}]}}]}".into(),
+            // The first one with listener tags (the source of route
+            // policies): same route configuration and virtual host, the
+            // routes' inputs change, not the routes.
+            "type: MeshGateway\nmesh: default\nname: gw-a\nselectors: [{match: {kuma.io/service: a}}]\nconf: {listeners: [{port: 8080, protocol: HTTP, tags: {edge: 'yes'}}]}".into(),
         ],
         vec![
             "type: MeshGateway\nmesh: default\nname: gw-b\nselectors: [{match: {kuma.io/service: b}}]\nconf: {listeners: [{port: 9000, protocol: TCP}]}".into(),
@@ -48,6 +52,10 @@ fn universe() -> Vec<Vec<String>> {
         vec![
             "type: MeshGatewayRoute\nmesh: default\nname: r-web\nselectors: [{match: {kuma.io/service: a}}]\nconf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [{destination: {kuma.io/service: web}}]}]}}".into(),
             "type: MeshGatewayRoute\nmesh: default\nname: r-web\nselectors: [{match: {kuma.io/service: a}}]\nconf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /v2}}], backends: [{weight: 1, destination: {kuma.io/service: web, version: v2}}, {weight: 1, destination: {kuma.io/service: api}}]}]}}".into(),
+            // A PREFIX /api that r-api's EXACT /api overrides (another
+            // route's change alters this one's routes), and a redirect
+            // keeping the listener's port.
+            "type: MeshGatewayRoute\nmesh: default\nname: r-web\nselectors: [{match: {kuma.io/service: a}}]\nconf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /api}}], backends: [{destination: {kuma.io/service: web}}]}, {matches: [{path: {match: EXACT, value: /old}}], filters: [{redirect: {hostname: new.example.com, statusCode: 301}}]}]}}".into(),
         ],
         vec![
             "type: MeshGatewayRoute\nmesh: default\nname: r-api\nselectors: [{match: {kuma.io/service: b}}]\nconf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /api}}], backends: [{destination: {kuma.io/service: api}}]}]}}".into(),
@@ -78,7 +86,11 @@ fn universe() -> Vec<Vec<String>> {
             policy("Timeout", "t-web", "web", "{connectTimeout: 2s, http: {requestTimeout: 1.5s}}"),
             policy("Timeout", "t-web", "*", "{http: {requestTimeout: 20s}, tcp: {idleTimeout: 600s}}"),
         ],
-        vec![policy("Retry", "retry-api", "api", "{http: {numRetries: 3}, tcp: {maxConnectAttempts: 2}}")],
+        vec![
+            policy("Retry", "retry-api", "api", "{http: {numRetries: 3}, tcp: {maxConnectAttempts: 2}}"),
+            // Only from listeners tagged `edge: yes` (gw-a's third variant).
+            "type: Retry\nmesh: default\nname: retry-api\nsources: [{match: {kuma.io/service: a, edge: 'yes'}}]\ndestinations: [{match: {kuma.io/service: '*'}}]\nconf: {http: {numRetries: 5}}".into(),
+        ],
         vec![policy("CircuitBreaker", "cb-web", "web", "{thresholds: {maxConnections: 10}}")],
         vec!["type: TrafficPermission\nmesh: default\nname: allow-all\nsources: [{match: {kuma.io/service: '*'}}]\ndestinations: [{match: {kuma.io/service: '*'}}]".into()],
         vec![
@@ -150,7 +162,7 @@ fn difference(got: &ProxyState, want: &ProxyState) -> Option<String> {
 /// One step: key index, and a variant (`None`: delete the resource).
 fn steps() -> impl Strategy<Value = Vec<(usize, Option<usize>)>> {
     let keys = universe().len();
-    prop::collection::vec((0..keys, prop::option::weighted(0.75, 0..2usize)), 1..14)
+    prop::collection::vec((0..keys, prop::option::weighted(0.75, 0..3usize)), 1..14)
 }
 
 proptest! {
