@@ -751,6 +751,53 @@ mod tests {
         assert_eq!(config(6).desired(), after, "with or without the memo");
     }
 
+    fn world(routes: &[(&str, &str)]) -> MeshSnapshot {
+        let mut yaml = String::from(
+            "type: MeshGateway\nmesh: default\nname: gw\nselectors: [{match: {kuma.io/service: gw}}]\nconf: {listeners: [{port: 8080, protocol: HTTP}]}\n---\ntype: Dataplane\nmesh: default\nname: gw-1\nnetworking: {address: 10.0.0.1, gateway: {type: BUILTIN, tags: {kuma.io/service: gw}}}\n---\ntype: Dataplane\nmesh: default\nname: b-1\nnetworking: {address: 10.0.0.2, inbound: [{port: 80, tags: {kuma.io/service: b}}]}\n",
+        );
+        for (name, path) in routes {
+            yaml.push_str(&format!(
+                "---\ntype: MeshGatewayRoute\nmesh: default\nname: {name}\nselectors: [{{match: {{kuma.io/service: gw}}}}]\nconf: {{http: {{rules: [{{matches: [{{path: {path}}}], backends: [{{destination: {{kuma.io/service: b}}}}]}}]}}}}\n"
+            ));
+        }
+        let resources: Vec<Resource> = meridian_sync_proto::universal::parse_resources(&yaml)
+            .expect("yaml")
+            .into_iter()
+            .map(|r| r.expect("resource"))
+            .collect();
+        MeshSnapshot::from_resources("default", &resources)
+    }
+
+    #[test]
+    fn a_one_route_change_rebuilds_that_route_only() {
+        let before = world(&[("r1", "{match: PREFIX, value: /a}"), ("r2", "{match: PREFIX, value: /b}")]);
+        // r2 changes; r3 arrives with an EXACT /a that overrides r1's exact
+        // half: r1's spec is the same, its Envoy routes are not.
+        let after = world(&[
+            ("r1", "{match: PREFIX, value: /a}"),
+            ("r2", "{match: PREFIX, value: /c}"),
+            ("r3", "{match: EXACT, value: /a}"),
+        ]);
+        let mut memo = Memo::default();
+        for (snapshot, built, reused) in [(&before, 2, 0), (&before, 0, 2), (&after, 3, 0), (&after, 0, 3)] {
+            let mut got = generate_reusing(snapshot, "gw-1", &mut memo).expect("generate");
+            assert_eq!(memo.route_stats(), MemoStats { encoded: built, reused });
+            let want = generate(snapshot, "gw-1").expect("generate");
+            assert_eq!(got, want);
+            let (desired, _) = got.take_desired_reusing(&mut memo);
+            assert_eq!(desired, want.desired());
+        }
+        // Back: r3 leaves and r2 is as before; r1's input changes back too.
+        let mut got = generate_reusing(&before, "gw-1", &mut memo).expect("generate");
+        assert_eq!(memo.route_stats(), MemoStats { encoded: 2, reused: 0 });
+        assert_eq!(got.take_desired_reusing(&mut memo).0, generate(&before, "gw-1").expect("generate").desired());
+        // Only r2 changes: r1 is reused.
+        let third = world(&[("r1", "{match: PREFIX, value: /a}"), ("r2", "{match: EXACT, value: /d}")]);
+        let got = generate_reusing(&third, "gw-1", &mut memo).expect("generate");
+        assert_eq!(memo.route_stats(), MemoStats { encoded: 1, reused: 1 });
+        assert_eq!(got, generate(&third, "gw-1").expect("generate"));
+    }
+
     #[test]
     fn host_coverage() {
         assert!(host_covers("*", "a.example.com"));
