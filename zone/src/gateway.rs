@@ -321,6 +321,27 @@ pub struct ProxyConfig {
     /// destinations without a service or without a healthy endpoint...),
     /// sorted, each once.
     pub warnings: Vec<String>,
+    /// Route configurations already encoded by [`generate_reusing`], by
+    /// name ([`ProxyConfig::take_desired_reusing`] uses them instead of
+    /// encoding `routes` again).
+    encoded_routes: EncodedRoutes,
+}
+
+/// [`ProxyConfig`]'s pre-encoded route configurations: a cache of what
+/// encoding `routes` gives, so it takes no part in equality.
+#[derive(Clone, Default)]
+struct EncodedRoutes(BTreeMap<String, Vec<u8>>);
+
+impl PartialEq for EncodedRoutes {
+    fn eq(&self, _: &EncodedRoutes) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for EncodedRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EncodedRoutes({} route configurations)", self.0.len())
+    }
 }
 
 impl ProxyConfig {
@@ -356,7 +377,8 @@ impl ProxyConfig {
         let listeners = std::mem::take(&mut self.listeners);
         out.insert(LISTENER_TYPE(), memo_set(listeners, |l| &l.name, &mut memo.listeners, &mut stats));
         let routes = std::mem::take(&mut self.routes);
-        out.insert(ROUTE_TYPE(), memo_set(routes, |r| &r.name, &mut memo.routes, &mut stats));
+        let encoded = std::mem::take(&mut self.encoded_routes.0);
+        out.insert(ROUTE_TYPE(), memo_routes(routes, encoded, &mut memo.routes, &mut stats));
         let secrets = std::mem::take(&mut self.secrets);
         out.insert(SECRET_TYPE(), memo_set(secrets, |s| &s.name, &mut memo.secrets, &mut stats));
         tie_endpoints_to_clusters(&mut out);
@@ -467,6 +489,53 @@ fn memo_set<M: prost::Message + Name + PartialEq>(
     out
 }
 
+/// [`memo_set`] for route configurations, with those `encoded` already
+/// (by [`generate_reusing`]): their bytes are compared with the previous
+/// generation's instead of the structs, and never encoded again.
+fn memo_routes(
+    items: Vec<RouteConfiguration>,
+    mut encoded: BTreeMap<String, Vec<u8>>,
+    memo: &mut BTreeMap<String, (RouteConfiguration, Desired)>,
+    stats: &mut MemoStats,
+) -> DesiredSet {
+    if encoded.is_empty() {
+        return memo_set(items, |r| &r.name, memo, stats);
+    }
+    let mut next = BTreeMap::new();
+    let mut out = DesiredSet::new();
+    for m in items {
+        let key = m.name.clone();
+        let old = memo.remove(&key);
+        let desired = match (encoded.remove(&key), old) {
+            (Some(bytes), Some((_, desired))) if desired.resource.value == bytes => {
+                stats.reused += 1;
+                desired
+            }
+            (Some(bytes), _) => {
+                debug_assert!(
+                    bytes == prost::Message::encode_to_vec(&m),
+                    "route configuration {key}: spliced encoding differs"
+                );
+                stats.encoded += 1;
+                let any = envoy_types::pb::google::protobuf::Any { type_url: ROUTE_TYPE(), value: bytes };
+                Desired { version: any_version(&any), resource: any }
+            }
+            (None, Some((old, desired))) if old == m => {
+                stats.reused += 1;
+                desired
+            }
+            (None, _) => {
+                stats.encoded += 1;
+                desired_of(&m)
+            }
+        };
+        out.insert(key.clone(), desired.clone());
+        next.insert(key, (m, desired));
+    }
+    *memo = next;
+    out
+}
+
 /// What a builtin gateway Dataplane's configuration depends on besides the
 /// snapshot, with its address left out: two Dataplanes of one snapshot
 /// with equal keys get the same configuration but for the address their
@@ -530,6 +599,9 @@ struct Ctx {
     /// The per-route build cache, when generating with a [`Memo`]
     /// ([`generate_reusing`]); `None`: build everything.
     routes: Option<http::RouteMemo>,
+    /// With the cache: each virtual host built, encoded, by route
+    /// configuration name, in order.
+    encoded_vhosts: Vec<(String, Vec<u8>)>,
 }
 
 impl Ctx {
@@ -651,12 +723,37 @@ fn finish(
     ctx.deps.policies = ctx.applied.used().clone();
     let secrets = ctx.secrets.into_values().collect();
     let dataplane = ctx.dataplane;
-    let mut config =
-        ProxyConfig { listeners, routes, clusters, endpoints, secrets, deps: ctx.deps, warnings: ctx.warnings };
-    check::prune(&mut config);
+    let mut config = ProxyConfig {
+        listeners,
+        routes,
+        clusters,
+        endpoints,
+        secrets,
+        deps: ctx.deps,
+        warnings: ctx.warnings,
+        encoded_routes: EncodedRoutes::default(),
+    };
+    let pruned = check::prune(&mut config);
     if let Some(dp) = snapshot.dataplanes.get(&dataplane) {
         let gateway = config.deps.gateway.is_some();
         proxy_template::apply(snapshot, &proxy_template::dataplane_tags(&dp.spec), gateway, &mut config);
+    }
+    // The route configurations as built (not changed by `prune`), encoded
+    // from their virtual hosts' encodings.
+    if !ctx.encoded_vhosts.is_empty() {
+        let mut by_name: BTreeMap<&str, Vec<&[u8]>> = BTreeMap::new();
+        for (name, vh) in &ctx.encoded_vhosts {
+            by_name.entry(name.as_str()).or_default().push(vh.as_slice());
+        }
+        for rc in &mut config.routes {
+            match by_name.get(rc.name.as_str()) {
+                Some(vhs) if vhs.len() == rc.virtual_hosts.len() && !pruned.contains(&rc.name) => {
+                    let bytes = http::encode_route_configuration(rc, vhs);
+                    config.encoded_routes.0.insert(rc.name.clone(), bytes);
+                }
+                _ => {}
+            }
+        }
     }
     // Sorted and once each: the same inputs in any order give the same list.
     config.warnings.sort();
@@ -739,6 +836,7 @@ mod tests {
             secrets: Vec::new(),
             deps: Deps::default(),
             warnings: Vec::new(),
+            encoded_routes: EncodedRoutes::default(),
         };
         let eds = |d: &BTreeMap<String, DesiredSet>, n: &str| d[&ENDPOINT_TYPE()][n].clone();
         let before = config(5).desired();

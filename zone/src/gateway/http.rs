@@ -357,16 +357,26 @@ fn virtual_host(
     order.dedup_by(|a, b| built[a.0].routes[a.1].1 == built[b.0].routes[b.1].1);
     let keep = ctx.routes.is_some();
     let mut routes: Vec<Route> = Vec::with_capacity(order.len());
+    // With the cache, the routes' encodings as the virtual host's `routes`
+    // field: the route configuration is then encoded without encoding
+    // every route again ([`encode_spliced`]).
+    let mut records = Vec::new();
     for (e, i) in order {
-        let route = &mut built[e].routes[i].2;
-        routes.push(if keep { Route::clone(route) } else { std::mem::take(&mut **route) });
+        let (_, bytes, route) = &mut built[e].routes[i];
+        if keep {
+            routes.push(Route::clone(route));
+            record(ROUTES_TAG, bytes, &mut records);
+        } else {
+            routes.push(std::mem::take(&mut **route));
+        }
     }
     if let Some(memo) = ctx.routes.as_mut() {
         for ((route_config, host, key), (r, entries)) in slots.into_iter().zip(attached.iter().zip(built)) {
             memo.next.entry(r.route.to_string()).or_default().push(Slot { route_config, host, key, entries });
         }
     }
-    if attached.iter().all(|r| r.http.rules.is_empty()) {
+    let no_route = attached.iter().all(|r| r.http.rules.is_empty());
+    if no_route {
         routes.push(Route {
             name: "no-route".into(),
             r#match: Some(RouteMatch {
@@ -384,7 +394,7 @@ fn virtual_host(
             ..Default::default()
         });
     }
-    VirtualHost {
+    let mut vh = VirtualHost {
         name: host.to_string(),
         domains: vec![host.to_string()],
         routes,
@@ -397,7 +407,62 @@ fn virtual_host(
             Vec::new()
         },
         ..Default::default()
+    };
+    if keep {
+        if no_route && let Some(r) = vh.routes.last() {
+            record(ROUTES_TAG, &r.encode_to_vec(), &mut records);
+        }
+        let routes = std::mem::take(&mut vh.routes);
+        let shell = VirtualHost { name: vh.name.clone(), domains: vh.domains.clone(), ..Default::default() };
+        let encoded = encode_spliced(&vh, shell.encoded_len(), &records);
+        vh.routes = routes;
+        ctx.encoded_vhosts.push((route_config.to_string(), encoded));
     }
+    vh
+}
+
+/// Field number of `VirtualHost.routes` and of `RouteConfiguration.virtual_hosts`.
+const ROUTES_TAG: u32 = 3;
+const VIRTUAL_HOSTS_TAG: u32 = 2;
+
+/// Appends `bytes` as one length-delimited field `tag` (an element of a
+/// repeated message field) to `out`.
+fn record(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// The encoding of `shell` with `records` (encoded elements of one repeated
+/// message field) inserted after its first `head` bytes: what encoding
+/// `shell` with those elements in that field gives, when every field
+/// encoded before it (within `head`) has a smaller number and every one
+/// after a greater (prost encodes fields in field-number order). Used for
+/// a virtual host (`name` 1, `domains` 2, then `routes` 3) and a route
+/// configuration (`name` 1, then `virtual_hosts` 2); the cache's debug
+/// check and `a_one_route_change_rebuilds_that_route_only` compare it with
+/// prost's own encoding.
+fn encode_spliced<M: Message>(shell: &M, head: usize, records: &[u8]) -> Vec<u8> {
+    let rest = shell.encode_to_vec();
+    let mut out = Vec::with_capacity(rest.len() + records.len());
+    out.extend_from_slice(&rest[..head.min(rest.len())]);
+    out.extend_from_slice(records);
+    out.extend_from_slice(&rest[head.min(rest.len())..]);
+    out
+}
+
+/// The encoding of route configuration `rc` from the encodings of its
+/// virtual hosts (in order), without encoding their routes again.
+pub(super) fn encode_route_configuration(rc: &mut RouteConfiguration, vhosts: &[&[u8]]) -> Vec<u8> {
+    let mut records = Vec::with_capacity(vhosts.iter().map(|v| v.len() + 6).sum());
+    for v in vhosts {
+        record(VIRTUAL_HOSTS_TAG, v, &mut records);
+    }
+    let head = RouteConfiguration { name: rc.name.clone(), ..Default::default() }.encoded_len();
+    let virtual_hosts = std::mem::take(&mut rc.virtual_hosts);
+    let encoded = encode_spliced(rc, head, &records);
+    rc.virtual_hosts = virtual_hosts;
+    encoded
 }
 
 /// The Envoy route name of one match of one rule: `<route>:<hash>`, the

@@ -229,7 +229,7 @@ pub fn generate<'a>(
         warnings,
         ..ProxyConfig::default()
     };
-    check::prune(&mut config);
+    let _ = check::prune(&mut config);
     config.warnings.sort();
     config.warnings.dedup();
     config
