@@ -403,7 +403,11 @@ fn tie_endpoints_to_clusters(out: &mut BTreeMap<String, DesiredSet>) {
     let Some(endpoints) = out.get_mut(&ENDPOINT_TYPE()) else { return };
     for (name, cluster_version) in versions {
         if let Some(d) = endpoints.get_mut(&name) {
-            d.version = format!("{}.{cluster_version}", d.version);
+            // `<endpoints version>.<cluster version>` (pushed, not
+            // formatted: this runs for every cluster of every generation).
+            d.version.reserve(1 + cluster_version.len());
+            d.version.push('.');
+            d.version.push_str(&cluster_version);
         }
     }
 }

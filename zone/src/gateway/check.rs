@@ -74,12 +74,24 @@ pub(super) fn prune(config: &mut ProxyConfig) -> BTreeSet<String> {
             changed.insert(rc.name.clone());
         }
     }
-    let mut names = BTreeSet::new();
-    config.clusters.retain(|c| names.insert(c.name.clone()));
-    let mut names = BTreeSet::new();
-    config.endpoints.retain(|c| names.insert(c.cluster_name.clone()));
+    let keep = first_of_each(config.clusters.iter().map(|c| c.name.as_str()));
+    if keep.contains(&false) {
+        let mut keep = keep.into_iter();
+        config.clusters.retain(|_| keep.next().unwrap_or(true));
+    }
+    let keep = first_of_each(config.endpoints.iter().map(|c| c.cluster_name.as_str()));
+    if keep.contains(&false) {
+        let mut keep = keep.into_iter();
+        config.endpoints.retain(|_| keep.next().unwrap_or(true));
+    }
     config.warnings.extend(warnings);
     changed
+}
+
+/// For each name in order, whether it is the first of that name.
+fn first_of_each<'a>(names: impl Iterator<Item = &'a str>) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    names.map(|n| seen.insert(n)).collect()
 }
 
 /// Envoy's domain rule: non-empty, at most one `*`, at the start or the end.

@@ -216,8 +216,10 @@ pub(super) fn generate(
     remote: bool,
     warnings: &mut Vec<String>,
 ) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
-    let mut clusters = Vec::new();
-    let mut assignments = Vec::new();
+    // Sized up front: a Cluster is over 3 KB, and growing a vector of a
+    // thousand of them copies megabytes.
+    let mut clusters = Vec::with_capacity(wanted.len());
+    let mut assignments = Vec::with_capacity(wanted.len());
     for (name, destination) in wanted {
         let (eps, remote_eps, socket) = if let Some((target, dest)) = super::cross_mesh::target(snapshot, destination) {
             // A crossMesh gateway of another mesh: over mTLS only.
