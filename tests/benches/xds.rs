@@ -4,7 +4,10 @@
 //! a real Envoy from the test topology).
 //!
 //! - generator: `generate` + `desired` (encode and hash) for one gateway
-//!   with N routes, each to its own backend service.
+//!   with N routes, each to its own backend service; and a one-route
+//!   change through the zone's path (`generate_reusing` +
+//!   `take_desired_reusing`) against from scratch and against the same
+//!   change built in full.
 //! - push latency: a route applied to the zone API until a real Envoy
 //!   serves it (delta ADS), and an endpoint added until it answers.
 
