@@ -321,20 +321,37 @@ pub struct ProxyConfig {
     /// destinations without a service or without a healthy endpoint...),
     /// sorted, each once.
     pub warnings: Vec<String>,
+    /// Route configurations already encoded by [`generate_reusing`], by
+    /// name ([`ProxyConfig::take_desired_reusing`] uses them instead of
+    /// encoding `routes` again).
+    encoded_routes: EncodedRoutes,
+}
+
+/// [`ProxyConfig`]'s pre-encoded route configurations: a cache of what
+/// encoding `routes` gives, so it takes no part in equality.
+#[derive(Clone, Default)]
+struct EncodedRoutes(BTreeMap<String, Vec<u8>>);
+
+impl PartialEq for EncodedRoutes {
+    fn eq(&self, _: &EncodedRoutes) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for EncodedRoutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EncodedRoutes({} route configurations)", self.0.len())
+    }
 }
 
 impl ProxyConfig {
     /// The desired set of each type (keyed by type URL), versions being
     /// content hashes of the encoded resources.
     pub fn desired(&self) -> BTreeMap<String, DesiredSet> {
-        fn set<M: prost::Message + Name + Clone>(items: &[M], name: impl Fn(&M) -> String) -> DesiredSet {
-            items
-                .iter()
-                .map(|m| {
-                    let any = envoy_types::util::pack_any(m.clone());
-                    (name(m), Desired { version: any_version(&any), resource: any })
-                })
-                .collect()
+        // Encoded in place (`desired_of`), not packed from a clone: the
+        // resources of a large gateway are megabytes of structs.
+        fn set<M: prost::Message + Name>(items: &[M], name: impl Fn(&M) -> String) -> DesiredSet {
+            items.iter().map(|m| (name(m), desired_of(m))).collect()
         }
         let mut out = BTreeMap::new();
         out.insert(CLUSTER_TYPE(), set(&self.clusters, |c| c.name.clone()));
@@ -360,7 +377,8 @@ impl ProxyConfig {
         let listeners = std::mem::take(&mut self.listeners);
         out.insert(LISTENER_TYPE(), memo_set(listeners, |l| &l.name, &mut memo.listeners, &mut stats));
         let routes = std::mem::take(&mut self.routes);
-        out.insert(ROUTE_TYPE(), memo_set(routes, |r| &r.name, &mut memo.routes, &mut stats));
+        let encoded = std::mem::take(&mut self.encoded_routes.0);
+        out.insert(ROUTE_TYPE(), memo_routes(routes, encoded, &mut memo.routes, &mut stats));
         let secrets = std::mem::take(&mut self.secrets);
         out.insert(SECRET_TYPE(), memo_set(secrets, |s| &s.name, &mut memo.secrets, &mut stats));
         tie_endpoints_to_clusters(&mut out);
@@ -385,7 +403,11 @@ fn tie_endpoints_to_clusters(out: &mut BTreeMap<String, DesiredSet>) {
     let Some(endpoints) = out.get_mut(&ENDPOINT_TYPE()) else { return };
     for (name, cluster_version) in versions {
         if let Some(d) = endpoints.get_mut(&name) {
-            d.version = format!("{}.{cluster_version}", d.version);
+            // `<endpoints version>.<cluster version>` (pushed, not
+            // formatted: this runs for every cluster of every generation).
+            d.version.reserve(1 + cluster_version.len());
+            d.version.push('.');
+            d.version.push_str(&cluster_version);
         }
     }
 }
@@ -396,6 +418,10 @@ fn tie_endpoints_to_clusters(out: &mut BTreeMap<String, DesiredSet>) {
 /// only the resources that differ from it; an equal resource reuses its
 /// encoded bytes and content version, which are byte for byte what encoding
 /// it again would give (prost encoding is deterministic).
+///
+/// It also holds what [`generate_reusing`] rebuilds from: each
+/// MeshGatewayRoute's Envoy routes per virtual host, with the inputs they
+/// were built from.
 #[derive(Debug, Clone, Default)]
 pub struct Memo {
     listeners: BTreeMap<String, (Listener, Desired)>,
@@ -403,9 +429,29 @@ pub struct Memo {
     clusters: BTreeMap<String, (Cluster, Desired)>,
     endpoints: BTreeMap<String, (ClusterLoadAssignment, Desired)>,
     secrets: BTreeMap<String, (Secret, Desired)>,
+    build: BuildMemo,
 }
 
-/// How many resources [`ProxyConfig::desired_reusing`] encoded and reused.
+/// The generator's side of a [`Memo`].
+#[derive(Debug, Clone, Default)]
+struct BuildMemo {
+    /// What every cached entry depends on besides its own key: the mesh's
+    /// name and its policies (route policies, TrafficPermission). When
+    /// either differs, every entry is dropped.
+    scope: Option<(String, policies::Policies)>,
+    routes: http::RouteMemo,
+}
+
+impl Memo {
+    /// How many MeshGatewayRoute entries (one route in one virtual host)
+    /// the last [`generate_reusing`] reused and built.
+    pub fn route_stats(&self) -> MemoStats {
+        MemoStats { encoded: self.build.routes.built, reused: self.build.routes.reused }
+    }
+}
+
+/// How many resources [`ProxyConfig::take_desired_reusing`] encoded and
+/// reused (or, from [`Memo::route_stats`], route entries built and reused).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MemoStats {
     pub encoded: usize,
@@ -436,6 +482,53 @@ fn memo_set<M: prost::Message + Name + PartialEq>(
                 desired
             }
             _ => {
+                stats.encoded += 1;
+                desired_of(&m)
+            }
+        };
+        out.insert(key.clone(), desired.clone());
+        next.insert(key, (m, desired));
+    }
+    *memo = next;
+    out
+}
+
+/// [`memo_set`] for route configurations, with those `encoded` already
+/// (by [`generate_reusing`]): their bytes are compared with the previous
+/// generation's instead of the structs, and never encoded again.
+fn memo_routes(
+    items: Vec<RouteConfiguration>,
+    mut encoded: BTreeMap<String, Vec<u8>>,
+    memo: &mut BTreeMap<String, (RouteConfiguration, Desired)>,
+    stats: &mut MemoStats,
+) -> DesiredSet {
+    if encoded.is_empty() {
+        return memo_set(items, |r| &r.name, memo, stats);
+    }
+    let mut next = BTreeMap::new();
+    let mut out = DesiredSet::new();
+    for m in items {
+        let key = m.name.clone();
+        let old = memo.remove(&key);
+        let desired = match (encoded.remove(&key), old) {
+            (Some(bytes), Some((_, desired))) if desired.resource.value == bytes => {
+                stats.reused += 1;
+                desired
+            }
+            (Some(bytes), _) => {
+                debug_assert!(
+                    bytes == prost::Message::encode_to_vec(&m),
+                    "route configuration {key}: spliced encoding differs"
+                );
+                stats.encoded += 1;
+                let any = envoy_types::pb::google::protobuf::Any { type_url: ROUTE_TYPE(), value: bytes };
+                Desired { version: any_version(&any), resource: any }
+            }
+            (None, Some((old, desired))) if old == m => {
+                stats.reused += 1;
+                desired
+            }
+            (None, _) => {
                 stats.encoded += 1;
                 desired_of(&m)
             }
@@ -507,6 +600,12 @@ struct Ctx {
     applied: policies::Applied,
     deps: Deps,
     warnings: Vec<String>,
+    /// The per-route build cache, when generating with a [`Memo`]
+    /// ([`generate_reusing`]); `None`: build everything.
+    routes: Option<http::RouteMemo>,
+    /// With the cache: each virtual host built, encoded, by route
+    /// configuration name, in order.
+    encoded_vhosts: Vec<(String, Vec<u8>)>,
 }
 
 impl Ctx {
@@ -525,12 +624,47 @@ impl Ctx {
 
 /// Generates the configuration of Dataplane `name` of `snapshot`'s mesh.
 pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenError> {
-    let dp = snapshot
-        .dataplanes
-        .get(name)
-        .ok_or_else(|| GenError::UnknownDataplane { mesh: snapshot.mesh.clone(), name: name.to_string() })?;
+    generate_with(snapshot, name, None).0
+}
+
+/// [`generate`], reusing what `memo` kept of this proxy's previous
+/// generation (from any earlier snapshot): the Envoy routes of each
+/// MeshGatewayRoute in each virtual host are rebuilt only when what they
+/// are built from changed (the route's spec, its listener's port, tags and
+/// `crossMesh`, the EXACT paths of the virtual host that override its
+/// PREFIX paths; and for all of them the mesh's name and policies), then
+/// sorted and assembled as [`generate`] does. The result equals
+/// [`generate`]'s, byte for byte (`xds::cache` proptests hold it to that);
+/// `memo` then holds this generation. Pass the same `memo` to
+/// [`ProxyConfig::take_desired_reusing`] after it.
+pub fn generate_reusing(snapshot: &MeshSnapshot, name: &str, memo: &mut Memo) -> Result<ProxyConfig, GenError> {
+    let mut build = std::mem::take(&mut memo.build);
+    let same_scope = build.scope.as_ref().is_some_and(|(mesh, p)| *mesh == snapshot.mesh && *p == snapshot.policies);
+    if !same_scope {
+        build.routes.clear();
+        build.scope = Some((snapshot.mesh.clone(), snapshot.policies.clone()));
+    }
+    build.routes.reused = 0;
+    build.routes.built = 0;
+    let (config, routes) = generate_with(snapshot, name, Some(build.routes));
+    build.routes = routes.unwrap_or_default();
+    build.routes.rotate();
+    memo.build = build;
+    config
+}
+
+/// [`generate`] with the per-route cache `routes` (given back, holding
+/// this generation's entries besides the previous ones).
+fn generate_with(
+    snapshot: &MeshSnapshot,
+    name: &str,
+    routes: Option<http::RouteMemo>,
+) -> (Result<ProxyConfig, GenError>, Option<http::RouteMemo>) {
+    let Some(dp) = snapshot.dataplanes.get(name) else {
+        return (Err(GenError::UnknownDataplane { mesh: snapshot.mesh.clone(), name: name.to_string() }), routes);
+    };
     let networking = dp.spec.networking.as_ref();
-    let mut ctx = Ctx { dataplane: name.to_string(), mtls: mesh_tls::of(snapshot), ..Ctx::default() };
+    let mut ctx = Ctx { dataplane: name.to_string(), mtls: mesh_tls::of(snapshot), routes, ..Ctx::default() };
     let mut listeners = Vec::new();
     let mut routes = Vec::new();
     let mut local_clusters = Vec::new();
@@ -538,7 +672,8 @@ pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenE
         if let Some(n) = networking {
             (listeners, local_clusters) = sidecar::generate(snapshot, n, &mut ctx);
         }
-        return Ok(finish(snapshot, listeners, routes, local_clusters, ctx));
+        let memo = ctx.routes.take();
+        return (Ok(finish(snapshot, listeners, routes, local_clusters, ctx)), memo);
     };
     ctx.deps.dataplane_tags = gw.tags.clone();
     let builtin = gw.r#type == mesh::dataplane::networking::gateway::GatewayType::Builtin as i32;
@@ -558,7 +693,8 @@ pub fn generate(snapshot: &MeshSnapshot, name: &str) -> Result<ProxyConfig, GenE
     } else if let Some(n) = networking {
         listeners = delegated::outbound_listeners(n, &mut ctx);
     }
-    Ok(finish(snapshot, listeners, routes, local_clusters, ctx))
+    let memo = ctx.routes.take();
+    (Ok(finish(snapshot, listeners, routes, local_clusters, ctx)), memo)
 }
 
 /// Adds the clusters asked for (and their endpoints) to the listeners and
@@ -570,12 +706,15 @@ fn finish(
     local_clusters: Vec<Cluster>,
     mut ctx: Ctx,
 ) -> ProxyConfig {
+    // Every inbound of the mesh by service, once per generation.
+    let inbounds = clusters::index(snapshot);
+    let mtls = ctx.mtls.as_ref().filter(|m| m.clients);
     let (mut clusters, endpoints) =
-        clusters::generate(snapshot, &ctx.clusters, ctx.mtls.as_ref().filter(|m| m.clients), true, &mut ctx.warnings);
+        clusters::generate(snapshot, &inbounds, &ctx.clusters, mtls, true, &mut ctx.warnings);
     if ctx.deps.gateway.is_some() {
         for c in &mut clusters {
             if let Some(destination) = ctx.clusters.get(&c.name) {
-                policies::apply_cluster(snapshot, &ctx.gateway_tags, destination, c, &mut ctx.applied);
+                policies::apply_cluster(snapshot, &inbounds, &ctx.gateway_tags, destination, c, &mut ctx.applied);
             }
         }
         let unused = ctx.applied.unused(&snapshot.policies, &ctx.deps.listener_tags);
@@ -588,12 +727,37 @@ fn finish(
     ctx.deps.policies = ctx.applied.used().clone();
     let secrets = ctx.secrets.into_values().collect();
     let dataplane = ctx.dataplane;
-    let mut config =
-        ProxyConfig { listeners, routes, clusters, endpoints, secrets, deps: ctx.deps, warnings: ctx.warnings };
-    check::prune(&mut config);
+    let mut config = ProxyConfig {
+        listeners,
+        routes,
+        clusters,
+        endpoints,
+        secrets,
+        deps: ctx.deps,
+        warnings: ctx.warnings,
+        encoded_routes: EncodedRoutes::default(),
+    };
+    let pruned = check::prune(&mut config);
     if let Some(dp) = snapshot.dataplanes.get(&dataplane) {
         let gateway = config.deps.gateway.is_some();
         proxy_template::apply(snapshot, &proxy_template::dataplane_tags(&dp.spec), gateway, &mut config);
+    }
+    // The route configurations as built (not changed by `prune`), encoded
+    // from their virtual hosts' encodings.
+    if !ctx.encoded_vhosts.is_empty() {
+        let mut by_name: BTreeMap<&str, Vec<&[u8]>> = BTreeMap::new();
+        for (name, vh) in &ctx.encoded_vhosts {
+            by_name.entry(name.as_str()).or_default().push(vh.as_slice());
+        }
+        for rc in &mut config.routes {
+            match by_name.get(rc.name.as_str()) {
+                Some(vhs) if vhs.len() == rc.virtual_hosts.len() && !pruned.contains(&rc.name) => {
+                    let bytes = http::encode_route_configuration(rc, vhs);
+                    config.encoded_routes.0.insert(rc.name.clone(), bytes);
+                }
+                _ => {}
+            }
+        }
     }
     // Sorted and once each: the same inputs in any order give the same list.
     config.warnings.sort();
@@ -676,6 +840,7 @@ mod tests {
             secrets: Vec::new(),
             deps: Deps::default(),
             warnings: Vec::new(),
+            encoded_routes: EncodedRoutes::default(),
         };
         let eds = |d: &BTreeMap<String, DesiredSet>, n: &str| d[&ENDPOINT_TYPE()][n].clone();
         let before = config(5).desired();
@@ -686,6 +851,53 @@ mod tests {
         assert_ne!(eds(&before, "web").version, eds(&after, "web").version, "but go out again after the cluster");
         assert_eq!(eds(&before, "api"), eds(&after, "api"), "an unchanged cluster's endpoints stay as they are");
         assert_eq!(config(6).desired(), after, "with or without the memo");
+    }
+
+    fn world(routes: &[(&str, &str)]) -> MeshSnapshot {
+        let mut yaml = String::from(
+            "type: MeshGateway\nmesh: default\nname: gw\nselectors: [{match: {kuma.io/service: gw}}]\nconf: {listeners: [{port: 8080, protocol: HTTP}]}\n---\ntype: Dataplane\nmesh: default\nname: gw-1\nnetworking: {address: 10.0.0.1, gateway: {type: BUILTIN, tags: {kuma.io/service: gw}}}\n---\ntype: Dataplane\nmesh: default\nname: b-1\nnetworking: {address: 10.0.0.2, inbound: [{port: 80, tags: {kuma.io/service: b}}]}\n",
+        );
+        for (name, path) in routes {
+            yaml.push_str(&format!(
+                "---\ntype: MeshGatewayRoute\nmesh: default\nname: {name}\nselectors: [{{match: {{kuma.io/service: gw}}}}]\nconf: {{http: {{rules: [{{matches: [{{path: {path}}}], backends: [{{destination: {{kuma.io/service: b}}}}]}}]}}}}\n"
+            ));
+        }
+        let resources: Vec<Resource> = meridian_sync_proto::universal::parse_resources(&yaml)
+            .expect("yaml")
+            .into_iter()
+            .map(|r| r.expect("resource"))
+            .collect();
+        MeshSnapshot::from_resources("default", &resources)
+    }
+
+    #[test]
+    fn a_one_route_change_rebuilds_that_route_only() {
+        let before = world(&[("r1", "{match: PREFIX, value: /a}"), ("r2", "{match: PREFIX, value: /b}")]);
+        // r2 changes; r3 arrives with an EXACT /a that overrides r1's exact
+        // half: r1's spec is the same, its Envoy routes are not.
+        let after = world(&[
+            ("r1", "{match: PREFIX, value: /a}"),
+            ("r2", "{match: PREFIX, value: /c}"),
+            ("r3", "{match: EXACT, value: /a}"),
+        ]);
+        let mut memo = Memo::default();
+        for (snapshot, built, reused) in [(&before, 2, 0), (&before, 0, 2), (&after, 3, 0), (&after, 0, 3)] {
+            let mut got = generate_reusing(snapshot, "gw-1", &mut memo).expect("generate");
+            assert_eq!(memo.route_stats(), MemoStats { encoded: built, reused });
+            let want = generate(snapshot, "gw-1").expect("generate");
+            assert_eq!(got, want);
+            let (desired, _) = got.take_desired_reusing(&mut memo);
+            assert_eq!(desired, want.desired());
+        }
+        // Back: r3 leaves and r2 is as before; r1's input changes back too.
+        let mut got = generate_reusing(&before, "gw-1", &mut memo).expect("generate");
+        assert_eq!(memo.route_stats(), MemoStats { encoded: 2, reused: 0 });
+        assert_eq!(got.take_desired_reusing(&mut memo).0, generate(&before, "gw-1").expect("generate").desired());
+        // Only r2 changes: r1 is reused.
+        let third = world(&[("r1", "{match: PREFIX, value: /a}"), ("r2", "{match: EXACT, value: /d}")]);
+        let got = generate_reusing(&third, "gw-1", &mut memo).expect("generate");
+        assert_eq!(memo.route_stats(), MemoStats { encoded: 1, reused: 1 });
+        assert_eq!(got, generate(&third, "gw-1").expect("generate"));
     }
 
     #[test]

@@ -14,7 +14,9 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher}
 use super::ProxyConfig;
 
 /// Drops invalid routes, duplicate names and dangling route configurations.
-pub(super) fn prune(config: &mut ProxyConfig) {
+/// Returns the names of the route configurations it changed or dropped.
+pub(super) fn prune(config: &mut ProxyConfig) -> BTreeSet<String> {
+    let mut changed = BTreeSet::new();
     let mut warnings = Vec::new();
     let mut names = BTreeSet::new();
     config.listeners.retain(|l| {
@@ -38,8 +40,16 @@ pub(super) fn prune(config: &mut ProxyConfig) {
         });
     }
     let mut names = BTreeSet::new();
-    config.routes.retain(|r| names.insert(r.name.clone()));
+    config.routes.retain(|r| {
+        let fresh = names.insert(r.name.clone());
+        if !fresh {
+            changed.insert(r.name.clone());
+        }
+        fresh
+    });
     for rc in &mut config.routes {
+        let before =
+            (rc.virtual_hosts.len(), rc.virtual_hosts.iter().map(|v| v.routes.len() + v.domains.len()).sum::<usize>());
         let mut domains = BTreeSet::new();
         for vh in &mut rc.virtual_hosts {
             vh.domains.retain(|d| {
@@ -58,12 +68,30 @@ pub(super) fn prune(config: &mut ProxyConfig) {
             });
         }
         rc.virtual_hosts.retain(|vh| !vh.domains.is_empty());
+        let after =
+            (rc.virtual_hosts.len(), rc.virtual_hosts.iter().map(|v| v.routes.len() + v.domains.len()).sum::<usize>());
+        if before != after {
+            changed.insert(rc.name.clone());
+        }
     }
-    let mut names = BTreeSet::new();
-    config.clusters.retain(|c| names.insert(c.name.clone()));
-    let mut names = BTreeSet::new();
-    config.endpoints.retain(|c| names.insert(c.cluster_name.clone()));
+    let keep = first_of_each(config.clusters.iter().map(|c| c.name.as_str()));
+    if keep.contains(&false) {
+        let mut keep = keep.into_iter();
+        config.clusters.retain(|_| keep.next().unwrap_or(true));
+    }
+    let keep = first_of_each(config.endpoints.iter().map(|c| c.cluster_name.as_str()));
+    if keep.contains(&false) {
+        let mut keep = keep.into_iter();
+        config.endpoints.retain(|_| keep.next().unwrap_or(true));
+    }
     config.warnings.extend(warnings);
+    changed
+}
+
+/// For each name in order, whether it is the first of that name.
+fn first_of_each<'a>(names: impl Iterator<Item = &'a str>) -> Vec<bool> {
+    let mut seen = std::collections::HashSet::new();
+    names.map(|n| seen.insert(n)).collect()
 }
 
 /// Envoy's domain rule: non-empty, at most one `*`, at the start or the end.

@@ -155,18 +155,21 @@ pub(super) fn local_cluster(name: &str, ip: &str, port: u32) -> Cluster {
 /// The `kuma.io/protocol` every inbound of the mesh matching `destination`
 /// declares, when they all declare the same one (healthy or not: the
 /// service's protocol does not change with its health); `None` when they
-/// differ, some declare none, or there is no such inbound.
-pub(super) fn protocol_of(snapshot: &MeshSnapshot, destination: &BTreeMap<String, String>) -> Option<String> {
+/// differ, some declare none, or there is no such inbound. `inbounds` is
+/// the mesh's [`index`]: a destination naming a service looks at that
+/// service's inbounds only (a lookup, not a scan of every Dataplane).
+pub(super) fn protocol_of(inbounds: &Inbounds<'_>, destination: &BTreeMap<String, String>) -> Option<String> {
+    let candidates: Box<dyn Iterator<Item = &(&str, &Networking, &Inbound)>> = match destination.get(SERVICE_TAG) {
+        Some(service) if service != "*" => Box::new(inbounds.get(service.as_str()).into_iter().flatten()),
+        _ => Box::new(inbounds.values().flatten()),
+    };
     let mut found: Option<&str> = None;
-    for dp in snapshot.dataplanes.values() {
-        let Some(n) = dp.spec.networking.as_ref() else { continue };
-        for inbound in n.inbound.iter().filter(|i| tags_match(destination, &i.tags)) {
-            let p = inbound.tags.get(super::PROTOCOL_TAG).map(String::as_str)?;
-            if found.is_some_and(|f| f != p) {
-                return None;
-            }
-            found = Some(p);
+    for (_, _, inbound) in candidates.filter(|(_, _, i)| tags_match(destination, &i.tags)) {
+        let p = inbound.tags.get(super::PROTOCOL_TAG).map(String::as_str)?;
+        if found.is_some_and(|f| f != p) {
+            return None;
         }
+        found = Some(p);
     }
     found.map(str::to_string)
 }
@@ -207,14 +210,16 @@ pub(super) fn lb_endpoints(eps: Vec<(String, u32)>) -> Vec<LbEndpoint> {
 /// zones through their ZoneIngresses ([`crate::gateway::cross_zone`]).
 pub(super) fn generate(
     snapshot: &MeshSnapshot,
+    inbounds: &Inbounds<'_>,
     wanted: &BTreeMap<String, BTreeMap<String, String>>,
     mtls: Option<&mesh_tls::MeshTls>,
     remote: bool,
     warnings: &mut Vec<String>,
 ) -> (Vec<Cluster>, Vec<ClusterLoadAssignment>) {
-    let inbounds = index(snapshot);
-    let mut clusters = Vec::new();
-    let mut assignments = Vec::new();
+    // Sized up front: a Cluster is over 3 KB, and growing a vector of a
+    // thousand of them copies megabytes.
+    let mut clusters = Vec::with_capacity(wanted.len());
+    let mut assignments = Vec::with_capacity(wanted.len());
     for (name, destination) in wanted {
         let (eps, remote_eps, socket) = if let Some((target, dest)) = super::cross_mesh::target(snapshot, destination) {
             // A crossMesh gateway of another mesh: over mTLS only.
@@ -241,7 +246,7 @@ pub(super) fn generate(
             }
             (eps, remote_eps, Some(mesh_tls::cross_mesh_upstream_socket(&m.mesh, &target, &dest)))
         } else {
-            let local = endpoints(&inbounds, destination, warnings);
+            let local = endpoints(inbounds, destination, warnings);
             let remote_eps = if remote {
                 super::cross_zone::remote_endpoints(
                     snapshot,

@@ -1,7 +1,7 @@
 //! HTTP route tables: virtual hosts per hostname (with the wildcard
 //! redistribution), one Envoy route per match, ordered most specific first.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use envoy_types::pb::envoy::{
     config::{
@@ -24,7 +24,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use meridian_sync_proto::pb::mesh::{
     HttpMethod,
     mesh_gateway_route::{
-        Backend,
+        Backend, HttpRoute,
         conf::Route as RouteKind,
         http_route::{
             Match, Rule,
@@ -46,13 +46,13 @@ pub const NO_ROUTE_BODY: &str = "This is a Meridian MeshGateway. No routes match
 /// Sent on every HTTPS response.
 const HSTS: &str = "max-age=31536000; includeSubDomains";
 
-/// One rule of one route, as it applies to a virtual host.
+/// One MeshGatewayRoute as it applies to a virtual host: its HTTP part
+/// and the listener it attached through.
 #[derive(Clone, Copy)]
-struct RuleRef<'a> {
+struct RouteRef<'a> {
     route: &'a str,
-    index: usize,
-    rule: &'a Rule,
-    /// Tags of the listener the rule came from (the source of policies).
+    http: &'a HttpRoute,
+    /// Tags of the listener the route came from (the source of policies).
     source: &'a BTreeMap<String, String>,
     /// The listener is `crossMesh` (clients of other meshes).
     cross_mesh: bool,
@@ -92,7 +92,7 @@ pub(super) fn route_configuration(
             .min_by_key(|l| host_order(&l.hostname))
             .map(|l| l.hostname.as_str());
         let mut seen = BTreeSet::new();
-        let mut rules = Vec::new();
+        let mut routes = Vec::new();
         for l in listeners.iter().filter(|l| host_covers(&l.hostname, host)) {
             for (route, h) in http_routes(l) {
                 let applies = if h.hostnames.is_empty() {
@@ -101,19 +101,11 @@ pub(super) fn route_configuration(
                     h.hostnames.iter().any(|rh| host_covers(rh, host))
                 };
                 if applies && seen.insert(route) {
-                    let source = &l.tags;
-                    let cross_mesh = l.spec.cross_mesh;
-                    rules.extend(h.rules.iter().enumerate().map(|(index, rule)| RuleRef {
-                        route,
-                        index,
-                        rule,
-                        source,
-                        cross_mesh,
-                    }));
+                    routes.push(RouteRef { route, http: h, source: &l.tags, cross_mesh: l.spec.cross_mesh });
                 }
             }
         }
-        virtual_hosts.push(virtual_host(snapshot, host, port, &rules, https, ctx));
+        virtual_hosts.push(virtual_host(snapshot, name, host, port, &routes, https, ctx));
     }
     RouteConfiguration {
         name: name.to_string(),
@@ -128,9 +120,7 @@ pub(super) fn route_configuration(
 }
 
 /// The HTTP routes attached to a listener, by name.
-fn http_routes<'a>(
-    l: &'a ListenerCtx<'a>,
-) -> impl Iterator<Item = (&'a str, &'a meridian_sync_proto::pb::mesh::mesh_gateway_route::HttpRoute)> + 'a {
+fn http_routes<'a>(l: &'a ListenerCtx<'a>) -> impl Iterator<Item = (&'a str, &'a HttpRoute)> + 'a {
     l.routes.iter().filter_map(|r| match r.spec.conf.as_ref().and_then(|c| c.route.as_ref()) {
         Some(RouteKind::Http(h))
             if h.hostnames.is_empty() || h.hostnames.iter().any(|rh| hosts_match(rh, &l.hostname)) =>
@@ -141,35 +131,126 @@ fn http_routes<'a>(
     })
 }
 
-fn virtual_host(
-    snapshot: &MeshSnapshot,
-    host: &str,
+/// Everything the Envoy routes of one MeshGatewayRoute in one virtual host
+/// are built from, besides the mesh and its policies (a change of those
+/// empties the whole [`RouteMemo`]): equal keys give equal entries.
+#[derive(Debug, Clone, PartialEq)]
+struct RouteKey {
+    /// The route's HTTP part as written (rules, matches, filters, backends).
+    spec: HttpRoute,
+    /// The listener port (redirects without a port keep it).
     port: u32,
-    rules: &[RuleRef<'_>],
-    https: bool,
-    ctx: &mut Ctx,
-) -> VirtualHost {
-    // Paths an EXACT match of this host names: a PREFIX for the same path
-    // adds no exact half of its own, so the EXACT rule answers that path
-    // whatever order the rules come in (Kuma 2.14,
-    // `gateway_route_generator.go`, `HandlePrefixMatchesAndPopulatePolicies`).
-    let exact_paths: BTreeSet<&str> = rules
+    /// The listener's merged tags (the source of route policies).
+    source: BTreeMap<String, String>,
+    cross_mesh: bool,
+    /// The route's own PREFIX paths that an EXACT match of the virtual
+    /// host names (their exact halves are left out, [`expand_match`]).
+    exact: Vec<String>,
+}
+
+/// The Envoy routes one MeshGatewayRoute contributes to one virtual host
+/// (each with its sort key and encoding), and what building them recorded
+/// in the generation's context, replayed when the entry is reused.
+#[derive(Debug, Clone, Default)]
+struct RouteEntries {
+    /// Boxed: a `Route` is over 2 KB, moved several times while sorting
+    /// and assembling.
+    routes: Vec<(SortKey, Vec<u8>, Box<Route>)>,
+    /// Cluster name → destination, for each backend and mirror named.
+    clusters: BTreeMap<String, BTreeMap<String, String>>,
+    warnings: Vec<String>,
+    applied: policies::Applied,
+}
+
+/// One cached [`RouteEntries`]: where it was built (route configuration
+/// and virtual host) and from what.
+#[derive(Debug, Clone)]
+struct Slot {
+    route_config: String,
+    host: String,
+    key: RouteKey,
+    entries: RouteEntries,
+}
+
+/// A proxy's per-route build cache ([`super::Memo`]): the Envoy routes of
+/// each MeshGatewayRoute in each virtual host of the previous generation,
+/// by route name, with the inputs they were built from. A generation
+/// reuses an entry whose [`RouteKey`] is equal and rebuilds the others;
+/// entries not used by a generation are dropped after it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RouteMemo {
+    /// The previous generation's entries.
+    prev: HashMap<String, Vec<Slot>>,
+    /// This generation's, so far.
+    next: HashMap<String, Vec<Slot>>,
+    /// Entries reused and built (for tests and the bench).
+    pub(super) reused: usize,
+    pub(super) built: usize,
+}
+
+impl RouteMemo {
+    /// Ends a generation: what it used is what the next one may reuse.
+    pub(super) fn rotate(&mut self) {
+        self.prev = std::mem::take(&mut self.next);
+    }
+
+    /// Forgets every entry (the mesh or its policies changed).
+    pub(super) fn clear(&mut self) {
+        self.prev.clear();
+        self.next.clear();
+    }
+
+    fn take(&mut self, route: &str, route_config: &str, host: &str) -> Option<Slot> {
+        let slots = self.prev.get_mut(route)?;
+        let i = slots.iter().position(|s| s.route_config == route_config && s.host == host)?;
+        Some(slots.swap_remove(i))
+    }
+}
+
+/// The route's own PREFIX paths (trimmed) that `exact_paths` holds.
+fn exact_key<'a>(h: &'a HttpRoute, exact_paths: &BTreeSet<&str>) -> Vec<&'a str> {
+    h.rules
         .iter()
-        .flat_map(|r| r.rule.matches.iter())
+        .flat_map(|r| r.matches.iter())
         .filter_map(|m| m.path.as_ref())
-        .filter(|p| path::MatchType::try_from(p.r#match) == Ok(path::MatchType::Exact))
-        .map(|p| p.value.as_str())
-        .collect();
-    let mut routes: Vec<(SortKey, &str, Vec<u8>, Route)> = Vec::new();
-    for r in rules {
-        for (mi, m) in r.rule.matches.iter().enumerate() {
-            let name = route_name(r.route, r.rule, m);
+        .filter(|p| path::MatchType::try_from(p.r#match) == Ok(path::MatchType::Prefix))
+        .map(|p| p.value.trim_end_matches('/'))
+        .filter(|p| !p.is_empty() && exact_paths.contains(p))
+        .collect()
+}
+
+/// Whether `key` is what the entries of `r` would be built from now.
+fn key_matches(key: &RouteKey, r: &RouteRef<'_>, port: u32, exact: &[&str]) -> bool {
+    key.port == port
+        && key.cross_mesh == r.cross_mesh
+        && key.exact.len() == exact.len()
+        && key.exact.iter().zip(exact).all(|(a, b)| a == b)
+        && key.source == *r.source
+        && key.spec == *r.http
+}
+
+/// Builds the Envoy routes of `r` in a virtual host, recording the
+/// clusters, warnings and policies it adds to `ctx` in the entries too.
+fn build_entries(
+    snapshot: &MeshSnapshot,
+    r: &RouteRef<'_>,
+    port: u32,
+    exact_paths: &BTreeSet<&str>,
+    ctx: &mut Ctx,
+) -> RouteEntries {
+    let saved_clusters = std::mem::take(&mut ctx.clusters);
+    let saved_warnings = std::mem::take(&mut ctx.warnings);
+    let saved_applied = std::mem::take(&mut ctx.applied);
+    let mut routes = Vec::new();
+    for (index, rule) in r.http.rules.iter().enumerate() {
+        for (mi, m) in rule.matches.iter().enumerate() {
+            let name = route_name(r.route, rule, m);
             // Where a warning points the user: the rule and match as written.
-            let at = format!("{}:rules[{}].matches[{mi}]", r.route, r.index);
-            for (key, route_match, prefix) in expand_match(m, &exact_paths) {
-                if let Some(mut route) = build_route(name.clone(), &at, route_match, prefix, r.rule, port, ctx) {
+            let at = format!("{}:rules[{index}].matches[{mi}]", r.route);
+            for (key, route_match, prefix) in expand_match(m, exact_paths) {
+                if let Some(mut route) = build_route(name.clone(), &at, route_match, prefix, rule, port, ctx) {
                     if matches!(route.action, Some(route::Action::Route(_))) {
-                        let backends: Vec<_> = r.rule.backends.iter().map(|b| &b.destination).collect();
+                        let backends: Vec<_> = rule.backends.iter().map(|b| &b.destination).collect();
                         policies::apply_route(
                             snapshot,
                             r.source,
@@ -180,18 +261,122 @@ fn virtual_host(
                         );
                     }
                     let bytes = route.encode_to_vec();
-                    routes.push((key, r.route, bytes, route));
+                    routes.push((key, bytes, Box::new(route)));
                 }
             }
         }
     }
+    let entries = RouteEntries {
+        routes,
+        clusters: std::mem::replace(&mut ctx.clusters, saved_clusters),
+        warnings: std::mem::replace(&mut ctx.warnings, saved_warnings),
+        applied: std::mem::replace(&mut ctx.applied, saved_applied),
+    };
+    replay(&entries, ctx);
+    entries
+}
+
+/// Adds what building `entries` recorded to `ctx`, as building them did.
+fn replay(entries: &RouteEntries, ctx: &mut Ctx) {
+    for (name, destination) in &entries.clusters {
+        if !ctx.clusters.contains_key(name) {
+            ctx.clusters.insert(name.clone(), destination.clone());
+        }
+        if !ctx.deps.destinations.contains(destination) {
+            ctx.deps.destinations.insert(destination.clone());
+        }
+    }
+    ctx.warnings.extend(entries.warnings.iter().cloned());
+    ctx.applied.merge(&entries.applied);
+}
+
+fn virtual_host(
+    snapshot: &MeshSnapshot,
+    route_config: &str,
+    host: &str,
+    port: u32,
+    attached: &[RouteRef<'_>],
+    https: bool,
+    ctx: &mut Ctx,
+) -> VirtualHost {
+    // Paths an EXACT match of this host names: a PREFIX for the same path
+    // adds no exact half of its own, so the EXACT rule answers that path
+    // whatever order the rules come in (Kuma 2.14,
+    // `gateway_route_generator.go`, `HandlePrefixMatchesAndPopulatePolicies`).
+    let exact_paths: BTreeSet<&str> = attached
+        .iter()
+        .flat_map(|r| r.http.rules.iter())
+        .flat_map(|r| r.matches.iter())
+        .filter_map(|m| m.path.as_ref())
+        .filter(|p| path::MatchType::try_from(p.r#match) == Ok(path::MatchType::Exact))
+        .map(|p| p.value.as_str())
+        .collect();
+    // Each attached route's entries: reused from the previous generation
+    // when built from the same inputs, else built (and kept for the next).
+    let mut built: Vec<RouteEntries> = Vec::with_capacity(attached.len());
+    let mut slots: Vec<(String, String, RouteKey)> = Vec::new();
+    for r in attached {
+        let Some(memo) = ctx.routes.as_mut() else {
+            built.push(build_entries(snapshot, r, port, &exact_paths, ctx));
+            continue;
+        };
+        let exact = exact_key(r.http, &exact_paths);
+        let (rc, vh, key, entries) = match memo.take(r.route, route_config, host) {
+            Some(s) if key_matches(&s.key, r, port, &exact) => {
+                memo.reused += 1;
+                replay(&s.entries, ctx);
+                (s.route_config, s.host, s.key, s.entries)
+            }
+            _ => {
+                memo.built += 1;
+                let key = RouteKey {
+                    spec: r.http.clone(),
+                    port,
+                    source: r.source.clone(),
+                    cross_mesh: r.cross_mesh,
+                    exact: exact.iter().map(|p| p.to_string()).collect(),
+                };
+                let entries = build_entries(snapshot, r, port, &exact_paths, ctx);
+                (route_config.to_string(), host.to_string(), key, entries)
+            }
+        };
+        built.push(entries);
+        slots.push((rc, vh, key));
+    }
     // A strict total order: specificity, then the MeshGatewayRoute's name,
     // then the encoded route (equal bytes are the same route, kept once).
     // Nothing depends on the order rules, routes or resources arrived in.
-    routes.sort_by(|a, b| (&a.0, a.1, &a.2).cmp(&(&b.0, b.1, &b.2)));
-    routes.dedup_by(|a, b| a.2 == b.2);
-    let mut routes: Vec<Route> = routes.into_iter().map(|(_, _, _, r)| r).collect();
-    if rules.is_empty() {
+    // Sorted by reference: the routes themselves are large to move.
+    let mut order: Vec<(usize, usize)> =
+        built.iter().enumerate().flat_map(|(e, b)| (0..b.routes.len()).map(move |i| (e, i))).collect();
+    let at = |&(e, i): &(usize, usize)| {
+        let (key, bytes, _) = &built[e].routes[i];
+        (key, attached[e].route, bytes)
+    };
+    order.sort_by(|a, b| at(a).cmp(&at(b)));
+    order.dedup_by(|a, b| built[a.0].routes[a.1].1 == built[b.0].routes[b.1].1);
+    let keep = ctx.routes.is_some();
+    let mut routes: Vec<Route> = Vec::with_capacity(order.len());
+    // With the cache, the routes' encodings as the virtual host's `routes`
+    // field: the route configuration is then encoded without encoding
+    // every route again ([`encode_spliced`]).
+    let mut records = Vec::new();
+    for (e, i) in order {
+        let (_, bytes, route) = &mut built[e].routes[i];
+        if keep {
+            routes.push(Route::clone(route));
+            record(ROUTES_TAG, bytes, &mut records);
+        } else {
+            routes.push(std::mem::take(&mut **route));
+        }
+    }
+    if let Some(memo) = ctx.routes.as_mut() {
+        for ((route_config, host, key), (r, entries)) in slots.into_iter().zip(attached.iter().zip(built)) {
+            memo.next.entry(r.route.to_string()).or_default().push(Slot { route_config, host, key, entries });
+        }
+    }
+    let no_route = attached.iter().all(|r| r.http.rules.is_empty());
+    if no_route {
         routes.push(Route {
             name: "no-route".into(),
             r#match: Some(RouteMatch {
@@ -209,7 +394,7 @@ fn virtual_host(
             ..Default::default()
         });
     }
-    VirtualHost {
+    let mut vh = VirtualHost {
         name: host.to_string(),
         domains: vec![host.to_string()],
         routes,
@@ -222,7 +407,62 @@ fn virtual_host(
             Vec::new()
         },
         ..Default::default()
+    };
+    if keep {
+        if no_route && let Some(r) = vh.routes.last() {
+            record(ROUTES_TAG, &r.encode_to_vec(), &mut records);
+        }
+        let routes = std::mem::take(&mut vh.routes);
+        let shell = VirtualHost { name: vh.name.clone(), domains: vh.domains.clone(), ..Default::default() };
+        let encoded = encode_spliced(&vh, shell.encoded_len(), &records);
+        vh.routes = routes;
+        ctx.encoded_vhosts.push((route_config.to_string(), encoded));
     }
+    vh
+}
+
+/// Field number of `VirtualHost.routes` and of `RouteConfiguration.virtual_hosts`.
+const ROUTES_TAG: u32 = 3;
+const VIRTUAL_HOSTS_TAG: u32 = 2;
+
+/// Appends `bytes` as one length-delimited field `tag` (an element of a
+/// repeated message field) to `out`.
+fn record(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// The encoding of `shell` with `records` (encoded elements of one repeated
+/// message field) inserted after its first `head` bytes: what encoding
+/// `shell` with those elements in that field gives, when every field
+/// encoded before it (within `head`) has a smaller number and every one
+/// after a greater (prost encodes fields in field-number order). Used for
+/// a virtual host (`name` 1, `domains` 2, then `routes` 3) and a route
+/// configuration (`name` 1, then `virtual_hosts` 2); the cache's debug
+/// check and `a_one_route_change_rebuilds_that_route_only` compare it with
+/// prost's own encoding.
+fn encode_spliced<M: Message>(shell: &M, head: usize, records: &[u8]) -> Vec<u8> {
+    let rest = shell.encode_to_vec();
+    let mut out = Vec::with_capacity(rest.len() + records.len());
+    out.extend_from_slice(&rest[..head.min(rest.len())]);
+    out.extend_from_slice(records);
+    out.extend_from_slice(&rest[head.min(rest.len())..]);
+    out
+}
+
+/// The encoding of route configuration `rc` from the encodings of its
+/// virtual hosts (in order), without encoding their routes again.
+pub(super) fn encode_route_configuration(rc: &mut RouteConfiguration, vhosts: &[&[u8]]) -> Vec<u8> {
+    let mut records = Vec::with_capacity(vhosts.iter().map(|v| v.len() + 6).sum());
+    for v in vhosts {
+        record(VIRTUAL_HOSTS_TAG, v, &mut records);
+    }
+    let head = RouteConfiguration { name: rc.name.clone(), ..Default::default() }.encoded_len();
+    let virtual_hosts = std::mem::take(&mut rc.virtual_hosts);
+    let encoded = encode_spliced(rc, head, &records);
+    rc.virtual_hosts = virtual_hosts;
+    encoded
 }
 
 /// The Envoy route name of one match of one rule: `<route>:<hash>`, the

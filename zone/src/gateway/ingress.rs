@@ -194,7 +194,7 @@ pub fn generate<'a>(
             wanted.insert(cluster, d);
         }
         // Local endpoints only, no TLS: the client's mTLS passes through.
-        let (c, e) = clusters::generate(snapshot, &wanted, None, false, &mut warnings);
+        let (c, e) = clusters::generate(snapshot, &clusters::index(snapshot), &wanted, None, false, &mut warnings);
         all_clusters.extend(c);
         all_endpoints.extend(e);
     }
@@ -229,7 +229,7 @@ pub fn generate<'a>(
         warnings,
         ..ProxyConfig::default()
     };
-    check::prune(&mut config);
+    let _ = check::prune(&mut config);
     config.warnings.sort();
     config.warnings.dedup();
     config

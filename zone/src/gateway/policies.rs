@@ -178,7 +178,7 @@ pub fn select<'a>(
 
 /// Policies chosen while generating one gateway: what to name in metadata
 /// and which policies applied somewhere.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Applied {
     used: BTreeSet<(ResourceType, String)>,
 }
@@ -187,6 +187,15 @@ impl Applied {
     /// The policies (type, name) recorded so far.
     pub(super) fn used(&self) -> &BTreeSet<(ResourceType, String)> {
         &self.used
+    }
+
+    /// Adds the policies `other` recorded.
+    pub(super) fn merge(&mut self, other: &Applied) {
+        for used in &other.used {
+            if !self.used.contains(used) {
+                self.used.insert(used.clone());
+            }
+        }
     }
 
     fn record(&mut self, named: &mut BTreeMap<String, String>, ty: ResourceType, name: &str) {
@@ -642,8 +651,10 @@ pub(super) fn tcp_proxy_policies(
 /// Applies the cluster-level policies (CircuitBreaker, HealthCheck,
 /// Timeout's connect timeout) to `cluster`, whose destination tags are
 /// `destination`, for a gateway whose tags are `source`.
+/// `inbounds`: the mesh's inbounds by service ([`super::clusters::index`]).
 pub(super) fn apply_cluster(
     snapshot: &MeshSnapshot,
+    inbounds: &super::clusters::Inbounds<'_>,
     source: &BTreeMap<String, String>,
     destination: &BTreeMap<String, String>,
     cluster: &mut Cluster,
@@ -655,7 +666,7 @@ pub(super) fn apply_cluster(
     // The service's protocol, as its inbounds declare it (the incumbent
     // infers it from the endpoints), else the destination's own tag.
     let protocol =
-        super::clusters::protocol_of(snapshot, destination).or_else(|| destination.get(PROTOCOL_TAG).cloned());
+        super::clusters::protocol_of(inbounds, destination).or_else(|| destination.get(PROTOCOL_TAG).cloned());
     upstream_protocol(protocol.as_deref(), None, None, cluster);
     if let Some(p) = select(policies, ResourceType::Timeout, source, &dst)
         && let Spec::Timeout(t) = &p.spec

@@ -118,6 +118,7 @@ pub(super) fn generate(snapshot: &MeshSnapshot, n: &Networking, ctx: &mut Ctx) -
             ..Default::default()
         });
     }
+    let inbounds = clusters::index(snapshot);
     for (i, o) in n.outbound.iter().enumerate() {
         let address = if o.address.is_empty() { DEFAULT_OUTBOUND_ADDRESS } else { o.address.as_str() };
         if address.parse::<std::net::IpAddr>().is_err() || o.port == 0 || o.port > u32::from(u16::MAX) {
@@ -131,7 +132,7 @@ pub(super) fn generate(snapshot: &MeshSnapshot, n: &Networking, ctx: &mut Ctx) -
         let name = format!("outbound:{address}:{}", o.port);
         let stat = stat_name(&name);
         let cluster = ctx.cluster_for(&o.tags);
-        let http = clusters::protocol_of(snapshot, &o.tags).is_some_and(|p| p == "http");
+        let http = clusters::protocol_of(&inbounds, &o.tags).is_some_and(|p| p == "http");
         let f = if http {
             hcm(&stat, &format!("outbound:{service}"), service, &cluster, None)
         } else {

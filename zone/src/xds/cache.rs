@@ -16,8 +16,10 @@
 //! destination it announces); the replicas of a builtin gateway (equal
 //! Dataplane specs but the address, [`gateway::share_key`]) share one
 //! generation per snapshot epoch, each with its own listener address; and
-//! each proxy keeps its previous encoded outputs ([`gateway::Memo`]), so
-//! only the resources that differ are encoded and hashed again. The
+//! each proxy keeps its previous generation ([`gateway::Memo`]): the Envoy
+//! routes of each MeshGatewayRoute are rebuilt only when what they are built
+//! from changed ([`gateway::generate_reusing`]), and only the resources
+//! that differ are encoded and hashed again. The
 //! proptest in `cache/proptests.rs` holds all three to a from-scratch
 //! generation.
 //!
@@ -569,7 +571,7 @@ impl Cache {
             let state = ProxyState { config: Ok(desired), warnings: g.warnings.clone(), sources, phase: 0 };
             return (state, g.deps.clone());
         }
-        let mut config = match gateway::generate(snapshot, &id.name) {
+        let mut config = match gateway::generate_reusing(snapshot, &id.name, memo) {
             Ok(config) => config,
             Err(_) => return generate(snapshot, id, memo),
         };
@@ -1012,7 +1014,7 @@ impl Cache {
 /// Generates one Dataplane's configuration from its mesh's snapshot
 /// (pure; called without the lock).
 fn generate(snapshot: &MeshSnapshot, id: &ProxyId, memo: &mut gateway::Memo) -> (ProxyState, Deps) {
-    match gateway::generate(snapshot, &id.name) {
+    match gateway::generate_reusing(snapshot, &id.name, memo) {
         Ok(mut config) => {
             let sources = Arc::new(gateway::sources(snapshot, &id.name, &config.deps));
             let (desired, _) = config.take_desired_reusing(memo);

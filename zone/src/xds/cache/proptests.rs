@@ -3,7 +3,11 @@
 //! and sidecar Dataplanes, policies, Secrets, this zone's and other zones'
 //! ZoneIngresses) are applied to one [`Cache`] whose proxies stay
 //! subscribed (so each change regenerates only the proxies [`affected`]
-//! picks, reusing their encoded outputs); after every change, each proxy's
+//! picks, reusing their encoded outputs and the Envoy routes of each
+//! MeshGatewayRoute whose inputs did not change,
+//! [`crate::gateway::generate_reusing`]; the universe has changes that alter
+//! a route's inputs but not its spec: another route's EXACT path, its
+//! listener's tags); after every change, each proxy's
 //! published configuration must equal, byte for byte, what a fresh cache
 //! holding the same resources generates for it alone (no generation shared
 //! with a gateway's replicas, no encoded output reused). A fixed number of cases keeps it
@@ -40,6 +44,10 @@ fn universe() -> Vec<Vec<String>> {
         vec![
             "type: MeshGateway\nmesh: default\nname: gw-a\nselectors: [{match: {kuma.io/service: a}}]\nconf: {listeners: [{port: 8080, protocol: HTTP}]}".into(),
             "type: MeshGateway\nmesh: default\nname: gw-a\nselectors: [{match: {kuma.io/service: a}}]\nconf: {listeners: [{port: 8080, protocol: HTTP, hostname: a.example.com}, {port: 8443, protocol: HTTPS, hostname: foo.example.com, tls: {mode: TERMINATE, certificates: [{secret: foo-cert}]}}]}".into(),
+            // The first one with listener tags (the source of route
+            // policies): same route configuration and virtual host, the
+            // routes' inputs change, not the routes.
+            "type: MeshGateway\nmesh: default\nname: gw-a\nselectors: [{match: {kuma.io/service: a}}]\nconf: {listeners: [{port: 8080, protocol: HTTP, tags: {edge: 'yes'}}]}".into(),
         ],
         vec![
             "type: MeshGateway\nmesh: default\nname: gw-b\nselectors: [{match: {kuma.io/service: b}}]\nconf: {listeners: [{port: 9000, protocol: TCP}]}".into(),
@@ -48,10 +56,20 @@ fn universe() -> Vec<Vec<String>> {
         vec![
             "type: MeshGatewayRoute\nmesh: default\nname: r-web\nselectors: [{match: {kuma.io/service: a}}]\nconf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /}}], backends: [{destination: {kuma.io/service: web}}]}]}}".into(),
             "type: MeshGatewayRoute\nmesh: default\nname: r-web\nselectors: [{match: {kuma.io/service: a}}]\nconf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /v2}}], backends: [{weight: 1, destination: {kuma.io/service: web, version: v2}}, {weight: 1, destination: {kuma.io/service: api}}]}]}}".into(),
+            // A PREFIX /api that r-api's EXACT /api overrides (another
+            // route's change alters this one's routes), and a redirect
+            // keeping the listener's port.
+            "type: MeshGatewayRoute\nmesh: default\nname: r-web\nselectors: [{match: {kuma.io/service: a}}]\nconf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /api}}], backends: [{destination: {kuma.io/service: web}}]}, {matches: [{path: {match: EXACT, value: /old}}], filters: [{redirect: {hostname: new.example.com, statusCode: 301}}]}]}}".into(),
         ],
         vec![
-            "type: MeshGatewayRoute\nmesh: default\nname: r-api\nselectors: [{match: {kuma.io/service: b}}]\nconf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /api}}], backends: [{destination: {kuma.io/service: api}}]}]}}".into(),
             "type: MeshGatewayRoute\nmesh: default\nname: r-api\nselectors: [{match: {kuma.io/service: a}}]\nconf: {http: {rules: [{matches: [{path: {match: EXACT, value: /api}}], backends: [{destination: {kuma.io/service: payments}}]}]}}".into(),
+            "type: MeshGatewayRoute\nmesh: default\nname: r-api\nselectors: [{match: {kuma.io/service: b}}]\nconf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /api}}], backends: [{destination: {kuma.io/service: api}}]}]}}".into(),
+        ],
+        // Always on gw-a: a PREFIX /api that r-api's first variant (an
+        // EXACT /api on gw-a) overrides, so r-api's changes alter this
+        // route's Envoy routes while its own spec stays the same.
+        vec![
+            "type: MeshGatewayRoute\nmesh: default\nname: r-prefix\nselectors: [{match: {kuma.io/service: a}}]\nconf: {http: {rules: [{matches: [{path: {match: PREFIX, value: /api/}}], backends: [{destination: {kuma.io/service: web}}]}]}}".into(),
         ],
         vec![
             "type: MeshGatewayRoute\nmesh: default\nname: r-tcp\nselectors: [{match: {kuma.io/service: b}}]\nconf: {tcp: {rules: [{backends: [{destination: {kuma.io/service: redis}}]}]}}".into(),
@@ -79,6 +97,9 @@ fn universe() -> Vec<Vec<String>> {
             policy("Timeout", "t-web", "*", "{http: {requestTimeout: 20s}, tcp: {idleTimeout: 600s}}"),
         ],
         vec![policy("Retry", "retry-api", "api", "{http: {numRetries: 3}, tcp: {maxConnectAttempts: 2}}")],
+        // Only from listeners tagged `edge: yes` (gw-a's third variant):
+        // gw-a's changes alter its routes' policies while they stay the same.
+        vec!["type: Timeout\nmesh: default\nname: t-edge\nsources: [{match: {kuma.io/service: a, edge: 'yes'}}]\ndestinations: [{match: {kuma.io/service: '*'}}]\nconf: {http: {requestTimeout: 7s}}".into()],
         vec![policy("CircuitBreaker", "cb-web", "web", "{thresholds: {maxConnections: 10}}")],
         vec!["type: TrafficPermission\nmesh: default\nname: allow-all\nsources: [{match: {kuma.io/service: '*'}}]\ndestinations: [{match: {kuma.io/service: '*'}}]".into()],
         vec![
@@ -150,11 +171,11 @@ fn difference(got: &ProxyState, want: &ProxyState) -> Option<String> {
 /// One step: key index, and a variant (`None`: delete the resource).
 fn steps() -> impl Strategy<Value = Vec<(usize, Option<usize>)>> {
     let keys = universe().len();
-    prop::collection::vec((0..keys, prop::option::weighted(0.75, 0..2usize)), 1..14)
+    prop::collection::vec((0..keys, prop::option::weighted(0.75, 0..3usize)), 1..14)
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn incremental_generation_equals_a_full_regeneration(steps in steps()) {
