@@ -6,8 +6,9 @@
 //!
 //! One writer per zone ([`Insights`]), as the global's ZoneInsight flusher
 //! (`meridian-global` `kds::insight`): a stream only replaces the latest
-//! value of its subscription in the writer's pending map
-//! ([`InsightHandle::update`], never blocks, never awaits), and the writer
+//! value of its subscription in the writer's pending map, or marks it
+//! changed ([`InsightHandle::changed`]: the writer builds the record when it
+//! writes); neither blocks nor awaits. The writer
 //! stores every changed insight in one transaction
 //! ([`meridian_store::Store::put_status_batch`]): the first change after a
 //! quiet spell at once, then at most one batch per [`FLUSH`]. A route
@@ -74,10 +75,35 @@ struct Written {
     spec: Spec,
 }
 
+/// A subscription whose current value the writer takes when it writes
+/// (a stream's tracker: building the record per event would cost far more
+/// than once per batch).
+pub trait Snapshot: Send + Sync {
+    /// The subscription as it is now.
+    fn snapshot(&self) -> DiscoverySubscription;
+}
+
+/// What is pending for one subscription.
+enum Pending {
+    /// A final or already-built value (a closed stream, a failed write).
+    Value(DiscoverySubscription),
+    /// An open stream's tracker: built when written.
+    Live(Arc<dyn Snapshot>),
+}
+
+impl Pending {
+    fn take(self) -> DiscoverySubscription {
+        match self {
+            Pending::Value(v) => v,
+            Pending::Live(l) => l.snapshot(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// (proxy, subscription id) → the latest value not yet written.
-    pending: HashMap<(ProxyId, String), DiscoverySubscription>,
+    pending: HashMap<(ProxyId, String), Pending>,
     /// Open streams per proxy (handles alive).
     open: HashMap<ProxyId, usize>,
     /// Proxy → its insight as last written here.
@@ -112,7 +138,16 @@ impl InsightHandle {
     /// value not written yet) and wakes the writer. Never blocks.
     pub fn update(&self, sub: DiscoverySubscription) {
         let inner = &self.insights.inner;
-        lock(&inner.state).pending.insert((self.id.clone(), sub.id.clone()), sub);
+        lock(&inner.state).pending.insert((self.id.clone(), sub.id.clone()), Pending::Value(sub));
+        inner.wake.notify_one();
+    }
+
+    /// Queues subscription `id`, whose value the writer takes from `live`
+    /// when it writes (replacing a value not written yet: `live` is newer).
+    /// Never blocks.
+    pub fn changed(&self, id: &str, live: Arc<dyn Snapshot>) {
+        let inner = &self.insights.inner;
+        lock(&inner.state).pending.insert((self.id.clone(), id.to_string()), Pending::Live(live));
         inner.wake.notify_one();
     }
 }
@@ -195,14 +230,13 @@ impl Insights {
     /// transaction. What could not be written goes back to pending (unless
     /// a newer value replaced it meanwhile) and the writer is woken again.
     pub async fn flush(&self) {
-        let taken: HashMap<(ProxyId, String), DiscoverySubscription> =
-            std::mem::take(&mut lock(&self.inner.state).pending);
+        let taken: HashMap<(ProxyId, String), Pending> = std::mem::take(&mut lock(&self.inner.state).pending);
         if taken.is_empty() {
             return;
         }
         let mut per_proxy: BTreeMap<ProxyId, Vec<DiscoverySubscription>> = BTreeMap::new();
-        for ((id, _), sub) in taken {
-            per_proxy.entry(id).or_default().push(sub);
+        for ((id, _), pending) in taken {
+            per_proxy.entry(id).or_default().push(pending.take());
         }
         let mut writes: Vec<(WriteResource, StatusExpect)> = Vec::with_capacity(per_proxy.len());
         let mut done: Vec<(ProxyId, Vec<DiscoverySubscription>, Written)> = Vec::with_capacity(per_proxy.len());
@@ -263,7 +297,7 @@ impl Insights {
             // The next attempt reads the store (another writer got in between).
             state.written.remove(&id);
             for sub in subs {
-                state.pending.entry((id.clone(), sub.id.clone())).or_insert(sub);
+                state.pending.entry((id.clone(), sub.id.clone())).or_insert(Pending::Value(sub));
             }
         }
         drop(state);
