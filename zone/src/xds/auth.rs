@@ -127,7 +127,11 @@ impl XdsAuth {
                                 let _ = tx.send(Changed::All);
                             } else if t == ResourceType::Dataplane.name() || t == ResourceType::ZoneIngress.name() {
                                 let id = ProxyId {
-                                    mesh: if t == ResourceType::ZoneIngress.name() { String::new() } else { k.mesh.clone() },
+                                    mesh: if t == ResourceType::ZoneIngress.name() {
+                                        String::new()
+                                    } else {
+                                        k.mesh.clone()
+                                    },
                                     name: k.name.clone(),
                                 };
                                 let _ = tx.send(Changed::Proxy(id));
@@ -202,15 +206,12 @@ impl XdsAuth {
 /// Seconds from now until unix time `exp`, at least one (a check at `exp`
 /// refuses the token; the floor keeps a clock step from spinning the loop).
 fn until(exp: i64) -> Duration {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default();
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or_default();
     Duration::from_secs_f64((exp as f64 - now).clamp(1.0, 10.0 * 365.0 * 86_400.0))
 }
 
 impl Admitted {
-
     /// Resolves, with the status to end the stream with, once the token no
     /// longer admits the stream's proxy: checked again when a GlobalSecret
     /// or this proxy's Dataplane changes, when the token reaches its `exp`,
@@ -222,13 +223,10 @@ impl Admitted {
         loop {
             let expiry = tokio::time::sleep(until(self.exp));
             let (follow, retrying) = (following, retry);
-            let again = async move {
-                if retrying { tokio::time::sleep(RECHECK).await } else { std::future::pending().await }
-            };
+            let again =
+                async move { if retrying { tokio::time::sleep(RECHECK).await } else { std::future::pending().await } };
             let changes = &mut self.changes;
-            let change = async move {
-                if follow { changes.recv().await } else { std::future::pending().await }
-            };
+            let change = async move { if follow { changes.recv().await } else { std::future::pending().await } };
             let due = tokio::select! {
                 () = expiry => true,
                 () = again => true,
