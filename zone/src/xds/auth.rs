@@ -112,6 +112,10 @@ impl XdsAuth {
                         }
                     }
                 };
+                // Whatever changed before `from` (the follower starting after
+                // streams were admitted, or resuming after an error): every
+                // stream checks again, against a store at least at `from`.
+                let _ = tx.send(Changed::All);
                 let mut feed = std::pin::pin!(store.watch(from));
                 loop {
                     let next = tokio::select! {
@@ -144,8 +148,6 @@ impl XdsAuth {
                         }
                     }
                 }
-                // Whatever was missed: every stream checks again.
-                let _ = tx.send(Changed::All);
             }
         });
         XdsAuth { tokens, changed }
@@ -291,7 +293,7 @@ mod tests {
         let refused = tokio::spawn(admitted.until_refused());
         let list = Resource::new(
             "",
-            &meridian_tokens::dataplane_revocations("default"),
+            meridian_tokens::dataplane_revocations("default"),
             Spec::GlobalSecret(pb::system::Secret {
                 data: Some(pbjson_types::BytesValue { value: claims.jti.into_bytes().into() }),
             }),

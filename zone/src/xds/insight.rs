@@ -86,7 +86,7 @@ pub trait Snapshot: Send + Sync {
 /// What is pending for one subscription.
 enum Pending {
     /// A final or already-built value (a closed stream, a failed write).
-    Value(DiscoverySubscription),
+    Value(Box<DiscoverySubscription>),
     /// An open stream's tracker: built when written.
     Live(Arc<dyn Snapshot>),
 }
@@ -94,7 +94,7 @@ enum Pending {
 impl Pending {
     fn take(self) -> DiscoverySubscription {
         match self {
-            Pending::Value(v) => v,
+            Pending::Value(v) => *v,
             Pending::Live(l) => l.snapshot(),
         }
     }
@@ -138,7 +138,7 @@ impl InsightHandle {
     /// value not written yet) and wakes the writer. Never blocks.
     pub fn update(&self, sub: DiscoverySubscription) {
         let inner = &self.insights.inner;
-        lock(&inner.state).pending.insert((self.id.clone(), sub.id.clone()), Pending::Value(sub));
+        lock(&inner.state).pending.insert((self.id.clone(), sub.id.clone()), Pending::Value(Box::new(sub)));
         inner.wake.notify_one();
     }
 
@@ -297,7 +297,7 @@ impl Insights {
             // The next attempt reads the store (another writer got in between).
             state.written.remove(&id);
             for sub in subs {
-                state.pending.entry((id.clone(), sub.id.clone())).or_insert(Pending::Value(sub));
+                state.pending.entry((id.clone(), sub.id.clone())).or_insert(Pending::Value(Box::new(sub)));
             }
         }
         drop(state);
