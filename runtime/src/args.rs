@@ -144,7 +144,10 @@ pub struct ListenerArgs {
     /// Open connections at most, per listener; beyond it the newest
     /// connection is closed at once, so that admitted callers, connected
     /// zones and Envoys keep working and the process keeps file descriptors.
-    #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS", default_value_t = meridian_rest::listener::DEFAULT_MAX_CONNECTIONS,
+    /// Default: this process's share of its open-file limit (RLIMIT_NOFILE,
+    /// raised to the hard limit at start): (limit - 256) / 3, at least 256
+    /// (65536 → 21760; 1024 → 256).
+    #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS", default_value_t = crate::fdlimit::default_max_connections(),
           value_parser = at_least_one)]
     pub max_connections: usize,
 

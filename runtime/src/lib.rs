@@ -16,6 +16,7 @@
 pub mod args;
 pub mod config;
 pub mod diagnostics;
+pub mod fdlimit;
 pub mod metrics;
 pub mod process;
 pub mod state;

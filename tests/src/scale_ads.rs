@@ -273,9 +273,9 @@ pub async fn run(cfg: AdsConfig) -> Vec<Row> {
     let global = Global::start(&dir, "global", GlobalSpec { plaintext_kds: true, ..GlobalSpec::on(cfg.backend) }).await;
     global.api().apply(&crate::resources::mesh("default")).await;
     global.api().apply(&crate::resources::gateway("gw", 8080)).await;
-    // The default of 512 connections per listener would shed the gateways
-    // past the 512th (a zone serving more Envoys must raise it).
-    let zone = Zone::connect_with(&dir, &global, "zone-1", &["--xds-plaintext", "--max-connections", "4096"]).await;
+    // The zone's default connection cap (its share of RLIMIT_NOFILE,
+    // `meridian_runtime::fdlimit`) admits the `connect` gateways.
+    let zone = Zone::connect_with(&dir, &global, "zone-1", &["--xds-plaintext"]).await;
     zone.api().wait_for("/meshes/default/meshgateways/gw", "holds the MeshGateway", |_| true).await;
     zone.api().apply(&crate::resources::dataplane("web-1", "127.0.0.2", "web")).await;
     let pid = zone.process().pid();

@@ -59,7 +59,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
 use cache::{Cache, ProxyId};
-use insight::InsightHandle;
+use insight::Insights;
 
 /// Responses queued per stream: a peer that stops reading stalls only its
 /// own stream task, which then stops reading the cache (latest state wins).
@@ -140,9 +140,11 @@ struct Shared {
     config: XdsConfig,
     /// Cancelled on shutdown: every stream loop ends on it.
     stop: CancellationToken,
-    /// Stream tasks and their DataplaneInsight writers: shutdown waits for
-    /// them, so every subscription is closed with a disconnect time.
+    /// Stream tasks: shutdown waits for them, so every subscription is
+    /// closed with a disconnect time before the insight writer's last batch.
     tasks: TaskTracker,
+    /// The zone's one DataplaneInsight / ZoneIngressInsight writer.
+    insights: Insights,
     streams: AtomicU64,
 }
 
@@ -163,12 +165,17 @@ pub async fn serve(
     let cache = config.cache.clone();
     let revision = cache.load(&store).await?;
     let tasks = TaskTracker::new();
+    let insights = Insights::new(store.clone(), config.zone.clone(), cache.identities().clone());
+    // Ends after the streams: their last subscription states are written.
+    let insights_done = CancellationToken::new();
+    let writer = tokio::spawn(insights.clone().run(insights_done.clone()));
     let shared = Arc::new(Shared {
         cache: cache.clone(),
         store: store.clone(),
         config,
         stop: stop.clone(),
         tasks: tasks.clone(),
+        insights,
         streams: AtomicU64::new(0),
     });
     let service = AggregatedDiscoveryServiceServer::new(Ads(shared))
@@ -195,19 +202,23 @@ pub async fn serve(
         }
         Ok::<(), XdsError>(())
     };
-    tokio::select! {
-        r = server => r?,
-        r = cache.follow(store, revision) => {
-            // The change feed only ends on a permanent store failure.
-            r?;
-        }
+    let served = tokio::select! {
+        r = server => r,
+        // The change feed only ends on a permanent store failure.
+        r = cache.follow(store, revision) => r.map_err(XdsError::from),
         // Returns only on `stop`: identity certificates re-issued when due.
-        _ = cache.rotate_until(stop.clone()) => {}
+        _ = cache.rotate_until(stop.clone()) => Ok(()),
         // Likewise: the steps of mTLS switches, as proxies confirm each phase.
-        _ = cache.step_tls_until(stop.clone()) => {}
-    }
+        _ = cache.step_tls_until(stop.clone()) => Ok(()),
+    };
+    // A failed server or feed ends the process (critical task): no wait.
+    served?;
     tasks.close();
     tasks.wait().await;
+    insights_done.cancel();
+    if let Err(e) = writer.await {
+        tracing::warn!(error = %e, "the proxy insight writer failed");
+    }
     Ok(())
 }
 
@@ -316,13 +327,17 @@ async fn run<W: Wire>(
             return;
         }
     };
-    if let Some(auth) = &shared.config.auth
-        && let Err(status) = auth.check(token.as_deref(), &id).await
-    {
-        tracing::warn!(dataplane = %id, code = ?status.code(), reason = %status.message(), "refusing Envoy: Dataplane token");
-        let _ = tx.send(Err(status)).await;
-        return;
-    }
+    let admitted = match &shared.config.auth {
+        Some(auth) => match auth.admit(token, &id).await {
+            Ok(a) => Some(a),
+            Err(status) => {
+                tracing::warn!(dataplane = %id, code = ?status.code(), reason = %status.message(), "refusing Envoy: Dataplane token");
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        },
+        None => None,
+    };
     // Read your writes: a Dataplane registered just before its Envoy
     // connects must be known to the cache first.
     match shared.store.current_revision().await {
@@ -345,13 +360,7 @@ async fn run<W: Wire>(
     let prefix = format!("{}-{seq}", shared.config.instance_id);
     tracing::info!(dataplane = %id, stream = %prefix, "Envoy connected");
     // A Dataplane's DataplaneInsight, a ZoneIngress's ZoneIngressInsight.
-    let handle = Some(InsightHandle::spawn(
-        &shared.tasks,
-        shared.store.clone(),
-        shared.config.zone.clone(),
-        id.clone(),
-        shared.cache.identities().clone(),
-    ));
+    let handle = Some(shared.insights.handle(id.clone()));
     let held = Arc::new(std::sync::atomic::AtomicU64::new(state.phase));
     let mut source = stream::ProxySource { rx: sub.rx.clone(), state, held: held.clone() };
     let mut wire = W::wire(first, inbound, tx.clone());
@@ -367,8 +376,8 @@ async fn run<W: Wire>(
     let config = SendConfig { nonce_prefix: prefix, max_bytes, max_resource_bytes: None };
     // A token revoked, expired or no longer matching cuts the stream.
     let refused = async {
-        match &shared.config.auth {
-            Some(auth) => auth.until_refused(token.clone(), id.clone()).await,
+        match admitted {
+            Some(a) => a.until_refused().await,
             None => std::future::pending().await,
         }
     };
