@@ -221,13 +221,13 @@ async fn write_changes(tx: &mut Tx, changes: &[Change], revision: Option<i64>, n
         let p = |n: usize| b + n;
         match c.kind {
             ChangeKind::Upsert => {
-                let _ = write!(
+                let _ = writeln!(
                     sql,
                     "INSERT INTO resources (type_name, mesh, name, labels, spec, version, revision, \
                      create_time, modify_time) VALUES (${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}) \
                      ON CONFLICT (type_name, mesh, name) DO UPDATE SET labels = excluded.labels, \
                      spec = excluded.spec, version = excluded.version, revision = excluded.revision, \
-                     modify_time = excluded.modify_time;\n",
+                     modify_time = excluded.modify_time;",
                     p(2),
                     p(3),
                     p(4),
