@@ -256,9 +256,43 @@ impl Manager {
         Ok(self.get(ResourceType::Mesh, "", mesh).await?.is_some())
     }
 
+    /// The stored resource (`ty`, `mesh`, `name`) and whether the mesh it
+    /// lives in exists (`true` for types outside meshes), read together:
+    /// one store round trip for a mesh-scoped configuration type (the
+    /// Dataplane PUT path), instead of one for each.
+    async fn existing_and_mesh(
+        &self,
+        ty: ResourceType,
+        mesh: &str,
+        name: &str,
+    ) -> Result<(Option<Entry>, bool), ManagerError> {
+        if !ty.is_mesh_scoped() || Self::is_status(ty) {
+            let existing = self.get(ty, mesh, name).await?;
+            let mesh_found = !ty.is_mesh_scoped() || self.mesh_exists(mesh).await?;
+            return Ok((existing, mesh_found));
+        }
+        let started = std::time::Instant::now();
+        let keys = [Self::key(ty, mesh, name), Self::key(ResourceType::Mesh, "", mesh)];
+        let read = self.store.get_many(&keys).await.map_err(ManagerError::Store);
+        self.observe("get", started, &read);
+        let mut read = read?.into_iter();
+        let existing = read.next().flatten().map(|s| Self::decode(&s)).transpose()?;
+        let mesh_found = read.next().flatten().is_some();
+        Ok((existing, mesh_found))
+    }
+
     /// Checks a resource as a user write would: structure, semantics, size,
     /// the mesh it lives in. Changes nothing.
     pub async fn check(&self, r: &Resource) -> Result<(), ManagerError> {
+        self.check_content(r)?;
+        if r.resource_type().is_mesh_scoped() && !self.mesh_exists(&r.meta.mesh).await? {
+            return Err(ManagerError::MeshNotFound(r.meta.mesh.clone()));
+        }
+        Ok(())
+    }
+
+    /// [`Manager::check`] without the mesh: structure, semantics, size.
+    fn check_content(&self, r: &Resource) -> Result<(), ManagerError> {
         let ty = r.resource_type();
         let mut violations = universal::meta_violations(ty, &r.meta.mesh, &r.meta.name);
         if let Err(e) = validate::resource(r) {
@@ -281,9 +315,6 @@ impl Manager {
             + kds::RELAY_ALLOWANCE;
         if size > self.max_resource_bytes {
             return Err(ManagerError::TooLarge { ty, name: r.meta.name.clone(), size, limit: self.max_resource_bytes });
-        }
-        if ty.is_mesh_scoped() && !self.mesh_exists(&r.meta.mesh).await? {
-            return Err(ManagerError::MeshNotFound(r.meta.mesh.clone()));
         }
         Ok(())
     }
@@ -383,10 +414,13 @@ impl Manager {
         dry_run: bool,
     ) -> Result<(Entry, bool), ManagerError> {
         let ty = r.resource_type();
-        let existing = self.get(ty, &r.meta.mesh, &r.meta.name).await?;
+        let (existing, mesh_found) = self.existing_and_mesh(ty, &r.meta.mesh, &r.meta.name).await?;
         self.check_user_write(ty, existing.as_ref())?;
         Self::check_user_labels(&r)?;
-        self.check(&r).await?;
+        self.check_content(&r)?;
+        if !mesh_found {
+            return Err(ManagerError::MeshNotFound(r.meta.mesh.clone()));
+        }
         Self::check_update(existing.as_ref(), &r)?;
         if let (Some(expected), Some(e)) = (expected_revision, existing.as_ref())
             && e.revision != expected

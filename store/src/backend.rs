@@ -74,6 +74,7 @@ pub(crate) mod sqlite {
              (SELECT 1 FROM json_each(r.labels) l WHERE l.key = f.key AND l.value = f.value))";
 
     include!("backend/generic.rs");
+    include!("backend/sqlite_group.rs");
 
     /// Opens (creating file and directories if needed) and migrates.
     ///

@@ -59,6 +59,7 @@ mod backend;
 mod compaction;
 mod error;
 mod listener;
+mod recent;
 mod store;
 mod types;
 mod watcher;

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::backend::{self, OpOutcome};
 use crate::error::StoreError;
 use crate::listener;
+use crate::recent::{Known, Recent};
 use crate::types::{Change, ListPage, ListQuery, ResourceKey, StatusExpect, StoredResource, WriteOp, WriteResource};
 use crate::watcher;
 
@@ -84,6 +85,10 @@ struct Inner {
     listener: Option<JoinHandle<()>>,
     /// Watchers' backstop re-query interval.
     requery_interval: Duration,
+    /// SQLite: the changes committed last through this handle, in memory,
+    /// for the watchers a commit wakes ([`crate::recent`]). Unused for
+    /// PostgreSQL (commits of several tasks and processes interleave there).
+    recent: std::sync::Mutex<Recent>,
 }
 
 impl Drop for Inner {
@@ -182,6 +187,7 @@ impl Store {
                 listener,
                 requery_interval: options.requery_interval,
                 status_wake: watch::channel(0u64).0,
+                recent: std::sync::Mutex::new(Recent::default()),
             }),
         })
     }
@@ -197,6 +203,12 @@ impl Store {
     /// Reads one resource; `Ok(None)` if absent.
     pub async fn get(&self, key: &ResourceKey) -> Result<Option<StoredResource>, StoreError> {
         dispatch!(self, get(key))
+    }
+
+    /// Reads several resources in one statement (one round trip): per key
+    /// of `keys`, in order, the stored record or `None` when absent.
+    pub async fn get_many(&self, keys: &[ResourceKey]) -> Result<Vec<Option<StoredResource>>, StoreError> {
+        dispatch!(self, get_many(keys))
     }
 
     /// Lists one type, filtered by mesh and labels, ordered by (mesh, name),
@@ -280,7 +292,12 @@ impl Store {
     /// `Compacted`. Returns the number of rows dropped.
     pub async fn compact(&self, keep_after_revision: i64) -> Result<u64, StoreError> {
         let _serial = self.sqlite_write_guard().await;
-        dispatch!(self, compact(keep_after_revision))
+        let dropped = dispatch!(self, compact(keep_after_revision))?;
+        if matches!(self.inner.backend, Backend::Sqlite(_)) {
+            let horizon = dispatch!(self, compacted_revision())?;
+            lock(&self.inner.recent).compacted(horizon);
+        }
+        Ok(dropped)
     }
 
     /// Rows in the change log now.
@@ -388,7 +405,7 @@ impl Store {
         }
         let outcomes = match &self.inner.backend {
             Backend::Sqlite(pool) => self.group_commit(pool, ops).await?,
-            Backend::Postgres(pool) => backend::postgres::apply(pool, ops).await?,
+            Backend::Postgres(pool) => backend::postgres::apply(pool, ops).await?.0,
         };
         if outcomes.iter().any(|o| !matches!(o, OpOutcome::Unchanged(_))) {
             self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
@@ -397,7 +414,10 @@ impl Store {
     }
 
     /// SQLite group commit: concurrent writers share one transaction (one
-    /// fsync) instead of queueing for one each. A writer queues its batch,
+    /// fsync) instead of queueing for one each, written in a handful of
+    /// round trips to the database thread whatever its size
+    /// (`backend::sqlite::apply_group_fast`; a group too large for it, or
+    /// whose write fails, goes statement by statement). A writer queues its batch,
     /// then takes the write lock; whoever holds it commits everything queued
     /// (up to [`MAX_GROUP`] batches, each in its own savepoint, so a failing
     /// batch fails alone) and answers each writer only after the commit, so
@@ -426,10 +446,19 @@ impl Store {
             };
             let (batches, answers): (Vec<_>, Vec<_>) = group.into_iter().unzip();
             let pool = pool.clone();
+            let inner = Arc::clone(&self.inner);
             let commit = tokio::spawn(async move {
                 let _serial = serial;
-                match backend::sqlite::apply_group(&pool, batches).await {
-                    Ok(results) => {
+                let done = match backend::sqlite::apply_group_fast(&pool, &batches).await {
+                    Ok(Some(done)) => Ok(done),
+                    Ok(None) => backend::sqlite::apply_group(&pool, batches).await,
+                    Err(e) => Err(e),
+                };
+                match done {
+                    Ok((results, changes)) => {
+                        // Before anyone is answered (and so before the
+                        // wake-up): a woken watcher finds them here.
+                        lock(&inner.recent).committed(changes);
                         for (answer, result) in answers.into_iter().zip(results) {
                             let _ = answer.send(result);
                         }
@@ -453,13 +482,22 @@ impl Store {
 fn lock_queue(
     q: &std::sync::Mutex<std::collections::VecDeque<Queued>>,
 ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Queued>> {
-    q.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    lock(q)
+}
+
+/// Locks a std mutex, taking the data of a poisoned one as it is.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The watcher's view of the store ([`watcher::ChangeLog`]).
 impl watcher::ChangeLog for Store {
     async fn read_changes(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
         dispatch!(self, read_changes(after, limit))
+    }
+
+    fn recent_changes(&self, after: i64, limit: usize) -> Known {
+        lock(&self.inner.recent).after(after, limit)
     }
 
     fn subscribe_wake(&self) -> watch::Receiver<u64> {

@@ -15,6 +15,7 @@ use futures::Stream;
 use tokio::sync::watch;
 
 use crate::error::StoreError;
+use crate::recent::Known;
 use crate::types::Change;
 
 /// What a watcher reads: the change log and its wake-ups. The store
@@ -26,6 +27,9 @@ pub(crate) trait ChangeLog: Clone + Send + Sync + 'static {
         after: i64,
         limit: i64,
     ) -> impl std::future::Future<Output = Result<Vec<Change>, StoreError>> + Send;
+    /// What this process knows, in memory, of the changes after `after`
+    /// ([`crate::recent::Recent`]); asked only after a wake-up.
+    fn recent_changes(&self, after: i64, limit: usize) -> Known;
     /// Ticks on every commit this process sees (and PostgreSQL notifications).
     fn subscribe_wake(&self) -> watch::Receiver<u64>;
     /// How long to wait for a wake-up before querying anyway.
@@ -50,6 +54,9 @@ struct Watcher<L> {
     retry: Option<Duration>,
     /// A terminal error was yielded; the stream ends.
     done: bool,
+    /// The last wait ended with a wake-up (a commit in this process), not
+    /// the backstop: the in-memory recent changes may answer the next query.
+    woken: bool,
 }
 
 pub(crate) fn watch<L: ChangeLog>(
@@ -57,7 +64,15 @@ pub(crate) fn watch<L: ChangeLog>(
     from_revision: i64,
 ) -> impl Stream<Item = Result<Change, StoreError>> + Send + Unpin + 'static {
     let wake = store.subscribe_wake();
-    let watcher = Watcher { store, last: from_revision.max(0), buf: VecDeque::new(), wake, retry: None, done: false };
+    let watcher = Watcher {
+        store,
+        last: from_revision.max(0),
+        buf: VecDeque::new(),
+        wake,
+        retry: None,
+        done: false,
+        woken: false,
+    };
     Box::pin(futures::stream::unfold(watcher, |mut w| async move {
         let item = w.next().await?;
         Some((item, w))
@@ -80,11 +95,24 @@ impl<L: ChangeLog> Watcher<L> {
             // Mark wake-ups seen *before* querying: one arriving during the
             // query makes the wait below return at once.
             self.wake.borrow_and_update();
+            if self.woken {
+                match self.store.recent_changes(self.last, PAGE_SIZE as usize) {
+                    Known::Changes(changes) => {
+                        self.buf.extend(changes);
+                        continue;
+                    }
+                    Known::UpToDate => {
+                        self.woken = self.wait().await;
+                        continue;
+                    }
+                    Known::Unknown => {}
+                }
+            }
             match self.store.read_changes(self.last, PAGE_SIZE).await {
                 Ok(changes) => {
                     self.retry = None;
                     if changes.is_empty() {
-                        self.wait().await;
+                        self.woken = self.wait().await;
                     } else {
                         self.buf.extend(changes);
                     }
@@ -104,16 +132,19 @@ impl<L: ChangeLog> Watcher<L> {
 
     /// Waits for a wake-up or, as a backstop only (SQLite writers in other
     /// processes, a notification lost in transit), the re-query interval.
-    async fn wait(&mut self) {
+    /// True when a wake-up ended the wait.
+    async fn wait(&mut self) -> bool {
         let backstop = self.store.requery_interval();
         tokio::select! {
             changed = self.wake.changed() => {
                 if changed.is_err() {
                     // Sender gone (cannot happen while we hold the store): poll.
                     tokio::time::sleep(backstop).await;
+                    return false;
                 }
+                true
             }
-            () = tokio::time::sleep(backstop) => {}
+            () = tokio::time::sleep(backstop) => false,
         }
     }
 }

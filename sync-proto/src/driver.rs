@@ -212,6 +212,18 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                     caused_by: HashMap::new(),
                 });
                 let kind = ts.sender.on_request(&incoming.request);
+                // An ACK, NACK or stale nonce changes neither the subscription
+                // nor what the peer is recorded to hold: only what the
+                // source changed since the last flush can differ, so it is
+                // diffed by keys like a source change (a full round per ACK
+                // costs the whole set: quadratic over a burst of writes).
+                // (A request that also subscribes or unsubscribes names, as
+                // a state-of-the-world one may, or that must be answered
+                // anyway, still diffs everything.)
+                let keyed = matches!(kind, RequestKind::Ack { .. } | RequestKind::Nack { .. } | RequestKind::Stale { .. })
+                    && !incoming.force
+                    && incoming.request.resource_names_subscribe.is_empty()
+                    && incoming.request.resource_names_unsubscribe.is_empty();
                 let force = match &kind {
                     RequestKind::Initial => {
                         if ts.served {
@@ -240,7 +252,7 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                         false
                     }
                 };
-                if !flush::<S, W, O>(source, wire, observer, config, &type_url, ts, force, false).await {
+                if !flush::<S, W, O>(source, wire, observer, config, &type_url, ts, force, keyed).await {
                     return Ended::PeerClosed;
                 }
             }
@@ -264,8 +276,9 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
 }
 
 /// Sends what the peer needs of one type; `false` once the peer is gone.
-/// `keyed`: a source change, diffed by the keys it touched when the source
-/// can tell them; a request (subscription change, ACK) diffs everything.
+/// `keyed`: a source change or an ACK/NACK, diffed by the keys the source
+/// changed since the last flush when it can tell them; a request that
+/// changes the subscription (initial, subscribe, unsubscribe) diffs everything.
 #[allow(clippy::too_many_arguments)]
 async fn flush<S: Source, W: SendWire, O: Observer>(
     source: &mut S,

@@ -85,6 +85,19 @@ pub async fn run(manager: Manager, zone: String, stop: CancellationToken) -> any
 /// change triggers.
 pub async fn reconcile(manager: &Manager, zone: &str) -> Result<usize, ManagerError> {
     let list = |ty: ResourceType| ListQuery { type_name: ty.name().to_string(), ..ListQuery::default() };
+    // The ingresses first: a zone without one of its own (most of them)
+    // does not read and decode every Dataplane after each burst.
+    let ingresses: Vec<_> = manager
+        .list_stored(&list(ResourceType::ZoneIngress))
+        .await
+        .map_err(ManagerError::Store)?
+        .items
+        .into_iter()
+        .filter(|stored| meridian_core::origin::is_local_to(&stored.labels, zone))
+        .collect();
+    if ingresses.is_empty() {
+        return Ok(0);
+    }
     let mut meshes: BTreeMap<String, MeshSnapshot> = BTreeMap::new();
     let mut stored_items =
         manager.list_stored(&list(ResourceType::Dataplane)).await.map_err(ManagerError::Store)?.items;
@@ -102,10 +115,7 @@ pub async fn reconcile(manager: &Manager, zone: &str) -> Result<usize, ManagerEr
     }
     let services = crate::gateway::ingress::available_services(meshes.values());
     let mut written = 0;
-    for stored in manager.list_stored(&list(ResourceType::ZoneIngress)).await.map_err(ManagerError::Store)?.items {
-        if !meridian_core::origin::is_local_to(&stored.labels, zone) {
-            continue;
-        }
+    for stored in ingresses {
         let Ok(entry) = Manager::decode(&stored) else { continue };
         let mut resource = entry.resource;
         let Spec::ZoneIngress(zi) = &mut resource.spec else { continue };

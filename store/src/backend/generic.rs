@@ -92,6 +92,51 @@ pub(crate) async fn get(
     get_by_key(pool, GET_SQL, key).await
 }
 
+/// Reads several resources, one statement per 256 keys (an OR of one term
+/// per key; SQLite parses expressions at most 1,000 deep); `None` for each
+/// absent key, in the order of `keys`.
+pub(crate) async fn get_many(
+    pool: &Pool<Db>,
+    keys: &[ResourceKey],
+) -> Result<Vec<Option<StoredResource>>, StoreError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(256) {
+        out.extend(get_chunk(pool, chunk).await?);
+    }
+    Ok(out)
+}
+
+async fn get_chunk(
+    pool: &Pool<Db>,
+    keys: &[ResourceKey],
+) -> Result<Vec<Option<StoredResource>>, StoreError> {
+    use std::fmt::Write as _;
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sql = String::from(
+        "SELECT type_name, mesh, name, labels, spec, version, revision, create_time, modify_time \
+         FROM resources WHERE ",
+    );
+    for i in 0..keys.len() {
+        if i > 0 {
+            sql.push_str(" OR ");
+        }
+        let b = i * 3;
+        let _ = write!(sql, "(type_name = ${} AND mesh = ${} AND name = ${})", b + 1, b + 2, b + 3);
+    }
+    // Small, repeated shapes (one key, two keys): worth a cached statement.
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keys.len() <= 4);
+    for k in keys {
+        q = q.bind(k.type_name.as_str()).bind(k.mesh.as_str()).bind(k.name.as_str());
+    }
+    let mut found = Vec::new();
+    for row in q.fetch_all(pool).await? {
+        found.push(resource_from_row(&row, "revision")?);
+    }
+    Ok(keys.iter().map(|k| found.iter().position(|r| &r.key == k).map(|i| found[i].clone())).collect())
+}
+
 /// One row by `(type_name, mesh, name)` with `sql` (binds `$1..$3`).
 async fn get_by_key(
     pool: &Pool<Db>,
@@ -156,12 +201,13 @@ pub(crate) async fn current_revision(pool: &Pool<Db>) -> Result<i64, StoreError>
 pub(crate) async fn apply(
     pool: &Pool<Db>,
     ops: Vec<WriteOp>,
-) -> Result<Vec<OpOutcome>, StoreError> {
+) -> Result<(Vec<OpOutcome>, Vec<Change>), StoreError> {
     let mut tx = pool.begin_with(BEGIN_WRITE).await?;
-    match apply_in_tx(&mut tx, ops).await {
+    let mut changes = Vec::new();
+    match apply_in_tx(&mut tx, ops, &mut changes).await {
         Ok(outcomes) => {
             tx.commit().await?;
-            Ok(outcomes)
+            Ok((outcomes, changes))
         }
         Err(e) => {
             if let Err(rb) = tx.rollback().await {
@@ -176,19 +222,25 @@ pub(crate) async fn apply(
 /// commit: one commit, one fsync for all of them). Each batch runs in its
 /// own savepoint, so one that fails (a conflict, say) is undone alone and
 /// reported in its slot while the others commit. `Err` only when the
-/// transaction itself failed: then nothing was written.
+/// transaction itself failed: then nothing was written. Also returns the
+/// changes committed, in revision order (for the in-process change ring).
 // PostgreSQL writers run concurrently on the pool (ordered by the meta row lock).
 #[allow(dead_code)]
 pub(crate) async fn apply_group(
     pool: &Pool<Db>,
     groups: Vec<Vec<WriteOp>>,
-) -> Result<Vec<Result<Vec<OpOutcome>, StoreError>>, StoreError> {
+) -> Result<(GroupResults, Vec<Change>), StoreError> {
     let mut tx = pool.begin_with(BEGIN_WRITE).await?;
     let mut out = Vec::with_capacity(groups.len());
+    let mut changes = Vec::new();
     for ops in groups {
         sqlx::query("SAVEPOINT meridian_group").execute(&mut *tx).await?;
-        match apply_in_tx(&mut tx, ops).await {
-            Ok(outcomes) => out.push(Ok(outcomes)),
+        let mut batch_changes = Vec::new();
+        match apply_in_tx(&mut tx, ops, &mut batch_changes).await {
+            Ok(outcomes) => {
+                out.push(Ok(outcomes));
+                changes.append(&mut batch_changes);
+            }
             Err(e) => {
                 sqlx::query("ROLLBACK TO SAVEPOINT meridian_group").execute(&mut *tx).await?;
                 out.push(Err(e));
@@ -197,8 +249,11 @@ pub(crate) async fn apply_group(
         sqlx::query("RELEASE SAVEPOINT meridian_group").execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(out)
+    Ok((out, changes))
 }
+
+/// Per write batch of a group commit, in order: its outcomes, or why it failed alone.
+pub(crate) type GroupResults = Vec<Result<Vec<OpOutcome>, StoreError>>;
 
 /// Locks the meta row (the writers' serialization point) and returns
 /// (revision, compacted_revision).
@@ -207,13 +262,18 @@ async fn lock_meta(tx: &mut Tx) -> Result<(i64, i64), StoreError> {
     Ok((row.try_get("revision")?, row.try_get("compacted_revision")?))
 }
 
-async fn apply_in_tx(tx: &mut Tx, ops: Vec<WriteOp>) -> Result<Vec<OpOutcome>, StoreError> {
+/// Applies `ops` inside `tx`; the changes they log are appended to `changes`.
+async fn apply_in_tx(
+    tx: &mut Tx,
+    ops: Vec<WriteOp>,
+    changes: &mut Vec<Change>,
+) -> Result<Vec<OpOutcome>, StoreError> {
     let (start, _) = lock_meta(tx).await?;
     let mut rev = start;
     let now = now_millis();
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
-        out.push(apply_op(tx, op, &mut rev, now).await?);
+        out.push(apply_op(tx, op, &mut rev, now, changes).await?);
     }
     if rev != start {
         sqlx::query("UPDATE meta SET revision = $1 WHERE id = 1")
@@ -254,6 +314,7 @@ async fn apply_op(
     op: WriteOp,
     rev: &mut i64,
     now: i64,
+    changes: &mut Vec<Change>,
 ) -> Result<OpOutcome, StoreError> {
     match op {
         WriteOp::Create(w) => {
@@ -261,6 +322,7 @@ async fn apply_op(
                 return Err(StoreError::AlreadyExists(w.key));
             }
             let res = insert(tx, w, next_revision(rev)?, now).await?;
+            changes.push(Change { revision: res.revision, kind: ChangeKind::Upsert, resource: res.clone() });
             Ok(OpOutcome::Written { res, created: true })
         }
         WriteOp::Update {
@@ -275,6 +337,7 @@ async fn apply_op(
                 return Ok(OpOutcome::Unchanged(cur));
             }
             let res = replace(tx, w, &cur, next_revision(rev)?, now).await?;
+            changes.push(Change { revision: res.revision, kind: ChangeKind::Upsert, resource: res.clone() });
             Ok(OpOutcome::Written {
                 res,
                 created: false,
@@ -283,11 +346,13 @@ async fn apply_op(
         WriteOp::Upsert(w) => match fetch_current(tx, &w.key).await? {
             None => {
                 let res = insert(tx, w, next_revision(rev)?, now).await?;
+                changes.push(Change { revision: res.revision, kind: ChangeKind::Upsert, resource: res.clone() });
                 Ok(OpOutcome::Written { res, created: true })
             }
             Some(cur) if w.same_content(&cur) => Ok(OpOutcome::Unchanged(cur)),
             Some(cur) => {
                 let res = replace(tx, w, &cur, next_revision(rev)?, now).await?;
+                changes.push(Change { revision: res.revision, kind: ChangeKind::Upsert, resource: res.clone() });
                 Ok(OpOutcome::Written {
                     res,
                     created: false,
@@ -310,6 +375,7 @@ async fn apply_op(
                 .execute(&mut **tx)
                 .await?;
             log_change(tx, revision, ChangeKind::Delete, &cur).await?;
+            changes.push(Change { revision, kind: ChangeKind::Delete, resource: cur.clone() });
             Ok(OpOutcome::Deleted(cur))
         }
     }
@@ -475,6 +541,12 @@ pub(crate) async fn compact(pool: &Pool<Db>, keep_after_revision: i64) -> Result
         .await?;
     tx.commit().await?;
     Ok(dropped)
+}
+
+/// The compaction horizon: change-log rows at or below it are gone.
+pub(crate) async fn compacted_revision(pool: &Pool<Db>) -> Result<i64, StoreError> {
+    let row = sqlx::query(READ_META_SQL).fetch_one(pool).await?;
+    Ok(row.try_get("compacted_revision")?)
 }
 
 /// The revision below which (inclusive) the change log may go under

@@ -45,6 +45,7 @@ conformance!(
     cases::batch_is_atomic,
     cases::odd_input_is_stored_verbatim,
     cases::concurrent_writers_fail_alone,
+    cases::concurrent_mixed_writes_agree_with_the_log,
     watch_cases::watch_from_zero_then_live,
     watch_cases::watch_from_midway,
     watch_cases::watch_resume_without_gaps,

@@ -242,3 +242,109 @@ async fn receiver_asks_acks_nacks_and_ignores_types_not_asked_for() {
     assert!(matches!(task.await.expect("join"), Ended::PeerClosed));
     assert_eq!(seen.all(), ["unserved Other", "sent A 1", "acked A change=false", "sent A 1", "nacked A bad-1"]);
 }
+
+/// A set that counts full scans (`entries`), for a source that can tell
+/// the keys a change touched.
+#[derive(Clone)]
+struct Counted {
+    set: Arc<DesiredSet>,
+    scans: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DesiredView for Counted {
+    fn get_desired(&self, name: &str) -> Option<&Desired> {
+        self.set.get(name)
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = (&String, &Desired)> + '_> {
+        self.scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::new(self.set.iter())
+    }
+}
+
+/// [`TestSource`] with keyed diffs.
+struct KeyedSource {
+    rx: watch::Receiver<Arc<DesiredSet>>,
+    scans: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Source for KeyedSource {
+    type Set = Counted;
+    type Error = Infallible;
+    fn serves(&self, type_url: &str) -> bool {
+        type_url == "A"
+    }
+    fn desired(&mut self, _type_url: &str) -> Counted {
+        Counted { set: self.rx.borrow_and_update().clone(), scans: self.scans.clone() }
+    }
+    fn changed_keys(&self, old: &Counted, new: &Counted) -> Option<Vec<String>> {
+        let mut keys: Vec<String> = old.set.keys().chain(new.set.keys()).cloned().collect();
+        keys.sort();
+        keys.dedup();
+        keys.retain(|k| old.set.get(k).map(|d| &d.version) != new.set.get(k).map(|d| &d.version));
+        Some(keys)
+    }
+    async fn changed(&mut self) -> Result<Vec<String>, Infallible> {
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        Ok(vec!["A".to_string()])
+    }
+}
+
+/// An ACK or NACK changes neither the subscription nor what the peer holds:
+/// with a source that can tell the keys it changed, it costs those keys, not
+/// a scan of the whole set (a burst of N writes, each ACKed, would otherwise
+/// cost N scans of a growing set). A request that changes the subscription
+/// still diffs everything; what changes still travels.
+#[tokio::test]
+async fn acks_cost_the_changed_keys_not_a_scan_of_the_set() {
+    let (set_tx, set_rx) = watch::channel(set(&[("a", "1")]));
+    let scans = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = || scans.load(std::sync::atomic::Ordering::Relaxed);
+    let (req_tx, req_rx) = mpsc::channel(8);
+    let (resp_tx, mut resp_rx) = mpsc::channel(8);
+    let cancel = CancellationToken::new();
+    let task = {
+        let (cancel, scans) = (cancel.clone(), scans.clone());
+        tokio::spawn(async move {
+            let mut source = KeyedSource { rx: set_rx, scans };
+            let mut wire = ChanWire { rx: req_rx, tx: resp_tx };
+            let config = SendConfig { nonce_prefix: "t".into(), max_bytes: 1 << 20, max_resource_bytes: None };
+            send_loop(&mut source, &mut wire, &mut (), &config, &cancel).await
+        })
+    };
+    req_tx.send(req("A", "")).await.expect("subscribe");
+    let r = resp_rx.recv().await.expect("initial");
+    assert_eq!(r.resources.len(), 1);
+    let after_initial = count();
+    assert!(after_initial > 0, "the initial request diffs everything");
+    for v in 2..10 {
+        set_tx.send_replace(set(&[("a", "1"), ("b", &v.to_string())]));
+        let r = resp_rx.recv().await.expect("change");
+        assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        req_tx.send(req("A", &r.nonce)).await.expect("ack");
+    }
+    // A NACK too.
+    set_tx.send_replace(set(&[("a", "1"), ("b", "bad")]));
+    let r = resp_rx.recv().await.expect("change");
+    let nack = DeltaDiscoveryRequest {
+        error_detail: Some(envoy_types::pb::google::rpc::Status { code: 3, message: "b: bad".into(), details: vec![] }),
+        ..req("A", &r.nonce)
+    };
+    req_tx.send(nack).await.expect("nack");
+    // A subscription change is answered after the ACKs and NACK (in order).
+    req_tx
+        .send(DeltaDiscoveryRequest { resource_names_subscribe: vec!["*".into()], ..req("A", "") })
+        .await
+        .expect("subscribe again");
+    set_tx.send_replace(set(&[("a", "2"), ("b", "bad")]));
+    let r = resp_rx.recv().await.expect("change after the subscription");
+    assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a"]);
+    // One full round (`next_response`, at most two scans: the entries and
+    // the set's version) for the subscription change; none for the nine
+    // ACKs and the NACK.
+    let scans = count() - after_initial;
+    assert!((1..=2).contains(&scans), "only the subscription change scanned the set: {scans} scans");
+    cancel.cancel();
+    assert!(matches!(task.await.expect("join"), Ended::Cancelled));
+}
