@@ -212,6 +212,18 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                     caused_by: HashMap::new(),
                 });
                 let kind = ts.sender.on_request(&incoming.request);
+                // An ACK, NACK or stale nonce that changes no subscription
+                // changes nothing the peer should get: only what the source
+                // changed since the last flush can be due (a change not yet
+                // signalled), so it is diffed by keys when the source can
+                // tell them, instead of walking the whole set once per ACK
+                // (with many resources held and many peers, that walk was
+                // most of the sender's CPU).
+                let settles = matches!(
+                    kind,
+                    RequestKind::Ack { .. } | RequestKind::Nack { .. } | RequestKind::Stale { .. }
+                ) && incoming.request.resource_names_subscribe.is_empty()
+                    && incoming.request.resource_names_unsubscribe.is_empty();
                 let force = match &kind {
                     RequestKind::Initial => {
                         if ts.served {
@@ -240,7 +252,8 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                         false
                     }
                 };
-                if !flush::<S, W, O>(source, wire, observer, config, &type_url, ts, force, false).await {
+                let keyed = settles && !force;
+                if !flush::<S, W, O>(source, wire, observer, config, &type_url, ts, force, keyed).await {
                     return Ended::PeerClosed;
                 }
             }
@@ -264,8 +277,10 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
 }
 
 /// Sends what the peer needs of one type; `false` once the peer is gone.
-/// `keyed`: a source change, diffed by the keys it touched when the source
-/// can tell them; a request (subscription change, ACK) diffs everything.
+/// `keyed`: a source change, or a request that changed no subscription
+/// (ACK, NACK), diffed against the set of the last flush by the keys that
+/// differ when the source can tell them; otherwise (first request,
+/// subscription change, a source that cannot tell) the whole set is diffed.
 #[allow(clippy::too_many_arguments)]
 async fn flush<S: Source, W: SendWire, O: Observer>(
     source: &mut S,
