@@ -24,6 +24,15 @@ pub const SUBSCRIPTION_STALE_MILLIS: i64 = 12_000;
 /// type of the API: no endpoint lists it.
 pub const HEARTBEAT_TYPE: &str = "GlobalInstanceHeartbeat";
 
+/// A heartbeat row not refreshed for longer than this (ten liveness
+/// windows, two minutes) belongs to a global instance that is gone (every
+/// restart gets a new instance id) or that has had no zone for that long:
+/// [`Heartbeats::sweep`] deletes it. An instance beats when a zone connects
+/// to it and every few seconds while it has one, and a session carries its
+/// own update time besides, so deleting the row of an instance idle that
+/// long changes no zone's liveness.
+pub const HEARTBEAT_RETENTION_MILLIS: i64 = 10 * SUBSCRIPTION_STALE_MILLIS;
+
 /// The last heartbeat of each global instance (instance id → unix ms).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Heartbeats(pub HashMap<String, i64>);
@@ -54,6 +63,25 @@ impl Heartbeats {
             version: now_millis.to_string(),
         };
         store.put_status(&w, &meridian_store::StatusExpect::Any).await.map(|_| ())
+    }
+
+    /// Deletes the heartbeat rows last written more than
+    /// [`HEARTBEAT_RETENTION_MILLIS`] before `now_millis` (and rows whose
+    /// time does not parse); returns the instance ids deleted. Without it
+    /// the status table keeps one row per global start forever.
+    ///
+    /// Errors: the store's (rows deleted before the error stay deleted).
+    pub async fn sweep(store: &Store, now_millis: i64) -> Result<Vec<String>, StoreError> {
+        let page =
+            store.list_status(&ListQuery { type_name: HEARTBEAT_TYPE.to_string(), ..ListQuery::default() }).await?;
+        let mut deleted = Vec::new();
+        for r in page.items {
+            let beat = r.version.parse::<i64>().unwrap_or(0);
+            if now_millis - beat > HEARTBEAT_RETENTION_MILLIS && store.delete_status(&r.key).await? {
+                deleted.push(r.key.name);
+            }
+        }
+        Ok(deleted)
     }
 
     /// When `sub` was last known alive: its own last update (or connect
@@ -94,6 +122,24 @@ pub fn now_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sweep_deletes_only_heartbeats_older_than_the_retention() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::connect(&format!("sqlite:{}", dir.path().join("t.db").display())).await.expect("store");
+        let now = 1_000_000_000;
+        // A global that restarted long ago, one dead for less than the
+        // retention (still useful: its subscriptions read as stale by it),
+        // and a live one.
+        Heartbeats::beat(&store, "g-restarted", now - HEARTBEAT_RETENTION_MILLIS - 1).await.expect("beat");
+        Heartbeats::beat(&store, "g-recent", now - SUBSCRIPTION_STALE_MILLIS - 1).await.expect("beat");
+        Heartbeats::beat(&store, "g-live", now).await.expect("beat");
+        assert_eq!(Heartbeats::sweep(&store, now).await.expect("sweep"), ["g-restarted"]);
+        let mut left: Vec<String> = Heartbeats::load(&store).await.expect("load").0.into_keys().collect();
+        left.sort();
+        assert_eq!(left, ["g-live", "g-recent"]);
+        assert!(Heartbeats::sweep(&store, now).await.expect("sweep").is_empty(), "nothing more to delete");
+    }
 
     fn ts(ms: i64) -> pbjson_types::Timestamp {
         pbjson_types::Timestamp { seconds: ms / 1000, nanos: 0 }

@@ -331,17 +331,18 @@ impl DeltaSender {
                 ..Default::default()
             });
         }
-        let held: Vec<String> = self.peer.keys().cloned().collect();
-        for name in held {
-            if desired.get_desired(&name).is_none() || !self.wants(&name) {
+        for name in self.peer.keys() {
+            if desired.get_desired(name).is_none() || !self.wants(name) {
                 if used + name.len() + 8 > max_bytes && !(resources.is_empty() && removed.is_empty()) {
                     break;
                 }
                 used += name.len() + 8;
-                removed.push(name);
+                removed.push(name.clone());
             }
         }
-        let version = set_version(desired);
+        // The set's hash costs the whole set: only for a response that goes.
+        let version =
+            if resources.is_empty() && removed.is_empty() && !force { String::new() } else { set_version(desired) };
         self.finish(resources, removed, force, version)
     }
 

@@ -212,17 +212,17 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                     caused_by: HashMap::new(),
                 });
                 let kind = ts.sender.on_request(&incoming.request);
-                // An ACK, NACK or stale nonce changes neither the subscription
-                // nor what the peer is recorded to hold: only what the
-                // source changed since the last flush can differ, so it is
-                // diffed by keys like a source change (a full round per ACK
-                // costs the whole set: quadratic over a burst of writes).
-                // (A request that also subscribes or unsubscribes names, as
-                // a state-of-the-world one may, or that must be answered
-                // anyway, still diffs everything.)
-                let keyed = matches!(kind, RequestKind::Ack { .. } | RequestKind::Nack { .. } | RequestKind::Stale { .. })
-                    && !incoming.force
-                    && incoming.request.resource_names_subscribe.is_empty()
+                // An ACK, NACK or stale nonce that changes no subscription
+                // changes nothing the peer should get: only what the source
+                // changed since the last flush can be due (a change not yet
+                // signalled), so it is diffed by keys when the source can
+                // tell them, instead of walking the whole set once per ACK
+                // (with many resources held and many peers, that walk was
+                // most of the sender's CPU).
+                let settles = matches!(
+                    kind,
+                    RequestKind::Ack { .. } | RequestKind::Nack { .. } | RequestKind::Stale { .. }
+                ) && incoming.request.resource_names_subscribe.is_empty()
                     && incoming.request.resource_names_unsubscribe.is_empty();
                 let force = match &kind {
                     RequestKind::Initial => {
@@ -252,6 +252,7 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                         false
                     }
                 };
+                let keyed = settles && !force;
                 if !flush::<S, W, O>(source, wire, observer, config, &type_url, ts, force, keyed).await {
                     return Ended::PeerClosed;
                 }
@@ -276,9 +277,10 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
 }
 
 /// Sends what the peer needs of one type; `false` once the peer is gone.
-/// `keyed`: a source change or an ACK/NACK, diffed by the keys the source
-/// changed since the last flush when it can tell them; a request that
-/// changes the subscription (initial, subscribe, unsubscribe) diffs everything.
+/// `keyed`: a source change, or a request that changed no subscription
+/// (ACK, NACK), diffed against the set of the last flush by the keys that
+/// differ when the source can tell them; otherwise (first request,
+/// subscription change, a source that cannot tell) the whole set is diffed.
 #[allow(clippy::too_many_arguments)]
 async fn flush<S: Source, W: SendWire, O: Observer>(
     source: &mut S,

@@ -3,6 +3,15 @@
 //! keeps each start's stdout and stderr in files for assertions and for the
 //! log tail printed when the test fails, and kills it when dropped.
 //!
+//! Children die with the test process: dropping a [`Process`] kills its
+//! child, and since a process ended by SIGTERM, SIGINT or SIGHUP runs no
+//! destructor, the first start also installs a handler of those signals
+//! ([`kill_children_on_signal`]) that SIGKILLs every child still running,
+//! then exits with 128 + the signal's number. (Not SIGKILL: nothing runs
+//! then. A parent-death signal would cover it, but needs `pre_exec`, i.e.
+//! `unsafe`, and fires when the spawning *thread* ends, which tokio's
+//! threads do.)
+//!
 //! ```text
 //!   Process "zone-1" ── start #1 ─▶ logs/zone-1-1.{stdout,stderr}
 //!        │  kill / sigterm / pause / resume
@@ -14,9 +23,70 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Mutex, MutexGuard},
+    sync::{Mutex, MutexGuard, OnceLock},
     time::Duration,
 };
+
+/// Process ids of every child started by a [`Process`] of this test process
+/// and not yet killed or reaped, for [`kill_children_on_signal`].
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Installed once, by the first start.
+static SIGNAL_GUARD: OnceLock<()> = OnceLock::new();
+
+fn children() -> MutexGuard<'static, Vec<u32>> {
+    CHILDREN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Installs (once per test process) a handler of SIGTERM, SIGINT and SIGHUP
+/// that SIGKILLs every child of every [`Process`] still running, then exits
+/// with 128 + the signal's number, as the default action would have ended
+/// the process. Returns once the handler is in place. [`Process::start`]
+/// calls it; harnesses may call it earlier.
+pub fn kill_children_on_signal() {
+    SIGNAL_GUARD.get_or_init(|| {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new().name("kill-children-on-signal".into()).spawn(move || {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_io().build() else {
+                let _ = ready_tx.send(false);
+                return;
+            };
+            rt.block_on(async move {
+                let kinds = [(SignalKind::terminate(), 15), (SignalKind::interrupt(), 2), (SignalKind::hangup(), 1)];
+                let mut streams = Vec::new();
+                for (kind, number) in kinds {
+                    match signal(kind) {
+                        Ok(s) => streams.push((s, number)),
+                        Err(_) => {
+                            let _ = ready_tx.send(false);
+                            return;
+                        }
+                    }
+                }
+                let _ = ready_tx.send(true);
+                let waits = streams.iter_mut().map(|(s, n)| {
+                    let n = *n;
+                    Box::pin(async move {
+                        s.recv().await;
+                        n
+                    })
+                });
+                let (number, _, _) = futures::future::select_all(waits).await;
+                for pid in children().drain(..) {
+                    if let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
+                }
+                std::process::exit(128 + number);
+            });
+        });
+        let installed = spawned.is_ok() && ready_rx.recv().unwrap_or(false);
+        if !installed {
+            eprintln!("warning: no signal handler: children of this test process outlive a SIGTERM/SIGINT of it");
+        }
+    });
+}
 
 /// How long a starting process may take to announce itself. Only a guard
 /// against a hung process, never an assertion about speed.
@@ -188,7 +258,9 @@ impl Process {
         if let Ok(level) = std::env::var("MERIDIAN_TEST_LOG") {
             cmd.env("MERIDIAN_LOG_LEVEL", level);
         }
+        kill_children_on_signal();
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        children().push(child.id());
         self.state().child = Some(child);
         self.wait_announce(announce, &stdout).await
     }
@@ -202,8 +274,10 @@ impl Process {
     fn try_reap(&self) -> Option<ExitStatus> {
         let mut state = self.state();
         let status = state.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-        if status.is_some() {
-            state.child = None;
+        if status.is_some()
+            && let Some(c) = state.child.take()
+        {
+            children().retain(|p| *p != c.id());
         }
         status
     }
@@ -268,6 +342,7 @@ impl Process {
         if let Some(mut child) = child {
             let _ = child.kill();
             let _ = child.wait();
+            children().retain(|p| *p != child.id());
         }
     }
 
@@ -385,6 +460,70 @@ mod tests {
         assert!(!p.is_running());
         assert_eq!(p.stdout().matches("ready at 42").count(), 2);
         assert_eq!(p.stderr().matches("bye").count(), 1);
+    }
+
+    /// Set (to a directory) when the test below runs as the harness.
+    const HARNESS_DIR: &str = "MERIDIAN_TEST_HARNESS_DIR";
+
+    /// Whether `pid` still runs (absent or a zombie: it does not).
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()))
+            .is_some_and(|state| state != Some('Z'))
+    }
+
+    /// A harness (this test binary, re-run as the harness) that starts a
+    /// child and is then ended by SIGTERM or SIGINT leaves no child behind.
+    #[tokio::test]
+    async fn children_die_when_the_harness_is_terminated() {
+        if let Some(dir) = std::env::var_os(HARNESS_DIR) {
+            let dir = PathBuf::from(dir);
+            let p = Process::new("sleeper", PathBuf::from("/bin/sh"), &dir.join("logs"));
+            p.start(&["-c".into(), "echo ready; exec sleep 600".into()], &Announce::lines(&["ready"])).await;
+            std::fs::write(dir.join("child.pid.tmp"), p.pid().to_string()).expect("write pid");
+            std::fs::rename(dir.join("child.pid.tmp"), dir.join("child.pid")).expect("rename pid");
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            return;
+        }
+        let exe = std::env::current_exe().expect("current exe");
+        for (sig, number) in [(rustix::process::Signal::TERM, 15), (rustix::process::Signal::INT, 2)] {
+            let dir = tempfile::tempdir().expect("tmp");
+            let mut harness = Command::new(&exe)
+                .args(["process::tests::children_die_when_the_harness_is_terminated", "--exact", "--nocapture"])
+                .env(HARNESS_DIR, dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the harness");
+            let pid_file = dir.path().join("child.pid");
+            let child: u32 = crate::eventually("the harness started its child", START_TIMEOUT, || async {
+                std::fs::read_to_string(&pid_file).ok().and_then(|s| s.parse().ok()).ok_or("no pid yet".to_string())
+            })
+            .await;
+            assert!(alive(child), "the child runs");
+            let hpid = i32::try_from(harness.id()).ok().and_then(rustix::process::Pid::from_raw).expect("pid");
+            rustix::process::kill_process(hpid, sig).expect("signal the harness");
+            let deadline = std::time::Instant::now() + EXIT_TIMEOUT;
+            let status = loop {
+                if let Some(status) = harness.try_wait().expect("wait for the harness") {
+                    break status;
+                }
+                assert!(std::time::Instant::now() < deadline, "the harness did not exit on {sig:?}");
+                tokio::time::sleep(POLL).await;
+            };
+            while alive(child) {
+                if std::time::Instant::now() > deadline {
+                    if let Some(pid) = i32::try_from(child).ok().and_then(rustix::process::Pid::from_raw) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
+                    panic!("the harness's child (pid {child}) outlived the harness ended by {sig:?} ({status})");
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            assert_eq!(status.code(), Some(128 + number), "the harness ends as the signal would have ended it");
+        }
     }
 
     #[tokio::test]

@@ -60,10 +60,20 @@ impl Held {
         lock(&self.zones).insert(zone.to_string(), ZoneMap::new());
     }
 
+    /// Runs `f` on what `zone` holds of `type_name`. Allocates the keys only
+    /// the first time (this runs on every ACK of every zone).
     fn update(&self, zone: &str, type_name: &str, f: impl FnOnce(&mut BTreeMap<String, HeldResource>)) {
         let mut zones = lock(&self.zones);
-        let types = zones.entry(zone.to_string()).or_default();
-        f(types.entry(type_name.to_string()).or_default());
+        if !zones.contains_key(zone) {
+            zones.insert(zone.to_string(), ZoneMap::new());
+        }
+        let Some(types) = zones.get_mut(zone) else { return };
+        if !types.contains_key(type_name) {
+            types.insert(type_name.to_string(), BTreeMap::new());
+        }
+        if let Some(t) = types.get_mut(type_name) {
+            f(t);
+        }
     }
 }
 

@@ -37,6 +37,11 @@ pub const REFRESH: Duration = Duration::from_secs(3);
 /// How long a changed session may wait before its insight is written: the
 /// flusher collects every change of this window into one transaction.
 pub const FLUSH: Duration = Duration::from_secs(1);
+/// How often this instance deletes heartbeat rows of global instances gone
+/// for longer than `meridian_core::liveness::HEARTBEAT_RETENTION_MILLIS`
+/// (one row per restart otherwise stays forever). The first sweep runs at
+/// start.
+pub const SWEEP: Duration = Duration::from_secs(60);
 /// Subscriptions kept per zone (newest last).
 const KEEP_SUBSCRIPTIONS: usize = 10;
 
@@ -52,6 +57,19 @@ pub struct Counters {
     pub nacked: u64,
     pub resources: u64,
     pub last_nack: Option<String>,
+}
+
+impl Counters {
+    /// Takes `s`'s figures, reusing the NACK reason's allocation when unchanged.
+    pub fn set(&mut self, s: &SendStats) {
+        self.sent = s.responses_sent;
+        self.acked = s.responses_acked;
+        self.nacked = s.responses_nacked;
+        self.resources = s.resources_sent;
+        if self.last_nack != s.last_nack_reason {
+            self.last_nack.clone_from(&s.last_nack_reason);
+        }
+    }
 }
 
 impl From<&SendStats> for Counters {
@@ -208,18 +226,28 @@ impl Insights {
 
     /// The flusher of this instance, until `shutdown`: every [`FLUSH`],
     /// writes the sessions that changed (one transaction for all of them;
-    /// nothing when none did), and every [`REFRESH`], while any zone is
+    /// nothing when none did); every [`REFRESH`], while any zone is
     /// connected here, the instance's heartbeat (one row, whatever the
-    /// number of zones).
+    /// number of zones); every [`SWEEP`], deletes the heartbeats of
+    /// instances long gone.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut flush = tokio::time::interval(FLUSH);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beat = tokio::time::interval(REFRESH);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = flush.tick() => self.flush().await,
+                _ = sweep.tick() => match Heartbeats::sweep(self.manager.store(), now_millis()).await {
+                    Ok(gone) if !gone.is_empty() => {
+                        tracing::info!(instances = ?gone, "deleted the heartbeats of global instances gone for long");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot delete old global instance heartbeats"),
+                },
                 _ = beat.tick() => {
                     if !lock(&self.live).is_empty() {
                         self.beat().await;

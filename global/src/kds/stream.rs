@@ -181,7 +181,12 @@ struct SessionObserver {
 impl SessionObserver {
     fn record(&self, type_url: &str, stats: &SendStats) {
         let mut s = lock(&self.session);
-        s.stats.insert(type_url.to_string(), Counters::from(stats));
+        match s.stats.get_mut(type_url) {
+            Some(c) => c.set(stats),
+            None => {
+                s.stats.insert(type_url.to_string(), Counters::from(stats));
+            }
+        }
         s.dirty = true;
     }
 }

@@ -184,6 +184,110 @@ async fn an_ack_is_never_answered_and_the_peer_leaving_ends_the_loop() {
     assert!(resp_rx.recv().await.is_none(), "the ACK got no answer");
 }
 
+/// A persistent set whose full walks ([`DesiredView::entries`]) are counted.
+#[derive(Clone)]
+struct Counted {
+    set: crate::delta::SharedSet,
+    walks: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DesiredView for Counted {
+    fn get_desired(&self, name: &str) -> Option<&Desired> {
+        self.set.get(name)
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = (&String, &Desired)> + '_> {
+        self.walks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::new(self.set.iter())
+    }
+}
+
+/// Like [`TestSource`], over persistent sets that can tell which keys differ.
+struct KeyedSource {
+    rx: watch::Receiver<crate::delta::SharedSet>,
+    walks: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Source for KeyedSource {
+    type Set = Counted;
+    type Error = Infallible;
+    fn serves(&self, type_url: &str) -> bool {
+        type_url == "A"
+    }
+    fn desired(&mut self, _type_url: &str) -> Counted {
+        Counted { set: self.rx.borrow_and_update().clone(), walks: self.walks.clone() }
+    }
+    fn changed_keys(&self, old: &Counted, new: &Counted) -> Option<Vec<String>> {
+        Some(crate::delta::shared_diff(&old.set, &new.set))
+    }
+    async fn changed(&mut self) -> Result<Vec<String>, Infallible> {
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        Ok(vec!["A".to_string()])
+    }
+}
+
+/// A change's cost follows the change: once the peer has the whole set,
+/// neither a change nor the ACKs walk the whole set again (with many
+/// resources and many peers, one walk per ACK per peer was most of the
+/// global's CPU per update), and a subscription change still does.
+#[tokio::test]
+async fn acks_and_changes_cost_what_changed_not_the_whole_set() {
+    let shared = |items: &[(&str, &str)]| -> crate::delta::SharedSet {
+        set(items).iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    let names: Vec<String> = (0..500).map(|i| format!("r{i:03}")).collect();
+    let items: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let (set_tx, set_rx) = watch::channel(shared(&items));
+    let walks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (req_tx, req_rx) = mpsc::channel(8);
+    let (resp_tx, mut resp_rx) = mpsc::channel(8);
+    let cancel = CancellationToken::new();
+    let task = {
+        let (cancel, walks) = (cancel.clone(), walks.clone());
+        tokio::spawn(async move {
+            let mut source = KeyedSource { rx: set_rx, walks };
+            let mut wire = ChanWire { rx: req_rx, tx: resp_tx };
+            let config = SendConfig { nonce_prefix: "t".into(), max_bytes: 1 << 20, max_resource_bytes: None };
+            send_loop(&mut source, &mut wire, &mut (), &config, &cancel).await
+        })
+    };
+    let walked = || walks.load(std::sync::atomic::Ordering::Relaxed);
+    req_tx.send(req("A", "")).await.expect("subscribe");
+    let r = resp_rx.recv().await.expect("initial");
+    assert_eq!(r.resources.len(), 500);
+    let after_initial = walked();
+    assert!(after_initial >= 1, "the first response diffs the whole set");
+    req_tx.send(req("A", &r.nonce)).await.expect("ack");
+    for v in 2..5 {
+        let mut next = set_tx.borrow().clone();
+        let one = shared(&[("r007", &v.to_string())]);
+        next.extend(one);
+        set_tx.send_replace(next);
+        let r = resp_rx.recv().await.expect("change");
+        let got: Vec<&str> = r.resources.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(got, ["r007"], "only what changed travels");
+        req_tx.send(req("A", &r.nonce)).await.expect("ack");
+        req_tx.send(req("A", "stale-nonce")).await.expect("stale");
+    }
+    // Requests are handled in order: once this is answered, every ACK was.
+    req_tx.send(req("B", "")).await.expect("send");
+    assert_eq!(resp_rx.recv().await.expect("B").type_url, "B");
+    assert_eq!(walked(), after_initial, "no ACK, stale nonce or change walked the whole set");
+    // A subscription change (here: re-subscribing a name) still looks at everything.
+    let resub = DeltaDiscoveryRequest {
+        type_url: "A".into(),
+        resource_names_subscribe: vec!["r001".into()],
+        ..Default::default()
+    };
+    req_tx.send(resub).await.expect("resubscribe");
+    let r = resp_rx.recv().await.expect("re-sent");
+    assert_eq!(r.resources.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(), ["r001"]);
+    assert!(walked() > after_initial);
+    cancel.cancel();
+    assert!(matches!(task.await.expect("join"), Ended::Cancelled));
+}
+
 /// Applies by recording names; NACKs names starting with `bad`.
 struct Recorder;
 
@@ -246,12 +350,12 @@ async fn receiver_asks_acks_nacks_and_ignores_types_not_asked_for() {
 /// A set that counts full scans (`entries`), for a source that can tell
 /// the keys a change touched.
 #[derive(Clone)]
-struct Counted {
+struct ScanCounted {
     set: Arc<DesiredSet>,
     scans: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl DesiredView for Counted {
+impl DesiredView for ScanCounted {
     fn get_desired(&self, name: &str) -> Option<&Desired> {
         self.set.get(name)
     }
@@ -262,21 +366,21 @@ impl DesiredView for Counted {
 }
 
 /// [`TestSource`] with keyed diffs.
-struct KeyedSource {
+struct ScanKeyedSource {
     rx: watch::Receiver<Arc<DesiredSet>>,
     scans: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-impl Source for KeyedSource {
-    type Set = Counted;
+impl Source for ScanKeyedSource {
+    type Set = ScanCounted;
     type Error = Infallible;
     fn serves(&self, type_url: &str) -> bool {
         type_url == "A"
     }
-    fn desired(&mut self, _type_url: &str) -> Counted {
-        Counted { set: self.rx.borrow_and_update().clone(), scans: self.scans.clone() }
+    fn desired(&mut self, _type_url: &str) -> ScanCounted {
+        ScanCounted { set: self.rx.borrow_and_update().clone(), scans: self.scans.clone() }
     }
-    fn changed_keys(&self, old: &Counted, new: &Counted) -> Option<Vec<String>> {
+    fn changed_keys(&self, old: &ScanCounted, new: &ScanCounted) -> Option<Vec<String>> {
         let mut keys: Vec<String> = old.set.keys().chain(new.set.keys()).cloned().collect();
         keys.sort();
         keys.dedup();
@@ -307,7 +411,7 @@ async fn acks_cost_the_changed_keys_not_a_scan_of_the_set() {
     let task = {
         let (cancel, scans) = (cancel.clone(), scans.clone());
         tokio::spawn(async move {
-            let mut source = KeyedSource { rx: set_rx, scans };
+            let mut source = ScanKeyedSource { rx: set_rx, scans };
             let mut wire = ChanWire { rx: req_rx, tx: resp_tx };
             let config = SendConfig { nonce_prefix: "t".into(), max_bytes: 1 << 20, max_resource_bytes: None };
             send_loop(&mut source, &mut wire, &mut (), &config, &cancel).await
