@@ -175,7 +175,25 @@ struct TypeState<Set> {
     changed_at: Option<Instant>,
     /// nonce → the change that response carried.
     caused_by: HashMap<String, Instant>,
+    /// The nonce of the last response sent while the peer has not answered
+    /// it (ACK or NACK). Source changes of the type wait for that answer and
+    /// then go out together in one keyed diff: one response in flight per
+    /// type, as go-control-plane's servers (Kuma's KDS, Envoy's management
+    /// servers) re-arm a type's watch only on the next request. Without
+    /// it a burst of writes became one small response per write, each
+    /// applied and ACKed separately by the peer, which fell behind.
+    /// A peer that does not answer holds changes at most [`ACK_WAIT`]
+    /// (from the send), then they go out anyway.
+    awaiting: Option<(String, tokio::time::Instant)>,
+    /// A source change is held for the answer to `awaiting`.
+    deferred: bool,
 }
+
+/// How long changes of a type wait for the peer's answer to the response in
+/// flight before they are sent anyway (a peer that never ACKs must not stall
+/// them). Envoy and Kuma's zones answer every response, within milliseconds
+/// unless busy applying a large one.
+pub const ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// Drives the sending side of one stream until it ends; returns why.
 pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
@@ -187,6 +205,7 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
 ) -> Ended {
     let mut types: BTreeMap<String, TypeState<S::Set>> = BTreeMap::new();
     loop {
+        let due = next_due(&types);
         tokio::select! {
             biased;
             () = cancel.cancelled() => return Ended::Cancelled,
@@ -210,6 +229,8 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                     last: None,
                     changed_at: None,
                     caused_by: HashMap::new(),
+                    awaiting: None,
+                    deferred: false,
                 });
                 let kind = ts.sender.on_request(&incoming.request);
                 // An ACK, NACK or stale nonce that changes no subscription
@@ -252,9 +273,37 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                         false
                     }
                 };
+                if let RequestKind::Ack { nonce } | RequestKind::Nack { nonce, .. } = &kind
+                    && ts.awaiting.as_ref().is_some_and(|(n, _)| n == nonce)
+                {
+                    ts.awaiting = None;
+                    ts.deferred = false;
+                }
+                // An answer to an older response while the latest is still
+                // unanswered: what changed waits for the latest's answer.
+                if settles && !force && ts.awaiting.is_some() {
+                    continue;
+                }
                 let keyed = settles && !force;
                 if !flush::<S, W, O>(source, wire, observer, config, &type_url, ts, force, keyed).await {
                     return Ended::PeerClosed;
+                }
+            }
+            () = sleep_until_due(due) => {
+                let now = tokio::time::Instant::now();
+                for (type_url, ts) in types.iter_mut() {
+                    let due = ts.deferred && ts.awaiting.as_ref().is_some_and(|(_, at)| now >= *at + ACK_WAIT);
+                    if !due {
+                        continue;
+                    }
+                    if let Some((nonce, _)) = &ts.awaiting {
+                        tracing::debug!(type_url = %type_url, %nonce, "no answer to the response in flight; sending held changes anyway");
+                    }
+                    ts.awaiting = None;
+                    ts.deferred = false;
+                    if !flush::<S, W, O>(source, wire, observer, config, type_url, ts, false, true).await {
+                        return Ended::PeerClosed;
+                    }
                 }
             }
             changed = source.changed() => {
@@ -266,6 +315,12 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                 for type_url in changed {
                     let Some(ts) = types.get_mut(&type_url).filter(|t| t.served && t.sender.started()) else { continue };
                     ts.changed_at.get_or_insert(now);
+                    if ts.awaiting.is_some() {
+                        // Sent with the answer to the response in flight (the
+                        // keyed diff from the last flush covers this change).
+                        ts.deferred = true;
+                        continue;
+                    }
                     if !flush::<S, W, O>(source, wire, observer, config, &type_url, ts, false, true).await {
                         return Ended::PeerClosed;
                     }
@@ -273,6 +328,20 @@ pub async fn send_loop<S: Source, W: SendWire, O: Observer>(
                 observer.source_changed();
             }
         }
+    }
+}
+
+/// When the earliest type whose changes are held for an answer is due
+/// ([`ACK_WAIT`] after its response went out); `None` when none is held.
+fn next_due<Set>(types: &BTreeMap<String, TypeState<Set>>) -> Option<tokio::time::Instant> {
+    types.values().filter(|t| t.deferred).filter_map(|t| t.awaiting.as_ref().map(|(_, at)| *at + ACK_WAIT)).min()
+}
+
+/// Sleeps until `due`; forever when `None`.
+async fn sleep_until_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -320,9 +389,11 @@ async fn flush<S: Source, W: SendWire, O: Observer>(
         observer.sent(type_url, &resp, &ts.sender.stats);
         let full = W::FULL_STATE
             .then(|| view.entries().filter(|(n, _)| ts.sender.wants(n)).map(|(n, d)| (n.clone(), d.clone())).collect());
+        let nonce = resp.nonce.clone();
         if !wire.send(resp, full).await {
             return false;
         }
+        ts.awaiting = Some((nonce, tokio::time::Instant::now()));
     }
     ts.last = set;
     true

@@ -452,3 +452,53 @@ async fn acks_cost_the_changed_keys_not_a_scan_of_the_set() {
     cancel.cancel();
     assert!(matches!(task.await.expect("join"), Ended::Cancelled));
 }
+
+/// One response in flight per type: changes made while the peer has not
+/// answered the last response go out together, in one response, with the
+/// answer; a peer that does not answer gets them [`ACK_WAIT`] after the
+/// send. (Before, a burst of N writes was N responses, each applied and
+/// ACKed by the peer in turn: a global receiving a zone's registrations
+/// fell seconds behind.) Time is paused: the runtime jumps to the next timer
+/// only when every task is idle, so "nothing yet" is exact.
+#[tokio::test(start_paused = true)]
+async fn changes_wait_for_the_answer_to_the_response_in_flight() {
+    let (set_tx, set_rx) = watch::channel(set(&[("a", "1")]));
+    let (req_tx, req_rx) = mpsc::channel(8);
+    let (resp_tx, mut resp_rx) = mpsc::channel(8);
+    let cancel = CancellationToken::new();
+    let task = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let mut source = TestSource { rx: set_rx };
+            let mut wire = ChanWire { rx: req_rx, tx: resp_tx };
+            let config = SendConfig { nonce_prefix: "t".into(), max_bytes: 1 << 20, max_resource_bytes: None };
+            send_loop(&mut source, &mut wire, &mut (), &config, &cancel).await
+        })
+    };
+    req_tx.send(req("A", "")).await.expect("subscribe");
+    let first = resp_rx.recv().await.expect("initial");
+    for v in 2..7 {
+        set_tx.send_replace(set(&[("a", "1"), ("b", &v.to_string())]));
+        tokio::task::yield_now().await;
+    }
+    let early = tokio::time::timeout(ACK_WAIT / 2, resp_rx.recv()).await;
+    assert!(early.is_err(), "a change went out before the response in flight was answered: {early:?}");
+    req_tx.send(req("A", &first.nonce)).await.expect("ack");
+    let burst = resp_rx.recv().await.expect("the held changes");
+    let names: Vec<(&str, &[u8])> = burst
+        .resources
+        .iter()
+        .map(|r| (r.name.as_str(), r.resource.as_ref().map_or(&[][..], |a| &a.value[..])))
+        .collect();
+    assert_eq!(names, [("b", &b"6"[..])], "one response with the latest state");
+    // The peer does not answer this one: the next change waits ACK_WAIT, no more.
+    let sent = tokio::time::Instant::now();
+    set_tx.send_replace(set(&[("a", "1"), ("b", "7")]));
+    let late = resp_rx.recv().await.expect("sent anyway");
+    assert!(sent.elapsed() >= ACK_WAIT, "sent after {:?}", sent.elapsed());
+    assert_eq!(late.resources.len(), 1);
+    // Nothing else is pending.
+    assert!(tokio::time::timeout(ACK_WAIT * 3, resp_rx.recv()).await.is_err());
+    cancel.cancel();
+    assert!(matches!(task.await.expect("join"), Ended::Cancelled));
+}
