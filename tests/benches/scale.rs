@@ -5,10 +5,15 @@
 //! date. Bounded: every wait gives up after `scale::LIMIT`.
 //!
 //! ```sh
-//! cargo build --workspace --bins
-//! cargo bench --profile dev -p meridian-tests --bench scale -- --zones 100 --gateways 1000 --dataplanes 2000
-//! bash tests/pg-env.sh cargo bench --profile dev -p meridian-tests --bench scale -- --store postgres
+//! cargo build --release --workspace --bins
+//! cargo bench -p meridian-tests --bench scale -- --zones 100 --gateways 1000 --dataplanes 2000
+//! bash tests/pg-env.sh cargo bench -p meridian-tests --bench scale -- --store postgres
 //! ```
+//!
+//! The bench runs the binaries of its own profile (`target/release` here);
+//! with debug binaries (`cargo build --workspace --bins`) use
+//! `cargo bench --profile dev`. The printed command and the "release build" /
+//! "debug build" line follow the profile the bench was built with.
 //!
 //! Flags (defaults in brackets): `--zones N` [10], `--updates U` [20],
 //! `--gateways G` [1000], `--dataplanes D` [1000], `--idle-secs S` [10],
@@ -114,15 +119,16 @@ async fn main() {
     } else {
         scale::run(cfg.clone()).await
     };
+    let cargo_bench = if cfg!(debug_assertions) { "cargo bench --profile dev" } else { "cargo bench" };
     let command = if ads_gateways > 0 {
         format!(
-            "cargo bench --profile dev -p meridian-tests --bench scale -- --ads-gateways {ads_gateways} --ads-connect {ads_connect} --updates {} --store {}",
+            "{cargo_bench} -p meridian-tests --bench scale -- --ads-gateways {ads_gateways} --ads-connect {ads_connect} --updates {} --store {}",
             cfg.updates,
             cfg.backend.name()
         )
     } else {
         format!(
-            "cargo bench --profile dev -p meridian-tests --bench scale -- --zones {} --updates {} --gateways {} \
+            "{cargo_bench} -p meridian-tests --bench scale -- --zones {} --updates {} --gateways {} \
          --dataplanes {} --idle-secs {} --store {}{}",
             cfg.zones,
             cfg.updates,
