@@ -92,6 +92,24 @@ pub(crate) async fn get(
     get_by_key(pool, GET_SQL, key).await
 }
 
+/// `SELECT` of the resources named by `n` keys: one `(type_name, mesh,
+/// name)` triple per key, bound as `$1..$3n` in key order.
+fn select_by_keys_sql(n: usize) -> String {
+    use std::fmt::Write as _;
+    let mut sql = String::from(
+        "SELECT type_name, mesh, name, labels, spec, version, revision, create_time, modify_time \
+         FROM resources WHERE ",
+    );
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(" OR ");
+        }
+        let b = i * 3;
+        let _ = write!(sql, "(type_name = ${} AND mesh = ${} AND name = ${})", b + 1, b + 2, b + 3);
+    }
+    sql
+}
+
 /// Reads several resources, one statement per 256 keys (an OR of one term
 /// per key; SQLite parses expressions at most 1,000 deep); `None` for each
 /// absent key, in the order of `keys`.
@@ -110,21 +128,10 @@ async fn get_chunk(
     pool: &Pool<Db>,
     keys: &[ResourceKey],
 ) -> Result<Vec<Option<StoredResource>>, StoreError> {
-    use std::fmt::Write as _;
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let mut sql = String::from(
-        "SELECT type_name, mesh, name, labels, spec, version, revision, create_time, modify_time \
-         FROM resources WHERE ",
-    );
-    for i in 0..keys.len() {
-        if i > 0 {
-            sql.push_str(" OR ");
-        }
-        let b = i * 3;
-        let _ = write!(sql, "(type_name = ${} AND mesh = ${} AND name = ${})", b + 1, b + 2, b + 3);
-    }
+    let sql = select_by_keys_sql(keys.len());
     // Small, repeated shapes (one key, two keys): worth a cached statement.
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(keys.len() <= 4);
     for k in keys {

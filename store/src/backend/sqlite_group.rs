@@ -97,20 +97,9 @@ async fn read_keys(
     tx: &mut Tx,
     keys: &[&ResourceKey],
 ) -> Result<std::collections::HashMap<ResourceKey, Option<StoredResource>>, StoreError> {
-    use std::fmt::Write as _;
     let mut current: std::collections::HashMap<ResourceKey, Option<StoredResource>> =
         keys.iter().map(|k| ((*k).clone(), None)).collect();
-    let mut sql = String::from(
-        "SELECT type_name, mesh, name, labels, spec, version, revision, create_time, modify_time \
-         FROM resources WHERE ",
-    );
-    for i in 0..keys.len() {
-        if i > 0 {
-            sql.push_str(" OR ");
-        }
-        let b = i * 3;
-        let _ = write!(sql, "(type_name = ${} AND mesh = ${} AND name = ${})", b + 1, b + 2, b + 3);
-    }
+    let sql = select_by_keys_sql(keys.len());
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
     for k in keys {
         q = q.bind(k.type_name.as_str()).bind(k.mesh.as_str()).bind(k.name.as_str());
